@@ -1,0 +1,164 @@
+"""The composition root: ``create_app`` assembles everything; nothing else does."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, g, request
+from sqlalchemy import Connection, Engine
+from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.orm import sessionmaker
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from authsvc.crypto.blocklist import Blocklist, BreachedPasswordStore, CommonPasswords
+from authsvc.crypto.keyring import Keyring, generate_key_spec
+from authsvc.crypto.passwords import Argon2Params, PasswordHasher
+from authsvc.db import make_engine, make_sessionmaker, utcnow
+from authsvc.http import admin, me, ops, problems, public
+from authsvc.mail.backends import make_backend
+from authsvc.mail.worker import OutboxWorker, default_handlers
+from authsvc.ratelimit import RateLimiter
+from authsvc.services import signing
+from authsvc.services.context import Deps
+from authsvc.settings import Settings
+
+log = logging.getLogger("authsvc")
+
+
+@dataclass
+class Runtime:
+    """App-wide objects, built once: ``app.extensions["authsvc"]``."""
+
+    settings: Settings
+    engine: Engine
+    sessionmaker: sessionmaker[DbSession]
+    deps: Deps
+    worker: OutboxWorker
+    worker_stop: threading.Event | None = None
+
+
+def dev_keyring(var_dir: Path) -> Keyring:
+    """Development keys kept in var/dev-keys.txt, created on first use."""
+    path = var_dir / "dev-keys.txt"
+    if not path.exists():
+        var_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(generate_key_spec("dev1") + "\n")
+    log.warning(
+        "USING DEVELOPMENT ENCRYPTION KEYS from %s: set AUTHSVC_ENCRYPTION_KEYS in production",
+        path,
+    )
+    return Keyring.from_specs(path.read_text().split())
+
+
+RATE_LIMIT_POLICIES = ("ip", "email", "ip_email", "account_failures", "mfa_account")
+
+
+def rate_limit_policies(settings: Settings) -> dict[str, str]:
+    return {
+        "ip": settings.limit_ip,
+        "email": settings.limit_email,
+        "ip_email": settings.limit_ip_email,
+        "account_failures": settings.limit_failures_per_account,
+        "mfa_account": "10/minute",
+    }
+
+
+def build_runtime(settings: Settings, *, bind: Connection | None = None) -> Runtime:
+    """Build every app-wide object. ``bind`` joins sessions to an outer transaction (tests)."""
+    if settings.resolved_database_url.startswith("sqlite"):
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+    keyring = (
+        Keyring.from_specs(settings.encryption_keys)
+        if settings.encryption_keys
+        else dev_keyring(settings.var_dir)
+    )
+    engine = make_engine(settings.resolved_database_url)
+    factory = make_sessionmaker(engine)
+    if bind is not None:
+        factory = sessionmaker(bind=bind, expire_on_commit=False,
+                               join_transaction_mode="create_savepoint")
+    hasher = PasswordHasher(
+        Argon2Params(
+            time_cost=settings.argon2_time_cost,
+            memory_cost_kib=settings.argon2_memory_kib,
+            parallelism=settings.argon2_parallelism,
+        ),
+        max_concurrent=settings.max_concurrent_hashes,
+        acquire_timeout=settings.hash_queue_timeout,
+    )
+    breached_path = settings.breached_passwords_path
+    blocklist = Blocklist(
+        CommonPasswords(),
+        BreachedPasswordStore(breached_path) if breached_path.exists() else None,
+    )
+    limiter = RateLimiter(settings.rate_limit_storage_url, rate_limit_policies(settings))
+    deps = Deps(settings=settings, keyring=keyring, hasher=hasher, blocklist=blocklist,
+                limiter=limiter)
+    worker = OutboxWorker(
+        sessionmaker=factory, deps=deps,
+        handlers=default_handlers(make_backend(settings.mail_url)),
+    )
+    return Runtime(settings=settings, engine=engine, sessionmaker=factory, deps=deps,
+                   worker=worker)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    start_worker: bool = False,
+    bind: Connection | None = None,
+) -> Flask:
+    settings = settings or Settings.from_env()
+    runtime = build_runtime(settings, bind=bind)
+    app = Flask("authsvc")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["authsvc"] = runtime
+    if settings.trusted_proxies:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies,
+        )
+    for blueprint in (public.bp, me.bp, admin.bp, ops.bp):
+        app.register_blueprint(blueprint)
+    problems.register(app)
+    _register_request_hooks(app, settings)
+    with runtime.sessionmaker.begin() as session:
+        signing.ensure_key(session, runtime.deps.keyring, now=utcnow())
+    if start_worker:
+        _, runtime.worker_stop = runtime.worker.start_thread(
+            poll_interval=settings.outbox_poll_interval
+        )
+    return app
+
+
+def _register_request_hooks(app: Flask, settings: Settings) -> None:
+    @app.before_request
+    def _request_id() -> None:
+        g.request_id = request.headers.get("X-Request-Id", "")[:64] or os.urandom(8).hex()
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Cache-Control", "no-store")
+        origin = request.headers.get("Origin")
+        if origin and origin in settings.cors_origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, PATCH"
+            response.headers["Vary"] = "Origin"
+        return response
+
+    @app.teardown_appcontext
+    def _close_db(_exc: Any) -> None:
+        session = g.pop("db", None)
+        if session is not None:
+            session.close()

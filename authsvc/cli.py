@@ -1,0 +1,99 @@
+"""The ``authsvc`` command line. Every command exits non-zero with a one-line reason."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import click
+
+from authsvc.app import build_runtime, create_app
+from authsvc.db import utcnow
+from authsvc.gunicorn_app import run as run_gunicorn
+from authsvc.schema import upgrade
+from authsvc.services import admin as admin_service
+from authsvc.settings import ConfigError, Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
+
+
+@click.group()
+def main() -> None:
+    """authsvc: passwords, TOTP, WebAuthn and breach response for your web apps."""
+    logging.basicConfig(level=os.environ.get("AUTHSVC_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int)
+@click.option("--threads", default=4, show_default=True, type=int)
+@click.option("--dev", is_flag=True, help="Flask's development server (single process).")
+@click.option("--no-outbox-thread", is_flag=True, help="Leave the outbox to `authsvc worker`.")
+def serve(host: str, port: int, workers: int, threads: int, dev: bool,
+          no_outbox_thread: bool) -> None:
+    """Run the HTTP service (gunicorn)."""
+    settings = _settings()
+    if settings.resolved_database_url.startswith("sqlite"):
+        upgrade(settings.resolved_database_url)
+    if dev:
+        app = create_app(settings, start_worker=not no_outbox_thread)
+        app.run(host=host, port=port, threaded=True)
+        return
+    run_gunicorn(settings, host=host, port=port, workers=workers, threads=threads,
+        outbox_thread=not no_outbox_thread)
+
+
+@main.command()
+def worker() -> None:
+    """Drain the outbox (mail, webhooks, background jobs) until interrupted."""
+    runtime = build_runtime(_settings())
+    stop = threading.Event()
+    click.echo("authsvc worker: draining the outbox", err=True)
+    try:
+        runtime.worker.run(stop, poll_interval=runtime.settings.outbox_poll_interval)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every migration (Alembic upgrade head)."""
+    settings = _settings()
+    if settings.resolved_database_url.startswith("sqlite"):
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        upgrade(settings.resolved_database_url)
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+        raise click.ClickException(f"upgrade failed: {type(exc).__name__}: {exc}") from None
+    click.echo("database is at head", err=True)
+
+
+@main.group()
+def admin() -> None:
+    """Administration."""
+
+
+@admin.command("create-key")
+@click.option("--name", required=True, help="Who or what uses the key.")
+def admin_create_key(name: str) -> None:
+    """Create an admin API key; prints the key alone on stdout (it is stored hashed)."""
+    runtime = build_runtime(_settings())
+    try:
+        with runtime.sessionmaker.begin() as session:
+            _, secret = admin_service.create_key(session, name=name, now=utcnow())
+    except Exception as exc:  # noqa: BLE001
+        raise click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+    click.echo(secret)

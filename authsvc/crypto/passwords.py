@@ -1,0 +1,232 @@
+"""Password hashing: Argon2id, NFKC, rehash check, dummy verify, legacy hash import.
+
+Nothing here raises a domain error. ``verify`` and ``identify`` never raise for any hash string;
+``hash``, ``verify`` and ``dummy_verify`` raise ``HasherBusy`` when no hashing slot frees up in
+time, and ``check_policy`` (in ``blocklist``) raises ``PasswordPolicyViolation``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import argon2
+import bcrypt
+
+PolicyReason = Literal["too_short", "too_long", "breached"]
+HashFamily = Literal["argon2", "bcrypt", "pbkdf2_sha256"]
+
+# Ceilings for *stored* hashes, so that one imported hash cannot tie up a worker for minutes or
+# allocate gigabytes. Hashes above them are treated like unknown formats (identify() -> None).
+MAX_ARGON2_MEMORY_KIB = 1 << 20  # 1 GiB
+MAX_ARGON2_TIME_COST = 16
+MAX_ARGON2_PARALLELISM = 16
+MAX_BCRYPT_COST = 16  # about 4 s per check on a current core
+MAX_PBKDF2_ITERATIONS = 10_000_000  # Django 5.2 uses 1,000,000
+BCRYPT_MAX_PASSWORD_BYTES = 72  # bcrypt only ever used the first 72 bytes
+
+_ARGON2_RE = re.compile(
+    r"\$argon2(?:id|i|d)\$(?:v=(?:16|19)\$)?m=([0-9]{1,10}),t=([0-9]{1,10}),p=([0-9]{1,3})"
+    r"\$[A-Za-z0-9+/]{11,64}\$[A-Za-z0-9+/]{16,128}",
+    re.ASCII,
+)
+_BCRYPT_RE = re.compile(r"\$2[aby]\$([0-9]{2})\$[./A-Za-z0-9]{53}", re.ASCII)
+_PBKDF2_RE = re.compile(
+    r"pbkdf2_sha256\$([1-9][0-9]{0,8})\$([!-#%-~]{1,128})\$([A-Za-z0-9+/]{43}=)", re.ASCII
+)
+
+
+def normalize(password: str) -> str:
+    """NFKC, so that the same password typed on different keyboards and IMEs is the same."""
+    return unicodedata.normalize("NFKC", password)
+
+
+def _encode(password: str) -> bytes:
+    # surrogatepass: lone surrogates (possible in JSON) hash deterministically instead of raising.
+    return password.encode("utf-8", "surrogatepass")
+
+
+class PasswordPolicyViolation(Exception):  # noqa: N818
+    """A new password breaks the policy; ``reason`` is too_short, too_long or breached."""
+
+    def __init__(self, reason: PolicyReason) -> None:
+        super().__init__(reason)
+        self.reason: PolicyReason = reason
+
+
+class HasherBusy(Exception):  # noqa: N818
+    """No hashing slot became free within ``acquire_timeout``; answer 503 with Retry-After."""
+
+
+def check_length(
+    password: str, *, min_length: int = 8, max_length: int = 256
+) -> PolicyReason | None:
+    """The length problem of *password*, counted in code points after NFKC, or None."""
+    length = len(normalize(password))
+    if length < min_length:
+        return "too_short"
+    if length > max_length:
+        return "too_long"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Argon2Params:
+    time_cost: int
+    memory_cost_kib: int
+    parallelism: int
+
+    def __post_init__(self) -> None:
+        if self.time_cost < 1 or not 1 <= self.parallelism <= 255:
+            raise ValueError("argon2: time_cost must be >= 1 and parallelism 1..255")
+        if self.memory_cost_kib < 8 * self.parallelism:
+            raise ValueError("argon2: memory_cost_kib must be >= 8 * parallelism")
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    ok: bool
+    needs_rehash: bool
+
+
+_FAILED = VerifyResult(ok=False, needs_rehash=False)
+
+
+class PasswordHasher:
+    """Argon2id hashing with a per-process concurrency limit.
+
+    Verifies Argon2 (any variant), bcrypt ($2a$, $2b$, $2y$) and Django ``pbkdf2_sha256`` hashes.
+    Anything but an Argon2id hash with exactly this hasher's parameters needs a rehash.
+    """
+
+    def __init__(
+        self, params: Argon2Params, *, max_concurrent: int, acquire_timeout: float
+    ) -> None:
+        if max_concurrent < 1 or acquire_timeout < 0:
+            raise ValueError("max_concurrent must be >= 1 and acquire_timeout >= 0")
+        self.params = params
+        self._argon2 = argon2.PasswordHasher(
+            time_cost=params.time_cost,
+            memory_cost=params.memory_cost_kib,
+            parallelism=params.parallelism,
+            type=argon2.Type.ID,
+        )
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self._acquire_timeout = acquire_timeout
+        self._dummy_lock = threading.Lock()
+        self._dummy_hash: str | None = None
+        # Our own parameters are always acceptable, even above the module ceilings.
+        self._max_memory = max(MAX_ARGON2_MEMORY_KIB, params.memory_cost_kib)
+        self._max_time = max(MAX_ARGON2_TIME_COST, params.time_cost)
+        self._max_lanes = max(MAX_ARGON2_PARALLELISM, params.parallelism)
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        if not self._slots.acquire(timeout=self._acquire_timeout):
+            raise HasherBusy(f"no hashing slot free within {self._acquire_timeout} s")
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    def hash(self, password: str) -> str:
+        """An Argon2id PHC string for the NFKC form of *password*."""
+        with self._slot():
+            return self._hash(normalize(password))
+
+    def _hash(self, normalized: str) -> str:
+        try:
+            return self._argon2.hash(_encode(normalized))
+        except argon2.exceptions.HashingError as exc:  # out of memory, in practice
+            raise RuntimeError(f"argon2 hashing failed: {exc}") from None
+
+    def verify(self, expected_hash: str, password: str) -> VerifyResult:
+        """Check *password* against a stored hash. Unknown or malformed hashes give ok=False."""
+        family = self.identify(expected_hash)
+        if family is None:
+            return _FAILED
+        normalized = normalize(password)
+        with self._slot():
+            if family == "argon2":
+                if not self._check_argon2(expected_hash, normalized):
+                    return _FAILED
+                return VerifyResult(ok=True, needs_rehash=self._needs_rehash(expected_hash))
+            check = _check_bcrypt if family == "bcrypt" else _check_pbkdf2
+            # Legacy hashes were made elsewhere, without NFKC: try the password as typed too.
+            ok = check(expected_hash, normalized) or (
+                normalized != password and check(expected_hash, password)
+            )
+            return VerifyResult(ok=ok, needs_rehash=ok)
+
+    def dummy_verify(self, password: str) -> None:
+        """Spend the same time as ``verify`` on a current hash, for accounts that do not exist."""
+        normalized = normalize(password)
+        with self._slot():
+            self._check_argon2(self._dummy(), normalized)
+            self._needs_rehash(self._dummy())
+
+    def _dummy(self) -> str:
+        with self._dummy_lock:
+            if self._dummy_hash is None:
+                self._dummy_hash = self._hash(secrets.token_urlsafe(24))
+            return self._dummy_hash
+
+    def identify(self, expected_hash: str) -> HashFamily | None:
+        """ "argon2", "bcrypt" or "pbkdf2_sha256" for a hash ``verify`` accepts, else None."""
+        if not isinstance(expected_hash, str):
+            return None
+        if m := _ARGON2_RE.fullmatch(expected_hash):
+            memory, time_cost, lanes = int(m[1]), int(m[2]), int(m[3])
+            if (
+                1 <= lanes <= self._max_lanes
+                and 8 * lanes <= memory <= self._max_memory
+                and 1 <= time_cost <= self._max_time
+            ):
+                return "argon2"
+            return None
+        if m := _BCRYPT_RE.fullmatch(expected_hash):
+            return "bcrypt" if 4 <= int(m[1]) <= MAX_BCRYPT_COST else None
+        if m := _PBKDF2_RE.fullmatch(expected_hash):
+            return "pbkdf2_sha256" if int(m[1]) <= MAX_PBKDF2_ITERATIONS else None
+        return None
+
+    def _check_argon2(self, expected_hash: str, normalized: str) -> bool:
+        try:
+            return self._argon2.verify(expected_hash.encode("ascii"), _encode(normalized))
+        except (argon2.exceptions.Argon2Error, ValueError):
+            return False
+
+    def _needs_rehash(self, expected_hash: str) -> bool:
+        try:
+            return self._argon2.check_needs_rehash(expected_hash)
+        except ValueError:
+            return True
+
+
+def _check_bcrypt(expected_hash: str, password: str) -> bool:
+    secret = _encode(password)[:BCRYPT_MAX_PASSWORD_BYTES]
+    try:
+        return bcrypt.checkpw(secret, expected_hash.encode("ascii"))
+    except ValueError:
+        return False
+
+
+def _check_pbkdf2(expected_hash: str, password: str) -> bool:
+    m = _PBKDF2_RE.fullmatch(expected_hash)
+    if m is None:
+        return False
+    try:
+        expected = base64.b64decode(m[3], validate=True)
+    except ValueError:
+        return False
+    actual = hashlib.pbkdf2_hmac("sha256", _encode(password), m[2].encode("ascii"), int(m[1]))
+    return hmac.compare_digest(actual, expected)

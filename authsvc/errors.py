@@ -1,0 +1,94 @@
+"""Domain errors. Each class declares its problem ``code``, ``title`` and HTTP ``status``.
+
+The single renderer in ``authsvc.http.problems`` turns them into RFC 9457 problem+json.
+This module imports nothing.
+"""
+
+
+class AuthsvcError(Exception):
+    code = "error"
+    title = "Error"
+    status = 400
+    retry_after: int | None = None
+
+    def __init__(self, detail: str | None = None, **extra: object) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.extra = extra
+
+
+class InvalidRequest(AuthsvcError):
+    code, title, status = "invalid_request", "The request is not valid", 400
+
+
+class MalformedJson(AuthsvcError):
+    code, title, status = "malformed_json", "The body is not valid JSON", 400
+
+
+class UnsupportedMediaType(AuthsvcError):
+    code, title, status = "unsupported_media_type", "The body must be application/json", 415
+
+
+class WeakPassword(AuthsvcError):
+    code, title, status = "weak_password", "The password is not acceptable", 400
+
+
+class InvalidToken(AuthsvcError):
+    code, title, status = "invalid_token", "The token is invalid or expired", 400
+
+
+class InvalidCredentials(AuthsvcError):
+    code, title, status = "invalid_credentials", "Invalid credentials", 401
+
+
+class Unauthenticated(AuthsvcError):
+    code, title, status = "unauthenticated", "A valid bearer token is required", 401
+
+
+class InvalidAdminKey(AuthsvcError):
+    code, title, status = "invalid_admin_key", "A valid admin API key is required", 401
+
+
+class InvalidMfa(AuthsvcError):
+    code, title, status = "invalid_mfa", "The second factor was not accepted", 401
+
+
+class MfaRequired(AuthsvcError):
+    code, title, status = "mfa_required", "A second factor is required", 401
+
+
+class ReauthenticationRequired(AuthsvcError):
+    code, title, status = "reauthentication_required", "A recent login is required", 403
+
+
+class Forbidden(AuthsvcError):
+    code, title, status = "forbidden", "Not allowed", 403
+
+
+class NotFound(AuthsvcError):
+    code, title, status = "not_found", "Not found", 404
+
+
+class Conflict(AuthsvcError):
+    code, title, status = "conflict", "Conflict", 409
+
+
+class EmailTaken(AuthsvcError):
+    code, title, status = "email_taken", "An account with this email exists", 409
+
+
+class RateLimited(AuthsvcError):
+    code, title, status = "rate_limited", "Too many requests", 429
+
+    def __init__(self, retry_after: int, policy: str = "") -> None:
+        super().__init__("Too many requests; retry later")
+        self.retry_after = max(1, int(retry_after))
+        self.policy = policy  # for the audit trail and metrics; never rendered
+
+
+class Overloaded(AuthsvcError):
+    code, title, status = "overloaded", "The service is busy", 503
+
+    def __init__(self, retry_after: int = 1) -> None:
+        super().__init__("The service is busy; retry later")
+        self.retry_after = retry_after

@@ -1,0 +1,1 @@
+"""HTTP layer: blueprints, request parsing, guards and the one error renderer."""

@@ -1,0 +1,69 @@
+"""Administration API under /admin/v1 (admin API key as bearer token)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import Blueprint, Response, request
+
+from authsvc.db import utcnow
+from authsvc.errors import InvalidRequest
+from authsvc.http.auth import current_admin, require_admin
+from authsvc.http.io import client, db, deps, field, no_content, parse, respond, transactional
+from authsvc.services import admin
+
+bp = Blueprint("admin", __name__, url_prefix="/admin/v1")
+
+
+@dataclass
+class CreateUserBody:
+    email: str = field(max_length=320)
+    password: str | None = field(max_length=1024, default=None)
+    password_hash: str | None = field(max_length=1024, default=None)
+    email_verified: bool = True
+
+
+@bp.post("/users")
+@transactional
+@require_admin
+def create_user() -> Response:
+    body = parse(CreateUserBody)
+    view = admin.create_user(db(), deps(), admin=current_admin(), email=body.email,
+                             password=body.password, password_hash=body.password_hash,
+                             email_verified=body.email_verified, client=client(), now=utcnow())
+    return respond(view, 201)
+
+
+@bp.get("/users")
+@transactional
+@require_admin
+def find_users() -> Response:
+    email = request.args.get("email")
+    if email is None or len(email) > 320:
+        raise InvalidRequest("the email query parameter is required (at most 320 characters)")
+    return respond({"users": admin.find_users(db(), email=email)})
+
+
+@bp.get("/users/<user_id>")
+@transactional
+@require_admin
+def get_user(user_id: str) -> Response:
+    return respond(admin.get_user(db(), user_id=user_id[:64]))
+
+
+@bp.delete("/users/<user_id>")
+@transactional
+@require_admin
+def delete_user(user_id: str) -> Response:
+    admin.delete_user(db(), admin=current_admin(), user_id=user_id[:64], client=client(),
+                      now=utcnow())
+    return no_content()
+
+
+@bp.post("/users/<user_id>/disable")
+@transactional
+@require_admin
+def disable_user(user_id: str) -> Response:
+    view = admin.disable_user(db(), admin=current_admin(), user_id=user_id[:64],
+                              client=client(), now=utcnow())
+    return respond(view)

@@ -1,0 +1,169 @@
+"""Request parsing into dataclasses (shape only) and JSON shaping of results."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from enum import Enum
+from functools import wraps
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from flask import Response, current_app, g, json, request
+from sqlalchemy.orm import Session as DbSession
+
+from authsvc.errors import AuthsvcError, InvalidRequest, MalformedJson, UnsupportedMediaType
+from authsvc.services.context import Client, Deps
+
+T = TypeVar("T")
+MAX_STRING = 4096
+
+
+def field(*, max_length: int = MAX_STRING, **kwargs: Any) -> Any:
+    """A dataclass field with a maximum string length."""
+    return dataclasses.field(metadata={"max_length": max_length}, **kwargs)
+
+
+def _json_body(optional: bool) -> Mapping[str, Any]:
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        if optional:
+            return {}
+        raise InvalidRequest("a JSON object body is required")
+    if not request.is_json:
+        raise UnsupportedMediaType("Send the body as application/json")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise MalformedJson("The body could not be parsed as JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    return data
+
+
+def _check(name: str, value: Any, expected: Any, max_length: int) -> Any:
+    origin = get_origin(expected)
+    if origin in (Union, types.UnionType):
+        options = [a for a in get_args(expected) if a is not type(None)]
+        if value is None and type(None) in get_args(expected):
+            return None
+        errors = []
+        for option in options:
+            try:
+                return _check(name, value, option, max_length)
+            except InvalidRequest as exc:
+                errors.append(exc)
+        raise errors[0]
+    if expected is str:
+        if not isinstance(value, str):
+            raise InvalidRequest(f"{name} must be a string", field=name)
+        if len(value) > max_length:
+            raise InvalidRequest(f"{name} must be at most {max_length} characters", field=name)
+        if "\x00" in value:
+            raise InvalidRequest(f"{name} must not contain NUL characters", field=name)
+        return value
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise InvalidRequest(f"{name} must be a boolean", field=name)
+        return value
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidRequest(f"{name} must be an integer", field=name)
+        return value
+    if expected is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise InvalidRequest(f"{name} must be an object", field=name)
+        return value
+    if origin is list:
+        (item_type,) = get_args(expected)
+        if not isinstance(value, list):
+            raise InvalidRequest(f"{name} must be an array", field=name)
+        return [_check(f"{name}[]", item, item_type, max_length) for item in value]
+    raise TypeError(f"unsupported field type {expected!r}")  # pragma: no cover
+
+
+def parse(cls: type[T], *, optional: bool = False) -> T:
+    """Build ``cls`` from the JSON body, checking presence and types of its fields only."""
+    data = _json_body(optional)
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in data:
+            has_default = (
+                f.default is not dataclasses.MISSING
+                or f.default_factory is not dataclasses.MISSING
+            )
+            if not has_default:
+                raise InvalidRequest(f"{f.name} is required", field=f.name)
+            continue
+        values[f.name] = _check(f.name, data[f.name], hints[f.name],
+                                f.metadata.get("max_length", MAX_STRING))
+    return cls(**values)
+
+
+def to_json(value: Any) -> Any:
+    """Dataclasses, datetimes (RFC 3339 UTC), tuples and enums to plain JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def respond(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    response = Response(json.dumps(to_json(body)), status=status, mimetype="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def no_content() -> Response:
+    response = Response(status=204)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# --- request-scoped collaborators -------------------------------------------------------
+
+
+def deps() -> Deps:
+    return current_app.extensions["authsvc"].deps  # type: ignore[no-any-return]
+
+
+def db() -> DbSession:
+    """The request's database session, opened lazily and closed at teardown."""
+    if "db" not in g:
+        g.db = current_app.extensions["authsvc"].sessionmaker()
+    return g.db  # type: ignore[no-any-return]
+
+
+def client() -> Client:
+    return Client(ip=request.remote_addr or "", user_agent=request.user_agent.string[:256])
+
+
+def transactional(view: Callable[..., Response]) -> Callable[..., Response]:
+    """Run the view in one transaction: commit on success and on domain errors (so audit
+    rows and failure counters persist), roll back on anything else."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Response:
+        session = db()
+        error: AuthsvcError | None = None
+        with session.begin():
+            try:
+                response = view(*args, **kwargs)
+            except AuthsvcError as exc:
+                error = exc
+        if error is not None:
+            raise error
+        return response
+
+    return wrapper

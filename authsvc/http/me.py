@@ -1,0 +1,39 @@
+"""The signed-in user's own resources under /v1/me (bearer token)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from authsvc.db import utcnow
+from authsvc.http.auth import principal, require_user
+from authsvc.http.io import client, db, no_content, respond, transactional
+from authsvc.services import accounts, sessions
+
+bp = Blueprint("me", __name__, url_prefix="/v1/me")
+
+
+@bp.get("")
+@transactional
+@require_user
+def me() -> Response:
+    profile = accounts.profile(db(), user_id=principal().user_id)
+    return respond(profile)
+
+
+@bp.get("/sessions")
+@transactional
+@require_user
+def list_sessions() -> Response:
+    p = principal()
+    items = sessions.list_sessions(db(), user_id=p.user_id, current_session_id=p.session_id,
+                                   now=utcnow())
+    return respond({"sessions": items})
+
+
+@bp.delete("/sessions/<session_id>")
+@transactional
+@require_user
+def revoke_session(session_id: str) -> Response:
+    sessions.revoke_session(db(), user_id=principal().user_id, session_id=session_id[:64],
+                            client=client(), now=utcnow())
+    return no_content()

@@ -1,0 +1,80 @@
+"""Operations: health, readiness, the contract, API docs and the JWKS."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import swagger_ui_bundle
+from flask import Blueprint, Response, current_app, send_from_directory
+from sqlalchemy import text
+
+from authsvc.http.io import db, respond, transactional
+from authsvc.schema import schema_is_current
+from authsvc.services import signing
+
+bp = Blueprint("ops", __name__)
+
+DOCS_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>authsvc API</title>
+<link rel="stylesheet" href="/docs/static/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/static/swagger-ui-bundle.js"></script>
+<script src="/docs/init.js"></script></body></html>
+"""
+
+DOCS_INIT = "SwaggerUIBundle({url: '/openapi.yaml', dom_id: '#swagger-ui'});\n"
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return respond({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    state = current_app.extensions["authsvc"]
+    checks = {"database": False, "schema": False, "rate_limit_storage": False}
+    try:
+        with state.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            checks["database"] = True
+            checks["schema"] = schema_is_current(conn)
+    except Exception:  # noqa: BLE001 - any failure means "not ready"
+        current_app.logger.warning("readiness: database check failed")
+    try:
+        checks["rate_limit_storage"] = state.deps.limiter.check()
+    except Exception:  # noqa: BLE001
+        current_app.logger.warning("readiness: rate-limit storage check failed")
+    ready = all(checks.values())
+    return respond({"status": "ready" if ready else "not_ready", "checks": checks},
+                   200 if ready else 503)
+
+
+@bp.get("/openapi.yaml")
+def openapi() -> Response:
+    spec = resources.files("authsvc").joinpath("openapi.yaml").read_bytes()
+    return Response(spec, mimetype="application/yaml")
+
+
+@bp.get("/docs")
+def docs() -> Response:
+    return Response(DOCS_HTML, mimetype="text/html")
+
+
+@bp.get("/docs/init.js")
+def docs_init() -> Response:
+    return Response(DOCS_INIT, mimetype="text/javascript")
+
+
+@bp.get("/docs/static/<path:filename>")
+def docs_static(filename: str) -> Response:
+    return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename)
+
+
+@bp.get("/.well-known/jwks.json")
+@transactional
+def jwks() -> Response:
+    keys = list(signing.public_jwks(db()).values())
+    response = respond({"keys": keys})
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response

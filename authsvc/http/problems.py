@@ -1,0 +1,76 @@
+"""The single place where errors become RFC 9457 problem+json responses."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from flask import Flask, Response, g, json
+from werkzeug.exceptions import HTTPException
+
+from authsvc.errors import AuthsvcError
+
+log = logging.getLogger("authsvc.http")
+
+PROBLEM_TYPE_BASE = "https://authsvc.dev/problems/"
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    408: "request_timeout",
+    409: "conflict",
+    411: "length_required",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
+    431: "headers_too_large",
+}
+
+
+def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Response:
+    body = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
+    response = Response(json.dumps(body), status=status, mimetype="application/problem+json")
+    return response
+
+
+def render_domain_error(exc: AuthsvcError) -> Response:
+    response = problem(exc.status, exc.code, exc.title, exc.detail, **exc.extra)
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+def render_http_exception(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    code = _HTTP_CODES.get(status, "http_error")
+    response = problem(status, code, exc.name, exc.description or exc.name)
+    if status == 405 and exc.get_response().headers.get("Allow"):
+        response.headers["Allow"] = exc.get_response().headers["Allow"]
+    return response
+
+
+def render_unexpected(exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):
+        return render_http_exception(exc)
+    request_id = getattr(g, "request_id", None) or secrets.token_hex(8)
+    log.exception("unhandled error", extra={"request_id": request_id})
+    return problem(500, "internal_error", "Internal error",
+                   "An unexpected error occurred", request_id=request_id)
+
+
+def register(app: Flask) -> None:
+    app.register_error_handler(AuthsvcError, render_domain_error)
+    app.register_error_handler(HTTPException, render_http_exception)
+    app.register_error_handler(Exception, render_unexpected)

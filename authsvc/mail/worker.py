@@ -1,0 +1,171 @@
+"""Drains the outbox: claims due messages, runs their handler, retries with backoff."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.orm import sessionmaker
+
+from authsvc.db import utcnow
+from authsvc.mail.backends import MailBackend, MailDeliveryError, build_message
+from authsvc.models import OutboxMessage
+from authsvc.services import accounts, outbox
+from authsvc.services.context import Deps
+
+log = logging.getLogger("authsvc.worker")
+
+MAX_ATTEMPTS = 25  # about a day and a half of backoff before a message is parked as failed
+MAX_BACKOFF = timedelta(hours=2)
+
+Handler = Callable[[DbSession, Deps, dict[str, Any], datetime], None]
+
+
+class PermanentFailure(Exception):
+    """The message can never succeed (e.g. a refused recipient): park it as failed."""
+
+
+def backoff(attempts: int) -> timedelta:
+    return min(MAX_BACKOFF, timedelta(seconds=5 * 2 ** min(attempts - 1, 20)))
+
+
+def _mail_domain(deps: Deps) -> str:
+    sender = deps.settings.mail_from
+    return sender.rsplit("@", 1)[-1].rstrip(">").strip() or "localhost"
+
+
+def make_email_handler(backend: MailBackend) -> Handler:
+    def send_email(session: DbSession, deps: Deps, payload: dict[str, Any], now: datetime) -> None:
+        message = build_message(
+            sender=deps.settings.mail_from,
+            to=payload["to"],
+            subject=payload["subject"],
+            text=payload["text"],
+            message_id_domain=_mail_domain(deps),
+        )
+        try:
+            backend.send(message)
+        except MailDeliveryError as exc:
+            if exc.permanent:
+                raise PermanentFailure(str(exc)) from None
+            raise
+
+    return send_email
+
+
+def default_handlers(backend: MailBackend) -> dict[str, Handler]:
+    return {
+        "email": make_email_handler(backend),
+        "signup_request": accounts.process_signup_request,
+        "reset_request": accounts.process_reset_request,
+    }
+
+
+class OutboxWorker:
+    def __init__(
+        self,
+        *,
+        sessionmaker: sessionmaker[DbSession],
+        deps: Deps,
+        handlers: Mapping[str, Handler],
+        batch_size: int = 50,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._deps = deps
+        self._handlers = dict(handlers)
+        self._batch_size = batch_size
+        self._clock = clock
+
+    def drain_once(self) -> int:
+        """Process one batch of due messages in one transaction; return how many were tried."""
+        now = self._clock()
+        with self._sessionmaker.begin() as session:
+            query = (
+                select(OutboxMessage)
+                .where(
+                    OutboxMessage.completed_at.is_(None),
+                    OutboxMessage.failed_at.is_(None),
+                    OutboxMessage.available_at <= now,
+                )
+                .order_by(OutboxMessage.available_at, OutboxMessage.id)
+                .limit(self._batch_size)
+            )
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            messages = session.scalars(query).all()
+            for message in messages:
+                self._process(session, message, now)
+            return len(messages)
+
+    def drain(self, *, max_rounds: int = 1000) -> int:
+        """Process until nothing is due (tests, CLI)."""
+        total = 0
+        for _ in range(max_rounds):
+            done = self.drain_once()
+            total += done
+            if done == 0:
+                break
+        return total
+
+    def _process(self, session: DbSession, message: OutboxMessage, now: datetime) -> None:
+        handler = self._handlers.get(message.kind)
+        message.attempts += 1
+        try:
+            if handler is None:
+                raise PermanentFailure(f"no handler for kind {message.kind!r}")
+            payload = outbox.payload_of(self._deps.keyring, message)
+            with session.begin_nested():
+                handler(session, self._deps, payload, now)
+        except PermanentFailure as exc:
+            message.failed_at = now
+            message.last_error = str(exc)[:500]
+            log.error("outbox message %s (%s) failed permanently", message.id, message.kind)
+            return
+        except Exception as exc:  # noqa: BLE001 - any failure is retried later
+            message.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            if message.attempts >= MAX_ATTEMPTS:
+                message.failed_at = now
+                log.error(
+                    "outbox message %s (%s) gave up after %d attempts",
+                    message.id,
+                    message.kind,
+                    message.attempts,
+                )
+            else:
+                message.available_at = now + backoff(message.attempts)
+                log.warning(
+                    "outbox message %s (%s) failed, retrying: %s",
+                    message.id,
+                    message.kind,
+                    type(exc).__name__,
+                )
+            return
+        message.completed_at = now
+
+    def run(self, stop: threading.Event, *, poll_interval: float) -> None:
+        while not stop.is_set():
+            try:
+                busy = self.drain_once() > 0
+            except Exception:  # noqa: BLE001 - keep the loop alive; the next round retries
+                log.exception("outbox drain failed")
+                busy = False
+            if not busy:
+                stop.wait(poll_interval)
+
+    def start_thread(self, *, poll_interval: float) -> tuple[threading.Thread, threading.Event]:
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=self.run,
+            args=(stop,),
+            kwargs={"poll_interval": poll_interval},
+            name="authsvc-outbox",
+            daemon=True,
+        )
+        thread.start()
+        return thread, stop

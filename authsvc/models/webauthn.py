@@ -1,0 +1,3 @@
+"""Tables of this aggregate (none yet)."""
+
+__all__: list[str] = []

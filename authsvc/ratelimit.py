@@ -1,0 +1,57 @@
+"""Named rate-limit policies over ``limits`` (moving window; memory or Redis storage)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Mapping
+
+from limits import RateLimitItem, parse, storage, strategies
+
+from authsvc.errors import RateLimited
+
+
+def _key(part: str) -> str:
+    # Emails and IPs are keyed by digest so the limiter storage holds no addresses.
+    return hashlib.sha256(part.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class RateLimiter:
+    """``hit``/``test`` raise ``RateLimited(retry_after)`` when a policy is exhausted."""
+
+    def __init__(self, storage_url: str, policies: Mapping[str, str]) -> None:
+        self._storage = storage.storage_from_string(storage_url)
+        self._strategy = strategies.MovingWindowRateLimiter(self._storage)
+        self._items: dict[str, RateLimitItem] = {
+            name: parse(spec) for name, spec in policies.items()
+        }
+
+    @property
+    def policies(self) -> tuple[str, ...]:
+        return tuple(self._items)
+
+    def hit(self, policy: str, *parts: str) -> None:
+        """Count one event; raise if the policy was already exhausted."""
+        item = self._items[policy]
+        ident = _key("\x1f".join(parts))
+        if not self._strategy.hit(item, policy, ident):
+            raise RateLimited(self._retry_after_for(item, policy, ident), policy=policy)
+
+    def test(self, policy: str, *parts: str) -> None:
+        """Raise if one more event would exceed the policy; count nothing."""
+        item = self._items[policy]
+        ident = _key("\x1f".join(parts))
+        if not self._strategy.test(item, policy, ident):
+            raise RateLimited(self._retry_after_for(item, policy, ident), policy=policy)
+
+    def _retry_after_for(self, item: RateLimitItem, policy: str, ident: str) -> int:
+        stats = self._strategy.get_window_stats(item, policy, ident)
+        return max(1, math.ceil(stats.reset_time - time.time()))
+
+    def reset(self) -> None:
+        """Forget every counter (tests, and `authsvc` operators after an incident review)."""
+        self._storage.reset()
+
+    def check(self) -> bool:
+        return bool(self._storage.check())

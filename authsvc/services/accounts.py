@@ -1,0 +1,332 @@
+"""Password accounts: sign-up, verification, login, forgotten and changed passwords.
+
+Enumeration resistance lives here. ``signup`` and ``forgot_password`` do the same work for every
+email (validate, throttle, hash where a password is given, queue one outbox job, write one audit
+row); the job that looks the account up runs in the background worker. ``login`` performs one
+Argon2 verification whether or not the account exists.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session as DbSession
+
+from authsvc.crypto.blocklist import check_policy
+from authsvc.crypto.passwords import HasherBusy, PasswordPolicyViolation
+from authsvc.errors import (
+    InvalidCredentials,
+    InvalidRequest,
+    InvalidToken,
+    MfaRequired,
+    Overloaded,
+    RateLimited,
+    WeakPassword,
+)
+from authsvc.models import User
+from authsvc.services import audit, factors, login, notices, outbox, sessions, user_tokens
+from authsvc.services.context import Client, Deps
+
+MAX_EMAIL_LENGTH = 254
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f]+$")
+
+
+def normalize_email(raw: str) -> str:
+    """NFKC, trimmed, lower-cased; raise InvalidRequest if it is not an address."""
+    email = unicodedata.normalize("NFKC", raw).strip().lower()
+    if len(email) > MAX_EMAIL_LENGTH or not _EMAIL.match(email):
+        raise InvalidRequest("email is not a valid address", field="email")
+    return email
+
+
+def _throttle(deps: Deps, session: DbSession, *, action: str, email: str, client: Client,
+              now: datetime) -> None:
+    """Per-IP, per-email and per-IP+email limits; identical for known and unknown emails."""
+    try:
+        deps.limiter.hit("ip", client.ip)
+        deps.limiter.hit("email", email)
+        deps.limiter.hit("ip_email", client.ip, email)
+    except RateLimited as exc:
+        audit.record(session, type="ratelimit.hit", outcome=exc.policy, now=now, client=client,
+                     email_hash=audit.email_digest(deps.keyring, email),
+                     details={"action": action})
+        raise
+
+
+def acceptable_password(deps: Deps, password: str) -> str:
+    try:
+        return check_policy(
+            password,
+            blocklist=deps.blocklist,
+            min_length=deps.settings.password_min_length,
+            max_length=deps.settings.password_max_length,
+        )
+    except PasswordPolicyViolation as exc:
+        messages = {
+            "too_short": f"at least {deps.settings.password_min_length} characters",
+            "too_long": f"at most {deps.settings.password_max_length} characters",
+            "breached": "not a common or breached password",
+        }
+        raise WeakPassword(f"The password must be {messages.get(exc.reason, 'acceptable')}",
+                           reason=exc.reason) from None
+
+
+def hash_password(deps: Deps, password: str) -> str:
+    try:
+        return deps.hasher.hash(password)
+    except HasherBusy:
+        raise Overloaded(retry_after=1) from None
+
+
+# --- sign-up -----------------------------------------------------------------------------
+
+
+def signup(session: DbSession, deps: Deps, *, email: str, password: str, client: Client,
+           now: datetime) -> None:
+    email = normalize_email(email)
+    _throttle(deps, session, action="signup", email=email, client=client, now=now)
+    normalized = acceptable_password(deps, password)
+    password_hash = hash_password(deps, normalized)
+    outbox.enqueue(session, deps.keyring, kind="signup_request",
+                   payload={"email": email, "password_hash": password_hash}, now=now)
+    audit.record(session, type="signup.requested", outcome="accepted", now=now, client=client,
+                 email_hash=audit.email_digest(deps.keyring, email))
+
+
+def process_signup_request(session: DbSession, deps: Deps, payload: dict[str, Any],
+                           now: datetime) -> None:
+    """Background half of sign-up: create the account or tell the owner it exists."""
+    email, password_hash = payload["email"], payload["password_hash"]
+    user = session.scalar(select(User).where(User.email == email))
+    if user is not None and user.email_verified_at is not None:
+        token = user_tokens.issue(session, user_id=user.id, purpose="reset_password",
+                                  ttl=deps.settings.reset_token_ttl, now=now)
+        notices.send(session, deps, to=email, template="account_exists", now=now,
+                     link=notices.link(deps, "reset-password", token))
+        return
+    if user is None:
+        user = User(email=email, created_at=now, updated_at=now)
+        session.add(user)
+        session.flush()
+        audit.record(session, type="signup.created", outcome="success", now=now,
+                     user_id=user.id)
+    # The password of the sign-up whose link is opened wins; earlier links die.
+    token = user_tokens.issue(session, user_id=user.id, purpose="verify_email",
+                              ttl=deps.settings.verification_token_ttl, now=now,
+                              pending_password_hash=password_hash)
+    notices.send(session, deps, to=email, template="verify_email", now=now,
+                 link=notices.link(deps, "verify-email", token),
+                 ttl=_human(deps.settings.verification_token_ttl.total_seconds()))
+
+
+def verify_email(session: DbSession, deps: Deps, *, token: str, client: Client,
+                 now: datetime) -> None:
+    row = user_tokens.find(session, token=token, purpose="verify_email", now=now)
+    user_tokens.consume(session, row=row, now=now)
+    user = session.get(User, row.user_id)
+    assert user is not None  # the foreign key cascades
+    user.email_verified_at = user.email_verified_at or now
+    if row.pending_password_hash and user.password_hash is None:
+        user.password_hash = row.pending_password_hash
+        user.password_set_at = now
+    user.updated_at = now
+    audit.record(session, type="signup.verified", outcome="success", now=now, client=client,
+                 user_id=user.id)
+
+
+# --- login -------------------------------------------------------------------------------
+
+
+def authenticate_password(session: DbSession, deps: Deps, *, email: str, password: str,
+                          client: Client, now: datetime) -> User:
+    """One Argon2 verification for every email; InvalidCredentials for every failure."""
+    email = normalize_email(email)
+    _throttle(deps, session, action="login", email=email, client=client, now=now)
+    email_hash = audit.email_digest(deps.keyring, email)
+    try:
+        deps.limiter.test("account_failures", email)
+    except RateLimited as exc:
+        audit.record(session, type="ratelimit.hit", outcome=exc.policy, now=now, client=client,
+                     email_hash=email_hash, details={"action": "login"})
+        raise
+    user = session.scalar(select(User).where(User.email == email))
+    try:
+        if user is not None and user.password_hash is not None:
+            result = deps.hasher.verify(user.password_hash, password)
+            ok, needs_rehash = result.ok, result.needs_rehash
+        else:
+            deps.hasher.dummy_verify(password)
+            ok, needs_rehash = False, False
+    except HasherBusy:
+        raise Overloaded(retry_after=1) from None
+    reason = None
+    if user is None:
+        reason = "unknown_email"
+    elif not ok:
+        reason = "wrong_password"
+    elif user.disabled_at is not None:
+        reason = "disabled"
+    elif user.email_verified_at is None:
+        reason = "unverified"
+    elif user.password_invalidated_at is not None:
+        reason = "password_invalidated"
+    if reason is not None:
+        deps.limiter.hit("account_failures", email)
+        audit.record(session, type="login.failure", outcome=reason, now=now, client=client,
+                     user_id=user.id if user else None, email_hash=email_hash)
+        raise InvalidCredentials()
+    assert user is not None
+    if needs_rehash:
+        user.password_hash = hash_password(deps, password)
+        user.updated_at = now
+    if deps.blocklist.is_blocked(password) and not user.password_change_required:
+        user.password_change_required = True
+        audit.record(session, type="password.breached_at_login", outcome="flagged", now=now,
+                     client=client, user_id=user.id)
+    return user
+
+
+def login_with_password(session: DbSession, deps: Deps, *, email: str, password: str,
+                        client: Client, now: datetime) -> login.LoginResult:
+    user = authenticate_password(session, deps, email=email, password=password, client=client,
+                                 now=now)
+    return login.after_password(session, deps, user=user, amr=("pwd",), client=client, now=now)
+
+
+# --- forgotten password ------------------------------------------------------------------
+
+
+def forgot_password(session: DbSession, deps: Deps, *, email: str, client: Client,
+                    now: datetime) -> None:
+    email = normalize_email(email)
+    _throttle(deps, session, action="forgot", email=email, client=client, now=now)
+    outbox.enqueue(session, deps.keyring, kind="reset_request", payload={"email": email},
+                   now=now)
+    audit.record(session, type="password.forgot", outcome="accepted", now=now, client=client,
+                 email_hash=audit.email_digest(deps.keyring, email))
+
+
+def process_reset_request(session: DbSession, deps: Deps, payload: dict[str, Any],
+                          now: datetime) -> None:
+    email = payload["email"]
+    user = session.scalar(select(User).where(User.email == email))
+    if user is None:
+        notices.send(session, deps, to=email, template="no_account", now=now)
+        return
+    if user.disabled_at is not None:
+        return
+    token = user_tokens.issue(session, user_id=user.id, purpose="reset_password",
+                              ttl=deps.settings.reset_token_ttl, now=now)
+    notices.send(session, deps, to=email, template="reset_password", now=now,
+                 link=notices.link(deps, "reset-password", token),
+                 ttl=_human(deps.settings.reset_token_ttl.total_seconds()))
+
+
+def reset_password(session: DbSession, deps: Deps, *, token: str, new_password: str,
+                   proof: factors.FactorProof, client: Client, now: datetime) -> None:
+    row = user_tokens.find(session, token=token, purpose="reset_password", now=now)
+    user = session.get(User, row.user_id)
+    if user is None or user.disabled_at is not None:
+        raise InvalidToken()
+    normalized = acceptable_password(deps, new_password)
+    methods = factors.methods_for(session, user_id=user.id)
+    if methods:
+        if not proof.given:
+            raise MfaRequired("This account has a second factor; send one with the new password",
+                              methods=list(methods))
+        factors.verify(session, deps, user_id=user.id, proof=proof, client=client, now=now)
+    user_tokens.consume(session, row=row, now=now)
+    _set_password(session, deps, user=user, password=normalized, client=client, now=now,
+                  event="password.reset")
+    user.email_verified_at = user.email_verified_at or now  # the link proved the mailbox
+
+
+def _set_password(session: DbSession, deps: Deps, *, user: User, password: str, client: Client,
+                  now: datetime, event: str) -> None:
+    user.password_hash = hash_password(deps, password)
+    user.password_set_at = now
+    user.password_invalidated_at = None
+    user.password_change_required = False
+    user.updated_at = now
+    user_tokens.revoke_all(session, user_id=user.id,
+                           purposes=("reset_password", "change_password", "mfa"), now=now)
+    revoked = sessions.revoke_all_for_user(session, user_id=user.id, reason=event, now=now)
+    audit.record(session, type=event, outcome="success", now=now, client=client,
+                 user_id=user.id, details={"sessions_revoked": revoked})
+    reset = user_tokens.issue(session, user_id=user.id, purpose="reset_password",
+                              ttl=deps.settings.reset_token_ttl, now=now)
+    notices.send(session, deps, to=user.email, template="password_changed", now=now,
+                 when=now.strftime("%Y-%m-%d %H:%M"),
+                 link=notices.link(deps, "reset-password", reset))
+
+
+def change_password(session: DbSession, deps: Deps, *, user_id: str | None,
+                    current_password: str | None, change_token: str | None, new_password: str,
+                    client: Client, now: datetime) -> None:
+    """With a bearer token and the current password, or with a change_token from login."""
+    if change_token is not None:
+        row = user_tokens.find(session, token=change_token, purpose="change_password", now=now)
+        user = session.get(User, row.user_id)
+        if user is None or user.disabled_at is not None:
+            raise InvalidCredentials()
+        normalized = acceptable_password(deps, new_password)
+        user_tokens.consume(session, row=row, now=now)
+    else:
+        user = session.get(User, user_id) if user_id else None
+        if user is None or current_password is None:
+            raise InvalidCredentials()
+        normalized = acceptable_password(deps, new_password)
+        try:
+            deps.limiter.test("account_failures", user.email)
+            result = deps.hasher.verify(user.password_hash or "", current_password)
+        except HasherBusy:
+            raise Overloaded(retry_after=1) from None
+        if not result.ok:
+            deps.limiter.hit("account_failures", user.email)
+            audit.record(session, type="password.change", outcome="wrong_password", now=now,
+                         client=client, user_id=user.id)
+            raise InvalidCredentials()
+    _set_password(session, deps, user=user, password=normalized, client=client, now=now,
+                  event="password.change")
+
+
+# --- profile -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    id: str
+    email: str
+    email_verified: bool
+    created_at: datetime
+    password_set_at: datetime | None
+    mfa_methods: tuple[str, ...]
+    password_change_required: bool
+
+
+def profile(session: DbSession, *, user_id: str) -> Profile:
+    user = session.get(User, user_id)
+    if user is None:
+        raise InvalidCredentials()
+    return Profile(
+        id=user.id,
+        email=user.email,
+        email_verified=user.email_verified_at is not None,
+        created_at=user.created_at,
+        password_set_at=user.password_set_at,
+        mfa_methods=factors.methods_for(session, user_id=user.id),
+        password_change_required=user.password_change_required,
+    )
+
+
+def _human(seconds: float) -> str:
+    if seconds >= 3600:
+        hours = int(seconds // 3600)
+        return f"{hours} hour{'s' if hours != 1 else ''}"
+    minutes = max(1, int(seconds // 60))
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"

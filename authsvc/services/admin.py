@@ -1,0 +1,161 @@
+"""Administration: API keys and user management."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session as DbSession
+
+from authsvc.crypto.tokens import new_token, token_hash
+from authsvc.errors import EmailTaken, InvalidAdminKey, InvalidRequest, NotFound
+from authsvc.models import AdminKey, User
+from authsvc.services import accounts, audit, factors, sessions
+from authsvc.services.context import Client, Deps
+
+
+@dataclass(frozen=True, slots=True)
+class AdminIdentity:
+    key_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserView:
+    id: str
+    email: str
+    email_verified: bool
+    disabled: bool
+    created_at: datetime
+    password_set_at: datetime | None
+    password_invalidated: bool
+    password_change_required: bool
+    mfa_methods: tuple[str, ...]
+
+
+def create_key(session: DbSession, *, name: str, now: datetime) -> tuple[str, str]:
+    """Return (key id, secret). Only the secret's hash is stored."""
+    name = name.strip()
+    if not name or len(name) > 128:
+        raise InvalidRequest("name must be 1 to 128 characters")
+    secret = new_token("ak")
+    key = AdminKey(name=name, key_hash=token_hash(secret), created_at=now)
+    session.add(key)
+    session.flush()
+    audit.record(session, type="admin.key_created", outcome="success", now=now,
+                 admin_key_id=key.id, details={"name": name})
+    return key.id, secret
+
+
+def authenticate_key(session: DbSession, *, secret: str, now: datetime) -> AdminIdentity:
+    key = session.scalar(select(AdminKey).where(AdminKey.key_hash == token_hash(secret)))
+    if key is None or key.revoked_at is not None:
+        raise InvalidAdminKey()
+    session.execute(update(AdminKey).where(AdminKey.id == key.id).values(last_used_at=now))
+    return AdminIdentity(key_id=key.id, name=key.name)
+
+
+def _view(session: DbSession, user: User) -> UserView:
+    return UserView(
+        id=user.id,
+        email=user.email,
+        email_verified=user.email_verified_at is not None,
+        disabled=user.disabled_at is not None,
+        created_at=user.created_at,
+        password_set_at=user.password_set_at,
+        password_invalidated=user.password_invalidated_at is not None,
+        password_change_required=user.password_change_required,
+        mfa_methods=factors.methods_for(session, user_id=user.id),
+    )
+
+
+def create_user(
+    session: DbSession,
+    deps: Deps,
+    *,
+    admin: AdminIdentity,
+    email: str,
+    password: str | None,
+    password_hash: str | None,
+    email_verified: bool,
+    client: Client,
+    now: datetime,
+) -> UserView:
+    email = accounts.normalize_email(email)
+    if (password is None) == (password_hash is None):
+        raise InvalidRequest("give exactly one of password and password_hash")
+    if password is not None:
+        stored = accounts.hash_password(deps, accounts.acceptable_password(deps, password))
+        source = "password"
+    else:
+        assert password_hash is not None
+        source = deps.hasher.identify(password_hash) or ""
+        if not source:
+            raise InvalidRequest(
+                "password_hash must be an argon2, bcrypt or pbkdf2_sha256 hash",
+                field="password_hash",
+            )
+        stored = password_hash
+    if session.scalar(select(User.id).where(User.email == email)) is not None:
+        raise EmailTaken()
+    user = User(
+        email=email,
+        password_hash=stored,
+        password_set_at=now,
+        email_verified_at=now if email_verified else None,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(user)
+    except IntegrityError:
+        raise EmailTaken() from None
+    audit.record(session, type="admin.user_created", outcome="success", now=now, client=client,
+                 user_id=user.id, admin_key_id=admin.key_id, details={"hash_source": source})
+    return _view(session, user)
+
+
+def get_user(session: DbSession, *, user_id: str) -> UserView:
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound("No such user")
+    return _view(session, user)
+
+
+def find_users(session: DbSession, *, email: str) -> list[UserView]:
+    try:
+        email = accounts.normalize_email(email)
+    except InvalidRequest:
+        return []
+    user = session.scalar(select(User).where(User.email == email))
+    return [_view(session, user)] if user else []
+
+
+def delete_user(session: DbSession, *, admin: AdminIdentity, user_id: str, client: Client,
+                now: datetime) -> None:
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound("No such user")
+    session.delete(user)
+    session.flush()
+    audit.record(session, type="admin.user_deleted", outcome="success", now=now, client=client,
+                 user_id=user_id, admin_key_id=admin.key_id)
+
+
+def disable_user(session: DbSession, *, admin: AdminIdentity, user_id: str, client: Client,
+                 now: datetime) -> UserView:
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound("No such user")
+    if user.disabled_at is None:
+        user.disabled_at = now
+        user.updated_at = now
+        revoked = sessions.revoke_all_for_user(session, user_id=user.id, reason="disabled",
+                                               now=now)
+        audit.record(session, type="admin.user_disabled", outcome="success", now=now,
+                     client=client, user_id=user.id, admin_key_id=admin.key_id,
+                     details={"sessions_revoked": revoked})
+    return _view(session, user)

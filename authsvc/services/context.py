@@ -1,0 +1,33 @@
+"""What every service call needs besides the database session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from authsvc.crypto.blocklist import Blocklist
+from authsvc.crypto.keyring import Keyring
+from authsvc.crypto.passwords import PasswordHasher
+from authsvc.ratelimit import RateLimiter
+from authsvc.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    """App-wide collaborators, built once by ``create_app`` (or the CLI/worker)."""
+
+    settings: Settings
+    keyring: Keyring
+    hasher: PasswordHasher
+    blocklist: Blocklist
+    limiter: RateLimiter
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Who is calling: for rate limits and the audit trail."""
+
+    ip: str
+    user_agent: str = ""
+
+
+SYSTEM = Client(ip="", user_agent="authsvc")

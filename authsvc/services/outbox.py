@@ -1,0 +1,76 @@
+"""Background work written in the same transaction as its cause; payloads encrypted."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session as DbSession
+
+from authsvc.crypto.keyring import Keyring
+from authsvc.models import OutboxMessage
+
+_AAD = b"outbox"
+
+
+def enqueue(
+    session: DbSession,
+    keyring: Keyring,
+    *,
+    kind: str,
+    payload: dict[str, Any],
+    now: datetime,
+    delay: timedelta = timedelta(0),
+) -> OutboxMessage:
+    message = OutboxMessage(
+        kind=kind,
+        payload_ciphertext=keyring.encrypt(json.dumps(payload).encode(), associated_data=_AAD),
+        created_at=now,
+        available_at=now + delay,
+        attempts=0,
+    )
+    session.add(message)
+    return message
+
+
+def payload_of(keyring: Keyring, message: OutboxMessage) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(keyring.decrypt(message.payload_ciphertext,
+                                                      associated_data=_AAD))
+    return data
+
+
+def enqueue_email(
+    session: DbSession, keyring: Keyring, *, to: str, subject: str, text: str, now: datetime
+) -> OutboxMessage:
+    return enqueue(
+        session, keyring, kind="email", payload={"to": to, "subject": subject, "text": text},
+        now=now,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    pending: int
+    oldest_pending_at: datetime | None
+    failed: int
+
+
+def stats(session: DbSession) -> OutboxStats:
+    pending, oldest = session.execute(
+        select(func.count(), func.min(OutboxMessage.created_at)).where(
+            OutboxMessage.completed_at.is_(None), OutboxMessage.failed_at.is_(None)
+        )
+    ).one()
+    failed = session.scalar(
+        select(func.count()).where(OutboxMessage.failed_at.is_not(None))
+    )
+    return OutboxStats(pending=pending, oldest_pending_at=oldest, failed=failed or 0)
+
+
+# A handler processes one message inside the worker's transaction. Handlers for the kinds
+# the services define are registered by the worker's composition (authsvc.mail.worker).
+Handler = Callable[[DbSession, dict[str, Any], datetime], None]

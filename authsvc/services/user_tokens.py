@@ -1,0 +1,96 @@
+"""Single-use, expiring user tokens (mail links, mfa/change/enrollment tokens); hashed at rest."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session as DbSession
+
+from authsvc.crypto.tokens import new_token, token_hash
+from authsvc.errors import InvalidToken
+from authsvc.models import UserToken
+
+PREFIXES = {
+    "verify_email": "ve",
+    "reset_password": "rp",
+    "change_password": "ct",
+    "mfa": "mfa",
+    "mfa_enrollment": "en",
+}
+
+
+def issue(
+    session: DbSession,
+    *,
+    user_id: str,
+    purpose: str,
+    ttl: timedelta,
+    now: datetime,
+    pending_password_hash: str | None = None,
+    context: dict[str, Any] | None = None,
+    replace_previous: bool = True,
+) -> str:
+    """Create a token; by default earlier unused tokens of the same purpose die."""
+    if replace_previous:
+        session.execute(
+            update(UserToken)
+            .where(
+                UserToken.user_id == user_id,
+                UserToken.purpose == purpose,
+                UserToken.used_at.is_(None),
+            )
+            .values(used_at=now)
+        )
+    secret = new_token(PREFIXES[purpose])
+    session.add(
+        UserToken(
+            user_id=user_id,
+            purpose=purpose,
+            token_hash=token_hash(secret),
+            created_at=now,
+            expires_at=now + ttl,
+            pending_password_hash=pending_password_hash,
+            context=json.dumps(context) if context is not None else None,
+        )
+    )
+    session.flush()
+    return secret
+
+
+def find(session: DbSession, *, token: str, purpose: str, now: datetime) -> UserToken:
+    """The live token row, or InvalidToken (unknown, wrong purpose, used or expired)."""
+    row = session.scalar(select(UserToken).where(UserToken.token_hash == token_hash(token)))
+    if row is None or row.purpose != purpose or row.used_at is not None or row.expires_at <= now:
+        raise InvalidToken()
+    return row
+
+
+def consume(session: DbSession, *, row: UserToken, now: datetime) -> None:
+    """Mark used exactly once, atomically (two concurrent uses: one loses)."""
+    spent = session.execute(
+        update(UserToken)
+        .where(UserToken.id == row.id, UserToken.used_at.is_(None))
+        .values(used_at=now)
+    ).rowcount
+    if spent != 1:
+        raise InvalidToken()
+
+
+def context_of(row: UserToken) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(row.context) if row.context else {}
+    return data
+
+
+def revoke_all(session: DbSession, *, user_id: str, purposes: tuple[str, ...], now: datetime) -> None:
+    session.execute(
+        update(UserToken)
+        .where(
+            UserToken.user_id == user_id,
+            UserToken.purpose.in_(purposes),
+            UserToken.used_at.is_(None),
+        )
+        .values(used_at=now)
+    )

@@ -1,0 +1,228 @@
+"""Shared fixtures: settings, a migrated database per test session, one rolled-back
+transaction per test, the app and an API helper whose responses are checked against
+openapi.yaml.
+
+AUTHSVC_TEST_DATABASE_URL selects the database (a temporary SQLite file by default);
+AUTHSVC_TEST_REDIS_URL selects Redis rate-limit storage (memory by default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email
+import email.policy
+import os
+import re
+from collections.abc import Iterator
+from datetime import timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from openapi_core import OpenAPI
+from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
+from sqlalchemy import Connection, Engine, text
+from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Request
+
+from authsvc.app import Runtime, create_app
+from authsvc.crypto.keyring import generate_key_spec
+from authsvc.db import make_engine
+from authsvc.schema import upgrade
+from authsvc.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1}
+
+
+def _database_url(tmp_root: Path) -> str:
+    url = os.environ.get("AUTHSVC_TEST_DATABASE_URL")
+    if url:
+        return url
+    return f"sqlite:///{tmp_root / 'test.db'}"
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return _database_url(tmp_path_factory.mktemp("db"))
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+    upgrade(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def connection(engine: Engine) -> Iterator[Connection]:
+    """One connection and an outer transaction per test, rolled back at the end."""
+    with engine.connect() as conn:
+        outer = conn.begin()
+        try:
+            yield conn
+        finally:
+            outer.rollback()
+
+
+@pytest.fixture(scope="session")
+def key_specs() -> tuple[str, ...]:
+    return (generate_key_spec("test1"),)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, key_specs: tuple[str, ...]) -> Settings:
+    return Settings(
+        var_dir=tmp_path / "var",
+        database_url=database_url,
+        redis_url=os.environ.get("AUTHSVC_TEST_REDIS_URL") or None,
+        mail_url=f"file://{tmp_path / 'mail'}",
+        encryption_keys=key_specs,
+        public_url="http://authsvc.test",
+        **FAST_ARGON2,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def app(settings: Settings, connection: Connection) -> Iterator[Flask]:
+    app = create_app(settings, bind=connection)
+    app.test_client_class = ContractClient
+    runtime(app).deps.limiter.reset()
+    yield app
+    runtime(app).deps.limiter.reset()
+
+
+def runtime(app: Flask) -> Runtime:
+    return app.extensions["authsvc"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def openapi_spec() -> OpenAPI:
+    return OpenAPI.from_file_path(str(ROOT / "openapi.yaml"))
+
+
+class ContractClient(FlaskClient):
+    """A test client that checks every response against openapi.yaml."""
+
+    spec: OpenAPI | None = None
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        response = super().open(*args, **kwargs)
+        if ContractClient.spec is not None and response.request.path not in _UNDOCUMENTED:
+            original = response.request
+            bare = Request(EnvironBuilder(
+                method=original.method, path=original.path,
+                query_string=original.query_string, headers=dict(original.headers),
+            ).get_environ())
+            ContractClient.spec.validate_response(
+                WerkzeugOpenAPIRequest(bare), WerkzeugOpenAPIResponse(response)
+            )
+        return response
+
+
+_UNDOCUMENTED = frozenset()
+
+
+@pytest.fixture(autouse=True)
+def _contract(openapi_spec: OpenAPI) -> Iterator[None]:
+    ContractClient.spec = openapi_spec
+    yield
+    ContractClient.spec = None
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+class Mailbox:
+    """The file:// mail backend's directory, read back as parsed messages."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def messages(self, to: str | None = None) -> list[EmailMessage]:
+        if not self.directory.exists():
+            return []
+        found = []
+        for path in sorted(self.directory.glob("*.eml")):
+            message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            assert isinstance(message, EmailMessage)
+            if to is None or message["To"] == to:
+                found.append(message)
+        return found
+
+    def last(self, to: str) -> EmailMessage:
+        messages = self.messages(to)
+        assert messages, f"no mail for {to}"
+        return messages[-1]
+
+    def token(self, to: str, path: str) -> str:
+        body = self.last(to).get_content()
+        match = re.search(rf"/{path}\?token=([A-Za-z0-9_\-%.~]+)", body)
+        assert match, f"no {path} link in the last mail to {to}"
+        return match.group(1)
+
+
+class Api:
+    """Drives the HTTP API like a client app would (flaskr's AuthActions)."""
+
+    def __init__(self, app: Flask, client: FlaskClient, mailbox: Mailbox) -> None:
+        self.app = app
+        self.client = client
+        self.mailbox = mailbox
+
+    def drain(self) -> int:
+        return runtime(self.app).worker.drain()
+
+    def signup(self, email_: str, password: str) -> Any:
+        response = self.client.post("/v1/signup", json={"email": email_, "password": password})
+        self.drain()
+        return response
+
+    def register(self, email_: str = "ada@example.com", password: str = "correct horse 42") -> str:
+        """Sign up and verify; return the user's email."""
+        assert self.signup(email_, password).status_code == 202
+        token = self.mailbox.token(email_, "verify-email")
+        assert self.client.post("/v1/signup/verify", json={"token": token}).status_code == 200
+        return email_
+
+    def login(self, email_: str, password: str) -> Any:
+        return self.client.post("/v1/login", json={"email": email_, "password": password})
+
+    def tokens(self, email_: str = "ada@example.com",
+               password: str = "correct horse 42") -> dict[str, Any]:
+        response = self.login(email_, password)
+        assert response.status_code == 200, response.get_json()
+        body = response.get_json()
+        assert body["status"] == "authenticated", body
+        return body  # type: ignore[no-any-return]
+
+    @staticmethod
+    def bearer(access_token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {access_token}"}
+
+
+@pytest.fixture
+def mailbox(settings: Settings) -> Mailbox:
+    return Mailbox(Path(settings.mail_url.removeprefix("file://")))
+
+
+@pytest.fixture
+def api(app: Flask, client: FlaskClient, mailbox: Mailbox) -> Api:
+    return Api(app, client, mailbox)
+
+
+def replace_settings(settings: Settings, **changes: Any) -> Settings:
+    return dataclasses.replace(settings, **changes)
+
+
+ONE_SECOND = timedelta(seconds=1)
