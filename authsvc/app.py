@@ -19,7 +19,7 @@ from authsvc.crypto.blocklist import Blocklist, BreachedPasswordStore, CommonPas
 from authsvc.crypto.keyring import Keyring, generate_key_spec
 from authsvc.crypto.passwords import Argon2Params, PasswordHasher
 from authsvc.db import make_engine, make_sessionmaker, utcnow
-from authsvc.http import admin, me, ops, problems, public
+from authsvc.http import admin, audit, breach, me, mfa, ops, problems, public, ui, webauthn
 from authsvc.mail.backends import make_backend
 from authsvc.mail.worker import OutboxWorker, default_handlers
 from authsvc.ratelimit import RateLimiter
@@ -125,7 +125,8 @@ def create_app(
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies,
         )
-    for blueprint in (public.bp, me.bp, admin.bp, ops.bp):
+    for blueprint in (public.bp, me.bp, mfa.bp, webauthn.bp, admin.bp, breach.bp, audit.bp,
+                      ops.bp, ui.bp):
         app.register_blueprint(blueprint)
     problems.register(app)
     _register_request_hooks(app, settings)

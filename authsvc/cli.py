@@ -9,6 +9,8 @@ import threading
 import click
 
 from authsvc.app import build_runtime, create_app
+from authsvc.commands.audit import audit
+from authsvc.commands.breach import breach_response
 from authsvc.db import utcnow
 from authsvc.gunicorn_app import run as run_gunicorn
 from authsvc.schema import upgrade
@@ -97,3 +99,7 @@ def admin_create_key(name: str) -> None:
     except Exception as exc:  # noqa: BLE001
         raise click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
     click.echo(secret)
+
+
+main.add_command(breach_response)
+main.add_command(audit)

@@ -61,7 +61,9 @@ class CommonPasswords:
     """A gzipped list of common passwords, one per line, compared case-insensitively after NFKC."""
 
     def __init__(self, path: Path | None = None) -> None:
-        source: Path | Traversable = path or files("authsvc") / "data" / "common-passwords.txt.gz"
+        source: Path | Traversable = (
+            files("authsvc") / "data" / "common-passwords.txt.gz" if path is None else path
+        )
         with source.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as lines:
             self._words = frozenset(_fold(line.strip()) for line in lines if line.strip())
 
@@ -105,19 +107,18 @@ class BreachedPasswordStore:
         return self._contains_digest(_sha1(password))
 
     def _contains_digest(self, digest: bytes) -> bool:
-        bucket = digest[0] << 8 | digest[1]
-        key = digest[2 : 2 + _SUFFIX]
-        lo, hi = self._table[bucket], self._table[bucket + 1]
-        mm, base = self._mm, _RECORDS_AT
-        while lo < hi:
+        bucket, key = digest[0] << 8 | digest[1], digest[2 : 2 + _SUFFIX]
+        lo, end = self._table[bucket], self._table[bucket + 1]
+        hi, mm = end, self._mm
+        while lo < hi:  # binary search within the bucket
             mid = (lo + hi) >> 1
-            at = base + mid * _SUFFIX
+            at = _RECORDS_AT + mid * _SUFFIX
             if mm[at : at + _SUFFIX] < key:
                 lo = mid + 1
             else:
                 hi = mid
-        at = base + lo * _SUFFIX
-        return lo < self._table[bucket + 1] and mm[at : at + _SUFFIX] == key
+        at = _RECORDS_AT + lo * _SUFFIX
+        return lo < end and mm[at : at + _SUFFIX] == key
 
     def count(self) -> int:
         return int(self._count)

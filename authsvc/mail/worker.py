@@ -15,7 +15,8 @@ from sqlalchemy.orm import sessionmaker
 from authsvc.db import utcnow
 from authsvc.mail.backends import MailBackend, MailDeliveryError, build_message
 from authsvc.models import OutboxMessage
-from authsvc.services import accounts, outbox
+from authsvc.services import accounts, breach, detection, outbox
+from authsvc.services.outbox import Handler
 from authsvc.services.context import Deps
 
 log = logging.getLogger("authsvc.worker")
@@ -23,7 +24,6 @@ log = logging.getLogger("authsvc.worker")
 MAX_ATTEMPTS = 25  # about a day and a half of backoff before a message is parked as failed
 MAX_BACKOFF = timedelta(hours=2)
 
-Handler = Callable[[DbSession, Deps, dict[str, Any], datetime], None]
 
 
 class PermanentFailure(Exception):
@@ -34,11 +34,6 @@ def backoff(attempts: int) -> timedelta:
     return min(MAX_BACKOFF, timedelta(seconds=5 * 2 ** min(attempts - 1, 20)))
 
 
-def _mail_domain(deps: Deps) -> str:
-    sender = deps.settings.mail_from
-    return sender.rsplit("@", 1)[-1].rstrip(">").strip() or "localhost"
-
-
 def make_email_handler(backend: MailBackend) -> Handler:
     def send_email(session: DbSession, deps: Deps, payload: dict[str, Any], now: datetime) -> None:
         message = build_message(
@@ -46,7 +41,7 @@ def make_email_handler(backend: MailBackend) -> Handler:
             to=payload["to"],
             subject=payload["subject"],
             text=payload["text"],
-            message_id_domain=_mail_domain(deps),
+            now=now,
         )
         try:
             backend.send(message)
@@ -63,6 +58,8 @@ def default_handlers(backend: MailBackend) -> dict[str, Handler]:
         "email": make_email_handler(backend),
         "signup_request": accounts.process_signup_request,
         "reset_request": accounts.process_reset_request,
+        **breach.HANDLERS,
+        **detection.HANDLERS,
     }
 
 

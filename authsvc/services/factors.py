@@ -1,7 +1,7 @@
-"""Second factors: which methods a user has, and checking one answer.
+"""Second factors: which methods a user has, checking one answer, listing and removing them.
 
-Factor types (TOTP, recovery codes, WebAuthn) plug in here; ``login`` and ``accounts`` call
-only these functions.
+Each factor type lives in its own module (``totp``, ``recovery``, ``webauthn``); ``login``,
+``accounts`` and the HTTP layer call only these functions.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session as DbSession
 
-from authsvc.errors import InvalidMfa
+from authsvc.errors import InvalidMfa, NotFound
+from authsvc.services import recovery, totp, webauthn
 from authsvc.services.context import Client, Deps
 
 
@@ -29,9 +30,25 @@ class FactorProof:
         return any(v is not None for v in (self.totp_code, self.recovery_code, self.webauthn))
 
 
+@dataclass(frozen=True, slots=True)
+class FactorInfo:
+    id: str
+    type: str  # totp | webauthn
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+
+
 def methods_for(session: DbSession, *, user_id: str) -> tuple[str, ...]:
     """The second-factor methods the user has enrolled, e.g. ("totp", "recovery_code")."""
-    return ()
+    methods: list[str] = []
+    if totp.has_active(session, user_id=user_id):
+        methods.append("totp")
+    if webauthn.has_credentials(session, user_id=user_id):
+        methods.append("webauthn")
+    if methods and recovery.remaining(session, user_id=user_id) > 0:
+        methods.append("recovery_code")
+    return tuple(methods)
 
 
 def verify(
@@ -43,6 +60,29 @@ def verify(
     client: Client,
     now: datetime,
 ) -> str:
-    """Check one answer; return its RFC 8176 amr value ("otp", "hwk", "swk") or raise
-    InvalidMfa."""
-    raise InvalidMfa()
+    """Check one answer; return its RFC 8176 amr value or raise InvalidMfa."""
+    if proof.totp_code is not None:
+        return totp.verify_code(session, deps, user_id=user_id, code=proof.totp_code,
+                                client=client, now=now)
+    if proof.recovery_code is not None:
+        return recovery.use_code(session, deps, user_id=user_id, code=proof.recovery_code,
+                                 client=client, now=now)
+    if proof.webauthn is not None:
+        return webauthn.verify_mfa_assertion(session, deps, user_id=user_id,
+                                             credential=proof.webauthn, client=client, now=now)
+    raise InvalidMfa("Send one of totp_code, recovery_code or webauthn")
+
+
+def list_factors(session: DbSession, *, user_id: str) -> list[FactorInfo]:
+    items = [*totp.list_factors(session, user_id=user_id),
+             *webauthn.list_factors(session, user_id=user_id)]
+    return sorted(items, key=lambda f: f.created_at)
+
+
+def owner_type(session: DbSession, *, user_id: str, factor_id: str) -> str:
+    """"totp" or "webauthn" for a factor of this user; NotFound otherwise (also for other
+    users' factors, so ids cannot be probed)."""
+    for info in list_factors(session, user_id=user_id):
+        if info.id == factor_id:
+            return info.type
+    raise NotFound("No such factor")

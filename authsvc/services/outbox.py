@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto.keyring import Keyring
 from authsvc.models import OutboxMessage
+from authsvc.services.context import Deps
 
 _AAD = b"outbox"
 
@@ -71,6 +72,5 @@ def stats(session: DbSession) -> OutboxStats:
     return OutboxStats(pending=pending, oldest_pending_at=oldest, failed=failed or 0)
 
 
-# A handler processes one message inside the worker's transaction. Handlers for the kinds
-# the services define are registered by the worker's composition (authsvc.mail.worker).
-Handler = Callable[[DbSession, dict[str, Any], datetime], None]
+# A handler processes one message inside the worker's transaction (authsvc.mail.worker).
+Handler = Callable[[DbSession, Deps, dict[str, Any], datetime], None]

@@ -1,0 +1,1 @@
+"""CLI command groups, one module per capability; registered in authsvc.cli."""

@@ -1,0 +1,27 @@
+"""WebAuthn credentials: security keys and passkeys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session as DbSession
+
+from authsvc.errors import InvalidMfa
+from authsvc.services.context import Client, Deps
+
+if TYPE_CHECKING:
+    from authsvc.services.factors import FactorInfo
+
+
+def has_credentials(session: DbSession, *, user_id: str) -> bool:
+    return False
+
+
+def verify_mfa_assertion(session: DbSession, deps: Deps, *, user_id: str,
+                         credential: dict[str, Any], client: Client, now: datetime) -> str:
+    raise InvalidMfa()
+
+
+def list_factors(session: DbSession, *, user_id: str) -> list[FactorInfo]:
+    return []
