@@ -19,8 +19,9 @@ run: $(STAMP)
 	$(BIN)/authsvc serve
 
 ## The whole suite (SQLite + in-memory limits unless AUTHSVC_TEST_* say otherwise).
+PYTEST_ARGS ?=
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check authsvc tests benchmarks migrations

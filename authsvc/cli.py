@@ -11,6 +11,7 @@ import click
 from authsvc.app import build_runtime, create_app
 from authsvc.commands.audit import audit
 from authsvc.commands.breach import breach_response
+from authsvc.commands.users import users
 from authsvc.db import utcnow
 from authsvc.gunicorn_app import run as run_gunicorn
 from authsvc.schema import upgrade
@@ -103,3 +104,4 @@ def admin_create_key(name: str) -> None:
 
 main.add_command(breach_response)
 main.add_command(audit)
+main.add_command(users)

@@ -1,0 +1,97 @@
+"""`authsvc users import FILE`: bring existing accounts over with their password hashes."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import click
+from sqlalchemy import select
+
+from authsvc.app import Runtime, build_runtime
+from authsvc.crypto.passwords import PasswordHasher
+from authsvc.db import utcnow
+from authsvc.errors import AuthsvcError
+from authsvc.models import User
+from authsvc.services import accounts, audit
+from authsvc.settings import ConfigError, Settings
+
+BATCH = 1000
+
+
+@click.group("users")
+def users() -> None:
+    """User accounts."""
+
+
+@users.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--verified/--unverified", default=True, show_default=True,
+              help="Whether imported emails count as verified (overridden by a column).")
+def import_users(file: Path, verified: bool) -> None:
+    """Import a CSV with a header row: email,password_hash[,email_verified].
+
+    Hashes may be argon2, bcrypt or pbkdf2_sha256 (Django format); they are upgraded to
+    Argon2id at each user's next login. Existing emails and bad rows are skipped and counted.
+    """
+    try:
+        runtime = build_runtime(Settings.from_env())
+    except ConfigError as exc:
+        raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
+    hasher = runtime.deps.hasher
+    imported = skipped = rejected = 0
+    with file.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"email", "password_hash"} <= set(reader.fieldnames):
+            raise click.ClickException("the CSV needs a header with email,password_hash")
+        batch: list[dict[str, str]] = []
+        for row in reader:
+            batch.append(row)
+            if len(batch) >= BATCH:
+                counts = _import_batch(runtime, hasher, batch, verified)
+                imported, skipped, rejected = (a + b for a, b in
+                                               zip((imported, skipped, rejected), counts))
+                batch = []
+        if batch:
+            counts = _import_batch(runtime, hasher, batch, verified)
+            imported, skipped, rejected = (a + b for a, b in
+                                           zip((imported, skipped, rejected), counts))
+    click.echo(f"imported {imported}, skipped {skipped} existing, rejected {rejected} invalid",
+               err=True)
+    if rejected and not imported:
+        sys.exit(1)
+
+
+def _import_batch(
+    runtime: Runtime, hasher: PasswordHasher, rows: list[dict[str, str]], verified: bool
+) -> tuple[int, int, int]:
+    now = utcnow()
+    imported = skipped = rejected = 0
+    with runtime.sessionmaker.begin() as session:
+        wanted: dict[str, tuple[str, bool]] = {}
+        for row in rows:
+            try:
+                email = accounts.normalize_email(row.get("email") or "")
+            except AuthsvcError:
+                rejected += 1
+                continue
+            password_hash = (row.get("password_hash") or "").strip()
+            if hasher.identify(password_hash) is None:
+                rejected += 1
+                continue
+            flag = (row.get("email_verified") or "").strip().lower()
+            is_verified = verified if not flag else flag in {"1", "true", "yes"}
+            wanted[email] = (password_hash, is_verified)
+        existing = set(session.scalars(select(User.email).where(User.email.in_(list(wanted)))))
+        for email, (password_hash, is_verified) in wanted.items():
+            if email in existing:
+                skipped += 1
+                continue
+            session.add(User(email=email, password_hash=password_hash, password_set_at=now,
+                             email_verified_at=now if is_verified else None,
+                             created_at=now, updated_at=now))
+            imported += 1
+        audit.record(session, type="admin.users_imported", outcome="success", now=now,
+                     details={"imported": imported, "skipped": skipped, "rejected": rejected})
+    return imported, skipped, rejected
