@@ -8,8 +8,8 @@ RUN pip install -r requirements.lock
 COPY pyproject.toml README.md openapi.yaml ./
 COPY authsvc ./authsvc
 COPY migrations ./migrations
-RUN rm -f authsvc/openapi.yaml && cp openapi.yaml authsvc/openapi.yaml \
-    && pip install --no-deps . \
+# Editable install: the code runs from /app, beside migrations/ and openapi.yaml.
+RUN pip install --no-deps -e . \
     && useradd --system --home /app authsvc && mkdir -p /app/var && chown authsvc /app/var
 USER authsvc
 EXPOSE 8000

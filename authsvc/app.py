@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, request
+from flask_cors import CORS
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
@@ -129,6 +130,10 @@ def create_app(
                       ops.bp, ui.bp):
         app.register_blueprint(blueprint)
     problems.register(app)
+    if settings.cors_origins:
+        # Browsers may call /v1 directly, from the listed origins only; never the admin API.
+        CORS(app, resources={r"/v1/*": {"origins": list(settings.cors_origins)}},
+             allow_headers=["Authorization", "Content-Type"], max_age=600)
     _register_request_hooks(app, settings)
     with runtime.sessionmaker.begin() as session:
         signing.ensure_key(session, runtime.deps.keyring, now=utcnow())
@@ -150,12 +155,6 @@ def _register_request_hooks(app: Flask, settings: Settings) -> None:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("Cache-Control", "no-store")
-        origin = request.headers.get("Origin")
-        if origin and origin in settings.cors_origins:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, PATCH"
-            response.headers["Vary"] = "Origin"
         return response
 
     @app.teardown_appcontext

@@ -1,6 +1,7 @@
 import gzip
 import hashlib
 import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,11 +37,12 @@ def common() -> CommonPasswords:
     return CommonPasswords()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> BreachedPasswordStore:
-    src = write_lines(tmp_path / "pwned.txt", [f"{sha1_hex(p)}:{i + 1}" for i, p in enumerate(BREACHED)])
-    import_pwned_file(src, tmp_path / "store.bin")
-    with BreachedPasswordStore(tmp_path / "store.bin") as opened:
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BreachedPasswordStore]:
+    folder = tmp_path_factory.mktemp("store")
+    lines = [f"{sha1_hex(p)}:{i + 1}" for i, p in enumerate(BREACHED)]
+    import_pwned_file(write_lines(folder / "pwned.txt", lines), folder / "store.bin")
+    with BreachedPasswordStore(folder / "store.bin") as opened:
         yield opened
 
 
@@ -103,7 +105,9 @@ def test_import_tolerates_case_crlf_and_whitespace_and_counts_bad_lines(tmp_path
         "G" + sha1_hex(CLEAN[0])[1:] + ":1",
         "\u00ff" * 45,
     ]
-    src = write_lines(tmp_path / "pwned.txt", [*good[:2], "", *bad, "   ", *good[2:]], newline="\r\n")
+    src = write_lines(
+        tmp_path / "pwned.txt", [*good[:2], "", *bad, "   ", *good[2:]], newline="\r\n"
+    )
     result = import_pwned_file(src, tmp_path / "store.bin")
     assert result == ImportResult(imported=4, rejected=len(bad))
     with BreachedPasswordStore(tmp_path / "store.bin") as store:
@@ -176,11 +180,18 @@ def _fail_while_writing(stage: str, done: int, total: int) -> None:
     [
         (lambda d: d / "missing.txt", None, FileNotFoundError),
         (lambda d: d, None, IsADirectoryError),
-        (lambda d: write_lines(d / "new.txt", [f"{sha1_hex('x')}:1"]), _fail_while_writing, KeyboardInterrupt),
+        (
+            lambda d: write_lines(d / "x.txt", ["A" * 40 + ":1"]),
+            _fail_while_writing,
+            KeyboardInterrupt,
+        ),
     ],
 )
 def test_a_failed_import_keeps_the_old_store(
-    tmp_path: Path, make_src: object, progress: object, error: type[BaseException]
+    tmp_path: Path,
+    make_src: Callable[[Path], Path],
+    progress: Callable[[str, int, int], None] | None,
+    error: type[BaseException],
 ) -> None:
     dest_dir = tmp_path / "var"
     dest_dir.mkdir()
@@ -188,7 +199,7 @@ def test_a_failed_import_keeps_the_old_store(
     import_pwned_file(good, dest_dir / "store.bin")
     before = (dest_dir / "store.bin").read_bytes()
     with pytest.raises(error):
-        import_pwned_file(make_src(tmp_path), dest_dir / "store.bin", progress=progress)  # type: ignore[operator, arg-type]
+        import_pwned_file(make_src(tmp_path), dest_dir / "store.bin", progress=progress)
     assert (dest_dir / "store.bin").read_bytes() == before
     assert sorted(p.name for p in dest_dir.iterdir()) == ["store.bin"]
 
@@ -201,14 +212,14 @@ def test_a_failed_import_keeps_the_old_store(
         lambda data: b"NOTASTORE" + data[9:],
         lambda data: data[:-1],
         lambda data: data + b"\0" * 8,
-        lambda data: data[:24] + (10**6).to_bytes(8, "little") + data[32:],  # table past count
+        lambda data: data[:24] + (10**6).to_bytes(8, "little") + data[32:],  # first bucket not at 0
     ],
 )
-def test_a_damaged_store_is_refused(tmp_path: Path, damage: object) -> None:
+def test_a_damaged_store_is_refused(tmp_path: Path, damage: Callable[[bytes], bytes]) -> None:
     src = write_lines(tmp_path / "pwned.txt", [f"{sha1_hex(p)}:1" for p in BREACHED])
     import_pwned_file(src, tmp_path / "store.bin")
     data = (tmp_path / "store.bin").read_bytes()
-    (tmp_path / "bad.bin").write_bytes(damage(data))  # type: ignore[operator]
+    (tmp_path / "bad.bin").write_bytes(damage(data))
     with pytest.raises(InvalidBreachedStore):
         BreachedPasswordStore(tmp_path / "bad.bin")
 
@@ -257,7 +268,11 @@ def test_check_policy_refuses(
 
 @pytest.mark.parametrize(
     ("password", "normalized"),
-    [(CLEAN[0], CLEAN[0]), (full_width("Zebra-Quartz-17"), "Zebra-Quartz-17"), ("x" * 64, "x" * 64)],
+    [
+        (CLEAN[0], CLEAN[0]),
+        (full_width("Zebra-Quartz-17"), "Zebra-Quartz-17"),
+        ("x" * 64, "x" * 64),
+    ],
 )
 def test_check_policy_returns_the_nfkc_form(
     common: CommonPasswords, store: BreachedPasswordStore, password: str, normalized: str
@@ -268,5 +283,8 @@ def test_check_policy_returns_the_nfkc_form(
 
 @settings(max_examples=300, deadline=None)
 @given(password=st.text())
-def test_lookups_never_raise(common: CommonPasswords, password: str) -> None:
-    assert isinstance(Blocklist(common, None).is_blocked(password), bool)
+def test_lookups_never_raise(
+    common: CommonPasswords, store: BreachedPasswordStore, password: str
+) -> None:
+    assert isinstance(Blocklist(common, store).is_blocked(password), bool)
+    assert isinstance(store.contains(password + "\ud800"), bool)
