@@ -50,6 +50,7 @@ class LiveServer:
         host: str = "127.0.0.1",
         redis_db: int | None = None,
         database: str = "postgresql",
+        serve_args: tuple[str, ...] = (),
     ) -> None:
         self.workdir = workdir
         self.port = free_port()
@@ -61,6 +62,7 @@ class LiveServer:
         self.db_name = f"e2e_{secrets.token_hex(6)}"
         self.redis_db = redis_db if redis_db is not None else 1 + secrets.randbelow(15)
         self.database = database
+        self.serve_args = serve_args  # extra `authsvc serve` options, e.g. --no-outbox-thread
         self.admin_key = ""
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")},
@@ -98,7 +100,8 @@ class LiveServer:
         self._log = log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [str(AUTHSVC), "serve", "--host", self.host, "--port", str(self.port),
-             "--workers", str(self.workers), "--threads", str(self.threads)],
+             "--workers", str(self.workers), "--threads", str(self.threads),
+             *self.serve_args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
         )
         deadline = time.monotonic() + 30

@@ -76,7 +76,7 @@ def test_common_passwords_match_ignoring_case_after_nfkc(
 
 def test_common_passwords_from_another_file(tmp_path: Path) -> None:
     path = tmp_path / "list.txt.gz"
-    path.write_bytes(gzip.compress("Sommer2024\n\n  \nＨＯＮＥＹ\n".encode()))
+    path.write_bytes(gzip.compress(f"Sommer2024\n\n  \n{full_width('HONEY')}\n".encode()))
     custom = CommonPasswords(path)
     assert len(custom) == 2
     assert "sommer2024" in custom
@@ -116,7 +116,7 @@ def test_import_tolerates_case_crlf_and_whitespace_and_counts_bad_lines(tmp_path
         assert not any(store.contains(p) for p in CLEAN)
 
 
-@pytest.mark.parametrize("chunk_bytes", [64, 2048, 1 << 20])
+@pytest.mark.parametrize("chunk_bytes", [2048, 1 << 20])
 def test_unsorted_input_in_any_chunking_gives_the_same_store(
     tmp_path: Path, chunk_bytes: int
 ) -> None:
