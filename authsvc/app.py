@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,23 +14,30 @@ from typing import Any
 from flask import Flask, Response, g, request
 from flask_cors import CORS
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from authsvc.crypto.blocklist import Blocklist, BreachedPasswordStore, CommonPasswords
 from authsvc.crypto.keyring import Keyring, generate_key_spec
-from authsvc.crypto.passwords import Argon2Params, PasswordHasher
+from authsvc.crypto.passwords import Argon2Params
 from authsvc.db import make_engine, make_sessionmaker, utcnow
 from authsvc.http import admin, audit, breach, me, mfa, ops, problems, public, ui, webauthn
+from authsvc.logging_setup import bind_request_id, unbind_request_id
 from authsvc.mail.backends import make_backend
 from authsvc.mail.worker import OutboxWorker, default_handlers
+from authsvc.metrics import Metrics, TimedPasswordHasher
 from authsvc.ratelimit import RateLimiter
+from authsvc.services import audit as audit_service
 from authsvc.services import signing
 from authsvc.services.context import Deps
-from authsvc.settings import Settings
+from authsvc.services.detection import Detector
+from authsvc.settings import ConfigError, Settings
 
 log = logging.getLogger("authsvc")
+access_log = logging.getLogger("authsvc.access")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 @dataclass
@@ -40,6 +49,8 @@ class Runtime:
     sessionmaker: sessionmaker[DbSession]
     deps: Deps
     worker: OutboxWorker
+    metrics: Metrics
+    detector: Detector
     worker_stop: threading.Event | None = None
 
 
@@ -71,8 +82,11 @@ def rate_limit_policies(settings: Settings) -> dict[str, str]:
     }
 
 
-def build_runtime(settings: Settings, *, bind: Connection | None = None) -> Runtime:
-    """Build every app-wide object. ``bind`` joins sessions to an outer transaction (tests)."""
+def build_runtime(settings: Settings, *, bind: Connection | None = None,
+                  metrics_dir: Path | None = None) -> Runtime:
+    """Build every app-wide object. ``bind`` joins sessions to an outer transaction (tests);
+    ``metrics_dir`` is the multiprocess metrics directory under gunicorn."""
+    metrics = Metrics(multiprocess_dir=metrics_dir)
     if settings.resolved_database_url.startswith("sqlite"):
         settings.var_dir.mkdir(parents=True, exist_ok=True)
     keyring = (
@@ -85,7 +99,7 @@ def build_runtime(settings: Settings, *, bind: Connection | None = None) -> Runt
     if bind is not None:
         factory = sessionmaker(bind=bind, expire_on_commit=False,
                                join_transaction_mode="create_savepoint")
-    hasher = PasswordHasher(
+    hasher = TimedPasswordHasher(
         Argon2Params(
             time_cost=settings.argon2_time_cost,
             memory_cost_kib=settings.argon2_memory_kib,
@@ -93,6 +107,7 @@ def build_runtime(settings: Settings, *, bind: Connection | None = None) -> Runt
         ),
         max_concurrent=settings.max_concurrent_hashes,
         acquire_timeout=settings.hash_queue_timeout,
+        seconds=metrics.password_hash_seconds,
     )
     breached_path = settings.breached_passwords_path
     blocklist = Blocklist(
@@ -102,12 +117,16 @@ def build_runtime(settings: Settings, *, bind: Connection | None = None) -> Runt
     limiter = RateLimiter(settings.rate_limit_storage_url, rate_limit_policies(settings))
     deps = Deps(settings=settings, keyring=keyring, hasher=hasher, blocklist=blocklist,
                 limiter=limiter)
-    worker = OutboxWorker(
-        sessionmaker=factory, deps=deps,
-        handlers=default_handlers(make_backend(settings.mail_url)),
-    )
+    try:
+        mail_backend = make_backend(settings.mail_url)
+    except ValueError as exc:
+        raise ConfigError([f"AUTHSVC_MAIL_URL: {exc}"]) from None
+    detector = Detector(deps=deps, metrics=metrics)
+    audit_service.attach(factory, detector.hooks())
+    worker = OutboxWorker(sessionmaker=factory, deps=deps,
+                          handlers=default_handlers(mail_backend))
     return Runtime(settings=settings, engine=engine, sessionmaker=factory, deps=deps,
-                   worker=worker)
+                   worker=worker, metrics=metrics, detector=detector)
 
 
 def create_app(
@@ -115,9 +134,10 @@ def create_app(
     *,
     start_worker: bool = False,
     bind: Connection | None = None,
+    metrics_dir: Path | None = None,
 ) -> Flask:
     settings = settings or Settings.from_env()
-    runtime = build_runtime(settings, bind=bind)
+    runtime = build_runtime(settings, bind=bind, metrics_dir=metrics_dir)
     app = Flask("authsvc")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -135,8 +155,14 @@ def create_app(
         CORS(app, resources={r"/v1/*": {"origins": list(settings.cors_origins)}},
              allow_headers=["Authorization", "Content-Type"], max_age=600)
     _register_request_hooks(app, settings)
-    with runtime.sessionmaker.begin() as session:
-        signing.ensure_key(session, runtime.deps.keyring, now=utcnow())
+    try:
+        with runtime.sessionmaker.begin() as session:
+            signing.ensure_key(session, runtime.deps.keyring, now=utcnow())
+    except DBAPIError as exc:
+        # Unreachable, or not migrated yet: start anyway so that /readyz can say so (503);
+        # the signing key is then created on first use.
+        log.warning("database not ready at startup (%s): run `authsvc db upgrade`",
+                    type(exc.orig).__name__)
     if start_worker:
         _, runtime.worker_stop = runtime.worker.start_thread(
             poll_interval=settings.outbox_poll_interval
@@ -145,17 +171,39 @@ def create_app(
 
 
 def _register_request_hooks(app: Flask, settings: Settings) -> None:
+    metrics: Metrics = app.extensions["authsvc"].metrics
+
     @app.before_request
     def _request_id() -> None:
-        g.request_id = request.headers.get("X-Request-Id", "")[:64] or os.urandom(8).hex()
+        g.request_started = time.perf_counter()
+        given = request.headers.get("X-Request-Id", "")[:64]
+        g.request_id = given if _REQUEST_ID.fullmatch(given) else os.urandom(8).hex()
+        g.request_log_token = bind_request_id(g.request_id)
 
     @app.after_request
     def _headers(response: Response) -> Response:
+        started = g.get("request_started")
+        if started is not None:
+            seconds = time.perf_counter() - started
+            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            metrics.observe_request(route=route, method=request.method,
+                                    status=response.status_code, seconds=seconds)
+            access_log.info("%s %s %d", request.method, route, response.status_code,
+                            extra={"method": request.method, "route": route,
+                                   "path": request.path[:256], "status": response.status_code,
+                                   "duration_ms": round(seconds * 1000, 2),
+                                   "ip": request.remote_addr})
         response.headers["X-Request-Id"] = g.get("request_id", "")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+    @app.teardown_request
+    def _unbind_request_id(_exc: Any) -> None:
+        token = g.pop("request_log_token", None)
+        if token is not None:
+            unbind_request_id(token)
 
     @app.teardown_appcontext
     def _close_db(_exc: Any) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 
@@ -11,9 +10,12 @@ import click
 from authsvc.app import build_runtime, create_app
 from authsvc.commands.audit import audit
 from authsvc.commands.breach import breach_response
+from authsvc.commands.keys import keys
+from authsvc.commands.passwords import breached_passwords
 from authsvc.commands.users import users
 from authsvc.db import utcnow
 from authsvc.gunicorn_app import run as run_gunicorn
+from authsvc.logging_setup import configure as configure_logging
 from authsvc.schema import upgrade
 from authsvc.services import admin as admin_service
 from authsvc.settings import ConfigError, Settings
@@ -29,8 +31,7 @@ def _settings() -> Settings:
 @click.group()
 def main() -> None:
     """authsvc: passwords, TOTP, WebAuthn and breach response for your web apps."""
-    logging.basicConfig(level=os.environ.get("AUTHSVC_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(os.environ.get("AUTHSVC_LOG_LEVEL", "INFO"))
 
 
 @main.command()
@@ -93,10 +94,14 @@ def admin() -> None:
 @click.option("--name", required=True, help="Who or what uses the key.")
 def admin_create_key(name: str) -> None:
     """Create an admin API key; prints the key alone on stdout (it is stored hashed)."""
-    runtime = build_runtime(_settings())
+    settings = _settings()
     try:
+        runtime = build_runtime(settings)
         with runtime.sessionmaker.begin() as session:
             _, secret = admin_service.create_key(session, name=name, now=utcnow())
+        runtime.engine.dispose()
+    except ConfigError as exc:
+        raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
     except Exception as exc:  # noqa: BLE001
         raise click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
     click.echo(secret)
@@ -104,4 +109,6 @@ def admin_create_key(name: str) -> None:
 
 main.add_command(breach_response)
 main.add_command(audit)
+main.add_command(keys)
+main.add_command(breached_passwords)
 main.add_command(users)

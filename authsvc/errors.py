@@ -92,3 +92,37 @@ class Overloaded(AuthsvcError):
     def __init__(self, retry_after: int = 1) -> None:
         super().__init__("The service is busy; retry later")
         self.retry_after = retry_after
+
+
+class InvalidWebauthnResponse(AuthsvcError):
+    code, title, status = (
+        "invalid_webauthn_response", "The WebAuthn response was not accepted", 400,
+    )
+
+
+class InvalidChallenge(AuthsvcError):
+    code, title, status = (
+        "invalid_challenge", "The WebAuthn challenge is unknown, expired or already used", 400,
+    )
+
+
+class AuthenticatorNotAllowed(AuthsvcError):
+    code, title, status = (
+        "authenticator_not_allowed", "This authenticator is not allowed by policy", 403,
+    )
+
+
+class CredentialExists(AuthsvcError):
+    code, title, status = "credential_exists", "This credential is already registered", 409
+
+
+class InvalidCode(AuthsvcError):
+    code, title, status = "invalid_code", "The code is not correct", 400
+
+
+class FactorLimitReached(AuthsvcError):
+    code, title, status = "factor_limit_reached", "No more factors of this type can be added", 409
+
+
+class MfaNotEnabled(AuthsvcError):
+    code, title, status = "mfa_not_enabled", "The account has no second factor", 409

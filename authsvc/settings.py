@@ -67,10 +67,43 @@ class Settings:
     webauthn_rp_name: str = "authsvc"
     webauthn_origins: tuple[str, ...] = ("http://localhost:8000",)
     totp_issuer: str = "authsvc"
-    ui_enabled: bool = True
+    totp_pending_ttl: timedelta = timedelta(minutes=10)  # an unconfirmed TOTP factor dies after
+    totp_max_factors: int = 10  # confirmed TOTP factors per user
+    # /ui: on by default in development; production serves it only when set to true.
+    ui_enabled: bool | None = None
     outbox_poll_interval: float = 0.5
     allow_insecure_production: bool = False
     log_level: str = "INFO"
+    # WebAuthn policy (security keys and passkeys).
+    webauthn_user_verification: str = "preferred"  # required | preferred | discouraged
+    webauthn_attestation: str = "none"  # none (accept any) | direct (verified attestation)
+    webauthn_attestation_roots: Path | None = None  # PEM trust anchors for "direct"
+    webauthn_aaguid_allow: tuple[str, ...] = ()  # empty: every authenticator model
+    webauthn_aaguid_deny: tuple[str, ...] = ()
+    webauthn_allow_backup_eligible: bool = True  # synced passkeys
+    webauthn_on_counter_regression: str = "reject"  # reject | flag
+    webauthn_challenge_ttl: timedelta = timedelta(minutes=5)
+    webauthn_max_credentials: int = 20
+    # Detection of guessing and stuffing: sliding windows over the audit events.
+    detect_window: timedelta = timedelta(minutes=10)
+    detect_emails_per_ip: int = 50  # distinct emails tried from one IP in the window
+    detect_emails_per_network: int = 200  # ... from one /24 (IPv4) or /64 (IPv6)
+    detect_ips_per_account: int = 10  # distinct IPs failing on one account in the window
+    detect_unknown_email_share: float = 0.6  # share of login attempts for unknown emails ...
+    detect_unknown_email_min_attempts: int = 200  # ... once there are this many attempts
+    detect_recovery_burst: int = 30  # recovery-code uses and password resets, all accounts
+    alert_cooldown: timedelta = timedelta(minutes=10)  # one alert per detector and source
+    alert_webhook_url: str | None = None  # signed JSON POST per alert, via the outbox
+    alert_webhook_secret: str | None = None  # HMAC-SHA256 key; required with the URL
+    alert_webhook_timeout: float = 3.0
+    audit_retention: timedelta = timedelta(days=400)  # `authsvc audit prune`; 0 keeps all
+
+    @property
+    def ui_served(self) -> bool:
+        """Whether /ui is served: an explicit setting wins; otherwise only in development."""
+        if self.ui_enabled is None:
+            return self.env is Env.DEVELOPMENT
+        return self.ui_enabled
 
     @property
     def resolved_database_url(self) -> str:
@@ -126,10 +159,46 @@ class Settings:
                     "SQLite is refused in production: set AUTHSVC_DATABASE_URL to PostgreSQL "
                     "(or set AUTHSVC_ALLOW_INSECURE_PRODUCTION=true)"
                 )
+        out.extend(self._webauthn_problems())
+        out.extend(self._detection_problems())
         for key in self.encryption_keys:
             if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}:[A-Za-z0-9_=-]{43,44}", key):
                 out.append("AUTHSVC_ENCRYPTION_KEYS: each entry must be 'kid:base64url(32 bytes)'")
                 break
+        return out
+
+    def _webauthn_problems(self) -> list[str]:
+        out = []
+        if self.webauthn_user_verification not in {"required", "preferred", "discouraged"}:
+            out.append("AUTHSVC_WEBAUTHN_USER_VERIFICATION must be required, preferred or "
+                       "discouraged")
+        if self.webauthn_attestation not in {"none", "direct"}:
+            out.append("AUTHSVC_WEBAUTHN_ATTESTATION must be none or direct")
+        if self.webauthn_on_counter_regression not in {"reject", "flag"}:
+            out.append("AUTHSVC_WEBAUTHN_ON_COUNTER_REGRESSION must be reject or flag")
+        aaguid = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+        if not all(aaguid.match(a) for a in (*self.webauthn_aaguid_allow,
+                                             *self.webauthn_aaguid_deny)):
+            out.append("AUTHSVC_WEBAUTHN_AAGUID_ALLOW/DENY: lower-case UUIDs, comma separated")
+        if not self.webauthn_rp_id or not self.webauthn_origins:
+            out.append("AUTHSVC_WEBAUTHN_RP_ID and AUTHSVC_WEBAUTHN_ORIGINS must not be empty")
+        if self.webauthn_challenge_ttl.total_seconds() < 10:
+            out.append("AUTHSVC_WEBAUTHN_CHALLENGE_TTL must be at least 10s")
+        return out
+
+    def _detection_problems(self) -> list[str]:
+        out = []
+        if self.alert_webhook_url and not self.alert_webhook_secret:
+            out.append("AUTHSVC_ALERT_WEBHOOK_SECRET is required with AUTHSVC_ALERT_WEBHOOK_URL")
+        if self.alert_webhook_url and not re.match(r"^https?://[^\s/]+", self.alert_webhook_url):
+            out.append("AUTHSVC_ALERT_WEBHOOK_URL must be an http:// or https:// URL")
+        if not 0 < self.detect_unknown_email_share <= 1:
+            out.append("AUTHSVC_DETECT_UNKNOWN_EMAIL_SHARE must be in (0, 1]")
+        counts = (self.detect_emails_per_ip, self.detect_emails_per_network,
+                  self.detect_ips_per_account, self.detect_recovery_burst,
+                  self.detect_unknown_email_min_attempts)
+        if min(counts) < 1 or self.detect_window.total_seconds() < 1:
+            out.append("AUTHSVC_DETECT_*: thresholds and the window must be positive")
         return out
 
 
@@ -187,6 +256,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "tuple[str, ...]": _parse_tuple,
     "timedelta": _parse_duration,
     "bool": _parse_bool,
+    "bool | None": lambda raw: _parse_bool(raw) if raw.strip() else None,
     "int": _parse_int,
     "float": _parse_float,
 }

@@ -1,10 +1,93 @@
-"""`authsvc audit ...`"""
+"""`authsvc audit ...`: check the trail's hash chain, prune old events."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import click
+
+from authsvc.app import build_runtime
+from authsvc.db import utcnow
+from authsvc.services import audit as audit_service
+from authsvc.settings import ConfigError, Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
 
 
 @click.group("audit")
 def audit() -> None:
     """The security event trail."""
+
+
+@audit.command("verify")
+def verify() -> None:
+    """Check every event against the hash chain; exit 1 naming the first broken event."""
+    try:
+        runtime = build_runtime(_settings())
+        with runtime.sessionmaker.begin() as session:
+            result = audit_service.verify(session, keyring=runtime.deps.keyring)
+        runtime.engine.dispose()
+    except ConfigError as exc:
+        raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
+    except click.ClickException:
+        raise
+    except Exception as exc:  # one line, not a traceback
+        raise click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+    if not result.ok:
+        where = f"event {result.broken_id}" if result.broken_id is not None else "chain head"
+        raise click.ClickException(
+            f"audit trail broken at {where}: {result.reason} ({result.checked} events verified "
+            "before it)"
+        )
+    click.echo(f"audit trail intact: {result.checked} events verified")
+
+
+def _cutoff(before: str | None, older_than: str | None, retention: timedelta) -> datetime | None:
+    if before is not None and older_than is not None:
+        raise click.UsageError("give --before or --older-than, not both")
+    if before is not None:
+        try:
+            value = datetime.fromisoformat(before)
+        except ValueError:
+            raise click.BadParameter("an RFC 3339 time such as 2025-01-02T00:00:00Z",
+                                     param_hint="--before") from None
+        if value.tzinfo is None:
+            raise click.BadParameter("give a UTC offset, such as Z", param_hint="--before")
+        return value
+    if older_than is not None:
+        days = older_than.removesuffix("d")
+        if not days.isdigit() or int(days) < 1:
+            raise click.BadParameter("a number of days such as 400d", param_hint="--older-than")
+        return utcnow() - timedelta(days=int(days))
+    if retention <= timedelta(0):
+        return None
+    return utcnow() - retention
+
+
+@audit.command("prune")
+@click.option("--before", help="Delete events before this RFC 3339 time.")
+@click.option("--older-than", help="Delete events older than N days (e.g. 400d). "
+                                   "Default: AUTHSVC_AUDIT_RETENTION.")
+def prune(before: str | None, older_than: str | None) -> None:
+    """Delete old events; what remains still verifies (the chain keeps an anchor)."""
+    settings = _settings()
+    cutoff = _cutoff(before, older_than, settings.audit_retention)
+    if cutoff is None:
+        click.echo("AUTHSVC_AUDIT_RETENTION is 0: events are kept forever; nothing pruned",
+                   err=True)
+        return
+    try:
+        runtime = build_runtime(settings)
+        with runtime.sessionmaker.begin() as session:
+            result = audit_service.prune(session, before=cutoff, now=utcnow())
+        runtime.engine.dispose()
+    except ConfigError as exc:
+        raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
+    except Exception as exc:  # one line, not a traceback
+        raise click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+    click.echo(f"pruned {result.pruned} events before {cutoff.isoformat()}")

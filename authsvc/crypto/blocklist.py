@@ -134,6 +134,8 @@ class BreachedPasswordStore:
 
 
 class Blocklist:
+    """Common passwords, plus the breached store when one has been imported."""
+
     def __init__(self, common: CommonPasswords, breached: BreachedPasswordStore | None) -> None:
         self._common = common
         self._breached = breached
@@ -182,6 +184,7 @@ def import_pwned_file(
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
+        os.fchmod(fd, 0o644)  # public data; the service may run as another user
         with os.fdopen(fd, "wb") as out, tempfile.TemporaryFile(dir=dest.parent) as spill:
             runs, rejected = _write_runs(src, spill, chunk_bytes, total_bytes, progress)
             imported = _merge_runs(spill, runs, out, chunk_bytes // 32, progress)
@@ -250,12 +253,6 @@ def _to_ints(data: bytes) -> array[int]:
     return values
 
 
-def _to_bytes(values: array[int]) -> bytes:
-    if _SWAP:
-        values.byteswap()
-    return values.tobytes()
-
-
 def _merge_runs(
     spill: IO[bytes],
     runs: list[_Run],
@@ -280,7 +277,7 @@ def _merge_runs(
                     values = _to_ints(b"".join(mm[at : at + n * _SUFFIX] for at, n in slices))
                     total += _write_values(out, dict.fromkeys(sorted(values)))
                 else:  # a huge bucket (never seen with real SHA-1s): stream it
-                    total += _write_values(out, _stream_unique(mm, slices))
+                    total += _write_values(out, _stream_unique(mm, slices, max_in_memory))
                 if progress is not None and (bucket + 1) % 1024 == 0:
                     progress("write", bucket + 1, _BUCKETS)
     out.seek(0)
@@ -295,14 +292,17 @@ def _write_values(out: IO[bytes], values: Iterable[int]) -> int:
     written = 0
     it = iter(values)
     while batch := array("Q", islice(it, 1 << 16)):
-        out.write(_to_bytes(batch))
+        if _SWAP:
+            batch.byteswap()
+        out.write(batch.tobytes())
         written += len(batch)
     return written
 
 
-def _stream_unique(mm: mmap.mmap, slices: list[tuple[int, int]]) -> Iterator[int]:
+def _stream_unique(mm: mmap.mmap, slices: list[tuple[int, int]], budget: int) -> Iterator[int]:
+    step = max(256, budget // len(slices))  # records held per run
+
     def run_values(at: int, n: int) -> Iterator[int]:
-        step = 1 << 16
         for start in range(0, n, step):
             lo = at + start * _SUFFIX
             yield from _to_ints(mm[lo : lo + min(step, n - start) * _SUFFIX])

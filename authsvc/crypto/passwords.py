@@ -168,11 +168,12 @@ class PasswordHasher:
             return VerifyResult(ok=ok, needs_rehash=ok)
 
     def dummy_verify(self, password: str) -> None:
-        """Spend the same time as ``verify`` on a current hash, for accounts that do not exist."""
+        """Do the work of a failed ``verify`` on a current hash, for accounts that do not exist."""
         normalized = normalize(password)
         with self._slot():
-            self._check_argon2(self._dummy(), normalized)
-            self._needs_rehash(self._dummy())
+            dummy = self._dummy()
+            self.identify(dummy)
+            self._check_argon2(dummy, normalized)
 
     def _dummy(self) -> str:
         with self._dummy_lock:
@@ -180,11 +181,14 @@ class PasswordHasher:
                 self._dummy_hash = self._hash(secrets.token_urlsafe(24))
             return self._dummy_hash
 
-    def identify(self, expected_hash: str) -> HashFamily | None:
-        """ "argon2", "bcrypt" or "pbkdf2_sha256" for a hash ``verify`` accepts, else None."""
-        if not isinstance(expected_hash, str):
+    def identify(self, stored_hash: str) -> HashFamily | None:
+        """The family of a hash that ``verify`` accepts: argon2, bcrypt or pbkdf2_sha256.
+
+        None for anything else, including well-formed hashes above the MAX_* cost ceilings.
+        """
+        if not isinstance(stored_hash, str):
             return None
-        if m := _ARGON2_RE.fullmatch(expected_hash):
+        if m := _ARGON2_RE.fullmatch(stored_hash):
             memory, time_cost, lanes = int(m[1]), int(m[2]), int(m[3])
             if (
                 1 <= lanes <= self._max_lanes
@@ -193,9 +197,9 @@ class PasswordHasher:
             ):
                 return "argon2"
             return None
-        if m := _BCRYPT_RE.fullmatch(expected_hash):
+        if m := _BCRYPT_RE.fullmatch(stored_hash):
             return "bcrypt" if 4 <= int(m[1]) <= MAX_BCRYPT_COST else None
-        if m := _PBKDF2_RE.fullmatch(expected_hash):
+        if m := _PBKDF2_RE.fullmatch(stored_hash):
             return "pbkdf2_sha256" if int(m[1]) <= MAX_PBKDF2_ITERATIONS else None
         return None
 

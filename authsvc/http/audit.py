@@ -2,6 +2,109 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+import re
+from datetime import datetime
+
+from flask import Blueprint, Response, request
+
+from authsvc.errors import InvalidRequest
+from authsvc.http.auth import principal, require_admin, require_user
+from authsvc.http.io import db, deps, respond, transactional
+from authsvc.services import accounts, audit
 
 bp = Blueprint("audit", __name__)
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+MAX_TYPES = 20
+_TYPE = re.compile(r"^[a-z0-9_.]{1,64}\*?$")
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ADMIN_PARAMS = frozenset({"user_id", "type", "outcome", "email", "ip", "since", "until",
+                           "limit", "cursor"})
+_USER_PARAMS = frozenset({"limit", "cursor"})
+
+
+def _only(allowed: frozenset[str]) -> None:
+    unknown = sorted(set(request.args) - allowed)
+    if unknown:
+        raise InvalidRequest(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
+    for name in request.args:
+        if len(request.args.getlist(name)) > (MAX_TYPES if name == "type" else 1):
+            raise InvalidRequest(f"{name} is given too often", field=name)
+
+
+def _time(name: str) -> datetime | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.strip().replace("z", "Z"))
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None or len(raw) > 40:
+        raise InvalidRequest(f"{name} must be an RFC 3339 time with an offset, such as "
+                             "2025-01-02T03:04:05Z", field=name)
+    return value
+
+
+def _limit() -> int:
+    raw = request.args.get("limit", str(DEFAULT_LIMIT))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise InvalidRequest(f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
+    return int(raw)
+
+
+def _cursor() -> int | None:
+    raw = request.args.get("cursor")
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 19:
+        raise InvalidRequest("cursor must be a next_cursor value from an earlier page",
+                             field="cursor")
+    return int(raw)
+
+
+def _text(name: str, pattern: re.Pattern[str] | None = None, max_length: int = 64) -> str | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    if not raw or len(raw) > max_length or (pattern is not None and not pattern.match(raw)):
+        raise InvalidRequest(f"{name} is not valid", field=name)
+    return raw
+
+
+@bp.get("/admin/v1/audit-events")
+@transactional
+@require_admin
+def list_audit_events() -> Response:
+    _only(_ADMIN_PARAMS)
+    types = tuple(request.args.getlist("type"))
+    if not all(_TYPE.match(t) for t in types):
+        raise InvalidRequest("type must be an event type such as login.failure, or a prefix "
+                             "ending in * such as login.*", field="type")
+    since, until = _time("since"), _time("until")
+    if since is not None and until is not None and since >= until:
+        raise InvalidRequest("since must be earlier than until", field="since")
+    email = _text("email", max_length=320)
+    where = audit.EventFilter(
+        user_id=_text("user_id", _ID),
+        types=types,
+        outcome=_text("outcome", re.compile(r"^[A-Za-z0-9_.-]{1,32}$")),
+        email_hash=(audit.email_digest(deps().keyring, accounts.normalize_email(email))
+                    if email is not None else None),
+        ip=_text("ip", re.compile(r"^[0-9A-Fa-f.:]{2,45}$")),
+        since=since,
+        until=until,
+    )
+    page = audit.list_events(db(), where=where, before_id=_cursor(), limit=_limit())
+    return respond(page)
+
+
+@bp.get("/v1/me/security-events")
+@transactional
+@require_user
+def list_security_events() -> Response:
+    _only(_USER_PARAMS)
+    page = audit.security_events(db(), user_id=principal().user_id, before_id=_cursor(),
+                                 limit=_limit())
+    return respond(page)

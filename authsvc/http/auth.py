@@ -15,7 +15,7 @@ from authsvc.db import utcnow
 from authsvc.errors import InvalidAdminKey, InvalidToken, Unauthenticated
 from authsvc.http.io import db, deps
 from authsvc.models import User
-from authsvc.services import admin, sessions, signing
+from authsvc.services import admin, sessions, signing, user_tokens
 from authsvc.services.admin import AdminIdentity
 
 
@@ -25,6 +25,8 @@ class Principal:
     session_id: str
     auth_time: datetime
     amr: tuple[str, ...]
+    # Set when an mfa_enrollment token stands in for a login (enrollment routes only).
+    enrollment_token: str | None = None
 
 
 def bearer_token() -> str | None:
@@ -67,6 +69,47 @@ def require_user(view: Callable[..., Response]) -> Callable[..., Response]:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Response:
         g.principal = authenticate_bearer(utcnow())
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+ENROLLMENT_TOKEN_PREFIX = user_tokens.PREFIXES["mfa_enrollment"] + "_"
+
+
+def authenticate_enrollment(now: datetime) -> Principal:
+    """An ``mfa_enrollment`` token from a login that still needs a second factor."""
+    token = bearer_token()
+    if token is None:
+        raise Unauthenticated()
+    session = db()
+    try:
+        row = user_tokens.find(session, token=token, purpose="mfa_enrollment", now=now)
+    except InvalidToken:
+        raise Unauthenticated("The enrollment token is invalid, expired or used") from None
+    user = session.get(User, row.user_id)
+    if user is None or user.disabled_at is not None:
+        raise Unauthenticated("The enrollment token is invalid, expired or used")
+    return Principal(
+        user_id=row.user_id,
+        session_id="",
+        auth_time=row.created_at,
+        amr=tuple(user_tokens.context_of(row).get("amr", ())),
+        enrollment_token=token,
+    )
+
+
+def require_user_or_enrollment(view: Callable[..., Response]) -> Callable[..., Response]:
+    """An access token, or an enrollment token (the factor enrollment routes only)."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Response:
+        token = bearer_token()
+        now = utcnow()
+        if token is not None and token.startswith(ENROLLMENT_TOKEN_PREFIX):
+            g.principal = authenticate_enrollment(now)
+        else:
+            g.principal = authenticate_bearer(now)
         return view(*args, **kwargs)
 
     return wrapper

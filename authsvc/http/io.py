@@ -35,11 +35,20 @@ def _json_body(optional: bool) -> Mapping[str, Any]:
         raise UnsupportedMediaType("Send the body as application/json")
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         raise MalformedJson("The body could not be parsed as JSON") from None
     if not isinstance(data, dict):
         raise InvalidRequest("the body must be a JSON object")
     return data
+
+
+def _is_unicode_text(value: str) -> bool:
+    """False for strings with lone surrogates (JSON can escape them; no database stores them)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check(name: str, value: Any, expected: Any, max_length: int) -> Any:
@@ -62,6 +71,8 @@ def _check(name: str, value: Any, expected: Any, max_length: int) -> Any:
             raise InvalidRequest(f"{name} must be at most {max_length} characters", field=name)
         if "\x00" in value:
             raise InvalidRequest(f"{name} must not contain NUL characters", field=name)
+        if not _is_unicode_text(value):
+            raise InvalidRequest(f"{name} must not contain unpaired surrogates", field=name)
         return value
     if expected is bool:
         if not isinstance(value, bool):

@@ -7,10 +7,13 @@ from importlib import resources
 import swagger_ui_bundle
 from flask import Blueprint, Response, current_app, send_from_directory
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
+from authsvc.db import utcnow
 from authsvc.http.io import db, respond, transactional
+from authsvc.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from authsvc.schema import schema_is_current
-from authsvc.services import signing
+from authsvc.services import detection, signing
 
 bp = Blueprint("ops", __name__)
 
@@ -48,6 +51,20 @@ def readyz() -> Response:
     ready = all(checks.values())
     return respond({"status": "ready" if ready else "not_ready", "checks": checks},
                    200 if ready else 503)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text format: every worker's counters, and gauges read from the database."""
+    state = current_app.extensions["authsvc"]
+    samples = []
+    try:
+        session = db()
+        with session.begin():
+            samples = detection.gauges(session, now=utcnow())
+    except SQLAlchemyError:
+        current_app.logger.warning("metrics: database gauges unavailable")
+    return Response(state.metrics.render(samples), content_type=METRICS_CONTENT_TYPE)
 
 
 @bp.get("/openapi.yaml")

@@ -2,6 +2,103 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Response
+
+from authsvc.db import utcnow
+from authsvc.http.auth import principal, require_user
+from authsvc.http.io import client, db, deps, field, parse, respond, transactional
+from authsvc.http.public import TOKEN_MAX, login_response
+from authsvc.services import webauthn
 
 bp = Blueprint("webauthn", __name__)
+
+NAME_MAX = 256  # shape only; the service allows 64 characters after normalisation
+ID_MAX = 64
+
+
+@dataclass
+class NameBody:
+    name: str = field(max_length=NAME_MAX)
+
+
+@dataclass
+class RegistrationBody:
+    credential: dict[str, Any]
+    name: str | None = field(max_length=NAME_MAX, default=None)
+
+
+@dataclass
+class MfaTokenBody:
+    mfa_token: str = field(max_length=TOKEN_MAX)
+
+
+@dataclass
+class ResetTokenBody:
+    token: str = field(max_length=TOKEN_MAX)
+
+
+@dataclass
+class PasskeyBody:
+    challenge_id: str = field(max_length=ID_MAX)
+    credential: dict[str, Any]
+
+
+@bp.post("/v1/me/mfa/webauthn/registration-options")
+@transactional
+@require_user
+def webauthn_registration_options() -> Response:
+    body = parse(NameBody)
+    options = webauthn.registration_options(db(), deps(), user_id=principal().user_id,
+                                            name=body.name, now=utcnow())
+    return respond(options)
+
+
+@bp.post("/v1/me/mfa/webauthn")
+@transactional
+@require_user
+def register_webauthn() -> Response:
+    body = parse(RegistrationBody)
+    factor = webauthn.register(db(), deps(), user_id=principal().user_id,
+                               credential=body.credential, name=body.name, client=client(),
+                               now=utcnow())
+    return respond(factor, 201)
+
+
+@bp.post("/v1/login/mfa/webauthn-options")
+@transactional
+def login_mfa_webauthn_options() -> Response:
+    body = parse(MfaTokenBody)
+    return respond(webauthn.mfa_options(db(), deps(), mfa_token=body.mfa_token, now=utcnow()))
+
+
+@bp.post("/v1/password/reset/webauthn-options")
+@transactional
+def reset_password_webauthn_options() -> Response:
+    body = parse(ResetTokenBody)
+    return respond(webauthn.reset_options(db(), deps(), reset_token=body.token, now=utcnow()))
+
+
+@bp.post("/v1/passkeys/login-options")
+@transactional
+def passkey_login_options() -> Response:
+    parse(_Empty, optional=True)
+    result = webauthn.passkey_options(db(), deps(), client=client(), now=utcnow())
+    return respond({**result.options, "challenge_id": result.challenge_id})
+
+
+@bp.post("/v1/passkeys/login")
+@transactional
+def passkey_login() -> Response:
+    body = parse(PasskeyBody)
+    result = webauthn.login_with_passkey(db(), deps(), challenge_id=body.challenge_id,
+                                         credential=body.credential, client=client(),
+                                         now=utcnow())
+    return login_response(result)
+
+
+@dataclass
+class _Empty:
+    pass

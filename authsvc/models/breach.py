@@ -1,3 +1,94 @@
-"""Tables of this aggregate (none yet)."""
+"""Breach-response campaigns and the accounts each one targets."""
 
-__all__: list[str] = []
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from authsvc.db import Base, UTCDateTime, new_id
+
+__all__ = ["BreachCampaign", "BreachTarget"]
+
+
+class BreachCampaign(Base):
+    """One forced-reset campaign. Work runs in batches in user-id order; ``cursor`` is the last
+    user id processed, so a campaign resumes exactly where the last committed batch ended.
+
+    selector: all | emails | user_ids | created_before | password_set_before
+    mode: invalidate | change_at_next_login
+    status: pending | running | completed | failed | cancelled
+    origin: api | cli | force_reset
+    """
+
+    __tablename__ = "breach_campaigns"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    origin: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(1000))
+    selector: Mapped[str] = mapped_column(String(32))
+    selector_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    mode: Mapped[str] = mapped_column(String(32))
+    revoke_sessions: Mapped[bool] = mapped_column(Boolean)
+    reset_mfa: Mapped[bool] = mapped_column(Boolean)
+    notify: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    targeted: Mapped[int] = mapped_column(Integer, default=0)
+    processed: Mapped[int] = mapped_column(Integer, default=0)
+    sessions_revoked: Mapped[int] = mapped_column(Integer, default=0)
+    notices_queued: Mapped[int] = mapped_column(Integer, default=0)
+    batches: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    cursor: Mapped[str | None] = mapped_column(String(32))
+    # JSON: what became of an uploaded list (lines, accepted, duplicates, unknown, rejected).
+    input_report: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_by_key_id: Mapped[str | None] = mapped_column(String(32))
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(String(512))
+
+
+class BreachTarget(Base):
+    """One account of a campaign: when it was flagged, noticed, and reset its password.
+
+    Rows of list campaigns (emails, user_ids) are written when the campaign is created and
+    flagged batch by batch; rows of predicate campaigns are written by the batch that flags them.
+    ``notice_queued_at`` is set when a notice ticket was queued for the account; ``notified_at``
+    when the ticket issued its reset link and queued the mail (at most once, by a conditional
+    UPDATE). ``reset_at`` is set when the user next sets a password.
+    """
+
+    __tablename__ = "breach_targets"
+    __table_args__ = (
+        Index(
+            "ix_breach_targets_unnotified", "campaign_id", "user_id",
+            postgresql_where=text("notice_queued_at IS NOT NULL AND notified_at IS NULL"),
+            sqlite_where=text("notice_queued_at IS NOT NULL AND notified_at IS NULL"),
+        ),
+        Index(
+            "ix_breach_targets_notified", "campaign_id",
+            postgresql_where=text("notified_at IS NOT NULL"),
+            sqlite_where=text("notified_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_breach_targets_reset", "campaign_id",
+            postgresql_where=text("reset_at IS NOT NULL"),
+            sqlite_where=text("reset_at IS NOT NULL"),
+        ),
+    )
+
+    campaign_id: Mapped[str] = mapped_column(
+        ForeignKey("breach_campaigns.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    notice_queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reset_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

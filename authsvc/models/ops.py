@@ -67,9 +67,25 @@ class AuditEvent(Base):
     outcome: Mapped[str] = mapped_column(String(32))
     user_id: Mapped[str | None] = mapped_column(String(32), index=True)
     admin_key_id: Mapped[str | None] = mapped_column(String(32))
-    email_hash: Mapped[str | None] = mapped_column(String(64))
+    email_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(256))
     details: Mapped[str] = mapped_column(Text, default="{}")
     prev_hash: Mapped[str] = mapped_column(String(64))
     row_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditChainHead(Base):
+    """The one row (id 1) that pins the audit chain: where it starts after pruning and where it
+    ends. ``head_mac`` is a keyed MAC over both ends, so neither a truncated tail nor a rewritten
+    chain goes unnoticed by someone without the keys."""
+
+    __tablename__ = "audit_chain_heads"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    anchor_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    anchor_hash: Mapped[str] = mapped_column(String(64))
+    last_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    head_mac: Mapped[str] = mapped_column(String(64), default="")
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

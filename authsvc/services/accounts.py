@@ -29,7 +29,16 @@ from authsvc.errors import (
     WeakPassword,
 )
 from authsvc.models import User
-from authsvc.services import audit, factors, login, notices, outbox, sessions, user_tokens
+from authsvc.services import (
+    audit,
+    factors,
+    login,
+    notices,
+    outbox,
+    recovery,
+    sessions,
+    user_tokens,
+)
 from authsvc.services.context import Client, Deps
 
 MAX_EMAIL_LENGTH = 254
@@ -39,8 +48,12 @@ _EMAIL = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f]+$
 def normalize_email(raw: str) -> str:
     """NFKC, trimmed, lower-cased; raise InvalidRequest if it is not an address."""
     email = unicodedata.normalize("NFKC", raw).strip().lower()
-    if len(email) > MAX_EMAIL_LENGTH or not _EMAIL.match(email):
+    if len(email) > MAX_EMAIL_LENGTH or not _EMAIL.match(email) or not email.isprintable():
         raise InvalidRequest("email is not a valid address", field="email")
+    try:
+        email.encode("utf-8")  # lone surrogates: no database stores them
+    except UnicodeEncodeError:
+        raise InvalidRequest("email is not a valid address", field="email") from None
     return email
 
 
@@ -307,20 +320,27 @@ class Profile:
     password_set_at: datetime | None
     mfa_methods: tuple[str, ...]
     password_change_required: bool
+    recovery_codes_remaining: int = 0
+    recovery_codes_low: bool = False  # a second factor, and at most 3 unused recovery codes
 
 
 def profile(session: DbSession, *, user_id: str) -> Profile:
     user = session.get(User, user_id)
     if user is None:
         raise InvalidCredentials()
+    methods = factors.methods_for(session, user_id=user.id)
+    codes_left = recovery.remaining(session, user_id=user.id)
     return Profile(
         id=user.id,
         email=user.email,
         email_verified=user.email_verified_at is not None,
         created_at=user.created_at,
         password_set_at=user.password_set_at,
-        mfa_methods=factors.methods_for(session, user_id=user.id),
+        mfa_methods=methods,
         password_change_required=user.password_change_required,
+        recovery_codes_remaining=codes_left,
+        recovery_codes_low=(any(m != "recovery_code" for m in methods)
+                            and recovery.is_low(codes_left)),
     )
 
 

@@ -1,21 +1,86 @@
 """The security event trail: one hash-chained row per event, written in the caller's
-transaction."""
+transaction.
+
+Each row holds the hash of the row before it (``prev_hash``) and of its own contents
+(``row_hash``). The single ``audit_chain_heads`` row pins both ends of the chain: where it starts
+(``GENESIS``, or the hash of the last pruned row) and where it ends, under a keyed MAC. So an
+edited row, a deleted row, a truncated tail and a recomputed chain are all found by ``verify``.
+Writers are serialised by locking the head row (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite
+serialises writers itself).
+
+The composition root attaches ``Hooks`` to the sessionmaker: the keyring that signs the head
+and an observer (detection, metrics, notices) that sees every event. ``record`` calls the
+observer explicitly before it takes the chain lock, and runs what the observer hands back (such
+as recording an alert) after the event is chained.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, text
+from sqlalchemy import ColumnElement, CursorResult, Row, delete, func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.orm import sessionmaker
 
 from authsvc.crypto.keyring import Keyring
-from authsvc.models import AuditEvent
+from authsvc.models.ops import AuditChainHead, AuditEvent
 from authsvc.services.context import Client
 
 GENESIS = "0" * 64
+HEAD_ID = 1
+HOOKS_KEY = "authsvc.audit.hooks"
+_HEAD_MAC_PURPOSE = "audit-chain-head"
+
+# Events a user never sees in their own trail (internal bookkeeping or operator matters).
+_HIDDEN_FROM_USERS = frozenset({"signup.created", "alert.raised", "audit.pruned"})
+# Details a user may see about their own events.
+_USER_DETAIL_KEYS = frozenset({
+    "amr", "method", "name", "factor_type", "sessions_revoked", "session_id", "reason", "mode",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What an observer is told about an event about to be chained."""
+
+    type: str
+    outcome: str
+    now: datetime
+    ip: str | None
+    user_agent: str | None
+    user_id: str | None
+    admin_key_id: str | None
+    email_hash: str | None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+# An observer may hand back a follow-up that runs once the event is chained.
+FollowUp = Callable[[], None]
+Observer = Callable[[DbSession, Observed], FollowUp | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    keyring: Keyring
+    observer: Observer | None = None
+
+
+def attach(factory: sessionmaker[DbSession], hooks: Hooks) -> None:
+    """Give every session of ``factory`` the keyring that signs the chain head and an observer."""
+    info = dict(factory.kw.get("info") or {})
+    info[HOOKS_KEY] = hooks
+    factory.configure(info=info)
+
+
+def hooks_of(session: DbSession) -> Hooks | None:
+    hooks = session.info.get(HOOKS_KEY)
+    return hooks if isinstance(hooks, Hooks) else None
 
 
 def email_digest(keyring: Keyring, email: str) -> str:
@@ -23,7 +88,7 @@ def email_digest(keyring: Keyring, email: str) -> str:
     return keyring.mac("audit-email", email.encode("utf-8", "surrogatepass"))
 
 
-def row_digest(prev_hash: str, event: AuditEvent) -> str:
+def row_digest(prev_hash: str, event: AuditEvent | Row[Any]) -> str:
     body = {
         "prev": prev_hash,
         "at": event.occurred_at.isoformat(),
@@ -39,10 +104,15 @@ def row_digest(prev_hash: str, event: AuditEvent) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def head_mac(keyring: Keyring, head: AuditChainHead) -> str:
+    message = f"{head.anchor_id}:{head.anchor_hash}:{head.last_id}:{head.last_hash}"
+    return keyring.mac(_HEAD_MAC_PURPOSE, message.encode())
+
+
 def record(
     session: DbSession,
     *,
-    type: str,  # noqa: A002 - the event type is the column's name
+    type: str,  # the event type is the column's name
     outcome: str,
     now: datetime,
     client: Client | None = None,
@@ -51,23 +121,281 @@ def record(
     email_hash: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    """Append one event to the chain. PostgreSQL serialises writers with an advisory lock."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(7263541)"))
-    prev = session.scalar(select(AuditEvent.row_hash).order_by(AuditEvent.id.desc()).limit(1))
+    """Append one event to the chain (and let the attached observer see it)."""
+    ip = (client.ip or None) if client else None
+    user_agent = (client.user_agent[:256] or None) if client else None
+    hooks = hooks_of(session)
+    follow_up = None
+    if hooks is not None and hooks.observer is not None:
+        follow_up = hooks.observer(session, Observed(
+            type=type, outcome=outcome, now=now, ip=ip, user_agent=user_agent, user_id=user_id,
+            admin_key_id=admin_key_id, email_hash=email_hash, details=dict(details or {}),
+        ))
     event = AuditEvent(
         occurred_at=now,
-        type=type,
-        outcome=outcome,
+        type=type[:64],
+        outcome=outcome[:32],
         user_id=user_id,
         admin_key_id=admin_key_id,
         email_hash=email_hash,
-        ip=(client.ip or None) if client else None,
-        user_agent=(client.user_agent[:256] or None) if client else None,
+        ip=ip[:64] if ip else None,
+        user_agent=user_agent,
         details=json.dumps(details or {}, sort_keys=True, default=str),
-        prev_hash=prev or GENESIS,
     )
+    _append(session, event, hooks, now=now)
+    if follow_up is not None:
+        follow_up()
+    return event
+
+
+def _lock_head(session: DbSession) -> AuditChainHead:
+    """The chain head, locked for this transaction (created on first use if missing)."""
+    session.flush()
+    query = (
+        select(AuditChainHead)
+        .where(AuditChainHead.id == HEAD_ID)
+        .execution_options(populate_existing=True)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    head = session.scalars(query).one_or_none()
+    if head is not None:
+        return head
+    last = session.execute(
+        select(AuditEvent.id, AuditEvent.row_hash).order_by(AuditEvent.id.desc()).limit(1)
+    ).first()
+    try:
+        with session.begin_nested():
+            session.add(AuditChainHead(
+                id=HEAD_ID, anchor_id=0, anchor_hash=GENESIS,
+                last_id=last[0] if last else 0, last_hash=last[1] if last else GENESIS,
+                head_mac="",
+            ))
+    except IntegrityError:
+        pass  # another writer created it first
+    return session.scalars(query).one()
+
+
+def _append(session: DbSession, event: AuditEvent, hooks: Hooks | None, *,
+            now: datetime) -> None:
+    head = _lock_head(session)
+    event.prev_hash = head.last_hash
     event.row_hash = row_digest(event.prev_hash, event)
     session.add(event)
     session.flush()
-    return event
+    head.last_id = event.id
+    head.last_hash = event.row_hash
+    head.head_mac = head_mac(hooks.keyring, head) if hooks else ""
+    head.updated_at = now
+    session.flush()
+
+
+# --- verification and retention ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    ok: bool
+    checked: int  # events checked
+    broken_id: int | None = None  # the first broken event, when there is one
+    reason: str = ""
+
+
+def _rows(session: DbSession, *, through_id: int, batch: int) -> Iterator[Row[Any]]:
+    """Plain rows in id order, in batches (nothing accumulates in the identity map)."""
+    table = AuditEvent.__table__
+    after = -1
+    while True:
+        rows = session.execute(
+            select(table)
+            .where(table.c.id > after, table.c.id <= through_id)
+            .order_by(table.c.id)
+            .limit(batch)
+        ).all()
+        if not rows:
+            return
+        yield from rows
+        after = rows[-1].id
+
+
+def verify(session: DbSession, *, keyring: Keyring, batch: int = 2000) -> Verification:
+    """Walk the whole chain; name the first event that was edited, or follows a deleted one."""
+    head = session.scalars(
+        select(AuditChainHead).where(AuditChainHead.id == HEAD_ID)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if head is None:
+        return Verification(ok=False, checked=0, reason="the chain head row is missing")
+    anchor_id, anchor_hash = head.anchor_id, head.anchor_hash
+    last_id, last_hash, mac = head.last_id, head.last_hash, head.head_mac
+    expected_mac = head_mac(keyring, head)
+    expected_prev, previous_id, checked = anchor_hash, anchor_id, 0
+    for row in _rows(session, through_id=last_id, batch=batch):
+        if row.id <= anchor_id:
+            return Verification(False, checked, row.id,
+                                f"event {row.id} lies before the pruned part of the trail")
+        if row.prev_hash != expected_prev:
+            what = (f"event {previous_id} was altered or an event after it was deleted"
+                    if previous_id else "an event before it was deleted or altered")
+            return Verification(False, checked, row.id,
+                                f"event {row.id} does not follow its predecessor: {what}")
+        if row_digest(row.prev_hash, row) != row.row_hash:
+            return Verification(False, checked, row.id, f"event {row.id} was altered")
+        expected_prev, previous_id = row.row_hash, row.id
+        checked += 1
+    if previous_id != last_id or expected_prev != last_hash:
+        return Verification(False, checked, previous_id or None,
+                            f"the trail ends at event {previous_id} but its head names event "
+                            f"{last_id}: events at the end were deleted or altered")
+    if last_id == 0 and not mac:
+        return Verification(True, checked)  # nothing was ever recorded
+    if mac != expected_mac:
+        return Verification(False, checked, None,
+                            "the chain head signature does not match (altered, or the oldest "
+                            "encryption key that signed it was removed)")
+    return Verification(True, checked)
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    pruned: int
+    through_id: int | None
+
+
+def prune(session: DbSession, *, before: datetime, now: datetime) -> PruneResult:
+    """Delete events older than ``before``; the head keeps the hash of the last one deleted, so
+    what remains still verifies. The pruning itself is recorded in the trail."""
+    head = _lock_head(session)
+    through = session.scalar(
+        select(func.max(AuditEvent.id)).where(
+            AuditEvent.occurred_at < before, AuditEvent.id <= head.last_id
+        )
+    )
+    if through is None:
+        return PruneResult(pruned=0, through_id=None)
+    anchor_hash = session.scalar(select(AuditEvent.row_hash).where(AuditEvent.id == through))
+    assert anchor_hash is not None
+    result = cast(CursorResult[Any],
+                  session.execute(delete(AuditEvent).where(AuditEvent.id <= through)))
+    pruned = int(result.rowcount or 0)
+    head.anchor_id = through
+    head.anchor_hash = anchor_hash
+    session.flush()
+    record(session, type="audit.pruned", outcome="success", now=now,
+           details={"through_id": through, "pruned": pruned, "before": before.isoformat()})
+    return PruneResult(pruned=pruned, through_id=through)
+
+
+# --- reading the trail ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EventView:
+    id: str
+    occurred_at: datetime
+    type: str
+    outcome: str
+    user_id: str | None
+    admin_key_id: str | None
+    email_hash: str | None
+    ip: str | None
+    user_agent: str | None
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class UserEventView:
+    id: str
+    occurred_at: datetime
+    type: str
+    outcome: str
+    ip: str | None
+    user_agent: str | None
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    user_id: str | None = None
+    types: tuple[str, ...] = ()  # exact types; an entry ending in "*" is a prefix
+    outcome: str | None = None
+    email_hash: str | None = None
+    ip: str | None = None
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    events: list[Any]
+    next_cursor: str | None
+
+
+def _details(row: AuditEvent) -> dict[str, Any]:
+    try:
+        value = json.loads(row.details or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def list_events(session: DbSession, *, where: EventFilter, before_id: int | None,
+                limit: int) -> Page:
+    """Newest first; ``next_cursor`` continues with older events."""
+    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit + 1)
+    if before_id is not None:
+        query = query.where(AuditEvent.id < before_id)
+    if where.user_id is not None:
+        query = query.where(AuditEvent.user_id == where.user_id)
+    if where.types:
+        exact = [t for t in where.types if not t.endswith("*")]
+        prefixes = [t[:-1] for t in where.types if t.endswith("*")]
+        conditions: list[ColumnElement[bool]] = [AuditEvent.type.in_(exact)] if exact else []
+        conditions += [AuditEvent.type.startswith(p, autoescape=True) for p in prefixes]
+        query = query.where(or_(*conditions))
+    if where.outcome is not None:
+        query = query.where(AuditEvent.outcome == where.outcome)
+    if where.email_hash is not None:
+        query = query.where(AuditEvent.email_hash == where.email_hash)
+    if where.ip is not None:
+        query = query.where(AuditEvent.ip == where.ip)
+    if where.since is not None:
+        query = query.where(AuditEvent.occurred_at >= where.since)
+    if where.until is not None:
+        query = query.where(AuditEvent.occurred_at < where.until)
+    rows = session.scalars(query).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    events = [
+        EventView(id=str(row.id), occurred_at=row.occurred_at, type=row.type,
+                  outcome=row.outcome, user_id=row.user_id, admin_key_id=row.admin_key_id,
+                  email_hash=row.email_hash, ip=row.ip, user_agent=row.user_agent,
+                  details=_details(row))
+        for row in rows
+    ]
+    return Page(events=events, next_cursor=str(rows[-1].id) if more and rows else None)
+
+
+def security_events(session: DbSession, *, user_id: str, before_id: int | None,
+                    limit: int) -> Page:
+    """A user's own trail: logins (with IP and user agent), factor changes, resets, revocations."""
+    query = (
+        select(AuditEvent)
+        .where(AuditEvent.user_id == user_id, AuditEvent.type.not_in(_HIDDEN_FROM_USERS))
+        .order_by(AuditEvent.id.desc())
+        .limit(limit + 1)
+    )
+    if before_id is not None:
+        query = query.where(AuditEvent.id < before_id)
+    rows = session.scalars(query).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    events = [
+        UserEventView(
+            id=str(row.id), occurred_at=row.occurred_at, type=row.type, outcome=row.outcome,
+            ip=row.ip, user_agent=row.user_agent,
+            details={k: v for k, v in _details(row).items() if k in _USER_DETAIL_KEYS},
+        )
+        for row in rows
+    ]
+    return Page(events=events, next_cursor=str(rows[-1].id) if more and rows else None)

@@ -1,8 +1,379 @@
-"""Detection of guessing and stuffing: sliding-window detectors and alerts."""
+"""Detection of guessing and stuffing: sliding-window detectors over the audit events, alerts.
+
+``Detector.observe`` is the audit trail's observer (``audit.Hooks``): ``audit.record`` calls it
+for every event, before the event is chained. It counts the event in Prometheus metrics, feeds
+the detectors and sends the new-device login mail. The detectors:
+
+- ``enumeration``: more than ``detect_emails_per_ip`` distinct emails in login, sign-up, forgot
+  or throttled requests from one IP (``ip`` scope), or more than ``detect_emails_per_network``
+  from one /24 or /64 (``network`` scope): the postal-service pattern, and credential stuffing.
+- ``unknown_emails``: of at least ``detect_unknown_email_min_attempts`` login attempts in the
+  window, at least ``detect_unknown_email_share`` were for emails with no account.
+- ``brute_force``: failed password or second-factor checks on one account from more than
+  ``detect_ips_per_account`` distinct IPs.
+- ``recovery_burst``: more than ``detect_recovery_burst`` recovery-code uses and password resets,
+  all accounts together.
+
+The windows live in the rate-limit storage (Redis when configured, so every worker and instance
+shares them; process memory otherwise): one sliding-window counter per subject, fed once per
+distinct (subject, member) pair. A detection raises an alert at most once per
+``alert_cooldown`` for the same detector and subject: an ``alert.raised`` audit event, the
+``authsvc_alerts_total`` metric, a WARNING log line and, when ``AUTHSVC_ALERT_WEBHOOK_URL`` is set,
+an HMAC-signed JSON POST queued in the outbox (retried with backoff; a dead receiver delays
+nothing but the outbox). Nothing of this changes any answer to the client.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import re
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from limits import RateLimitItemPerSecond, storage, strategies
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session as DbSession
+
+from authsvc.metrics import Metrics, Sample
+from authsvc.models import AuditEvent, User
+from authsvc.models.breach import BreachCampaign
+from authsvc.services import audit, notices, outbox
+from authsvc.services.context import Client, Deps
 from authsvc.services.outbox import Handler
+from authsvc.settings import Settings
+
+log = logging.getLogger("authsvc.detection")
+
+WEBHOOK_KIND = "webhook"
+SIGNATURE_HEADER = "X-Authsvc-Signature"
+TIMESTAMP_HEADER = "X-Authsvc-Timestamp"
+ALERT_EVENT = "alert.raised"
+
+# The event types the detectors read (written by the services).
+_EMAIL_ATTEMPTS = frozenset({"login.failure", "login.success", "login.password",
+                             "signup.requested", "password.forgot", "ratelimit.hit"})
+_LOGIN_ATTEMPTS = frozenset({"login.failure", "login.success", "login.password"})
+_RECOVERY_USES = frozenset({"mfa.recovery_code_used", "password.reset"})
+_NOT_OBSERVED = frozenset({ALERT_EVENT, "audit.pruned"})
+_ACTIVE_CAMPAIGNS = ("pending", "running")
+_CAMPAIGN_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+_BIG = 1_000_000_000  # "no limit" for plain counters
+_STORAGE_ERROR_LOG_INTERVAL = 60.0
+
+notices.register(
+    "new_login",
+    "New sign-in to your account",
+    "Your account was signed in to from a device or browser not seen before.\n\n"
+    "When: {when} UTC\nIP address: {ip}\nBrowser: {user_agent}\n\n"
+    "If it was you, there is nothing to do. If it was not, change your password at once, and "
+    "review your second factors and sessions.\n",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    detector: str  # enumeration | unknown_emails | brute_force | recovery_burst
+    scope: str  # ip | network | account | global
+    subject: str  # the IP, the network, the account (email digest or user id), or "all"
+    threshold: float
+    window_seconds: int
+    at: datetime
+    ip: str | None = None
+    user_id: str | None = None
+    email_hash: str | None = None
+
+    def document(self) -> dict[str, Any]:
+        """The JSON body of the webhook and the details of the audit event."""
+        body = asdict(self)
+        body["at"] = self.at.isoformat().replace("+00:00", "Z")
+        return {"event": ALERT_EVENT, **body}
+
+
+class Windows:
+    """Sliding-window counters in the rate-limit storage (``limits``: memory or Redis)."""
+
+    def __init__(self, storage_url: str, *, window_seconds: int) -> None:
+        self._storage = storage.storage_from_string(storage_url)
+        self._counter = strategies.SlidingWindowCounterRateLimiter(self._storage)
+        self.window_seconds = window_seconds
+
+    @staticmethod
+    def _key(*parts: str) -> str:
+        return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+    def first_sight(self, *parts: str) -> bool:
+        """True the first time ``parts`` is seen within the window."""
+        return self._storage.incr("detect-seen/" + self._key(*parts), self.window_seconds) == 1
+
+    def exceeded(self, name: str, threshold: int, *parts: str) -> bool:
+        """Count one; True when more than ``threshold`` were counted within the window."""
+        item = RateLimitItemPerSecond(threshold, self.window_seconds)
+        return not self._counter.hit(item, "detect-" + name, self._key(*parts))
+
+    def count(self, name: str) -> int:
+        """Count one on a plain counter and return its value within the window."""
+        item = RateLimitItemPerSecond(_BIG, self.window_seconds)
+        self._counter.hit(item, "detect-" + name, "all")
+        return _BIG - self._counter.get_window_stats(item, "detect-" + name, "all").remaining
+
+    def claim(self, *parts: str, seconds: int) -> bool:
+        """True for the first caller in ``seconds`` (across workers when the storage is shared)."""
+        return self._storage.incr("detect-claim/" + self._key(*parts), max(1, seconds)) == 1
+
+    def reset(self) -> None:
+        self._storage.reset()
+
+
+def network_of(ip: str) -> str | None:
+    """The /24 (IPv4) or /64 (IPv6) an address belongs to."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    prefix = 24 if address.version == 4 else 64
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
+class Detector:
+    """The audit observer: metrics, detectors, alerts and the new-device mail."""
+
+    def __init__(self, *, deps: Deps, metrics: Metrics, windows: Windows | None = None) -> None:
+        self._deps = deps
+        self._settings: Settings = deps.settings
+        self._metrics = metrics
+        self.windows = windows or Windows(
+            deps.settings.rate_limit_storage_url,
+            window_seconds=max(1, int(deps.settings.detect_window.total_seconds())),
+        )
+        self._storage_error_logged_at = -_STORAGE_ERROR_LOG_INTERVAL
+
+    def hooks(self) -> audit.Hooks:
+        return audit.Hooks(keyring=self._deps.keyring, observer=self.observe)
+
+    # -- the observer ---------------------------------------------------------------------
+
+    def observe(self, session: DbSession, event: audit.Observed) -> audit.FollowUp | None:
+        self._count(event)
+        if event.type in _NOT_OBSERVED:
+            return None
+        self._new_device_mail(session, event)
+        try:
+            alerts = self.detect(event)
+        except Exception as exc:  # detection must never fail a request
+            now = time.monotonic()
+            if now - self._storage_error_logged_at >= _STORAGE_ERROR_LOG_INTERVAL:
+                self._storage_error_logged_at = now
+                log.error("detection skipped: the window storage failed (%s)",
+                          type(exc).__name__)
+            return None
+        if not alerts:
+            return None
+        return lambda: self.raise_alerts(session, alerts)
+
+    def _count(self, event: audit.Observed) -> None:
+        metrics = self._metrics
+        metrics.audit_events.labels(event.type).inc()
+        if event.type in _LOGIN_ATTEMPTS or event.type == "login.passkey":
+            metrics.logins.labels(event.outcome).inc()
+        elif event.type == "login.mfa":
+            metrics.mfa.labels(event.outcome).inc()
+        elif event.type == "ratelimit.hit":
+            metrics.rate_limit_hits.labels(event.outcome or "unknown").inc()
+
+    # -- detectors ------------------------------------------------------------------------
+
+    def detect(self, event: audit.Observed) -> list[Alert]:
+        s, w = self._settings, self.windows
+        found: list[Alert] = []
+
+        def alert(detector: str, scope: str, subject: str, threshold: float, **who: Any) -> None:
+            if w.claim("alert", detector, scope, subject,
+                       seconds=int(s.alert_cooldown.total_seconds())):
+                found.append(Alert(detector=detector, scope=scope, subject=subject,
+                                   threshold=threshold, window_seconds=w.window_seconds,
+                                   at=event.now, **who))
+
+        member = event.email_hash or (f"user:{event.user_id}" if event.user_id else None)
+        if event.type in _EMAIL_ATTEMPTS and member and event.ip:
+            if w.first_sight("ip-email", event.ip, member) and w.exceeded(
+                    "emails-per-ip", s.detect_emails_per_ip, event.ip):
+                alert("enumeration", "ip", event.ip, s.detect_emails_per_ip, ip=event.ip)
+            network = network_of(event.ip)
+            if network and w.first_sight("net-email", network, member) and w.exceeded(
+                    "emails-per-network", s.detect_emails_per_network, network):
+                alert("enumeration", "network", network, s.detect_emails_per_network,
+                      ip=event.ip)
+
+        if event.type in _LOGIN_ATTEMPTS:
+            attempts = w.count("login-attempts")
+            if event.type == "login.failure" and event.outcome == "unknown_email":
+                unknown = w.count("login-unknown")
+                if (attempts >= s.detect_unknown_email_min_attempts
+                        and unknown >= s.detect_unknown_email_share * attempts):
+                    alert("unknown_emails", "global", "all", s.detect_unknown_email_share,
+                          ip=event.ip)
+
+        account = None
+        if event.type == "login.failure" and event.outcome != "unknown_email":
+            account = event.email_hash or (f"user:{event.user_id}" if event.user_id else None)
+        elif event.type == "login.mfa" and event.outcome == "failure" and event.user_id:
+            account = f"user:{event.user_id}"
+        if account and event.ip and w.first_sight("account-ip", account, event.ip) and (
+                w.exceeded("ips-per-account", s.detect_ips_per_account, account)):
+            alert("brute_force", "account", account, s.detect_ips_per_account, ip=event.ip,
+                  user_id=event.user_id, email_hash=event.email_hash)
+
+        recovery_use = event.type in _RECOVERY_USES and (
+            event.type != "password.reset" or event.outcome == "success")
+        if recovery_use and w.exceeded("recovery-uses", s.detect_recovery_burst, "all"):
+            alert("recovery_burst", "global", "all", s.detect_recovery_burst, ip=event.ip,
+                  user_id=event.user_id)
+        return found
+
+    # -- alerts ---------------------------------------------------------------------------
+
+    def raise_alerts(self, session: DbSession, alerts: list[Alert]) -> None:
+        for found in alerts:
+            document = found.document()
+            self._metrics.alerts.labels(found.detector).inc()
+            log.warning("security alert: %s (%s %s)", found.detector, found.scope, found.subject,
+                        extra={"alert": document})
+            audit.record(session, type=ALERT_EVENT, outcome=found.detector, now=found.at,
+                         client=Client(ip=found.ip or ""), user_id=found.user_id,
+                         email_hash=found.email_hash, details=document)
+            if self._settings.alert_webhook_url:
+                outbox.enqueue(session, self._deps.keyring, kind=WEBHOOK_KIND,
+                               payload={"alert": document}, now=found.at)
+
+    # -- the user's own view --------------------------------------------------------------
+
+    def _new_device_mail(self, session: DbSession, event: audit.Observed) -> None:
+        """Mail the owner when a full login comes from a browser not seen in earlier logins."""
+        if not (event.type == "login.success" and event.outcome == "authenticated"
+                and event.user_id):
+            return
+        earlier = session.scalars(
+            select(AuditEvent.user_agent)
+            .where(AuditEvent.user_id == event.user_id, AuditEvent.type == "login.success",
+                   AuditEvent.outcome == "authenticated")
+            .order_by(AuditEvent.id.desc())
+            .limit(200)
+        ).all()
+        if not earlier:
+            return  # the first login of an account is not news to its owner
+        device = _device(event.user_agent)
+        if any(_device(agent) == device for agent in earlier):
+            return
+        user = session.get(User, event.user_id)
+        if user is None:
+            return
+        notices.send(session, self._deps, to=user.email, template="new_login", now=event.now,
+                     when=event.now.strftime("%Y-%m-%d %H:%M"), ip=event.ip or "unknown",
+                     user_agent=_printable(event.user_agent or "unknown"))
+
+
+def _device(user_agent: str | None) -> str:
+    """A user agent without version numbers: a browser update is not a new device."""
+    return re.sub(r"[\d._]+", "", user_agent or "").strip().lower()
+
+
+def _printable(text: str) -> str:
+    return "".join(ch if ch.isprintable() else "?" for ch in text)[:256]
+
+
+# --- webhooks ------------------------------------------------------------------------------
+
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    """``sha256=`` HMAC-SHA256 over ``timestamp + "." + body``, as sent in the header."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+class WebhookFailed(Exception):  # noqa: N818 - named for what happened
+    """The receiver did not answer 2xx; the outbox retries with backoff."""
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def deliver_webhook(session: DbSession, deps: Deps, payload: dict[str, Any],
+                    now: datetime) -> None:
+    """POST one alert to AUTHSVC_ALERT_WEBHOOK_URL (the outbox handler of kind ``webhook``)."""
+    url, secret = deps.settings.alert_webhook_url, deps.settings.alert_webhook_secret
+    if not url or not secret:
+        log.info("alert webhook no longer configured; alert dropped")
+        return
+    body = json.dumps(payload["alert"], sort_keys=True).encode()
+    timestamp = str(int(now.timestamp()))
+    request = urllib.request.Request(  # noqa: S310 - the URL is checked to be http(s)
+        url, data=body, method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": "authsvc-alerts",
+                 TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: signature(secret, timestamp, body)},
+    )
+    opener = urllib.request.build_opener(_NoRedirects)
+    try:
+        with opener.open(request, timeout=deps.settings.alert_webhook_timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        raise WebhookFailed(f"the receiver answered HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise WebhookFailed(f"the receiver is unreachable ({type(exc).__name__})") from None
+    if not 200 <= status < 300:
+        raise WebhookFailed(f"the receiver answered HTTP {status}")
+
 
 # Outbox handlers this capability contributes, by message kind.
-HANDLERS: dict[str, Handler] = {}
+HANDLERS: dict[str, Handler] = {WEBHOOK_KIND: deliver_webhook}
+
+
+# --- scrape-time gauges --------------------------------------------------------------------
+
+
+def gauges(session: DbSession, *, now: datetime) -> list[Sample]:
+    """Shared state read at each scrape: the outbox's depth and age, campaign progress."""
+    stats = outbox.stats(session)
+    age = (now - stats.oldest_pending_at).total_seconds() if stats.oldest_pending_at else 0.0
+    by_status = dict(session.execute(
+        select(BreachCampaign.status, func.count()).group_by(BreachCampaign.status)
+    ).tuples().all())
+    active = session.execute(
+        select(BreachCampaign.id, BreachCampaign.targeted, BreachCampaign.processed)
+        .where(BreachCampaign.status.in_(_ACTIVE_CAMPAIGNS))
+        .order_by(BreachCampaign.created_at)
+        .limit(50)
+    ).tuples().all()
+    campaigns = [
+        Sample("authsvc_breach_campaigns", "Breach-response campaigns by status.",
+               float(by_status.get(status, 0)), {"status": status})
+        for status in sorted({*_CAMPAIGN_STATUSES, *by_status})
+    ]
+    for campaign_id, targeted, processed in active:
+        labels = {"campaign": campaign_id}
+        campaigns += [
+            Sample("authsvc_breach_campaign_targeted", "Accounts an active campaign targets.",
+                   float(targeted or 0), labels),
+            Sample("authsvc_breach_campaign_processed",
+                   "Accounts an active campaign has processed.", float(processed or 0), labels),
+        ]
+    return [
+        *campaigns,
+        Sample("authsvc_outbox_pending", "Outbox messages waiting to be processed.",
+               float(stats.pending)),
+        Sample("authsvc_outbox_oldest_pending_age_seconds",
+               "Age of the oldest waiting outbox message.", max(0.0, age)),
+        Sample("authsvc_outbox_failed", "Outbox messages parked as failed.",
+               float(stats.failed)),
+    ]

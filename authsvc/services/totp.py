@@ -1,27 +1,398 @@
-"""TOTP factors (RFC 6238)."""
+"""TOTP factors (RFC 6238): enrollment, confirmation, the login check, renaming and removal.
+
+Secrets are AES-GCM encrypted under the key ring and bound to their row id. A time step, once
+accepted for a factor, is never accepted again: the claim is one conditional
+``UPDATE ... WHERE last_used_step < :step`` whose row count settles races between requests and
+between instances sharing the database.
+"""
 
 from __future__ import annotations
 
+import io
+import logging
+import unicodedata
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import Any, cast
 
+import segno
+from sqlalchemy import ColumnElement, CursorResult, Result, delete, func, or_, select, update
 from sqlalchemy.orm import Session as DbSession
 
-from authsvc.errors import InvalidMfa
+from authsvc.crypto import totp as otp
+from authsvc.crypto.keyring import DecryptionFailed, Keyring
+from authsvc.db import new_id
+from authsvc.errors import (
+    Conflict,
+    FactorLimitReached,
+    InvalidCode,
+    InvalidMfa,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+)
+from authsvc.models import TotpFactor, User
+from authsvc.services import audit, factors, notices, recovery
 from authsvc.services.context import Client, Deps
 
-if TYPE_CHECKING:
-    from authsvc.services.factors import FactorInfo
+log = logging.getLogger("authsvc.totp")
+
+AMR = "otp"  # RFC 8176: one-time password (RFC 6238)
+DEFAULT_NAME = "Authenticator app"
+NAME_MAX = 64
+MAX_PENDING = 3  # unconfirmed enrollments per user; older ones are dropped
+MAX_CONFIRM_ATTEMPTS = 10  # wrong codes before a pending factor is discarded
+LIMIT_POLICY = "mfa_account"  # its own counter, so every path that checks a code is throttled
+
+notices.register(
+    "mfa_factor_added",
+    "A second factor was added to your account",
+    "{kind} \"{name}\" was added to your account at {when} UTC.\n\n"
+    "If it was not you, reset your password and remove this factor at once.\n",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TotpEnrollment:
+    """A pending factor: show the secret or the QR code once, then confirm with a code."""
+
+    factor_id: str
+    name: str
+    secret: str
+    otpauth_uri: str
+    qr_svg: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TotpConfirmation:
+    factor: factors.FactorInfo
+    recovery_codes: tuple[str, ...] | None  # only when this confirmation created the first set
+
+
+def _affected(result: Result[Any]) -> int:
+    """Rows matched by an UPDATE or DELETE."""
+    return int(cast("CursorResult[Any]", result).rowcount or 0)
+
+
+def _aad(factor_id: str) -> bytes:
+    return b"totp-secret:" + factor_id.encode()
+
+
+def _info(row: TotpFactor) -> factors.FactorInfo:
+    return factors.FactorInfo(id=row.id, type="totp", name=row.name, created_at=row.created_at,
+                              last_used_at=row.last_used_at)
+
+
+def _active(user_id: str) -> tuple[ColumnElement[bool], ...]:
+    return (TotpFactor.user_id == user_id, TotpFactor.confirmed_at.is_not(None))
+
+
+def clean_name(raw: str | None, *, default: str | None = None) -> str:
+    """A factor's display name: NFKC, single spaces, 1 to 64 printable characters."""
+    if raw is None:
+        if default is None:
+            raise InvalidRequest("name is required", field="name")
+        return default
+    name = " ".join(unicodedata.normalize("NFKC", raw).split())
+    if not name or len(name) > NAME_MAX:
+        raise InvalidRequest(f"name must be 1 to {NAME_MAX} characters", field="name")
+    if any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn"} for ch in name):
+        raise InvalidRequest("name must contain printable characters only", field="name")
+    return name
+
+
+def qr_svg(uri: str) -> str:
+    """The URI as a standalone SVG QR code (usable inline in HTML or as a data: URI)."""
+    buffer = io.BytesIO()
+    segno.make(uri, error="m", micro=False).save(
+        buffer, kind="svg", xmldecl=False, nl=False, scale=4, border=4,
+        title="Scan with your authenticator app",
+    )
+    return buffer.getvalue().decode("utf-8")
+
+
+def _secret(keyring: Keyring, row: TotpFactor) -> str | None:
+    try:
+        return keyring.decrypt(row.secret_ciphertext, associated_data=_aad(row.id)).decode()
+    except DecryptionFailed:
+        log.error("TOTP factor %s cannot be decrypted with the configured keys", row.id)
+        return None
+
+
+# --- queries -------------------------------------------------------------------------------
 
 
 def has_active(session: DbSession, *, user_id: str) -> bool:
-    return False
+    found = session.scalar(select(TotpFactor.id).where(*_active(user_id)).limit(1))
+    return found is not None
+
+
+def count_active(session: DbSession, *, user_id: str) -> int:
+    return int(session.scalar(select(func.count()).where(*_active(user_id))) or 0)
+
+
+def list_factors(session: DbSession, *, user_id: str) -> list[factors.FactorInfo]:
+    rows = session.scalars(
+        select(TotpFactor).where(*_active(user_id)).order_by(TotpFactor.created_at)
+    )
+    return [_info(row) for row in rows]
+
+
+# --- enrollment ----------------------------------------------------------------------------
+
+
+def enroll(
+    session: DbSession,
+    deps: Deps,
+    *,
+    user_id: str,
+    name: str | None,
+    client: Client,
+    now: datetime,
+) -> TotpEnrollment:
+    """Create a pending factor; it becomes active only after ``confirm`` with a correct code."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound("No such user")
+    name = clean_name(name, default=DEFAULT_NAME)
+    if count_active(session, user_id=user_id) >= deps.settings.totp_max_factors:
+        raise FactorLimitReached(
+            f"At most {deps.settings.totp_max_factors} authenticator apps per account"
+        )
+    _drop_stale_pending(session, user_id=user_id, now=now)
+    secret = otp.generate_secret()
+    factor_id = new_id()
+    expires_at = now + deps.settings.totp_pending_ttl
+    session.add(TotpFactor(
+        id=factor_id,
+        user_id=user_id,
+        name=name,
+        secret_ciphertext=deps.keyring.encrypt(secret.encode(), associated_data=_aad(factor_id)),
+        created_at=now,
+        expires_at=expires_at,
+        confirm_attempts=0,
+    ))
+    session.flush()
+    uri = otp.provisioning_uri(secret=secret, account_name=user.email,
+                               issuer=deps.settings.totp_issuer)
+    audit.record(session, type="mfa.totp_enrollment", outcome="pending", now=now, client=client,
+                 user_id=user_id, details={"factor_id": factor_id})
+    return TotpEnrollment(factor_id=factor_id, name=name, secret=secret, otpauth_uri=uri,
+                          qr_svg=qr_svg(uri), expires_at=expires_at)
+
+
+def _drop_stale_pending(session: DbSession, *, user_id: str, now: datetime) -> None:
+    pending = session.scalars(
+        select(TotpFactor)
+        .where(TotpFactor.user_id == user_id, TotpFactor.confirmed_at.is_(None))
+        .order_by(TotpFactor.created_at.desc(), TotpFactor.id)
+    ).all()
+    stale = [
+        row.id for index, row in enumerate(pending)
+        if index >= MAX_PENDING - 1 or (row.expires_at is not None and row.expires_at <= now)
+    ]
+    if stale:
+        session.execute(delete(TotpFactor).where(TotpFactor.id.in_(stale)))
+
+
+def _pending(session: DbSession, *, user_id: str, factor_id: str, now: datetime) -> TotpFactor:
+    row = session.get(TotpFactor, factor_id)
+    if row is None or row.user_id != user_id:
+        raise NotFound("No such TOTP factor")
+    if row.confirmed_at is not None:
+        raise Conflict("This factor is already confirmed")
+    if row.expires_at is None or row.expires_at <= now:
+        raise NotFound("This enrollment expired; start again")
+    return row
+
+
+def check_pending_code(
+    session: DbSession,
+    deps: Deps,
+    *,
+    user_id: str,
+    factor_id: str,
+    code: str,
+    client: Client,
+    now: datetime,
+) -> int:
+    """Verify a code against a pending factor; return the matched step. Changes nothing but
+    the wrong-code counter (the pending factor is discarded after too many wrong codes)."""
+    row = _pending(session, user_id=user_id, factor_id=factor_id, now=now)
+    if otp.normalize_code(code) is None:
+        raise InvalidRequest(f"code must be {otp.DIGITS} digits", field="code")
+    if count_active(session, user_id=user_id) >= deps.settings.totp_max_factors:
+        raise FactorLimitReached(
+            f"At most {deps.settings.totp_max_factors} authenticator apps per account"
+        )
+    secret = _secret(deps.keyring, row)
+    step = otp.verify(secret=secret, code=code, now=now) if secret is not None else None
+    if step is not None:
+        return step
+    attempts = row.confirm_attempts + 1
+    session.execute(update(TotpFactor).where(TotpFactor.id == row.id)
+                    .values(confirm_attempts=TotpFactor.confirm_attempts + 1))
+    audit.record(session, type="mfa.totp_confirm", outcome="failure", now=now, client=client,
+                 user_id=user_id, details={"factor_id": row.id, "attempts": attempts})
+    if attempts >= MAX_CONFIRM_ATTEMPTS:
+        session.execute(delete(TotpFactor).where(TotpFactor.id == row.id))
+        raise InvalidCode("Too many wrong codes; this enrollment is discarded, start again")
+    raise InvalidCode("The code is not correct; check the time on your device")
+
+
+def activate(
+    session: DbSession,
+    deps: Deps,
+    *,
+    user_id: str,
+    factor_id: str,
+    step: int,
+    client: Client,
+    now: datetime,
+) -> TotpConfirmation:
+    """Make a checked pending factor active; the confirming step counts as used."""
+    claimed = _affected(session.execute(
+        update(TotpFactor)
+        .where(TotpFactor.id == factor_id, TotpFactor.user_id == user_id,
+               TotpFactor.confirmed_at.is_(None))
+        .values(confirmed_at=now, expires_at=None, last_used_step=step)
+    ))
+    if claimed != 1:
+        raise Conflict("This factor is already confirmed")
+    row = session.get(TotpFactor, factor_id)
+    assert row is not None
+    session.refresh(row)
+    codes = recovery.issue_initial(session, deps, user_id=user_id, client=client, now=now)
+    audit.record(session, type="mfa.totp_confirmed", outcome="success", now=now, client=client,
+                 user_id=user_id,
+                 details={"factor_id": factor_id, "recovery_codes_issued": codes is not None})
+    user = session.get(User, user_id)
+    assert user is not None
+    notices.send(session, deps, to=user.email, template="mfa_factor_added", now=now,
+                 kind="The authenticator app", name=row.name,
+                 when=now.strftime("%Y-%m-%d %H:%M"))
+    return TotpConfirmation(factor=_info(row), recovery_codes=codes)
+
+
+def confirm(
+    session: DbSession,
+    deps: Deps,
+    *,
+    user_id: str,
+    factor_id: str,
+    code: str,
+    client: Client,
+    now: datetime,
+) -> TotpConfirmation:
+    step = check_pending_code(session, deps, user_id=user_id, factor_id=factor_id, code=code,
+                              client=client, now=now)
+    return activate(session, deps, user_id=user_id, factor_id=factor_id, step=step,
+                    client=client, now=now)
+
+
+# --- the login step ------------------------------------------------------------------------
 
 
 def verify_code(session: DbSession, deps: Deps, *, user_id: str, code: str, client: Client,
                 now: datetime) -> str:
+    """Accept a code of any active factor whose time step was not accepted before."""
+    if otp.normalize_code(code) is None:
+        raise InvalidRequest(f"totp_code must be {otp.DIGITS} digits", field="totp_code")
+    try:
+        deps.limiter.hit(LIMIT_POLICY, user_id, "totp")
+    except RateLimited:
+        audit.record(session, type="ratelimit.hit", outcome=LIMIT_POLICY, now=now,
+                     client=client, user_id=user_id, details={"action": "totp"})
+        raise
+    rows = session.scalars(
+        select(TotpFactor).where(*_active(user_id)).order_by(TotpFactor.created_at)
+    ).all()
+    candidates: list[tuple[str, int]] = []
+    replayed = False
+    for row in rows:
+        secret = _secret(deps.keyring, row)
+        if secret is None:
+            continue
+        step = otp.verify(secret=secret, code=code, now=now, after_step=row.last_used_step)
+        if step is not None:
+            candidates.append((row.id, step))
+        elif otp.verify(secret=secret, code=code, now=now) is not None:
+            replayed = True
+    for factor_id, step in candidates:
+        if _claim_step(session, factor_id=factor_id, step=step, now=now):
+            return AMR
+        replayed = True  # another request claimed this step first
+    if replayed:
+        audit.record(session, type="mfa.totp_replay", outcome="refused", now=now,
+                     client=client, user_id=user_id)
     raise InvalidMfa()
 
 
-def list_factors(session: DbSession, *, user_id: str) -> list[FactorInfo]:
-    return []
+def _claim_step(session: DbSession, *, factor_id: str, step: int, now: datetime) -> bool:
+    """Record ``step`` as used unless it (or a later one) already was: one atomic UPDATE."""
+    result = session.execute(
+        update(TotpFactor)
+        .where(
+            TotpFactor.id == factor_id,
+            TotpFactor.confirmed_at.is_not(None),
+            or_(TotpFactor.last_used_step.is_(None), TotpFactor.last_used_step < step),
+        )
+        .values(last_used_step=step, last_used_at=now)
+    )
+    return _affected(result) == 1
+
+
+# --- management ----------------------------------------------------------------------------
+
+
+def rename(session: DbSession, *, user_id: str, factor_id: str, name: str) -> factors.FactorInfo:
+    row = session.get(TotpFactor, factor_id)
+    if row is None or row.user_id != user_id or row.confirmed_at is None:
+        raise NotFound("No such factor")
+    row.name = name
+    session.flush()
+    return _info(row)
+
+
+def delete_pending(session: DbSession, *, user_id: str, factor_id: str) -> bool:
+    """Drop an unconfirmed enrollment of this user; False if ``factor_id`` is not one."""
+    result = session.execute(
+        delete(TotpFactor).where(TotpFactor.id == factor_id, TotpFactor.user_id == user_id,
+                                 TotpFactor.confirmed_at.is_(None))
+    )
+    return _affected(result) == 1
+
+
+def delete_factor(session: DbSession, *, user_id: str, factor_id: str) -> bool:
+    result = session.execute(
+        delete(TotpFactor).where(TotpFactor.id == factor_id, TotpFactor.user_id == user_id)
+    )
+    return _affected(result) == 1
+
+
+def delete_all(session: DbSession, *, user_id: str) -> int:
+    """Every TOTP factor of a user, pending or not (admin resets, breach response)."""
+    result = session.execute(delete(TotpFactor).where(TotpFactor.user_id == user_id))
+    return _affected(result)
+
+
+# --- key rotation --------------------------------------------------------------------------
+
+
+def reencrypt_batch(
+    session: DbSession, keyring: Keyring, *, after_id: str, limit: int = 500
+) -> tuple[int, str | None]:
+    """Re-encrypt secrets not under the primary key, ``limit`` rows with id > ``after_id``
+    at a time. Return (rows re-encrypted, last id seen or None when done)."""
+    rows = session.scalars(
+        select(TotpFactor).where(TotpFactor.id > after_id).order_by(TotpFactor.id).limit(limit)
+    ).all()
+    count = 0
+    for row in rows:
+        if keyring.needs_reencryption(row.secret_ciphertext):
+            row.secret_ciphertext = keyring.reencrypt(row.secret_ciphertext,
+                                                      associated_data=_aad(row.id))
+            count += 1
+    session.flush()
+    return count, (rows[-1].id if rows else None)

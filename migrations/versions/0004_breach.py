@@ -6,6 +6,11 @@ Revises: 0003
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
+from alembic import op
+
+import authsvc.db
+
 revision: str = "0004"
 down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
@@ -13,8 +18,88 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        "breach_campaigns",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("origin", sa.String(length=16), nullable=False),
+        sa.Column("reason", sa.String(length=1000), nullable=False),
+        sa.Column("selector", sa.String(length=32), nullable=False),
+        sa.Column("selector_before", authsvc.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("mode", sa.String(length=32), nullable=False),
+        sa.Column("revoke_sessions", sa.Boolean(), nullable=False),
+        sa.Column("reset_mfa", sa.Boolean(), nullable=False),
+        sa.Column("notify", sa.Boolean(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("targeted", sa.Integer(), nullable=False),
+        sa.Column("processed", sa.Integer(), nullable=False),
+        sa.Column("sessions_revoked", sa.Integer(), nullable=False),
+        sa.Column("notices_queued", sa.Integer(), nullable=False),
+        sa.Column("batches", sa.Integer(), nullable=False),
+        sa.Column("failures", sa.Integer(), nullable=False),
+        sa.Column("cursor", sa.String(length=32), nullable=True),
+        sa.Column("input_report", sa.Text(), nullable=True),
+        sa.Column("idempotency_key", sa.String(length=128), nullable=True),
+        sa.Column("request_hash", sa.String(length=64), nullable=True),
+        sa.Column("created_by_key_id", sa.String(length=32), nullable=True),
+        sa.Column("created_by", sa.String(length=128), nullable=False),
+        sa.Column("created_at", authsvc.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("started_at", authsvc.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", authsvc.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("last_error", sa.String(length=512), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_breach_campaigns")),
+        sa.UniqueConstraint("idempotency_key", name=op.f("uq_breach_campaigns_idempotency_key")),
+    )
+    with op.batch_alter_table("breach_campaigns", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_breach_campaigns_status"), ["status"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_breach_campaigns_created_at"), ["created_at"], unique=False
+        )
+
+    op.create_table(
+        "breach_targets",
+        sa.Column("campaign_id", sa.String(length=32), nullable=False),
+        sa.Column("user_id", sa.String(length=32), nullable=False),
+        sa.Column("processed_at", authsvc.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("notice_queued_at", authsvc.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("notified_at", authsvc.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("reset_at", authsvc.db.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["campaign_id"], ["breach_campaigns.id"],
+            name=op.f("fk_breach_targets_campaign_id_breach_campaigns"), ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_breach_targets_user_id_users"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("campaign_id", "user_id", name=op.f("pk_breach_targets")),
+    )
+    with op.batch_alter_table("breach_targets", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_breach_targets_user_id"), ["user_id"], unique=False)
+        batch_op.create_index(
+            "ix_breach_targets_unnotified", ["campaign_id", "user_id"], unique=False,
+            postgresql_where=sa.text("notice_queued_at IS NOT NULL AND notified_at IS NULL"),
+            sqlite_where=sa.text("notice_queued_at IS NOT NULL AND notified_at IS NULL"),
+        )
+        batch_op.create_index(
+            "ix_breach_targets_notified", ["campaign_id"], unique=False,
+            postgresql_where=sa.text("notified_at IS NOT NULL"),
+            sqlite_where=sa.text("notified_at IS NOT NULL"),
+        )
+        batch_op.create_index(
+            "ix_breach_targets_reset", ["campaign_id"], unique=False,
+            postgresql_where=sa.text("reset_at IS NOT NULL"),
+            sqlite_where=sa.text("reset_at IS NOT NULL"),
+        )
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table("breach_targets", schema=None) as batch_op:
+        batch_op.drop_index("ix_breach_targets_reset")
+        batch_op.drop_index("ix_breach_targets_notified")
+        batch_op.drop_index("ix_breach_targets_unnotified")
+        batch_op.drop_index(batch_op.f("ix_breach_targets_user_id"))
+    op.drop_table("breach_targets")
+    with op.batch_alter_table("breach_campaigns", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_breach_campaigns_created_at"))
+        batch_op.drop_index(batch_op.f("ix_breach_campaigns_status"))
+    op.drop_table("breach_campaigns")

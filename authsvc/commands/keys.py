@@ -1,0 +1,117 @@
+"""`authsvc keys ...`: the encryption key ring (AUTHSVC_ENCRYPTION_KEYS).
+
+Rotation: put a new key first in AUTHSVC_ENCRYPTION_KEYS (``authsvc keys generate`` prints
+one), keep the old ones after it, restart, then run ``authsvc keys rotate``. Every TOTP secret,
+signing key and unsent outbox payload is re-encrypted under the first key. Keyed hashes
+(recovery codes, audit email digests) use a key derived from the LAST entry, so keep that
+entry in the list for as long as those hashes must verify.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+from sqlalchemy import select
+from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.orm import sessionmaker
+
+from authsvc.app import build_runtime
+from authsvc.crypto.keyring import DecryptionFailed, Keyring, generate_key_spec
+from authsvc.models import OutboxMessage
+from authsvc.services import signing, totp
+from authsvc.services.outbox import _AAD as OUTBOX_AAD  # the payloads' associated data
+from authsvc.settings import ConfigError, Settings
+
+BATCH = 500
+
+
+@click.group("keys")
+def keys() -> None:
+    """The encryption key ring: generate and rotate."""
+
+
+@keys.command("generate")
+@click.option("--kid", required=True, help="Key id, e.g. the date: 2026-11.")
+def generate(kid: str) -> None:
+    """Print a new key entry ("kid:base64url") for AUTHSVC_ENCRYPTION_KEYS."""
+    if not kid or len(kid) > 32 or not all(ch.isalnum() or ch in "_-" for ch in kid):
+        raise click.ClickException("--kid must be 1 to 32 letters, digits, '_' or '-'")
+    click.echo(generate_key_spec(kid))
+
+
+@keys.command("rotate")
+def rotate() -> None:
+    """Re-encrypt every TOTP secret, signing key and unsent outbox payload under the first
+    key of AUTHSVC_ENCRYPTION_KEYS."""
+    try:
+        settings = Settings.from_env()
+        if not settings.encryption_keys:
+            raise click.ClickException("AUTHSVC_ENCRYPTION_KEYS is not set; nothing to rotate to")
+        runtime = build_runtime(settings)
+    except ConfigError as exc:
+        raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
+    keyring = runtime.deps.keyring
+    try:
+        counts = {
+            "totp_factors": _rotate_totp(runtime.sessionmaker, keyring),
+            "signing_keys": _in_one(runtime.sessionmaker,
+                                    lambda s: signing.reencrypt(s, keyring)),
+            "outbox_messages": _rotate_outbox(runtime.sessionmaker, keyring),
+        }
+    except DecryptionFailed as exc:
+        raise click.ClickException(
+            f"a ciphertext opens with none of the configured keys ({exc}); add the old key "
+            "back to AUTHSVC_ENCRYPTION_KEYS, after the new one"
+        ) from None
+    except Exception as exc:  # one line, not a traceback
+        raise click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+    finally:
+        runtime.engine.dispose()
+    summary = " ".join(f"{name}={count}" for name, count in counts.items())
+    click.echo(f"re-encrypted under key {keyring.primary_kid!r}: {summary}")
+
+
+def _in_one(factory: sessionmaker[DbSession], work: Callable[[DbSession], int]) -> int:
+    with factory.begin() as session:
+        return work(session)
+
+
+def _rotate_totp(factory: sessionmaker[DbSession], keyring: Keyring) -> int:
+    total, after = 0, ""
+    while True:
+        with factory.begin() as session:
+            count, last = totp.reencrypt_batch(session, keyring, after_id=after, limit=BATCH)
+        total += count
+        if last is None:
+            return total
+        after = last
+
+
+def _rotate_outbox(factory: sessionmaker[DbSession], keyring: Keyring) -> int:
+    """Messages not yet delivered (pending or parked as failed); delivered ones are kept as
+    they are, and are never read again."""
+    total, after = 0, 0
+    while True:
+        with factory.begin() as session:
+            count, last = _outbox_batch(session, keyring, after_id=after)
+        total += count
+        if last is None:
+            return total
+        after = last
+
+
+def _outbox_batch(session: DbSession, keyring: Keyring, *, after_id: int) -> tuple[int, int | None]:
+    rows = session.scalars(
+        select(OutboxMessage)
+        .where(OutboxMessage.id > after_id, OutboxMessage.completed_at.is_(None))
+        .order_by(OutboxMessage.id)
+        .limit(BATCH)
+    ).all()
+    count = 0
+    for row in rows:
+        if keyring.needs_reencryption(row.payload_ciphertext):
+            row.payload_ciphertext = keyring.reencrypt(row.payload_ciphertext,
+                                                       associated_data=OUTBOX_AAD)
+            count += 1
+    return count, (rows[-1].id if rows else None)

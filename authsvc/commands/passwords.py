@@ -1,0 +1,96 @@
+"""`authsvc breached-passwords ...`: the local Pwned Passwords store behind the blocklist."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from authsvc.crypto.blocklist import BreachedPasswordStore, InvalidBreachedStore, import_pwned_file
+from authsvc.settings import ConfigError, Settings
+
+_STAGES = {"read": ("reading", "B"), "write": ("writing", " buckets")}
+
+
+@click.group("breached-passwords")
+def breached_passwords() -> None:
+    """The breached-password store that new passwords are checked against."""
+
+
+@breached_passwords.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def import_file(file: Path) -> None:
+    """Build the store from FILE, a Pwned Passwords SHA-1 download (HASH:COUNT lines).
+
+    The store goes to AUTHSVC_BREACHED_PASSWORDS_FILE (default: breached-passwords.bin under
+    AUTHSVC_VAR_DIR) and replaces the previous one only once complete. Running servers read
+    it at start: restart them afterwards.
+    """
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
+    if not file.is_file():
+        raise click.ClickException(f"{file}: no such file")
+    dest = settings.breached_passwords_path
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, staging_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".new",
+                                            dir=dest.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write to {dest.parent}: {exc.strerror}") from None
+    staging = Path(staging_name)
+    try:
+        with _ProgressBars() as bars:
+            result = import_pwned_file(file, staging, progress=bars.update)
+        if result.imported == 0:
+            raise click.ClickException(
+                f"{file}: no SHA-1 HASH:COUNT lines found ({result.rejected} other lines); "
+                "the previous store is unchanged"
+            )
+        with BreachedPasswordStore(staging) as store:
+            count = store.count()
+        os.replace(staging, dest)
+    except OSError as exc:
+        raise click.ClickException(
+            f"import failed: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+        ) from None
+    except InvalidBreachedStore as exc:
+        raise click.ClickException(f"import failed: the new store is unreadable: {exc}") from None
+    finally:
+        staging.unlink(missing_ok=True)
+    click.echo(
+        f"imported {count:,} breached password hashes into {dest}"
+        + (f" ({result.rejected:,} malformed lines skipped)" if result.rejected else ""),
+        err=True,
+    )
+
+
+class _ProgressBars:
+    """One tqdm bar on stderr per stage of ``import_pwned_file``."""
+
+    def __init__(self) -> None:
+        self._bars: dict[str, Any] = {}
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        bar = self._bars.get(stage)
+        if bar is None:
+            for other in self._bars.values():
+                other.close()
+            desc, unit = _STAGES.get(stage, (stage, ""))
+            bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=stage == "read",
+                       leave=True, file=click.get_text_stream("stderr"))
+            self._bars[stage] = bar
+        bar.update(done - bar.n)
+
+    def __enter__(self) -> _ProgressBars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for bar in self._bars.values():
+            bar.close()

@@ -1,0 +1,366 @@
+"""A thin wrapper over py_webauthn: options, the two verifications and shape checks.
+
+Everything that can go wrong with a browser's answer becomes ``WebauthnFailure`` with a short
+``reason``; py_webauthn's exceptions (and the parsing errors under them) never leave this module.
+What an outcome means (a refused login, a refused key) is for the services to decide.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from webauthn import (
+    generate_authentication_options,
+    generate_registration_options,
+    options_to_json,
+    verify_authentication_response,
+    verify_registration_response,
+)
+from webauthn.helpers import (
+    parse_attestation_object,
+    parse_authentication_credential_json,
+    parse_authenticator_data,
+    parse_client_data_json,
+    parse_registration_credential_json,
+)
+from webauthn.helpers.exceptions import WebAuthnException
+from webauthn.helpers.structs import (
+    AttestationConveyancePreference,
+    AttestationFormat,
+    AuthenticatorSelectionCriteria,
+    AuthenticatorTransport,
+    PublicKeyCredentialDescriptor,
+    ResidentKeyRequirement,
+    UserVerificationRequirement,
+)
+
+CHALLENGE_BYTES = 32
+USER_HANDLE_BYTES = 32
+MAX_CREDENTIAL_ID_BYTES = 1023  # WebAuthn Level 3 limit
+TRANSPORTS = frozenset(t.value for t in AuthenticatorTransport)
+_B64URL = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
+# id-fido-gen-ce-aaguid: the authenticator model an attestation certificate speaks for.
+_AAGUID_EXTENSION = x509.ObjectIdentifier("1.3.6.1.4.1.45724.1.1.4")
+_REGISTRATION_FIELDS = ("clientDataJSON", "attestationObject")
+_ASSERTION_FIELDS = ("clientDataJSON", "authenticatorData", "signature")
+
+
+class WebauthnFailure(Exception):
+    """A response that does not verify or does not parse; ``reason`` is a short stable word."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    """A stored credential, as listed in allowCredentials / excludeCredentials."""
+
+    credential_id: bytes
+    transports: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAnswer:
+    """What a response claims before verification: which credential, for which challenge."""
+
+    credential_id: bytes
+    challenge: bytes
+    user_handle: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredCredential:
+    credential_id: bytes
+    public_key: bytes  # COSE
+    sign_count: int
+    aaguid: str
+    attestation_format: str
+    attested: bool  # a certificate chain (x5c) vouches for the authenticator model
+    user_verified: bool
+    backup_eligible: bool
+    backed_up: bool
+    transports: tuple[str, ...]
+    discoverable: bool | None  # credProps.rk when the client reported it
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedAssertion:
+    credential_id: bytes
+    sign_count: int
+    user_verified: bool
+    backup_eligible: bool
+    backed_up: bool
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def from_b64url(text: str) -> bytes:
+    """Strict base64url (padding optional); WebauthnFailure("base64url") otherwise."""
+    if not isinstance(text, str) or not _B64URL.match(text) or len(text.rstrip("=")) % 4 == 1:
+        raise WebauthnFailure("base64url", "a value is not base64url")
+    return base64.urlsafe_b64decode(text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4))
+
+
+def new_challenge() -> bytes:
+    return secrets.token_bytes(CHALLENGE_BYTES)
+
+
+def new_user_handle() -> bytes:
+    return secrets.token_bytes(USER_HANDLE_BYTES)
+
+
+def challenge_digest(challenge: bytes) -> str:
+    """How challenges are stored and looked up."""
+    return hashlib.sha256(challenge).hexdigest()
+
+
+def _descriptors(items: Iterable[Descriptor]) -> list[PublicKeyCredentialDescriptor]:
+    return [
+        PublicKeyCredentialDescriptor(
+            id=item.credential_id,
+            transports=[AuthenticatorTransport(t) for t in item.transports if t in TRANSPORTS]
+            or None,
+        )
+        for item in items
+    ]
+
+
+def registration_options(
+    *,
+    rp_id: str,
+    rp_name: str,
+    user_handle: bytes,
+    user_name: str,
+    challenge: bytes,
+    timeout_ms: int,
+    user_verification: str,
+    attestation: str,
+    exclude: Sequence[Descriptor],
+) -> dict[str, Any]:
+    """PublicKeyCredentialCreationOptionsJSON; a resident key is preferred and credProps asked
+    for, so that the answer tells whether the credential is discoverable (a passkey)."""
+    options = generate_registration_options(
+        rp_id=rp_id,
+        rp_name=rp_name,
+        user_id=user_handle,
+        user_name=user_name,
+        challenge=challenge,
+        timeout=timeout_ms,
+        attestation=AttestationConveyancePreference(attestation),
+        authenticator_selection=AuthenticatorSelectionCriteria(
+            resident_key=ResidentKeyRequirement.PREFERRED,
+            user_verification=UserVerificationRequirement(user_verification),
+        ),
+        exclude_credentials=_descriptors(exclude),
+    )
+    data: dict[str, Any] = json.loads(options_to_json(options))
+    data["extensions"] = {"credProps": True}
+    return data
+
+
+def authentication_options(
+    *,
+    rp_id: str,
+    challenge: bytes,
+    timeout_ms: int,
+    user_verification: str,
+    allow: Sequence[Descriptor],
+) -> dict[str, Any]:
+    """PublicKeyCredentialRequestOptionsJSON; an empty ``allow`` asks for a discoverable one."""
+    options = generate_authentication_options(
+        rp_id=rp_id,
+        challenge=challenge,
+        timeout=timeout_ms,
+        allow_credentials=_descriptors(allow),
+        user_verification=UserVerificationRequirement(user_verification),
+    )
+    data: dict[str, Any] = json.loads(options_to_json(options))
+    return data
+
+
+def _check_shape(credential: Any, fields: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(credential, dict):
+        raise WebauthnFailure("malformed", "the credential must be an object")
+    response = credential.get("response")
+    if not isinstance(response, dict):
+        raise WebauthnFailure("malformed", "response is missing")
+    if credential.get("type") != "public-key":
+        raise WebauthnFailure("malformed", "type must be public-key")
+    for value in (credential.get("id"), credential.get("rawId"),
+                  *(response.get(name) for name in fields)):
+        if not isinstance(value, str):
+            raise WebauthnFailure("malformed", "a required member is missing")
+        from_b64url(value)
+    user_handle = response.get("userHandle")
+    if user_handle is not None:
+        from_b64url(user_handle)
+    if credential["id"].rstrip("=") != credential["rawId"].rstrip("="):
+        raise WebauthnFailure("malformed", "id and rawId differ")
+    if not 0 < len(from_b64url(credential["rawId"])) <= MAX_CREDENTIAL_ID_BYTES:
+        raise WebauthnFailure("malformed", "the credential id has an impossible length")
+    return response
+
+
+def _client_challenge(client_data_json: str) -> bytes:
+    try:
+        return parse_client_data_json(from_b64url(client_data_json)).challenge
+    except WebauthnFailure:
+        raise
+    except Exception:  # any parsing error of client-supplied bytes
+        raise WebauthnFailure("malformed", "clientDataJSON does not parse") from None
+
+
+def read_registration(credential: Any) -> ClientAnswer:
+    """Shape-check a RegistrationResponseJSON and read its claimed challenge."""
+    response = _check_shape(credential, _REGISTRATION_FIELDS)
+    return ClientAnswer(credential_id=from_b64url(credential["rawId"]),
+                        challenge=_client_challenge(response["clientDataJSON"]),
+                        user_handle=None)
+
+
+def read_assertion(credential: Any) -> ClientAnswer:
+    """Shape-check an AuthenticationResponseJSON; read its credential id, challenge and
+    user handle (present for discoverable credentials)."""
+    response = _check_shape(credential, _ASSERTION_FIELDS)
+    handle = response.get("userHandle")
+    return ClientAnswer(credential_id=from_b64url(credential["rawId"]),
+                        challenge=_client_challenge(response["clientDataJSON"]),
+                        user_handle=from_b64url(handle) or None if handle else None)
+
+
+def _reported_transports(response: dict[str, Any]) -> tuple[str, ...]:
+    raw = response.get("transports")
+    if not isinstance(raw, list):
+        return ()
+    return tuple(dict.fromkeys(t for t in raw if isinstance(t, str) and t in TRANSPORTS))
+
+
+def _reported_rk(credential: dict[str, Any]) -> bool | None:
+    results = credential.get("clientExtensionResults")
+    props = results.get("credProps") if isinstance(results, dict) else None
+    rk = props.get("rk") if isinstance(props, dict) else None
+    return rk if isinstance(rk, bool) else None
+
+
+def verify_registration(
+    *,
+    credential: Any,
+    expected_challenge: bytes,
+    expected_rp_id: str,
+    expected_origins: Sequence[str],
+    require_user_verification: bool,
+    trusted_roots: Sequence[bytes] = (),
+) -> RegisteredCredential:
+    """Verify an attestation (origin, RP ID hash, challenge, flags, attestation statement;
+    certificate chains against ``trusted_roots`` when given)."""
+    response = _check_shape(credential, _REGISTRATION_FIELDS)
+    roots = list(trusted_roots)
+    try:
+        parsed = parse_registration_credential_json(credential)
+        verified = verify_registration_response(
+            credential=parsed,
+            expected_challenge=expected_challenge,
+            expected_rp_id=expected_rp_id,
+            expected_origin=list(expected_origins),
+            require_user_verification=require_user_verification,
+            pem_root_certs_bytes_by_fmt={fmt: roots for fmt in AttestationFormat}
+            if roots else None,
+        )
+        if verified.credential_id != from_b64url(credential["rawId"]):
+            raise WebauthnFailure("not_verified", "rawId is not the attested credential id")
+        attestation = parse_attestation_object(verified.attestation_object)
+        statement, flags = attestation.att_stmt, attestation.auth_data.flags
+        attested = attestation.auth_data.attested_credential_data
+        if statement.x5c and attested is not None:
+            _check_certificate_aaguid(statement.x5c[0], attested.aaguid)
+    except WebauthnFailure:
+        raise
+    except WebAuthnException as exc:
+        raise WebauthnFailure("not_verified", str(exc)) from None
+    except Exception:  # any other parsing error of client-supplied bytes
+        raise WebauthnFailure("malformed", "the attestation does not parse") from None
+    return RegisteredCredential(
+        credential_id=verified.credential_id,
+        public_key=verified.credential_public_key,
+        sign_count=verified.sign_count,
+        aaguid=verified.aaguid,
+        attestation_format=str(getattr(verified.fmt, "value", verified.fmt)),
+        attested=bool(statement.x5c),
+        user_verified=verified.user_verified,
+        backup_eligible=bool(flags.be),
+        backed_up=verified.credential_backed_up,
+        transports=_reported_transports(response),
+        discoverable=_reported_rk(credential),
+    )
+
+
+def _check_certificate_aaguid(leaf_der: bytes, aaguid: bytes) -> None:
+    """An attestation certificate that names a model must name the one in authData."""
+    leaf = x509.load_der_x509_certificate(leaf_der)
+    try:
+        extension = leaf.extensions.get_extension_for_oid(_AAGUID_EXTENSION)
+    except x509.ExtensionNotFound:
+        return
+    value = extension.value
+    raw = value.value if isinstance(value, x509.UnrecognizedExtension) else b""
+    if raw != b"\x04\x10" + aaguid:  # DER OCTET STRING of 16 bytes
+        raise WebauthnFailure("not_verified", "the attestation certificate names another model")
+
+
+def verify_assertion(
+    *,
+    credential: Any,
+    expected_challenge: bytes,
+    expected_rp_id: str,
+    expected_origins: Sequence[str],
+    credential_public_key: bytes,
+    require_user_verification: bool,
+) -> VerifiedAssertion:
+    """Verify an assertion's origin, RP ID hash, challenge, flags and signature.
+
+    The sign counter is returned, not judged: what a regression means is policy.
+    """
+    response = _check_shape(credential, _ASSERTION_FIELDS)
+    try:
+        parsed = parse_authentication_credential_json(credential)
+        verified = verify_authentication_response(
+            credential=parsed,
+            expected_challenge=expected_challenge,
+            expected_rp_id=expected_rp_id,
+            expected_origin=list(expected_origins),
+            credential_public_key=credential_public_key,
+            credential_current_sign_count=0,  # judged by the caller
+            require_user_verification=require_user_verification,
+        )
+        flags = parse_authenticator_data(from_b64url(response["authenticatorData"])).flags
+    except WebAuthnException as exc:
+        raise WebauthnFailure("not_verified", str(exc)) from None
+    except WebauthnFailure:
+        raise
+    except Exception:  # any other parsing error of client-supplied bytes
+        raise WebauthnFailure("malformed", "the assertion does not parse") from None
+    return VerifiedAssertion(
+        credential_id=verified.credential_id,
+        sign_count=verified.new_sign_count,
+        user_verified=verified.user_verified,
+        backup_eligible=bool(flags.be),
+        backed_up=verified.credential_backed_up,
+    )
+
+
+def load_pem_roots(pem: bytes) -> list[bytes]:
+    """Split a PEM bundle into single certificates (py_webauthn takes a list)."""
+    pattern = rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----"
+    return [m.group(0) + b"\n" for m in re.finditer(pattern, pem, re.DOTALL)]

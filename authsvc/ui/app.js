@@ -1,0 +1,382 @@
+// authsvc reference client: password login with a second factor, passkey login, and
+// enrollment of security keys, passkeys and authenticator apps. Plain JavaScript, no build
+// step. Web apps may copy it; the parts to reuse are marked "reusable".
+"use strict";
+
+(() => {
+  // --- reusable: base64url ---------------------------------------------------------------
+  const b64url = {
+    encode(buffer) {
+      const bytes = new Uint8Array(buffer);
+      let binary = "";
+      for (const byte of bytes) binary += String.fromCharCode(byte);
+      return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+    },
+    decode(text) {
+      const base64 = text.replace(/-/g, "+").replace(/_/g, "/");
+      const padded = base64 + "===".slice((base64.length + 3) % 4);
+      const binary = atob(padded);
+      const bytes = new Uint8Array(binary.length);
+      for (let i = 0; i < binary.length; i += 1) bytes[i] = binary.charCodeAt(i);
+      return bytes.buffer;
+    },
+  };
+
+  // --- reusable: WebAuthn JSON <-> browser objects ---------------------------------------
+  // Browsers with WebAuthn Level 3 parse the server's JSON themselves; the fallbacks do the
+  // same by hand for older ones.
+  const hasJsonParsers = () =>
+    typeof PublicKeyCredential !== "undefined" &&
+    typeof PublicKeyCredential.parseCreationOptionsFromJSON === "function";
+
+  function creationOptionsFromJSON(json) {
+    if (hasJsonParsers()) return PublicKeyCredential.parseCreationOptionsFromJSON(json);
+    return {
+      ...json,
+      challenge: b64url.decode(json.challenge),
+      user: { ...json.user, id: b64url.decode(json.user.id) },
+      excludeCredentials: (json.excludeCredentials || []).map((c) => ({
+        ...c, id: b64url.decode(c.id),
+      })),
+    };
+  }
+
+  function requestOptionsFromJSON(json) {
+    if (hasJsonParsers()) return PublicKeyCredential.parseRequestOptionsFromJSON(json);
+    return {
+      ...json,
+      challenge: b64url.decode(json.challenge),
+      allowCredentials: (json.allowCredentials || []).map((c) => ({
+        ...c, id: b64url.decode(c.id),
+      })),
+    };
+  }
+
+  function credentialToJSON(credential) {
+    if (typeof credential.toJSON === "function") return credential.toJSON();
+    const r = credential.response;
+    const json = {
+      id: credential.id,
+      rawId: b64url.encode(credential.rawId),
+      type: credential.type,
+      authenticatorAttachment: credential.authenticatorAttachment || null,
+      clientExtensionResults: credential.getClientExtensionResults(),
+      response: { clientDataJSON: b64url.encode(r.clientDataJSON) },
+    };
+    if (r.attestationObject) {
+      json.response.attestationObject = b64url.encode(r.attestationObject);
+      json.response.transports = typeof r.getTransports === "function" ? r.getTransports() : [];
+    } else {
+      json.response.authenticatorData = b64url.encode(r.authenticatorData);
+      json.response.signature = b64url.encode(r.signature);
+      if (r.userHandle) json.response.userHandle = b64url.encode(r.userHandle);
+    }
+    return json;
+  }
+
+  async function createCredential(optionsJSON) {
+    const publicKey = creationOptionsFromJSON(optionsJSON);
+    return credentialToJSON(await navigator.credentials.create({ publicKey }));
+  }
+
+  async function getCredential(optionsJSON) {
+    const { challenge_id: _ignored, ...options } = optionsJSON;
+    const publicKey = requestOptionsFromJSON(options);
+    return credentialToJSON(await navigator.credentials.get({ publicKey }));
+  }
+
+  // --- reusable: the API -----------------------------------------------------------------
+  class ApiError extends Error {
+    constructor(status, problem) {
+      super(problem.detail || problem.title || `HTTP ${status}`);
+      this.status = status;
+      this.code = problem.code || "http_error";
+      this.problem = problem;
+    }
+  }
+
+  const state = { access: null, refresh: null, mfaToken: null, totpFactorId: null };
+
+  async function api(method, path, body, { auth = false } = {}) {
+    const headers = { Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (auth && state.access) headers.Authorization = `Bearer ${state.access}`;
+    const response = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: "omit",
+      cache: "no-store",
+    });
+    const text = await response.text();
+    const data = text ? JSON.parse(text) : null;
+    if (!response.ok) throw new ApiError(response.status, data || {});
+    return data;
+  }
+
+  // Bearer calls refresh the access token once when it has expired.
+  async function authed(method, path, body) {
+    try {
+      return await api(method, path, body, { auth: true });
+    } catch (error) {
+      if (!(error instanceof ApiError) || error.status !== 401 || !state.refresh) throw error;
+      const pair = await api("POST", "/v1/token/refresh", { refresh_token: state.refresh });
+      state.access = pair.access_token;
+      state.refresh = pair.refresh_token;
+      return api(method, path, body, { auth: true });
+    }
+  }
+
+  function claims(accessToken) {
+    const payload = accessToken.split(".")[1];
+    return JSON.parse(new TextDecoder().decode(b64url.decode(payload)));
+  }
+
+  // --- the page --------------------------------------------------------------------------
+  const $ = (id) => document.getElementById(id);
+
+  function setStatus(message, kind = "ok") {
+    const status = $("status");
+    status.textContent = message;
+    status.className = message ? kind : "";
+  }
+
+  function describe(error) {
+    if (error instanceof ApiError) {
+      const reason = error.problem.reason ? `, ${error.problem.reason}` : "";
+      return `${error.problem.title || "Error"}: ${error.message} (${error.code}${reason})`;
+    }
+    if (error && error.name === "NotAllowedError") {
+      return "The browser or the authenticator refused, or the request timed out.";
+    }
+    if (error && error.name === "InvalidStateError") {
+      return "This authenticator is already registered to your account.";
+    }
+    return `Something went wrong: ${error && error.message ? error.message : error}`;
+  }
+
+  function show(view) {
+    for (const id of ["login-view", "mfa-view", "account-view"]) $(id).hidden = id !== view;
+  }
+
+  // Run a UI action: one at a time, its failure shown in the status line.
+  let busy = false;
+  function action(handler) {
+    return async (event) => {
+      if (event) event.preventDefault();
+      if (busy) return;
+      busy = true;
+      try {
+        await handler(event);
+      } catch (error) {
+        setStatus(describe(error), "error");
+      } finally {
+        busy = false;
+      }
+    };
+  }
+
+  async function afterLogin(result) {
+    if (result.status === "authenticated") {
+      state.access = result.access_token;
+      state.refresh = result.refresh_token;
+      state.mfaToken = null;
+      $("password").value = "";
+      await showAccount();
+      setStatus("Signed in.");
+    } else if (result.status === "mfa_required") {
+      state.mfaToken = result.mfa_token;
+      $("mfa-webauthn").hidden = !result.methods.includes("webauthn");
+      $("mfa-totp-form").hidden = !result.methods.includes("totp");
+      $("mfa-recovery-form").hidden = !result.methods.includes("recovery_code");
+      show("mfa-view");
+      setStatus("Password accepted. Prove the second factor.");
+    } else if (result.status === "password_change_required") {
+      setStatus("Your password must be changed first: use the reset link we mail you.", "error");
+    } else {
+      setStatus("A second factor must be enrolled before you continue.", "error");
+    }
+  }
+
+  async function showAccount() {
+    const me = await authed("GET", "/v1/me");
+    $("account-email").textContent = me.email;
+    $("account-amr").textContent = (claims(state.access).amr || []).join(" ");
+    await listFactors(me);
+    show("account-view");
+  }
+
+  async function listFactors(me) {
+    const list = $("factor-list");
+    list.replaceChildren();
+    let factors = null;
+    try {
+      const data = await authed("GET", "/v1/me/mfa");
+      factors = Array.isArray(data) ? data : data.factors;
+    } catch (error) {
+      if (!(error instanceof ApiError) || error.status !== 404) throw error;
+    }
+    if (!factors) {
+      for (const method of me.mfa_methods) {
+        const item = document.createElement("li");
+        item.textContent = method;
+        list.append(item);
+      }
+      return;
+    }
+    if (factors.length === 0) {
+      const item = document.createElement("li");
+      item.textContent = "None yet.";
+      list.append(item);
+    }
+    for (const factor of factors) {
+      const item = document.createElement("li");
+      item.dataset.factorId = factor.id;
+      const name = document.createElement("span");
+      name.className = "factor-name";
+      name.textContent = factor.name;
+      const meta = document.createElement("span");
+      meta.className = "meta";
+      const used = factor.last_used_at ? `, last used ${factor.last_used_at}` : "";
+      meta.textContent = ` — ${factor.type === "webauthn" ? "security key" : "app"}${used} `;
+      const rename = document.createElement("button");
+      rename.type = "button";
+      rename.textContent = "Rename";
+      rename.addEventListener("click", action(() => renameFactor(factor)));
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.textContent = "Remove";
+      remove.className = "remove";
+      remove.addEventListener("click", action(() => removeFactor(factor)));
+      item.append(name, meta, rename, " ", remove);
+      list.append(item);
+    }
+  }
+
+  async function renameFactor(factor) {
+    const name = window.prompt("New name", factor.name);
+    if (!name) return;
+    await authed("PATCH", `/v1/me/mfa/${encodeURIComponent(factor.id)}`, { name });
+    await showAccount();
+    setStatus("Renamed.");
+  }
+
+  async function removeFactor(factor) {
+    if (!window.confirm(`Remove "${factor.name}"?`)) return;
+    try {
+      await authed("DELETE", `/v1/me/mfa/${encodeURIComponent(factor.id)}`);
+    } catch (error) {
+      if (error instanceof ApiError && error.code === "reauthentication_required") {
+        setStatus("Sign out and in again, then remove it within a few minutes.", "error");
+        return;
+      }
+      throw error;
+    }
+    await showAccount();
+    setStatus("Removed.");
+  }
+
+  // --- actions ---------------------------------------------------------------------------
+  $("password-form").addEventListener("submit", action(async () => {
+    setStatus("Signing in…");
+    const result = await api("POST", "/v1/login", {
+      email: $("email").value, password: $("password").value,
+    });
+    await afterLogin(result);
+  }));
+
+  $("passkey-login").addEventListener("click", action(async () => {
+    setStatus("Waiting for your passkey…");
+    const options = await api("POST", "/v1/passkeys/login-options", {});
+    const credential = await getCredential(options);
+    const result = await api("POST", "/v1/passkeys/login", {
+      challenge_id: options.challenge_id, credential,
+    });
+    await afterLogin(result);
+  }));
+
+  $("mfa-key").addEventListener("click", action(async () => {
+    setStatus("Waiting for your security key…");
+    const options = await api("POST", "/v1/login/mfa/webauthn-options", {
+      mfa_token: state.mfaToken,
+    });
+    const credential = await getCredential(options);
+    await afterLogin(await api("POST", "/v1/login/mfa", {
+      mfa_token: state.mfaToken, webauthn: credential,
+    }));
+  }));
+
+  $("mfa-totp-form").addEventListener("submit", action(async () => {
+    const code = $("mfa-totp").value.replace(/\s+/g, "");
+    $("mfa-totp").value = "";
+    await afterLogin(await api("POST", "/v1/login/mfa", {
+      mfa_token: state.mfaToken, totp_code: code,
+    }));
+  }));
+
+  $("mfa-recovery-form").addEventListener("submit", action(async () => {
+    const code = $("mfa-recovery").value.trim();
+    $("mfa-recovery").value = "";
+    await afterLogin(await api("POST", "/v1/login/mfa", {
+      mfa_token: state.mfaToken, recovery_code: code,
+    }));
+  }));
+
+  $("mfa-cancel").addEventListener("click", () => {
+    state.mfaToken = null;
+    show("login-view");
+    setStatus("");
+  });
+
+  $("add-key-form").addEventListener("submit", action(async () => {
+    const name = $("key-name").value;
+    setStatus("Follow your browser's prompt to create the key…");
+    const options = await authed("POST", "/v1/me/mfa/webauthn/registration-options", { name });
+    const credential = await createCredential(options);
+    const factor = await authed("POST", "/v1/me/mfa/webauthn", { credential, name });
+    await showAccount();
+    const kind = factor.passkey ? "passkey (also signs in without a password)" : "security key";
+    setStatus(`Added ${kind} "${factor.name}".`);
+  }));
+
+  $("add-totp").addEventListener("click", action(async () => {
+    const pending = await authed("POST", "/v1/me/mfa/totp", { name: "Authenticator app" });
+    state.totpFactorId = pending.factor_id;
+    const svg = new TextEncoder().encode(pending.qr_svg);
+    $("totp-qr").src = `data:image/svg+xml;base64,${btoa(String.fromCharCode(...svg))}`;
+    $("totp-secret").textContent = pending.secret;
+    $("totp-setup").hidden = false;
+    setStatus("Scan the code with your authenticator app, then enter the code it shows.");
+  }));
+
+  $("totp-confirm-form").addEventListener("submit", action(async () => {
+    const code = $("totp-code").value.replace(/\s+/g, "");
+    $("totp-code").value = "";
+    const result = await authed(
+      "POST", `/v1/me/mfa/totp/${encodeURIComponent(state.totpFactorId)}/confirm`, { code },
+    );
+    $("totp-setup").hidden = true;
+    if (result.recovery_codes) {
+      $("recovery-codes-list").textContent = result.recovery_codes.join("\n");
+      $("recovery-codes").hidden = false;
+    }
+    await showAccount();
+    setStatus("Authenticator app added.");
+  }));
+
+  $("logout").addEventListener("click", action(async () => {
+    const refresh = state.refresh;
+    Object.assign(state, { access: null, refresh: null, mfaToken: null, totpFactorId: null });
+    $("recovery-codes").hidden = true;
+    $("totp-setup").hidden = true;
+    show("login-view");
+    if (refresh) await api("POST", "/v1/logout", { refresh_token: refresh });
+    setStatus("Signed out.");
+  }));
+
+  if (typeof PublicKeyCredential === "undefined") {
+    $("passkey-login").disabled = true;
+    $("add-key").disabled = true;
+    setStatus("This browser does not support security keys or passkeys.", "error");
+  }
+})();

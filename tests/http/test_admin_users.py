@@ -1,0 +1,277 @@
+"""/admin/v1/users: create (password or imported hash), find, get, delete, disable."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+import argon2
+import bcrypt
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session as DbSession
+
+from authsvc.db import utcnow
+from authsvc.models import AdminKey, AuditEvent, Session, User
+from authsvc.services import admin
+
+PASSWORD = "imported horse 42"
+
+
+@pytest.fixture
+def admin_key(connection) -> str:
+    with DbSession(bind=connection, join_transaction_mode="create_savepoint") as session:
+        _, secret = admin.create_key(session, name="tests", now=utcnow())
+        session.commit()
+    return secret
+
+
+@pytest.fixture
+def as_admin(admin_key):
+    return {"Authorization": f"Bearer {admin_key}"}
+
+
+def create(client, headers, **body):
+    return client.post("/admin/v1/users", json=body, headers=headers)
+
+
+def argon2_hash(password: str) -> str:
+    return argon2.PasswordHasher(time_cost=2, memory_cost=2048, parallelism=2).hash(password)
+
+
+def argon2i_hash(password: str) -> str:
+    return argon2.PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1,
+                                 type=argon2.Type.I).hash(password)
+
+
+def bcrypt_hash(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+
+
+def pbkdf2_hash(password: str, iterations: int = 1000, salt: str = "Sa1tySa1t") -> str:
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt.encode(), iterations)
+    return f"pbkdf2_sha256${iterations}${salt}${base64.b64encode(digest).decode()}"
+
+
+def test_create_a_user_with_a_password(api, client, as_admin, connection):
+    response = create(client, as_admin, email="Ada@Example.com", password=PASSWORD)
+
+    assert response.status_code == 201
+    view = response.get_json()
+    assert view["email"] == "ada@example.com"
+    assert view["email_verified"] is True
+    assert view["disabled"] is False
+    assert view["password_invalidated"] is False
+    assert view["mfa_methods"] == []
+    assert api.login("ada@example.com", PASSWORD).get_json()["status"] == "authenticated"
+    stored = connection.scalar(select(User.password_hash))
+    assert stored.startswith("$argon2id$") and PASSWORD not in stored
+
+
+@pytest.mark.parametrize(
+    ("make_hash", "source"),
+    [(argon2_hash, "argon2"), (argon2i_hash, "argon2"), (bcrypt_hash, "bcrypt"),
+     (pbkdf2_hash, "pbkdf2_sha256")],
+    ids=["argon2id-other-params", "argon2i", "bcrypt", "pbkdf2_sha256"],
+)
+def test_imported_hashes_log_in_and_are_upgraded(api, client, as_admin, connection, make_hash,
+                                                  source):
+    imported = make_hash(PASSWORD)
+
+    response = create(client, as_admin, email="ada@example.com", password_hash=imported)
+
+    assert response.status_code == 201
+    assert connection.scalar(select(User.password_hash)) == imported
+    details = connection.scalar(
+        select(AuditEvent.details).where(AuditEvent.type == "admin.user_created")
+    )
+    assert json.loads(details)["hash_source"] == source
+    assert api.login("ada@example.com", "wrong horse 42").status_code == 401
+    assert connection.scalar(select(User.password_hash)) == imported  # no upgrade on failure
+
+    assert api.login("ada@example.com", PASSWORD).get_json()["status"] == "authenticated"
+
+    upgraded = connection.scalar(select(User.password_hash))
+    assert upgraded.startswith("$argon2id$v=19$m=1024,t=1,p=1$")
+    assert api.login("ada@example.com", PASSWORD).get_json()["status"] == "authenticated"
+    assert connection.scalar(select(User.password_hash)) == upgraded  # stable from now on
+
+
+def test_an_unverified_user_cannot_log_in(api, client, as_admin):
+    view = create(client, as_admin, email="ada@example.com", password=PASSWORD,
+                  email_verified=False).get_json()
+
+    assert view["email_verified"] is False
+    assert api.login("ada@example.com", PASSWORD).get_json()["code"] == "invalid_credentials"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"email": "ada@example.com"},
+        {"email": "ada@example.com", "password": PASSWORD, "password_hash": "$2b$04$x"},
+        {"email": "ada@example.com", "password_hash": "md5$abc$def"},
+        {"email": "ada@example.com", "password_hash": "$2b$31$" + "a" * 53},  # cost too high
+        {"email": "ada@example.com", "password_hash": "plaintext password"},
+        {"email": "not an email", "password": PASSWORD},
+        {"email": "ada@example.com", "password": PASSWORD, "email_verified": "yes"},
+    ],
+    ids=["no-password", "both", "md5", "bcrypt-cost-31", "plaintext", "bad-email",
+         "verified-not-bool"],
+)
+def test_invalid_creations_are_refused(client, as_admin, connection, body):
+    response = create(client, as_admin, **body)
+
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_request"
+    assert connection.scalar(select(User.id)) is None
+
+
+def test_a_weak_password_is_refused(client, as_admin):
+    response = create(client, as_admin, email="ada@example.com", password="qwerty123456")
+
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "weak_password"
+
+
+def test_a_taken_email_conflicts(client, as_admin):
+    create(client, as_admin, email="ada@example.com", password=PASSWORD)
+
+    response = create(client, as_admin, email="ADA@example.com", password="other horse 43")
+
+    assert response.status_code == 409
+    assert response.get_json()["code"] == "email_taken"
+
+
+def test_find_by_email(client, as_admin):
+    created = create(client, as_admin, email="ada@example.com", password=PASSWORD).get_json()
+
+    found = client.get("/admin/v1/users", query_string={"email": " ADA@example.com"},
+                       headers=as_admin)
+    missing = client.get("/admin/v1/users", query_string={"email": "bob@example.com"},
+                         headers=as_admin)
+    nonsense = client.get("/admin/v1/users", query_string={"email": "not an email"},
+                          headers=as_admin)
+
+    assert found.status_code == 200
+    assert found.get_json() == {"users": [created]}
+    assert missing.get_json() == {"users": []}
+    assert nonsense.get_json() == {"users": []}
+
+
+@pytest.mark.parametrize("query", [{}, {"email": "a" * 321}])
+def test_find_needs_a_sensible_email(client, as_admin, query):
+    response = client.get("/admin/v1/users", query_string=query, headers=as_admin)
+
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_request"
+
+
+def test_get_by_id(client, as_admin):
+    created = create(client, as_admin, email="ada@example.com", password=PASSWORD).get_json()
+
+    response = client.get(f"/admin/v1/users/{created['id']}", headers=as_admin)
+
+    assert response.status_code == 200
+    assert response.get_json() == created
+
+
+def test_delete_removes_the_user_and_every_session(api, client, as_admin, connection):
+    created = create(client, as_admin, email="ada@example.com", password=PASSWORD).get_json()
+    tokens = api.tokens("ada@example.com", PASSWORD)
+
+    response = client.delete(f"/admin/v1/users/{created['id']}", headers=as_admin)
+
+    assert response.status_code == 204
+    assert client.get(f"/admin/v1/users/{created['id']}", headers=as_admin).status_code == 404
+    assert connection.scalar(select(Session.id)) is None
+    assert client.get("/v1/me", headers=api.bearer(tokens["access_token"])).status_code == 401
+    assert api.login("ada@example.com", PASSWORD).get_json()["code"] == "invalid_credentials"
+    assert "admin.user_deleted" in connection.scalars(select(AuditEvent.type)).all()
+    # The address is free again.
+    assert create(client, as_admin, email="ada@example.com", password=PASSWORD).status_code == 201
+
+
+def test_disable_answers_logins_like_a_wrong_password(api, client, as_admin):
+    created = create(client, as_admin, email="ada@example.com", password=PASSWORD).get_json()
+    tokens = api.tokens("ada@example.com", PASSWORD)
+    wrong = api.login("ada@example.com", "wrong horse 42")
+
+    response = client.post(f"/admin/v1/users/{created['id']}/disable", headers=as_admin)
+
+    assert response.status_code == 200
+    assert response.get_json()["disabled"] is True
+    refused = api.login("ada@example.com", PASSWORD)
+    assert refused.status_code == wrong.status_code == 401
+    assert refused.get_data() == wrong.get_data()
+    assert client.get("/v1/me", headers=api.bearer(tokens["access_token"])).status_code == 401
+    again = client.post(f"/admin/v1/users/{created['id']}/disable", headers=as_admin)
+    assert again.status_code == 200  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/admin/v1/users/{id}"), ("DELETE", "/admin/v1/users/{id}"),
+     ("POST", "/admin/v1/users/{id}/disable")],
+)
+def test_unknown_ids_are_not_found(client, as_admin, method, path):
+    response = client.open(path.format(id="no-such-user"), method=method, headers=as_admin)
+
+    assert response.status_code == 404
+    assert response.get_json()["code"] == "not_found"
+
+
+ADMIN_ROUTES = [
+    ("POST", "/admin/v1/users", {"email": "bob@example.com", "password": PASSWORD}),
+    ("GET", "/admin/v1/users?email=ada@example.com", None),
+    ("GET", "/admin/v1/users/{id}", None),
+    ("DELETE", "/admin/v1/users/{id}", None),
+    ("POST", "/admin/v1/users/{id}/disable", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ADMIN_ROUTES)
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer", "Bearer ak_wrong", "Basic YWRtaW46YWRtaW4=", "USER_ACCESS_TOKEN",
+     "REVOKED_KEY"],
+)
+def test_admin_routes_without_a_valid_key_answer_401_and_no_data(
+        api, client, as_admin, connection, method, path, body, authorization):
+    user = create(client, as_admin, email="ada@example.com", password=PASSWORD).get_json()
+    if authorization == "USER_ACCESS_TOKEN":
+        authorization = f"Bearer {api.tokens('ada@example.com', PASSWORD)['access_token']}"
+    elif authorization == "REVOKED_KEY":
+        with DbSession(bind=connection, join_transaction_mode="create_savepoint") as session:
+            key_id, secret = admin.create_key(session, name="old", now=utcnow())
+            session.get(AdminKey, key_id).revoked_at = utcnow()
+            session.commit()
+        authorization = f"Bearer {secret}"
+    headers = {"Authorization": authorization} if authorization is not None else {}
+
+    response = client.open(path.format(id=user["id"]), method=method, json=body, headers=headers)
+
+    assert response.status_code == 401
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["code"] == "invalid_admin_key"
+    text = response.get_data(as_text=True)
+    assert "ada@example.com" not in text and user["id"] not in text
+    # Nothing happened.
+    assert client.get(f"/admin/v1/users/{user['id']}", headers=as_admin).get_json() == user
+    assert connection.scalar(select(User.id).where(User.email == "bob@example.com")) is None
+
+
+def test_admin_actions_are_audited_with_the_key(client, as_admin, connection):
+    created = create(client, as_admin, email="ada@example.com", password=PASSWORD).get_json()
+    client.post(f"/admin/v1/users/{created['id']}/disable", headers=as_admin)
+    key_id = connection.scalar(select(AdminKey.id))
+
+    rows = connection.execute(
+        select(AuditEvent.type, AuditEvent.admin_key_id, AuditEvent.user_id)
+        .where(AuditEvent.type.like("admin.user_%")).order_by(AuditEvent.id)
+    ).all()
+
+    assert [tuple(r) for r in rows] == [("admin.user_created", key_id, created["id"]),
+                                        ("admin.user_disabled", key_id, created["id"])]
+    assert connection.scalar(select(AdminKey.last_used_at)) is not None

@@ -1,0 +1,224 @@
+"""Passwordless login: POST /v1/passkeys/login-options and POST /v1/passkeys/login."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jwt
+import pytest
+from sqlalchemy import select, update
+
+from authsvc.app import rate_limit_policies
+from authsvc.db import utcnow
+from authsvc.models import AuditEvent, User, WebauthnCredential
+from authsvc.ratelimit import RateLimiter
+from tests.conftest import runtime
+from tests.support_webauthn import (
+    PASSWORD,
+    SoftAuthenticator,
+    b64url,
+    enroll,
+    mfa_token,
+    signed_in,
+)
+
+
+def _options(client):
+    response = client.post("/v1/passkeys/login-options")
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def _login(client, options, credential):
+    return client.post("/v1/passkeys/login",
+                       json={"challenge_id": options["challenge_id"], "credential": credential})
+
+
+def _failure_reasons(app):
+    with runtime(app).sessionmaker() as session:
+        return [e.details for e in session.scalars(
+            select(AuditEvent).where(AuditEvent.type == "login.passkey"))]
+
+
+def _policy(app, **changes):
+    rt = runtime(app)
+    rt.settings = dataclasses.replace(rt.settings, **changes)
+    rt.deps = dataclasses.replace(rt.deps, settings=rt.settings)
+
+
+@pytest.fixture
+def passkey(client, api):
+    key = SoftAuthenticator()
+    enroll(client, signed_in(api), key)
+    return key
+
+
+def test_options_name_nobody(client):
+    options = _options(client)
+    assert options["allowCredentials"] == []
+    assert options["userVerification"] == "required"
+    assert options["challenge_id"]
+    assert _options(client)["challenge"] != options["challenge"]
+
+
+def test_a_passkey_alone_logs_in(client, passkey):
+    options = _options(client)
+    response = _login(client, options, passkey.assertion(options))
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["status"] == "authenticated"
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert claims["amr"] == ["hwk", "mfa"]
+    me = client.get("/v1/me", headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert me.get_json()["email"] == "ada@example.com"
+
+
+def test_a_synced_passkey_logs_in_with_swk(client, api):
+    key = SoftAuthenticator(backup_eligible=True, counter=False)
+    enroll(client, signed_in(api), key)
+    options = _options(client)
+    body = _login(client, options, key.assertion(options)).get_json()
+    assert jwt.decode(body["access_token"], options={"verify_signature": False})["amr"] == [
+        "swk", "mfa"]
+
+
+def test_synced_passkeys_can_be_refused_by_policy(app, client, api):
+    key = SoftAuthenticator(backup_eligible=True)
+    enroll(client, signed_in(api), key)
+    _policy(app, webauthn_allow_backup_eligible=False)
+    options = _options(client)
+    response = _login(client, options, key.assertion(options))
+    assert response.status_code == 401
+    assert '"backup_eligible"' in _failure_reasons(app)[-1]
+
+
+def test_a_non_discoverable_key_is_a_second_factor_only(app, client, api):
+    key = SoftAuthenticator(resident=False)
+    factor = enroll(client, signed_in(api), key)
+    assert factor["passkey"] is False
+    options = _options(client)
+    response = _login(client, options, key.assertion(options))
+    assert response.status_code == 401
+    assert response.get_json()["code"] == "invalid_credentials"
+    assert '"not_a_passkey"' in _failure_reasons(app)[-1]
+    token = mfa_token(api)  # ... and still works after the password
+    mfa_options = client.post("/v1/login/mfa/webauthn-options", json={"mfa_token": token})
+    response = client.post("/v1/login/mfa", json={
+        "mfa_token": token, "webauthn": key.assertion(mfa_options.get_json())})
+    assert response.get_json()["status"] == "authenticated"
+
+
+def test_a_key_registered_without_user_verification_is_not_a_passkey(app, client, api):
+    key = SoftAuthenticator()
+    factor = enroll(client, signed_in(api), key, uv=False)
+    assert factor["passkey"] is False
+    options = _options(client)
+    assert _login(client, options, key.assertion(options)).status_code == 401
+
+
+def test_an_assertion_without_user_verification_is_refused(app, client, passkey):
+    options = _options(client)
+    response = _login(client, options, passkey.assertion(options, uv=False))
+    assert response.status_code == 401
+    assert response.get_json()["code"] == "invalid_credentials"
+
+
+def test_an_unknown_credential_is_refused(app, client, passkey):
+    stranger = SoftAuthenticator()
+    stranger.register({"rp": {"id": "localhost"}, "challenge": "AAAA",
+                       "user": {"id": b64url(b"x" * 32)}})
+    options = _options(client)
+    response = _login(client, options, stranger.assertion(options))
+    assert response.status_code == 401
+    assert response.get_json()["code"] == "invalid_credentials"
+    assert '"unknown_credential"' in _failure_reasons(app)[-1]
+
+
+def test_a_wrong_user_handle_is_refused(app, client, passkey):
+    passkey.keys[passkey.only_key()].user_handle = b"y" * 32
+    options = _options(client)
+    response = _login(client, options, passkey.assertion(options))
+    assert response.status_code == 401
+    assert '"user_handle_mismatch"' in _failure_reasons(app)[-1]
+
+
+def test_a_missing_user_handle_is_refused(app, client, passkey):
+    options = _options(client)
+    response = _login(client, options, passkey.assertion(options, user_handle=False))
+    assert response.status_code == 401
+
+
+def test_a_challenge_is_accepted_once(client, passkey):
+    options = _options(client)
+    credential = passkey.assertion(options)
+    assert _login(client, options, credential).status_code == 200
+    response = _login(client, options, credential)
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_challenge"
+
+
+def test_a_challenge_id_must_match_the_signed_challenge(client, passkey):
+    first, second = _options(client), _options(client)
+    response = _login(client, second, passkey.assertion(first))
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_challenge"
+
+
+def test_an_mfa_challenge_cannot_be_used_for_passkey_login(client, api, passkey):
+    token = mfa_token(api)
+    mfa_options = client.post("/v1/login/mfa/webauthn-options",
+                              json={"mfa_token": token}).get_json()
+    options = {**_options(client), "challenge": mfa_options["challenge"]}
+    response = _login(client, options, passkey.assertion(options))
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_challenge"
+
+
+def test_a_disabled_account_cannot_log_in(app, client, passkey):
+    with runtime(app).sessionmaker() as session, session.begin():
+        session.execute(update(User).values(disabled_at=utcnow()))
+    options = _options(client)
+    response = _login(client, options, passkey.assertion(options))
+    assert response.status_code == 401
+    assert '"account_unavailable"' in _failure_reasons(app)[-1]
+
+
+def test_a_cloned_passkey_is_refused(app, client, passkey, mailbox, api):
+    options = _options(client)
+    assert _login(client, options, passkey.assertion(options)).status_code == 200
+    options = _options(client)
+    response = _login(client, options, passkey.assertion(options, sign_count=1))
+    assert response.status_code == 401
+    assert '"sign_count_regression"' in _failure_reasons(app)[-1]
+    with runtime(app).sessionmaker() as session:
+        assert session.scalar(select(WebauthnCredential)).counter_regression_at is not None
+    api.drain()
+    assert "went backwards" in mailbox.last("ada@example.com").get_content()
+
+
+def test_a_forced_password_change_still_applies(app, client, passkey):
+    with runtime(app).sessionmaker() as session, session.begin():
+        session.execute(update(User).values(password_change_required=True))
+    options = _options(client)
+    body = _login(client, options, passkey.assertion(options)).get_json()
+    assert body["status"] == "password_change_required"
+
+
+def test_passkey_login_is_throttled_per_ip(app, client, passkey):
+    _policy(app, limit_ip="2/minute")
+    rt = runtime(app)
+    rt.deps = dataclasses.replace(
+        rt.deps, limiter=RateLimiter(rt.settings.rate_limit_storage_url,
+                                     rate_limit_policies(rt.settings)))
+    rt.deps.limiter.reset()
+    _options(client)
+    _options(client)
+    response = client.post("/v1/passkeys/login-options")
+    assert response.status_code == 429
+    assert int(response.headers["Retry-After"]) >= 1
+    rt.deps.limiter.reset()
+
+
+def test_password_login_of_a_passkey_user_still_asks_for_a_factor(api, passkey):
+    response = api.login("ada@example.com", PASSWORD)
+    assert response.get_json()["status"] == "mfa_required"

@@ -1,0 +1,118 @@
+"""GET /v1/me/sessions and DELETE /v1/me/sessions/{id}."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from authsvc.app import create_app
+from tests.conftest import ContractClient
+
+PASSWORD = "correct horse 42"
+
+
+def login_from(client, ip: str, user_agent: str = "pytest", **headers):
+    response = client.post("/v1/login", json={"email": "ada@example.com", "password": PASSWORD},
+                           environ_base={"REMOTE_ADDR": ip},
+                           headers={"User-Agent": user_agent, **headers})
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def sessions_of(api, tokens):
+    response = api.client.get("/v1/me/sessions", headers=api.bearer(tokens["access_token"]))
+    assert response.status_code == 200
+    return response.get_json()["sessions"]
+
+
+def test_sessions_lists_every_live_login(api, client):
+    api.register()
+    phone = login_from(client, "198.51.100.1", "Phone/1.0")
+    laptop = login_from(client, "198.51.100.2", "Laptop/2.0")
+
+    listed = sessions_of(api, laptop)
+
+    assert [s["user_agent"] for s in listed] == ["Laptop/2.0", "Phone/1.0"]  # newest first
+    assert [s["ip"] for s in listed] == ["198.51.100.2", "198.51.100.1"]
+    assert [s["current"] for s in listed] == [True, False]
+    assert all(s["amr"] == ["pwd"] for s in listed)
+    assert {"id", "created_at", "last_used_at", "auth_time"} <= set(listed[0])
+    assert [s["current"] for s in sessions_of(api, phone)] == [False, True]
+
+
+def test_revoking_another_session(api, client):
+    api.register()
+    phone, laptop = api.tokens(), api.tokens()
+    phone_id = next(s["id"] for s in sessions_of(api, phone) if s["current"])
+
+    response = client.delete(f"/v1/me/sessions/{phone_id}", headers=api.bearer(laptop["access_token"]))
+
+    assert response.status_code == 204
+    assert client.get("/v1/me", headers=api.bearer(phone["access_token"])).status_code == 401
+    refreshed = client.post("/v1/token/refresh", json={"refresh_token": phone["refresh_token"]})
+    assert refreshed.get_json()["code"] == "invalid_token"
+    assert [s["current"] for s in sessions_of(api, laptop)] == [True]
+
+
+def test_revoking_the_current_session_signs_out(api, client):
+    api.register()
+    tokens = api.tokens()
+    [current] = sessions_of(api, tokens)
+
+    assert client.delete(f"/v1/me/sessions/{current['id']}",
+                         headers=api.bearer(tokens["access_token"])).status_code == 204
+
+    assert client.get("/v1/me", headers=api.bearer(tokens["access_token"])).status_code == 401
+
+
+def test_another_users_session_is_not_found(api, client):
+    api.register("ada@example.com")
+    api.register("bob@example.com")
+    ada = api.tokens("ada@example.com")
+    bob = api.tokens("bob@example.com")
+    [bobs] = sessions_of(api, bob)
+
+    response = client.delete(f"/v1/me/sessions/{bobs['id']}", headers=api.bearer(ada["access_token"]))
+
+    assert response.status_code == 404
+    assert response.get_json()["code"] == "not_found"
+    assert client.get("/v1/me", headers=api.bearer(bob["access_token"])).status_code == 200
+
+
+def test_unknown_and_revoked_sessions_are_not_found(api, client):
+    api.register()
+    phone, laptop = api.tokens(), api.tokens()
+    phone_id = next(s["id"] for s in sessions_of(api, phone) if s["current"])
+    client.delete(f"/v1/me/sessions/{phone_id}", headers=api.bearer(laptop["access_token"]))
+
+    for session_id in (phone_id, "no-such-session", "x" * 500):
+        response = client.delete(f"/v1/me/sessions/{session_id}",
+                                 headers=api.bearer(laptop["access_token"]))
+        assert response.status_code == 404
+        assert response.get_json()["code"] == "not_found"
+
+
+def test_sessions_need_a_bearer_token(client):
+    assert client.get("/v1/me/sessions").get_json()["code"] == "unauthenticated"
+    assert client.delete("/v1/me/sessions/abc").status_code == 401
+
+
+def test_x_forwarded_for_is_ignored_by_default(api, client):
+    api.register()
+    tokens = login_from(client, "198.51.100.9", **{"X-Forwarded-For": "203.0.113.66"})
+
+    [session] = sessions_of(api, tokens)
+
+    assert session["ip"] == "198.51.100.9"
+
+
+def test_x_forwarded_for_is_honoured_behind_trusted_proxies(api, settings, connection):
+    api.register()
+    app = create_app(dataclasses.replace(settings, trusted_proxies=1), bind=connection)
+    app.test_client_class = ContractClient
+    client = app.test_client()
+    tokens = login_from(client, "10.0.0.2", **{"X-Forwarded-For": "198.51.100.200, 203.0.113.66"})
+
+    listed = client.get("/v1/me/sessions", headers=api.bearer(tokens["access_token"]))
+
+    # One trusted proxy: the right-most address is the one it saw.
+    assert listed.get_json()["sessions"][0]["ip"] == "203.0.113.66"

@@ -1,0 +1,227 @@
+"""The WebAuthn second step: POST /v1/login/mfa/webauthn-options and POST /v1/login/mfa."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import jwt
+import pytest
+from sqlalchemy import select, update
+
+from authsvc.db import utcnow
+from authsvc.models import AuditEvent, User, WebauthnCredential
+from authsvc.services import user_tokens, webauthn
+from tests.conftest import runtime
+from tests.support_webauthn import (
+    PASSWORD,
+    SoftAuthenticator,
+    b64url,
+    bearer,
+    enroll,
+    mfa_token,
+    signed_in,
+)
+
+OPTIONS = "/v1/login/mfa/webauthn-options"
+
+
+def _options(client, token):
+    response = client.post(OPTIONS, json={"mfa_token": token})
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def _complete(client, token, credential):
+    return client.post("/v1/login/mfa", json={"mfa_token": token, "webauthn": credential})
+
+
+def _amr(body):
+    return jwt.decode(body["access_token"], options={"verify_signature": False})["amr"]
+
+
+def _policy(app, **changes):
+    rt = runtime(app)
+    rt.settings = dataclasses.replace(rt.settings, **changes)
+    rt.deps = dataclasses.replace(rt.deps, settings=rt.settings)
+
+
+@pytest.fixture
+def enrolled(client, api):
+    """Ada with one hardware key; her password login now asks for it."""
+    key = SoftAuthenticator()
+    enroll(client, signed_in(api), key)
+    return key
+
+
+def test_password_then_key_logs_in_with_hwk(app, client, api, enrolled):
+    login = api.login("ada@example.com", PASSWORD).get_json()
+    assert login["status"] == "mfa_required" and "webauthn" in login["methods"]
+    options = _options(client, login["mfa_token"])
+    assert [c["id"] for c in options["allowCredentials"]] == [b64url(enrolled.only_key())]
+    assert options["userVerification"] == "preferred"
+    assert options["rpId"] == "localhost"
+    response = _complete(client, login["mfa_token"], enrolled.assertion(options))
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["status"] == "authenticated"
+    assert _amr(body) == ["pwd", "hwk", "mfa"]
+    with runtime(app).sessionmaker() as session:
+        row = session.scalar(select(WebauthnCredential))
+        assert row.sign_count == 1 and row.last_used_at is not None
+
+
+def test_a_synced_passkey_answers_swk(client, api):
+    key = SoftAuthenticator(backup_eligible=True, counter=False)
+    enroll(client, signed_in(api), key)
+    token = mfa_token(api)
+    response = _complete(client, token, key.assertion(_options(client, token)))
+    assert response.status_code == 200
+    assert _amr(response.get_json()) == ["pwd", "swk", "mfa"]
+
+
+def test_counterless_authenticators_are_not_clones(client, api):
+    key = SoftAuthenticator(counter=False)
+    enroll(client, signed_in(api), key)
+    for _ in range(2):
+        token = mfa_token(api)
+        response = _complete(client, token, key.assertion(_options(client, token)))
+        assert response.status_code == 200
+        assert response.get_json()["status"] == "authenticated"
+
+
+def test_options_list_only_this_users_keys(client, api, enrolled):
+    bob_key = SoftAuthenticator()
+    enroll(client, signed_in(api, "bob@example.com"), bob_key)
+    options = _options(client, mfa_token(api, "bob@example.com"))
+    assert [c["id"] for c in options["allowCredentials"]] == [b64url(bob_key.only_key())]
+
+
+def test_a_key_of_another_user_is_refused(client, api, enrolled):
+    bob_key = SoftAuthenticator()
+    enroll(client, signed_in(api, "bob@example.com"), bob_key)
+    token = mfa_token(api)  # ada
+    options = _options(client, token)
+    credential = bob_key.assertion(options, credential_id=bob_key.only_key())
+    response = _complete(client, token, credential)
+    assert response.status_code == 401
+    body = response.get_json()
+    assert body["code"] == "invalid_mfa" and body["reason"] == "unknown_credential"
+
+
+def test_a_challenge_is_accepted_once(client, api, enrolled):
+    token = mfa_token(api)
+    options = _options(client, token)
+    credential = enrolled.assertion(options)
+    assert _complete(client, token, credential).status_code == 200
+    token = mfa_token(api)
+    response = _complete(client, token, credential)
+    assert response.status_code == 401
+    assert response.get_json()["reason"] == "invalid_challenge"
+
+
+def test_a_challenge_is_bound_to_its_user(client, api, enrolled):
+    bob_key = SoftAuthenticator()
+    enroll(client, signed_in(api, "bob@example.com"), bob_key)
+    bob_options = _options(client, mfa_token(api, "bob@example.com"))
+    token = mfa_token(api)  # ada answers a challenge issued for bob
+    credential = enrolled.assertion(bob_options, credential_id=enrolled.only_key())
+    response = _complete(client, token, credential)
+    assert response.status_code == 401
+    assert response.get_json()["reason"] == "invalid_challenge"
+
+
+def test_wrong_origin_is_refused(client, api, enrolled):
+    token = mfa_token(api)
+    credential = enrolled.assertion(_options(client, token), origin="https://evil.example")
+    response = _complete(client, token, credential)
+    assert response.status_code == 401
+    assert response.get_json()["reason"] == "not_verified"
+
+
+def test_a_bad_signature_is_refused(client, api, enrolled):
+    token = mfa_token(api)
+    credential = enrolled.assertion(_options(client, token))
+    credential["response"]["signature"] = b64url(b"\x30\x06\x02\x01\x01\x02\x01\x01")
+    response = _complete(client, token, credential)
+    assert response.status_code == 401
+    assert response.get_json()["code"] == "invalid_mfa"
+
+
+def test_required_user_verification(app, client, api, enrolled):
+    _policy(app, webauthn_user_verification="required")
+    token = mfa_token(api)
+    options = _options(client, token)
+    assert options["userVerification"] == "required"
+    response = _complete(client, token, enrolled.assertion(options, uv=False))
+    assert response.status_code == 401
+    assert response.get_json()["code"] == "invalid_mfa"
+
+
+def test_a_cloned_key_is_refused_audited_and_mailed(app, client, api, enrolled, mailbox):
+    token = mfa_token(api)
+    assert _complete(client, token, enrolled.assertion(_options(client, token))).status_code \
+        == 200
+    with runtime(app).sessionmaker() as session, session.begin():
+        session.execute(update(WebauthnCredential).values(sign_count=50))
+    token = mfa_token(api)
+    response = _complete(client, token, enrolled.assertion(_options(client, token)))
+    assert response.status_code == 401
+    assert response.get_json()["reason"] == "sign_count_regression"
+    with runtime(app).sessionmaker() as session:
+        event = session.scalar(select(AuditEvent).where(
+            AuditEvent.type == "mfa.webauthn.counter_regression"))
+        assert event.outcome == "rejected" and '"received": 2' in event.details
+        row = session.scalar(select(WebauthnCredential))
+        assert row.sign_count == 50 and row.counter_regression_at is not None
+    api.drain()
+    assert "went backwards" in mailbox.last("ada@example.com").get_content()
+
+
+def test_flag_policy_lets_a_regression_in_and_records_it(app, client, api, enrolled, mailbox):
+    _policy(app, webauthn_on_counter_regression="flag")
+    with runtime(app).sessionmaker() as session, session.begin():
+        session.execute(update(WebauthnCredential).values(sign_count=50))
+    token = mfa_token(api)
+    response = _complete(client, token, enrolled.assertion(_options(client, token)))
+    assert response.status_code == 200
+    with runtime(app).sessionmaker() as session:
+        event = session.scalar(select(AuditEvent).where(
+            AuditEvent.type == "mfa.webauthn.counter_regression"))
+        assert event.outcome == "flagged"
+        assert session.scalar(select(WebauthnCredential)).sign_count == 50
+    api.drain()
+    assert "allowed, and recorded" in mailbox.last("ada@example.com").get_content()
+
+
+def test_a_denied_model_is_refused_at_login_too(app, client, api, enrolled):
+    _policy(app, webauthn_aaguid_deny=("00000000-0000-0000-0000-000000000000",))
+    token = mfa_token(api)
+    response = _complete(client, token, enrolled.assertion(_options(client, token)))
+    assert response.status_code == 401
+    assert response.get_json()["reason"] == "aaguid_denied"
+
+
+def test_options_need_a_live_mfa_token(client):
+    response = client.post(OPTIONS, json={"mfa_token": "mfa_nonsense"})
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_token"
+
+
+def test_options_for_an_account_without_keys(app, client, api):
+    api.register("ada@example.com", PASSWORD)
+    with runtime(app).sessionmaker() as session, session.begin():
+        user = session.scalar(select(User))
+        token = user_tokens.issue(session, user_id=user.id, purpose="mfa",
+                                  ttl=timedelta(minutes=5), now=utcnow())
+    response = client.post(OPTIONS, json={"mfa_token": token})
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_request"
+
+
+def test_a_removed_key_is_no_longer_asked_for(app, client, api, enrolled):
+    with runtime(app).sessionmaker() as session, session.begin():
+        row = session.scalar(select(WebauthnCredential))
+        webauthn.delete_credential(session, user_id=row.user_id, credential_id=row.id,
+                                   now=utcnow())
+    assert api.login("ada@example.com", PASSWORD).get_json()["status"] == "authenticated"

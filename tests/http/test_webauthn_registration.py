@@ -1,0 +1,268 @@
+"""POST /v1/me/mfa/webauthn/registration-options and POST /v1/me/mfa/webauthn."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from authsvc.db import utcnow
+from authsvc.models import AuditEvent, WebauthnChallenge, WebauthnCredential
+from tests.conftest import runtime
+from tests.support_webauthn import (
+    AttestationCa,
+    SoftAuthenticator,
+    b64url,
+    bearer,
+    enroll,
+    signed_in,
+    unb64url,
+)
+
+OPTIONS = "/v1/me/mfa/webauthn/registration-options"
+REGISTER = "/v1/me/mfa/webauthn"
+YUBI = bytes.fromhex("cb69481e8ff7403993ec0a2729a154a8")
+OTHER = bytes.fromhex("ee882879721c491397753dfcce97072a")
+
+
+def _options(client, access, name="Blue key"):
+    response = client.post(OPTIONS, json={"name": name}, headers=bearer(access))
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def _db(app):
+    return runtime(app).sessionmaker()
+
+
+def test_options_carry_challenge_rp_user_and_policy(client, api, settings):
+    access = signed_in(api)
+    options = _options(client, access)
+    assert options["rp"] == {"id": settings.webauthn_rp_id, "name": settings.webauthn_rp_name}
+    assert options["user"]["name"] == "ada@example.com"
+    assert len(unb64url(options["challenge"])) == 32
+    assert len(unb64url(options["user"]["id"])) == 32
+    assert options["authenticatorSelection"]["residentKey"] == "preferred"
+    assert options["authenticatorSelection"]["userVerification"] == "preferred"
+    assert options["attestation"] == "none"
+    assert options["excludeCredentials"] == []
+    assert options["extensions"] == {"credProps": True}
+    assert options["timeout"] == 300_000
+    assert _options(client, access)["challenge"] != options["challenge"]
+
+
+def test_register_stores_the_key_and_excludes_it_next_time(app, client, api, mailbox):
+    access = signed_in(api)
+    key = SoftAuthenticator()
+    factor = enroll(client, access, key, name="  Blue   key ")
+    assert factor["type"] == "webauthn"
+    assert factor["name"] == "Blue key"
+    assert factor["passkey"] is True and factor["synced"] is False
+    assert factor["last_used_at"] is None
+    options = _options(client, access)
+    assert [c["id"] for c in options["excludeCredentials"]] == [b64url(key.only_key())]
+    assert options["excludeCredentials"][0]["transports"] == ["usb", "nfc"]
+    with _db(app) as session:
+        row = session.scalar(select(WebauthnCredential))
+        assert row.credential_id == key.only_key()
+        assert row.sign_count == 0 and row.aaguid == "00000000-0000-0000-0000-000000000000"
+        assert row.transports == "usb nfc" and row.discoverable is True
+        assert row.user_verified is True and row.backup_eligible is False
+        assert row.user_handle == unb64url(options["user"]["id"])  # one handle per user
+    api.drain()
+    assert "Blue key" in mailbox.last("ada@example.com").get_content()
+    me = client.get("/v1/me", headers=bearer(access)).get_json()
+    assert "webauthn" in me["mfa_methods"]
+
+
+def test_name_in_the_final_call_wins(client, api):
+    access = signed_in(api)
+    options = _options(client, access, name="first")
+    credential = SoftAuthenticator().register(options)
+    response = client.post(REGISTER, json={"credential": credential, "name": "Laptop"},
+                           headers=bearer(access))
+    assert response.status_code == 201
+    assert response.get_json()["name"] == "Laptop"
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 65, "bad\u0007name"])
+def test_bad_names_are_refused(client, api, name):
+    access = signed_in(api)
+    response = client.post(OPTIONS, json={"name": name}, headers=bearer(access))
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_request"
+
+
+def test_registration_needs_a_bearer_token(client):
+    response = client.post(OPTIONS, json={"name": "x"})
+    assert response.status_code == 401
+    assert response.get_json()["code"] == "unauthenticated"
+
+
+def test_wrong_origin_is_refused_and_audited(app, client, api):
+    access = signed_in(api)
+    credential = SoftAuthenticator().register(_options(client, access),
+                                              origin="https://evil.example")
+    response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
+    assert response.status_code == 400
+    body = response.get_json()
+    assert body["code"] == "invalid_webauthn_response" and body["reason"] == "not_verified"
+    with _db(app) as session:
+        event = session.scalar(select(AuditEvent).where(
+            AuditEvent.type == "mfa.webauthn.register"))
+        assert event.outcome == "rejected"
+        assert session.scalar(select(WebauthnCredential)) is None
+
+
+def test_wrong_rp_id_is_refused(client, api):
+    access = signed_in(api)
+    credential = SoftAuthenticator().register(_options(client, access), rp_id="evil.example")
+    response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_webauthn_response"
+
+
+def test_replayed_registration_is_refused(client, api):
+    access = signed_in(api)
+    credential = SoftAuthenticator().register(_options(client, access))
+    assert client.post(REGISTER, json={"credential": credential},
+                       headers=bearer(access)).status_code == 201
+    response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_challenge"
+
+
+def test_a_challenge_of_another_user_is_refused(client, api):
+    ada = signed_in(api, "ada@example.com")
+    bob = signed_in(api, "bob@example.com")
+    credential = SoftAuthenticator().register(_options(client, ada))
+    response = client.post(REGISTER, json={"credential": credential}, headers=bearer(bob))
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_challenge"
+
+
+def test_an_expired_challenge_is_refused(app, client, api):
+    access = signed_in(api)
+    credential = SoftAuthenticator().register(_options(client, access))
+    with _db(app) as session, session.begin():
+        for row in session.scalars(select(WebauthnChallenge)):
+            row.expires_at = utcnow() - timedelta(seconds=1)
+    response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_challenge"
+
+
+def test_required_user_verification_refuses_a_key_without_it(app, client, api):
+    _policy(app, webauthn_user_verification="required")
+    access = signed_in(api)
+    options = _options(client, access)
+    assert options["authenticatorSelection"]["userVerification"] == "required"
+    credential = SoftAuthenticator().register(options, uv=False)
+    response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_webauthn_response"
+
+
+def _policy(app, **changes):
+    rt = runtime(app)
+    settings = dataclasses.replace(rt.settings, **changes)
+    rt.settings = settings
+    rt.deps = dataclasses.replace(rt.deps, settings=settings)
+
+
+@pytest.mark.parametrize(("changes", "aaguid", "backup", "reason"), [
+    ({"webauthn_aaguid_deny": ("cb69481e-8ff7-4039-93ec-0a2729a154a8",)}, YUBI, False,
+     "aaguid_denied"),
+    ({"webauthn_aaguid_allow": ("cb69481e-8ff7-4039-93ec-0a2729a154a8",)}, OTHER, False,
+     "aaguid_not_allowed"),
+    ({"webauthn_allow_backup_eligible": False}, YUBI, True, "backup_eligible"),
+])
+def test_authenticator_policy_refusals(app, client, api, changes, aaguid, backup, reason):
+    _policy(app, **changes)
+    access = signed_in(api)
+    key = SoftAuthenticator(aaguid=aaguid, backup_eligible=backup)
+    credential = key.register(_options(client, access))
+    response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
+    assert response.status_code == 403
+    body = response.get_json()
+    assert body["code"] == "authenticator_not_allowed" and body["reason"] == reason
+
+
+def test_allow_list_accepts_a_listed_model(app, client, api):
+    _policy(app, webauthn_aaguid_allow=("cb69481e-8ff7-4039-93ec-0a2729a154a8",))
+    access = signed_in(api)
+    assert enroll(client, access, SoftAuthenticator(aaguid=YUBI))["type"] == "webauthn"
+
+
+def test_direct_attestation_accepts_a_model_vouched_for_by_a_trusted_root(
+        app, client, api, tmp_path):
+    ca = AttestationCa(aaguid=YUBI)
+    roots = tmp_path / "roots.pem"
+    roots.write_bytes(ca.root_pem())
+    _policy(app, webauthn_attestation="direct", webauthn_attestation_roots=roots,
+            webauthn_aaguid_allow=("cb69481e-8ff7-4039-93ec-0a2729a154a8",))
+    access = signed_in(api)
+    options = _options(client, access)
+    assert options["attestation"] == "direct"
+    factor = enroll(client, access, SoftAuthenticator(aaguid=YUBI), fmt="packed", ca=ca)
+    assert factor["type"] == "webauthn"
+
+
+@pytest.mark.parametrize("case", ["none", "self", "untrusted_root", "cert_names_other_model"])
+def test_direct_attestation_refusals(app, client, api, tmp_path, case):
+    trusted = AttestationCa(aaguid=YUBI)
+    roots = tmp_path / "roots.pem"
+    roots.write_bytes(trusted.root_pem())
+    _policy(app, webauthn_attestation="direct", webauthn_attestation_roots=roots)
+    access = signed_in(api)
+    key = SoftAuthenticator(aaguid=YUBI)
+    kwargs = {
+        "none": {"fmt": "none"},
+        "self": {"fmt": "packed"},
+        "untrusted_root": {"fmt": "packed", "ca": AttestationCa(aaguid=YUBI)},
+        "cert_names_other_model": {"fmt": "packed",
+                                   "ca": AttestationCa(aaguid=YUBI, cert_aaguid=OTHER)},
+    }[case]
+    if case == "cert_names_other_model":
+        roots.write_bytes(kwargs["ca"].root_pem())
+    credential = key.register(_options(client, access), **kwargs)
+    response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
+    body = response.get_json()
+    if case in ("none", "self"):
+        assert response.status_code == 403
+        assert body == {**body, "code": "authenticator_not_allowed",
+                        "reason": "attestation_required"}
+    else:
+        assert response.status_code == 400
+        assert body["code"] == "invalid_webauthn_response"
+
+
+def test_the_same_credential_cannot_be_registered_twice(app, client, api):
+    ada = signed_in(api, "ada@example.com")
+    bob = signed_in(api, "bob@example.com")
+    key = SoftAuthenticator()
+    enroll(client, ada, key)
+    again = key.register(_options(client, bob), credential_id=key.only_key())
+    response = client.post(REGISTER, json={"credential": again}, headers=bearer(bob))
+    assert response.status_code == 409
+    assert response.get_json()["code"] == "credential_exists"
+
+
+def test_an_id_that_is_not_the_attested_one_is_refused(client, api):
+    access = signed_in(api)
+    credential = SoftAuthenticator().register(_options(client, access))
+    credential["id"] = credential["rawId"] = b64url(b"another id")
+    response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_webauthn_response"
+
+
+def test_too_many_keys(app, client, api):
+    _policy(app, webauthn_max_credentials=1)
+    access = signed_in(api)
+    enroll(client, access, SoftAuthenticator())
+    response = client.post(OPTIONS, json={"name": "another"}, headers=bearer(access))
+    assert response.status_code == 409
+    assert response.get_json()["code"] == "conflict"

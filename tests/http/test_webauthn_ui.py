@@ -1,0 +1,79 @@
+"""GET /ui/: the enrollment and login page, its assets, CSP and the production switch."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+
+from authsvc.app import create_app
+from authsvc.settings import Env, Settings
+from tests.conftest import ContractClient
+
+
+def test_page_is_served_with_a_strict_csp(client):
+    response = client.get("/ui/")
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp
+    assert "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert response.headers["X-Frame-Options"] == "DENY"
+    html = response.get_data(as_text=True)
+    # No inline script or style, nothing from another origin.
+    assert re.findall(r"<script[^>]*>", html) == ['<script src="/ui/app.js">']
+    assert "<style" not in html and " style=" not in html
+    assert not re.search(r"\son[a-z]+=", html)  # no inline event handlers
+    assert "http://" not in html and "https://" not in html
+
+
+@pytest.mark.parametrize(("asset", "mimetype"), [("app.js", "text/javascript"),
+                                                 ("style.css", "text/css")])
+def test_assets(client, asset, mimetype):
+    response = client.get(f"/ui/{asset}")
+    assert response.status_code == 200
+    assert response.mimetype == mimetype
+    assert "Content-Security-Policy" in response.headers
+    assert b"https://" not in response.data and b"http://" not in response.data
+
+
+def test_the_script_uses_the_json_helpers_and_keeps_a_fallback(client):
+    script = client.get("/ui/app.js").get_data(as_text=True)
+    for needle in ("parseCreationOptionsFromJSON", "parseRequestOptionsFromJSON", "toJSON",
+                   "/v1/passkeys/login-options", "/v1/login/mfa/webauthn-options",
+                   "/v1/me/mfa/webauthn/registration-options", "qr_svg"):
+        assert needle in script
+    assert "eval(" not in script and "innerHTML" not in script
+
+
+@pytest.mark.parametrize("path", ["/ui/index.html", "/ui/app.js.map", "/ui/nope.js"])
+def test_only_known_assets(client, path):
+    response = client.get(path)
+    assert response.status_code == 404
+    assert response.get_json()["code"] == "not_found"
+
+
+def _client(settings: Settings, connection, **changes):
+    app = create_app(dataclasses.replace(settings, **changes), bind=connection)
+    app.test_client_class = ContractClient
+    return app.test_client()
+
+
+@pytest.mark.parametrize(("env", "enabled", "served"), [
+    (Env.PRODUCTION, None, False),
+    (Env.PRODUCTION, True, True),
+    (Env.DEVELOPMENT, None, True),
+    (Env.DEVELOPMENT, False, False),
+])
+def test_production_needs_an_explicit_opt_in(settings, connection, env, enabled, served):
+    client = _client(settings, connection, env=env, ui_enabled=enabled)
+    for path in ("/ui/", "/ui/app.js"):
+        response = client.get(path)
+        assert response.status_code == (200 if served else 404)
+
+
+@pytest.mark.parametrize(("raw", "value"), [("", None), ("true", True), ("0", False)])
+def test_ui_enabled_parses_an_explicit_choice(raw, value):
+    assert Settings.from_env({"AUTHSVC_UI_ENABLED": raw}).ui_enabled is value

@@ -1,0 +1,186 @@
+"""Recovery codes on a real database: issue, storage, single use, low-code notice, replacement."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, text
+
+from authsvc.crypto import recovery as codes
+from authsvc.crypto import totp as otp
+from authsvc.db import make_engine, make_sessionmaker
+from authsvc.errors import InvalidMfa, InvalidRequest
+from authsvc.models import AuditEvent, OutboxMessage, RecoveryCode, User
+from authsvc.schema import upgrade
+from authsvc.services import accounts, factors, outbox, recovery, totp
+
+
+def first_factor(session, deps, user, caller, now) -> tuple[str, ...]:
+    pending = totp.enroll(session, deps, user_id=user.id, name=None, client=caller, now=now)
+    result = totp.confirm(session, deps, user_id=user.id, factor_id=pending.factor_id,
+                          code=otp.code_at(pending.secret, otp.step_at(now)), client=caller,
+                          now=now)
+    assert result.recovery_codes is not None
+    return result.recovery_codes
+
+
+def subjects(session, deps, to: str) -> list[str]:
+    found = []
+    for message in session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)):
+        if message.kind == "email":
+            payload = outbox.payload_of(deps.keyring, message)
+            if payload["to"] == to:
+                found.append(payload["subject"])
+    return found
+
+
+def use(session, deps, user, code, caller, now):
+    return recovery.use_code(session, deps, user_id=user.id, code=code, client=caller, now=now)
+
+
+def test_codes_are_stored_only_as_keyed_hashes(db_session, deps, make_user, caller, now,
+                                               connection):
+    user = make_user()
+    issued = first_factor(db_session, deps, user, caller, now)
+    db_session.flush()
+    rows = connection.execute(
+        text("SELECT * FROM recovery_codes WHERE user_id = :u"), {"u": user.id}
+    ).mappings().all()
+    assert len(rows) == 10
+    dump = " ".join(str(value) for row in rows for value in row.values())
+    for code in issued:
+        plain = codes.normalize(code)
+        assert plain is not None
+        assert code not in dump and plain not in dump and plain.upper() not in dump
+        assert hashlib.sha256(plain.encode()).hexdigest() not in dump  # keyed, not a bare hash
+    assert all(len(row["code_hash"]) == 64 for row in rows)
+    assert recovery.remaining(db_session, user_id=user.id) == 10
+
+
+def test_a_code_works_once_in_any_typed_form(db_session, deps, make_user, caller, now):
+    user = make_user(email="ada@example.com")
+    issued = first_factor(db_session, deps, user, caller, now)
+    typed = issued[0].upper().replace("-", " ")
+    assert use(db_session, deps, user, typed, caller, now) == "otp"
+    with pytest.raises(InvalidMfa):
+        use(db_session, deps, user, issued[0], caller, now)
+    assert use(db_session, deps, user, issued[1], caller, now) == "otp"
+    assert recovery.remaining(db_session, user_id=user.id) == 8
+    used = db_session.scalars(
+        select(AuditEvent).where(AuditEvent.type == "mfa.recovery_code_used")
+    ).all()
+    assert [e.user_id for e in used] == [user.id, user.id]
+    assert subjects(db_session, deps, "ada@example.com").count("A recovery code was used") == 2
+
+
+def test_codes_of_another_account_and_malformed_codes_are_refused(db_session, deps, make_user,
+                                                                  caller, now):
+    ada = make_user(email="ada@example.com")
+    eve = make_user(email="eve@example.com")
+    ada_codes = first_factor(db_session, deps, ada, caller, now)
+    first_factor(db_session, deps, eve, caller, now)
+    with pytest.raises(InvalidMfa):
+        use(db_session, deps, eve, ada_codes[0], caller, now)
+    with pytest.raises(InvalidMfa):
+        use(db_session, deps, ada, codes.display("0" * 24), caller, now)
+    for malformed in ("", "abcd-efgh", "not a recovery code at all", "abcd-efgh-jkmn-pqrs-tvwx-yzu1"):
+        with pytest.raises(InvalidRequest) as caught:
+            use(db_session, deps, ada, malformed, caller, now)
+        assert caught.value.extra["field"] == "recovery_code"
+    assert recovery.remaining(db_session, user_id=ada.id) == 10
+
+
+def test_running_low_is_shown_and_mailed_once(db_session, deps, make_user, caller, now):
+    user = make_user(email="ada@example.com")
+    issued = first_factor(db_session, deps, user, caller, now)
+    for code in issued[:6]:
+        use(db_session, deps, user, code, caller, now)
+    profile = accounts.profile(db_session, user_id=user.id)
+    assert (profile.recovery_codes_remaining, profile.recovery_codes_low) == (4, False)
+    assert "You are running out of recovery codes" not in subjects(db_session, deps,
+                                                                   user.email)
+    for code in issued[6:]:
+        use(db_session, deps, user, code, caller, now)
+    mails = subjects(db_session, deps, user.email)
+    assert mails.count("You are running out of recovery codes") == 1
+    assert mails.count("A recovery code was used") == 10
+    profile = accounts.profile(db_session, user_id=user.id)
+    assert (profile.recovery_codes_remaining, profile.recovery_codes_low) == (0, True)
+    assert factors.methods_for(db_session, user_id=user.id) == ("totp",)
+
+
+def test_regenerate_replaces_every_code_and_rearms_the_notice(db_session, deps, make_user,
+                                                              caller, now):
+    user = make_user(email="ada@example.com")
+    old = first_factor(db_session, deps, user, caller, now)
+    for code in old[:7]:
+        use(db_session, deps, user, code, caller, now)
+    fresh = recovery.regenerate(db_session, deps, user_id=user.id, client=caller, now=now)
+    assert len(fresh) == 10 and not set(fresh) & set(old)
+    with pytest.raises(InvalidMfa):
+        use(db_session, deps, user, old[8], caller, now)
+    assert recovery.remaining(db_session, user_id=user.id) == 10
+    assert accounts.profile(db_session, user_id=user.id).recovery_codes_low is False
+    assert "New recovery codes were generated" in subjects(db_session, deps, user.email)
+    for code in fresh[:7]:
+        use(db_session, deps, user, code, caller, now)
+    assert subjects(db_session, deps, user.email).count(
+        "You are running out of recovery codes") == 2
+
+
+def test_issue_initial_only_when_there_is_no_set(db_session, deps, make_user, caller, now):
+    user = make_user()
+    first = recovery.issue_initial(db_session, deps, user_id=user.id, client=caller, now=now)
+    assert first is not None and len(first) == 10
+    assert recovery.issue_initial(db_session, deps, user_id=user.id, client=caller,
+                                  now=now) is None
+    assert recovery.delete_all(db_session, user_id=user.id) == 10
+    assert recovery.remaining(db_session, user_id=user.id) == 0
+
+
+def test_profile_of_a_user_without_factors_is_not_low(db_session, make_user):
+    user = make_user()
+    profile = accounts.profile(db_session, user_id=user.id)
+    assert (profile.recovery_codes_remaining, profile.recovery_codes_low) == (0, False)
+
+
+@pytest.fixture
+def committed(scratch_database_url):
+    upgrade(scratch_database_url)
+    engine = make_engine(scratch_database_url)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def test_concurrent_uses_of_one_code_admit_exactly_one(committed, deps, caller, now):
+    with committed.begin() as session:
+        user = User(email="race@example.com", email_verified_at=now, created_at=now,
+                    updated_at=now)
+        session.add(user)
+        session.flush()
+        user_id = user.id
+        issued = first_factor(session, deps, user, caller, now - timedelta(minutes=5))
+    barrier = threading.Barrier(5)
+    outcomes: list[str] = []
+
+    def attempt():
+        barrier.wait()
+        try:
+            with committed.begin() as session:
+                outcomes.append(recovery.use_code(session, deps, user_id=user_id,
+                                                  code=issued[0], client=caller, now=now))
+        except InvalidMfa:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=attempt) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes) == ["otp"] + ["refused"] * 4
+    with committed() as session:
+        used = session.scalars(select(RecoveryCode).where(RecoveryCode.used_at.is_not(None)))
+        assert len(used.all()) == 1

@@ -1,0 +1,233 @@
+"""A software authenticator for unit, service and HTTP tests.
+
+It builds real WebAuthn responses with `cryptography` (P-256 keys, "none" or "packed"
+attestation with an X.509 chain) so that py_webauthn verifies them exactly as it verifies a
+browser's. The browser test (tests/e2e/test_webauthn_browser.py) is the proof against a real
+client; this helper lets the many edge cases run in milliseconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import struct
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import cbor2
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+UP, UV, BE, BS, AT = 0x01, 0x04, 0x08, 0x10, 0x40
+AAGUID_OID = x509.ObjectIdentifier("1.3.6.1.4.1.45724.1.1.4")
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _cose_key(public: ec.EllipticCurvePublicKey) -> bytes:
+    numbers = public.public_numbers()
+    return cbor2.dumps({1: 2, 3: -7, -1: 1, -2: numbers.x.to_bytes(32, "big"),
+                        -3: numbers.y.to_bytes(32, "big")})
+
+
+def _sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+    return key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+
+@dataclass
+class AttestationCa:
+    """A root and an attestation certificate for one authenticator model (AAGUID)."""
+
+    aaguid: bytes
+    root_key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+    leaf_key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+    cert_aaguid: bytes | None = None  # the AAGUID named in the leaf (default: aaguid)
+
+    def __post_init__(self) -> None:
+        now = datetime.now(UTC)
+        root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test Root CA")])
+        self.root = (
+            x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name)
+            .public_key(self.root_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.root_key, hashes.SHA256())
+        )
+        leaf_name = x509.Name([
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Test Keys"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Authenticator Attestation"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "Test Key"),
+        ])
+        named = self.cert_aaguid if self.cert_aaguid is not None else self.aaguid
+        self.leaf = (
+            x509.CertificateBuilder().subject_name(leaf_name).issuer_name(root_name)
+            .public_key(self.leaf_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.UnrecognizedExtension(AAGUID_OID, b"\x04\x10" + named),
+                           critical=False)
+            .sign(self.root_key, hashes.SHA256())
+        )
+
+    def root_pem(self) -> bytes:
+        return self.root.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass
+class StoredKey:
+    credential_id: bytes
+    private_key: ec.EllipticCurvePrivateKey
+    user_handle: bytes
+    sign_count: int
+
+
+class SoftAuthenticator:
+    """Registers and asserts like a roaming key or a platform passkey would."""
+
+    def __init__(self, *, origin: str = "http://localhost:8000", aaguid: bytes = bytes(16),
+                 backup_eligible: bool = False, counter: bool = True,
+                 resident: bool = True) -> None:
+        self.origin = origin
+        self.aaguid = aaguid
+        self.backup_eligible = backup_eligible
+        self.counter = counter
+        self.resident = resident
+        self.keys: dict[bytes, StoredKey] = {}
+
+    # -- building blocks ------------------------------------------------------------------
+    def _client_data(self, kind: str, challenge: str, origin: str | None) -> bytes:
+        return json.dumps({"type": kind, "challenge": challenge,
+                           "origin": origin or self.origin, "crossOrigin": False}).encode()
+
+    def _flags(self, *, uv: bool, attested: bool) -> int:
+        flags = UP | (UV if uv else 0) | (AT if attested else 0)
+        if self.backup_eligible:
+            flags |= BE | BS
+        return flags
+
+    # -- ceremonies -----------------------------------------------------------------------
+    def register(self, options: dict[str, Any], *, origin: str | None = None,
+                 uv: bool = True, rp_id: str | None = None, fmt: str = "none",
+                 ca: AttestationCa | None = None, rk: bool | None = None,
+                 credential_id: bytes | None = None) -> dict[str, Any]:
+        """A RegistrationResponseJSON for PublicKeyCredentialCreationOptionsJSON."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        credential_id = credential_id or secrets.token_bytes(32)
+        rp_hash = hashlib.sha256((rp_id or options["rp"]["id"]).encode()).digest()
+        start = 0
+        attested = (self.aaguid + struct.pack(">H", len(credential_id)) + credential_id
+                    + _cose_key(key.public_key()))
+        auth_data = (rp_hash + bytes([self._flags(uv=uv, attested=True)])
+                     + struct.pack(">I", start) + attested)
+        client_data = self._client_data("webauthn.create", options["challenge"], origin)
+        statement: dict[str, Any] = {}
+        if fmt == "packed" and ca is not None:
+            signed = auth_data + hashlib.sha256(client_data).digest()
+            statement = {"alg": -7, "sig": _sign(ca.leaf_key, signed),
+                         "x5c": [ca.leaf.public_bytes(serialization.Encoding.DER)]}
+        elif fmt == "packed":  # self attestation
+            signed = auth_data + hashlib.sha256(client_data).digest()
+            statement = {"alg": -7, "sig": _sign(key, signed)}
+        attestation = cbor2.dumps({"fmt": fmt, "attStmt": statement, "authData": auth_data})
+        self.keys[credential_id] = StoredKey(credential_id, key,
+                                             unb64url(options["user"]["id"]), start)
+        resident = self.resident if rk is None else rk
+        return {
+            "id": b64url(credential_id),
+            "rawId": b64url(credential_id),
+            "type": "public-key",
+            "response": {
+                "clientDataJSON": b64url(client_data),
+                "attestationObject": b64url(attestation),
+                "transports": ["usb", "nfc"],
+            },
+            "clientExtensionResults": {"credProps": {"rk": resident}},
+            "authenticatorAttachment": "cross-platform",
+        }
+
+    def assertion(self, options: dict[str, Any], *, credential_id: bytes | None = None,
+                  origin: str | None = None, uv: bool = True, rp_id: str | None = None,
+                  sign_count: int | None = None, user_handle: bool = True) -> dict[str, Any]:
+        """An AuthenticationResponseJSON for PublicKeyCredentialRequestOptionsJSON."""
+        if credential_id is None:
+            allowed = [unb64url(c["id"]) for c in options.get("allowCredentials", [])]
+            candidates = [k for k in self.keys if not allowed or k in allowed]
+            credential_id = candidates[0]
+        stored = self.keys[credential_id]
+        if sign_count is None:
+            if self.counter:
+                stored.sign_count += 1
+            sign_count = stored.sign_count
+        rp_hash = hashlib.sha256((rp_id or options["rpId"]).encode()).digest()
+        auth_data = (rp_hash + bytes([self._flags(uv=uv, attested=False)])
+                     + struct.pack(">I", sign_count))
+        client_data = self._client_data("webauthn.get", options["challenge"], origin)
+        signature = _sign(stored.private_key, auth_data + hashlib.sha256(client_data).digest())
+        response = {
+            "clientDataJSON": b64url(client_data),
+            "authenticatorData": b64url(auth_data),
+            "signature": b64url(signature),
+        }
+        if user_handle:
+            response["userHandle"] = b64url(stored.user_handle)
+        return {
+            "id": b64url(credential_id),
+            "rawId": b64url(credential_id),
+            "type": "public-key",
+            "response": response,
+            "clientExtensionResults": {},
+            "authenticatorAttachment": "cross-platform",
+        }
+
+    def only_key(self) -> bytes:
+        (credential_id,) = self.keys
+        return credential_id
+
+
+# --- HTTP helpers (the `api` and `client` fixtures of tests/conftest.py) -------------------
+
+PASSWORD = "correct horse 42"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def signed_in(api: Any, email: str = "ada@example.com") -> str:
+    """Register and log in a user without factors; return an access token."""
+    api.register(email, PASSWORD)
+    return str(api.tokens(email, PASSWORD)["access_token"])
+
+
+def enroll(client: Any, access: str, authenticator: SoftAuthenticator, *,
+           name: str = "Blue key", **register_kwargs: Any) -> dict[str, Any]:
+    """Run a full registration; return the 201 body."""
+    response = client.post("/v1/me/mfa/webauthn/registration-options", json={"name": name},
+                           headers=bearer(access))
+    assert response.status_code == 200, response.get_json()
+    credential = authenticator.register(response.get_json(), **register_kwargs)
+    response = client.post("/v1/me/mfa/webauthn", json={"credential": credential},
+                           headers=bearer(access))
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()  # type: ignore[no-any-return]
+
+
+def mfa_token(api: Any, email: str = "ada@example.com") -> str:
+    response = api.login(email, PASSWORD)
+    body = response.get_json()
+    assert body["status"] == "mfa_required", body
+    return str(body["mfa_token"])
