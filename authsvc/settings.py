@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -148,6 +149,11 @@ class Settings:
             out.append("AUTHSVC_ARGON2_*: invalid Argon2 parameters")
         if self.max_concurrent_hashes < 1:
             out.append("AUTHSVC_MAX_CONCURRENT_HASHES must be >= 1")
+        for name in ("limit_ip", "limit_email", "limit_ip_email", "limit_failures_per_account"):
+            if not _RATE_LIMIT.match(getattr(self, name)):
+                out.append(f"AUTHSVC_{name.upper()} must look like '10/minute' or '100 per day'")
+        if self.trusted_proxies < 0 or self.max_body_bytes < 1024:
+            out.append("AUTHSVC_TRUSTED_PROXIES must be >= 0 and AUTHSVC_MAX_BODY_BYTES >= 1024")
         if self.env is Env.PRODUCTION and not self.allow_insecure_production:
             if not self.encryption_keys:
                 out.append(
@@ -174,6 +180,9 @@ class Settings:
                        "discouraged")
         if self.webauthn_attestation not in {"none", "direct"}:
             out.append("AUTHSVC_WEBAUTHN_ATTESTATION must be none or direct")
+        if self.webauthn_attestation == "direct" and self.webauthn_attestation_roots is None:
+            out.append("AUTHSVC_WEBAUTHN_ATTESTATION=direct needs "
+                       "AUTHSVC_WEBAUTHN_ATTESTATION_ROOTS (a PEM file of the vendors' roots)")
         if self.webauthn_on_counter_regression not in {"reject", "flag"}:
             out.append("AUTHSVC_WEBAUTHN_ON_COUNTER_REGRESSION must be reject or flag")
         aaguid = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -203,6 +212,10 @@ class Settings:
 
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)?$")
+# One item of the `limits` notation: "10/minute", "100 per day", "5/2 hours".
+_RATE_LIMIT = re.compile(
+    r"^\s*[1-9][0-9]*\s*(/|per)\s*([1-9][0-9]*\s*)?(second|minute|hour|day|month|year)s?\s*$"
+)
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
@@ -235,9 +248,12 @@ def _parse_int(raw: str) -> int:
 
 def _parse_float(raw: str) -> float:
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ValueError(f"expected a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {raw!r}")
+    return value
 
 
 def _parse_env(raw: str) -> Env:

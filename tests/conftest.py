@@ -110,6 +110,7 @@ def openapi_spec() -> OpenAPI:
     # openapi-core reads only application/json as JSON; problem documents are JSON too.
     config = Config(extra_media_type_deserializers={
         "application/problem+json": lambda value, **_params: json.loads(value),
+        "application/yaml": lambda value, **_params: value.decode("utf-8"),
     })
     return OpenAPI.from_file_path(str(ROOT / "openapi.yaml"), config=config)
 

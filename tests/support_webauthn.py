@@ -37,8 +37,9 @@ def unb64url(text: str) -> bytes:
 
 def _cose_key(public: ec.EllipticCurvePublicKey) -> bytes:
     numbers = public.public_numbers()
-    return cbor2.dumps({1: 2, 3: -7, -1: 1, -2: numbers.x.to_bytes(32, "big"),
-                        -3: numbers.y.to_bytes(32, "big")})
+    return cbor2.dumps(
+        {1: 2, 3: -7, -1: 1, -2: numbers.x.to_bytes(32, "big"), -3: numbers.y.to_bytes(32, "big")}
+    )
 
 
 def _sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
@@ -51,35 +52,48 @@ class AttestationCa:
 
     aaguid: bytes
     root_key: ec.EllipticCurvePrivateKey = field(
-        default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
+    )
     leaf_key: ec.EllipticCurvePrivateKey = field(
-        default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
+    )
     cert_aaguid: bytes | None = None  # the AAGUID named in the leaf (default: aaguid)
 
     def __post_init__(self) -> None:
         now = datetime.now(UTC)
         root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test Root CA")])
         self.root = (
-            x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name)
-            .public_key(self.root_key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30))
+            x509.CertificateBuilder()
+            .subject_name(root_name)
+            .issuer_name(root_name)
+            .public_key(self.root_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=30))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(self.root_key, hashes.SHA256())
         )
-        leaf_name = x509.Name([
-            x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Test Keys"),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Authenticator Attestation"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "Test Key"),
-        ])
+        leaf_name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Test Keys"),
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Authenticator Attestation"),
+                x509.NameAttribute(NameOID.COMMON_NAME, "Test Key"),
+            ]
+        )
         named = self.cert_aaguid if self.cert_aaguid is not None else self.aaguid
         self.leaf = (
-            x509.CertificateBuilder().subject_name(leaf_name).issuer_name(root_name)
-            .public_key(self.leaf_key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30))
+            x509.CertificateBuilder()
+            .subject_name(leaf_name)
+            .issuer_name(root_name)
+            .public_key(self.leaf_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=30))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.UnrecognizedExtension(AAGUID_OID, b"\x04\x10" + named),
-                           critical=False)
+            .add_extension(
+                x509.UnrecognizedExtension(AAGUID_OID, b"\x04\x10" + named), critical=False
+            )
             .sign(self.root_key, hashes.SHA256())
         )
 
@@ -98,9 +112,15 @@ class StoredKey:
 class SoftAuthenticator:
     """Registers and asserts like a roaming key or a platform passkey would."""
 
-    def __init__(self, *, origin: str = "http://localhost:8000", aaguid: bytes = bytes(16),
-                 backup_eligible: bool = False, counter: bool = True,
-                 resident: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        origin: str = "http://localhost:8000",
+        aaguid: bytes = bytes(16),
+        backup_eligible: bool = False,
+        counter: bool = True,
+        resident: bool = True,
+    ) -> None:
         self.origin = origin
         self.aaguid = aaguid
         self.backup_eligible = backup_eligible
@@ -110,8 +130,14 @@ class SoftAuthenticator:
 
     # -- building blocks ------------------------------------------------------------------
     def _client_data(self, kind: str, challenge: str, origin: str | None) -> bytes:
-        return json.dumps({"type": kind, "challenge": challenge,
-                           "origin": origin or self.origin, "crossOrigin": False}).encode()
+        return json.dumps(
+            {
+                "type": kind,
+                "challenge": challenge,
+                "origin": origin or self.origin,
+                "crossOrigin": False,
+            }
+        ).encode()
 
     def _flags(self, *, uv: bool, attested: bool) -> int:
         flags = UP | (UV if uv else 0) | (AT if attested else 0)
@@ -120,31 +146,51 @@ class SoftAuthenticator:
         return flags
 
     # -- ceremonies -----------------------------------------------------------------------
-    def register(self, options: dict[str, Any], *, origin: str | None = None,
-                 uv: bool = True, rp_id: str | None = None, fmt: str = "none",
-                 ca: AttestationCa | None = None, rk: bool | None = None,
-                 credential_id: bytes | None = None) -> dict[str, Any]:
+    def register(
+        self,
+        options: dict[str, Any],
+        *,
+        origin: str | None = None,
+        uv: bool = True,
+        rp_id: str | None = None,
+        fmt: str = "none",
+        ca: AttestationCa | None = None,
+        rk: bool | None = None,
+        credential_id: bytes | None = None,
+    ) -> dict[str, Any]:
         """A RegistrationResponseJSON for PublicKeyCredentialCreationOptionsJSON."""
         key = ec.generate_private_key(ec.SECP256R1())
         credential_id = credential_id or secrets.token_bytes(32)
         rp_hash = hashlib.sha256((rp_id or options["rp"]["id"]).encode()).digest()
         start = 0
-        attested = (self.aaguid + struct.pack(">H", len(credential_id)) + credential_id
-                    + _cose_key(key.public_key()))
-        auth_data = (rp_hash + bytes([self._flags(uv=uv, attested=True)])
-                     + struct.pack(">I", start) + attested)
+        attested = (
+            self.aaguid
+            + struct.pack(">H", len(credential_id))
+            + credential_id
+            + _cose_key(key.public_key())
+        )
+        auth_data = (
+            rp_hash
+            + bytes([self._flags(uv=uv, attested=True)])
+            + struct.pack(">I", start)
+            + attested
+        )
         client_data = self._client_data("webauthn.create", options["challenge"], origin)
         statement: dict[str, Any] = {}
         if fmt == "packed" and ca is not None:
             signed = auth_data + hashlib.sha256(client_data).digest()
-            statement = {"alg": -7, "sig": _sign(ca.leaf_key, signed),
-                         "x5c": [ca.leaf.public_bytes(serialization.Encoding.DER)]}
+            statement = {
+                "alg": -7,
+                "sig": _sign(ca.leaf_key, signed),
+                "x5c": [ca.leaf.public_bytes(serialization.Encoding.DER)],
+            }
         elif fmt == "packed":  # self attestation
             signed = auth_data + hashlib.sha256(client_data).digest()
             statement = {"alg": -7, "sig": _sign(key, signed)}
         attestation = cbor2.dumps({"fmt": fmt, "attStmt": statement, "authData": auth_data})
-        self.keys[credential_id] = StoredKey(credential_id, key,
-                                             unb64url(options["user"]["id"]), start)
+        self.keys[credential_id] = StoredKey(
+            credential_id, key, unb64url(options["user"]["id"]), start
+        )
         resident = self.resident if rk is None else rk
         return {
             "id": b64url(credential_id),
@@ -159,9 +205,17 @@ class SoftAuthenticator:
             "authenticatorAttachment": "cross-platform",
         }
 
-    def assertion(self, options: dict[str, Any], *, credential_id: bytes | None = None,
-                  origin: str | None = None, uv: bool = True, rp_id: str | None = None,
-                  sign_count: int | None = None, user_handle: bool = True) -> dict[str, Any]:
+    def assertion(
+        self,
+        options: dict[str, Any],
+        *,
+        credential_id: bytes | None = None,
+        origin: str | None = None,
+        uv: bool = True,
+        rp_id: str | None = None,
+        sign_count: int | None = None,
+        user_handle: bool = True,
+    ) -> dict[str, Any]:
         """An AuthenticationResponseJSON for PublicKeyCredentialRequestOptionsJSON."""
         if credential_id is None:
             allowed = [unb64url(c["id"]) for c in options.get("allowCredentials", [])]
@@ -173,8 +227,9 @@ class SoftAuthenticator:
                 stored.sign_count += 1
             sign_count = stored.sign_count
         rp_hash = hashlib.sha256((rp_id or options["rpId"]).encode()).digest()
-        auth_data = (rp_hash + bytes([self._flags(uv=uv, attested=False)])
-                     + struct.pack(">I", sign_count))
+        auth_data = (
+            rp_hash + bytes([self._flags(uv=uv, attested=False)]) + struct.pack(">I", sign_count)
+        )
         client_data = self._client_data("webauthn.get", options["challenge"], origin)
         signature = _sign(stored.private_key, auth_data + hashlib.sha256(client_data).digest())
         response = {
@@ -213,17 +268,26 @@ def signed_in(api: Any, email: str = "ada@example.com") -> str:
     return str(api.tokens(email, PASSWORD)["access_token"])
 
 
-def enroll(client: Any, access: str, authenticator: SoftAuthenticator, *,
-           name: str = "Blue key", **register_kwargs: Any) -> dict[str, Any]:
+def enroll(
+    client: Any,
+    access: str,
+    authenticator: SoftAuthenticator,
+    *,
+    name: str = "Blue key",
+    **register_kwargs: Any,
+) -> dict[str, Any]:
     """Run a full registration; return the 201 body."""
-    response = client.post("/v1/me/mfa/webauthn/registration-options", json={"name": name},
-                           headers=bearer(access))
+    response = client.post(
+        "/v1/me/mfa/webauthn/registration-options", json={"name": name}, headers=bearer(access)
+    )
     assert response.status_code == 200, response.get_json()
     credential = authenticator.register(response.get_json(), **register_kwargs)
-    response = client.post("/v1/me/mfa/webauthn", json={"credential": credential},
-                           headers=bearer(access))
+    response = client.post(
+        "/v1/me/mfa/webauthn", json={"credential": credential}, headers=bearer(access)
+    )
     assert response.status_code == 201, response.get_json()
-    return response.get_json()  # type: ignore[no-any-return]
+    body: dict[str, Any] = response.get_json()
+    return body
 
 
 def mfa_token(api: Any, email: str = "ada@example.com") -> str:

@@ -1,6 +1,6 @@
 """A thin wrapper over py_webauthn: options, the two verifications and shape checks.
 
-Everything that can go wrong with a browser's answer becomes ``WebauthnFailure`` with a short
+Everything that can go wrong with a browser's answer becomes ``WebauthnResponseError`` with a short
 ``reason``; py_webauthn's exceptions (and the parsing errors under them) never leave this module.
 What an outcome means (a refused login, a refused key) is for the services to decide.
 """
@@ -53,7 +53,7 @@ _REGISTRATION_FIELDS = ("clientDataJSON", "attestationObject")
 _ASSERTION_FIELDS = ("clientDataJSON", "authenticatorData", "signature")
 
 
-class WebauthnFailure(Exception):
+class WebauthnResponseError(Exception):
     """A response that does not verify or does not parse; ``reason`` is a short stable word."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
@@ -107,9 +107,9 @@ def b64url(data: bytes) -> str:
 
 
 def from_b64url(text: str) -> bytes:
-    """Strict base64url (padding optional); WebauthnFailure("base64url") otherwise."""
+    """Strict base64url (padding optional); WebauthnResponseError("base64url") otherwise."""
     if not isinstance(text, str) or not _B64URL.match(text) or len(text.rstrip("=")) % 4 == 1:
-        raise WebauthnFailure("base64url", "a value is not base64url")
+        raise WebauthnResponseError("base64url", "a value is not base64url")
     return base64.urlsafe_b64decode(text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4))
 
 
@@ -192,42 +192,47 @@ def authentication_options(
 
 def _check_shape(credential: Any, fields: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(credential, dict):
-        raise WebauthnFailure("malformed", "the credential must be an object")
+        raise WebauthnResponseError("malformed", "the credential must be an object")
     response = credential.get("response")
     if not isinstance(response, dict):
-        raise WebauthnFailure("malformed", "response is missing")
+        raise WebauthnResponseError("malformed", "response is missing")
     if credential.get("type") != "public-key":
-        raise WebauthnFailure("malformed", "type must be public-key")
-    for value in (credential.get("id"), credential.get("rawId"),
-                  *(response.get(name) for name in fields)):
+        raise WebauthnResponseError("malformed", "type must be public-key")
+    for value in (
+        credential.get("id"),
+        credential.get("rawId"),
+        *(response.get(name) for name in fields),
+    ):
         if not isinstance(value, str):
-            raise WebauthnFailure("malformed", "a required member is missing")
+            raise WebauthnResponseError("malformed", "a required member is missing")
         from_b64url(value)
     user_handle = response.get("userHandle")
     if user_handle is not None:
         from_b64url(user_handle)
     if credential["id"].rstrip("=") != credential["rawId"].rstrip("="):
-        raise WebauthnFailure("malformed", "id and rawId differ")
+        raise WebauthnResponseError("malformed", "id and rawId differ")
     if not 0 < len(from_b64url(credential["rawId"])) <= MAX_CREDENTIAL_ID_BYTES:
-        raise WebauthnFailure("malformed", "the credential id has an impossible length")
+        raise WebauthnResponseError("malformed", "the credential id has an impossible length")
     return response
 
 
 def _client_challenge(client_data_json: str) -> bytes:
     try:
         return parse_client_data_json(from_b64url(client_data_json)).challenge
-    except WebauthnFailure:
+    except WebauthnResponseError:
         raise
     except Exception:  # any parsing error of client-supplied bytes
-        raise WebauthnFailure("malformed", "clientDataJSON does not parse") from None
+        raise WebauthnResponseError("malformed", "clientDataJSON does not parse") from None
 
 
 def read_registration(credential: Any) -> ClientAnswer:
     """Shape-check a RegistrationResponseJSON and read its claimed challenge."""
     response = _check_shape(credential, _REGISTRATION_FIELDS)
-    return ClientAnswer(credential_id=from_b64url(credential["rawId"]),
-                        challenge=_client_challenge(response["clientDataJSON"]),
-                        user_handle=None)
+    return ClientAnswer(
+        credential_id=from_b64url(credential["rawId"]),
+        challenge=_client_challenge(response["clientDataJSON"]),
+        user_handle=None,
+    )
 
 
 def read_assertion(credential: Any) -> ClientAnswer:
@@ -235,9 +240,11 @@ def read_assertion(credential: Any) -> ClientAnswer:
     user handle (present for discoverable credentials)."""
     response = _check_shape(credential, _ASSERTION_FIELDS)
     handle = response.get("userHandle")
-    return ClientAnswer(credential_id=from_b64url(credential["rawId"]),
-                        challenge=_client_challenge(response["clientDataJSON"]),
-                        user_handle=from_b64url(handle) or None if handle else None)
+    return ClientAnswer(
+        credential_id=from_b64url(credential["rawId"]),
+        challenge=_client_challenge(response["clientDataJSON"]),
+        user_handle=from_b64url(handle) or None if handle else None,
+    )
 
 
 def _reported_transports(response: dict[str, Any]) -> tuple[str, ...]:
@@ -276,21 +283,22 @@ def verify_registration(
             expected_origin=list(expected_origins),
             require_user_verification=require_user_verification,
             pem_root_certs_bytes_by_fmt={fmt: roots for fmt in AttestationFormat}
-            if roots else None,
+            if roots
+            else None,
         )
         if verified.credential_id != from_b64url(credential["rawId"]):
-            raise WebauthnFailure("not_verified", "rawId is not the attested credential id")
+            raise WebauthnResponseError("not_verified", "rawId is not the attested credential id")
         attestation = parse_attestation_object(verified.attestation_object)
         statement, flags = attestation.att_stmt, attestation.auth_data.flags
         attested = attestation.auth_data.attested_credential_data
         if statement.x5c and attested is not None:
             _check_certificate_aaguid(statement.x5c[0], attested.aaguid)
-    except WebauthnFailure:
+    except WebauthnResponseError:
         raise
     except WebAuthnException as exc:
-        raise WebauthnFailure("not_verified", str(exc)) from None
+        raise WebauthnResponseError("not_verified", str(exc)) from None
     except Exception:  # any other parsing error of client-supplied bytes
-        raise WebauthnFailure("malformed", "the attestation does not parse") from None
+        raise WebauthnResponseError("malformed", "the attestation does not parse") from None
     return RegisteredCredential(
         credential_id=verified.credential_id,
         public_key=verified.credential_public_key,
@@ -316,7 +324,9 @@ def _check_certificate_aaguid(leaf_der: bytes, aaguid: bytes) -> None:
     value = extension.value
     raw = value.value if isinstance(value, x509.UnrecognizedExtension) else b""
     if raw != b"\x04\x10" + aaguid:  # DER OCTET STRING of 16 bytes
-        raise WebauthnFailure("not_verified", "the attestation certificate names another model")
+        raise WebauthnResponseError(
+            "not_verified", "the attestation certificate names another model"
+        )
 
 
 def verify_assertion(
@@ -346,11 +356,11 @@ def verify_assertion(
         )
         flags = parse_authenticator_data(from_b64url(response["authenticatorData"])).flags
     except WebAuthnException as exc:
-        raise WebauthnFailure("not_verified", str(exc)) from None
-    except WebauthnFailure:
+        raise WebauthnResponseError("not_verified", str(exc)) from None
+    except WebauthnResponseError:
         raise
     except Exception:  # any other parsing error of client-supplied bytes
-        raise WebauthnFailure("malformed", "the assertion does not parse") from None
+        raise WebauthnResponseError("malformed", "the assertion does not parse") from None
     return VerifiedAssertion(
         credential_id=verified.credential_id,
         sign_count=verified.new_sign_count,

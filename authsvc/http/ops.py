@@ -38,10 +38,11 @@ def readyz() -> Response:
     state = current_app.extensions["authsvc"]
     checks = {"database": False, "schema": False, "rate_limit_storage": False}
     try:
-        with state.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        # Through the app's sessionmaker, like every request: the same pool and bind.
+        with state.sessionmaker() as session:
+            session.execute(text("SELECT 1"))
             checks["database"] = True
-            checks["schema"] = schema_is_current(conn)
+            checks["schema"] = schema_is_current(session.connection())
     except Exception:  # noqa: BLE001 - any failure means "not ready"
         current_app.logger.warning("readiness: database check failed")
     try:

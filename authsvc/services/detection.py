@@ -346,15 +346,15 @@ def gauges(session: DbSession, *, now: datetime) -> list[Sample]:
     """Shared state read at each scrape: the outbox's depth and age, campaign progress."""
     stats = outbox.stats(session)
     age = (now - stats.oldest_pending_at).total_seconds() if stats.oldest_pending_at else 0.0
-    by_status = dict(session.execute(
+    by_status = {status: int(count) for status, count in session.execute(
         select(BreachCampaign.status, func.count()).group_by(BreachCampaign.status)
-    ).tuples().all())
+    ).all()}
     active = session.execute(
         select(BreachCampaign.id, BreachCampaign.targeted, BreachCampaign.processed)
         .where(BreachCampaign.status.in_(_ACTIVE_CAMPAIGNS))
         .order_by(BreachCampaign.created_at)
         .limit(50)
-    ).tuples().all()
+    ).all()
     campaigns = [
         Sample("authsvc_breach_campaigns", "Breach-response campaigns by status.",
                float(by_status.get(status, 0)), {"status": status})

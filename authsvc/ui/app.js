@@ -95,12 +95,15 @@
     }
   }
 
-  const state = { access: null, refresh: null, mfaToken: null, totpFactorId: null };
+  const state = {
+    access: null, refresh: null, mfaToken: null, totpFactorId: null, enrollmentToken: null,
+  };
 
-  async function api(method, path, body, { auth = false } = {}) {
+  async function api(method, path, body, { auth = false, token = null } = {}) {
     const headers = { Accept: "application/json" };
     if (body !== undefined) headers["Content-Type"] = "application/json";
-    if (auth && state.access) headers.Authorization = `Bearer ${state.access}`;
+    const bearer = token || (auth ? state.access : null);
+    if (bearer) headers.Authorization = `Bearer ${bearer}`;
     const response = await fetch(path, {
       method,
       headers,
@@ -156,7 +159,9 @@
   }
 
   function show(view) {
-    for (const id of ["login-view", "mfa-view", "account-view"]) $(id).hidden = id !== view;
+    for (const id of ["login-view", "mfa-view", "enroll-view", "account-view"]) {
+      $(id).hidden = id !== view;
+    }
   }
 
   // Run a UI action: one at a time, its failure shown in the status line.
@@ -181,6 +186,7 @@
       state.access = result.access_token;
       state.refresh = result.refresh_token;
       state.mfaToken = null;
+      state.enrollmentToken = null;
       $("password").value = "";
       await showAccount();
       setStatus("Signed in.");
@@ -193,9 +199,26 @@
       setStatus("Password accepted. Prove the second factor.");
     } else if (result.status === "password_change_required") {
       setStatus("Your password must be changed first: use the reset link we mail you.", "error");
-    } else {
-      setStatus("A second factor must be enrolled before you continue.", "error");
+    } else if (result.status === "mfa_enrollment_required") {
+      state.enrollmentToken = result.enrollment_token;
+      show("enroll-view");
+      setStatus("Password accepted. Add a second factor to continue.");
     }
+  }
+
+  function showRecoveryCodes(codes) {
+    if (!codes) return;
+    $("recovery-codes-list").textContent = codes.join("\n");
+    $("recovery-codes").hidden = false;
+  }
+
+  // Registration, with an access token or (forced enrollment) an enrollment token.
+  async function addKey(name, token) {
+    const call = (method, path, body) => (token
+      ? api(method, path, body, { token }) : authed(method, path, body));
+    const options = await call("POST", "/v1/me/mfa/webauthn/registration-options", { name });
+    const credential = await createCredential(options);
+    return call("POST", "/v1/me/mfa/webauthn", { credential, name });
   }
 
   async function showAccount() {
@@ -329,15 +352,26 @@
   });
 
   $("add-key-form").addEventListener("submit", action(async () => {
-    const name = $("key-name").value;
     setStatus("Follow your browser's prompt to create the key…");
-    const options = await authed("POST", "/v1/me/mfa/webauthn/registration-options", { name });
-    const credential = await createCredential(options);
-    const factor = await authed("POST", "/v1/me/mfa/webauthn", { credential, name });
+    const factor = await addKey($("key-name").value, null);
     await showAccount();
+    showRecoveryCodes(factor.recovery_codes);
     const kind = factor.passkey ? "passkey (also signs in without a password)" : "security key";
     setStatus(`Added ${kind} "${factor.name}".`);
   }));
+
+  $("enroll-key").addEventListener("click", action(async () => {
+    setStatus("Follow your browser's prompt to create the key…");
+    const result = await addKey("Security key", state.enrollmentToken);
+    await afterLogin(result);
+    showRecoveryCodes(result.recovery_codes);
+  }));
+
+  $("enroll-cancel").addEventListener("click", () => {
+    state.enrollmentToken = null;
+    show("login-view");
+    setStatus("");
+  });
 
   $("add-totp").addEventListener("click", action(async () => {
     const pending = await authed("POST", "/v1/me/mfa/totp", { name: "Authenticator app" });
@@ -356,17 +390,16 @@
       "POST", `/v1/me/mfa/totp/${encodeURIComponent(state.totpFactorId)}/confirm`, { code },
     );
     $("totp-setup").hidden = true;
-    if (result.recovery_codes) {
-      $("recovery-codes-list").textContent = result.recovery_codes.join("\n");
-      $("recovery-codes").hidden = false;
-    }
     await showAccount();
+    showRecoveryCodes(result.recovery_codes);
     setStatus("Authenticator app added.");
   }));
 
   $("logout").addEventListener("click", action(async () => {
     const refresh = state.refresh;
-    Object.assign(state, { access: null, refresh: null, mfaToken: null, totpFactorId: null });
+    Object.assign(state, {
+      access: null, refresh: null, mfaToken: null, totpFactorId: null, enrollmentToken: null,
+    });
     $("recovery-codes").hidden = true;
     $("totp-setup").hidden = true;
     show("login-view");
@@ -375,8 +408,7 @@
   }));
 
   if (typeof PublicKeyCredential === "undefined") {
-    $("passkey-login").disabled = true;
-    $("add-key").disabled = true;
+    for (const id of ["passkey-login", "add-key", "enroll-key", "mfa-key"]) $(id).disabled = true;
     setStatus("This browser does not support security keys or passkeys.", "error");
   }
 })();

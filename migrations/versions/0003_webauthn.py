@@ -36,17 +36,20 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=64), nullable=False),
         sa.Column("created_at", authsvc.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("last_used_at", authsvc.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("counter_regression_at", authsvc.db.UTCDateTime(timezone=True),
-                  nullable=True),
-        sa.ForeignKeyConstraint(["user_id"], ["users.id"],
-                                name=op.f("fk_webauthn_credentials_user_id_users"),
-                                ondelete="CASCADE"),
+        sa.Column("counter_regression_at", authsvc.db.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_webauthn_credentials_user_id_users"),
+            ondelete="CASCADE",
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webauthn_credentials")),
         sa.UniqueConstraint("credential_id", name=op.f("uq_webauthn_credentials_credential_id")),
     )
     with op.batch_alter_table("webauthn_credentials", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_webauthn_credentials_user_id"), ["user_id"],
-                              unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_webauthn_credentials_user_id"), ["user_id"], unique=False
+        )
 
     op.create_table(
         "webauthn_challenges",
@@ -60,18 +63,22 @@ def upgrade() -> None:
         sa.Column("created_at", authsvc.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("expires_at", authsvc.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("used_at", authsvc.db.UTCDateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(["user_id"], ["users.id"],
-                                name=op.f("fk_webauthn_challenges_user_id_users"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_webauthn_challenges_user_id_users"),
+            ondelete="CASCADE",
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webauthn_challenges")),
-        sa.UniqueConstraint("challenge_hash",
-                            name=op.f("uq_webauthn_challenges_challenge_hash")),
+        sa.UniqueConstraint("challenge_hash", name=op.f("uq_webauthn_challenges_challenge_hash")),
     )
     with op.batch_alter_table("webauthn_challenges", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_webauthn_challenges_expires_at"), ["expires_at"],
-                              unique=False)
-        batch_op.create_index(batch_op.f("ix_webauthn_challenges_user_id"), ["user_id"],
-                              unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_webauthn_challenges_expires_at"), ["expires_at"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_webauthn_challenges_user_id"), ["user_id"], unique=False
+        )
 
 
 def downgrade() -> None:

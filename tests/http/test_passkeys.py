@@ -30,14 +30,18 @@ def _options(client):
 
 
 def _login(client, options, credential):
-    return client.post("/v1/passkeys/login",
-                       json={"challenge_id": options["challenge_id"], "credential": credential})
+    return client.post(
+        "/v1/passkeys/login",
+        json={"challenge_id": options["challenge_id"], "credential": credential},
+    )
 
 
 def _failure_reasons(app):
     with runtime(app).sessionmaker() as session:
-        return [e.details for e in session.scalars(
-            select(AuditEvent).where(AuditEvent.type == "login.passkey"))]
+        return [
+            e.details
+            for e in session.scalars(select(AuditEvent).where(AuditEvent.type == "login.passkey"))
+        ]
 
 
 def _policy(app, **changes):
@@ -79,7 +83,9 @@ def test_a_synced_passkey_logs_in_with_swk(client, api):
     options = _options(client)
     body = _login(client, options, key.assertion(options)).get_json()
     assert jwt.decode(body["access_token"], options={"verify_signature": False})["amr"] == [
-        "swk", "mfa"]
+        "swk",
+        "mfa",
+    ]
 
 
 def test_synced_passkeys_can_be_refused_by_policy(app, client, api):
@@ -103,8 +109,10 @@ def test_a_non_discoverable_key_is_a_second_factor_only(app, client, api):
     assert '"not_a_passkey"' in _failure_reasons(app)[-1]
     token = mfa_token(api)  # ... and still works after the password
     mfa_options = client.post("/v1/login/mfa/webauthn-options", json={"mfa_token": token})
-    response = client.post("/v1/login/mfa", json={
-        "mfa_token": token, "webauthn": key.assertion(mfa_options.get_json())})
+    response = client.post(
+        "/v1/login/mfa",
+        json={"mfa_token": token, "webauthn": key.assertion(mfa_options.get_json())},
+    )
     assert response.get_json()["status"] == "authenticated"
 
 
@@ -125,8 +133,9 @@ def test_an_assertion_without_user_verification_is_refused(app, client, passkey)
 
 def test_an_unknown_credential_is_refused(app, client, passkey):
     stranger = SoftAuthenticator()
-    stranger.register({"rp": {"id": "localhost"}, "challenge": "AAAA",
-                       "user": {"id": b64url(b"x" * 32)}})
+    stranger.register(
+        {"rp": {"id": "localhost"}, "challenge": "AAAA", "user": {"id": b64url(b"x" * 32)}}
+    )
     options = _options(client)
     response = _login(client, options, stranger.assertion(options))
     assert response.status_code == 401
@@ -166,8 +175,9 @@ def test_a_challenge_id_must_match_the_signed_challenge(client, passkey):
 
 def test_an_mfa_challenge_cannot_be_used_for_passkey_login(client, api, passkey):
     token = mfa_token(api)
-    mfa_options = client.post("/v1/login/mfa/webauthn-options",
-                              json={"mfa_token": token}).get_json()
+    mfa_options = client.post(
+        "/v1/login/mfa/webauthn-options", json={"mfa_token": token}
+    ).get_json()
     options = {**_options(client), "challenge": mfa_options["challenge"]}
     response = _login(client, options, passkey.assertion(options))
     assert response.status_code == 400
@@ -208,8 +218,9 @@ def test_passkey_login_is_throttled_per_ip(app, client, passkey):
     _policy(app, limit_ip="2/minute")
     rt = runtime(app)
     rt.deps = dataclasses.replace(
-        rt.deps, limiter=RateLimiter(rt.settings.rate_limit_storage_url,
-                                     rate_limit_policies(rt.settings)))
+        rt.deps,
+        limiter=RateLimiter(rt.settings.rate_limit_storage_url, rate_limit_policies(rt.settings)),
+    )
     rt.deps.limiter.reset()
     _options(client)
     _options(client)

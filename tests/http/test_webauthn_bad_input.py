@@ -7,7 +7,6 @@ import copy
 import pytest
 
 from tests.conftest import runtime
-
 from tests.support_webauthn import (
     SoftAuthenticator,
     b64url,
@@ -27,6 +26,7 @@ def _mutations(valid):
             target = broken["response"] if len(path) == 2 else broken
             target[path[-1]] = value
             return broken
+
         return mutate
 
     def drop(key):
@@ -37,10 +37,16 @@ def _mutations(valid):
         ("empty", lambda _c: {}),
         ("string", lambda _c: "eyJ0eXBlIjoid2ViYXV0aG4uZ2V0In0"),
         ("client_data_not_json", replace(("response", "clientDataJSON"), b64url(b"not json"))),
-        ("client_data_without_challenge",
-         replace(("response", "clientDataJSON"), b64url(b'{"type": "webauthn.get"}'))),
-        ("client_data_wrong_types", replace(("response", "clientDataJSON"),
-                                            b64url(b'{"challenge": 5, "type": 1, "origin": 2}'))),
+        (
+            "client_data_without_challenge",
+            replace(("response", "clientDataJSON"), b64url(b'{"type": "webauthn.get"}')),
+        ),
+        (
+            "client_data_wrong_types",
+            replace(
+                ("response", "clientDataJSON"), b64url(b'{"challenge": 5, "type": 1, "origin": 2}')
+            ),
+        ),
         ("huge_id", lambda c: {**c, "id": b64url(b"x" * 1100), "rawId": b64url(b"x" * 1100)}),
         ("wrong_type", replace(("type",), "password")),
         ("response_not_object", replace(("response",), "x")),
@@ -49,15 +55,23 @@ def _mutations(valid):
     for field in valid["response"]:
         if field == "transports":
             continue
-        for label, value in (("bad_b64", "***not base64url***"), ("number", 42),
-                             ("short_b64", "A"), ("empty", "")):
+        for label, value in (
+            ("bad_b64", "***not base64url***"),
+            ("number", 42),
+            ("short_b64", "A"),
+            ("empty", ""),
+        ):
             if (field, label) == ("userHandle", "empty"):
                 continue  # an empty handle is well-formed; test_passkeys covers its meaning
             cases.append((f"{field}_{label}", replace(("response", field), value)))
     for field in ("attestationObject", "authenticatorData"):
         if field in valid["response"]:
-            cases.append((f"{field}_garbage_cbor", replace(("response", field),
-                                                           b64url(b"\xa1\x63fmt\xff\x00x"))))
+            cases.append(
+                (
+                    f"{field}_garbage_cbor",
+                    replace(("response", field), b64url(b"\xa1\x63fmt\xff\x00x")),
+                )
+            )
     return cases
 
 
@@ -71,15 +85,21 @@ def test_registration_garbage(client, api):
     access = signed_in(api)
 
     def fresh():
-        options = client.post("/v1/me/mfa/webauthn/registration-options", json={"name": "k"},
-                              headers=bearer(access)).get_json()
+        options = client.post(
+            "/v1/me/mfa/webauthn/registration-options", json={"name": "k"}, headers=bearer(access)
+        ).get_json()
         return SoftAuthenticator().register(options)
 
     for label, mutate in _mutations(fresh()):
-        response = client.post("/v1/me/mfa/webauthn", json={"credential": mutate(fresh())},
-                               headers=bearer(access))
-        _check(response, {400}, {"invalid_request", "invalid_webauthn_response",
-                                 "invalid_challenge"}, label)
+        response = client.post(
+            "/v1/me/mfa/webauthn", json={"credential": mutate(fresh())}, headers=bearer(access)
+        )
+        _check(
+            response,
+            {400},
+            {"invalid_request", "invalid_webauthn_response", "invalid_challenge"},
+            label,
+        )
 
 
 def test_mfa_garbage(app, client, api):
@@ -93,8 +113,7 @@ def test_mfa_garbage(app, client, api):
         token = mfa_token(api)
         options = client.post("/v1/login/mfa/webauthn-options", json={"mfa_token": token})
         credential = mutate(key.assertion(options.get_json()))
-        response = client.post("/v1/login/mfa", json={"mfa_token": token,
-                                                       "webauthn": credential})
+        response = client.post("/v1/login/mfa", json={"mfa_token": token, "webauthn": credential})
         _check(response, {400, 401}, {"invalid_request", "invalid_mfa"}, label)
 
 
@@ -105,17 +124,36 @@ def test_passkey_garbage(client, api):
     valid = key.assertion(options)
     for label, mutate in _mutations(valid):
         options = client.post("/v1/passkeys/login-options").get_json()
-        response = client.post("/v1/passkeys/login", json={
-            "challenge_id": options["challenge_id"],
-            "credential": mutate(key.assertion(options))})
-        _check(response, {400, 401}, {"invalid_request", "invalid_webauthn_response",
-                                      "invalid_challenge", "invalid_credentials"}, label)
+        response = client.post(
+            "/v1/passkeys/login",
+            json={
+                "challenge_id": options["challenge_id"],
+                "credential": mutate(key.assertion(options)),
+            },
+        )
+        _check(
+            response,
+            {400, 401},
+            {
+                "invalid_request",
+                "invalid_webauthn_response",
+                "invalid_challenge",
+                "invalid_credentials",
+            },
+            label,
+        )
 
 
-@pytest.mark.parametrize("body", [
-    {}, {"challenge_id": 5, "credential": {}}, {"challenge_id": "x"},
-    {"challenge_id": "x" * 65, "credential": {}}, {"challenge_id": "x", "credential": []},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"challenge_id": 5, "credential": {}},
+        {"challenge_id": "x"},
+        {"challenge_id": "x" * 65, "credential": {}},
+        {"challenge_id": "x", "credential": []},
+    ],
+)
 def test_passkey_login_shape_errors(client, body):
     response = client.post("/v1/passkeys/login", json=body)
     _check(response, {400}, {"invalid_request"})
@@ -125,8 +163,9 @@ def test_unknown_challenge_id(client, api):
     key = SoftAuthenticator()
     enroll(client, signed_in(api), key)
     options = client.post("/v1/passkeys/login-options").get_json()
-    response = client.post("/v1/passkeys/login", json={
-        "challenge_id": "nope", "credential": key.assertion(options)})
+    response = client.post(
+        "/v1/passkeys/login", json={"challenge_id": "nope", "credential": key.assertion(options)}
+    )
     _check(response, {400}, {"invalid_challenge"})
 
 

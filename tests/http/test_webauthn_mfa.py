@@ -17,7 +17,6 @@ from tests.support_webauthn import (
     PASSWORD,
     SoftAuthenticator,
     b64url,
-    bearer,
     enroll,
     mfa_token,
     signed_in,
@@ -160,8 +159,7 @@ def test_required_user_verification(app, client, api, enrolled):
 
 def test_a_cloned_key_is_refused_audited_and_mailed(app, client, api, enrolled, mailbox):
     token = mfa_token(api)
-    assert _complete(client, token, enrolled.assertion(_options(client, token))).status_code \
-        == 200
+    assert _complete(client, token, enrolled.assertion(_options(client, token))).status_code == 200
     with runtime(app).sessionmaker() as session, session.begin():
         session.execute(update(WebauthnCredential).values(sign_count=50))
     token = mfa_token(api)
@@ -169,8 +167,9 @@ def test_a_cloned_key_is_refused_audited_and_mailed(app, client, api, enrolled, 
     assert response.status_code == 401
     assert response.get_json()["reason"] == "sign_count_regression"
     with runtime(app).sessionmaker() as session:
-        event = session.scalar(select(AuditEvent).where(
-            AuditEvent.type == "mfa.webauthn.counter_regression"))
+        event = session.scalar(
+            select(AuditEvent).where(AuditEvent.type == "mfa.webauthn.counter_regression")
+        )
         assert event.outcome == "rejected" and '"received": 2' in event.details
         row = session.scalar(select(WebauthnCredential))
         assert row.sign_count == 50 and row.counter_regression_at is not None
@@ -186,8 +185,9 @@ def test_flag_policy_lets_a_regression_in_and_records_it(app, client, api, enrol
     response = _complete(client, token, enrolled.assertion(_options(client, token)))
     assert response.status_code == 200
     with runtime(app).sessionmaker() as session:
-        event = session.scalar(select(AuditEvent).where(
-            AuditEvent.type == "mfa.webauthn.counter_regression"))
+        event = session.scalar(
+            select(AuditEvent).where(AuditEvent.type == "mfa.webauthn.counter_regression")
+        )
         assert event.outcome == "flagged"
         assert session.scalar(select(WebauthnCredential)).sign_count == 50
     api.drain()
@@ -212,8 +212,9 @@ def test_options_for_an_account_without_keys(app, client, api):
     api.register("ada@example.com", PASSWORD)
     with runtime(app).sessionmaker() as session, session.begin():
         user = session.scalar(select(User))
-        token = user_tokens.issue(session, user_id=user.id, purpose="mfa",
-                                  ttl=timedelta(minutes=5), now=utcnow())
+        token = user_tokens.issue(
+            session, user_id=user.id, purpose="mfa", ttl=timedelta(minutes=5), now=utcnow()
+        )
     response = client.post(OPTIONS, json={"mfa_token": token})
     assert response.status_code == 400
     assert response.get_json()["code"] == "invalid_request"
@@ -222,6 +223,5 @@ def test_options_for_an_account_without_keys(app, client, api):
 def test_a_removed_key_is_no_longer_asked_for(app, client, api, enrolled):
     with runtime(app).sessionmaker() as session, session.begin():
         row = session.scalar(select(WebauthnCredential))
-        webauthn.delete_credential(session, user_id=row.user_id, credential_id=row.id,
-                                   now=utcnow())
+        webauthn.delete_credential(session, user_id=row.user_id, credential_id=row.id, now=utcnow())
     assert api.login("ada@example.com", PASSWORD).get_json()["status"] == "authenticated"

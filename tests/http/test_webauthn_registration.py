@@ -81,8 +81,9 @@ def test_name_in_the_final_call_wins(client, api):
     access = signed_in(api)
     options = _options(client, access, name="first")
     credential = SoftAuthenticator().register(options)
-    response = client.post(REGISTER, json={"credential": credential, "name": "Laptop"},
-                           headers=bearer(access))
+    response = client.post(
+        REGISTER, json={"credential": credential, "name": "Laptop"}, headers=bearer(access)
+    )
     assert response.status_code == 201
     assert response.get_json()["name"] == "Laptop"
 
@@ -103,15 +104,15 @@ def test_registration_needs_a_bearer_token(client):
 
 def test_wrong_origin_is_refused_and_audited(app, client, api):
     access = signed_in(api)
-    credential = SoftAuthenticator().register(_options(client, access),
-                                              origin="https://evil.example")
+    credential = SoftAuthenticator().register(
+        _options(client, access), origin="https://evil.example"
+    )
     response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
     assert response.status_code == 400
     body = response.get_json()
     assert body["code"] == "invalid_webauthn_response" and body["reason"] == "not_verified"
     with _db(app) as session:
-        event = session.scalar(select(AuditEvent).where(
-            AuditEvent.type == "mfa.webauthn.register"))
+        event = session.scalar(select(AuditEvent).where(AuditEvent.type == "mfa.webauthn.register"))
         assert event.outcome == "rejected"
         assert session.scalar(select(WebauthnCredential)) is None
 
@@ -127,8 +128,10 @@ def test_wrong_rp_id_is_refused(client, api):
 def test_replayed_registration_is_refused(client, api):
     access = signed_in(api)
     credential = SoftAuthenticator().register(_options(client, access))
-    assert client.post(REGISTER, json={"credential": credential},
-                       headers=bearer(access)).status_code == 201
+    assert (
+        client.post(REGISTER, json={"credential": credential}, headers=bearer(access)).status_code
+        == 201
+    )
     response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
     assert response.status_code == 400
     assert response.get_json()["code"] == "invalid_challenge"
@@ -172,13 +175,24 @@ def _policy(app, **changes):
     rt.deps = dataclasses.replace(rt.deps, settings=settings)
 
 
-@pytest.mark.parametrize(("changes", "aaguid", "backup", "reason"), [
-    ({"webauthn_aaguid_deny": ("cb69481e-8ff7-4039-93ec-0a2729a154a8",)}, YUBI, False,
-     "aaguid_denied"),
-    ({"webauthn_aaguid_allow": ("cb69481e-8ff7-4039-93ec-0a2729a154a8",)}, OTHER, False,
-     "aaguid_not_allowed"),
-    ({"webauthn_allow_backup_eligible": False}, YUBI, True, "backup_eligible"),
-])
+@pytest.mark.parametrize(
+    ("changes", "aaguid", "backup", "reason"),
+    [
+        (
+            {"webauthn_aaguid_deny": ("cb69481e-8ff7-4039-93ec-0a2729a154a8",)},
+            YUBI,
+            False,
+            "aaguid_denied",
+        ),
+        (
+            {"webauthn_aaguid_allow": ("cb69481e-8ff7-4039-93ec-0a2729a154a8",)},
+            OTHER,
+            False,
+            "aaguid_not_allowed",
+        ),
+        ({"webauthn_allow_backup_eligible": False}, YUBI, True, "backup_eligible"),
+    ],
+)
 def test_authenticator_policy_refusals(app, client, api, changes, aaguid, backup, reason):
     _policy(app, **changes)
     access = signed_in(api)
@@ -197,12 +211,17 @@ def test_allow_list_accepts_a_listed_model(app, client, api):
 
 
 def test_direct_attestation_accepts_a_model_vouched_for_by_a_trusted_root(
-        app, client, api, tmp_path):
+    app, client, api, tmp_path
+):
     ca = AttestationCa(aaguid=YUBI)
     roots = tmp_path / "roots.pem"
     roots.write_bytes(ca.root_pem())
-    _policy(app, webauthn_attestation="direct", webauthn_attestation_roots=roots,
-            webauthn_aaguid_allow=("cb69481e-8ff7-4039-93ec-0a2729a154a8",))
+    _policy(
+        app,
+        webauthn_attestation="direct",
+        webauthn_attestation_roots=roots,
+        webauthn_aaguid_allow=("cb69481e-8ff7-4039-93ec-0a2729a154a8",),
+    )
     access = signed_in(api)
     options = _options(client, access)
     assert options["attestation"] == "direct"
@@ -222,8 +241,10 @@ def test_direct_attestation_refusals(app, client, api, tmp_path, case):
         "none": {"fmt": "none"},
         "self": {"fmt": "packed"},
         "untrusted_root": {"fmt": "packed", "ca": AttestationCa(aaguid=YUBI)},
-        "cert_names_other_model": {"fmt": "packed",
-                                   "ca": AttestationCa(aaguid=YUBI, cert_aaguid=OTHER)},
+        "cert_names_other_model": {
+            "fmt": "packed",
+            "ca": AttestationCa(aaguid=YUBI, cert_aaguid=OTHER),
+        },
     }[case]
     if case == "cert_names_other_model":
         roots.write_bytes(kwargs["ca"].root_pem())
@@ -232,8 +253,11 @@ def test_direct_attestation_refusals(app, client, api, tmp_path, case):
     body = response.get_json()
     if case in ("none", "self"):
         assert response.status_code == 403
-        assert body == {**body, "code": "authenticator_not_allowed",
-                        "reason": "attestation_required"}
+        assert body == {
+            **body,
+            "code": "authenticator_not_allowed",
+            "reason": "attestation_required",
+        }
     else:
         assert response.status_code == 400
         assert body["code"] == "invalid_webauthn_response"

@@ -29,8 +29,9 @@ def test_page_is_served_with_a_strict_csp(client):
     assert "http://" not in html and "https://" not in html
 
 
-@pytest.mark.parametrize(("asset", "mimetype"), [("app.js", "text/javascript"),
-                                                 ("style.css", "text/css")])
+@pytest.mark.parametrize(
+    ("asset", "mimetype"), [("app.js", "text/javascript"), ("style.css", "text/css")]
+)
 def test_assets(client, asset, mimetype):
     response = client.get(f"/ui/{asset}")
     assert response.status_code == 200
@@ -41,9 +42,15 @@ def test_assets(client, asset, mimetype):
 
 def test_the_script_uses_the_json_helpers_and_keeps_a_fallback(client):
     script = client.get("/ui/app.js").get_data(as_text=True)
-    for needle in ("parseCreationOptionsFromJSON", "parseRequestOptionsFromJSON", "toJSON",
-                   "/v1/passkeys/login-options", "/v1/login/mfa/webauthn-options",
-                   "/v1/me/mfa/webauthn/registration-options", "qr_svg"):
+    for needle in (
+        "parseCreationOptionsFromJSON",
+        "parseRequestOptionsFromJSON",
+        "toJSON",
+        "/v1/passkeys/login-options",
+        "/v1/login/mfa/webauthn-options",
+        "/v1/me/mfa/webauthn/registration-options",
+        "qr_svg",
+    ):
         assert needle in script
     assert "eval(" not in script and "innerHTML" not in script
 
@@ -61,12 +68,15 @@ def _client(settings: Settings, connection, **changes):
     return app.test_client()
 
 
-@pytest.mark.parametrize(("env", "enabled", "served"), [
-    (Env.PRODUCTION, None, False),
-    (Env.PRODUCTION, True, True),
-    (Env.DEVELOPMENT, None, True),
-    (Env.DEVELOPMENT, False, False),
-])
+@pytest.mark.parametrize(
+    ("env", "enabled", "served"),
+    [
+        (Env.PRODUCTION, None, False),
+        (Env.PRODUCTION, True, True),
+        (Env.DEVELOPMENT, None, True),
+        (Env.DEVELOPMENT, False, False),
+    ],
+)
 def test_production_needs_an_explicit_opt_in(settings, connection, env, enabled, served):
     client = _client(settings, connection, env=env, ui_enabled=enabled)
     for path in ("/ui/", "/ui/app.js"):

@@ -14,7 +14,7 @@ def test_ten_distinct_codes_of_at_least_112_bits():
     assert len(codes) == 10
     assert len(set(codes)) == 10
     assert all(FORMAT.match(code) for code in codes)
-    assert recovery.ENTROPY_BITS == recovery.SYMBOLS * math.log2(len(recovery.ALPHABET))
+    assert recovery.SYMBOLS * math.log2(len(recovery.ALPHABET)) == recovery.ENTROPY_BITS
     assert recovery.ENTROPY_BITS >= 112  # OWASP ASVS 5.0 6.5.2: a plain keyed hash suffices
 
 

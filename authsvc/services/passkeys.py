@@ -1,0 +1,128 @@
+"""Passwordless login with a passkey: no email is asked, so nothing can be enumerated.
+
+Only credentials registered as discoverable with user verification, asserting with user
+verification, log in here; every other key stays a second factor. The login carries amr
+``(hwk|swk, "mfa")``: possession plus a PIN or biometric checked by the authenticator.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session as DbSession
+
+from authsvc.crypto import webauthn as wa
+from authsvc.errors import InvalidCredentials, InvalidWebauthnResponse, RateLimited
+from authsvc.models import User, WebauthnCredential
+from authsvc.services import audit, login, webauthn
+from authsvc.services.context import Client, Deps
+
+
+@dataclass(frozen=True, slots=True)
+class PasskeyOptions:
+    challenge_id: str
+    options: dict[str, Any]
+
+
+def _throttle(session: DbSession, deps: Deps, *, client: Client, now: datetime) -> None:
+    try:
+        deps.limiter.hit("ip", client.ip)
+    except RateLimited as exc:
+        audit.record(
+            session,
+            type="ratelimit.hit",
+            outcome=exc.policy,
+            now=now,
+            client=client,
+            details={"action": "passkey_login"},
+        )
+        raise
+
+
+def passkey_options(
+    session: DbSession, deps: Deps, *, client: Client, now: datetime
+) -> PasskeyOptions:
+    """Options with an empty allowCredentials: the authenticator picks a discoverable
+    credential, so nothing about any account is asked or revealed."""
+    _throttle(session, deps, client=client, now=now)
+    settings = deps.settings
+    row, challenge = webauthn.issue_challenge(
+        session, deps, purpose="passkey", user_id=None, user_verification="required", now=now
+    )
+    options = wa.authentication_options(
+        rp_id=settings.webauthn_rp_id,
+        challenge=challenge,
+        timeout_ms=webauthn.timeout_ms(settings),
+        user_verification="required",
+        allow=[],
+    )
+    return PasskeyOptions(challenge_id=row.id, options=options)
+
+
+def login_with_passkey(
+    session: DbSession,
+    deps: Deps,
+    *,
+    challenge_id: str,
+    credential: dict[str, Any],
+    client: Client,
+    now: datetime,
+) -> login.LoginResult:
+    """Log in with a discoverable, user-verifying credential alone."""
+    _throttle(session, deps, client=client, now=now)
+    try:
+        answer = wa.read_assertion(credential)
+    except wa.WebauthnResponseError as exc:
+        raise InvalidWebauthnResponse(str(exc), reason=exc.reason) from None
+    webauthn.consume_challenge(
+        session,
+        purpose="passkey",
+        challenge=answer.challenge,
+        user_id=None,
+        challenge_id=challenge_id,
+        now=now,
+    )
+    row = session.scalar(
+        select(WebauthnCredential).where(WebauthnCredential.credential_id == answer.credential_id)
+    )
+    user = session.get(User, row.user_id) if row is not None else None
+    try:
+        if row is None or user is None:
+            raise webauthn.AssertionRefusedError("unknown_credential")
+        if user.disabled_at is not None or user.password_invalidated_at is not None:
+            raise webauthn.AssertionRefusedError("account_unavailable")
+        if not webauthn.is_passkey(row):
+            raise webauthn.AssertionRefusedError("not_a_passkey")
+        if answer.user_handle is None or not hmac.compare_digest(
+            answer.user_handle, row.user_handle
+        ):
+            raise webauthn.AssertionRefusedError("user_handle_mismatch")
+        webauthn.authenticate(
+            session,
+            deps,
+            row=row,
+            credential=credential,
+            challenge=answer.challenge,
+            require_uv=True,
+            client=client,
+            now=now,
+        )
+    except webauthn.AssertionRefusedError as exc:
+        audit.record(
+            session,
+            type="login.passkey",
+            outcome="failure",
+            now=now,
+            client=client,
+            user_id=user.id if user is not None else None,
+            details={"reason": exc.reason},
+        )
+        raise InvalidCredentials() from None
+    assert user is not None and row is not None
+    return login.finish_login(
+        session, deps, user=user, amr=(webauthn.amr_of(row), "mfa"), client=client, now=now
+    )

@@ -1,0 +1,276 @@
+"""Security keys and passkeys through the /ui page in headless Chromium, against a real server.
+
+Chromium's virtual authenticator (a CTAP2 USB key with resident keys and user verification)
+stands in for the hardware; everything else is real: the browser's WebAuthn client, the page's
+JavaScript, gunicorn, PostgreSQL, Redis and the outbox worker. The cloned-key case copies the
+credential out of the authenticator (private key and counter) right after registration and later
+imports that copy into a second authenticator, exactly what a cloned key is.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.virtual_authenticator import (
+    Credential,
+    Protocol,
+    Transport,
+    VirtualAuthenticatorOptions,
+)
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.e2e.server import LiveServer
+
+pytestmark = pytest.mark.e2e
+
+EMAIL = "grace@example.com"
+PASSWORD = "correct horse 42"
+CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    live = LiveServer(tmp_path_factory.mktemp("server"), host="localhost", workers=2)
+    # An IP address is not a valid RP ID: the page is served on localhost.
+    live.env["AUTHSVC_WEBAUTHN_RP_ID"] = "localhost"
+    live.env["AUTHSVC_WEBAUTHN_ORIGINS"] = f"http://localhost:{live.port}"
+    with live:
+        yield live
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in CHROMIUM_ARGS:
+        options.add_argument(arg)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium'}")
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _create_user(server: LiveServer, email: str) -> None:
+    request = urllib.request.Request(
+        f"{server.url}/admin/v1/users",
+        method="POST",
+        data=json.dumps({"email": email, "password": PASSWORD}).encode(),
+        headers={"Authorization": f"Bearer {server.admin_key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201
+
+
+def _key() -> VirtualAuthenticatorOptions:
+    return VirtualAuthenticatorOptions(
+        protocol=Protocol.CTAP2,
+        transport=Transport.USB,
+        has_resident_key=True,
+        has_user_verification=True,
+        is_user_consenting=True,
+        is_user_verified=True,
+    )
+
+
+def _status(driver: WebDriver, expected: str, timeout: float = 20) -> str:
+    """Wait until the page's status line contains ``expected``; return it."""
+    try:
+        WebDriverWait(driver, timeout).until(
+            lambda d: expected in d.find_element(By.ID, "status").text
+        )
+    except TimeoutException:
+        raise AssertionError(
+            f"status never showed {expected!r}; it shows "
+            f"{driver.find_element(By.ID, 'status').text!r}"
+        ) from None
+    return str(driver.find_element(By.ID, "status").text)
+
+
+def _visible(driver: WebDriver, element_id: str) -> bool:
+    return bool(driver.find_element(By.ID, element_id).is_displayed())
+
+
+def _sign_in_with_password(driver: WebDriver, email: str = EMAIL) -> None:
+    driver.find_element(By.ID, "email").clear()
+    driver.find_element(By.ID, "email").send_keys(email)
+    driver.find_element(By.ID, "password").send_keys(PASSWORD)
+    driver.find_element(By.ID, "password-submit").click()
+
+
+def _sign_out(driver: WebDriver) -> None:
+    driver.find_element(By.ID, "logout").click()
+    _status(driver, "Signed out.")
+    assert _visible(driver, "login-view")
+
+
+def _amr(driver: WebDriver) -> str:
+    return str(driver.find_element(By.ID, "account-amr").text)
+
+
+def _b64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _query(server: LiveServer, sql: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(server.database_url()) as conn:
+        return list(conn.execute(sql).fetchall())
+
+
+def _wait_for_mail(server: LiveServer, subject: str, timeout: float = 15) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for message in server.mails():
+            if message["Subject"] == subject and message["To"] == EMAIL:
+                return str(message.get_content())
+        time.sleep(0.1)
+    raise AssertionError(f"no mail {subject!r} to {EMAIL}")
+
+
+def _totp(secret: str, offset: int = 0) -> str:
+    result = subprocess.run(
+        ["oathtool", "--totp", "-b", f"--now=now {offset:+d} seconds", secret],
+        capture_output=True,
+        check=True,
+        text=True,
+        timeout=10,
+    )
+    return result.stdout.strip()
+
+
+def test_security_key_and_passkey_in_a_real_browser(server: LiveServer, browser: WebDriver):
+    driver = browser
+    _create_user(server, EMAIL)
+    driver.get(f"{server.url}/ui/")
+    assert (
+        driver.execute_script("return typeof PublicKeyCredential.parseCreationOptionsFromJSON")
+        == "function"
+    )
+
+    # 1. Password alone (no factor yet), then register a key that is also a passkey.
+    _sign_in_with_password(driver)
+    _status(driver, "Signed in.")
+    assert _amr(driver) == "pwd"
+    driver.add_virtual_authenticator(_key())
+    name = driver.find_element(By.ID, "key-name")
+    name.clear()
+    name.send_keys("Blue key")
+    driver.find_element(By.ID, "add-key").click()
+    assert 'passkey (also signs in without a password) "Blue key"' in _status(driver, "Added")
+    ((stored_name, discoverable, user_verified, backup_eligible, count),) = _query(
+        server,
+        "SELECT name, discoverable, user_verified, backup_eligible, sign_count "
+        "FROM webauthn_credentials",
+    )
+    assert (stored_name, discoverable, user_verified, backup_eligible) == (
+        "Blue key",
+        True,
+        True,
+        False,
+    )
+    codes = driver.find_element(By.ID, "recovery-codes-list").text.split()
+    assert _visible(driver, "recovery-codes") and len(codes) >= 8  # the first factor's set
+    (exported,) = driver.get_credentials()  # the future clone: key material and counter now
+    assert exported.sign_count == count
+    assert "security key or passkey" in _wait_for_mail(
+        server, "A second factor was added to your account"
+    )
+
+    # 2. Log out; password, then the key as second factor.
+    _sign_out(driver)
+    _sign_in_with_password(driver)
+    _status(driver, "Password accepted")
+    assert _visible(driver, "mfa-webauthn")
+    driver.find_element(By.ID, "mfa-key").click()
+    _status(driver, "Signed in.")
+    assert _amr(driver) == "pwd hwk mfa"
+    assert driver.find_element(By.ID, "account-email").text == EMAIL
+
+    # 3. Log out; the passkey alone: no email, no password.
+    _sign_out(driver)
+    driver.find_element(By.ID, "email").clear()
+    driver.find_element(By.ID, "passkey-login").click()
+    _status(driver, "Signed in.")
+    assert _amr(driver) == "hwk mfa"
+    ((count_after,),) = _query(server, "SELECT sign_count FROM webauthn_credentials")
+    assert count_after > exported.sign_count
+
+    # 4. A clone of the key, made before its last two uses, shows up with a lower counter.
+    _sign_out(driver)
+    driver.remove_virtual_authenticator()
+    driver.add_virtual_authenticator(_key())
+    driver.add_credential(
+        Credential.create_resident_credential(
+            id=_b64(exported.id),
+            rp_id="localhost",
+            user_handle=_b64(exported.user_handle or ""),
+            private_key=_b64(exported.private_key),
+            sign_count=exported.sign_count,
+        )
+    )
+    driver.find_element(By.ID, "passkey-login").click()
+    assert "invalid_credentials" in _status(driver, "invalid_credentials")
+    assert _visible(driver, "login-view")
+    events = _query(
+        server,
+        "SELECT outcome, details FROM audit_events WHERE type = 'mfa.webauthn.counter_regression'",
+    )
+    assert len(events) == 1 and events[0][0] == "rejected"
+    assert json.loads(str(events[0][1]))["stored"] == count_after
+    body = _wait_for_mail(server, "Your security key may have been copied")
+    assert '"Blue key"' in body and "refused" in body
+    ((count_final,),) = _query(server, "SELECT sign_count FROM webauthn_credentials")
+    assert count_final == count_after  # the clone moved nothing
+
+
+def test_authenticator_app_through_the_page(server: LiveServer, browser: WebDriver):
+    """The page's TOTP enrollment: the QR code from qr_svg renders, oathtool answers."""
+    driver = browser
+    email = "ada@example.com"
+    _create_user(server, email)
+    driver.get(f"{server.url}/ui/")
+    _sign_in_with_password(driver, email)
+    _status(driver, "Signed in.")
+    driver.find_element(By.ID, "add-totp").click()
+    _status(driver, "Scan the code")
+    qr = driver.find_element(By.ID, "totp-qr")
+    assert qr.get_attribute("src").startswith("data:image/svg+xml;base64,")
+    assert driver.execute_script("return arguments[0].naturalWidth", qr) > 0  # it rendered
+    secret = driver.find_element(By.ID, "totp-secret").text
+    driver.find_element(By.ID, "totp-code").send_keys(_totp(secret))
+    driver.find_element(By.ID, "totp-confirm").click()
+    _status(driver, "Authenticator app added.")
+    assert _visible(driver, "recovery-codes")
+    _sign_out(driver)
+    _sign_in_with_password(driver, email)
+    _status(driver, "Password accepted")
+    assert _visible(driver, "mfa-totp-form") and not _visible(driver, "mfa-webauthn")
+    # The confirming code's time step is spent; the next step is within the accepted window.
+    driver.find_element(By.ID, "mfa-totp").send_keys(_totp(secret, offset=30))
+    driver.find_element(By.ID, "mfa-totp-submit").click()
+    _status(driver, "Signed in.")
+    assert _amr(driver) == "pwd otp mfa"

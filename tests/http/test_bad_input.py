@@ -1,0 +1,287 @@
+"""Bad input of any kind is a 4xx application/problem+json with a stable code, never a 500."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings as hypothesis_settings
+from hypothesis import strategies as st
+from sqlalchemy.orm import Session as DbSession
+
+from authsvc.db import utcnow
+from authsvc.services import admin
+
+PASSWORD = "correct horse 42"
+
+# path -> a valid body (string fields only); the admin route gets an admin key.
+ENDPOINTS: dict[str, dict[str, str]] = {
+    "/v1/signup": {"email": "ada@example.com", "password": PASSWORD},
+    "/v1/signup/verify": {"token": "ve_x"},
+    "/v1/login": {"email": "ada@example.com", "password": PASSWORD},
+    "/v1/login/mfa": {"mfa_token": "mfa_x"},
+    "/v1/password/forgot": {"email": "ada@example.com"},
+    "/v1/password/reset": {"token": "rp_x", "new_password": PASSWORD},
+    "/v1/password/change": {"change_token": "ct_x", "new_password": PASSWORD},
+    "/v1/token/refresh": {"refresh_token": "rt_x"},
+    "/v1/logout": {"refresh_token": "rt_x"},
+    "/admin/v1/users": {"email": "ada@example.com", "password": PASSWORD},
+}
+# The longest string each field takes (the shape check, before any service logic).
+MAX_LENGTHS = {"email": 320, "password": 1024, "new_password": 1024, "token": 512,
+               "mfa_token": 512, "change_token": 512, "refresh_token": 512}
+
+
+@pytest.fixture
+def admin_headers(connection) -> dict[str, str]:
+    with DbSession(bind=connection, join_transaction_mode="create_savepoint") as session:
+        _, secret = admin.create_key(session, name="tests", now=utcnow())
+        session.commit()
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def post(client: FlaskClient, path: str, admin_headers: dict[str, str], **kwargs: Any):
+    headers = {**(admin_headers if path.startswith("/admin") else {}),
+               **kwargs.pop("headers", {})}
+    return client.post(path, headers=headers, **kwargs)
+
+
+def assert_problem(response, status: int, code: str, field: str | None = None,
+                   where: str = "") -> dict:
+    label = f"{where}: {response.get_data()[:300]!r}"
+    assert response.status_code == status, label
+    assert response.mimetype == "application/problem+json", label
+    problem = response.get_json()
+    assert problem["code"] == code, label
+    assert problem["status"] == status, label
+    assert problem["type"].endswith("/" + code), label
+    assert problem["title"] and problem["detail"], label
+    assert "Traceback" not in response.get_data(as_text=True), label
+    if field is not None:
+        assert problem.get("field") == field, label
+    return problem
+
+
+RAW_BODIES = [
+    (b'{"email": ', "application/json", 400, "malformed_json"),
+    (b"{'email': 'ada@example.com'}", "application/json", 400, "malformed_json"),
+    (b'{"email": "ada@example.com",}', "application/json", 400, "malformed_json"),
+    (b"\xff\xfe{\x00}", "application/json", 400, "malformed_json"),
+    (b"[" * 50_000, "application/json", 400, "malformed_json"),
+    (b'{"a":' * 9_000 + b"1" + b"}" * 9_000, "application/json", 400, "malformed_json"),
+    (b"[]", "application/json", 400, "invalid_request"),
+    (b'[{"email": "ada@example.com"}]', "application/json", 400, "invalid_request"),
+    (b'"ada@example.com"', "application/json", 400, "invalid_request"),
+    (b"42", "application/json", 400, "invalid_request"),
+    (b"null", "application/json", 400, "invalid_request"),
+    (b"", "application/json", 400, "invalid_request"),
+    (b"   ", "application/json", 400, "invalid_request"),
+    (b'{"email": "ada@example.com"}', "text/plain", 415, "unsupported_media_type"),
+    (b"email=ada%40example.com", "application/x-www-form-urlencoded", 415,
+     "unsupported_media_type"),
+    (b'{"email": "ada@example.com"}', None, 415, "unsupported_media_type"),
+]
+
+
+@pytest.mark.parametrize(("data", "content_type", "status", "code"), RAW_BODIES,
+                         ids=[f"raw{i}" for i in range(len(RAW_BODIES))])
+def test_bodies_that_are_not_a_json_object(client, admin_headers, data, content_type, status,
+                                           code):
+    headers = {"Content-Type": content_type} if content_type else {}
+    for path in ENDPOINTS:
+        response = post(client, path, admin_headers, data=data, headers=headers)
+
+        assert_problem(response, status, code, where=path)
+
+
+def test_oversized_bodies(client, admin_headers, settings):
+    for path, valid in ENDPOINTS.items():
+        body = {**valid, "padding": "x" * settings.max_body_bytes}
+
+        response = post(client, path, admin_headers, json=body)
+
+        assert_problem(response, 413, "payload_too_large", where=path)
+
+
+def field_cases() -> list[tuple[str, str]]:
+    return [(path, name) for path, body in ENDPOINTS.items() for name in body]
+
+
+def test_missing_fields(client, admin_headers):
+    for path, name in field_cases():
+        body = {k: v for k, v in ENDPOINTS[path].items() if k != name}
+        response = post(client, path, admin_headers, json=body)
+        if path == "/admin/v1/users" and name == "password":
+            # Optional there (password_hash instead), but one of the two is needed.
+            assert_problem(response, 400, "invalid_request", where=path)
+        elif path == "/v1/password/change" and name == "change_token":
+            # Without a change_token the current password and a bearer token are needed.
+            assert_problem(response, 400, "invalid_request", where=path)
+            body["current_password"] = PASSWORD
+            response = post(client, path, admin_headers, json=body)
+            assert_problem(response, 401, "unauthenticated", where=path)
+        else:
+            assert_problem(response, 400, "invalid_request", name, where=f"{path} {name}")
+
+
+@pytest.mark.parametrize("value", [123, 1.5, True, [], ["x"], {}, {"x": "y"}],
+                         ids=["int", "float", "bool", "empty-list", "list", "empty-object",
+                              "object"])
+def test_wrong_types(client, admin_headers, value):
+    for path, name in field_cases():
+        body = {**ENDPOINTS[path], name: value}
+
+        response = post(client, path, admin_headers, json=body)
+
+        assert_problem(response, 400, "invalid_request", name, where=f"{path} {name}")
+
+
+def test_null_for_a_required_string(client, admin_headers):
+    for path, name in field_cases():
+        body = {**ENDPOINTS[path], name: None}
+
+        response = post(client, path, admin_headers, json=body)
+
+        if (path, name) in {("/admin/v1/users", "password"),
+                            ("/v1/password/change", "change_token")}:
+            # Optional fields: null means absent, and the alternative is missing.
+            assert_problem(response, 400, "invalid_request", where=f"{path} {name}")
+        else:
+            assert_problem(response, 400, "invalid_request", name, where=f"{path} {name}")
+
+
+@pytest.mark.parametrize("bad", ["over-long", "nul", "lone-surrogate"])
+def test_unacceptable_strings(client, admin_headers, bad):
+    for path, name in field_cases():
+        if bad == "over-long":
+            data = json.dumps({**ENDPOINTS[path], name: "a" * (MAX_LENGTHS[name] + 1)})
+        elif bad == "nul":
+            data = json.dumps({**ENDPOINTS[path], name: "ada\x00@example.com"})
+        else:
+            data = json.dumps({**ENDPOINTS[path], name: "\ud800ada@example.com"})
+            assert "\\ud800" in data
+
+        response = post(client, path, admin_headers, data=data, content_type="application/json")
+
+        assert_problem(response, 400, "invalid_request", name, where=f"{path} {name}")
+
+
+@pytest.mark.parametrize("path", ["/v1/signup", "/v1/login", "/v1/password/forgot"])
+@pytest.mark.parametrize("length", [255, 320])
+def test_over_long_emails(client, path, length):
+    email = "a" * 60 + "@" + "e" * (length - 65) + ".com"
+    assert len(email) == length
+
+    response = client.post(path, json={**ENDPOINTS[path], "email": email})
+
+    assert_problem(response, 400, "invalid_request", "email")
+
+
+def test_an_email_of_254_characters_is_accepted(client):
+    email = "a" * 60 + "@" + "e" * 189 + ".com"
+    assert len(email) == 254
+
+    assert client.post("/v1/signup", json={"email": email, "password": PASSWORD}).status_code == 202
+
+
+@pytest.mark.parametrize(("path", "field"),
+                         [("/v1/signup", "password"), ("/v1/password/reset", "new_password")])
+def test_over_long_passwords(client, path, field):
+    body = ENDPOINTS[path]
+    policy = client.post(path, json={**body, field: "p" * 257})
+    shape = client.post(path, json={**body, field: "p" * 1025})
+
+    assert_problem(shape, 400, "invalid_request", field)
+    if path == "/v1/signup":
+        assert assert_problem(policy, 400, "weak_password")["reason"] == "too_long"
+    else:
+        assert_problem(policy, 400, "invalid_token")  # the token is checked first
+
+
+def test_a_long_password_at_login_is_just_wrong(client):
+    response = client.post("/v1/login", json={"email": "ada@example.com", "password": "p" * 1024})
+
+    assert_problem(response, 401, "invalid_credentials")
+
+
+def test_unknown_fields_are_ignored(client):
+    body = {**ENDPOINTS["/v1/signup"], "is_admin": True, "email_verified": True}
+
+    assert client.post("/v1/signup", json=body).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/v1/signup/verify", {"token": "ve_unknown"}),
+     ("/v1/password/reset", {"token": "rp_unknown", "new_password": PASSWORD}),
+     ("/v1/password/change", {"change_token": "ct_unknown", "new_password": PASSWORD}),
+     ("/v1/token/refresh", {"refresh_token": "rt_unknown"}),
+     ("/v1/logout", {"refresh_token": "rt_unknown"}),
+     ("/v1/login/mfa", {"mfa_token": "mfa_unknown", "totp_code": "123456"})],
+)
+def test_unknown_tokens(client, path, body):
+    assert_problem(client.post(path, json=body), 400, "invalid_token")
+
+
+@pytest.fixture
+def raw_client(app) -> FlaskClient:
+    """A client that does not check responses against openapi.yaml: these routes are not in it."""
+    return FlaskClient(app, app.response_class)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/nope"), ("GET", "/v1"), ("GET", "/v1/nope"), ("POST", "/v1/signup/"),
+     ("GET", "/v1/me/"), ("GET", "/admin/v1/nope"), ("POST", "/v1/signups"),
+     ("GET", "/v1/me/sessions/abc/def"), ("GET", "/%00"), ("GET", "/v1/" + "a" * 5000),
+     ("GET", "/docs/static/../../../../etc/passwd"), ("GET", "/docs/static/nope.js")],
+)
+def test_unknown_routes(raw_client, method, path):
+    response = raw_client.open(path, method=method, json={})
+
+    assert_problem(response, 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v1/signup"), ("PUT", "/v1/login"), ("DELETE", "/v1/logout"),
+     ("POST", "/v1/me"), ("PATCH", "/admin/v1/users"), ("PUT", "/v1/me/sessions/abc"),
+     ("POST", "/healthz"), ("DELETE", "/.well-known/jwks.json")],
+)
+def test_wrong_methods(raw_client, method, path):
+    response = raw_client.open(path, method=method)
+
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["Allow"]
+    assert method not in response.headers["Allow"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=30),
+     st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(),
+                                                          max_size=3)],
+)
+def test_random_json_never_breaks_the_service(app, admin_headers, value):
+    client = app.test_client()
+    fields = st.fixed_dictionaries(
+        {}, optional={name: st.one_of(value, st.text(max_size=40))
+                      for name in ("email", "password", "token", "new_password",
+                                   "refresh_token", "change_token", "current_password",
+                                   "mfa_token", "totp_code", "recovery_code", "webauthn",
+                                   "password_hash", "email_verified")},
+    )
+
+    @hypothesis_settings(max_examples=15, deadline=None, database=None,
+                         suppress_health_check=list(HealthCheck))
+    @given(path=st.sampled_from(list(ENDPOINTS)), body=st.one_of(fields, value))
+    def check(path: str, body: Any) -> None:
+        response = post(client, path, admin_headers, json=body)
+        assert response.status_code < 500, response.get_data()
+        if response.status_code >= 400:
+            assert response.mimetype == "application/problem+json"
+            assert response.get_json()["code"]
+
+    check()

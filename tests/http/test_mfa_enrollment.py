@@ -1,0 +1,91 @@
+"""AUTHSVC_REQUIRE_MFA: a login without a factor gets an enrollment token that is good only for
+enrolling TOTP, and confirming the factor with it completes the login."""
+
+from __future__ import annotations
+
+import jwt
+import pytest
+
+from tests.conftest import replace_settings
+from tests.http.test_mfa_totp import PASSWORD, oathtool_code
+
+
+@pytest.fixture
+def settings(settings):
+    return replace_settings(settings, require_mfa=True)
+
+
+def enrollment_token(api) -> str:
+    api.register()
+    body = api.login("ada@example.com", PASSWORD).get_json()
+    assert body["status"] == "mfa_enrollment_required"
+    return body["enrollment_token"]
+
+
+def test_enrolling_with_the_enrollment_token_completes_the_login(api, client, mailbox):
+    headers = api.bearer(enrollment_token(api))
+    pending = client.post("/v1/me/mfa/totp", json={"name": "Phone"}, headers=headers)
+    assert pending.status_code == 201
+    secret = pending.get_json()["secret"]
+
+    response = client.post(f"/v1/me/mfa/totp/{pending.get_json()['factor_id']}/confirm",
+                           json={"code": oathtool_code(secret)}, headers=headers)
+
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "authenticated"
+    assert body["factor"]["name"] == "Phone"
+    assert len(body["recovery_codes"]) == 10
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert claims["amr"] == ["pwd", "otp", "mfa"]
+    me = client.get("/v1/me", headers=api.bearer(body["access_token"]))
+    assert me.get_json()["mfa_methods"] == ["totp", "recovery_code"]
+    # The enrollment token is spent.
+    again = client.post("/v1/me/mfa/totp", headers=headers)
+    assert (again.status_code, again.get_json()["code"]) == (401, "unauthenticated")
+    # The next login asks for the factor, not for an enrollment.
+    assert api.login("ada@example.com", PASSWORD).get_json()["status"] == "mfa_required"
+    api.drain()
+    assert mailbox.last("ada@example.com")["Subject"] == "A second factor was added to your account"
+
+
+def test_the_enrollment_token_opens_only_the_enrollment_routes(api, client):
+    headers = api.bearer(enrollment_token(api))
+
+    for method, url in (("get", "/v1/me"), ("get", "/v1/me/mfa"), ("get", "/v1/me/sessions"),
+                        ("post", "/v1/me/recovery-codes"), ("delete", "/v1/me/mfa/x")):
+        response = getattr(client, method)(url, headers=headers)
+        assert response.status_code == 401, url
+        assert response.get_json()["code"] == "unauthenticated"
+
+
+def test_a_wrong_code_keeps_the_enrollment_token_alive(api, client):
+    headers = api.bearer(enrollment_token(api))
+    pending = client.post("/v1/me/mfa/totp", headers=headers).get_json()
+    url = f"/v1/me/mfa/totp/{pending['factor_id']}/confirm"
+    valid = {oathtool_code(pending["secret"], offset_steps=o) for o in (-1, 0, 1)}
+    wrong = next(f"{n:06d}" for n in range(100) if f"{n:06d}" not in valid)
+
+    refused = client.post(url, json={"code": wrong}, headers=headers)
+    assert (refused.status_code, refused.get_json()["code"]) == (400, "invalid_code")
+    malformed = client.post(url, json={"code": "abc"}, headers=headers)
+    assert (malformed.status_code, malformed.get_json()["code"]) == (400, "invalid_request")
+
+    done = client.post(url, json={"code": oathtool_code(pending["secret"])}, headers=headers)
+    assert done.status_code == 200
+    assert done.get_json()["status"] == "authenticated"
+
+
+def test_an_enrollment_token_cannot_confirm_another_users_factor(api, client):
+    ada_token = enrollment_token(api)
+    api.register("bob@example.com")
+    bob = api.bearer(api.login("bob@example.com", PASSWORD).get_json()["enrollment_token"])
+    bobs = client.post("/v1/me/mfa/totp", headers=bob).get_json()
+
+    response = client.post(f"/v1/me/mfa/totp/{bobs['factor_id']}/confirm",
+                           json={"code": oathtool_code(bobs["secret"])},
+                           headers=api.bearer(ada_token))
+
+    assert (response.status_code, response.get_json()["code"]) == (404, "not_found")
+    # Nothing was spent: Ada's token still works for her own enrollment.
+    assert client.post("/v1/me/mfa/totp", headers=api.bearer(ada_token)).status_code == 201

@@ -1,0 +1,206 @@
+"""POST /v1/login/mfa with TOTP codes (oathtool) and recovery codes, and the password reset
+of an account with a second factor."""
+
+from __future__ import annotations
+
+import jwt
+import pytest
+from sqlalchemy import select, update
+
+from authsvc.models import AuditEvent, UserToken
+from tests.http.test_mfa_totp import PASSWORD, enable_totp, oathtool_code
+
+
+def mfa_token(api, email="ada@example.com") -> str:
+    response = api.login(email, PASSWORD)
+    body = response.get_json()
+    assert body["status"] == "mfa_required", body
+    return body["mfa_token"]
+
+
+def second_step(client, token, **proof):
+    return client.post("/v1/login/mfa", json={"mfa_token": token, **proof})
+
+
+def wrong_code(secret: str) -> str:
+    valid = {oathtool_code(secret, offset_steps=o) for o in (-2, -1, 0, 1, 2)}
+    return next(f"{n:06d}" for n in range(100) if f"{n:06d}" not in valid)
+
+
+def amr_of(access_token: str) -> list[str]:
+    return jwt.decode(access_token, options={"verify_signature": False})["amr"]
+
+
+def test_password_alone_is_not_enough(api):
+    enable_totp(api)
+
+    body = api.login("ada@example.com", PASSWORD).get_json()
+
+    assert body["status"] == "mfa_required"
+    assert body["mfa_token"].startswith("mfa_")
+    assert body["methods"] == ["totp", "recovery_code"]
+    assert body["expires_in"] == 300
+    assert "access_token" not in body
+
+
+def test_a_totp_code_completes_the_login(api, client):
+    factor = enable_totp(api)
+    token = mfa_token(api)
+
+    response = second_step(client, token, totp_code=oathtool_code(factor["secret"],
+                                                                  offset_steps=1))
+
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "authenticated"
+    assert amr_of(body["access_token"]) == ["pwd", "otp", "mfa"]
+    assert client.get("/v1/me", headers=api.bearer(body["access_token"])).status_code == 200
+    listed = client.get("/v1/me/mfa", headers=api.bearer(body["access_token"])).get_json()
+    assert listed["factors"][0]["last_used_at"] is not None
+    # The mfa_token is single-use.
+    again = second_step(client, token, totp_code=oathtool_code(factor["secret"]))
+    assert again.status_code == 400
+    assert again.get_json()["code"] == "invalid_token"
+
+
+def test_codes_with_spaces_are_accepted(api, client):
+    factor = enable_totp(api)
+    code = oathtool_code(factor["secret"], offset_steps=1)
+
+    response = second_step(client, mfa_token(api), totp_code=f"{code[:3]} {code[3:]}")
+
+    assert response.status_code == 200
+
+
+def test_a_replayed_code_is_refused(api, client):
+    factor = enable_totp(api)
+    code = oathtool_code(factor["secret"], offset_steps=1)
+    assert second_step(client, mfa_token(api), totp_code=code).status_code == 200
+
+    response = second_step(client, mfa_token(api), totp_code=code)
+
+    assert response.status_code == 401
+    assert response.get_json()["code"] == "invalid_mfa"
+
+
+def test_five_wrong_codes_kill_the_mfa_token(api, client, connection):
+    factor = enable_totp(api)
+    token = mfa_token(api)
+    for _ in range(5):
+        response = second_step(client, token, totp_code=wrong_code(factor["secret"]))
+        assert response.status_code == 401
+        assert response.get_json()["code"] == "invalid_mfa"
+
+    dead = second_step(client, token, totp_code=oathtool_code(factor["secret"], offset_steps=1))
+
+    assert dead.status_code == 400
+    assert dead.get_json()["code"] == "invalid_token"
+    failures = connection.execute(
+        select(AuditEvent.outcome).where(AuditEvent.type == "login.mfa")
+    ).scalars().all()
+    assert failures.count("failure") == 5
+
+
+def test_attempts_per_account_are_limited_across_tokens(api, client):
+    factor = enable_totp(api)
+    bad = wrong_code(factor["secret"])
+    answers = []
+    for _ in range(3):
+        token = mfa_token(api)
+        for _ in range(4):
+            answers.append(second_step(client, token, totp_code=bad))
+
+    assert [r.status_code for r in answers[:10]] == [401] * 10
+    limited = answers[10]
+    assert limited.status_code == 429
+    assert limited.get_json()["code"] == "rate_limited"
+    assert int(limited.headers["Retry-After"]) >= 1
+    # Even the right code waits.
+    right = second_step(client, mfa_token(api),
+                        totp_code=oathtool_code(factor["secret"], offset_steps=1))
+    assert right.status_code == 429
+
+
+@pytest.mark.parametrize(
+    ("proof", "status", "code"),
+    [
+        ({"totp_code": "abcdef"}, 400, "invalid_request"),
+        ({"totp_code": "12345"}, 400, "invalid_request"),
+        ({"totp_code": "1234567"}, 400, "invalid_request"),
+        ({"totp_code": "1" * 17}, 400, "invalid_request"),
+        ({"totp_code": 123456}, 400, "invalid_request"),
+        ({"recovery_code": "not-a-code"}, 400, "invalid_request"),
+        ({}, 401, "invalid_mfa"),
+    ],
+)
+def test_bad_input_is_a_problem_with_a_stable_code(api, client, proof, status, code):
+    enable_totp(api)
+
+    response = second_step(client, mfa_token(api), **proof)
+
+    assert response.status_code == status
+    assert response.content_type == "application/problem+json"
+    assert response.get_json()["code"] == code
+
+
+def test_unknown_expired_foreign_and_other_purpose_tokens(api, client, connection):
+    ada = enable_totp(api)
+    enable_totp(api, "eve@example.com")
+    code = oathtool_code(ada["secret"], offset_steps=1)
+
+    unknown = second_step(client, "mfa_" + "x" * 43, totp_code=code)
+    assert (unknown.status_code, unknown.get_json()["code"]) == (400, "invalid_token")
+    not_mfa = second_step(client, ada["access_token"], totp_code=code)
+    assert (not_mfa.status_code, not_mfa.get_json()["code"]) == (400, "invalid_token")
+    # Eve's token with Ada's code: the token is bound to Eve.
+    foreign = second_step(client, mfa_token(api, "eve@example.com"), totp_code=code)
+    assert (foreign.status_code, foreign.get_json()["code"]) == (401, "invalid_mfa")
+    # An expired token.
+    token = mfa_token(api)
+    connection.execute(update(UserToken).where(UserToken.purpose == "mfa")
+                       .values(expires_at=UserToken.created_at))
+    expired = second_step(client, token, totp_code=code)
+    assert (expired.status_code, expired.get_json()["code"]) == (400, "invalid_token")
+
+
+def test_a_recovery_code_completes_the_login_once(api, client, mailbox):
+    factor = enable_totp(api)
+    code = factor["recovery_codes"][3]
+
+    response = second_step(client, mfa_token(api), recovery_code=code.upper())
+
+    assert response.status_code == 200
+    assert amr_of(response.get_json()["access_token"]) == ["pwd", "otp", "mfa"]
+    api.drain()
+    notice = mailbox.last("ada@example.com")
+    assert notice["Subject"] == "A recovery code was used"
+    assert "9 unused codes remain" in notice.get_content()
+    again = second_step(client, mfa_token(api), recovery_code=code)
+    assert (again.status_code, again.get_json()["code"]) == (401, "invalid_mfa")
+    headers = api.bearer(response.get_json()["access_token"])
+    assert client.get("/v1/me", headers=headers).get_json()["recovery_codes_remaining"] == 9
+
+
+def test_password_reset_needs_the_second_factor(api, client):
+    factor = enable_totp(api)
+    client.post("/v1/password/forgot", json={"email": "ada@example.com"})
+    api.drain()
+    token = api.mailbox.token("ada@example.com", "reset-password")
+    new = {"token": token, "new_password": "brand new horse 43"}
+
+    missing = client.post("/v1/password/reset", json=new)
+    assert missing.status_code == 401
+    assert missing.get_json()["code"] == "mfa_required"
+    assert missing.get_json()["methods"] == ["totp", "recovery_code"]
+    wrong = client.post("/v1/password/reset",
+                        json={**new, "totp_code": wrong_code(factor["secret"])})
+    assert (wrong.status_code, wrong.get_json()["code"]) == (401, "invalid_mfa")
+    assert api.login("ada@example.com", "brand new horse 43").status_code == 401
+
+    done = client.post("/v1/password/reset",
+                       json={**new, "totp_code": oathtool_code(factor["secret"],
+                                                               offset_steps=1)})
+
+    assert done.status_code == 204
+    after = api.login("ada@example.com", "brand new horse 43").get_json()
+    assert after["status"] == "mfa_required"  # the factor survives the reset

@@ -1,0 +1,156 @@
+"""GET/PATCH/DELETE /v1/me/mfa and POST /v1/me/recovery-codes: renaming, removal, new codes,
+the re-auth window and the notices."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from authsvc.app import create_app
+from authsvc.models import AuditEvent, RecoveryCode
+from tests.conftest import ContractClient
+from tests.http.test_mfa_totp import PASSWORD, enable_totp, oathtool_code
+
+
+@pytest.fixture
+def stale_client(settings, connection):
+    """The same service with a zero re-auth window: every login is too old for changes."""
+    app = create_app(dataclasses.replace(settings, reauth_window=timedelta(0)), bind=connection)
+    app.test_client_class = ContractClient
+    return app.test_client()
+
+
+def subjects(api, email="ada@example.com") -> list[str]:
+    api.drain()
+    return [m["Subject"] for m in api.mailbox.messages(email)]
+
+
+def test_rename_a_factor(api, client):
+    factor = enable_totp(api, name="Phone")
+    url = f"/v1/me/mfa/{factor['factor_id']}"
+
+    response = client.patch(url, json={"name": " Old   phone "}, headers=factor["headers"])
+
+    assert response.status_code == 200
+    assert response.get_json()["name"] == "Old phone"
+    assert response.get_json()["type"] == "totp"
+    listed = client.get("/v1/me/mfa", headers=factor["headers"]).get_json()["factors"]
+    assert [f["name"] for f in listed] == ["Old phone"]
+    assert "A second factor was renamed" in subjects(api)
+    for bad in ({"name": ""}, {"name": "x" * 65}, {"name": None}, {}):
+        refused = client.patch(url, json=bad, headers=factor["headers"])
+        assert (refused.status_code, refused.get_json()["code"]) == (400, "invalid_request")
+
+
+def test_factors_of_other_users_are_not_found(api, client):
+    ada = enable_totp(api)
+    eve = enable_totp(api, "eve@example.com")
+    url = f"/v1/me/mfa/{ada['factor_id']}"
+
+    renamed = client.patch(url, json={"name": "mine"}, headers=eve["headers"])
+    removed = client.delete(url, headers=eve["headers"])
+    missing = client.delete("/v1/me/mfa/does-not-exist", headers=ada["headers"])
+
+    for response in (renamed, removed, missing):
+        assert response.status_code == 404
+        assert response.get_json()["code"] == "not_found"
+    names = [f["name"] for f in client.get("/v1/me/mfa", headers=ada["headers"]).get_json()[
+        "factors"]]
+    assert names == ["Authenticator app"]
+
+
+def test_management_routes_need_an_access_token(client):
+    for method, url in (("get", "/v1/me/mfa"), ("patch", "/v1/me/mfa/x"),
+                        ("delete", "/v1/me/mfa/x"), ("post", "/v1/me/recovery-codes")):
+        response = getattr(client, method)(url, json={"name": "n"} if method == "patch" else None)
+        assert response.status_code == 401
+        assert response.get_json()["code"] == "unauthenticated"
+
+
+def test_removing_the_last_factor_removes_the_recovery_codes(api, client, connection):
+    factor = enable_totp(api)
+    second = client.post("/v1/me/mfa/totp", json={"name": "Tablet"},
+                         headers=factor["headers"]).get_json()
+    assert client.post(f"/v1/me/mfa/totp/{second['factor_id']}/confirm",
+                       json={"code": oathtool_code(second["secret"], offset_steps=1)},
+                       headers=factor["headers"]).status_code == 200
+
+    first_gone = client.delete(f"/v1/me/mfa/{factor['factor_id']}", headers=factor["headers"])
+
+    assert first_gone.status_code == 204
+    me = client.get("/v1/me", headers=factor["headers"]).get_json()
+    assert me["mfa_methods"] == ["totp", "recovery_code"]
+    assert me["recovery_codes_remaining"] == 10
+
+    last_gone = client.delete(f"/v1/me/mfa/{second['factor_id']}", headers=factor["headers"])
+
+    assert last_gone.status_code == 204
+    me = client.get("/v1/me", headers=factor["headers"]).get_json()
+    assert me["mfa_methods"] == []
+    assert (me["recovery_codes_remaining"], me["recovery_codes_low"]) == (0, False)
+    assert connection.execute(select(func.count()).select_from(RecoveryCode)).scalar_one() == 0
+    assert subjects(api).count("A second factor was removed from your account") == 2
+    last_mail = api.mailbox.last("ada@example.com").get_content()
+    assert "recovery codes were deleted" in last_mail
+    assert api.login("ada@example.com", PASSWORD).get_json()["status"] == "authenticated"
+    events = connection.execute(
+        select(AuditEvent.details).where(AuditEvent.type == "mfa.factor_removed")
+    ).scalars().all()
+    assert len(events) == 2 and '"last": true' in events[1]
+
+
+def test_removal_needs_a_recent_login(api, stale_client, client):
+    factor = enable_totp(api)
+
+    response = stale_client.delete(f"/v1/me/mfa/{factor['factor_id']}",
+                                   headers=factor["headers"])
+
+    assert response.status_code == 403
+    assert response.get_json()["code"] == "reauthentication_required"
+    assert len(client.get("/v1/me/mfa", headers=factor["headers"]).get_json()["factors"]) == 1
+
+
+def test_a_pending_enrollment_can_be_dropped_without_reauthentication(api, stale_client):
+    api.register()
+    headers = api.bearer(api.tokens()["access_token"])
+    pending = stale_client.post("/v1/me/mfa/totp", headers=headers).get_json()
+
+    response = stale_client.delete(f"/v1/me/mfa/{pending['factor_id']}", headers=headers)
+
+    assert response.status_code == 204
+    gone = stale_client.post(f"/v1/me/mfa/totp/{pending['factor_id']}/confirm",
+                             json={"code": oathtool_code(pending["secret"])}, headers=headers)
+    assert gone.status_code == 404
+
+
+def test_new_recovery_codes_replace_the_old_ones(api, client):
+    factor = enable_totp(api)
+    old = factor["recovery_codes"]
+
+    response = client.post("/v1/me/recovery-codes", headers=factor["headers"])
+
+    assert response.status_code == 200
+    fresh = response.get_json()["recovery_codes"]
+    assert len(fresh) == 10 and not set(fresh) & set(old)
+    assert "New recovery codes were generated" in subjects(api)
+    token = api.login("ada@example.com", PASSWORD).get_json()["mfa_token"]
+    stale = client.post("/v1/login/mfa", json={"mfa_token": token, "recovery_code": old[0]})
+    assert stale.status_code == 401
+    works = client.post("/v1/login/mfa", json={"mfa_token": token, "recovery_code": fresh[0]})
+    assert works.status_code == 200
+
+
+def test_new_recovery_codes_need_a_recent_login_and_a_factor(api, client, stale_client):
+    factor = enable_totp(api)
+    old_login = stale_client.post("/v1/me/recovery-codes", headers=factor["headers"])
+    assert old_login.status_code == 403
+    assert old_login.get_json()["code"] == "reauthentication_required"
+
+    api.register("bob@example.com")
+    bob = api.bearer(api.tokens("bob@example.com")["access_token"])
+    none = client.post("/v1/me/recovery-codes", headers=bob)
+    assert none.status_code == 409
+    assert none.get_json()["code"] == "mfa_not_enabled"

@@ -1,0 +1,158 @@
+"""Operations: /healthz, /readyz, /openapi.yaml, /docs (bundled, no CDN), JWKS, headers, 500s."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from html.parser import HTMLParser
+
+import jwt
+import yaml
+from flask.testing import FlaskClient
+
+from authsvc.app import create_app
+from tests.conftest import ROOT, ContractClient
+
+
+def test_healthz(client):
+    response = client.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_readyz_when_ready(client):
+    response = client.get("/readyz")
+
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "status": "ready",
+        "checks": {"database": True, "schema": True, "rate_limit_storage": True},
+    }
+
+
+def test_readyz_is_503_while_the_schema_is_behind(settings, tmp_path, caplog):
+    empty = dataclasses.replace(settings, database_url=f"sqlite:///{tmp_path / 'empty.db'}")
+    with caplog.at_level(logging.WARNING, logger="authsvc"):
+        app = create_app(empty)  # starts although the database has no tables yet
+    app.test_client_class = ContractClient
+
+    response = app.test_client().get("/readyz")
+
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["status"] == "not_ready"
+    assert body["checks"]["database"] is True
+    assert body["checks"]["schema"] is False
+    assert "authsvc db upgrade" in caplog.text
+    app.extensions["authsvc"].engine.dispose()
+
+
+def test_readyz_is_503_when_the_database_is_unreachable(settings, tmp_path):
+    missing = dataclasses.replace(
+        settings, database_url=f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'x.db'}"
+    )
+    app = create_app(missing)
+    app.test_client_class = ContractClient
+
+    response = app.test_client().get("/readyz")
+
+    assert response.status_code == 503
+    assert response.get_json()["checks"]["database"] is False
+
+
+def test_openapi_yaml_is_the_contract(client):
+    response = client.get("/openapi.yaml")
+
+    assert response.status_code == 200
+    assert response.mimetype == "application/yaml"
+    assert response.get_data() == (ROOT / "openapi.yaml").read_bytes()
+    spec = yaml.safe_load(response.get_data())
+    assert spec["openapi"].startswith("3.")
+    for path in ("/v1/signup", "/v1/login", "/v1/password/forgot", "/.well-known/jwks.json"):
+        assert path in spec["paths"]
+
+
+class _Assets(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.urls += [value for name, value in attrs if name in {"src", "href"} and value]
+
+
+def test_docs_use_only_bundled_assets(client, app):
+    response = client.get("/docs")
+
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    parser = _Assets()
+    parser.feed(response.get_data(as_text=True))
+    assert any(url.endswith(".js") for url in parser.urls)
+    assert any(url.endswith(".css") for url in parser.urls)
+    raw = FlaskClient(app, app.response_class)  # assets are not part of the API contract
+    for url in parser.urls:
+        assert url.startswith("/docs/"), f"{url} is not served locally"
+        with raw.get(url) as asset:
+            assert asset.status_code == 200, url
+            assert asset.get_data()
+    assert not re.search(r"(https?:)?//", response.get_data(as_text=True).replace(
+        "<!doctype html>", ""))
+
+
+def test_the_bundled_swagger_script_is_served(app):
+    raw = FlaskClient(app, app.response_class)
+
+    with raw.get("/docs/static/swagger-ui-bundle.js") as response:
+        assert response.status_code == 200
+        assert "javascript" in response.mimetype
+        assert b"SwaggerUIBundle" in response.get_data()
+
+
+def test_jwks_publishes_public_keys_only(api, client):
+    response = client.get("/.well-known/jwks.json")
+
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "public, max-age=300"
+    [key] = response.get_json()["keys"]
+    assert key["kty"] == "OKP"
+    assert key["crv"] == "Ed25519"
+    assert key["alg"] == "EdDSA"
+    assert key["use"] == "sig"
+    assert key["kid"]
+    assert "d" not in key  # no private part
+    api.register()
+    token = api.tokens()["access_token"]
+    assert jwt.get_unverified_header(token)["kid"] == key["kid"]
+
+
+def test_every_response_carries_the_security_headers(client):
+    response = client.get("/healthz", headers={"X-Request-Id": "trace-123"})
+
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Request-Id"] == "trace-123"
+    generated = client.get("/healthz").headers["X-Request-Id"]
+    assert re.fullmatch(r"[0-9a-f]{16}", generated)
+
+
+def test_an_unexpected_error_is_a_problem_without_details(app, caplog):
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("secret detail: password=hunter2")
+
+    raw = FlaskClient(app, app.response_class)
+    with caplog.at_level(logging.ERROR):
+        response = raw.get("/boom", headers={"X-Request-Id": "req-42"})
+
+    assert response.status_code == 500
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json()
+    assert body["code"] == "internal_error"
+    assert body["request_id"] == "req-42"
+    assert "hunter2" not in response.get_data(as_text=True)
+    assert "Traceback" not in response.get_data(as_text=True)
+    assert "RuntimeError" in caplog.text  # logged for the operator instead

@@ -1,0 +1,217 @@
+"""Throttling: per client IP, per email (known or not), per IP+email, and at most N failed
+password checks per account per day. Every hit answers 429 problem+json with Retry-After."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from authsvc.app import create_app
+from authsvc.models import AuditEvent
+from tests.conftest import ContractClient, runtime
+
+PASSWORD = "correct horse 42"
+GENEROUS = {"limit_ip": "1000/minute", "limit_email": "1000/minute",
+            "limit_ip_email": "1000/minute", "limit_failures_per_account": "1000/day"}
+
+
+@pytest.fixture
+def limited(api, settings, connection) -> Iterator[Callable[..., FlaskClient]]:
+    """A client for an app with the given limits (others generous), on the test's database.
+
+    Accounts registered through ``api`` before are visible to it; the limiter starts empty.
+    """
+    apps = []
+
+    def make(**limits: Any) -> FlaskClient:
+        app = create_app(dataclasses.replace(settings, **{**GENEROUS, **limits}), bind=connection)
+        app.test_client_class = ContractClient
+        runtime(app).deps.limiter.reset()
+        apps.append(app)
+        return app.test_client()
+
+    yield make
+    for app in apps:
+        runtime(app).deps.limiter.reset()
+
+
+def login(client, email: str, password: str = PASSWORD, ip: str = "198.51.100.1", **headers):
+    return client.post("/v1/login", json={"email": email, "password": password},
+                       environ_base={"REMOTE_ADDR": ip}, headers=headers)
+
+
+def assert_rate_limited(response, *, max_retry_after: int = 60) -> None:
+    assert response.status_code == 429
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["code"] == "rate_limited"
+    assert 1 <= int(response.headers["Retry-After"]) <= max_retry_after
+
+
+def test_per_ip_limit(limited):
+    client = limited(limit_ip="3/minute")
+
+    answers = [login(client, f"user{i}@example.com").status_code for i in range(3)]
+    blocked = login(client, "user9@example.com")
+
+    assert answers == [401, 401, 401]
+    assert_rate_limited(blocked)
+    assert login(client, "user9@example.com", ip="198.51.100.2").status_code == 401
+
+
+def test_per_email_limit_is_the_same_for_registered_and_unknown_emails(api, limited):
+    api.register("ada@example.com")
+    client = limited(limit_email="3/minute")
+
+    def attempts(email: str) -> list:
+        return [login(client, email, "wrong horse 42", ip=f"198.51.100.{i}") for i in range(4)]
+
+    registered, unknown = attempts("ada@example.com"), attempts("nobody@example.com")
+
+    assert [r.status_code for r in registered] == [401, 401, 401, 429]
+    assert [r.status_code for r in unknown] == [401, 401, 401, 429]
+    assert_rate_limited(registered[3])
+    assert registered[3].get_data() == unknown[3].get_data()
+
+
+def test_per_email_limit_keys_on_the_normalised_email(limited):
+    client = limited(limit_email="2/minute")
+    login(client, "ada@example.com", ip="198.51.100.1")
+    login(client, "ADA@example.com", ip="198.51.100.2")
+
+    assert_rate_limited(login(client, " Ada@Example.COM", ip="198.51.100.3"))
+
+
+def test_per_ip_and_email_limit(limited):
+    client = limited(limit_ip_email="2/minute")
+    for _ in range(2):
+        assert login(client, "ada@example.com", ip="198.51.100.1").status_code == 401
+
+    assert_rate_limited(login(client, "ada@example.com", ip="198.51.100.1"))
+    assert login(client, "ada@example.com", ip="198.51.100.2").status_code == 401
+    assert login(client, "bob@example.com", ip="198.51.100.1").status_code == 401
+
+
+def test_signup_and_forgot_are_throttled_too(limited):
+    client = limited(limit_email="2/minute")
+    body = {"email": "ada@example.com", "password": PASSWORD}
+    assert client.post("/v1/signup", json=body).status_code == 202
+    assert client.post("/v1/password/forgot", json={"email": "ada@example.com"}).status_code == 202
+
+    assert_rate_limited(client.post("/v1/signup", json=body))
+    assert_rate_limited(client.post("/v1/password/forgot", json={"email": "ada@example.com"}))
+
+
+def test_limit_hits_are_audited_without_the_email(limited, connection):
+    client = limited(limit_ip="1/minute")
+    login(client, "ada@example.com")
+
+    login(client, "ada@example.com")
+
+    [event] = connection.execute(
+        select(AuditEvent).where(AuditEvent.type == "ratelimit.hit")
+    ).all()
+    assert event.outcome == "ip"
+    assert event.ip == "198.51.100.1"
+    assert json.loads(event.details) == {"action": "login"}
+    assert event.email_hash and "ada@example.com" not in repr(tuple(event))
+
+
+def test_failed_password_checks_per_account_are_capped(api, limited, connection):
+    api.register("ada@example.com")
+    api.register("bob@example.com")
+    client = limited(limit_failures_per_account="3/day")
+    wrong = [login(client, "ada@example.com", "wrong horse 42", ip=f"198.51.100.{i}")
+             for i in range(3)]
+
+    # Past the cap even the right password is not checked: the answer is 429, not 200.
+    capped = login(client, "ada@example.com", PASSWORD, ip="198.51.100.99")
+
+    assert [r.status_code for r in wrong] == [401, 401, 401]
+    assert_rate_limited(capped, max_retry_after=86400)
+    assert int(capped.headers["Retry-After"]) > 86000
+    outcomes = connection.scalars(
+        select(AuditEvent.outcome).where(AuditEvent.type == "ratelimit.hit")
+    ).all()
+    assert outcomes == ["account_failures"]
+    # Another account is not affected.
+    assert login(client, "bob@example.com", PASSWORD).get_json()["status"] == "authenticated"
+
+
+def test_successful_logins_do_not_count_as_failures(api, limited):
+    api.register("ada@example.com")
+    client = limited(limit_failures_per_account="2/day")
+    assert login(client, "ada@example.com", "wrong horse 42").status_code == 401
+    for _ in range(3):
+        assert login(client, "ada@example.com").status_code == 200
+    assert login(client, "ada@example.com", "wrong horse 42").status_code == 401
+
+    assert_rate_limited(login(client, "ada@example.com"), max_retry_after=86400)
+
+
+def test_the_failure_cap_applies_to_unknown_emails_alike(limited):
+    client = limited(limit_failures_per_account="2/day")
+
+    answers = [login(client, "nobody@example.com", ip=f"198.51.100.{i}").status_code
+               for i in range(3)]
+
+    assert answers == [401, 401, 429]
+
+
+def test_wrong_current_passwords_count_towards_the_cap(api, limited):
+    api.register("ada@example.com")
+    client = limited(limit_failures_per_account="2/day")
+    tokens = login(client, "ada@example.com").get_json()
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    body = {"current_password": "wrong horse 42", "new_password": "brand new horse 43"}
+    for _ in range(2):
+        assert client.post("/v1/password/change", json=body, headers=headers).status_code == 401
+
+    right = {**body, "current_password": PASSWORD}
+    assert_rate_limited(client.post("/v1/password/change", json=right, headers=headers),
+                        max_retry_after=86400)
+
+
+def test_x_forwarded_for_is_ignored_without_trusted_proxies(limited):
+    client = limited(limit_ip="2/minute")
+    for i in range(2):
+        login(client, "ada@example.com", ip="10.0.0.2", **{"X-Forwarded-For": f"203.0.113.{i}"})
+
+    blocked = login(client, "ada@example.com", ip="10.0.0.2",
+                    **{"X-Forwarded-For": "203.0.113.50"})
+
+    assert_rate_limited(blocked)
+
+
+def test_x_forwarded_for_is_honoured_with_a_trusted_proxy(limited):
+    client = limited(limit_ip="2/minute", trusted_proxies=1)
+    answers = [
+        login(client, "ada@example.com", ip="10.0.0.2",
+              **{"X-Forwarded-For": f"203.0.113.{i}"}).status_code
+        for i in range(4)
+    ]
+    assert answers == [401, 401, 401, 401]  # four clients behind one proxy
+
+    one_client = [
+        login(client, "ada@example.com", ip="10.0.0.2", **{"X-Forwarded-For": "203.0.113.50"})
+        for _ in range(3)
+    ]
+    assert [r.status_code for r in one_client[:2]] == [401, 401]
+    assert_rate_limited(one_client[2])
+
+
+def test_a_spoofed_left_most_address_does_not_escape_the_limit(limited):
+    """With one trusted proxy only the address that proxy appended counts."""
+    client = limited(limit_ip="2/minute", trusted_proxies=1)
+    answers = [
+        login(client, "ada@example.com", ip="10.0.0.2",
+              **{"X-Forwarded-For": f"192.0.2.{i}, 203.0.113.7"}).status_code
+        for i in range(3)
+    ]
+
+    assert answers == [401, 401, 429]

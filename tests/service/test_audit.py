@@ -1,0 +1,206 @@
+"""The audit trail on a real database: the hash chain, its head, verification, pruning, reading."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from authsvc.app import Runtime
+from authsvc.models.ops import AuditChainHead, AuditEvent
+from authsvc.services import audit
+from authsvc.services.context import Client
+
+CLIENT = Client(ip="198.51.100.7", user_agent="pytest-audit")
+
+
+@pytest.fixture
+def session(runtime: Runtime):
+    """A session of the app's sessionmaker: the chain head is signed and the observer runs."""
+    with runtime.sessionmaker() as session, session.begin():
+        yield session
+
+
+def write(session: Session, now, count: int, **kwargs) -> list[AuditEvent]:
+    return [
+        audit.record(session, type=kwargs.get("type", "login.failure"),
+                     outcome=kwargs.get("outcome", "wrong_password"),
+                     now=now + timedelta(seconds=i), client=CLIENT,
+                     user_id=kwargs.get("user_id"), email_hash=kwargs.get("email_hash"),
+                     details=kwargs.get("details"))
+        for i in range(count)
+    ]
+
+
+def check(session: Session, runtime: Runtime) -> audit.Verification:
+    session.flush()
+    session.expunge_all()
+    return audit.verify(session, keyring=runtime.deps.keyring)
+
+
+def test_rows_are_chained_and_the_head_is_signed(session, runtime, now):
+    first, second, third = write(session, now, 3)
+    assert second.prev_hash == first.row_hash
+    assert third.prev_hash == second.row_hash
+    assert third.row_hash == audit.row_digest(third.prev_hash, third)
+    head = session.get(AuditChainHead, audit.HEAD_ID)
+    assert (head.last_id, head.last_hash) == (third.id, third.row_hash)
+    assert head.head_mac == audit.head_mac(runtime.deps.keyring, head)
+    result = check(session, runtime)
+    assert result.ok, result.reason
+    assert result.checked >= 3
+
+
+def test_an_edited_row_is_named(session, runtime, now):
+    events = write(session, now, 5)
+    session.execute(text("UPDATE audit_events SET outcome = 'success' WHERE id = :id"),
+                    {"id": events[2].id})
+    result = check(session, runtime)
+    assert not result.ok
+    assert result.broken_id == events[2].id
+    assert "altered" in result.reason
+
+
+def test_a_deleted_row_breaks_the_link_of_the_next_one(session, runtime, now):
+    events = write(session, now, 5)
+    session.execute(text("DELETE FROM audit_events WHERE id = :id"), {"id": events[1].id})
+    result = check(session, runtime)
+    assert not result.ok
+    assert result.broken_id == events[2].id
+    assert f"event {events[0].id}" in result.reason
+
+
+def test_a_truncated_tail_is_found(session, runtime, now):
+    events = write(session, now, 4)
+    session.execute(text("DELETE FROM audit_events WHERE id >= :id"), {"id": events[2].id})
+    result = check(session, runtime)
+    assert not result.ok
+    assert "end" in result.reason
+    assert result.broken_id == events[1].id
+
+
+def test_a_recomputed_chain_does_not_match_the_signed_head(session, runtime, now):
+    """Someone with write access but no keys edits a row and recomputes every hash after it."""
+    events = write(session, now, 3)
+    session.flush()
+    session.expunge_all()
+    rows = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
+    rows[-2].outcome = "success"
+    prev = rows[-3].row_hash if len(rows) >= 3 else audit.GENESIS
+    for row in rows[-2:]:
+        row.prev_hash = prev
+        row.row_hash = audit.row_digest(prev, row)
+        prev = row.row_hash
+    head = session.get(AuditChainHead, audit.HEAD_ID)
+    head.last_hash = prev
+    assert events[-1].id == rows[-1].id
+    result = check(session, runtime)
+    assert not result.ok
+    assert result.broken_id is None
+    assert "signature" in result.reason
+
+
+def test_pruning_keeps_the_rest_verifiable(session, runtime, now):
+    old = write(session, now - timedelta(days=500), 4)
+    recent = write(session, now, 3)
+    result = audit.prune(session, before=now - timedelta(days=400), now=now)
+    assert result.pruned >= 4
+    assert result.through_id == old[-1].id
+    remaining = session.scalars(select(AuditEvent.id)).all()
+    assert not set(remaining) & {e.id for e in old}
+    pruned_event = session.scalars(
+        select(AuditEvent).where(AuditEvent.type == "audit.pruned")).one()
+    assert f'"through_id": {old[-1].id}' in pruned_event.details
+    verification = check(session, runtime)
+    assert verification.ok, verification.reason
+    # Deleting the oldest remaining event is still found: the head keeps the anchor.
+    session.execute(text("DELETE FROM audit_events WHERE id = :id"), {"id": recent[0].id})
+    verification = check(session, runtime)
+    assert not verification.ok
+    assert verification.broken_id == recent[1].id
+
+
+def test_pruning_nothing_changes_nothing(session, runtime, now):
+    write(session, now, 2)
+    assert audit.prune(session, before=now - timedelta(days=1), now=now).pruned == 0
+    assert session.scalar(
+        select(AuditEvent.id).where(AuditEvent.type == "audit.pruned")) is None
+
+
+def test_list_events_filters_and_pages(session, runtime, now):
+    write(session, now, 3, user_id="u1")
+    write(session, now + timedelta(minutes=5), 2, type="login.success", outcome="authenticated",
+          user_id="u1")
+    write(session, now, 2, type="password.forgot", outcome="accepted", email_hash="e" * 64)
+    only_u1 = audit.list_events(session, where=audit.EventFilter(user_id="u1"),
+                                before_id=None, limit=10)
+    assert len(only_u1.events) == 5 and only_u1.next_cursor is None
+    assert [e.id for e in only_u1.events] == sorted((e.id for e in only_u1.events),
+                                                   key=int, reverse=True)
+    logins = audit.list_events(session, where=audit.EventFilter(types=("login.*",)),
+                               before_id=None, limit=10)
+    assert {e.type for e in logins.events} == {"login.failure", "login.success"}
+    later = audit.list_events(
+        session, where=audit.EventFilter(since=now + timedelta(minutes=1)), before_id=None,
+        limit=10)
+    assert {e.type for e in later.events} == {"login.success"}
+    by_email = audit.list_events(session, where=audit.EventFilter(email_hash="e" * 64),
+                                 before_id=None, limit=10)
+    assert len(by_email.events) == 2
+    first = audit.list_events(session, where=audit.EventFilter(user_id="u1"), before_id=None,
+                              limit=2)
+    assert first.next_cursor == first.events[-1].id
+    second = audit.list_events(session, where=audit.EventFilter(user_id="u1"),
+                               before_id=int(first.next_cursor), limit=2)
+    third = audit.list_events(session, where=audit.EventFilter(user_id="u1"),
+                              before_id=int(second.next_cursor), limit=2)
+    seen = [e.id for page in (first, second, third) for e in page.events]
+    assert len(seen) == len(set(seen)) == 5
+    assert third.next_cursor is None
+
+
+def test_security_events_hide_operator_matters(session, runtime, now):
+    audit.record(session, type="login.success", outcome="authenticated", now=now, client=CLIENT,
+                 user_id="u9", details={"amr": ["pwd"], "session_id": "s1", "internal": "x"})
+    audit.record(session, type="alert.raised", outcome="brute_force", now=now, user_id="u9")
+    audit.record(session, type="admin.user_disabled", outcome="success", now=now, user_id="u9",
+                 admin_key_id="key1")
+    audit.record(session, type="login.success", outcome="authenticated", now=now, user_id="u8")
+    page = audit.security_events(session, user_id="u9", before_id=None, limit=10)
+    assert [e.type for e in page.events] == ["admin.user_disabled", "login.success"]
+    login = page.events[1]
+    assert login.ip == CLIENT.ip and login.user_agent == CLIENT.user_agent
+    assert login.details == {"amr": ["pwd"], "session_id": "s1"}
+    assert not hasattr(page.events[0], "admin_key_id")
+
+
+def test_the_observer_sees_every_event_before_it_is_chained(runtime, now):
+    seen = []
+
+    def observer(session, event):
+        seen.append((event.type, event.outcome, event.ip, event.email_hash))
+        return lambda: seen.append(("after", session.scalar(
+            select(AuditEvent.type).order_by(AuditEvent.id.desc()).limit(1))))
+
+    audit.attach(runtime.sessionmaker, audit.Hooks(keyring=runtime.deps.keyring,
+                                                   observer=observer))
+    with runtime.sessionmaker() as session, session.begin():
+        audit.record(session, type="password.forgot", outcome="accepted", now=now,
+                     client=CLIENT, email_hash="h" * 64)
+    assert seen == [("password.forgot", "accepted", CLIENT.ip, "h" * 64),
+                    ("after", "password.forgot")]
+
+
+def test_a_session_without_hooks_still_chains(db_session, runtime, now):
+    first = audit.record(db_session, type="login.failure", outcome="unknown_email", now=now)
+    second = audit.record(db_session, type="login.failure", outcome="unknown_email", now=now)
+    assert second.prev_hash == first.row_hash
+    # Unsigned until an event is written with the keys; verify says so.
+    result = check(db_session, runtime)
+    assert not result.ok and "signature" in result.reason
+    with runtime.sessionmaker() as session, session.begin():
+        audit.record(session, type="login.failure", outcome="unknown_email", now=now)
+    with runtime.sessionmaker() as session, session.begin():
+        assert audit.verify(session, keyring=runtime.deps.keyring).ok

@@ -1,0 +1,120 @@
+"""`authsvc audit verify` and `authsvc audit prune` against a real, committed database."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from authsvc.app import build_runtime
+from authsvc.cli import main
+from authsvc.db import make_engine, utcnow
+from authsvc.schema import upgrade
+from authsvc.services import audit
+from authsvc.services.context import Client
+from authsvc.settings import Settings
+
+
+@pytest.fixture
+def env(scratch_database_url, key_specs, tmp_path):
+    upgrade(scratch_database_url)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield {
+        "AUTHSVC_DATABASE_URL": scratch_database_url,
+        "AUTHSVC_ENCRYPTION_KEYS": ",".join(key_specs),
+        "AUTHSVC_VAR_DIR": str(tmp_path / "var"),
+        "AUTHSVC_LOG_LEVEL": "WARNING",
+    }
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def run(env, *args: str):
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def seed(env, count: int, *, days_ago: int = 0) -> list[int]:
+    settings = Settings.from_env(env)
+    runtime = build_runtime(settings)
+    ids = []
+    with runtime.sessionmaker.begin() as session:
+        for i in range(count):
+            event = audit.record(session, type="login.failure", outcome="wrong_password",
+                                 now=utcnow() - timedelta(days=days_ago, seconds=count - i),
+                                 client=Client(ip="192.0.2.1", user_agent="cli-test"),
+                                 user_id=f"user{i}")
+            ids.append(event.id)
+    runtime.engine.dispose()
+    return ids
+
+
+def sql(env, statement: str, **params) -> None:
+    engine = make_engine(env["AUTHSVC_DATABASE_URL"])
+    with engine.begin() as conn:
+        conn.execute(text(statement), params)
+    engine.dispose()
+
+
+def test_verify_passes_then_names_the_edited_row(env):
+    assert run(env, "admin", "create-key", "--name", "cli").exit_code == 0
+    ids = seed(env, 5)
+    ok = run(env, "audit", "verify")
+    assert ok.exit_code == 0, ok.output
+    assert "6 events verified" in ok.output
+    sql(env, "UPDATE audit_events SET ip = '203.0.113.66' WHERE id = :id", id=ids[2])
+    broken = run(env, "audit", "verify")
+    assert broken.exit_code == 1
+    assert f"broken at event {ids[2]}" in broken.output
+    assert "altered" in broken.output
+
+
+def test_verify_names_the_row_after_a_deleted_one(env):
+    ids = seed(env, 5)
+    sql(env, "DELETE FROM audit_events WHERE id = :id", id=ids[1])
+    result = run(env, "audit", "verify")
+    assert result.exit_code == 1
+    assert f"broken at event {ids[2]}" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_verify_finds_a_deleted_last_row(env):
+    ids = seed(env, 3)
+    sql(env, "DELETE FROM audit_events WHERE id = :id", id=ids[-1])
+    result = run(env, "audit", "verify")
+    assert result.exit_code == 1 and "end" in result.output
+
+
+def test_prune_keeps_what_remains_verifiable(env):
+    old = seed(env, 4, days_ago=500)
+    recent = seed(env, 2)
+    result = run(env, "audit", "prune")  # AUTHSVC_AUDIT_RETENTION, 400 days by default
+    assert result.exit_code == 0, result.output
+    assert "pruned 4 events" in result.output
+    verified = run(env, "audit", "verify")
+    assert verified.exit_code == 0, verified.output
+    assert "3 events verified" in verified.output  # two recent ones and the pruning itself
+    sql(env, "DELETE FROM audit_events WHERE id = :id", id=recent[0])
+    assert run(env, "audit", "verify").exit_code == 1
+    assert old[-1] < recent[0]
+
+
+@pytest.mark.parametrize("args", [["--older-than", "0d"], ["--before", "soon"],
+                                  ["--before", "2025-01-01T00:00:00"],
+                                  ["--before", "2025-01-01T00:00:00Z", "--older-than", "3d"]])
+def test_prune_rejects_bad_arguments(env, args):
+    result = run(env, "audit", "prune", *args)
+    assert result.exit_code == 2
+
+
+def test_retention_zero_keeps_everything(env):
+    seed(env, 2, days_ago=900)
+    result = run({**env, "AUTHSVC_AUDIT_RETENTION": "0"}, "audit", "prune")
+    assert result.exit_code == 0
+    assert run(env, "audit", "verify").output.startswith("audit trail intact: 2 events")

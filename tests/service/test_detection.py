@@ -1,0 +1,334 @@
+"""Detectors, alerts and webhooks on a real database and rate-limit storage (memory or Redis)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import socket
+import threading
+import time
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from sqlalchemy import select
+
+from authsvc.app import Runtime
+from authsvc.errors import InvalidCredentials
+from authsvc.models import AuditEvent, OutboxMessage
+from authsvc.services import accounts, audit, detection, outbox
+from authsvc.services.context import Client
+from tests.conftest import replace_settings
+
+SECRET = "webhook-test-secret"
+
+
+class Receiver:
+    """A real HTTP server on a free port that records the POSTs it gets."""
+
+    def __init__(self, status: int = 204) -> None:
+        self.status = status
+        self.posts: list[tuple[dict[str, str], bytes]] = []
+        received = self.posts
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                received.append((dict(self.headers), body))
+                self.send_response(outer.status)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    server = Receiver()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def settings(settings, receiver):
+    return replace_settings(
+        settings, detect_emails_per_ip=5, detect_emails_per_network=8, detect_ips_per_account=3,
+        detect_unknown_email_min_attempts=10, detect_unknown_email_share=0.5,
+        detect_recovery_burst=4, alert_webhook_url=receiver.url, alert_webhook_secret=SECRET,
+        alert_webhook_timeout=2.0,
+    )
+
+
+def alerts(runtime: Runtime) -> list[dict]:
+    with runtime.sessionmaker() as session:
+        rows = session.scalars(
+            select(AuditEvent).where(AuditEvent.type == "alert.raised").order_by(AuditEvent.id)
+        ).all()
+        return [json.loads(row.details) | {"_row": row} for row in rows]
+
+
+def forgot(runtime: Runtime, email: str, ip: str) -> None:
+    with runtime.sessionmaker() as session, session.begin():
+        accounts.forgot_password(session, runtime.deps, email=email, client=Client(ip=ip),
+                                 now=_now())
+
+
+def failed_login(runtime: Runtime, email: str, ip: str) -> None:
+    """Like the HTTP layer: the transaction commits on a domain error (audit rows persist)."""
+    with runtime.sessionmaker() as session, session.begin():
+        try:
+            accounts.login_with_password(session, runtime.deps, email=email,
+                                         password="wrong password 1", client=Client(ip=ip),
+                                         now=_now())
+        except InvalidCredentials:
+            pass
+
+
+def _now():
+    from authsvc.db import utcnow
+
+    return utcnow()
+
+
+def test_many_emails_from_one_ip_raise_one_alert(runtime, caplog):
+    caplog.set_level(logging.WARNING, logger="authsvc.detection")
+    for i in range(5):
+        forgot(runtime, f"user{i}@example.com", "203.0.113.9")
+    assert alerts(runtime) == []
+    for i in range(5, 8):
+        forgot(runtime, f"user{i}@example.com", "203.0.113.9")
+    found = [a for a in alerts(runtime) if a["scope"] == "ip"]
+    assert len(found) == 1  # one per cooldown, however long the attack goes on
+    alert = found[0]
+    assert (alert["detector"], alert["scope"], alert["subject"]) == (
+        "enumeration", "ip", "203.0.113.9")
+    assert alert["_row"].ip == "203.0.113.9"
+    assert alert["_row"].outcome == "enumeration"
+    assert "@" not in alert["_row"].details
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING
+                and r.name == "authsvc.detection"]
+    assert len(warnings) == 1 and "enumeration" in warnings[0].getMessage()
+    sample = runtime.metrics.alerts.labels("enumeration")._value.get()
+    assert sample == 1
+
+
+def test_the_same_email_again_and_again_is_not_enumeration(runtime):
+    for _ in range(8):  # below the per-IP+email rate limit
+        forgot(runtime, "same@example.com", "203.0.113.10")
+    assert alerts(runtime) == []
+
+
+def test_a_network_spreading_over_addresses_is_caught(runtime):
+    for i in range(10):
+        forgot(runtime, f"n{i}@example.com", f"203.0.113.{100 + i}")
+    found = alerts(runtime)
+    assert [(a["detector"], a["scope"], a["subject"]) for a in found] == [
+        ("enumeration", "network", "203.0.113.0/24")]
+
+
+def test_one_account_attacked_from_many_ips(runtime, make_user):
+    make_user(email="victim@example.com")
+    for i in range(3):
+        failed_login(runtime, "victim@example.com", f"198.51.{i}.1")
+    assert alerts(runtime) == []
+    failed_login(runtime, "victim@example.com", "198.51.9.1")
+    found = [a for a in alerts(runtime) if a["detector"] == "brute_force"]
+    assert len(found) == 1
+    assert found[0]["email_hash"] == audit.email_digest(runtime.deps.keyring,
+                                                        "victim@example.com")
+
+
+def test_a_high_share_of_unknown_emails(runtime):
+    # Every attempt from its own network: no single source stands out, the share does.
+    for i in range(12):
+        failed_login(runtime, f"ghost{i}@example.com", f"10.{i}.0.1")
+    found = [a for a in alerts(runtime) if a["detector"] == "unknown_emails"]
+    assert len(found) == 1
+    assert found[0]["scope"] == "global"
+
+
+def test_a_burst_of_recovery_code_use(runtime):
+    with runtime.sessionmaker() as session, session.begin():
+        for i in range(5):
+            audit.record(session, type="mfa.recovery_code_used", outcome="success", now=_now(),
+                         user_id=f"user{i}", client=Client(ip="192.0.2.1"))
+    found = [a for a in alerts(runtime) if a["detector"] == "recovery_burst"]
+    assert len(found) == 1
+
+
+def test_alerts_are_posted_signed_to_the_webhook(runtime, receiver):
+    for i in range(6):
+        forgot(runtime, f"w{i}@example.com", "203.0.113.20")
+    runtime.worker.drain()
+    assert len(receiver.posts) == 1
+    headers, body = receiver.posts[0]
+    timestamp = headers[detection.TIMESTAMP_HEADER]
+    expected = "sha256=" + hmac.new(SECRET.encode(), timestamp.encode() + b"." + body,
+                                    hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(headers[detection.SIGNATURE_HEADER], expected)
+    assert abs(int(timestamp) - time.time()) < 60
+    document = json.loads(body)
+    assert document["event"] == "alert.raised"
+    assert document["detector"] == "enumeration" and document["subject"] == "203.0.113.20"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_dead_receiver_is_retried_later_and_slows_nothing(settings, connection):
+    from authsvc.app import build_runtime
+
+    dead = replace_settings(settings, alert_webhook_url=f"http://127.0.0.1:{_closed_port()}/x")
+    runtime = build_runtime(dead, bind=connection)
+    runtime.deps.limiter.reset()
+    started = time.perf_counter()
+    for i in range(6):
+        forgot(runtime, f"d{i}@example.com", "203.0.113.30")
+    elapsed = time.perf_counter() - started
+    assert elapsed < 2.0  # the requests only queue the webhook
+    runtime.worker.drain()
+    with runtime.sessionmaker() as session:
+        message = session.scalars(
+            select(OutboxMessage).where(OutboxMessage.kind == "webhook")).one()
+        assert message.completed_at is None and message.failed_at is None
+        assert message.attempts == 1
+        assert "unreachable" in (message.last_error or "")
+        assert message.available_at > message.created_at
+        assert outbox.payload_of(runtime.deps.keyring, message)["alert"]["detector"] == (
+            "enumeration")
+    runtime.deps.limiter.reset()
+
+
+def test_a_failing_receiver_status_is_retried(runtime, receiver):
+    receiver.status = 500
+    for i in range(6):
+        forgot(runtime, f"f{i}@example.com", "203.0.113.40")
+    runtime.worker.drain()
+    assert len(receiver.posts) == 1
+    with runtime.sessionmaker() as session:
+        message = session.scalars(
+            select(OutboxMessage).where(OutboxMessage.kind == "webhook")).one()
+        assert message.completed_at is None
+        assert "HTTP 500" in (message.last_error or "")
+
+
+def test_without_a_webhook_url_nothing_is_queued(settings, connection):
+    from authsvc.app import build_runtime
+
+    runtime = build_runtime(replace_settings(settings, alert_webhook_url=None),
+                            bind=connection)
+    runtime.deps.limiter.reset()
+    for i in range(6):
+        forgot(runtime, f"q{i}@example.com", "203.0.113.50")
+    assert len(alerts(runtime)) == 1
+    with runtime.sessionmaker() as session:
+        assert session.scalar(
+            select(OutboxMessage.id).where(OutboxMessage.kind == "webhook")) is None
+    runtime.deps.limiter.reset()
+
+
+def test_a_broken_window_storage_never_fails_a_request(runtime, caplog):
+    broken = detection.Windows(f"redis://127.0.0.1:{_closed_port()}/0", window_seconds=60)
+    detector = detection.Detector(deps=runtime.deps, metrics=runtime.metrics, windows=broken)
+    audit.attach(runtime.sessionmaker, detector.hooks())
+    caplog.set_level(logging.ERROR, logger="authsvc.detection")
+    for i in range(3):
+        forgot(runtime, f"b{i}@example.com", "203.0.113.60")
+    assert alerts(runtime) == []
+    errors = [r for r in caplog.records if r.name == "authsvc.detection"]
+    assert len(errors) == 1  # logged once, not per event
+    assert "storage" in errors[0].getMessage()
+
+
+def test_network_of():
+    assert detection.network_of("203.0.113.77") == "203.0.113.0/24"
+    assert detection.network_of("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    assert detection.network_of("::ffff:198.51.100.3") == "198.51.100.0/24"
+    assert detection.network_of("not an ip") is None
+
+
+def test_alert_windows_slide(runtime):
+    windows = detection.Windows("memory://", window_seconds=1)
+    assert windows.first_sight("a", "b")
+    assert not windows.first_sight("a", "b")
+    assert not windows.exceeded("t", 2, "x")
+    assert not windows.exceeded("t", 2, "x")
+    assert windows.exceeded("t", 2, "x")
+    assert windows.claim("k", seconds=1) and not windows.claim("k", seconds=1)
+    time.sleep(2.1)
+    assert windows.first_sight("a", "b")
+    assert not windows.exceeded("t", 2, "x")
+    assert windows.claim("k", seconds=1)
+
+
+def test_new_device_login_mails_the_owner(runtime, make_user, db_session):
+    make_user(email="owner@example.com")
+    db_session.flush()
+
+    def login(user_agent: str) -> None:
+        with runtime.sessionmaker() as session, session.begin():
+            result = accounts.login_with_password(
+                session, runtime.deps, email="owner@example.com", password="correct horse 42",
+                client=Client(ip="192.0.2.44", user_agent=user_agent), now=_now())
+            assert result.status == "authenticated"
+
+    def new_login_mails() -> list[dict]:
+        with runtime.sessionmaker() as session:
+            payloads = [outbox.payload_of(runtime.deps.keyring, m) for m in session.scalars(
+                select(OutboxMessage).where(OutboxMessage.kind == "email"))]
+        return [p for p in payloads if p["subject"] == "New sign-in to your account"]
+
+    firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+    login(firefox)
+    assert new_login_mails() == []  # the first login of an account
+    login(firefox.replace("128.0", "129.0"))
+    assert new_login_mails() == []  # a browser update is not a new device
+    login("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) Mobile/15E148 Safari/604.1")
+    mails = new_login_mails()
+    assert len(mails) == 1
+    assert mails[0]["to"] == "owner@example.com"
+    assert "192.0.2.44" in mails[0]["text"] and "iPhone" in mails[0]["text"]
+
+
+def test_metrics_count_outcomes(runtime, make_user):
+    make_user(email="m@example.com")
+    failed_login(runtime, "m@example.com", "192.0.2.5")
+    failed_login(runtime, "nobody@example.com", "192.0.2.5")
+    logins = runtime.metrics.logins
+    assert logins.labels("wrong_password")._value.get() == 1
+    assert logins.labels("unknown_email")._value.get() == 1
+    assert runtime.metrics.audit_events.labels("login.failure")._value.get() == 2
+    hashing = runtime.metrics.password_hash_seconds
+    verify_count = next(s.value for m in hashing.collect() for s in m.samples
+                        if s.name.endswith("_count") and s.labels["operation"] == "verify")
+    assert verify_count >= 2  # the dummy verification is timed as a verification too
+
+
+def test_the_window_is_shared_by_detectors_of_every_worker(settings, connection, runtime):
+    """Two runtimes (two workers) on the same storage see each other's attempts."""
+    if not settings.redis_url:
+        pytest.skip("process memory is per worker; sharing needs AUTHSVC_TEST_REDIS_URL")
+    from authsvc.app import build_runtime
+
+    other = build_runtime(settings, bind=connection)
+    for i in range(3):
+        forgot(runtime, f"s{i}@example.com", "203.0.113.70")
+    for i in range(3, 6):
+        forgot(other, f"s{i}@example.com", "203.0.113.70")
+    assert len(alerts(runtime)) == 1
+    assert timedelta(0) < settings.detect_window

@@ -1,0 +1,208 @@
+"""The WebAuthn services on a real Session: challenges, counters, policy and management."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from authsvc.errors import InvalidChallenge, InvalidMfa, InvalidRequest, NotFound
+from authsvc.models import AuditEvent, OutboxMessage, WebauthnChallenge, WebauthnCredential
+from authsvc.services import webauthn, webauthn_registration
+from authsvc.settings import Settings
+from tests.support_webauthn import SoftAuthenticator
+
+
+@pytest.fixture
+def ada(make_user):
+    return make_user(email="ada@example.com")
+
+
+def _enroll(db_session, deps, user, key, now, caller, **kwargs):
+    options = webauthn_registration.registration_options(
+        db_session, deps, user_id=user.id, name="key", now=now
+    )
+    return webauthn_registration.register(
+        db_session,
+        deps,
+        user_id=user.id,
+        credential=key.register(options, **kwargs),
+        name=None,
+        client=caller,
+        now=now,
+    )
+
+
+def _mfa(db_session, deps, user, key, now, caller, **kwargs):
+    options = webauthn.assertion_options(db_session, deps, user_id=user.id, now=now)
+    return webauthn.verify_mfa_assertion(
+        db_session,
+        deps,
+        user_id=user.id,
+        credential=key.assertion(options, **kwargs),
+        client=caller,
+        now=now,
+    )
+
+
+def _events(db_session, type_):
+    return list(db_session.scalars(select(AuditEvent).where(AuditEvent.type == type_)))
+
+
+def test_challenges_are_stored_as_digests_and_spent_once(db_session, deps, ada, now, caller):
+    _enroll(db_session, deps, ada, SoftAuthenticator(), now, caller)
+    request = webauthn.assertion_options(db_session, deps, user_id=ada.id, now=now)
+    raw = webauthn.wa.from_b64url(request["challenge"])
+    stored = db_session.scalar(select(WebauthnChallenge).where(WebauthnChallenge.purpose == "mfa"))
+    assert stored.challenge_hash == webauthn.wa.challenge_digest(raw)  # never the challenge
+    assert stored.expires_at == now + deps.settings.webauthn_challenge_ttl
+    webauthn.consume_challenge(db_session, purpose="mfa", challenge=raw, user_id=ada.id, now=now)
+    db_session.refresh(stored)
+    assert stored.used_at == now
+    with pytest.raises(InvalidChallenge):
+        webauthn.consume_challenge(
+            db_session, purpose="mfa", challenge=raw, user_id=ada.id, now=now
+        )
+
+
+def test_expired_and_foreign_challenges(db_session, deps, ada, make_user, now, caller):
+    bob = make_user(email="bob@example.com")
+    _enroll(db_session, deps, ada, SoftAuthenticator(), now, caller)
+    raw = webauthn.wa.from_b64url(
+        webauthn.assertion_options(db_session, deps, user_id=ada.id, now=now)["challenge"]
+    )
+    ttl = deps.settings.webauthn_challenge_ttl
+    for kwargs in (
+        {"user_id": bob.id, "now": now},
+        {"user_id": ada.id, "now": now + ttl},
+        {"user_id": ada.id, "now": now, "purpose": "passkey"},
+    ):
+        with pytest.raises(InvalidChallenge):
+            webauthn.consume_challenge(db_session, challenge=raw, **{"purpose": "mfa", **kwargs})
+
+
+def test_expired_challenges_are_swept(db_session, deps, ada, now):
+    webauthn_registration.registration_options(db_session, deps, user_id=ada.id, name="a", now=now)
+    later = now + deps.settings.webauthn_challenge_ttl + timedelta(seconds=1)
+    webauthn_registration.registration_options(
+        db_session, deps, user_id=ada.id, name="b", now=later
+    )
+    names = db_session.scalars(select(WebauthnChallenge.name)).all()
+    assert names == ["b"]
+
+
+def test_counter_must_move_forward(db_session, deps, ada, now, caller):
+    key = SoftAuthenticator()
+    _enroll(db_session, deps, ada, key, now, caller)
+    assert _mfa(db_session, deps, ada, key, now, caller) == "hwk"
+    with pytest.raises(InvalidMfa) as caught:
+        _mfa(db_session, deps, ada, key, now, caller, sign_count=1)  # the same value again
+    assert caught.value.extra["reason"] == "sign_count_regression"
+    assert _mfa(db_session, deps, ada, key, now, caller) == "hwk"  # the genuine key goes on
+    row = db_session.scalar(select(WebauthnCredential))
+    assert row.sign_count == 2 and row.last_used_at == now
+
+
+def test_regression_mails_at_most_hourly(db_session, deps, ada, now, caller):
+    key = SoftAuthenticator()
+    _enroll(db_session, deps, ada, key, now, caller)
+    _mfa(db_session, deps, ada, key, now, caller, sign_count=10)
+    mails_before = db_session.scalar(select(func.count()).select_from(OutboxMessage))
+    for minutes in (0, 1, 61):
+        with pytest.raises(InvalidMfa):
+            _mfa(db_session, deps, ada, key, now + timedelta(minutes=minutes), caller, sign_count=3)
+    mails_after = db_session.scalar(select(func.count()).select_from(OutboxMessage))
+    assert mails_after - mails_before == 2  # the first, and the one an hour later
+    assert len(_events(db_session, "mfa.webauthn.counter_regression")) == 3
+
+
+def test_flag_policy(db_session, deps, ada, now, caller):
+    flagging = dataclasses.replace(
+        deps, settings=dataclasses.replace(deps.settings, webauthn_on_counter_regression="flag")
+    )
+    key = SoftAuthenticator()
+    _enroll(db_session, flagging, ada, key, now, caller)
+    _mfa(db_session, flagging, ada, key, now, caller, sign_count=9)
+    assert _mfa(db_session, flagging, ada, key, now, caller, sign_count=4) == "hwk"
+    row = db_session.scalar(select(WebauthnCredential))
+    assert row.sign_count == 9 and row.counter_regression_at == now
+    (event,) = _events(db_session, "mfa.webauthn.counter_regression")
+    assert event.outcome == "flagged"
+
+
+def test_backup_eligibility_cannot_change(db_session, deps, ada, now, caller):
+    key = SoftAuthenticator()
+    _enroll(db_session, deps, ada, key, now, caller)
+    key.backup_eligible = True
+    with pytest.raises(InvalidMfa) as caught:
+        _mfa(db_session, deps, ada, key, now, caller)
+    assert caught.value.extra["reason"] == "backup_eligibility_changed"
+
+
+def test_factor_listing_and_management(db_session, deps, ada, make_user, now, caller):
+    bob = make_user(email="bob@example.com")
+    assert not webauthn.has_credentials(db_session, user_id=ada.id)
+    factor = _enroll(db_session, deps, ada, SoftAuthenticator(), now, caller)
+    assert webauthn.has_credentials(db_session, user_id=ada.id)
+    (info,) = webauthn.list_factors(db_session, user_id=ada.id)
+    assert (info.id, info.type, info.name, info.last_used_at) == (
+        factor.id,
+        "webauthn",
+        "key",
+        None,
+    )
+    renamed = webauthn.rename_credential(
+        db_session, user_id=ada.id, credential_id=factor.id, name=" Work\tkey ", now=now
+    )
+    assert renamed.name == "Work key"
+    with pytest.raises(InvalidRequest):
+        webauthn.rename_credential(
+            db_session, user_id=ada.id, credential_id=factor.id, name="", now=now
+        )
+    for user_id, credential_id in ((bob.id, factor.id), (ada.id, "nope")):
+        with pytest.raises(NotFound):
+            webauthn.rename_credential(
+                db_session, user_id=user_id, credential_id=credential_id, name="x", now=now
+            )
+        with pytest.raises(NotFound):
+            webauthn.delete_credential(
+                db_session, user_id=user_id, credential_id=credential_id, now=now
+            )
+    webauthn.delete_credential(db_session, user_id=ada.id, credential_id=factor.id, now=now)
+    assert webauthn.list_factors(db_session, user_id=ada.id) == []
+
+
+@pytest.mark.parametrize(
+    ("environ", "problem"),
+    [
+        ({"AUTHSVC_WEBAUTHN_USER_VERIFICATION": "always"}, "USER_VERIFICATION"),
+        ({"AUTHSVC_WEBAUTHN_ATTESTATION": "enterprise"}, "ATTESTATION must"),
+        ({"AUTHSVC_WEBAUTHN_ON_COUNTER_REGRESSION": "ignore"}, "COUNTER_REGRESSION"),
+        ({"AUTHSVC_WEBAUTHN_AAGUID_ALLOW": "not-a-uuid"}, "AAGUID"),
+        ({"AUTHSVC_WEBAUTHN_ORIGINS": ""}, "must not be empty"),
+        ({"AUTHSVC_WEBAUTHN_CHALLENGE_TTL": "1s"}, "CHALLENGE_TTL"),
+        ({"AUTHSVC_WEBAUTHN_ATTESTATION": "direct"}, "ATTESTATION_ROOTS"),
+    ],
+)
+def test_policy_settings_are_checked(environ, problem):
+    with pytest.raises(Exception) as caught:
+        Settings.from_env(environ)
+    assert problem in str(caught.value)
+
+
+def test_policy_settings_parse():
+    settings = Settings.from_env(
+        {
+            "AUTHSVC_WEBAUTHN_AAGUID_ALLOW": "cb69481e-8ff7-4039-93ec-0a2729a154a8, "
+            "ee882879-721c-4913-9775-3dfcce97072a",
+            "AUTHSVC_WEBAUTHN_ALLOW_BACKUP_ELIGIBLE": "false",
+            "AUTHSVC_WEBAUTHN_CHALLENGE_TTL": "2m",
+            "AUTHSVC_WEBAUTHN_ON_COUNTER_REGRESSION": "flag",
+        }
+    )
+    assert len(settings.webauthn_aaguid_allow) == 2
+    assert settings.webauthn_allow_backup_eligible is False
+    assert settings.webauthn_challenge_ttl == timedelta(minutes=2)
+    assert settings.webauthn_on_counter_regression == "flag"

@@ -1,0 +1,249 @@
+"""Settings.from_env: parsing, one ConfigError with every problem, production guardrails."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from authsvc.crypto.keyring import generate_key_spec
+from authsvc.settings import ConfigError, Env, Settings
+
+KEY = generate_key_spec("k1")
+POSTGRES = "postgresql://authsvc@db.internal/authsvc"
+
+
+def from_env(**variables: str) -> Settings:
+    return Settings.from_env({f"AUTHSVC_{name.upper()}": value
+                              for name, value in variables.items()})
+
+
+def test_defaults_without_any_variable():
+    settings = Settings.from_env({})
+
+    assert settings == Settings()
+    assert settings.env is Env.DEVELOPMENT
+    assert settings.resolved_database_url == "sqlite:///var/authsvc.db"
+    assert settings.rate_limit_storage_url == "memory://"
+    assert settings.breached_passwords_path == Path("var/breached-passwords.bin")
+
+
+def test_only_the_given_mapping_is_read(monkeypatch):
+    monkeypatch.setenv("AUTHSVC_JWT_AUDIENCE", "from-os-environ")
+
+    assert Settings.from_env({}).jwt_audience == "authsvc"
+    assert Settings.from_env().jwt_audience == "from-os-environ"
+
+
+def test_other_variables_are_ignored():
+    settings = Settings.from_env({"PATH": "/bin", "AUTHSVC_TEST_DATABASE_URL": "x",
+                                  "authsvc_jwt_audience": "lower-case prefix"})
+
+    assert settings == Settings()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("30s", timedelta(seconds=30)), ("10m", timedelta(minutes=10)), ("24h", timedelta(hours=24)),
+     ("7d", timedelta(days=7)), ("1500ms", timedelta(seconds=1.5)), ("45", timedelta(seconds=45)),
+     (" 5m ", timedelta(minutes=5)), ("0s", timedelta(0))],
+)
+def test_durations(raw, expected):
+    assert from_env(access_token_ttl=raw).access_token_ttl == expected
+
+
+@pytest.mark.parametrize("raw", ["10 minutes", "1.5h", "-5s", "5w", "m", "", "10mm"])
+def test_bad_durations(raw):
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(refresh_token_ttl=raw)
+
+    [problem] = excinfo.value.problems
+    assert problem.startswith("AUTHSVC_REFRESH_TOKEN_TTL: expected a duration")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("true", True), ("TRUE", True), ("1", True), ("yes", True), ("on", True), (" On ", True),
+     ("false", False), ("0", False), ("no", False), ("off", False), ("False", False)],
+)
+def test_booleans(raw, expected):
+    assert from_env(require_mfa=raw).require_mfa is expected
+
+
+@pytest.mark.parametrize("raw", ["", "maybe", "2", "y", "enabled"])
+def test_bad_booleans(raw):
+    with pytest.raises(ConfigError, match="AUTHSVC_REQUIRE_MFA: expected a boolean"):
+        from_env(require_mfa=raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("https://a.example", ("https://a.example",)),
+     ("https://a.example, https://b.example", ("https://a.example", "https://b.example")),
+     ("https://a.example,,  ,https://b.example,", ("https://a.example", "https://b.example")),
+     ("", ())],
+)
+def test_tuples(raw, expected):
+    assert from_env(cors_origins=raw).cors_origins == expected
+
+
+def test_numbers_paths_and_strings():
+    settings = from_env(argon2_time_cost="3", hash_queue_timeout="0.25", var_dir="/srv/authsvc",
+                        breached_passwords_file="/data/pwned.bin", public_url="https://id.example",
+                        redis_url="redis://cache:6379/2", trusted_proxies="2")
+
+    assert settings.argon2_time_cost == 3
+    assert settings.hash_queue_timeout == 0.25
+    assert settings.var_dir == Path("/srv/authsvc")
+    assert settings.breached_passwords_path == Path("/data/pwned.bin")
+    assert settings.public_url == "https://id.example"
+    assert settings.rate_limit_storage_url == "redis://cache:6379/2"
+    assert settings.trusted_proxies == 2
+
+
+def test_empty_optional_values_mean_unset():
+    settings = from_env(redis_url="", breached_passwords_file="")
+
+    assert settings.redis_url is None
+    assert settings.breached_passwords_file is None
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "message"),
+    [("argon2_time_cost", "two", "expected an integer"),
+     ("trusted_proxies", "1.5", "expected an integer"),
+     ("hash_queue_timeout", "soon", "expected a number"),
+     ("hash_queue_timeout", "nan", "expected a finite number"),
+     ("outbox_poll_interval", "inf", "expected a finite number"),
+     ("env", "staging", "expected 'development' or 'production'")],
+)
+def test_bad_scalars(name, raw, message):
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(**{name: raw})
+
+    [problem] = excinfo.value.problems
+    assert problem.startswith(f"AUTHSVC_{name.upper()}: {message}")
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(access_token_ttl="soon", require_mfa="perhaps", argon2_time_cost="x",
+                 password_min_length="4", limit_ip="lots", encryption_keys="not-a-key")
+
+    problems = excinfo.value.problems
+    assert len(problems) == 6
+    joined = "\n".join(problems)
+    for name in ("ACCESS_TOKEN_TTL", "REQUIRE_MFA", "ARGON2_TIME_COST", "PASSWORD_MIN_LENGTH",
+                 "LIMIT_IP", "ENCRYPTION_KEYS"):
+        assert f"AUTHSVC_{name}" in joined
+    assert str(excinfo.value) == "; ".join(problems)
+    assert "not-a-key" not in str(excinfo.value)  # key material is never echoed
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"password_min_length": "7"},
+     {"password_min_length": "20", "password_max_length": "10"},
+     {"argon2_time_cost": "0"},
+     {"argon2_memory_kib": "7"},
+     {"max_concurrent_hashes": "0"},
+     {"trusted_proxies": "-1"},
+     {"max_body_bytes": "100"},
+     {"limit_email": "20"},
+     {"limit_failures_per_account": "100/fortnight"},
+     {"limit_ip_email": "0/minute"},
+     {"encryption_keys": "k1:short"},
+     {"encryption_keys": f"{KEY},bad key:{'A' * 43}"}],
+)
+def test_invalid_values(changes):
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(**changes)
+
+    assert len(excinfo.value.problems) == 1
+
+
+@pytest.mark.parametrize("spec", ["10/minute", "100 per day", "5/2 hours", "3/day", "1/second",
+                                  "1000 per 10 minutes"])
+def test_rate_limit_notation(spec):
+    assert from_env(limit_ip=spec).limit_ip == spec
+
+
+def test_several_encryption_keys_keep_their_order():
+    second = generate_key_spec("k2")
+
+    assert from_env(encryption_keys=f"{second}, {KEY}").encryption_keys == (second, KEY)
+
+
+def test_production_refuses_dev_keys_and_sqlite():
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(env="production")
+
+    problems = excinfo.value.problems
+    assert any("AUTHSVC_ENCRYPTION_KEYS is required in production" in p for p in problems)
+    assert any("SQLite is refused in production" in p for p in problems)
+    assert all("AUTHSVC_ALLOW_INSECURE_PRODUCTION" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("variables", "complaint"),
+    [({"database_url": POSTGRES}, "AUTHSVC_ENCRYPTION_KEYS"),
+     ({"encryption_keys": KEY}, "SQLite"),
+     ({"encryption_keys": KEY, "database_url": "sqlite:////srv/authsvc.db"}, "SQLite")],
+)
+def test_production_needs_both(variables, complaint):
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(env="production", **variables)
+
+    [problem] = excinfo.value.problems
+    assert complaint in problem
+
+
+def test_production_with_keys_and_postgresql():
+    settings = from_env(env="PRODUCTION", encryption_keys=KEY, database_url=POSTGRES)
+
+    assert settings.env is Env.PRODUCTION
+    assert settings.encryption_keys == (KEY,)
+
+
+def test_production_can_be_told_to_allow_insecure_defaults():
+    settings = from_env(env="production", allow_insecure_production="true")
+
+    assert settings.env is Env.PRODUCTION
+    assert settings.encryption_keys == ()
+    assert settings.resolved_database_url.startswith("sqlite")
+
+
+def test_development_allows_dev_keys_and_sqlite():
+    assert from_env(env="development").encryption_keys == ()
+
+
+def _as_environment_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, timedelta):
+        return f"{int(value.total_seconds() * 1000)}ms"
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, Enum):
+        return str(value.value)
+    return str(value)
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(Settings)])
+def test_every_field_can_be_set_from_the_environment(field):
+    default = getattr(Settings(), field)
+
+    settings = from_env(**{field: _as_environment_value(default)})
+
+    assert getattr(settings, field) == default
+
+
+def test_settings_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().env = Env.PRODUCTION  # type: ignore[misc]
