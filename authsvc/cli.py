@@ -14,6 +14,7 @@ from authsvc.commands.keys import keys
 from authsvc.commands.passwords import breached_passwords
 from authsvc.commands.users import users
 from authsvc.db import utcnow
+from authsvc.gunicorn_app import DEFAULT_THREADS, default_workers, reexec_with_hugetlb
 from authsvc.gunicorn_app import run as run_gunicorn
 from authsvc.logging_setup import configure as configure_logging
 from authsvc.schema import upgrade
@@ -37,15 +38,19 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", default=2, show_default=True, type=int)
-@click.option("--threads", default=4, show_default=True, type=int)
+@click.option("--workers", default=default_workers, show_default="one per core, at least 2",
+              type=int)
+@click.option("--threads", default=DEFAULT_THREADS, show_default=True, type=int,
+              help="Threads per worker; AUTHSVC_MAX_CONCURRENT_HASHES of them may hash at once.")
 @click.option("--dev", is_flag=True, help="Flask's development server (single process).")
 @click.option("--no-outbox-thread", is_flag=True, help="Leave the outbox to `authsvc worker`.")
 def serve(host: str, port: int, workers: int, threads: int, dev: bool,
           no_outbox_thread: bool) -> None:
     """Run the HTTP service (gunicorn)."""
     settings = _settings()
+    reexec_with_hugetlb(settings)
     if settings.resolved_database_url.startswith("sqlite"):
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
         upgrade(settings.resolved_database_url)
     if dev:
         app = create_app(settings, start_worker=not no_outbox_thread)

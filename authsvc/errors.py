@@ -126,3 +126,28 @@ class FactorLimitReached(AuthsvcError):
 
 class MfaNotEnabled(AuthsvcError):
     code, title, status = "mfa_not_enabled", "The account has no second factor", 409
+
+
+class EmptyTargetList(AuthsvcError):
+    code, title, status = "empty_target_list", "The list names no acceptable entry", 400
+
+
+class NoTargets(AuthsvcError):
+    code, title, status = "no_targets", "No account matches the selection", 422
+
+
+class CampaignConflict(AuthsvcError):
+    code, title, status = (
+        "campaign_conflict", "A running breach response already covers some of these accounts",
+        409,
+    )
+
+
+class CampaignFinished(AuthsvcError):
+    code, title, status = "campaign_finished", "The breach response has already finished", 409
+
+
+class IdempotencyKeyReused(AuthsvcError):
+    code, title, status = (
+        "idempotency_key_reused", "This Idempotency-Key was used with a different request", 422,
+    )

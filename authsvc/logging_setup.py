@@ -97,7 +97,8 @@ def gunicorn_logconfig(level: str = "INFO") -> dict[str, Any]:
         "root": {"level": logging.getLevelName(_level(level)), "handlers": ["stderr"]},
         "loggers": {
             "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
-            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
+            # authsvc.access logs each request with its request id; no second access line.
+            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": True},
         },
     }
 

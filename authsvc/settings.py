@@ -51,8 +51,8 @@ class Settings:
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19456
     argon2_parallelism: int = 1
-    max_concurrent_hashes: int = 2
-    hash_queue_timeout: float = 2.0
+    max_concurrent_hashes: int = 1  # per process; `authsvc serve` runs one process per core
+    hash_queue_timeout: float = 0.25  # seconds waiting for a hashing slot, then 503 overloaded
     password_min_length: int = 8
     password_max_length: int = 256
     breached_passwords_file: Path | None = None  # default var_dir/breached-passwords.bin
@@ -98,6 +98,13 @@ class Settings:
     alert_webhook_secret: str | None = None  # HMAC-SHA256 key; required with the URL
     alert_webhook_timeout: float = 3.0
     audit_retention: timedelta = timedelta(days=400)  # `authsvc audit prune`; 0 keeps all
+    # Breach response: forced password resets for many accounts.
+    flag_breached_at_login: bool = True  # a login with a blocklisted password must change it
+    breach_batch_size: int = 20000  # accounts flagged per committed batch
+    notify_rate_per_second: float = 20.0  # breach notices sent per second (all campaigns)
+    breach_notice_token_ttl: timedelta = timedelta(days=3)  # the reset link in a notice
+    breach_upload_max_bytes: int = 256 * 1024 * 1024  # uploaded email / user-id lists
+    breach_sweep_delay: timedelta = timedelta(seconds=60)  # re-check for racing logins after
 
     @property
     def ui_served(self) -> bool:
@@ -149,6 +156,8 @@ class Settings:
             out.append("AUTHSVC_ARGON2_*: invalid Argon2 parameters")
         if self.max_concurrent_hashes < 1:
             out.append("AUTHSVC_MAX_CONCURRENT_HASHES must be >= 1")
+        if self.breach_batch_size < 1 or not self.notify_rate_per_second > 0:
+            out.append("AUTHSVC_BREACH_BATCH_SIZE and AUTHSVC_NOTIFY_RATE_PER_SECOND must be > 0")
         for name in ("limit_ip", "limit_email", "limit_ip_email", "limit_failures_per_account"):
             if not _RATE_LIMIT.match(getattr(self, name)):
                 out.append(f"AUTHSVC_{name.upper()} must look like '10/minute' or '100 per day'")

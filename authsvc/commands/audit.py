@@ -11,6 +11,8 @@ from authsvc.db import utcnow
 from authsvc.services import audit as audit_service
 from authsvc.settings import ConfigError, Settings
 
+BATCH = 5000  # events deleted per transaction by `audit prune`
+
 
 def _settings() -> Settings:
     try:
@@ -81,13 +83,18 @@ def prune(before: str | None, older_than: str | None) -> None:
         click.echo("AUTHSVC_AUDIT_RETENTION is 0: events are kept forever; nothing pruned",
                    err=True)
         return
+    pruned = 0
     try:
         runtime = build_runtime(settings)
-        with runtime.sessionmaker.begin() as session:
-            result = audit_service.prune(session, before=cutoff, now=utcnow())
+        while True:  # one short transaction per batch: writers wait for the chain lock meanwhile
+            with runtime.sessionmaker.begin() as session:
+                result = audit_service.prune(session, before=cutoff, now=utcnow(), batch=BATCH)
+            pruned += result.pruned
+            if result.pruned < BATCH:
+                break
         runtime.engine.dispose()
     except ConfigError as exc:
         raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
     except Exception as exc:  # one line, not a traceback
         raise click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
-    click.echo(f"pruned {result.pruned} events before {cutoff.isoformat()}")
+    click.echo(f"pruned {pruned} events before {cutoff.isoformat()}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,7 @@ def import_file(file: Path) -> None:
     dest = settings.breached_passwords_path
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, staging_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".new",
-                                            dir=dest.parent)
+        fd, staging_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".new", dir=dest.parent)
         os.close(fd)
     except OSError as exc:
         raise click.ClickException(f"cannot write to {dest.parent}: {exc.strerror}") from None
@@ -83,8 +83,14 @@ class _ProgressBars:
             for other in self._bars.values():
                 other.close()
             desc, unit = _STAGES.get(stage, (stage, ""))
-            bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=stage == "read",
-                       leave=True, file=click.get_text_stream("stderr"))
+            bar = tqdm(
+                total=total,
+                desc=desc,
+                unit=unit,
+                unit_scale=stage == "read",
+                leave=True,
+                file=sys.stderr,
+            )
             self._bars[stage] = bar
         bar.update(done - bar.n)
 

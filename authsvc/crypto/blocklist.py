@@ -54,7 +54,9 @@ def _fold(password: str) -> str:
 
 
 def _sha1(password: str) -> bytes:
-    return hashlib.sha1(normalize(password).encode("utf-8", "surrogatepass")).digest()  # noqa: S324
+    # SHA-1 is the lookup key of the Pwned Passwords corpus, not a protection of anything.
+    data = normalize(password).encode("utf-8", "surrogatepass")
+    return hashlib.sha1(data, usedforsecurity=False).digest()
 
 
 class CommonPasswords:
@@ -203,6 +205,8 @@ def _write_runs(
     runs: list[_Run] = []
     rejected = done = 0
     with src.open("rb") as f:
+        if f.read(3) != b"\xef\xbb\xbf":  # skip a UTF-8 byte order mark
+            f.seek(0)
         while block := f.read(chunk_bytes):
             if not block.endswith(b"\n"):
                 block += f.readline(_MAX_LINE)

@@ -239,11 +239,11 @@ def read_assertion(credential: Any) -> ClientAnswer:
     """Shape-check an AuthenticationResponseJSON; read its credential id, challenge and
     user handle (present for discoverable credentials)."""
     response = _check_shape(credential, _ASSERTION_FIELDS)
-    handle = response.get("userHandle")
+    handle = from_b64url(response["userHandle"]) if response.get("userHandle") else b""
     return ClientAnswer(
         credential_id=from_b64url(credential["rawId"]),
         challenge=_client_challenge(response["clientDataJSON"]),
-        user_handle=from_b64url(handle) or None if handle else None,
+        user_handle=handle or None,
     )
 
 

@@ -116,7 +116,7 @@ def require_user_or_enrollment(view: Callable[..., Response]) -> Callable[..., R
 
 
 def principal() -> Principal:
-    return g.principal  # type: ignore[no-any-return]
+    return g.principal
 
 
 def require_admin(view: Callable[..., Response]) -> Callable[..., Response]:
@@ -132,4 +132,4 @@ def require_admin(view: Callable[..., Response]) -> Callable[..., Response]:
 
 
 def current_admin() -> AdminIdentity:
-    return g.admin  # type: ignore[no-any-return]
+    return g.admin

@@ -146,14 +146,14 @@ def no_content() -> Response:
 
 
 def deps() -> Deps:
-    return current_app.extensions["authsvc"].deps  # type: ignore[no-any-return]
+    return current_app.extensions["authsvc"].deps
 
 
 def db() -> DbSession:
     """The request's database session, opened lazily and closed at teardown."""
     if "db" not in g:
         g.db = current_app.extensions["authsvc"].sessionmaker()
-    return g.db  # type: ignore[no-any-return]
+    return g.db
 
 
 def client() -> Client:

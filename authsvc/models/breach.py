@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import Boolean, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authsvc.db import Base, UTCDateTime, new_id
@@ -41,6 +41,9 @@ class BreachCampaign(Base):
     batches: Mapped[int] = mapped_column(Integer, default=0)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     cursor: Mapped[str | None] = mapped_column(String(32))
+    # JSON list of user ids that end the batches (every Nth id, in the database's order),
+    # fixed when the first batch runs; batch k covers (boundaries[k-1], boundaries[k]].
+    boundaries: Mapped[str | None] = mapped_column(Text)
     # JSON: what became of an uploaded list (lines, accepted, duplicates, unknown, rejected).
     input_report: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True)
@@ -82,12 +85,11 @@ class BreachTarget(Base):
         ),
     )
 
-    campaign_id: Mapped[str] = mapped_column(
-        ForeignKey("breach_campaigns.id", ondelete="CASCADE"), primary_key=True
-    )
-    user_id: Mapped[str] = mapped_column(
-        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
-    )
+    # No foreign keys: their per-row checks would double the cost of flagging millions of
+    # accounts. Rows are written only by the campaign code; a deleted user's row stays, so the
+    # report still says the account was affected (by id only).
+    campaign_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     notice_queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

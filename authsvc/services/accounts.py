@@ -31,6 +31,7 @@ from authsvc.errors import (
 from authsvc.models import User
 from authsvc.services import (
     audit,
+    breach_batches,
     factors,
     login,
     notices,
@@ -197,7 +198,8 @@ def authenticate_password(session: DbSession, deps: Deps, *, email: str, passwor
     if needs_rehash:
         user.password_hash = hash_password(deps, password)
         user.updated_at = now
-    if deps.blocklist.is_blocked(password) and not user.password_change_required:
+    if (deps.settings.flag_breached_at_login and not user.password_change_required
+            and deps.blocklist.is_blocked(password)):
         user.password_change_required = True
         audit.record(session, type="password.breached_at_login", outcome="flagged", now=now,
                      client=client, user_id=user.id)
@@ -269,6 +271,7 @@ def _set_password(session: DbSession, deps: Deps, *, user: User, password: str, 
     user_tokens.revoke_all(session, user_id=user.id,
                            purposes=("reset_password", "change_password", "mfa"), now=now)
     revoked = sessions.revoke_all_for_user(session, user_id=user.id, reason=event, now=now)
+    breach_batches.record_password_set(session, user_id=user.id, now=now)  # completed resets
     audit.record(session, type=event, outcome="success", now=now, client=client,
                  user_id=user.id, details={"sessions_revoked": revoked})
     reset = user_tokens.issue(session, user_id=user.id, purpose="reset_password",

@@ -262,15 +262,21 @@ class PruneResult:
     through_id: int | None
 
 
-def prune(session: DbSession, *, before: datetime, now: datetime) -> PruneResult:
-    """Delete events older than ``before``; the head keeps the hash of the last one deleted, so
-    what remains still verifies. The pruning itself is recorded in the trail."""
+def prune(session: DbSession, *, before: datetime, now: datetime,
+          batch: int | None = None) -> PruneResult:
+    """Delete events older than ``before`` (at most ``batch`` of them, oldest first); the head
+    keeps the hash of the last one deleted, so what remains still verifies. The pruning itself
+    is recorded in the trail. Writers wait for the chain lock meanwhile: keep batches small and
+    commit between them."""
     head = _lock_head(session)
-    through = session.scalar(
-        select(func.max(AuditEvent.id)).where(
-            AuditEvent.occurred_at < before, AuditEvent.id <= head.last_id
-        )
+    oldest = (
+        select(AuditEvent.id)
+        .where(AuditEvent.occurred_at < before, AuditEvent.id <= head.last_id)
+        .order_by(AuditEvent.id)
     )
+    if batch is not None:
+        oldest = oldest.limit(batch)
+    through = session.scalar(select(func.max(oldest.subquery().c.id)))
     if through is None:
         return PruneResult(pruned=0, through_id=None)
     anchor_hash = session.scalar(select(AuditEvent.row_hash).where(AuditEvent.id == through))

@@ -1,8 +1,443 @@
-"""Breach response: forced password resets for many accounts."""
+"""Breach response: forced password resets for chosen accounts, run in the background.
+
+``create_campaign`` settles who is targeted (an uploaded list is resolved to accounts at once;
+``all``, ``created_before`` and ``password_set_before`` are predicates over the accounts that
+existed when the campaign was created), refuses overlaps with a running campaign, and queues the
+first ``breach_batch`` job. Each job applies one batch in its own transaction and queues the next
+one (``breach_batches`` holds the set-based engine and the notice tickets). ``force_reset`` is a
+one-account campaign applied synchronously.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.orm import aliased
+
+from authsvc.errors import (
+    CampaignConflict,
+    CampaignFinished,
+    EmptyTargetList,
+    IdempotencyKeyReused,
+    InvalidRequest,
+    NoTargets,
+    NotFound,
+)
+from authsvc.models import User
+from authsvc.models.breach import BreachCampaign, BreachTarget
+from authsvc.services import audit, outbox
+from authsvc.services import breach_batches as batches
+from authsvc.services import breach_lists as lists
+from authsvc.services.breach_lists import InputReport, Rejection, TargetList
+from authsvc.services.context import Client, Deps
 from authsvc.services.outbox import Handler
 
+SELECTORS = ("all", "emails", "user_ids", "created_before", "password_set_before")
+BEFORE_SELECTORS = frozenset({"created_before", "password_set_before"})
+LIST_KINDS = frozenset({"emails", "user_ids"})
+MODES = ("invalidate", "change_at_next_login")
+STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+MAX_REASON = 1000
+MAX_BATCH_FAILURES = 5  # consecutive failed attempts of a batch before the campaign fails
+_CREATION_LOCK = 7263542  # PostgreSQL advisory lock: campaigns are created one at a time
+
+
+# --- views -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Creator:
+    """Who starts a campaign: an admin API key, or the command line."""
+
+    name: str
+    key_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignView:
+    id: str
+    status: str
+    origin: str
+    reason: str
+    selector: str
+    before: datetime | None
+    mode: str
+    revoke_sessions: bool
+    reset_mfa: bool
+    notify: bool
+    targeted: int
+    processed: int
+    notified: int
+    completed_resets: int
+    sessions_revoked: int
+    notices_queued: int
+    created_by: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    last_error: str | None
+    input: InputReport | None
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignRequest:
+    reason: str
+    selector: str
+    mode: str
+    revoke_sessions: bool = True
+    reset_mfa: bool = False
+    notify: bool = True
+    before: datetime | None = None  # created_before / password_set_before
+    targets: TargetList | None = None  # emails / user_ids
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    campaign: CampaignView
+    replayed: bool  # an earlier request with the same Idempotency-Key created it
+
+
+@dataclass(frozen=True, slots=True)
+class DryRun:
+    targeted: int
+    conflicts_with: str | None
+    input: InputReport | None
+
+
+def view(session: DbSession, campaign: BreachCampaign) -> CampaignView:
+    def count(*conditions: Any) -> int:
+        return int(session.scalar(
+            select(func.count()).select_from(BreachTarget)
+            .where(BreachTarget.campaign_id == campaign.id, *conditions)
+        ) or 0)
+
+    report = json.loads(campaign.input_report) if campaign.input_report else None
+    return CampaignView(
+        id=campaign.id, status=campaign.status, origin=campaign.origin, reason=campaign.reason,
+        selector=campaign.selector, before=campaign.selector_before, mode=campaign.mode,
+        revoke_sessions=campaign.revoke_sessions, reset_mfa=campaign.reset_mfa,
+        notify=campaign.notify, targeted=campaign.targeted, processed=campaign.processed,
+        notified=count(BreachTarget.notified_at.is_not(None)),
+        completed_resets=count(BreachTarget.reset_at.is_not(None)),
+        sessions_revoked=campaign.sessions_revoked, notices_queued=campaign.notices_queued,
+        created_by=campaign.created_by, created_at=campaign.created_at,
+        started_at=campaign.started_at, finished_at=campaign.finished_at,
+        last_error=campaign.last_error,
+        input=_report_from_json(report) if report is not None else None,
+    )
+
+
+def _report_from_json(data: dict[str, Any]) -> InputReport:
+    return InputReport(**{**data, "rejections": tuple(Rejection(**r) for r in data["rejections"]),
+                          "unknown_values": tuple(data["unknown_values"])})
+
+
+def get_campaign(session: DbSession, *, campaign_id: str) -> CampaignView:
+    campaign = session.get(BreachCampaign, campaign_id)
+    if campaign is None:
+        raise NotFound("No such breach response")
+    return view(session, campaign)
+
+
+def list_campaigns(session: DbSession, *, status: str | None, limit: int) -> list[CampaignView]:
+    if status is not None and status not in STATUSES:
+        raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", field="status")
+    query = select(BreachCampaign).order_by(BreachCampaign.created_at.desc()).limit(limit)
+    if status is not None:
+        query = query.where(BreachCampaign.status == status)
+    return [view(session, c) for c in session.scalars(query)]
+
+
+# --- creating ----------------------------------------------------------------------------
+
+
+def create_campaign(
+    session: DbSession,
+    deps: Deps,
+    *,
+    request: CampaignRequest,
+    creator: Creator,
+    client: Client,
+    now: datetime,
+    origin: str = "api",
+    idempotency_key: str | None = None,
+    dry_run: bool = False,
+) -> Created | DryRun:
+    """Validate, target and queue a campaign (or only count its targets, for a dry run)."""
+    _validate(request)
+    fingerprint = _fingerprint(request)
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CREATION_LOCK})
+    if idempotency_key is not None and not dry_run:
+        earlier = session.scalar(
+            select(BreachCampaign).where(BreachCampaign.idempotency_key == idempotency_key)
+        )
+        if earlier is not None:
+            if earlier.request_hash != fingerprint:
+                raise IdempotencyKeyReused("This Idempotency-Key was used for another request")
+            return Created(campaign=view(session, earlier), replayed=True)
+    if dry_run:
+        with session.begin_nested() as attempt:
+            campaign, report = _target(session, request, creator=creator, origin=origin,
+                                       now=now)
+            counted = DryRun(targeted=campaign.targeted,
+                             conflicts_with=_conflicting(session, campaign), input=report)
+            attempt.rollback()  # a dry run leaves nothing behind but its audit event
+        audit.record(session, type="breach.dry_run", outcome="counted", now=now,
+                     client=client, admin_key_id=creator.key_id,
+                     details={**_summary(request), "targeted": counted.targeted})
+        return counted
+    try:
+        with session.begin_nested():
+            campaign, report = _target(session, request, creator=creator, origin=origin,
+                                       now=now)
+            conflict = _conflicting(session, campaign)
+            if campaign.targeted == 0:
+                raise NoTargets("No account matches the selection; nothing was started",
+                                input=asdict(report) if report else None)
+            if conflict is not None:
+                raise CampaignConflict(
+                    f"Breach response {conflict} is still running on some of these accounts; "
+                    "wait for it to finish or cancel it", campaign_id=conflict)
+    except (NoTargets, CampaignConflict) as exc:
+        audit.record(session, type="breach.campaign_refused", outcome=exc.code, now=now,
+                     client=client, admin_key_id=creator.key_id, details=_summary(request))
+        raise
+    campaign.idempotency_key, campaign.request_hash = idempotency_key, fingerprint
+    campaign.input_report = json.dumps(asdict(report)) if report else None
+    if origin != "force_reset":
+        _queue_batch(session, deps, campaign, now=now)
+    audit.record(
+        session, type="breach.campaign_created", outcome="accepted", now=now, client=client,
+        admin_key_id=creator.key_id,
+        details={**_summary(request), "campaign_id": campaign.id, "origin": origin,
+                 "created_by": creator.name, "targeted": campaign.targeted,
+                 "input": _counts(report)},
+    )
+    return Created(campaign=view(session, campaign), replayed=False)
+
+
+def _validate(request: CampaignRequest) -> None:
+    if request.selector not in SELECTORS:
+        raise InvalidRequest(f"selector must be one of {', '.join(SELECTORS)}",
+                             field="selector")
+    if request.mode not in MODES:
+        raise InvalidRequest(f"mode must be one of {', '.join(MODES)}", field="mode")
+    if not request.reason.strip() or len(request.reason) > MAX_REASON:
+        raise InvalidRequest(f"reason must be 1 to {MAX_REASON} characters", field="reason")
+    if (request.selector in BEFORE_SELECTORS) != (request.before is not None):
+        raise InvalidRequest(
+            "created_before / password_set_before go with the selector of that name",
+            field="selector")
+    if request.before is not None and request.before.tzinfo is None:
+        raise InvalidRequest("the date must carry a time zone", field=request.selector)
+    listed = request.selector in LIST_KINDS
+    if listed != (request.targets is not None):
+        raise InvalidRequest("a list of emails or user ids goes with that selector only",
+                             field="selector")
+    if request.targets is not None:
+        if request.targets.kind != request.selector:
+            raise InvalidRequest("the list does not match the selector", field="selector")
+        if not request.targets.values:
+            raise EmptyTargetList(
+                f"The list has no acceptable entry ({request.targets.lines} lines, "
+                f"{request.targets.rejected} rejected)",
+                rejected=request.targets.rejected,
+                rejections=[asdict(r) for r in request.targets.rejections])
+
+
+def _fingerprint(request: CampaignRequest) -> str:
+    body = {**_summary(request),
+            "list": hashlib.sha256("\n".join(request.targets.values).encode()).hexdigest()
+            if request.targets else None}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _summary(request: CampaignRequest) -> dict[str, Any]:
+    return {"reason": request.reason, "selector": request.selector, "mode": request.mode,
+            "before": request.before.isoformat() if request.before else None,
+            "revoke_sessions": request.revoke_sessions, "reset_mfa": request.reset_mfa,
+            "notify": request.notify}
+
+
+def _counts(report: InputReport | None) -> dict[str, int] | None:
+    if report is None:
+        return None
+    return {"lines": report.lines, "accepted": report.accepted, "matched": report.matched,
+            "unknown": report.unknown, "duplicates": report.duplicates,
+            "rejected": report.rejected}
+
+
+def _target(session: DbSession, request: CampaignRequest, *, creator: Creator, origin: str,
+            now: datetime) -> tuple[BreachCampaign, InputReport | None]:
+    campaign = BreachCampaign(
+        origin=origin, reason=request.reason.strip(), selector=request.selector,
+        selector_before=request.before, mode=request.mode,
+        revoke_sessions=request.revoke_sessions, reset_mfa=request.reset_mfa,
+        notify=request.notify, status="pending", targeted=0, processed=0, sessions_revoked=0,
+        notices_queued=0, batches=0, failures=0, created_by=creator.name[:128],
+        created_by_key_id=creator.key_id, created_at=now,
+    )
+    session.add(campaign)
+    session.flush()
+    if request.targets is None:
+        campaign.targeted = int(session.scalar(
+            select(func.count()).select_from(User).where(batches.membership(campaign))
+        ) or 0)
+        return campaign, None
+    report = lists.insert_targets(session, campaign_id=campaign.id, targets=request.targets)
+    campaign.targeted = report.matched
+    return campaign, report
+
+
+def _conflicting(session: DbSession, campaign: BreachCampaign) -> str | None:
+    """The id of a pending or running campaign that targets one of the same accounts."""
+    others = session.scalars(
+        select(BreachCampaign).where(BreachCampaign.status.in_(batches.ACTIVE),
+                                     BreachCampaign.id != campaign.id)
+    ).all()
+    for other in others:
+        user = aliased(User)
+        shared = session.scalar(
+            select(user.id).where(batches.membership(campaign, user),
+                                  batches.membership(other, user)).limit(1)
+        )
+        if shared is not None:
+            return other.id
+    return None
+
+
+def _queue_batch(session: DbSession, deps: Deps, campaign: BreachCampaign, *, now: datetime,
+                 delay: timedelta = timedelta(0)) -> None:
+    """Queue the job that runs the next batch. Without a delay it is due as of the campaign's
+    creation, so it sorts ahead of the campaign's own notice tickets."""
+    due = delay if delay > timedelta(0) else min(timedelta(0), campaign.created_at - now)
+    outbox.enqueue(session, deps.keyring, kind="breach_batch",
+                   payload={"campaign_id": campaign.id}, now=now, delay=due)
+
+
+# --- cancelling, one account, reports ----------------------------------------------------
+
+
+def cancel_campaign(session: DbSession, deps: Deps, *, campaign_id: str, creator: Creator,
+                    client: Client, now: datetime) -> CampaignView:
+    """Stop a pending or running campaign. Accounts already flagged stay flagged and still get
+    their notices; nothing is undone."""
+    campaign = session.scalars(
+        select(BreachCampaign).where(BreachCampaign.id == campaign_id).with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if campaign is None:
+        raise NotFound("No such breach response")
+    if campaign.status == "cancelled":
+        return view(session, campaign)
+    if campaign.status not in batches.ACTIVE:
+        raise CampaignFinished(f"The breach response has already {campaign.status}",
+                               campaign_status=campaign.status)
+    campaign.status, campaign.finished_at = "cancelled", now
+    audit.record(session, type="breach.campaign_cancelled", outcome="cancelled", now=now,
+                 client=client, admin_key_id=creator.key_id,
+                 details={"campaign_id": campaign.id, "processed": campaign.processed,
+                          "cancelled_by": creator.name})
+    if campaign.revoke_sessions and campaign.processed:
+        outbox.enqueue(session, deps.keyring, kind="breach_sweep",
+                       payload={"campaign_id": campaign.id}, now=now,
+                       delay=deps.settings.breach_sweep_delay)
+    return view(session, campaign)
+
+
+def force_reset(session: DbSession, deps: Deps, *, user_id: str, mode: str,
+                revoke_sessions: bool, reset_mfa: bool, notify: bool, reason: str,
+                creator: Creator, client: Client, now: datetime) -> CampaignView:
+    """The effects of a breach response on one account, applied now (a one-account campaign,
+    so it shows in the list, the audit trail and the reports like any other)."""
+    if session.get(User, user_id) is None:
+        raise NotFound("No such user")
+    targets = TargetList(kind="user_ids", values=(user_id,), lines=1, duplicates=0,
+                         rejected=0, rejections=())
+    request = CampaignRequest(reason=reason, selector="user_ids", mode=mode,
+                              revoke_sessions=revoke_sessions, reset_mfa=reset_mfa,
+                              notify=notify, targets=targets)
+    created = create_campaign(session, deps, request=request, creator=creator, client=client,
+                              now=now, origin="force_reset")
+    assert isinstance(created, Created)
+    campaign_id = created.campaign.id
+    while not batches.run_next_batch(session, deps, campaign_id=campaign_id,
+                                     now=now).finished:
+        pass
+    audit.record(session, type="admin.force_reset", outcome="success", now=now, client=client,
+                 user_id=user_id, admin_key_id=creator.key_id,
+                 details={"campaign_id": campaign_id, "mode": mode, "reason": reason})
+    return get_campaign(session, campaign_id=campaign_id)
+
+
+def record_report_export(session: DbSession, *, campaign_id: str, fmt: str, creator: Creator,
+                         client: Client, now: datetime) -> CampaignView:
+    campaign = get_campaign(session, campaign_id=campaign_id)
+    audit.record(session, type="breach.report_exported", outcome="success", now=now,
+                 client=client, admin_key_id=creator.key_id,
+                 details={"campaign_id": campaign_id, "format": fmt})
+    return campaign
+
+
+# --- outbox jobs -------------------------------------------------------------------------
+
+
+def _run_batch_job(session: DbSession, deps: Deps, payload: dict[str, Any],
+                   now: datetime) -> None:
+    campaign_id = payload["campaign_id"]
+    try:
+        with session.begin_nested():
+            outcome = batches.run_next_batch(session, deps, campaign_id=campaign_id, now=now)
+    except Exception as exc:  # any failure counts against the campaign; retried below
+        _batch_failed(session, deps, campaign_id=campaign_id, error=exc, now=now)
+        return
+    campaign = session.get(BreachCampaign, campaign_id)
+    if campaign is None or outcome.finished:
+        return
+    _queue_batch(session, deps, campaign, now=now,
+                 delay=timedelta(seconds=1) if outcome.busy else timedelta(0))
+
+
+def _batch_failed(session: DbSession, deps: Deps, *, campaign_id: str, error: Exception,
+                  now: datetime) -> None:
+    campaign = session.scalars(
+        select(BreachCampaign).where(BreachCampaign.id == campaign_id)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if campaign is None or campaign.status not in batches.ACTIVE:
+        return
+    campaign.failures += 1
+    message = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+    campaign.last_error = message
+    if campaign.failures >= MAX_BATCH_FAILURES:
+        batches.finish(session, deps, campaign=campaign, now=now, status="failed",
+                       error=message)
+        return
+    _queue_batch(session, deps, campaign, now=now,
+                 delay=timedelta(seconds=2 ** campaign.failures))
+
+
+def _send_notice_job(session: DbSession, deps: Deps, payload: dict[str, Any],
+                     now: datetime) -> None:
+    batches.send_notice(session, deps, campaign_id=payload["campaign_id"], now=now)
+
+
+def _sweep_job(session: DbSession, deps: Deps, payload: dict[str, Any], now: datetime) -> None:
+    batches.sweep_sessions(session, campaign_id=payload["campaign_id"], now=now)
+
+
 # Outbox handlers this capability contributes, by message kind.
-HANDLERS: dict[str, Handler] = {}
+HANDLERS: dict[str, Handler] = {
+    "breach_batch": _run_batch_job,
+    "breach_notice": _send_notice_job,
+    "breach_sweep": _sweep_job,
+}
+# Kinds the worker runs alone in their own transaction (a batch is large).
+SOLO_KINDS = frozenset({"breach_batch"})

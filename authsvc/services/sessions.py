@@ -9,6 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto.tokens import new_token, sign_access_token, token_hash
+from authsvc.db import rowcount
 from authsvc.errors import InvalidToken, NotFound
 from authsvc.models import RefreshToken, Session, User
 from authsvc.services import audit, signing
@@ -21,7 +22,7 @@ class TokenPair:
     refresh_token: str
     expires_in: int
     session_id: str
-    token_type: str = "Bearer"
+    token_type: str = "Bearer"  # noqa: S105 - the RFC 6750 token type name, not a secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +102,11 @@ def rotate_refresh_token(
     login = session.get(Session, row.session_id)
     if login is None or login.revoked_at is not None or login.expires_at <= now:
         raise InvalidToken()
-    spent = session.execute(
+    spent = rowcount(session.execute(
         update(RefreshToken)
         .where(RefreshToken.id == row.id, RefreshToken.used_at.is_(None))
         .values(used_at=now)
-    ).rowcount
+    ))
     if spent != 1:
         revoke(session, session_ids=[login.id], reason="refresh_token_reuse", now=now)
         audit.record(
@@ -129,7 +130,7 @@ def revoke(session: DbSession, *, session_ids: list[str], reason: str, now: date
         .where(Session.id.in_(session_ids), Session.revoked_at.is_(None))
         .values(revoked_at=now, revoked_reason=reason)
     )
-    return int(result.rowcount or 0)
+    return rowcount(result)
 
 
 def revoke_all_for_user(session: DbSession, *, user_id: str, reason: str, now: datetime) -> int:
@@ -138,7 +139,7 @@ def revoke_all_for_user(session: DbSession, *, user_id: str, reason: str, now: d
         .where(Session.user_id == user_id, Session.revoked_at.is_(None))
         .values(revoked_at=now, revoked_reason=reason)
     )
-    return int(result.rowcount or 0)
+    return rowcount(result)
 
 
 def logout(session: DbSession, *, refresh_token: str, client: Client, now: datetime) -> None:

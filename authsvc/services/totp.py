@@ -75,7 +75,8 @@ def _affected(result: Result[Any]) -> int:
     return int(cast("CursorResult[Any]", result).rowcount or 0)
 
 
-def _aad(factor_id: str) -> bytes:
+def secret_aad(factor_id: str) -> bytes:
+    """Associated data of a factor's ciphertext: a secret only opens in its own row."""
     return b"totp-secret:" + factor_id.encode()
 
 
@@ -114,7 +115,8 @@ def qr_svg(uri: str) -> str:
 
 def _secret(keyring: Keyring, row: TotpFactor) -> str | None:
     try:
-        return keyring.decrypt(row.secret_ciphertext, associated_data=_aad(row.id)).decode()
+        plain = keyring.decrypt(row.secret_ciphertext, associated_data=secret_aad(row.id))
+        return plain.decode()
     except DecryptionFailed:
         log.error("TOTP factor %s cannot be decrypted with the configured keys", row.id)
         return None
@@ -168,7 +170,8 @@ def enroll(
         id=factor_id,
         user_id=user_id,
         name=name,
-        secret_ciphertext=deps.keyring.encrypt(secret.encode(), associated_data=_aad(factor_id)),
+        secret_ciphertext=deps.keyring.encrypt(secret.encode(),
+                                               associated_data=secret_aad(factor_id)),
         created_at=now,
         expires_at=expires_at,
         confirm_attempts=0,
@@ -392,7 +395,7 @@ def reencrypt_batch(
     for row in rows:
         if keyring.needs_reencryption(row.secret_ciphertext):
             row.secret_ciphertext = keyring.reencrypt(row.secret_ciphertext,
-                                                      associated_data=_aad(row.id))
+                                                      associated_data=secret_aad(row.id))
             count += 1
     session.flush()
     return count, (rows[-1].id if rows else None)

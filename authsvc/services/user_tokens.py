@@ -10,10 +10,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto.tokens import new_token, token_hash
+from authsvc.db import rowcount
 from authsvc.errors import InvalidToken
 from authsvc.models import UserToken
 
-PREFIXES = {
+PREFIXES = {  # nosec B105 # the values are prefixes, not passwords
     "verify_email": "ve",
     "reset_password": "rp",
     "change_password": "ct",
@@ -70,11 +71,11 @@ def find(session: DbSession, *, token: str, purpose: str, now: datetime) -> User
 
 def consume(session: DbSession, *, row: UserToken, now: datetime) -> None:
     """Mark used exactly once, atomically (two concurrent uses: one loses)."""
-    spent = session.execute(
+    spent = rowcount(session.execute(
         update(UserToken)
         .where(UserToken.id == row.id, UserToken.used_at.is_(None))
         .values(used_at=now)
-    ).rowcount
+    ))
     if spent != 1:
         raise InvalidToken()
 
@@ -84,7 +85,9 @@ def context_of(row: UserToken) -> dict[str, Any]:
     return data
 
 
-def revoke_all(session: DbSession, *, user_id: str, purposes: tuple[str, ...], now: datetime) -> None:
+def revoke_all(
+    session: DbSession, *, user_id: str, purposes: tuple[str, ...], now: datetime
+) -> None:
     session.execute(
         update(UserToken)
         .where(

@@ -113,6 +113,7 @@ def _verify_registration(
     """Check a RegistrationResponseJSON against this user's open challenge and the policy;
     nothing is stored yet (the challenge is spent)."""
     settings = deps.settings
+    chosen = webauthn.clean_name(name) if name is not None else None
     try:
         answer = wa.read_registration(credential)
     except wa.WebauthnResponseError as exc:
@@ -120,7 +121,7 @@ def _verify_registration(
     challenge = webauthn.consume_challenge(
         session, purpose="registration", challenge=answer.challenge, user_id=user_id, now=now
     )
-    clean = webauthn.clean_name(name) if name is not None else (challenge.name or "Security key")
+    clean = chosen or challenge.name or "Security key"
     try:
         key = wa.verify_registration(
             credential=credential,

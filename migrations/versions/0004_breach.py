@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("batches", sa.Integer(), nullable=False),
         sa.Column("failures", sa.Integer(), nullable=False),
         sa.Column("cursor", sa.String(length=32), nullable=True),
+        sa.Column("boundaries", sa.Text(), nullable=True),
         sa.Column("input_report", sa.Text(), nullable=True),
         sa.Column("idempotency_key", sa.String(length=128), nullable=True),
         sa.Column("request_hash", sa.String(length=64), nullable=True),
@@ -63,14 +64,6 @@ def upgrade() -> None:
         sa.Column("notice_queued_at", authsvc.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("notified_at", authsvc.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("reset_at", authsvc.db.UTCDateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["campaign_id"], ["breach_campaigns.id"],
-            name=op.f("fk_breach_targets_campaign_id_breach_campaigns"), ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name=op.f("fk_breach_targets_user_id_users"),
-            ondelete="CASCADE",
-        ),
         sa.PrimaryKeyConstraint("campaign_id", "user_id", name=op.f("pk_breach_targets")),
     )
     with op.batch_alter_table("breach_targets", schema=None) as batch_op:

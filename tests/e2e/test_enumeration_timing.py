@@ -13,8 +13,9 @@ The outbox worker runs out of process (here: not at all), so background mail wor
 differs by design between the two cases, does not add noise to one series. Rate limits are
 raised so that nothing is throttled.
 
-A KS test at p = 0.01 rejects a true null hypothesis 1 % of the time, so an endpoint that
-fails is measured once more and must pass the second time: a real difference fails both.
+A KS test at p = 0.01 rejects a true null hypothesis 1 % of the time, and on a busy machine
+the medians wander by a few per cent, so an endpoint that fails is measured once more and the
+two samples are pooled (600 pairs): that must pass. A real difference fails both.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import random
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,9 +113,9 @@ def _bodies(endpoint: str, email: str) -> dict[str, str]:
     return {"email": email}
 
 
-def _measure(client: Client, endpoint: str, rng: random.Random) -> tuple[
-    list[Answer], list[Answer]
-]:
+def _measure(
+    client: Client, endpoint: str, rng: random.Random
+) -> tuple[list[Answer], list[Answer]]:
     registered: list[Answer] = []
     unregistered: list[Answer] = []
     for index in range(WARMUP_PAIRS + PAIRS):
@@ -137,23 +139,26 @@ def _compare(registered: list[Answer], unregistered: list[Answer]) -> Comparison
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     workdir: Path = tmp_path_factory.mktemp("timing")
     live = LiveServer(workdir, env=UNTHROTTLED, serve_args=("--no-outbox-thread",))
     live.start()
     try:
         conn = http.client.HTTPConnection(live.host, live.port, timeout=30)
         conn.request(
-            "POST", "/admin/v1/users",
+            "POST",
+            "/admin/v1/users",
             body=json.dumps({"email": REGISTERED, "password": PASSWORD, "email_verified": True}),
-            headers={"Content-Type": "application/json",
-                     "Authorization": f"Bearer {live.admin_key}"},
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {live.admin_key}",
+            },
         )
         response = conn.getresponse()
         assert response.status == 201, response.read()
         response.read()
         conn.close()
-        yield live  # type: ignore[misc]
+        yield live
     finally:
         live.stop()
 
@@ -176,13 +181,18 @@ def test_registered_and_unregistered_emails_are_indistinguishable(
             assert answer.status == reference.status
             assert answer.body == reference.body
             assert answer.headers == reference.headers
-        # (b) and (c): the same time.
+        # (b) and (c): the same time. On a busy machine the spread of the timings grows; if the
+        # first sample fails, a second one is taken and pooled with it, which narrows the
+        # estimate: noise averages out, a real difference stays and is detected with more power.
         comparisons = [_compare(registered, unregistered)]
         if not comparisons[0].passed:
-            comparisons.append(_compare(*_measure(client, endpoint, rng)))
+            more_registered, more_unregistered = _measure(client, endpoint, rng)
+            comparisons.append(
+                _compare(registered + more_registered, unregistered + more_unregistered)
+            )
     finally:
         client.close()
-    report = "; ".join(
+    report = "; pooled with a second sample: ".join(
         f"KS p={c.pvalue:.3f}, median registered {c.median_registered * 1000:.2f} ms, "
         f"unregistered {c.median_unregistered * 1000:.2f} ms "
         f"(difference {c.median_difference:.1%})"

@@ -1,11 +1,14 @@
-"""A burst of logins beyond the hashing capacity is shed with 503 `overloaded` + Retry-After,
-not queued without end, and the server answers normally again once the burst is over."""
+"""The hashing bound of a real `authsvc serve` worker: a burst of logins beyond the hashing
+capacity is shed with 503 `overloaded` + Retry-After, not queued without end; the server answers
+normally again once the burst is over; and the worker's memory grows with the hashes it may
+compute at once, not with its threads."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,11 +19,14 @@ pytestmark = pytest.mark.e2e
 
 EMAIL = "burst@example.com"
 PASSWORD = "Overload passphrase 77"
+THREADS = 8
 BURST = 24
+ARGON2_MIB = 19  # the production default, Settings.argon2_memory_kib
 
 
-def _post(server: LiveServer, path: str, body: dict[str, object],
-          token: str | None = None) -> tuple[int, dict[str, str], bytes]:
+def _post(
+    server: LiveServer, path: str, body: dict[str, object], token: str | None = None
+) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
     headers = {"Content-Type": "application/json"}
     if token:
@@ -33,43 +39,94 @@ def _post(server: LiveServer, path: str, body: dict[str, object],
         conn.close()
 
 
-def test_burst_is_shed_with_503_and_the_server_recovers(tmp_path: Path) -> None:
+def _login(server: LiveServer) -> tuple[int, dict[str, str], bytes]:
+    return _post(server, "/v1/login", {"email": EMAIL, "password": PASSWORD})
+
+
+def _concurrently(count: int, work: Callable[[], None]) -> None:
+    start = threading.Barrier(count)
+
+    def run() -> None:
+        start.wait()
+        work()
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+
+def _worker_rss_mib(server: LiveServer) -> float:
+    assert server.process is not None
+    master = server.process.pid
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) != master:
+                continue
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        return int(status.split("VmRSS:")[1].split()[0]) / 1024
+    raise AssertionError("no gunicorn worker found")
+
+
+def test_burst_is_shed_with_503_memory_stays_bounded_and_the_server_recovers(
+    tmp_path: Path,
+) -> None:
     env = {
-        # One Argon2 computation at a time per process, and almost no waiting for a slot.
+        # One Argon2 computation at a time per process, and a short wait for the slot.
         "AUTHSVC_MAX_CONCURRENT_HASHES": "1",
-        "AUTHSVC_HASH_QUEUE_TIMEOUT": "0.005",
+        "AUTHSVC_HASH_QUEUE_TIMEOUT": "0.05",
         "AUTHSVC_LIMIT_IP": "100000/minute",
         "AUTHSVC_LIMIT_EMAIL": "100000/minute",
         "AUTHSVC_LIMIT_IP_EMAIL": "100000/minute",
     }
-    with LiveServer(tmp_path, env=env, workers=1, threads=8) as server:
-        status, _, body = _post(server, "/admin/v1/users",
-                                {"email": EMAIL, "password": PASSWORD, "email_verified": True},
-                                token=server.admin_key)
+    with LiveServer(tmp_path, env=env, workers=1, threads=THREADS) as server:
+        status, _, body = _post(
+            server,
+            "/admin/v1/users",
+            {"email": EMAIL, "password": PASSWORD, "email_verified": True},
+            token=server.admin_key,
+        )
         assert status == 201, body
+        for _ in range(3):  # warm-up: code paths, caches, the first Argon2 block
+            assert _login(server)[0] == 200
 
+        # Memory: every thread of the worker gets to hash, one at a time. Without the malloc
+        # arena cap each thread's arena would keep its own Argon2 block (8 x 19 MiB).
+        baseline = _worker_rss_mib(server)
+        statuses: list[int] = []
+
+        def keep_logging_in() -> None:
+            for _ in range(8):
+                statuses.append(_login(server)[0])
+
+        _concurrently(THREADS, keep_logging_in)
+        after_load = _worker_rss_mib(server)
+        assert set(statuses) <= {200, 503}, statuses
+        assert statuses.count(200) >= THREADS, statuses
+        assert after_load - baseline < 4 * ARGON2_MIB, (baseline, after_load)
+
+        # The burst: more logins at once than the slot can serve within the wait.
         results: list[tuple[int, dict[str, str], bytes]] = []
         lock = threading.Lock()
-        start = threading.Barrier(BURST)
 
-        def login() -> None:
-            start.wait()
-            answer = _post(server, "/v1/login", {"email": EMAIL, "password": PASSWORD})
+        def login_once() -> None:
+            answer = _login(server)
             with lock:
                 results.append(answer)
 
-        threads = [threading.Thread(target=login) for _ in range(BURST)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
+        _concurrently(BURST, login_once)
         assert len(results) == BURST
-
-        statuses = sorted(status for status, _, _ in results)
-        assert set(statuses) <= {200, 503}, statuses
-        assert 200 in statuses, statuses  # capacity is used, not refused wholesale
-        shed = [(headers, body) for status, headers, body in results if status == 503]
-        assert shed, f"a burst of {BURST} was not shed: {statuses}"
+        burst_statuses = sorted(status for status, _, _ in results)
+        assert set(burst_statuses) <= {200, 503}, burst_statuses
+        assert 200 in burst_statuses, burst_statuses  # capacity is used, not refused wholesale
+        shed = [(headers, raw) for status, headers, raw in results if status == 503]
+        assert shed, f"a burst of {BURST} was not shed: {burst_statuses}"
         for headers, raw in shed:
             assert headers["content-type"] == "application/problem+json"
             assert int(headers["retry-after"]) >= 1
@@ -77,8 +134,9 @@ def test_burst_is_shed_with_503_and_the_server_recovers(tmp_path: Path) -> None:
             assert problem["code"] == "overloaded"
             assert problem["status"] == 503
 
-        # The burst is over: sequential logins succeed again.
+        # The burst is over: sequential logins succeed again, and memory did not grow further.
         for _ in range(3):
-            status, _, raw = _post(server, "/v1/login", {"email": EMAIL, "password": PASSWORD})
+            status, _, raw = _login(server)
             assert status == 200, raw
             assert json.loads(raw)["status"] == "authenticated"
+        assert _worker_rss_mib(server) - after_load < ARGON2_MIB, (after_load, baseline)

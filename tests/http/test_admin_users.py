@@ -41,8 +41,9 @@ def argon2_hash(password: str) -> str:
 
 
 def argon2i_hash(password: str) -> str:
-    return argon2.PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1,
-                                 type=argon2.Type.I).hash(password)
+    return argon2.PasswordHasher(
+        time_cost=1, memory_cost=1024, parallelism=1, type=argon2.Type.I
+    ).hash(password)
 
 
 def bcrypt_hash(password: str) -> str:
@@ -71,12 +72,17 @@ def test_create_a_user_with_a_password(api, client, as_admin, connection):
 
 @pytest.mark.parametrize(
     ("make_hash", "source"),
-    [(argon2_hash, "argon2"), (argon2i_hash, "argon2"), (bcrypt_hash, "bcrypt"),
-     (pbkdf2_hash, "pbkdf2_sha256")],
+    [
+        (argon2_hash, "argon2"),
+        (argon2i_hash, "argon2"),
+        (bcrypt_hash, "bcrypt"),
+        (pbkdf2_hash, "pbkdf2_sha256"),
+    ],
     ids=["argon2id-other-params", "argon2i", "bcrypt", "pbkdf2_sha256"],
 )
-def test_imported_hashes_log_in_and_are_upgraded(api, client, as_admin, connection, make_hash,
-                                                  source):
+def test_imported_hashes_log_in_and_are_upgraded(
+    api, client, as_admin, connection, make_hash, source
+):
     imported = make_hash(PASSWORD)
 
     response = create(client, as_admin, email="ada@example.com", password_hash=imported)
@@ -99,8 +105,9 @@ def test_imported_hashes_log_in_and_are_upgraded(api, client, as_admin, connecti
 
 
 def test_an_unverified_user_cannot_log_in(api, client, as_admin):
-    view = create(client, as_admin, email="ada@example.com", password=PASSWORD,
-                  email_verified=False).get_json()
+    view = create(
+        client, as_admin, email="ada@example.com", password=PASSWORD, email_verified=False
+    ).get_json()
 
     assert view["email_verified"] is False
     assert api.login("ada@example.com", PASSWORD).get_json()["code"] == "invalid_credentials"
@@ -117,8 +124,15 @@ def test_an_unverified_user_cannot_log_in(api, client, as_admin):
         {"email": "not an email", "password": PASSWORD},
         {"email": "ada@example.com", "password": PASSWORD, "email_verified": "yes"},
     ],
-    ids=["no-password", "both", "md5", "bcrypt-cost-31", "plaintext", "bad-email",
-         "verified-not-bool"],
+    ids=[
+        "no-password",
+        "both",
+        "md5",
+        "bcrypt-cost-31",
+        "plaintext",
+        "bad-email",
+        "verified-not-bool",
+    ],
 )
 def test_invalid_creations_are_refused(client, as_admin, connection, body):
     response = create(client, as_admin, **body)
@@ -147,12 +161,15 @@ def test_a_taken_email_conflicts(client, as_admin):
 def test_find_by_email(client, as_admin):
     created = create(client, as_admin, email="ada@example.com", password=PASSWORD).get_json()
 
-    found = client.get("/admin/v1/users", query_string={"email": " ADA@example.com"},
-                       headers=as_admin)
-    missing = client.get("/admin/v1/users", query_string={"email": "bob@example.com"},
-                         headers=as_admin)
-    nonsense = client.get("/admin/v1/users", query_string={"email": "not an email"},
-                          headers=as_admin)
+    found = client.get(
+        "/admin/v1/users", query_string={"email": " ADA@example.com"}, headers=as_admin
+    )
+    missing = client.get(
+        "/admin/v1/users", query_string={"email": "bob@example.com"}, headers=as_admin
+    )
+    nonsense = client.get(
+        "/admin/v1/users", query_string={"email": "not an email"}, headers=as_admin
+    )
 
     assert found.status_code == 200
     assert found.get_json() == {"users": [created]}
@@ -212,8 +229,11 @@ def test_disable_answers_logins_like_a_wrong_password(api, client, as_admin):
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/admin/v1/users/{id}"), ("DELETE", "/admin/v1/users/{id}"),
-     ("POST", "/admin/v1/users/{id}/disable")],
+    [
+        ("GET", "/admin/v1/users/{id}"),
+        ("DELETE", "/admin/v1/users/{id}"),
+        ("POST", "/admin/v1/users/{id}/disable"),
+    ],
 )
 def test_unknown_ids_are_not_found(client, as_admin, method, path):
     response = client.open(path.format(id="no-such-user"), method=method, headers=as_admin)
@@ -234,11 +254,18 @@ ADMIN_ROUTES = [
 @pytest.mark.parametrize(("method", "path", "body"), ADMIN_ROUTES)
 @pytest.mark.parametrize(
     "authorization",
-    [None, "Bearer", "Bearer ak_wrong", "Basic YWRtaW46YWRtaW4=", "USER_ACCESS_TOKEN",
-     "REVOKED_KEY"],
+    [
+        None,
+        "Bearer",
+        "Bearer ak_wrong",
+        "Basic YWRtaW46YWRtaW4=",
+        "USER_ACCESS_TOKEN",
+        "REVOKED_KEY",
+    ],
 )
 def test_admin_routes_without_a_valid_key_answer_401_and_no_data(
-        api, client, as_admin, connection, method, path, body, authorization):
+    api, client, as_admin, connection, method, path, body, authorization
+):
     user = create(client, as_admin, email="ada@example.com", password=PASSWORD).get_json()
     if authorization == "USER_ACCESS_TOKEN":
         authorization = f"Bearer {api.tokens('ada@example.com', PASSWORD)['access_token']}"
@@ -269,9 +296,12 @@ def test_admin_actions_are_audited_with_the_key(client, as_admin, connection):
 
     rows = connection.execute(
         select(AuditEvent.type, AuditEvent.admin_key_id, AuditEvent.user_id)
-        .where(AuditEvent.type.like("admin.user_%")).order_by(AuditEvent.id)
+        .where(AuditEvent.type.like("admin.user_%"))
+        .order_by(AuditEvent.id)
     ).all()
 
-    assert [tuple(r) for r in rows] == [("admin.user_created", key_id, created["id"]),
-                                        ("admin.user_disabled", key_id, created["id"])]
+    assert [tuple(r) for r in rows] == [
+        ("admin.user_created", key_id, created["id"]),
+        ("admin.user_disabled", key_id, created["id"]),
+    ]
     assert connection.scalar(select(AdminKey.last_used_at)) is not None

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from hypothesis import HealthCheck, given, settings as hypothesis_settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session as DbSession
 
@@ -30,8 +31,15 @@ ENDPOINTS: dict[str, dict[str, str]] = {
     "/admin/v1/users": {"email": "ada@example.com", "password": PASSWORD},
 }
 # The longest string each field takes (the shape check, before any service logic).
-MAX_LENGTHS = {"email": 320, "password": 1024, "new_password": 1024, "token": 512,
-               "mfa_token": 512, "change_token": 512, "refresh_token": 512}
+MAX_LENGTHS = {
+    "email": 320,
+    "password": 1024,
+    "new_password": 1024,
+    "token": 512,
+    "mfa_token": 512,
+    "change_token": 512,
+    "refresh_token": 512,
+}
 
 
 @pytest.fixture
@@ -43,13 +51,13 @@ def admin_headers(connection) -> dict[str, str]:
 
 
 def post(client: FlaskClient, path: str, admin_headers: dict[str, str], **kwargs: Any):
-    headers = {**(admin_headers if path.startswith("/admin") else {}),
-               **kwargs.pop("headers", {})}
+    headers = {**(admin_headers if path.startswith("/admin") else {}), **kwargs.pop("headers", {})}
     return client.post(path, headers=headers, **kwargs)
 
 
-def assert_problem(response, status: int, code: str, field: str | None = None,
-                   where: str = "") -> dict:
+def assert_problem(
+    response, status: int, code: str, field: str | None = None, where: str = ""
+) -> dict:
     label = f"{where}: {response.get_data()[:300]!r}"
     assert response.status_code == status, label
     assert response.mimetype == "application/problem+json", label
@@ -79,16 +87,22 @@ RAW_BODIES = [
     (b"", "application/json", 400, "invalid_request"),
     (b"   ", "application/json", 400, "invalid_request"),
     (b'{"email": "ada@example.com"}', "text/plain", 415, "unsupported_media_type"),
-    (b"email=ada%40example.com", "application/x-www-form-urlencoded", 415,
-     "unsupported_media_type"),
+    (
+        b"email=ada%40example.com",
+        "application/x-www-form-urlencoded",
+        415,
+        "unsupported_media_type",
+    ),
     (b'{"email": "ada@example.com"}', None, 415, "unsupported_media_type"),
 ]
 
 
-@pytest.mark.parametrize(("data", "content_type", "status", "code"), RAW_BODIES,
-                         ids=[f"raw{i}" for i in range(len(RAW_BODIES))])
-def test_bodies_that_are_not_a_json_object(client, admin_headers, data, content_type, status,
-                                           code):
+@pytest.mark.parametrize(
+    ("data", "content_type", "status", "code"),
+    RAW_BODIES,
+    ids=[f"raw{i}" for i in range(len(RAW_BODIES))],
+)
+def test_bodies_that_are_not_a_json_object(client, admin_headers, data, content_type, status, code):
     headers = {"Content-Type": content_type} if content_type else {}
     for path in ENDPOINTS:
         response = post(client, path, admin_headers, data=data, headers=headers)
@@ -126,9 +140,11 @@ def test_missing_fields(client, admin_headers):
             assert_problem(response, 400, "invalid_request", name, where=f"{path} {name}")
 
 
-@pytest.mark.parametrize("value", [123, 1.5, True, [], ["x"], {}, {"x": "y"}],
-                         ids=["int", "float", "bool", "empty-list", "list", "empty-object",
-                              "object"])
+@pytest.mark.parametrize(
+    "value",
+    [123, 1.5, True, [], ["x"], {}, {"x": "y"}],
+    ids=["int", "float", "bool", "empty-list", "list", "empty-object", "object"],
+)
 def test_wrong_types(client, admin_headers, value):
     for path, name in field_cases():
         body = {**ENDPOINTS[path], name: value}
@@ -144,8 +160,10 @@ def test_null_for_a_required_string(client, admin_headers):
 
         response = post(client, path, admin_headers, json=body)
 
-        if (path, name) in {("/admin/v1/users", "password"),
-                            ("/v1/password/change", "change_token")}:
+        if (path, name) in {
+            ("/admin/v1/users", "password"),
+            ("/v1/password/change", "change_token"),
+        }:
             # Optional fields: null means absent, and the alternative is missing.
             assert_problem(response, 400, "invalid_request", where=f"{path} {name}")
         else:
@@ -186,8 +204,9 @@ def test_an_email_of_254_characters_is_accepted(client):
     assert client.post("/v1/signup", json={"email": email, "password": PASSWORD}).status_code == 202
 
 
-@pytest.mark.parametrize(("path", "field"),
-                         [("/v1/signup", "password"), ("/v1/password/reset", "new_password")])
+@pytest.mark.parametrize(
+    ("path", "field"), [("/v1/signup", "password"), ("/v1/password/reset", "new_password")]
+)
 def test_over_long_passwords(client, path, field):
     body = ENDPOINTS[path]
     policy = client.post(path, json={**body, field: "p" * 257})
@@ -214,12 +233,14 @@ def test_unknown_fields_are_ignored(client):
 
 @pytest.mark.parametrize(
     ("path", "body"),
-    [("/v1/signup/verify", {"token": "ve_unknown"}),
-     ("/v1/password/reset", {"token": "rp_unknown", "new_password": PASSWORD}),
-     ("/v1/password/change", {"change_token": "ct_unknown", "new_password": PASSWORD}),
-     ("/v1/token/refresh", {"refresh_token": "rt_unknown"}),
-     ("/v1/logout", {"refresh_token": "rt_unknown"}),
-     ("/v1/login/mfa", {"mfa_token": "mfa_unknown", "totp_code": "123456"})],
+    [
+        ("/v1/signup/verify", {"token": "ve_unknown"}),
+        ("/v1/password/reset", {"token": "rp_unknown", "new_password": PASSWORD}),
+        ("/v1/password/change", {"change_token": "ct_unknown", "new_password": PASSWORD}),
+        ("/v1/token/refresh", {"refresh_token": "rt_unknown"}),
+        ("/v1/logout", {"refresh_token": "rt_unknown"}),
+        ("/v1/login/mfa", {"mfa_token": "mfa_unknown", "totp_code": "123456"}),
+    ],
 )
 def test_unknown_tokens(client, path, body):
     assert_problem(client.post(path, json=body), 400, "invalid_token")
@@ -233,10 +254,20 @@ def raw_client(app) -> FlaskClient:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/nope"), ("GET", "/v1"), ("GET", "/v1/nope"), ("POST", "/v1/signup/"),
-     ("GET", "/v1/me/"), ("GET", "/admin/v1/nope"), ("POST", "/v1/signups"),
-     ("GET", "/v1/me/sessions/abc/def"), ("GET", "/%00"), ("GET", "/v1/" + "a" * 5000),
-     ("GET", "/docs/static/../../../../etc/passwd"), ("GET", "/docs/static/nope.js")],
+    [
+        ("GET", "/nope"),
+        ("GET", "/v1"),
+        ("GET", "/v1/nope"),
+        ("POST", "/v1/signup/"),
+        ("GET", "/v1/me/"),
+        ("GET", "/admin/v1/nope"),
+        ("POST", "/v1/signups"),
+        ("GET", "/v1/me/sessions/abc/def"),
+        ("GET", "/%00"),
+        ("GET", "/v1/" + "a" * 5000),
+        ("GET", "/docs/static/../../../../etc/passwd"),
+        ("GET", "/docs/static/nope.js"),
+    ],
 )
 def test_unknown_routes(raw_client, method, path):
     response = raw_client.open(path, method=method, json={})
@@ -246,9 +277,16 @@ def test_unknown_routes(raw_client, method, path):
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/v1/signup"), ("PUT", "/v1/login"), ("DELETE", "/v1/logout"),
-     ("POST", "/v1/me"), ("PATCH", "/admin/v1/users"), ("PUT", "/v1/me/sessions/abc"),
-     ("POST", "/healthz"), ("DELETE", "/.well-known/jwks.json")],
+    [
+        ("GET", "/v1/signup"),
+        ("PUT", "/v1/login"),
+        ("DELETE", "/v1/logout"),
+        ("POST", "/v1/me"),
+        ("PATCH", "/admin/v1/users"),
+        ("PUT", "/v1/me/sessions/abc"),
+        ("POST", "/healthz"),
+        ("DELETE", "/.well-known/jwks.json"),
+    ],
 )
 def test_wrong_methods(raw_client, method, path):
     response = raw_client.open(path, method=method)
@@ -260,22 +298,43 @@ def test_wrong_methods(raw_client, method, path):
 
 @pytest.mark.parametrize(
     "value",
-    [st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=30),
-     st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(),
-                                                          max_size=3)],
+    [
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=True),
+        st.text(max_size=30),
+        st.lists(st.integers(), max_size=3),
+        st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
+    ],
 )
 def test_random_json_never_breaks_the_service(app, admin_headers, value):
     client = app.test_client()
     fields = st.fixed_dictionaries(
-        {}, optional={name: st.one_of(value, st.text(max_size=40))
-                      for name in ("email", "password", "token", "new_password",
-                                   "refresh_token", "change_token", "current_password",
-                                   "mfa_token", "totp_code", "recovery_code", "webauthn",
-                                   "password_hash", "email_verified")},
+        {},
+        optional={
+            name: st.one_of(value, st.text(max_size=40))
+            for name in (
+                "email",
+                "password",
+                "token",
+                "new_password",
+                "refresh_token",
+                "change_token",
+                "current_password",
+                "mfa_token",
+                "totp_code",
+                "recovery_code",
+                "webauthn",
+                "password_hash",
+                "email_verified",
+            )
+        },
     )
 
-    @hypothesis_settings(max_examples=15, deadline=None, database=None,
-                         suppress_health_check=list(HealthCheck))
+    @hypothesis_settings(
+        max_examples=15, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(path=st.sampled_from(list(ENDPOINTS)), body=st.one_of(fields, value))
     def check(path: str, body: Any) -> None:
         response = post(client, path, admin_headers, json=body)

@@ -20,8 +20,9 @@ def accounts(api, connection) -> dict[str, str]:
     api.register("registered@example.com", PASSWORD)
     api.signup("unverified@example.com", PASSWORD)
     api.register("disabled@example.com", PASSWORD)
-    connection.execute(update(User).where(User.email == "disabled@example.com")
-                       .values(disabled_at=utcnow()))
+    connection.execute(
+        update(User).where(User.email == "disabled@example.com").values(disabled_at=utcnow())
+    )
     api.mailbox.directory.mkdir(parents=True, exist_ok=True)
     for path in api.mailbox.directory.glob("*.eml"):
         path.unlink()
@@ -34,14 +35,17 @@ def accounts(api, connection) -> dict[str, str]:
 
 
 def fingerprint(response) -> tuple:
-    headers = sorted((k.lower(), v) for k, v in response.headers.items()
-                     if k.lower() not in VARYING_HEADERS)
+    headers = sorted(
+        (k.lower(), v) for k, v in response.headers.items() if k.lower() not in VARYING_HEADERS
+    )
     return response.status_code, response.get_data(), headers
 
 
 def counts(connection) -> tuple[int, int]:
-    return (connection.scalar(select(func.count()).select_from(OutboxMessage)),
-            connection.scalar(select(func.count()).select_from(AuditEvent)))
+    return (
+        connection.scalar(select(func.count()).select_from(OutboxMessage)),
+        connection.scalar(select(func.count()).select_from(AuditEvent)),
+    )
 
 
 def send(client, connection, path: str, body: dict) -> tuple[tuple, tuple[int, int]]:
@@ -88,22 +92,28 @@ def test_login_failures_answer_every_account_state_alike(client, connection, acc
     assert_uniform(results)
     status, body, headers = results["unknown"][0]
     assert status == 401
-    assert body == (b'{"type": "https://authsvc.dev/problems/invalid_credentials", '
-                    b'"title": "Invalid credentials", "status": 401, '
-                    b'"detail": "Invalid credentials", "code": "invalid_credentials"}')
+    assert body == (
+        b'{"type": "https://authsvc.dev/problems/invalid_credentials", '
+        b'"title": "Invalid credentials", "status": 401, '
+        b'"detail": "Invalid credentials", "code": "invalid_credentials"}'
+    )
     assert ("content-type", "application/problem+json") in headers
     assert results["unknown"][1] == (0, 1)
 
 
-def test_a_password_invalidated_account_answers_like_a_wrong_password(client, connection,
-                                                                      accounts):
-    connection.execute(update(User).where(User.email == accounts["registered"])
-                       .values(password_invalidated_at=utcnow()))
+def test_a_password_invalidated_account_answers_like_a_wrong_password(client, connection, accounts):
+    connection.execute(
+        update(User)
+        .where(User.email == accounts["registered"])
+        .values(password_invalidated_at=utcnow())
+    )
 
-    right = send(client, connection, "/v1/login",
-                 {"email": accounts["registered"], "password": PASSWORD})
-    unknown = send(client, connection, "/v1/login",
-                   {"email": accounts["unknown"], "password": PASSWORD})
+    right = send(
+        client, connection, "/v1/login", {"email": accounts["registered"], "password": PASSWORD}
+    )
+    unknown = send(
+        client, connection, "/v1/login", {"email": accounts["unknown"], "password": PASSWORD}
+    )
 
     assert right == unknown
 

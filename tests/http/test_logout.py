@@ -38,8 +38,9 @@ def test_logout_leaves_other_sessions_alone(api, client):
 def test_logout_with_a_rotated_out_token_still_ends_the_session(api, client):
     api.register()
     first = api.tokens()
-    second = client.post("/v1/token/refresh",
-                         json={"refresh_token": first["refresh_token"]}).get_json()
+    second = client.post(
+        "/v1/token/refresh", json={"refresh_token": first["refresh_token"]}
+    ).get_json()
 
     assert logout(client, first["refresh_token"]).status_code == 204
 

@@ -39,8 +39,16 @@ def test_me_returns_the_profile(api, client):
 
 @pytest.mark.parametrize(
     "header",
-    [None, "", "Bearer", "Bearer ", "Basic YWRhOnB3", "Bearer not-a-jwt", "Bearer a.b.c",
-     "Token abc"],
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Basic YWRhOnB3",
+        "Bearer not-a-jwt",
+        "Bearer a.b.c",
+        "Token abc",
+    ],
 )
 def test_missing_or_malformed_bearer_tokens_are_refused(client, header):
     headers = {"Authorization": header} if header is not None else {}
@@ -58,8 +66,12 @@ def forge(app, connection, *, key=None, **overrides) -> str:
     with DbSession(bind=connection, join_transaction_mode="create_savepoint") as session:
         key = key or signing.active_key(session, runtime(app).deps.keyring, now=utcnow())
     claims = {
-        "issuer": settings.public_url, "audience": settings.jwt_audience,
-        "now": utcnow(), "ttl_seconds": 600, "auth_time": utcnow(), "amr": ("pwd",),
+        "issuer": settings.public_url,
+        "audience": settings.jwt_audience,
+        "now": utcnow(),
+        "ttl_seconds": 600,
+        "auth_time": utcnow(),
+        "amr": ("pwd",),
         **overrides,
     }
     return sign_access_token(key=key, **claims)
@@ -70,13 +82,15 @@ def session_ids(api, client):
     api.register()
     tokens = api.tokens()
     me = client.get("/v1/me", headers=api.bearer(tokens["access_token"])).get_json()
-    [session] = client.get("/v1/me/sessions",
-                           headers=api.bearer(tokens["access_token"])).get_json()["sessions"]
+    [session] = client.get(
+        "/v1/me/sessions", headers=api.bearer(tokens["access_token"])
+    ).get_json()["sessions"]
     return {"subject": me["id"], "session_id": session["id"]}
 
 
 def test_a_token_forged_here_is_accepted_so_the_forgeries_below_are_meaningful(
-        api, app, client, connection, session_ids):
+    api, app, client, connection, session_ids
+):
     token = forge(app, connection, **session_ids)
 
     assert client.get("/v1/me", headers=api.bearer(token)).status_code == 200
@@ -102,8 +116,9 @@ def test_invalid_access_tokens_are_refused(api, app, client, connection, session
     assert response.get_json()["code"] == "unauthenticated"
 
 
-def test_a_token_signed_by_another_key_with_a_known_kid_is_refused(api, app, client, connection,
-                                                                    session_ids):
+def test_a_token_signed_by_another_key_with_a_known_kid_is_refused(
+    api, app, client, connection, session_ids
+):
     with DbSession(bind=connection, join_transaction_mode="create_savepoint") as session:
         kid = signing.active_key(session, runtime(app).deps.keyring, now=utcnow()).kid
     impostor = generate_signing_key(kid)

@@ -59,7 +59,7 @@ def test_unmatched_routes_share_one_label(app, client):
 
 
 def test_rate_limit_hits_are_counted(app, client):
-    for i in range(12):
+    for _i in range(12):
         client.post("/v1/password/forgot", json={"email": "same@example.com"})
     values = scrape(client)
     assert value(values, "authsvc_rate_limit_hits_total", policy="ip_email") == 2

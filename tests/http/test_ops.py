@@ -98,8 +98,9 @@ def test_docs_use_only_bundled_assets(client, app):
         with raw.get(url) as asset:
             assert asset.status_code == 200, url
             assert asset.get_data()
-    assert not re.search(r"(https?:)?//", response.get_data(as_text=True).replace(
-        "<!doctype html>", ""))
+    assert not re.search(
+        r"(https?:)?//", response.get_data(as_text=True).replace("<!doctype html>", "")
+    )
 
 
 def test_the_bundled_swagger_script_is_served(app):

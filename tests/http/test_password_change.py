@@ -22,8 +22,9 @@ def test_change_with_the_current_password(api, mailbox):
     api.register()
     tokens = api.tokens()
 
-    response = change(api, tokens["access_token"], current_password=PASSWORD,
-                      new_password=NEW_PASSWORD)
+    response = change(
+        api, tokens["access_token"], current_password=PASSWORD, new_password=NEW_PASSWORD
+    )
 
     assert response.status_code == 204
     assert api.login("ada@example.com", NEW_PASSWORD).get_json()["status"] == "authenticated"
@@ -40,8 +41,9 @@ def test_change_revokes_every_session_including_the_current_one(api, client):
 
     for tokens in (current, other):
         assert client.get("/v1/me", headers=api.bearer(tokens["access_token"])).status_code == 401
-        refreshed = client.post("/v1/token/refresh",
-                                json={"refresh_token": tokens["refresh_token"]})
+        refreshed = client.post(
+            "/v1/token/refresh", json={"refresh_token": tokens["refresh_token"]}
+        )
         assert refreshed.get_json()["code"] == "invalid_token"
 
 
@@ -49,8 +51,9 @@ def test_a_wrong_current_password_is_refused_and_audited(api, connection):
     api.register()
     tokens = api.tokens()
 
-    response = change(api, tokens["access_token"], current_password="wrong horse 42",
-                      new_password=NEW_PASSWORD)
+    response = change(
+        api, tokens["access_token"], current_password="wrong horse 42", new_password=NEW_PASSWORD
+    )
 
     assert response.status_code == 401
     assert response.get_json()["code"] == "invalid_credentials"
@@ -73,8 +76,10 @@ def test_the_current_password_needs_a_bearer_token(api):
 
 @pytest.mark.parametrize(
     "body",
-    [{"new_password": NEW_PASSWORD},
-     {"new_password": NEW_PASSWORD, "current_password": PASSWORD, "change_token": "ct_x"}],
+    [
+        {"new_password": NEW_PASSWORD},
+        {"new_password": NEW_PASSWORD, "current_password": PASSWORD, "change_token": "ct_x"},
+    ],
     ids=["neither", "both"],
 )
 def test_exactly_one_proof_is_required(api, body):
@@ -87,14 +92,14 @@ def test_exactly_one_proof_is_required(api, body):
     assert response.get_json()["code"] == "invalid_request"
 
 
-@pytest.mark.parametrize(("password", "reason"),
-                         [(COMMON, "breached"), ("short", "too_short"), ("z" * 257, "too_long")])
+@pytest.mark.parametrize(
+    ("password", "reason"), [(COMMON, "breached"), ("short", "too_short"), ("z" * 257, "too_long")]
+)
 def test_weak_new_passwords_are_refused(api, password, reason):
     api.register()
     tokens = api.tokens()
 
-    response = change(api, tokens["access_token"], current_password=PASSWORD,
-                      new_password=password)
+    response = change(api, tokens["access_token"], current_password=PASSWORD, new_password=password)
 
     assert response.status_code == 400
     assert response.get_json()["code"] == "weak_password"
@@ -153,8 +158,9 @@ def test_a_change_token_survives_a_weak_choice(api, app, connection):
 
 @pytest.mark.parametrize("token", ["ct_unknown", "rp_unknown", ""])
 def test_unknown_change_tokens_are_refused(client, token):
-    response = client.post("/v1/password/change",
-                           json={"change_token": token, "new_password": NEW_PASSWORD})
+    response = client.post(
+        "/v1/password/change", json={"change_token": token, "new_password": NEW_PASSWORD}
+    )
 
     assert response.status_code == 400
     assert response.get_json()["code"] == "invalid_token"

@@ -19,8 +19,9 @@ def forgot(api, email: str):
 
 
 def reset(client, token: str, new_password: str = NEW_PASSWORD, **extra):
-    return client.post("/v1/password/reset",
-                       json={"token": token, "new_password": new_password, **extra})
+    return client.post(
+        "/v1/password/reset", json={"token": token, "new_password": new_password, **extra}
+    )
 
 
 def test_forgot_answers_202_and_mails_a_reset_link(api, mailbox, settings):
@@ -81,8 +82,9 @@ def test_reset_revokes_every_session(api, client, mailbox):
         me = client.get("/v1/me", headers=api.bearer(tokens["access_token"]))
         assert me.status_code == 401
         assert me.get_json()["code"] == "unauthenticated"
-        refreshed = client.post("/v1/token/refresh",
-                                json={"refresh_token": tokens["refresh_token"]})
+        refreshed = client.post(
+            "/v1/token/refresh", json={"refresh_token": tokens["refresh_token"]}
+        )
         assert refreshed.status_code == 400
         assert refreshed.get_json()["code"] == "invalid_token"
 
@@ -125,11 +127,13 @@ def test_a_newer_reset_link_kills_the_older_one(api, client, mailbox):
     assert reset(client, newer).status_code == 204
 
 
-@pytest.mark.parametrize(("password", "reason"),
-                         [("short", "too_short"), ("qwerty123456", "breached"),
-                          ("y" * 257, "too_long")])
-def test_a_weak_new_password_is_refused_and_the_link_survives(api, client, mailbox, password,
-                                                              reason):
+@pytest.mark.parametrize(
+    ("password", "reason"),
+    [("short", "too_short"), ("qwerty123456", "breached"), ("y" * 257, "too_long")],
+)
+def test_a_weak_new_password_is_refused_and_the_link_survives(
+    api, client, mailbox, password, reason
+):
     api.register()
     forgot(api, "ada@example.com")
     token = mailbox.token("ada@example.com", "reset-password")

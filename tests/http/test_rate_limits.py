@@ -17,8 +17,12 @@ from authsvc.models import AuditEvent
 from tests.conftest import ContractClient, runtime
 
 PASSWORD = "correct horse 42"
-GENEROUS = {"limit_ip": "1000/minute", "limit_email": "1000/minute",
-            "limit_ip_email": "1000/minute", "limit_failures_per_account": "1000/day"}
+GENEROUS = {
+    "limit_ip": "1000/minute",
+    "limit_email": "1000/minute",
+    "limit_ip_email": "1000/minute",
+    "limit_failures_per_account": "1000/day",
+}
 
 
 @pytest.fixture
@@ -42,8 +46,12 @@ def limited(api, settings, connection) -> Iterator[Callable[..., FlaskClient]]:
 
 
 def login(client, email: str, password: str = PASSWORD, ip: str = "198.51.100.1", **headers):
-    return client.post("/v1/login", json={"email": email, "password": password},
-                       environ_base={"REMOTE_ADDR": ip}, headers=headers)
+    return client.post(
+        "/v1/login",
+        json={"email": email, "password": password},
+        environ_base={"REMOTE_ADDR": ip},
+        headers=headers,
+    )
 
 
 def assert_rate_limited(response, *, max_retry_after: int = 60) -> None:
@@ -113,9 +121,7 @@ def test_limit_hits_are_audited_without_the_email(limited, connection):
 
     login(client, "ada@example.com")
 
-    [event] = connection.execute(
-        select(AuditEvent).where(AuditEvent.type == "ratelimit.hit")
-    ).all()
+    [event] = connection.execute(select(AuditEvent).where(AuditEvent.type == "ratelimit.hit")).all()
     assert event.outcome == "ip"
     assert event.ip == "198.51.100.1"
     assert json.loads(event.details) == {"action": "login"}
@@ -126,8 +132,9 @@ def test_failed_password_checks_per_account_are_capped(api, limited, connection)
     api.register("ada@example.com")
     api.register("bob@example.com")
     client = limited(limit_failures_per_account="3/day")
-    wrong = [login(client, "ada@example.com", "wrong horse 42", ip=f"198.51.100.{i}")
-             for i in range(3)]
+    wrong = [
+        login(client, "ada@example.com", "wrong horse 42", ip=f"198.51.100.{i}") for i in range(3)
+    ]
 
     # Past the cap even the right password is not checked: the answer is 429, not 200.
     capped = login(client, "ada@example.com", PASSWORD, ip="198.51.100.99")
@@ -157,8 +164,9 @@ def test_successful_logins_do_not_count_as_failures(api, limited):
 def test_the_failure_cap_applies_to_unknown_emails_alike(limited):
     client = limited(limit_failures_per_account="2/day")
 
-    answers = [login(client, "nobody@example.com", ip=f"198.51.100.{i}").status_code
-               for i in range(3)]
+    answers = [
+        login(client, "nobody@example.com", ip=f"198.51.100.{i}").status_code for i in range(3)
+    ]
 
     assert answers == [401, 401, 429]
 
@@ -173,8 +181,9 @@ def test_wrong_current_passwords_count_towards_the_cap(api, limited):
         assert client.post("/v1/password/change", json=body, headers=headers).status_code == 401
 
     right = {**body, "current_password": PASSWORD}
-    assert_rate_limited(client.post("/v1/password/change", json=right, headers=headers),
-                        max_retry_after=86400)
+    assert_rate_limited(
+        client.post("/v1/password/change", json=right, headers=headers), max_retry_after=86400
+    )
 
 
 def test_x_forwarded_for_is_ignored_without_trusted_proxies(limited):
@@ -182,8 +191,7 @@ def test_x_forwarded_for_is_ignored_without_trusted_proxies(limited):
     for i in range(2):
         login(client, "ada@example.com", ip="10.0.0.2", **{"X-Forwarded-For": f"203.0.113.{i}"})
 
-    blocked = login(client, "ada@example.com", ip="10.0.0.2",
-                    **{"X-Forwarded-For": "203.0.113.50"})
+    blocked = login(client, "ada@example.com", ip="10.0.0.2", **{"X-Forwarded-For": "203.0.113.50"})
 
     assert_rate_limited(blocked)
 
@@ -191,8 +199,9 @@ def test_x_forwarded_for_is_ignored_without_trusted_proxies(limited):
 def test_x_forwarded_for_is_honoured_with_a_trusted_proxy(limited):
     client = limited(limit_ip="2/minute", trusted_proxies=1)
     answers = [
-        login(client, "ada@example.com", ip="10.0.0.2",
-              **{"X-Forwarded-For": f"203.0.113.{i}"}).status_code
+        login(
+            client, "ada@example.com", ip="10.0.0.2", **{"X-Forwarded-For": f"203.0.113.{i}"}
+        ).status_code
         for i in range(4)
     ]
     assert answers == [401, 401, 401, 401]  # four clients behind one proxy
@@ -209,8 +218,12 @@ def test_a_spoofed_left_most_address_does_not_escape_the_limit(limited):
     """With one trusted proxy only the address that proxy appended counts."""
     client = limited(limit_ip="2/minute", trusted_proxies=1)
     answers = [
-        login(client, "ada@example.com", ip="10.0.0.2",
-              **{"X-Forwarded-For": f"192.0.2.{i}, 203.0.113.7"}).status_code
+        login(
+            client,
+            "ada@example.com",
+            ip="10.0.0.2",
+            **{"X-Forwarded-For": f"192.0.2.{i}, 203.0.113.7"},
+        ).status_code
         for i in range(3)
     ]
 

@@ -41,8 +41,9 @@ def test_a_rotation_stays_in_the_same_session(api, client):
     first = api.tokens()
     second = refresh(client, first["refresh_token"]).get_json()
 
-    sessions = client.get("/v1/me/sessions",
-                          headers=api.bearer(second["access_token"])).get_json()["sessions"]
+    sessions = client.get("/v1/me/sessions", headers=api.bearer(second["access_token"])).get_json()[
+        "sessions"
+    ]
 
     assert len(sessions) == 1
     assert sessions[0]["current"] is True

@@ -11,9 +11,12 @@ PASSWORD = "correct horse 42"
 
 
 def login_from(client, ip: str, user_agent: str = "pytest", **headers):
-    response = client.post("/v1/login", json={"email": "ada@example.com", "password": PASSWORD},
-                           environ_base={"REMOTE_ADDR": ip},
-                           headers={"User-Agent": user_agent, **headers})
+    response = client.post(
+        "/v1/login",
+        json={"email": "ada@example.com", "password": PASSWORD},
+        environ_base={"REMOTE_ADDR": ip},
+        headers={"User-Agent": user_agent, **headers},
+    )
     assert response.status_code == 200, response.get_json()
     return response.get_json()
 
@@ -44,7 +47,9 @@ def test_revoking_another_session(api, client):
     phone, laptop = api.tokens(), api.tokens()
     phone_id = next(s["id"] for s in sessions_of(api, phone) if s["current"])
 
-    response = client.delete(f"/v1/me/sessions/{phone_id}", headers=api.bearer(laptop["access_token"]))
+    response = client.delete(
+        f"/v1/me/sessions/{phone_id}", headers=api.bearer(laptop["access_token"])
+    )
 
     assert response.status_code == 204
     assert client.get("/v1/me", headers=api.bearer(phone["access_token"])).status_code == 401
@@ -58,8 +63,12 @@ def test_revoking_the_current_session_signs_out(api, client):
     tokens = api.tokens()
     [current] = sessions_of(api, tokens)
 
-    assert client.delete(f"/v1/me/sessions/{current['id']}",
-                         headers=api.bearer(tokens["access_token"])).status_code == 204
+    assert (
+        client.delete(
+            f"/v1/me/sessions/{current['id']}", headers=api.bearer(tokens["access_token"])
+        ).status_code
+        == 204
+    )
 
     assert client.get("/v1/me", headers=api.bearer(tokens["access_token"])).status_code == 401
 
@@ -71,7 +80,9 @@ def test_another_users_session_is_not_found(api, client):
     bob = api.tokens("bob@example.com")
     [bobs] = sessions_of(api, bob)
 
-    response = client.delete(f"/v1/me/sessions/{bobs['id']}", headers=api.bearer(ada["access_token"]))
+    response = client.delete(
+        f"/v1/me/sessions/{bobs['id']}", headers=api.bearer(ada["access_token"])
+    )
 
     assert response.status_code == 404
     assert response.get_json()["code"] == "not_found"
@@ -85,8 +96,9 @@ def test_unknown_and_revoked_sessions_are_not_found(api, client):
     client.delete(f"/v1/me/sessions/{phone_id}", headers=api.bearer(laptop["access_token"]))
 
     for session_id in (phone_id, "no-such-session", "x" * 500):
-        response = client.delete(f"/v1/me/sessions/{session_id}",
-                                 headers=api.bearer(laptop["access_token"]))
+        response = client.delete(
+            f"/v1/me/sessions/{session_id}", headers=api.bearer(laptop["access_token"])
+        )
         assert response.status_code == 404
         assert response.get_json()["code"] == "not_found"
 

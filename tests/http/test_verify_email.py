@@ -73,8 +73,9 @@ def test_a_verify_token_does_not_reset(api, client, mailbox):
     api.signup("ada@example.com", PASSWORD)
     token = mailbox.token("ada@example.com", "verify-email")
 
-    response = client.post("/v1/password/reset", json={"token": token,
-                                                         "new_password": "other horse 43"})
+    response = client.post(
+        "/v1/password/reset", json={"token": token, "new_password": "other horse 43"}
+    )
 
     assert response.status_code == 400
     assert response.get_json()["code"] == "invalid_token"

@@ -47,8 +47,9 @@ def deps(runtime: Runtime) -> Deps:
 
 @pytest.fixture
 def db_session(connection: Connection) -> Iterator[Session]:
-    session = Session(bind=connection, join_transaction_mode="create_savepoint",
-                      expire_on_commit=False)
+    session = Session(
+        bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+    )
     try:
         yield session
     finally:

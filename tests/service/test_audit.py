@@ -204,3 +204,16 @@ def test_a_session_without_hooks_still_chains(db_session, runtime, now):
         audit.record(session, type="login.failure", outcome="unknown_email", now=now)
     with runtime.sessionmaker() as session, session.begin():
         assert audit.verify(session, keyring=runtime.deps.keyring).ok
+
+
+def test_pruning_in_batches(session, runtime, now):
+    old = write(session, now - timedelta(days=500), 5)
+    write(session, now, 1)
+    results = [audit.prune(session, before=now - timedelta(days=1), now=now, batch=2)
+               for _ in range(4)]
+    assert [r.pruned for r in results] == [2, 2, 1, 0]
+    assert results[2].through_id == old[-1].id
+    result = check(session, runtime)
+    assert result.ok, result.reason
+    assert session.scalar(select(AuditEvent.id).where(AuditEvent.id.in_([e.id for e in old]))
+                          ) is None

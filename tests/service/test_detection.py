@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -15,7 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from sqlalchemy import select
 
-from authsvc.app import Runtime
+from authsvc.app import Runtime, build_runtime
+from authsvc.db import utcnow
 from authsvc.errors import InvalidCredentials
 from authsvc.models import AuditEvent, OutboxMessage
 from authsvc.services import accounts, audit, detection, outbox
@@ -35,7 +37,7 @@ class Receiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 received.append((dict(self.headers), body))
                 self.send_response(outer.status)
@@ -82,24 +84,16 @@ def alerts(runtime: Runtime) -> list[dict]:
 def forgot(runtime: Runtime, email: str, ip: str) -> None:
     with runtime.sessionmaker() as session, session.begin():
         accounts.forgot_password(session, runtime.deps, email=email, client=Client(ip=ip),
-                                 now=_now())
+                                 now=utcnow())
 
 
 def failed_login(runtime: Runtime, email: str, ip: str) -> None:
     """Like the HTTP layer: the transaction commits on a domain error (audit rows persist)."""
-    with runtime.sessionmaker() as session, session.begin():
-        try:
+    with (runtime.sessionmaker() as session, session.begin(),
+          contextlib.suppress(InvalidCredentials)):
             accounts.login_with_password(session, runtime.deps, email=email,
                                          password="wrong password 1", client=Client(ip=ip),
-                                         now=_now())
-        except InvalidCredentials:
-            pass
-
-
-def _now():
-    from authsvc.db import utcnow
-
-    return utcnow()
+                                         now=utcnow())
 
 
 def test_many_emails_from_one_ip_raise_one_alert(runtime, caplog):
@@ -162,7 +156,7 @@ def test_a_high_share_of_unknown_emails(runtime):
 def test_a_burst_of_recovery_code_use(runtime):
     with runtime.sessionmaker() as session, session.begin():
         for i in range(5):
-            audit.record(session, type="mfa.recovery_code_used", outcome="success", now=_now(),
+            audit.record(session, type="mfa.recovery_code_used", outcome="success", now=utcnow(),
                          user_id=f"user{i}", client=Client(ip="192.0.2.1"))
     found = [a for a in alerts(runtime) if a["detector"] == "recovery_burst"]
     assert len(found) == 1
@@ -191,8 +185,6 @@ def _closed_port() -> int:
 
 
 def test_a_dead_receiver_is_retried_later_and_slows_nothing(settings, connection):
-    from authsvc.app import build_runtime
-
     dead = replace_settings(settings, alert_webhook_url=f"http://127.0.0.1:{_closed_port()}/x")
     runtime = build_runtime(dead, bind=connection)
     runtime.deps.limiter.reset()
@@ -228,8 +220,6 @@ def test_a_failing_receiver_status_is_retried(runtime, receiver):
 
 
 def test_without_a_webhook_url_nothing_is_queued(settings, connection):
-    from authsvc.app import build_runtime
-
     runtime = build_runtime(replace_settings(settings, alert_webhook_url=None),
                             bind=connection)
     runtime.deps.limiter.reset()
@@ -284,7 +274,7 @@ def test_new_device_login_mails_the_owner(runtime, make_user, db_session):
         with runtime.sessionmaker() as session, session.begin():
             result = accounts.login_with_password(
                 session, runtime.deps, email="owner@example.com", password="correct horse 42",
-                client=Client(ip="192.0.2.44", user_agent=user_agent), now=_now())
+                client=Client(ip="192.0.2.44", user_agent=user_agent), now=utcnow())
             assert result.status == "authenticated"
 
     def new_login_mails() -> list[dict]:
@@ -323,8 +313,6 @@ def test_the_window_is_shared_by_detectors_of_every_worker(settings, connection,
     """Two runtimes (two workers) on the same storage see each other's attempts."""
     if not settings.redis_url:
         pytest.skip("process memory is per worker; sharing needs AUTHSVC_TEST_REDIS_URL")
-    from authsvc.app import build_runtime
-
     other = build_runtime(settings, bind=connection)
     for i in range(3):
         forgot(runtime, f"s{i}@example.com", "203.0.113.70")

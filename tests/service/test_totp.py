@@ -12,7 +12,6 @@ from datetime import timedelta
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select, text
-from sqlalchemy.orm import Session
 
 from authsvc.cli import main as cli
 from authsvc.crypto import totp as otp
@@ -26,7 +25,7 @@ from authsvc.errors import (
     InvalidRequest,
     NotFound,
 )
-from authsvc.models import AuditEvent, TotpFactor, User
+from authsvc.models import AuditEvent, OutboxMessage, TotpFactor, User
 from authsvc.schema import upgrade
 from authsvc.services import factors, outbox, signing, totp
 from authsvc.services.context import Deps
@@ -366,7 +365,7 @@ def test_keys_rotate_reencrypts_under_the_first_key(committed, deps, caller, now
         outbox.enqueue(session, deps.keyring, kind="email", payload={"to": "x@example.com"},
                        now=now)
         signing.ensure_key(session, deps.keyring, now=now)
-        queued = len(session.scalars(select(outbox.OutboxMessage)).all())
+        queued = len(session.scalars(select(OutboxMessage)).all())
     new_spec = generate_key_spec("rotated")
     for name in [n for n in os.environ if n.startswith("AUTHSVC_")]:
         monkeypatch.delenv(name)
@@ -385,7 +384,7 @@ def test_keys_rotate_reencrypts_under_the_first_key(committed, deps, caller, now
         assert only_new.decrypt(row.secret_ciphertext,
                                 associated_data=b"totp-secret:" + row.id.encode()
                                 ).decode() == pending.secret
-        messages = session.scalars(select(outbox.OutboxMessage)).all()
+        messages = session.scalars(select(OutboxMessage)).all()
         assert {"to": "x@example.com"} in [outbox.payload_of(only_new, m) for m in messages]
         key = signing.active_key(session, only_new, now=now)
         assert key.private_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
@@ -417,4 +416,3 @@ def test_verify_after_rotation_with_the_new_ring(db_session, deps: Deps, make_us
     assert totp.verify_code(db_session, rotated, user_id=user.id,
                             code=otp.code_at(pending.secret, otp.step_at(now)), client=caller,
                             now=now) == "otp"
-    assert isinstance(db_session, Session)

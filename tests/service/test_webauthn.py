@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import sessionmaker
 
+from authsvc.db import make_engine
 from authsvc.errors import InvalidChallenge, InvalidMfa, InvalidRequest, NotFound
-from authsvc.models import AuditEvent, OutboxMessage, WebauthnChallenge, WebauthnCredential
+from authsvc.models import (
+    AuditEvent,
+    OutboxMessage,
+    User,
+    WebauthnChallenge,
+    WebauthnCredential,
+)
+from authsvc.schema import upgrade
 from authsvc.services import webauthn, webauthn_registration
 from authsvc.settings import Settings
 from tests.support_webauthn import SoftAuthenticator
@@ -206,3 +217,42 @@ def test_policy_settings_parse():
     assert settings.webauthn_allow_backup_eligible is False
     assert settings.webauthn_challenge_ttl == timedelta(minutes=2)
     assert settings.webauthn_on_counter_regression == "flag"
+
+
+def test_a_challenge_is_spent_once_across_instances(scratch_database_url, deps, now):
+    """Eight sessions on their own connections (as eight instances would be) race to spend
+    one challenge; the conditional UPDATE lets exactly one win."""
+    upgrade(scratch_database_url)
+    engine = make_engine(scratch_database_url)
+    factory = sessionmaker(engine, expire_on_commit=False)
+    try:
+        with factory.begin() as session:
+            user = User(email="ada@example.com", created_at=now, updated_at=now)
+            session.add(user)
+            session.flush()
+            _, raw = webauthn.issue_challenge(
+                session,
+                deps,
+                purpose="mfa",
+                user_id=user.id,
+                user_verification="preferred",
+                now=now,
+            )
+        barrier = threading.Barrier(8)
+
+        def attempt(_: int) -> bool:
+            barrier.wait(timeout=30)
+            try:
+                with factory.begin() as session:
+                    webauthn.consume_challenge(
+                        session, purpose="mfa", challenge=raw, user_id=user.id, now=now
+                    )
+                return True
+            except InvalidChallenge:
+                return False
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            outcomes = list(pool.map(attempt, range(8)))
+        assert outcomes.count(True) == 1
+    finally:
+        engine.dispose()

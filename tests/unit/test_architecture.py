@@ -7,7 +7,8 @@
 - models import only db and models;
 - services never import Flask or authsvc.http / app / cli / commands / mail.worker;
 - only http/, app.py, cli.py, gunicorn_app.py and commands/ import Flask (or werkzeug);
-- nothing imports authsvc.app except cli.py and the WSGI entry (gunicorn_app.py);
+- nothing imports authsvc.app except the CLI (cli.py and the command groups it registers from
+  commands/) and the WSGI entry (gunicorn_app.py);
 - no function-local imports of authsvc modules (an arrow pointing the wrong way, hidden).
 """
 
@@ -21,9 +22,14 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "authsvc"
 FLASK = ("flask", "flask_cors", "werkzeug")
-FLASK_ALLOWED = ("authsvc.http", "authsvc.app", "authsvc.cli", "authsvc.gunicorn_app",
-                 "authsvc.commands")
-APP_IMPORTERS = ("authsvc.cli", "authsvc.gunicorn_app")
+FLASK_ALLOWED = (
+    "authsvc.http",
+    "authsvc.app",
+    "authsvc.cli",
+    "authsvc.gunicorn_app",
+    "authsvc.commands",
+)
+APP_IMPORTERS = ("authsvc.cli", "authsvc.commands", "authsvc.gunicorn_app")
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,9 @@ def imports_of(source: str, module: str, *, is_package: bool = False) -> list[Im
                     package = package[: len(package) - (child.level - 1)]
                     base = ".".join([*package, base] if base else package)
                 found.append(Import(module, base, child.lineno, local))
-                found.extend(Import(module, f"{base}.{a.name}", child.lineno, local)
-                             for a in child.names)
+                found.extend(
+                    Import(module, f"{base}.{a.name}", child.lineno, local) for a in child.names
+                )
             visit(child, inner)
 
     visit(ast.parse(source), False)
@@ -69,8 +76,11 @@ def imports_of(source: str, module: str, *, is_package: bool = False) -> list[Im
 def all_imports() -> list[Import]:
     result = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        result += imports_of(path.read_text(encoding="utf-8"), module_name(path),
-                             is_package=path.name == "__init__.py")
+        result += imports_of(
+            path.read_text(encoding="utf-8"),
+            module_name(path),
+            is_package=path.name == "__init__.py",
+        )
     return result
 
 
@@ -87,17 +97,28 @@ def violations(imports: list[Import]) -> list[str]:
             out.append(f"{imp}: {src} imports nothing from authsvc")
         if internal and within(src, "authsvc.crypto") and not within(dst, "authsvc.crypto"):
             out.append(f"{imp}: crypto/ imports only libraries and crypto/")
-        if (internal and within(src, "authsvc.models")
-                and not within(dst, "authsvc.models", "authsvc.db")):
+        if (
+            internal
+            and within(src, "authsvc.models")
+            and not within(dst, "authsvc.models", "authsvc.db")
+        ):
             out.append(f"{imp}: models import only db")
         if within(src, "authsvc.services") and within(
-                dst, *FLASK, "authsvc.http", "authsvc.app", "authsvc.cli", "authsvc.commands",
-                "authsvc.gunicorn_app", "authsvc.mail.worker"):
+            dst,
+            *FLASK,
+            "authsvc.http",
+            "authsvc.app",
+            "authsvc.cli",
+            "authsvc.commands",
+            "authsvc.gunicorn_app",
+            "authsvc.mail.worker",
+        ):
             out.append(f"{imp}: services never see Flask, HTTP or the app")
         if within(dst, *FLASK) and not within(src, *FLASK_ALLOWED):
             out.append(f"{imp}: only http/, app, cli and commands/ import Flask")
-        if within(src, "authsvc.http") and within(dst, "authsvc.app", "authsvc.cli",
-                                                  "authsvc.commands"):
+        if within(src, "authsvc.http") and within(
+            dst, "authsvc.app", "authsvc.cli", "authsvc.commands"
+        ):
             out.append(f"{imp}: http/ does not import the app or the CLI")
         if within(dst, "authsvc.app") and not within(src, *APP_IMPORTERS, "authsvc.app"):
             out.append(f"{imp}: only cli and the WSGI entry import authsvc.app")
@@ -109,9 +130,16 @@ def violations(imports: list[Import]) -> list[str]:
 def test_the_walk_sees_the_whole_package():
     modules = {imp.module for imp in all_imports()}
 
-    for expected in ("authsvc.app", "authsvc.cli", "authsvc.services.accounts",
-                     "authsvc.http.public", "authsvc.crypto.passwords", "authsvc.models.accounts",
-                     "authsvc.mail.worker", "authsvc.commands.passwords"):
+    for expected in (
+        "authsvc.app",
+        "authsvc.cli",
+        "authsvc.services.accounts",
+        "authsvc.http.public",
+        "authsvc.crypto.passwords",
+        "authsvc.models.accounts",
+        "authsvc.mail.worker",
+        "authsvc.commands.passwords",
+    ):
         assert expected in modules
     assert len(modules) >= 40
 
@@ -128,14 +156,20 @@ def test_no_arrow_points_backwards():
         ("authsvc.crypto.totp", "import authsvc.db", "crypto/"),
         ("authsvc.services.login", "from flask import request", "services never"),
         ("authsvc.services.login", "from authsvc.http.io import db", "services never"),
-        ("authsvc.services.login", "from authsvc.mail.worker import OutboxWorker",
-         "services never"),
+        (
+            "authsvc.services.login",
+            "from authsvc.mail.worker import OutboxWorker",
+            "services never",
+        ),
         ("authsvc.ratelimit", "import flask", "only http/"),
         ("authsvc.models.accounts", "from authsvc.services import audit", "models import"),
         ("authsvc.http.me", "from authsvc.app import Runtime", "only cli"),
-        ("authsvc.commands.breach", "from authsvc.app import build_runtime", "only cli"),
-        ("authsvc.services.login",
-         "def f():\n    from authsvc.services import accounts\n", "function-local"),
+        ("authsvc.mail.worker", "from authsvc.app import build_runtime", "only cli"),
+        (
+            "authsvc.services.login",
+            "def f():\n    from authsvc.services import accounts\n",
+            "function-local",
+        ),
         ("authsvc.services.totp", "from .. import app", "only cli"),
     ],
 )
@@ -150,9 +184,13 @@ def test_the_checker_catches_each_kind_of_backward_arrow(module, source, complai
     [
         ("authsvc.cli", "from authsvc.app import build_runtime"),
         ("authsvc.gunicorn_app", "from authsvc.app import create_app"),
+        ("authsvc.commands.users", "from authsvc.app import build_runtime"),
         ("authsvc.http.public", "from flask import Blueprint\nfrom authsvc.services import login"),
-        ("authsvc.services.accounts", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                                      "    from authsvc.services.factors import FactorInfo\n"),
+        (
+            "authsvc.services.accounts",
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+            "    from authsvc.services.factors import FactorInfo\n",
+        ),
         ("authsvc.crypto.blocklist", "from authsvc.crypto.passwords import normalize"),
         ("authsvc.services.totp", "def f():\n    import json\n"),
     ],

@@ -18,8 +18,9 @@ POSTGRES = "postgresql://authsvc@db.internal/authsvc"
 
 
 def from_env(**variables: str) -> Settings:
-    return Settings.from_env({f"AUTHSVC_{name.upper()}": value
-                              for name, value in variables.items()})
+    return Settings.from_env(
+        {f"AUTHSVC_{name.upper()}": value for name, value in variables.items()}
+    )
 
 
 def test_defaults_without_any_variable():
@@ -40,17 +41,29 @@ def test_only_the_given_mapping_is_read(monkeypatch):
 
 
 def test_other_variables_are_ignored():
-    settings = Settings.from_env({"PATH": "/bin", "AUTHSVC_TEST_DATABASE_URL": "x",
-                                  "authsvc_jwt_audience": "lower-case prefix"})
+    settings = Settings.from_env(
+        {
+            "PATH": "/bin",
+            "AUTHSVC_TEST_DATABASE_URL": "x",
+            "authsvc_jwt_audience": "lower-case prefix",
+        }
+    )
 
     assert settings == Settings()
 
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("30s", timedelta(seconds=30)), ("10m", timedelta(minutes=10)), ("24h", timedelta(hours=24)),
-     ("7d", timedelta(days=7)), ("1500ms", timedelta(seconds=1.5)), ("45", timedelta(seconds=45)),
-     (" 5m ", timedelta(minutes=5)), ("0s", timedelta(0))],
+    [
+        ("30s", timedelta(seconds=30)),
+        ("10m", timedelta(minutes=10)),
+        ("24h", timedelta(hours=24)),
+        ("7d", timedelta(days=7)),
+        ("1500ms", timedelta(seconds=1.5)),
+        ("45", timedelta(seconds=45)),
+        (" 5m ", timedelta(minutes=5)),
+        ("0s", timedelta(0)),
+    ],
 )
 def test_durations(raw, expected):
     assert from_env(access_token_ttl=raw).access_token_ttl == expected
@@ -67,8 +80,19 @@ def test_bad_durations(raw):
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("true", True), ("TRUE", True), ("1", True), ("yes", True), ("on", True), (" On ", True),
-     ("false", False), ("0", False), ("no", False), ("off", False), ("False", False)],
+    [
+        ("true", True),
+        ("TRUE", True),
+        ("1", True),
+        ("yes", True),
+        ("on", True),
+        (" On ", True),
+        ("false", False),
+        ("0", False),
+        ("no", False),
+        ("off", False),
+        ("False", False),
+    ],
 )
 def test_booleans(raw, expected):
     assert from_env(require_mfa=raw).require_mfa is expected
@@ -82,19 +106,27 @@ def test_bad_booleans(raw):
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("https://a.example", ("https://a.example",)),
-     ("https://a.example, https://b.example", ("https://a.example", "https://b.example")),
-     ("https://a.example,,  ,https://b.example,", ("https://a.example", "https://b.example")),
-     ("", ())],
+    [
+        ("https://a.example", ("https://a.example",)),
+        ("https://a.example, https://b.example", ("https://a.example", "https://b.example")),
+        ("https://a.example,,  ,https://b.example,", ("https://a.example", "https://b.example")),
+        ("", ()),
+    ],
 )
 def test_tuples(raw, expected):
     assert from_env(cors_origins=raw).cors_origins == expected
 
 
 def test_numbers_paths_and_strings():
-    settings = from_env(argon2_time_cost="3", hash_queue_timeout="0.25", var_dir="/srv/authsvc",
-                        breached_passwords_file="/data/pwned.bin", public_url="https://id.example",
-                        redis_url="redis://cache:6379/2", trusted_proxies="2")
+    settings = from_env(
+        argon2_time_cost="3",
+        hash_queue_timeout="0.25",
+        var_dir="/srv/authsvc",
+        breached_passwords_file="/data/pwned.bin",
+        public_url="https://id.example",
+        redis_url="redis://cache:6379/2",
+        trusted_proxies="2",
+    )
 
     assert settings.argon2_time_cost == 3
     assert settings.hash_queue_timeout == 0.25
@@ -114,12 +146,14 @@ def test_empty_optional_values_mean_unset():
 
 @pytest.mark.parametrize(
     ("name", "raw", "message"),
-    [("argon2_time_cost", "two", "expected an integer"),
-     ("trusted_proxies", "1.5", "expected an integer"),
-     ("hash_queue_timeout", "soon", "expected a number"),
-     ("hash_queue_timeout", "nan", "expected a finite number"),
-     ("outbox_poll_interval", "inf", "expected a finite number"),
-     ("env", "staging", "expected 'development' or 'production'")],
+    [
+        ("argon2_time_cost", "two", "expected an integer"),
+        ("trusted_proxies", "1.5", "expected an integer"),
+        ("hash_queue_timeout", "soon", "expected a number"),
+        ("hash_queue_timeout", "nan", "expected a finite number"),
+        ("outbox_poll_interval", "inf", "expected a finite number"),
+        ("env", "staging", "expected 'development' or 'production'"),
+    ],
 )
 def test_bad_scalars(name, raw, message):
     with pytest.raises(ConfigError) as excinfo:
@@ -131,14 +165,26 @@ def test_bad_scalars(name, raw, message):
 
 def test_every_problem_is_reported_at_once():
     with pytest.raises(ConfigError) as excinfo:
-        from_env(access_token_ttl="soon", require_mfa="perhaps", argon2_time_cost="x",
-                 password_min_length="4", limit_ip="lots", encryption_keys="not-a-key")
+        from_env(
+            access_token_ttl="soon",
+            require_mfa="perhaps",
+            argon2_time_cost="x",
+            password_min_length="4",
+            limit_ip="lots",
+            encryption_keys="not-a-key",
+        )
 
     problems = excinfo.value.problems
     assert len(problems) == 6
     joined = "\n".join(problems)
-    for name in ("ACCESS_TOKEN_TTL", "REQUIRE_MFA", "ARGON2_TIME_COST", "PASSWORD_MIN_LENGTH",
-                 "LIMIT_IP", "ENCRYPTION_KEYS"):
+    for name in (
+        "ACCESS_TOKEN_TTL",
+        "REQUIRE_MFA",
+        "ARGON2_TIME_COST",
+        "PASSWORD_MIN_LENGTH",
+        "LIMIT_IP",
+        "ENCRYPTION_KEYS",
+    ):
         assert f"AUTHSVC_{name}" in joined
     assert str(excinfo.value) == "; ".join(problems)
     assert "not-a-key" not in str(excinfo.value)  # key material is never echoed
@@ -146,18 +192,20 @@ def test_every_problem_is_reported_at_once():
 
 @pytest.mark.parametrize(
     "changes",
-    [{"password_min_length": "7"},
-     {"password_min_length": "20", "password_max_length": "10"},
-     {"argon2_time_cost": "0"},
-     {"argon2_memory_kib": "7"},
-     {"max_concurrent_hashes": "0"},
-     {"trusted_proxies": "-1"},
-     {"max_body_bytes": "100"},
-     {"limit_email": "20"},
-     {"limit_failures_per_account": "100/fortnight"},
-     {"limit_ip_email": "0/minute"},
-     {"encryption_keys": "k1:short"},
-     {"encryption_keys": f"{KEY},bad key:{'A' * 43}"}],
+    [
+        {"password_min_length": "7"},
+        {"password_min_length": "20", "password_max_length": "10"},
+        {"argon2_time_cost": "0"},
+        {"argon2_memory_kib": "7"},
+        {"max_concurrent_hashes": "0"},
+        {"trusted_proxies": "-1"},
+        {"max_body_bytes": "100"},
+        {"limit_email": "20"},
+        {"limit_failures_per_account": "100/fortnight"},
+        {"limit_ip_email": "0/minute"},
+        {"encryption_keys": "k1:short"},
+        {"encryption_keys": f"{KEY},bad key:{'A' * 43}"},
+    ],
 )
 def test_invalid_values(changes):
     with pytest.raises(ConfigError) as excinfo:
@@ -166,8 +214,9 @@ def test_invalid_values(changes):
     assert len(excinfo.value.problems) == 1
 
 
-@pytest.mark.parametrize("spec", ["10/minute", "100 per day", "5/2 hours", "3/day", "1/second",
-                                  "1000 per 10 minutes"])
+@pytest.mark.parametrize(
+    "spec", ["10/minute", "100 per day", "5/2 hours", "3/day", "1/second", "1000 per 10 minutes"]
+)
 def test_rate_limit_notation(spec):
     assert from_env(limit_ip=spec).limit_ip == spec
 
@@ -190,9 +239,11 @@ def test_production_refuses_dev_keys_and_sqlite():
 
 @pytest.mark.parametrize(
     ("variables", "complaint"),
-    [({"database_url": POSTGRES}, "AUTHSVC_ENCRYPTION_KEYS"),
-     ({"encryption_keys": KEY}, "SQLite"),
-     ({"encryption_keys": KEY, "database_url": "sqlite:////srv/authsvc.db"}, "SQLite")],
+    [
+        ({"database_url": POSTGRES}, "AUTHSVC_ENCRYPTION_KEYS"),
+        ({"encryption_keys": KEY}, "SQLite"),
+        ({"encryption_keys": KEY, "database_url": "sqlite:////srv/authsvc.db"}, "SQLite"),
+    ],
 )
 def test_production_needs_both(variables, complaint):
     with pytest.raises(ConfigError) as excinfo:

@@ -112,8 +112,14 @@ def test_same_key_under_another_id_does_not_decrypt():
 
 @pytest.mark.parametrize(
     "specs",
-    [[], ["k1"], ["k1:"], [f"k1:{base64.urlsafe_b64encode(b'x' * 16).decode()}"],
-     [f":{OLD.split(':', 1)[1]}"], [OLD, OLD]],
+    [
+        [],
+        ["k1"],
+        ["k1:"],
+        [f"k1:{base64.urlsafe_b64encode(b'x' * 16).decode()}"],
+        [f":{OLD.split(':', 1)[1]}"],
+        [OLD, OLD],
+    ],
     ids=["empty", "no-key", "empty-key", "16-bytes", "no-kid", "duplicate-kid"],
 )
 def test_invalid_specs(specs):
@@ -134,9 +140,11 @@ def test_mac_is_keyed_and_survives_rotation():
     after = Keyring.from_specs([NEW, OLD])
     stranger = Keyring.from_specs([NEW])
 
-    assert before.mac("audit-email", b"ada@example.com") == after.mac("audit-email",
-                                                                         b"ada@example.com")
-    assert before.mac("audit-email", b"ada@example.com") != stranger.mac("audit-email",
-                                                                            b"ada@example.com")
+    assert before.mac("audit-email", b"ada@example.com") == after.mac(
+        "audit-email", b"ada@example.com"
+    )
+    assert before.mac("audit-email", b"ada@example.com") != stranger.mac(
+        "audit-email", b"ada@example.com"
+    )
     assert before.mac("audit-email", b"x") != before.mac("recovery-code", b"x")
     assert len(before.mac("audit-email", b"x")) == 64

@@ -54,15 +54,32 @@ def jwks(key):
 
 def sign(key, **overrides):
     now = utcnow()
-    claims = {"key": key, "issuer": ISSUER, "audience": AUDIENCE, "subject": "user-1",
-              "session_id": "session-1", "auth_time": now - timedelta(seconds=30),
-              "amr": ("pwd", "otp", "mfa"), "now": now, "ttl_seconds": 600, **overrides}
+    claims = {
+        "key": key,
+        "issuer": ISSUER,
+        "audience": AUDIENCE,
+        "subject": "user-1",
+        "session_id": "session-1",
+        "auth_time": now - timedelta(seconds=30),
+        "amr": ("pwd", "otp", "mfa"),
+        "now": now,
+        "ttl_seconds": 600,
+        **overrides,
+    }
     return sign_access_token(**claims)
 
 
 def verify(token, jwks, **overrides):
-    return verify_access_token(token, **{"public_jwks": jwks, "issuer": ISSUER,
-                                         "audience": AUDIENCE, "now": utcnow(), **overrides})
+    return verify_access_token(
+        token,
+        **{
+            "public_jwks": jwks,
+            "issuer": ISSUER,
+            "audience": AUDIENCE,
+            "now": utcnow(),
+            **overrides,
+        },
+    )
 
 
 def test_round_trip(key, jwks):
@@ -93,8 +110,9 @@ def test_header_and_public_jwk(key):
 def test_pyjwt_verifies_it_with_the_public_jwk_alone(key):
     public = jwt.PyJWK.from_dict(key.public_jwk)
 
-    claims = jwt.decode(sign(key), public.key, algorithms=["EdDSA"], audience=AUDIENCE,
-                        issuer=ISSUER)
+    claims = jwt.decode(
+        sign(key), public.key, algorithms=["EdDSA"], audience=AUDIENCE, issuer=ISSUER
+    )
 
     assert claims["sub"] == "user-1"
     assert claims["jti"]
@@ -102,8 +120,11 @@ def test_pyjwt_verifies_it_with_the_public_jwk_alone(key):
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"issuer": "https://evil.example"}, {"audience": "other-app"},
-     {"now": utcnow() - timedelta(seconds=601)}],
+    [
+        {"issuer": "https://evil.example"},
+        {"audience": "other-app"},
+        {"now": utcnow() - timedelta(seconds=601)},
+    ],
     ids=["issuer", "audience", "expired"],
 )
 def test_claims_that_do_not_match_are_refused(key, jwks, overrides):

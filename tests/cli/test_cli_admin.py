@@ -1,0 +1,141 @@
+"""`authsvc admin create-key`: the key alone on stdout, only its hash in the database."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from authsvc.app import create_app
+from authsvc.cli import main
+from authsvc.crypto.keyring import generate_key_spec
+from authsvc.crypto.tokens import token_hash
+from authsvc.db import make_engine
+from authsvc.models import AdminKey
+from authsvc.schema import upgrade
+from authsvc.settings import Settings
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str | None]:
+    """The environment of one `authsvc` run against a migrated SQLite file of its own."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    upgrade(url)
+    unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("AUTHSVC_")}
+    return {
+        **unset,
+        "AUTHSVC_DATABASE_URL": url,
+        "AUTHSVC_VAR_DIR": str(tmp_path / "var"),
+        "AUTHSVC_ENCRYPTION_KEYS": generate_key_spec("cli1"),
+        "AUTHSVC_MAIL_URL": "console://",
+    }
+
+
+def run(env, *args: str):
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def test_create_key_prints_the_key_alone_and_stores_its_hash(env):
+    result = run(env, "admin", "create-key", "--name", "deploy bot")
+
+    assert result.exit_code == 0, result.stderr
+    key = result.stdout.strip()
+    assert result.stdout == key + "\n"
+    assert key.startswith("ak_") and len(key) > 40
+    engine = make_engine(env["AUTHSVC_DATABASE_URL"])
+    with engine.connect() as conn:
+        [row] = conn.execute(select(AdminKey)).all()
+    engine.dispose()
+    assert row.name == "deploy bot"
+    assert row.key_hash == token_hash(key)
+    assert key not in tuple(str(v) for v in row)
+    database = Path(env["AUTHSVC_DATABASE_URL"].removeprefix("sqlite:///"))
+    assert key.encode() not in database.read_bytes()
+
+
+def test_the_printed_key_opens_the_admin_api(env):
+    key = run(env, "admin", "create-key", "--name", "ops").stdout.strip()
+    settings = Settings(
+        database_url=env["AUTHSVC_DATABASE_URL"],
+        var_dir=Path(env["AUTHSVC_VAR_DIR"]),
+        encryption_keys=(env["AUTHSVC_ENCRYPTION_KEYS"],),
+    )
+    app = create_app(settings)
+
+    allowed = app.test_client().get(
+        "/admin/v1/users?email=ada@example.com", headers={"Authorization": f"Bearer {key}"}
+    )
+    refused = app.test_client().get(
+        "/admin/v1/users?email=ada@example.com", headers={"Authorization": f"Bearer {key}x"}
+    )
+
+    assert allowed.status_code == 200
+    assert allowed.get_json() == {"users": []}
+    assert refused.status_code == 401
+    app.extensions["authsvc"].engine.dispose()
+
+
+def test_each_key_is_new(env):
+    keys = {run(env, "admin", "create-key", "--name", "k").stdout for _ in range(3)}
+
+    assert len(keys) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "changes", "reason"),
+    [
+        (["--name", "  "], {}, "name must be 1 to 128 characters"),
+        (["--name", "x" * 129], {}, "name must be 1 to 128 characters"),
+        (["--name", "ops"], {"AUTHSVC_ENV": "production"}, "configuration: "),
+        (["--name", "ops"], {"AUTHSVC_ARGON2_TIME_COST": "fast"}, "AUTHSVC_ARGON2_TIME_COST"),
+        (["--name", "ops"], {"AUTHSVC_MAIL_URL": "carrier-pigeon://"}, "AUTHSVC_MAIL_URL"),
+        (
+            ["--name", "ops"],
+            {"AUTHSVC_DATABASE_URL": "sqlite:////nonexistent/dir/x.db"},
+            "OperationalError",
+        ),
+    ],
+    ids=[
+        "blank-name",
+        "long-name",
+        "production-guardrails",
+        "bad-setting",
+        "bad-mail-url",
+        "no-database",
+    ],
+)
+def test_failures_exit_non_zero_with_one_line(env, args, changes, reason):
+    result = run({**env, **changes}, "admin", "create-key", *args)
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    assert reason in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_name_is_required(env):
+    result = run(env, "admin", "create-key")
+
+    assert result.exit_code == 2
+    assert "--name" in result.stderr
+    assert result.stdout == ""
+
+
+def test_an_unmigrated_database_fails_cleanly(env, tmp_path):
+    result = run(
+        {**env, "AUTHSVC_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"},
+        "admin",
+        "create-key",
+        "--name",
+        "ops",
+    )
+
+    assert result.exit_code == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "admin_keys" in result.stderr

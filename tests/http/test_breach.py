@@ -1,0 +1,250 @@
+"""/admin/v1/breach-responses and /admin/v1/users/{id}/force-reset over HTTP."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session as DbSession
+
+from authsvc.db import utcnow
+from authsvc.models import AuditEvent, User
+from authsvc.models.breach import BreachCampaign
+from authsvc.services import admin
+from tests.conftest import runtime
+
+BASE = "/admin/v1/breach-responses"
+PASSWORD = "correct horse 42"
+
+
+@pytest.fixture
+def settings(settings):
+    return dataclasses.replace(settings, breach_batch_size=2, notify_rate_per_second=1000.0,
+                               breach_upload_max_bytes=4096)
+
+
+@pytest.fixture
+def as_admin(connection) -> dict[str, str]:
+    with DbSession(bind=connection, join_transaction_mode="create_savepoint") as session:
+        _, secret = admin.create_key(session, name="ops", now=utcnow())
+        session.commit()
+    return {"Authorization": f"Bearer {secret}"}
+
+
+@pytest.fixture
+def accounts(api) -> list[str]:
+    return [api.register(f"user{i}@example.com", PASSWORD) for i in range(4)]
+
+
+def start(client, headers, **body):
+    payload = {"reason": "credential dump INC-12", "selector": "all", "mode": "invalidate",
+               **body}
+    return client.post(BASE, json=payload, headers=headers)
+
+
+def db(app) -> DbSession:
+    return runtime(app).sessionmaker()
+
+
+def test_a_campaign_runs_in_the_background_and_reports_progress(
+        api, client, app, as_admin, accounts):
+    created = start(client, as_admin)
+
+    assert created.status_code == 202
+    body = created.get_json()
+    assert body["status"] == "pending" and body["targeted"] == 4
+    assert created.headers["Location"] == f"{BASE}/{body['id']}"
+    assert api.login("user1@example.com", PASSWORD).status_code == 200
+
+    api.drain()  # batches, then the notice tickets, then the mails
+
+    status = client.get(f"{BASE}/{body['id']}", headers=as_admin).get_json()
+    assert (status["status"], status["processed"], status["notified"]) == ("completed", 4, 4)
+    assert status["finished_at"] is not None
+    failed = api.login("user1@example.com", PASSWORD)
+    assert failed.status_code == 401
+    assert failed.get_json()["code"] == "invalid_credentials"
+    token = api.mailbox.token("user1@example.com", "reset-password")
+    reset = client.post("/v1/password/reset", json={"token": token,
+                                                    "new_password": "fresh horse 77"})
+    assert reset.status_code == 204
+    again = client.get(f"{BASE}/{body['id']}", headers=as_admin).get_json()
+    assert again["completed_resets"] == 1
+    listed = client.get(f"{BASE}?status=completed", headers=as_admin).get_json()
+    assert [c["id"] for c in listed["breach_responses"]] == [body["id"]]
+
+
+def test_a_plain_text_upload_reports_rejected_lines(api, client, as_admin, accounts):
+    upload = "user1@example.com\nnot-an-email\n\nUSER2@example.com\nghost@example.com\n"
+
+    response = client.post(
+        f"{BASE}?selector=emails&mode=change_at_next_login&reason=leak&notify=false",
+        data=upload.encode(), content_type="text/plain", headers=as_admin)
+
+    assert response.status_code == 202
+    report = response.get_json()["input"]
+    assert (report["lines"], report["accepted"], report["matched"]) == (5, 3, 2)
+    assert report["rejections"] == [{"line": 2, "reason": "invalid_email",
+                                     "value": "not-an-email"}]
+    assert report["unknown_values"] == ["ghost@example.com"]
+    assert response.get_json()["notify"] is False
+
+
+def test_a_csv_upload_uses_the_email_column(api, client, as_admin, accounts):
+    upload = "id,email\n1,user3@example.com\n2,user0@example.com\n"
+
+    response = client.post(f"{BASE}?selector=emails&mode=invalidate&reason=leak",
+                           data=upload, content_type="text/csv", headers=as_admin)
+    api.drain()
+
+    assert response.status_code == 202
+    assert response.get_json()["targeted"] == 2
+    assert api.login("user3@example.com", PASSWORD).status_code == 401
+    assert api.login("user2@example.com", PASSWORD).status_code == 200
+
+
+def test_an_idempotency_key_replays_the_same_campaign(client, app, as_admin, accounts):
+    headers = {**as_admin, "Idempotency-Key": "retry-me"}
+
+    first = start(client, headers)
+    second = start(client, headers)
+    other = start(client, headers, mode="change_at_next_login")
+
+    assert first.status_code == second.status_code == 202
+    assert second.get_json()["id"] == first.get_json()["id"]
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert other.status_code == 422
+    assert other.get_json()["code"] == "idempotency_key_reused"
+    with db(app) as session:
+        assert session.scalar(select(func.count()).select_from(BreachCampaign)) == 1
+
+
+def test_a_dry_run_only_counts(client, app, as_admin, accounts):
+    response = start(client, as_admin, dry_run=True)
+
+    assert response.status_code == 200
+    assert response.get_json() == {"dry_run": True, "targeted": 4, "conflicts_with": None,
+                                   "input": None}
+    with db(app) as session:
+        assert session.scalar(select(func.count()).select_from(BreachCampaign)) == 0
+
+
+@pytest.mark.parametrize(("body", "status", "code"), [
+    ({"selector": "everyone"}, 400, "invalid_request"),
+    ({"mode": "nuke"}, 400, "invalid_request"),
+    ({"reason": ""}, 400, "invalid_request"),
+    ({"selector": "created_before"}, 400, "invalid_request"),
+    ({"selector": "created_before", "before": "last tuesday"}, 400, "invalid_request"),
+    ({"selector": "emails"}, 400, "invalid_request"),
+    ({"selector": "emails", "emails": ["nope", "  "]}, 400, "empty_target_list"),
+    ({"selector": "emails", "emails": ["nobody@example.com"]}, 422, "no_targets"),
+    ({"selector": "user_ids", "user_ids": ["unknownid"]}, 422, "no_targets"),
+    ({"emails": ["user1@example.com"]}, 400, "invalid_request"),
+])
+def test_bad_campaigns_are_refused(client, app, as_admin, accounts, body, status, code):
+    response = start(client, as_admin, **body)
+
+    assert response.status_code == status
+    assert response.get_json()["code"] == code
+    with db(app) as session:
+        assert session.scalar(select(func.count()).select_from(BreachCampaign)) == 0
+
+
+def test_uploads_need_a_list_selector_a_known_type_and_a_bounded_size(
+        client, as_admin, accounts):
+    wrong = client.post(f"{BASE}?selector=all&mode=invalidate&reason=x", data="a@b.co\n",
+                        content_type="text/plain", headers=as_admin)
+    assert (wrong.status_code, wrong.get_json()["code"]) == (400, "invalid_request")
+    flag = client.post(f"{BASE}?selector=emails&mode=invalidate&reason=x&notify=maybe",
+                       data="a@b.co\n", content_type="text/plain", headers=as_admin)
+    assert (flag.status_code, flag.get_json()["code"]) == (400, "invalid_request")
+    xml = client.post(BASE, data="<emails/>", content_type="application/xml", headers=as_admin)
+    assert (xml.status_code, xml.get_json()["code"]) == (415, "unsupported_media_type")
+    big = client.post(f"{BASE}?selector=emails&mode=invalidate&reason=x",
+                      data="a@example.com\n" * 400, content_type="text/plain",
+                      headers=as_admin)
+    assert (big.status_code, big.get_json()["code"]) == (413, "payload_too_large")
+
+
+def test_admin_routes_need_an_admin_key(client, accounts):
+    assert start(client, {}).status_code == 401
+    assert client.get(BASE).status_code == 401
+    assert client.get(f"{BASE}/x/report").status_code == 401
+    assert client.post("/admin/v1/users/x/force-reset").status_code == 401
+
+
+def test_a_second_campaign_on_the_same_accounts_waits_for_the_first(
+        api, client, as_admin, accounts):
+    first = start(client, as_admin).get_json()
+
+    clash = start(client, as_admin, selector="emails", emails=["user2@example.com"])
+    cancelled = client.post(f"{BASE}/{first['id']}/cancel", headers=as_admin)
+    later = start(client, as_admin, selector="emails", emails=["user2@example.com"])
+
+    assert clash.status_code == 409
+    assert clash.get_json()["code"] == "campaign_conflict"
+    assert clash.get_json()["campaign_id"] == first["id"]
+    assert cancelled.status_code == 200 and cancelled.get_json()["status"] == "cancelled"
+    assert later.status_code == 202
+    api.drain()
+    finished = client.post(f"{BASE}/{later.get_json()['id']}/cancel", headers=as_admin)
+    assert (finished.status_code, finished.get_json()["code"]) == (409, "campaign_finished")
+    assert client.post(f"{BASE}/nope/cancel", headers=as_admin).status_code == 404
+    assert client.get(f"{BASE}/nope", headers=as_admin).status_code == 404
+
+
+def test_the_report_lists_every_affected_account(api, client, app, as_admin, accounts):
+    created = start(client, as_admin, selector="emails",
+                    emails=["user0@example.com", "user2@example.com", "user3@example.com"])
+    campaign_id = created.get_json()["id"]
+    api.drain()
+
+    as_csv = client.get(f"{BASE}/{campaign_id}/report", headers=as_admin)
+    as_json = client.get(f"{BASE}/{campaign_id}/report?format=json", headers=as_admin)
+
+    assert as_csv.status_code == 200
+    assert as_csv.mimetype == "text/csv"
+    assert "attachment" in as_csv.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(as_csv.get_data(as_text=True))))
+    assert sorted(r["email"] for r in rows) == ["user0@example.com", "user2@example.com",
+                                                "user3@example.com"]
+    assert all(r["flagged_at"] and r["notified_at"] and not r["reset_at"] for r in rows)
+    document = json.loads(as_json.get_data(as_text=True))
+    assert document["breach_response"]["id"] == campaign_id
+    assert [a["user_id"] for a in document["accounts"]] == [r["user_id"] for r in rows]
+    bad = client.get(f"{BASE}/{campaign_id}/report?format=xlsx", headers=as_admin)
+    assert (bad.status_code, bad.get_json()["code"]) == (400, "invalid_request")
+    with db(app) as session:
+        exports = session.scalar(select(func.count()).select_from(AuditEvent)
+                                 .where(AuditEvent.type == "breach.report_exported"))
+    assert exports == 2
+
+
+def test_force_reset_signs_the_user_out_now(api, client, app, as_admin, accounts):
+    tokens = api.tokens("user2@example.com", PASSWORD)
+    with db(app) as session:
+        user_id = session.scalar(select(User.id).where(User.email == "user2@example.com"))
+
+    response = client.post(f"/admin/v1/users/{user_id}/force-reset",
+                           json={"mode": "change_at_next_login", "reason": "phished"},
+                           headers=as_admin)
+
+    assert response.status_code == 200
+    body = response.get_json()
+    assert (body["status"], body["origin"], body["processed"]) == (
+        "completed", "force_reset", 1)
+    me = client.get("/v1/me", headers=api.bearer(tokens["access_token"]))
+    assert me.status_code == 401
+    login = api.login("user2@example.com", PASSWORD).get_json()
+    assert login["status"] == "password_change_required"
+    api.drain()
+    assert "please change your password" in api.mailbox.last("user2@example.com")["Subject"]
+    missing = client.post("/admin/v1/users/nobody/force-reset", headers=as_admin)
+    assert (missing.status_code, missing.get_json()["code"]) == (404, "not_found")
+    bad_mode = client.post(f"/admin/v1/users/{user_id}/force-reset", json={"mode": "x"},
+                           headers=as_admin)
+    assert bad_mode.status_code == 400

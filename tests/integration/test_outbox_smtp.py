@@ -1,0 +1,142 @@
+"""The outbox worker delivering over real SMTP (aiosmtpd): sign-up mails arrive, and a mail
+that cannot be sent is retried with backoff until the server is back, never lost."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import socket
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from authsvc.app import create_app
+from authsvc.db import utcnow
+from authsvc.mail.backends import make_backend
+from authsvc.mail.worker import OutboxWorker, default_handlers
+from authsvc.models import OutboxMessage
+from tests.conftest import ContractClient, runtime
+from tests.integration.mail.smtp_server import SmtpServer
+
+PASSWORD = "correct horse 42"
+
+
+class SmtpServerOnPort(SmtpServer):
+    """An SmtpServer on a port chosen in advance, so it can come up where mail was failing."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self._controller.port = port  # read when the controller binds in start()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def smtp_app(settings, connection, mail_url: str):
+    app = create_app(dataclasses.replace(settings, mail_url=mail_url), bind=connection)
+    app.test_client_class = ContractClient
+    return app
+
+
+def test_signup_mail_is_delivered_over_smtp(settings, connection):
+    with SmtpServer() as server:
+        app = smtp_app(settings, connection, server.url)
+        client = app.test_client()
+        client.post("/v1/signup", json={"email": "ada@example.com", "password": PASSWORD})
+
+        assert runtime(app).worker.drain() == 2  # the sign-up job, then its mail
+
+        [message] = server.wait_for(1)
+        [delivery] = server.deliveries
+    assert delivery.rcpt_tos == ("ada@example.com",)
+    assert delivery.mail_from == "no-reply@localhost"
+    assert message["To"] == "ada@example.com"
+    assert message["Subject"] == "Confirm your email address"
+    assert message["Message-ID"] and message["Date"]
+    token = re.search(r"/verify-email\?token=(ve_[\w-]+)", message.get_content()).group(1)
+    assert client.post("/v1/signup/verify", json={"token": token}).status_code == 200
+    runtime(app).deps.limiter.reset()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self):
+        return self.now
+
+
+def email_message(connection) -> OutboxMessage:
+    return connection.execute(select(OutboxMessage).where(OutboxMessage.kind == "email")).one()
+
+
+def test_a_failing_send_is_retried_with_backoff_and_never_lost(settings, connection):
+    port = closed_port()
+    url = f"smtp://127.0.0.1:{port}?timeout=2"
+    app = smtp_app(settings, connection, url)
+    app.test_client().post("/v1/password/forgot", json={"email": "nobody@example.com"})
+    clock = Clock()
+    worker = OutboxWorker(
+        sessionmaker=runtime(app).sessionmaker,
+        deps=runtime(app).deps,
+        handlers=default_handlers(make_backend(url)),
+        clock=clock,
+    )
+
+    worker.drain()  # the job runs; its mail cannot be sent
+    first = email_message(connection)
+    assert (first.attempts, first.completed_at, first.failed_at) == (1, None, None)
+    assert first.available_at == clock.now + timedelta(seconds=5)
+    assert "refused" in first.last_error.lower() or "connect" in first.last_error.lower()
+    assert worker.drain() == 0  # not due yet
+
+    clock.now = first.available_at
+    worker.drain()
+    second = email_message(connection)
+    assert second.attempts == 2
+    assert second.available_at == clock.now + timedelta(seconds=10)  # the wait grows
+
+    with SmtpServerOnPort(port) as server:
+        clock.now = second.available_at
+        assert worker.drain() == 1
+        [message] = server.wait_for(1)
+
+    delivered = email_message(connection)
+    assert delivered.attempts == 3
+    assert delivered.completed_at == clock.now
+    assert message["To"] == "nobody@example.com"
+    assert message["Subject"] == "Password reset request"
+    runtime(app).deps.limiter.reset()
+
+
+def test_a_refused_recipient_is_parked_not_retried(settings, connection):
+    with SmtpServer(recipient_replies={"ada@example.com": "550 5.1.1 No such user"}) as server:
+        app = smtp_app(settings, connection, server.url)
+        app.test_client().post("/v1/password/forgot", json={"email": "ada@example.com"})
+
+        runtime(app).worker.drain()
+
+    message = email_message(connection)
+    assert message.failed_at is not None
+    assert message.completed_at is None
+    assert "550" in message.last_error
+    runtime(app).deps.limiter.reset()
+
+
+@pytest.mark.parametrize("reply", ["451 4.3.0 Try again later"])
+def test_a_temporary_refusal_is_retried(settings, connection, reply):
+    with SmtpServer(data_reply=reply) as server:
+        app = smtp_app(settings, connection, server.url)
+        app.test_client().post("/v1/password/forgot", json={"email": "ada@example.com"})
+
+        runtime(app).worker.drain()
+
+    message = email_message(connection)
+    assert message.failed_at is None and message.completed_at is None
+    assert message.attempts == 1
+    assert "451" in message.last_error
+    runtime(app).deps.limiter.reset()

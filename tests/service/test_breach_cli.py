@@ -1,0 +1,152 @@
+"""`authsvc breach-response ...` against a real, committed database."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from authsvc.app import build_runtime
+from authsvc.cli import main
+from authsvc.db import utcnow
+from authsvc.models import OutboxMessage, User
+from authsvc.models.breach import BreachCampaign
+from authsvc.schema import upgrade
+from authsvc.settings import Settings
+
+
+@pytest.fixture
+def env(scratch_database_url, key_specs, tmp_path):
+    upgrade(scratch_database_url)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield {
+        "AUTHSVC_DATABASE_URL": scratch_database_url,
+        "AUTHSVC_ENCRYPTION_KEYS": ",".join(key_specs),
+        "AUTHSVC_VAR_DIR": str(tmp_path / "var"),
+        "AUTHSVC_MAIL_URL": f"file://{tmp_path / 'mail'}",
+        "AUTHSVC_LOG_LEVEL": "WARNING",
+        "AUTHSVC_BREACH_BATCH_SIZE": "3",
+    }
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+@pytest.fixture
+def accounts(env) -> list[str]:
+    runtime = build_runtime(Settings.from_env(env))
+    at = utcnow()
+    emails = [f"user{i}@example.com" for i in range(7)]
+    with runtime.sessionmaker.begin() as session:
+        for email in emails:
+            session.add(User(email=email, password_hash="$argon2id$x", password_set_at=at,
+                             email_verified_at=at, created_at=at, updated_at=at))
+    runtime.engine.dispose()
+    return emails
+
+
+def run(env, *args: str, input: str | None = None):
+    return CliRunner().invoke(main, list(args), env=env, input=input, catch_exceptions=False)
+
+
+def query(env, statement):
+    runtime = build_runtime(Settings.from_env(env))
+    with runtime.sessionmaker.begin() as session:
+        result = session.execute(statement).all()
+    runtime.engine.dispose()
+    return result
+
+
+def test_create_from_an_emails_file_runs_to_completion(env, accounts, tmp_path):
+    leaked = tmp_path / "leaked.txt"
+    leaked.write_text("user1@example.com\nuser2@example.com\nnobody@example.com\nbroken\n"
+                      "user5@example.com\nuser6@example.com\n")
+
+    result = run(env, "breach-response", "create", "--emails-file", str(leaked), "--mode",
+                 "invalidate", "--notify", "--reason", "dump on a forum")
+
+    assert result.exit_code == 0, result.output
+    campaign_id = result.stdout.splitlines()[0]
+    assert "list: 6 lines, 4 accounts, 1 unknown, 0 duplicates, 1 rejected" in result.stderr
+    assert "line 4: invalid_email: broken" in result.stderr
+    assert "completed: 4 of 4 accounts flagged" in result.stderr
+    assert "4/4" in result.stderr  # the progress bar
+    flagged = query(env, select(User.email).where(User.password_invalidated_at.is_not(None)))
+    assert sorted(e for (e,) in flagged) == [f"user{i}@example.com" for i in (1, 2, 5, 6)]
+    tickets = query(env, select(func.count()).select_from(OutboxMessage)
+                    .where(OutboxMessage.kind == "breach_notice"))
+    assert tickets == [(4,)]
+
+    status = run(env, "breach-response", "status", campaign_id, "--json")
+    assert json.loads(status.stdout)["status"] == "completed"
+    assert json.loads(status.stdout)["origin"] == "cli"
+
+
+def test_create_all_from_standard_input_csv_and_without_waiting(env, accounts):
+    result = run(env, "breach-response", "create", "--emails-file", "-", "--csv", "--mode",
+                 "change_at_next_login", "--no-wait", "--reason", "x",
+                 input="email,name\nuser3@example.com,Ann\n")
+
+    assert result.exit_code == 0, result.output
+    (status,) = query(env, select(BreachCampaign.status, BreachCampaign.targeted))
+    assert tuple(status) == ("pending", 1)
+
+
+def test_a_dry_run_prints_counts(env, accounts):
+    result = run(env, "breach-response", "create", "--all", "--mode", "invalidate",
+                 "--dry-run", "--reason", "how many?")
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["targeted"] == 7
+    assert query(env, select(func.count()).select_from(BreachCampaign)) == [(0,)]
+
+
+def test_list_cancel_and_report(env, accounts):
+    created = run(env, "breach-response", "create", "--all", "--mode", "invalidate",
+                  "--no-wait", "--reason", "stolen backup")
+    campaign_id = created.stdout.strip()
+
+    listed = run(env, "breach-response", "list")
+    cancelled = run(env, "breach-response", "cancel", campaign_id)
+    again = run(env, "breach-response", "cancel", campaign_id)
+    done = run(env, "breach-response", "create", "--all", "--mode", "invalidate", "--reason",
+               "second try")
+    done_id = done.stdout.splitlines()[0]
+    report = run(env, "breach-response", "report", done_id)
+    finished = CliRunner().invoke(main, ["breach-response", "cancel", done_id], env=env)
+
+    assert campaign_id in listed.stdout and "pending" in listed.stdout
+    assert "cancelled: 0 of 7" in cancelled.stderr and again.exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(report.stdout)))
+    assert sorted(r["email"] for r in rows) == accounts
+    assert all(r["flagged_at"] for r in rows)
+    assert finished.exit_code == 1
+    assert "campaign_finished" in finished.output
+
+
+def test_bad_invocations_fail_with_one_line(env, accounts, tmp_path):
+    both = CliRunner().invoke(main, ["breach-response", "create", "--all", "--created-before",
+                                     "2020-01-01", "--mode", "invalidate", "--reason", "x"],
+                              env=env)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n# nothing\n")
+    nothing = CliRunner().invoke(main, ["breach-response", "create", "--emails-file",
+                                        str(empty), "--mode", "invalidate", "--reason", "x"],
+                                 env=env)
+    unknown = CliRunner().invoke(main, ["breach-response", "status", "nope"], env=env)
+    bad_date = CliRunner().invoke(main, ["breach-response", "create", "--created-before",
+                                         "yesterday", "--mode", "invalidate", "--reason", "x"],
+                                  env=env)
+
+    assert both.exit_code == 2 and "exactly one of" in both.output
+    assert nothing.exit_code == 1 and "empty_target_list" in nothing.output
+    assert unknown.exit_code == 1 and "not_found" in unknown.output
+    assert bad_date.exit_code == 2 and "--created-before" in bad_date.output

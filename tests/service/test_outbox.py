@@ -1,0 +1,195 @@
+"""The outbox and its worker: encrypted payloads, retries with backoff, nothing lost."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from authsvc.mail.worker import MAX_ATTEMPTS, OutboxWorker, PermanentFailure, backoff
+from authsvc.models import OutboxMessage, User
+from authsvc.services import outbox
+
+
+class Clock:
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(now):
+    return Clock(now)
+
+
+def make_worker(runtime, clock, handlers):
+    return OutboxWorker(
+        sessionmaker=runtime.sessionmaker, deps=runtime.deps, handlers=handlers, clock=clock
+    )
+
+
+def enqueue(db_session, deps, now, kind="job", payload=None, delay=timedelta(0)):
+    message = outbox.enqueue(
+        db_session, deps.keyring, kind=kind, payload=payload or {"n": 1}, now=now, delay=delay
+    )
+    db_session.flush()
+    return message.id
+
+
+def reload(db_session, message_id):
+    db_session.expire_all()
+    return db_session.get(OutboxMessage, message_id)
+
+
+def test_payloads_are_encrypted_at_rest(db_session, deps, now):
+    message_id = enqueue(
+        db_session, deps, now, payload={"to": "ada@example.com", "text": "token=ve_secret"}
+    )
+
+    message = reload(db_session, message_id)
+
+    assert b"ada@example.com" not in message.payload_ciphertext
+    assert b"ve_secret" not in message.payload_ciphertext
+    assert outbox.payload_of(deps.keyring, message) == {
+        "to": "ada@example.com",
+        "text": "token=ve_secret",
+    }
+
+
+def test_a_handled_message_completes(db_session, deps, runtime, clock, now):
+    seen = []
+    worker = make_worker(runtime, clock, {"job": lambda s, d, payload, at: seen.append(payload)})
+    message_id = enqueue(db_session, deps, now, payload={"n": 7})
+
+    assert worker.drain() == 1
+
+    message = reload(db_session, message_id)
+    assert seen == [{"n": 7}]
+    assert message.completed_at == now
+    assert message.attempts == 1
+    assert worker.drain() == 0  # done once
+
+
+def test_delayed_messages_wait(db_session, deps, runtime, clock, now):
+    worker = make_worker(runtime, clock, {"job": lambda *args: None})
+    message_id = enqueue(db_session, deps, now, delay=timedelta(minutes=1))
+
+    assert worker.drain() == 0
+    clock.now = now + timedelta(minutes=1)
+    assert worker.drain() == 1
+    assert reload(db_session, message_id).completed_at is not None
+
+
+def test_a_failure_is_retried_with_growing_backoff_and_never_lost(
+    db_session, deps, runtime, clock, now
+):
+    failures = {"left": 3}
+
+    def flaky(session, deps_, payload, at):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionRefusedError("mail server down")
+
+    worker = make_worker(runtime, clock, {"job": flaky})
+    message_id = enqueue(db_session, deps, now)
+    waits = []
+    for attempt in (1, 2, 3):
+        assert worker.drain() == 1
+        message = reload(db_session, message_id)
+        assert message.attempts == attempt
+        assert message.completed_at is None and message.failed_at is None
+        assert message.last_error == "ConnectionRefusedError: mail server down"
+        waits.append(message.available_at - clock.now)
+        assert worker.drain() == 0  # not due yet
+        clock.now = message.available_at
+
+    assert waits == [timedelta(seconds=5), timedelta(seconds=10), timedelta(seconds=20)]
+    assert worker.drain() == 1
+    assert reload(db_session, message_id).completed_at == clock.now
+
+
+def test_a_failing_handler_leaves_no_partial_writes(db_session, deps, runtime, clock, now):
+    def half_done(session, deps_, payload, at):
+        session.add(User(email="half@example.com", created_at=at, updated_at=at))
+        session.flush()
+        raise RuntimeError("boom")
+
+    worker = make_worker(runtime, clock, {"job": half_done})
+    message_id = enqueue(db_session, deps, now)
+
+    worker.drain()
+
+    assert db_session.scalar(select(User).where(User.email == "half@example.com")) is None
+    assert reload(db_session, message_id).attempts == 1
+
+
+def test_permanent_failures_and_unknown_kinds_are_parked(db_session, deps, runtime, clock, now):
+    def refuse(*args):
+        raise PermanentFailure("550 no such user")
+
+    worker = make_worker(runtime, clock, {"job": refuse})
+    refused = enqueue(db_session, deps, now)
+    unknown = enqueue(db_session, deps, now, kind="mystery")
+
+    assert worker.drain() == 2
+
+    for message_id, error in ((refused, "550 no such user"), (unknown, "no handler")):
+        message = reload(db_session, message_id)
+        assert message.failed_at == now
+        assert error in message.last_error
+    assert outbox.stats(db_session).failed == 2
+
+
+def test_a_message_gives_up_after_max_attempts(db_session, deps, runtime, clock, now):
+    def down(*args):
+        raise OSError("still down")
+
+    worker = make_worker(runtime, clock, {"job": down})
+    message_id = enqueue(db_session, deps, now)
+    message = reload(db_session, message_id)
+    message.attempts = MAX_ATTEMPTS - 1
+    db_session.flush()
+
+    worker.drain()
+
+    message = reload(db_session, message_id)
+    assert message.attempts == MAX_ATTEMPTS
+    assert message.failed_at == now
+
+
+def test_one_bad_message_does_not_block_the_others(db_session, deps, runtime, clock, now):
+    done = []
+
+    def handler(session, deps_, payload, at):
+        if payload["n"] == 1:
+            raise ValueError("bad")
+        done.append(payload["n"])
+
+    worker = make_worker(runtime, clock, {"job": handler})
+    for n in (1, 2, 3):
+        enqueue(db_session, deps, now, payload={"n": n})
+
+    assert worker.drain() == 3
+    assert done == [2, 3]
+
+
+def test_backoff_is_capped():
+    assert [backoff(n) for n in (1, 2, 3, 4)] == [timedelta(seconds=s) for s in (5, 10, 20, 40)]
+    assert backoff(50) == timedelta(hours=2)
+    assert sum((backoff(n) for n in range(1, MAX_ATTEMPTS)), timedelta()) > timedelta(hours=24)
+
+
+def test_stats(db_session, deps, runtime, clock, now):
+    for delay in (timedelta(0), timedelta(hours=1)):
+        enqueue(db_session, deps, now, delay=delay)
+
+    stats = outbox.stats(db_session)
+
+    assert stats.pending == 2
+    assert stats.oldest_pending_at == now
+    assert stats.failed == 0
+    make_worker(runtime, clock, {"job": lambda *args: None}).drain()
+    assert outbox.stats(db_session).pending == 1
