@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check authsvc tests benchmarks migrations
 	$(BIN)/ruff format --check authsvc tests benchmarks migrations
 	$(BIN)/mypy authsvc
+	BIN=$(BIN) .ci/security.sh
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix authsvc tests benchmarks migrations
