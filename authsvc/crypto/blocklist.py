@@ -14,6 +14,7 @@ at one billion entries.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import heapq
@@ -59,15 +60,21 @@ def _sha1(password: str) -> bytes:
     return hashlib.sha1(data, usedforsecurity=False).digest()
 
 
+@functools.lru_cache(maxsize=4)
+def _load_words(path: str | None) -> frozenset[str]:
+    """Read a list once per process: it is immutable, and every app instance shares it."""
+    source: Path | Traversable = (
+        files("authsvc") / "data" / "common-passwords.txt.gz" if path is None else Path(path)
+    )
+    with source.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as lines:
+        return frozenset(_fold(line.strip()) for line in lines if line.strip())
+
+
 class CommonPasswords:
     """A gzipped list of common passwords, one per line, compared case-insensitively after NFKC."""
 
     def __init__(self, path: Path | None = None) -> None:
-        source: Path | Traversable = (
-            files("authsvc") / "data" / "common-passwords.txt.gz" if path is None else path
-        )
-        with source.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as lines:
-            self._words = frozenset(_fold(line.strip()) for line in lines if line.strip())
+        self._words = _load_words(str(path) if path is not None else None)
 
     def __contains__(self, password: object) -> bool:
         return isinstance(password, str) and _fold(password) in self._words

@@ -83,9 +83,19 @@ def upgrade() -> None:
             postgresql_where=sa.text("reset_at IS NOT NULL"),
             sqlite_where=sa.text("reset_at IS NOT NULL"),
         )
+    if op.get_bind().dialect.name == "postgresql":
+        # A breach response rewrites millions of users and sessions rows. Room left on each page
+        # keeps those updates HOT (no new index entries): several times faster, and logins
+        # meanwhile wait less. Applies to pages written from now on (VACUUM FULL or pg_repack
+        # repacks an existing table).
+        op.execute("ALTER TABLE users SET (fillfactor = 90)")
+        op.execute("ALTER TABLE sessions SET (fillfactor = 90)")
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("ALTER TABLE sessions RESET (fillfactor)")
+        op.execute("ALTER TABLE users RESET (fillfactor)")
     with op.batch_alter_table("breach_targets", schema=None) as batch_op:
         batch_op.drop_index("ix_breach_targets_reset")
         batch_op.drop_index("ix_breach_targets_notified")
