@@ -52,7 +52,7 @@ class Settings:
     argon2_memory_kib: int = 19456
     argon2_parallelism: int = 1
     max_concurrent_hashes: int = 1  # per process; `authsvc serve` runs one process per core
-    hash_queue_timeout: float = 0.25  # seconds waiting for a hashing slot, then 503 overloaded
+    hash_queue_timeout: float = 0.5  # seconds waiting for a hashing slot, then 503 overloaded
     password_min_length: int = 8
     password_max_length: int = 256
     breached_passwords_file: Path | None = None  # default var_dir/breached-passwords.bin
