@@ -263,6 +263,7 @@ def reset_password(session: DbSession, deps: Deps, *, token: str, new_password: 
 
 def _set_password(session: DbSession, deps: Deps, *, user: User, password: str, client: Client,
                   now: datetime, event: str) -> None:
+    forced = user.password_invalidated_at is not None or user.password_change_required
     user.password_hash = hash_password(deps, password)
     user.password_set_at = now
     user.password_invalidated_at = None
@@ -271,7 +272,8 @@ def _set_password(session: DbSession, deps: Deps, *, user: User, password: str, 
     user_tokens.revoke_all(session, user_id=user.id,
                            purposes=("reset_password", "change_password", "mfa"), now=now)
     revoked = sessions.revoke_all_for_user(session, user_id=user.id, reason=event, now=now)
-    breach_batches.record_password_set(session, user_id=user.id, now=now)  # completed resets
+    if forced:  # a forced reset is complete: breach responses count it
+        breach_batches.record_password_set(session, user_id=user.id, now=now)
     audit.record(session, type=event, outcome="success", now=now, client=client,
                  user_id=user.id, details={"sessions_revoked": revoked})
     reset = user_tokens.issue(session, user_id=user.id, purpose="reset_password",

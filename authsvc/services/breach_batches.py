@@ -20,6 +20,7 @@ once), issues its reset token (only the SHA-256 is stored) and queues the mail.
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -367,19 +368,8 @@ def sweep_sessions(session: DbSession, *, campaign_id: str, now: datetime) -> in
 
 def send_notice(session: DbSession, deps: Deps, *, campaign_id: str, now: datetime) -> bool:
     """Spend one ticket: notify one account of the campaign that was not notified yet."""
-    pending = and_(BreachTarget.campaign_id == campaign_id,
-                   BreachTarget.notice_queued_at.is_not(None),
-                   BreachTarget.notified_at.is_(None))
-    user_id = session.scalar(
-        select(BreachTarget.user_id).where(pending).order_by(BreachTarget.user_id).limit(1)
-        .with_for_update(skip_locked=True)
-    )
+    user_id = _claim(session, campaign_id, now=now)
     if user_id is None:
-        return False
-    target = and_(pending, BreachTarget.user_id == user_id)
-    claimed = session.execute(update(BreachTarget).where(target).values(notified_at=now),
-                              execution_options=NO_SYNC)
-    if _rowcount(claimed) != 1:
         return False
     user = session.get(User, user_id)
     campaign = session.get(BreachCampaign, campaign_id)
@@ -404,6 +394,32 @@ def send_notice(session: DbSession, deps: Deps, *, campaign_id: str, now: dateti
     return True
 
 
+def _claim(session: DbSession, campaign_id: str, *, now: datetime) -> str | None:
+    """Mark one queued, not yet notified account of the campaign as notified; its id.
+
+    Tickets are interchangeable, so each looks from a random point of the campaign's id range
+    (then wraps around): concurrent workers rarely meet, and no index beyond the primary key is
+    needed to find the accounts still waiting."""
+    pending = and_(BreachTarget.campaign_id == campaign_id,
+                   BreachTarget.notice_queued_at.is_not(None),
+                   BreachTarget.notified_at.is_(None))
+    start = secrets.token_urlsafe(3)
+    for part in (BreachTarget.user_id >= start, BreachTarget.user_id < start):
+        user_id = session.scalar(
+            select(BreachTarget.user_id).where(pending, part).order_by(BreachTarget.user_id)
+            .limit(1).with_for_update(skip_locked=True)
+        )
+        if user_id is None:
+            continue
+        claimed = session.execute(
+            update(BreachTarget).where(pending, BreachTarget.user_id == user_id)
+            .values(notified_at=now),
+            execution_options=NO_SYNC,
+        )
+        return user_id if _rowcount(claimed) == 1 else None
+    return None
+
+
 def _actions(campaign: BreachCampaign) -> str:
     lines = []
     if campaign.revoke_sessions:
@@ -425,12 +441,17 @@ def _human(ttl: timedelta) -> str:
 
 
 def record_password_set(session: DbSession, *, user_id: str, now: datetime) -> None:
-    """A user set a new password: count the forced reset as completed in every campaign that
-    flagged the account (called by ``accounts`` on every reset and change)."""
+    """A flagged user set a new password: count the forced reset as completed in every campaign
+    that flagged the account (``accounts`` calls this when it clears the flags)."""
+    campaigns = list(session.scalars(
+        select(BreachCampaign.id).where(BreachCampaign.started_at.is_not(None))
+    ))
+    if not campaigns:
+        return
     session.execute(
         update(BreachTarget)
-        .where(BreachTarget.user_id == user_id, BreachTarget.processed_at.is_not(None),
-               BreachTarget.reset_at.is_(None))
+        .where(BreachTarget.campaign_id.in_(campaigns), BreachTarget.user_id == user_id,
+               BreachTarget.processed_at.is_not(None), BreachTarget.reset_at.is_(None))
         .values(reset_at=now),
         execution_options=NO_SYNC,
     )

@@ -67,12 +67,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("campaign_id", "user_id", name=op.f("pk_breach_targets")),
     )
     with op.batch_alter_table("breach_targets", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_breach_targets_user_id"), ["user_id"], unique=False)
-        batch_op.create_index(
-            "ix_breach_targets_unnotified", ["campaign_id", "user_id"], unique=False,
-            postgresql_where=sa.text("notice_queued_at IS NOT NULL AND notified_at IS NULL"),
-            sqlite_where=sa.text("notice_queued_at IS NOT NULL AND notified_at IS NULL"),
-        )
         batch_op.create_index(
             "ix_breach_targets_notified", ["campaign_id"], unique=False,
             postgresql_where=sa.text("notified_at IS NOT NULL"),
@@ -99,8 +93,6 @@ def downgrade() -> None:
     with op.batch_alter_table("breach_targets", schema=None) as batch_op:
         batch_op.drop_index("ix_breach_targets_reset")
         batch_op.drop_index("ix_breach_targets_notified")
-        batch_op.drop_index("ix_breach_targets_unnotified")
-        batch_op.drop_index(batch_op.f("ix_breach_targets_user_id"))
     op.drop_table("breach_targets")
     with op.batch_alter_table("breach_campaigns", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_breach_campaigns_created_at"))
