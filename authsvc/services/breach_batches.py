@@ -149,9 +149,8 @@ def run_next_batch(session: DbSession, deps: Deps, *, campaign_id: str,
     ends: list[str] = json.loads(campaign.boundaries or "[]")
     lo = campaign.cursor or ""
     hi = ends[campaign.batches] if campaign.batches < len(ends) else None  # None: the rest
-    processed = _mark_targets(session, campaign, lo=lo, hi=hi, now=now)
+    processed = _flag_batch(session, campaign, lo=lo, hi=hi, now=now)
     users = select(BreachTarget.user_id).where(_in_range(campaign, lo, hi))
-    _flag_users(session, campaign, users, now)
     revoked = revoke_sessions(session, users, now, lo=lo, hi=hi) if campaign.revoke_sessions else 0
     _revoke_pending_tokens(session, users, now)
     if campaign.reset_mfa:
@@ -219,12 +218,14 @@ def _in_range(campaign: BreachCampaign, lo: str, hi: str | None) -> ColumnElemen
     return and_(BreachTarget.campaign_id == campaign.id, _between(BreachTarget.user_id, lo, hi))
 
 
-def _mark_targets(session: DbSession, campaign: BreachCampaign, *, lo: str, hi: str | None,
-                  now: datetime) -> int:
-    """Write (predicate selectors) or stamp (list selectors) the batch's target rows; disabled
-    accounts are flagged but get no notice (their reset link could not work)."""
+def _flag_batch(session: DbSession, campaign: BreachCampaign, *, lo: str, hi: str | None,
+                now: datetime) -> int:
+    """Write (predicate selectors) or stamp (list selectors) the batch's target rows and flag
+    its accounts; return how many accounts the batch covers. Disabled accounts are flagged but
+    get no notice (their reset link could not work)."""
     stamp = literal(now, UTCDateTime())
     no_notice = literal(None, UTCDateTime())
+    columns = ["campaign_id", "user_id", "processed_at", "notice_queued_at"]
     if campaign.selector in LIST_SELECTORS:
         enabled = exists().where(User.id == BreachTarget.user_id, User.disabled_at.is_(None))
         result = session.execute(
@@ -235,38 +236,51 @@ def _mark_targets(session: DbSession, campaign: BreachCampaign, *, lo: str, hi: 
                     if campaign.notify else no_notice),
             execution_options=NO_SYNC,
         )
+    elif session.get_bind().dialect.name == "postgresql":
+        # One pass over the accounts' rows: flag them and write the target rows from what the
+        # UPDATE returns (the accounts are scattered over the table; reading them twice costs).
+        flagged = (
+            update(User).where(_between(User.id, lo, hi), membership(campaign))
+            .values(_flag_values(campaign, now))
+            .returning(User.id, User.disabled_at).cte("flagged")
+        )
+        queued = case((flagged.c.disabled_at.is_(None), stamp), else_=no_notice)
+        rows = select(literal(campaign.id), flagged.c.id, stamp,
+                      queued if campaign.notify else no_notice)
+        result = session.execute(
+            insert(TARGETS).from_select(columns, rows).add_cte(flagged),
+            execution_options=COUNTED,
+        )
         return _rowcount(result)
-    queued = case((User.disabled_at.is_(None), stamp), else_=no_notice)
-    rows = select(literal(campaign.id), User.id, stamp,
-                  queued if campaign.notify else no_notice).where(
-        _between(User.id, lo, hi), membership(campaign)
-    )
-    result = session.execute(
-        insert(TARGETS).from_select(
-            ["campaign_id", "user_id", "processed_at", "notice_queued_at"], rows
-        ), execution_options=COUNTED,
-    )
+    else:
+        queued = case((User.disabled_at.is_(None), stamp), else_=no_notice)
+        rows = select(literal(campaign.id), User.id, stamp,
+                      queued if campaign.notify else no_notice).where(
+            _between(User.id, lo, hi), membership(campaign)
+        )
+        result = session.execute(insert(TARGETS).from_select(columns, rows),
+                                 execution_options=COUNTED)
+    users = select(BreachTarget.user_id).where(_in_range(campaign, lo, hi))
+    session.execute(update(User).where(User.id.in_(users)).values(_flag_values(campaign, now)),
+                    execution_options=NO_SYNC)
     return _rowcount(result)
 
 
-def _flag_users(session: DbSession, campaign: BreachCampaign, users: Select[Any],
-                now: datetime) -> None:
-    """Flag the batch's accounts, except those that set a new password since the campaign
-    began (their password is not the exposed one)."""
-    query = update(User).where(
-        User.id.in_(users),
-        or_(User.password_set_at.is_(None), User.password_set_at <= campaign.created_at),
-    )
+def _flag_values(campaign: BreachCampaign, now: datetime) -> dict[Any, Any]:
+    """SET clauses that flag an account, leaving alone one already flagged (it keeps the earlier
+    time) and one that set a new password since the campaign began (that password was never
+    exposed)."""
+    exposed = or_(User.password_set_at.is_(None), User.password_set_at <= campaign.created_at)
+    flag: dict[Any, Any]
     if campaign.mode == "invalidate":
-        # An account already invalidated keeps the earlier time.
-        query = query.where(User.password_invalidated_at.is_(None)).values(
-            password_invalidated_at=now, updated_at=now
-        )
+        due = and_(exposed, User.password_invalidated_at.is_(None))
+        flag = {User.password_invalidated_at: case((due, now),
+                                                    else_=User.password_invalidated_at)}
     else:
-        query = query.where(User.password_change_required.is_(False)).values(
-            password_change_required=True, updated_at=now
-        )
-    session.execute(query, execution_options=NO_SYNC)
+        due = and_(exposed, User.password_change_required.is_(False))
+        flag = {User.password_change_required: case((due, True),
+                                                     else_=User.password_change_required)}
+    return {**flag, User.updated_at: case((due, now), else_=User.updated_at)}
 
 
 def revoke_sessions(session: DbSession, users: Select[Any], now: datetime, *, lo: str = "",
