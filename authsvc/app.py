@@ -82,8 +82,9 @@ def rate_limit_policies(settings: Settings) -> dict[str, str]:
     }
 
 
-def build_runtime(settings: Settings, *, bind: Connection | None = None,
-                  metrics_dir: Path | None = None) -> Runtime:
+def build_runtime(
+    settings: Settings, *, bind: Connection | None = None, metrics_dir: Path | None = None
+) -> Runtime:
     """Build every app-wide object. ``bind`` joins sessions to an outer transaction (tests);
     ``metrics_dir`` is the multiprocess metrics directory under gunicorn."""
     metrics = Metrics(multiprocess_dir=metrics_dir)
@@ -97,8 +98,9 @@ def build_runtime(settings: Settings, *, bind: Connection | None = None,
     engine = make_engine(settings.resolved_database_url)
     factory = make_sessionmaker(engine)
     if bind is not None:
-        factory = sessionmaker(bind=bind, expire_on_commit=False,
-                               join_transaction_mode="create_savepoint")
+        factory = sessionmaker(
+            bind=bind, expire_on_commit=False, join_transaction_mode="create_savepoint"
+        )
     hasher = TimedPasswordHasher(
         Argon2Params(
             time_cost=settings.argon2_time_cost,
@@ -115,18 +117,25 @@ def build_runtime(settings: Settings, *, bind: Connection | None = None,
         BreachedPasswordStore(breached_path) if breached_path.exists() else None,
     )
     limiter = RateLimiter(settings.rate_limit_storage_url, rate_limit_policies(settings))
-    deps = Deps(settings=settings, keyring=keyring, hasher=hasher, blocklist=blocklist,
-                limiter=limiter)
+    deps = Deps(
+        settings=settings, keyring=keyring, hasher=hasher, blocklist=blocklist, limiter=limiter
+    )
     try:
         mail_backend = make_backend(settings.mail_url)
     except ValueError as exc:
         raise ConfigError([f"AUTHSVC_MAIL_URL: {exc}"]) from None
     detector = Detector(deps=deps, metrics=metrics)
     audit_service.attach(factory, detector.hooks())
-    worker = OutboxWorker(sessionmaker=factory, deps=deps,
-                          handlers=default_handlers(mail_backend))
-    return Runtime(settings=settings, engine=engine, sessionmaker=factory, deps=deps,
-                   worker=worker, metrics=metrics, detector=detector)
+    worker = OutboxWorker(sessionmaker=factory, deps=deps, handlers=default_handlers(mail_backend))
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        sessionmaker=factory,
+        deps=deps,
+        worker=worker,
+        metrics=metrics,
+        detector=detector,
+    )
 
 
 def create_app(
@@ -144,16 +153,31 @@ def create_app(
     app.extensions["authsvc"] = runtime
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
-            app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies,
+            app.wsgi_app,
+            x_for=settings.trusted_proxies,
+            x_proto=settings.trusted_proxies,
         )
-    for blueprint in (public.bp, me.bp, mfa.bp, webauthn.bp, admin.bp, breach.bp, audit.bp,
-                      ops.bp, ui.bp):
+    for blueprint in (
+        public.bp,
+        me.bp,
+        mfa.bp,
+        webauthn.bp,
+        admin.bp,
+        breach.bp,
+        audit.bp,
+        ops.bp,
+        ui.bp,
+    ):
         app.register_blueprint(blueprint)
     problems.register(app)
     if settings.cors_origins:
         # Browsers may call /v1 directly, from the listed origins only; never the admin API.
-        CORS(app, resources={r"/v1/*": {"origins": list(settings.cors_origins)}},
-             allow_headers=["Authorization", "Content-Type"], max_age=600)
+        CORS(
+            app,
+            resources={r"/v1/*": {"origins": list(settings.cors_origins)}},
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
     _register_request_hooks(app, settings)
     try:
         with runtime.sessionmaker.begin() as session:
@@ -161,8 +185,9 @@ def create_app(
     except DBAPIError as exc:
         # Unreachable, or not migrated yet: start anyway so that /readyz can say so (503);
         # the signing key is then created on first use.
-        log.warning("database not ready at startup (%s): run `authsvc db upgrade`",
-                    type(exc.orig).__name__)
+        log.warning(
+            "database not ready at startup (%s): run `authsvc db upgrade`", type(exc.orig).__name__
+        )
     if start_worker:
         _, runtime.worker_stop = runtime.worker.start_thread(
             poll_interval=settings.outbox_poll_interval
@@ -186,13 +211,23 @@ def _register_request_hooks(app: Flask, settings: Settings) -> None:
         if started is not None:
             seconds = time.perf_counter() - started
             route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            metrics.observe_request(route=route, method=request.method,
-                                    status=response.status_code, seconds=seconds)
-            access_log.info("%s %s %d", request.method, route, response.status_code,
-                            extra={"method": request.method, "route": route,
-                                   "path": request.path[:256], "status": response.status_code,
-                                   "duration_ms": round(seconds * 1000, 2),
-                                   "ip": request.remote_addr})
+            metrics.observe_request(
+                route=route, method=request.method, status=response.status_code, seconds=seconds
+            )
+            access_log.info(
+                "%s %s %d",
+                request.method,
+                route,
+                response.status_code,
+                extra={
+                    "method": request.method,
+                    "route": route,
+                    "path": request.path[:256],
+                    "status": response.status_code,
+                    "duration_ms": round(seconds * 1000, 2),
+                    "ip": request.remote_addr,
+                },
+            )
         response.headers["X-Request-Id"] = g.get("request_id", "")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")

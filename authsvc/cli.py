@@ -38,14 +38,21 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", default=default_workers, show_default="one per core, at least 2",
-              type=int)
-@click.option("--threads", default=DEFAULT_THREADS, show_default=True, type=int,
-              help="Threads per worker; AUTHSVC_MAX_CONCURRENT_HASHES of them may hash at once.")
+@click.option(
+    "--workers", default=default_workers, show_default="one per core, at least 2", type=int
+)
+@click.option(
+    "--threads",
+    default=DEFAULT_THREADS,
+    show_default=True,
+    type=int,
+    help="Threads per worker; AUTHSVC_MAX_CONCURRENT_HASHES of them may hash at once.",
+)
 @click.option("--dev", is_flag=True, help="Flask's development server (single process).")
 @click.option("--no-outbox-thread", is_flag=True, help="Leave the outbox to `authsvc worker`.")
-def serve(host: str, port: int, workers: int, threads: int, dev: bool,
-          no_outbox_thread: bool) -> None:
+def serve(
+    host: str, port: int, workers: int, threads: int, dev: bool, no_outbox_thread: bool
+) -> None:
     """Run the HTTP service (gunicorn)."""
     settings = _settings()
     reexec_with_hugetlb(settings)
@@ -56,8 +63,14 @@ def serve(host: str, port: int, workers: int, threads: int, dev: bool,
         app = create_app(settings, start_worker=not no_outbox_thread)
         app.run(host=host, port=port, threaded=True)
         return
-    run_gunicorn(settings, host=host, port=port, workers=workers, threads=threads,
-        outbox_thread=not no_outbox_thread)
+    run_gunicorn(
+        settings,
+        host=host,
+        port=port,
+        workers=workers,
+        threads=threads,
+        outbox_thread=not no_outbox_thread,
+    )
 
 
 @main.command()
@@ -85,7 +98,7 @@ def db_upgrade() -> None:
         settings.var_dir.mkdir(parents=True, exist_ok=True)
     try:
         upgrade(settings.resolved_database_url)
-    except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+    except Exception as exc:
         raise click.ClickException(f"upgrade failed: {type(exc).__name__}: {exc}") from None
     click.echo("database is at head", err=True)
 
@@ -107,7 +120,7 @@ def admin_create_key(name: str) -> None:
         runtime.engine.dispose()
     except ConfigError as exc:
         raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
     click.echo(secret)
 

@@ -96,19 +96,25 @@ class Overloaded(AuthsvcError):
 
 class InvalidWebauthnResponse(AuthsvcError):
     code, title, status = (
-        "invalid_webauthn_response", "The WebAuthn response was not accepted", 400,
+        "invalid_webauthn_response",
+        "The WebAuthn response was not accepted",
+        400,
     )
 
 
 class InvalidChallenge(AuthsvcError):
     code, title, status = (
-        "invalid_challenge", "The WebAuthn challenge is unknown, expired or already used", 400,
+        "invalid_challenge",
+        "The WebAuthn challenge is unknown, expired or already used",
+        400,
     )
 
 
 class AuthenticatorNotAllowed(AuthsvcError):
     code, title, status = (
-        "authenticator_not_allowed", "This authenticator is not allowed by policy", 403,
+        "authenticator_not_allowed",
+        "This authenticator is not allowed by policy",
+        403,
     )
 
 
@@ -138,7 +144,8 @@ class NoTargets(AuthsvcError):
 
 class CampaignConflict(AuthsvcError):
     code, title, status = (
-        "campaign_conflict", "A running breach response already covers some of these accounts",
+        "campaign_conflict",
+        "A running breach response already covers some of these accounts",
         409,
     )
 
@@ -149,5 +156,7 @@ class CampaignFinished(AuthsvcError):
 
 class IdempotencyKeyReused(AuthsvcError):
     code, title, status = (
-        "idempotency_key_reused", "This Idempotency-Key was used with a different request", 422,
+        "idempotency_key_reused",
+        "This Idempotency-Key was used with a different request",
+        422,
     )

@@ -67,7 +67,7 @@ def limit_malloc_arenas(count: int) -> None:
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, count)
 
 
-class _Server(BaseApplication):  # type: ignore[misc]
+class _Server(BaseApplication):
     def __init__(self, settings: Settings, options: dict[str, Any], outbox_thread: bool) -> None:
         self._settings = settings
         self._options = options
@@ -88,12 +88,14 @@ class _Server(BaseApplication):  # type: ignore[misc]
         self.cfg.set("post_fork", lambda _server, _worker: limit_malloc_arenas(arenas))
 
     def load(self) -> Any:
-        return create_app(self._settings, start_worker=self._outbox_thread,
-                          metrics_dir=self._metrics_dir)
+        return create_app(
+            self._settings, start_worker=self._outbox_thread, metrics_dir=self._metrics_dir
+        )
 
 
-def run(settings: Settings, *, host: str, port: int, workers: int, threads: int,
-        outbox_thread: bool) -> None:
+def run(
+    settings: Settings, *, host: str, port: int, workers: int, threads: int, outbox_thread: bool
+) -> None:
     options = {
         "bind": f"{host}:{port}",
         "workers": workers,

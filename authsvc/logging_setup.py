@@ -18,10 +18,14 @@ from typing import Any, TextIO
 REQUEST_ID: ContextVar[str | None] = ContextVar("authsvc_request_id", default=None)
 
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
-    "message", "asctime", "request_id", "taskName",
+    "message",
+    "asctime",
+    "request_id",
+    "taskName",
 }
-_SECRET_FIELD = re.compile(r"pass(word)?|secret|token|authorization|cookie|api_key|^key$",
-                           re.IGNORECASE)
+_SECRET_FIELD = re.compile(
+    r"pass(word)?|secret|token|authorization|cookie|api_key|^key$", re.IGNORECASE
+)
 _TOKEN_PARAM = re.compile(r"((?:token|code|key)=)[^&\s\"'<>]+", re.IGNORECASE)
 _BEARER = re.compile(r"((?:bearer|basic)\s+)[A-Za-z0-9._~+/=\-]+", re.IGNORECASE)
 _EMAIL = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+)")
@@ -40,8 +44,10 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (int, float, bool)) or value is None:
         return value
     if isinstance(value, dict):
-        return {str(k): "[redacted]" if _SECRET_FIELD.search(str(k)) else _plain(v)
-                for k, v in value.items()}
+        return {
+            str(k): "[redacted]" if _SECRET_FIELD.search(str(k)) else _plain(v)
+            for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return scrub(str(value))
@@ -50,7 +56,8 @@ def _plain(value: Any) -> Any:
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+            "ts": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
@@ -91,8 +98,11 @@ def gunicorn_logconfig(level: str = "INFO") -> dict[str, Any]:
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
         "handlers": {
-            "stderr": {"class": "logging.StreamHandler", "formatter": "json",
-                       "stream": "ext://sys.stderr"},
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            },
         },
         "root": {"level": logging.getLevelName(_level(level)), "handlers": ["stderr"]},
         "loggers": {

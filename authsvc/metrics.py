@@ -76,8 +76,7 @@ class _Samples(Collector):
         for sample in self._samples:
             family = families.get(sample.name)
             if family is None:
-                family = GaugeMetricFamily(sample.name, sample.help,
-                                           labels=sorted(sample.labels))
+                family = GaugeMetricFamily(sample.name, sample.help, labels=sorted(sample.labels))
                 families[sample.name] = family
             family.add_metric([sample.labels[k] for k in sorted(sample.labels)], sample.value)
         yield from families.values()
@@ -91,28 +90,49 @@ class Metrics:
         self.registry = None if multiprocess_dir else CollectorRegistry(auto_describe=True)
         reg = self.registry
         self.requests = Counter(
-            "authsvc_http_requests", "HTTP requests by route template, method and status.",
-            ["route", "method", "status"], registry=reg)
+            "authsvc_http_requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=reg,
+        )
         self.request_seconds = Histogram(
-            "authsvc_http_request_duration_seconds", "HTTP request latency by route template.",
-            ["route", "method"], buckets=_LATENCY_BUCKETS, registry=reg)
+            "authsvc_http_request_duration_seconds",
+            "HTTP request latency by route template.",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        )
         self.logins = Counter(
-            "authsvc_logins", "Password and passkey login outcomes (failures by reason).",
-            ["outcome"], registry=reg)
+            "authsvc_logins",
+            "Password and passkey login outcomes (failures by reason).",
+            ["outcome"],
+            registry=reg,
+        )
         self.mfa = Counter(
-            "authsvc_mfa_attempts", "Second-factor step outcomes.", ["outcome"], registry=reg)
+            "authsvc_mfa_attempts", "Second-factor step outcomes.", ["outcome"], registry=reg
+        )
         self.rate_limit_hits = Counter(
-            "authsvc_rate_limit_hits", "Requests refused by a rate-limit policy.", ["policy"],
-            registry=reg)
+            "authsvc_rate_limit_hits",
+            "Requests refused by a rate-limit policy.",
+            ["policy"],
+            registry=reg,
+        )
         self.audit_events = Counter(
-            "authsvc_audit_events", "Events written to the audit trail, by type.", ["type"],
-            registry=reg)
+            "authsvc_audit_events",
+            "Events written to the audit trail, by type.",
+            ["type"],
+            registry=reg,
+        )
         self.alerts = Counter(
-            "authsvc_alerts", "Alerts raised by the detectors.", ["detector"], registry=reg)
+            "authsvc_alerts", "Alerts raised by the detectors.", ["detector"], registry=reg
+        )
         self.password_hash_seconds = Histogram(
             "authsvc_password_hash_seconds",
             "Time in password hashing calls, waiting for a hashing slot included.",
-            ["operation"], buckets=_HASH_BUCKETS, registry=reg)
+            ["operation"],
+            buckets=_HASH_BUCKETS,
+            registry=reg,
+        )
 
     def observe_request(self, *, route: str, method: str, status: int, seconds: float) -> None:
         method = method if method in _METHODS else "OTHER"
@@ -138,8 +158,14 @@ class TimedPasswordHasher(PasswordHasher):
     A dummy verification (unknown account) is reported as ``verify`` like a real one.
     """
 
-    def __init__(self, params: Argon2Params, *, max_concurrent: int, acquire_timeout: float,
-                 seconds: Histogram) -> None:
+    def __init__(
+        self,
+        params: Argon2Params,
+        *,
+        max_concurrent: int,
+        acquire_timeout: float,
+        seconds: Histogram,
+    ) -> None:
         super().__init__(params, max_concurrent=max_concurrent, acquire_timeout=acquire_timeout)
         self._seconds = seconds
 

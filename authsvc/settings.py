@@ -185,18 +185,22 @@ class Settings:
     def _webauthn_problems(self) -> list[str]:
         out = []
         if self.webauthn_user_verification not in {"required", "preferred", "discouraged"}:
-            out.append("AUTHSVC_WEBAUTHN_USER_VERIFICATION must be required, preferred or "
-                       "discouraged")
+            out.append(
+                "AUTHSVC_WEBAUTHN_USER_VERIFICATION must be required, preferred or discouraged"
+            )
         if self.webauthn_attestation not in {"none", "direct"}:
             out.append("AUTHSVC_WEBAUTHN_ATTESTATION must be none or direct")
         if self.webauthn_attestation == "direct" and self.webauthn_attestation_roots is None:
-            out.append("AUTHSVC_WEBAUTHN_ATTESTATION=direct needs "
-                       "AUTHSVC_WEBAUTHN_ATTESTATION_ROOTS (a PEM file of the vendors' roots)")
+            out.append(
+                "AUTHSVC_WEBAUTHN_ATTESTATION=direct needs "
+                "AUTHSVC_WEBAUTHN_ATTESTATION_ROOTS (a PEM file of the vendors' roots)"
+            )
         if self.webauthn_on_counter_regression not in {"reject", "flag"}:
             out.append("AUTHSVC_WEBAUTHN_ON_COUNTER_REGRESSION must be reject or flag")
         aaguid = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-        if not all(aaguid.match(a) for a in (*self.webauthn_aaguid_allow,
-                                             *self.webauthn_aaguid_deny)):
+        if not all(
+            aaguid.match(a) for a in (*self.webauthn_aaguid_allow, *self.webauthn_aaguid_deny)
+        ):
             out.append("AUTHSVC_WEBAUTHN_AAGUID_ALLOW/DENY: lower-case UUIDs, comma separated")
         if not self.webauthn_rp_id or not self.webauthn_origins:
             out.append("AUTHSVC_WEBAUTHN_RP_ID and AUTHSVC_WEBAUTHN_ORIGINS must not be empty")
@@ -212,9 +216,13 @@ class Settings:
             out.append("AUTHSVC_ALERT_WEBHOOK_URL must be an http:// or https:// URL")
         if not 0 < self.detect_unknown_email_share <= 1:
             out.append("AUTHSVC_DETECT_UNKNOWN_EMAIL_SHARE must be in (0, 1]")
-        counts = (self.detect_emails_per_ip, self.detect_emails_per_network,
-                  self.detect_ips_per_account, self.detect_recovery_burst,
-                  self.detect_unknown_email_min_attempts)
+        counts = (
+            self.detect_emails_per_ip,
+            self.detect_emails_per_network,
+            self.detect_ips_per_account,
+            self.detect_recovery_burst,
+            self.detect_unknown_email_min_attempts,
+        )
         if min(counts) < 1 or self.detect_window.total_seconds() < 1:
             out.append("AUTHSVC_DETECT_*: thresholds and the window must be positive")
         return out

@@ -54,10 +54,29 @@ MAX_USERS = 80_000
 BATCH = 2_000
 
 
-def wrk(url: str, script: str, *, duration: int, connections: int, threads: int,
-        args: tuple[str, ...] = ()) -> dict[str, Any]:
-    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s",
-               "--timeout", "10s", "-s", str(LUA / script), url]
+def wrk(
+    url: str,
+    script: str,
+    *,
+    duration: int,
+    connections: int,
+    threads: int,
+    args: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    command = [
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{duration}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA / script),
+        url,
+    ]
     if args:
         command += ["--", *args]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -87,21 +106,41 @@ def prepare(settings: Settings, count: int) -> tuple[list[tuple[str, str]], Any]
             user_id, factor_id = new_id(), new_id()
             secret = otp.generate_secret()
             token = new_token("mfa")
-            users.append({"id": user_id, "email": f"mfa-bench-{i}@example.com",
-                          "email_verified_at": now, "password_change_required": False,
-                          "created_at": now, "updated_at": now})
-            factors.append({
-                "id": factor_id, "user_id": user_id, "name": "bench",
-                "secret_ciphertext": keyring.encrypt(
-                    secret.encode(), associated_data=totp.secret_aad(factor_id)),
-                "created_at": now, "confirmed_at": now, "confirm_attempts": 0,
-            })
-            tokens.append({
-                "id": new_id(), "user_id": user_id, "purpose": "mfa",
-                "token_hash": token_hash(token), "created_at": now,
-                "expires_at": now + settings.mfa_token_ttl, "attempts": 0,
-                "context": json.dumps({"amr": ["pwd"]}),
-            })
+            users.append(
+                {
+                    "id": user_id,
+                    "email": f"mfa-bench-{i}@example.com",
+                    "email_verified_at": now,
+                    "password_change_required": False,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            factors.append(
+                {
+                    "id": factor_id,
+                    "user_id": user_id,
+                    "name": "bench",
+                    "secret_ciphertext": keyring.encrypt(
+                        secret.encode(), associated_data=totp.secret_aad(factor_id)
+                    ),
+                    "created_at": now,
+                    "confirmed_at": now,
+                    "confirm_attempts": 0,
+                }
+            )
+            tokens.append(
+                {
+                    "id": new_id(),
+                    "user_id": user_id,
+                    "purpose": "mfa",
+                    "token_hash": token_hash(token),
+                    "created_at": now,
+                    "expires_at": now + settings.mfa_token_ttl,
+                    "attempts": 0,
+                    "context": json.dumps({"amr": ["pwd"]}),
+                }
+            )
             pairs.append((token, secret))
         with runtime.sessionmaker.begin() as session:
             session.execute(insert(User), users)
@@ -115,9 +154,9 @@ def claimed_steps(runtime: Any) -> int:
     requests still in flight when wrk stopped (their answers are not in wrk's counts)."""
     time.sleep(1.5)
     with runtime.sessionmaker() as session:
-        return int(session.scalar(
-            select(func.count()).where(TotpFactor.last_used_at.is_not(None))
-        ) or 0)
+        return int(
+            session.scalar(select(func.count()).where(TotpFactor.last_used_at.is_not(None))) or 0
+        )
 
 
 def main() -> None:
@@ -131,11 +170,19 @@ def main() -> None:
     wrk_threads = min(options.wrk_threads, options.connections)
     load_before = os.getloadavg()[0]
 
-    with tempfile.TemporaryDirectory(prefix="mfa-bench-") as tmp, LiveServer(
-        Path(tmp), workers=options.workers, threads=options.threads,
-    ) as server:
-        run = {"duration": options.duration, "connections": options.connections,
-               "threads": wrk_threads}
+    with (
+        tempfile.TemporaryDirectory(prefix="mfa-bench-") as tmp,
+        LiveServer(
+            Path(tmp),
+            workers=options.workers,
+            threads=options.threads,
+        ) as server,
+    ):
+        run = {
+            "duration": options.duration,
+            "connections": options.connections,
+            "threads": wrk_threads,
+        }
         wrk(server.url, "mfa_healthz.lua", **{**run, "duration": 2})  # warm-up
         healthz = wrk(server.url, "mfa_healthz.lua", **run)
 
@@ -150,8 +197,9 @@ def main() -> None:
         step = otp.step_at(datetime.now(UTC))
         warm = Path(tmp) / "warm.txt"
         warm.write_text("".join(f"{t} {otp.code_at(s, step)}\n" for t, s in pairs[:50]))
-        wrk(server.url, "mfa_step.lua", **{**run, "duration": 1},
-            args=(str(warm), str(wrk_threads)))
+        wrk(
+            server.url, "mfa_step.lua", **{**run, "duration": 1}, args=(str(warm), str(wrk_threads))
+        )
         warmed = claimed_steps(runtime)
 
         step = otp.step_at(datetime.now(UTC))
@@ -162,29 +210,42 @@ def main() -> None:
         runtime.engine.dispose()
 
     ratio = mfa["requests_per_second"] / healthz["requests_per_second"]
-    print(json.dumps({
-        "benchmark": "mfa_step",
-        "server": {"database": "postgresql", "rate_limits": "redis",
-                   "gunicorn_workers": options.workers, "threads_per_worker": options.threads,
-                   "cpus": os.cpu_count(),
-                   "load_average_1min_before": round(load_before, 2)},
-        "load": {"tool": "wrk", "connections": options.connections, "threads": wrk_threads,
-                 "seconds_per_endpoint": options.duration},
-        "healthz": {"endpoint": "GET /healthz", **healthz},
-        "mfa_step": {
-            "endpoint": "POST /v1/login/mfa",
-            "path": "valid TOTP code; fresh mfa_token and user per request",
-            **mfa,
-            "users_prepared": users,
-            "prepare_seconds": prepare_seconds,
-            # Equals statuses.ok, plus at most one request per connection still in flight
-            # when wrk stopped.
-            "steps_claimed_in_database": accepted_in_db,
-        },
-        "ratio_to_healthz": round(ratio, 3),
-        "target": ">= 0.5 of /healthz throughput",
-        "target_met": ratio >= 0.5,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "mfa_step",
+                "server": {
+                    "database": "postgresql",
+                    "rate_limits": "redis",
+                    "gunicorn_workers": options.workers,
+                    "threads_per_worker": options.threads,
+                    "cpus": os.cpu_count(),
+                    "load_average_1min_before": round(load_before, 2),
+                },
+                "load": {
+                    "tool": "wrk",
+                    "connections": options.connections,
+                    "threads": wrk_threads,
+                    "seconds_per_endpoint": options.duration,
+                },
+                "healthz": {"endpoint": "GET /healthz", **healthz},
+                "mfa_step": {
+                    "endpoint": "POST /v1/login/mfa",
+                    "path": "valid TOTP code; fresh mfa_token and user per request",
+                    **mfa,
+                    "users_prepared": users,
+                    "prepare_seconds": prepare_seconds,
+                    # Equals statuses.ok, plus at most one request per connection still in flight
+                    # when wrk stopped.
+                    "steps_claimed_in_database": accepted_in_db,
+                },
+                "ratio_to_healthz": round(ratio, 3),
+                "target": ">= 0.5 of /healthz throughput",
+                "target_met": ratio >= 0.5,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

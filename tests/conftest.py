@@ -108,10 +108,12 @@ def runtime(app: Flask) -> Runtime:
 @pytest.fixture(scope="session")
 def openapi_spec() -> OpenAPI:
     # openapi-core reads only application/json as JSON; problem documents are JSON too.
-    config = Config(extra_media_type_deserializers={
-        "application/problem+json": lambda value, **_params: json.loads(value),
-        "application/yaml": lambda value, **_params: value.decode("utf-8"),
-    })
+    config = Config(
+        extra_media_type_deserializers={
+            "application/problem+json": lambda value, **_params: json.loads(value),
+            "application/yaml": lambda value, **_params: value.decode("utf-8"),
+        }
+    )
     return OpenAPI.from_file_path(str(ROOT / "openapi.yaml"), config=config)
 
 
@@ -124,11 +126,14 @@ class ContractClient(FlaskClient):
         response = super().open(*args, **kwargs)
         if ContractClient.spec is not None and response.request.path not in _UNDOCUMENTED:
             original = response.request
-            bare = Request(EnvironBuilder(
-                method=original.method, path=original.path,
-                query_string=original.query_string.decode("latin-1"),
-                headers=dict(original.headers),
-            ).get_environ())
+            bare = Request(
+                EnvironBuilder(
+                    method=original.method,
+                    path=original.path,
+                    query_string=original.query_string.decode("latin-1"),
+                    headers=dict(original.headers),
+                ).get_environ()
+            )
             ContractClient.spec.validate_response(
                 WerkzeugOpenAPIRequest(bare), WerkzeugOpenAPIResponse(response)
             )
@@ -205,8 +210,9 @@ class Api:
     def login(self, email_: str, password: str) -> Any:
         return self.client.post("/v1/login", json={"email": email_, "password": password})
 
-    def tokens(self, email_: str = "ada@example.com",
-               password: str = "correct horse 42") -> dict[str, Any]:
+    def tokens(
+        self, email_: str = "ada@example.com", password: str = "correct horse 42"
+    ) -> dict[str, Any]:
         response = self.login(email_, password)
         assert response.status_code == 200, response.get_json()
         body = response.get_json()

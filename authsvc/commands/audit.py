@@ -56,8 +56,9 @@ def _cutoff(before: str | None, older_than: str | None, retention: timedelta) ->
         try:
             value = datetime.fromisoformat(before)
         except ValueError:
-            raise click.BadParameter("an RFC 3339 time such as 2025-01-02T00:00:00Z",
-                                     param_hint="--before") from None
+            raise click.BadParameter(
+                "an RFC 3339 time such as 2025-01-02T00:00:00Z", param_hint="--before"
+            ) from None
         if value.tzinfo is None:
             raise click.BadParameter("give a UTC offset, such as Z", param_hint="--before")
         return value
@@ -73,15 +74,18 @@ def _cutoff(before: str | None, older_than: str | None, retention: timedelta) ->
 
 @audit.command("prune")
 @click.option("--before", help="Delete events before this RFC 3339 time.")
-@click.option("--older-than", help="Delete events older than N days (e.g. 400d). "
-                                   "Default: AUTHSVC_AUDIT_RETENTION.")
+@click.option(
+    "--older-than",
+    help="Delete events older than N days (e.g. 400d). Default: AUTHSVC_AUDIT_RETENTION.",
+)
 def prune(before: str | None, older_than: str | None) -> None:
     """Delete old events; what remains still verifies (the chain keeps an anchor)."""
     settings = _settings()
     cutoff = _cutoff(before, older_than, settings.audit_retention)
     if cutoff is None:
-        click.echo("AUTHSVC_AUDIT_RETENTION is 0: events are kept forever; nothing pruned",
-                   err=True)
+        click.echo(
+            "AUTHSVC_AUDIT_RETENTION is 0: events are kept forever; nothing pruned", err=True
+        )
         return
     pruned = 0
     try:

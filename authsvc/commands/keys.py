@@ -55,8 +55,7 @@ def rotate() -> None:
     try:
         counts = {
             "totp_factors": _rotate_totp(runtime.sessionmaker, keyring),
-            "signing_keys": _in_one(runtime.sessionmaker,
-                                    lambda s: signing.reencrypt(s, keyring)),
+            "signing_keys": _in_one(runtime.sessionmaker, lambda s: signing.reencrypt(s, keyring)),
             "outbox_messages": _rotate_outbox(runtime.sessionmaker, keyring),
         }
     except DecryptionFailed as exc:
@@ -111,7 +110,8 @@ def _outbox_batch(session: DbSession, keyring: Keyring, *, after_id: int) -> tup
     count = 0
     for row in rows:
         if keyring.needs_reencryption(row.payload_ciphertext):
-            row.payload_ciphertext = keyring.reencrypt(row.payload_ciphertext,
-                                                       associated_data=OUTBOX_AAD)
+            row.payload_ciphertext = keyring.reencrypt(
+                row.payload_ciphertext, associated_data=OUTBOX_AAD
+            )
             count += 1
     return count, (rows[-1].id if rows else None)

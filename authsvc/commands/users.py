@@ -27,8 +27,12 @@ def users() -> None:
 
 @users.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--verified/--unverified", default=True, show_default=True,
-              help="Whether imported emails count as verified (overridden by a column).")
+@click.option(
+    "--verified/--unverified",
+    default=True,
+    show_default=True,
+    help="Whether imported emails count as verified (overridden by a column).",
+)
 def import_users(file: Path, verified: bool) -> None:
     """Import a CSV with a header row: email,password_hash[,email_verified].
 
@@ -45,20 +49,17 @@ def import_users(file: Path, verified: bool) -> None:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or not {"email", "password_hash"} <= set(reader.fieldnames):
             raise click.ClickException("the CSV needs a header with email,password_hash")
-        batch: list[dict[str, str]] = []
-        for row in reader:
-            batch.append(row)
-            if len(batch) >= BATCH:
-                counts = _import_batch(runtime, hasher, batch, verified)
-                imported, skipped, rejected = (a + b for a, b in
-                                               zip((imported, skipped, rejected), counts))
-                batch = []
-        if batch:
-            counts = _import_batch(runtime, hasher, batch, verified)
-            imported, skipped, rejected = (a + b for a, b in
-                                           zip((imported, skipped, rejected), counts))
-    click.echo(f"imported {imported}, skipped {skipped} existing, rejected {rejected} invalid",
-               err=True)
+        rows = list(reader)
+    for start in range(0, len(rows), BATCH):
+        counts = _import_batch(runtime, hasher, rows[start : start + BATCH], verified)
+        imported, skipped, rejected = (
+            imported + counts[0],
+            skipped + counts[1],
+            rejected + counts[2],
+        )
+    click.echo(
+        f"imported {imported}, skipped {skipped} existing, rejected {rejected} invalid", err=True
+    )
     if rejected and not imported:
         sys.exit(1)
 
@@ -88,10 +89,22 @@ def _import_batch(
             if email in existing:
                 skipped += 1
                 continue
-            session.add(User(email=email, password_hash=password_hash, password_set_at=now,
-                             email_verified_at=now if is_verified else None,
-                             created_at=now, updated_at=now))
+            session.add(
+                User(
+                    email=email,
+                    password_hash=password_hash,
+                    password_set_at=now,
+                    email_verified_at=now if is_verified else None,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
             imported += 1
-        audit.record(session, type="admin.users_imported", outcome="success", now=now,
-                     details={"imported": imported, "skipped": skipped, "rejected": rejected})
+        audit.record(
+            session,
+            type="admin.users_imported",
+            outcome="success",
+            now=now,
+            details={"imported": imported, "skipped": skipped, "rejected": rejected},
+        )
     return imported, skipped, rejected

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 _VERSION = b"\x01"
 
 
-class DecryptionFailed(Exception):
+class DecryptionFailed(Exception):  # noqa: N818 - named for the outcome
     """The ciphertext is corrupt, or no key in the ring opens it."""
 
 
@@ -73,8 +73,9 @@ class Keyring:
         return self.key_id_of(blob) != self.primary_kid
 
     def reencrypt(self, blob: bytes, *, associated_data: bytes = b"") -> bytes:
-        return self.encrypt(self.decrypt(blob, associated_data=associated_data),
-                            associated_data=associated_data)
+        return self.encrypt(
+            self.decrypt(blob, associated_data=associated_data), associated_data=associated_data
+        )
 
     def mac_key(self, purpose: str) -> bytes:
         """A key for keyed hashes, derived from the oldest key so rotation keeps it stable."""

@@ -54,7 +54,7 @@ class AccessClaims:
     exp: int
 
 
-class InvalidAccessToken(Exception):
+class InvalidAccessToken(Exception):  # noqa: N818 - named for the outcome
     pass
 
 
@@ -84,12 +84,22 @@ def sign_access_token(
         "jti": secrets.token_urlsafe(12),
     }
     private = serialization.load_pem_private_key(key.private_pem, password=None)
-    return jwt.encode(claims, private, algorithm="EdDSA",  # type: ignore[arg-type]
-                      headers={"kid": key.kid, "typ": "at+jwt"})
+    if not isinstance(private, Ed25519PrivateKey):
+        raise ValueError("signing keys are Ed25519")
+    return jwt.encode(
+        claims,
+        private,
+        algorithm="EdDSA",
+        headers={"kid": key.kid, "typ": "at+jwt"},
+    )
 
 
 def verify_access_token(
-    token: str, *, public_jwks: dict[str, dict[str, Any]], issuer: str, audience: str,
+    token: str,
+    *,
+    public_jwks: dict[str, dict[str, Any]],
+    issuer: str,
+    audience: str,
     now: datetime,
 ) -> AccessClaims:
     """Verify signature, issuer, audience and expiry against the published keys."""

@@ -28,9 +28,17 @@ class CreateUserBody:
 @require_admin
 def create_user() -> Response:
     body = parse(CreateUserBody)
-    view = admin.create_user(db(), deps(), admin=current_admin(), email=body.email,
-                             password=body.password, password_hash=body.password_hash,
-                             email_verified=body.email_verified, client=client(), now=utcnow())
+    view = admin.create_user(
+        db(),
+        deps(),
+        admin=current_admin(),
+        email=body.email,
+        password=body.password,
+        password_hash=body.password_hash,
+        email_verified=body.email_verified,
+        client=client(),
+        now=utcnow(),
+    )
     return respond(view, 201)
 
 
@@ -55,8 +63,9 @@ def get_user(user_id: str) -> Response:
 @transactional
 @require_admin
 def delete_user(user_id: str) -> Response:
-    admin.delete_user(db(), admin=current_admin(), user_id=user_id[:64], client=client(),
-                      now=utcnow())
+    admin.delete_user(
+        db(), admin=current_admin(), user_id=user_id[:64], client=client(), now=utcnow()
+    )
     return no_content()
 
 
@@ -64,6 +73,7 @@ def delete_user(user_id: str) -> Response:
 @transactional
 @require_admin
 def disable_user(user_id: str) -> Response:
-    view = admin.disable_user(db(), admin=current_admin(), user_id=user_id[:64],
-                              client=client(), now=utcnow())
+    view = admin.disable_user(
+        db(), admin=current_admin(), user_id=user_id[:64], client=client(), now=utcnow()
+    )
     return respond(view)

@@ -19,8 +19,9 @@ MAX_LIMIT = 500
 MAX_TYPES = 20
 _TYPE = re.compile(r"^[a-z0-9_.]{1,64}\*?$")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_ADMIN_PARAMS = frozenset({"user_id", "type", "outcome", "email", "ip", "since", "until",
-                           "limit", "cursor"})
+_ADMIN_PARAMS = frozenset(
+    {"user_id", "type", "outcome", "email", "ip", "since", "until", "limit", "cursor"}
+)
 _USER_PARAMS = frozenset({"limit", "cursor"})
 
 
@@ -42,8 +43,10 @@ def _time(name: str) -> datetime | None:
     except ValueError:
         value = None
     if value is None or value.tzinfo is None or len(raw) > 40:
-        raise InvalidRequest(f"{name} must be an RFC 3339 time with an offset, such as "
-                             "2025-01-02T03:04:05Z", field=name)
+        raise InvalidRequest(
+            f"{name} must be an RFC 3339 time with an offset, such as 2025-01-02T03:04:05Z",
+            field=name,
+        )
     return value
 
 
@@ -59,8 +62,9 @@ def _cursor() -> int | None:
     if raw is None:
         return None
     if not raw.isdigit() or len(raw) > 19:
-        raise InvalidRequest("cursor must be a next_cursor value from an earlier page",
-                             field="cursor")
+        raise InvalidRequest(
+            "cursor must be a next_cursor value from an earlier page", field="cursor"
+        )
     return int(raw)
 
 
@@ -80,8 +84,11 @@ def list_audit_events() -> Response:
     _only(_ADMIN_PARAMS)
     types = tuple(request.args.getlist("type"))
     if not all(_TYPE.match(t) for t in types):
-        raise InvalidRequest("type must be an event type such as login.failure, or a prefix "
-                             "ending in * such as login.*", field="type")
+        raise InvalidRequest(
+            "type must be an event type such as login.failure, or a prefix "
+            "ending in * such as login.*",
+            field="type",
+        )
     since, until = _time("since"), _time("until")
     if since is not None and until is not None and since >= until:
         raise InvalidRequest("since must be earlier than until", field="since")
@@ -90,8 +97,11 @@ def list_audit_events() -> Response:
         user_id=_text("user_id", _ID),
         types=types,
         outcome=_text("outcome", re.compile(r"^[A-Za-z0-9_.-]{1,32}$")),
-        email_hash=(audit.email_digest(deps().keyring, accounts.normalize_email(email))
-                    if email is not None else None),
+        email_hash=(
+            audit.email_digest(deps().keyring, accounts.normalize_email(email))
+            if email is not None
+            else None
+        ),
         ip=_text("ip", re.compile(r"^[0-9A-Fa-f.:]{2,45}$")),
         since=since,
         until=until,
@@ -105,6 +115,7 @@ def list_audit_events() -> Response:
 @require_user
 def list_security_events() -> Response:
     _only(_USER_PARAMS)
-    page = audit.security_events(db(), user_id=principal().user_id, before_id=_cursor(),
-                                 limit=_limit())
+    page = audit.security_events(
+        db(), user_id=principal().user_id, before_id=_cursor(), limit=_limit()
+    )
     return respond(page)

@@ -102,14 +102,14 @@ def parse(cls: type[T], *, optional: bool = False) -> T:
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name not in data:
             has_default = (
-                f.default is not dataclasses.MISSING
-                or f.default_factory is not dataclasses.MISSING
+                f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
             )
             if not has_default:
                 raise InvalidRequest(f"{f.name} is required", field=f.name)
             continue
-        values[f.name] = _check(f.name, data[f.name], hints[f.name],
-                                f.metadata.get("max_length", MAX_STRING))
+        values[f.name] = _check(
+            f.name, data[f.name], hints[f.name], f.metadata.get("max_length", MAX_STRING)
+        )
     return cls(**values)
 
 

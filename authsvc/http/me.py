@@ -25,8 +25,9 @@ def me() -> Response:
 @require_user
 def list_sessions() -> Response:
     p = principal()
-    items = sessions.list_sessions(db(), user_id=p.user_id, current_session_id=p.session_id,
-                                   now=utcnow())
+    items = sessions.list_sessions(
+        db(), user_id=p.user_id, current_session_id=p.session_id, now=utcnow()
+    )
     return respond({"sessions": items})
 
 
@@ -34,6 +35,7 @@ def list_sessions() -> Response:
 @transactional
 @require_user
 def revoke_session(session_id: str) -> Response:
-    sessions.revoke_session(db(), user_id=principal().user_id, session_id=session_id[:64],
-                            client=client(), now=utcnow())
+    sessions.revoke_session(
+        db(), user_id=principal().user_id, session_id=session_id[:64], client=client(), now=utcnow()
+    )
     return no_content()

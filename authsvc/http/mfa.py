@@ -47,9 +47,15 @@ def list_factors() -> Response:
 @require_user
 def rename_factor(factor_id: str) -> Response:
     body = parse(NameBody)
-    factor = mfa_management.rename(db(), deps(), user_id=principal().user_id,
-                                   factor_id=factor_id[:ID_MAX], name=body.name,
-                                   client=client(), now=utcnow())
+    factor = mfa_management.rename(
+        db(),
+        deps(),
+        user_id=principal().user_id,
+        factor_id=factor_id[:ID_MAX],
+        name=body.name,
+        client=client(),
+        now=utcnow(),
+    )
     return respond(factor)
 
 
@@ -58,8 +64,15 @@ def rename_factor(factor_id: str) -> Response:
 @require_user
 def delete_factor(factor_id: str) -> Response:
     p = principal()
-    mfa_management.remove(db(), deps(), user_id=p.user_id, factor_id=factor_id[:ID_MAX],
-                          auth_time=p.auth_time, client=client(), now=utcnow())
+    mfa_management.remove(
+        db(),
+        deps(),
+        user_id=p.user_id,
+        factor_id=factor_id[:ID_MAX],
+        auth_time=p.auth_time,
+        client=client(),
+        now=utcnow(),
+    )
     return no_content()
 
 
@@ -68,8 +81,9 @@ def delete_factor(factor_id: str) -> Response:
 @require_user_or_enrollment
 def enroll_totp() -> Response:
     body = parse(OptionalName, optional=True)
-    enrollment = totp.enroll(db(), deps(), user_id=principal().user_id, name=body.name,
-                             client=client(), now=utcnow())
+    enrollment = totp.enroll(
+        db(), deps(), user_id=principal().user_id, name=body.name, client=client(), now=utcnow()
+    )
     return respond(enrollment, 201)
 
 
@@ -80,13 +94,24 @@ def confirm_totp(factor_id: str) -> Response:
     body = parse(CodeBody)
     p = principal()
     if p.enrollment_token is None:
-        confirmation = totp.confirm(db(), deps(), user_id=p.user_id,
-                                    factor_id=factor_id[:ID_MAX], code=body.code,
-                                    client=client(), now=utcnow())
+        confirmation = totp.confirm(
+            db(),
+            deps(),
+            user_id=p.user_id,
+            factor_id=factor_id[:ID_MAX],
+            code=body.code,
+            client=client(),
+            now=utcnow(),
+        )
         return respond(_confirmation(confirmation))
     done = mfa_management.confirm_totp_with_enrollment(
-        db(), deps(), enrollment_token=p.enrollment_token, factor_id=factor_id[:ID_MAX],
-        code=body.code, client=client(), now=utcnow(),
+        db(),
+        deps(),
+        enrollment_token=p.enrollment_token,
+        factor_id=factor_id[:ID_MAX],
+        code=body.code,
+        client=client(),
+        now=utcnow(),
     )
     login_body: dict[str, Any] = login_response(done.login).get_json()
     return respond({**_confirmation(done.confirmation), **login_body})
@@ -104,7 +129,7 @@ def _confirmation(confirmation: totp.TotpConfirmation) -> dict[str, Any]:
 @require_user
 def regenerate_recovery_codes() -> Response:
     p = principal()
-    codes = mfa_management.regenerate_recovery_codes(db(), deps(), user_id=p.user_id,
-                                                     auth_time=p.auth_time, client=client(),
-                                                     now=utcnow())
+    codes = mfa_management.regenerate_recovery_codes(
+        db(), deps(), user_id=p.user_id, auth_time=p.auth_time, client=client(), now=utcnow()
+    )
     return respond({"recovery_codes": list(codes)})

@@ -43,15 +43,16 @@ def readyz() -> Response:
             session.execute(text("SELECT 1"))
             checks["database"] = True
             checks["schema"] = schema_is_current(session.connection())
-    except Exception:  # noqa: BLE001 - any failure means "not ready"
+    except Exception:
         current_app.logger.warning("readiness: database check failed")
     try:
         checks["rate_limit_storage"] = state.deps.limiter.check()
-    except Exception:  # noqa: BLE001
+    except Exception:
         current_app.logger.warning("readiness: rate-limit storage check failed")
     ready = all(checks.values())
-    return respond({"status": "ready" if ready else "not_ready", "checks": checks},
-                   200 if ready else 503)
+    return respond(
+        {"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503
+    )
 
 
 @bp.get("/metrics")

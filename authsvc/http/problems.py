@@ -66,8 +66,13 @@ def render_unexpected(exc: Exception) -> Response:
         return render_http_exception(exc)
     request_id = getattr(g, "request_id", None) or secrets.token_hex(8)
     log.exception("unhandled error", extra={"request_id": request_id})
-    return problem(500, "internal_error", "Internal error",
-                   "An unexpected error occurred", request_id=request_id)
+    return problem(
+        500,
+        "internal_error",
+        "Internal error",
+        "An unexpected error occurred",
+        request_id=request_id,
+    )
 
 
 def register(app: Flask) -> None:

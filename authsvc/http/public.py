@@ -78,8 +78,9 @@ def login_response(result: LoginResult) -> Response:
             expires_in=result.tokens.expires_in,
         )
     if result.mfa_token is not None:
-        body.update(mfa_token=result.mfa_token, methods=list(result.methods),
-                    expires_in=result.expires_in)
+        body.update(
+            mfa_token=result.mfa_token, methods=list(result.methods), expires_in=result.expires_in
+        )
     if result.change_token is not None:
         body["change_token"] = result.change_token
     if result.enrollment_token is not None:
@@ -91,8 +92,9 @@ def login_response(result: LoginResult) -> Response:
 @transactional
 def signup() -> Response:
     body = parse(EmailPassword)
-    accounts.signup(db(), deps(), email=body.email, password=body.password, client=client(),
-                    now=utcnow())
+    accounts.signup(
+        db(), deps(), email=body.email, password=body.password, client=client(), now=utcnow()
+    )
     return respond({"status": "verification_sent"}, 202)
 
 
@@ -108,9 +110,9 @@ def verify_email() -> Response:
 @transactional
 def login_password() -> Response:
     body = parse(EmailPassword)
-    result = accounts.login_with_password(db(), deps(), email=body.email,
-                                          password=body.password, client=client(),
-                                          now=utcnow())
+    result = accounts.login_with_password(
+        db(), deps(), email=body.email, password=body.password, client=client(), now=utcnow()
+    )
     return login_response(result)
 
 
@@ -118,10 +120,12 @@ def login_password() -> Response:
 @transactional
 def login_mfa() -> Response:
     body = parse(MfaBody)
-    proof = FactorProof(totp_code=body.totp_code, recovery_code=body.recovery_code,
-                        webauthn=body.webauthn)
-    result = login.complete_mfa(db(), deps(), mfa_token=body.mfa_token, proof=proof,
-                                client=client(), now=utcnow())
+    proof = FactorProof(
+        totp_code=body.totp_code, recovery_code=body.recovery_code, webauthn=body.webauthn
+    )
+    result = login.complete_mfa(
+        db(), deps(), mfa_token=body.mfa_token, proof=proof, client=client(), now=utcnow()
+    )
     return login_response(result)
 
 
@@ -137,10 +141,18 @@ def forgot_password() -> Response:
 @transactional
 def reset_password() -> Response:
     body = parse(ResetBody)
-    proof = FactorProof(totp_code=body.totp_code, recovery_code=body.recovery_code,
-                        webauthn=body.webauthn)
-    accounts.reset_password(db(), deps(), token=body.token, new_password=body.new_password,
-                            proof=proof, client=client(), now=utcnow())
+    proof = FactorProof(
+        totp_code=body.totp_code, recovery_code=body.recovery_code, webauthn=body.webauthn
+    )
+    accounts.reset_password(
+        db(),
+        deps(),
+        token=body.token,
+        new_password=body.new_password,
+        proof=proof,
+        client=client(),
+        now=utcnow(),
+    )
     return no_content()
 
 
@@ -148,15 +160,18 @@ def reset_password() -> Response:
 @transactional
 def refresh_token() -> Response:
     body = parse(RefreshBody)
-    pair = sessions.rotate_refresh_token(db(), deps(), refresh_token=body.refresh_token,
-                                         client=client(), now=utcnow())
-    return respond({
-        "status": "authenticated",
-        "access_token": pair.access_token,
-        "refresh_token": pair.refresh_token,
-        "token_type": pair.token_type,
-        "expires_in": pair.expires_in,
-    })
+    pair = sessions.rotate_refresh_token(
+        db(), deps(), refresh_token=body.refresh_token, client=client(), now=utcnow()
+    )
+    return respond(
+        {
+            "status": "authenticated",
+            "access_token": pair.access_token,
+            "refresh_token": pair.refresh_token,
+            "token_type": pair.token_type,
+            "expires_in": pair.expires_in,
+        }
+    )
 
 
 @bp.post("/logout")
@@ -177,8 +192,14 @@ def change_password() -> Response:
     user_id = None
     if body.change_token is None:
         user_id = authenticate_bearer(now).user_id
-    accounts.change_password(db(), deps(), user_id=user_id,
-                             current_password=body.current_password,
-                             change_token=body.change_token, new_password=body.new_password,
-                             client=client(), now=now)
+    accounts.change_password(
+        db(),
+        deps(),
+        user_id=user_id,
+        current_password=body.current_password,
+        change_token=body.change_token,
+        new_password=body.new_password,
+        client=client(),
+        now=now,
+    )
     return no_content()

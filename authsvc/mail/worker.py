@@ -16,8 +16,8 @@ from authsvc.db import utcnow
 from authsvc.mail.backends import MailBackend, MailDeliveryError, build_message
 from authsvc.models import OutboxMessage
 from authsvc.services import accounts, breach, detection, outbox
-from authsvc.services.outbox import Handler
 from authsvc.services.context import Deps
+from authsvc.services.outbox import Handler
 
 log = logging.getLogger("authsvc.worker")
 
@@ -25,8 +25,7 @@ MAX_ATTEMPTS = 25  # about a day and a half of backoff before a message is parke
 MAX_BACKOFF = timedelta(hours=2)
 
 
-
-class PermanentFailure(Exception):
+class PermanentFailure(Exception):  # noqa: N818 - named for the outcome
     """The message can never succeed (e.g. a refused recipient): park it as failed."""
 
 
@@ -127,7 +126,7 @@ class OutboxWorker:
             message.last_error = str(exc)[:500]
             log.error("outbox message %s (%s) failed permanently", message.id, message.kind)
             return
-        except Exception as exc:  # noqa: BLE001 - any failure is retried later
+        except Exception as exc:
             message.last_error = f"{type(exc).__name__}: {exc}"[:500]
             if message.attempts >= MAX_ATTEMPTS:
                 message.failed_at = now
@@ -152,7 +151,7 @@ class OutboxWorker:
         while not stop.is_set():
             try:
                 busy = self.drain_once() > 0
-            except Exception:  # noqa: BLE001 - keep the loop alive; the next round retries
+            except Exception:
                 log.exception("outbox drain failed")
                 busy = False
             if not busy:

@@ -58,17 +58,24 @@ def normalize_email(raw: str) -> str:
     return email
 
 
-def _throttle(deps: Deps, session: DbSession, *, action: str, email: str, client: Client,
-              now: datetime) -> None:
+def _throttle(
+    deps: Deps, session: DbSession, *, action: str, email: str, client: Client, now: datetime
+) -> None:
     """Per-IP, per-email and per-IP+email limits; identical for known and unknown emails."""
     try:
         deps.limiter.hit("ip", client.ip)
         deps.limiter.hit("email", email)
         deps.limiter.hit("ip_email", client.ip, email)
     except RateLimited as exc:
-        audit.record(session, type="ratelimit.hit", outcome=exc.policy, now=now, client=client,
-                     email_hash=audit.email_digest(deps.keyring, email),
-                     details={"action": action})
+        audit.record(
+            session,
+            type="ratelimit.hit",
+            outcome=exc.policy,
+            now=now,
+            client=client,
+            email_hash=audit.email_digest(deps.keyring, email),
+            details={"action": action},
+        )
         raise
 
 
@@ -86,8 +93,9 @@ def acceptable_password(deps: Deps, password: str) -> str:
             "too_long": f"at most {deps.settings.password_max_length} characters",
             "breached": "not a common or breached password",
         }
-        raise WeakPassword(f"The password must be {messages.get(exc.reason, 'acceptable')}",
-                           reason=exc.reason) from None
+        raise WeakPassword(
+            f"The password must be {messages.get(exc.reason, 'acceptable')}", reason=exc.reason
+        ) from None
 
 
 def hash_password(deps: Deps, password: str) -> str:
@@ -100,46 +108,81 @@ def hash_password(deps: Deps, password: str) -> str:
 # --- sign-up -----------------------------------------------------------------------------
 
 
-def signup(session: DbSession, deps: Deps, *, email: str, password: str, client: Client,
-           now: datetime) -> None:
+def signup(
+    session: DbSession, deps: Deps, *, email: str, password: str, client: Client, now: datetime
+) -> None:
     email = normalize_email(email)
     _throttle(deps, session, action="signup", email=email, client=client, now=now)
     normalized = acceptable_password(deps, password)
     password_hash = hash_password(deps, normalized)
-    outbox.enqueue(session, deps.keyring, kind="signup_request",
-                   payload={"email": email, "password_hash": password_hash}, now=now)
-    audit.record(session, type="signup.requested", outcome="accepted", now=now, client=client,
-                 email_hash=audit.email_digest(deps.keyring, email))
+    outbox.enqueue(
+        session,
+        deps.keyring,
+        kind="signup_request",
+        payload={"email": email, "password_hash": password_hash},
+        now=now,
+    )
+    audit.record(
+        session,
+        type="signup.requested",
+        outcome="accepted",
+        now=now,
+        client=client,
+        email_hash=audit.email_digest(deps.keyring, email),
+    )
 
 
-def process_signup_request(session: DbSession, deps: Deps, payload: dict[str, Any],
-                           now: datetime) -> None:
+def process_signup_request(
+    session: DbSession, deps: Deps, payload: dict[str, Any], now: datetime
+) -> None:
     """Background half of sign-up: create the account or tell the owner it exists."""
     email, password_hash = payload["email"], payload["password_hash"]
     user = session.scalar(select(User).where(User.email == email))
     if user is not None and user.email_verified_at is not None:
-        token = user_tokens.issue(session, user_id=user.id, purpose="reset_password",
-                                  ttl=deps.settings.reset_token_ttl, now=now)
-        notices.send(session, deps, to=email, template="account_exists", now=now,
-                     link=notices.link(deps, "reset-password", token))
+        token = user_tokens.issue(
+            session,
+            user_id=user.id,
+            purpose="reset_password",
+            ttl=deps.settings.reset_token_ttl,
+            now=now,
+        )
+        notices.send(
+            session,
+            deps,
+            to=email,
+            template="account_exists",
+            now=now,
+            link=notices.link(deps, "reset-password", token),
+        )
         return
     if user is None:
         user = User(email=email, created_at=now, updated_at=now)
         session.add(user)
         session.flush()
-        audit.record(session, type="signup.created", outcome="success", now=now,
-                     user_id=user.id)
+        audit.record(session, type="signup.created", outcome="success", now=now, user_id=user.id)
     # The password of the sign-up whose link is opened wins; earlier links die.
-    token = user_tokens.issue(session, user_id=user.id, purpose="verify_email",
-                              ttl=deps.settings.verification_token_ttl, now=now,
-                              pending_password_hash=password_hash)
-    notices.send(session, deps, to=email, template="verify_email", now=now,
-                 link=notices.link(deps, "verify-email", token),
-                 ttl=_human(deps.settings.verification_token_ttl.total_seconds()))
+    token = user_tokens.issue(
+        session,
+        user_id=user.id,
+        purpose="verify_email",
+        ttl=deps.settings.verification_token_ttl,
+        now=now,
+        pending_password_hash=password_hash,
+    )
+    notices.send(
+        session,
+        deps,
+        to=email,
+        template="verify_email",
+        now=now,
+        link=notices.link(deps, "verify-email", token),
+        ttl=_human(deps.settings.verification_token_ttl.total_seconds()),
+    )
 
 
-def verify_email(session: DbSession, deps: Deps, *, token: str, client: Client,
-                 now: datetime) -> None:
+def verify_email(
+    session: DbSession, deps: Deps, *, token: str, client: Client, now: datetime
+) -> None:
     row = user_tokens.find(session, token=token, purpose="verify_email", now=now)
     user_tokens.consume(session, row=row, now=now)
     user = session.get(User, row.user_id)
@@ -149,15 +192,17 @@ def verify_email(session: DbSession, deps: Deps, *, token: str, client: Client,
         user.password_hash = row.pending_password_hash
         user.password_set_at = now
     user.updated_at = now
-    audit.record(session, type="signup.verified", outcome="success", now=now, client=client,
-                 user_id=user.id)
+    audit.record(
+        session, type="signup.verified", outcome="success", now=now, client=client, user_id=user.id
+    )
 
 
 # --- login -------------------------------------------------------------------------------
 
 
-def authenticate_password(session: DbSession, deps: Deps, *, email: str, password: str,
-                          client: Client, now: datetime) -> User:
+def authenticate_password(
+    session: DbSession, deps: Deps, *, email: str, password: str, client: Client, now: datetime
+) -> User:
     """One Argon2 verification for every email; InvalidCredentials for every failure."""
     email = normalize_email(email)
     _throttle(deps, session, action="login", email=email, client=client, now=now)
@@ -165,8 +210,15 @@ def authenticate_password(session: DbSession, deps: Deps, *, email: str, passwor
     try:
         deps.limiter.test("account_failures", email)
     except RateLimited as exc:
-        audit.record(session, type="ratelimit.hit", outcome=exc.policy, now=now, client=client,
-                     email_hash=email_hash, details={"action": "login"})
+        audit.record(
+            session,
+            type="ratelimit.hit",
+            outcome=exc.policy,
+            now=now,
+            client=client,
+            email_hash=email_hash,
+            details={"action": "login"},
+        )
         raise
     user = session.scalar(select(User).where(User.email == email))
     try:
@@ -191,43 +243,68 @@ def authenticate_password(session: DbSession, deps: Deps, *, email: str, passwor
         reason = "password_invalidated"
     if reason is not None:
         deps.limiter.hit("account_failures", email)
-        audit.record(session, type="login.failure", outcome=reason, now=now, client=client,
-                     user_id=user.id if user else None, email_hash=email_hash)
+        audit.record(
+            session,
+            type="login.failure",
+            outcome=reason,
+            now=now,
+            client=client,
+            user_id=user.id if user else None,
+            email_hash=email_hash,
+        )
         raise InvalidCredentials()
     assert user is not None
     if needs_rehash:
         user.password_hash = hash_password(deps, password)
         user.updated_at = now
-    if (deps.settings.flag_breached_at_login and not user.password_change_required
-            and deps.blocklist.is_blocked(password)):
+    if (
+        deps.settings.flag_breached_at_login
+        and not user.password_change_required
+        and deps.blocklist.is_blocked(password)
+    ):
         user.password_change_required = True
-        audit.record(session, type="password.breached_at_login", outcome="flagged", now=now,
-                     client=client, user_id=user.id)
+        audit.record(
+            session,
+            type="password.breached_at_login",
+            outcome="flagged",
+            now=now,
+            client=client,
+            user_id=user.id,
+        )
     return user
 
 
-def login_with_password(session: DbSession, deps: Deps, *, email: str, password: str,
-                        client: Client, now: datetime) -> login.LoginResult:
-    user = authenticate_password(session, deps, email=email, password=password, client=client,
-                                 now=now)
+def login_with_password(
+    session: DbSession, deps: Deps, *, email: str, password: str, client: Client, now: datetime
+) -> login.LoginResult:
+    user = authenticate_password(
+        session, deps, email=email, password=password, client=client, now=now
+    )
     return login.after_password(session, deps, user=user, amr=("pwd",), client=client, now=now)
 
 
 # --- forgotten password ------------------------------------------------------------------
 
 
-def forgot_password(session: DbSession, deps: Deps, *, email: str, client: Client,
-                    now: datetime) -> None:
+def forgot_password(
+    session: DbSession, deps: Deps, *, email: str, client: Client, now: datetime
+) -> None:
     email = normalize_email(email)
     _throttle(deps, session, action="forgot", email=email, client=client, now=now)
-    outbox.enqueue(session, deps.keyring, kind="reset_request", payload={"email": email},
-                   now=now)
-    audit.record(session, type="password.forgot", outcome="accepted", now=now, client=client,
-                 email_hash=audit.email_digest(deps.keyring, email))
+    outbox.enqueue(session, deps.keyring, kind="reset_request", payload={"email": email}, now=now)
+    audit.record(
+        session,
+        type="password.forgot",
+        outcome="accepted",
+        now=now,
+        client=client,
+        email_hash=audit.email_digest(deps.keyring, email),
+    )
 
 
-def process_reset_request(session: DbSession, deps: Deps, payload: dict[str, Any],
-                          now: datetime) -> None:
+def process_reset_request(
+    session: DbSession, deps: Deps, payload: dict[str, Any], now: datetime
+) -> None:
     email = payload["email"]
     user = session.scalar(select(User).where(User.email == email))
     if user is None:
@@ -235,15 +312,34 @@ def process_reset_request(session: DbSession, deps: Deps, payload: dict[str, Any
         return
     if user.disabled_at is not None:
         return
-    token = user_tokens.issue(session, user_id=user.id, purpose="reset_password",
-                              ttl=deps.settings.reset_token_ttl, now=now)
-    notices.send(session, deps, to=email, template="reset_password", now=now,
-                 link=notices.link(deps, "reset-password", token),
-                 ttl=_human(deps.settings.reset_token_ttl.total_seconds()))
+    token = user_tokens.issue(
+        session,
+        user_id=user.id,
+        purpose="reset_password",
+        ttl=deps.settings.reset_token_ttl,
+        now=now,
+    )
+    notices.send(
+        session,
+        deps,
+        to=email,
+        template="reset_password",
+        now=now,
+        link=notices.link(deps, "reset-password", token),
+        ttl=_human(deps.settings.reset_token_ttl.total_seconds()),
+    )
 
 
-def reset_password(session: DbSession, deps: Deps, *, token: str, new_password: str,
-                   proof: factors.FactorProof, client: Client, now: datetime) -> None:
+def reset_password(
+    session: DbSession,
+    deps: Deps,
+    *,
+    token: str,
+    new_password: str,
+    proof: factors.FactorProof,
+    client: Client,
+    now: datetime,
+) -> None:
     row = user_tokens.find(session, token=token, purpose="reset_password", now=now)
     user = session.get(User, row.user_id)
     if user is None or user.disabled_at is not None:
@@ -252,40 +348,84 @@ def reset_password(session: DbSession, deps: Deps, *, token: str, new_password: 
     methods = factors.methods_for(session, user_id=user.id)
     if methods:
         if not proof.given:
-            raise MfaRequired("This account has a second factor; send one with the new password",
-                              methods=list(methods))
+            raise MfaRequired(
+                "This account has a second factor; send one with the new password",
+                methods=list(methods),
+            )
         factors.verify(session, deps, user_id=user.id, proof=proof, client=client, now=now)
     user_tokens.consume(session, row=row, now=now)
-    _set_password(session, deps, user=user, password=normalized, client=client, now=now,
-                  event="password.reset")
+    _set_password(
+        session,
+        deps,
+        user=user,
+        password=normalized,
+        client=client,
+        now=now,
+        event="password.reset",
+    )
     user.email_verified_at = user.email_verified_at or now  # the link proved the mailbox
 
 
-def _set_password(session: DbSession, deps: Deps, *, user: User, password: str, client: Client,
-                  now: datetime, event: str) -> None:
+def _set_password(
+    session: DbSession,
+    deps: Deps,
+    *,
+    user: User,
+    password: str,
+    client: Client,
+    now: datetime,
+    event: str,
+) -> None:
     forced = user.password_invalidated_at is not None or user.password_change_required
     user.password_hash = hash_password(deps, password)
     user.password_set_at = now
     user.password_invalidated_at = None
     user.password_change_required = False
     user.updated_at = now
-    user_tokens.revoke_all(session, user_id=user.id,
-                           purposes=("reset_password", "change_password", "mfa"), now=now)
+    user_tokens.revoke_all(
+        session, user_id=user.id, purposes=("reset_password", "change_password", "mfa"), now=now
+    )
     revoked = sessions.revoke_all_for_user(session, user_id=user.id, reason=event, now=now)
     if forced:  # a forced reset is complete: breach responses count it
         breach_batches.record_password_set(session, user_id=user.id, now=now)
-    audit.record(session, type=event, outcome="success", now=now, client=client,
-                 user_id=user.id, details={"sessions_revoked": revoked})
-    reset = user_tokens.issue(session, user_id=user.id, purpose="reset_password",
-                              ttl=deps.settings.reset_token_ttl, now=now)
-    notices.send(session, deps, to=user.email, template="password_changed", now=now,
-                 when=now.strftime("%Y-%m-%d %H:%M"),
-                 link=notices.link(deps, "reset-password", reset))
+    audit.record(
+        session,
+        type=event,
+        outcome="success",
+        now=now,
+        client=client,
+        user_id=user.id,
+        details={"sessions_revoked": revoked},
+    )
+    reset = user_tokens.issue(
+        session,
+        user_id=user.id,
+        purpose="reset_password",
+        ttl=deps.settings.reset_token_ttl,
+        now=now,
+    )
+    notices.send(
+        session,
+        deps,
+        to=user.email,
+        template="password_changed",
+        now=now,
+        when=now.strftime("%Y-%m-%d %H:%M"),
+        link=notices.link(deps, "reset-password", reset),
+    )
 
 
-def change_password(session: DbSession, deps: Deps, *, user_id: str | None,
-                    current_password: str | None, change_token: str | None, new_password: str,
-                    client: Client, now: datetime) -> None:
+def change_password(
+    session: DbSession,
+    deps: Deps,
+    *,
+    user_id: str | None,
+    current_password: str | None,
+    change_token: str | None,
+    new_password: str,
+    client: Client,
+    now: datetime,
+) -> None:
     """With a bearer token and the current password, or with a change_token from login."""
     if change_token is not None:
         row = user_tokens.find(session, token=change_token, purpose="change_password", now=now)
@@ -306,11 +446,24 @@ def change_password(session: DbSession, deps: Deps, *, user_id: str | None,
             raise Overloaded(retry_after=1) from None
         if not result.ok:
             deps.limiter.hit("account_failures", user.email)
-            audit.record(session, type="password.change", outcome="wrong_password", now=now,
-                         client=client, user_id=user.id)
+            audit.record(
+                session,
+                type="password.change",
+                outcome="wrong_password",
+                now=now,
+                client=client,
+                user_id=user.id,
+            )
             raise InvalidCredentials()
-    _set_password(session, deps, user=user, password=normalized, client=client, now=now,
-                  event="password.change")
+    _set_password(
+        session,
+        deps,
+        user=user,
+        password=normalized,
+        client=client,
+        now=now,
+        event="password.change",
+    )
 
 
 # --- profile -----------------------------------------------------------------------------
@@ -344,8 +497,9 @@ def profile(session: DbSession, *, user_id: str) -> Profile:
         mfa_methods=methods,
         password_change_required=user.password_change_required,
         recovery_codes_remaining=codes_left,
-        recovery_codes_low=(any(m != "recovery_code" for m in methods)
-                            and recovery.is_low(codes_left)),
+        recovery_codes_low=(
+            any(m != "recovery_code" for m in methods) and recovery.is_low(codes_left)
+        ),
     )
 
 

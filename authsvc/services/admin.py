@@ -44,8 +44,14 @@ def create_key(session: DbSession, *, name: str, now: datetime) -> tuple[str, st
     key = AdminKey(name=name, key_hash=token_hash(secret), created_at=now)
     session.add(key)
     session.flush()
-    audit.record(session, type="admin.key_created", outcome="success", now=now,
-                 admin_key_id=key.id, details={"name": name})
+    audit.record(
+        session,
+        type="admin.key_created",
+        outcome="success",
+        now=now,
+        admin_key_id=key.id,
+        details={"name": name},
+    )
     return key.id, secret
 
 
@@ -113,8 +119,16 @@ def create_user(
             session.add(user)
     except IntegrityError:
         raise EmailTaken() from None
-    audit.record(session, type="admin.user_created", outcome="success", now=now, client=client,
-                 user_id=user.id, admin_key_id=admin.key_id, details={"hash_source": source})
+    audit.record(
+        session,
+        type="admin.user_created",
+        outcome="success",
+        now=now,
+        client=client,
+        user_id=user.id,
+        admin_key_id=admin.key_id,
+        details={"hash_source": source},
+    )
     return _view(session, user)
 
 
@@ -134,28 +148,43 @@ def find_users(session: DbSession, *, email: str) -> list[UserView]:
     return [_view(session, user)] if user else []
 
 
-def delete_user(session: DbSession, *, admin: AdminIdentity, user_id: str, client: Client,
-                now: datetime) -> None:
+def delete_user(
+    session: DbSession, *, admin: AdminIdentity, user_id: str, client: Client, now: datetime
+) -> None:
     user = session.get(User, user_id)
     if user is None:
         raise NotFound("No such user")
     session.delete(user)
     session.flush()
-    audit.record(session, type="admin.user_deleted", outcome="success", now=now, client=client,
-                 user_id=user_id, admin_key_id=admin.key_id)
+    audit.record(
+        session,
+        type="admin.user_deleted",
+        outcome="success",
+        now=now,
+        client=client,
+        user_id=user_id,
+        admin_key_id=admin.key_id,
+    )
 
 
-def disable_user(session: DbSession, *, admin: AdminIdentity, user_id: str, client: Client,
-                 now: datetime) -> UserView:
+def disable_user(
+    session: DbSession, *, admin: AdminIdentity, user_id: str, client: Client, now: datetime
+) -> UserView:
     user = session.get(User, user_id)
     if user is None:
         raise NotFound("No such user")
     if user.disabled_at is None:
         user.disabled_at = now
         user.updated_at = now
-        revoked = sessions.revoke_all_for_user(session, user_id=user.id, reason="disabled",
-                                               now=now)
-        audit.record(session, type="admin.user_disabled", outcome="success", now=now,
-                     client=client, user_id=user.id, admin_key_id=admin.key_id,
-                     details={"sessions_revoked": revoked})
+        revoked = sessions.revoke_all_for_user(session, user_id=user.id, reason="disabled", now=now)
+        audit.record(
+            session,
+            type="admin.user_disabled",
+            outcome="success",
+            now=now,
+            client=client,
+            user_id=user.id,
+            admin_key_id=admin.key_id,
+            details={"sessions_revoked": revoked},
+        )
     return _view(session, user)

@@ -40,9 +40,18 @@ _HEAD_MAC_PURPOSE = "audit-chain-head"
 # Events a user never sees in their own trail (internal bookkeeping or operator matters).
 _HIDDEN_FROM_USERS = frozenset({"signup.created", "alert.raised", "audit.pruned"})
 # Details a user may see about their own events.
-_USER_DETAIL_KEYS = frozenset({
-    "amr", "method", "name", "factor_type", "sessions_revoked", "session_id", "reason", "mode",
-})
+_USER_DETAIL_KEYS = frozenset(
+    {
+        "amr",
+        "method",
+        "name",
+        "factor_type",
+        "sessions_revoked",
+        "session_id",
+        "reason",
+        "mode",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +136,20 @@ def record(
     hooks = hooks_of(session)
     follow_up = None
     if hooks is not None and hooks.observer is not None:
-        follow_up = hooks.observer(session, Observed(
-            type=type, outcome=outcome, now=now, ip=ip, user_agent=user_agent, user_id=user_id,
-            admin_key_id=admin_key_id, email_hash=email_hash, details=dict(details or {}),
-        ))
+        follow_up = hooks.observer(
+            session,
+            Observed(
+                type=type,
+                outcome=outcome,
+                now=now,
+                ip=ip,
+                user_agent=user_agent,
+                user_id=user_id,
+                admin_key_id=admin_key_id,
+                email_hash=email_hash,
+                details=dict(details or {}),
+            ),
+        )
     event = AuditEvent(
         occurred_at=now,
         type=type[:64],
@@ -166,18 +185,22 @@ def _lock_head(session: DbSession) -> AuditChainHead:
     ).first()
     try:
         with session.begin_nested():
-            session.add(AuditChainHead(
-                id=HEAD_ID, anchor_id=0, anchor_hash=GENESIS,
-                last_id=last[0] if last else 0, last_hash=last[1] if last else GENESIS,
-                head_mac="",
-            ))
+            session.add(
+                AuditChainHead(
+                    id=HEAD_ID,
+                    anchor_id=0,
+                    anchor_hash=GENESIS,
+                    last_id=last[0] if last else 0,
+                    last_hash=last[1] if last else GENESIS,
+                    head_mac="",
+                )
+            )
     except IntegrityError:
         pass  # another writer created it first
     return session.scalars(query).one()
 
 
-def _append(session: DbSession, event: AuditEvent, hooks: Hooks | None, *,
-            now: datetime) -> None:
+def _append(session: DbSession, event: AuditEvent, hooks: Hooks | None, *, now: datetime) -> None:
     head = _lock_head(session)
     event.prev_hash = head.last_hash
     event.row_hash = row_digest(event.prev_hash, event)
@@ -221,7 +244,8 @@ def _rows(session: DbSession, *, through_id: int, batch: int) -> Iterator[Row[An
 def verify(session: DbSession, *, keyring: Keyring, batch: int = 2000) -> Verification:
     """Walk the whole chain; name the first event that was edited, or follows a deleted one."""
     head = session.scalars(
-        select(AuditChainHead).where(AuditChainHead.id == HEAD_ID)
+        select(AuditChainHead)
+        .where(AuditChainHead.id == HEAD_ID)
         .execution_options(populate_existing=True)
     ).one_or_none()
     if head is None:
@@ -232,27 +256,40 @@ def verify(session: DbSession, *, keyring: Keyring, batch: int = 2000) -> Verifi
     expected_prev, previous_id, checked = anchor_hash, anchor_id, 0
     for row in _rows(session, through_id=last_id, batch=batch):
         if row.id <= anchor_id:
-            return Verification(False, checked, row.id,
-                                f"event {row.id} lies before the pruned part of the trail")
+            return Verification(
+                False, checked, row.id, f"event {row.id} lies before the pruned part of the trail"
+            )
         if row.prev_hash != expected_prev:
-            what = (f"event {previous_id} was altered or an event after it was deleted"
-                    if previous_id else "an event before it was deleted or altered")
-            return Verification(False, checked, row.id,
-                                f"event {row.id} does not follow its predecessor: {what}")
+            what = (
+                f"event {previous_id} was altered or an event after it was deleted"
+                if previous_id
+                else "an event before it was deleted or altered"
+            )
+            return Verification(
+                False, checked, row.id, f"event {row.id} does not follow its predecessor: {what}"
+            )
         if row_digest(row.prev_hash, row) != row.row_hash:
             return Verification(False, checked, row.id, f"event {row.id} was altered")
         expected_prev, previous_id = row.row_hash, row.id
         checked += 1
     if previous_id != last_id or expected_prev != last_hash:
-        return Verification(False, checked, previous_id or None,
-                            f"the trail ends at event {previous_id} but its head names event "
-                            f"{last_id}: events at the end were deleted or altered")
+        return Verification(
+            False,
+            checked,
+            previous_id or None,
+            f"the trail ends at event {previous_id} but its head names event "
+            f"{last_id}: events at the end were deleted or altered",
+        )
     if last_id == 0 and not mac:
         return Verification(True, checked)  # nothing was ever recorded
     if mac != expected_mac:
-        return Verification(False, checked, None,
-                            "the chain head signature does not match (altered, or the oldest "
-                            "encryption key that signed it was removed)")
+        return Verification(
+            False,
+            checked,
+            None,
+            "the chain head signature does not match (altered, or the oldest "
+            "encryption key that signed it was removed)",
+        )
     return Verification(True, checked)
 
 
@@ -262,8 +299,9 @@ class PruneResult:
     through_id: int | None
 
 
-def prune(session: DbSession, *, before: datetime, now: datetime,
-          batch: int | None = None) -> PruneResult:
+def prune(
+    session: DbSession, *, before: datetime, now: datetime, batch: int | None = None
+) -> PruneResult:
     """Delete events older than ``before`` (at most ``batch`` of them, oldest first); the head
     keeps the hash of the last one deleted, so what remains still verifies. The pruning itself
     is recorded in the trail. Writers wait for the chain lock meanwhile: keep batches small and
@@ -281,14 +319,20 @@ def prune(session: DbSession, *, before: datetime, now: datetime,
         return PruneResult(pruned=0, through_id=None)
     anchor_hash = session.scalar(select(AuditEvent.row_hash).where(AuditEvent.id == through))
     assert anchor_hash is not None
-    result = cast(CursorResult[Any],
-                  session.execute(delete(AuditEvent).where(AuditEvent.id <= through)))
+    result = cast(
+        CursorResult[Any], session.execute(delete(AuditEvent).where(AuditEvent.id <= through))
+    )
     pruned = int(result.rowcount or 0)
     head.anchor_id = through
     head.anchor_hash = anchor_hash
     session.flush()
-    record(session, type="audit.pruned", outcome="success", now=now,
-           details={"through_id": through, "pruned": pruned, "before": before.isoformat()})
+    record(
+        session,
+        type="audit.pruned",
+        outcome="success",
+        now=now,
+        details={"through_id": through, "pruned": pruned, "before": before.isoformat()},
+    )
     return PruneResult(pruned=pruned, through_id=through)
 
 
@@ -345,8 +389,9 @@ def _details(row: AuditEvent) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def list_events(session: DbSession, *, where: EventFilter, before_id: int | None,
-                limit: int) -> Page:
+def list_events(
+    session: DbSession, *, where: EventFilter, before_id: int | None, limit: int
+) -> Page:
     """Newest first; ``next_cursor`` continues with older events."""
     query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit + 1)
     if before_id is not None:
@@ -373,17 +418,24 @@ def list_events(session: DbSession, *, where: EventFilter, before_id: int | None
     more = len(rows) > limit
     rows = rows[:limit]
     events = [
-        EventView(id=str(row.id), occurred_at=row.occurred_at, type=row.type,
-                  outcome=row.outcome, user_id=row.user_id, admin_key_id=row.admin_key_id,
-                  email_hash=row.email_hash, ip=row.ip, user_agent=row.user_agent,
-                  details=_details(row))
+        EventView(
+            id=str(row.id),
+            occurred_at=row.occurred_at,
+            type=row.type,
+            outcome=row.outcome,
+            user_id=row.user_id,
+            admin_key_id=row.admin_key_id,
+            email_hash=row.email_hash,
+            ip=row.ip,
+            user_agent=row.user_agent,
+            details=_details(row),
+        )
         for row in rows
     ]
     return Page(events=events, next_cursor=str(rows[-1].id) if more and rows else None)
 
 
-def security_events(session: DbSession, *, user_id: str, before_id: int | None,
-                    limit: int) -> Page:
+def security_events(session: DbSession, *, user_id: str, before_id: int | None, limit: int) -> Page:
     """A user's own trail: logins (with IP and user agent), factor changes, resets, revocations."""
     query = (
         select(AuditEvent)
@@ -398,8 +450,12 @@ def security_events(session: DbSession, *, user_id: str, before_id: int | None,
     rows = rows[:limit]
     events = [
         UserEventView(
-            id=str(row.id), occurred_at=row.occurred_at, type=row.type, outcome=row.outcome,
-            ip=row.ip, user_agent=row.user_agent,
+            id=str(row.id),
+            occurred_at=row.occurred_at,
+            type=row.type,
+            outcome=row.outcome,
+            ip=row.ip,
+            user_agent=row.user_agent,
             details={k: v for k, v in _details(row).items() if k in _USER_DETAIL_KEYS},
         )
         for row in rows

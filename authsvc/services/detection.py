@@ -58,8 +58,16 @@ TIMESTAMP_HEADER = "X-Authsvc-Timestamp"
 ALERT_EVENT = "alert.raised"
 
 # The event types the detectors read (written by the services).
-_EMAIL_ATTEMPTS = frozenset({"login.failure", "login.success", "login.password",
-                             "signup.requested", "password.forgot", "ratelimit.hit"})
+_EMAIL_ATTEMPTS = frozenset(
+    {
+        "login.failure",
+        "login.success",
+        "login.password",
+        "signup.requested",
+        "password.forgot",
+        "ratelimit.hit",
+    }
+)
 _LOGIN_ATTEMPTS = frozenset({"login.failure", "login.success", "login.password"})
 _RECOVERY_USES = frozenset({"mfa.recovery_code_used", "password.reset"})
 _NOT_OBSERVED = frozenset({ALERT_EVENT, "audit.pruned"})
@@ -173,8 +181,7 @@ class Detector:
             now = time.monotonic()
             if now - self._storage_error_logged_at >= _STORAGE_ERROR_LOG_INTERVAL:
                 self._storage_error_logged_at = now
-                log.error("detection skipped: the window storage failed (%s)",
-                          type(exc).__name__)
+                log.error("detection skipped: the window storage failed (%s)", type(exc).__name__)
             return None
         if not alerts:
             return None
@@ -197,47 +204,80 @@ class Detector:
         found: list[Alert] = []
 
         def alert(detector: str, scope: str, subject: str, threshold: float, **who: Any) -> None:
-            if w.claim("alert", detector, scope, subject,
-                       seconds=int(s.alert_cooldown.total_seconds())):
-                found.append(Alert(detector=detector, scope=scope, subject=subject,
-                                   threshold=threshold, window_seconds=w.window_seconds,
-                                   at=event.now, **who))
+            if w.claim(
+                "alert", detector, scope, subject, seconds=int(s.alert_cooldown.total_seconds())
+            ):
+                found.append(
+                    Alert(
+                        detector=detector,
+                        scope=scope,
+                        subject=subject,
+                        threshold=threshold,
+                        window_seconds=w.window_seconds,
+                        at=event.now,
+                        **who,
+                    )
+                )
 
         member = event.email_hash or (f"user:{event.user_id}" if event.user_id else None)
         if event.type in _EMAIL_ATTEMPTS and member and event.ip:
             if w.first_sight("ip-email", event.ip, member) and w.exceeded(
-                    "emails-per-ip", s.detect_emails_per_ip, event.ip):
+                "emails-per-ip", s.detect_emails_per_ip, event.ip
+            ):
                 alert("enumeration", "ip", event.ip, s.detect_emails_per_ip, ip=event.ip)
             network = network_of(event.ip)
-            if network and w.first_sight("net-email", network, member) and w.exceeded(
-                    "emails-per-network", s.detect_emails_per_network, network):
-                alert("enumeration", "network", network, s.detect_emails_per_network,
-                      ip=event.ip)
+            if (
+                network
+                and w.first_sight("net-email", network, member)
+                and w.exceeded("emails-per-network", s.detect_emails_per_network, network)
+            ):
+                alert("enumeration", "network", network, s.detect_emails_per_network, ip=event.ip)
 
         if event.type in _LOGIN_ATTEMPTS:
             attempts = w.count("login-attempts")
             if event.type == "login.failure" and event.outcome == "unknown_email":
                 unknown = w.count("login-unknown")
-                if (attempts >= s.detect_unknown_email_min_attempts
-                        and unknown >= s.detect_unknown_email_share * attempts):
-                    alert("unknown_emails", "global", "all", s.detect_unknown_email_share,
-                          ip=event.ip)
+                if (
+                    attempts >= s.detect_unknown_email_min_attempts
+                    and unknown >= s.detect_unknown_email_share * attempts
+                ):
+                    alert(
+                        "unknown_emails", "global", "all", s.detect_unknown_email_share, ip=event.ip
+                    )
 
         account = None
         if event.type == "login.failure" and event.outcome != "unknown_email":
             account = event.email_hash or (f"user:{event.user_id}" if event.user_id else None)
         elif event.type == "login.mfa" and event.outcome == "failure" and event.user_id:
             account = f"user:{event.user_id}"
-        if account and event.ip and w.first_sight("account-ip", account, event.ip) and (
-                w.exceeded("ips-per-account", s.detect_ips_per_account, account)):
-            alert("brute_force", "account", account, s.detect_ips_per_account, ip=event.ip,
-                  user_id=event.user_id, email_hash=event.email_hash)
+        if (
+            account
+            and event.ip
+            and w.first_sight("account-ip", account, event.ip)
+            and (w.exceeded("ips-per-account", s.detect_ips_per_account, account))
+        ):
+            alert(
+                "brute_force",
+                "account",
+                account,
+                s.detect_ips_per_account,
+                ip=event.ip,
+                user_id=event.user_id,
+                email_hash=event.email_hash,
+            )
 
         recovery_use = event.type in _RECOVERY_USES and (
-            event.type != "password.reset" or event.outcome == "success")
+            event.type != "password.reset" or event.outcome == "success"
+        )
         if recovery_use and w.exceeded("recovery-uses", s.detect_recovery_burst, "all"):
-            alert("recovery_burst", "global", "all", s.detect_recovery_burst, ip=event.ip,
-                  user_id=event.user_id)
+            alert(
+                "recovery_burst",
+                "global",
+                "all",
+                s.detect_recovery_burst,
+                ip=event.ip,
+                user_id=event.user_id,
+            )
         return found
 
     # -- alerts ---------------------------------------------------------------------------
@@ -246,26 +286,47 @@ class Detector:
         for found in alerts:
             document = found.document()
             self._metrics.alerts.labels(found.detector).inc()
-            log.warning("security alert: %s (%s %s)", found.detector, found.scope, found.subject,
-                        extra={"alert": document})
-            audit.record(session, type=ALERT_EVENT, outcome=found.detector, now=found.at,
-                         client=Client(ip=found.ip or ""), user_id=found.user_id,
-                         email_hash=found.email_hash, details=document)
+            log.warning(
+                "security alert: %s (%s %s)",
+                found.detector,
+                found.scope,
+                found.subject,
+                extra={"alert": document},
+            )
+            audit.record(
+                session,
+                type=ALERT_EVENT,
+                outcome=found.detector,
+                now=found.at,
+                client=Client(ip=found.ip or ""),
+                user_id=found.user_id,
+                email_hash=found.email_hash,
+                details=document,
+            )
             if self._settings.alert_webhook_url:
-                outbox.enqueue(session, self._deps.keyring, kind=WEBHOOK_KIND,
-                               payload={"alert": document}, now=found.at)
+                outbox.enqueue(
+                    session,
+                    self._deps.keyring,
+                    kind=WEBHOOK_KIND,
+                    payload={"alert": document},
+                    now=found.at,
+                )
 
     # -- the user's own view --------------------------------------------------------------
 
     def _new_device_mail(self, session: DbSession, event: audit.Observed) -> None:
         """Mail the owner when a full login comes from a browser not seen in earlier logins."""
-        if not (event.type == "login.success" and event.outcome == "authenticated"
-                and event.user_id):
+        if not (
+            event.type == "login.success" and event.outcome == "authenticated" and event.user_id
+        ):
             return
         earlier = session.scalars(
             select(AuditEvent.user_agent)
-            .where(AuditEvent.user_id == event.user_id, AuditEvent.type == "login.success",
-                   AuditEvent.outcome == "authenticated")
+            .where(
+                AuditEvent.user_id == event.user_id,
+                AuditEvent.type == "login.success",
+                AuditEvent.outcome == "authenticated",
+            )
             .order_by(AuditEvent.id.desc())
             .limit(200)
         ).all()
@@ -277,9 +338,16 @@ class Detector:
         user = session.get(User, event.user_id)
         if user is None:
             return
-        notices.send(session, self._deps, to=user.email, template="new_login", now=event.now,
-                     when=event.now.strftime("%Y-%m-%d %H:%M"), ip=event.ip or "unknown",
-                     user_agent=_printable(event.user_agent or "unknown"))
+        notices.send(
+            session,
+            self._deps,
+            to=user.email,
+            template="new_login",
+            now=event.now,
+            when=event.now.strftime("%Y-%m-%d %H:%M"),
+            ip=event.ip or "unknown",
+            user_agent=_printable(event.user_agent or "unknown"),
+        )
 
 
 def _device(user_agent: str | None) -> str:
@@ -309,8 +377,7 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def deliver_webhook(session: DbSession, deps: Deps, payload: dict[str, Any],
-                    now: datetime) -> None:
+def deliver_webhook(session: DbSession, deps: Deps, payload: dict[str, Any], now: datetime) -> None:
     """POST one alert to AUTHSVC_ALERT_WEBHOOK_URL (the outbox handler of kind ``webhook``)."""
     url, secret = deps.settings.alert_webhook_url, deps.settings.alert_webhook_secret
     if not url or not secret:
@@ -319,9 +386,15 @@ def deliver_webhook(session: DbSession, deps: Deps, payload: dict[str, Any],
     body = json.dumps(payload["alert"], sort_keys=True).encode()
     timestamp = str(int(now.timestamp()))
     request = urllib.request.Request(  # noqa: S310 - the URL is checked to be http(s)
-        url, data=body, method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "authsvc-alerts",
-                 TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: signature(secret, timestamp, body)},
+        url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": "authsvc-alerts",
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: signature(secret, timestamp, body),
+        },
     )
     opener = urllib.request.build_opener(_NoRedirects)
     try:
@@ -346,9 +419,12 @@ def gauges(session: DbSession, *, now: datetime) -> list[Sample]:
     """Shared state read at each scrape: the outbox's depth and age, campaign progress."""
     stats = outbox.stats(session)
     age = (now - stats.oldest_pending_at).total_seconds() if stats.oldest_pending_at else 0.0
-    by_status = {status: int(count) for status, count in session.execute(
-        select(BreachCampaign.status, func.count()).group_by(BreachCampaign.status)
-    ).all()}
+    by_status = {
+        status: int(count)
+        for status, count in session.execute(
+            select(BreachCampaign.status, func.count()).group_by(BreachCampaign.status)
+        ).all()
+    }
     active = session.execute(
         select(BreachCampaign.id, BreachCampaign.targeted, BreachCampaign.processed)
         .where(BreachCampaign.status.in_(_ACTIVE_CAMPAIGNS))
@@ -356,24 +432,41 @@ def gauges(session: DbSession, *, now: datetime) -> list[Sample]:
         .limit(50)
     ).all()
     campaigns = [
-        Sample("authsvc_breach_campaigns", "Breach-response campaigns by status.",
-               float(by_status.get(status, 0)), {"status": status})
+        Sample(
+            "authsvc_breach_campaigns",
+            "Breach-response campaigns by status.",
+            float(by_status.get(status, 0)),
+            {"status": status},
+        )
         for status in sorted({*_CAMPAIGN_STATUSES, *by_status})
     ]
     for campaign_id, targeted, processed in active:
         labels = {"campaign": campaign_id}
         campaigns += [
-            Sample("authsvc_breach_campaign_targeted", "Accounts an active campaign targets.",
-                   float(targeted or 0), labels),
-            Sample("authsvc_breach_campaign_processed",
-                   "Accounts an active campaign has processed.", float(processed or 0), labels),
+            Sample(
+                "authsvc_breach_campaign_targeted",
+                "Accounts an active campaign targets.",
+                float(targeted or 0),
+                labels,
+            ),
+            Sample(
+                "authsvc_breach_campaign_processed",
+                "Accounts an active campaign has processed.",
+                float(processed or 0),
+                labels,
+            ),
         ]
     return [
         *campaigns,
-        Sample("authsvc_outbox_pending", "Outbox messages waiting to be processed.",
-               float(stats.pending)),
-        Sample("authsvc_outbox_oldest_pending_age_seconds",
-               "Age of the oldest waiting outbox message.", max(0.0, age)),
-        Sample("authsvc_outbox_failed", "Outbox messages parked as failed.",
-               float(stats.failed)),
+        Sample(
+            "authsvc_outbox_pending",
+            "Outbox messages waiting to be processed.",
+            float(stats.pending),
+        ),
+        Sample(
+            "authsvc_outbox_oldest_pending_age_seconds",
+            "Age of the oldest waiting outbox message.",
+            max(0.0, age),
+        ),
+        Sample("authsvc_outbox_failed", "Outbox messages parked as failed.", float(stats.failed)),
     ]

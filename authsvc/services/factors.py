@@ -62,25 +62,30 @@ def verify(
 ) -> str:
     """Check one answer; return its RFC 8176 amr value or raise InvalidMfa."""
     if proof.totp_code is not None:
-        return totp.verify_code(session, deps, user_id=user_id, code=proof.totp_code,
-                                client=client, now=now)
+        return totp.verify_code(
+            session, deps, user_id=user_id, code=proof.totp_code, client=client, now=now
+        )
     if proof.recovery_code is not None:
-        return recovery.use_code(session, deps, user_id=user_id, code=proof.recovery_code,
-                                 client=client, now=now)
+        return recovery.use_code(
+            session, deps, user_id=user_id, code=proof.recovery_code, client=client, now=now
+        )
     if proof.webauthn is not None:
-        return webauthn.verify_mfa_assertion(session, deps, user_id=user_id,
-                                             credential=proof.webauthn, client=client, now=now)
+        return webauthn.verify_mfa_assertion(
+            session, deps, user_id=user_id, credential=proof.webauthn, client=client, now=now
+        )
     raise InvalidMfa("Send one of totp_code, recovery_code or webauthn")
 
 
 def list_factors(session: DbSession, *, user_id: str) -> list[FactorInfo]:
-    items = [*totp.list_factors(session, user_id=user_id),
-             *webauthn.list_factors(session, user_id=user_id)]
+    items = [
+        *totp.list_factors(session, user_id=user_id),
+        *webauthn.list_factors(session, user_id=user_id),
+    ]
     return sorted(items, key=lambda f: f.created_at)
 
 
 def owner_type(session: DbSession, *, user_id: str, factor_id: str) -> str:
-    """"totp" or "webauthn" for a factor of this user; NotFound otherwise (also for other
+    """ "totp" or "webauthn" for a factor of this user; NotFound otherwise (also for other
     users' factors, so ids cannot be probed)."""
     for info in list_factors(session, user_id=user_id):
         if info.id == factor_id:

@@ -42,13 +42,29 @@ def after_password(
     if methods:
         ttl = deps.settings.mfa_token_ttl
         token = user_tokens.issue(
-            session, user_id=user.id, purpose="mfa", ttl=ttl, now=now,
-            context={"amr": list(amr)}, replace_previous=False,
+            session,
+            user_id=user.id,
+            purpose="mfa",
+            ttl=ttl,
+            now=now,
+            context={"amr": list(amr)},
+            replace_previous=False,
         )
-        audit.record(session, type="login.password", outcome="mfa_required", now=now,
-                     client=client, user_id=user.id)
-        return LoginResult(status="mfa_required", mfa_token=token, methods=methods,
-                           expires_in=int(ttl.total_seconds()), user_id=user.id)
+        audit.record(
+            session,
+            type="login.password",
+            outcome="mfa_required",
+            now=now,
+            client=client,
+            user_id=user.id,
+        )
+        return LoginResult(
+            status="mfa_required",
+            mfa_token=token,
+            methods=methods,
+            expires_in=int(ttl.total_seconds()),
+            user_id=user.id,
+        )
     return finish_login(session, deps, user=user, amr=amr, client=client, now=now)
 
 
@@ -64,25 +80,53 @@ def finish_login(
     """Every factor is proven: a forced password change, a forced enrollment, or tokens."""
     if user.password_change_required:
         token = user_tokens.issue(
-            session, user_id=user.id, purpose="change_password",
-            ttl=deps.settings.change_token_ttl, now=now,
+            session,
+            user_id=user.id,
+            purpose="change_password",
+            ttl=deps.settings.change_token_ttl,
+            now=now,
         )
-        audit.record(session, type="login.success", outcome="password_change_required",
-                     now=now, client=client, user_id=user.id, details={"amr": list(amr)})
-        return LoginResult(status="password_change_required", change_token=token,
-                           user_id=user.id)
+        audit.record(
+            session,
+            type="login.success",
+            outcome="password_change_required",
+            now=now,
+            client=client,
+            user_id=user.id,
+            details={"amr": list(amr)},
+        )
+        return LoginResult(status="password_change_required", change_token=token, user_id=user.id)
     if deps.settings.require_mfa and "mfa" not in amr:
         token = user_tokens.issue(
-            session, user_id=user.id, purpose="mfa_enrollment",
-            ttl=deps.settings.mfa_token_ttl, now=now, context={"amr": list(amr)},
+            session,
+            user_id=user.id,
+            purpose="mfa_enrollment",
+            ttl=deps.settings.mfa_token_ttl,
+            now=now,
+            context={"amr": list(amr)},
         )
-        audit.record(session, type="login.success", outcome="mfa_enrollment_required",
-                     now=now, client=client, user_id=user.id, details={"amr": list(amr)})
-        return LoginResult(status="mfa_enrollment_required", enrollment_token=token,
-                           user_id=user.id)
+        audit.record(
+            session,
+            type="login.success",
+            outcome="mfa_enrollment_required",
+            now=now,
+            client=client,
+            user_id=user.id,
+            details={"amr": list(amr)},
+        )
+        return LoginResult(
+            status="mfa_enrollment_required", enrollment_token=token, user_id=user.id
+        )
     tokens = sessions.start_session(session, deps, user=user, amr=amr, client=client, now=now)
-    audit.record(session, type="login.success", outcome="authenticated", now=now, client=client,
-                 user_id=user.id, details={"amr": list(amr), "session_id": tokens.session_id})
+    audit.record(
+        session,
+        type="login.success",
+        outcome="authenticated",
+        now=now,
+        client=client,
+        user_id=user.id,
+        details={"amr": list(amr), "session_id": tokens.session_id},
+    )
     return LoginResult(status="authenticated", tokens=tokens, user_id=user.id)
 
 
@@ -103,22 +147,43 @@ def complete_mfa(
     try:
         deps.limiter.hit("mfa_account", user.id)
     except RateLimited as exc:
-        audit.record(session, type="ratelimit.hit", outcome="mfa_account", now=now,
-                     client=client, user_id=user.id)
+        audit.record(
+            session,
+            type="ratelimit.hit",
+            outcome="mfa_account",
+            now=now,
+            client=client,
+            user_id=user.id,
+        )
         raise exc
     try:
-        method_amr = factors.verify(session, deps, user_id=user.id, proof=proof,
-                                    client=client, now=now)
+        method_amr = factors.verify(
+            session, deps, user_id=user.id, proof=proof, client=client, now=now
+        )
     except InvalidMfa:
         row.attempts += 1
         if row.attempts >= MAX_MFA_ATTEMPTS_PER_TOKEN:
             row.used_at = now  # the token dies; the user starts over with the password
-        audit.record(session, type="login.mfa", outcome="failure", now=now, client=client,
-                     user_id=user.id, details={"attempts": row.attempts})
+        audit.record(
+            session,
+            type="login.mfa",
+            outcome="failure",
+            now=now,
+            client=client,
+            user_id=user.id,
+            details={"attempts": row.attempts},
+        )
         raise
     user_tokens.consume(session, row=row, now=now)
     amr = tuple(user_tokens.context_of(row).get("amr", ["pwd"]))
     amr = tuple(dict.fromkeys((*amr, method_amr, "mfa")))
-    audit.record(session, type="login.mfa", outcome="success", now=now, client=client,
-                 user_id=user.id, details={"method": method_amr})
+    audit.record(
+        session,
+        type="login.mfa",
+        outcome="success",
+        now=now,
+        client=client,
+        user_id=user.id,
+        details={"method": method_amr},
+    )
     return finish_login(session, deps, user=user, amr=amr, client=client, now=now)

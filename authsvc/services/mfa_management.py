@@ -21,13 +21,13 @@ from authsvc.services.login import LoginResult
 notices.register(
     "mfa_factor_removed",
     "A second factor was removed from your account",
-    "{kind} \"{name}\" was removed from your account at {when} UTC.{extra}\n\n"
+    '{kind} "{name}" was removed from your account at {when} UTC.{extra}\n\n'
     "If it was not you, reset your password at once.\n",
 )
 notices.register(
     "mfa_factor_renamed",
     "A second factor was renamed",
-    "{kind} \"{old}\" of your account was renamed to \"{name}\" at {when} UTC.\n\n"
+    '{kind} "{old}" of your account was renamed to "{name}" at {when} UTC.\n\n'
     "If it was not you, reset your password at once.\n",
 )
 
@@ -68,36 +68,73 @@ def _when(now: datetime) -> str:
 
 
 def list_all(session: DbSession, *, user_id: str) -> FactorList:
-    return FactorList(factors=factors.list_factors(session, user_id=user_id),
-                      recovery_codes_remaining=recovery.remaining(session, user_id=user_id))
+    return FactorList(
+        factors=factors.list_factors(session, user_id=user_id),
+        recovery_codes_remaining=recovery.remaining(session, user_id=user_id),
+    )
 
 
 def _find(session: DbSession, *, user_id: str, factor_id: str) -> factors.FactorInfo:
     kind = factors.owner_type(session, user_id=user_id, factor_id=factor_id)
-    return next(info for info in factors.list_factors(session, user_id=user_id)
-                if info.id == factor_id and info.type == kind)
+    return next(
+        info
+        for info in factors.list_factors(session, user_id=user_id)
+        if info.id == factor_id and info.type == kind
+    )
 
 
-def rename(session: DbSession, deps: Deps, *, user_id: str, factor_id: str, name: str,
-           client: Client, now: datetime) -> factors.FactorInfo:
+def rename(
+    session: DbSession,
+    deps: Deps,
+    *,
+    user_id: str,
+    factor_id: str,
+    name: str,
+    client: Client,
+    now: datetime,
+) -> factors.FactorInfo:
     name = totp.clean_name(name)
     old = _find(session, user_id=user_id, factor_id=factor_id)
     if old.type == "totp":
         renamed = totp.rename(session, user_id=user_id, factor_id=factor_id, name=name)
     else:
-        renamed = webauthn.rename_credential(session, user_id=user_id, credential_id=factor_id,
-                                             name=name, now=now)
+        renamed = webauthn.rename_credential(
+            session, user_id=user_id, credential_id=factor_id, name=name, now=now
+        )
     if old.name != name:
-        audit.record(session, type="mfa.factor_renamed", outcome="success", now=now,
-                     client=client, user_id=user_id,
-                     details={"factor_id": factor_id, "type": old.type})
-        notices.send(session, deps, to=_email(session, user_id), template="mfa_factor_renamed",
-                     now=now, kind=_KINDS[old.type], old=old.name, name=name, when=_when(now))
+        audit.record(
+            session,
+            type="mfa.factor_renamed",
+            outcome="success",
+            now=now,
+            client=client,
+            user_id=user_id,
+            details={"factor_id": factor_id, "type": old.type},
+        )
+        notices.send(
+            session,
+            deps,
+            to=_email(session, user_id),
+            template="mfa_factor_renamed",
+            now=now,
+            kind=_KINDS[old.type],
+            old=old.name,
+            name=name,
+            when=_when(now),
+        )
     return renamed
 
 
-def remove(session: DbSession, deps: Deps, *, user_id: str, factor_id: str,
-           auth_time: datetime, client: Client, now: datetime) -> None:
+def remove(
+    session: DbSession,
+    deps: Deps,
+    *,
+    user_id: str,
+    factor_id: str,
+    auth_time: datetime,
+    client: Client,
+    now: datetime,
+) -> None:
     """Remove one factor; removing the last one also removes the recovery codes."""
     if totp.delete_pending(session, user_id=user_id, factor_id=factor_id):
         return  # an unconfirmed enrollment is not a factor yet: nothing to protect
@@ -112,18 +149,42 @@ def remove(session: DbSession, deps: Deps, *, user_id: str, factor_id: str,
     last = not factors.list_factors(session, user_id=user_id)
     if last:
         codes_removed = recovery.delete_all(session, user_id=user_id)
-    audit.record(session, type="mfa.factor_removed", outcome="success", now=now, client=client,
-                 user_id=user_id,
-                 details={"factor_id": factor_id, "type": info.type, "last": last,
-                          "recovery_codes_removed": codes_removed})
-    notices.send(session, deps, to=_email(session, user_id), template="mfa_factor_removed",
-                 now=now, kind=_KINDS[info.type], name=info.name, when=_when(now),
-                 extra=_LAST_FACTOR if last else "")
+    audit.record(
+        session,
+        type="mfa.factor_removed",
+        outcome="success",
+        now=now,
+        client=client,
+        user_id=user_id,
+        details={
+            "factor_id": factor_id,
+            "type": info.type,
+            "last": last,
+            "recovery_codes_removed": codes_removed,
+        },
+    )
+    notices.send(
+        session,
+        deps,
+        to=_email(session, user_id),
+        template="mfa_factor_removed",
+        now=now,
+        kind=_KINDS[info.type],
+        name=info.name,
+        when=_when(now),
+        extra=_LAST_FACTOR if last else "",
+    )
 
 
-def regenerate_recovery_codes(session: DbSession, deps: Deps, *, user_id: str,
-                              auth_time: datetime, client: Client,
-                              now: datetime) -> tuple[str, ...]:
+def regenerate_recovery_codes(
+    session: DbSession,
+    deps: Deps,
+    *,
+    user_id: str,
+    auth_time: datetime,
+    client: Client,
+    now: datetime,
+) -> tuple[str, ...]:
     if not factors.list_factors(session, user_id=user_id):
         raise MfaNotEnabled("Recovery codes come with a second factor; enroll one first")
     require_recent_login(deps, auth_time=auth_time, now=now)
@@ -147,11 +208,13 @@ def confirm_totp_with_enrollment(
     user = session.get(User, row.user_id)
     if user is None or user.disabled_at is not None:
         raise InvalidToken()
-    step = totp.check_pending_code(session, deps, user_id=user.id, factor_id=factor_id,
-                                   code=code, client=client, now=now)
+    step = totp.check_pending_code(
+        session, deps, user_id=user.id, factor_id=factor_id, code=code, client=client, now=now
+    )
     user_tokens.consume(session, row=row, now=now)
-    confirmation = totp.activate(session, deps, user_id=user.id, factor_id=factor_id,
-                                 step=step, client=client, now=now)
+    confirmation = totp.activate(
+        session, deps, user_id=user.id, factor_id=factor_id, step=step, client=client, now=now
+    )
     amr = tuple(user_tokens.context_of(row).get("amr", ["pwd"]))
     amr = tuple(dict.fromkeys((*amr, totp.AMR, "mfa")))
     result = login.finish_login(session, deps, user=user, amr=amr, client=client, now=now)

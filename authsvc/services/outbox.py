@@ -39,8 +39,9 @@ def enqueue(
 
 
 def payload_of(keyring: Keyring, message: OutboxMessage) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(keyring.decrypt(message.payload_ciphertext,
-                                                      associated_data=_AAD))
+    data: dict[str, Any] = json.loads(
+        keyring.decrypt(message.payload_ciphertext, associated_data=_AAD)
+    )
     return data
 
 
@@ -48,7 +49,10 @@ def enqueue_email(
     session: DbSession, keyring: Keyring, *, to: str, subject: str, text: str, now: datetime
 ) -> OutboxMessage:
     return enqueue(
-        session, keyring, kind="email", payload={"to": to, "subject": subject, "text": text},
+        session,
+        keyring,
+        kind="email",
+        payload={"to": to, "subject": subject, "text": text},
         now=now,
     )
 
@@ -66,9 +70,7 @@ def stats(session: DbSession) -> OutboxStats:
             OutboxMessage.completed_at.is_(None), OutboxMessage.failed_at.is_(None)
         )
     ).one()
-    failed = session.scalar(
-        select(func.count()).where(OutboxMessage.failed_at.is_not(None))
-    )
+    failed = session.scalar(select(func.count()).where(OutboxMessage.failed_at.is_not(None)))
     return OutboxStats(pending=pending, oldest_pending_at=oldest, failed=failed or 0)
 
 

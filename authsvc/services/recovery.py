@@ -72,37 +72,63 @@ def replace(session: DbSession, deps: Deps, *, user_id: str, now: datetime) -> t
     fresh = codes.generate()
     session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
     session.add_all(
-        RecoveryCode(user_id=user_id, created_at=now,
-                     code_hash=_hash(deps, user_id=user_id, code=codes.normalize(code) or ""))
+        RecoveryCode(
+            user_id=user_id,
+            created_at=now,
+            code_hash=_hash(deps, user_id=user_id, code=codes.normalize(code) or ""),
+        )
         for code in fresh
     )
     session.flush()
     return fresh
 
 
-def issue_initial(session: DbSession, deps: Deps, *, user_id: str, client: Client,
-                  now: datetime) -> tuple[str, ...] | None:
+def issue_initial(
+    session: DbSession, deps: Deps, *, user_id: str, client: Client, now: datetime
+) -> tuple[str, ...] | None:
     """The first set, when a user who has none confirms a factor; None if a set exists."""
-    existing = session.scalar(select(RecoveryCode.id).where(RecoveryCode.user_id == user_id)
-                              .limit(1))
+    existing = session.scalar(
+        select(RecoveryCode.id).where(RecoveryCode.user_id == user_id).limit(1)
+    )
     if existing is not None:
         return None
     fresh = replace(session, deps, user_id=user_id, now=now)
-    audit.record(session, type="mfa.recovery_codes_generated", outcome="success", now=now,
-                 client=client, user_id=user_id, details={"count": len(fresh), "first": True})
+    audit.record(
+        session,
+        type="mfa.recovery_codes_generated",
+        outcome="success",
+        now=now,
+        client=client,
+        user_id=user_id,
+        details={"count": len(fresh), "first": True},
+    )
     return fresh
 
 
-def regenerate(session: DbSession, deps: Deps, *, user_id: str, client: Client,
-               now: datetime) -> tuple[str, ...]:
+def regenerate(
+    session: DbSession, deps: Deps, *, user_id: str, client: Client, now: datetime
+) -> tuple[str, ...]:
     """Replace the set on the user's request (the caller checks the re-auth window)."""
     fresh = replace(session, deps, user_id=user_id, now=now)
-    audit.record(session, type="mfa.recovery_codes_generated", outcome="success", now=now,
-                 client=client, user_id=user_id, details={"count": len(fresh), "first": False})
+    audit.record(
+        session,
+        type="mfa.recovery_codes_generated",
+        outcome="success",
+        now=now,
+        client=client,
+        user_id=user_id,
+        details={"count": len(fresh), "first": False},
+    )
     user = session.get(User, user_id)
     assert user is not None
-    notices.send(session, deps, to=user.email, template="recovery_codes_regenerated", now=now,
-                 when=now.strftime("%Y-%m-%d %H:%M"))
+    notices.send(
+        session,
+        deps,
+        to=user.email,
+        template="recovery_codes_regenerated",
+        now=now,
+        when=now.strftime("%Y-%m-%d %H:%M"),
+    )
     return fresh
 
 
@@ -111,39 +137,64 @@ def delete_all(session: DbSession, *, user_id: str) -> int:
     return _affected(result)
 
 
-def use_code(session: DbSession, deps: Deps, *, user_id: str, code: str, client: Client,
-             now: datetime) -> str:
+def use_code(
+    session: DbSession, deps: Deps, *, user_id: str, code: str, client: Client, now: datetime
+) -> str:
     """Spend one unused code of the user (atomically), or raise InvalidMfa."""
     normalized = codes.normalize(code)
     if normalized is None:
-        raise InvalidRequest("recovery_code is not in the format of a recovery code",
-                             field="recovery_code")
+        raise InvalidRequest(
+            "recovery_code is not in the format of a recovery code", field="recovery_code"
+        )
     rows = session.execute(
         select(RecoveryCode.id, RecoveryCode.code_hash)
         .where(RecoveryCode.user_id == user_id, RecoveryCode.used_at.is_(None))
         .order_by(RecoveryCode.id)
     ).all()
-    index = codes.matches([row.code_hash for row in rows],
-                          _hash(deps, user_id=user_id, code=normalized))
+    index = codes.matches(
+        [row.code_hash for row in rows], _hash(deps, user_id=user_id, code=normalized)
+    )
     if index is None:
         raise InvalidMfa()
-    spent = _affected(session.execute(
-        update(RecoveryCode)
-        .where(RecoveryCode.id == rows[index].id, RecoveryCode.used_at.is_(None))
-        .values(used_at=now)
-    ))
+    spent = _affected(
+        session.execute(
+            update(RecoveryCode)
+            .where(RecoveryCode.id == rows[index].id, RecoveryCode.used_at.is_(None))
+            .values(used_at=now)
+        )
+    )
     if spent != 1:
         raise InvalidMfa()  # a concurrent request spent it first
     left = remaining(session, user_id=user_id)
-    audit.record(session, type="mfa.recovery_code_used", outcome="success", now=now,
-                 client=client, user_id=user_id, details={"remaining": left})
+    audit.record(
+        session,
+        type="mfa.recovery_code_used",
+        outcome="success",
+        now=now,
+        client=client,
+        user_id=user_id,
+        details={"remaining": left},
+    )
     user = session.get(User, user_id)
     assert user is not None
-    notices.send(session, deps, to=user.email, template="recovery_code_used", now=now,
-                 when=now.strftime("%Y-%m-%d %H:%M"), remaining=str(left))
+    notices.send(
+        session,
+        deps,
+        to=user.email,
+        template="recovery_code_used",
+        now=now,
+        when=now.strftime("%Y-%m-%d %H:%M"),
+        remaining=str(left),
+    )
     if is_low(left) and _claim_low_notice(session, user_id=user_id, now=now):
-        notices.send(session, deps, to=user.email, template="recovery_codes_low", now=now,
-                     remaining=str(left))
+        notices.send(
+            session,
+            deps,
+            to=user.email,
+            template="recovery_codes_low",
+            now=now,
+            remaining=str(left),
+        )
     return AMR
 
 

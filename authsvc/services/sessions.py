@@ -57,9 +57,7 @@ def _access_token(
 
 def _new_refresh_token(session: DbSession, *, login: Session, now: datetime) -> str:
     secret = new_token("rt")
-    session.add(
-        RefreshToken(session_id=login.id, token_hash=token_hash(secret), created_at=now)
-    )
+    session.add(RefreshToken(session_id=login.id, token_hash=token_hash(secret), created_at=now))
     return secret
 
 
@@ -86,8 +84,9 @@ def start_session(
     session.flush()
     refresh = _new_refresh_token(session, login=login, now=now)
     access, ttl = _access_token(session, deps, login=login, now=now)
-    return TokenPair(access_token=access, refresh_token=refresh, expires_in=ttl,
-                     session_id=login.id)
+    return TokenPair(
+        access_token=access, refresh_token=refresh, expires_in=ttl, session_id=login.id
+    )
 
 
 def rotate_refresh_token(
@@ -102,16 +101,23 @@ def rotate_refresh_token(
     login = session.get(Session, row.session_id)
     if login is None or login.revoked_at is not None or login.expires_at <= now:
         raise InvalidToken()
-    spent = rowcount(session.execute(
-        update(RefreshToken)
-        .where(RefreshToken.id == row.id, RefreshToken.used_at.is_(None))
-        .values(used_at=now)
-    ))
+    spent = rowcount(
+        session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.id == row.id, RefreshToken.used_at.is_(None))
+            .values(used_at=now)
+        )
+    )
     if spent != 1:
         revoke(session, session_ids=[login.id], reason="refresh_token_reuse", now=now)
         audit.record(
-            session, type="session.refresh_reuse", outcome="revoked", now=now, client=client,
-            user_id=login.user_id, details={"session_id": login.id},
+            session,
+            type="session.refresh_reuse",
+            outcome="revoked",
+            now=now,
+            client=client,
+            user_id=login.user_id,
+            details={"session_id": login.id},
         )
         raise InvalidToken("The refresh token was already used; its session is revoked")
     user = session.get(User, login.user_id)
@@ -120,8 +126,9 @@ def rotate_refresh_token(
     login.last_used_at = now
     refresh = _new_refresh_token(session, login=login, now=now)
     access, ttl = _access_token(session, deps, login=login, now=now)
-    return TokenPair(access_token=access, refresh_token=refresh, expires_in=ttl,
-                     session_id=login.id)
+    return TokenPair(
+        access_token=access, refresh_token=refresh, expires_in=ttl, session_id=login.id
+    )
 
 
 def revoke(session: DbSession, *, session_ids: list[str], reason: str, now: datetime) -> int:
@@ -152,8 +159,15 @@ def logout(session: DbSession, *, refresh_token: str, client: Client, now: datet
     if login is None:
         raise InvalidToken()
     if revoke(session, session_ids=[login.id], reason="logout", now=now):
-        audit.record(session, type="session.logout", outcome="success", now=now,
-                     client=client, user_id=login.user_id, details={"session_id": login.id})
+        audit.record(
+            session,
+            type="session.logout",
+            outcome="success",
+            now=now,
+            client=client,
+            user_id=login.user_id,
+            details={"session_id": login.id},
+        )
 
 
 def active_session(session: DbSession, *, session_id: str, user_id: str, now: datetime) -> Session:
@@ -179,9 +193,14 @@ def list_sessions(
     )
     return [
         SessionInfo(
-            id=row.id, created_at=row.created_at, last_used_at=row.last_used_at,
-            auth_time=row.auth_time, amr=tuple(row.amr.split()), ip=row.ip,
-            user_agent=row.user_agent, current=row.id == current_session_id,
+            id=row.id,
+            created_at=row.created_at,
+            last_used_at=row.last_used_at,
+            auth_time=row.auth_time,
+            amr=tuple(row.amr.split()),
+            ip=row.ip,
+            user_agent=row.user_agent,
+            current=row.id == current_session_id,
         )
         for row in rows
     ]
@@ -194,5 +213,12 @@ def revoke_session(
     if login is None or login.user_id != user_id or login.revoked_at is not None:
         raise NotFound("No such session")
     revoke(session, session_ids=[login.id], reason="user", now=now)
-    audit.record(session, type="session.revoked", outcome="success", now=now, client=client,
-                 user_id=user_id, details={"session_id": login.id})
+    audit.record(
+        session,
+        type="session.revoked",
+        outcome="success",
+        now=now,
+        client=client,
+        user_id=user_id,
+        details={"session_id": login.id},
+    )

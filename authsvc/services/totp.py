@@ -47,7 +47,7 @@ LIMIT_POLICY = "mfa_account"  # its own counter, so every path that checks a cod
 notices.register(
     "mfa_factor_added",
     "A second factor was added to your account",
-    "{kind} \"{name}\" was added to your account at {when} UTC.\n\n"
+    '{kind} "{name}" was added to your account at {when} UTC.\n\n'
     "If it was not you, reset your password and remove this factor at once.\n",
 )
 
@@ -81,8 +81,13 @@ def secret_aad(factor_id: str) -> bytes:
 
 
 def _info(row: TotpFactor) -> factors.FactorInfo:
-    return factors.FactorInfo(id=row.id, type="totp", name=row.name, created_at=row.created_at,
-                              last_used_at=row.last_used_at)
+    return factors.FactorInfo(
+        id=row.id,
+        type="totp",
+        name=row.name,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+    )
 
 
 def _active(user_id: str) -> tuple[ColumnElement[bool], ...]:
@@ -107,7 +112,12 @@ def qr_svg(uri: str) -> str:
     """The URI as a standalone SVG QR code (usable inline in HTML or as a data: URI)."""
     buffer = io.BytesIO()
     segno.make(uri, error="m", micro=False).save(
-        buffer, kind="svg", xmldecl=False, nl=False, scale=4, border=4,
+        buffer,
+        kind="svg",
+        xmldecl=False,
+        nl=False,
+        scale=4,
+        border=4,
         title="Scan with your authenticator app",
     )
     return buffer.getvalue().decode("utf-8")
@@ -166,23 +176,40 @@ def enroll(
     secret = otp.generate_secret()
     factor_id = new_id()
     expires_at = now + deps.settings.totp_pending_ttl
-    session.add(TotpFactor(
-        id=factor_id,
-        user_id=user_id,
-        name=name,
-        secret_ciphertext=deps.keyring.encrypt(secret.encode(),
-                                               associated_data=secret_aad(factor_id)),
-        created_at=now,
-        expires_at=expires_at,
-        confirm_attempts=0,
-    ))
+    session.add(
+        TotpFactor(
+            id=factor_id,
+            user_id=user_id,
+            name=name,
+            secret_ciphertext=deps.keyring.encrypt(
+                secret.encode(), associated_data=secret_aad(factor_id)
+            ),
+            created_at=now,
+            expires_at=expires_at,
+            confirm_attempts=0,
+        )
+    )
     session.flush()
-    uri = otp.provisioning_uri(secret=secret, account_name=user.email,
-                               issuer=deps.settings.totp_issuer)
-    audit.record(session, type="mfa.totp_enrollment", outcome="pending", now=now, client=client,
-                 user_id=user_id, details={"factor_id": factor_id})
-    return TotpEnrollment(factor_id=factor_id, name=name, secret=secret, otpauth_uri=uri,
-                          qr_svg=qr_svg(uri), expires_at=expires_at)
+    uri = otp.provisioning_uri(
+        secret=secret, account_name=user.email, issuer=deps.settings.totp_issuer
+    )
+    audit.record(
+        session,
+        type="mfa.totp_enrollment",
+        outcome="pending",
+        now=now,
+        client=client,
+        user_id=user_id,
+        details={"factor_id": factor_id},
+    )
+    return TotpEnrollment(
+        factor_id=factor_id,
+        name=name,
+        secret=secret,
+        otpauth_uri=uri,
+        qr_svg=qr_svg(uri),
+        expires_at=expires_at,
+    )
 
 
 def _drop_stale_pending(session: DbSession, *, user_id: str, now: datetime) -> None:
@@ -192,7 +219,8 @@ def _drop_stale_pending(session: DbSession, *, user_id: str, now: datetime) -> N
         .order_by(TotpFactor.created_at.desc(), TotpFactor.id)
     ).all()
     stale = [
-        row.id for index, row in enumerate(pending)
+        row.id
+        for index, row in enumerate(pending)
         if index >= MAX_PENDING - 1 or (row.expires_at is not None and row.expires_at <= now)
     ]
     if stale:
@@ -234,10 +262,20 @@ def check_pending_code(
     if step is not None:
         return step
     attempts = row.confirm_attempts + 1
-    session.execute(update(TotpFactor).where(TotpFactor.id == row.id)
-                    .values(confirm_attempts=TotpFactor.confirm_attempts + 1))
-    audit.record(session, type="mfa.totp_confirm", outcome="failure", now=now, client=client,
-                 user_id=user_id, details={"factor_id": row.id, "attempts": attempts})
+    session.execute(
+        update(TotpFactor)
+        .where(TotpFactor.id == row.id)
+        .values(confirm_attempts=TotpFactor.confirm_attempts + 1)
+    )
+    audit.record(
+        session,
+        type="mfa.totp_confirm",
+        outcome="failure",
+        now=now,
+        client=client,
+        user_id=user_id,
+        details={"factor_id": row.id, "attempts": attempts},
+    )
     if attempts >= MAX_CONFIRM_ATTEMPTS:
         session.execute(delete(TotpFactor).where(TotpFactor.id == row.id))
         raise InvalidCode("Too many wrong codes; this enrollment is discarded, start again")
@@ -255,26 +293,44 @@ def activate(
     now: datetime,
 ) -> TotpConfirmation:
     """Make a checked pending factor active; the confirming step counts as used."""
-    claimed = _affected(session.execute(
-        update(TotpFactor)
-        .where(TotpFactor.id == factor_id, TotpFactor.user_id == user_id,
-               TotpFactor.confirmed_at.is_(None))
-        .values(confirmed_at=now, expires_at=None, last_used_step=step)
-    ))
+    claimed = _affected(
+        session.execute(
+            update(TotpFactor)
+            .where(
+                TotpFactor.id == factor_id,
+                TotpFactor.user_id == user_id,
+                TotpFactor.confirmed_at.is_(None),
+            )
+            .values(confirmed_at=now, expires_at=None, last_used_step=step)
+        )
+    )
     if claimed != 1:
         raise Conflict("This factor is already confirmed")
     row = session.get(TotpFactor, factor_id)
     assert row is not None
     session.refresh(row)
     codes = recovery.issue_initial(session, deps, user_id=user_id, client=client, now=now)
-    audit.record(session, type="mfa.totp_confirmed", outcome="success", now=now, client=client,
-                 user_id=user_id,
-                 details={"factor_id": factor_id, "recovery_codes_issued": codes is not None})
+    audit.record(
+        session,
+        type="mfa.totp_confirmed",
+        outcome="success",
+        now=now,
+        client=client,
+        user_id=user_id,
+        details={"factor_id": factor_id, "recovery_codes_issued": codes is not None},
+    )
     user = session.get(User, user_id)
     assert user is not None
-    notices.send(session, deps, to=user.email, template="mfa_factor_added", now=now,
-                 kind="The authenticator app", name=row.name,
-                 when=now.strftime("%Y-%m-%d %H:%M"))
+    notices.send(
+        session,
+        deps,
+        to=user.email,
+        template="mfa_factor_added",
+        now=now,
+        kind="The authenticator app",
+        name=row.name,
+        when=now.strftime("%Y-%m-%d %H:%M"),
+    )
     return TotpConfirmation(factor=_info(row), recovery_codes=codes)
 
 
@@ -288,25 +344,35 @@ def confirm(
     client: Client,
     now: datetime,
 ) -> TotpConfirmation:
-    step = check_pending_code(session, deps, user_id=user_id, factor_id=factor_id, code=code,
-                              client=client, now=now)
-    return activate(session, deps, user_id=user_id, factor_id=factor_id, step=step,
-                    client=client, now=now)
+    step = check_pending_code(
+        session, deps, user_id=user_id, factor_id=factor_id, code=code, client=client, now=now
+    )
+    return activate(
+        session, deps, user_id=user_id, factor_id=factor_id, step=step, client=client, now=now
+    )
 
 
 # --- the login step ------------------------------------------------------------------------
 
 
-def verify_code(session: DbSession, deps: Deps, *, user_id: str, code: str, client: Client,
-                now: datetime) -> str:
+def verify_code(
+    session: DbSession, deps: Deps, *, user_id: str, code: str, client: Client, now: datetime
+) -> str:
     """Accept a code of any active factor whose time step was not accepted before."""
     if otp.normalize_code(code) is None:
         raise InvalidRequest(f"totp_code must be {otp.DIGITS} digits", field="totp_code")
     try:
         deps.limiter.hit(LIMIT_POLICY, user_id, "totp")
     except RateLimited:
-        audit.record(session, type="ratelimit.hit", outcome=LIMIT_POLICY, now=now,
-                     client=client, user_id=user_id, details={"action": "totp"})
+        audit.record(
+            session,
+            type="ratelimit.hit",
+            outcome=LIMIT_POLICY,
+            now=now,
+            client=client,
+            user_id=user_id,
+            details={"action": "totp"},
+        )
         raise
     rows = session.scalars(
         select(TotpFactor).where(*_active(user_id)).order_by(TotpFactor.created_at)
@@ -327,8 +393,14 @@ def verify_code(session: DbSession, deps: Deps, *, user_id: str, code: str, clie
             return AMR
         replayed = True  # another request claimed this step first
     if replayed:
-        audit.record(session, type="mfa.totp_replay", outcome="refused", now=now,
-                     client=client, user_id=user_id)
+        audit.record(
+            session,
+            type="mfa.totp_replay",
+            outcome="refused",
+            now=now,
+            client=client,
+            user_id=user_id,
+        )
     raise InvalidMfa()
 
 
@@ -361,8 +433,11 @@ def rename(session: DbSession, *, user_id: str, factor_id: str, name: str) -> fa
 def delete_pending(session: DbSession, *, user_id: str, factor_id: str) -> bool:
     """Drop an unconfirmed enrollment of this user; False if ``factor_id`` is not one."""
     result = session.execute(
-        delete(TotpFactor).where(TotpFactor.id == factor_id, TotpFactor.user_id == user_id,
-                                 TotpFactor.confirmed_at.is_(None))
+        delete(TotpFactor).where(
+            TotpFactor.id == factor_id,
+            TotpFactor.user_id == user_id,
+            TotpFactor.confirmed_at.is_(None),
+        )
     )
     return _affected(result) == 1
 
@@ -394,8 +469,9 @@ def reencrypt_batch(
     count = 0
     for row in rows:
         if keyring.needs_reencryption(row.secret_ciphertext):
-            row.secret_ciphertext = keyring.reencrypt(row.secret_ciphertext,
-                                                      associated_data=secret_aad(row.id))
+            row.secret_ciphertext = keyring.reencrypt(
+                row.secret_ciphertext, associated_data=secret_aad(row.id)
+            )
             count += 1
     session.flush()
     return count, (rows[-1].id if rows else None)

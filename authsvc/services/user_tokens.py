@@ -71,11 +71,13 @@ def find(session: DbSession, *, token: str, purpose: str, now: datetime) -> User
 
 def consume(session: DbSession, *, row: UserToken, now: datetime) -> None:
     """Mark used exactly once, atomically (two concurrent uses: one loses)."""
-    spent = rowcount(session.execute(
-        update(UserToken)
-        .where(UserToken.id == row.id, UserToken.used_at.is_(None))
-        .values(used_at=now)
-    ))
+    spent = rowcount(
+        session.execute(
+            update(UserToken)
+            .where(UserToken.id == row.id, UserToken.used_at.is_(None))
+            .values(used_at=now)
+        )
+    )
     if spent != 1:
         raise InvalidToken()
 

@@ -31,7 +31,9 @@ def upgrade() -> None:
         sa.Column("last_used_step", sa.BigInteger(), nullable=True),
         sa.Column("last_used_at", authsvc.db.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name=op.f("fk_totp_factors_user_id_users"),
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_totp_factors_user_id_users"),
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_totp_factors")),
@@ -48,7 +50,9 @@ def upgrade() -> None:
         sa.Column("used_at", authsvc.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("low_notice_at", authsvc.db.UTCDateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name=op.f("fk_recovery_codes_user_id_users"),
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_recovery_codes_user_id_users"),
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_recovery_codes")),

@@ -32,18 +32,28 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_chain_heads")),
     )
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_audit_events_email_hash"), ["email_hash"],
-                              unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_audit_events_email_hash"), ["email_hash"], unique=False
+        )
     # The head starts at the current end of the trail; the next event signs it.
     bind = op.get_bind()
     last = bind.execute(
         sa.text("SELECT id, row_hash FROM audit_events ORDER BY id DESC LIMIT 1")
     ).first()
-    op.bulk_insert(heads, [{
-        "id": 1, "anchor_id": 0, "anchor_hash": GENESIS,
-        "last_id": last[0] if last else 0, "last_hash": last[1] if last else GENESIS,
-        "head_mac": "", "updated_at": None,
-    }])
+    op.bulk_insert(
+        heads,
+        [
+            {
+                "id": 1,
+                "anchor_id": 0,
+                "anchor_hash": GENESIS,
+                "last_id": last[0] if last else 0,
+                "last_hash": last[1] if last else GENESIS,
+                "head_mac": "",
+                "updated_at": None,
+            }
+        ],
+    )
 
 
 def downgrade() -> None:

@@ -99,10 +99,23 @@ class LiveServer:
         self.admin_key = self.cli("admin", "create-key", "--name", "e2e").strip()
         self._log = log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [str(AUTHSVC), "serve", "--host", self.host, "--port", str(self.port),
-             "--workers", str(self.workers), "--threads", str(self.threads),
-             *self.serve_args],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+            [
+                str(AUTHSVC),
+                "serve",
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+                "--threads",
+                str(self.threads),
+                *self.serve_args,
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -137,8 +150,12 @@ class LiveServer:
     def cli(self, *args: str, check: bool = True) -> str:
         """Run an `authsvc` command against this server's configuration; return stdout."""
         result = subprocess.run(
-            [str(AUTHSVC), *args], env=self.env, capture_output=True, cwd=self.workdir,
-            check=False, timeout=300,
+            [str(AUTHSVC), *args],
+            env=self.env,
+            capture_output=True,
+            cwd=self.workdir,
+            check=False,
+            timeout=300,
         )
         if check and result.returncode != 0:
             raise RuntimeError(f"authsvc {' '.join(args)} failed: {result.stderr.decode()}")
@@ -146,12 +163,18 @@ class LiveServer:
 
     # -- convenience ----------------------------------------------------------------------
     def database_url(self) -> str:
-        return self.env["AUTHSVC_DATABASE_URL"] if "AUTHSVC_DATABASE_URL" in self.env else (
-            f"sqlite:///{self.workdir / 'var' / 'authsvc.db'}"
+        return (
+            self.env["AUTHSVC_DATABASE_URL"]
+            if "AUTHSVC_DATABASE_URL" in self.env
+            else (f"sqlite:///{self.workdir / 'var' / 'authsvc.db'}")
         )
 
     def mails(self) -> list[Any]:
-        return [
-            email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
-            for p in sorted(self.mail_dir.glob("*.eml"))
-        ] if self.mail_dir.exists() else []
+        return (
+            [
+                email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
+                for p in sorted(self.mail_dir.glob("*.eml"))
+            ]
+            if self.mail_dir.exists()
+            else []
+        )

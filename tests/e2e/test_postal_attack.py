@@ -28,8 +28,13 @@ pytestmark = pytest.mark.e2e
 
 ATTEMPTS = 5000
 CLIENTS = 4  # concurrent connections of the one attacking client
-REGISTERED = {17: "anna.k@post.example", 133: "ben@post.example", 240: "chris@post.example",
-              1200: "dora@post.example", 4321: "emil@post.example"}
+REGISTERED = {
+    17: "anna.k@post.example",
+    133: "ben@post.example",
+    240: "chris@post.example",
+    1200: "dora@post.example",
+    4321: "emil@post.example",
+}
 SECRET = "postal-webhook-secret"
 VOLATILE_HEADERS = {"date", "x-request-id", "retry-after"}
 
@@ -64,10 +69,10 @@ def email_for(index: int) -> str:
 
 def admin_call(server: LiveServer, method: str, path: str, body: dict | None = None) -> dict:
     request = urllib.request.Request(
-        server.url + path, method=method,
+        server.url + path,
+        method=method,
         data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": f"Bearer {server.admin_key}",
-                 "Content-Type": "application/json"},
+        headers={"Authorization": f"Bearer {server.admin_key}", "Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
@@ -76,9 +81,12 @@ def admin_call(server: LiveServer, method: str, path: str, body: dict | None = N
 def test_postal_service_attack(tmp_path):
     receiver = Receiver()
     try:
-        env = {"AUTHSVC_ALERT_WEBHOOK_URL": receiver.url, "AUTHSVC_ALERT_WEBHOOK_SECRET": SECRET,
-               # Test speed only: no fsync per commit (the attack writes ~5,000 audit rows).
-               "PGOPTIONS": "-c synchronous_commit=off"}
+        env = {
+            "AUTHSVC_ALERT_WEBHOOK_URL": receiver.url,
+            "AUTHSVC_ALERT_WEBHOOK_SECRET": SECRET,
+            # Test speed only: no fsync per commit (the attack writes ~5,000 audit rows).
+            "PGOPTIONS": "-c synchronous_commit=off",
+        }
         with LiveServer(tmp_path, env=env) as server:
             run_attack(server, receiver)
     finally:
@@ -87,8 +95,12 @@ def test_postal_service_attack(tmp_path):
 
 def run_attack(server: LiveServer, receiver: Receiver) -> None:
     for email in REGISTERED.values():
-        admin_call(server, "POST", "/admin/v1/users",
-                   {"email": email, "password": "a long registered password"})
+        admin_call(
+            server,
+            "POST",
+            "/admin/v1/users",
+            {"email": email, "password": "a long registered password"},
+        )
 
     results: list[tuple[int, bytes, tuple, int | None] | None] = [None] * ATTEMPTS
     done = [0]
@@ -115,16 +127,27 @@ def run_attack(server: LiveServer, receiver: Receiver) -> None:
         body = json.dumps({"email": email_for(index)})
         for _ in range(3):  # reconnect if the server closed an idle keep-alive connection
             try:
-                connection.request("POST", "/v1/password/forgot", body=body,
-                                   headers={"Content-Type": "application/json",
-                                            "User-Agent": "postal-harvester/1.0"})
+                connection.request(
+                    "POST",
+                    "/v1/password/forgot",
+                    body=body,
+                    headers={
+                        "Content-Type": "application/json",
+                        "User-Agent": "postal-harvester/1.0",
+                    },
+                )
                 response = connection.getresponse()
                 payload = response.read()
             except (http.client.HTTPException, ConnectionError):
                 connection.close()
                 continue
-            headers = tuple(sorted((k.lower(), v) for k, v in response.getheaders()
-                                   if k.lower() not in VOLATILE_HEADERS))
+            headers = tuple(
+                sorted(
+                    (k.lower(), v)
+                    for k, v in response.getheaders()
+                    if k.lower() not in VOLATILE_HEADERS
+                )
+            )
             retry = response.getheader("Retry-After")
             return response.status, payload, headers, int(retry) if retry else None
         raise AssertionError(f"attempt {index} failed three times")
@@ -165,41 +188,63 @@ def run_attack(server: LiveServer, receiver: Receiver) -> None:
     documents = []
     for _, headers, body in receiver.posts:
         timestamp = headers["X-Authsvc-Timestamp"]
-        expected = "sha256=" + hmac.new(SECRET.encode(), timestamp.encode() + b"." + body,
-                                        hashlib.sha256).hexdigest()
+        expected = (
+            "sha256="
+            + hmac.new(
+                SECRET.encode(), timestamp.encode() + b"." + body, hashlib.sha256
+            ).hexdigest()
+        )
         assert hmac.compare_digest(headers["X-Authsvc-Signature"], expected)
         documents.append(json.loads(body))
     assert sorted((d["detector"], d["scope"], d["subject"]) for d in documents) == [
-        ("enumeration", "ip", "127.0.0.1"), ("enumeration", "network", "127.0.0.0/24")]
+        ("enumeration", "ip", "127.0.0.1"),
+        ("enumeration", "network", "127.0.0.0/24"),
+    ]
     assert not any("post.example" in json.dumps(d) for d in documents)
 
     # The trail shows the alert among the first few hundred attempts, and no email in clear.
     trail = admin_call(server, "GET", "/admin/v1/audit-events?type=alert.raised")["events"]
     ip_alert = next(e for e in trail if e["details"]["scope"] == "ip")
     attempts_before = admin_call(
-        server, "GET", f"/admin/v1/audit-events?type=password.forgot&type=ratelimit.hit"
-                       f"&limit=500&cursor={ip_alert['id']}")
+        server,
+        "GET",
+        f"/admin/v1/audit-events?type=password.forgot&type=ratelimit.hit"
+        f"&limit=500&cursor={ip_alert['id']}",
+    )
     assert attempts_before["next_cursor"] is None
     # the threshold is 50 distinct emails; concurrent requests may be chained after the alert
     assert 50 - CLIENTS <= len(attempts_before["events"]) < 300
-    assert all(e["email_hash"] and "post.example" not in json.dumps(e)
-               for e in attempts_before["events"])
+    assert all(
+        e["email_hash"] and "post.example" not in json.dumps(e) for e in attempts_before["events"]
+    )
 
     # 4. The metrics of both workers add up.
     with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as response:
         metrics = response.read().decode()
     assert 'authsvc_alerts_total{detector="enumeration"} 2.0' in metrics
-    forgot_429 = next(line for line in metrics.splitlines() if line.startswith(
-        'authsvc_http_requests_total{method="POST",route="/v1/password/forgot",status="429"}'))
+    forgot_429 = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith(
+            'authsvc_http_requests_total{method="POST",route="/v1/password/forgot",status="429"}'
+        )
+    )
     assert float(forgot_429.split()[-1]) == statuses.count(429)
 
     # 5. The audit trail verifies; an edited row is named.
     assert "audit trail intact" in server.cli("audit", "verify")
     with psycopg.connect(server.database_url(), autocommit=True) as conn:
-        conn.execute("UPDATE audit_events SET outcome = 'edited' WHERE id = %s",
-                     (int(ip_alert["id"]),))
-    check = subprocess.run([str(AUTHSVC), "audit", "verify"], env=server.env,
-                           capture_output=True, text=True, cwd=server.workdir, timeout=120,
-                           check=False)
+        conn.execute(
+            "UPDATE audit_events SET outcome = 'edited' WHERE id = %s", (int(ip_alert["id"]),)
+        )
+    check = subprocess.run(
+        [str(AUTHSVC), "audit", "verify"],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        cwd=server.workdir,
+        timeout=120,
+        check=False,
+    )
     assert check.returncode == 1
     assert f"broken at event {ip_alert['id']}" in check.stderr

@@ -30,8 +30,9 @@ class Http:
     def __init__(self, base: str) -> None:
         self.base = base
 
-    def call(self, method: str, path: str, body: Any = None,
-             token: str | None = None) -> tuple[int, dict[str, Any]]:
+    def call(
+        self, method: str, path: str, body: Any = None, token: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.base + path, data=data, method=method)
         if data is not None:
@@ -52,8 +53,9 @@ def oathtool(secret: str, *, at: float | None = None) -> str:
     args = ["oathtool", "--totp", "-b", secret]
     if at is not None:
         args += ["-N", f"@{int(at)}"]
-    result = subprocess.run(args, capture_output=True, text=True, check=True,
-                            env={**os.environ, "TZ": "UTC"})
+    result = subprocess.run(
+        args, capture_output=True, text=True, check=True, env={**os.environ, "TZ": "UTC"}
+    )
     return result.stdout.strip()
 
 
@@ -73,13 +75,24 @@ def render_and_scan(svg: str, workdir: Path) -> str:
     page.write_text(svg)
     shot = workdir / "qr.png"
     subprocess.run(
-        ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
-         "--hide-scrollbars", "--default-background-color=ffffffff",
-         "--window-size=400,400", f"--screenshot={shot}", page.as_uri()],
-        capture_output=True, check=True, timeout=60,
+        [
+            "chromium",
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--default-background-color=ffffffff",
+            "--window-size=400,400",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        check=True,
+        timeout=60,
     )
-    result = subprocess.run(["zbarimg", "-q", "--raw", str(shot)], capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run(
+        ["zbarimg", "-q", "--raw", str(shot)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -92,8 +105,9 @@ def signup_verified(server: LiveServer, http: Http, email: str) -> None:
 
 
 def create_user(server: LiveServer, http: Http, email: str) -> None:
-    status, _ = http.call("POST", "/admin/v1/users", {"email": email, "password": PASSWORD},
-                          token=server.admin_key)
+    status, _ = http.call(
+        "POST", "/admin/v1/users", {"email": email, "password": PASSWORD}, token=server.admin_key
+    )
     assert status == 201
 
 
@@ -107,8 +121,12 @@ def enable_totp(http: Http, email: str) -> tuple[str, list[str]]:
     access = login(http, email)["access_token"]
     status, pending = http.call("POST", "/v1/me/mfa/totp", {"name": "oathtool"}, token=access)
     assert status == 201, pending
-    status, done = http.call("POST", f"/v1/me/mfa/totp/{pending['factor_id']}/confirm",
-                             {"code": oathtool(pending["secret"])}, token=access)
+    status, done = http.call(
+        "POST",
+        f"/v1/me/mfa/totp/{pending['factor_id']}/confirm",
+        {"code": oathtool(pending["secret"])},
+        token=access,
+    )
     assert status == 200, done
     return pending["secret"], done["recovery_codes"]
 
@@ -126,8 +144,10 @@ def test_totp_with_oathtool_end_to_end(tmp_path):
 
         # The authenticator app is oathtool with the secret the service gave us.
         status, confirmed = http.call(
-            "POST", f"/v1/me/mfa/totp/{pending['factor_id']}/confirm",
-            {"code": oathtool(pending["secret"])}, token=access,
+            "POST",
+            f"/v1/me/mfa/totp/{pending['factor_id']}/confirm",
+            {"code": oathtool(pending["secret"])},
+            token=access,
         )
         assert status == 200
         codes = confirmed["recovery_codes"]
@@ -139,8 +159,9 @@ def test_totp_with_oathtool_end_to_end(tmp_path):
         assert first["status"] == "mfa_required"
         assert first["methods"] == ["totp", "recovery_code"]
         next_step = oathtool(pending["secret"], at=time.time() + 30)
-        status, done = http.call("POST", "/v1/login/mfa",
-                                 {"mfa_token": first["mfa_token"], "totp_code": next_step})
+        status, done = http.call(
+            "POST", "/v1/login/mfa", {"mfa_token": first["mfa_token"], "totp_code": next_step}
+        )
         assert status == 200
         claims = jwt.decode(done["access_token"], options={"verify_signature": False})
         assert claims["amr"] == ["pwd", "otp", "mfa"]
@@ -148,24 +169,30 @@ def test_totp_with_oathtool_end_to_end(tmp_path):
         # The same step again: refused (replay), and so is an earlier one.
         again = login(http, "ada@example.com")["mfa_token"]
         for code in (next_step, oathtool(pending["secret"], at=time.time() - 30)):
-            status, problem = http.call("POST", "/v1/login/mfa",
-                                        {"mfa_token": again, "totp_code": code})
+            status, problem = http.call(
+                "POST", "/v1/login/mfa", {"mfa_token": again, "totp_code": code}
+            )
             assert (status, problem["code"]) == (401, "invalid_mfa")
         # Two steps ahead is outside the window.
         far = oathtool(pending["secret"], at=time.time() + 90)
-        status, problem = http.call("POST", "/v1/login/mfa",
-                                    {"mfa_token": again, "totp_code": far})
+        status, problem = http.call("POST", "/v1/login/mfa", {"mfa_token": again, "totp_code": far})
         assert (status, problem["code"]) == (401, "invalid_mfa")
 
         # A recovery code works once and is mailed about.
-        status, _ = http.call("POST", "/v1/login/mfa",
-                              {"mfa_token": again, "recovery_code": codes[0]})
+        status, _ = http.call(
+            "POST", "/v1/login/mfa", {"mfa_token": again, "recovery_code": codes[0]}
+        )
         assert status == 200
         notice = wait_for_mail(server, "ada@example.com", "A recovery code was used")
         assert "9 unused codes remain" in notice
-        status, problem = http.call("POST", "/v1/login/mfa", {
-            "mfa_token": login(http, "ada@example.com")["mfa_token"], "recovery_code": codes[0],
-        })
+        status, problem = http.call(
+            "POST",
+            "/v1/login/mfa",
+            {
+                "mfa_token": login(http, "ada@example.com")["mfa_token"],
+                "recovery_code": codes[0],
+            },
+        )
         assert (status, problem["code"]) == (401, "invalid_mfa")
 
 
@@ -194,23 +221,31 @@ def test_unhappy_paths_end_to_end(tmp_path):
             status, problem = http.call("POST", "/v1/login/mfa", body)
             assert (status, problem["code"]) == (expected_status, code), body
         # Ada, signed in with both factors, cannot confirm Eve's pending factor.
-        status, signed_in = http.call("POST", "/v1/login/mfa", {
-            "mfa_token": token, "totp_code": oathtool(secret, at=time.time() + 30)})
+        status, signed_in = http.call(
+            "POST",
+            "/v1/login/mfa",
+            {"mfa_token": token, "totp_code": oathtool(secret, at=time.time() + 30)},
+        )
         assert status == 200
         status, problem = http.call(
-            "POST", f"/v1/me/mfa/totp/{eves['factor_id']}/confirm",
-            {"code": oathtool(eves["secret"])}, token=signed_in["access_token"],
+            "POST",
+            f"/v1/me/mfa/totp/{eves['factor_id']}/confirm",
+            {"code": oathtool(eves["secret"])},
+            token=signed_in["access_token"],
         )
         assert (status, problem["code"]) == (404, "not_found")
         # Five wrong codes kill an mfa_token.
         token = login(http, "ada@example.com")["mfa_token"]
         valid = {oathtool(secret, at=time.time() + 30 * k) for k in (-1, 0, 1, 2)}
         wrong = next(f"{n:06d}" for n in range(100) if f"{n:06d}" not in valid)
-        answers = [http.call("POST", "/v1/login/mfa", {"mfa_token": token, "totp_code": wrong})[0]
-                   for _ in range(5)]
+        answers = [
+            http.call("POST", "/v1/login/mfa", {"mfa_token": token, "totp_code": wrong})[0]
+            for _ in range(5)
+        ]
         assert answers == [401] * 5
-        status, problem = http.call("POST", "/v1/login/mfa", {"mfa_token": token,
-                                                              "recovery_code": "x" * 24})
+        status, problem = http.call(
+            "POST", "/v1/login/mfa", {"mfa_token": token, "recovery_code": "x" * 24}
+        )
         assert (status, problem["code"]) == (400, "invalid_token")
 
 
@@ -221,9 +256,23 @@ def test_two_instances_accept_a_code_once(tmp_path):
         env = dict(first.env)
         log = (tmp_path / "second.log").open("wb")
         second = subprocess.Popen(
-            [str(AUTHSVC), "serve", "--host", "127.0.0.1", "--port", str(second_port),
-             "--workers", "1", "--threads", "4", "--no-outbox-thread"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+            [
+                str(AUTHSVC),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(second_port),
+                "--workers",
+                "1",
+                "--threads",
+                "4",
+                "--no-outbox-thread",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
         )
         try:
             a, b = Http(first.url), Http(f"http://127.0.0.1:{second_port}")
@@ -247,15 +296,23 @@ def test_two_instances_accept_a_code_once(tmp_path):
                 code = oathtool(secrets_[email], at=time.time() + 30)
                 barrier = threading.Barrier(2)
 
-                def race(server: Http, token: str, code: str = code, email: str = email,
-                         barrier: threading.Barrier = barrier) -> None:
+                def race(
+                    server: Http,
+                    token: str,
+                    code: str = code,
+                    email: str = email,
+                    barrier: threading.Barrier = barrier,
+                ) -> None:
                     barrier.wait()
-                    status, _ = server.call("POST", "/v1/login/mfa",
-                                            {"mfa_token": token, "totp_code": code})
+                    status, _ = server.call(
+                        "POST", "/v1/login/mfa", {"mfa_token": token, "totp_code": code}
+                    )
                     results[email].append(status)
 
-                threads = [threading.Thread(target=race, args=(a, tokens[0])),
-                           threading.Thread(target=race, args=(b, tokens[1]))]
+                threads = [
+                    threading.Thread(target=race, args=(a, tokens[0])),
+                    threading.Thread(target=race, args=(b, tokens[1])),
+                ]
                 for thread in threads:
                     thread.start()
                 for thread in threads:

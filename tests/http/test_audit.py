@@ -42,14 +42,20 @@ def test_admins_see_failed_logins_with_reason_and_no_email(api, client, as_admin
 
 def test_filters_by_user_type_prefix_and_time(api, client, as_admin):
     api.register("ada@example.com")
-    user_id = api.client.get("/v1/me", headers=api.bearer(api.tokens()["access_token"])
-                             ).get_json()["id"]
+    user_id = api.client.get("/v1/me", headers=api.bearer(api.tokens()["access_token"])).get_json()[
+        "id"
+    ]
     mine = events(client, as_admin, user_id=user_id)
     assert mine["events"] and all(e["user_id"] == user_id for e in mine["events"])
-    types = {e["type"] for e in events(client, as_admin, type=["signup.*", "login.success"])
-             ["events"]}
-    assert types and types <= {"signup.requested", "signup.created", "signup.verified",
-                               "login.success"}
+    types = {
+        e["type"] for e in events(client, as_admin, type=["signup.*", "login.success"])["events"]
+    }
+    assert types and types <= {
+        "signup.requested",
+        "signup.created",
+        "signup.verified",
+        "login.success",
+    }
     assert "login.success" in types
     future = (utcnow() + timedelta(hours=1)).isoformat()
     assert events(client, as_admin, since=future)["events"] == []
@@ -62,27 +68,36 @@ def test_pages_follow_the_cursor(api, client, as_admin):
         client.post("/v1/password/forgot", json={"email": f"p{i}@example.com"})
     first = events(client, as_admin, type="password.forgot", limit=2)
     assert len(first["events"]) == 2 and first["next_cursor"]
-    second = events(client, as_admin, type="password.forgot", limit=2,
-                    cursor=first["next_cursor"])
-    third = events(client, as_admin, type="password.forgot", limit=2,
-                   cursor=second["next_cursor"])
+    second = events(client, as_admin, type="password.forgot", limit=2, cursor=first["next_cursor"])
+    third = events(client, as_admin, type="password.forgot", limit=2, cursor=second["next_cursor"])
     ids = [e["id"] for page in (first, second, third) for e in page["events"]]
     assert len(ids) == len(set(ids)) == 5
     assert third["next_cursor"] is None
 
 
-@pytest.mark.parametrize("params", [
-    {"since": "yesterday"},
-    {"since": "2025-01-02T03:04:05"},  # no offset
-    {"since": "2025-01-02T00:00:00Z", "until": "2025-01-01T00:00:00Z"},
-    {"since": "2025-01-02T00:00:00Z", "until": "2025-01-02T00:00:00Z"},
-    {"limit": "0"}, {"limit": "501"}, {"limit": "ten"}, {"limit": "-1"},
-    {"cursor": "abc"}, {"cursor": "9" * 40},
-    {"type": "Login Failure"}, {"type": "login.*.*"}, {"type": "x" * 70},
-    {"user_id": "a b"}, {"email": "not an email"}, {"ip": "<script>"},
-    {"color": "blue"},
-    {"limit": ["1", "2"]},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"since": "yesterday"},
+        {"since": "2025-01-02T03:04:05"},  # no offset
+        {"since": "2025-01-02T00:00:00Z", "until": "2025-01-01T00:00:00Z"},
+        {"since": "2025-01-02T00:00:00Z", "until": "2025-01-02T00:00:00Z"},
+        {"limit": "0"},
+        {"limit": "501"},
+        {"limit": "ten"},
+        {"limit": "-1"},
+        {"cursor": "abc"},
+        {"cursor": "9" * 40},
+        {"type": "Login Failure"},
+        {"type": "login.*.*"},
+        {"type": "x" * 70},
+        {"user_id": "a b"},
+        {"email": "not an email"},
+        {"ip": "<script>"},
+        {"color": "blue"},
+        {"limit": ["1", "2"]},
+    ],
+)
 def test_invalid_filters_answer_400(client, as_admin, params):
     response = client.get("/admin/v1/audit-events", query_string=params, headers=as_admin)
     assert response.status_code == 400
@@ -107,8 +122,11 @@ def test_a_user_access_token_is_not_an_admin_key(api, client):
 def test_users_see_their_own_trail(api, client):
     api.register("ada@example.com")
     api.register("bob@example.com")
-    client.post("/v1/login", json={"email": "ada@example.com", "password": "wrong pass 77"},
-                headers={"User-Agent": EVIL})
+    client.post(
+        "/v1/login",
+        json={"email": "ada@example.com", "password": "wrong pass 77"},
+        headers={"User-Agent": EVIL},
+    )
     api.tokens("bob@example.com")
     token = api.tokens()["access_token"]
     response = client.get("/v1/me/security-events", headers=api.bearer(token))
@@ -130,8 +148,9 @@ def test_security_events_page_and_validate(api, client):
     api.tokens()
     first = client.get("/v1/me/security-events?limit=1", headers=api.bearer(token)).get_json()
     assert len(first["events"]) == 1 and first["next_cursor"]
-    second = client.get(f"/v1/me/security-events?limit=1&cursor={first['next_cursor']}",
-                        headers=api.bearer(token)).get_json()
+    second = client.get(
+        f"/v1/me/security-events?limit=1&cursor={first['next_cursor']}", headers=api.bearer(token)
+    ).get_json()
     assert second["events"][0]["id"] != first["events"][0]["id"]
     for query in ("limit=0", "limit=x", "cursor=-3", "type=login.success"):
         response = client.get(f"/v1/me/security-events?{query}", headers=api.bearer(token))

@@ -34,12 +34,20 @@ def test_requests_logins_and_hashing_are_counted(api, client):
     api.login("ghost@example.com", "wrong password 1")
     api.tokens()
     values = scrape(client)
-    assert value(values, "authsvc_http_requests_total", route="/v1/login", method="POST",
-                 status="401") == 2
-    assert value(values, "authsvc_http_requests_total", route="/v1/login", method="POST",
-                 status="200") == 1
-    assert value(values, "authsvc_http_request_duration_seconds_count", route="/v1/login",
-                 method="POST") == 3
+    assert (
+        value(values, "authsvc_http_requests_total", route="/v1/login", method="POST", status="401")
+        == 2
+    )
+    assert (
+        value(values, "authsvc_http_requests_total", route="/v1/login", method="POST", status="200")
+        == 1
+    )
+    assert (
+        value(
+            values, "authsvc_http_request_duration_seconds_count", route="/v1/login", method="POST"
+        )
+        == 3
+    )
     assert value(values, "authsvc_logins_total", outcome="wrong_password") == 1
     assert value(values, "authsvc_logins_total", outcome="unknown_email") == 1
     assert value(values, "authsvc_logins_total", outcome="authenticated") == 1
@@ -53,8 +61,10 @@ def test_unmatched_routes_share_one_label(app, client):
     for path in ("/nope", "/nope/2", "/x" * 10):
         assert raw.get(path).status_code == 404
     values = scrape(client)
-    assert value(values, "authsvc_http_requests_total", route="unmatched", method="GET",
-                 status="404") == 3
+    assert (
+        value(values, "authsvc_http_requests_total", route="unmatched", method="GET", status="404")
+        == 3
+    )
     assert not any("/nope" in str(key) for key in values)
 
 
@@ -63,8 +73,16 @@ def test_rate_limit_hits_are_counted(app, client):
         client.post("/v1/password/forgot", json={"email": "same@example.com"})
     values = scrape(client)
     assert value(values, "authsvc_rate_limit_hits_total", policy="ip_email") == 2
-    assert value(values, "authsvc_http_requests_total", route="/v1/password/forgot",
-                 method="POST", status="429") == 2
+    assert (
+        value(
+            values,
+            "authsvc_http_requests_total",
+            route="/v1/password/forgot",
+            method="POST",
+            status="429",
+        )
+        == 2
+    )
 
 
 def test_outbox_and_campaign_gauges_are_read_at_scrape_time(api, client):
@@ -115,13 +133,16 @@ def test_multiprocess_mode_adds_up_every_worker(tmp_path):
             metrics.worker_exited(pid, directory)
         sys.stdout.write(metrics.Metrics(multiprocess_dir=directory).render().decode())
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=60, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
     values = {}
     for family in text_string_to_metric_families(result.stdout):
         for sample in family.samples:
             values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    assert value(values, "authsvc_http_requests_total", route="/v1/login", method="POST",
-                 status="401") == 3
+    assert (
+        value(values, "authsvc_http_requests_total", route="/v1/login", method="POST", status="401")
+        == 3
+    )
     assert value(values, "authsvc_alerts_total", detector="enumeration") == 2
     assert value(values, "authsvc_outbox_pending") == 0  # no scrape-time samples given

@@ -28,8 +28,11 @@ def test_enrolling_with_the_enrollment_token_completes_the_login(api, client, ma
     assert pending.status_code == 201
     secret = pending.get_json()["secret"]
 
-    response = client.post(f"/v1/me/mfa/totp/{pending.get_json()['factor_id']}/confirm",
-                           json={"code": oathtool_code(secret)}, headers=headers)
+    response = client.post(
+        f"/v1/me/mfa/totp/{pending.get_json()['factor_id']}/confirm",
+        json={"code": oathtool_code(secret)},
+        headers=headers,
+    )
 
     assert response.status_code == 200
     body = response.get_json()
@@ -52,8 +55,13 @@ def test_enrolling_with_the_enrollment_token_completes_the_login(api, client, ma
 def test_the_enrollment_token_opens_only_the_enrollment_routes(api, client):
     headers = api.bearer(enrollment_token(api))
 
-    for method, url in (("get", "/v1/me"), ("get", "/v1/me/mfa"), ("get", "/v1/me/sessions"),
-                        ("post", "/v1/me/recovery-codes"), ("delete", "/v1/me/mfa/x")):
+    for method, url in (
+        ("get", "/v1/me"),
+        ("get", "/v1/me/mfa"),
+        ("get", "/v1/me/sessions"),
+        ("post", "/v1/me/recovery-codes"),
+        ("delete", "/v1/me/mfa/x"),
+    ):
         response = getattr(client, method)(url, headers=headers)
         assert response.status_code == 401, url
         assert response.get_json()["code"] == "unauthenticated"
@@ -82,9 +90,11 @@ def test_an_enrollment_token_cannot_confirm_another_users_factor(api, client):
     bob = api.bearer(api.login("bob@example.com", PASSWORD).get_json()["enrollment_token"])
     bobs = client.post("/v1/me/mfa/totp", headers=bob).get_json()
 
-    response = client.post(f"/v1/me/mfa/totp/{bobs['factor_id']}/confirm",
-                           json={"code": oathtool_code(bobs["secret"])},
-                           headers=api.bearer(ada_token))
+    response = client.post(
+        f"/v1/me/mfa/totp/{bobs['factor_id']}/confirm",
+        json={"code": oathtool_code(bobs["secret"])},
+        headers=api.bearer(ada_token),
+    )
 
     assert (response.status_code, response.get_json()["code"]) == (404, "not_found")
     # Nothing was spent: Ada's token still works for her own enrollment.

@@ -47,8 +47,7 @@ def test_a_totp_code_completes_the_login(api, client):
     factor = enable_totp(api)
     token = mfa_token(api)
 
-    response = second_step(client, token, totp_code=oathtool_code(factor["secret"],
-                                                                  offset_steps=1))
+    response = second_step(client, token, totp_code=oathtool_code(factor["secret"], offset_steps=1))
 
     assert response.status_code == 200
     body = response.get_json()
@@ -95,9 +94,11 @@ def test_five_wrong_codes_kill_the_mfa_token(api, client, connection):
 
     assert dead.status_code == 400
     assert dead.get_json()["code"] == "invalid_token"
-    failures = connection.execute(
-        select(AuditEvent.outcome).where(AuditEvent.type == "login.mfa")
-    ).scalars().all()
+    failures = (
+        connection.execute(select(AuditEvent.outcome).where(AuditEvent.type == "login.mfa"))
+        .scalars()
+        .all()
+    )
     assert failures.count("failure") == 5
 
 
@@ -116,8 +117,9 @@ def test_attempts_per_account_are_limited_across_tokens(api, client):
     assert limited.get_json()["code"] == "rate_limited"
     assert int(limited.headers["Retry-After"]) >= 1
     # Even the right code waits.
-    right = second_step(client, mfa_token(api),
-                        totp_code=oathtool_code(factor["secret"], offset_steps=1))
+    right = second_step(
+        client, mfa_token(api), totp_code=oathtool_code(factor["secret"], offset_steps=1)
+    )
     assert right.status_code == 429
 
 
@@ -157,8 +159,9 @@ def test_unknown_expired_foreign_and_other_purpose_tokens(api, client, connectio
     assert (foreign.status_code, foreign.get_json()["code"]) == (401, "invalid_mfa")
     # An expired token.
     token = mfa_token(api)
-    connection.execute(update(UserToken).where(UserToken.purpose == "mfa")
-                       .values(expires_at=UserToken.created_at))
+    connection.execute(
+        update(UserToken).where(UserToken.purpose == "mfa").values(expires_at=UserToken.created_at)
+    )
     expired = second_step(client, token, totp_code=code)
     assert (expired.status_code, expired.get_json()["code"]) == (400, "invalid_token")
 
@@ -192,14 +195,16 @@ def test_password_reset_needs_the_second_factor(api, client):
     assert missing.status_code == 401
     assert missing.get_json()["code"] == "mfa_required"
     assert missing.get_json()["methods"] == ["totp", "recovery_code"]
-    wrong = client.post("/v1/password/reset",
-                        json={**new, "totp_code": wrong_code(factor["secret"])})
+    wrong = client.post(
+        "/v1/password/reset", json={**new, "totp_code": wrong_code(factor["secret"])}
+    )
     assert (wrong.status_code, wrong.get_json()["code"]) == (401, "invalid_mfa")
     assert api.login("ada@example.com", "brand new horse 43").status_code == 401
 
-    done = client.post("/v1/password/reset",
-                       json={**new, "totp_code": oathtool_code(factor["secret"],
-                                                               offset_steps=1)})
+    done = client.post(
+        "/v1/password/reset",
+        json={**new, "totp_code": oathtool_code(factor["secret"], offset_steps=1)},
+    )
 
     assert done.status_code == 204
     after = api.login("ada@example.com", "brand new horse 43").get_json()

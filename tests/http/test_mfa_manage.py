@@ -57,14 +57,19 @@ def test_factors_of_other_users_are_not_found(api, client):
     for response in (renamed, removed, missing):
         assert response.status_code == 404
         assert response.get_json()["code"] == "not_found"
-    names = [f["name"] for f in client.get("/v1/me/mfa", headers=ada["headers"]).get_json()[
-        "factors"]]
+    names = [
+        f["name"] for f in client.get("/v1/me/mfa", headers=ada["headers"]).get_json()["factors"]
+    ]
     assert names == ["Authenticator app"]
 
 
 def test_management_routes_need_an_access_token(client):
-    for method, url in (("get", "/v1/me/mfa"), ("patch", "/v1/me/mfa/x"),
-                        ("delete", "/v1/me/mfa/x"), ("post", "/v1/me/recovery-codes")):
+    for method, url in (
+        ("get", "/v1/me/mfa"),
+        ("patch", "/v1/me/mfa/x"),
+        ("delete", "/v1/me/mfa/x"),
+        ("post", "/v1/me/recovery-codes"),
+    ):
         response = getattr(client, method)(url, json={"name": "n"} if method == "patch" else None)
         assert response.status_code == 401
         assert response.get_json()["code"] == "unauthenticated"
@@ -72,11 +77,17 @@ def test_management_routes_need_an_access_token(client):
 
 def test_removing_the_last_factor_removes_the_recovery_codes(api, client, connection):
     factor = enable_totp(api)
-    second = client.post("/v1/me/mfa/totp", json={"name": "Tablet"},
-                         headers=factor["headers"]).get_json()
-    assert client.post(f"/v1/me/mfa/totp/{second['factor_id']}/confirm",
-                       json={"code": oathtool_code(second["secret"], offset_steps=1)},
-                       headers=factor["headers"]).status_code == 200
+    second = client.post(
+        "/v1/me/mfa/totp", json={"name": "Tablet"}, headers=factor["headers"]
+    ).get_json()
+    assert (
+        client.post(
+            f"/v1/me/mfa/totp/{second['factor_id']}/confirm",
+            json={"code": oathtool_code(second["secret"], offset_steps=1)},
+            headers=factor["headers"],
+        ).status_code
+        == 200
+    )
 
     first_gone = client.delete(f"/v1/me/mfa/{factor['factor_id']}", headers=factor["headers"])
 
@@ -96,17 +107,20 @@ def test_removing_the_last_factor_removes_the_recovery_codes(api, client, connec
     last_mail = api.mailbox.last("ada@example.com").get_content()
     assert "recovery codes were deleted" in last_mail
     assert api.login("ada@example.com", PASSWORD).get_json()["status"] == "authenticated"
-    events = connection.execute(
-        select(AuditEvent.details).where(AuditEvent.type == "mfa.factor_removed")
-    ).scalars().all()
+    events = (
+        connection.execute(
+            select(AuditEvent.details).where(AuditEvent.type == "mfa.factor_removed")
+        )
+        .scalars()
+        .all()
+    )
     assert len(events) == 2 and '"last": true' in events[1]
 
 
 def test_removal_needs_a_recent_login(api, stale_client, client):
     factor = enable_totp(api)
 
-    response = stale_client.delete(f"/v1/me/mfa/{factor['factor_id']}",
-                                   headers=factor["headers"])
+    response = stale_client.delete(f"/v1/me/mfa/{factor['factor_id']}", headers=factor["headers"])
 
     assert response.status_code == 403
     assert response.get_json()["code"] == "reauthentication_required"
@@ -121,8 +135,11 @@ def test_a_pending_enrollment_can_be_dropped_without_reauthentication(api, stale
     response = stale_client.delete(f"/v1/me/mfa/{pending['factor_id']}", headers=headers)
 
     assert response.status_code == 204
-    gone = stale_client.post(f"/v1/me/mfa/totp/{pending['factor_id']}/confirm",
-                             json={"code": oathtool_code(pending["secret"])}, headers=headers)
+    gone = stale_client.post(
+        f"/v1/me/mfa/totp/{pending['factor_id']}/confirm",
+        json={"code": oathtool_code(pending["secret"])},
+        headers=headers,
+    )
     assert gone.status_code == 404
 
 

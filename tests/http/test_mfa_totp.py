@@ -29,7 +29,10 @@ def oathtool_code(secret: str, *, offset_steps: int = 0) -> str:
     when = int(time.time()) + 30 * offset_steps
     result = subprocess.run(
         ["oathtool", "--totp", "-b", secret, "--now", f"@{when}"],
-        capture_output=True, text=True, check=True, env={**os.environ, "TZ": "UTC"},
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TZ": "UTC"},
     )
     return result.stdout.strip()
 
@@ -39,20 +42,25 @@ def forget_used_steps(connection: Any) -> None:
     connection.execute(update(TotpFactor).values(last_used_step=None))
 
 
-def enable_totp(api: Any, email: str = "ada@example.com", *, name: str | None = None
-                ) -> dict[str, Any]:
+def enable_totp(
+    api: Any, email: str = "ada@example.com", *, name: str | None = None
+) -> dict[str, Any]:
     """Register ``email`` (unless it exists), sign in, enroll and confirm a TOTP factor.
     Return the access token, the secret, the factor id and the recovery codes."""
     if not api.mailbox.messages(email):
         api.register(email, PASSWORD)
     tokens = api.tokens(email, PASSWORD)
     headers = api.bearer(tokens["access_token"])
-    enrolled = api.client.post("/v1/me/mfa/totp", json={"name": name} if name else None,
-                               headers=headers)
+    enrolled = api.client.post(
+        "/v1/me/mfa/totp", json={"name": name} if name else None, headers=headers
+    )
     assert enrolled.status_code == 201, enrolled.get_json()
     body = enrolled.get_json()
-    confirmed = api.client.post(f"/v1/me/mfa/totp/{body['factor_id']}/confirm",
-                                json={"code": oathtool_code(body["secret"])}, headers=headers)
+    confirmed = api.client.post(
+        f"/v1/me/mfa/totp/{body['factor_id']}/confirm",
+        json={"code": oathtool_code(body["secret"])},
+        headers=headers,
+    )
     assert confirmed.status_code == 200, confirmed.get_json()
     return {
         "access_token": tokens["access_token"],
@@ -84,23 +92,31 @@ def decode_qr_svg(svg: str, workdir: Path) -> str:
     pixel = 6
     rows = []
     for row in range(modules * pixel):
-        line = bytes(0 if (row // pixel, col // pixel) in dark else 255
-                     for col in range(modules * pixel))
+        line = bytes(
+            0 if (row // pixel, col // pixel) in dark else 255 for col in range(modules * pixel)
+        )
         rows.append(b"\x00" + line)
     size = modules * pixel
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
-    png = (b"\x89PNG\r\n\x1a\n"
-           + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 0, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(b"".join(rows)))
-           + chunk(b"IEND", b""))
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"".join(rows)))
+        + chunk(b"IEND", b"")
+    )
     image = workdir / "qr.png"
     image.write_bytes(png)
-    result = subprocess.run(["zbarimg", "-q", "--raw", str(image)], capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run(
+        ["zbarimg", "-q", "--raw", str(image)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -126,7 +142,8 @@ def test_enroll_returns_secret_uri_and_qr(api, client):
     assert body["qr_svg"].startswith('<svg xmlns="http://www.w3.org/2000/svg"')
     # Pending: not a factor yet.
     assert client.get("/v1/me/mfa", headers=headers).get_json() == {
-        "factors": [], "recovery_codes_remaining": 0,
+        "factors": [],
+        "recovery_codes_remaining": 0,
     }
     assert client.get("/v1/me", headers=headers).get_json()["mfa_methods"] == []
 
@@ -144,8 +161,11 @@ def test_confirm_with_an_oathtool_code_activates_and_shows_codes_once(api, clien
     headers = api.bearer(api.tokens()["access_token"])
     enrolled = client.post("/v1/me/mfa/totp", headers=headers).get_json()
 
-    response = client.post(f"/v1/me/mfa/totp/{enrolled['factor_id']}/confirm",
-                           json={"code": oathtool_code(enrolled["secret"])}, headers=headers)
+    response = client.post(
+        f"/v1/me/mfa/totp/{enrolled['factor_id']}/confirm",
+        json={"code": oathtool_code(enrolled["secret"])},
+        headers=headers,
+    )
 
     assert response.status_code == 200
     body = response.get_json()
@@ -166,22 +186,30 @@ def test_confirm_with_an_oathtool_code_activates_and_shows_codes_once(api, clien
     assert mailbox.last("ada@example.com")["Subject"] == "A second factor was added to your account"
     # A second app: no new codes.
     second = client.post("/v1/me/mfa/totp", json={"name": "Tablet"}, headers=headers).get_json()
-    again = client.post(f"/v1/me/mfa/totp/{second['factor_id']}/confirm",
-                        json={"code": oathtool_code(second["secret"])}, headers=headers)
+    again = client.post(
+        f"/v1/me/mfa/totp/{second['factor_id']}/confirm",
+        json={"code": oathtool_code(second["secret"])},
+        headers=headers,
+    )
     assert again.status_code == 200
     assert "recovery_codes" not in again.get_json()
     assert len(client.get("/v1/me/mfa", headers=headers).get_json()["factors"]) == 2
 
 
 def test_enrolling_needs_a_bearer_token(client):
-    for headers in ({}, {"Authorization": "Bearer nonsense"},
-                    {"Authorization": "Bearer en_not-a-real-token"}, {"Authorization": "Basic x"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer nonsense"},
+        {"Authorization": "Bearer en_not-a-real-token"},
+        {"Authorization": "Basic x"},
+    ):
         response = client.post("/v1/me/mfa/totp", headers=headers)
         assert response.status_code == 401
         assert response.content_type == "application/problem+json"
         assert response.get_json()["code"] == "unauthenticated"
-        confirm = client.post("/v1/me/mfa/totp/abc/confirm", json={"code": "123456"},
-                              headers=headers)
+        confirm = client.post(
+            "/v1/me/mfa/totp/abc/confirm", json={"code": "123456"}, headers=headers
+        )
         assert confirm.status_code == 401
 
 
@@ -205,8 +233,9 @@ def test_confirm_refuses_bad_codes_and_writes_nothing(api, client, body, status,
         valid = {oathtool_code(enrolled["secret"], offset_steps=o) for o in (-1, 0, 1)}
         body = {"code": next(f"{n:06d}" for n in range(100) if f"{n:06d}" not in valid)}
 
-    response = client.post(f"/v1/me/mfa/totp/{enrolled['factor_id']}/confirm", json=body,
-                           headers=headers)
+    response = client.post(
+        f"/v1/me/mfa/totp/{enrolled['factor_id']}/confirm", json=body, headers=headers
+    )
 
     assert response.status_code == status
     assert response.content_type == "application/problem+json"
@@ -243,11 +272,15 @@ def test_an_expired_enrollment_cannot_be_confirmed(api, client, connection):
     enrolled = client.post("/v1/me/mfa/totp", headers=headers).get_json()
     row_id = enrolled["factor_id"]
     expired = connection.execute(select(TotpFactor.created_at).where(TotpFactor.id == row_id))
-    connection.execute(update(TotpFactor).where(TotpFactor.id == row_id)
-                       .values(expires_at=expired.scalar_one()))
+    connection.execute(
+        update(TotpFactor).where(TotpFactor.id == row_id).values(expires_at=expired.scalar_one())
+    )
 
-    response = client.post(f"/v1/me/mfa/totp/{row_id}/confirm",
-                           json={"code": oathtool_code(enrolled["secret"])}, headers=headers)
+    response = client.post(
+        f"/v1/me/mfa/totp/{row_id}/confirm",
+        json={"code": oathtool_code(enrolled["secret"])},
+        headers=headers,
+    )
 
     assert response.status_code == 404
     assert "expired" in response.get_json()["detail"]

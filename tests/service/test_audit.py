@@ -25,11 +25,16 @@ def session(runtime: Runtime):
 
 def write(session: Session, now, count: int, **kwargs) -> list[AuditEvent]:
     return [
-        audit.record(session, type=kwargs.get("type", "login.failure"),
-                     outcome=kwargs.get("outcome", "wrong_password"),
-                     now=now + timedelta(seconds=i), client=CLIENT,
-                     user_id=kwargs.get("user_id"), email_hash=kwargs.get("email_hash"),
-                     details=kwargs.get("details"))
+        audit.record(
+            session,
+            type=kwargs.get("type", "login.failure"),
+            outcome=kwargs.get("outcome", "wrong_password"),
+            now=now + timedelta(seconds=i),
+            client=CLIENT,
+            user_id=kwargs.get("user_id"),
+            email_hash=kwargs.get("email_hash"),
+            details=kwargs.get("details"),
+        )
         for i in range(count)
     ]
 
@@ -55,8 +60,9 @@ def test_rows_are_chained_and_the_head_is_signed(session, runtime, now):
 
 def test_an_edited_row_is_named(session, runtime, now):
     events = write(session, now, 5)
-    session.execute(text("UPDATE audit_events SET outcome = 'success' WHERE id = :id"),
-                    {"id": events[2].id})
+    session.execute(
+        text("UPDATE audit_events SET outcome = 'success' WHERE id = :id"), {"id": events[2].id}
+    )
     result = check(session, runtime)
     assert not result.ok
     assert result.broken_id == events[2].id
@@ -111,7 +117,8 @@ def test_pruning_keeps_the_rest_verifiable(session, runtime, now):
     remaining = session.scalars(select(AuditEvent.id)).all()
     assert not set(remaining) & {e.id for e in old}
     pruned_event = session.scalars(
-        select(AuditEvent).where(AuditEvent.type == "audit.pruned")).one()
+        select(AuditEvent).where(AuditEvent.type == "audit.pruned")
+    ).one()
     assert f'"through_id": {old[-1].id}' in pruned_event.details
     verification = check(session, runtime)
     assert verification.ok, verification.reason
@@ -125,48 +132,73 @@ def test_pruning_keeps_the_rest_verifiable(session, runtime, now):
 def test_pruning_nothing_changes_nothing(session, runtime, now):
     write(session, now, 2)
     assert audit.prune(session, before=now - timedelta(days=1), now=now).pruned == 0
-    assert session.scalar(
-        select(AuditEvent.id).where(AuditEvent.type == "audit.pruned")) is None
+    assert session.scalar(select(AuditEvent.id).where(AuditEvent.type == "audit.pruned")) is None
 
 
 def test_list_events_filters_and_pages(session, runtime, now):
     write(session, now, 3, user_id="u1")
-    write(session, now + timedelta(minutes=5), 2, type="login.success", outcome="authenticated",
-          user_id="u1")
+    write(
+        session,
+        now + timedelta(minutes=5),
+        2,
+        type="login.success",
+        outcome="authenticated",
+        user_id="u1",
+    )
     write(session, now, 2, type="password.forgot", outcome="accepted", email_hash="e" * 64)
-    only_u1 = audit.list_events(session, where=audit.EventFilter(user_id="u1"),
-                                before_id=None, limit=10)
+    only_u1 = audit.list_events(
+        session, where=audit.EventFilter(user_id="u1"), before_id=None, limit=10
+    )
     assert len(only_u1.events) == 5 and only_u1.next_cursor is None
-    assert [e.id for e in only_u1.events] == sorted((e.id for e in only_u1.events),
-                                                   key=int, reverse=True)
-    logins = audit.list_events(session, where=audit.EventFilter(types=("login.*",)),
-                               before_id=None, limit=10)
+    assert [e.id for e in only_u1.events] == sorted(
+        (e.id for e in only_u1.events), key=int, reverse=True
+    )
+    logins = audit.list_events(
+        session, where=audit.EventFilter(types=("login.*",)), before_id=None, limit=10
+    )
     assert {e.type for e in logins.events} == {"login.failure", "login.success"}
     later = audit.list_events(
-        session, where=audit.EventFilter(since=now + timedelta(minutes=1)), before_id=None,
-        limit=10)
+        session, where=audit.EventFilter(since=now + timedelta(minutes=1)), before_id=None, limit=10
+    )
     assert {e.type for e in later.events} == {"login.success"}
-    by_email = audit.list_events(session, where=audit.EventFilter(email_hash="e" * 64),
-                                 before_id=None, limit=10)
+    by_email = audit.list_events(
+        session, where=audit.EventFilter(email_hash="e" * 64), before_id=None, limit=10
+    )
     assert len(by_email.events) == 2
-    first = audit.list_events(session, where=audit.EventFilter(user_id="u1"), before_id=None,
-                              limit=2)
+    first = audit.list_events(
+        session, where=audit.EventFilter(user_id="u1"), before_id=None, limit=2
+    )
     assert first.next_cursor == first.events[-1].id
-    second = audit.list_events(session, where=audit.EventFilter(user_id="u1"),
-                               before_id=int(first.next_cursor), limit=2)
-    third = audit.list_events(session, where=audit.EventFilter(user_id="u1"),
-                              before_id=int(second.next_cursor), limit=2)
+    second = audit.list_events(
+        session, where=audit.EventFilter(user_id="u1"), before_id=int(first.next_cursor), limit=2
+    )
+    third = audit.list_events(
+        session, where=audit.EventFilter(user_id="u1"), before_id=int(second.next_cursor), limit=2
+    )
     seen = [e.id for page in (first, second, third) for e in page.events]
     assert len(seen) == len(set(seen)) == 5
     assert third.next_cursor is None
 
 
 def test_security_events_hide_operator_matters(session, runtime, now):
-    audit.record(session, type="login.success", outcome="authenticated", now=now, client=CLIENT,
-                 user_id="u9", details={"amr": ["pwd"], "session_id": "s1", "internal": "x"})
+    audit.record(
+        session,
+        type="login.success",
+        outcome="authenticated",
+        now=now,
+        client=CLIENT,
+        user_id="u9",
+        details={"amr": ["pwd"], "session_id": "s1", "internal": "x"},
+    )
     audit.record(session, type="alert.raised", outcome="brute_force", now=now, user_id="u9")
-    audit.record(session, type="admin.user_disabled", outcome="success", now=now, user_id="u9",
-                 admin_key_id="key1")
+    audit.record(
+        session,
+        type="admin.user_disabled",
+        outcome="success",
+        now=now,
+        user_id="u9",
+        admin_key_id="key1",
+    )
     audit.record(session, type="login.success", outcome="authenticated", now=now, user_id="u8")
     page = audit.security_events(session, user_id="u9", before_id=None, limit=10)
     assert [e.type for e in page.events] == ["admin.user_disabled", "login.success"]
@@ -181,16 +213,27 @@ def test_the_observer_sees_every_event_before_it_is_chained(runtime, now):
 
     def observer(session, event):
         seen.append((event.type, event.outcome, event.ip, event.email_hash))
-        return lambda: seen.append(("after", session.scalar(
-            select(AuditEvent.type).order_by(AuditEvent.id.desc()).limit(1))))
+        return lambda: seen.append(
+            (
+                "after",
+                session.scalar(select(AuditEvent.type).order_by(AuditEvent.id.desc()).limit(1)),
+            )
+        )
 
-    audit.attach(runtime.sessionmaker, audit.Hooks(keyring=runtime.deps.keyring,
-                                                   observer=observer))
+    audit.attach(runtime.sessionmaker, audit.Hooks(keyring=runtime.deps.keyring, observer=observer))
     with runtime.sessionmaker() as session, session.begin():
-        audit.record(session, type="password.forgot", outcome="accepted", now=now,
-                     client=CLIENT, email_hash="h" * 64)
-    assert seen == [("password.forgot", "accepted", CLIENT.ip, "h" * 64),
-                    ("after", "password.forgot")]
+        audit.record(
+            session,
+            type="password.forgot",
+            outcome="accepted",
+            now=now,
+            client=CLIENT,
+            email_hash="h" * 64,
+        )
+    assert seen == [
+        ("password.forgot", "accepted", CLIENT.ip, "h" * 64),
+        ("after", "password.forgot"),
+    ]
 
 
 def test_a_session_without_hooks_still_chains(db_session, runtime, now):
@@ -209,11 +252,13 @@ def test_a_session_without_hooks_still_chains(db_session, runtime, now):
 def test_pruning_in_batches(session, runtime, now):
     old = write(session, now - timedelta(days=500), 5)
     write(session, now, 1)
-    results = [audit.prune(session, before=now - timedelta(days=1), now=now, batch=2)
-               for _ in range(4)]
+    results = [
+        audit.prune(session, before=now - timedelta(days=1), now=now, batch=2) for _ in range(4)
+    ]
     assert [r.pruned for r in results] == [2, 2, 1, 0]
     assert results[2].through_id == old[-1].id
     result = check(session, runtime)
     assert result.ok, result.reason
-    assert session.scalar(select(AuditEvent.id).where(AuditEvent.id.in_([e.id for e in old]))
-                          ) is None
+    assert (
+        session.scalar(select(AuditEvent.id).where(AuditEvent.id.in_([e.id for e in old]))) is None
+    )

@@ -46,10 +46,14 @@ def seed(env, count: int, *, days_ago: int = 0) -> list[int]:
     ids = []
     with runtime.sessionmaker.begin() as session:
         for i in range(count):
-            event = audit.record(session, type="login.failure", outcome="wrong_password",
-                                 now=utcnow() - timedelta(days=days_ago, seconds=count - i),
-                                 client=Client(ip="192.0.2.1", user_agent="cli-test"),
-                                 user_id=f"user{i}")
+            event = audit.record(
+                session,
+                type="login.failure",
+                outcome="wrong_password",
+                now=utcnow() - timedelta(days=days_ago, seconds=count - i),
+                client=Client(ip="192.0.2.1", user_agent="cli-test"),
+                user_id=f"user{i}",
+            )
             ids.append(event.id)
     runtime.engine.dispose()
     return ids
@@ -101,12 +105,20 @@ def test_prune_keeps_what_remains_verifiable(env):
     assert old[-1] < recent[0]
 
 
-@pytest.mark.parametrize("args", [["--older-than", "0d"], ["--before", "soon"],
-                                  ["--before", "2025-01-01T00:00:00"],
-                                  ["--before", "2025-01-01T00:00:00Z", "--older-than", "3d"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--older-than", "0d"],
+        ["--before", "soon"],
+        ["--before", "2025-01-01T00:00:00"],
+        ["--before", "2025-01-01T00:00:00Z", "--older-than", "3d"],
+    ],
+)
 def test_prune_rejects_bad_arguments(key_specs, tmp_path, args):
-    env = {"AUTHSVC_DATABASE_URL": f"sqlite:///{tmp_path / 'never-opened.db'}",
-           "AUTHSVC_ENCRYPTION_KEYS": ",".join(key_specs)}
+    env = {
+        "AUTHSVC_DATABASE_URL": f"sqlite:///{tmp_path / 'never-opened.db'}",
+        "AUTHSVC_ENCRYPTION_KEYS": ",".join(key_specs),
+    }
     result = run(env, "audit", "prune", *args)
     assert result.exit_code == 2
 

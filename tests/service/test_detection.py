@@ -66,9 +66,15 @@ def receiver():
 @pytest.fixture
 def settings(settings, receiver):
     return replace_settings(
-        settings, detect_emails_per_ip=5, detect_emails_per_network=8, detect_ips_per_account=3,
-        detect_unknown_email_min_attempts=10, detect_unknown_email_share=0.5,
-        detect_recovery_burst=4, alert_webhook_url=receiver.url, alert_webhook_secret=SECRET,
+        settings,
+        detect_emails_per_ip=5,
+        detect_emails_per_network=8,
+        detect_ips_per_account=3,
+        detect_unknown_email_min_attempts=10,
+        detect_unknown_email_share=0.5,
+        detect_recovery_burst=4,
+        alert_webhook_url=receiver.url,
+        alert_webhook_secret=SECRET,
         alert_webhook_timeout=2.0,
     )
 
@@ -83,17 +89,26 @@ def alerts(runtime: Runtime) -> list[dict]:
 
 def forgot(runtime: Runtime, email: str, ip: str) -> None:
     with runtime.sessionmaker() as session, session.begin():
-        accounts.forgot_password(session, runtime.deps, email=email, client=Client(ip=ip),
-                                 now=utcnow())
+        accounts.forgot_password(
+            session, runtime.deps, email=email, client=Client(ip=ip), now=utcnow()
+        )
 
 
 def failed_login(runtime: Runtime, email: str, ip: str) -> None:
     """Like the HTTP layer: the transaction commits on a domain error (audit rows persist)."""
-    with (runtime.sessionmaker() as session, session.begin(),
-          contextlib.suppress(InvalidCredentials)):
-            accounts.login_with_password(session, runtime.deps, email=email,
-                                         password="wrong password 1", client=Client(ip=ip),
-                                         now=utcnow())
+    with (
+        runtime.sessionmaker() as session,
+        session.begin(),
+        contextlib.suppress(InvalidCredentials),
+    ):
+        accounts.login_with_password(
+            session,
+            runtime.deps,
+            email=email,
+            password="wrong password 1",
+            client=Client(ip=ip),
+            now=utcnow(),
+        )
 
 
 def test_many_emails_from_one_ip_raise_one_alert(runtime, caplog):
@@ -107,12 +122,16 @@ def test_many_emails_from_one_ip_raise_one_alert(runtime, caplog):
     assert len(found) == 1  # one per cooldown, however long the attack goes on
     alert = found[0]
     assert (alert["detector"], alert["scope"], alert["subject"]) == (
-        "enumeration", "ip", "203.0.113.9")
+        "enumeration",
+        "ip",
+        "203.0.113.9",
+    )
     assert alert["_row"].ip == "203.0.113.9"
     assert alert["_row"].outcome == "enumeration"
     assert "@" not in alert["_row"].details
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING
-                and r.name == "authsvc.detection"]
+    warnings = [
+        r for r in caplog.records if r.levelno == logging.WARNING and r.name == "authsvc.detection"
+    ]
     assert len(warnings) == 1 and "enumeration" in warnings[0].getMessage()
     sample = runtime.metrics.alerts.labels("enumeration")._value.get()
     assert sample == 1
@@ -129,7 +148,8 @@ def test_a_network_spreading_over_addresses_is_caught(runtime):
         forgot(runtime, f"n{i}@example.com", f"203.0.113.{100 + i}")
     found = alerts(runtime)
     assert [(a["detector"], a["scope"], a["subject"]) for a in found] == [
-        ("enumeration", "network", "203.0.113.0/24")]
+        ("enumeration", "network", "203.0.113.0/24")
+    ]
 
 
 def test_one_account_attacked_from_many_ips(runtime, make_user):
@@ -140,8 +160,7 @@ def test_one_account_attacked_from_many_ips(runtime, make_user):
     failed_login(runtime, "victim@example.com", "198.51.9.1")
     found = [a for a in alerts(runtime) if a["detector"] == "brute_force"]
     assert len(found) == 1
-    assert found[0]["email_hash"] == audit.email_digest(runtime.deps.keyring,
-                                                        "victim@example.com")
+    assert found[0]["email_hash"] == audit.email_digest(runtime.deps.keyring, "victim@example.com")
 
 
 def test_a_high_share_of_unknown_emails(runtime):
@@ -156,8 +175,14 @@ def test_a_high_share_of_unknown_emails(runtime):
 def test_a_burst_of_recovery_code_use(runtime):
     with runtime.sessionmaker() as session, session.begin():
         for i in range(5):
-            audit.record(session, type="mfa.recovery_code_used", outcome="success", now=utcnow(),
-                         user_id=f"user{i}", client=Client(ip="192.0.2.1"))
+            audit.record(
+                session,
+                type="mfa.recovery_code_used",
+                outcome="success",
+                now=utcnow(),
+                user_id=f"user{i}",
+                client=Client(ip="192.0.2.1"),
+            )
     found = [a for a in alerts(runtime) if a["detector"] == "recovery_burst"]
     assert len(found) == 1
 
@@ -169,8 +194,10 @@ def test_alerts_are_posted_signed_to_the_webhook(runtime, receiver):
     assert len(receiver.posts) == 1
     headers, body = receiver.posts[0]
     timestamp = headers[detection.TIMESTAMP_HEADER]
-    expected = "sha256=" + hmac.new(SECRET.encode(), timestamp.encode() + b"." + body,
-                                    hashlib.sha256).hexdigest()
+    expected = (
+        "sha256="
+        + hmac.new(SECRET.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    )
     assert hmac.compare_digest(headers[detection.SIGNATURE_HEADER], expected)
     assert abs(int(timestamp) - time.time()) < 60
     document = json.loads(body)
@@ -196,13 +223,15 @@ def test_a_dead_receiver_is_retried_later_and_slows_nothing(settings, connection
     runtime.worker.drain()
     with runtime.sessionmaker() as session:
         message = session.scalars(
-            select(OutboxMessage).where(OutboxMessage.kind == "webhook")).one()
+            select(OutboxMessage).where(OutboxMessage.kind == "webhook")
+        ).one()
         assert message.completed_at is None and message.failed_at is None
         assert message.attempts == 1
         assert "unreachable" in (message.last_error or "")
         assert message.available_at > message.created_at
         assert outbox.payload_of(runtime.deps.keyring, message)["alert"]["detector"] == (
-            "enumeration")
+            "enumeration"
+        )
     runtime.deps.limiter.reset()
 
 
@@ -214,21 +243,22 @@ def test_a_failing_receiver_status_is_retried(runtime, receiver):
     assert len(receiver.posts) == 1
     with runtime.sessionmaker() as session:
         message = session.scalars(
-            select(OutboxMessage).where(OutboxMessage.kind == "webhook")).one()
+            select(OutboxMessage).where(OutboxMessage.kind == "webhook")
+        ).one()
         assert message.completed_at is None
         assert "HTTP 500" in (message.last_error or "")
 
 
 def test_without_a_webhook_url_nothing_is_queued(settings, connection):
-    runtime = build_runtime(replace_settings(settings, alert_webhook_url=None),
-                            bind=connection)
+    runtime = build_runtime(replace_settings(settings, alert_webhook_url=None), bind=connection)
     runtime.deps.limiter.reset()
     for i in range(6):
         forgot(runtime, f"q{i}@example.com", "203.0.113.50")
     assert len(alerts(runtime)) == 1
     with runtime.sessionmaker() as session:
-        assert session.scalar(
-            select(OutboxMessage.id).where(OutboxMessage.kind == "webhook")) is None
+        assert (
+            session.scalar(select(OutboxMessage.id).where(OutboxMessage.kind == "webhook")) is None
+        )
     runtime.deps.limiter.reset()
 
 
@@ -273,14 +303,21 @@ def test_new_device_login_mails_the_owner(runtime, make_user, db_session):
     def login(user_agent: str) -> None:
         with runtime.sessionmaker() as session, session.begin():
             result = accounts.login_with_password(
-                session, runtime.deps, email="owner@example.com", password="correct horse 42",
-                client=Client(ip="192.0.2.44", user_agent=user_agent), now=utcnow())
+                session,
+                runtime.deps,
+                email="owner@example.com",
+                password="correct horse 42",
+                client=Client(ip="192.0.2.44", user_agent=user_agent),
+                now=utcnow(),
+            )
             assert result.status == "authenticated"
 
     def new_login_mails() -> list[dict]:
         with runtime.sessionmaker() as session:
-            payloads = [outbox.payload_of(runtime.deps.keyring, m) for m in session.scalars(
-                select(OutboxMessage).where(OutboxMessage.kind == "email"))]
+            payloads = [
+                outbox.payload_of(runtime.deps.keyring, m)
+                for m in session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "email"))
+            ]
         return [p for p in payloads if p["subject"] == "New sign-in to your account"]
 
     firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
@@ -304,8 +341,12 @@ def test_metrics_count_outcomes(runtime, make_user):
     assert logins.labels("unknown_email")._value.get() == 1
     assert runtime.metrics.audit_events.labels("login.failure")._value.get() == 2
     hashing = runtime.metrics.password_hash_seconds
-    verify_count = next(s.value for m in hashing.collect() for s in m.samples
-                        if s.name.endswith("_count") and s.labels["operation"] == "verify")
+    verify_count = next(
+        s.value
+        for m in hashing.collect()
+        for s in m.samples
+        if s.name.endswith("_count") and s.labels["operation"] == "verify"
+    )
     assert verify_count >= 2  # the dummy verification is timed as a verification too
 
 

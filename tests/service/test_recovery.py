@@ -20,9 +20,15 @@ from authsvc.services import accounts, factors, outbox, recovery, totp
 
 def first_factor(session, deps, user, caller, now) -> tuple[str, ...]:
     pending = totp.enroll(session, deps, user_id=user.id, name=None, client=caller, now=now)
-    result = totp.confirm(session, deps, user_id=user.id, factor_id=pending.factor_id,
-                          code=otp.code_at(pending.secret, otp.step_at(now)), client=caller,
-                          now=now)
+    result = totp.confirm(
+        session,
+        deps,
+        user_id=user.id,
+        factor_id=pending.factor_id,
+        code=otp.code_at(pending.secret, otp.step_at(now)),
+        client=caller,
+        now=now,
+    )
     assert result.recovery_codes is not None
     return result.recovery_codes
 
@@ -41,14 +47,17 @@ def use(session, deps, user, code, caller, now):
     return recovery.use_code(session, deps, user_id=user.id, code=code, client=caller, now=now)
 
 
-def test_codes_are_stored_only_as_keyed_hashes(db_session, deps, make_user, caller, now,
-                                               connection):
+def test_codes_are_stored_only_as_keyed_hashes(
+    db_session, deps, make_user, caller, now, connection
+):
     user = make_user()
     issued = first_factor(db_session, deps, user, caller, now)
     db_session.flush()
-    rows = connection.execute(
-        text("SELECT * FROM recovery_codes WHERE user_id = :u"), {"u": user.id}
-    ).mappings().all()
+    rows = (
+        connection.execute(text("SELECT * FROM recovery_codes WHERE user_id = :u"), {"u": user.id})
+        .mappings()
+        .all()
+    )
     assert len(rows) == 10
     dump = " ".join(str(value) for row in rows for value in row.values())
     for code in issued:
@@ -76,8 +85,9 @@ def test_a_code_works_once_in_any_typed_form(db_session, deps, make_user, caller
     assert subjects(db_session, deps, "ada@example.com").count("A recovery code was used") == 2
 
 
-def test_codes_of_another_account_and_malformed_codes_are_refused(db_session, deps, make_user,
-                                                                  caller, now):
+def test_codes_of_another_account_and_malformed_codes_are_refused(
+    db_session, deps, make_user, caller, now
+):
     ada = make_user(email="ada@example.com")
     eve = make_user(email="eve@example.com")
     ada_codes = first_factor(db_session, deps, ada, caller, now)
@@ -100,8 +110,7 @@ def test_running_low_is_shown_and_mailed_once(db_session, deps, make_user, calle
         use(db_session, deps, user, code, caller, now)
     profile = accounts.profile(db_session, user_id=user.id)
     assert (profile.recovery_codes_remaining, profile.recovery_codes_low) == (4, False)
-    assert "You are running out of recovery codes" not in subjects(db_session, deps,
-                                                                   user.email)
+    assert "You are running out of recovery codes" not in subjects(db_session, deps, user.email)
     for code in issued[6:]:
         use(db_session, deps, user, code, caller, now)
     mails = subjects(db_session, deps, user.email)
@@ -112,8 +121,9 @@ def test_running_low_is_shown_and_mailed_once(db_session, deps, make_user, calle
     assert factors.methods_for(db_session, user_id=user.id) == ("totp",)
 
 
-def test_regenerate_replaces_every_code_and_rearms_the_notice(db_session, deps, make_user,
-                                                              caller, now):
+def test_regenerate_replaces_every_code_and_rearms_the_notice(
+    db_session, deps, make_user, caller, now
+):
     user = make_user(email="ada@example.com")
     old = first_factor(db_session, deps, user, caller, now)
     for code in old[:7]:
@@ -127,16 +137,16 @@ def test_regenerate_replaces_every_code_and_rearms_the_notice(db_session, deps, 
     assert "New recovery codes were generated" in subjects(db_session, deps, user.email)
     for code in fresh[:7]:
         use(db_session, deps, user, code, caller, now)
-    assert subjects(db_session, deps, user.email).count(
-        "You are running out of recovery codes") == 2
+    assert (
+        subjects(db_session, deps, user.email).count("You are running out of recovery codes") == 2
+    )
 
 
 def test_issue_initial_only_when_there_is_no_set(db_session, deps, make_user, caller, now):
     user = make_user()
     first = recovery.issue_initial(db_session, deps, user_id=user.id, client=caller, now=now)
     assert first is not None and len(first) == 10
-    assert recovery.issue_initial(db_session, deps, user_id=user.id, client=caller,
-                                  now=now) is None
+    assert recovery.issue_initial(db_session, deps, user_id=user.id, client=caller, now=now) is None
     assert recovery.delete_all(db_session, user_id=user.id) == 10
     assert recovery.remaining(db_session, user_id=user.id) == 0
 
@@ -157,8 +167,7 @@ def committed(scratch_database_url):
 
 def test_concurrent_uses_of_one_code_admit_exactly_one(committed, deps, caller, now):
     with committed.begin() as session:
-        user = User(email="race@example.com", email_verified_at=now, created_at=now,
-                    updated_at=now)
+        user = User(email="race@example.com", email_verified_at=now, created_at=now, updated_at=now)
         session.add(user)
         session.flush()
         user_id = user.id
@@ -170,8 +179,11 @@ def test_concurrent_uses_of_one_code_admit_exactly_one(committed, deps, caller, 
         barrier.wait()
         try:
             with committed.begin() as session:
-                outcomes.append(recovery.use_code(session, deps, user_id=user_id,
-                                                  code=issued[0], client=caller, now=now))
+                outcomes.append(
+                    recovery.use_code(
+                        session, deps, user_id=user_id, code=issued[0], client=caller, now=now
+                    )
+                )
         except InvalidMfa:
             outcomes.append("refused")
 

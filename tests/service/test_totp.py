@@ -39,8 +39,15 @@ def confirmed(db_session, deps, user, caller, now):
     """An active factor whose confirming step is the one before ``now``'s."""
     pending = enroll(db_session, deps, user, caller, now)
     step = otp.step_at(now) - 1
-    totp.confirm(db_session, deps, user_id=user.id, factor_id=pending.factor_id,
-                 code=otp.code_at(pending.secret, step), client=caller, now=now)
+    totp.confirm(
+        db_session,
+        deps,
+        user_id=user.id,
+        factor_id=pending.factor_id,
+        code=otp.code_at(pending.secret, step),
+        client=caller,
+        now=now,
+    )
     return pending
 
 
@@ -58,17 +65,23 @@ def test_enroll_creates_a_pending_factor(db_session, deps, make_user, caller, no
     assert factors.methods_for(db_session, user_id=user.id) == ()
 
 
-def test_the_secret_is_not_in_the_database_row(db_session, deps, make_user, caller, now,
-                                               connection):
+def test_the_secret_is_not_in_the_database_row(
+    db_session, deps, make_user, caller, now, connection
+):
     user = make_user()
     pending = enroll(db_session, deps, user, caller, now)
     db_session.flush()
-    row = connection.execute(
-        text("SELECT * FROM totp_factors WHERE id = :id"), {"id": pending.factor_id}
-    ).mappings().one()
+    row = (
+        connection.execute(
+            text("SELECT * FROM totp_factors WHERE id = :id"), {"id": pending.factor_id}
+        )
+        .mappings()
+        .one()
+    )
     raw = b"".join(
         value if isinstance(value, bytes) else str(value).encode()
-        for value in row.values() if value is not None
+        for value in row.values()
+        if value is not None
     )
     secret_bytes = base64.b32decode(pending.secret)
     assert pending.secret.encode() not in raw
@@ -85,13 +98,18 @@ def test_the_secret_is_not_in_the_database_row(db_session, deps, make_user, call
         deps.keyring.decrypt(blob, associated_data=b"totp-secret:another-row")
 
 
-def test_confirm_activates_and_issues_recovery_codes_once(db_session, deps, make_user, caller,
-                                                          now):
+def test_confirm_activates_and_issues_recovery_codes_once(db_session, deps, make_user, caller, now):
     user = make_user()
     first = enroll(db_session, deps, user, caller, now, name="Phone")
-    result = totp.confirm(db_session, deps, user_id=user.id, factor_id=first.factor_id,
-                          code=otp.code_at(first.secret, otp.step_at(now)), client=caller,
-                          now=now)
+    result = totp.confirm(
+        db_session,
+        deps,
+        user_id=user.id,
+        factor_id=first.factor_id,
+        code=otp.code_at(first.secret, otp.step_at(now)),
+        client=caller,
+        now=now,
+    )
     assert result.factor.id == first.factor_id
     assert result.factor.type == "totp"
     assert result.factor.name == "Phone"
@@ -99,9 +117,15 @@ def test_confirm_activates_and_issues_recovery_codes_once(db_session, deps, make
     assert totp.has_active(db_session, user_id=user.id)
     assert factors.methods_for(db_session, user_id=user.id) == ("totp", "recovery_code")
     second = enroll(db_session, deps, user, caller, now, name="Tablet")
-    again = totp.confirm(db_session, deps, user_id=user.id, factor_id=second.factor_id,
-                         code=otp.code_at(second.secret, otp.step_at(now)), client=caller,
-                         now=now)
+    again = totp.confirm(
+        db_session,
+        deps,
+        user_id=user.id,
+        factor_id=second.factor_id,
+        code=otp.code_at(second.secret, otp.step_at(now)),
+        client=caller,
+        now=now,
+    )
     assert again.recovery_codes is None
     names = [f.name for f in totp.list_factors(db_session, user_id=user.id)]
     assert sorted(names) == ["Phone", "Tablet"]
@@ -111,15 +135,32 @@ def test_confirm_refuses_wrong_and_malformed_codes(db_session, deps, make_user, 
     user = make_user()
     pending = enroll(db_session, deps, user, caller, now)
     step = otp.step_at(now)
-    wrong = next(c for c in ("000000", "111111", "222222")
-                 if c not in {otp.code_at(pending.secret, step + o) for o in (-1, 0, 1)})
+    wrong = next(
+        c
+        for c in ("000000", "111111", "222222")
+        if c not in {otp.code_at(pending.secret, step + o) for o in (-1, 0, 1)}
+    )
     with pytest.raises(InvalidCode):
-        totp.confirm(db_session, deps, user_id=user.id, factor_id=pending.factor_id,
-                     code=wrong, client=caller, now=now)
+        totp.confirm(
+            db_session,
+            deps,
+            user_id=user.id,
+            factor_id=pending.factor_id,
+            code=wrong,
+            client=caller,
+            now=now,
+        )
     for malformed in ("12345", "1234567", "abcdef", "12 34 5"):
         with pytest.raises(InvalidRequest) as caught:
-            totp.confirm(db_session, deps, user_id=user.id, factor_id=pending.factor_id,
-                         code=malformed, client=caller, now=now)
+            totp.confirm(
+                db_session,
+                deps,
+                user_id=user.id,
+                factor_id=pending.factor_id,
+                code=malformed,
+                client=caller,
+                now=now,
+            )
         assert caught.value.extra["field"] == "code"
     row = db_session.get(TotpFactor, pending.factor_id)
     assert row.confirm_attempts == 1  # malformed codes are not guesses
@@ -128,56 +169,115 @@ def test_confirm_refuses_wrong_and_malformed_codes(db_session, deps, make_user, 
     far = otp.code_at(pending.secret, step + 2)
     if far not in {otp.code_at(pending.secret, step + o) for o in (-1, 0, 1)}:
         with pytest.raises(InvalidCode):
-            totp.confirm(db_session, deps, user_id=user.id, factor_id=pending.factor_id,
-                         code=far, client=caller, now=now)
+            totp.confirm(
+                db_session,
+                deps,
+                user_id=user.id,
+                factor_id=pending.factor_id,
+                code=far,
+                client=caller,
+                now=now,
+            )
 
 
-def test_too_many_wrong_confirmations_discard_the_enrollment(db_session, deps, make_user,
-                                                             caller, now):
+def test_too_many_wrong_confirmations_discard_the_enrollment(
+    db_session, deps, make_user, caller, now
+):
     user = make_user()
     pending = enroll(db_session, deps, user, caller, now)
     valid = {otp.code_at(pending.secret, otp.step_at(now) + o) for o in (-1, 0, 1)}
     wrong = next(f"{n:06d}" for n in range(1000) if f"{n:06d}" not in valid)
     for _ in range(totp.MAX_CONFIRM_ATTEMPTS):
         with pytest.raises(InvalidCode):
-            totp.confirm(db_session, deps, user_id=user.id, factor_id=pending.factor_id,
-                         code=wrong, client=caller, now=now)
+            totp.confirm(
+                db_session,
+                deps,
+                user_id=user.id,
+                factor_id=pending.factor_id,
+                code=wrong,
+                client=caller,
+                now=now,
+            )
     assert db_session.get(TotpFactor, pending.factor_id) is None
     with pytest.raises(NotFound):
-        totp.confirm(db_session, deps, user_id=user.id, factor_id=pending.factor_id,
-                     code=otp.code_at(pending.secret, otp.step_at(now)), client=caller, now=now)
+        totp.confirm(
+            db_session,
+            deps,
+            user_id=user.id,
+            factor_id=pending.factor_id,
+            code=otp.code_at(pending.secret, otp.step_at(now)),
+            client=caller,
+            now=now,
+        )
 
 
-def test_confirm_refuses_expired_foreign_and_active_factors(db_session, deps, make_user,
-                                                            caller, now):
+def test_confirm_refuses_expired_foreign_and_active_factors(
+    db_session, deps, make_user, caller, now
+):
     ada = make_user(email="ada@example.com")
     eve = make_user(email="eve@example.com")
     pending = enroll(db_session, deps, ada, caller, now)
     code = otp.code_at(pending.secret, otp.step_at(now))
     with pytest.raises(NotFound):
-        totp.confirm(db_session, deps, user_id=eve.id, factor_id=pending.factor_id, code=code,
-                     client=caller, now=now)
+        totp.confirm(
+            db_session,
+            deps,
+            user_id=eve.id,
+            factor_id=pending.factor_id,
+            code=code,
+            client=caller,
+            now=now,
+        )
     later = now + deps.settings.totp_pending_ttl
     with pytest.raises(NotFound):
-        totp.confirm(db_session, deps, user_id=ada.id, factor_id=pending.factor_id,
-                     code=otp.code_at(pending.secret, otp.step_at(later)), client=caller,
-                     now=later)
-    totp.confirm(db_session, deps, user_id=ada.id, factor_id=pending.factor_id, code=code,
-                 client=caller, now=now)
+        totp.confirm(
+            db_session,
+            deps,
+            user_id=ada.id,
+            factor_id=pending.factor_id,
+            code=otp.code_at(pending.secret, otp.step_at(later)),
+            client=caller,
+            now=later,
+        )
+    totp.confirm(
+        db_session,
+        deps,
+        user_id=ada.id,
+        factor_id=pending.factor_id,
+        code=code,
+        client=caller,
+        now=now,
+    )
     with pytest.raises(Conflict):
-        totp.confirm(db_session, deps, user_id=ada.id, factor_id=pending.factor_id,
-                     code=code, client=caller, now=now)
+        totp.confirm(
+            db_session,
+            deps,
+            user_id=ada.id,
+            factor_id=pending.factor_id,
+            code=code,
+            client=caller,
+            now=now,
+        )
     with pytest.raises(NotFound):
-        totp.confirm(db_session, deps, user_id=ada.id, factor_id="no-such-id", code=code,
-                     client=caller, now=now)
+        totp.confirm(
+            db_session,
+            deps,
+            user_id=ada.id,
+            factor_id="no-such-id",
+            code=code,
+            client=caller,
+            now=now,
+        )
 
 
 def test_pending_enrollments_are_capped_and_expire(db_session, deps, make_user, caller, now):
     user = make_user()
-    ids = [enroll(db_session, deps, user, caller, now + timedelta(seconds=i)).factor_id
-           for i in range(5)]
+    ids = [
+        enroll(db_session, deps, user, caller, now + timedelta(seconds=i)).factor_id
+        for i in range(5)
+    ]
     left = db_session.scalars(select(TotpFactor.id).where(TotpFactor.user_id == user.id)).all()
-    assert sorted(left) == sorted(ids[-totp.MAX_PENDING:])
+    assert sorted(left) == sorted(ids[-totp.MAX_PENDING :])
     later = now + deps.settings.totp_pending_ttl + timedelta(minutes=1)
     newest = enroll(db_session, deps, user, caller, later).factor_id
     left = db_session.scalars(select(TotpFactor.id).where(TotpFactor.user_id == user.id)).all()
@@ -185,8 +285,9 @@ def test_pending_enrollments_are_capped_and_expire(db_session, deps, make_user, 
 
 
 def test_factor_limit(db_session, deps, make_user, caller, now):
-    limited = dataclasses.replace(deps, settings=dataclasses.replace(deps.settings,
-                                                                     totp_max_factors=1))
+    limited = dataclasses.replace(
+        deps, settings=dataclasses.replace(deps.settings, totp_max_factors=1)
+    )
     user = make_user()
     confirmed(db_session, limited, user, caller, now)
     with pytest.raises(FactorLimitReached):
@@ -211,9 +312,14 @@ def test_verify_accepts_one_step_either_side_once(db_session, deps, make_user, c
     step = otp.step_at(now)
 
     def check(offset):
-        return totp.verify_code(db_session, deps, user_id=user.id,
-                                code=otp.code_at(pending.secret, step + offset),
-                                client=caller, now=now)
+        return totp.verify_code(
+            db_session,
+            deps,
+            user_id=user.id,
+            code=otp.code_at(pending.secret, step + offset),
+            client=caller,
+            now=now,
+        )
 
     assert check(-1) == "otp"
     with pytest.raises(InvalidMfa):
@@ -228,8 +334,9 @@ def test_verify_accepts_one_step_either_side_once(db_session, deps, make_user, c
     assert row.last_used_step == step + 1
     assert row.last_used_at == now
     replays = db_session.scalars(
-        select(AuditEvent).where(AuditEvent.type == "mfa.totp_replay",
-                                 AuditEvent.user_id == user.id)
+        select(AuditEvent).where(
+            AuditEvent.type == "mfa.totp_replay", AuditEvent.user_id == user.id
+        )
     ).all()
     assert len(replays) == 3
 
@@ -244,8 +351,7 @@ def test_verify_refuses_codes_outside_the_window(db_session, deps, make_user, ca
         if code in valid:
             continue
         with pytest.raises(InvalidMfa):
-            totp.verify_code(db_session, deps, user_id=user.id, code=code, client=caller,
-                             now=now)
+            totp.verify_code(db_session, deps, user_id=user.id, code=code, client=caller, now=now)
 
 
 def test_verify_with_several_factors(db_session, deps, make_user, caller, now):
@@ -254,25 +360,42 @@ def test_verify_with_several_factors(db_session, deps, make_user, caller, now):
     phone = confirmed(db_session, deps, user, caller, earlier)
     tablet = confirmed(db_session, deps, user, caller, earlier)
     step = otp.step_at(now)
-    assert totp.verify_code(db_session, deps, user_id=user.id,
-                            code=otp.code_at(tablet.secret, step), client=caller,
-                            now=now) == "otp"
+    assert (
+        totp.verify_code(
+            db_session,
+            deps,
+            user_id=user.id,
+            code=otp.code_at(tablet.secret, step),
+            client=caller,
+            now=now,
+        )
+        == "otp"
+    )
     # The step is used for the tablet only; the phone's code of the same step still works.
-    assert totp.verify_code(db_session, deps, user_id=user.id,
-                            code=otp.code_at(phone.secret, step), client=caller,
-                            now=now) == "otp"
+    assert (
+        totp.verify_code(
+            db_session,
+            deps,
+            user_id=user.id,
+            code=otp.code_at(phone.secret, step),
+            client=caller,
+            now=now,
+        )
+        == "otp"
+    )
 
 
-def test_verify_refuses_malformed_codes_and_users_without_factors(db_session, deps,
-                                                                  make_user, caller, now):
+def test_verify_refuses_malformed_codes_and_users_without_factors(
+    db_session, deps, make_user, caller, now
+):
     user = make_user()
     with pytest.raises(InvalidMfa):
-        totp.verify_code(db_session, deps, user_id=user.id, code="123456", client=caller,
-                         now=now)
+        totp.verify_code(db_session, deps, user_id=user.id, code="123456", client=caller, now=now)
     for malformed in ("12345", "abcdef", "1234567", ""):
         with pytest.raises(InvalidRequest) as caught:
-            totp.verify_code(db_session, deps, user_id=user.id, code=malformed,
-                             client=caller, now=now)
+            totp.verify_code(
+                db_session, deps, user_id=user.id, code=malformed, client=caller, now=now
+            )
         assert caught.value.extra["field"] == "totp_code"
 
 
@@ -280,17 +403,29 @@ def test_a_pending_factor_does_not_sign_in(db_session, deps, make_user, caller, 
     user = make_user()
     pending = enroll(db_session, deps, user, caller, now)
     with pytest.raises(InvalidMfa):
-        totp.verify_code(db_session, deps, user_id=user.id,
-                         code=otp.code_at(pending.secret, otp.step_at(now)), client=caller,
-                         now=now)
+        totp.verify_code(
+            db_session,
+            deps,
+            user_id=user.id,
+            code=otp.code_at(pending.secret, otp.step_at(now)),
+            client=caller,
+            now=now,
+        )
 
 
 def test_the_confirming_step_counts_as_used(db_session, deps, make_user, caller, now):
     user = make_user()
     pending = enroll(db_session, deps, user, caller, now)
     code = otp.code_at(pending.secret, otp.step_at(now))
-    totp.confirm(db_session, deps, user_id=user.id, factor_id=pending.factor_id, code=code,
-                 client=caller, now=now)
+    totp.confirm(
+        db_session,
+        deps,
+        user_id=user.id,
+        factor_id=pending.factor_id,
+        code=code,
+        client=caller,
+        now=now,
+    )
     with pytest.raises(InvalidMfa):
         totp.verify_code(db_session, deps, user_id=user.id, code=code, client=caller, now=now)
 
@@ -320,16 +455,22 @@ def committed(scratch_database_url):
 
 def _user_with_factor(factory, deps, caller, now):
     with factory.begin() as session:
-        user = User(email="race@example.com", email_verified_at=now, created_at=now,
-                    updated_at=now)
+        user = User(email="race@example.com", email_verified_at=now, created_at=now, updated_at=now)
         session.add(user)
         session.flush()
-        pending = totp.enroll(session, deps, user_id=user.id, name=None, client=caller,
-                              now=now - timedelta(minutes=5))
+        pending = totp.enroll(
+            session, deps, user_id=user.id, name=None, client=caller, now=now - timedelta(minutes=5)
+        )
         earlier = now - timedelta(minutes=5)
-        totp.confirm(session, deps, user_id=user.id, factor_id=pending.factor_id,
-                     code=otp.code_at(pending.secret, otp.step_at(earlier)), client=caller,
-                     now=earlier)
+        totp.confirm(
+            session,
+            deps,
+            user_id=user.id,
+            factor_id=pending.factor_id,
+            code=otp.code_at(pending.secret, otp.step_at(earlier)),
+            client=caller,
+            now=earlier,
+        )
         return user.id, pending
 
 
@@ -344,8 +485,11 @@ def test_concurrent_uses_of_one_code_admit_exactly_one(committed, deps, caller, 
         barrier.wait()
         try:
             with factory.begin() as session:
-                outcomes.append(totp.verify_code(session, deps, user_id=user_id, code=code,
-                                                 client=caller, now=now))
+                outcomes.append(
+                    totp.verify_code(
+                        session, deps, user_id=user_id, code=code, client=caller, now=now
+                    )
+                )
         except InvalidMfa:
             outcomes.append("refused")
 
@@ -357,13 +501,15 @@ def test_concurrent_uses_of_one_code_admit_exactly_one(committed, deps, caller, 
     assert sorted(outcomes) == ["otp"] + ["refused"] * 5
 
 
-def test_keys_rotate_reencrypts_under_the_first_key(committed, deps, caller, now, monkeypatch,
-                                                    key_specs, tmp_path):
+def test_keys_rotate_reencrypts_under_the_first_key(
+    committed, deps, caller, now, monkeypatch, key_specs, tmp_path
+):
     factory, url = committed
     _, pending = _user_with_factor(factory, deps, caller, now)
     with factory.begin() as session:
-        outbox.enqueue(session, deps.keyring, kind="email", payload={"to": "x@example.com"},
-                       now=now)
+        outbox.enqueue(
+            session, deps.keyring, kind="email", payload={"to": "x@example.com"}, now=now
+        )
         signing.ensure_key(session, deps.keyring, now=now)
         queued = len(session.scalars(select(OutboxMessage)).all())
     new_spec = generate_key_spec("rotated")
@@ -381,38 +527,60 @@ def test_keys_rotate_reencrypts_under_the_first_key(committed, deps, caller, now
     with factory() as session:
         row = session.scalars(select(TotpFactor)).one()
         assert only_new.key_id_of(row.secret_ciphertext) == "rotated"
-        assert only_new.decrypt(row.secret_ciphertext,
-                                associated_data=b"totp-secret:" + row.id.encode()
-                                ).decode() == pending.secret
+        assert (
+            only_new.decrypt(
+                row.secret_ciphertext, associated_data=b"totp-secret:" + row.id.encode()
+            ).decode()
+            == pending.secret
+        )
         messages = session.scalars(select(OutboxMessage)).all()
         assert {"to": "x@example.com"} in [outbox.payload_of(only_new, m) for m in messages]
         key = signing.active_key(session, only_new, now=now)
         assert key.private_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
         with pytest.raises(DecryptionFailed):
             Keyring.from_specs(list(key_specs)).decrypt(
-                row.secret_ciphertext, associated_data=b"totp-secret:" + row.id.encode())
+                row.secret_ciphertext, associated_data=b"totp-secret:" + row.id.encode()
+            )
     # A second run finds nothing left to do; a ring without the old key cannot rotate it.
     again = CliRunner().invoke(cli, ["keys", "rotate"])
     assert again.exit_code == 0 and "totp_factors=0" in again.output
     with factory.begin() as session:
-        session.add(TotpFactor(id="x" * 22, user_id=session.scalars(select(User.id)).one(),
-                               name="old", secret_ciphertext=Keyring.from_specs(
-                                   list(key_specs)).encrypt(b"S", associated_data=b"x"),
-                               created_at=now, confirm_attempts=0))
+        session.add(
+            TotpFactor(
+                id="x" * 22,
+                user_id=session.scalars(select(User.id)).one(),
+                name="old",
+                secret_ciphertext=Keyring.from_specs(list(key_specs)).encrypt(
+                    b"S", associated_data=b"x"
+                ),
+                created_at=now,
+                confirm_attempts=0,
+            )
+        )
     monkeypatch.setenv("AUTHSVC_ENCRYPTION_KEYS", new_spec)
     broken = CliRunner().invoke(cli, ["keys", "rotate"])
     assert broken.exit_code != 0
     assert "none of the configured keys" in broken.output
 
 
-def test_verify_after_rotation_with_the_new_ring(db_session, deps: Deps, make_user, caller,
-                                                 now, key_specs):
+def test_verify_after_rotation_with_the_new_ring(
+    db_session, deps: Deps, make_user, caller, now, key_specs
+):
     user = make_user()
     pending = confirmed(db_session, deps, user, caller, now - timedelta(minutes=5))
     rotated = dataclasses.replace(
-        deps, keyring=Keyring.from_specs([generate_key_spec("next"), *key_specs]))
+        deps, keyring=Keyring.from_specs([generate_key_spec("next"), *key_specs])
+    )
     count, _ = totp.reencrypt_batch(db_session, rotated.keyring, after_id="")
     assert count >= 1
-    assert totp.verify_code(db_session, rotated, user_id=user.id,
-                            code=otp.code_at(pending.secret, otp.step_at(now)), client=caller,
-                            now=now) == "otp"
+    assert (
+        totp.verify_code(
+            db_session,
+            rotated,
+            user_id=user.id,
+            code=otp.code_at(pending.secret, otp.step_at(now)),
+            client=caller,
+            now=now,
+        )
+        == "otp"
+    )

@@ -53,11 +53,14 @@ def test_the_request_id_comes_from_the_context(captured):
     assert inside["request_id"] == "req-123" and outside["request_id"] is None
 
 
-@pytest.mark.parametrize(("message", "leak"), [
-    ("login failed for victim@example.com", "victim@example.com"),
-    ("open http://x/reset-password?token=abcDEF123_- now", "abcDEF123_-"),
-    ("header Authorization: Bearer eyJhbGciOi.payload.sig", "eyJhbGciOi.payload.sig"),
-])
+@pytest.mark.parametrize(
+    ("message", "leak"),
+    [
+        ("login failed for victim@example.com", "victim@example.com"),
+        ("open http://x/reset-password?token=abcDEF123_- now", "abcDEF123_-"),
+        ("header Authorization: Bearer eyJhbGciOi.payload.sig", "eyJhbGciOi.payload.sig"),
+    ],
+)
 def test_messages_are_scrubbed(captured, message, leak):
     logging.getLogger("authsvc.test").warning(message)
     (entry,) = lines(captured)
@@ -67,10 +70,15 @@ def test_messages_are_scrubbed(captured, message, leak):
 
 
 def test_secret_fields_are_redacted(captured):
-    logging.getLogger("authsvc.test").info("x", extra={
-        "password": "hunter2", "refresh_token": "rt_abc", "alert": {"secret": "s", "ok": 1},
-        "email_hash": "f" * 64,
-    })
+    logging.getLogger("authsvc.test").info(
+        "x",
+        extra={
+            "password": "hunter2",
+            "refresh_token": "rt_abc",
+            "alert": {"secret": "s", "ok": 1},
+            "email_hash": "f" * 64,
+        },
+    )
     (entry,) = lines(captured)
     assert entry["password"] == "[redacted]" and entry["refresh_token"] == "[redacted]"
     assert entry["alert"] == {"secret": "[redacted]", "ok": 1}
@@ -108,8 +116,11 @@ def test_every_request_line_carries_its_request_id_and_no_secrets(captured, api,
     api.register("victim@example.com")
     captured.truncate(0)
     captured.seek(0)
-    response = client.post("/v1/login", headers={"X-Request-Id": "trace-42"},
-                           json={"email": "victim@example.com", "password": "S3cret-Guess!"})
+    response = client.post(
+        "/v1/login",
+        headers={"X-Request-Id": "trace-42"},
+        json={"email": "victim@example.com", "password": "S3cret-Guess!"},
+    )
     assert response.status_code == 401
     assert response.headers["X-Request-Id"] == "trace-42"
     entries = lines(captured)

@@ -40,8 +40,15 @@ def test_normalize_accepts_how_people_type_codes(typed):
 
 @pytest.mark.parametrize(
     "typed",
-    ["", "abcd", "abcd-efgh-jkmn-pqrs-tvwx-yz0", "abcd-efgh-jkmn-pqrs-tvwx-yz012",
-     "abcd-efgh-jkmn-pqrs-tvwx-yz0u", "abcd-efgh-jkmn-pqrs-tvwx-yz0!", "a" * 100],
+    [
+        "",
+        "abcd",
+        "abcd-efgh-jkmn-pqrs-tvwx-yz0",
+        "abcd-efgh-jkmn-pqrs-tvwx-yz012",
+        "abcd-efgh-jkmn-pqrs-tvwx-yz0u",
+        "abcd-efgh-jkmn-pqrs-tvwx-yz0!",
+        "a" * 100,
+    ],
 )
 def test_normalize_refuses_other_shapes(typed):
     assert recovery.normalize(typed) is None

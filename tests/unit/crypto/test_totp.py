@@ -116,15 +116,19 @@ def test_codes_match_pyotp_and_oathtool():
     assert ours == pyotp.TOTP(secret).at(now)
     result = subprocess.run(
         ["oathtool", "--totp", "-b", secret, "--now", f"@{now}"],
-        capture_output=True, text=True, check=True, env={**os.environ, "TZ": "UTC"},
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TZ": "UTC"},
     )
     assert result.stdout.strip() == ours
 
 
 def test_provisioning_uri_follows_the_key_uri_format():
     secret = totp.generate_secret()
-    uri = totp.provisioning_uri(secret=secret, account_name="ada+x/y@example.com",
-                                issuer="Acme: Login")
+    uri = totp.provisioning_uri(
+        secret=secret, account_name="ada+x/y@example.com", issuer="Acme: Login"
+    )
     parts = urlsplit(uri)
     assert parts.scheme == "otpauth"
     assert parts.netloc == "totp"
