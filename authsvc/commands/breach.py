@@ -77,23 +77,38 @@ def _read_list(kind: str, source: IO[bytes], csv_format: bool) -> TargetList:
     return lists.parse_target_list(kind, source.read().splitlines(), csv_format=csv_format)
 
 
-def _selection(every: bool, emails: IO[bytes] | None, user_ids: IO[bytes] | None,
-               created_before: str | None, password_set_before: str | None,
-               csv_format: bool | None) -> tuple[str, Any, TargetList | None]:
-    given = [name for name, value in (("--all", every), ("--emails-file", emails),
-                                      ("--user-ids-file", user_ids),
-                                      ("--created-before", created_before),
-                                      ("--password-set-before", password_set_before))
-             if value]
+def _selection(
+    every: bool,
+    emails: IO[bytes] | None,
+    user_ids: IO[bytes] | None,
+    created_before: str | None,
+    password_set_before: str | None,
+    csv_format: bool | None,
+) -> tuple[str, Any, TargetList | None]:
+    given = [
+        name
+        for name, value in (
+            ("--all", every),
+            ("--emails-file", emails),
+            ("--user-ids-file", user_ids),
+            ("--created-before", created_before),
+            ("--password-set-before", password_set_before),
+        )
+        if value
+    ]
     if len(given) != 1:
-        raise click.UsageError("choose exactly one of --all, --emails-file, --user-ids-file, "
-                               "--created-before, --password-set-before")
+        raise click.UsageError(
+            "choose exactly one of --all, --emails-file, --user-ids-file, "
+            "--created-before, --password-set-before"
+        )
     for kind, source in (("emails", emails), ("user_ids", user_ids)):
         if source is not None:
             as_csv = csv_format if csv_format is not None else source.name.endswith(".csv")
             return kind, None, _read_list(kind, source, as_csv)
-    for selector, raw in (("created_before", created_before),
-                          ("password_set_before", password_set_before)):
+    for selector, raw in (
+        ("created_before", created_before),
+        ("password_set_before", password_set_before),
+    ):
         if raw is not None:
             try:
                 return selector, lists.parse_moment(raw, field=selector), None
@@ -107,35 +122,80 @@ def _selection(every: bool, emails: IO[bytes] | None, user_ids: IO[bytes] | None
 @click.option("--reason", required=True, help="Why (kept in the audit trail and reports).")
 @click.option("--mode", required=True, type=click.Choice(breach.MODES))
 @click.option("--all", "every", is_flag=True, help="Every account that exists now.")
-@click.option("--emails-file", type=click.File("rb"),
-              help="Emails, one per line or CSV ('-' reads standard input).")
+@click.option(
+    "--emails-file",
+    type=click.File("rb"),
+    help="Emails, one per line or CSV ('-' reads standard input).",
+)
 @click.option("--user-ids-file", type=click.File("rb"), help="User ids, one per line or CSV.")
 @click.option("--created-before", help="Accounts created before this time or date.")
 @click.option("--password-set-before", help="Accounts whose password is older than this.")
-@click.option("--csv/--lines", "csv_format", default=None,
-              help="How to read the list (default: CSV for *.csv files).")
+@click.option(
+    "--csv/--lines",
+    "csv_format",
+    default=None,
+    help="How to read the list (default: CSV for *.csv files).",
+)
 @click.option("--revoke-sessions/--keep-sessions", default=True, show_default=True)
 @click.option("--reset-mfa", is_flag=True, help="Also remove second factors.")
 @click.option("--notify/--no-notify", default=True, show_default=True)
 @click.option("--dry-run", is_flag=True, help="Only count the accounts.")
-@click.option("--wait/--no-wait", default=True, show_default=True,
-              help="Run the batches here with a progress bar, or leave them to the workers.")
-@click.option("--operator", default="command line", show_default=True,
-              help="Who starts it, for the audit trail.")
-def create(reason: str, mode: str, every: bool, emails_file: IO[bytes] | None,
-           user_ids_file: IO[bytes] | None, created_before: str | None,
-           password_set_before: str | None, csv_format: bool | None, revoke_sessions: bool,
-           reset_mfa: bool, notify: bool, dry_run: bool, wait: bool, operator: str) -> None:
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Run the batches here with a progress bar, or leave them to the workers.",
+)
+@click.option(
+    "--operator",
+    default="command line",
+    show_default=True,
+    help="Who starts it, for the audit trail.",
+)
+def create(
+    reason: str,
+    mode: str,
+    every: bool,
+    emails_file: IO[bytes] | None,
+    user_ids_file: IO[bytes] | None,
+    created_before: str | None,
+    password_set_before: str | None,
+    csv_format: bool | None,
+    revoke_sessions: bool,
+    reset_mfa: bool,
+    notify: bool,
+    dry_run: bool,
+    wait: bool,
+    operator: str,
+) -> None:
     """Start a breach response; prints its id on stdout, progress on stderr."""
-    selector, before, targets = _selection(every, emails_file, user_ids_file, created_before,
-                                           password_set_before, csv_format)
-    request = CampaignRequest(reason=reason, selector=selector, mode=mode,
-                              revoke_sessions=revoke_sessions, reset_mfa=reset_mfa,
-                              notify=notify, before=before, targets=targets)
+    selector, before, targets = _selection(
+        every, emails_file, user_ids_file, created_before, password_set_before, csv_format
+    )
+    request = CampaignRequest(
+        reason=reason,
+        selector=selector,
+        mode=mode,
+        revoke_sessions=revoke_sessions,
+        reset_mfa=reset_mfa,
+        notify=notify,
+        before=before,
+        targets=targets,
+    )
     with _opened() as runtime:
-        result = _in_transaction(runtime, lambda session: breach.create_campaign(
-            session, runtime.deps, request=request, creator=Creator(name=operator),
-            client=SYSTEM, now=utcnow(), origin="cli", dry_run=dry_run))
+        result = _in_transaction(
+            runtime,
+            lambda session: breach.create_campaign(
+                session,
+                runtime.deps,
+                request=request,
+                creator=Creator(name=operator),
+                client=SYSTEM,
+                now=utcnow(),
+                origin="cli",
+                dry_run=dry_run,
+            ),
+        )
         if not isinstance(result, Created):
             click.echo(json.dumps({"dry_run": True, **_plain(result)}, indent=2))
             return
@@ -151,8 +211,11 @@ def create(reason: str, mode: str, every: bool, emails_file: IO[bytes] | None,
 
 
 def _list_report(report: InputReport) -> None:
-    click.echo(f"list: {report.lines} lines, {report.matched} accounts, {report.unknown} "
-               f"unknown, {report.duplicates} duplicates, {report.rejected} rejected", err=True)
+    click.echo(
+        f"list: {report.lines} lines, {report.matched} accounts, {report.unknown} "
+        f"unknown, {report.duplicates} duplicates, {report.rejected} rejected",
+        err=True,
+    )
     for rejection in report.rejections:
         click.echo(f"  line {rejection.line}: {rejection.reason}: {rejection.value}", err=True)
 
@@ -185,8 +248,14 @@ def _get(campaign_id: str, session: Any) -> CampaignView:
 
 
 def _bar(campaign: CampaignView) -> tqdm[Any]:
-    return tqdm(total=campaign.targeted, initial=campaign.processed, unit=" accounts",
-                desc=f"breach response {campaign.id}", file=sys.stderr, dynamic_ncols=True)
+    return tqdm(
+        total=campaign.targeted,
+        initial=campaign.processed,
+        unit=" accounts",
+        desc=f"breach response {campaign.id}",
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
 
 
 def _summary(campaign: CampaignView) -> None:
@@ -227,11 +296,14 @@ def status(campaign_id: str, watch: bool, as_json: bool) -> None:
 def list_(status_: str | None, limit: int) -> None:
     """The latest breach responses, newest first."""
     with _opened() as runtime:
-        items = _in_transaction(runtime, lambda session: breach.list_campaigns(
-            session, status=status_, limit=limit))
+        items = _in_transaction(
+            runtime, lambda session: breach.list_campaigns(session, status=status_, limit=limit)
+        )
     for c in items:
-        click.echo(f"{c.id}  {c.status:<9}  {c.processed}/{c.targeted}  "
-                   f"{c.created_at:%Y-%m-%d %H:%M}  {c.selector}  {c.reason[:60]}")
+        click.echo(
+            f"{c.id}  {c.status:<9}  {c.processed}/{c.targeted}  "
+            f"{c.created_at:%Y-%m-%d %H:%M}  {c.selector}  {c.reason[:60]}"
+        )
 
 
 @breach_response.command("cancel")
@@ -240,25 +312,45 @@ def list_(status_: str | None, limit: int) -> None:
 def cancel(campaign_id: str, operator: str) -> None:
     """Stop a pending or running breach response (accounts already flagged stay flagged)."""
     with _opened() as runtime:
-        campaign = _in_transaction(runtime, lambda session: breach.cancel_campaign(
-            session, runtime.deps, campaign_id=campaign_id, creator=Creator(name=operator),
-            client=SYSTEM, now=utcnow()))
+        campaign = _in_transaction(
+            runtime,
+            lambda session: breach.cancel_campaign(
+                session,
+                runtime.deps,
+                campaign_id=campaign_id,
+                creator=Creator(name=operator),
+                client=SYSTEM,
+                now=utcnow(),
+            ),
+        )
     _summary(campaign)
 
 
 @breach_response.command("report")
 @click.argument("campaign_id")
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
-              show_default=True)
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write here instead of standard output.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write here instead of standard output.",
+)
 @click.option("--operator", default="command line", show_default=True)
 def report(campaign_id: str, fmt: str, output: Path | None, operator: str) -> None:
     """Export every affected account: flagged, notified, reset since."""
     with _opened() as runtime:
-        campaign = _in_transaction(runtime, lambda session: breach.record_report_export(
-            session, campaign_id=campaign_id, fmt=fmt, creator=Creator(name=operator),
-            client=SYSTEM, now=utcnow()))
+        campaign = _in_transaction(
+            runtime,
+            lambda session: breach.record_report_export(
+                session,
+                campaign_id=campaign_id,
+                fmt=fmt,
+                creator=Creator(name=operator),
+                client=SYSTEM,
+                now=utcnow(),
+            ),
+        )
         with click.open_file(str(output) if output else "-", "w") as out:
             rows = _rows(runtime, campaign.id)
             if fmt == "csv":
@@ -267,8 +359,7 @@ def report(campaign_id: str, fmt: str, output: Path | None, operator: str) -> No
                 for row in rows:
                     writer.writerow("" if v is None else v for v in row.values())
                 return
-            out.write('{"breach_response": ' + json.dumps(_plain(campaign))
-                      + ', "accounts": [')
+            out.write('{"breach_response": ' + json.dumps(_plain(campaign)) + ', "accounts": [')
             for count, row in enumerate(rows):
                 out.write(("," if count else "") + "\n" + json.dumps(row))
             out.write("\n]}\n")

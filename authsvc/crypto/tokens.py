@@ -94,6 +94,15 @@ def sign_access_token(
     )
 
 
+def token_key_id(token: str) -> str | None:
+    """The ``kid`` a token claims to be signed with (unverified; for key look-up only)."""
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+    except jwt.PyJWTError:
+        return None
+    return kid if isinstance(kid, str) else None
+
+
 def verify_access_token(
     token: str,
     *,

@@ -8,9 +8,10 @@ from datetime import datetime
 from functools import wraps
 from typing import Any
 
-from flask import Response, g, request
+from flask import Response, current_app, g, request
+from sqlalchemy.orm import Session as DbSession
 
-from authsvc.crypto.tokens import InvalidAccessToken, verify_access_token
+from authsvc.crypto.tokens import InvalidAccessToken, token_key_id, verify_access_token
 from authsvc.db import utcnow
 from authsvc.errors import InvalidAdminKey, InvalidToken, Unauthenticated
 from authsvc.http.io import db, deps
@@ -37,6 +38,17 @@ def bearer_token() -> str | None:
     return token.strip()
 
 
+def _published_keys(session: DbSession, kid: str | None) -> dict[str, dict[str, Any]]:
+    """Public keys by kid, read from the database only when a token names an unseen kid.
+
+    Keys are never deleted (retired keys stay published), so a cached key stays valid.
+    """
+    cache: dict[str, dict[str, Any]] = current_app.extensions["authsvc"].jwks_cache
+    if kid is not None and kid not in cache:
+        cache.update(signing.public_jwks(session))
+    return cache
+
+
 def authenticate_bearer(now: datetime) -> Principal:
     token = bearer_token()
     if token is None:
@@ -46,7 +58,7 @@ def authenticate_bearer(now: datetime) -> Principal:
     try:
         claims = verify_access_token(
             token,
-            public_jwks=signing.public_jwks(session),
+            public_jwks=_published_keys(session, token_key_id(token)),
             issuer=settings.public_url,
             audience=settings.jwt_audience,
             now=now,

@@ -78,28 +78,36 @@ def _from_json() -> tuple[CampaignRequest, bool]:
                 raise InvalidRequest(f"{kind} goes with the selector {kind}", field=kind)
             targets = lists.parse_target_list(kind, values)
     if body.selector in breach.LIST_KINDS and targets is None:
-        raise InvalidRequest(f"{body.selector} is required with that selector",
-                             field=body.selector)
+        raise InvalidRequest(f"{body.selector} is required with that selector", field=body.selector)
     before = lists.parse_moment(body.before, field="before") if body.before else None
     return CampaignRequest(
-        reason=body.reason, selector=body.selector, mode=body.mode,
-        revoke_sessions=body.revoke_sessions, reset_mfa=body.reset_mfa, notify=body.notify,
-        before=before, targets=targets,
+        reason=body.reason,
+        selector=body.selector,
+        mode=body.mode,
+        revoke_sessions=body.revoke_sessions,
+        reset_mfa=body.reset_mfa,
+        notify=body.notify,
+        before=before,
+        targets=targets,
     ), body.dry_run
 
 
 def _from_upload(csv_format: bool) -> tuple[CampaignRequest, bool]:
     selector = request.args.get("selector", "")
     if selector not in breach.LIST_KINDS:
-        raise InvalidRequest("an uploaded list needs selector=emails or selector=user_ids",
-                             field="selector")
+        raise InvalidRequest(
+            "an uploaded list needs selector=emails or selector=user_ids", field="selector"
+        )
     lines = request.get_data(cache=False).splitlines()
     targets = lists.parse_target_list(selector, lines, csv_format=csv_format)
     return CampaignRequest(
         reason=request.args.get("reason", "")[: breach.MAX_REASON + 1],
-        selector=selector, mode=request.args.get("mode", "")[:32],
-        revoke_sessions=_flag("revoke_sessions", True), reset_mfa=_flag("reset_mfa", False),
-        notify=_flag("notify", True), targets=targets,
+        selector=selector,
+        mode=request.args.get("mode", "")[:32],
+        revoke_sessions=_flag("revoke_sessions", True),
+        reset_mfa=_flag("reset_mfa", False),
+        notify=_flag("notify", True),
+        targets=targets,
     ), _flag("dry_run", False)
 
 
@@ -117,11 +125,16 @@ def create_breach_response() -> Response:
         raise UnsupportedMediaType("Send application/json, text/plain or text/csv")
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 128:
-        raise InvalidRequest("Idempotency-Key must be 1 to 128 characters",
-                             field="Idempotency-Key")
+        raise InvalidRequest("Idempotency-Key must be 1 to 128 characters", field="Idempotency-Key")
     result = breach.create_campaign(
-        db(), deps(), request=campaign_request, creator=_creator(), client=client(),
-        now=utcnow(), idempotency_key=key, dry_run=dry_run,
+        db(),
+        deps(),
+        request=campaign_request,
+        creator=_creator(),
+        client=client(),
+        now=utcnow(),
+        idempotency_key=key,
+        dry_run=dry_run,
     )
     if not isinstance(result, Created):
         return respond({"dry_run": True, **to_json(result)})
@@ -156,8 +169,16 @@ def get_breach_response(campaign_id: str) -> Response:
 @transactional
 @require_admin
 def cancel_breach_response(campaign_id: str) -> Response:
-    return respond(breach.cancel_campaign(db(), deps(), campaign_id=campaign_id[:64],
-                                          creator=_creator(), client=client(), now=utcnow()))
+    return respond(
+        breach.cancel_campaign(
+            db(),
+            deps(),
+            campaign_id=campaign_id[:64],
+            creator=_creator(),
+            client=client(),
+            now=utcnow(),
+        )
+    )
 
 
 @bp.get(f"{BASE}/<campaign_id>/report")
@@ -167,12 +188,19 @@ def breach_response_report(campaign_id: str) -> Response:
     fmt = request.args.get("format", "csv")
     if fmt not in ("csv", "json"):
         raise InvalidRequest("format must be csv or json", field="format")
-    campaign = breach.record_report_export(db(), campaign_id=campaign_id[:64], fmt=fmt,
-                                           creator=_creator(), client=client(), now=utcnow())
+    campaign = breach.record_report_export(
+        db(),
+        campaign_id=campaign_id[:64],
+        fmt=fmt,
+        creator=_creator(),
+        client=client(),
+        now=utcnow(),
+    )
     rows = _report_rows(campaign.id)
     body = _csv(rows) if fmt == "csv" else _json_report(to_json(campaign), rows)
-    response = Response(stream_with_context(body),
-                        mimetype="text/csv" if fmt == "csv" else "application/json")
+    response = Response(
+        stream_with_context(body), mimetype="text/csv" if fmt == "csv" else "application/json"
+    )
     response.headers["Content-Disposition"] = (
         f'attachment; filename="breach-response-{campaign.id}.{fmt}"'
     )
@@ -186,8 +214,9 @@ def _report_rows(campaign_id: str) -> Iterator[ReportRow]:
     after = ""
     while True:
         with factory() as session:
-            page = lists.report_page(session, campaign_id=campaign_id, after=after,
-                                      limit=REPORT_PAGE)
+            page = lists.report_page(
+                session, campaign_id=campaign_id, after=after, limit=REPORT_PAGE
+            )
         yield from page
         if len(page) < REPORT_PAGE:
             return
@@ -220,8 +249,16 @@ def _json_report(campaign: Any, rows: Iterator[ReportRow]) -> Iterator[str]:
 def force_reset(user_id: str) -> Response:
     body = parse(ForceResetBody, optional=True)
     view = breach.force_reset(
-        db(), deps(), user_id=user_id[:64], mode=body.mode,
-        revoke_sessions=body.revoke_sessions, reset_mfa=body.reset_mfa, notify=body.notify,
-        reason=body.reason, creator=_creator(), client=client(), now=utcnow(),
+        db(),
+        deps(),
+        user_id=user_id[:64],
+        mode=body.mode,
+        revoke_sessions=body.revoke_sessions,
+        reset_mfa=body.reset_mfa,
+        notify=body.notify,
+        reason=body.reason,
+        creator=_creator(),
+        client=client(),
+        now=utcnow(),
     )
     return respond(view)

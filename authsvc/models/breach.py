@@ -69,12 +69,14 @@ class BreachTarget(Base):
     __tablename__ = "breach_targets"
     __table_args__ = (
         Index(
-            "ix_breach_targets_notified", "campaign_id",
+            "ix_breach_targets_notified",
+            "campaign_id",
             postgresql_where=text("notified_at IS NOT NULL"),
             sqlite_where=text("notified_at IS NOT NULL"),
         ),
         Index(
-            "ix_breach_targets_reset", "campaign_id",
+            "ix_breach_targets_reset",
+            "campaign_id",
             postgresql_where=text("reset_at IS NOT NULL"),
             sqlite_where=text("reset_at IS NOT NULL"),
         ),

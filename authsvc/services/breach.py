@@ -112,30 +112,50 @@ class DryRun:
 
 def view(session: DbSession, campaign: BreachCampaign) -> CampaignView:
     def count(*conditions: Any) -> int:
-        return int(session.scalar(
-            select(func.count()).select_from(BreachTarget)
-            .where(BreachTarget.campaign_id == campaign.id, *conditions)
-        ) or 0)
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(BreachTarget)
+                .where(BreachTarget.campaign_id == campaign.id, *conditions)
+            )
+            or 0
+        )
 
     report = json.loads(campaign.input_report) if campaign.input_report else None
     return CampaignView(
-        id=campaign.id, status=campaign.status, origin=campaign.origin, reason=campaign.reason,
-        selector=campaign.selector, before=campaign.selector_before, mode=campaign.mode,
-        revoke_sessions=campaign.revoke_sessions, reset_mfa=campaign.reset_mfa,
-        notify=campaign.notify, targeted=campaign.targeted, processed=campaign.processed,
+        id=campaign.id,
+        status=campaign.status,
+        origin=campaign.origin,
+        reason=campaign.reason,
+        selector=campaign.selector,
+        before=campaign.selector_before,
+        mode=campaign.mode,
+        revoke_sessions=campaign.revoke_sessions,
+        reset_mfa=campaign.reset_mfa,
+        notify=campaign.notify,
+        targeted=campaign.targeted,
+        processed=campaign.processed,
         notified=count(BreachTarget.notified_at.is_not(None)),
         completed_resets=count(BreachTarget.reset_at.is_not(None)),
-        sessions_revoked=campaign.sessions_revoked, notices_queued=campaign.notices_queued,
-        created_by=campaign.created_by, created_at=campaign.created_at,
-        started_at=campaign.started_at, finished_at=campaign.finished_at,
+        sessions_revoked=campaign.sessions_revoked,
+        notices_queued=campaign.notices_queued,
+        created_by=campaign.created_by,
+        created_at=campaign.created_at,
+        started_at=campaign.started_at,
+        finished_at=campaign.finished_at,
         last_error=campaign.last_error,
         input=_report_from_json(report) if report is not None else None,
     )
 
 
 def _report_from_json(data: dict[str, Any]) -> InputReport:
-    return InputReport(**{**data, "rejections": tuple(Rejection(**r) for r in data["rejections"]),
-                          "unknown_values": tuple(data["unknown_values"])})
+    return InputReport(
+        **{
+            **data,
+            "rejections": tuple(Rejection(**r) for r in data["rejections"]),
+            "unknown_values": tuple(data["unknown_values"]),
+        }
+    )
 
 
 def get_campaign(session: DbSession, *, campaign_id: str) -> CampaignView:
@@ -184,49 +204,75 @@ def create_campaign(
             return Created(campaign=view(session, earlier), replayed=True)
     if dry_run:
         with session.begin_nested() as attempt:
-            campaign, report = _target(session, request, creator=creator, origin=origin,
-                                       now=now)
-            counted = DryRun(targeted=campaign.targeted,
-                             conflicts_with=_conflicting(session, campaign), input=report)
+            campaign, report = _target(session, request, creator=creator, origin=origin, now=now)
+            counted = DryRun(
+                targeted=campaign.targeted,
+                conflicts_with=_conflicting(session, campaign),
+                input=report,
+            )
             attempt.rollback()  # a dry run leaves nothing behind but its audit event
-        audit.record(session, type="breach.dry_run", outcome="counted", now=now,
-                     client=client, admin_key_id=creator.key_id,
-                     details={**_summary(request), "targeted": counted.targeted})
+        audit.record(
+            session,
+            type="breach.dry_run",
+            outcome="counted",
+            now=now,
+            client=client,
+            admin_key_id=creator.key_id,
+            details={**_summary(request), "targeted": counted.targeted},
+        )
         return counted
     try:
         with session.begin_nested():
-            campaign, report = _target(session, request, creator=creator, origin=origin,
-                                       now=now)
+            campaign, report = _target(session, request, creator=creator, origin=origin, now=now)
             conflict = _conflicting(session, campaign)
             if campaign.targeted == 0:
-                raise NoTargets("No account matches the selection; nothing was started",
-                                input=asdict(report) if report else None)
+                raise NoTargets(
+                    "No account matches the selection; nothing was started",
+                    input=asdict(report) if report else None,
+                )
             if conflict is not None:
                 raise CampaignConflict(
                     f"Breach response {conflict} is still running on some of these accounts; "
-                    "wait for it to finish or cancel it", campaign_id=conflict)
+                    "wait for it to finish or cancel it",
+                    campaign_id=conflict,
+                )
     except (NoTargets, CampaignConflict) as exc:
-        audit.record(session, type="breach.campaign_refused", outcome=exc.code, now=now,
-                     client=client, admin_key_id=creator.key_id, details=_summary(request))
+        audit.record(
+            session,
+            type="breach.campaign_refused",
+            outcome=exc.code,
+            now=now,
+            client=client,
+            admin_key_id=creator.key_id,
+            details=_summary(request),
+        )
         raise
     campaign.idempotency_key, campaign.request_hash = idempotency_key, fingerprint
     campaign.input_report = json.dumps(asdict(report)) if report else None
     if origin != "force_reset":
         _queue_batch(session, deps, campaign, now=now)
     audit.record(
-        session, type="breach.campaign_created", outcome="accepted", now=now, client=client,
+        session,
+        type="breach.campaign_created",
+        outcome="accepted",
+        now=now,
+        client=client,
         admin_key_id=creator.key_id,
-        details={**_summary(request), "campaign_id": campaign.id, "origin": origin,
-                 "created_by": creator.name, "targeted": campaign.targeted,
-                 "input": _counts(report)},
+        details={
+            **_summary(request),
+            "campaign_id": campaign.id,
+            "origin": origin,
+            "created_by": creator.name,
+            "targeted": campaign.targeted,
+            "input": _counts(report),
+        },
     )
     return Created(campaign=view(session, campaign), replayed=False)
 
 
 def _validate(request: CampaignRequest) -> None:
     if request.selector not in SELECTORS:
-        raise InvalidRequest(f"selector must be one of {', '.join(SELECTORS)}",
-                             field="selector")
+        raise InvalidRequest(f"selector must be one of {', '.join(SELECTORS)}", field="selector")
     if request.mode not in MODES:
         raise InvalidRequest(f"mode must be one of {', '.join(MODES)}", field="mode")
     if not request.reason.strip() or len(request.reason) > MAX_REASON:
@@ -234,13 +280,15 @@ def _validate(request: CampaignRequest) -> None:
     if (request.selector in BEFORE_SELECTORS) != (request.before is not None):
         raise InvalidRequest(
             "created_before / password_set_before go with the selector of that name",
-            field="selector")
+            field="selector",
+        )
     if request.before is not None and request.before.tzinfo is None:
         raise InvalidRequest("the date must carry a time zone", field=request.selector)
     listed = request.selector in LIST_KINDS
     if listed != (request.targets is not None):
-        raise InvalidRequest("a list of emails or user ids goes with that selector only",
-                             field="selector")
+        raise InvalidRequest(
+            "a list of emails or user ids goes with that selector only", field="selector"
+        )
     if request.targets is not None:
         if request.targets.kind != request.selector:
             raise InvalidRequest("the list does not match the selector", field="selector")
@@ -249,47 +297,77 @@ def _validate(request: CampaignRequest) -> None:
                 f"The list has no acceptable entry ({request.targets.lines} lines, "
                 f"{request.targets.rejected} rejected)",
                 rejected=request.targets.rejected,
-                rejections=[asdict(r) for r in request.targets.rejections])
+                rejections=[asdict(r) for r in request.targets.rejections],
+            )
 
 
 def _fingerprint(request: CampaignRequest) -> str:
-    body = {**_summary(request),
-            "list": hashlib.sha256("\n".join(request.targets.values).encode()).hexdigest()
-            if request.targets else None}
+    body = {
+        **_summary(request),
+        "list": hashlib.sha256("\n".join(request.targets.values).encode()).hexdigest()
+        if request.targets
+        else None,
+    }
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _summary(request: CampaignRequest) -> dict[str, Any]:
-    return {"reason": request.reason, "selector": request.selector, "mode": request.mode,
-            "before": request.before.isoformat() if request.before else None,
-            "revoke_sessions": request.revoke_sessions, "reset_mfa": request.reset_mfa,
-            "notify": request.notify}
+    return {
+        "reason": request.reason,
+        "selector": request.selector,
+        "mode": request.mode,
+        "before": request.before.isoformat() if request.before else None,
+        "revoke_sessions": request.revoke_sessions,
+        "reset_mfa": request.reset_mfa,
+        "notify": request.notify,
+    }
 
 
 def _counts(report: InputReport | None) -> dict[str, int] | None:
     if report is None:
         return None
-    return {"lines": report.lines, "accepted": report.accepted, "matched": report.matched,
-            "unknown": report.unknown, "duplicates": report.duplicates,
-            "rejected": report.rejected}
+    return {
+        "lines": report.lines,
+        "accepted": report.accepted,
+        "matched": report.matched,
+        "unknown": report.unknown,
+        "duplicates": report.duplicates,
+        "rejected": report.rejected,
+    }
 
 
-def _target(session: DbSession, request: CampaignRequest, *, creator: Creator, origin: str,
-            now: datetime) -> tuple[BreachCampaign, InputReport | None]:
+def _target(
+    session: DbSession, request: CampaignRequest, *, creator: Creator, origin: str, now: datetime
+) -> tuple[BreachCampaign, InputReport | None]:
     campaign = BreachCampaign(
-        origin=origin, reason=request.reason.strip(), selector=request.selector,
-        selector_before=request.before, mode=request.mode,
-        revoke_sessions=request.revoke_sessions, reset_mfa=request.reset_mfa,
-        notify=request.notify, status="pending", targeted=0, processed=0, sessions_revoked=0,
-        notices_queued=0, batches=0, failures=0, created_by=creator.name[:128],
-        created_by_key_id=creator.key_id, created_at=now,
+        origin=origin,
+        reason=request.reason.strip(),
+        selector=request.selector,
+        selector_before=request.before,
+        mode=request.mode,
+        revoke_sessions=request.revoke_sessions,
+        reset_mfa=request.reset_mfa,
+        notify=request.notify,
+        status="pending",
+        targeted=0,
+        processed=0,
+        sessions_revoked=0,
+        notices_queued=0,
+        batches=0,
+        failures=0,
+        created_by=creator.name[:128],
+        created_by_key_id=creator.key_id,
+        created_at=now,
     )
     session.add(campaign)
     session.flush()
     if request.targets is None:
-        campaign.targeted = int(session.scalar(
-            select(func.count()).select_from(User).where(batches.membership(campaign))
-        ) or 0)
+        campaign.targeted = int(
+            session.scalar(
+                select(func.count()).select_from(User).where(batches.membership(campaign))
+            )
+            or 0
+        )
         return campaign, None
     report = lists.insert_targets(session, campaign_id=campaign.id, targets=request.targets)
     campaign.targeted = report.matched
@@ -299,38 +377,61 @@ def _target(session: DbSession, request: CampaignRequest, *, creator: Creator, o
 def _conflicting(session: DbSession, campaign: BreachCampaign) -> str | None:
     """The id of a pending or running campaign that targets one of the same accounts."""
     others = session.scalars(
-        select(BreachCampaign).where(BreachCampaign.status.in_(batches.ACTIVE),
-                                     BreachCampaign.id != campaign.id)
+        select(BreachCampaign).where(
+            BreachCampaign.status.in_(batches.ACTIVE), BreachCampaign.id != campaign.id
+        )
     ).all()
     for other in others:
         user = aliased(User)
         shared = session.scalar(
-            select(user.id).where(batches.membership(campaign, user),
-                                  batches.membership(other, user)).limit(1)
+            select(user.id)
+            .where(batches.membership(campaign, user), batches.membership(other, user))
+            .limit(1)
         )
         if shared is not None:
             return other.id
     return None
 
 
-def _queue_batch(session: DbSession, deps: Deps, campaign: BreachCampaign, *, now: datetime,
-                 delay: timedelta = timedelta(0)) -> None:
+def _queue_batch(
+    session: DbSession,
+    deps: Deps,
+    campaign: BreachCampaign,
+    *,
+    now: datetime,
+    delay: timedelta = timedelta(0),
+) -> None:
     """Queue the job that runs the next batch. Without a delay it is due as of the campaign's
     creation, so it sorts ahead of the campaign's own notice tickets."""
     due = delay if delay > timedelta(0) else min(timedelta(0), campaign.created_at - now)
-    outbox.enqueue(session, deps.keyring, kind="breach_batch",
-                   payload={"campaign_id": campaign.id}, now=now, delay=due)
+    outbox.enqueue(
+        session,
+        deps.keyring,
+        kind="breach_batch",
+        payload={"campaign_id": campaign.id},
+        now=now,
+        delay=due,
+    )
 
 
 # --- cancelling, one account, reports ----------------------------------------------------
 
 
-def cancel_campaign(session: DbSession, deps: Deps, *, campaign_id: str, creator: Creator,
-                    client: Client, now: datetime) -> CampaignView:
+def cancel_campaign(
+    session: DbSession,
+    deps: Deps,
+    *,
+    campaign_id: str,
+    creator: Creator,
+    client: Client,
+    now: datetime,
+) -> CampaignView:
     """Stop a pending or running campaign. Accounts already flagged stay flagged and still get
     their notices; nothing is undone."""
     campaign = session.scalars(
-        select(BreachCampaign).where(BreachCampaign.id == campaign_id).with_for_update()
+        select(BreachCampaign)
+        .where(BreachCampaign.id == campaign_id)
+        .with_for_update()
         .execution_options(populate_existing=True)
     ).one_or_none()
     if campaign is None:
@@ -338,59 +439,117 @@ def cancel_campaign(session: DbSession, deps: Deps, *, campaign_id: str, creator
     if campaign.status == "cancelled":
         return view(session, campaign)
     if campaign.status not in batches.ACTIVE:
-        raise CampaignFinished(f"The breach response has already {campaign.status}",
-                               campaign_status=campaign.status)
+        raise CampaignFinished(
+            f"The breach response has already {campaign.status}", campaign_status=campaign.status
+        )
     campaign.status, campaign.finished_at = "cancelled", now
-    audit.record(session, type="breach.campaign_cancelled", outcome="cancelled", now=now,
-                 client=client, admin_key_id=creator.key_id,
-                 details={"campaign_id": campaign.id, "processed": campaign.processed,
-                          "cancelled_by": creator.name})
+    audit.record(
+        session,
+        type="breach.campaign_cancelled",
+        outcome="cancelled",
+        now=now,
+        client=client,
+        admin_key_id=creator.key_id,
+        details={
+            "campaign_id": campaign.id,
+            "processed": campaign.processed,
+            "cancelled_by": creator.name,
+        },
+    )
     if campaign.revoke_sessions and campaign.processed:
-        outbox.enqueue(session, deps.keyring, kind="breach_sweep",
-                       payload={"campaign_id": campaign.id}, now=now,
-                       delay=deps.settings.breach_sweep_delay)
+        outbox.enqueue(
+            session,
+            deps.keyring,
+            kind="breach_sweep",
+            payload={"campaign_id": campaign.id},
+            now=now,
+            delay=deps.settings.breach_sweep_delay,
+        )
     return view(session, campaign)
 
 
-def force_reset(session: DbSession, deps: Deps, *, user_id: str, mode: str,
-                revoke_sessions: bool, reset_mfa: bool, notify: bool, reason: str,
-                creator: Creator, client: Client, now: datetime) -> CampaignView:
+def force_reset(
+    session: DbSession,
+    deps: Deps,
+    *,
+    user_id: str,
+    mode: str,
+    revoke_sessions: bool,
+    reset_mfa: bool,
+    notify: bool,
+    reason: str,
+    creator: Creator,
+    client: Client,
+    now: datetime,
+) -> CampaignView:
     """The effects of a breach response on one account, applied now (a one-account campaign,
     so it shows in the list, the audit trail and the reports like any other)."""
     if session.get(User, user_id) is None:
         raise NotFound("No such user")
-    targets = TargetList(kind="user_ids", values=(user_id,), lines=1, duplicates=0,
-                         rejected=0, rejections=())
-    request = CampaignRequest(reason=reason, selector="user_ids", mode=mode,
-                              revoke_sessions=revoke_sessions, reset_mfa=reset_mfa,
-                              notify=notify, targets=targets)
-    created = create_campaign(session, deps, request=request, creator=creator, client=client,
-                              now=now, origin="force_reset")
+    targets = TargetList(
+        kind="user_ids", values=(user_id,), lines=1, duplicates=0, rejected=0, rejections=()
+    )
+    request = CampaignRequest(
+        reason=reason,
+        selector="user_ids",
+        mode=mode,
+        revoke_sessions=revoke_sessions,
+        reset_mfa=reset_mfa,
+        notify=notify,
+        targets=targets,
+    )
+    created = create_campaign(
+        session,
+        deps,
+        request=request,
+        creator=creator,
+        client=client,
+        now=now,
+        origin="force_reset",
+    )
     assert isinstance(created, Created)
     campaign_id = created.campaign.id
-    while not batches.run_next_batch(session, deps, campaign_id=campaign_id,
-                                     now=now).finished:
+    while not batches.run_next_batch(session, deps, campaign_id=campaign_id, now=now).finished:
         pass
-    audit.record(session, type="admin.force_reset", outcome="success", now=now, client=client,
-                 user_id=user_id, admin_key_id=creator.key_id,
-                 details={"campaign_id": campaign_id, "mode": mode, "reason": reason})
+    audit.record(
+        session,
+        type="admin.force_reset",
+        outcome="success",
+        now=now,
+        client=client,
+        user_id=user_id,
+        admin_key_id=creator.key_id,
+        details={"campaign_id": campaign_id, "mode": mode, "reason": reason},
+    )
     return get_campaign(session, campaign_id=campaign_id)
 
 
-def record_report_export(session: DbSession, *, campaign_id: str, fmt: str, creator: Creator,
-                         client: Client, now: datetime) -> CampaignView:
+def record_report_export(
+    session: DbSession,
+    *,
+    campaign_id: str,
+    fmt: str,
+    creator: Creator,
+    client: Client,
+    now: datetime,
+) -> CampaignView:
     campaign = get_campaign(session, campaign_id=campaign_id)
-    audit.record(session, type="breach.report_exported", outcome="success", now=now,
-                 client=client, admin_key_id=creator.key_id,
-                 details={"campaign_id": campaign_id, "format": fmt})
+    audit.record(
+        session,
+        type="breach.report_exported",
+        outcome="success",
+        now=now,
+        client=client,
+        admin_key_id=creator.key_id,
+        details={"campaign_id": campaign_id, "format": fmt},
+    )
     return campaign
 
 
 # --- outbox jobs -------------------------------------------------------------------------
 
 
-def _run_batch_job(session: DbSession, deps: Deps, payload: dict[str, Any],
-                   now: datetime) -> None:
+def _run_batch_job(session: DbSession, deps: Deps, payload: dict[str, Any], now: datetime) -> None:
     campaign_id = payload["campaign_id"]
     try:
         with session.begin_nested():
@@ -401,14 +560,21 @@ def _run_batch_job(session: DbSession, deps: Deps, payload: dict[str, Any],
     campaign = session.get(BreachCampaign, campaign_id)
     if campaign is None or outcome.finished:
         return
-    _queue_batch(session, deps, campaign, now=now,
-                 delay=timedelta(seconds=1) if outcome.busy else timedelta(0))
+    _queue_batch(
+        session,
+        deps,
+        campaign,
+        now=now,
+        delay=timedelta(seconds=1) if outcome.busy else timedelta(0),
+    )
 
 
-def _batch_failed(session: DbSession, deps: Deps, *, campaign_id: str, error: Exception,
-                  now: datetime) -> None:
+def _batch_failed(
+    session: DbSession, deps: Deps, *, campaign_id: str, error: Exception, now: datetime
+) -> None:
     campaign = session.scalars(
-        select(BreachCampaign).where(BreachCampaign.id == campaign_id)
+        select(BreachCampaign)
+        .where(BreachCampaign.id == campaign_id)
         .execution_options(populate_existing=True)
     ).one_or_none()
     if campaign is None or campaign.status not in batches.ACTIVE:
@@ -417,15 +583,14 @@ def _batch_failed(session: DbSession, deps: Deps, *, campaign_id: str, error: Ex
     message = f"{type(error).__name__}: {error}".splitlines()[0][:500]
     campaign.last_error = message
     if campaign.failures >= MAX_BATCH_FAILURES:
-        batches.finish(session, deps, campaign=campaign, now=now, status="failed",
-                       error=message)
+        batches.finish(session, deps, campaign=campaign, now=now, status="failed", error=message)
         return
-    _queue_batch(session, deps, campaign, now=now,
-                 delay=timedelta(seconds=2 ** campaign.failures))
+    _queue_batch(session, deps, campaign, now=now, delay=timedelta(seconds=2**campaign.failures))
 
 
-def _send_notice_job(session: DbSession, deps: Deps, payload: dict[str, Any],
-                     now: datetime) -> None:
+def _send_notice_job(
+    session: DbSession, deps: Deps, payload: dict[str, Any], now: datetime
+) -> None:
     batches.send_notice(session, deps, campaign_id=payload["campaign_id"], now=now)
 
 

@@ -78,7 +78,7 @@ notices.register(
     "As a precaution, your password was reset: the old one no longer works, and you can sign "
     "in again only after choosing a new one.{actions}\n\n"
     "Choose a new password within {ttl} by opening:\n{link}\n\n"
-    "If the link has expired, use \"Forgot password\" on the sign-in page to get a new one. "
+    'If the link has expired, use "Forgot password" on the sign-in page to get a new one. '
     "We will never ask you for your password by mail.\n",
 )
 notices.register(
@@ -127,8 +127,9 @@ def _rowcount(result: Any) -> int:
 # --- batches -----------------------------------------------------------------------------
 
 
-def run_next_batch(session: DbSession, deps: Deps, *, campaign_id: str,
-                   now: datetime) -> BatchOutcome:
+def run_next_batch(
+    session: DbSession, deps: Deps, *, campaign_id: str, now: datetime
+) -> BatchOutcome:
     """Apply the next batch of the campaign, in the caller's transaction."""
     campaign = session.scalars(
         select(BreachCampaign)
@@ -137,15 +138,17 @@ def run_next_batch(session: DbSession, deps: Deps, *, campaign_id: str,
         .execution_options(populate_existing=True)
     ).one_or_none()
     if campaign is None:
-        status = session.scalar(select(BreachCampaign.status)
-                                .where(BreachCampaign.id == campaign_id))
+        status = session.scalar(
+            select(BreachCampaign.status).where(BreachCampaign.id == campaign_id)
+        )
         return BatchOutcome(status=status or "missing", busy=status in ACTIVE)
     if campaign.status not in ACTIVE:
         return BatchOutcome(status=campaign.status)
     if campaign.status == "pending":
         campaign.status, campaign.started_at = "running", now
         campaign.boundaries = json.dumps(
-            _boundaries(session, campaign, deps.settings.breach_batch_size))
+            _boundaries(session, campaign, deps.settings.breach_batch_size)
+        )
     ends: list[str] = json.loads(campaign.boundaries or "[]")
     lo = campaign.cursor or ""
     hi = ends[campaign.batches] if campaign.batches < len(ends) else None  # None: the rest
@@ -158,11 +161,17 @@ def run_next_batch(session: DbSession, deps: Deps, *, campaign_id: str,
     queued = _queue_tickets(session, deps, campaign, lo=lo, hi=hi, now=now)
     campaign.batches += 1
     audit.record(
-        session, type="breach.batch_processed", outcome="success", now=now,
+        session,
+        type="breach.batch_processed",
+        outcome="success",
+        now=now,
         admin_key_id=campaign.created_by_key_id,
         details={
-            "campaign_id": campaign.id, "batch": campaign.batches, "accounts": processed,
-            "sessions_revoked": revoked, "notices_queued": queued,
+            "campaign_id": campaign.id,
+            "batch": campaign.batches,
+            "accounts": processed,
+            "sessions_revoked": revoked,
+            "notices_queued": queued,
             "user_ids": list(session.scalars(users.order_by(BreachTarget.user_id))),
         },
     )
@@ -179,33 +188,55 @@ def _boundaries(session: DbSession, campaign: BreachCampaign, size: int) -> list
     """Every ``size``-th candidate id, in the database's own order (one index scan)."""
     ids: Select[Any]
     if campaign.selector in LIST_SELECTORS:
-        ids = select(BreachTarget.user_id.label("id"),
-                     func.row_number().over(order_by=BreachTarget.user_id).label("n")
-                     ).where(BreachTarget.campaign_id == campaign.id)
+        ids = select(
+            BreachTarget.user_id.label("id"),
+            func.row_number().over(order_by=BreachTarget.user_id).label("n"),
+        ).where(BreachTarget.campaign_id == campaign.id)
     else:  # every account: cheap to walk, and a batch filters by the selector itself
         ids = select(User.id.label("id"), func.row_number().over(order_by=User.id).label("n"))
     numbered = ids.subquery()
-    return list(session.scalars(
-        select(numbered.c.id).where(numbered.c.n % size == 0).order_by(numbered.c.n)
-    ))
+    return list(
+        session.scalars(
+            select(numbered.c.id).where(numbered.c.n % size == 0).order_by(numbered.c.n)
+        )
+    )
 
 
-def finish(session: DbSession, deps: Deps, *, campaign: BreachCampaign, now: datetime,
-           status: str = "completed", error: str | None = None) -> None:
+def finish(
+    session: DbSession,
+    deps: Deps,
+    *,
+    campaign: BreachCampaign,
+    now: datetime,
+    status: str = "completed",
+    error: str | None = None,
+) -> None:
     campaign.status, campaign.finished_at = status, now
     if error is not None:
         campaign.last_error = error[:500]
     audit.record(
-        session, type=f"breach.campaign_{status}", outcome=status, now=now,
+        session,
+        type=f"breach.campaign_{status}",
+        outcome=status,
+        now=now,
         admin_key_id=campaign.created_by_key_id,
-        details={"campaign_id": campaign.id, "processed": campaign.processed,
-                 "sessions_revoked": campaign.sessions_revoked,
-                 "notices_queued": campaign.notices_queued, "error": error},
+        details={
+            "campaign_id": campaign.id,
+            "processed": campaign.processed,
+            "sessions_revoked": campaign.sessions_revoked,
+            "notices_queued": campaign.notices_queued,
+            "error": error,
+        },
     )
     if campaign.revoke_sessions and campaign.processed:
-        outbox.enqueue(session, deps.keyring, kind="breach_sweep",
-                       payload={"campaign_id": campaign.id}, now=now,
-                       delay=deps.settings.breach_sweep_delay)
+        outbox.enqueue(
+            session,
+            deps.keyring,
+            kind="breach_sweep",
+            payload={"campaign_id": campaign.id},
+            now=now,
+            delay=deps.settings.breach_sweep_delay,
+        )
 
 
 def _between(column: Any, lo: str, hi: str | None) -> ColumnElement[bool]:
@@ -218,8 +249,9 @@ def _in_range(campaign: BreachCampaign, lo: str, hi: str | None) -> ColumnElemen
     return and_(BreachTarget.campaign_id == campaign.id, _between(BreachTarget.user_id, lo, hi))
 
 
-def _flag_batch(session: DbSession, campaign: BreachCampaign, *, lo: str, hi: str | None,
-                now: datetime) -> int:
+def _flag_batch(
+    session: DbSession, campaign: BreachCampaign, *, lo: str, hi: str | None, now: datetime
+) -> int:
     """Write (predicate selectors) or stamp (list selectors) the batch's target rows and flag
     its accounts; return how many accounts the batch covers. Disabled accounts are flagged but
     get no notice (their reset link could not work)."""
@@ -231,22 +263,28 @@ def _flag_batch(session: DbSession, campaign: BreachCampaign, *, lo: str, hi: st
         result = session.execute(
             update(BreachTarget)
             .where(_in_range(campaign, lo, hi))
-            .values(processed_at=stamp,
-                    notice_queued_at=case((enabled, stamp), else_=no_notice)
-                    if campaign.notify else no_notice),
+            .values(
+                processed_at=stamp,
+                notice_queued_at=case((enabled, stamp), else_=no_notice)
+                if campaign.notify
+                else no_notice,
+            ),
             execution_options=NO_SYNC,
         )
     elif session.get_bind().dialect.name == "postgresql":
         # One pass over the accounts' rows: flag them and write the target rows from what the
         # UPDATE returns (the accounts are scattered over the table; reading them twice costs).
         flagged = (
-            update(User).where(_between(User.id, lo, hi), membership(campaign))
+            update(User)
+            .where(_between(User.id, lo, hi), membership(campaign))
             .values(_flag_values(campaign, now))
-            .returning(User.id, User.disabled_at).cte("flagged")
+            .returning(User.id, User.disabled_at)
+            .cte("flagged")
         )
         queued = case((flagged.c.disabled_at.is_(None), stamp), else_=no_notice)
-        rows = select(literal(campaign.id), flagged.c.id, stamp,
-                      queued if campaign.notify else no_notice)
+        rows = select(
+            literal(campaign.id), flagged.c.id, stamp, queued if campaign.notify else no_notice
+        )
         result = session.execute(
             insert(TARGETS).from_select(columns, rows).add_cte(flagged),
             execution_options=COUNTED,
@@ -254,15 +292,17 @@ def _flag_batch(session: DbSession, campaign: BreachCampaign, *, lo: str, hi: st
         return _rowcount(result)
     else:
         queued = case((User.disabled_at.is_(None), stamp), else_=no_notice)
-        rows = select(literal(campaign.id), User.id, stamp,
-                      queued if campaign.notify else no_notice).where(
-            _between(User.id, lo, hi), membership(campaign)
+        rows = select(
+            literal(campaign.id), User.id, stamp, queued if campaign.notify else no_notice
+        ).where(_between(User.id, lo, hi), membership(campaign))
+        result = session.execute(
+            insert(TARGETS).from_select(columns, rows), execution_options=COUNTED
         )
-        result = session.execute(insert(TARGETS).from_select(columns, rows),
-                                 execution_options=COUNTED)
     users = select(BreachTarget.user_id).where(_in_range(campaign, lo, hi))
-    session.execute(update(User).where(User.id.in_(users)).values(_flag_values(campaign, now)),
-                    execution_options=NO_SYNC)
+    session.execute(
+        update(User).where(User.id.in_(users)).values(_flag_values(campaign, now)),
+        execution_options=NO_SYNC,
+    )
     return _rowcount(result)
 
 
@@ -274,23 +314,27 @@ def _flag_values(campaign: BreachCampaign, now: datetime) -> dict[Any, Any]:
     flag: dict[Any, Any]
     if campaign.mode == "invalidate":
         due = and_(exposed, User.password_invalidated_at.is_(None))
-        flag = {User.password_invalidated_at: case((due, now),
-                                                    else_=User.password_invalidated_at)}
+        flag = {User.password_invalidated_at: case((due, now), else_=User.password_invalidated_at)}
     else:
         due = and_(exposed, User.password_change_required.is_(False))
-        flag = {User.password_change_required: case((due, True),
-                                                     else_=User.password_change_required)}
+        flag = {
+            User.password_change_required: case((due, True), else_=User.password_change_required)
+        }
     return {**flag, User.updated_at: case((due, now), else_=User.updated_at)}
 
 
-def revoke_sessions(session: DbSession, users: Select[Any], now: datetime, *, lo: str = "",
-                    hi: str | None = None) -> int:
+def revoke_sessions(
+    session: DbSession, users: Select[Any], now: datetime, *, lo: str = "", hi: str | None = None
+) -> int:
     """Revoke the live sessions of ``users``, all of whose ids are in ``(lo, hi]`` (the range
     lets the database walk the sessions' user-id index in order)."""
     result = session.execute(
         update(Session)
-        .where(_between(Session.user_id, lo, hi), Session.user_id.in_(users),
-               Session.revoked_at.is_(None))
+        .where(
+            _between(Session.user_id, lo, hi),
+            Session.user_id.in_(users),
+            Session.revoked_at.is_(None),
+        )
         .values(revoked_at=now, revoked_reason=REVOKED_REASON),
         execution_options=NO_SYNC,
     )
@@ -313,12 +357,18 @@ def _revoke_pending_tokens(session: DbSession, users: Select[Any], now: datetime
 def reset_second_factors(session: DbSession, users: Select[Any]) -> None:
     """Remove every TOTP factor, recovery code and WebAuthn credential of ``users``."""
     for model in (TotpFactor, RecoveryCode, WebauthnCredential):
-        session.execute(delete(model).where(model.user_id.in_(users)),
-                        execution_options=NO_SYNC)
+        session.execute(delete(model).where(model.user_id.in_(users)), execution_options=NO_SYNC)
 
 
-def _queue_tickets(session: DbSession, deps: Deps, campaign: BreachCampaign, *, lo: str,
-                   hi: str | None, now: datetime) -> int:
+def _queue_tickets(
+    session: DbSession,
+    deps: Deps,
+    campaign: BreachCampaign,
+    *,
+    lo: str,
+    hi: str | None,
+    now: datetime,
+) -> int:
     """One ``breach_notice`` outbox row per account to notify, spaced at the notice rate, after
     the tickets this campaign queued before."""
     step = 1.0 / deps.settings.notify_rate_per_second
@@ -327,21 +377,25 @@ def _queue_tickets(session: DbSession, deps: Deps, campaign: BreachCampaign, *, 
     position = func.row_number().over(order_by=BreachTarget.user_id) - 1
     when: Any
     if session.get_bind().dialect.name == "postgresql":
-        when = literal(base, UTCDateTime()) + position * literal(timedelta(seconds=step),
-                                                                 Interval())
+        when = literal(base, UTCDateTime()) + position * literal(
+            timedelta(seconds=step), Interval()
+        )
     else:  # SQLite keeps times as 'YYYY-MM-DD HH:MM:SS.ffffff' text
         offset = func.printf("+%.6f seconds", position * step)
-        when = func.strftime("%Y-%m-%d %H:%M:%f", literal(base, UTCDateTime()),
-                             offset).concat("000")
-    sealed = deps.keyring.encrypt(json.dumps({"campaign_id": campaign.id}).encode(),
-                                  associated_data=_OUTBOX_AAD)
+        when = func.strftime("%Y-%m-%d %H:%M:%f", literal(base, UTCDateTime()), offset).concat(
+            "000"
+        )
+    sealed = deps.keyring.encrypt(
+        json.dumps({"campaign_id": campaign.id}).encode(), associated_data=_OUTBOX_AAD
+    )
     rows = select(
         literal("breach_notice"), literal(sealed), literal(now, UTCDateTime()), when, literal(0)
     ).where(_in_range(campaign, lo, hi), BreachTarget.notice_queued_at.is_not(None))
     result = session.execute(
         insert(OUTBOX).from_select(
             ["kind", "payload_ciphertext", "created_at", "available_at", "attempts"], rows
-        ), execution_options=COUNTED,
+        ),
+        execution_options=COUNTED,
     )
     return _rowcount(result)
 
@@ -364,9 +418,11 @@ def sweep_sessions(session: DbSession, *, campaign_id: str, now: datetime) -> in
         .where(
             Session.revoked_at.is_(None),
             Session.created_at >= campaign.started_at - SWEEP_MARGIN,
-            exists().where(BreachTarget.campaign_id == campaign.id,
-                           BreachTarget.user_id == Session.user_id,
-                           BreachTarget.processed_at.is_not(None)),
+            exists().where(
+                BreachTarget.campaign_id == campaign.id,
+                BreachTarget.user_id == Session.user_id,
+                BreachTarget.processed_at.is_not(None),
+            ),
             exists().where(User.id == Session.user_id, flagged),
         )
         .values(revoked_at=now, revoked_reason=REVOKED_REASON),
@@ -374,9 +430,14 @@ def sweep_sessions(session: DbSession, *, campaign_id: str, now: datetime) -> in
     )
     swept = _rowcount(result)
     campaign.sessions_revoked += swept
-    audit.record(session, type="breach.sessions_swept", outcome="success", now=now,
-                 admin_key_id=campaign.created_by_key_id,
-                 details={"campaign_id": campaign.id, "sessions_revoked": swept})
+    audit.record(
+        session,
+        type="breach.sessions_swept",
+        outcome="success",
+        now=now,
+        admin_key_id=campaign.created_by_key_id,
+        details={"campaign_id": campaign.id, "sessions_revoked": swept},
+    )
     return swept
 
 
@@ -396,13 +457,17 @@ def send_notice(session: DbSession, deps: Deps, *, campaign_id: str, now: dateti
         )
         return False
     ttl = deps.settings.breach_notice_token_ttl
-    token = user_tokens.issue(session, user_id=user.id, purpose="reset_password", ttl=ttl,
-                              now=now)
+    token = user_tokens.issue(session, user_id=user.id, purpose="reset_password", ttl=ttl, now=now)
     notices.send(
-        session, deps, to=user.email, now=now,
-        template="breach_notice_invalidate" if campaign.mode == "invalidate"
+        session,
+        deps,
+        to=user.email,
+        now=now,
+        template="breach_notice_invalidate"
+        if campaign.mode == "invalidate"
         else "breach_notice_change",
-        link=notices.link(deps, "reset-password", token), ttl=_human(ttl),
+        link=notices.link(deps, "reset-password", token),
+        ttl=_human(ttl),
         actions=_actions(campaign),
     )
     return True
@@ -414,19 +479,25 @@ def _claim(session: DbSession, campaign_id: str, *, now: datetime) -> str | None
     Tickets are interchangeable, so each looks from a random point of the campaign's id range
     (then wraps around): concurrent workers rarely meet, and no index beyond the primary key is
     needed to find the accounts still waiting."""
-    pending = and_(BreachTarget.campaign_id == campaign_id,
-                   BreachTarget.notice_queued_at.is_not(None),
-                   BreachTarget.notified_at.is_(None))
+    pending = and_(
+        BreachTarget.campaign_id == campaign_id,
+        BreachTarget.notice_queued_at.is_not(None),
+        BreachTarget.notified_at.is_(None),
+    )
     start = secrets.token_urlsafe(3)
     for part in (BreachTarget.user_id >= start, BreachTarget.user_id < start):
         user_id = session.scalar(
-            select(BreachTarget.user_id).where(pending, part).order_by(BreachTarget.user_id)
-            .limit(1).with_for_update(skip_locked=True)
+            select(BreachTarget.user_id)
+            .where(pending, part)
+            .order_by(BreachTarget.user_id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
         )
         if user_id is None:
             continue
         claimed = session.execute(
-            update(BreachTarget).where(pending, BreachTarget.user_id == user_id)
+            update(BreachTarget)
+            .where(pending, BreachTarget.user_id == user_id)
             .values(notified_at=now),
             execution_options=NO_SYNC,
         )
@@ -439,8 +510,10 @@ def _actions(campaign: BreachCampaign) -> str:
     if campaign.revoke_sessions:
         lines.append("Every device signed in to your account was signed out.")
     if campaign.reset_mfa:
-        lines.append("Your two-step verification methods (authenticator apps, security keys, "
-                     "recovery codes) were removed; set them up again once you are signed in.")
+        lines.append(
+            "Your two-step verification methods (authenticator apps, security keys, "
+            "recovery codes) were removed; set them up again once you are signed in."
+        )
     return "".join(f"\n\n{line}" for line in lines)
 
 
@@ -457,15 +530,19 @@ def _human(ttl: timedelta) -> str:
 def record_password_set(session: DbSession, *, user_id: str, now: datetime) -> None:
     """A flagged user set a new password: count the forced reset as completed in every campaign
     that flagged the account (``accounts`` calls this when it clears the flags)."""
-    campaigns = list(session.scalars(
-        select(BreachCampaign.id).where(BreachCampaign.started_at.is_not(None))
-    ))
+    campaigns = list(
+        session.scalars(select(BreachCampaign.id).where(BreachCampaign.started_at.is_not(None)))
+    )
     if not campaigns:
         return
     session.execute(
         update(BreachTarget)
-        .where(BreachTarget.campaign_id.in_(campaigns), BreachTarget.user_id == user_id,
-               BreachTarget.processed_at.is_not(None), BreachTarget.reset_at.is_(None))
+        .where(
+            BreachTarget.campaign_id.in_(campaigns),
+            BreachTarget.user_id == user_id,
+            BreachTarget.processed_at.is_not(None),
+            BreachTarget.reset_at.is_(None),
+        )
         .values(reset_at=now),
         execution_options=NO_SYNC,
     )

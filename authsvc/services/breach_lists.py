@@ -21,8 +21,7 @@ from authsvc.services.breach_batches import COUNTED, TARGETS
 
 MAX_REPORTED = 100  # rejected lines and unknown entries named in a report
 LOOKUP_CHUNK = 2000  # list entries resolved per statement
-REPORT_COLUMNS = ("user_id", "email", "flagged_at", "notice_queued_at", "notified_at",
-                  "reset_at")
+REPORT_COLUMNS = ("user_id", "email", "flagged_at", "notice_queued_at", "notified_at", "reset_at")
 _USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _HEADERS = {"emails": ("email", "email_address", "mail"), "user_ids": ("user_id", "id")}
 
@@ -46,8 +45,9 @@ class TargetList:
     rejections: tuple[Rejection, ...]
 
 
-def parse_target_list(kind: str, lines: Iterable[bytes | str], *,
-                      csv_format: bool = False) -> TargetList:
+def parse_target_list(
+    kind: str, lines: Iterable[bytes | str], *, csv_format: bool = False
+) -> TargetList:
     """One entry per line (blank lines and ``#`` comments skipped), or CSV whose column is the
     one headed ``email`` / ``user_id`` (else the first). Bad lines are reported, not fatal."""
     if kind not in _HEADERS:
@@ -91,8 +91,14 @@ def parse_target_list(kind: str, lines: Iterable[bytes | str], *,
             duplicates += 1
         else:
             seen[normalised] = None
-    return TargetList(kind=kind, values=tuple(seen), lines=count, duplicates=duplicates,
-                      rejected=rejected, rejections=tuple(rejections))
+    return TargetList(
+        kind=kind,
+        values=tuple(seen),
+        lines=count,
+        duplicates=duplicates,
+        rejected=rejected,
+        rejections=tuple(rejections),
+    )
 
 
 def parse_moment(raw: str, *, field: str) -> datetime:
@@ -100,8 +106,7 @@ def parse_moment(raw: str, *, field: str) -> datetime:
     try:
         moment = datetime.fromisoformat(raw.strip())
     except ValueError:
-        raise InvalidRequest(f"{field} must be an RFC 3339 time or a date",
-                             field=field) from None
+        raise InvalidRequest(f"{field} must be an RFC 3339 time or a date", field=field) from None
     if moment.tzinfo is None:
         if len(raw.strip()) > 10:
             raise InvalidRequest(f"{field} must carry a time zone (e.g. Z)", field=field)
@@ -134,7 +139,7 @@ class InputReport:
 
 def _chunks(values: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
     for start in range(0, len(values), LOOKUP_CHUNK):
-        yield values[start:start + LOOKUP_CHUNK]
+        yield values[start : start + LOOKUP_CHUNK]
 
 
 def insert_targets(session: DbSession, *, campaign_id: str, targets: TargetList) -> InputReport:
@@ -142,10 +147,13 @@ def insert_targets(session: DbSession, *, campaign_id: str, targets: TargetList)
     column = User.email if targets.kind == "emails" else User.id
     matched = 0
     for chunk in _chunks(targets.values):
-        result = session.execute(insert(TARGETS).from_select(
-            ["campaign_id", "user_id"],
-            select(literal(campaign_id), User.id).where(column.in_(chunk)),
-        ), execution_options=COUNTED)
+        result = session.execute(
+            insert(TARGETS).from_select(
+                ["campaign_id", "user_id"],
+                select(literal(campaign_id), User.id).where(column.in_(chunk)),
+            ),
+            execution_options=COUNTED,
+        )
         matched += int(result.rowcount or 0)  # type: ignore[attr-defined]
     unknown: list[str] = []
     if matched < len(targets.values):
@@ -155,9 +163,14 @@ def insert_targets(session: DbSession, *, campaign_id: str, targets: TargetList)
             if len(unknown) >= MAX_REPORTED:
                 break
     return InputReport(
-        lines=targets.lines, accepted=len(targets.values), duplicates=targets.duplicates,
-        rejected=targets.rejected, unknown=len(targets.values) - matched, matched=matched,
-        rejections=targets.rejections, unknown_values=tuple(unknown[:MAX_REPORTED]),
+        lines=targets.lines,
+        accepted=len(targets.values),
+        duplicates=targets.duplicates,
+        rejected=targets.rejected,
+        unknown=len(targets.values) - matched,
+        matched=matched,
+        rejections=targets.rejections,
+        unknown_values=tuple(unknown[:MAX_REPORTED]),
     )
 
 
@@ -174,12 +187,17 @@ class ReportRow:
     reset_at: datetime | None
 
 
-def report_page(session: DbSession, *, campaign_id: str, after: str,
-                limit: int) -> list[ReportRow]:
+def report_page(session: DbSession, *, campaign_id: str, after: str, limit: int) -> list[ReportRow]:
     """Affected accounts of a campaign in user-id order, ``limit`` at a time after ``after``."""
     rows = session.execute(
-        select(BreachTarget.user_id, User.email, BreachTarget.processed_at,
-               BreachTarget.notice_queued_at, BreachTarget.notified_at, BreachTarget.reset_at)
+        select(
+            BreachTarget.user_id,
+            User.email,
+            BreachTarget.processed_at,
+            BreachTarget.notice_queued_at,
+            BreachTarget.notified_at,
+            BreachTarget.reset_at,
+        )
         .outerjoin(User, User.id == BreachTarget.user_id)
         .where(BreachTarget.campaign_id == campaign_id, BreachTarget.user_id > after)
         .order_by(BreachTarget.user_id)
@@ -191,9 +209,14 @@ def report_page(session: DbSession, *, campaign_id: str, after: str,
 def report_record(row: ReportRow) -> dict[str, str | None]:
     """A report row as text: times in RFC 3339 UTC, None for what did not happen."""
     values: dict[str, Any] = {
-        "user_id": row.user_id, "email": row.email, "flagged_at": row.flagged_at,
-        "notice_queued_at": row.notice_queued_at, "notified_at": row.notified_at,
+        "user_id": row.user_id,
+        "email": row.email,
+        "flagged_at": row.flagged_at,
+        "notice_queued_at": row.notice_queued_at,
+        "notified_at": row.notified_at,
         "reset_at": row.reset_at,
     }
-    return {name: value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime)
-            else value for name, value in values.items()}
+    return {
+        name: value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
+        for name, value in values.items()
+    }
