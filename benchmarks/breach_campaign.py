@@ -68,12 +68,14 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def login_latencies(server: LiveServer, stop: threading.Event, *, limit: int,
-                    seconds: float) -> list[float]:
-    """Sequential real logins of the probe accounts, until stopped or bounded."""
+                    seconds: float, rate: float) -> list[float]:
+    """Real logins of the probe accounts, one at a time at about ``rate`` per second (steady
+    traffic rather than a saturating loop), until stopped or bounded."""
     out: list[float] = []
     deadline = time.monotonic() + seconds
     while not stop.is_set() and len(out) < limit and time.monotonic() < deadline:
         email = f"probe{len(out) % PROBES}@bench.example"
+        stop.wait(max(0.0, 1 / rate - (out[-1] / 1000 if out else 0.0)))
         started = time.perf_counter()
         status, body = call(server, "POST", "/v1/login", {"email": email, "password": PASSWORD})
         out.append((time.perf_counter() - started) * 1000)
@@ -144,8 +146,10 @@ def main() -> None:
     parser.add_argument("--emails", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--notify-rate", type=float, default=20.0)
-    parser.add_argument("--idle-logins", type=int, default=150)
+    parser.add_argument("--idle-logins", type=int, default=200)
     parser.add_argument("--max-logins", type=int, default=3000)
+    parser.add_argument("--login-rate", type=float, default=5.0,
+                        help="Logins per second while measuring (one at a time).")
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
 
@@ -160,6 +164,7 @@ def main() -> None:
     if args.batch_size:
         env["AUTHSVC_BREACH_BATCH_SIZE"] = str(args.batch_size)
     result: dict[str, Any] = {"users": args.users, "sessions_every": args.sessions_every,
+                              "login_rate_per_second": args.login_rate,
                               "cpus": os.cpu_count(), "load_before": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp, LiveServer(Path(tmp), env=env) as server:
         dsn = server.database_url()
@@ -175,12 +180,13 @@ def main() -> None:
             conn.execute("UPDATE users SET created_at = now() + interval '1 day' "
                          "WHERE email LIKE 'probe%%@bench.example'")
 
-        idle = login_latencies(server, threading.Event(), limit=args.idle_logins, seconds=120)
+        idle = login_latencies(server, threading.Event(), limit=args.idle_logins, seconds=300,
+                               rate=args.login_rate)
 
         stop = threading.Event()
         during: list[float] = []
         loop = threading.Thread(target=lambda: during.extend(login_latencies(
-            server, stop, limit=args.max_logins, seconds=args.timeout)))
+            server, stop, limit=args.max_logins, seconds=args.timeout, rate=args.login_rate)))
         started = time.perf_counter()
         status, created = call(server, "POST", "/admin/v1/breach-responses", admin=True, body={
             "reason": "benchmark: every account", "selector": "all", "mode": "invalidate",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, text
@@ -46,6 +46,7 @@ STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 MAX_REASON = 1000
 MAX_BATCH_FAILURES = 5  # consecutive failed attempts of a batch before the campaign fails
 _CREATION_LOCK = 7263542  # PostgreSQL advisory lock: campaigns are created one at a time
+PRIORITY_AT = datetime(2000, 1, 1, tzinfo=UTC)  # "due" time of batch jobs: ahead of the queue
 
 
 # --- views -------------------------------------------------------------------------------
@@ -401,9 +402,9 @@ def _queue_batch(
     now: datetime,
     delay: timedelta = timedelta(0),
 ) -> None:
-    """Queue the job that runs the next batch. Without a delay it is due as of the campaign's
-    creation, so it sorts ahead of the campaign's own notice tickets."""
-    due = delay if delay > timedelta(0) else min(timedelta(0), campaign.created_at - now)
+    """Queue the job that runs the next batch. Without a delay it is dated long ago, so the
+    worker (which takes due messages oldest first) runs it before any notice or mail waiting."""
+    due = delay if delay > timedelta(0) else min(timedelta(0), PRIORITY_AT - now)
     outbox.enqueue(
         session,
         deps.keyring,
