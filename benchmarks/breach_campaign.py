@@ -49,9 +49,16 @@ PASSWORD = "correct horse battery 42"
 PROBES = 20
 
 
-def call(server: LiveServer, method: str, path: str, body: Any = None, *,
-         admin: bool = False, raw: bytes | None = None,
-         content_type: str = "application/json") -> tuple[int, Any]:
+def call(
+    server: LiveServer,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    admin: bool = False,
+    raw: bytes | None = None,
+    content_type: str = "application/json",
+) -> tuple[int, Any]:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     request = urllib.request.Request(f"{server.url}{path}", data=data, method=method)
     if data is not None:
@@ -70,8 +77,9 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def login_latencies(server: LiveServer, stop: threading.Event, *, limit: int,
-                    seconds: float, rate: float) -> list[float]:
+def login_latencies(
+    server: LiveServer, stop: threading.Event, *, limit: int, seconds: float, rate: float
+) -> list[float]:
     """Real logins of the probe accounts, one at a time at about ``rate`` per second (steady
     traffic rather than a saturating loop), until stopped or bounded."""
     out: list[float] = []
@@ -122,8 +130,7 @@ def seed(dsn: str, *, users: int, sessions_every: int, password_hash: str) -> di
 def wait_for(server: LiveServer, campaign_id: str, *, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status, body = call(server, "GET", f"/admin/v1/breach-responses/{campaign_id}",
-                            admin=True)
+        status, body = call(server, "GET", f"/admin/v1/breach-responses/{campaign_id}", admin=True)
         if status == 200 and body["status"] not in ("pending", "running"):
             return body  # type: ignore[no-any-return]
         time.sleep(0.25)
@@ -137,9 +144,10 @@ def elapsed(body: dict[str, Any]) -> float:
 
 def pg_settings(dsn: str) -> dict[str, str]:
     with psycopg.connect(dsn) as conn:
-        return {name: conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
-                for name in ("server_version", "shared_buffers", "max_wal_size",
-                             "synchronous_commit")}
+        return {
+            name: conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
+            for name in ("server_version", "shared_buffers", "max_wal_size", "synchronous_commit")
+        }
 
 
 def main() -> None:
@@ -151,8 +159,12 @@ def main() -> None:
     parser.add_argument("--notify-rate", type=float, default=20.0)
     parser.add_argument("--idle-logins", type=int, default=200)
     parser.add_argument("--max-logins", type=int, default=3000)
-    parser.add_argument("--login-rate", type=float, default=5.0,
-                        help="Logins per second while measuring (one at a time).")
+    parser.add_argument(
+        "--login-rate",
+        type=float,
+        default=5.0,
+        help="Logins per second while measuring (one at a time).",
+    )
     parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
 
@@ -166,34 +178,65 @@ def main() -> None:
     }
     if args.batch_size:
         env["AUTHSVC_BREACH_BATCH_SIZE"] = str(args.batch_size)
-    result: dict[str, Any] = {"users": args.users, "sessions_every": args.sessions_every,
-                              "login_rate_per_second": args.login_rate,
-                              "cpus": os.cpu_count(), "load_before": os.getloadavg()}
+    result: dict[str, Any] = {
+        "users": args.users,
+        "sessions_every": args.sessions_every,
+        "login_rate_per_second": args.login_rate,
+        "cpus": os.cpu_count(),
+        "load_before": os.getloadavg(),
+    }
     with tempfile.TemporaryDirectory() as tmp, LiveServer(Path(tmp), env=env) as server:
         dsn = server.database_url()
         result["postgresql"] = pg_settings(dsn)
         for i in range(PROBES):
-            status, body = call(server, "POST", "/admin/v1/users", admin=True,
-                                body={"email": f"probe{i}@bench.example", "password": PASSWORD})
+            status, body = call(
+                server,
+                "POST",
+                "/admin/v1/users",
+                admin=True,
+                body={"email": f"probe{i}@bench.example", "password": PASSWORD},
+            )
             assert status == 201, body
         stored = argon2.PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
-        result["seed"] = seed(dsn, users=args.users, sessions_every=args.sessions_every,
-                              password_hash=stored.hash(PASSWORD))
+        result["seed"] = seed(
+            dsn,
+            users=args.users,
+            sessions_every=args.sessions_every,
+            password_hash=stored.hash(PASSWORD),
+        )
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("UPDATE users SET created_at = now() + interval '1 day' "
-                         "WHERE email LIKE 'probe%%@bench.example'")
+            conn.execute(
+                "UPDATE users SET created_at = now() + interval '1 day' "
+                "WHERE email LIKE 'probe%%@bench.example'"
+            )
 
-        idle = login_latencies(server, threading.Event(), limit=args.idle_logins, seconds=300,
-                               rate=args.login_rate)
+        idle = login_latencies(
+            server, threading.Event(), limit=args.idle_logins, seconds=300, rate=args.login_rate
+        )
 
         stop = threading.Event()
         during: list[float] = []
-        loop = threading.Thread(target=lambda: during.extend(login_latencies(
-            server, stop, limit=args.max_logins, seconds=args.timeout, rate=args.login_rate)))
+        loop = threading.Thread(
+            target=lambda: during.extend(
+                login_latencies(
+                    server, stop, limit=args.max_logins, seconds=args.timeout, rate=args.login_rate
+                )
+            )
+        )
         started = time.perf_counter()
-        status, created = call(server, "POST", "/admin/v1/breach-responses", admin=True, body={
-            "reason": "benchmark: every account", "selector": "all", "mode": "invalidate",
-            "revoke_sessions": True, "notify": True})
+        status, created = call(
+            server,
+            "POST",
+            "/admin/v1/breach-responses",
+            admin=True,
+            body={
+                "reason": "benchmark: every account",
+                "selector": "all",
+                "mode": "invalidate",
+                "revoke_sessions": True,
+                "notify": True,
+            },
+        )
         assert status == 202, created
         loop.start()
         done = wait_for(server, created["id"], timeout=args.timeout)
@@ -209,35 +252,51 @@ def main() -> None:
                 " (SELECT count(*) FROM outbox_messages WHERE kind = 'breach_notice')"
             ).fetchone()  # type: ignore[misc]
         result["campaign_all"] = {
-            "status": done["status"], "processed": done["processed"],
+            "status": done["status"],
+            "processed": done["processed"],
             "sessions_revoked": done["sessions_revoked"],
             "notices_queued": done["notices_queued"],
-            "seconds": round(elapsed(done), 2), "wall_seconds": round(wall, 2),
-            "check": {"flagged": flagged, "live_sessions_left": live,
-                      "notice_rows": tickets},
+            "seconds": round(elapsed(done), 2),
+            "wall_seconds": round(wall, 2),
+            "check": {"flagged": flagged, "live_sessions_left": live, "notice_rows": tickets},
         }
         result["login_ms"] = {
-            "idle": {"n": len(idle), "p50": round(statistics.median(idle), 1),
-                     "p99": round(percentile(idle, 0.99), 1)},
-            "during": {"n": len(during), "p50": round(statistics.median(during), 1),
-                       "p99": round(percentile(during, 0.99), 1)},
+            "idle": {
+                "n": len(idle),
+                "p50": round(statistics.median(idle), 1),
+                "p99": round(percentile(idle, 0.99), 1),
+            },
+            "during": {
+                "n": len(during),
+                "p50": round(statistics.median(during), 1),
+                "p99": round(percentile(during, 0.99), 1),
+            },
         }
         result["login_ms"]["p99_ratio"] = round(
-            result["login_ms"]["during"]["p99"] / result["login_ms"]["idle"]["p99"], 2)
+            result["login_ms"]["during"]["p99"] / result["login_ms"]["idle"]["p99"], 2
+        )
 
-        listed = "\n".join(f"user{i}@bench.example"
-                           for i in range(1, min(args.emails, args.users) + 1)).encode()
+        listed = "\n".join(
+            f"user{i}@bench.example" for i in range(1, min(args.emails, args.users) + 1)
+        ).encode()
         started = time.perf_counter()
         status, created = call(
-            server, "POST", "/admin/v1/breach-responses?selector=emails&mode=invalidate"
-            "&reason=benchmark%3A+uploaded+list&notify=true", raw=listed,
-            content_type="text/plain", admin=True)
+            server,
+            "POST",
+            "/admin/v1/breach-responses?selector=emails&mode=invalidate"
+            "&reason=benchmark%3A+uploaded+list&notify=true",
+            raw=listed,
+            content_type="text/plain",
+            admin=True,
+        )
         assert status == 202, created
         upload = time.perf_counter() - started
         done = wait_for(server, created["id"], timeout=args.timeout)
         result["campaign_list"] = {
-            "emails": args.emails, "matched": done["input"]["matched"],
-            "status": done["status"], "upload_seconds": round(upload, 2),
+            "emails": args.emails,
+            "matched": done["input"]["matched"],
+            "status": done["status"],
+            "upload_seconds": round(upload, 2),
             "seconds": round(elapsed(done), 2),
             "wall_seconds": round(time.perf_counter() - started, 2),
         }

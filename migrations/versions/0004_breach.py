@@ -68,12 +68,16 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("breach_targets", schema=None) as batch_op:
         batch_op.create_index(
-            "ix_breach_targets_notified", ["campaign_id"], unique=False,
+            "ix_breach_targets_notified",
+            ["campaign_id"],
+            unique=False,
             postgresql_where=sa.text("notified_at IS NOT NULL"),
             sqlite_where=sa.text("notified_at IS NOT NULL"),
         )
         batch_op.create_index(
-            "ix_breach_targets_reset", ["campaign_id"], unique=False,
+            "ix_breach_targets_reset",
+            ["campaign_id"],
+            unique=False,
             postgresql_where=sa.text("reset_at IS NOT NULL"),
             sqlite_where=sa.text("reset_at IS NOT NULL"),
         )

@@ -23,8 +23,9 @@ PASSWORD = "correct horse 42"
 
 @pytest.fixture
 def settings(settings):
-    return dataclasses.replace(settings, breach_batch_size=2, notify_rate_per_second=1000.0,
-                               breach_upload_max_bytes=4096)
+    return dataclasses.replace(
+        settings, breach_batch_size=2, notify_rate_per_second=1000.0, breach_upload_max_bytes=4096
+    )
 
 
 @pytest.fixture
@@ -41,8 +42,7 @@ def accounts(api) -> list[str]:
 
 
 def start(client, headers, **body):
-    payload = {"reason": "credential dump INC-12", "selector": "all", "mode": "invalidate",
-               **body}
+    payload = {"reason": "credential dump INC-12", "selector": "all", "mode": "invalidate", **body}
     return client.post(BASE, json=payload, headers=headers)
 
 
@@ -51,7 +51,8 @@ def db(app) -> DbSession:
 
 
 def test_a_campaign_runs_in_the_background_and_reports_progress(
-        api, client, app, as_admin, accounts):
+    api, client, app, as_admin, accounts
+):
     created = start(client, as_admin)
 
     assert created.status_code == 202
@@ -69,8 +70,9 @@ def test_a_campaign_runs_in_the_background_and_reports_progress(
     assert failed.status_code == 401
     assert failed.get_json()["code"] == "invalid_credentials"
     token = api.mailbox.token("user1@example.com", "reset-password")
-    reset = client.post("/v1/password/reset", json={"token": token,
-                                                    "new_password": "fresh horse 77"})
+    reset = client.post(
+        "/v1/password/reset", json={"token": token, "new_password": "fresh horse 77"}
+    )
     assert reset.status_code == 204
     again = client.get(f"{BASE}/{body['id']}", headers=as_admin).get_json()
     assert again["completed_resets"] == 1
@@ -83,13 +85,15 @@ def test_a_plain_text_upload_reports_rejected_lines(api, client, as_admin, accou
 
     response = client.post(
         f"{BASE}?selector=emails&mode=change_at_next_login&reason=leak&notify=false",
-        data=upload.encode(), content_type="text/plain", headers=as_admin)
+        data=upload.encode(),
+        content_type="text/plain",
+        headers=as_admin,
+    )
 
     assert response.status_code == 202
     report = response.get_json()["input"]
     assert (report["lines"], report["accepted"], report["matched"]) == (5, 3, 2)
-    assert report["rejections"] == [{"line": 2, "reason": "invalid_email",
-                                     "value": "not-an-email"}]
+    assert report["rejections"] == [{"line": 2, "reason": "invalid_email", "value": "not-an-email"}]
     assert report["unknown_values"] == ["ghost@example.com"]
     assert response.get_json()["notify"] is False
 
@@ -97,8 +101,12 @@ def test_a_plain_text_upload_reports_rejected_lines(api, client, as_admin, accou
 def test_a_csv_upload_uses_the_email_column(api, client, as_admin, accounts):
     upload = "id,email\n1,user3@example.com\n2,user0@example.com\n"
 
-    response = client.post(f"{BASE}?selector=emails&mode=invalidate&reason=leak",
-                           data=upload, content_type="text/csv", headers=as_admin)
+    response = client.post(
+        f"{BASE}?selector=emails&mode=invalidate&reason=leak",
+        data=upload,
+        content_type="text/csv",
+        headers=as_admin,
+    )
     api.drain()
 
     assert response.status_code == 202
@@ -127,24 +135,31 @@ def test_a_dry_run_only_counts(client, app, as_admin, accounts):
     response = start(client, as_admin, dry_run=True)
 
     assert response.status_code == 200
-    assert response.get_json() == {"dry_run": True, "targeted": 4, "conflicts_with": None,
-                                   "input": None}
+    assert response.get_json() == {
+        "dry_run": True,
+        "targeted": 4,
+        "conflicts_with": None,
+        "input": None,
+    }
     with db(app) as session:
         assert session.scalar(select(func.count()).select_from(BreachCampaign)) == 0
 
 
-@pytest.mark.parametrize(("body", "status", "code"), [
-    ({"selector": "everyone"}, 400, "invalid_request"),
-    ({"mode": "nuke"}, 400, "invalid_request"),
-    ({"reason": ""}, 400, "invalid_request"),
-    ({"selector": "created_before"}, 400, "invalid_request"),
-    ({"selector": "created_before", "before": "last tuesday"}, 400, "invalid_request"),
-    ({"selector": "emails"}, 400, "invalid_request"),
-    ({"selector": "emails", "emails": ["nope", "  "]}, 400, "empty_target_list"),
-    ({"selector": "emails", "emails": ["nobody@example.com"]}, 422, "no_targets"),
-    ({"selector": "user_ids", "user_ids": ["unknownid"]}, 422, "no_targets"),
-    ({"emails": ["user1@example.com"]}, 400, "invalid_request"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"selector": "everyone"}, 400, "invalid_request"),
+        ({"mode": "nuke"}, 400, "invalid_request"),
+        ({"reason": ""}, 400, "invalid_request"),
+        ({"selector": "created_before"}, 400, "invalid_request"),
+        ({"selector": "created_before", "before": "last tuesday"}, 400, "invalid_request"),
+        ({"selector": "emails"}, 400, "invalid_request"),
+        ({"selector": "emails", "emails": ["nope", "  "]}, 400, "empty_target_list"),
+        ({"selector": "emails", "emails": ["nobody@example.com"]}, 422, "no_targets"),
+        ({"selector": "user_ids", "user_ids": ["unknownid"]}, 422, "no_targets"),
+        ({"emails": ["user1@example.com"]}, 400, "invalid_request"),
+    ],
+)
 def test_bad_campaigns_are_refused(client, app, as_admin, accounts, body, status, code):
     response = start(client, as_admin, **body)
 
@@ -154,19 +169,29 @@ def test_bad_campaigns_are_refused(client, app, as_admin, accounts, body, status
         assert session.scalar(select(func.count()).select_from(BreachCampaign)) == 0
 
 
-def test_uploads_need_a_list_selector_a_known_type_and_a_bounded_size(
-        client, as_admin, accounts):
-    wrong = client.post(f"{BASE}?selector=all&mode=invalidate&reason=x", data="a@b.co\n",
-                        content_type="text/plain", headers=as_admin)
+def test_uploads_need_a_list_selector_a_known_type_and_a_bounded_size(client, as_admin, accounts):
+    wrong = client.post(
+        f"{BASE}?selector=all&mode=invalidate&reason=x",
+        data="a@b.co\n",
+        content_type="text/plain",
+        headers=as_admin,
+    )
     assert (wrong.status_code, wrong.get_json()["code"]) == (400, "invalid_request")
-    flag = client.post(f"{BASE}?selector=emails&mode=invalidate&reason=x&notify=maybe",
-                       data="a@b.co\n", content_type="text/plain", headers=as_admin)
+    flag = client.post(
+        f"{BASE}?selector=emails&mode=invalidate&reason=x&notify=maybe",
+        data="a@b.co\n",
+        content_type="text/plain",
+        headers=as_admin,
+    )
     assert (flag.status_code, flag.get_json()["code"]) == (400, "invalid_request")
     xml = client.post(BASE, data="<emails/>", content_type="application/xml", headers=as_admin)
     assert (xml.status_code, xml.get_json()["code"]) == (415, "unsupported_media_type")
-    big = client.post(f"{BASE}?selector=emails&mode=invalidate&reason=x",
-                      data="a@example.com\n" * 400, content_type="text/plain",
-                      headers=as_admin)
+    big = client.post(
+        f"{BASE}?selector=emails&mode=invalidate&reason=x",
+        data="a@example.com\n" * 400,
+        content_type="text/plain",
+        headers=as_admin,
+    )
     assert (big.status_code, big.get_json()["code"]) == (413, "payload_too_large")
 
 
@@ -178,7 +203,8 @@ def test_admin_routes_need_an_admin_key(client, accounts):
 
 
 def test_a_second_campaign_on_the_same_accounts_waits_for_the_first(
-        api, client, as_admin, accounts):
+    api, client, as_admin, accounts
+):
     first = start(client, as_admin).get_json()
 
     clash = start(client, as_admin, selector="emails", emails=["user2@example.com"])
@@ -198,8 +224,12 @@ def test_a_second_campaign_on_the_same_accounts_waits_for_the_first(
 
 
 def test_the_report_lists_every_affected_account(api, client, app, as_admin, accounts):
-    created = start(client, as_admin, selector="emails",
-                    emails=["user0@example.com", "user2@example.com", "user3@example.com"])
+    created = start(
+        client,
+        as_admin,
+        selector="emails",
+        emails=["user0@example.com", "user2@example.com", "user3@example.com"],
+    )
     campaign_id = created.get_json()["id"]
     api.drain()
 
@@ -210,8 +240,11 @@ def test_the_report_lists_every_affected_account(api, client, app, as_admin, acc
     assert as_csv.mimetype == "text/csv"
     assert "attachment" in as_csv.headers["Content-Disposition"]
     rows = list(csv.DictReader(io.StringIO(as_csv.get_data(as_text=True))))
-    assert sorted(r["email"] for r in rows) == ["user0@example.com", "user2@example.com",
-                                                "user3@example.com"]
+    assert sorted(r["email"] for r in rows) == [
+        "user0@example.com",
+        "user2@example.com",
+        "user3@example.com",
+    ]
     assert all(r["flagged_at"] and r["notified_at"] and not r["reset_at"] for r in rows)
     document = json.loads(as_json.get_data(as_text=True))
     assert document["breach_response"]["id"] == campaign_id
@@ -219,8 +252,11 @@ def test_the_report_lists_every_affected_account(api, client, app, as_admin, acc
     bad = client.get(f"{BASE}/{campaign_id}/report?format=xlsx", headers=as_admin)
     assert (bad.status_code, bad.get_json()["code"]) == (400, "invalid_request")
     with db(app) as session:
-        exports = session.scalar(select(func.count()).select_from(AuditEvent)
-                                 .where(AuditEvent.type == "breach.report_exported"))
+        exports = session.scalar(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(AuditEvent.type == "breach.report_exported")
+        )
     assert exports == 2
 
 
@@ -229,14 +265,15 @@ def test_force_reset_signs_the_user_out_now(api, client, app, as_admin, accounts
     with db(app) as session:
         user_id = session.scalar(select(User.id).where(User.email == "user2@example.com"))
 
-    response = client.post(f"/admin/v1/users/{user_id}/force-reset",
-                           json={"mode": "change_at_next_login", "reason": "phished"},
-                           headers=as_admin)
+    response = client.post(
+        f"/admin/v1/users/{user_id}/force-reset",
+        json={"mode": "change_at_next_login", "reason": "phished"},
+        headers=as_admin,
+    )
 
     assert response.status_code == 200
     body = response.get_json()
-    assert (body["status"], body["origin"], body["processed"]) == (
-        "completed", "force_reset", 1)
+    assert (body["status"], body["origin"], body["processed"]) == ("completed", "force_reset", 1)
     me = client.get("/v1/me", headers=api.bearer(tokens["access_token"]))
     assert me.status_code == 401
     login = api.login("user2@example.com", PASSWORD).get_json()
@@ -245,6 +282,7 @@ def test_force_reset_signs_the_user_out_now(api, client, app, as_admin, accounts
     assert "please change your password" in api.mailbox.last("user2@example.com")["Subject"]
     missing = client.post("/admin/v1/users/nobody/force-reset", headers=as_admin)
     assert (missing.status_code, missing.get_json()["code"]) == (404, "not_found")
-    bad_mode = client.post(f"/admin/v1/users/{user_id}/force-reset", json={"mode": "x"},
-                           headers=as_admin)
+    bad_mode = client.post(
+        f"/admin/v1/users/{user_id}/force-reset", json={"mode": "x"}, headers=as_admin
+    )
     assert bad_mode.status_code == 400

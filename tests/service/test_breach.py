@@ -49,8 +49,12 @@ ADMIN = Creator(name="tests", key_id=None)
 
 @pytest.fixture
 def settings(settings):
-    return dataclasses.replace(settings, breach_batch_size=3, notify_rate_per_second=50.0,
-                               breach_sweep_delay=timedelta(minutes=30))
+    return dataclasses.replace(
+        settings,
+        breach_batch_size=3,
+        notify_rate_per_second=50.0,
+        breach_sweep_delay=timedelta(minutes=30),
+    )
 
 
 @pytest.fixture
@@ -61,9 +65,12 @@ def mailbox(settings) -> Mailbox:
 @pytest.fixture
 def later_worker(runtime) -> OutboxWorker:
     """A worker whose clock is an hour ahead, so every spaced notice ticket is due."""
-    return OutboxWorker(sessionmaker=runtime.sessionmaker, deps=runtime.deps,
-                        handlers=default_handlers(make_backend(runtime.settings.mail_url)),
-                        clock=lambda: utcnow() + timedelta(hours=1))
+    return OutboxWorker(
+        sessionmaker=runtime.sessionmaker,
+        deps=runtime.deps,
+        handlers=default_handlers(make_backend(runtime.settings.mail_url)),
+        clock=lambda: utcnow() + timedelta(hours=1),
+    )
 
 
 @pytest.fixture
@@ -77,8 +84,9 @@ def request(**changes) -> CampaignRequest:
 
 
 def create(db_session, deps, caller, **kwargs) -> Created:
-    result = breach.create_campaign(db_session, deps, creator=ADMIN, client=caller,
-                                    now=utcnow(), **kwargs)
+    result = breach.create_campaign(
+        db_session, deps, creator=ADMIN, client=caller, now=utcnow(), **kwargs
+    )
     assert isinstance(result, Created)
     db_session.flush()
     return result
@@ -107,8 +115,14 @@ def batch_user_ids(db_session, campaign_id: str) -> list[str]:
 
 def add_session(db_session, user) -> Session:
     at = utcnow()
-    row = Session(user_id=user.id, created_at=at, last_used_at=at, auth_time=at, amr="pwd",
-                  expires_at=at + timedelta(days=1))
+    row = Session(
+        user_id=user.id,
+        created_at=at,
+        last_used_at=at,
+        auth_time=at,
+        amr="pwd",
+        expires_at=at + timedelta(days=1),
+    )
     db_session.add(row)
     db_session.flush()
     return row
@@ -118,15 +132,24 @@ def add_session(db_session, user) -> Session:
 
 
 def test_a_list_keeps_good_lines_and_reports_the_rest():
-    lines = [b"\xef\xbb\xbfAda@Example.com", b"", b"# leaked 2024-05", b"not an email",
-             b"ada@example.com", b"\xff\xfe", b"  bob@example.org  "]
+    lines = [
+        b"\xef\xbb\xbfAda@Example.com",
+        b"",
+        b"# leaked 2024-05",
+        b"not an email",
+        b"ada@example.com",
+        b"\xff\xfe",
+        b"  bob@example.org  ",
+    ]
 
     parsed = lists.parse_target_list("emails", lines)
 
     assert parsed.values == ("ada@example.com", "bob@example.org")
     assert (parsed.lines, parsed.duplicates, parsed.rejected) == (7, 1, 2)
-    assert [(r.line, r.reason) for r in parsed.rejections] == [(4, "invalid_email"),
-                                                                (6, "not_utf8")]
+    assert [(r.line, r.reason) for r in parsed.rejections] == [
+        (4, "invalid_email"),
+        (6, "not_utf8"),
+    ]
 
 
 def test_a_csv_list_uses_the_email_column():
@@ -135,8 +158,10 @@ def test_a_csv_list_uses_the_email_column():
     parsed = lists.parse_target_list("emails", lines, csv_format=True)
 
     assert parsed.values == ("ada@example.com", "cy@x.org")
-    assert [(r.line, r.reason) for r in parsed.rejections] == [(3, "invalid_email"),
-                                                                (4, "missing_column")]
+    assert [(r.line, r.reason) for r in parsed.rejections] == [
+        (3, "invalid_email"),
+        (4, "missing_column"),
+    ]
 
 
 def test_user_ids_must_look_like_ids():
@@ -150,7 +175,8 @@ def test_user_ids_must_look_like_ids():
 
 
 def test_all_accounts_are_flagged_revoked_and_notified_once(
-        db_session, deps, caller, users, make_user, worker, later_worker, mailbox):
+    db_session, deps, caller, users, make_user, worker, later_worker, mailbox
+):
     disabled = make_user(email="gone@example.com", disabled=True)
     live = [add_session(db_session, user) for user in users[:4]]
     created = create(db_session, deps, caller, request=request(revoke_sessions=True))
@@ -162,8 +188,10 @@ def test_all_accounts_are_flagged_revoked_and_notified_once(
     campaign = breach.get_campaign(db_session, campaign_id=created.campaign.id)
     assert campaign.status == "completed"
     assert (campaign.processed, campaign.notices_queued, campaign.sessions_revoked) == (9, 8, 4)
-    flagged = sorted(u.id for u in db_session.scalars(
-        select(User).where(User.password_invalidated_at.is_not(None))))
+    flagged = sorted(
+        u.id
+        for u in db_session.scalars(select(User).where(User.password_invalidated_at.is_not(None)))
+    )
     assert flagged == sorted([u.id for u in users] + [disabled.id])
     assert sorted(batch_user_ids(db_session, campaign.id)) == flagged  # each exactly once
     assert all(db_session.get(Session, s.id).revoked_reason == "breach_response" for s in live)
@@ -178,33 +206,55 @@ def test_all_accounts_are_flagged_revoked_and_notified_once(
     assert "Every device signed in to your account was signed out." in notice.get_content()
     assert len(mailbox.messages("user3@example.com")) == 1
     with pytest.raises(InvalidCredentials):
-        accounts.login_with_password(db_session, deps, email="user3@example.com",
-                                     password=PASSWORD, client=caller, now=utcnow())
+        accounts.login_with_password(
+            db_session,
+            deps,
+            email="user3@example.com",
+            password=PASSWORD,
+            client=caller,
+            now=utcnow(),
+        )
 
 
 def test_a_reset_through_the_notice_link_counts_as_completed(
-        db_session, deps, caller, users, worker, later_worker, mailbox):
+    db_session, deps, caller, users, worker, later_worker, mailbox
+):
     created = create(db_session, deps, caller, request=request())
     drain(db_session, worker)
     drain(db_session, later_worker)
     token = mailbox.token("user5@example.com", "reset-password")
 
-    accounts.reset_password(db_session, deps, token=token, new_password=NEW_PASSWORD,
-                            proof=FactorProof(), client=caller, now=utcnow())
+    accounts.reset_password(
+        db_session,
+        deps,
+        token=token,
+        new_password=NEW_PASSWORD,
+        proof=FactorProof(),
+        client=caller,
+        now=utcnow(),
+    )
 
     assert breach.get_campaign(db_session, campaign_id=created.campaign.id).completed_resets == 1
-    result = accounts.login_with_password(db_session, deps, email="user5@example.com",
-                                          password=NEW_PASSWORD, client=caller, now=utcnow())
+    result = accounts.login_with_password(
+        db_session,
+        deps,
+        email="user5@example.com",
+        password=NEW_PASSWORD,
+        client=caller,
+        now=utcnow(),
+    )
     assert result.status == "authenticated"
 
 
 def test_change_at_next_login_asks_for_a_new_password_after_login(
-        db_session, deps, caller, users, worker):
+    db_session, deps, caller, users, worker
+):
     create(db_session, deps, caller, request=request(mode="change_at_next_login"))
     drain(db_session, worker)
 
-    result = accounts.login_with_password(db_session, deps, email="user1@example.com",
-                                          password=PASSWORD, client=caller, now=utcnow())
+    result = accounts.login_with_password(
+        db_session, deps, email="user1@example.com", password=PASSWORD, client=caller, now=utcnow()
+    )
 
     assert result.status == "password_change_required"
     assert result.tokens is None and result.change_token
@@ -222,8 +272,9 @@ def test_a_batch_that_dies_is_redone_by_the_next_runner(db_session, deps, caller
 
     while True:
         with factory.begin() as session:
-            if batches.run_next_batch(session, deps, campaign_id=campaign_id,
-                                      now=utcnow()).finished:
+            if batches.run_next_batch(
+                session, deps, campaign_id=campaign_id, now=utcnow()
+            ).finished:
                 break
 
     db_session.expire_all()
@@ -234,7 +285,8 @@ def test_a_batch_that_dies_is_redone_by_the_next_runner(db_session, deps, caller
 
 
 def test_a_failing_batch_is_retried_then_fails_the_campaign(
-        db_session, deps, caller, users, worker, monkeypatch):
+    db_session, deps, caller, users, worker, monkeypatch
+):
     created = create(db_session, deps, caller, request=request())
 
     def broken(*args, **kwargs):
@@ -243,18 +295,26 @@ def test_a_failing_batch_is_retried_then_fails_the_campaign(
     monkeypatch.setattr(batches, "run_next_batch", broken)
     for _ in range(breach.MAX_BATCH_FAILURES):
         db_session.flush()
-        db_session.execute(OutboxMessage.__table__.update()
-                           .where(OutboxMessage.kind == "breach_batch",
-                                  OutboxMessage.completed_at.is_(None))
-                           .values(available_at=utcnow() - timedelta(seconds=1)))
+        db_session.execute(
+            OutboxMessage.__table__.update()
+            .where(OutboxMessage.kind == "breach_batch", OutboxMessage.completed_at.is_(None))
+            .values(available_at=utcnow() - timedelta(seconds=1))
+        )
         worker.drain()
 
     db_session.expire_all()
     campaign = breach.get_campaign(db_session, campaign_id=created.campaign.id)
     assert campaign.status == "failed"
     assert campaign.last_error == "RuntimeError: disk full"
-    assert count(db_session, OutboxMessage, OutboxMessage.kind == "breach_batch",
-                 OutboxMessage.completed_at.is_(None)) == 0
+    assert (
+        count(
+            db_session,
+            OutboxMessage,
+            OutboxMessage.kind == "breach_batch",
+            OutboxMessage.completed_at.is_(None),
+        )
+        == 0
+    )
 
 
 # --- selectors and options ----------------------------------------------------------------
@@ -262,10 +322,10 @@ def test_a_failing_batch_is_retried_then_fails_the_campaign(
 
 def test_an_email_list_reports_unknown_addresses(db_session, deps, caller, users, worker):
     targets = lists.parse_target_list(
-        "emails", ["USER1@example.com", "nobody@example.com", "user2@example.com", "bad"])
+        "emails", ["USER1@example.com", "nobody@example.com", "user2@example.com", "bad"]
+    )
 
-    created = create(db_session, deps, caller,
-                     request=request(selector="emails", targets=targets))
+    created = create(db_session, deps, caller, request=request(selector="emails", targets=targets))
     drain(db_session, worker)
 
     campaign = breach.get_campaign(db_session, campaign_id=created.campaign.id)
@@ -282,11 +342,16 @@ def test_before_selectors_pick_older_accounts(db_session, deps, caller, users, w
     old.created_at = old.password_set_at = utcnow() - timedelta(days=400)
     cutoff = utcnow() - timedelta(days=30)
 
-    by_creation = create(db_session, deps, caller,
-                         request=request(selector="created_before", before=cutoff))
+    by_creation = create(
+        db_session, deps, caller, request=request(selector="created_before", before=cutoff)
+    )
     drain(db_session, worker)
-    by_password = create(db_session, deps, caller, request=request(
-        selector="password_set_before", before=cutoff, mode="change_at_next_login"))
+    by_password = create(
+        db_session,
+        deps,
+        caller,
+        request=request(selector="password_set_before", before=cutoff, mode="change_at_next_login"),
+    )
     drain(db_session, worker)
 
     assert by_creation.campaign.targeted == by_password.campaign.targeted == 1
@@ -296,15 +361,35 @@ def test_before_selectors_pick_older_accounts(db_session, deps, caller, users, w
 
 def test_reset_mfa_removes_second_factors(db_session, deps, caller, users, worker):
     at = utcnow()
-    db_session.add(TotpFactor(user_id=users[0].id, name="phone", secret_ciphertext=b"x",
-                              created_at=at, confirmed_at=at, confirm_attempts=0))
+    db_session.add(
+        TotpFactor(
+            user_id=users[0].id,
+            name="phone",
+            secret_ciphertext=b"x",
+            created_at=at,
+            confirmed_at=at,
+            confirm_attempts=0,
+        )
+    )
     db_session.add(RecoveryCode(user_id=users[0].id, code_hash="h" * 64, created_at=at))
-    db_session.add(TotpFactor(user_id=users[1].id, name="phone", secret_ciphertext=b"x",
-                              created_at=at, confirmed_at=at, confirm_attempts=0))
+    db_session.add(
+        TotpFactor(
+            user_id=users[1].id,
+            name="phone",
+            secret_ciphertext=b"x",
+            created_at=at,
+            confirmed_at=at,
+            confirm_attempts=0,
+        )
+    )
     targets = lists.parse_target_list("user_ids", [users[0].id])
 
-    create(db_session, deps, caller,
-           request=request(selector="user_ids", targets=targets, reset_mfa=True))
+    create(
+        db_session,
+        deps,
+        caller,
+        request=request(selector="user_ids", targets=targets, reset_mfa=True),
+    )
     drain(db_session, worker)
 
     assert count(db_session, TotpFactor, TotpFactor.user_id == users[0].id) == 0
@@ -313,8 +398,9 @@ def test_reset_mfa_removes_second_factors(db_session, deps, caller, users, worke
 
 
 def test_pending_login_steps_die_with_the_password(db_session, deps, caller, users, worker):
-    token = user_tokens.issue(db_session, user_id=users[0].id, purpose="mfa",
-                              ttl=timedelta(minutes=5), now=utcnow())
+    token = user_tokens.issue(
+        db_session, user_id=users[0].id, purpose="mfa", ttl=timedelta(minutes=5), now=utcnow()
+    )
     create(db_session, deps, caller, request=request())
     drain(db_session, worker)
 
@@ -322,8 +408,7 @@ def test_pending_login_steps_die_with_the_password(db_session, deps, caller, use
         user_tokens.find(db_session, token=token, purpose="mfa", now=utcnow())
 
 
-def test_a_racing_login_session_is_swept(db_session, deps, caller, users, worker,
-                                         later_worker):
+def test_a_racing_login_session_is_swept(db_session, deps, caller, users, worker, later_worker):
     created = create(db_session, deps, caller, request=request())
     drain(db_session, worker)
     straggler = add_session(db_session, users[2])  # as if its login read the account early
@@ -347,12 +432,19 @@ def test_bad_requests_are_refused_before_anything_is_written(db_session, deps, c
     ]
     for bad in cases:
         with pytest.raises(InvalidRequest):
-            breach.create_campaign(db_session, deps, request=bad, creator=ADMIN, client=caller,
-                                   now=utcnow())
+            breach.create_campaign(
+                db_session, deps, request=bad, creator=ADMIN, client=caller, now=utcnow()
+            )
     empty = lists.parse_target_list("emails", ["nope", ""])
     with pytest.raises(EmptyTargetList) as refused:
-        breach.create_campaign(db_session, deps, creator=ADMIN, client=caller, now=utcnow(),
-                               request=request(selector="emails", targets=empty))
+        breach.create_campaign(
+            db_session,
+            deps,
+            creator=ADMIN,
+            client=caller,
+            now=utcnow(),
+            request=request(selector="emails", targets=empty),
+        )
     assert refused.value.extra["rejected"] == 1
     assert count(db_session, BreachCampaign) == 0
 
@@ -361,8 +453,14 @@ def test_a_list_that_matches_nobody_starts_nothing(db_session, deps, caller, use
     targets = lists.parse_target_list("emails", ["nobody@example.com"])
 
     with pytest.raises(NoTargets):
-        breach.create_campaign(db_session, deps, creator=ADMIN, client=caller, now=utcnow(),
-                               request=request(selector="emails", targets=targets))
+        breach.create_campaign(
+            db_session,
+            deps,
+            creator=ADMIN,
+            client=caller,
+            now=utcnow(),
+            request=request(selector="emails", targets=targets),
+        )
 
     assert count(db_session, BreachCampaign) == 0
     assert count(db_session, BreachTarget) == 0
@@ -374,16 +472,32 @@ def test_an_overlapping_campaign_is_refused_while_one_runs(db_session, deps, cal
     targets = lists.parse_target_list("emails", ["user4@example.com"])
 
     with pytest.raises(CampaignConflict) as refused:
-        breach.create_campaign(db_session, deps, creator=ADMIN, client=caller, now=utcnow(),
-                               request=request(selector="emails", targets=targets))
+        breach.create_campaign(
+            db_session,
+            deps,
+            creator=ADMIN,
+            client=caller,
+            now=utcnow(),
+            request=request(selector="emails", targets=targets),
+        )
 
     assert refused.value.extra["campaign_id"] == running.campaign.id
     assert count(db_session, BreachCampaign) == 1
     assert count(db_session, BreachTarget) == 0
     with pytest.raises(CampaignConflict):
-        breach.force_reset(db_session, deps, user_id=users[4].id, mode="invalidate",
-                           revoke_sessions=True, reset_mfa=False, notify=False, reason="x",
-                           creator=ADMIN, client=caller, now=utcnow())
+        breach.force_reset(
+            db_session,
+            deps,
+            user_id=users[4].id,
+            mode="invalidate",
+            revoke_sessions=True,
+            reset_mfa=False,
+            notify=False,
+            reason="x",
+            creator=ADMIN,
+            client=caller,
+            now=utcnow(),
+        )
 
 
 def test_disjoint_campaigns_may_run_together(db_session, deps, caller, users):
@@ -402,18 +516,35 @@ def test_an_idempotency_key_returns_the_same_campaign(db_session, deps, caller, 
 
     assert again.replayed and again.campaign.id == first.campaign.id
     with pytest.raises(IdempotencyKeyReused):
-        create(db_session, deps, caller, request=request(mode="change_at_next_login"),
-               idempotency_key="k-1")
+        create(
+            db_session,
+            deps,
+            caller,
+            request=request(mode="change_at_next_login"),
+            idempotency_key="k-1",
+        )
     assert count(db_session, BreachCampaign) == 1
 
 
-def test_a_dry_run_counts_and_writes_nothing_but_its_audit_event(
-        db_session, deps, caller, users):
-    running = create(db_session, deps, caller, request=request(
-        selector="user_ids", targets=lists.parse_target_list("user_ids", [users[0].id])))
+def test_a_dry_run_counts_and_writes_nothing_but_its_audit_event(db_session, deps, caller, users):
+    running = create(
+        db_session,
+        deps,
+        caller,
+        request=request(
+            selector="user_ids", targets=lists.parse_target_list("user_ids", [users[0].id])
+        ),
+    )
 
-    result = breach.create_campaign(db_session, deps, request=request(), creator=ADMIN,
-                                    client=caller, now=utcnow(), dry_run=True)
+    result = breach.create_campaign(
+        db_session,
+        deps,
+        request=request(),
+        creator=ADMIN,
+        client=caller,
+        now=utcnow(),
+        dry_run=True,
+    )
 
     assert result == DryRun(targeted=8, conflicts_with=running.campaign.id, input=None)
     assert count(db_session, BreachCampaign) == 1
@@ -421,57 +552,96 @@ def test_a_dry_run_counts_and_writes_nothing_but_its_audit_event(
     assert count(db_session, AuditEvent, AuditEvent.type == "breach.dry_run") == 1
 
 
-def test_cancel_stops_a_campaign_but_not_a_finished_one(
-        db_session, deps, caller, users, worker):
+def test_cancel_stops_a_campaign_but_not_a_finished_one(db_session, deps, caller, users, worker):
     created = create(db_session, deps, caller, request=request())
     with pytest.raises(NotFound):
-        breach.cancel_campaign(db_session, deps, campaign_id="nope", creator=ADMIN,
-                               client=caller, now=utcnow())
+        breach.cancel_campaign(
+            db_session, deps, campaign_id="nope", creator=ADMIN, client=caller, now=utcnow()
+        )
 
-    cancelled = breach.cancel_campaign(db_session, deps, campaign_id=created.campaign.id,
-                                       creator=ADMIN, client=caller, now=utcnow())
+    cancelled = breach.cancel_campaign(
+        db_session,
+        deps,
+        campaign_id=created.campaign.id,
+        creator=ADMIN,
+        client=caller,
+        now=utcnow(),
+    )
     drain(db_session, worker)
 
     assert cancelled.status == "cancelled"
     assert breach.get_campaign(db_session, campaign_id=cancelled.id).processed == 0
     assert count(db_session, User, User.password_invalidated_at.is_not(None)) == 0
-    again = breach.cancel_campaign(db_session, deps, campaign_id=cancelled.id, creator=ADMIN,
-                                   client=caller, now=utcnow())
+    again = breach.cancel_campaign(
+        db_session, deps, campaign_id=cancelled.id, creator=ADMIN, client=caller, now=utcnow()
+    )
     assert again.status == "cancelled"
     done = create(db_session, deps, caller, request=request())
     drain(db_session, worker)
     with pytest.raises(CampaignFinished):
-        breach.cancel_campaign(db_session, deps, campaign_id=done.campaign.id, creator=ADMIN,
-                               client=caller, now=utcnow())
+        breach.cancel_campaign(
+            db_session,
+            deps,
+            campaign_id=done.campaign.id,
+            creator=ADMIN,
+            client=caller,
+            now=utcnow(),
+        )
 
 
 def test_force_reset_applies_at_once(db_session, deps, caller, users, later_worker, mailbox):
     live = add_session(db_session, users[6])
 
-    view = breach.force_reset(db_session, deps, user_id=users[6].id, mode="invalidate",
-                              revoke_sessions=True, reset_mfa=False, notify=True,
-                              reason="phished", creator=ADMIN, client=caller, now=utcnow())
+    view = breach.force_reset(
+        db_session,
+        deps,
+        user_id=users[6].id,
+        mode="invalidate",
+        revoke_sessions=True,
+        reset_mfa=False,
+        notify=True,
+        reason="phished",
+        creator=ADMIN,
+        client=caller,
+        now=utcnow(),
+    )
 
     assert (view.status, view.origin, view.processed, view.sessions_revoked) == (
-        "completed", "force_reset", 1, 1)
+        "completed",
+        "force_reset",
+        1,
+        1,
+    )
     db_session.expire_all()
     assert db_session.get(User, users[6].id).password_invalidated_at is not None
     assert db_session.get(Session, live.id).revoked_at is not None
     drain(db_session, later_worker)
     assert mailbox.token("user6@example.com", "reset-password")
     with pytest.raises(NotFound):
-        breach.force_reset(db_session, deps, user_id="nobody", mode="invalidate",
-                           revoke_sessions=True, reset_mfa=False, notify=True, reason="x",
-                           creator=ADMIN, client=caller, now=utcnow())
+        breach.force_reset(
+            db_session,
+            deps,
+            user_id="nobody",
+            mode="invalidate",
+            revoke_sessions=True,
+            reset_mfa=False,
+            notify=True,
+            reason="x",
+            creator=ADMIN,
+            client=caller,
+            now=utcnow(),
+        )
 
 
-def test_notice_tickets_are_spaced_at_the_configured_rate(db_session, deps, caller, users,
-                                                          worker):
+def test_notice_tickets_are_spaced_at_the_configured_rate(db_session, deps, caller, users, worker):
     create(db_session, deps, caller, request=request())
     drain(db_session, worker)
 
-    due = sorted(db_session.scalars(select(OutboxMessage.available_at)
-                                    .where(OutboxMessage.kind == "breach_notice")))
+    due = sorted(
+        db_session.scalars(
+            select(OutboxMessage.available_at).where(OutboxMessage.kind == "breach_notice")
+        )
+    )
     gaps = {round((b - a).total_seconds(), 3) for a, b in itertools.pairwise(due)}
     assert gaps == {0.02}  # 50 per second
     message = db_session.scalar(select(OutboxMessage).where(OutboxMessage.kind == "breach_notice"))
@@ -479,18 +649,36 @@ def test_notice_tickets_are_spaced_at_the_configured_rate(db_session, deps, call
 
 
 def test_a_breached_password_at_login_flags_the_account_unless_turned_off(
-        db_session, deps, caller, make_user):
+    db_session, deps, caller, make_user
+):
     make_user(email="first@example.com", password="password123")
     make_user(email="second@example.com", password="password123")
-    off = dataclasses.replace(deps, settings=Settings.from_env(
-        {"AUTHSVC_FLAG_BREACHED_AT_LOGIN": "false"}))
-    off = dataclasses.replace(deps, settings=dataclasses.replace(
-        deps.settings, flag_breached_at_login=off.settings.flag_breached_at_login))
+    off = dataclasses.replace(
+        deps, settings=Settings.from_env({"AUTHSVC_FLAG_BREACHED_AT_LOGIN": "false"})
+    )
+    off = dataclasses.replace(
+        deps,
+        settings=dataclasses.replace(
+            deps.settings, flag_breached_at_login=off.settings.flag_breached_at_login
+        ),
+    )
 
-    flagged = accounts.login_with_password(db_session, deps, email="first@example.com",
-                                           password="password123", client=caller, now=utcnow())
-    allowed = accounts.login_with_password(db_session, off, email="second@example.com",
-                                           password="password123", client=caller, now=utcnow())
+    flagged = accounts.login_with_password(
+        db_session,
+        deps,
+        email="first@example.com",
+        password="password123",
+        client=caller,
+        now=utcnow(),
+    )
+    allowed = accounts.login_with_password(
+        db_session,
+        off,
+        email="second@example.com",
+        password="password123",
+        client=caller,
+        now=utcnow(),
+    )
 
     assert flagged.status == "password_change_required"
     assert allowed.status == "authenticated"

@@ -47,8 +47,16 @@ def accounts(env) -> list[str]:
     emails = [f"user{i}@example.com" for i in range(7)]
     with runtime.sessionmaker.begin() as session:
         for email in emails:
-            session.add(User(email=email, password_hash="$argon2id$x", password_set_at=at,
-                             email_verified_at=at, created_at=at, updated_at=at))
+            session.add(
+                User(
+                    email=email,
+                    password_hash="$argon2id$x",
+                    password_set_at=at,
+                    email_verified_at=at,
+                    created_at=at,
+                    updated_at=at,
+                )
+            )
     runtime.engine.dispose()
     return emails
 
@@ -67,11 +75,23 @@ def query(env, statement):
 
 def test_create_from_an_emails_file_runs_to_completion(env, accounts, tmp_path):
     leaked = tmp_path / "leaked.txt"
-    leaked.write_text("user1@example.com\nuser2@example.com\nnobody@example.com\nbroken\n"
-                      "user5@example.com\nuser6@example.com\n")
+    leaked.write_text(
+        "user1@example.com\nuser2@example.com\nnobody@example.com\nbroken\n"
+        "user5@example.com\nuser6@example.com\n"
+    )
 
-    result = run(env, "breach-response", "create", "--emails-file", str(leaked), "--mode",
-                 "invalidate", "--notify", "--reason", "dump on a forum")
+    result = run(
+        env,
+        "breach-response",
+        "create",
+        "--emails-file",
+        str(leaked),
+        "--mode",
+        "invalidate",
+        "--notify",
+        "--reason",
+        "dump on a forum",
+    )
 
     assert result.exit_code == 0, result.output
     campaign_id = result.stdout.splitlines()[0]
@@ -81,8 +101,12 @@ def test_create_from_an_emails_file_runs_to_completion(env, accounts, tmp_path):
     assert "4/4" in result.stderr  # the progress bar
     flagged = query(env, select(User.email).where(User.password_invalidated_at.is_not(None)))
     assert sorted(e for (e,) in flagged) == [f"user{i}@example.com" for i in (1, 2, 5, 6)]
-    tickets = query(env, select(func.count()).select_from(OutboxMessage)
-                    .where(OutboxMessage.kind == "breach_notice"))
+    tickets = query(
+        env,
+        select(func.count())
+        .select_from(OutboxMessage)
+        .where(OutboxMessage.kind == "breach_notice"),
+    )
     assert tickets == [(4,)]
 
     status = run(env, "breach-response", "status", campaign_id, "--json")
@@ -91,9 +115,20 @@ def test_create_from_an_emails_file_runs_to_completion(env, accounts, tmp_path):
 
 
 def test_create_all_from_standard_input_csv_and_without_waiting(env, accounts):
-    result = run(env, "breach-response", "create", "--emails-file", "-", "--csv", "--mode",
-                 "change_at_next_login", "--no-wait", "--reason", "x",
-                 input="email,name\nuser3@example.com,Ann\n")
+    result = run(
+        env,
+        "breach-response",
+        "create",
+        "--emails-file",
+        "-",
+        "--csv",
+        "--mode",
+        "change_at_next_login",
+        "--no-wait",
+        "--reason",
+        "x",
+        input="email,name\nuser3@example.com,Ann\n",
+    )
 
     assert result.exit_code == 0, result.output
     (status,) = query(env, select(BreachCampaign.status, BreachCampaign.targeted))
@@ -101,8 +136,17 @@ def test_create_all_from_standard_input_csv_and_without_waiting(env, accounts):
 
 
 def test_a_dry_run_prints_counts(env, accounts):
-    result = run(env, "breach-response", "create", "--all", "--mode", "invalidate",
-                 "--dry-run", "--reason", "how many?")
+    result = run(
+        env,
+        "breach-response",
+        "create",
+        "--all",
+        "--mode",
+        "invalidate",
+        "--dry-run",
+        "--reason",
+        "how many?",
+    )
 
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["targeted"] == 7
@@ -110,15 +154,25 @@ def test_a_dry_run_prints_counts(env, accounts):
 
 
 def test_list_cancel_and_report(env, accounts):
-    created = run(env, "breach-response", "create", "--all", "--mode", "invalidate",
-                  "--no-wait", "--reason", "stolen backup")
+    created = run(
+        env,
+        "breach-response",
+        "create",
+        "--all",
+        "--mode",
+        "invalidate",
+        "--no-wait",
+        "--reason",
+        "stolen backup",
+    )
     campaign_id = created.stdout.strip()
 
     listed = run(env, "breach-response", "list")
     cancelled = run(env, "breach-response", "cancel", campaign_id)
     again = run(env, "breach-response", "cancel", campaign_id)
-    done = run(env, "breach-response", "create", "--all", "--mode", "invalidate", "--reason",
-               "second try")
+    done = run(
+        env, "breach-response", "create", "--all", "--mode", "invalidate", "--reason", "second try"
+    )
     done_id = done.stdout.splitlines()[0]
     report = run(env, "breach-response", "report", done_id)
     finished = CliRunner().invoke(main, ["breach-response", "cancel", done_id], env=env)
@@ -133,18 +187,52 @@ def test_list_cancel_and_report(env, accounts):
 
 
 def test_bad_invocations_fail_with_one_line(env, accounts, tmp_path):
-    both = CliRunner().invoke(main, ["breach-response", "create", "--all", "--created-before",
-                                     "2020-01-01", "--mode", "invalidate", "--reason", "x"],
-                              env=env)
+    both = CliRunner().invoke(
+        main,
+        [
+            "breach-response",
+            "create",
+            "--all",
+            "--created-before",
+            "2020-01-01",
+            "--mode",
+            "invalidate",
+            "--reason",
+            "x",
+        ],
+        env=env,
+    )
     empty = tmp_path / "empty.txt"
     empty.write_text("\n# nothing\n")
-    nothing = CliRunner().invoke(main, ["breach-response", "create", "--emails-file",
-                                        str(empty), "--mode", "invalidate", "--reason", "x"],
-                                 env=env)
+    nothing = CliRunner().invoke(
+        main,
+        [
+            "breach-response",
+            "create",
+            "--emails-file",
+            str(empty),
+            "--mode",
+            "invalidate",
+            "--reason",
+            "x",
+        ],
+        env=env,
+    )
     unknown = CliRunner().invoke(main, ["breach-response", "status", "nope"], env=env)
-    bad_date = CliRunner().invoke(main, ["breach-response", "create", "--created-before",
-                                         "yesterday", "--mode", "invalidate", "--reason", "x"],
-                                  env=env)
+    bad_date = CliRunner().invoke(
+        main,
+        [
+            "breach-response",
+            "create",
+            "--created-before",
+            "yesterday",
+            "--mode",
+            "invalidate",
+            "--reason",
+            "x",
+        ],
+        env=env,
+    )
 
     assert both.exit_code == 2 and "exactly one of" in both.output
     assert nothing.exit_code == 1 and "empty_target_list" in nothing.output
