@@ -139,21 +139,7 @@ def process_signup_request(
     email, password_hash = payload["email"], payload["password_hash"]
     user = session.scalar(select(User).where(User.email == email))
     if user is not None and user.email_verified_at is not None:
-        token = user_tokens.issue(
-            session,
-            user_id=user.id,
-            purpose="reset_password",
-            ttl=deps.settings.reset_token_ttl,
-            now=now,
-        )
-        notices.send(
-            session,
-            deps,
-            to=email,
-            template="account_exists",
-            now=now,
-            link=notices.link(deps, "reset-password", token),
-        )
+        _mail_reset_link(session, deps, user=user, template="account_exists", now=now)
         return
     if user is None:
         user = User(email=email, created_at=now, updated_at=now)
@@ -302,16 +288,10 @@ def forgot_password(
     )
 
 
-def process_reset_request(
-    session: DbSession, deps: Deps, payload: dict[str, Any], now: datetime
+def _mail_reset_link(
+    session: DbSession, deps: Deps, *, user: User, template: str, now: datetime, **params: str
 ) -> None:
-    email = payload["email"]
-    user = session.scalar(select(User).where(User.email == email))
-    if user is None:
-        notices.send(session, deps, to=email, template="no_account", now=now)
-        return
-    if user.disabled_at is not None:
-        return
+    """Issue a fresh reset token (earlier ones die) and mail it in ``template``."""
     token = user_tokens.issue(
         session,
         user_id=user.id,
@@ -322,10 +302,30 @@ def process_reset_request(
     notices.send(
         session,
         deps,
-        to=email,
-        template="reset_password",
+        to=user.email,
+        template=template,
         now=now,
         link=notices.link(deps, "reset-password", token),
+        **params,
+    )
+
+
+def process_reset_request(
+    session: DbSession, deps: Deps, payload: dict[str, Any], now: datetime
+) -> None:
+    email = payload["email"]
+    user = session.scalar(select(User).where(User.email == email))
+    if user is None:
+        notices.send(session, deps, to=email, template="no_account", now=now)
+        return
+    if user.disabled_at is not None:
+        return
+    _mail_reset_link(
+        session,
+        deps,
+        user=user,
+        template="reset_password",
+        now=now,
         ttl=_human(deps.settings.reset_token_ttl.total_seconds()),
     )
 
@@ -397,21 +397,13 @@ def _set_password(
         user_id=user.id,
         details={"sessions_revoked": revoked},
     )
-    reset = user_tokens.issue(
-        session,
-        user_id=user.id,
-        purpose="reset_password",
-        ttl=deps.settings.reset_token_ttl,
-        now=now,
-    )
-    notices.send(
+    _mail_reset_link(
         session,
         deps,
-        to=user.email,
+        user=user,
         template="password_changed",
         now=now,
         when=now.strftime("%Y-%m-%d %H:%M"),
-        link=notices.link(deps, "reset-password", reset),
     )
 
 
