@@ -14,10 +14,11 @@ from authsvc.db import rowcount
 from authsvc.errors import InvalidToken
 from authsvc.models import UserToken
 
-PREFIXES = {  # nosec B105 # the values are prefixes, not passwords
+# Readable prefixes of the token types (not secrets).
+PREFIXES = {
     "verify_email": "ve",
-    "reset_password": "rp",
-    "change_password": "ct",
+    "reset_password": "rp",  # nosec B105 - a prefix, not a password
+    "change_password": "ct",  # nosec B105 - a prefix, not a password
     "mfa": "mfa",
     "mfa_enrollment": "en",
 }
