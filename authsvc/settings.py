@@ -174,6 +174,11 @@ class Settings:
                     "SQLite is refused in production: set AUTHSVC_DATABASE_URL to PostgreSQL "
                     "(or set AUTHSVC_ALLOW_INSECURE_PRODUCTION=true)"
                 )
+            if self.mail_url.startswith("console:"):
+                out.append(
+                    "console:// mail prints one-time links to stdout and is refused in production: "
+                    "set AUTHSVC_MAIL_URL (or set AUTHSVC_ALLOW_INSECURE_PRODUCTION=true)"
+                )
         out.extend(self._webauthn_problems())
         out.extend(self._detection_problems())
         for key in self.encryption_keys:

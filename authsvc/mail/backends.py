@@ -42,13 +42,14 @@ import re
 import secrets
 import smtplib
 import ssl
+import sys
 import tempfile
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
 from enum import Enum
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TextIO
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 __all__ = [
@@ -141,12 +142,16 @@ def _one_line(value: object) -> str:
 
 
 class ConsoleBackend:
-    """Log each message at INFO on the ``authsvc.mail`` logger instead of delivering it.
+    """Development delivery: print each message to the terminal instead of sending it.
 
-    Only the recipients, the subject and the Message-ID are logged, never the body: bodies carry
-    one-time tokens (verification and reset links), and logs are kept, shipped and read far more
-    widely than mailboxes. To read the mails themselves in development, use ``file://``.
+    The whole message goes to standard output (``stream``), so a developer running ``make run``
+    can open the verification or reset link. The log gets only the recipients, the subject and
+    the Message-ID, never the body: bodies carry one-time tokens, and logs are kept, shipped and
+    read far more widely than a terminal. Production refuses ``console://`` (settings).
     """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
 
     def send(self, message: EmailMessage) -> None:
         logger.info(
@@ -155,6 +160,15 @@ class ConsoleBackend:
             _one_line(message.get("Subject", "")),
             _one_line(message.get("Message-ID", "")),
         )
+        stream = self._stream or sys.stdout
+        body = message.get_body(preferencelist=("plain",))
+        text = body.get_content() if body is not None else ""
+        stream.write(
+            f"----- mail (console://) -----\nTo: {_one_line(message.get('To', ''))}\n"
+            f"Subject: {_one_line(message.get('Subject', ''))}\n\n{text}\n"
+            "----- end of mail -----\n"
+        )
+        stream.flush()
 
 
 class FileBackend:

@@ -247,17 +247,30 @@ def test_production_refuses_dev_keys_and_sqlite():
 )
 def test_production_needs_both(variables, complaint):
     with pytest.raises(ConfigError) as excinfo:
-        from_env(env="production", **variables)
+        from_env(env="production", mail_url="smtp://relay.example.com", **variables)
 
     [problem] = excinfo.value.problems
     assert complaint in problem
 
 
 def test_production_with_keys_and_postgresql():
-    settings = from_env(env="PRODUCTION", encryption_keys=KEY, database_url=POSTGRES)
+    settings = from_env(
+        env="PRODUCTION",
+        encryption_keys=KEY,
+        database_url=POSTGRES,
+        mail_url="smtp+starttls://relay.example.com",
+    )
 
     assert settings.env is Env.PRODUCTION
     assert settings.encryption_keys == (KEY,)
+
+
+def test_production_refuses_console_mail_which_prints_links():
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(env="production", encryption_keys=KEY, database_url=POSTGRES)
+
+    [problem] = excinfo.value.problems
+    assert "console://" in problem
 
 
 def test_production_can_be_told_to_allow_insecure_defaults():

@@ -321,10 +321,13 @@ def test_file_backend_failure_is_temporary(tmp_path: Path) -> None:
 
 
 def test_console_backend_logs_recipient_and_subject_but_never_the_body(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     caplog.set_level(logging.INFO, logger="authsvc.mail")
     make_backend("console://").send(message("carol@example.com", subject="Reset your password"))
+    printed = capsys.readouterr().out
+    assert "To: carol@example.com" in printed
+    assert TOKEN in printed  # the developer at the terminal can open the link
 
     [record] = [r for r in caplog.records if r.name == "authsvc.mail"]
     assert record.levelno == logging.INFO
