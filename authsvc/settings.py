@@ -176,7 +176,7 @@ class Settings:
                 )
             if self.mail_url.startswith("console:"):
                 out.append(
-                    "console:// mail prints one-time links to stdout and is refused in production: "
+                    "console:// mail prints one-time links to the terminal; refused in production: "
                     "set AUTHSVC_MAIL_URL (or set AUTHSVC_ALLOW_INSECURE_PRODUCTION=true)"
                 )
         out.extend(self._webauthn_problems())

@@ -144,7 +144,7 @@ def _one_line(value: object) -> str:
 class ConsoleBackend:
     """Development delivery: print each message to the terminal instead of sending it.
 
-    The whole message goes to standard output (``stream``), so a developer running ``make run``
+    The whole message goes to standard error (``stream``), so a developer running ``make run``
     can open the verification or reset link. The log gets only the recipients, the subject and
     the Message-ID, never the body: bodies carry one-time tokens, and logs are kept, shipped and
     read far more widely than a terminal. Production refuses ``console://`` (settings).
@@ -160,7 +160,7 @@ class ConsoleBackend:
             _one_line(message.get("Subject", "")),
             _one_line(message.get("Message-ID", "")),
         )
-        stream = self._stream or sys.stdout
+        stream = self._stream or sys.stderr
         body = message.get_body(preferencelist=("plain",))
         text = body.get_content() if body is not None else ""
         stream.write(

@@ -110,7 +110,8 @@ def test_create_from_an_emails_file_runs_to_completion(env, accounts, tmp_path):
     assert tickets == [(4,)]
 
     status = run(env, "breach-response", "status", campaign_id, "--json")
-    assert json.loads(status.stdout)["status"] == "completed"
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.stdout)["status"] == "completed", status.output
     assert json.loads(status.stdout)["origin"] == "cli"
 
 

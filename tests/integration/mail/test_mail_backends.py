@@ -325,7 +325,7 @@ def test_console_backend_logs_recipient_and_subject_but_never_the_body(
 ) -> None:
     caplog.set_level(logging.INFO, logger="authsvc.mail")
     make_backend("console://").send(message("carol@example.com", subject="Reset your password"))
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err  # stderr: stdout belongs to commands like create-key
     assert "To: carol@example.com" in printed
     assert TOKEN in printed  # the developer at the terminal can open the link
 
