@@ -12,15 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import click
-from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
 from authsvc.app import build_runtime
 from authsvc.crypto.keyring import DecryptionFailed, Keyring, generate_key_spec
-from authsvc.models import OutboxMessage
-from authsvc.services import signing, totp
-from authsvc.services.outbox import _AAD as OUTBOX_AAD  # the payloads' associated data
+from authsvc.services import outbox, signing, totp
 from authsvc.settings import ConfigError, Settings
 
 BATCH = 500
@@ -93,25 +90,10 @@ def _rotate_outbox(factory: sessionmaker[DbSession], keyring: Keyring) -> int:
     total, after = 0, 0
     while True:
         with factory.begin() as session:
-            count, last = _outbox_batch(session, keyring, after_id=after)
+            count, last = outbox.reencrypt_pending_batch(
+                session, keyring, after_id=after, batch=BATCH
+            )
         total += count
         if last is None:
             return total
         after = last
-
-
-def _outbox_batch(session: DbSession, keyring: Keyring, *, after_id: int) -> tuple[int, int | None]:
-    rows = session.scalars(
-        select(OutboxMessage)
-        .where(OutboxMessage.id > after_id, OutboxMessage.completed_at.is_(None))
-        .order_by(OutboxMessage.id)
-        .limit(BATCH)
-    ).all()
-    count = 0
-    for row in rows:
-        if keyring.needs_reencryption(row.payload_ciphertext):
-            row.payload_ciphertext = keyring.reencrypt(
-                row.payload_ciphertext, associated_data=OUTBOX_AAD
-            )
-            count += 1
-    return count, (rows[-1].id if rows else None)

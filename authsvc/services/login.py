@@ -147,6 +147,7 @@ def complete_mfa(
     try:
         deps.limiter.hit("mfa_account", user.id)
     except RateLimited as exc:
+        row.used_at = now  # an exhausted account limit kills the token too
         audit.record(
             session,
             type="ratelimit.hit",

@@ -57,6 +57,25 @@ def enqueue_email(
     )
 
 
+def reencrypt_pending_batch(
+    session: DbSession, keyring: Keyring, *, after_id: int, batch: int
+) -> tuple[int, int | None]:
+    """Re-encrypt undelivered payloads under the primary key, ``batch`` rows after
+    ``after_id``; return (rows re-encrypted, last id seen or None when done)."""
+    rows = session.scalars(
+        select(OutboxMessage)
+        .where(OutboxMessage.id > after_id, OutboxMessage.completed_at.is_(None))
+        .order_by(OutboxMessage.id)
+        .limit(batch)
+    ).all()
+    count = 0
+    for row in rows:
+        if keyring.needs_reencryption(row.payload_ciphertext):
+            row.payload_ciphertext = keyring.reencrypt(row.payload_ciphertext, associated_data=_AAD)
+            count += 1
+    return count, (rows[-1].id if rows else None)
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxStats:
     pending: int

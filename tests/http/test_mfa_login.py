@@ -116,6 +116,9 @@ def test_attempts_per_account_are_limited_across_tokens(api, client):
     assert limited.status_code == 429
     assert limited.get_json()["code"] == "rate_limited"
     assert int(limited.headers["Retry-After"]) >= 1
+    # The token that hit the limit is dead, even once the limit has passed.
+    assert answers[11].status_code == 400
+    assert answers[11].get_json()["code"] == "invalid_token"
     # Even the right code waits.
     right = second_step(
         client, mfa_token(api), totp_code=oathtool_code(factor["secret"], offset_steps=1)
