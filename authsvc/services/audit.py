@@ -8,10 +8,16 @@ edited row, a deleted row, a truncated tail and a recomputed chain are all found
 Writers are serialised by locking the head row (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite
 serialises writers itself).
 
+That lock is held until the transaction ends, so it is taken as late as possible: ``record``
+queues the event on the session, and the queue is chained and written just before the
+transaction commits (or earlier, when the same transaction reads the trail: a query on the
+audit tables first writes what is queued). An event queued inside a savepoint that rolls back
+is dropped with it; a transaction that rolls back writes none.
+
 The composition root attaches ``Hooks`` to the sessionmaker: the keyring that signs the head
 and an observer (detection, metrics, notices) that sees every event. ``record`` calls the
-observer explicitly before it takes the chain lock, and runs what the observer hands back (such
-as recording an alert) after the event is chained.
+observer when the event is recorded, and runs what the observer hands back (such as recording
+an alert) right after the event is queued, so that follow-ups are chained after it.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Row, delete, func, or_, select
+from sqlalchemy import ColumnElement, CursorResult, Row, delete, event, func, or_, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import ORMExecuteState, SessionTransaction, sessionmaker
 from sqlalchemy.orm import Session as DbSession
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.sql.util import find_tables
 
 from authsvc.crypto.keyring import Keyring
 from authsvc.models.ops import AuditChainHead, AuditEvent
@@ -35,6 +42,11 @@ from authsvc.services.context import Client
 GENESIS = "0" * 64
 HEAD_ID = 1
 HOOKS_KEY = "authsvc.audit.hooks"
+PENDING_KEY = "authsvc.audit.pending"
+# Execution option: this read does not need the events queued by its own transaction (so it
+# does not write them, and take the chain lock, early).
+WITHOUT_PENDING = {"authsvc_audit_pending": False}
+_AUDIT_TABLES = frozenset({"audit_events", "audit_chain_heads"})
 _HEAD_MAC_PURPOSE = "audit-chain-head"
 
 # Events a user never sees in their own trail (internal bookkeeping or operator matters).
@@ -150,7 +162,7 @@ def record(
                 details=dict(details or {}),
             ),
         )
-    event = AuditEvent(
+    entry = AuditEvent(
         occurred_at=now,
         type=type[:64],
         outcome=outcome[:32],
@@ -161,10 +173,76 @@ def record(
         user_agent=user_agent,
         details=json.dumps(details or {}, sort_keys=True, default=str),
     )
-    _append(session, event, hooks, now=now)
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    session.info.setdefault(PENDING_KEY, []).append((entry, transaction))
     if follow_up is not None:
         follow_up()
-    return event
+    return entry
+
+
+def append_pending(session: DbSession) -> None:
+    """Chain and write the events this session has queued (normally done at commit)."""
+    pending: list[tuple[AuditEvent, SessionTransaction | None]] = session.info.pop(PENDING_KEY, [])
+    if not pending:
+        return
+    hooks = hooks_of(session)
+    head = _lock_head(session)
+    for entry, _ in pending:
+        entry.prev_hash = head.last_hash
+        entry.row_hash = row_digest(entry.prev_hash, entry)
+        session.add(entry)
+        session.flush()
+        head.last_id = entry.id
+        head.last_hash = entry.row_hash
+    head.head_mac = head_mac(hooks.keyring, head) if hooks else ""
+    head.updated_at = pending[-1][0].occurred_at
+    session.flush()
+
+
+@event.listens_for(DbSession, "before_commit")
+def _append_before_commit(session: DbSession) -> None:
+    if session.info.get(PENDING_KEY) and session.get_nested_transaction() is None:
+        append_pending(session)
+
+
+@event.listens_for(DbSession, "after_soft_rollback")
+def _drop_rolled_back(session: DbSession, previous: SessionTransaction) -> None:
+    pending = session.info.get(PENDING_KEY)
+    if not pending:
+        return
+    if previous.parent is None:
+        session.info.pop(PENDING_KEY, None)
+        return
+    session.info[PENDING_KEY] = [
+        (entry, transaction) for entry, transaction in pending if not _within(transaction, previous)
+    ]
+
+
+def _within(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is ancestor:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+@event.listens_for(DbSession, "after_transaction_end")
+def _forget_at_the_end(session: DbSession, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(PENDING_KEY, None)
+
+
+@event.listens_for(DbSession, "do_orm_execute")
+def _append_before_reading_the_trail(state: ORMExecuteState) -> None:
+    session = state.session
+    if not session.info.get(PENDING_KEY):
+        return
+    if state.execution_options.get("authsvc_audit_pending") is False:
+        return
+    if any(
+        table.name in _AUDIT_TABLES for table in find_tables(state.statement, include_crud=True)
+    ):
+        append_pending(session)
 
 
 def _lock_head(session: DbSession) -> AuditChainHead:
@@ -198,19 +276,6 @@ def _lock_head(session: DbSession) -> AuditChainHead:
     except IntegrityError:
         pass  # another writer created it first
     return session.scalars(query).one()
-
-
-def _append(session: DbSession, event: AuditEvent, hooks: Hooks | None, *, now: datetime) -> None:
-    head = _lock_head(session)
-    event.prev_hash = head.last_hash
-    event.row_hash = row_digest(event.prev_hash, event)
-    session.add(event)
-    session.flush()
-    head.last_id = event.id
-    head.last_hash = event.row_hash
-    head.head_mac = head_mac(hooks.keyring, head) if hooks else ""
-    head.updated_at = now
-    session.flush()
 
 
 # --- verification and retention ------------------------------------------------------------
@@ -306,6 +371,7 @@ def prune(
     keeps the hash of the last one deleted, so what remains still verifies. The pruning itself
     is recorded in the trail. Writers wait for the chain lock meanwhile: keep batches small and
     commit between them."""
+    append_pending(session)
     head = _lock_head(session)
     oldest = (
         select(AuditEvent.id)

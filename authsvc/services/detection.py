@@ -329,6 +329,8 @@ class Detector:
             )
             .order_by(AuditEvent.id.desc())
             .limit(200)
+            # Earlier logins only: this transaction's own events need not be written first.
+            .execution_options(**audit.WITHOUT_PENDING)
         ).all()
         if not earlier:
             return  # the first login of an account is not news to its owner

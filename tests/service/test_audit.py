@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session
 
 from authsvc.app import Runtime
+from authsvc.db import make_engine, make_sessionmaker
 from authsvc.models.ops import AuditChainHead, AuditEvent
+from authsvc.schema import upgrade
 from authsvc.services import audit
 from authsvc.services.context import Client
 
@@ -24,7 +26,8 @@ def session(runtime: Runtime):
 
 
 def write(session: Session, now, count: int, **kwargs) -> list[AuditEvent]:
-    return [
+    """Record ``count`` events and chain them (as a commit would)."""
+    events = [
         audit.record(
             session,
             type=kwargs.get("type", "login.failure"),
@@ -37,9 +40,12 @@ def write(session: Session, now, count: int, **kwargs) -> list[AuditEvent]:
         )
         for i in range(count)
     ]
+    audit.append_pending(session)
+    return events
 
 
 def check(session: Session, runtime: Runtime) -> audit.Verification:
+    audit.append_pending(session)
     session.flush()
     session.expunge_all()
     return audit.verify(session, keyring=runtime.deps.keyring)
@@ -239,7 +245,8 @@ def test_the_observer_sees_every_event_before_it_is_chained(runtime, now):
 def test_a_session_without_hooks_still_chains(db_session, runtime, now):
     first = audit.record(db_session, type="login.failure", outcome="unknown_email", now=now)
     second = audit.record(db_session, type="login.failure", outcome="unknown_email", now=now)
-    assert second.prev_hash == first.row_hash
+    audit.append_pending(db_session)
+    assert first.row_hash is not None and second.prev_hash == first.row_hash
     # Unsigned until an event is written with the keys; verify says so.
     result = check(db_session, runtime)
     assert not result.ok and "signature" in result.reason
@@ -262,3 +269,90 @@ def test_pruning_in_batches(session, runtime, now):
     assert (
         session.scalar(select(AuditEvent.id).where(AuditEvent.id.in_([e.id for e in old]))) is None
     )
+
+
+# --- when events are written: at commit, so the chain lock is held as briefly as possible ---
+
+
+@pytest.fixture
+def committed_runtime(scratch_database_url, runtime):
+    """Sessions on an empty database whose commits are real, signing the head with the keys."""
+    upgrade(scratch_database_url)
+    engine = make_engine(scratch_database_url)
+    factory = make_sessionmaker(engine)
+    audit.attach(factory, audit.Hooks(keyring=runtime.deps.keyring))
+    yield factory, engine
+    engine.dispose()
+
+
+def test_recorded_events_are_written_at_commit(committed_runtime, runtime, now):
+    """Nothing touches the audit tables (and so the chain lock) before the commit; then the
+    events are chained in the order they were recorded."""
+    factory, engine = committed_runtime
+    statements: list[str] = []
+
+    def log(_conn, _cursor, statement, *_args):
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", log)
+    try:
+        with factory() as session, session.begin():
+            first = audit.record(session, type="login.failure", outcome="x", now=now, user_id="a")
+            second = audit.record(session, type="login.success", outcome="y", now=now, user_id="a")
+            assert first.id is None and second.id is None
+            assert not [s for s in statements if "audit_" in s]
+            if engine.dialect.name == "postgresql":
+                # Another writer is not kept waiting by this open transaction.
+                with factory() as other, other.begin():
+                    other.execute(text("SET LOCAL lock_timeout = '2s'"))
+                    audit.record(other, type="login.failure", outcome="z", now=now, user_id="b")
+    finally:
+        event.remove(engine, "before_cursor_execute", log)
+    assert [s for s in statements if "audit_" in s]
+    assert second.prev_hash == first.row_hash and first.id < second.id
+    with factory() as session:
+        result = audit.verify(session, keyring=runtime.deps.keyring)
+        assert result.ok
+        assert result.checked == (3 if engine.dialect.name == "postgresql" else 2)
+
+
+def test_a_rollback_writes_no_event(committed_runtime, now):
+    factory, _ = committed_runtime
+    with factory() as session:
+        session.begin()
+        audit.record(session, type="login.failure", outcome="x", now=now, user_id="a")
+        session.rollback()
+        with session.begin():
+            audit.record(session, type="login.success", outcome="y", now=now, user_id="a")
+    with factory() as session:
+        assert session.scalars(select(AuditEvent.type)).all() == ["login.success"]
+
+
+def test_an_event_recorded_in_a_rolled_back_savepoint_is_dropped(committed_runtime, now):
+    factory, _ = committed_runtime
+    with factory() as session, session.begin():
+        audit.record(session, type="kept.before", outcome="x", now=now)
+        with pytest.raises(RuntimeError), session.begin_nested():
+            audit.record(session, type="dropped", outcome="x", now=now)
+            raise RuntimeError
+        with session.begin_nested():
+            audit.record(session, type="kept.released", outcome="x", now=now)
+    with factory() as session:
+        types = session.scalars(select(AuditEvent.type).order_by(AuditEvent.id)).all()
+        assert types == ["kept.before", "kept.released"]
+
+
+def test_reading_the_trail_first_writes_what_is_queued(session, now):
+    audit.record(session, type="login.failure", outcome="x", now=now, user_id="reader")
+    page = audit.list_events(
+        session, where=audit.EventFilter(user_id="reader"), before_id=None, limit=10
+    )
+    assert [e.type for e in page.events] == ["login.failure"]
+    # A read that opts out leaves the queue alone.
+    audit.record(session, type="login.success", outcome="y", now=now, user_id="reader")
+    rows = session.scalars(
+        select(AuditEvent.type)
+        .where(AuditEvent.user_id == "reader")
+        .execution_options(**audit.WITHOUT_PENDING)
+    ).all()
+    assert rows == ["login.failure"]

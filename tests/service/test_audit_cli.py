@@ -43,7 +43,7 @@ def run(env, *args: str):
 def seed(env, count: int, *, days_ago: int = 0) -> list[int]:
     settings = Settings.from_env(env)
     runtime = build_runtime(settings)
-    ids = []
+    events = []
     with runtime.sessionmaker.begin() as session:
         for i in range(count):
             event = audit.record(
@@ -54,9 +54,9 @@ def seed(env, count: int, *, days_ago: int = 0) -> list[int]:
                 client=Client(ip="192.0.2.1", user_agent="cli-test"),
                 user_id=f"user{i}",
             )
-            ids.append(event.id)
+            events.append(event)
     runtime.engine.dispose()
-    return ids
+    return [event.id for event in events]  # ids are given when the events are written, at commit
 
 
 def sql(env, statement: str, **params) -> None:
