@@ -33,6 +33,7 @@ from sqlalchemy import ColumnElement, CursorResult, Row, delete, event, func, or
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import ORMExecuteState, SessionTransaction, sessionmaker
 from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.util import find_tables
 
 from authsvc.crypto.keyring import Keyring
@@ -239,8 +240,9 @@ def _append_before_reading_the_trail(state: ORMExecuteState) -> None:
         return
     if state.execution_options.get("authsvc_audit_pending") is False:
         return
-    if any(
-        table.name in _AUDIT_TABLES for table in find_tables(state.statement, include_crud=True)
+    statement = state.statement
+    if isinstance(statement, ClauseElement) and any(
+        table.name in _AUDIT_TABLES for table in find_tables(statement, include_crud=True)
     ):
         append_pending(session)
 

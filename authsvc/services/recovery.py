@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Result, delete, func, select, update
+from sqlalchemy import CursorResult, Result, ScalarSelect, delete, func, select, update
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto import recovery as codes
@@ -57,10 +57,16 @@ def is_low(remaining_codes: int) -> bool:
 
 
 def remaining(session: DbSession, *, user_id: str) -> int:
-    count = session.scalar(
-        select(func.count()).where(RecoveryCode.user_id == user_id, RecoveryCode.used_at.is_(None))
+    return int(session.scalar(select(remaining_count(user_id))) or 0)
+
+
+def remaining_count(user_id: str) -> ScalarSelect[int]:
+    """The user's unused codes, as an expression for a larger query."""
+    return (
+        select(func.count())
+        .where(RecoveryCode.user_id == user_id, RecoveryCode.used_at.is_(None))
+        .scalar_subquery()
     )
-    return int(count or 0)
 
 
 def _hash(deps: Deps, *, user_id: str, code: str) -> str:

@@ -16,7 +16,18 @@ from datetime import datetime
 from typing import Any, cast
 
 import segno
-from sqlalchemy import ColumnElement, CursorResult, Result, delete, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Exists,
+    Result,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto import totp as otp
@@ -136,8 +147,12 @@ def _secret(keyring: Keyring, row: TotpFactor) -> str | None:
 
 
 def has_active(session: DbSession, *, user_id: str) -> bool:
-    found = session.scalar(select(TotpFactor.id).where(*_active(user_id)).limit(1))
-    return found is not None
+    return bool(session.scalar(select(active_exists(user_id))))
+
+
+def active_exists(user_id: str) -> Exists:
+    """Whether the user has a confirmed TOTP factor, as an expression for a larger query."""
+    return exists().where(*_active(user_id))
 
 
 def count_active(session: DbSession, *, user_id: str) -> int:

@@ -18,7 +18,7 @@ import unicodedata
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Result, delete, select, update
+from sqlalchemy import CursorResult, Exists, Result, delete, exists, select, update
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto import webauthn as wa
@@ -70,10 +70,12 @@ def credentials_of(session: DbSession, user_id: str) -> list[WebauthnCredential]
 
 
 def has_credentials(session: DbSession, *, user_id: str) -> bool:
-    found = session.scalar(
-        select(WebauthnCredential.id).where(WebauthnCredential.user_id == user_id).limit(1)
-    )
-    return found is not None
+    return bool(session.scalar(select(credentials_exist(user_id))))
+
+
+def credentials_exist(user_id: str) -> Exists:
+    """Whether the user has a registered key or passkey, as an expression for a larger query."""
+    return exists().where(WebauthnCredential.user_id == user_id)
 
 
 def _info(row: WebauthnCredential) -> factors.FactorInfo:
