@@ -36,18 +36,21 @@ class RateLimiter:
         item = self._items[policy]
         ident = _key("\x1f".join(parts))
         if not self._strategy.hit(item, policy, ident):
-            raise RateLimited(self._retry_after_for(item, policy, ident), policy=policy)
+            raise self._refusal(item, policy, ident)
 
     def test(self, policy: str, *parts: str) -> None:
         """Raise if one more event would exceed the policy; count nothing."""
         item = self._items[policy]
         ident = _key("\x1f".join(parts))
         if not self._strategy.test(item, policy, ident):
-            raise RateLimited(self._retry_after_for(item, policy, ident), policy=policy)
+            raise self._refusal(item, policy, ident)
 
-    def _retry_after_for(self, item: RateLimitItem, policy: str, ident: str) -> int:
+    def _refusal(self, item: RateLimitItem, policy: str, ident: str) -> RateLimited:
         stats = self._strategy.get_window_stats(item, policy, ident)
-        return max(1, math.ceil(stats.reset_time - time.time()))
+        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        # Counted per key for one window length from the first refusal.
+        refused = self._storage.incr(f"refused/{policy}/{ident}", item.get_expiry())
+        return RateLimited(retry_after, policy=policy, first=refused == 1)
 
     def reset(self) -> None:
         """Forget every counter (tests, and `authsvc` operators after an incident review)."""

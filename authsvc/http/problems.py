@@ -6,10 +6,10 @@ import logging
 import secrets
 from typing import Any
 
-from flask import Flask, Response, g, json
+from flask import Flask, Response, current_app, g, json
 from werkzeug.exceptions import HTTPException
 
-from authsvc.errors import AuthsvcError
+from authsvc.errors import AuthsvcError, RateLimited
 
 log = logging.getLogger("authsvc.http")
 
@@ -46,6 +46,10 @@ def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Re
 
 
 def render_domain_error(exc: AuthsvcError) -> Response:
+    if isinstance(exc, RateLimited):
+        # Every refusal is counted here; the audit trail records the first one per key and window.
+        metrics = current_app.extensions["authsvc"].metrics
+        metrics.rate_limit_hits.labels(exc.policy or "unknown").inc()
     response = problem(exc.status, exc.code, exc.title, exc.detail, **exc.extra)
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(exc.retry_after)

@@ -67,6 +67,8 @@ def _throttle(
         deps.limiter.hit("email", email)
         deps.limiter.hit("ip_email", client.ip, email)
     except RateLimited as exc:
+        if not exc.first:
+            raise
         audit.record(
             session,
             type="ratelimit.hit",
@@ -196,6 +198,8 @@ def authenticate_password(
     try:
         deps.limiter.test("account_failures", email)
     except RateLimited as exc:
+        if not exc.first:
+            raise
         audit.record(
             session,
             type="ratelimit.hit",

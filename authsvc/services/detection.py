@@ -194,8 +194,6 @@ class Detector:
             metrics.logins.labels(event.outcome).inc()
         elif event.type == "login.mfa":
             metrics.mfa.labels(event.outcome).inc()
-        elif event.type == "ratelimit.hit":
-            metrics.rate_limit_hits.labels(event.outcome or "unknown").inc()
 
     # -- detectors ------------------------------------------------------------------------
 

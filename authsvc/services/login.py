@@ -148,6 +148,8 @@ def complete_mfa(
         deps.limiter.hit("mfa_account", user.id)
     except RateLimited as exc:
         row.used_at = now  # an exhausted account limit kills the token too
+        if not exc.first:
+            raise
         audit.record(
             session,
             type="ratelimit.hit",

@@ -32,6 +32,8 @@ def _throttle(session: DbSession, deps: Deps, *, client: Client, now: datetime) 
     try:
         deps.limiter.hit("ip", client.ip)
     except RateLimited as exc:
+        if not exc.first:
+            raise
         audit.record(
             session,
             type="ratelimit.hit",

@@ -378,7 +378,9 @@ def verify_code(
         raise InvalidRequest(f"totp_code must be {otp.DIGITS} digits", field="totp_code")
     try:
         deps.limiter.hit(LIMIT_POLICY, user_id, "totp")
-    except RateLimited:
+    except RateLimited as exc:
+        if not exc.first:
+            raise
         audit.record(
             session,
             type="ratelimit.hit",
