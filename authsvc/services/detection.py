@@ -126,10 +126,15 @@ class Windows:
         item = RateLimitItemPerSecond(threshold, self.window_seconds)
         return not self._counter.hit(item, "detect-" + name, self._key(*parts))
 
+    def tally(self, name: str) -> None:
+        """Count one on a plain counter (one storage round trip; ``count`` takes two)."""
+        item = RateLimitItemPerSecond(_BIG, self.window_seconds)
+        self._counter.hit(item, "detect-" + name, "all")
+
     def count(self, name: str) -> int:
         """Count one on a plain counter and return its value within the window."""
         item = RateLimitItemPerSecond(_BIG, self.window_seconds)
-        self._counter.hit(item, "detect-" + name, "all")
+        self.tally(name)
         return _BIG - self._counter.get_window_stats(item, "detect-" + name, "all").remaining
 
     def claim(self, *parts: str, seconds: int) -> bool:
@@ -232,8 +237,10 @@ class Detector:
                 alert("enumeration", "network", network, s.detect_emails_per_network, ip=event.ip)
 
         if event.type in _LOGIN_ATTEMPTS:
-            attempts = w.count("login-attempts")
-            if event.type == "login.failure" and event.outcome == "unknown_email":
+            if not (event.type == "login.failure" and event.outcome == "unknown_email"):
+                w.tally("login-attempts")  # the share is only computed on unknown emails
+            else:
+                attempts = w.count("login-attempts")
                 unknown = w.count("login-unknown")
                 if (
                     attempts >= s.detect_unknown_email_min_attempts

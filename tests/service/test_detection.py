@@ -172,6 +172,27 @@ def test_a_high_share_of_unknown_emails(runtime):
     assert found[0]["scope"] == "global"
 
 
+def test_successful_logins_dilute_the_share_of_unknown_emails(runtime):
+    with runtime.sessionmaker() as session, session.begin():
+        for i in range(20):
+            audit.record(
+                session,
+                type="login.success",
+                outcome="authenticated",
+                now=utcnow(),
+                user_id=f"user{i}",
+                client=Client(ip=f"10.200.{i}.1"),
+            )
+    for i in range(12):
+        failed_login(runtime, f"ghost{i}@example.com", f"10.{i}.0.1")
+    # 12 unknown of 32 attempts: below the share of 0.5.
+    assert not [a for a in alerts(runtime) if a["detector"] == "unknown_emails"]
+    for i in range(12, 24):
+        failed_login(runtime, f"ghost{i}@example.com", f"10.{i}.0.1")
+    # 24 of 44: above it.
+    assert len([a for a in alerts(runtime) if a["detector"] == "unknown_emails"]) == 1
+
+
 def test_a_burst_of_recovery_code_use(runtime):
     with runtime.sessionmaker() as session, session.begin():
         for i in range(5):
