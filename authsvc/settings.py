@@ -55,6 +55,9 @@ class Settings:
     hash_queue_timeout: float = 0.5  # seconds waiting for a hashing slot, then 503 overloaded
     password_min_length: int = 8
     password_max_length: int = 256
+    # Words refused inside passwords besides the service's own names (ASVS 6.1.2): the
+    # organisation, its products, its systems. Comma-separated in the environment.
+    password_context_words: tuple[str, ...] = ()
     breached_passwords_file: Path | None = None  # default var_dir/breached-passwords.bin
     # Rate limits, in the `limits` notation ("N per period"); moving window.
     limit_ip: str = "300/minute"

@@ -155,7 +155,34 @@ class Blocklist:
         return self._breached is not None and self._breached.contains(password)
 
 
-def check_policy(password: str, *, blocklist: Blocklist, min_length: int, max_length: int) -> str:
+CONTEXT_WORD_MIN_LENGTH = 4  # shorter pieces ("ada", "io") would refuse too much
+
+
+def context_words(words: Iterable[str], *, email: str | None = None) -> frozenset[str]:
+    """The words a user's password must not contain (NIST SP 800-63B 5.1.1.2: the service's
+    names, and the username and its parts), case-folded; pieces shorter than four characters
+    are left out. ``email`` contributes its local part and its domain labels but the last."""
+    pieces = list(words)
+    if email:
+        local, _, domain = email.rpartition("@")
+        pieces.append(local)
+        pieces += re.split(r"[._+-]+", local)
+        pieces += domain.split(".")[:-1]
+    return frozenset(
+        p
+        for p in (normalize(w).casefold().strip() for w in pieces)
+        if len(p) >= CONTEXT_WORD_MIN_LENGTH
+    )
+
+
+def check_policy(
+    password: str,
+    *,
+    blocklist: Blocklist,
+    min_length: int,
+    max_length: int,
+    context: frozenset[str] = frozenset(),
+) -> str:
     """The NFKC form of a new *password*, or ``PasswordPolicyViolation`` with the reason."""
     normalized = normalize(password)
     reason = check_length(normalized, min_length=min_length, max_length=max_length)
@@ -163,6 +190,9 @@ def check_policy(password: str, *, blocklist: Blocklist, min_length: int, max_le
         raise PasswordPolicyViolation(reason)
     if blocklist.is_blocked(normalized):
         raise PasswordPolicyViolation("breached")
+    folded = normalized.casefold()
+    if any(word in folded for word in context):
+        raise PasswordPolicyViolation("context_word")
     return normalized
 
 

@@ -22,7 +22,7 @@ from typing import Literal
 import argon2
 import bcrypt
 
-PolicyReason = Literal["too_short", "too_long", "breached"]
+PolicyReason = Literal["too_short", "too_long", "breached", "context_word"]
 HashFamily = Literal["argon2", "bcrypt", "pbkdf2_sha256"]
 
 # Ceilings for *stored* hashes, so that one imported hash cannot tie up a worker for minutes or

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
-from authsvc.crypto.blocklist import check_policy
+from authsvc.crypto.blocklist import check_policy, context_words
 from authsvc.crypto.passwords import HasherBusy, PasswordPolicyViolation
 from authsvc.errors import (
     InvalidCredentials,
@@ -81,19 +81,31 @@ def _throttle(
         raise
 
 
-def acceptable_password(deps: Deps, password: str) -> str:
+def acceptable_password(deps: Deps, password: str, *, email: str) -> str:
+    """The NFKC form of a new password for the account ``email``, or WeakPassword."""
+    settings = deps.settings
     try:
         return check_policy(
             password,
             blocklist=deps.blocklist,
-            min_length=deps.settings.password_min_length,
-            max_length=deps.settings.password_max_length,
+            min_length=settings.password_min_length,
+            max_length=settings.password_max_length,
+            context=context_words(
+                (
+                    "authsvc",
+                    settings.webauthn_rp_name,
+                    settings.totp_issuer,
+                    *settings.password_context_words,
+                ),
+                email=email,
+            ),
         )
     except PasswordPolicyViolation as exc:
         messages = {
-            "too_short": f"at least {deps.settings.password_min_length} characters",
-            "too_long": f"at most {deps.settings.password_max_length} characters",
+            "too_short": f"at least {settings.password_min_length} characters",
+            "too_long": f"at most {settings.password_max_length} characters",
             "breached": "not a common or breached password",
+            "context_word": "free of this service's name and of parts of your email address",
         }
         raise WeakPassword(
             f"The password must be {messages.get(exc.reason, 'acceptable')}", reason=exc.reason
@@ -115,7 +127,7 @@ def signup(
 ) -> None:
     email = normalize_email(email)
     _throttle(deps, session, action="signup", email=email, client=client, now=now)
-    normalized = acceptable_password(deps, password)
+    normalized = acceptable_password(deps, password, email=email)
     password_hash = hash_password(deps, normalized)
     outbox.enqueue(
         session,
@@ -348,7 +360,7 @@ def reset_password(
     user = session.get(User, row.user_id)
     if user is None or user.disabled_at is not None:
         raise InvalidToken()
-    normalized = acceptable_password(deps, new_password)
+    normalized = acceptable_password(deps, new_password, email=user.email)
     methods = factors.methods_for(session, user_id=user.id)
     if methods:
         if not proof.given:
@@ -428,13 +440,13 @@ def change_password(
         user = session.get(User, row.user_id)
         if user is None or user.disabled_at is not None:
             raise InvalidCredentials()
-        normalized = acceptable_password(deps, new_password)
+        normalized = acceptable_password(deps, new_password, email=user.email)
         user_tokens.consume(session, row=row, now=now)
     else:
         user = session.get(User, user_id) if user_id else None
         if user is None or current_password is None:
             raise InvalidCredentials()
-        normalized = acceptable_password(deps, new_password)
+        normalized = acceptable_password(deps, new_password, email=user.email)
         try:
             deps.limiter.test("account_failures", user.email)
             result = deps.hasher.verify(user.password_hash or "", current_password)

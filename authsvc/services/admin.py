@@ -93,7 +93,9 @@ def create_user(
     if (password is None) == (password_hash is None):
         raise InvalidRequest("give exactly one of password and password_hash")
     if password is not None:
-        stored = accounts.hash_password(deps, accounts.acceptable_password(deps, password))
+        stored = accounts.hash_password(
+            deps, accounts.acceptable_password(deps, password, email=email)
+        )
         source = "password"
     else:
         assert password_hash is not None

@@ -93,7 +93,13 @@ def test_exactly_one_proof_is_required(api, body):
 
 
 @pytest.mark.parametrize(
-    ("password", "reason"), [(COMMON, "breached"), ("short", "too_short"), ("z" * 257, "too_long")]
+    ("password", "reason"),
+    [
+        (COMMON, "breached"),
+        ("short", "too_short"),
+        ("z" * 257, "too_long"),
+        ("my example horse 42", "context_word"),
+    ],
 )
 def test_weak_new_passwords_are_refused(api, password, reason):
     api.register()

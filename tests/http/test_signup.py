@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 from importlib.resources import files
 
 import pytest
 from sqlalchemy import func, select
 
+from authsvc.app import create_app
 from authsvc.models import OutboxMessage, User, UserToken
+from tests.conftest import ContractClient
 
 PASSWORD = "correct horse 42"
 
@@ -107,8 +110,10 @@ def test_the_password_of_the_opened_link_wins_and_earlier_links_die(api, client,
         ("short7!", "too_short"),
         ("x" * 257, "too_long"),
         (None, "breached"),
+        ("ada example horse 42", "context_word"),
+        ("Authsvc is my horse 42", "context_word"),
     ],
-    ids=["7-chars", "257-chars", "common"],
+    ids=["7-chars", "257-chars", "common", "email-parts", "service-name"],
 )
 def test_weak_passwords_are_refused(api, client, mailbox, connection, password, reason):
     password = password or common_password()
@@ -175,3 +180,22 @@ def test_invalid_emails_are_refused(client, email):
     assert response.status_code == 400
     assert response.get_json()["code"] == "invalid_request"
     assert response.get_json()["field"] == "email"
+
+
+def test_operators_add_their_own_context_words(settings, connection):
+    app = create_app(
+        dataclasses.replace(settings, password_context_words=("Initech", "TPS reports")),
+        bind=connection,
+    )
+    app.test_client_class = ContractClient
+    client = app.test_client()
+    for password in ("initech horse 42", "my tps reports 42"):
+        response = client.post(
+            "/v1/signup", json={"email": "ada@example.com", "password": password}
+        )
+        assert response.status_code == 400
+        assert response.get_json()["reason"] == "context_word"
+    accepted = client.post(
+        "/v1/signup", json={"email": "ada@example.com", "password": "initial horse 42"}
+    )
+    assert accepted.status_code == 202

@@ -15,6 +15,7 @@ from authsvc.crypto.blocklist import (
     ImportResult,
     InvalidBreachedStore,
     check_policy,
+    context_words,
     import_pwned_file,
 )
 from authsvc.crypto.passwords import PasswordPolicyViolation
@@ -287,3 +288,48 @@ def test_lookups_never_raise(
 ) -> None:
     assert isinstance(Blocklist(common, store).is_blocked(password), bool)
     assert isinstance(store.contains(password + "\ud800"), bool)
+
+
+def test_context_words_take_the_service_names_and_the_parts_of_the_email() -> None:
+    words = context_words(
+        ("authsvc", "ACME Corp", "io"), email="ada.lovelace+web@analytical.engine.org"
+    )
+    assert words == {
+        "authsvc",
+        "acme corp",
+        "ada.lovelace+web",
+        "lovelace",
+        "analytical",
+        "engine",
+    }  # "io", "ada", "web" and "org" are too short to refuse
+
+
+@pytest.mark.parametrize(
+    "password",
+    [
+        "my AUTHSVC password 1",
+        "lovelace rules forever",
+        full_width("ACME") + " " + full_width("CORP") + " is great 7",
+    ],
+)
+def test_passwords_with_a_context_word_are_refused(common: CommonPasswords, password: str) -> None:
+    words = context_words(("authsvc", "acme corp"), email="ada.lovelace@example.com")
+    with pytest.raises(PasswordPolicyViolation) as excinfo:
+        check_policy(
+            password, blocklist=Blocklist(common, None), min_length=8, max_length=256, context=words
+        )
+    assert excinfo.value.reason == "context_word"
+
+
+def test_a_password_without_context_words_passes(common: CommonPasswords) -> None:
+    words = context_words(("authsvc",), email="ada.lovelace@example.com")
+    assert (
+        check_policy(
+            "a perfectly unknown phrase 81",
+            blocklist=Blocklist(common, None),
+            min_length=8,
+            max_length=256,
+            context=words,
+        )
+        == "a perfectly unknown phrase 81"
+    )
