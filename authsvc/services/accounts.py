@@ -356,8 +356,7 @@ def reset_password(
     client: Client,
     now: datetime,
 ) -> None:
-    row = user_tokens.find(session, token=token, purpose="reset_password", now=now)
-    user = session.get(User, row.user_id)
+    row, user = user_tokens.find_with_owner(session, token=token, purpose="reset_password", now=now)
     if user is None or user.disabled_at is not None:
         raise InvalidToken()
     normalized = acceptable_password(deps, new_password, email=user.email)
@@ -435,11 +434,14 @@ def change_password(
     now: datetime,
 ) -> None:
     """With a bearer token and the current password, or with a change_token from login."""
+    user: User | None
     if change_token is not None:
-        row = user_tokens.find(session, token=change_token, purpose="change_password", now=now)
-        user = session.get(User, row.user_id)
-        if user is None or user.disabled_at is not None:
+        row, owner = user_tokens.find_with_owner(
+            session, token=change_token, purpose="change_password", now=now
+        )
+        if owner.disabled_at is not None:
             raise InvalidCredentials()
+        user = owner
         normalized = acceptable_password(deps, new_password, email=user.email)
         user_tokens.consume(session, row=row, now=now)
     else:

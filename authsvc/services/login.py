@@ -140,8 +140,7 @@ def complete_mfa(
     now: datetime,
 ) -> LoginResult:
     """The second step: one factor answer against a live mfa_token."""
-    row = user_tokens.find(session, token=mfa_token, purpose="mfa", now=now)
-    user = session.get(User, row.user_id)
+    row, user = user_tokens.find_with_owner(session, token=mfa_token, purpose="mfa", now=now)
     if user is None or user.disabled_at is not None:
         raise InvalidToken()
     try:

@@ -204,8 +204,9 @@ def confirm_totp_with_enrollment(
     """Confirm a TOTP factor enrolled with an ``mfa_enrollment`` token and finish the login
     that token stands for (amr gains ``otp`` and ``mfa``). The code is checked before the
     token is spent, and the token is spent before anything else changes."""
-    row = user_tokens.find(session, token=enrollment_token, purpose="mfa_enrollment", now=now)
-    user = session.get(User, row.user_id)
+    row, user = user_tokens.find_with_owner(
+        session, token=enrollment_token, purpose="mfa_enrollment", now=now
+    )
     if user is None or user.disabled_at is not None:
         raise InvalidToken()
     step = totp.check_pending_code(

@@ -271,8 +271,9 @@ def register_with_enrollment(
     """Register with an ``mfa_enrollment`` token and finish the login it stands for (amr
     gains hwk/swk and mfa). The response is verified before the token is spent, and the
     token is spent before anything is stored."""
-    token = user_tokens.find(session, token=enrollment_token, purpose="mfa_enrollment", now=now)
-    user = session.get(User, token.user_id)
+    token, user = user_tokens.find_with_owner(
+        session, token=enrollment_token, purpose="mfa_enrollment", now=now
+    )
     if user is None or user.disabled_at is not None:
         raise InvalidToken()
     verified = _verify_registration(
