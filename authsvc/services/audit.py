@@ -188,13 +188,14 @@ def append_pending(session: DbSession) -> None:
         return
     hooks = hooks_of(session)
     head = _lock_head(session)
+    last_hash = head.last_hash
     for entry, _ in pending:
-        entry.prev_hash = head.last_hash
-        entry.row_hash = row_digest(entry.prev_hash, entry)
+        entry.prev_hash = last_hash
+        entry.row_hash = last_hash = row_digest(entry.prev_hash, entry)
         session.add(entry)
-        session.flush()
-        head.last_id = entry.id
-        head.last_hash = entry.row_hash
+        session.flush()  # one by one: ids must follow the chain order
+    head.last_id = pending[-1][0].id
+    head.last_hash = last_hash
     head.head_mac = head_mac(hooks.keyring, head) if hooks else ""
     head.updated_at = pending[-1][0].occurred_at
     session.flush()
