@@ -150,6 +150,44 @@ def pg_settings(dsn: str) -> dict[str, str]:
         }
 
 
+def wal_counters(dsn: str) -> dict[str, float]:
+    """Cluster-wide WAL and checkpoint counters (differences are what a run wrote)."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT w.wal_bytes, w.wal_fpi, w.wal_records, "
+            "b.checkpoints_timed + b.checkpoints_req FROM pg_stat_wal w, pg_stat_bgwriter b"
+        ).fetchone()
+    assert row is not None
+    return {"wal_bytes": float(row[0]), "fpi": row[1], "records": row[2], "checkpoints": row[3]}
+
+
+def wal_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    delta = {name: after[name] - before[name] for name in before}
+    delta["wal_mb"] = round(delta.pop("wal_bytes") / 2**20, 1)
+    return delta
+
+
+def phases(dsn: str, campaign_id: str) -> dict[str, dict[str, float]]:
+    """Batches per phase and seconds from the phase's first batch to the next phase's first
+    (from the campaign's audit events; the last phase ends at the campaign's end)."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT details::json->>'phase', min(occurred_at), count(*) FROM audit_events "
+            "WHERE type = 'breach.batch_processed' AND details::json->>'campaign_id' = %s "
+            "GROUP BY 1 ORDER BY 2",
+            (campaign_id,),
+        ).fetchall()
+        times = conn.execute(
+            "SELECT created_at, finished_at FROM breach_campaigns WHERE id = %s", (campaign_id,)
+        ).fetchone()
+    assert times is not None and rows
+    ends = [row[1] for row in rows[1:]] + [times[1]]
+    result = {"created": {"batches": 0, "seconds": (rows[0][1] - times[0]).total_seconds()}}
+    for (phase, first, n), end in zip(rows, ends, strict=True):
+        result[phase] = {"batches": n, "seconds": (end - first).total_seconds()}
+    return {name: {**v, "seconds": round(v["seconds"], 2)} for name, v in result.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=2_600_000)
@@ -223,6 +261,7 @@ def main() -> None:
                 )
             )
         )
+        wal_before = wal_counters(dsn)
         started = time.perf_counter()
         status, created = call(
             server,
@@ -241,6 +280,8 @@ def main() -> None:
         loop.start()
         done = wait_for(server, created["id"], timeout=args.timeout)
         wall = time.perf_counter() - started
+        wal = wal_delta(wal_before, wal_counters(dsn))
+        load_during = os.getloadavg()
         stop.set()
         loop.join()
 
@@ -249,7 +290,9 @@ def main() -> None:
                 "SELECT (SELECT count(*) FROM users WHERE password_invalidated_at IS NOT NULL),"
                 " (SELECT count(*) FROM sessions WHERE revoked_at IS NULL"
                 "  AND user_id NOT IN (SELECT id FROM users WHERE email LIKE 'probe%%')),"
-                " (SELECT count(*) FROM outbox_messages WHERE kind = 'breach_notice')"
+                " (SELECT count(*) FROM breach_targets WHERE campaign_id = %s"
+                "  AND notice_queued_at IS NOT NULL)",
+                (created["id"],),
             ).fetchone()  # type: ignore[misc]
         result["campaign_all"] = {
             "status": done["status"],
@@ -258,7 +301,10 @@ def main() -> None:
             "notices_queued": done["notices_queued"],
             "seconds": round(elapsed(done), 2),
             "wall_seconds": round(wall, 2),
-            "check": {"flagged": flagged, "live_sessions_left": live, "notice_rows": tickets},
+            "check": {"flagged": flagged, "live_sessions_left": live, "notices_queued": tickets},
+            "wal": wal,
+            "phases": phases(dsn, created["id"]),
+            "load_at_end": load_during,
         }
         result["login_ms"] = {
             "idle": {
@@ -279,6 +325,7 @@ def main() -> None:
         listed = "\n".join(
             f"user{i}@bench.example" for i in range(1, min(args.emails, args.users) + 1)
         ).encode()
+        wal_before = wal_counters(dsn)
         started = time.perf_counter()
         status, created = call(
             server,
@@ -299,6 +346,7 @@ def main() -> None:
             "upload_seconds": round(upload, 2),
             "seconds": round(elapsed(done), 2),
             "wall_seconds": round(time.perf_counter() - started, 2),
+            "wal": wal_delta(wal_before, wal_counters(dsn)),
         }
         result["load_after"] = os.getloadavg()
     print(json.dumps(result, indent=2))

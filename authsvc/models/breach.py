@@ -13,8 +13,11 @@ __all__ = ["BreachCampaign", "BreachTarget"]
 
 
 class BreachCampaign(Base):
-    """One forced-reset campaign. Work runs in batches in user-id order; ``cursor`` is the last
-    user id processed, so a campaign resumes exactly where the last committed batch ended.
+    """One forced-reset campaign. Work runs in committed batches, in phases
+    (``services.breach_batches``): ``walk`` flags accounts page by page of the users table
+    (``next_page`` up to ``last_page``), ``enroll`` writes the target rows, ``apply`` goes over the
+    targets in user-id order (``cursor`` is the last user id done). So a campaign resumes exactly
+    where the last committed batch ended.
 
     selector: all | emails | user_ids | created_before | password_set_before
     mode: invalidate | change_at_next_login
@@ -41,9 +44,11 @@ class BreachCampaign(Base):
     batches: Mapped[int] = mapped_column(Integer, default=0)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     cursor: Mapped[str | None] = mapped_column(String(32))
-    # JSON list of user ids that end the batches (every Nth id, in the database's order),
-    # fixed when the first batch runs; batch k covers (boundaries[k-1], boundaries[k]].
-    boundaries: Mapped[str | None] = mapped_column(Text)
+    # walk | enroll | apply | done; None until the first batch.
+    phase: Mapped[str | None] = mapped_column(String(16))
+    next_page: Mapped[int | None] = mapped_column(Integer)
+    # Pages of the users table when the walk began; set only for campaigns that walk.
+    last_page: Mapped[int | None] = mapped_column(Integer)
     # JSON: what became of an uploaded list (lines, accepted, duplicates, unknown, rejected).
     input_report: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True)
@@ -60,7 +65,9 @@ class BreachTarget(Base):
     """One account of a campaign: when it was flagged, noticed, and reset its password.
 
     Rows of list campaigns (emails, user_ids) are written when the campaign is created and
-    flagged batch by batch; rows of predicate campaigns are written by the batch that flags them.
+    stamped (``processed_at``) by the batch that flags the account; rows of predicate campaigns
+    are written in one sorted pass, after the walk flagged their accounts (then ``processed_at`` is
+    that pass's time: the account was flagged by then) or before the batches that flag them.
     ``notice_queued_at`` is set when a notice ticket was queued for the account; ``notified_at``
     when the ticket issued its reset link and queued the mail (at most once, by a conditional
     UPDATE). ``reset_at`` is set when the user next sets a password.

@@ -4,8 +4,9 @@
 ``all``, ``created_before`` and ``password_set_before`` are predicates over the accounts that
 existed when the campaign was created), refuses overlaps with a running campaign, and queues the
 first ``breach_batch`` job. Each job applies one batch in its own transaction and queues the next
-one (``breach_batches`` holds the set-based engine and the notice tickets). ``force_reset`` is a
-one-account campaign applied synchronously.
+one (``breach_batches`` runs the phases, ``breach_walk`` the physical-order flagging,
+``breach_notices`` the mails, ``breach_jobs`` the outbox jobs). ``force_reset`` is a one-account
+campaign applied synchronously.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, text
@@ -30,26 +31,41 @@ from authsvc.errors import (
     NotFound,
 )
 from authsvc.models import User
-from authsvc.models.breach import BreachCampaign, BreachTarget
-from authsvc.services import audit, outbox
+from authsvc.models.breach import BreachCampaign
+from authsvc.services import audit
 from authsvc.services import breach_batches as batches
 from authsvc.services import breach_lists as lists
-from authsvc.services.breach_lists import InputReport, Rejection, TargetList
+from authsvc.services.breach_jobs import HANDLERS, MAX_BATCH_FAILURES, SOLO_KINDS, queue_batch
+from authsvc.services.breach_lists import InputReport, TargetList
+from authsvc.services.breach_sql import ACTIVE, membership
+from authsvc.services.breach_views import (
+    STATUSES,
+    CampaignView,
+    get_campaign,
+    list_campaigns,
+    view,
+)
 from authsvc.services.context import Client, Deps
-from authsvc.services.outbox import Handler
+
+__all__ = [
+    "HANDLERS",
+    "MAX_BATCH_FAILURES",
+    "SOLO_KINDS",
+    "STATUSES",
+    "CampaignView",
+    "get_campaign",
+    "list_campaigns",
+]
 
 SELECTORS = ("all", "emails", "user_ids", "created_before", "password_set_before")
 BEFORE_SELECTORS = frozenset({"created_before", "password_set_before"})
 LIST_KINDS = frozenset({"emails", "user_ids"})
 MODES = ("invalidate", "change_at_next_login")
-STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 MAX_REASON = 1000
-MAX_BATCH_FAILURES = 5  # consecutive failed attempts of a batch before the campaign fails
 _CREATION_LOCK = 7263542  # PostgreSQL advisory lock: campaigns are created one at a time
-PRIORITY_AT = datetime(2000, 1, 1, tzinfo=UTC)  # "due" time of batch jobs: ahead of the queue
 
 
-# --- views -------------------------------------------------------------------------------
+# --- requests ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,32 +74,6 @@ class Creator:
 
     name: str
     key_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CampaignView:
-    id: str
-    status: str
-    origin: str
-    reason: str
-    selector: str
-    before: datetime | None
-    mode: str
-    revoke_sessions: bool
-    reset_mfa: bool
-    notify: bool
-    targeted: int
-    processed: int
-    notified: int
-    completed_resets: int
-    sessions_revoked: int
-    notices_queued: int
-    created_by: str
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    last_error: str | None
-    input: InputReport | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,70 +99,6 @@ class DryRun:
     targeted: int
     conflicts_with: str | None
     input: InputReport | None
-
-
-def view(session: DbSession, campaign: BreachCampaign) -> CampaignView:
-    def count(*conditions: Any) -> int:
-        return int(
-            session.scalar(
-                select(func.count())
-                .select_from(BreachTarget)
-                .where(BreachTarget.campaign_id == campaign.id, *conditions)
-            )
-            or 0
-        )
-
-    report = json.loads(campaign.input_report) if campaign.input_report else None
-    return CampaignView(
-        id=campaign.id,
-        status=campaign.status,
-        origin=campaign.origin,
-        reason=campaign.reason,
-        selector=campaign.selector,
-        before=campaign.selector_before,
-        mode=campaign.mode,
-        revoke_sessions=campaign.revoke_sessions,
-        reset_mfa=campaign.reset_mfa,
-        notify=campaign.notify,
-        targeted=campaign.targeted,
-        processed=campaign.processed,
-        notified=count(BreachTarget.notified_at.is_not(None)),
-        completed_resets=count(BreachTarget.reset_at.is_not(None)),
-        sessions_revoked=campaign.sessions_revoked,
-        notices_queued=campaign.notices_queued,
-        created_by=campaign.created_by,
-        created_at=campaign.created_at,
-        started_at=campaign.started_at,
-        finished_at=campaign.finished_at,
-        last_error=campaign.last_error,
-        input=_report_from_json(report) if report is not None else None,
-    )
-
-
-def _report_from_json(data: dict[str, Any]) -> InputReport:
-    return InputReport(
-        **{
-            **data,
-            "rejections": tuple(Rejection(**r) for r in data["rejections"]),
-            "unknown_values": tuple(data["unknown_values"]),
-        }
-    )
-
-
-def get_campaign(session: DbSession, *, campaign_id: str) -> CampaignView:
-    campaign = session.get(BreachCampaign, campaign_id)
-    if campaign is None:
-        raise NotFound("No such breach response")
-    return view(session, campaign)
-
-
-def list_campaigns(session: DbSession, *, status: str | None, limit: int) -> list[CampaignView]:
-    if status is not None and status not in STATUSES:
-        raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", field="status")
-    query = select(BreachCampaign).order_by(BreachCampaign.created_at.desc()).limit(limit)
-    if status is not None:
-        query = query.where(BreachCampaign.status == status)
-    return [view(session, c) for c in session.scalars(query)]
 
 
 # --- creating ----------------------------------------------------------------------------
@@ -251,7 +177,7 @@ def create_campaign(
     campaign.idempotency_key, campaign.request_hash = idempotency_key, fingerprint
     campaign.input_report = json.dumps(asdict(report)) if report else None
     if origin != "force_reset":
-        _queue_batch(session, deps, campaign, now=now)
+        queue_batch(session, deps, campaign, now=now)
     audit.record(
         session,
         type="breach.campaign_created",
@@ -364,10 +290,7 @@ def _target(
     session.flush()
     if request.targets is None:
         campaign.targeted = int(
-            session.scalar(
-                select(func.count()).select_from(User).where(batches.membership(campaign))
-            )
-            or 0
+            session.scalar(select(func.count()).select_from(User).where(membership(campaign))) or 0
         )
         return campaign, None
     report = lists.insert_targets(session, campaign_id=campaign.id, targets=request.targets)
@@ -379,40 +302,17 @@ def _conflicting(session: DbSession, campaign: BreachCampaign) -> str | None:
     """The id of a pending or running campaign that targets one of the same accounts."""
     others = session.scalars(
         select(BreachCampaign).where(
-            BreachCampaign.status.in_(batches.ACTIVE), BreachCampaign.id != campaign.id
+            BreachCampaign.status.in_(ACTIVE), BreachCampaign.id != campaign.id
         )
     ).all()
     for other in others:
         user = aliased(User)
         shared = session.scalar(
-            select(user.id)
-            .where(batches.membership(campaign, user), batches.membership(other, user))
-            .limit(1)
+            select(user.id).where(membership(campaign, user), membership(other, user)).limit(1)
         )
         if shared is not None:
             return other.id
     return None
-
-
-def _queue_batch(
-    session: DbSession,
-    deps: Deps,
-    campaign: BreachCampaign,
-    *,
-    now: datetime,
-    delay: timedelta = timedelta(0),
-) -> None:
-    """Queue the job that runs the next batch. Without a delay it is dated long ago, so the
-    worker (which takes due messages oldest first) runs it before any notice or mail waiting."""
-    due = delay if delay > timedelta(0) else min(timedelta(0), PRIORITY_AT - now)
-    outbox.enqueue(
-        session,
-        deps.keyring,
-        kind="breach_batch",
-        payload={"campaign_id": campaign.id},
-        now=now,
-        delay=due,
-    )
 
 
 # --- cancelling, one account, reports ----------------------------------------------------
@@ -427,8 +327,9 @@ def cancel_campaign(
     client: Client,
     now: datetime,
 ) -> CampaignView:
-    """Stop a pending or running campaign. Accounts already flagged stay flagged and still get
-    their notices; nothing is undone."""
+    """Stop a pending or running campaign: no further account is flagged. Accounts already
+    flagged stay flagged and still get their notices (and, where the campaign flagged them ahead
+    of its session revocation, that follow-up still runs); nothing is undone."""
     campaign = session.scalars(
         select(BreachCampaign)
         .where(BreachCampaign.id == campaign_id)
@@ -439,7 +340,7 @@ def cancel_campaign(
         raise NotFound("No such breach response")
     if campaign.status == "cancelled":
         return view(session, campaign)
-    if campaign.status not in batches.ACTIVE:
+    if campaign.status not in ACTIVE:
         raise CampaignFinished(
             f"The breach response has already {campaign.status}", campaign_status=campaign.status
         )
@@ -458,14 +359,7 @@ def cancel_campaign(
         },
     )
     if campaign.revoke_sessions and campaign.processed:
-        outbox.enqueue(
-            session,
-            deps.keyring,
-            kind="breach_sweep",
-            payload={"campaign_id": campaign.id},
-            now=now,
-            delay=deps.settings.breach_sweep_delay,
-        )
+        batches.queue_sweep(session, deps, campaign, now=now)
     return view(session, campaign)
 
 
@@ -545,65 +439,3 @@ def record_report_export(
         details={"campaign_id": campaign_id, "format": fmt},
     )
     return campaign
-
-
-# --- outbox jobs -------------------------------------------------------------------------
-
-
-def _run_batch_job(session: DbSession, deps: Deps, payload: dict[str, Any], now: datetime) -> None:
-    campaign_id = payload["campaign_id"]
-    try:
-        with session.begin_nested():
-            outcome = batches.run_next_batch(session, deps, campaign_id=campaign_id, now=now)
-    except Exception as exc:  # any failure counts against the campaign; retried below
-        _batch_failed(session, deps, campaign_id=campaign_id, error=exc, now=now)
-        return
-    campaign = session.get(BreachCampaign, campaign_id)
-    if campaign is None or outcome.finished:
-        return
-    _queue_batch(
-        session,
-        deps,
-        campaign,
-        now=now,
-        delay=timedelta(seconds=1) if outcome.busy else timedelta(0),
-    )
-
-
-def _batch_failed(
-    session: DbSession, deps: Deps, *, campaign_id: str, error: Exception, now: datetime
-) -> None:
-    campaign = session.scalars(
-        select(BreachCampaign)
-        .where(BreachCampaign.id == campaign_id)
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    if campaign is None or campaign.status not in batches.ACTIVE:
-        return
-    campaign.failures += 1
-    message = f"{type(error).__name__}: {error}".splitlines()[0][:500]
-    campaign.last_error = message
-    if campaign.failures >= MAX_BATCH_FAILURES:
-        batches.finish(session, deps, campaign=campaign, now=now, status="failed", error=message)
-        return
-    _queue_batch(session, deps, campaign, now=now, delay=timedelta(seconds=2**campaign.failures))
-
-
-def _send_notice_job(
-    session: DbSession, deps: Deps, payload: dict[str, Any], now: datetime
-) -> None:
-    batches.send_notice(session, deps, campaign_id=payload["campaign_id"], now=now)
-
-
-def _sweep_job(session: DbSession, deps: Deps, payload: dict[str, Any], now: datetime) -> None:
-    batches.sweep_sessions(session, campaign_id=payload["campaign_id"], now=now)
-
-
-# Outbox handlers this capability contributes, by message kind.
-HANDLERS: dict[str, Handler] = {
-    "breach_batch": _run_batch_job,
-    "breach_notice": _send_notice_job,
-    "breach_sweep": _sweep_job,
-}
-# Kinds the worker runs alone in their own transaction (a batch is large).
-SOLO_KINDS = frozenset({"breach_batch"})

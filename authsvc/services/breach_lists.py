@@ -17,7 +17,7 @@ from authsvc.errors import InvalidRequest
 from authsvc.models import User
 from authsvc.models.breach import BreachTarget
 from authsvc.services import accounts
-from authsvc.services.breach_batches import COUNTED, TARGETS
+from authsvc.services.breach_sql import COUNTED, TARGETS
 
 MAX_REPORTED = 100  # rejected lines and unknown entries named in a report
 LOOKUP_CHUNK = 2000  # list entries resolved per statement

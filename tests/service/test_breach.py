@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from authsvc.models.breach import BreachCampaign, BreachTarget
 from authsvc.services import accounts, breach, outbox, user_tokens
 from authsvc.services import breach_batches as batches
 from authsvc.services import breach_lists as lists
+from authsvc.services import breach_walk as walk
 from authsvc.services.breach import CampaignRequest, Created, Creator, DryRun
 from authsvc.services.factors import FactorProof
 from authsvc.settings import Settings
@@ -102,15 +101,28 @@ def count(db_session, model, *where) -> int:
     return db_session.scalar(select(func.count()).select_from(model).where(*where))
 
 
-def batch_user_ids(db_session, campaign_id: str) -> list[str]:
-    ids: list[str] = []
-    for details in db_session.scalars(
-        select(AuditEvent.details).where(AuditEvent.type == "breach.batch_processed")
-    ):
-        data = json.loads(details)
-        if data["campaign_id"] == campaign_id:
-            ids.extend(data["user_ids"])
-    return ids
+def processed_ids(db_session, campaign_id: str) -> list[str]:
+    """Accounts the campaign recorded as flagged (its primary key holds each account once)."""
+    return list(
+        db_session.scalars(
+            select(BreachTarget.user_id).where(
+                BreachTarget.campaign_id == campaign_id, BreachTarget.processed_at.is_not(None)
+            )
+        )
+    )
+
+
+def queued_notices(db_session, campaign_id: str) -> int:
+    return count(
+        db_session,
+        BreachTarget,
+        BreachTarget.campaign_id == campaign_id,
+        BreachTarget.notice_queued_at.is_not(None),
+    )
+
+
+def on_postgresql(db_session) -> bool:
+    return db_session.get_bind().dialect.name == "postgresql"
 
 
 def add_session(db_session, user) -> Session:
@@ -174,8 +186,18 @@ def test_user_ids_must_look_like_ids():
 # --- a campaign, end to end ---------------------------------------------------------------
 
 
+@pytest.fixture(params=["walk", "no_walk"])
+def walking(request, db_session, monkeypatch) -> bool:
+    """Run a test with the PostgreSQL page walk and with the path every database has."""
+    if request.param == "no_walk":
+        monkeypatch.setattr(walk, "can_walk", lambda session: False)
+    elif not on_postgresql(db_session):
+        pytest.skip("the page walk is PostgreSQL's")
+    return request.param == "walk"
+
+
 def test_all_accounts_are_flagged_revoked_and_notified_once(
-    db_session, deps, caller, users, make_user, worker, later_worker, mailbox
+    db_session, deps, caller, users, make_user, worker, later_worker, mailbox, walking
 ):
     disabled = make_user(email="gone@example.com", disabled=True)
     live = [add_session(db_session, user) for user in users[:4]]
@@ -193,9 +215,12 @@ def test_all_accounts_are_flagged_revoked_and_notified_once(
         for u in db_session.scalars(select(User).where(User.password_invalidated_at.is_not(None)))
     )
     assert flagged == sorted([u.id for u in users] + [disabled.id])
-    assert sorted(batch_user_ids(db_session, campaign.id)) == flagged  # each exactly once
+    assert sorted(processed_ids(db_session, campaign.id)) == flagged
+    assert db_session.get(BreachCampaign, campaign.id).phase == "done"
     assert all(db_session.get(Session, s.id).revoked_reason == "breach_response" for s in live)
-    assert count(db_session, OutboxMessage, OutboxMessage.kind == "breach_notice") == 8
+    assert queued_notices(db_session, campaign.id) == 8
+    waiting = (OutboxMessage.kind == "breach_notices", OutboxMessage.completed_at.is_(None))
+    assert count(db_session, OutboxMessage, *waiting) == 1  # the campaign's notice job
 
     drain(db_session, later_worker)
 
@@ -278,10 +303,74 @@ def test_a_batch_that_dies_is_redone_by_the_next_runner(db_session, deps, caller
                 break
 
     db_session.expire_all()
-    ids = batch_user_ids(db_session, campaign_id)
-    assert sorted(ids) == sorted(u.id for u in users)  # no account twice, none missing
-    assert count(db_session, OutboxMessage, OutboxMessage.kind == "breach_notice") == 8
-    assert db_session.get(BreachCampaign, campaign_id).batches == 3
+    assert sorted(processed_ids(db_session, campaign_id)) == sorted(u.id for u in users)
+    assert queued_notices(db_session, campaign_id) == 8
+    campaign = db_session.get(BreachCampaign, campaign_id)
+    assert (campaign.status, campaign.processed, campaign.notices_queued) == ("completed", 8, 8)
+    assert count(db_session, User, User.password_invalidated_at.is_not(None)) == 8
+
+
+def test_an_account_the_walk_missed_is_flagged_by_the_batches_after_it(
+    db_session, deps, caller, users, runtime, walking
+):
+    created = create(db_session, deps, caller, request=request())
+    campaign_id = created.campaign.id
+    factory = runtime.sessionmaker
+
+    def step() -> BreachCampaign:
+        with factory.begin() as session:
+            batches.run_next_batch(session, deps, campaign_id=campaign_id, now=utcnow())
+        db_session.expire_all()
+        return db_session.get(BreachCampaign, campaign_id)
+
+    campaign = step()
+    while campaign.phase == "walk":
+        campaign = step()
+    # As if its row had moved onto a page the walk had done before it was flagged.
+    db_session.get(User, users[3].id).password_invalidated_at = None
+    db_session.flush()
+    while campaign.status == "running":
+        campaign = step()
+
+    assert campaign.status == "completed" and campaign.processed == 8
+    assert db_session.get(User, users[3].id).password_invalidated_at is not None
+    assert sorted(processed_ids(db_session, campaign_id)) == sorted(u.id for u in users)
+    assert queued_notices(db_session, campaign_id) == 8
+
+
+def test_a_cancelled_walk_still_signs_out_and_notifies_whom_it_flagged(
+    db_session, deps, caller, users, runtime, worker, later_worker, mailbox
+):
+    if not on_postgresql(db_session):
+        pytest.skip("the page walk is PostgreSQL's")
+    live = [add_session(db_session, user) for user in users]
+    whole = dataclasses.replace(
+        deps, settings=dataclasses.replace(deps.settings, breach_batch_size=10**7)
+    )
+    created = create(db_session, deps, caller, request=request())
+    with runtime.sessionmaker.begin() as session:  # one page range: the whole table
+        batches.run_next_batch(session, whole, campaign_id=created.campaign.id, now=utcnow())
+    db_session.expire_all()
+    assert db_session.get(BreachCampaign, created.campaign.id).phase == "enroll"
+
+    cancelled = breach.cancel_campaign(
+        db_session,
+        deps,
+        campaign_id=created.campaign.id,
+        creator=ADMIN,
+        client=caller,
+        now=utcnow(),
+    )
+    drain(db_session, worker)  # the follow-up: enrolment, then sign-outs
+    drain(db_session, later_worker)
+
+    campaign = breach.get_campaign(db_session, campaign_id=cancelled.id)
+    assert (cancelled.status, campaign.status) == ("cancelled", "cancelled")
+    assert db_session.get(BreachCampaign, cancelled.id).phase == "done"
+    assert sorted(processed_ids(db_session, cancelled.id)) == sorted(u.id for u in users)
+    assert all(db_session.get(Session, s.id).revoked_reason == "breach_response" for s in live)
+    assert (campaign.sessions_revoked, campaign.notified) == (8, 8)
+    assert len(mailbox.messages("user5@example.com")) == 1
 
 
 def test_a_failing_batch_is_retried_then_fails_the_campaign(
@@ -633,19 +722,39 @@ def test_force_reset_applies_at_once(db_session, deps, caller, users, later_work
         )
 
 
-def test_notice_tickets_are_spaced_at_the_configured_rate(db_session, deps, caller, users, worker):
-    create(db_session, deps, caller, request=request())
-    drain(db_session, worker)
-
-    due = sorted(
-        db_session.scalars(
-            select(OutboxMessage.available_at).where(OutboxMessage.kind == "breach_notice")
-        )
+def test_notices_go_out_at_the_configured_rate_once_each(
+    db_session, deps, caller, users, runtime, mailbox
+):
+    slow = dataclasses.replace(
+        deps, settings=dataclasses.replace(deps.settings, notify_rate_per_second=2.0)
     )
-    gaps = {round((b - a).total_seconds(), 3) for a, b in itertools.pairwise(due)}
-    assert gaps == {0.02}  # 50 per second
-    message = db_session.scalar(select(OutboxMessage).where(OutboxMessage.kind == "breach_notice"))
-    assert set(outbox.payload_of(deps.keyring, message)) == {"campaign_id"}
+    clock = [utcnow()]
+    worker = OutboxWorker(
+        sessionmaker=runtime.sessionmaker,
+        deps=slow,
+        handlers=default_handlers(make_backend(runtime.settings.mail_url)),
+        clock=lambda: clock[0],
+    )
+    created = create(db_session, deps, caller, request=request())
+
+    notified = []
+    for _ in range(6):
+        drain(db_session, worker)  # batches, then one run of the notice job: two mails
+        notified.append(breach.get_campaign(db_session, campaign_id=created.campaign.id).notified)
+        pending = db_session.scalars(
+            select(OutboxMessage).where(
+                OutboxMessage.kind == "breach_notices", OutboxMessage.completed_at.is_(None)
+            )
+        ).all()
+        if notified[-1] < 8:
+            assert len(pending) == 1
+            assert pending[0].available_at == clock[0] + timedelta(seconds=1)
+            assert set(outbox.payload_of(deps.keyring, pending[0])) == {"campaign_id", "after"}
+        clock[0] += timedelta(seconds=1)
+
+    assert notified == [2, 4, 6, 8, 8, 8]
+    assert pending == []  # done: nothing left to send
+    assert all(len(mailbox.messages(f"user{i}@example.com")) == 1 for i in range(8))
 
 
 def test_a_breached_password_at_login_flags_the_account_unless_turned_off(

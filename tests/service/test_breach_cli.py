@@ -15,7 +15,7 @@ from authsvc.app import build_runtime
 from authsvc.cli import main
 from authsvc.db import utcnow
 from authsvc.models import OutboxMessage, User
-from authsvc.models.breach import BreachCampaign
+from authsvc.models.breach import BreachCampaign, BreachTarget
 from authsvc.schema import upgrade
 from authsvc.settings import Settings
 
@@ -101,13 +101,20 @@ def test_create_from_an_emails_file_runs_to_completion(env, accounts, tmp_path):
     assert "4/4" in result.stderr  # the progress bar
     flagged = query(env, select(User.email).where(User.password_invalidated_at.is_not(None)))
     assert sorted(e for (e,) in flagged) == [f"user{i}@example.com" for i in (1, 2, 5, 6)]
-    tickets = query(
+    queued = query(
+        env,
+        select(func.count())
+        .select_from(BreachTarget)
+        .where(BreachTarget.campaign_id == campaign_id, BreachTarget.notice_queued_at.is_not(None)),
+    )
+    assert queued == [(4,)]
+    notice_jobs = query(
         env,
         select(func.count())
         .select_from(OutboxMessage)
-        .where(OutboxMessage.kind == "breach_notice"),
+        .where(OutboxMessage.kind == "breach_notices"),
     )
-    assert tickets == [(4,)]
+    assert notice_jobs == [(1,)]
 
     status = run(env, "breach-response", "status", campaign_id, "--json")
     assert status.exit_code == 0, status.output

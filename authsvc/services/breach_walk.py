@@ -1,0 +1,155 @@
+"""Flagging every account of a predicate campaign (``all``, ``created_before``,
+``password_set_before``) in the order the accounts lie on disk, then writing its targets.
+
+Account ids are random, so a batch of ids touches rows all over the users table: every batch
+would dirty most of its pages, and after each checkpoint PostgreSQL logs each page whole again.
+On PostgreSQL (14 or newer, for TID range scans) the campaign therefore first *walks* the table:
+each batch flags the due accounts of a range of heap pages (``ctid`` between two pages), so each
+page is written once. The users table keeps half of every page free (fillfactor 50, migration
+0006), so the new row versions stay on their page: HOT updates, no index entries. Each batch also
+reads the pages of the batch before it, which lets PostgreSQL prune the old row versions while
+those pages are still in memory (otherwise the next reader prunes them, long after the next
+checkpoint, and logs each page whole again).
+
+Then one statement *enrolls* the campaign's accounts: it writes their ``breach_targets`` rows in
+user-id order, so the table's primary key grows at its right edge. Accounts that already carry
+the flag (or set a new password since the campaign began) are recorded as processed at once; an
+account the walk could not see (an UPDATE by someone else moved its row onto a page already
+walked) is written unprocessed, and the batches over the targets that follow (``apply``) flag it.
+Everywhere else (SQLite, older PostgreSQL) enrolment comes first and ``apply`` flags everyone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, case, func, insert, literal, select, text, update
+from sqlalchemy.orm import Session as DbSession
+
+from authsvc.db import UTCDateTime
+from authsvc.models import User
+from authsvc.models.breach import BreachCampaign
+from authsvc.services.breach_sql import (
+    COUNTED,
+    NO_SYNC,
+    TARGETS,
+    due,
+    flag,
+    flagged_since_start,
+    is_postgresql,
+    membership,
+    rowcount,
+)
+
+MIN_SERVER_VERSION = 140000  # TID range scans
+DEFAULT_ROWS_PER_PAGE = 20  # before ANALYZE has measured the table
+_PAGES = text(
+    "SELECT pg_relation_size('users') / current_setting('block_size')::int, "
+    "(SELECT reltuples / NULLIF(relpages, 0) FROM pg_class WHERE oid = 'users'::regclass)"
+)
+_ON_PAGES = "users.ctid >= CAST(:first AS tid) AND users.ctid < CAST(:end AS tid)"
+
+
+@dataclass(frozen=True, slots=True)
+class Walked:
+    """One walk batch: heap pages ``[first, end)`` and how many accounts it flagged."""
+
+    first: int
+    end: int
+    flagged: int
+
+
+@dataclass(frozen=True, slots=True)
+class Enrolled:
+    accounts: int  # target rows written
+    processed: int  # ... of which already flagged (or not exposed)
+    notices: int  # ... of which get a notice
+
+
+def can_walk(session: DbSession) -> bool:
+    if not is_postgresql(session):
+        return False
+    version = session.execute(text("SHOW server_version_num")).scalar_one()
+    return int(version) >= MIN_SERVER_VERSION
+
+
+def start_walk(session: DbSession, campaign: BreachCampaign) -> None:
+    """Fix the walk's end: the pages of the users table now (rows on later pages are accounts
+    created since, or moved rows, which enrolment finds)."""
+    pages, _ = session.execute(_PAGES).one()
+    campaign.next_page, campaign.last_page = 0, int(pages)
+
+
+def walk_batch(
+    session: DbSession, campaign: BreachCampaign, *, batch_size: int, now: datetime
+) -> Walked:
+    """Flag the due accounts on the next range of pages; move ``next_page`` past it."""
+    assert campaign.next_page is not None and campaign.last_page is not None
+    _, rows_per_page = session.execute(_PAGES).one()
+    step = max(1, math.ceil(batch_size / (rows_per_page or DEFAULT_ROWS_PER_PAGE)))
+    first = campaign.next_page
+    end = min(first + step, campaign.last_page)
+    if first > 0:  # prune the previous batch's pages while they are in memory
+        session.execute(
+            select(func.count()).select_from(User).where(_pages(max(0, first - step), first))
+        )
+    result = session.execute(
+        update(User)
+        .where(_pages(first, end), membership(campaign), due(campaign))
+        .values(flag(campaign, now)),
+        execution_options=NO_SYNC,
+    )
+    campaign.next_page = end
+    return Walked(first=first, end=end, flagged=rowcount(result))
+
+
+def walk_done(campaign: BreachCampaign) -> bool:
+    return (campaign.next_page or 0) >= (campaign.last_page or 0)
+
+
+def enroll(
+    session: DbSession, campaign: BreachCampaign, *, now: datetime, cancelled: bool = False
+) -> Enrolled:
+    """Write the campaign's target rows, in user-id order, in one statement. A cancelled
+    campaign enrolls only the accounts its walk flagged (they still get their notices)."""
+    stamp = literal(now, UTCDateTime())
+    nothing = literal(None, UTCDateTime())
+    handled = literal(True) if cancelled else ~due(campaign)
+    processed = case((handled, stamp), else_=nothing)
+    queued = (
+        case((and_(handled, User.disabled_at.is_(None)), stamp), else_=nothing)
+        if campaign.notify
+        else nothing
+    )
+    who = membership(campaign)
+    if cancelled:
+        who = and_(who, flagged_since_start(campaign))
+    rows = select(literal(campaign.id), User.id, processed, queued).where(who).order_by(User.id)
+    columns = ["campaign_id", "user_id", "processed_at", "notice_queued_at"]
+    statement = insert(TARGETS).from_select(columns, rows)
+    if is_postgresql(session):
+        written = statement.returning(TARGETS.c.processed_at, TARGETS.c.notice_queued_at).cte(
+            "enrolled"
+        )
+        accounts, done, notices = session.execute(
+            select(
+                func.count(),
+                func.count(written.c.processed_at),
+                func.count(written.c.notice_queued_at),
+            ).select_from(written)
+        ).one()
+        return Enrolled(accounts=accounts, processed=done, notices=notices)
+    accounts = rowcount(session.execute(statement, execution_options=COUNTED))
+    done, notices = session.execute(
+        select(func.count(TARGETS.c.processed_at), func.count(TARGETS.c.notice_queued_at)).where(
+            TARGETS.c.campaign_id == campaign.id
+        )
+    ).one()
+    return Enrolled(accounts=accounts, processed=done, notices=notices)
+
+
+def _pages(first: int, end: int) -> Any:
+    return text(_ON_PAGES).bindparams(first=f"({first},0)", end=f"({end},0)")
