@@ -1,17 +1,30 @@
-"""Random secrets, their stored hashes, and signed access tokens (EdDSA JWT, JWKS)."""
+"""Random secrets, their stored hashes, and signed access tokens (EdDSA JWT, JWKS).
+
+Access tokens are compact JWS with one fixed algorithm (EdDSA over Ed25519) and the
+RFC 9068 type ``at+jwt``. PyJWT writes them; the verifier here reads them in one pass
+(each segment decoded once) and checks only what this service issues, so no header can
+choose the algorithm or the key type.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
+import re
 import secrets
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import jwt
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from jwt.algorithms import OKPAlgorithm
 
 
@@ -32,6 +45,14 @@ class SigningKeyMaterial:
     public_jwk: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class Signer:
+    """A signing key ready to use: the private key already loaded."""
+
+    kid: str
+    private_key: Ed25519PrivateKey
+
+
 def generate_signing_key(kid: str) -> SigningKeyMaterial:
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
@@ -42,6 +63,17 @@ def generate_signing_key(kid: str) -> SigningKeyMaterial:
     jwk = json.loads(OKPAlgorithm.to_jwk(key.public_key()))
     jwk.update({"kid": kid, "use": "sig", "alg": "EdDSA"})
     return SigningKeyMaterial(kid=kid, private_pem=pem, public_jwk=jwk)
+
+
+def load_private_key(pem: bytes) -> Ed25519PrivateKey:
+    private = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(private, Ed25519PrivateKey):
+        raise ValueError("signing keys are Ed25519")
+    return private
+
+
+def load_signer(material: SigningKeyMaterial) -> Signer:
+    return Signer(kid=material.kid, private_key=load_private_key(material.private_pem))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +90,12 @@ class InvalidAccessToken(Exception):  # noqa: N818 - named for the outcome
     pass
 
 
+JWT_TYPE = "at+jwt"
+
+
 def sign_access_token(
     *,
-    key: SigningKeyMaterial,
+    key: Signer | SigningKeyMaterial,
     issuer: str,
     audience: str,
     subject: str,
@@ -83,59 +118,243 @@ def sign_access_token(
         "amr": list(amr),
         "jti": secrets.token_urlsafe(12),
     }
-    private = serialization.load_pem_private_key(key.private_pem, password=None)
-    if not isinstance(private, Ed25519PrivateKey):
-        raise ValueError("signing keys are Ed25519")
+    signer = key if isinstance(key, Signer) else load_signer(key)
     return jwt.encode(
         claims,
-        private,
+        signer.private_key,
         algorithm="EdDSA",
-        headers={"kid": key.kid, "typ": "at+jwt"},
+        headers={"kid": signer.kid, "typ": JWT_TYPE},
     )
 
 
-def token_key_id(token: str) -> str | None:
-    """The ``kid`` a token claims to be signed with (unverified; for key look-up only)."""
+# --- verification ---------------------------------------------------------------------------
+
+MAX_ACCESS_TOKEN_LENGTH = 4096  # ours are about 600 characters
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")  # base64url without padding
+_TYPES = frozenset({JWT_TYPE, "application/" + JWT_TYPE})
+_REQUIRED = ("iss", "sub", "aud", "exp", "iat", "sid", "auth_time")
+
+
+@dataclass(frozen=True, slots=True)
+class UnverifiedAccessToken:
+    """A token split and its header checked; nothing in it is trusted until ``verify``."""
+
+    kid: str
+    signing_input: bytes
+    signature: bytes
+    payload_segment: str
+
+
+def _b64decode(segment: str) -> bytes:
+    """Canonical unpadded base64url only (one encoding per value)."""
+    if len(segment) % 4 == 1 or not _SEGMENT.fullmatch(segment):
+        raise InvalidAccessToken("bad base64url segment")
     try:
-        kid = jwt.get_unverified_header(token).get("kid")
-    except jwt.PyJWTError:
-        return None
-    return kid if isinstance(kid, str) else None
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidAccessToken("bad base64url segment") from None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != segment:
+        raise InvalidAccessToken("non-canonical base64url segment")
+    return raw
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise InvalidAccessToken("segment is not JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidAccessToken("segment is not a JSON object")
+    return value
+
+
+def read_access_token(token: str) -> UnverifiedAccessToken:
+    """Split a compact JWS and check its header: EdDSA, type at+jwt, a kid, no ``crit``."""
+    if not isinstance(token, str) or len(token) > MAX_ACCESS_TOKEN_LENGTH:
+        raise InvalidAccessToken("not a token")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise InvalidAccessToken("not a compact JWS")
+    header_segment, payload_segment, signature_segment = parts
+    header = _json_object(_b64decode(header_segment))
+    kid = header.get("kid")
+    typ = header.get("typ")
+    if header.get("alg") != "EdDSA" or not isinstance(kid, str):
+        raise InvalidAccessToken("unsupported algorithm or no key id")
+    if not isinstance(typ, str) or typ.lower() not in _TYPES:
+        raise InvalidAccessToken("not an access token")
+    if "crit" in header or "b64" in header:
+        raise InvalidAccessToken("unsupported header parameter")
+    signature = _b64decode(signature_segment)
+    if len(signature) != 64:
+        raise InvalidAccessToken("bad signature length")
+    return UnverifiedAccessToken(
+        kid=kid,
+        signing_input=f"{header_segment}.{payload_segment}".encode("ascii"),
+        signature=signature,
+        payload_segment=payload_segment,
+    )
+
+
+def _int(claims: Mapping[str, Any], name: str) -> int:
+    value = claims[name]
+    if type(value) is not int:  # bool is an int subclass; floats are not issued
+        raise InvalidAccessToken(f"{name} is not an integer")
+    return value
+
+
+def _str(claims: Mapping[str, Any], name: str) -> str:
+    value = claims[name]
+    if not isinstance(value, str):
+        raise InvalidAccessToken(f"{name} is not a string")
+    return value
+
+
+def _verify(
+    token: UnverifiedAccessToken, *, public_key: Ed25519PublicKey, issuer: str, audience: str
+) -> tuple[AccessClaims, int | None]:
+    """Signature, issuer, audience and claim types: everything but time. Returns the claims
+    and ``nbf``."""
+    try:
+        public_key.verify(token.signature, token.signing_input)
+    except InvalidSignature:
+        raise InvalidAccessToken("bad signature") from None
+    claims = _json_object(_b64decode(token.payload_segment))
+    missing = [name for name in _REQUIRED if name not in claims]
+    if missing:
+        raise InvalidAccessToken(f"missing claims: {', '.join(missing)}")
+    if _str(claims, "iss") != issuer:
+        raise InvalidAccessToken("wrong issuer")
+    aud = claims["aud"]
+    if not (aud == audience or (isinstance(aud, list) and audience in aud)):
+        raise InvalidAccessToken("wrong audience")
+    amr = claims.get("amr") or []
+    if not isinstance(amr, list) or not all(isinstance(v, str) for v in amr):
+        raise InvalidAccessToken("amr is not a list of strings")
+    verified = AccessClaims(
+        sub=_str(claims, "sub"),
+        sid=_str(claims, "sid"),
+        auth_time=_int(claims, "auth_time"),
+        amr=tuple(amr),
+        iat=_int(claims, "iat"),
+        exp=_int(claims, "exp"),
+    )
+    return verified, (_int(claims, "nbf") if "nbf" in claims else None)
+
+
+def _check_time(claims: AccessClaims, nbf: int | None, now: datetime) -> AccessClaims:
+    current = int(now.timestamp())
+    if claims.exp <= current:
+        raise InvalidAccessToken("expired")
+    if nbf is not None and nbf > current:
+        raise InvalidAccessToken("not yet valid")
+    return claims
+
+
+@lru_cache(maxsize=64)
+def _public_key(x: str) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(_b64decode(x))
+
+
+def public_key_from_jwk(jwk: Mapping[str, Any]) -> Ed25519PublicKey:
+    """The Ed25519 key of an OKP JWK (objects are cached by key bytes)."""
+    x = jwk.get("x")
+    if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519" or not isinstance(x, str):
+        raise InvalidAccessToken("not an Ed25519 JWK")
+    try:
+        return _public_key(x)
+    except ValueError:
+        raise InvalidAccessToken("not an Ed25519 JWK") from None
 
 
 def verify_access_token(
     token: str,
     *,
-    public_jwks: dict[str, dict[str, Any]],
+    public_jwks: Mapping[str, Mapping[str, Any]] | None = None,
+    public_key_for: Callable[[str], Ed25519PublicKey | None] | None = None,
     issuer: str,
     audience: str,
     now: datetime,
 ) -> AccessClaims:
-    """Verify signature, issuer, audience and expiry against the published keys."""
-    try:
-        header = jwt.get_unverified_header(token)
-        jwk = public_jwks.get(str(header.get("kid")))
-        if jwk is None or header.get("alg") != "EdDSA":
+    """Verify signature, type, issuer, audience, expiry and required claims.
+
+    The key comes from ``public_key_for(kid)`` (a cache, say) or from ``public_jwks`` by kid.
+    """
+    if public_key_for is None:
+        jwks = public_jwks or {}
+
+        def public_key_for(kid: str) -> Ed25519PublicKey | None:
+            jwk = jwks.get(kid)
+            return public_key_from_jwk(jwk) if jwk is not None else None
+
+    read = read_access_token(token)
+    public_key = public_key_for(read.kid)
+    if public_key is None:
+        raise InvalidAccessToken("unknown key")
+    claims, nbf = _verify(read, public_key=public_key, issuer=issuer, audience=audience)
+    return _check_time(claims, nbf, now)
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    kid: str
+    public_key: Ed25519PublicKey
+    issuer: str
+    audience: str
+    claims: AccessClaims
+    nbf: int | None
+
+
+class VerifiedTokenCache:
+    """Access tokens this process has verified, so that a client's next request with the
+    same token skips the signature check (the costliest step of the bearer guard).
+
+    Only tokens that passed every check enter. A hit counts only for the same issuer and
+    audience and while ``public_key_for(kid)`` still returns the very key object the token
+    was verified with; expiry and ``nbf`` are checked against ``now`` on every call. The
+    oldest entry leaves when ``maxsize`` is reached.
+    """
+
+    def __init__(self, maxsize: int = 4096) -> None:
+        self._maxsize = maxsize
+        self._entries: dict[str, _Verified] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def verify(
+        self,
+        token: str,
+        *,
+        public_key_for: Callable[[str], Ed25519PublicKey | None],
+        issuer: str,
+        audience: str,
+        now: datetime,
+    ) -> AccessClaims:
+        hit = self._entries.get(token)
+        if (
+            hit is not None
+            and hit.issuer == issuer
+            and hit.audience == audience
+            and public_key_for(hit.kid) is hit.public_key
+        ):
+            return _check_time(hit.claims, hit.nbf, now)
+        read = read_access_token(token)
+        public_key = public_key_for(read.kid)
+        if public_key is None:
             raise InvalidAccessToken("unknown key")
-        public = OKPAlgorithm.from_jwk(json.dumps(jwk))
-        claims = jwt.decode(
-            token,
-            public,  # type: ignore[arg-type]
-            algorithms=["EdDSA"],
-            audience=audience,
-            issuer=issuer,
-            options={"require": ["exp", "iat", "sub", "sid", "aud", "iss"], "verify_iat": False},
-            leeway=0,
-        )
-        if claims["exp"] <= int(now.timestamp()):
-            raise InvalidAccessToken("expired")
-        return AccessClaims(
-            sub=str(claims["sub"]),
-            sid=str(claims["sid"]),
-            auth_time=int(claims["auth_time"]),
-            amr=tuple(claims.get("amr") or ()),
-            iat=int(claims["iat"]),
-            exp=int(claims["exp"]),
-        )
-    except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
-        raise InvalidAccessToken(str(exc)) from None
+        claims, nbf = _verify(read, public_key=public_key, issuer=issuer, audience=audience)
+        _check_time(claims, nbf, now)
+        with self._lock:
+            if len(self._entries) >= self._maxsize:
+                del self._entries[next(iter(self._entries))]
+            self._entries[token] = _Verified(
+                kid=read.kid,
+                public_key=public_key,
+                issuer=issuer,
+                audience=audience,
+                claims=claims,
+                nbf=nbf,
+            )
+        return claims

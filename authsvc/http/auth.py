@@ -8,16 +8,20 @@ from datetime import datetime
 from functools import wraps
 from typing import Any
 
-from flask import Response, current_app, g, request
-from sqlalchemy.orm import Session as DbSession
+from flask import Response, g, request
 
-from authsvc.crypto.tokens import InvalidAccessToken, token_key_id, verify_access_token
+from authsvc.crypto.tokens import AccessClaims, InvalidAccessToken, VerifiedTokenCache
 from authsvc.db import utcnow
 from authsvc.errors import InvalidAdminKey, InvalidToken, Unauthenticated
 from authsvc.http.io import db, deps
 from authsvc.models import User
 from authsvc.services import admin, sessions, signing, user_tokens
 from authsvc.services.admin import AdminIdentity
+
+REFUSED = "The access token is invalid, expired or revoked"
+# Process-wide: an entry is used only with the very key object it was verified with, and
+# key objects are cached per database (services.signing), so apps in one process stay apart.
+_verified_tokens = VerifiedTokenCache()
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,43 +42,41 @@ def bearer_token() -> str | None:
     return token.strip()
 
 
-def _published_keys(session: DbSession, kid: str | None) -> dict[str, dict[str, Any]]:
-    """Public keys by kid, read from the database only when a token names an unseen kid.
-
-    Keys are never deleted (retired keys stay published), so a cached key stays valid.
-    """
-    cache: dict[str, dict[str, Any]] = current_app.extensions["authsvc"].jwks_cache
-    if kid is not None and kid not in cache:
-        cache.update(signing.public_jwks(session))
-    return cache
-
-
-def authenticate_bearer(now: datetime) -> Principal:
+def access_claims(now: datetime) -> AccessClaims:
+    """The verified claims of the request's access token (signature, type, issuer,
+    audience, expiry); the session behind it is not checked here."""
     token = bearer_token()
     if token is None:
         raise Unauthenticated()
     settings = deps().settings
     session = db()
     try:
-        claims = verify_access_token(
+        return _verified_tokens.verify(
             token,
-            public_jwks=_published_keys(session, token_key_id(token)),
+            public_key_for=lambda kid: signing.public_key(session, kid),
             issuer=settings.public_url,
             audience=settings.jwt_audience,
             now=now,
         )
-        sessions.active_session(session, session_id=claims.sid, user_id=claims.sub, now=now)
-    except (InvalidAccessToken, InvalidToken):
-        raise Unauthenticated("The access token is invalid, expired or revoked") from None
-    user = session.get(User, claims.sub)
-    if user is None or user.disabled_at is not None:
-        raise Unauthenticated("The access token is invalid, expired or revoked")
+    except InvalidAccessToken:
+        raise Unauthenticated(REFUSED) from None
+
+
+def principal_of(claims: AccessClaims, now: datetime) -> Principal:
     return Principal(
         user_id=claims.sub,
         session_id=claims.sid,
         auth_time=datetime.fromtimestamp(claims.auth_time, tz=now.tzinfo),
         amr=claims.amr,
     )
+
+
+def authenticate_bearer(now: datetime) -> Principal:
+    """A valid access token whose session is alive and whose user is enabled (one query)."""
+    claims = access_claims(now)
+    if not sessions.is_active(db(), session_id=claims.sid, user_id=claims.sub, now=now):
+        raise Unauthenticated(REFUSED)
+    return principal_of(claims, now)
 
 
 def require_user(view: Callable[..., Response]) -> Callable[..., Response]:

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from authsvc.db import utcnow
-from authsvc.http.auth import principal, require_user
+from authsvc.db import autocommit, utcnow
+from authsvc.errors import Unauthenticated
+from authsvc.http.auth import REFUSED, access_claims, principal, require_user
 from authsvc.http.io import client, db, no_content, respond, transactional
-from authsvc.services import accounts, sessions
+from authsvc.services import profile, sessions
 
 bp = Blueprint("me", __name__, url_prefix="/v1/me")
 
 
 @bp.get("")
-@transactional
-@require_user
 def me() -> Response:
-    profile = accounts.profile(db(), user_id=principal().user_id)
-    return respond(profile)
+    """The bearer guard and the profile in one query: the token is verified first, then
+    the statement that reads the profile also requires a live session of an enabled user."""
+    now = utcnow()
+    session = db()
+    autocommit(session)  # one read: no BEGIN/COMMIT
+    claims = access_claims(now)
+    found = profile.profile(session, session_id=claims.sid, user_id=claims.sub, now=now)
+    if found is None:
+        raise Unauthenticated(REFUSED)
+    return respond(found)
 
 
 @bp.get("/sessions")

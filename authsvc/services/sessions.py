@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, NoReturn, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, Select, String, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session as DbSession
 
-from authsvc.crypto.tokens import new_token, sign_access_token, token_hash
-from authsvc.db import rowcount
+from authsvc.crypto.tokens import Signer, new_token, sign_access_token, token_hash
+from authsvc.db import UTCDateTime, new_id, rowcount
 from authsvc.errors import InvalidToken, NotFound
 from authsvc.models import RefreshToken, Session, User
 from authsvc.services import audit, signing
@@ -37,28 +38,87 @@ class SessionInfo:
     current: bool
 
 
+# Core tables: the hot paths below skip the ORM (no identity map, no unit of work).
+SESSIONS = cast("Table", Session.__table__)
+USERS = cast("Table", User.__table__)
+REFRESH_TOKENS = cast("Table", RefreshToken.__table__)
+_sessions, _users, _refresh_tokens = SESSIONS.c, USERS.c, REFRESH_TOKENS.c
+
+
+def live_sessions(*columns: ColumnElement[Any]) -> Select[Any]:
+    """``columns`` of sessions joined with their users, only the sessions that are alive
+    (not revoked, not expired at the bound ``now``) and whose user is enabled."""
+    return (
+        select(*columns)
+        .select_from(SESSIONS.join(USERS, _users.id == _sessions.user_id))
+        .where(
+            _sessions.revoked_at.is_(None),
+            _sessions.expires_at > bindparam("now"),
+            _users.disabled_at.is_(None),
+        )
+    )
+
+
+def live_session_of(*columns: ColumnElement[Any]) -> Select[Any]:
+    """``live_sessions`` narrowed to the bound ``session_id`` of the bound ``user_id``: what
+    an access token's ``sid`` and ``sub`` name."""
+    return live_sessions(*columns).where(
+        _sessions.id == bindparam("session_id"), _sessions.user_id == bindparam("user_id")
+    )
+
+
+_IS_ACTIVE = live_session_of(_sessions.id)
+
+
+def is_active(session: DbSession, *, session_id: str, user_id: str, now: datetime) -> bool:
+    """Whether the session behind an access token is still alive (bearer guard)."""
+    found = session.execute(
+        _IS_ACTIVE, {"session_id": session_id, "user_id": user_id, "now": now}
+    ).first()
+    return found is not None
+
+
 def _access_token(
-    session: DbSession, deps: Deps, *, login: Session, now: datetime
+    deps: Deps,
+    signer: Signer,
+    *,
+    user_id: str,
+    session_id: str,
+    auth_time: datetime,
+    amr: str,
+    now: datetime,
 ) -> tuple[str, int]:
     ttl = int(deps.settings.access_token_ttl.total_seconds())
     token = sign_access_token(
-        key=signing.active_key(session, deps.keyring, now=now),
+        key=signer,
         issuer=deps.settings.public_url,
         audience=deps.settings.jwt_audience,
-        subject=login.user_id,
-        session_id=login.id,
-        auth_time=login.auth_time,
-        amr=tuple(login.amr.split()),
+        subject=user_id,
+        session_id=session_id,
+        auth_time=auth_time,
+        amr=tuple(amr.split()),
         now=now,
         ttl_seconds=ttl,
     )
     return token, ttl
 
 
-def _new_refresh_token(session: DbSession, *, login: Session, now: datetime) -> str:
-    secret = new_token("rt")
-    session.add(RefreshToken(session_id=login.id, token_hash=token_hash(secret), created_at=now))
-    return secret
+_INSERT_REFRESH_TOKEN = insert(REFRESH_TOKENS)
+
+
+def _store_refresh_token(
+    session: DbSession, *, secret: str, session_id: str, now: datetime
+) -> None:
+    session.execute(
+        _INSERT_REFRESH_TOKEN,
+        {
+            "id": new_id(),
+            "session_id": session_id,
+            "token_hash": token_hash(secret),
+            "created_at": now,
+            "used_at": None,
+        },
+    )
 
 
 def start_session(
@@ -82,33 +142,120 @@ def start_session(
     )
     session.add(login)
     session.flush()
-    refresh = _new_refresh_token(session, login=login, now=now)
-    access, ttl = _access_token(session, deps, login=login, now=now)
+    refresh = new_token("rt")
+    _store_refresh_token(session, secret=refresh, session_id=login.id, now=now)
+    access, ttl = _access_token(
+        deps,
+        signing.signer(session, deps.keyring, now=now),
+        user_id=login.user_id,
+        session_id=login.id,
+        auth_time=login.auth_time,
+        amr=login.amr,
+        now=now,
+    )
     return TokenPair(
         access_token=access, refresh_token=refresh, expires_in=ttl, session_id=login.id
     )
 
 
+# Spend the token if it is unused, its session alive and its user enabled.
+_SPEND = (
+    update(REFRESH_TOKENS)
+    .where(
+        _refresh_tokens.token_hash == bindparam("hash"),
+        _refresh_tokens.used_at.is_(None),
+        live_sessions(_sessions.id).where(_sessions.id == _refresh_tokens.session_id).exists(),
+    )
+    .values(used_at=bindparam("now"))
+    .returning(_refresh_tokens.session_id)
+)
+# Mark the session used; return what the access token needs.
+_TOUCH = (
+    update(SESSIONS)
+    .where(_sessions.id == bindparam("session_id"), _sessions.revoked_at.is_(None))
+    .values(last_used_at=bindparam("now"))
+    .returning(_sessions.id, _sessions.user_id, _sessions.auth_time, _sessions.amr)
+)
+
+
+def _rotate_in_one_statement() -> Select[Any]:
+    """PostgreSQL: the three steps as data-modifying CTEs of one statement (one snapshot;
+    the row lock of the spend serialises concurrent uses of a token)."""
+    spent = _SPEND.cte("spent")
+    touched = (
+        update(SESSIONS)
+        .where(_sessions.id == spent.c.session_id, _sessions.revoked_at.is_(None))
+        .values(last_used_at=bindparam("now"))
+        .returning(_sessions.id, _sessions.user_id, _sessions.auth_time, _sessions.amr)
+        .cte("touched")
+    )
+    added = (
+        insert(REFRESH_TOKENS)
+        .from_select(
+            ["id", "session_id", "token_hash", "created_at"],
+            select(
+                bindparam("new_id", type_=String()),
+                touched.c.id,
+                bindparam("new_hash", type_=String()),
+                bindparam("now", type_=UTCDateTime()),
+            ),
+        )
+        .cte("added")
+    )
+    return select(touched.c.id, touched.c.user_id, touched.c.auth_time, touched.c.amr).add_cte(
+        added
+    )
+
+
+_ROTATE = _rotate_in_one_statement()
+
+
 def rotate_refresh_token(
     session: DbSession, deps: Deps, *, refresh_token: str, client: Client, now: datetime
 ) -> TokenPair:
-    """Spend a refresh token for a new pair; a spent token presented again kills its family."""
-    row = session.scalar(
-        select(RefreshToken).where(RefreshToken.token_hash == token_hash(refresh_token))
+    """Spend a refresh token for a new pair; a spent token presented again kills its family.
+
+    When all is well: spend the token (a conditional UPDATE), mark the session used
+    (returning what the access token needs) and store the next token, in one statement on
+    PostgreSQL and three elsewhere. Anything else takes the slow path that finds out why.
+    """
+    hashed = token_hash(refresh_token)
+    secret = new_token("rt")
+    params = {"hash": hashed, "now": now}
+    if session.get_bind().dialect.name == "postgresql":
+        login = session.execute(
+            _ROTATE, {**params, "new_id": new_id(), "new_hash": token_hash(secret)}
+        ).first()
+    else:
+        session_id = session.execute(_SPEND, params).scalar()
+        login = None
+        if session_id is not None:
+            login = session.execute(_TOUCH, {"session_id": session_id, "now": now}).first()
+        if login is not None:
+            _store_refresh_token(session, secret=secret, session_id=login.id, now=now)
+    if login is None:
+        _refuse_refresh(session, hashed=hashed, client=client, now=now)
+    access, ttl = _access_token(
+        deps,
+        signing.signer(session, deps.keyring, now=now),
+        user_id=login.user_id,
+        session_id=login.id,
+        auth_time=login.auth_time,
+        amr=login.amr,
+        now=now,
     )
+    return TokenPair(access_token=access, refresh_token=secret, expires_in=ttl, session_id=login.id)
+
+
+def _refuse_refresh(session: DbSession, *, hashed: str, client: Client, now: datetime) -> NoReturn:
+    """Why a token could not be spent; a spent token of a live session revokes the session."""
+    row = session.scalar(select(RefreshToken).where(RefreshToken.token_hash == hashed))
     if row is None:
         raise InvalidToken()
     login = session.get(Session, row.session_id)
     if login is None or login.revoked_at is not None or login.expires_at <= now:
         raise InvalidToken()
-    spent = rowcount(
-        session.execute(
-            update(RefreshToken)
-            .where(RefreshToken.id == row.id, RefreshToken.used_at.is_(None))
-            .values(used_at=now)
-        )
-    )
-    if spent != 1:
+    if row.used_at is not None:
         revoke(session, session_ids=[login.id], reason="refresh_token_reuse", now=now)
         audit.record(
             session,
@@ -120,15 +267,7 @@ def rotate_refresh_token(
             details={"session_id": login.id},
         )
         raise InvalidToken("The refresh token was already used; its session is revoked")
-    user = session.get(User, login.user_id)
-    if user is None or user.disabled_at is not None:
-        raise InvalidToken()
-    login.last_used_at = now
-    refresh = _new_refresh_token(session, login=login, now=now)
-    access, ttl = _access_token(session, deps, login=login, now=now)
-    return TokenPair(
-        access_token=access, refresh_token=refresh, expires_in=ttl, session_id=login.id
-    )
+    raise InvalidToken()  # the user is disabled
 
 
 def revoke(session: DbSession, *, session_ids: list[str], reason: str, now: datetime) -> int:
@@ -168,19 +307,6 @@ def logout(session: DbSession, *, refresh_token: str, client: Client, now: datet
             user_id=login.user_id,
             details={"session_id": login.id},
         )
-
-
-def active_session(session: DbSession, *, session_id: str, user_id: str, now: datetime) -> Session:
-    """The session behind an access token, if it is still alive (bearer guard)."""
-    login = session.get(Session, session_id)
-    if (
-        login is None
-        or login.user_id != user_id
-        or login.revoked_at is not None
-        or login.expires_at <= now
-    ):
-        raise InvalidToken()
-    return login
 
 
 def list_sessions(

@@ -6,12 +6,12 @@ import re
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto.tokens import generate_signing_key, sign_access_token
 from authsvc.db import utcnow
-from authsvc.models import User
+from authsvc.models import Session, User
 from authsvc.services import signing
 from tests.conftest import runtime
 
@@ -137,3 +137,84 @@ def test_a_disabled_user_is_refused(api, client, connection):
 
     assert response.status_code == 401
     assert response.get_json()["code"] == "unauthenticated"
+
+
+def statements_during(connection, call):
+    """The SQL statements ``call`` runs (savepoints of the per-test transaction left out)."""
+    seen: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args):
+        if not statement.lstrip().upper().startswith(("SAVEPOINT", "RELEASE", "ROLLBACK TO")):
+            seen.append(statement)
+
+    event.listen(connection, "before_cursor_execute", record)
+    try:
+        call()
+    finally:
+        event.remove(connection, "before_cursor_execute", record)
+    return seen
+
+
+@pytest.mark.parametrize("path", ["/v1/me", "/v1/me/sessions"])
+def test_a_revoked_session_is_refused_on_the_very_next_request(api, client, path):
+    api.register()
+    tokens = api.tokens()
+    headers = api.bearer(tokens["access_token"])
+    assert client.get(path, headers=headers).status_code == 200
+
+    client.post("/v1/logout", json={"refresh_token": tokens["refresh_token"]})
+
+    response = client.get(path, headers=headers)
+    assert response.status_code == 401
+    assert response.get_json()["code"] == "unauthenticated"
+
+
+@pytest.mark.parametrize("path", ["/v1/me", "/v1/me/sessions"])
+def test_an_expired_session_or_disabled_user_is_refused_on_the_next_request(
+    api, client, connection, path
+):
+    api.register()
+    headers = api.bearer(api.tokens()["access_token"])
+    assert client.get(path, headers=headers).status_code == 200
+
+    connection.execute(update(Session).values(expires_at=utcnow() - timedelta(seconds=1)))
+    assert client.get(path, headers=headers).status_code == 401
+    connection.execute(update(Session).values(expires_at=utcnow() + timedelta(days=1)))
+    assert client.get(path, headers=headers).status_code == 200
+    connection.execute(update(User).values(disabled_at=utcnow()))
+    assert client.get(path, headers=headers).status_code == 401
+
+
+def test_me_is_one_statement_once_the_key_is_known(api, client, connection):
+    api.register()
+    headers = api.bearer(api.tokens()["access_token"])
+    assert client.get("/v1/me", headers=headers).status_code == 200
+
+    responses = []
+    seen = statements_during(
+        connection, lambda: responses.append(client.get("/v1/me", headers=headers))
+    )
+
+    assert responses[0].status_code == 200
+    assert len(seen) == 1, seen
+
+
+def test_a_token_of_an_unknown_kid_is_refused_and_then_a_new_key_is_found(
+    api, app, client, connection, session_ids
+):
+    stranger = generate_signing_key("kid-nobody-published")
+    assert (
+        client.get(
+            "/v1/me", headers=api.bearer(forge(app, connection, key=stranger, **session_ids))
+        ).status_code
+        == 401
+    )
+
+    with DbSession(bind=connection, join_transaction_mode="create_savepoint") as session:
+        new_kid = signing.rotate(session, runtime(app).deps.keyring, now=utcnow())
+        session.commit()
+        fresh = signing.active_key(session, runtime(app).deps.keyring, now=utcnow())
+    assert fresh.kid == new_kid
+
+    token = forge(app, connection, key=fresh, **session_ids)
+    assert client.get("/v1/me", headers=api.bearer(token)).status_code == 200

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select, update
 
 from authsvc.crypto.tokens import token_hash
-from authsvc.models import AuditEvent, RefreshToken, Session
+from authsvc.db import utcnow
+from authsvc.models import AuditEvent, RefreshToken, Session, User
 
 
 def refresh(client, token: str):
@@ -115,3 +116,85 @@ def test_refresh_after_logout_is_refused(api, client):
     client.post("/v1/logout", json={"refresh_token": tokens["refresh_token"]})
 
     assert refresh(client, tokens["refresh_token"]).get_json()["code"] == "invalid_token"
+
+
+def test_a_disabled_users_token_is_refused_and_not_spent(api, client, connection):
+    api.register()
+    tokens = api.tokens()
+    connection.execute(update(User).values(disabled_at=utcnow()))
+
+    assert refresh(client, tokens["refresh_token"]).get_json()["code"] == "invalid_token"
+
+    assert connection.execute(select(RefreshToken.used_at)).scalar_one() is None
+    connection.execute(update(User).values(disabled_at=None))
+    assert refresh(client, tokens["refresh_token"]).status_code == 200
+
+
+def test_a_spent_token_of_an_ended_session_is_refused_without_a_reuse_alarm(
+    api, client, connection
+):
+    api.register()
+    first = api.tokens()
+    second = refresh(client, first["refresh_token"]).get_json()
+    client.post("/v1/logout", json={"refresh_token": second["refresh_token"]})
+
+    assert refresh(client, first["refresh_token"]).get_json()["code"] == "invalid_token"
+
+    assert connection.execute(select(Session.revoked_reason)).scalar_one() == "logout"
+    reuse = select(AuditEvent).where(AuditEvent.type == "session.refresh_reuse")
+    assert connection.execute(reuse).all() == []
+
+
+def test_an_expired_session_cannot_be_refreshed(api, client, connection):
+    api.register()
+    tokens = api.tokens()
+    connection.execute(update(Session).values(expires_at=utcnow()))
+
+    assert refresh(client, tokens["refresh_token"]).get_json()["code"] == "invalid_token"
+    assert connection.execute(select(RefreshToken.used_at)).scalar_one() is None
+
+
+def test_rotation_records_use_and_keeps_the_login(api, client, connection):
+    api.register()
+    first = api.tokens()
+    login = connection.execute(select(Session)).one()
+
+    second = refresh(client, first["refresh_token"]).get_json()
+
+    after = connection.execute(select(Session)).one()
+    assert after.last_used_at > login.last_used_at
+    assert (after.auth_time, after.amr, after.created_at) == (
+        login.auth_time,
+        login.amr,
+        login.created_at,
+    )
+    rows = {
+        row.token_hash: row
+        for row in connection.execute(
+            select(RefreshToken).where(RefreshToken.session_id == login.id)
+        )
+    }
+    assert rows[token_hash(first["refresh_token"])].used_at == after.last_used_at
+    assert rows[token_hash(second["refresh_token"])].used_at is None
+    assert len(rows) == 2
+    me = client.get("/v1/me", headers=api.bearer(second["access_token"])).get_json()
+    assert me["id"] == login.user_id
+
+
+def test_a_refresh_takes_at_most_three_statements(api, client, connection):
+    api.register()
+    tokens = api.tokens()
+    seen: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args):
+        if not statement.lstrip().upper().startswith(("SAVEPOINT", "RELEASE", "ROLLBACK TO")):
+            seen.append(statement)
+
+    event.listen(connection, "before_cursor_execute", record)
+    try:
+        response = refresh(client, tokens["refresh_token"])
+    finally:
+        event.remove(connection, "before_cursor_execute", record)
+
+    assert response.status_code == 200
+    assert len(seen) <= 3, seen

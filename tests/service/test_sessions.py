@@ -77,8 +77,7 @@ def test_reuse_revokes_the_family(db_session, deps, user, caller, now):
     assert login.revoked_reason == "refresh_token_reuse"
     with pytest.raises(InvalidToken):
         rotate(db_session, deps, second.refresh_token, caller, now)
-    with pytest.raises(InvalidToken):
-        sessions.active_session(db_session, session_id=login.id, user_id=user.id, now=now)
+    assert not sessions.is_active(db_session, session_id=login.id, user_id=user.id, now=now)
     [event] = db_session.scalars(
         select(AuditEvent).where(AuditEvent.type == "session.refresh_reuse")
     ).all()
@@ -93,8 +92,7 @@ def test_sessions_expire(db_session, deps, user, caller, now):
 
     with pytest.raises(InvalidToken):
         rotate(db_session, deps, pair.refresh_token, caller, end)
-    with pytest.raises(InvalidToken):
-        sessions.active_session(db_session, session_id=pair.session_id, user_id=user.id, now=end)
+    assert not sessions.is_active(db_session, session_id=pair.session_id, user_id=user.id, now=end)
     assert sessions.list_sessions(db_session, user_id=user.id, current_session_id="", now=end) == []
     assert (
         rotate(db_session, deps, pair.refresh_token, caller, end - timedelta(seconds=1)).session_id
@@ -166,13 +164,17 @@ def test_revoke_all_for_user(db_session, deps, user, caller, now):
     assert sessions.revoke_all_for_user(db_session, user_id=user.id, reason="test", now=now) == 0
 
 
-def test_active_session_belongs_to_its_user(db_session, deps, user, make_user, caller, now):
+def test_an_active_session_belongs_to_its_user(db_session, deps, user, make_user, caller, now):
     pair = start(db_session, deps, user, caller, now)
     bob = make_user(email="bob@example.com")
 
-    assert (
-        sessions.active_session(db_session, session_id=pair.session_id, user_id=user.id, now=now).id
-        == pair.session_id
-    )
-    with pytest.raises(InvalidToken):
-        sessions.active_session(db_session, session_id=pair.session_id, user_id=bob.id, now=now)
+    assert sessions.is_active(db_session, session_id=pair.session_id, user_id=user.id, now=now)
+    assert not sessions.is_active(db_session, session_id=pair.session_id, user_id=bob.id, now=now)
+    assert not sessions.is_active(db_session, session_id="nope", user_id=user.id, now=now)
+
+
+def test_a_disabled_user_has_no_active_session(db_session, deps, user, caller, now):
+    pair = start(db_session, deps, user, caller, now)
+    user.disabled_at = now
+
+    assert not sessions.is_active(db_session, session_id=pair.session_id, user_id=user.id, now=now)

@@ -313,6 +313,7 @@ PRIMITIVES: dict[str, str | None] = {
     "bcrypt.*": "bcrypt",
     "cryptography.exceptions.*": None,
     "cryptography.hazmat.primitives.asymmetric.ed25519.Ed25519PrivateKey": "Ed25519",
+    "cryptography.hazmat.primitives.asymmetric.ed25519.Ed25519PublicKey": "Ed25519",
     "cryptography.hazmat.primitives.ciphers.aead.AESGCM": "AES-256-GCM",
     "cryptography.hazmat.primitives.serialization": None,
     "cryptography.x509": "WebAuthn",

@@ -15,8 +15,11 @@ from cryptography.hazmat.primitives import serialization
 
 from authsvc.crypto.tokens import (
     InvalidAccessToken,
+    VerifiedTokenCache,
     generate_signing_key,
+    load_signer,
     new_token,
+    public_key_from_jwk,
     sign_access_token,
     token_hash,
     verify_access_token,
@@ -107,6 +110,13 @@ def test_header_and_public_jwk(key):
     assert b"PRIVATE KEY" in key.private_pem
 
 
+def test_a_loaded_signer_signs_the_same_way(key, jwks):
+    token = sign(load_signer(key))
+
+    assert jwt.get_unverified_header(token)["kid"] == "kid-1"
+    assert verify(token, jwks).sub == "user-1"
+
+
 def test_pyjwt_verifies_it_with_the_public_jwk_alone(key):
     public = jwt.PyJWK.from_dict(key.public_jwk)
 
@@ -192,12 +202,184 @@ def test_garbage_is_refused(jwks, token):
         verify(token, jwks)
 
 
-@pytest.mark.parametrize("claim", ["sid", "sub", "exp", "aud", "iss", "iat"])
-def test_required_claims(key, jwks, claim):
+def resign(key, edit_claims=None, **headers):
+    """The claims of a fresh token, edited, signed again with ``key`` by PyJWT."""
     claims = jwt.decode(sign(key), options={"verify_signature": False})
-    del claims[claim]
+    if edit_claims is not None:
+        edit_claims(claims)
     signer = serialization.load_pem_private_key(key.private_pem, password=None)
-    token = jwt.encode(claims, signer, algorithm="EdDSA", headers={"kid": "kid-1"})
+    return jwt.encode(
+        claims, signer, algorithm="EdDSA", headers={"kid": key.kid, "typ": "at+jwt", **headers}
+    )
+
+
+def test_a_token_resigned_unchanged_verifies(key, jwks):
+    assert verify(resign(key), jwks).sub == "user-1"
+    assert verify(resign(key, typ="application/AT+JWT"), jwks).sub == "user-1"
+
+
+@pytest.mark.parametrize("claim", ["sid", "sub", "exp", "aud", "iss", "iat", "auth_time"])
+def test_required_claims(key, jwks, claim):
+    token = resign(key, lambda claims: claims.pop(claim))
 
     with pytest.raises(InvalidAccessToken):
         verify(token, jwks)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: c.update(exp=float(c["exp"])),
+        lambda c: c.update(exp=True),
+        lambda c: c.update(exp=str(c["exp"])),
+        lambda c: c.update(sub=42),
+        lambda c: c.update(sid=None),
+        lambda c: c.update(amr="pwd"),
+        lambda c: c.update(amr=["pwd", 1]),
+        lambda c: c.update(nbf=c["iat"] + 60),
+        lambda c: c.update(aud=["other-app"]),
+    ],
+    ids=[
+        "float-exp",
+        "bool-exp",
+        "string-exp",
+        "int-sub",
+        "null-sid",
+        "amr-string",
+        "amr-mixed",
+        "nbf-future",
+        "aud-list-without-us",
+    ],
+)
+def test_claims_of_the_wrong_type_or_time_are_refused(key, jwks, edit):
+    with pytest.raises(InvalidAccessToken):
+        verify(resign(key, edit), jwks)
+
+
+def test_an_audience_list_that_names_us_is_accepted(key, jwks):
+    token = resign(key, lambda c: c.update(aud=["other-app", AUDIENCE]))
+
+    assert verify(token, jwks).sub == "user-1"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"typ": "JWT"}, {"typ": None}, {"crit": ["exp"]}, {"b64": False}],
+    ids=["typ-jwt", "no-typ", "crit", "b64"],
+)
+def test_headers_other_than_ours_are_refused(key, jwks, headers):
+    token = resign(key, **headers)
+
+    with pytest.raises(InvalidAccessToken):
+        verify(token, jwks)
+
+
+def test_padded_or_non_canonical_segments_are_refused(key, jwks):
+    header, payload, signature = sign(key).split(".")
+    # The last character of a 64-byte signature carries 2 unused bits: set one.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet[alphabet.index(signature[-1]) ^ 1]
+    variants = [
+        f"{header}.{payload}.{signature}==",
+        f"{header}=.{payload}.{signature}",
+        f"{header}.{payload}.{signature[:-1]}{last}",
+        f"{header}.{payload}.{signature}.",
+        f" {header}.{payload}.{signature}",
+    ]
+    for token in variants:
+        with pytest.raises(InvalidAccessToken):
+            verify(token, jwks)
+
+
+def test_a_kid_that_is_not_a_string_is_refused(key, jwks):
+    _header, payload, signature = sign(key).split(".")
+    odd = _b64(json.dumps({"alg": "EdDSA", "kid": ["kid-1"], "typ": "at+jwt"}).encode())
+
+    with pytest.raises(InvalidAccessToken):
+        verify(f"{odd}.{payload}.{signature}", jwks)
+
+
+def test_oversized_tokens_are_refused_before_any_work(key, jwks):
+    header, payload, signature = sign(key).split(".")
+
+    with pytest.raises(InvalidAccessToken, match="not a token"):
+        verify(f"{header}.{payload}{'A' * 4096}.{signature}", jwks)
+
+
+# --- the cache of verified tokens ----------------------------------------------------
+
+
+class Keys:
+    """``public_key_for`` over a JWKS, counting look-ups; objects built once per kid."""
+
+    def __init__(self, *materials):
+        self.keys = {m.kid: public_key_from_jwk(m.public_jwk) for m in materials}
+
+    def __call__(self, kid):
+        return self.keys.get(kid)
+
+
+def cached(cache, token, keys, **overrides):
+    return cache.verify(
+        token,
+        **{
+            "public_key_for": keys,
+            "issuer": ISSUER,
+            "audience": AUDIENCE,
+            "now": utcnow(),
+            **overrides,
+        },
+    )
+
+
+def test_the_cache_returns_the_same_claims_and_still_checks_expiry(key):
+    cache, keys = VerifiedTokenCache(), Keys(key)
+    token = sign(key)
+
+    first = cached(cache, token, keys)
+
+    assert cached(cache, token, keys) == first
+    assert len(cache) == 1
+    with pytest.raises(InvalidAccessToken, match="expired"):
+        cached(cache, token, keys, now=utcnow() + timedelta(seconds=601))
+
+
+def test_the_cache_holds_only_tokens_that_verified(key, jwks):
+    cache, keys = VerifiedTokenCache(), Keys(key)
+    header, payload, _ = sign(key).split(".")
+    forged = f"{header}.{payload}.{_b64(bytes(64))}"
+
+    for _ in range(2):
+        with pytest.raises(InvalidAccessToken):
+            cached(cache, forged, keys)
+    with pytest.raises(InvalidAccessToken):
+        cached(cache, sign(key), keys, issuer="https://other.example")
+    assert len(cache) == 0
+
+
+def test_a_cached_token_is_verified_again_for_another_key_issuer_or_audience(key):
+    cache, keys = VerifiedTokenCache(), Keys(key)
+    token = sign(key)
+    cached(cache, token, keys)
+
+    impostor = Keys(generate_signing_key(key.kid))  # same kid, another key
+    with pytest.raises(InvalidAccessToken):
+        cached(cache, token, impostor)
+    with pytest.raises(InvalidAccessToken):
+        cached(cache, token, Keys())  # the kid is no longer published here
+    with pytest.raises(InvalidAccessToken):
+        cached(cache, token, keys, issuer="https://other.example")
+    with pytest.raises(InvalidAccessToken):
+        cached(cache, token, keys, audience="other-app")
+    assert cached(cache, token, keys).sub == "user-1"
+
+
+def test_the_cache_is_bounded(key):
+    cache, keys = VerifiedTokenCache(maxsize=3), Keys(key)
+    tokens = [sign(key) for _ in range(5)]
+
+    for token in tokens:
+        cached(cache, token, keys)
+
+    assert len(cache) == 3
+    assert all(cached(cache, token, keys).sub == "user-1" for token in tokens)

@@ -1,0 +1,103 @@
+"""The bearer and refresh paths on an app with its own engine and real commits (no outer
+test transaction): on PostgreSQL GET /v1/me reads in autocommit mode, and pooled
+connections that the server dropped are replaced before use."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from flask import Flask
+from sqlalchemy import event, text
+
+from authsvc.app import create_app
+from authsvc.db import utcnow
+from authsvc.models import User
+from authsvc.schema import upgrade
+from tests.service.conftest import PASSWORD
+
+
+@pytest.fixture
+def app(settings, scratch_database_url) -> Iterator[Flask]:
+    upgrade(scratch_database_url)
+    app = create_app(dataclasses.replace(settings, database_url=scratch_database_url))
+    runtime = app.extensions["authsvc"]
+    runtime.deps.limiter.reset()
+    with runtime.sessionmaker.begin() as session:
+        at = utcnow()
+        session.add(
+            User(
+                email="ada@example.com",
+                password_hash=runtime.deps.hasher.hash(PASSWORD),
+                password_set_at=at,
+                email_verified_at=at,
+                created_at=at,
+                updated_at=at,
+            )
+        )
+    yield app
+    runtime.deps.limiter.reset()
+    runtime.engine.dispose()
+
+
+def login(client) -> dict[str, str]:
+    response = client.post("/v1/login", json={"email": "ada@example.com", "password": PASSWORD})
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()  # type: ignore[no-any-return]
+
+
+def test_me_refresh_and_revocation_with_real_commits(app):
+    client = app.test_client()
+    engine = app.extensions["authsvc"].engine
+    tokens = login(client)
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert client.get("/v1/me", headers=headers).status_code == 200  # the key is now known
+    seen: list[tuple[str, bool]] = []
+
+    def record(_conn, cursor, statement, *_args):
+        seen.append((statement.split()[0], getattr(cursor.connection, "autocommit", False)))
+
+    event.listen(engine, "before_cursor_execute", record)
+    me = client.get("/v1/me", headers=headers)
+    event.remove(engine, "before_cursor_execute", record)
+
+    assert me.status_code == 200
+    assert me.get_json()["email"] == "ada@example.com"
+    if engine.dialect.name == "postgresql":
+        assert seen == [("SELECT", True)]  # one read in autocommit: no BEGIN, no COMMIT
+    else:
+        assert seen == [("BEGIN", False), ("SELECT", False)]
+    fresh = client.post("/v1/token/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert fresh.status_code == 200
+    again = client.post("/v1/token/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert again.get_json()["code"] == "invalid_token"
+    # The reuse revoked the session, committed: both access tokens die at once.
+    for token in (tokens["access_token"], fresh.get_json()["access_token"]):
+        refused = client.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
+        assert refused.status_code == 401
+    with engine.connect() as conn:
+        reason = conn.execute(text("SELECT revoked_reason FROM sessions")).scalar_one()
+    assert reason == "refresh_token_reuse"
+
+
+def test_connections_the_database_dropped_are_replaced(app, scratch_database_url):
+    if not scratch_database_url.startswith("postgresql"):
+        pytest.skip("a server that drops connections: PostgreSQL")
+    client = app.test_client()
+    tokens = login(client)
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert client.get("/v1/me", headers=headers).status_code == 200
+
+    name = scratch_database_url.rsplit("/", 1)[1]
+    with psycopg.connect(scratch_database_url.rsplit("/", 1)[0] + "/postgres") as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+
+    assert client.get("/v1/me", headers=headers).status_code == 200
+    refreshed = client.post("/v1/token/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert refreshed.status_code == 200
