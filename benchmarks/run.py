@@ -43,7 +43,7 @@ from tests.e2e.server import POSTGRES_URL, LiveServer  # noqa: E402
 LUA = ROOT / "benchmarks" / "lua"
 CEILING = ROOT / "benchmarks" / "argon2_ceiling.py"
 EMAIL = "bench@example.com"
-PASSWORD = "Benchmark passphrase 31"
+PASSWORD = "Load test passphrase 31"
 UNTHROTTLED = {
     "AUTHSVC_LIMIT_IP": "100000000/minute",
     "AUTHSVC_LIMIT_EMAIL": "100000000/minute",

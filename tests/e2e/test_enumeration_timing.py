@@ -45,7 +45,7 @@ IGNORED_HEADERS = frozenset({"date", "x-request-id"})
 # Same length, same domain: only registration differs.
 REGISTERED = "timing-known@example.com"
 UNREGISTERED = "timing-newbe@example.com"
-PASSWORD = "Enumeration timing 4 real"
+PASSWORD = "Enumeration clocks 4 real"
 WRONG_PASSWORD = "Not the password 9 Lives"
 
 UNTHROTTLED = {
