@@ -176,6 +176,8 @@ def main() -> None:
             Path(tmp),
             workers=options.workers,
             threads=options.threads,
+            # The `authsvc serve` default, not the tests' fast polling (which costs CPU).
+            env={"AUTHSVC_OUTBOX_POLL_INTERVAL": str(Settings().outbox_poll_interval)},
         ) as server,
     ):
         run = {
