@@ -44,6 +44,10 @@ class BreachCampaign(Base):
     batches: Mapped[int] = mapped_column(Integer, default=0)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     cursor: Mapped[str | None] = mapped_column(String(32))
+    # JSON list of the user ids that end the apply batches still to run (every Nth target id,
+    # in the database's order, fixed when the phase begins); the next batch covers
+    # (cursor, boundaries[0]], and the last one everything after the cursor.
+    boundaries: Mapped[str | None] = mapped_column(Text)
     # walk | enroll | apply | done; None until the first batch.
     phase: Mapped[str | None] = mapped_column(String(16))
     next_page: Mapped[int | None] = mapped_column(Integer)

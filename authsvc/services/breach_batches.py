@@ -7,11 +7,12 @@ the progress of in the same transaction:
 - ``walk`` (predicate selectors on PostgreSQL): flag the accounts page by page in the order they
   lie on disk (``breach_walk``); ``next_page`` is the place.
 - ``enroll`` (predicate selectors): write the campaign's target rows in one sorted statement.
-- ``apply`` (every campaign): ranges of the targets in user-id order, ``(cursor, hi]`` with
-  ``hi`` the ``batch_size``-th id after the cursor. Each flags its accounts not flagged yet (list
-  selectors; accounts the walk missed; every account where there was no walk) and stamps their
-  target rows, then revokes the sessions and pending login steps of all of them and removes their
-  second factors. Each effect is one SQL statement over the range.
+- ``apply`` (every campaign): ranges of the targets in user-id order, ``(cursor, hi]``, their
+  ends fixed when the phase begins (``boundaries``: every ``batch_size``-th target id). Each
+  flags its accounts not flagged yet (list selectors; accounts the walk missed; every account
+  where there was no walk) and stamps their target rows, then revokes the sessions and pending
+  login steps of all of them and removes their second factors. Each effect is one SQL
+  statement over the range.
 
 So every targeted account is flagged exactly once, and a batch is applied entirely or not at
 all. Cancelling stops the flagging; a campaign that walked still finishes, as its follow-up, the
@@ -20,11 +21,12 @@ enrolment and the session revocation of the accounts it had flagged.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, case, delete, exists, literal, select, update
+from sqlalchemy import Select, and_, case, delete, exists, func, literal, select, update
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.db import UTCDateTime
@@ -110,16 +112,18 @@ def run_next_batch(
     if campaign.status == "pending":
         _start(session, deps, campaign, now=now)
     elif campaign.phase is None:  # started before phases existed: its targets are written
-        campaign.phase = "apply"
+        _begin_apply(
+            session, campaign, size=deps.settings.breach_batch_size, after=campaign.cursor or ""
+        )
         _queue_notices(session, deps, campaign, now=now)
     size = deps.settings.breach_batch_size
     details: dict[str, Any]
     if campaign.phase == "walk":
         details = _walk(session, campaign, size=size, now=now)
     elif campaign.phase == "enroll":
-        details = _enroll(session, campaign, now=now)
+        details = _enroll(session, campaign, size=size, now=now)
     else:
-        details = _apply(session, deps, campaign, size=size, now=now)
+        details = _apply(session, campaign, now=now)
     campaign.batches += 1
     campaign.failures = 0
     audit.record(
@@ -140,7 +144,7 @@ def run_next_batch(
 def _start(session: DbSession, deps: Deps, campaign: BreachCampaign, *, now: datetime) -> None:
     campaign.status, campaign.started_at = "running", now
     if campaign.selector in LIST_SELECTORS:
-        campaign.phase = "apply"
+        _begin_apply(session, campaign, size=deps.settings.breach_batch_size)
     elif walk.can_walk(session):
         campaign.phase = "walk"
         walk.start_walk(session, campaign)
@@ -177,11 +181,13 @@ def _walk(
     return {"phase": "walk", "accounts": walked.flagged, "pages": [walked.first, walked.end]}
 
 
-def _enroll(session: DbSession, campaign: BreachCampaign, *, now: datetime) -> dict[str, Any]:
+def _enroll(
+    session: DbSession, campaign: BreachCampaign, *, size: int, now: datetime
+) -> dict[str, Any]:
     enrolled = walk.enroll(session, campaign, now=now, cancelled=campaign.status not in ACTIVE)
     campaign.processed = enrolled.processed
     campaign.notices_queued += enrolled.notices
-    campaign.phase, campaign.cursor = "apply", ""
+    _begin_apply(session, campaign, size=size)
     return {
         "phase": "enroll",
         "accounts": enrolled.accounts,
@@ -190,17 +196,29 @@ def _enroll(session: DbSession, campaign: BreachCampaign, *, now: datetime) -> d
     }
 
 
-def _apply(
-    session: DbSession, deps: Deps, campaign: BreachCampaign, *, size: int, now: datetime
-) -> dict[str, Any]:
+def _begin_apply(
+    session: DbSession, campaign: BreachCampaign, *, size: int, after: str = ""
+) -> None:
+    """Fix the ends of the apply batches after ``after``: every ``size``-th target id (one
+    index scan)."""
+    numbered = (
+        select(
+            BreachTarget.user_id.label("id"),
+            func.row_number().over(order_by=BreachTarget.user_id).label("n"),
+        )
+        .where(in_range(campaign, after, None))
+        .subquery()
+    )
+    ends = session.scalars(
+        select(numbered.c.id).where(numbered.c.n % size == 0).order_by(numbered.c.n)
+    )
+    campaign.phase, campaign.cursor, campaign.boundaries = "apply", after, json.dumps(list(ends))
+
+
+def _apply(session: DbSession, campaign: BreachCampaign, *, now: datetime) -> dict[str, Any]:
     lo = campaign.cursor or ""
-    hi = session.scalar(
-        select(BreachTarget.user_id)
-        .where(in_range(campaign, lo, None))
-        .order_by(BreachTarget.user_id)
-        .offset(size - 1)
-        .limit(1)
-    )  # None: the rest
+    ends: list[str] = json.loads(campaign.boundaries or "[]")
+    hi = ends[0] if ends else None  # None: the rest
     flagged = queued = 0
     if campaign.status in ACTIVE:
         flagged, queued = _flag_targets(session, campaign, lo=lo, hi=hi, now=now)
@@ -213,7 +231,7 @@ def _apply(
     _revoke_pending_tokens(session, users, now)
     if campaign.reset_mfa:
         reset_second_factors(session, users)
-    campaign.cursor = hi
+    campaign.cursor, campaign.boundaries = hi, json.dumps(ends[1:])
     campaign.processed += flagged
     campaign.sessions_revoked += revoked
     campaign.notices_queued += queued
@@ -305,7 +323,7 @@ def revoke_sessions(
     database read the sessions' user-id index in order, and each such session looks up its
     own target row."""
     processed = exists().where(
-        BreachTarget.campaign_id == campaign.id,
+        in_range(campaign, lo, hi),  # bounds the lookup whatever the planner knows of the table
         BreachTarget.user_id == Session.user_id,
         BreachTarget.processed_at.is_not(None),
     )

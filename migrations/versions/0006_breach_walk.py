@@ -20,7 +20,6 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("phase", sa.String(length=16), nullable=True))
         batch_op.add_column(sa.Column("next_page", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("last_page", sa.Integer(), nullable=True))
-        batch_op.drop_column("boundaries")
     if op.get_bind().dialect.name == "postgresql":
         # A breach response over every account rewrites each users row once, page by page. With
         # half of each page free, every new row version fits on its own page: a HOT update, no
@@ -34,7 +33,6 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute("ALTER TABLE users SET (fillfactor = 90)")
     with op.batch_alter_table("breach_campaigns", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("boundaries", sa.Text(), nullable=True))
         batch_op.drop_column("last_page")
         batch_op.drop_column("next_page")
         batch_op.drop_column("phase")
