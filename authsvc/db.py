@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, DateTime, Engine, MetaData, Result, create_engine, event
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    DateTime,
+    Engine,
+    MetaData,
+    Result,
+    create_engine,
+    event,
+)
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -87,16 +98,18 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, **kwargs)
 
 
-def autocommit(session: Session) -> None:
-    """Let a fresh session run each statement in its own implicit transaction, saving the
-    BEGIN and COMMIT round trips: for requests that read with a single statement.
-
-    PostgreSQL engines only; a SQLite session, or one joined to an outer transaction (the
-    tests), is left as it is.
-    """
+@contextmanager
+def read_connection(session: Session) -> Iterator[Connection]:
+    """A connection for a request that reads with one statement, with as little around it as
+    the bind allows: on a PostgreSQL engine a pooled connection of its own in autocommit
+    mode (no BEGIN, no COMMIT, no Session transaction); otherwise (SQLite, or a session
+    joined to an outer transaction in the tests) the session's own connection."""
     bind = session.get_bind()
     if isinstance(bind, Engine) and bind.dialect.name == "postgresql":
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        with bind.connect() as conn:
+            yield conn.execution_options(isolation_level="AUTOCOMMIT")
+    else:
+        yield session.connection()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:

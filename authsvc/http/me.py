@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from authsvc.db import autocommit, utcnow
+from authsvc.db import read_connection, utcnow
 from authsvc.errors import Unauthenticated
 from authsvc.http.auth import REFUSED, access_claims, principal, require_user
 from authsvc.http.io import client, db, no_content, respond, transactional
@@ -18,10 +18,9 @@ def me() -> Response:
     """The bearer guard and the profile in one query: the token is verified first, then
     the statement that reads the profile also requires a live session of an enabled user."""
     now = utcnow()
-    session = db()
-    autocommit(session)  # one read: no BEGIN/COMMIT
     claims = access_claims(now)
-    found = profile.profile(session, session_id=claims.sid, user_id=claims.sub, now=now)
+    with read_connection(db()) as conn:
+        found = profile.profile(conn, session_id=claims.sid, user_id=claims.sub, now=now)
     if found is None:
         raise Unauthenticated(REFUSED)
     return respond(found)

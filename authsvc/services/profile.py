@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, and_, exists, func, select
+from sqlalchemy import Connection, Table, and_, exists, func, select
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.models import RecoveryCode, TotpFactor, WebauthnCredential
@@ -50,7 +50,9 @@ _PROFILE = live_session_of(
 )
 
 
-def profile(session: DbSession, *, session_id: str, user_id: str, now: datetime) -> Profile | None:
+def profile(
+    session: DbSession | Connection, *, session_id: str, user_id: str, now: datetime
+) -> Profile | None:
     """The profile of ``user_id``, or None unless ``session_id`` is a live session of that
     user and the user is enabled: the bearer guard's rule, checked by the same statement."""
     row = session.execute(
