@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -98,18 +98,33 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, **kwargs)
 
 
-@contextmanager
-def read_connection(session: Session) -> Iterator[Connection]:
-    """A connection for a request that reads with one statement, with as little around it as
-    the bind allows: on a PostgreSQL engine a pooled connection of its own in autocommit
-    mode (no BEGIN, no COMMIT, no Session transaction); otherwise (SQLite, or a session
-    joined to an outer transaction in the tests) the session's own connection."""
+def autocommit_connection(session: Session) -> AbstractContextManager[Connection] | None:
+    """On a PostgreSQL engine, a pooled connection of its own in autocommit mode, for work
+    that is a single statement (atomic by itself): no BEGIN, no COMMIT and no Session
+    transaction around it. None elsewhere: SQLite, or a session joined to an outer
+    transaction (the tests)."""
     bind = session.get_bind()
     if isinstance(bind, Engine) and bind.dialect.name == "postgresql":
-        with bind.connect() as conn:
-            yield conn.execution_options(isolation_level="AUTOCOMMIT")
-    else:
+        return _autocommit(bind)
+    return None
+
+
+@contextmanager
+def _autocommit(engine: Engine) -> Iterator[Connection]:
+    with engine.connect() as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
+@contextmanager
+def read_connection(session: Session) -> Iterator[Connection]:
+    """A connection for a request that reads with one statement: ``autocommit_connection``
+    where there is one, else the session's own connection."""
+    own = autocommit_connection(session)
+    if own is None:
         yield session.connection()
+    else:
+        with own as conn:
+            yield conn
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:

@@ -7,11 +7,11 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from authsvc.db import utcnow
+from authsvc.db import autocommit_connection, utcnow
 from authsvc.errors import InvalidRequest
 from authsvc.http.auth import authenticate_bearer
 from authsvc.http.io import client, db, deps, field, no_content, parse, respond, transactional
-from authsvc.services import accounts, login, sessions
+from authsvc.services import accounts, login, sessions, signing
 from authsvc.services.factors import FactorProof
 from authsvc.services.login import LoginResult
 
@@ -157,12 +157,35 @@ def reset_password() -> Response:
 
 
 @bp.post("/token/refresh")
-@transactional
 def refresh_token() -> Response:
+    """On PostgreSQL the common case is one statement on a connection in autocommit mode;
+    anything else (a spent, unknown or dead token; other databases) runs in a transaction."""
     body = parse(RefreshBody)
+    session = db()
+    own = autocommit_connection(session)
+    if own is not None:
+        now = utcnow()
+        signer = signing.signer(session, deps().keyring, now=now)
+        if session.in_transaction():  # it read the key (or stored a new one): done with that
+            session.commit()
+        with own as conn:
+            pair = sessions.rotate_in_one_statement(
+                conn, deps(), signer=signer, refresh_token=body.refresh_token, now=now
+            )
+        if pair is not None:
+            return _token_pair(pair)
+    return _rotate_refresh_token(body.refresh_token)
+
+
+@transactional
+def _rotate_refresh_token(refresh_token: str) -> Response:
     pair = sessions.rotate_refresh_token(
-        db(), deps(), refresh_token=body.refresh_token, client=client(), now=utcnow()
+        db(), deps(), refresh_token=refresh_token, client=client(), now=utcnow()
     )
+    return _token_pair(pair)
+
+
+def _token_pair(pair: sessions.TokenPair) -> Response:
     return respond(
         {
             "status": "authenticated",

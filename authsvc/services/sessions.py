@@ -6,7 +6,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn, cast
 
-from sqlalchemy import ColumnElement, Select, String, Table, bindparam, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Select,
+    String,
+    Table,
+    bindparam,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto.tokens import Signer, new_token, sign_access_token, token_hash
@@ -210,6 +221,33 @@ def _rotate_in_one_statement() -> Select[Any]:
 _ROTATE = _rotate_in_one_statement()
 
 
+def rotate_in_one_statement(
+    db: Connection | DbSession,
+    deps: Deps,
+    *,
+    signer: Signer,
+    refresh_token: str,
+    now: datetime,
+) -> TokenPair | None:
+    """PostgreSQL: the common case of ``rotate_refresh_token`` as its one statement, which is
+    atomic by itself (so ``db`` may be a connection in autocommit mode). None when the token
+    cannot be spent as it is: then ``rotate_refresh_token``, in a transaction, finds out why
+    (and revokes the family of a token used twice)."""
+    secret = new_token("rt")
+    login = db.execute(
+        _ROTATE,
+        {
+            "hash": token_hash(refresh_token),
+            "now": now,
+            "new_id": new_id(),
+            "new_hash": token_hash(secret),
+        },
+    ).first()
+    if login is None:
+        return None
+    return _pair(deps, signer, login=login, refresh_token=secret, now=now)
+
+
 def rotate_refresh_token(
     session: DbSession, deps: Deps, *, refresh_token: str, client: Client, now: datetime
 ) -> TokenPair:
@@ -219,32 +257,40 @@ def rotate_refresh_token(
     (returning what the access token needs) and store the next token, in one statement on
     PostgreSQL and three elsewhere. Anything else takes the slow path that finds out why.
     """
-    hashed = token_hash(refresh_token)
-    secret = new_token("rt")
-    params = {"hash": hashed, "now": now}
+    signer = signing.signer(session, deps.keyring, now=now)
     if session.get_bind().dialect.name == "postgresql":
-        login = session.execute(
-            _ROTATE, {**params, "new_id": new_id(), "new_hash": token_hash(secret)}
-        ).first()
+        pair = rotate_in_one_statement(
+            session, deps, signer=signer, refresh_token=refresh_token, now=now
+        )
+        if pair is not None:
+            return pair
     else:
+        params = {"hash": token_hash(refresh_token), "now": now}
         session_id = session.execute(_SPEND, params).scalar()
-        login = None
         if session_id is not None:
             login = session.execute(_TOUCH, {"session_id": session_id, "now": now}).first()
-        if login is not None:
-            _store_refresh_token(session, secret=secret, session_id=login.id, now=now)
-    if login is None:
-        _refuse_refresh(session, hashed=hashed, client=client, now=now)
+            if login is not None:
+                secret = new_token("rt")
+                _store_refresh_token(session, secret=secret, session_id=login.id, now=now)
+                return _pair(deps, signer, login=login, refresh_token=secret, now=now)
+    _refuse_refresh(session, hashed=token_hash(refresh_token), client=client, now=now)
+
+
+def _pair(
+    deps: Deps, signer: Signer, *, login: Row[Any], refresh_token: str, now: datetime
+) -> TokenPair:
     access, ttl = _access_token(
         deps,
-        signing.signer(session, deps.keyring, now=now),
+        signer,
         user_id=login.user_id,
         session_id=login.id,
         auth_time=login.auth_time,
         amr=login.amr,
         now=now,
     )
-    return TokenPair(access_token=access, refresh_token=secret, expires_in=ttl, session_id=login.id)
+    return TokenPair(
+        access_token=access, refresh_token=refresh_token, expires_in=ttl, session_id=login.id
+    )
 
 
 def _refuse_refresh(session: DbSession, *, hashed: str, client: Client, now: datetime) -> NoReturn:

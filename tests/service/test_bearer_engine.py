@@ -5,6 +5,7 @@ connections that the server dropped are replaced before use."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -16,6 +17,7 @@ from authsvc.app import create_app
 from authsvc.db import utcnow
 from authsvc.models import User
 from authsvc.schema import upgrade
+from authsvc.services import signing
 from tests.service.conftest import PASSWORD
 
 
@@ -101,3 +103,54 @@ def test_connections_the_database_dropped_are_replaced(app, scratch_database_url
     assert client.get("/v1/me", headers=headers).status_code == 200
     refreshed = client.post("/v1/token/refresh", json={"refresh_token": tokens["refresh_token"]})
     assert refreshed.status_code == 200
+
+
+def test_a_refresh_is_one_statement_and_a_spent_token_still_revokes(app, monkeypatch):
+    client = app.test_client()
+    engine = app.extensions["authsvc"].engine
+    tokens = login(client)
+    seen: list[tuple[str, bool]] = []
+
+    def record(_conn, cursor, statement, *_args):
+        seen.append((statement.split()[0], getattr(cursor.connection, "autocommit", False)))
+
+    event.listen(engine, "before_cursor_execute", record)
+    fresh = client.post("/v1/token/refresh", json={"refresh_token": tokens["refresh_token"]})
+    event.remove(engine, "before_cursor_execute", record)
+    assert fresh.status_code == 200
+    if engine.dialect.name == "postgresql":
+        assert seen == [("WITH", True)]  # spend, touch and store in one autocommit statement
+    # The cached signing key expires: it is read again, and that read does not get in the
+    # way of the transaction that handles the reuse.
+    later = time.monotonic() + signing.ACTIVE_KEY_TTL_SECONDS + 1
+    monkeypatch.setattr(signing.time, "monotonic", lambda: later)
+
+    reused = client.post("/v1/token/refresh", json={"refresh_token": tokens["refresh_token"]})
+
+    assert reused.status_code == 400
+    assert reused.get_json()["code"] == "invalid_token"
+    newest = client.post(
+        "/v1/token/refresh", json={"refresh_token": fresh.get_json()["refresh_token"]}
+    )
+    assert newest.get_json()["code"] == "invalid_token"
+    with engine.connect() as conn:
+        reason = conn.execute(text("SELECT revoked_reason FROM sessions")).scalar_one()
+        alarms = conn.execute(
+            text("SELECT count(*) FROM audit_events WHERE type = 'session.refresh_reuse'")
+        ).scalar_one()
+    assert (reason, alarms) == ("refresh_token_reuse", 1)
+
+
+def test_a_refresh_after_the_key_expired_from_the_cache(app, monkeypatch):
+    client = app.test_client()
+    tokens = login(client)
+    later = time.monotonic() + signing.ACTIVE_KEY_TTL_SECONDS + 1
+    monkeypatch.setattr(signing.time, "monotonic", lambda: later)
+
+    fresh = client.post("/v1/token/refresh", json={"refresh_token": tokens["refresh_token"]})
+
+    assert fresh.status_code == 200
+    me = client.get(
+        "/v1/me", headers={"Authorization": f"Bearer {fresh.get_json()['access_token']}"}
+    )
+    assert me.status_code == 200
