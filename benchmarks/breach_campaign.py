@@ -33,7 +33,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,15 +78,24 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def login_latencies(
-    server: LiveServer, stop: threading.Event, *, limit: int, seconds: float, rate: float
+    server: LiveServer,
+    stop: threading.Event,
+    *,
+    limit: int,
+    seconds: float,
+    rate: float,
+    starts: list[datetime] | None = None,
 ) -> list[float]:
     """Real logins of the probe accounts, one at a time at about ``rate`` per second (steady
-    traffic rather than a saturating loop), until stopped or bounded."""
+    traffic rather than a saturating loop), until stopped or bounded. ``starts`` collects when
+    each began."""
     out: list[float] = []
     deadline = time.monotonic() + seconds
     while not stop.is_set() and len(out) < limit and time.monotonic() < deadline:
         email = f"probe{len(out) % PROBES}@bench.example"
         stop.wait(max(0.0, 1 / rate - (out[-1] / 1000 if out else 0.0)))
+        if starts is not None:
+            starts.append(datetime.now(UTC))
         started = time.perf_counter()
         status, body = call(server, "POST", "/v1/login", {"email": email, "password": PASSWORD})
         out.append((time.perf_counter() - started) * 1000)
@@ -167,16 +176,33 @@ def wal_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
     return delta
 
 
-def phases(dsn: str, campaign_id: str) -> dict[str, dict[str, float]]:
-    """Batches per phase and seconds from the phase's first batch to the next phase's first
-    (from the campaign's audit events; the last phase ends at the campaign's end)."""
+def phase_starts(dsn: str, campaign_id: str) -> list[tuple[str, datetime, int]]:
+    """(phase, its first batch's time, batches) of the campaign, in order."""
     with psycopg.connect(dsn) as conn:
-        rows = conn.execute(
+        return conn.execute(
             "SELECT details::json->>'phase', min(occurred_at), count(*) FROM audit_events "
             "WHERE type = 'breach.batch_processed' AND details::json->>'campaign_id' = %s "
             "GROUP BY 1 ORDER BY 2",
             (campaign_id,),
         ).fetchall()
+
+
+def slowest(
+    latencies: list[float], starts: list[datetime], marks: list[tuple[str, datetime, int]]
+) -> list[dict[str, Any]]:
+    """The five slowest logins and the campaign phase each began in."""
+    out = []
+    for ms, at in sorted(zip(latencies, starts, strict=True), reverse=True)[:5]:
+        phase = next((name for name, first, _ in reversed(marks) if first <= at), "before")
+        out.append({"ms": round(ms, 1), "phase": phase, "at": at.isoformat()})
+    return out
+
+
+def phases(dsn: str, campaign_id: str) -> dict[str, dict[str, float]]:
+    """Batches per phase and seconds from the phase's first batch to the next phase's first
+    (from the campaign's audit events; the last phase ends at the campaign's end)."""
+    rows = phase_starts(dsn, campaign_id)
+    with psycopg.connect(dsn) as conn:
         times = conn.execute(
             "SELECT created_at, finished_at FROM breach_campaigns WHERE id = %s", (campaign_id,)
         ).fetchone()
@@ -254,10 +280,16 @@ def main() -> None:
 
         stop = threading.Event()
         during: list[float] = []
+        during_starts: list[datetime] = []
         loop = threading.Thread(
             target=lambda: during.extend(
                 login_latencies(
-                    server, stop, limit=args.max_logins, seconds=args.timeout, rate=args.login_rate
+                    server,
+                    stop,
+                    limit=args.max_logins,
+                    seconds=args.timeout,
+                    rate=args.login_rate,
+                    starts=during_starts,
                 )
             )
         )
@@ -318,6 +350,9 @@ def main() -> None:
                 "p99": round(percentile(during, 0.99), 1),
             },
         }
+        result["login_ms"]["slowest_during"] = slowest(
+            during, during_starts, phase_starts(dsn, created["id"])
+        )
         result["login_ms"]["p99_ratio"] = round(
             result["login_ms"]["during"]["p99"] / result["login_ms"]["idle"]["p99"], 2
         )

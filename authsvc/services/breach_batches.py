@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, case, delete, exists, func, literal, select, update
+from sqlalchemy import Select, and_, case, delete, exists, func, literal, select, text, update
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.db import UTCDateTime
@@ -50,6 +50,7 @@ from authsvc.services.breach_sql import (
     between,
     flag_where_due,
     in_range,
+    is_postgresql,
     membership,
     rowcount,
 )
@@ -200,7 +201,11 @@ def _begin_apply(
     session: DbSession, campaign: BreachCampaign, *, size: int, after: str = ""
 ) -> None:
     """Fix the ends of the apply batches after ``after``: every ``size``-th target id (one
-    index scan)."""
+    index scan). On PostgreSQL the targets table is analyzed first: the planner must know how
+    many rows a campaign has (a table written in bulk a moment ago has no statistics yet, and
+    the notice job and the batches would then sort whole campaigns where an index range does)."""
+    if is_postgresql(session):
+        session.execute(text("ANALYZE breach_targets"))
     numbered = (
         select(
             BreachTarget.user_id.label("id"),
