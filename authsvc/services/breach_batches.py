@@ -64,6 +64,7 @@ PENDING_TOKEN_PURPOSES = ("mfa", "change_password", "mfa_enrollment")
 # The sweep looks at sessions created at most this long before the campaign started: a login
 # that read an account before its batch committed began no earlier than that.
 SWEEP_MARGIN = timedelta(minutes=5)
+FOLLOW_UP_FACTOR = 5  # accounts per apply batch after a walk, in batch sizes
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +189,10 @@ def _enroll(
     enrolled = walk.enroll(session, campaign, now=now, cancelled=campaign.status not in ACTIVE)
     campaign.processed = enrolled.processed
     campaign.notices_queued += enrolled.notices
-    _begin_apply(session, campaign, size=size)
+    # After a walk the apply batches flag (and lock) almost no account: they mostly revoke
+    # sessions, which costs less in larger ranges (fewer visits to each page of sessions).
+    walked = campaign.last_page is not None
+    _begin_apply(session, campaign, size=size * FOLLOW_UP_FACTOR if walked else size)
     return {
         "phase": "enroll",
         "accounts": enrolled.accounts,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -217,6 +218,14 @@ def test_all_accounts_are_flagged_revoked_and_notified_once(
     assert flagged == sorted([u.id for u in users] + [disabled.id])
     assert sorted(processed_ids(db_session, campaign.id)) == flagged
     assert db_session.get(BreachCampaign, campaign.id).phase == "done"
+    phases = {
+        json.loads(details)["phase"]
+        for details in db_session.scalars(
+            select(AuditEvent.details).where(AuditEvent.type == "breach.batch_processed")
+        )
+        if json.loads(details)["campaign_id"] == campaign.id
+    }
+    assert phases == ({"walk", "enroll", "apply"} if walking else {"enroll", "apply"})
     assert all(db_session.get(Session, s.id).revoked_reason == "breach_response" for s in live)
     assert queued_notices(db_session, campaign.id) == 8
     waiting = (OutboxMessage.kind == "breach_notices", OutboxMessage.completed_at.is_(None))
@@ -754,6 +763,27 @@ def test_notices_go_out_at_the_configured_rate_once_each(
 
     assert notified == [2, 4, 6, 8, 8, 8]
     assert pending == []  # done: nothing left to send
+    assert all(len(mailbox.messages(f"user{i}@example.com")) == 1 for i in range(8))
+
+
+def test_tickets_queued_by_earlier_versions_send_one_notice_each(
+    db_session, deps, caller, users, worker, mailbox
+):
+    created = create(db_session, deps, caller, request=request())
+    for _ in range(2):  # one ticket per account, as earlier versions queued them
+        outbox.enqueue(
+            db_session,
+            deps.keyring,
+            kind="breach_notice",
+            payload={"campaign_id": created.campaign.id},
+            now=utcnow(),
+        )
+
+    drain(db_session, worker)  # the batches, the tickets, then the campaign's notice job
+
+    tickets = (OutboxMessage.kind == "breach_notice", OutboxMessage.completed_at.is_not(None))
+    assert count(db_session, OutboxMessage, *tickets) == 2
+    assert breach.get_campaign(db_session, campaign_id=created.campaign.id).notified == 8
     assert all(len(mailbox.messages(f"user{i}@example.com")) == 1 for i in range(8))
 
 
