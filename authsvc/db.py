@@ -95,7 +95,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, **kwargs)
+    # pool_size covers a worker's request threads (8 by default) and its outbox thread: with
+    # fewer, steady load keeps opening and closing overflow connections, and every new
+    # PostgreSQL backend costs tens of milliseconds before its first answer.
+    # pool_pre_ping: a connection the server dropped (restart, failover) is replaced before
+    # use, not discovered by a request that then fails.
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, **kwargs)
 
 
 def autocommit_connection(session: Session) -> AbstractContextManager[Connection] | None:
