@@ -14,11 +14,12 @@ threads, a fresh PostgreSQL database and Redis db), seeds the accounts directly 
 
 The probe accounts that log in are created through the admin API and then dated after the
 campaign's snapshot (created_at in the future), so `all` leaves them alone and every probe login
-does the full work of a successful login. Prints one JSON object. Wall-clock figures mean little
-on a busy machine: the load averages are printed alongside, and so are the PostgreSQL settings
-that matter most here (shared_buffers, max_wal_size: a campaign rewrites rows all over the users
-table, so with a small max_wal_size frequent checkpoints make PostgreSQL log many full-page
-images). AUTHSVC_E2E_POSTGRES_URL points the run at another PostgreSQL server.
+does the full work of a successful login. Prints one JSON object: besides the times, the WAL the
+campaign wrote (pg_stat_wal), the seconds of each of its phases (from its audit events) and the
+phase each of the slowest logins fell in. Wall-clock figures mean little on a busy machine: the
+load averages are printed alongside, and so are the PostgreSQL settings that matter most here
+(shared_buffers, max_wal_size; the target is the stock settings).
+AUTHSVC_E2E_POSTGRES_URL points the run at another PostgreSQL server.
 """
 
 from __future__ import annotations

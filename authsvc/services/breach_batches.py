@@ -43,20 +43,17 @@ from authsvc.services import audit, outbox
 from authsvc.services import breach_walk as walk
 from authsvc.services.breach_sql import (
     ACTIVE,
-    COUNTED,
     LIST_SELECTORS,
     NO_SYNC,
-    TARGETS,
     between,
     flag_where_due,
     in_range,
     is_postgresql,
-    membership,
     rowcount,
 )
 from authsvc.services.context import Deps
 
-__all__ = ["ACTIVE", "COUNTED", "TARGETS", "BatchOutcome", "membership", "run_next_batch"]
+__all__ = ["ACTIVE", "BatchOutcome", "has_work", "record_password_set", "run_next_batch"]
 
 REVOKED_REASON = "breach_response"
 # Login steps that must not outlive a forced reset.
