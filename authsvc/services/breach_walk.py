@@ -88,8 +88,9 @@ def walk_batch(
 ) -> Walked:
     """Flag the due accounts on the next range of pages; move ``next_page`` past it."""
     assert campaign.next_page is not None and campaign.last_page is not None
-    _, rows_per_page = session.execute(_PAGES).one()
-    step = max(1, math.ceil(batch_size / (rows_per_page or DEFAULT_ROWS_PER_PAGE)))
+    _, measured = session.execute(_PAGES).one()
+    rows_per_page = measured if measured and measured > 0 else DEFAULT_ROWS_PER_PAGE
+    step = max(1, math.ceil(batch_size / rows_per_page))
     first = campaign.next_page
     end = min(first + step, campaign.last_page)
     if first > 0:  # prune the previous batch's pages while they are in memory
