@@ -7,7 +7,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,6 @@ class Runtime:
     metrics: Metrics
     detector: Detector
     worker_stop: threading.Event | None = None
-    # Access-token public keys by kid, filled on demand by the bearer guard.
-    jwks_cache: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def dev_keyring(var_dir: Path) -> Keyring:

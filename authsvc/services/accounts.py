@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -36,7 +35,6 @@ from authsvc.services import (
     login,
     notices,
     outbox,
-    recovery,
     sessions,
     user_tokens,
 )
@@ -473,43 +471,6 @@ def change_password(
         client=client,
         now=now,
         event="password.change",
-    )
-
-
-# --- profile -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Profile:
-    id: str
-    email: str
-    email_verified: bool
-    created_at: datetime
-    password_set_at: datetime | None
-    mfa_methods: tuple[str, ...]
-    password_change_required: bool
-    recovery_codes_remaining: int = 0
-    recovery_codes_low: bool = False  # a second factor, and at most 3 unused recovery codes
-
-
-def profile(session: DbSession, *, user_id: str) -> Profile:
-    user = session.get(User, user_id)
-    if user is None:
-        raise InvalidCredentials()
-    methods = factors.methods_for(session, user_id=user.id)
-    codes_left = recovery.remaining(session, user_id=user.id)
-    return Profile(
-        id=user.id,
-        email=user.email,
-        email_verified=user.email_verified_at is not None,
-        created_at=user.created_at,
-        password_set_at=user.password_set_at,
-        mfa_methods=methods,
-        password_change_required=user.password_change_required,
-        recovery_codes_remaining=codes_left,
-        recovery_codes_low=(
-            any(m != "recovery_code" for m in methods) and recovery.is_low(codes_left)
-        ),
     )
 
 

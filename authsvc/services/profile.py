@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
 
-from sqlalchemy import Connection, Table, and_, exists, func, select
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session as DbSession
 
-from authsvc.models import RecoveryCode, TotpFactor, WebauthnCredential
-from authsvc.services import recovery
+from authsvc.services import recovery, totp, webauthn
 from authsvc.services.sessions import USERS, live_session_of
 
 
@@ -28,9 +26,6 @@ class Profile:
 
 
 _users = USERS.c
-_totp = cast("Table", TotpFactor.__table__).c
-_webauthn = cast("Table", WebauthnCredential.__table__).c
-_codes = cast("Table", RecoveryCode.__table__).c
 
 _PROFILE = live_session_of(
     _users.id,
@@ -39,14 +34,9 @@ _PROFILE = live_session_of(
     _users.created_at,
     _users.password_set_at,
     _users.password_change_required,
-    exists()
-    .where(and_(_totp.user_id == _users.id, _totp.confirmed_at.is_not(None)))
-    .label("has_totp"),
-    exists().where(_webauthn.user_id == _users.id).label("has_webauthn"),
-    select(func.count())
-    .where(_codes.user_id == _users.id, _codes.used_at.is_(None))
-    .scalar_subquery()
-    .label("codes_left"),
+    totp.active_exists(_users.id).label("has_totp"),
+    webauthn.credentials_exist(_users.id).label("has_webauthn"),
+    recovery.remaining_count(_users.id).label("codes_left"),
 )
 
 

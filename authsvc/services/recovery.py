@@ -13,7 +13,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Result, ScalarSelect, delete, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Result,
+    ScalarSelect,
+    delete,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto import recovery as codes
@@ -60,7 +69,7 @@ def remaining(session: DbSession, *, user_id: str) -> int:
     return int(session.scalar(select(remaining_count(user_id))) or 0)
 
 
-def remaining_count(user_id: str) -> ScalarSelect[int]:
+def remaining_count(user_id: str | ColumnElement[str]) -> ScalarSelect[int]:
     """The user's unused codes, as an expression for a larger query."""
     return (
         select(func.count())

@@ -101,7 +101,7 @@ def _info(row: TotpFactor) -> factors.FactorInfo:
     )
 
 
-def _active(user_id: str) -> tuple[ColumnElement[bool], ...]:
+def _active(user_id: str | ColumnElement[str]) -> tuple[ColumnElement[bool], ...]:
     return (TotpFactor.user_id == user_id, TotpFactor.confirmed_at.is_not(None))
 
 
@@ -150,7 +150,7 @@ def has_active(session: DbSession, *, user_id: str) -> bool:
     return bool(session.scalar(select(active_exists(user_id))))
 
 
-def active_exists(user_id: str) -> Exists:
+def active_exists(user_id: str | ColumnElement[str]) -> Exists:
     """Whether the user has a confirmed TOTP factor, as an expression for a larger query."""
     return exists().where(*_active(user_id))
 

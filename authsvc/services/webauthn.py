@@ -18,7 +18,7 @@ import unicodedata
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Exists, Result, delete, exists, select, update
+from sqlalchemy import ColumnElement, CursorResult, Exists, Result, delete, exists, select, update
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto import webauthn as wa
@@ -73,7 +73,7 @@ def has_credentials(session: DbSession, *, user_id: str) -> bool:
     return bool(session.scalar(select(credentials_exist(user_id))))
 
 
-def credentials_exist(user_id: str) -> Exists:
+def credentials_exist(user_id: str | ColumnElement[str]) -> Exists:
     """Whether the user has a registered key or passkey, as an expression for a larger query."""
     return exists().where(WebauthnCredential.user_id == user_id)
 

@@ -477,15 +477,3 @@ def test_change_password_without_a_user(db_session, deps, caller, now, user_id):
             client=caller,
             now=now,
         )
-
-
-def test_profile(db_session, make_user):
-    user = make_user()
-
-    profile = accounts.profile(db_session, user_id=user.id)
-
-    assert profile.email == "ada@example.com"
-    assert profile.email_verified is True
-    assert profile.mfa_methods == ()
-    with pytest.raises(InvalidCredentials):
-        accounts.profile(db_session, user_id="no-such-user")

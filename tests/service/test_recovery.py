@@ -15,7 +15,7 @@ from authsvc.db import make_engine, make_sessionmaker
 from authsvc.errors import InvalidMfa, InvalidRequest
 from authsvc.models import AuditEvent, OutboxMessage, RecoveryCode, User
 from authsvc.schema import upgrade
-from authsvc.services import accounts, factors, outbox, recovery, totp
+from authsvc.services import factors, outbox, profile, recovery, sessions, totp
 
 
 def first_factor(session, deps, user, caller, now) -> tuple[str, ...]:
@@ -103,12 +103,22 @@ def test_codes_of_another_account_and_malformed_codes_are_refused(
     assert recovery.remaining(db_session, user_id=ada.id) == 10
 
 
+def me(db_session, deps, user, caller, now) -> profile.Profile:
+    """What GET /v1/me shows the user, from a fresh session."""
+    login = sessions.start_session(
+        db_session, deps, user=user, amr=("pwd",), client=caller, now=now
+    )
+    shown = profile.profile(db_session, session_id=login.session_id, user_id=user.id, now=now)
+    assert shown is not None
+    return shown
+
+
 def test_running_low_is_shown_and_mailed_once(db_session, deps, make_user, caller, now):
     user = make_user(email="ada@example.com")
     issued = first_factor(db_session, deps, user, caller, now)
     for code in issued[:6]:
         use(db_session, deps, user, code, caller, now)
-    profile = accounts.profile(db_session, user_id=user.id)
+    profile = me(db_session, deps, user, caller, now)
     assert (profile.recovery_codes_remaining, profile.recovery_codes_low) == (4, False)
     assert "You are running out of recovery codes" not in subjects(db_session, deps, user.email)
     for code in issued[6:]:
@@ -116,7 +126,7 @@ def test_running_low_is_shown_and_mailed_once(db_session, deps, make_user, calle
     mails = subjects(db_session, deps, user.email)
     assert mails.count("You are running out of recovery codes") == 1
     assert mails.count("A recovery code was used") == 10
-    profile = accounts.profile(db_session, user_id=user.id)
+    profile = me(db_session, deps, user, caller, now)
     assert (profile.recovery_codes_remaining, profile.recovery_codes_low) == (0, True)
     assert factors.methods_for(db_session, user_id=user.id) == ("totp",)
 
@@ -133,7 +143,7 @@ def test_regenerate_replaces_every_code_and_rearms_the_notice(
     with pytest.raises(InvalidMfa):
         use(db_session, deps, user, old[8], caller, now)
     assert recovery.remaining(db_session, user_id=user.id) == 10
-    assert accounts.profile(db_session, user_id=user.id).recovery_codes_low is False
+    assert me(db_session, deps, user, caller, now).recovery_codes_low is False
     assert "New recovery codes were generated" in subjects(db_session, deps, user.email)
     for code in fresh[:7]:
         use(db_session, deps, user, code, caller, now)
@@ -151,9 +161,9 @@ def test_issue_initial_only_when_there_is_no_set(db_session, deps, make_user, ca
     assert recovery.remaining(db_session, user_id=user.id) == 0
 
 
-def test_profile_of_a_user_without_factors_is_not_low(db_session, make_user):
+def test_profile_of_a_user_without_factors_is_not_low(db_session, deps, make_user, caller, now):
     user = make_user()
-    profile = accounts.profile(db_session, user_id=user.id)
+    profile = me(db_session, deps, user, caller, now)
     assert (profile.recovery_codes_remaining, profile.recovery_codes_low) == (0, False)
 
 
