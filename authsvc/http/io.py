@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from datetime import datetime
 from enum import Enum
 from functools import wraps
-from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
 from flask import Response, current_app, g, json, request
 from sqlalchemy.orm import Session as DbSession
@@ -94,22 +95,39 @@ def _check(name: str, value: Any, expected: Any, max_length: int) -> Any:
     raise TypeError(f"unsupported field type {expected!r}")  # pragma: no cover
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    type: Any
+    max_length: int
+    required: bool
+
+
+@functools.cache
+def _fields_of(cls: Hashable) -> tuple[_Field, ...]:
+    """The fields of a request dataclass with their resolved types (resolved once per class)."""
+    hints = get_type_hints(cls)
+    return tuple(
+        _Field(
+            name=f.name,
+            type=hints[f.name],
+            max_length=f.metadata.get("max_length", MAX_STRING),
+            required=f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+        )
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+    )
+
+
 def parse(cls: type[T], *, optional: bool = False) -> T:
     """Build ``cls`` from the JSON body, checking presence and types of its fields only."""
     data = _json_body(optional)
-    hints = get_type_hints(cls)
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in _fields_of(cast("Hashable", cls)):
         if f.name not in data:
-            has_default = (
-                f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-            )
-            if not has_default:
+            if f.required:
                 raise InvalidRequest(f"{f.name} is required", field=f.name)
             continue
-        values[f.name] = _check(
-            f.name, data[f.name], hints[f.name], f.metadata.get("max_length", MAX_STRING)
-        )
+        values[f.name] = _check(f.name, data[f.name], f.type, f.max_length)
     return cls(**values)
 
 
