@@ -42,6 +42,9 @@ class Settings:
     jwt_audience: str = "authsvc"
     access_token_ttl: timedelta = timedelta(minutes=10)
     refresh_token_ttl: timedelta = timedelta(days=30)
+    # A session not refreshed for this long is over (ASVS 7.3.1); refreshes happen every
+    # access_token_ttl while a client is in use.
+    session_idle_timeout: timedelta = timedelta(days=7)
     verification_token_ttl: timedelta = timedelta(hours=24)
     reset_token_ttl: timedelta = timedelta(hours=1)
     change_token_ttl: timedelta = timedelta(minutes=10)
@@ -159,6 +162,8 @@ class Settings:
             out.append("AUTHSVC_ARGON2_*: invalid Argon2 parameters")
         if self.max_concurrent_hashes < 1:
             out.append("AUTHSVC_MAX_CONCURRENT_HASHES must be >= 1")
+        if self.session_idle_timeout < self.access_token_ttl:
+            out.append("AUTHSVC_SESSION_IDLE_TIMEOUT must be >= AUTHSVC_ACCESS_TOKEN_TTL")
         if self.breach_batch_size < 1 or not self.notify_rate_per_second > 0:
             out.append("AUTHSVC_BREACH_BATCH_SIZE and AUTHSVC_NOTIFY_RATE_PER_SECOND must be > 0")
         for name in ("limit_ip", "limit_email", "limit_ip_email", "limit_failures_per_account"):

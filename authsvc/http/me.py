@@ -7,7 +7,7 @@ from flask import Blueprint, Response
 from authsvc.db import read_connection, utcnow
 from authsvc.errors import Unauthenticated
 from authsvc.http.auth import REFUSED, access_claims, principal, require_user
-from authsvc.http.io import client, db, no_content, respond, transactional
+from authsvc.http.io import client, db, deps, no_content, respond, transactional
 from authsvc.services import profile, sessions
 
 bp = Blueprint("me", __name__, url_prefix="/v1/me")
@@ -32,7 +32,11 @@ def me() -> Response:
 def list_sessions() -> Response:
     p = principal()
     items = sessions.list_sessions(
-        db(), user_id=p.user_id, current_session_id=p.session_id, now=utcnow()
+        db(),
+        user_id=p.user_id,
+        current_session_id=p.session_id,
+        idle_timeout=deps().settings.session_idle_timeout,
+        now=utcnow(),
     )
     return respond({"sessions": items})
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NoReturn, cast
 
 from sqlalchemy import (
@@ -175,7 +175,12 @@ _SPEND = (
     .where(
         _refresh_tokens.token_hash == bindparam("hash"),
         _refresh_tokens.used_at.is_(None),
-        live_sessions(_sessions.id).where(_sessions.id == _refresh_tokens.session_id).exists(),
+        live_sessions(_sessions.id)
+        .where(
+            _sessions.id == _refresh_tokens.session_id,
+            _sessions.last_used_at > bindparam("idle_since"),
+        )
+        .exists(),
     )
     .values(used_at=bindparam("now"))
     .returning(_refresh_tokens.session_id)
@@ -239,6 +244,7 @@ def rotate_in_one_statement(
         {
             "hash": token_hash(refresh_token),
             "now": now,
+            "idle_since": now - deps.settings.session_idle_timeout,
             "new_id": new_id(),
             "new_hash": token_hash(secret),
         },
@@ -265,7 +271,11 @@ def rotate_refresh_token(
         if pair is not None:
             return pair
     else:
-        params = {"hash": token_hash(refresh_token), "now": now}
+        params = {
+            "hash": token_hash(refresh_token),
+            "now": now,
+            "idle_since": now - deps.settings.session_idle_timeout,
+        }
         session_id = session.execute(_SPEND, params).scalar()
         if session_id is not None:
             login = session.execute(_TOUCH, {"session_id": session_id, "now": now}).first()
@@ -313,7 +323,7 @@ def _refuse_refresh(session: DbSession, *, hashed: str, client: Client, now: dat
             details={"session_id": login.id},
         )
         raise InvalidToken("The refresh token was already used; its session is revoked")
-    raise InvalidToken()  # the user is disabled
+    raise InvalidToken()  # the user is disabled, or the session was idle for too long
 
 
 def revoke(session: DbSession, *, session_ids: list[str], reason: str, now: datetime) -> int:
@@ -356,11 +366,22 @@ def logout(session: DbSession, *, refresh_token: str, client: Client, now: datet
 
 
 def list_sessions(
-    session: DbSession, *, user_id: str, current_session_id: str, now: datetime
+    session: DbSession,
+    *,
+    user_id: str,
+    current_session_id: str,
+    idle_timeout: timedelta,
+    now: datetime,
 ) -> list[SessionInfo]:
+    """The user's sessions that can still be refreshed, newest first."""
     rows = session.scalars(
         select(Session)
-        .where(Session.user_id == user_id, Session.revoked_at.is_(None), Session.expires_at > now)
+        .where(
+            Session.user_id == user_id,
+            Session.revoked_at.is_(None),
+            Session.expires_at > now,
+            Session.last_used_at > now - idle_timeout,
+        )
         .order_by(Session.created_at.desc())
     )
     return [

@@ -86,18 +86,50 @@ def test_reuse_revokes_the_family(db_session, deps, user, caller, now):
     assert event.ip == caller.ip
 
 
+def listed(db_session, deps, user, at) -> list[str]:
+    return [
+        s.id
+        for s in sessions.list_sessions(
+            db_session,
+            user_id=user.id,
+            current_session_id="",
+            idle_timeout=deps.settings.session_idle_timeout,
+            now=at,
+        )
+    ]
+
+
 def test_sessions_expire(db_session, deps, user, caller, now):
     pair = start(db_session, deps, user, caller, now)
     end = now + deps.settings.refresh_token_ttl
+    # In use all along (refreshed within every idle period), it still ends at its absolute end.
+    step = deps.settings.session_idle_timeout - timedelta(hours=1)
+    at, token = now, pair.refresh_token
+    while at + step < end:
+        at += step
+        token = rotate(db_session, deps, token, caller, at).refresh_token
 
     with pytest.raises(InvalidToken):
-        rotate(db_session, deps, pair.refresh_token, caller, end)
+        rotate(db_session, deps, token, caller, end)
     assert not sessions.is_active(db_session, session_id=pair.session_id, user_id=user.id, now=end)
-    assert sessions.list_sessions(db_session, user_id=user.id, current_session_id="", now=end) == []
+    assert listed(db_session, deps, user, end) == []
     assert (
-        rotate(db_session, deps, pair.refresh_token, caller, end - timedelta(seconds=1)).session_id
+        rotate(db_session, deps, token, caller, end - timedelta(seconds=1)).session_id
         == pair.session_id
     )
+
+
+def test_an_idle_session_ends(db_session, deps, user, caller, now):
+    idle = deps.settings.session_idle_timeout
+    pair = start(db_session, deps, user, caller, now)
+    later = now + idle - timedelta(seconds=1)
+    fresh = rotate(db_session, deps, pair.refresh_token, caller, later)
+    assert listed(db_session, deps, user, later + idle - timedelta(seconds=1)) == [pair.session_id]
+
+    too_late = later + idle
+    with pytest.raises(InvalidToken):
+        rotate(db_session, deps, fresh.refresh_token, caller, too_late)
+    assert listed(db_session, deps, user, too_late) == []
 
 
 def test_a_disabled_user_cannot_refresh(db_session, deps, user, caller, now):
@@ -132,13 +164,17 @@ def test_list_and_revoke(db_session, deps, user, make_user, caller, now):
     two = start(db_session, deps, user, caller, now + timedelta(seconds=1))
     other = start(db_session, deps, make_user(email="bob@example.com"), caller, now)
 
-    listed = sessions.list_sessions(
-        db_session, user_id=user.id, current_session_id=one.session_id, now=now
+    shown = sessions.list_sessions(
+        db_session,
+        user_id=user.id,
+        current_session_id=one.session_id,
+        idle_timeout=deps.settings.session_idle_timeout,
+        now=now,
     )
 
-    assert [s.id for s in listed] == [two.session_id, one.session_id]
-    assert [s.current for s in listed] == [False, True]
-    assert listed[0].amr == ("pwd",) and listed[0].ip == caller.ip
+    assert [s.id for s in shown] == [two.session_id, one.session_id]
+    assert [s.current for s in shown] == [False, True]
+    assert shown[0].amr == ("pwd",) and shown[0].ip == caller.ip
     with pytest.raises(NotFound):
         sessions.revoke_session(
             db_session, user_id=user.id, session_id=other.session_id, client=caller, now=now
@@ -150,10 +186,7 @@ def test_list_and_revoke(db_session, deps, user, make_user, caller, now):
         sessions.revoke_session(
             db_session, user_id=user.id, session_id=two.session_id, client=caller, now=now
         )
-    assert [
-        s.id
-        for s in sessions.list_sessions(db_session, user_id=user.id, current_session_id="", now=now)
-    ] == [one.session_id]
+    assert listed(db_session, deps, user, now) == [one.session_id]
 
 
 def test_revoke_all_for_user(db_session, deps, user, caller, now):

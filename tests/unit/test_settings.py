@@ -198,6 +198,7 @@ def test_every_problem_is_reported_at_once():
         {"argon2_time_cost": "0"},
         {"argon2_memory_kib": "7"},
         {"max_concurrent_hashes": "0"},
+        {"session_idle_timeout": "5m"},  # shorter than the access tokens it would cut off
         {"trusted_proxies": "-1"},
         {"max_body_bytes": "100"},
         {"limit_email": "20"},
