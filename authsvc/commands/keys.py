@@ -1,4 +1,5 @@
-"""`authsvc keys ...`: the encryption key ring (AUTHSVC_ENCRYPTION_KEYS).
+"""`authsvc keys ...`: the encryption key ring (AUTHSVC_ENCRYPTION_KEYS), and the
+access-token signing key (``rotate-signing``).
 
 Rotation: put a new key first in AUTHSVC_ENCRYPTION_KEYS (``authsvc keys generate`` prints
 one), keep the old ones after it, restart, then run ``authsvc keys rotate``. Every TOTP secret,
@@ -17,6 +18,7 @@ from sqlalchemy.orm import sessionmaker
 
 from authsvc.app import build_runtime
 from authsvc.crypto.keyring import DecryptionFailed, Keyring, generate_key_spec
+from authsvc.db import utcnow
 from authsvc.services import outbox, signing, totp
 from authsvc.settings import ConfigError, Settings
 
@@ -66,6 +68,24 @@ def rotate() -> None:
         runtime.engine.dispose()
     summary = " ".join(f"{name}={count}" for name, count in counts.items())
     click.echo(f"re-encrypted under key {keyring.primary_kid!r}: {summary}")
+
+
+@keys.command("rotate-signing")
+def rotate_signing() -> None:
+    """Retire the access-token signing key and make a new one; prints the new kid.
+
+    Retired keys stay published in the JWKS, so tokens signed before keep verifying until they
+    expire; running processes sign with the new key within a minute."""
+    try:
+        runtime = build_runtime(Settings.from_env())
+    except ConfigError as exc:
+        raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
+    try:
+        with runtime.sessionmaker.begin() as session:
+            kid = signing.rotate(session, runtime.deps.keyring, now=utcnow())
+    finally:
+        runtime.engine.dispose()
+    click.echo(kid)
 
 
 def _in_one(factory: sessionmaker[DbSession], work: Callable[[DbSession], int]) -> int:

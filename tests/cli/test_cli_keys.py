@@ -1,0 +1,64 @@
+"""`authsvc keys rotate-signing`: a new signing key, the old one still published."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jwt
+import pytest
+from click.testing import CliRunner
+
+from authsvc.app import create_app
+from authsvc.cli import main
+from authsvc.crypto.keyring import generate_key_spec
+from authsvc.schema import upgrade
+from authsvc.settings import Settings
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str | None]:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    upgrade(url)
+    unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("AUTHSVC_")}
+    return {
+        **unset,
+        "AUTHSVC_DATABASE_URL": url,
+        "AUTHSVC_VAR_DIR": str(tmp_path / "var"),
+        "AUTHSVC_ENCRYPTION_KEYS": generate_key_spec("cli1"),
+        "AUTHSVC_MAIL_URL": "console://",
+    }
+
+
+def test_rotate_signing_publishes_a_new_key_and_keeps_the_old(env, monkeypatch):
+    for name, value in env.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    app = create_app(Settings.from_env())  # creates the first signing key
+    client = app.test_client()
+    [old_kid] = [k["kid"] for k in client.get("/.well-known/jwks.json").get_json()["keys"]]
+    admin_key = CliRunner().invoke(main, ["admin", "create-key", "--name", "t"]).stdout.strip()
+    created = client.post(
+        "/admin/v1/users",
+        json={"email": "ada@example.com", "password": "rotating horse 42", "email_verified": True},
+        headers={"Authorization": f"Bearer {admin_key}"},
+    )
+    assert created.status_code == 201
+    login = {"email": "ada@example.com", "password": "rotating horse 42"}
+    before = client.post("/v1/login", json=login).get_json()["access_token"]
+
+    result = CliRunner().invoke(main, ["keys", "rotate-signing"])
+
+    assert result.exit_code == 0, result.output
+    new_kid = result.stdout.strip()
+    assert new_kid and new_kid != old_kid
+    kids = {k["kid"] for k in client.get("/.well-known/jwks.json").get_json()["keys"]}
+    assert kids == {old_kid, new_kid}
+    # A fresh process signs with the new key; a token of the old key still works.
+    fresh = create_app(Settings.from_env()).test_client()
+    after = fresh.post("/v1/login", json=login).get_json()["access_token"]
+    assert jwt.get_unverified_header(after)["kid"] == new_kid
+    assert jwt.get_unverified_header(before)["kid"] == old_kid
+    assert fresh.get("/v1/me", headers={"Authorization": f"Bearer {before}"}).status_code == 200
