@@ -83,11 +83,20 @@ def start_walk(session: DbSession, campaign: BreachCampaign) -> None:
     campaign.next_page, campaign.last_page = 0, int(pages)
 
 
+def write_behind(session: DbSession) -> None:
+    """Have the kernel write out, as they go, the pages this transaction evicts from
+    PostgreSQL's buffers (``backend_flush_after``, this transaction only). A campaign dirties
+    gigabytes; left to pile up in the page cache they reach the disk all at once when the next
+    checkpoint syncs the files, and every login's commit waits behind that write meanwhile."""
+    session.execute(text("SET LOCAL backend_flush_after = '256kB'"))
+
+
 def walk_batch(
     session: DbSession, campaign: BreachCampaign, *, batch_size: int, now: datetime
 ) -> Walked:
     """Flag the due accounts on the next range of pages; move ``next_page`` past it."""
     assert campaign.next_page is not None and campaign.last_page is not None
+    write_behind(session)
     _, measured = session.execute(_PAGES).one()
     rows_per_page = measured if measured and measured > 0 else DEFAULT_ROWS_PER_PAGE
     step = max(1, math.ceil(batch_size / rows_per_page))
@@ -132,6 +141,7 @@ def enroll(
     columns = ["campaign_id", "user_id", "processed_at", "notice_queued_at"]
     statement = insert(TARGETS).from_select(columns, rows)
     if is_postgresql(session):
+        write_behind(session)
         written = statement.returning(TARGETS.c.processed_at, TARGETS.c.notice_queued_at).cte(
             "enrolled"
         )
