@@ -15,8 +15,8 @@ the progress of in the same transaction:
   statement over the range.
 
 So every targeted account is flagged exactly once, and a batch is applied entirely or not at
-all. Cancelling stops the flagging; a campaign that walked still finishes, as its follow-up, the
-enrolment and the session revocation of the accounts it had flagged.
+all. Cancelling (or failing) stops the flagging; a campaign that walked still finishes, as its
+follow-up, the enrolment and the session revocation of the accounts it had flagged.
 """
 
 from __future__ import annotations
@@ -80,12 +80,13 @@ class BatchOutcome:
 
 
 def has_work(campaign: BreachCampaign) -> bool:
-    """Batches are left: the campaign is active, or it was cancelled after flagging accounts
-    whose sessions and notices are still to be seen to (a walked campaign's follow-up)."""
+    """Batches are left: the campaign is active, or it was cancelled (or failed) after flagging
+    accounts whose sessions and notices are still to be seen to (a walked campaign's
+    follow-up)."""
     if campaign.status in ACTIVE:
         return True
     return (
-        campaign.status == "cancelled"
+        campaign.status in ("cancelled", "failed")
         and campaign.last_page is not None
         and campaign.phase not in (None, "done")
     )
@@ -169,7 +170,7 @@ def _queue_notices(
 def _walk(
     session: DbSession, campaign: BreachCampaign, *, size: int, now: datetime
 ) -> dict[str, Any]:
-    if campaign.status not in ACTIVE:  # cancelled: flag no further page
+    if campaign.status not in ACTIVE:  # cancelled or failed: flag no further page
         campaign.last_page = campaign.next_page
         campaign.phase = "enroll"
         return {"phase": "walk", "accounts": 0, "cancelled": True}

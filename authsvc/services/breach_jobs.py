@@ -3,7 +3,7 @@
 Each ``breach_batch`` job applies one batch in the worker's transaction and queues the next one,
 dated long ago so that the worker (which takes due messages oldest first) runs it before any
 mail waiting. A failing batch is retried with backoff; after ``MAX_BATCH_FAILURES`` in a row
-the campaign fails.
+the campaign fails (and a walked campaign still tries its follow-up).
 """
 
 from __future__ import annotations
@@ -81,7 +81,10 @@ def _batch_failed(
         queue_batch(session, deps, campaign, now=now, delay=timedelta(seconds=2**campaign.failures))
     elif campaign.status in batches.ACTIVE:
         batches.finish(session, deps, campaign=campaign, now=now, status="failed", error=message)
-    else:  # a cancelled campaign's follow-up gives up
+        if batches.has_work(campaign):  # what a walk flagged still gets its follow-up
+            campaign.failures = 0
+            queue_batch(session, deps, campaign, now=now)
+    else:  # the follow-up gives up
         campaign.phase = "done"
 
 

@@ -415,6 +415,44 @@ def test_a_failing_batch_is_retried_then_fails_the_campaign(
     )
 
 
+def test_a_failed_walk_still_signs_out_and_notifies_whom_it_flagged(
+    db_session, deps, caller, users, runtime, worker, monkeypatch
+):
+    if not on_postgresql(db_session):
+        pytest.skip("the page walk is PostgreSQL's")
+    live = [add_session(db_session, user) for user in users]
+    whole = dataclasses.replace(
+        deps, settings=dataclasses.replace(deps.settings, breach_batch_size=10**7)
+    )
+    created = create(db_session, deps, caller, request=request())
+    with runtime.sessionmaker.begin() as session:  # one page range: the whole table
+        batches.run_next_batch(session, whole, campaign_id=created.campaign.id, now=utcnow())
+    enroll = walk.enroll
+
+    def broken(session, campaign, *, now, cancelled=False):
+        if not cancelled:
+            raise RuntimeError("disk full")
+        return enroll(session, campaign, now=now, cancelled=cancelled)
+
+    monkeypatch.setattr(walk, "enroll", broken)
+    for _ in range(breach.MAX_BATCH_FAILURES + 2):
+        db_session.flush()
+        db_session.execute(
+            OutboxMessage.__table__.update()
+            .where(OutboxMessage.kind == "breach_batch", OutboxMessage.completed_at.is_(None))
+            .values(available_at=utcnow() - timedelta(seconds=1))
+        )
+        worker.drain()
+
+    db_session.expire_all()
+    campaign = breach.get_campaign(db_session, campaign_id=created.campaign.id)
+    assert (campaign.status, campaign.last_error) == ("failed", "RuntimeError: disk full")
+    assert db_session.get(BreachCampaign, campaign.id).phase == "done"
+    assert sorted(processed_ids(db_session, campaign.id)) == sorted(u.id for u in users)
+    assert all(db_session.get(Session, s.id).revoked_reason == "breach_response" for s in live)
+    assert queued_notices(db_session, campaign.id) == 8
+
+
 # --- selectors and options ----------------------------------------------------------------
 
 
