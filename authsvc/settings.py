@@ -107,7 +107,7 @@ class Settings:
     # Breach response: forced password resets for many accounts.
     flag_breached_at_login: bool = True  # a login with a blocklisted password must change it
     breach_batch_size: int = 20000  # accounts flagged per committed batch
-    notify_rate_per_second: float = 20.0  # breach notices sent per second (all campaigns)
+    notify_rate_per_second: float = 20.0  # breach notices sent per second, per campaign
     breach_notice_token_ttl: timedelta = timedelta(days=3)  # the reset link in a notice
     breach_upload_max_bytes: int = 256 * 1024 * 1024  # uploaded email / user-id lists
     breach_sweep_delay: timedelta = timedelta(seconds=60)  # re-check for racing logins after
