@@ -10,7 +10,7 @@ from flask import Blueprint, Response, request
 from authsvc.errors import InvalidRequest
 from authsvc.http.auth import principal, require_admin, require_user
 from authsvc.http.io import db, deps, respond, transactional
-from authsvc.services import accounts, audit
+from authsvc.services import accounts, audit, audit_views
 
 bp = Blueprint("audit", __name__)
 
@@ -93,7 +93,7 @@ def list_audit_events() -> Response:
     if since is not None and until is not None and since >= until:
         raise InvalidRequest("since must be earlier than until", field="since")
     email = _text("email", max_length=320)
-    where = audit.EventFilter(
+    where = audit_views.EventFilter(
         user_id=_text("user_id", _ID),
         types=types,
         outcome=_text("outcome", re.compile(r"^[A-Za-z0-9_.-]{1,32}$")),
@@ -106,7 +106,7 @@ def list_audit_events() -> Response:
         since=since,
         until=until,
     )
-    page = audit.list_events(db(), where=where, before_id=_cursor(), limit=_limit())
+    page = audit_views.list_events(db(), where=where, before_id=_cursor(), limit=_limit())
     return respond(page)
 
 
@@ -115,7 +115,7 @@ def list_audit_events() -> Response:
 @require_user
 def list_security_events() -> Response:
     _only(_USER_PARAMS)
-    page = audit.security_events(
+    page = audit_views.security_events(
         db(), user_id=principal().user_id, before_id=_cursor(), limit=_limit()
     )
     return respond(page)

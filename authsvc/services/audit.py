@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Row, delete, event, func, or_, select
+from sqlalchemy import CursorResult, Row, delete, event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import ORMExecuteState, SessionTransaction, sessionmaker
 from sqlalchemy.orm import Session as DbSession
@@ -49,22 +49,6 @@ PENDING_KEY = "authsvc.audit.pending"
 WITHOUT_PENDING = {"authsvc_audit_pending": False}
 _AUDIT_TABLES = frozenset({"audit_events", "audit_chain_heads"})
 _HEAD_MAC_PURPOSE = "audit-chain-head"
-
-# Events a user never sees in their own trail (internal bookkeeping or operator matters).
-_HIDDEN_FROM_USERS = frozenset({"signup.created", "alert.raised", "audit.pruned"})
-# Details a user may see about their own events.
-_USER_DETAIL_KEYS = frozenset(
-    {
-        "amr",
-        "method",
-        "name",
-        "factor_type",
-        "sessions_revoked",
-        "session_id",
-        "reason",
-        "mode",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,130 +387,3 @@ def prune(
         details={"through_id": through, "pruned": pruned, "before": before.isoformat()},
     )
     return PruneResult(pruned=pruned, through_id=through)
-
-
-# --- reading the trail ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class EventView:
-    id: str
-    occurred_at: datetime
-    type: str
-    outcome: str
-    user_id: str | None
-    admin_key_id: str | None
-    email_hash: str | None
-    ip: str | None
-    user_agent: str | None
-    details: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class UserEventView:
-    id: str
-    occurred_at: datetime
-    type: str
-    outcome: str
-    ip: str | None
-    user_agent: str | None
-    details: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class EventFilter:
-    user_id: str | None = None
-    types: tuple[str, ...] = ()  # exact types; an entry ending in "*" is a prefix
-    outcome: str | None = None
-    email_hash: str | None = None
-    ip: str | None = None
-    since: datetime | None = None  # inclusive
-    until: datetime | None = None  # exclusive
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    events: list[Any]
-    next_cursor: str | None
-
-
-def _details(row: AuditEvent) -> dict[str, Any]:
-    try:
-        value = json.loads(row.details or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def list_events(
-    session: DbSession, *, where: EventFilter, before_id: int | None, limit: int
-) -> Page:
-    """Newest first; ``next_cursor`` continues with older events."""
-    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit + 1)
-    if before_id is not None:
-        query = query.where(AuditEvent.id < before_id)
-    if where.user_id is not None:
-        query = query.where(AuditEvent.user_id == where.user_id)
-    if where.types:
-        exact = [t for t in where.types if not t.endswith("*")]
-        prefixes = [t[:-1] for t in where.types if t.endswith("*")]
-        conditions: list[ColumnElement[bool]] = [AuditEvent.type.in_(exact)] if exact else []
-        conditions += [AuditEvent.type.startswith(p, autoescape=True) for p in prefixes]
-        query = query.where(or_(*conditions))
-    if where.outcome is not None:
-        query = query.where(AuditEvent.outcome == where.outcome)
-    if where.email_hash is not None:
-        query = query.where(AuditEvent.email_hash == where.email_hash)
-    if where.ip is not None:
-        query = query.where(AuditEvent.ip == where.ip)
-    if where.since is not None:
-        query = query.where(AuditEvent.occurred_at >= where.since)
-    if where.until is not None:
-        query = query.where(AuditEvent.occurred_at < where.until)
-    rows = session.scalars(query).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    events = [
-        EventView(
-            id=str(row.id),
-            occurred_at=row.occurred_at,
-            type=row.type,
-            outcome=row.outcome,
-            user_id=row.user_id,
-            admin_key_id=row.admin_key_id,
-            email_hash=row.email_hash,
-            ip=row.ip,
-            user_agent=row.user_agent,
-            details=_details(row),
-        )
-        for row in rows
-    ]
-    return Page(events=events, next_cursor=str(rows[-1].id) if more and rows else None)
-
-
-def security_events(session: DbSession, *, user_id: str, before_id: int | None, limit: int) -> Page:
-    """A user's own trail: logins (with IP and user agent), factor changes, resets, revocations."""
-    query = (
-        select(AuditEvent)
-        .where(AuditEvent.user_id == user_id, AuditEvent.type.not_in(_HIDDEN_FROM_USERS))
-        .order_by(AuditEvent.id.desc())
-        .limit(limit + 1)
-    )
-    if before_id is not None:
-        query = query.where(AuditEvent.id < before_id)
-    rows = session.scalars(query).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    events = [
-        UserEventView(
-            id=str(row.id),
-            occurred_at=row.occurred_at,
-            type=row.type,
-            outcome=row.outcome,
-            ip=row.ip,
-            user_agent=row.user_agent,
-            details={k: v for k, v in _details(row).items() if k in _USER_DETAIL_KEYS},
-        )
-        for row in rows
-    ]
-    return Page(events=events, next_cursor=str(rows[-1].id) if more and rows else None)

@@ -12,7 +12,7 @@ from authsvc.app import Runtime
 from authsvc.db import make_engine, make_sessionmaker
 from authsvc.models.ops import AuditChainHead, AuditEvent
 from authsvc.schema import upgrade
-from authsvc.services import audit
+from authsvc.services import audit, audit_views
 from authsvc.services.context import Client
 
 CLIENT = Client(ip="198.51.100.7", user_agent="pytest-audit")
@@ -152,34 +152,43 @@ def test_list_events_filters_and_pages(session, runtime, now):
         user_id="u1",
     )
     write(session, now, 2, type="password.forgot", outcome="accepted", email_hash="e" * 64)
-    only_u1 = audit.list_events(
-        session, where=audit.EventFilter(user_id="u1"), before_id=None, limit=10
+    only_u1 = audit_views.list_events(
+        session, where=audit_views.EventFilter(user_id="u1"), before_id=None, limit=10
     )
     assert len(only_u1.events) == 5 and only_u1.next_cursor is None
     assert [e.id for e in only_u1.events] == sorted(
         (e.id for e in only_u1.events), key=int, reverse=True
     )
-    logins = audit.list_events(
-        session, where=audit.EventFilter(types=("login.*",)), before_id=None, limit=10
+    logins = audit_views.list_events(
+        session, where=audit_views.EventFilter(types=("login.*",)), before_id=None, limit=10
     )
     assert {e.type for e in logins.events} == {"login.failure", "login.success"}
-    later = audit.list_events(
-        session, where=audit.EventFilter(since=now + timedelta(minutes=1)), before_id=None, limit=10
+    later = audit_views.list_events(
+        session,
+        where=audit_views.EventFilter(since=now + timedelta(minutes=1)),
+        before_id=None,
+        limit=10,
     )
     assert {e.type for e in later.events} == {"login.success"}
-    by_email = audit.list_events(
-        session, where=audit.EventFilter(email_hash="e" * 64), before_id=None, limit=10
+    by_email = audit_views.list_events(
+        session, where=audit_views.EventFilter(email_hash="e" * 64), before_id=None, limit=10
     )
     assert len(by_email.events) == 2
-    first = audit.list_events(
-        session, where=audit.EventFilter(user_id="u1"), before_id=None, limit=2
+    first = audit_views.list_events(
+        session, where=audit_views.EventFilter(user_id="u1"), before_id=None, limit=2
     )
     assert first.next_cursor == first.events[-1].id
-    second = audit.list_events(
-        session, where=audit.EventFilter(user_id="u1"), before_id=int(first.next_cursor), limit=2
+    second = audit_views.list_events(
+        session,
+        where=audit_views.EventFilter(user_id="u1"),
+        before_id=int(first.next_cursor),
+        limit=2,
     )
-    third = audit.list_events(
-        session, where=audit.EventFilter(user_id="u1"), before_id=int(second.next_cursor), limit=2
+    third = audit_views.list_events(
+        session,
+        where=audit_views.EventFilter(user_id="u1"),
+        before_id=int(second.next_cursor),
+        limit=2,
     )
     seen = [e.id for page in (first, second, third) for e in page.events]
     assert len(seen) == len(set(seen)) == 5
@@ -206,7 +215,7 @@ def test_security_events_hide_operator_matters(session, runtime, now):
         admin_key_id="key1",
     )
     audit.record(session, type="login.success", outcome="authenticated", now=now, user_id="u8")
-    page = audit.security_events(session, user_id="u9", before_id=None, limit=10)
+    page = audit_views.security_events(session, user_id="u9", before_id=None, limit=10)
     assert [e.type for e in page.events] == ["admin.user_disabled", "login.success"]
     login = page.events[1]
     assert login.ip == CLIENT.ip and login.user_agent == CLIENT.user_agent
@@ -344,8 +353,8 @@ def test_an_event_recorded_in_a_rolled_back_savepoint_is_dropped(committed_runti
 
 def test_reading_the_trail_first_writes_what_is_queued(session, now):
     audit.record(session, type="login.failure", outcome="x", now=now, user_id="reader")
-    page = audit.list_events(
-        session, where=audit.EventFilter(user_id="reader"), before_id=None, limit=10
+    page = audit_views.list_events(
+        session, where=audit_views.EventFilter(user_id="reader"), before_id=None, limit=10
     )
     assert [e.type for e in page.events] == ["login.failure"]
     # A read that opts out leaves the queue alone.
