@@ -80,13 +80,10 @@ class EmailTaken(AuthsvcError):
 class RateLimited(AuthsvcError):
     code, title, status = "rate_limited", "Too many requests", 429
 
-    def __init__(self, retry_after: int, policy: str = "", *, first: bool = True) -> None:
+    def __init__(self, retry_after: int, policy: str = "") -> None:
         super().__init__("Too many requests; retry later")
         self.retry_after = max(1, int(retry_after))
         self.policy = policy  # for the audit trail and metrics; never rendered
-        # The first refusal of this key in the policy's window: the one the audit trail
-        # records (a flood of refusals would otherwise write a row each).
-        self.first = first
 
 
 class Overloaded(AuthsvcError):

@@ -47,10 +47,7 @@ class RateLimiter:
 
     def _refusal(self, item: RateLimitItem, policy: str, ident: str) -> RateLimited:
         stats = self._strategy.get_window_stats(item, policy, ident)
-        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
-        # Counted per key for one window length from the first refusal.
-        refused = self._storage.incr(f"refused/{policy}/{ident}", item.get_expiry())
-        return RateLimited(retry_after, policy=policy, first=refused == 1)
+        return RateLimited(max(1, math.ceil(stats.reset_time - time.time())), policy=policy)
 
     def reset(self) -> None:
         """Forget every counter (tests, and `authsvc` operators after an incident review)."""

@@ -47,7 +47,7 @@ def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Re
 
 def render_domain_error(exc: AuthsvcError) -> Response:
     if isinstance(exc, RateLimited):
-        # Every refusal is counted here; the audit trail records the first one per key and window.
+        # Every refusal is counted here, whichever path refused it.
         metrics = current_app.extensions["authsvc"].metrics
         metrics.rate_limit_hits.labels(exc.policy or "unknown").inc()
     response = problem(exc.status, exc.code, exc.title, exc.detail, **exc.extra)

@@ -65,12 +65,9 @@ def _throttle(
         deps.limiter.hit("email", email)
         deps.limiter.hit("ip_email", client.ip, email)
     except RateLimited as exc:
-        if not exc.first:
-            raise
-        audit.record(
+        audit.record_limit_hit(
             session,
-            type="ratelimit.hit",
-            outcome=exc.policy,
+            exc,
             now=now,
             client=client,
             email_hash=audit.email_digest(deps.keyring, email),
@@ -208,16 +205,8 @@ def authenticate_password(
     try:
         deps.limiter.test("account_failures", email)
     except RateLimited as exc:
-        if not exc.first:
-            raise
-        audit.record(
-            session,
-            type="ratelimit.hit",
-            outcome=exc.policy,
-            now=now,
-            client=client,
-            email_hash=email_hash,
-            details={"action": "login"},
+        audit.record_limit_hit(
+            session, exc, now=now, client=client, email_hash=email_hash, details={"action": "login"}
         )
         raise
     user = session.scalar(select(User).where(User.email == email))

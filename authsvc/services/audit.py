@@ -37,6 +37,7 @@ from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.util import find_tables
 
 from authsvc.crypto.keyring import Keyring
+from authsvc.errors import RateLimited
 from authsvc.models.ops import AuditChainHead, AuditEvent
 from authsvc.services.context import Client
 
@@ -163,6 +164,29 @@ def record(
     if follow_up is not None:
         follow_up()
     return entry
+
+
+def record_limit_hit(
+    session: DbSession,
+    refusal: RateLimited,
+    *,
+    now: datetime,
+    client: Client,
+    user_id: str | None = None,
+    email_hash: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """A ``ratelimit.hit`` event for a refused request, named after the policy that refused it."""
+    record(
+        session,
+        type="ratelimit.hit",
+        outcome=refusal.policy,
+        now=now,
+        client=client,
+        user_id=user_id,
+        email_hash=email_hash,
+        details=details,
+    )
 
 
 def append_pending(session: DbSession) -> None:

@@ -147,17 +147,8 @@ def complete_mfa(
         deps.limiter.hit("mfa_account", user.id)
     except RateLimited as exc:
         row.used_at = now  # an exhausted account limit kills the token too
-        if not exc.first:
-            raise
-        audit.record(
-            session,
-            type="ratelimit.hit",
-            outcome="mfa_account",
-            now=now,
-            client=client,
-            user_id=user.id,
-        )
-        raise exc
+        audit.record_limit_hit(session, exc, now=now, client=client, user_id=user.id)
+        raise
     try:
         method_amr = factors.verify(
             session, deps, user_id=user.id, proof=proof, client=client, now=now

@@ -32,15 +32,8 @@ def _throttle(session: DbSession, deps: Deps, *, client: Client, now: datetime) 
     try:
         deps.limiter.hit("ip", client.ip)
     except RateLimited as exc:
-        if not exc.first:
-            raise
-        audit.record(
-            session,
-            type="ratelimit.hit",
-            outcome=exc.policy,
-            now=now,
-            client=client,
-            details={"action": "passkey_login"},
+        audit.record_limit_hit(
+            session, exc, now=now, client=client, details={"action": "passkey_login"}
         )
         raise
 

@@ -379,16 +379,8 @@ def verify_code(
     try:
         deps.limiter.hit(LIMIT_POLICY, user_id, "totp")
     except RateLimited as exc:
-        if not exc.first:
-            raise
-        audit.record(
-            session,
-            type="ratelimit.hit",
-            outcome=LIMIT_POLICY,
-            now=now,
-            client=client,
-            user_id=user_id,
-            details={"action": "totp"},
+        audit.record_limit_hit(
+            session, exc, now=now, client=client, user_id=user_id, details={"action": "totp"}
         )
         raise
     rows = session.scalars(

@@ -128,20 +128,19 @@ def test_limit_hits_are_audited_without_the_email(limited, connection):
     assert event.email_hash and "ada@example.com" not in repr(tuple(event))
 
 
-def test_a_flood_of_refusals_is_audited_once_per_key_and_window(limited, connection):
+def test_every_refusal_is_audited(limited, connection):
     client = limited(limit_ip="1/minute")
     login(client, "ada@example.com")
     refused = [login(client, f"user{i}@example.com") for i in range(6)]
     for response in refused:
         assert_rate_limited(response)
-    # Another source gets its own first row.
     login(client, "ada@example.com", ip="198.51.100.2")
     assert_rate_limited(login(client, "ada@example.com", ip="198.51.100.2"))
 
     ips = connection.scalars(
         select(AuditEvent.ip).where(AuditEvent.type == "ratelimit.hit").order_by(AuditEvent.id)
     ).all()
-    assert ips == ["198.51.100.1", "198.51.100.2"]
+    assert ips == ["198.51.100.1"] * 6 + ["198.51.100.2"]
 
 
 def test_failed_password_checks_per_account_are_capped(api, limited, connection):
