@@ -32,6 +32,8 @@ from authsvc.crypto.tokens import (
 )
 from authsvc.db import new_id
 from authsvc.models import SigningKey
+from authsvc.services import audit
+from authsvc.services.context import SYSTEM
 
 _AAD = b"signing-key"
 ACTIVE_KEY_TTL_SECONDS = 60.0
@@ -147,10 +149,22 @@ def public_jwks(session: DbSession) -> dict[str, dict[str, Any]]:
 
 
 def rotate(session: DbSession, keyring: Keyring, *, now: datetime) -> str:
+    """Retire the active key(s) and make a new one (audited); return the new kid."""
+    retired = []
     for row in session.scalars(select(SigningKey).where(SigningKey.retired_at.is_(None))):
         row.retired_at = now
+        retired.append(row.kid)
     _cache(session).active = None
-    return _create(session, keyring, now=now).kid
+    kid = _create(session, keyring, now=now).kid
+    audit.record(
+        session,
+        type="signing_key.rotated",
+        outcome="success",
+        now=now,
+        client=SYSTEM,
+        details={"kid": kid, "retired": retired},
+    )
+    return kid
 
 
 def reencrypt(session: DbSession, keyring: Keyring) -> int:

@@ -62,3 +62,10 @@ def test_rotate_signing_publishes_a_new_key_and_keeps_the_old(env, monkeypatch):
     assert jwt.get_unverified_header(after)["kid"] == new_kid
     assert jwt.get_unverified_header(before)["kid"] == old_kid
     assert fresh.get("/v1/me", headers={"Authorization": f"Bearer {before}"}).status_code == 200
+    events = client.get(
+        "/admin/v1/audit-events?type=signing_key.rotated",
+        headers={"Authorization": f"Bearer {admin_key}"},
+    ).get_json()["events"]
+    assert [(e["outcome"], e["details"]) for e in events] == [
+        ("success", {"kid": new_kid, "retired": [old_kid]})
+    ]
