@@ -134,9 +134,12 @@ def test_burst_is_shed_with_503_memory_stays_bounded_and_the_server_recovers(
             assert problem["code"] == "overloaded"
             assert problem["status"] == 503
 
-        # The burst is over: sequential logins succeed again, and memory did not grow further.
+        # The burst is over: sequential logins succeed again, and memory stays within the same
+        # bound. (The bound is on the whole run, not per phase: which of the capped arenas gets
+        # its Argon2 block during the load and which only during the burst is up to the threads.)
         for _ in range(3):
             status, _, raw = _login(server)
             assert status == 200, raw
             assert json.loads(raw)["status"] == "authenticated"
-        assert _worker_rss_mib(server) - after_load < ARGON2_MIB, (after_load, baseline)
+        final = _worker_rss_mib(server)
+        assert final - baseline < 4 * ARGON2_MIB, (baseline, after_load, final)
