@@ -237,18 +237,25 @@ class Detector:
                 alert("enumeration", "network", network, s.detect_emails_per_network, ip=event.ip)
 
         if event.type in _LOGIN_ATTEMPTS:
-            if not (event.type == "login.failure" and event.outcome == "unknown_email"):
-                w.tally("login-attempts")  # the share is only computed on unknown emails
+            if event.type != "login.failure":
+                w.tally("login-attempts")  # the share is only computed on failures
             else:
+                # Every failure reads the count, unknown email or not: the same storage work
+                # for both keeps their answers equally fast (enumeration by timing).
                 attempts = w.count("login-attempts")
-                unknown = w.count("login-unknown")
-                if (
-                    attempts >= s.detect_unknown_email_min_attempts
-                    and unknown >= s.detect_unknown_email_share * attempts
-                ):
-                    alert(
-                        "unknown_emails", "global", "all", s.detect_unknown_email_share, ip=event.ip
-                    )
+                if event.outcome == "unknown_email":
+                    unknown = w.count("login-unknown")
+                    if (
+                        attempts >= s.detect_unknown_email_min_attempts
+                        and unknown >= s.detect_unknown_email_share * attempts
+                    ):
+                        alert(
+                            "unknown_emails",
+                            "global",
+                            "all",
+                            s.detect_unknown_email_share,
+                            ip=event.ip,
+                        )
 
         account = None
         if event.type == "login.failure" and event.outcome != "unknown_email":
