@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import select
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -98,9 +100,23 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # pool_size covers a worker's request threads (8 by default) and its outbox thread: with
     # fewer, steady load keeps opening and closing overflow connections, and every new
     # PostgreSQL backend costs tens of milliseconds before its first answer.
-    # pool_pre_ping: a connection the server dropped (restart, failover) is replaced before
-    # use, not discovered by a request that then fails.
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, **kwargs)
+    engine = create_engine(url, pool_size=10, max_overflow=10, **kwargs)
+    event.listen(engine, "checkout", _replace_if_dropped)
+    return engine
+
+
+def _replace_if_dropped(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """A pooled connection that the server dropped (restart, failover, terminated backend) is
+    replaced before use, not discovered by the request that then fails. The server says
+    goodbye on the socket (an error message, then end of file), and an idle connection has
+    nothing else to read, so a readable socket means the connection is gone: one poll() instead
+    of pool_pre_ping's round trip to the server on every checkout."""
+    if dbapi_connection.closed:
+        raise DisconnectionError("connection closed")
+    poller = select.poll()
+    poller.register(dbapi_connection.fileno(), select.POLLIN)
+    if poller.poll(0):
+        raise DisconnectionError("the server closed the connection")
 
 
 def autocommit_connection(session: Session) -> AbstractContextManager[Connection] | None:
