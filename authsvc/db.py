@@ -72,10 +72,13 @@ def rowcount(result: Result[Any]) -> int:
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
+    """hide_parameters: a statement's bound values (password hashes, token hashes, emails,
+    ciphertexts) never appear in its exception's message, and so never in a log."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
             connect_args={"timeout": 30, "check_same_thread": False},
+            hide_parameters=True,
             **kwargs,
         )
 
@@ -100,12 +103,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # pool_size covers a worker's request threads (8 by default) and its outbox thread: with
     # fewer, steady load keeps opening and closing overflow connections, and every new
     # PostgreSQL backend costs tens of milliseconds before its first answer.
-    engine = create_engine(url, pool_size=10, max_overflow=10, **kwargs)
-    event.listen(engine, "checkout", _replace_if_dropped)
+    engine = create_engine(url, pool_size=10, max_overflow=10, hide_parameters=True, **kwargs)
+    event.listen(engine, "checkout", replace_if_dropped)
     return engine
 
 
-def _replace_if_dropped(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+def replace_if_dropped(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     """A pooled connection that the server dropped (restart, failover, terminated backend) is
     replaced before use, not discovered by the request that then fails. The server says
     goodbye on the socket (an error message, then end of file), and an idle connection has

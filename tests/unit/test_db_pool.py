@@ -1,8 +1,16 @@
-"""The PostgreSQL connection pool fits the server's threads and checks connections first."""
+"""The PostgreSQL connection pool fits the server's threads and replaces dropped connections
+without a round trip; no engine puts a statement's bound values into its errors."""
 
 from __future__ import annotations
 
-from authsvc.db import make_engine
+import socket
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.exc import DisconnectionError, OperationalError
+
+from authsvc.db import make_engine, replace_if_dropped
 from authsvc.gunicorn_app import DEFAULT_THREADS
 
 
@@ -11,5 +19,45 @@ def test_the_pool_keeps_a_connection_for_every_request_thread_and_the_outbox():
 
     # Fewer would make steady load open and close overflow connections all the time.
     assert engine.pool.size() >= DEFAULT_THREADS + 1  # type: ignore[attr-defined]
-    # A connection the server dropped is replaced before a request uses it.
-    assert engine.pool._pre_ping is True
+    # A connection the server dropped is replaced before a request uses it, found out from
+    # its socket rather than by a ping on every checkout.
+    assert engine.pool._pre_ping is False
+    assert event.contains(engine, "checkout", replace_if_dropped)
+
+
+class _Connection:
+    """The two things the check reads of a DBAPI connection."""
+
+    def __init__(self, sock: socket.socket, *, closed: bool = False) -> None:
+        self._sock, self.closed = sock, closed
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+
+def test_a_connection_is_replaced_when_its_socket_has_something_to_read_or_it_is_closed():
+    ours, server = socket.socketpair()
+    with ours, server:
+        replace_if_dropped(_Connection(ours), None, None)  # idle: nothing to read, kept
+
+        with pytest.raises(DisconnectionError):
+            replace_if_dropped(_Connection(ours, closed=True), None, None)
+
+        server.sendall(b"E")  # the server's goodbye (an error message, then end of file)
+        with pytest.raises(DisconnectionError):
+            replace_if_dropped(_Connection(ours), None, None)
+        server.close()
+        ours.recv(1)
+        with pytest.raises(DisconnectionError):  # end of file alone is readable too
+            replace_if_dropped(_Connection(ours), None, None)
+
+
+def test_errors_do_not_carry_the_statement_parameters(tmp_path: Path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(OperationalError) as raised, engine.connect() as conn:
+        conn.execute(text("SELECT :secret FROM no_such_table"), {"secret": "hunter2-hash"})
+    engine.dispose()
+
+    assert "no_such_table" in str(raised.value)
+    assert "hunter2-hash" not in str(raised.value)
+    assert "hidden due to hide_parameters" in str(raised.value)
