@@ -6,7 +6,10 @@ import logging
 import secrets
 from typing import Any
 
+import redis.exceptions
 from flask import Flask, Response, current_app, g, json
+from limits.errors import StorageError
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
 from authsvc.errors import AuthsvcError, RateLimited
@@ -79,7 +82,38 @@ def render_unexpected(exc: Exception) -> Response:
     )
 
 
+# A backing service that cannot answer: the database (unreachable, dropped connection, pool
+# exhausted, SQLite busy past its timeout) or the Redis rate-limit store. Refused, never let
+# through: a request that cannot be throttled is not served.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    StorageError,
+)
+UNAVAILABLE_RETRY_AFTER = 5
+
+
+def render_unavailable(exc: Exception) -> Response:
+    request_id = getattr(g, "request_id", None) or secrets.token_hex(8)
+    # Engines hide bound parameters, so the message names the failure, never a value.
+    log.error("backing service unavailable", exc_info=exc, extra={"request_id": request_id})
+    response = problem(
+        503,
+        "unavailable",
+        "Service unavailable",
+        "A service this request needs cannot be reached; retry later",
+        request_id=request_id,
+    )
+    response.headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER)
+    return response
+
+
 def register(app: Flask) -> None:
     app.register_error_handler(AuthsvcError, render_domain_error)
+    for kind in UNAVAILABLE:
+        app.register_error_handler(kind, render_unavailable)
     app.register_error_handler(HTTPException, render_http_exception)
     app.register_error_handler(Exception, render_unexpected)

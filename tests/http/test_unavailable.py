@@ -1,0 +1,80 @@
+"""When the database or the Redis rate-limit store cannot be reached, requests get 503
+`unavailable` with Retry-After (never a 500, never let through unthrottled), and neither the
+answer nor the log carries what the client sent."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+
+from authsvc.app import create_app
+from tests.conftest import ContractClient
+
+PASSWORD = "a passphrase nobody should see 77"
+CREDENTIALS = {"email": "ada@example.com", "password": PASSWORD}
+CLOSED_PORT = "127.0.0.1:1"  # nothing listens there: every connection is refused at once
+
+
+def _app(settings, **changes) -> Iterator[Flask]:
+    app = create_app(dataclasses.replace(settings, **changes))
+    app.test_client_class = ContractClient
+    yield app
+    app.extensions["authsvc"].engine.dispose()
+
+
+@pytest.fixture
+def no_database(settings) -> Iterator[Flask]:
+    unreachable = f"postgresql://nobody@{CLOSED_PORT}/none"
+    yield from _app(settings, database_url=unreachable, redis_url=None)
+
+
+@pytest.fixture
+def no_redis(settings) -> Iterator[Flask]:
+    yield from _app(settings, redis_url=f"redis://{CLOSED_PORT}/0")
+
+
+def _assert_unavailable(response, caplog) -> None:
+    assert response.status_code == 503
+    assert response.mimetype == "application/problem+json"
+    assert response.headers["Retry-After"] == "5"
+    body = response.get_json()
+    assert body["code"] == "unavailable"
+    assert "request_id" in body
+    assert PASSWORD not in response.get_data(as_text=True)
+    assert PASSWORD not in caplog.text
+    assert "backing service unavailable" in caplog.text  # the operator is told
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/login", CREDENTIALS),
+        ("/v1/signup", CREDENTIALS),
+        ("/v1/password/forgot", {"email": "ada@example.com"}),
+        ("/v1/token/refresh", {"refresh_token": "rt_" + "A" * 43}),
+    ],
+)
+def test_an_unreachable_database_is_503(no_database, caplog, path, body):
+    with caplog.at_level(logging.ERROR, logger="authsvc"):
+        response = no_database.test_client().post(path, json=body)
+
+    _assert_unavailable(response, caplog)
+
+
+def test_the_jwks_is_503_without_a_database(no_database, caplog):
+    with caplog.at_level(logging.ERROR, logger="authsvc"):
+        response = no_database.test_client().get("/.well-known/jwks.json")
+
+    _assert_unavailable(response, caplog)
+
+
+@pytest.mark.parametrize("path", ["/v1/login", "/v1/signup"])
+def test_an_unreachable_rate_limit_store_refuses_instead_of_letting_through(no_redis, caplog, path):
+    with caplog.at_level(logging.ERROR, logger="authsvc"):
+        response = no_redis.test_client().post(path, json=CREDENTIALS)
+
+    _assert_unavailable(response, caplog)
