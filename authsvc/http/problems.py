@@ -83,7 +83,8 @@ def render_unexpected(exc: Exception) -> Response:
 
 
 # A backing service that cannot answer: the database (unreachable, dropped connection, pool
-# exhausted, SQLite busy past its timeout) or the Redis rate-limit store. Refused, never let
+# exhausted, SQLite busy past its timeout, and PostgreSQL's retryable operational errors such as
+# a deadlock or a serialization failure) or the Redis rate-limit store. Refused, never let
 # through: a request that cannot be throttled is not served.
 UNAVAILABLE: tuple[type[Exception], ...] = (
     sa_exc.OperationalError,
@@ -99,7 +100,13 @@ UNAVAILABLE_RETRY_AFTER = 5
 def render_unavailable(exc: Exception) -> Response:
     request_id = getattr(g, "request_id", None) or secrets.token_hex(8)
     # Engines hide bound parameters, so the message names the failure, never a value.
-    log.error("backing service unavailable", exc_info=exc, extra={"request_id": request_id})
+    cause = getattr(exc, "orig", None) or exc  # the driver's own error, when SQLAlchemy wraps one
+    log.error(
+        "backing service unavailable (%s)",
+        type(cause).__name__,
+        exc_info=exc,
+        extra={"request_id": request_id},
+    )
     response = problem(
         503,
         "unavailable",
