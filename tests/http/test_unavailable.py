@@ -19,8 +19,8 @@ CREDENTIALS = {"email": "ada@example.com", "password": PASSWORD}
 CLOSED_PORT = "127.0.0.1:1"  # nothing listens there: every connection is refused at once
 
 
-def _app(settings, **changes) -> Iterator[Flask]:
-    app = create_app(dataclasses.replace(settings, **changes))
+def _app(settings, bind=None, **changes) -> Iterator[Flask]:
+    app = create_app(dataclasses.replace(settings, **changes), bind=bind)
     app.test_client_class = ContractClient
     yield app
     app.extensions["authsvc"].engine.dispose()
@@ -33,8 +33,9 @@ def no_database(settings) -> Iterator[Flask]:
 
 
 @pytest.fixture
-def no_redis(settings) -> Iterator[Flask]:
-    yield from _app(settings, redis_url=f"redis://{CLOSED_PORT}/0")
+def no_redis(settings, connection) -> Iterator[Flask]:
+    # The test database, inside the test's rolled-back transaction: nothing it writes stays.
+    yield from _app(settings, bind=connection, redis_url=f"redis://{CLOSED_PORT}/0")
 
 
 def _assert_unavailable(response, caplog) -> None:
