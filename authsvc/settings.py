@@ -167,7 +167,7 @@ class Settings:
         if self.breach_batch_size < 1 or not self.notify_rate_per_second > 0:
             out.append("AUTHSVC_BREACH_BATCH_SIZE and AUTHSVC_NOTIFY_RATE_PER_SECOND must be > 0")
         for name in ("limit_ip", "limit_email", "limit_ip_email", "limit_failures_per_account"):
-            if not _RATE_LIMIT.match(getattr(self, name)):
+            if not _RATE_LIMIT.fullmatch(getattr(self, name)):
                 out.append(f"AUTHSVC_{name.upper()} must look like '10/minute' or '100 per day'")
         if self.trusted_proxies < 0 or self.max_body_bytes < 1024:
             out.append("AUTHSVC_TRUSTED_PROXIES must be >= 0 and AUTHSVC_MAX_BODY_BYTES >= 1024")
@@ -212,7 +212,7 @@ class Settings:
             out.append("AUTHSVC_WEBAUTHN_ON_COUNTER_REGRESSION must be reject or flag")
         aaguid = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
         if not all(
-            aaguid.match(a) for a in (*self.webauthn_aaguid_allow, *self.webauthn_aaguid_deny)
+            aaguid.fullmatch(a) for a in (*self.webauthn_aaguid_allow, *self.webauthn_aaguid_deny)
         ):
             out.append("AUTHSVC_WEBAUTHN_AAGUID_ALLOW/DENY: lower-case UUIDs, comma separated")
         if not self.webauthn_rp_id or not self.webauthn_origins:
@@ -259,7 +259,7 @@ def _parse_bool(raw: str) -> bool:
 
 
 def _parse_duration(raw: str) -> timedelta:
-    match = _DURATION.match(raw.strip())
+    match = _DURATION.fullmatch(raw.strip())
     if not match:
         raise ValueError(f"expected a duration like 30s, 10m, 24h, got {raw!r}")
     return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])

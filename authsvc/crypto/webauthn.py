@@ -108,7 +108,7 @@ def b64url(data: bytes) -> str:
 
 def from_b64url(text: str) -> bytes:
     """Strict base64url (padding optional); WebauthnResponseError("base64url") otherwise."""
-    if not isinstance(text, str) or not _B64URL.match(text) or len(text.rstrip("=")) % 4 == 1:
+    if not isinstance(text, str) or not _B64URL.fullmatch(text) or len(text.rstrip("=")) % 4 == 1:
         raise WebauthnResponseError("base64url", "a value is not base64url")
     return base64.urlsafe_b64decode(text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4))
 

@@ -19,6 +19,7 @@ MAX_LIMIT = 500
 MAX_TYPES = 20
 _TYPE = re.compile(r"^[a-z0-9_.]{1,64}\*?$")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_DIGITS = re.compile(r"[0-9]+")  # ASCII digits only (str.isdigit also takes "²" and "٣")
 _ADMIN_PARAMS = frozenset(
     {"user_id", "type", "outcome", "email", "ip", "since", "until", "limit", "cursor"}
 )
@@ -52,7 +53,7 @@ def _time(name: str) -> datetime | None:
 
 def _limit() -> int:
     raw = request.args.get("limit", str(DEFAULT_LIMIT))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not _DIGITS.fullmatch(raw) or len(raw) > 4 or not 1 <= int(raw) <= MAX_LIMIT:
         raise InvalidRequest(f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
     return int(raw)
 
@@ -61,7 +62,8 @@ def _cursor() -> int | None:
     raw = request.args.get("cursor")
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 19:
+    # Event ids are 64-bit integers: at most 18 digits keeps every value inside that range.
+    if not _DIGITS.fullmatch(raw) or len(raw) > 18:
         raise InvalidRequest(
             "cursor must be a next_cursor value from an earlier page", field="cursor"
         )
@@ -72,7 +74,7 @@ def _text(name: str, pattern: re.Pattern[str] | None = None, max_length: int = 6
     raw = request.args.get(name)
     if raw is None:
         return None
-    if not raw or len(raw) > max_length or (pattern is not None and not pattern.match(raw)):
+    if not raw or len(raw) > max_length or (pattern is not None and not pattern.fullmatch(raw)):
         raise InvalidRequest(f"{name} is not valid", field=name)
     return raw
 
@@ -83,7 +85,7 @@ def _text(name: str, pattern: re.Pattern[str] | None = None, max_length: int = 6
 def list_audit_events() -> Response:
     _only(_ADMIN_PARAMS)
     types = tuple(request.args.getlist("type"))
-    if not all(_TYPE.match(t) for t in types):
+    if not all(_TYPE.fullmatch(t) for t in types):
         raise InvalidRequest(
             "type must be an event type such as login.failure, or a prefix "
             "ending in * such as login.*",

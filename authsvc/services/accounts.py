@@ -47,7 +47,7 @@ _EMAIL = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f]+$
 def normalize_email(raw: str) -> str:
     """NFKC, trimmed, lower-cased; raise InvalidRequest if it is not an address."""
     email = unicodedata.normalize("NFKC", raw).strip().lower()
-    if len(email) > MAX_EMAIL_LENGTH or not _EMAIL.match(email) or not email.isprintable():
+    if len(email) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(email) or not email.isprintable():
         raise InvalidRequest("email is not a valid address", field="email")
     try:
         email.encode("utf-8")  # lone surrogates: no database stores them

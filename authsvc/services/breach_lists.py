@@ -116,7 +116,7 @@ def parse_moment(raw: str, *, field: str) -> datetime:
 
 def _normalise(kind: str, value: str) -> str | None:
     if kind == "user_ids":
-        return value if _USER_ID.match(value) else None
+        return value if _USER_ID.fullmatch(value) else None
     try:
         return accounts.normalize_email(value)
     except InvalidRequest:

@@ -152,7 +152,15 @@ def test_security_events_page_and_validate(api, client):
         f"/v1/me/security-events?limit=1&cursor={first['next_cursor']}", headers=api.bearer(token)
     ).get_json()
     assert second["events"][0]["id"] != first["events"][0]["id"]
-    for query in ("limit=0", "limit=x", "cursor=-3", "type=login.success"):
+    for query in (
+        "limit=0",
+        "limit=x",
+        "limit=%C2%B2",  # a superscript two: a digit to str.isdigit, not to int()
+        "cursor=-3",
+        "cursor=9999999999999999999",  # past a 64-bit id
+        "cursor=1%0A",
+        "type=login.success",
+    ):
         response = client.get(f"/v1/me/security-events?{query}", headers=api.bearer(token))
         assert response.status_code == 400, query
         assert response.get_json()["code"] == "invalid_request"

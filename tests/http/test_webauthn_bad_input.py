@@ -60,6 +60,8 @@ def _mutations(valid):
             ("number", 42),
             ("short_b64", "A"),
             ("empty", ""),
+            ("trailing_newline", "AAAA\n"),
+            ("bad_padding", "abc\n"),
         ):
             if (field, label) == ("userHandle", "empty"):
                 continue  # an empty handle is well-formed; test_passkeys covers its meaning
