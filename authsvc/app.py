@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
+from werkzeug.exceptions import NotFound
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from authsvc.crypto.blocklist import Blocklist, BreachedPasswordStore, CommonPasswords
@@ -204,6 +205,12 @@ def _register_request_hooks(app: Flask, settings: Settings) -> None:
         given = request.headers.get("X-Request-Id", "")[:64]
         g.request_id = given if _REQUEST_ID.fullmatch(given) else os.urandom(8).hex()
         g.request_log_token = bind_request_id(g.request_id)
+
+    @app.before_request
+    def _no_nul_in_the_path() -> None:
+        # No identifier or file name holds a NUL, and PostgreSQL refuses one in any text value.
+        if "\x00" in request.path:
+            raise NotFound()
 
     @app.after_request
     def _headers(response: Response) -> Response:

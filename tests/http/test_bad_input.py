@@ -276,6 +276,36 @@ def test_unknown_routes(raw_client, method, path):
 
 
 @pytest.mark.parametrize(
+    ("method", "path", "who"),
+    [
+        ("DELETE", "/v1/me/sessions/%00", "user"),
+        ("PATCH", "/v1/me/mfa/a%00b", "user"),
+        ("DELETE", "/v1/me/mfa/%00", "user"),
+        ("POST", "/v1/me/mfa/totp/%00/confirm", "user"),
+        ("GET", "/admin/v1/users/%00", "admin"),
+        ("DELETE", "/admin/v1/users/%00", "admin"),
+        ("POST", "/admin/v1/users/%00/disable", "admin"),
+        ("POST", "/admin/v1/users/%00/force-reset", "admin"),
+        ("GET", "/admin/v1/breach-responses/%00", "admin"),
+        ("POST", "/admin/v1/breach-responses/%00/cancel", "admin"),
+        ("GET", "/admin/v1/breach-responses/%00/report", "admin"),
+    ],
+)
+def test_a_nul_in_an_identifier_is_not_found(api, raw_client, admin_headers, method, path, who):
+    # PostgreSQL refuses NUL in text: it must never reach a query.
+    if who == "admin":
+        headers = admin_headers
+    else:
+        api.register("ada@example.com")
+        headers = api.bearer(api.tokens("ada@example.com")["access_token"])
+    body = {"name": "x", "code": "123456"} if method in ("PATCH", "POST") else None
+
+    response = raw_client.open(path, method=method, headers=headers, json=body)
+
+    assert_problem(response, 404, "not_found")
+
+
+@pytest.mark.parametrize(
     ("method", "path"),
     [
         ("GET", "/v1/signup"),
