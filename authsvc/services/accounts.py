@@ -231,7 +231,6 @@ def authenticate_password(
     elif user.password_invalidated_at is not None:
         reason = "password_invalidated"
     if reason is not None:
-        deps.limiter.hit("account_failures", email)
         audit.record(
             session,
             type="login.failure",
@@ -241,6 +240,18 @@ def authenticate_password(
             user_id=user.id if user else None,
             email_hash=email_hash,
         )
+        try:
+            deps.limiter.hit("account_failures", email)
+        except RateLimited as exc:  # the cap filled up while this check ran
+            audit.record_limit_hit(
+                session,
+                exc,
+                now=now,
+                client=client,
+                email_hash=email_hash,
+                details={"action": "login"},
+            )
+            raise
         raise InvalidCredentials()
     assert user is not None
     if needs_rehash:
@@ -368,6 +379,11 @@ def reset_password(
     user.email_verified_at = user.email_verified_at or now  # the link proved the mailbox
 
 
+# Tokens that a new password ends: pending resets, and every half-finished login, including a
+# forced enrollment (whoever knew the old password must not get to enroll a second factor).
+_DIE_WITH_THE_PASSWORD = ("reset_password", "change_password", "mfa", "mfa_enrollment")
+
+
 def _set_password(
     session: DbSession,
     deps: Deps,
@@ -384,9 +400,7 @@ def _set_password(
     user.password_invalidated_at = None
     user.password_change_required = False
     user.updated_at = now
-    user_tokens.revoke_all(
-        session, user_id=user.id, purposes=("reset_password", "change_password", "mfa"), now=now
-    )
+    user_tokens.revoke_all(session, user_id=user.id, purposes=_DIE_WITH_THE_PASSWORD, now=now)
     revoked = sessions.revoke_all_for_user(session, user_id=user.id, reason=event, now=now)
     if forced:  # a forced reset is complete: breach responses count it
         breach_batches.record_password_set(session, user_id=user.id, now=now)
@@ -407,6 +421,28 @@ def _set_password(
         now=now,
         when=now.strftime("%Y-%m-%d %H:%M"),
     )
+
+
+def _count_failures(
+    session: DbSession, deps: Deps, *, user: User, client: Client, now: datetime, test_only: bool
+) -> None:
+    """The per-account failure cap for a password change: test before the check, count a
+    failure after it; a refusal is audited like every other."""
+    try:
+        if test_only:
+            deps.limiter.test("account_failures", user.email)
+        else:
+            deps.limiter.hit("account_failures", user.email)
+    except RateLimited as exc:
+        audit.record_limit_hit(
+            session,
+            exc,
+            now=now,
+            client=client,
+            user_id=user.id,
+            details={"action": "password_change"},
+        )
+        raise
 
 
 def change_password(
@@ -436,21 +472,24 @@ def change_password(
         if user is None or current_password is None:
             raise InvalidCredentials()
         normalized = acceptable_password(deps, new_password, email=user.email)
+        _count_failures(session, deps, user=user, client=client, now=now, test_only=True)
         try:
-            deps.limiter.test("account_failures", user.email)
             result = deps.hasher.verify(user.password_hash or "", current_password)
         except HasherBusy:
             raise Overloaded(retry_after=1) from None
-        if not result.ok:
-            deps.limiter.hit("account_failures", user.email)
+        # A password invalidated by a breach response works nowhere: only the mailed link
+        # replaces it, as at login.
+        invalid = user.password_invalidated_at is not None
+        if not result.ok or invalid:
             audit.record(
                 session,
                 type="password.change",
-                outcome="wrong_password",
+                outcome="password_invalidated" if invalid else "wrong_password",
                 now=now,
                 client=client,
                 user_id=user.id,
             )
+            _count_failures(session, deps, user=user, client=client, now=now, test_only=False)
             raise InvalidCredentials()
     _set_password(
         session,

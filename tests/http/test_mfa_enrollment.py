@@ -99,3 +99,23 @@ def test_an_enrollment_token_cannot_confirm_another_users_factor(api, client):
     assert (response.status_code, response.get_json()["code"]) == (404, "not_found")
     # Nothing was spent: Ada's token still works for her own enrollment.
     assert client.post("/v1/me/mfa/totp", headers=api.bearer(ada_token)).status_code == 201
+
+
+def test_a_password_reset_ends_a_pending_enrollment(api, client, mailbox):
+    # Whoever learned the old password got this token; the owner's reset must take it away
+    # before it can enroll a factor the owner does not hold.
+    headers = api.bearer(enrollment_token(api))
+    client.post("/v1/password/forgot", json={"email": "ada@example.com"})
+    api.drain()
+    reset = client.post(
+        "/v1/password/reset",
+        json={
+            "token": mailbox.token("ada@example.com", "reset-password"),
+            "new_password": "the owner's new horse 7",
+        },
+    )
+    assert reset.status_code == 204
+
+    response = client.post("/v1/me/mfa/totp", json={"name": "Attacker"}, headers=headers)
+
+    assert (response.status_code, response.get_json()["code"]) == (401, "unauthenticated")

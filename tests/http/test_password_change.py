@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from limits import parse
 from sqlalchemy import select, update
 
+from authsvc.db import utcnow
 from authsvc.models import AuditEvent, User
 from tests.conftest import runtime
 
@@ -62,6 +64,49 @@ def test_a_wrong_current_password_is_refused_and_audited(api, connection):
         select(AuditEvent.outcome).where(AuditEvent.type == "password.change")
     ).all()
     assert outcomes == ["wrong_password"]
+
+
+def test_a_password_invalidated_by_a_breach_response_cannot_be_changed_with(api, connection):
+    # Sessions kept (revoke_sessions=false): only the mailed link may replace the password.
+    api.register()
+    tokens = api.tokens()
+    connection.execute(
+        update(User).where(User.email == "ada@example.com").values(password_invalidated_at=utcnow())
+    )
+
+    response = change(
+        api, tokens["access_token"], current_password=PASSWORD, new_password=NEW_PASSWORD
+    )
+
+    assert (response.status_code, response.get_json()["code"]) == (401, "invalid_credentials")
+    assert api.login("ada@example.com", NEW_PASSWORD).status_code == 401
+    outcomes = connection.scalars(
+        select(AuditEvent.outcome).where(AuditEvent.type == "password.change")
+    ).all()
+    assert outcomes == ["password_invalidated"]
+
+
+@pytest.fixture
+def two_failures_a_day(app):
+    limiter = runtime(app).deps.limiter
+    limiter._items["account_failures"] = parse("2/day")
+    return limiter
+
+
+def test_refusals_of_the_failure_cap_are_audited(api, connection, two_failures_a_day):
+    api.register()
+    tokens = api.tokens()
+    wrong = {"current_password": "wrong horse 42", "new_password": NEW_PASSWORD}
+
+    statuses = [change(api, tokens["access_token"], **wrong).status_code for _ in range(3)]
+
+    assert statuses == [401, 401, 429]
+    hits = connection.execute(
+        select(AuditEvent.outcome, AuditEvent.details).where(AuditEvent.type == "ratelimit.hit")
+    ).all()
+    assert len(hits) == 1
+    assert hits[0].outcome == "account_failures"
+    assert "password_change" in str(hits[0].details)
 
 
 def test_the_current_password_needs_a_bearer_token(api):
