@@ -10,6 +10,10 @@ class AuthsvcError(Exception):
     title = "Error"
     status = 400
     retry_after: int | None = None
+    # The request's transaction commits on a domain error, so that audit rows and failure
+    # counters stay; an error that means "not now, retry" rolls everything back instead, so
+    # that a retry finds the same state (an unspent link, an unused recovery code).
+    keeps_work = True
 
     def __init__(self, detail: str | None = None, **extra: object) -> None:
         super().__init__(detail or self.title)
@@ -88,6 +92,7 @@ class RateLimited(AuthsvcError):
 
 class Overloaded(AuthsvcError):
     code, title, status = "overloaded", "The service is busy", 503
+    keeps_work = False
 
     def __init__(self, retry_after: int = 1) -> None:
         super().__init__("The service is busy; retry later")

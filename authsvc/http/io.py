@@ -180,7 +180,8 @@ def client() -> Client:
 
 def transactional(view: Callable[..., Response]) -> Callable[..., Response]:
     """Run the view in one transaction: commit on success and on domain errors (so audit
-    rows and failure counters persist), roll back on anything else."""
+    rows and failure counters persist), roll back on anything else, and on domain errors
+    that keep no work (``Overloaded``: the client is asked to retry the same request)."""
 
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Response:
@@ -190,6 +191,8 @@ def transactional(view: Callable[..., Response]) -> Callable[..., Response]:
             try:
                 response = view(*args, **kwargs)
             except AuthsvcError as exc:
+                if not exc.keeps_work:
+                    raise  # out of the block: the transaction rolls back
                 error = exc
         if error is not None:
             raise error

@@ -7,6 +7,7 @@ from sqlalchemy import select, update
 
 from authsvc.db import utcnow
 from authsvc.models import AuditEvent, User
+from tests.conftest import runtime
 
 PASSWORD = "correct horse 42"
 NEW_PASSWORD = "brand new horse 43"
@@ -173,3 +174,36 @@ def test_missing_fields(client, body):
 
     assert response.status_code == 400
     assert response.get_json()["code"] == "invalid_request"
+
+
+class BusyHasher:
+    """Every hashing slot taken, as under a flood of logins: the next hash gives up at once."""
+
+    def __init__(self, app) -> None:
+        self.hasher = runtime(app).deps.hasher
+        self.hasher._acquire_timeout = 0.01
+        self.taken = 0
+        while self.hasher._slots.acquire(blocking=False):
+            self.taken += 1
+
+    def release(self) -> None:
+        for _ in range(self.taken):
+            self.hasher._slots.release()
+        self.taken = 0
+
+
+def test_an_overloaded_reset_spends_nothing(api, app, client, mailbox):
+    api.register()
+    forgot(api, "ada@example.com")
+    token = mailbox.token("ada@example.com", "reset-password")
+    busy = BusyHasher(app)
+    try:
+        refused = reset(client, token)
+    finally:
+        busy.release()
+
+    assert (refused.status_code, refused.get_json()["code"]) == (503, "overloaded")
+    assert refused.headers["Retry-After"]
+    # The retry the answer asks for finds the link unspent.
+    assert reset(client, token).status_code == 204
+    assert api.login("ada@example.com", NEW_PASSWORD).get_json()["status"] == "authenticated"
