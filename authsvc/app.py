@@ -70,7 +70,14 @@ def dev_keyring(var_dir: Path) -> Keyring:
     return Keyring.from_specs(path.read_text().split())
 
 
-RATE_LIMIT_POLICIES = ("ip", "email", "ip_email", "account_failures", "mfa_account")
+RATE_LIMIT_POLICIES = (
+    "ip",
+    "email",
+    "ip_email",
+    "account_failures",
+    "mfa_account",
+    "mfa_failures",
+)
 
 
 def rate_limit_policies(settings: Settings) -> dict[str, str]:
@@ -80,6 +87,8 @@ def rate_limit_policies(settings: Settings) -> dict[str, str]:
         "ip_email": settings.limit_ip_email,
         "account_failures": settings.limit_failures_per_account,
         "mfa_account": "10/minute",
+        # Wrong TOTP codes per account: capped like wrong passwords (NIST SP 800-63B 5.2.2).
+        "mfa_failures": settings.limit_failures_per_account,
     }
 
 

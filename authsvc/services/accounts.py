@@ -20,6 +20,7 @@ from authsvc.crypto.blocklist import check_policy, context_words
 from authsvc.crypto.passwords import HasherBusy, PasswordPolicyViolation
 from authsvc.errors import (
     InvalidCredentials,
+    InvalidMfa,
     InvalidRequest,
     InvalidToken,
     MfaRequired,
@@ -36,6 +37,7 @@ from authsvc.services import (
     notices,
     outbox,
     sessions,
+    throttle,
     user_tokens,
 )
 from authsvc.services.context import Client, Deps
@@ -365,7 +367,18 @@ def reset_password(
                 "This account has a second factor; send one with the new password",
                 methods=list(methods),
             )
-        factors.verify(session, deps, user_id=user.id, proof=proof, client=client, now=now)
+        try:
+            factors.verify(session, deps, user_id=user.id, proof=proof, client=client, now=now)
+        except InvalidMfa:
+            audit.record(
+                session,
+                type="password.reset",
+                outcome="invalid_mfa",
+                now=now,
+                client=client,
+                user_id=user.id,
+            )
+            raise
     user_tokens.consume(session, row=row, now=now)
     _set_password(
         session,
@@ -423,28 +436,6 @@ def _set_password(
     )
 
 
-def _count_failures(
-    session: DbSession, deps: Deps, *, user: User, client: Client, now: datetime, test_only: bool
-) -> None:
-    """The per-account failure cap for a password change: test before the check, count a
-    failure after it; a refusal is audited like every other."""
-    try:
-        if test_only:
-            deps.limiter.test("account_failures", user.email)
-        else:
-            deps.limiter.hit("account_failures", user.email)
-    except RateLimited as exc:
-        audit.record_limit_hit(
-            session,
-            exc,
-            now=now,
-            client=client,
-            user_id=user.id,
-            details={"action": "password_change"},
-        )
-        raise
-
-
 def change_password(
     session: DbSession,
     deps: Deps,
@@ -472,7 +463,8 @@ def change_password(
         if user is None or current_password is None:
             raise InvalidCredentials()
         normalized = acceptable_password(deps, new_password, email=user.email)
-        _count_failures(session, deps, user=user, client=client, now=now, test_only=True)
+        who = throttle.Who(now=now, client=client, action="password_change", user_id=user.id)
+        throttle.test(session, deps, "account_failures", user.email, who=who)
         try:
             result = deps.hasher.verify(user.password_hash or "", current_password)
         except HasherBusy:
@@ -489,7 +481,7 @@ def change_password(
                 client=client,
                 user_id=user.id,
             )
-            _count_failures(session, deps, user=user, client=client, now=now, test_only=False)
+            throttle.hit(session, deps, "account_failures", user.email, who=who)
             raise InvalidCredentials()
     _set_password(
         session,

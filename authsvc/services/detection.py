@@ -70,6 +70,8 @@ _EMAIL_ATTEMPTS = frozenset(
 )
 _LOGIN_ATTEMPTS = frozenset({"login.failure", "login.success", "login.password"})
 _RECOVERY_USES = frozenset({"mfa.recovery_code_used", "password.reset"})
+# A wrong second factor at login, or with a mailed reset link (a stolen mailbox guessing codes).
+_SECOND_FACTOR_FAILURES = frozenset({("login.mfa", "failure"), ("password.reset", "invalid_mfa")})
 _NOT_OBSERVED = frozenset({ALERT_EVENT, "audit.pruned"})
 _ACTIVE_CAMPAIGNS = ("pending", "running")
 _CAMPAIGN_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
@@ -260,7 +262,7 @@ class Detector:
         account = None
         if event.type == "login.failure" and event.outcome != "unknown_email":
             account = event.email_hash or (f"user:{event.user_id}" if event.user_id else None)
-        elif event.type == "login.mfa" and event.outcome == "failure" and event.user_id:
+        elif (event.type, event.outcome) in _SECOND_FACTOR_FAILURES and event.user_id:
             account = f"user:{event.user_id}"
         if (
             account

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session as DbSession
 
 from authsvc.errors import InvalidMfa, InvalidToken, RateLimited
 from authsvc.models import User
-from authsvc.services import audit, factors, sessions, user_tokens
+from authsvc.services import audit, factors, sessions, throttle, user_tokens
 from authsvc.services.context import Client, Deps
 from authsvc.services.sessions import TokenPair
 
@@ -143,20 +143,20 @@ def complete_mfa(
     row, user = user_tokens.find_with_owner(session, token=mfa_token, purpose="mfa", now=now)
     if user is None or user.disabled_at is not None:
         raise InvalidToken()
+    who = throttle.Who(now=now, client=client, action="mfa", user_id=user.id)
     try:
-        deps.limiter.hit("mfa_account", user.id)
-    except RateLimited as exc:
-        row.used_at = now  # an exhausted account limit kills the token too
-        audit.record_limit_hit(session, exc, now=now, client=client, user_id=user.id)
-        raise
-    try:
+        throttle.hit(session, deps, "mfa_account", user.id, who=who)
         method_amr = factors.verify(
             session, deps, user_id=user.id, proof=proof, client=client, now=now
         )
+    except RateLimited:  # any account limit (audited where it refused) kills the token too
+        row.used_at = now
+        raise
     except InvalidMfa:
-        row.attempts += 1
-        if row.attempts >= MAX_MFA_ATTEMPTS_PER_TOKEN:
-            row.used_at = now  # the token dies; the user starts over with the password
+        # One atomic UPDATE, so that parallel wrong answers cannot lose a count.
+        attempts = user_tokens.count_attempt(
+            session, row=row, kill_at=MAX_MFA_ATTEMPTS_PER_TOKEN, now=now
+        )
         audit.record(
             session,
             type="login.mfa",
@@ -164,7 +164,7 @@ def complete_mfa(
             now=now,
             client=client,
             user_id=user.id,
-            details={"attempts": row.attempts},
+            details={"attempts": attempts},
         )
         raise
     user_tokens.consume(session, row=row, now=now)

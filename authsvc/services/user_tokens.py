@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto.tokens import new_token, token_hash
@@ -102,6 +102,26 @@ def consume(session: DbSession, *, row: UserToken, now: datetime) -> None:
     )
     if spent != 1:
         raise InvalidToken()
+
+
+def count_attempt(session: DbSession, *, row: UserToken, kill_at: int, now: datetime) -> int:
+    """One more wrong answer on ``row``, counted by the database (parallel answers each count);
+    the token dies at ``kill_at``. Returns the new count; ``row`` itself is left as loaded."""
+    attempts = UserToken.attempts + 1
+    counted = session.execute(
+        update(UserToken)
+        .where(UserToken.id == row.id)
+        .values(
+            attempts=attempts,
+            used_at=case(
+                (attempts >= kill_at, func.coalesce(UserToken.used_at, now)),
+                else_=UserToken.used_at,
+            ),
+        )
+        .returning(UserToken.attempts)
+        .execution_options(synchronize_session=False)
+    ).scalar_one()
+    return int(counted)
 
 
 def context_of(row: UserToken) -> dict[str, Any]:

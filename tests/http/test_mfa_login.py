@@ -212,3 +212,25 @@ def test_password_reset_needs_the_second_factor(api, client):
     assert done.status_code == 204
     after = api.login("ada@example.com", "brand new horse 43").get_json()
     assert after["status"] == "mfa_required"  # the factor survives the reset
+
+
+def test_a_wrong_code_with_a_reset_link_is_audited(api, client, connection):
+    factor = enable_totp(api)
+    client.post("/v1/password/forgot", json={"email": "ada@example.com"})
+    api.drain()
+    token = api.mailbox.token("ada@example.com", "reset-password")
+
+    wrong = client.post(
+        "/v1/password/reset",
+        json={
+            "token": token,
+            "new_password": "brand new horse 43",
+            "totp_code": wrong_code(factor["secret"]),
+        },
+    )
+
+    assert wrong.status_code == 401
+    outcomes = connection.scalars(
+        select(AuditEvent.outcome).where(AuditEvent.type == "password.reset")
+    ).all()
+    assert outcomes == ["invalid_mfa"]

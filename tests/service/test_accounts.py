@@ -332,6 +332,7 @@ def limited(deps, **limits):
         "ip_email": "1000/minute",
         "account_failures": "1000/day",
         "mfa_account": "10/minute",
+        "mfa_failures": "1000/day",
         **limits,
     }
     limiter = RateLimiter(deps.settings.rate_limit_storage_url, policies)

@@ -109,3 +109,21 @@ def test_tokens_die_with_their_user(db_session, user, now):
     db_session.flush()
 
     assert db_session.scalars(select(UserToken)).all() == []
+
+
+def test_wrong_answers_are_counted_by_the_database_not_from_a_loaded_row(db_session, user, now):
+    token = issue(db_session, user, now, purpose="mfa")
+    row = user_tokens.find(db_session, token=token, purpose="mfa", now=now)
+    # Two requests loaded the row at 0 attempts; both answer wrong, one after the other.
+    assert user_tokens.count_attempt(db_session, row=row, kill_at=3, now=now) == 1
+    assert user_tokens.count_attempt(db_session, row=row, kill_at=3, now=now) == 2
+    db_session.flush()  # nothing of the loaded row is written back over the count
+    assert row.used_at is None
+
+    assert user_tokens.count_attempt(db_session, row=row, kill_at=3, now=now) == 3
+
+    stored = db_session.execute(
+        select(UserToken.attempts, UserToken.used_at).where(UserToken.id == row.id)
+    ).one()
+    assert stored.attempts == 3
+    assert stored.used_at == now  # the third wrong answer killed the token
