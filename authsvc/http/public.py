@@ -11,7 +11,7 @@ from authsvc.db import autocommit_connection, utcnow
 from authsvc.errors import InvalidRequest
 from authsvc.http.auth import authenticate_bearer
 from authsvc.http.io import client, db, deps, field, no_content, parse, respond, transactional
-from authsvc.services import accounts, login, sessions, signing
+from authsvc.services import accounts, login, password_change, sessions, signing
 from authsvc.services.factors import FactorProof
 from authsvc.services.login import LoginResult
 
@@ -215,7 +215,7 @@ def change_password() -> Response:
     user_id = None
     if body.change_token is None:
         user_id = authenticate_bearer(now).user_id
-    accounts.change_password(
+    password_change.change_password(
         db(),
         deps(),
         user_id=user_id,

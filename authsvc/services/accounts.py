@@ -37,7 +37,6 @@ from authsvc.services import (
     notices,
     outbox,
     sessions,
-    throttle,
     user_tokens,
 )
 from authsvc.services.context import Client, Deps
@@ -380,7 +379,7 @@ def reset_password(
             )
             raise
     user_tokens.consume(session, row=row, now=now)
-    _set_password(
+    set_password(
         session,
         deps,
         user=user,
@@ -397,7 +396,7 @@ def reset_password(
 _DIE_WITH_THE_PASSWORD = ("reset_password", "change_password", "mfa", "mfa_enrollment")
 
 
-def _set_password(
+def set_password(
     session: DbSession,
     deps: Deps,
     *,
@@ -433,64 +432,6 @@ def _set_password(
         template="password_changed",
         now=now,
         when=now.strftime("%Y-%m-%d %H:%M"),
-    )
-
-
-def change_password(
-    session: DbSession,
-    deps: Deps,
-    *,
-    user_id: str | None,
-    current_password: str | None,
-    change_token: str | None,
-    new_password: str,
-    client: Client,
-    now: datetime,
-) -> None:
-    """With a bearer token and the current password, or with a change_token from login."""
-    user: User | None
-    if change_token is not None:
-        row, owner = user_tokens.find_with_owner(
-            session, token=change_token, purpose="change_password", now=now
-        )
-        if owner.disabled_at is not None:
-            raise InvalidCredentials()
-        user = owner
-        normalized = acceptable_password(deps, new_password, email=user.email)
-        user_tokens.consume(session, row=row, now=now)
-    else:
-        user = session.get(User, user_id) if user_id else None
-        if user is None or current_password is None:
-            raise InvalidCredentials()
-        normalized = acceptable_password(deps, new_password, email=user.email)
-        who = throttle.Who(now=now, client=client, action="password_change", user_id=user.id)
-        throttle.test(session, deps, "account_failures", user.email, who=who)
-        try:
-            result = deps.hasher.verify(user.password_hash or "", current_password)
-        except HasherBusy:
-            raise Overloaded(retry_after=1) from None
-        # A password invalidated by a breach response works nowhere: only the mailed link
-        # replaces it, as at login.
-        invalid = user.password_invalidated_at is not None
-        if not result.ok or invalid:
-            audit.record(
-                session,
-                type="password.change",
-                outcome="password_invalidated" if invalid else "wrong_password",
-                now=now,
-                client=client,
-                user_id=user.id,
-            )
-            throttle.hit(session, deps, "account_failures", user.email, who=who)
-            raise InvalidCredentials()
-    _set_password(
-        session,
-        deps,
-        user=user,
-        password=normalized,
-        client=client,
-        now=now,
-        event="password.change",
     )
 
 

@@ -13,7 +13,7 @@ from authsvc.crypto.passwords import Argon2Params, PasswordHasher
 from authsvc.errors import InvalidCredentials, InvalidRequest, InvalidToken, RateLimited
 from authsvc.models import AuditEvent, OutboxMessage, Session, User, UserToken
 from authsvc.ratelimit import RateLimiter
-from authsvc.services import accounts, outbox, sessions
+from authsvc.services import accounts, outbox, password_change, sessions
 from authsvc.services.factors import FactorProof
 from tests.conftest import Mailbox
 
@@ -302,7 +302,7 @@ def test_a_blocklisted_password_must_be_changed(db_session, deps, caller, now, m
     assert user.password_change_required is True
     assert result.change_token is not None
     with pytest.raises(InvalidToken):  # change tokens expire
-        accounts.change_password(
+        password_change.change_password(
             db_session,
             deps,
             user_id=None,
@@ -312,7 +312,7 @@ def test_a_blocklisted_password_must_be_changed(db_session, deps, caller, now, m
             client=caller,
             now=now + deps.settings.change_token_ttl,
         )
-    accounts.change_password(
+    password_change.change_password(
         db_session,
         deps,
         user_id=None,
@@ -438,7 +438,7 @@ def test_change_password_checks_the_current_one(db_session, deps, caller, now, m
     user = make_user()
     pair = sessions.start_session(db_session, deps, user=user, amr=("pwd",), client=caller, now=now)
     with pytest.raises(InvalidCredentials):
-        accounts.change_password(
+        password_change.change_password(
             db_session,
             deps,
             user_id=user.id,
@@ -449,7 +449,7 @@ def test_change_password_checks_the_current_one(db_session, deps, caller, now, m
             now=now,
         )
 
-    accounts.change_password(
+    password_change.change_password(
         db_session,
         deps,
         user_id=user.id,
@@ -468,7 +468,7 @@ def test_change_password_checks_the_current_one(db_session, deps, caller, now, m
 @pytest.mark.parametrize("user_id", [None, "no-such-user"])
 def test_change_password_without_a_user(db_session, deps, caller, now, user_id):
     with pytest.raises(InvalidCredentials):
-        accounts.change_password(
+        password_change.change_password(
             db_session,
             deps,
             user_id=user_id,
