@@ -101,6 +101,9 @@ class Settings:
     detect_recovery_burst: int = 30  # recovery-code uses and password resets, all accounts
     alert_cooldown: timedelta = timedelta(minutes=10)  # one alert per detector and source
     alert_webhook_url: str | None = None  # signed JSON POST per alert, via the outbox
+    # The bearer token a Prometheus scrape of /metrics sends; unset: /metrics is off (404).
+    # The counters tell outcomes apart (a new account, an unknown email), so they are not public.
+    metrics_token: str | None = None
     alert_webhook_secret: str | None = None  # HMAC-SHA256 key; required with the URL
     alert_webhook_timeout: float = 3.0
     audit_retention: timedelta = timedelta(days=400)  # `authsvc audit prune`; 0 keeps all
@@ -223,6 +226,8 @@ class Settings:
 
     def _detection_problems(self) -> list[str]:
         out = []
+        if self.metrics_token is not None and len(self.metrics_token) < 32:
+            out.append("AUTHSVC_METRICS_TOKEN must be at least 32 characters")
         if self.alert_webhook_url and not self.alert_webhook_secret:
             out.append("AUTHSVC_ALERT_WEBHOOK_SECRET is required with AUTHSVC_ALERT_WEBHOOK_URL")
         if self.alert_webhook_url and not re.match(r"^https?://[^\s/]+", self.alert_webhook_url):

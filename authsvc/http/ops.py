@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from importlib import resources
 
 import swagger_ui_bundle
@@ -10,6 +12,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from authsvc.db import utcnow
+from authsvc.errors import NotFound, Unauthenticated
+from authsvc.http.auth import bearer_token
 from authsvc.http.io import db, respond, transactional
 from authsvc.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from authsvc.schema import schema_is_current
@@ -57,8 +61,16 @@ def readyz() -> Response:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Prometheus text format: every worker's counters, and gauges read from the database."""
+    """Prometheus text format: every worker's counters, and gauges read from the database.
+    Only for the scraper that holds AUTHSVC_METRICS_TOKEN: per-outcome counters read before and
+    after one request would tell whether an email is registered."""
     state = current_app.extensions["authsvc"]
+    expected = state.deps.settings.metrics_token
+    if expected is None:
+        raise NotFound("Metrics are off; set AUTHSVC_METRICS_TOKEN and scrape with it")
+    given = bearer_token() or ""
+    if not hmac.compare_digest(_digest(given), _digest(expected)):
+        raise Unauthenticated("Send AUTHSVC_METRICS_TOKEN as the bearer token")
     samples = []
     try:
         session = db()
@@ -97,3 +109,8 @@ def jwks() -> Response:
     response = respond({"keys": keys})
     response.headers["Cache-Control"] = "public, max-age=300"
     return response
+
+
+def _digest(token: str) -> bytes:
+    """Fixed-length values for a constant-time comparison whatever the lengths given."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()

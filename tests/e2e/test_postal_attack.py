@@ -78,12 +78,16 @@ def admin_call(server: LiveServer, method: str, path: str, body: dict | None = N
         return json.load(response)
 
 
+METRICS_TOKEN = "e2e-metrics-scrape-token-0123456789abcdef"
+
+
 def test_postal_service_attack(tmp_path):
     receiver = Receiver()
     try:
         env = {
             "AUTHSVC_ALERT_WEBHOOK_URL": receiver.url,
             "AUTHSVC_ALERT_WEBHOOK_SECRET": SECRET,
+            "AUTHSVC_METRICS_TOKEN": METRICS_TOKEN,
             # Test speed only: no fsync per commit (the attack writes ~5,000 audit rows).
             "PGOPTIONS": "-c synchronous_commit=off",
         }
@@ -219,7 +223,10 @@ def run_attack(server: LiveServer, receiver: Receiver) -> None:
     )
 
     # 4. The metrics of both workers add up.
-    with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as response:
+    scrape = urllib.request.Request(
+        f"{server.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+    )
+    with urllib.request.urlopen(scrape, timeout=10) as response:
         metrics = response.read().decode()
     assert 'authsvc_alerts_total{detector="enumeration"} 2.0' in metrics
     forgot_429 = next(

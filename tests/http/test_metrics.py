@@ -6,14 +6,22 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import replace_settings
 
+TOKEN = "prometheus-scrape-token-0123456789abcdef"
+
+
+@pytest.fixture
+def settings(settings):
+    return replace_settings(settings, metrics_token=TOKEN)
+
 
 def scrape(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    response = client.get("/metrics")
+    response = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == 200
     assert response.mimetype == "text/plain"
     assert "version=0.0.4" in response.headers["Content-Type"]
@@ -108,6 +116,30 @@ def test_alerts_are_counted(settings, connection):
         client.post("/v1/password/forgot", json={"email": f"a{i}@example.com"})
     assert value(scrape(client), "authsvc_alerts_total", detector="enumeration") == 1
     app.extensions["authsvc"].deps.limiter.reset()
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong-token", f"Basic {TOKEN}", "Bearer "])
+def test_only_the_scraper_reads_the_metrics(client, header):
+    # Counters by outcome, read before and after one login, would tell whether an email exists.
+    headers = {"Authorization": header} if header else {}
+
+    response = client.get("/metrics", headers=headers)
+
+    assert response.status_code == 401
+    assert response.get_json()["code"] == "unauthenticated"
+    assert "authsvc_logins_total" not in response.get_data(as_text=True)
+
+
+def test_metrics_are_off_without_a_token(app, settings, connection):
+    from authsvc.app import create_app
+    from tests.conftest import ContractClient
+
+    off = create_app(replace_settings(settings, metrics_token=None), bind=connection)
+    off.test_client_class = ContractClient
+
+    response = off.test_client().get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+
+    assert (response.status_code, response.get_json()["code"]) == (404, "not_found")
 
 
 def test_multiprocess_mode_adds_up_every_worker(tmp_path):

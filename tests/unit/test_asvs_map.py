@@ -206,7 +206,12 @@ def _section(title: str) -> str:
 def _guard(security: list[dict[str, Any]] | None) -> str:
     if not security:
         return "public"
-    labels = {"bearer": "bearer", "adminKey": "admin", "enrollmentToken": "enrollment"}
+    labels = {
+        "bearer": "bearer",
+        "adminKey": "admin",
+        "enrollmentToken": "enrollment",
+        "metricsToken": "metrics token",
+    }
     names = [labels[name] for option in security for name in option] or []
     if any(not option for option in security):
         names.insert(0, "public")
