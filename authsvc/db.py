@@ -58,8 +58,12 @@ class Base(DeclarativeBase):
 
 
 def new_id() -> str:
-    """An opaque, unguessable identifier (128 bits)."""
-    return secrets.token_urlsafe(16)
+    """An opaque, unguessable identifier (128 bits, base64url), never starting with "-": a
+    command line would read such an id as an option (`authsvc breach-response report -x...`)."""
+    while True:
+        value = secrets.token_urlsafe(16)
+        if not value.startswith("-"):
+            return value
 
 
 def utcnow() -> datetime:

@@ -1,4 +1,4 @@
-"""The PostgreSQL connection pool fits the server's threads and replaces dropped connections
+"""Engines and ids: the PostgreSQL pool fits the server's threads and replaces dropped connections
 without a round trip; no engine puts a statement's bound values into its errors."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import event, text
 from sqlalchemy.exc import DisconnectionError, OperationalError
 
-from authsvc.db import make_engine, replace_if_dropped
+from authsvc.db import make_engine, new_id, replace_if_dropped
 from authsvc.gunicorn_app import DEFAULT_THREADS
 
 
@@ -61,3 +61,12 @@ def test_errors_do_not_carry_the_statement_parameters(tmp_path: Path):
     assert "no_such_table" in str(raised.value)
     assert "hunter2-hash" not in str(raised.value)
     assert "hidden due to hide_parameters" in str(raised.value)
+
+
+def test_ids_never_start_with_a_dash():
+    # One in 64 base64url strings does; the CLI takes ids as arguments.
+    ids = [new_id() for _ in range(5000)]
+
+    assert not [i for i in ids if i.startswith("-")]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 22 for i in ids)
