@@ -156,7 +156,8 @@ def process_signup_request(
         session.add(user)
         session.flush()
         audit.record(session, type="signup.created", outcome="success", now=now, user_id=user.id)
-    # The password of the sign-up whose link is opened wins; earlier links die.
+    # Every sign-up's link stays good; when one is opened while another is still pending, the
+    # address was signed up more than once, perhaps by someone else (see verify_email).
     token = user_tokens.issue(
         session,
         user_id=user.id,
@@ -164,6 +165,7 @@ def process_signup_request(
         ttl=deps.settings.verification_token_ttl,
         now=now,
         pending_password_hash=password_hash,
+        replace_previous=False,
     )
     notices.send(
         session,
@@ -179,17 +181,35 @@ def process_signup_request(
 def verify_email(
     session: DbSession, deps: Deps, *, token: str, client: Client, now: datetime
 ) -> None:
+    """Confirm the address. The sign-up's password becomes the account's, unless another
+    sign-up of the address is still pending: then nobody can tell which password the owner
+    chose (an attacker may have signed up before or after them), so none is taken and the
+    mailbox gets a link to choose one (account pre-hijacking, in either order)."""
     row = user_tokens.find(session, token=token, purpose="verify_email", now=now)
     user_tokens.consume(session, row=row, now=now)
     user = session.get(User, row.user_id)
     assert user is not None  # the foreign key cascades
     user.email_verified_at = user.email_verified_at or now
+    outcome = "success"
     if row.pending_password_hash and user.password_hash is None:
-        user.password_hash = row.pending_password_hash
-        user.password_set_at = now
+        pending = user_tokens.count_live(session, user_id=user.id, purpose="verify_email", now=now)
+        user_tokens.revoke_all(session, user_id=user.id, purposes=("verify_email",), now=now)
+        if pending:
+            outcome = "contested"
+            _mail_reset_link(
+                session,
+                deps,
+                user=user,
+                template="signup_contested",
+                now=now,
+                ttl=_human(deps.settings.reset_token_ttl.total_seconds()),
+            )
+        else:
+            user.password_hash = row.pending_password_hash
+            user.password_set_at = now
     user.updated_at = now
     audit.record(
-        session, type="signup.verified", outcome="success", now=now, client=client, user_id=user.id
+        session, type="signup.verified", outcome=outcome, now=now, client=client, user_id=user.id
     )
 
 

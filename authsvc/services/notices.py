@@ -22,6 +22,12 @@ _TEMPLATES: dict[str, tuple[str, str]] = {
         "Confirm it within {ttl} by opening:\n{link}\n\n"
         "If it was not you, ignore this message; no account is created without this step.\n",
     ),
+    "signup_contested": (
+        "Choose the password of your new account",
+        "Your email address is confirmed. It was signed up more than once, though, perhaps by "
+        "someone else, so none of the passwords given at sign-up was kept.\n\n"
+        "Choose your password within {ttl} by opening:\n{link}\n",
+    ),
     "account_exists": (
         "Sign-up attempt for your account",
         "Someone tried to sign up with this address, but you already have an account.\n\n"

@@ -129,6 +129,21 @@ def context_of(row: UserToken) -> dict[str, Any]:
     return data
 
 
+def count_live(session: DbSession, *, user_id: str, purpose: str, now: datetime) -> int:
+    """Unused, unexpired tokens of ``purpose`` the user holds."""
+    live = session.scalar(
+        select(func.count())
+        .select_from(UserToken)
+        .where(
+            UserToken.user_id == user_id,
+            UserToken.purpose == purpose,
+            UserToken.used_at.is_(None),
+            UserToken.expires_at > now,
+        )
+    )
+    return int(live or 0)
+
+
 def revoke_all(
     session: DbSession, *, user_id: str, purposes: tuple[str, ...], now: datetime
 ) -> None:

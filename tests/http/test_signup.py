@@ -87,21 +87,53 @@ def test_fullwidth_email_is_nfkc_normalised(api, mailbox):
     assert len(mailbox.messages("ada@example.com")) == 1
 
 
-def test_the_password_of_the_opened_link_wins_and_earlier_links_die(api, client, mailbox):
-    """Pre-hijacking: whoever signed up first does not keep the account."""
-    api.signup("ada@example.com", "attacker horse 1")
-    first = mailbox.token("ada@example.com", "verify-email")
-    api.signup("ada@example.com", "owner horse 2")
-    second = mailbox.token("ada@example.com", "verify-email")
-    assert first != second
+@pytest.mark.parametrize("owner_first", [True, False], ids=["owner-first", "attacker-first"])
+def test_a_twice_signed_up_address_takes_no_password_from_either(api, client, mailbox, owner_first):
+    """Pre-hijacking in either order: an attacker signs up with the owner's address before or
+    after them. Both links stay good, but whichever is opened, neither password is kept; the
+    mailbox, which only the owner reads, gets a link to choose one."""
+    order = [("owner", "owner horse 2"), ("attacker", "attacker horse 1")]
+    if not owner_first:
+        order.reverse()
+    links = {}
+    for who, password in order:
+        api.signup("ada@example.com", password)
+        links[who] = mailbox.token("ada@example.com", "verify-email")
+    assert links["owner"] != links["attacker"]
 
-    dead = client.post("/v1/signup/verify", json={"token": first})
-    assert dead.status_code == 400
-    assert dead.get_json()["code"] == "invalid_token"
+    opened = client.post("/v1/signup/verify", json={"token": links["owner"]})
 
-    assert client.post("/v1/signup/verify", json={"token": second}).status_code == 200
-    assert api.login("ada@example.com", "owner horse 2").get_json()["status"] == "authenticated"
+    assert opened.status_code == 200
+    assert api.login("ada@example.com", "owner horse 2").status_code == 401
     assert api.login("ada@example.com", "attacker horse 1").status_code == 401
+    api.drain()
+    assert mailbox.last("ada@example.com")["Subject"] == "Choose the password of your new account"
+    reset = client.post(
+        "/v1/password/reset",
+        json={
+            "token": mailbox.token("ada@example.com", "reset-password"),
+            "new_password": "the owner's own horse 3",
+        },
+    )
+    assert reset.status_code == 204
+    assert api.login("ada@example.com", "the owner's own horse 3").get_json()["status"] == (
+        "authenticated"
+    )
+    # The other link is spent with the first: it sets nothing later either.
+    late = client.post("/v1/signup/verify", json={"token": links["attacker"]})
+    assert (late.status_code, late.get_json()["code"]) == (400, "invalid_token")
+    assert api.login("ada@example.com", "attacker horse 1").status_code == 401
+
+
+def test_a_single_sign_up_keeps_its_password(api, client, mailbox):
+    api.signup("ada@example.com", "owner horse 2")
+
+    opened = client.post(
+        "/v1/signup/verify", json={"token": mailbox.token("ada@example.com", "verify-email")}
+    )
+
+    assert opened.status_code == 200
+    assert api.login("ada@example.com", "owner horse 2").get_json()["status"] == "authenticated"
 
 
 @pytest.mark.parametrize(
