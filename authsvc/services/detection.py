@@ -242,25 +242,25 @@ class Detector:
             if event.type != "login.failure":
                 w.tally("login-attempts")  # the share is only computed on failures
             else:
-                # Every failure reads the count, unknown email or not: the same storage work
-                # for both keeps their answers equally fast (enumeration by timing).
+                # Every failure does the same storage work, unknown email or not (two counts
+                # here, the account's first sight below), so that both answer equally fast.
                 attempts = w.count("login-attempts")
-                if event.outcome == "unknown_email":
-                    unknown = w.count("login-unknown")
-                    if (
-                        attempts >= s.detect_unknown_email_min_attempts
-                        and unknown >= s.detect_unknown_email_share * attempts
-                    ):
-                        alert(
-                            "unknown_emails",
-                            "global",
-                            "all",
-                            s.detect_unknown_email_share,
-                            ip=event.ip,
-                        )
+                unknown_email = event.outcome == "unknown_email"
+                counted = w.count("login-unknown" if unknown_email else "login-known")
+                if unknown_email and (
+                    attempts >= s.detect_unknown_email_min_attempts
+                    and counted >= s.detect_unknown_email_share * attempts
+                ):
+                    alert(
+                        "unknown_emails",
+                        "global",
+                        "all",
+                        s.detect_unknown_email_share,
+                        ip=event.ip,
+                    )
 
         account = None
-        if event.type == "login.failure" and event.outcome != "unknown_email":
+        if event.type == "login.failure":  # an unknown email too: addresses tried from many IPs
             account = event.email_hash or (f"user:{event.user_id}" if event.user_id else None)
         elif (event.type, event.outcome) in _SECOND_FACTOR_FAILURES and event.user_id:
             account = f"user:{event.user_id}"

@@ -382,3 +382,50 @@ def test_the_window_is_shared_by_detectors_of_every_worker(settings, connection,
         forgot(other, f"s{i}@example.com", "203.0.113.70")
     assert len(alerts(runtime)) == 1
     assert timedelta(0) < settings.detect_window
+
+
+def test_a_failure_for_an_unknown_email_costs_the_same_storage_work(runtime):
+    """Timing: a wrong password and an unknown email make the same number of calls to the
+    window storage (Redis round trips), after the first sight of each from an address."""
+    detector = detection.Detector(deps=runtime.deps, metrics=runtime.metrics)
+    storage = detector.windows._storage
+    calls: list[str] = []
+    for name in (
+        "incr",
+        "get",
+        "acquire_entry",
+        "acquire_sliding_window_entry",
+        "get_moving_window",
+        "get_sliding_window",
+        "clear",
+    ):
+        if hasattr(storage, name):
+            original = getattr(storage, name)
+
+            def counted(*args, _name=name, _original=original, **kwargs):
+                calls.append(_name)
+                return _original(*args, **kwargs)
+
+            setattr(storage, name, counted)
+
+    def cost(outcome: str, email_hash: str, user_id: str | None) -> int:
+        event = audit.Observed(
+            type="login.failure",
+            outcome=outcome,
+            now=utcnow(),
+            ip="203.0.113.9",
+            user_agent=None,
+            user_id=user_id,
+            admin_key_id=None,
+            email_hash=email_hash,
+        )
+        detector.detect(event)  # first sight of this account from this address
+        calls.clear()
+        detector.detect(event)
+        return len(calls)
+
+    known = cost("wrong_password", "hash-of-a-registered-email", "user-1")
+    unknown = cost("unknown_email", "hash-of-an-unknown-email", None)
+
+    assert known == unknown
+    assert known >= 3  # the two counts and the account's sight: not vacuously equal
