@@ -5,7 +5,8 @@
 # describe. Two passes, because the API has two kinds of bearer token: /admin/v1 with an admin
 # key from `authsvc admin create-key`, everything else with a user's access token.
 #
-#   .ci/schemathesis.sh            (MAX_EXAMPLES=30 SEED=... to change the budget or the seed)
+#   .ci/schemathesis.sh            (MAX_EXAMPLES=30 SEED=... to change the budget or the seed;
+#                                   SCHEMATHESIS_DATABASE_URL=postgresql://... for PostgreSQL)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -37,6 +38,10 @@ export AUTHSVC_LIMIT_FAILURES_PER_ACCOUNT=1000000/day
 # Light Argon2 parameters: this run checks the contract, not the cost of hashing.
 export AUTHSVC_ARGON2_TIME_COST=1 AUTHSVC_ARGON2_MEMORY_KIB=1024
 unset AUTHSVC_DATABASE_URL AUTHSVC_REDIS_URL
+# SCHEMATHESIS_DATABASE_URL: an empty PostgreSQL database to run against instead of SQLite.
+if [ -n "${SCHEMATHESIS_DATABASE_URL:-}" ]; then
+  export AUTHSVC_DATABASE_URL="$SCHEMATHESIS_DATABASE_URL"
+fi
 
 "$BIN/authsvc" db upgrade
 admin_key=$("$BIN/authsvc" admin create-key --name schemathesis 2>/dev/null)
