@@ -41,6 +41,13 @@ class InvalidToken(AuthsvcError):
     code, title, status = "invalid_token", "The token is invalid or expired", 400
 
 
+class TokenSpentMeanwhile(InvalidToken):
+    """A concurrent request spent the same single-use token first: this request's work (a
+    recovery code, a claimed TOTP step) is rolled back, as if it had never run."""
+
+    keeps_work = False
+
+
 class InvalidCredentials(AuthsvcError):
     code, title, status = "invalid_credentials", "Invalid credentials", 401
 

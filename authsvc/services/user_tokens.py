@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto.tokens import new_token, token_hash
 from authsvc.db import rowcount
-from authsvc.errors import InvalidToken
+from authsvc.errors import InvalidToken, TokenSpentMeanwhile
 from authsvc.models import User, UserToken
 
 # Readable prefixes of the token types (purpose, prefix); prefixes are not secrets.
@@ -101,7 +101,7 @@ def consume(session: DbSession, *, row: UserToken, now: datetime) -> None:
         )
     )
     if spent != 1:
-        raise InvalidToken()
+        raise TokenSpentMeanwhile()
 
 
 def count_attempt(session: DbSession, *, row: UserToken, kill_at: int, now: datetime) -> int:

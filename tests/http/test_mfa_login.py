@@ -7,7 +7,9 @@ import jwt
 import pytest
 from sqlalchemy import select, update
 
+from authsvc.db import utcnow
 from authsvc.models import AuditEvent, UserToken
+from authsvc.services import login as login_service
 from tests.http.test_mfa_totp import PASSWORD, enable_totp, oathtool_code
 
 
@@ -234,3 +236,28 @@ def test_a_wrong_code_with_a_reset_link_is_audited(api, client, connection):
         select(AuditEvent.outcome).where(AuditEvent.type == "password.reset")
     ).all()
     assert outcomes == ["invalid_mfa"]
+
+
+def test_a_request_that_loses_the_race_for_its_mfa_token_spends_no_recovery_code(
+    api, client, monkeypatch
+):
+    factor = enable_totp(api)
+    code = factor["recovery_codes"][0]
+    real_verify = login_service.factors.verify
+
+    def verify_while_another_request_wins(session, *args, **kwargs):
+        # The other request, holding the same mfa_token, spends it first.
+        session.execute(
+            update(UserToken)
+            .where(UserToken.purpose == "mfa", UserToken.used_at.is_(None))
+            .values(used_at=utcnow())
+        )
+        return real_verify(session, *args, **kwargs)
+
+    monkeypatch.setattr(login_service.factors, "verify", verify_while_another_request_wins)
+    lost = second_step(client, mfa_token(api), recovery_code=code)
+    monkeypatch.undo()
+
+    assert (lost.status_code, lost.get_json()["code"]) == (400, "invalid_token")
+    again = second_step(client, mfa_token(api), recovery_code=code)
+    assert again.status_code == 200  # the losing request's use of the code was rolled back
