@@ -202,6 +202,13 @@ def _validate(request: CampaignRequest) -> None:
         raise InvalidRequest(f"selector must be one of {', '.join(SELECTORS)}", field="selector")
     if request.mode not in MODES:
         raise InvalidRequest(f"mode must be one of {', '.join(MODES)}", field="mode")
+    if request.reset_mfa and request.mode != "invalidate":
+        # With the factors gone, the next login needs only the leaked password, and
+        # change_at_next_login would then let its holder choose the new one.
+        raise InvalidRequest(
+            "reset_mfa needs mode invalidate: the new password must come from the mailed link",
+            field="reset_mfa",
+        )
     if not request.reason.strip() or len(request.reason) > MAX_REASON:
         raise InvalidRequest(f"reason must be 1 to {MAX_REASON} characters", field="reason")
     if (request.selector in BEFORE_SELECTORS) != (request.before is not None):

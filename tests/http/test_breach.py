@@ -158,6 +158,8 @@ def test_a_dry_run_only_counts(client, app, as_admin, accounts):
         ({"selector": "emails", "emails": ["nobody@example.com"]}, 422, "no_targets"),
         ({"selector": "user_ids", "user_ids": ["unknownid"]}, 422, "no_targets"),
         ({"emails": ["user1@example.com"]}, 400, "invalid_request"),
+        # Without factors, the leaked password alone would choose the new one at next login.
+        ({"mode": "change_at_next_login", "reset_mfa": True}, 400, "invalid_request"),
     ],
 )
 def test_bad_campaigns_are_refused(client, app, as_admin, accounts, body, status, code):
@@ -286,3 +288,9 @@ def test_force_reset_signs_the_user_out_now(api, client, app, as_admin, accounts
         f"/admin/v1/users/{user_id}/force-reset", json={"mode": "x"}, headers=as_admin
     )
     assert bad_mode.status_code == 400
+    factors_gone_but_old_password_chooses = client.post(
+        f"/admin/v1/users/{user_id}/force-reset",
+        json={"mode": "change_at_next_login", "reset_mfa": True},
+        headers=as_admin,
+    )
+    assert factors_gone_but_old_password_chooses.get_json()["code"] == "invalid_request"
