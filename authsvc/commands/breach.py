@@ -357,7 +357,7 @@ def report(campaign_id: str, fmt: str, output: Path | None, operator: str) -> No
                 writer = csv.writer(out, lineterminator="\n")
                 writer.writerow(lists.REPORT_COLUMNS)
                 for row in rows:
-                    writer.writerow("" if v is None else v for v in row.values())
+                    writer.writerow(lists.csv_cells(row))
                 return
             out.write('{"breach_response": ' + json.dumps(_plain(campaign)) + ', "accounts": [')
             for count, row in enumerate(rows):

@@ -228,7 +228,7 @@ def _csv(rows: Iterator[ReportRow]) -> Iterator[str]:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(lists.REPORT_COLUMNS)
     for count, row in enumerate(rows, start=1):
-        writer.writerow("" if v is None else v for v in lists.report_record(row).values())
+        writer.writerow(lists.csv_cells(lists.report_record(row)))
         if count % 1000 == 0:
             yield buffer.getvalue()
             buffer.seek(0)

@@ -109,7 +109,7 @@ def build_message(
     name of the machine). ``now`` (aware) sets the Date header; it defaults to the current time.
     The body is 7bit when it is ASCII with short lines and quoted-printable otherwise, so it
     passes any SMTP server, 8BITMIME or not. Raises ``ValueError`` for a header value with a line
-    break (header injection) or a naive ``now``.
+    break (header injection), a ``to`` that is not exactly one address, or a naive ``now``.
     """
     if now is None:
         now = datetime.now(UTC)
@@ -123,6 +123,10 @@ def build_message(
     message["Message-ID"] = email.utils.make_msgid(domain=message_id_domain)
     message["From"] = sender
     message["To"] = to
+    # Exactly the one address given, whatever it holds: a comma, or an RFC 2047 encoded word
+    # that decodes to one, must never add recipients (the API validates addresses too).
+    if [a.addr_spec for a in message["To"].addresses] != [to]:
+        raise ValueError("the recipient must be exactly one plain address")
     message["Subject"] = subject
     lines = text.splitlines()
     seven_bit = text.isascii() and all(len(line) <= _MAX_7BIT_LINE for line in lines)

@@ -42,13 +42,26 @@ from authsvc.services import (
 from authsvc.services.context import Client, Deps
 
 MAX_EMAIL_LENGTH = 254
-_EMAIL = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f]+$")
+# An addr-spec in dot-atom form only (RFC 5322 atext, or any non-ASCII character for
+# internationalised addresses): no quotes, commas, semicolons, angle brackets, parentheses or
+# spaces, so that an address can never turn into a list of addresses or a display name in a
+# mail header. Domains are dot-separated labels of letters, digits and hyphens (IDN allowed).
+_ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+"
+_LABEL = r"[a-z0-9\u0080-\U0010ffff](?:[a-z0-9\u0080-\U0010ffff-]*[a-z0-9\u0080-\U0010ffff])?"
+_EMAIL = re.compile(rf"[^@]{{1,64}}@{_LABEL}(?:\.{_LABEL})+")
+_LOCAL = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
 
 
 def normalize_email(raw: str) -> str:
     """NFKC, trimmed, lower-cased; raise InvalidRequest if it is not an address."""
     email = unicodedata.normalize("NFKC", raw).strip().lower()
-    if len(email) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(email) or not email.isprintable():
+    if (
+        len(email) > MAX_EMAIL_LENGTH
+        or not _EMAIL.fullmatch(email)
+        or not _LOCAL.fullmatch(email.rpartition("@")[0])
+        or "=?" in email  # an RFC 2047 encoded word: mail software would decode it
+        or not email.isprintable()
+    ):
         raise InvalidRequest("email is not a valid address", field="email")
     try:
         email.encode("utf-8")  # lone surrogates: no database stores them

@@ -206,6 +206,20 @@ def report_page(session: DbSession, *, campaign_id: str, after: str, limit: int)
     return [ReportRow(*row) for row in rows]
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cells(record: dict[str, str | None]) -> list[str]:
+    """A report record as CSV cells for a spreadsheet: empty for None, and a text that a
+    spreadsheet would run as a formula (an email may start with "=", "+" or "-") gets a leading
+    apostrophe (OWASP's CSV injection advice)."""
+    cells = []
+    for value in record.values():
+        text = "" if value is None else value
+        cells.append("'" + text if text.startswith(_FORMULA_STARTS) else text)
+    return cells
+
+
 def report_record(row: ReportRow) -> dict[str, str | None]:
     """A report row as text: times in RFC 3339 UTC, None for what did not happen."""
     values: dict[str, Any] = {

@@ -197,6 +197,30 @@ def test_over_long_emails(client, path, length):
     assert_problem(response, 400, "invalid_request", "email")
 
 
+@pytest.mark.parametrize(
+    "email",
+    [
+        "root,me@attacker.example",
+        "=?utf-8?q?victim=40bank.example?=,me@attacker.example",
+        "=?utf-8?q?victim=40bank.example?=@attacker.example",
+        "victim@bank.example;me@attacker.example",
+        "Victim <victim@bank.example>",
+        '"quoted"@example.com',
+        "a..b@example.com",
+        "a@-example.com",
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/signup", "/v1/password/forgot", "/v1/login"])
+def test_addresses_that_a_mail_header_would_read_as_more_are_refused(client, path, email):
+    # Such a string would mail a third party (or several) from this service.
+    body = {"email": email, "password": "a long passphrase 42"}
+
+    response = client.post(path, json=body)
+
+    assert (response.status_code, response.get_json()["code"]) == (400, "invalid_request")
+    assert response.get_json()["field"] == "email"
+
+
 def test_an_email_of_254_characters_is_accepted(client):
     email = "a" * 60 + "@" + "e" * 189 + ".com"
     assert len(email) == 254

@@ -294,3 +294,21 @@ def test_force_reset_signs_the_user_out_now(api, client, app, as_admin, accounts
         headers=as_admin,
     )
     assert factors_gone_but_old_password_chooses.get_json()["code"] == "invalid_request"
+
+
+def test_a_report_cell_never_runs_as_a_spreadsheet_formula(api, client, as_admin):
+    # "=" and "-" are valid first characters of an address (RFC 5322 atext).
+    emails = ["=1+1@example.com", "-2@example.com", "plain@example.com"]
+    for email in emails:
+        api.register(email, PASSWORD)
+    created = start(client, as_admin, selector="emails", emails=emails)
+    api.drain()
+
+    report = client.get(f"{BASE}/{created.get_json()['id']}/report", headers=as_admin)
+
+    rows = list(csv.DictReader(io.StringIO(report.get_data(as_text=True))))
+    assert sorted(r["email"] for r in rows) == [
+        "'-2@example.com",
+        "'=1+1@example.com",
+        "plain@example.com",
+    ]
