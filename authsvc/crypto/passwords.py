@@ -25,13 +25,17 @@ import bcrypt
 PolicyReason = Literal["too_short", "too_long", "breached", "context_word"]
 HashFamily = Literal["argon2", "bcrypt", "pbkdf2_sha256"]
 
-# Ceilings for *stored* hashes, so that one imported hash cannot tie up a worker for minutes or
-# allocate gigabytes. Hashes above them are treated like unknown formats (identify() -> None).
-MAX_ARGON2_MEMORY_KIB = 1 << 20  # 1 GiB
-MAX_ARGON2_TIME_COST = 16
-MAX_ARGON2_PARALLELISM = 16
-MAX_BCRYPT_COST = 16  # about 4 s per check on a current core
-MAX_PBKDF2_ITERATIONS = 10_000_000  # Django 5.2 uses 1,000,000
+# Ceilings for *stored* hashes, so that one imported hash cannot hold a worker's hashing slot
+# for seconds (every wrong-password login with that account's email would) or allocate
+# gigabytes. Each admits the common settings of other systems and costs at most about a
+# second here. Hashes above them are treated like unknown formats (identify() -> None).
+MAX_ARGON2_MEMORY_KIB = 1 << 18  # 256 MiB
+MAX_ARGON2_TIME_COST = 10
+MAX_ARGON2_PARALLELISM = 8
+# memory x passes: admits RFC 9106's 64 MiB x 3 and every OWASP setting, not 1 GiB x 2.
+MAX_ARGON2_WORK_KIB = 1 << 18
+MAX_BCRYPT_COST = 13  # about 0.6 s per check; 10 to 12 are the usual settings
+MAX_PBKDF2_ITERATIONS = 1_200_000  # Django 5.2 uses 1,000,000
 BCRYPT_MAX_PASSWORD_BYTES = 72  # bcrypt only ever used the first 72 bytes
 
 _ARGON2_RE = re.compile(
@@ -128,6 +132,7 @@ class PasswordHasher:
         self._max_memory = max(MAX_ARGON2_MEMORY_KIB, params.memory_cost_kib)
         self._max_time = max(MAX_ARGON2_TIME_COST, params.time_cost)
         self._max_lanes = max(MAX_ARGON2_PARALLELISM, params.parallelism)
+        self._max_work = max(MAX_ARGON2_WORK_KIB, params.memory_cost_kib * params.time_cost)
 
     @contextmanager
     def _slot(self) -> Iterator[None]:
@@ -194,6 +199,7 @@ class PasswordHasher:
                 1 <= lanes <= self._max_lanes
                 and 8 * lanes <= memory <= self._max_memory
                 and 1 <= time_cost <= self._max_time
+                and memory * time_cost <= self._max_work
             ):
                 return "argon2"
             return None

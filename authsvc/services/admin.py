@@ -102,7 +102,8 @@ def create_user(
         source = deps.hasher.identify(password_hash) or ""
         if not source:
             raise InvalidRequest(
-                "password_hash must be an argon2, bcrypt or pbkdf2_sha256 hash",
+                "password_hash must be an argon2, bcrypt or pbkdf2_sha256 hash within the cost"
+                " ceilings (about a second per check at most)",
                 field="password_hash",
             )
         stored = password_hash

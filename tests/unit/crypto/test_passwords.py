@@ -206,14 +206,19 @@ def test_legacy_hash_of_a_non_nfkc_password_still_verifies(hasher: PasswordHashe
         f"$argon2x$v=19$m=1024,t=1,p=1${SALT_B64}${HASH_B64}",
         f"$argon2id$v=19$m=2097152,t=1,p=1${SALT_B64}${HASH_B64}",  # 2 GiB: above the ceiling
         f"$argon2id$v=19$m=1024,t={MAX_ARGON2_TIME_COST + 1},p=1${SALT_B64}${HASH_B64}",
+        f"$argon2id$v=19$m=1048576,t=2,p=16${SALT_B64}${HASH_B64}",  # 1 GiB x 2: seconds
+        f"$argon2id$v=19$m=262144,t=2,p=1${SALT_B64}${HASH_B64}",  # 256 MiB x 2 passes
+        f"$argon2id$v=19$m=1024,t=1,p=9${SALT_B64}${HASH_B64}",  # lanes above the ceiling
         f"$argon2id$v=19$m=1024,t=1,p=1${SALT_B64}${HASH_B64[:-1]}!",
         "$2b$04$" + "!" * 53,
         "$2b$03$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW",  # cost below 4
         "$2b$17$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW",  # above the ceiling
+        "$2b$14$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW",  # seconds per check
         "$2x$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW",
         "$2b$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOe",
         "pbkdf2_sha256$0$salt$" + HASH_B64 + "=",
         "pbkdf2_sha256$10000001$salt$" + HASH_B64 + "=",  # above the ceiling
+        "pbkdf2_sha256$1200001$salt$" + HASH_B64 + "=",  # just above it
         "pbkdf2_sha256$1000$$" + HASH_B64 + "=",
         "pbkdf2_sha256$1000$salt$" + HASH_B64,
         "pbkdf2_sha256$1000$salt$" + HASH_B64 + "==",
@@ -357,3 +362,21 @@ def test_verify_identify_and_check_length_never_raise(stored: str, password: str
         assert result == FAILED
     assert check_length(password) in {None, "too_short", "too_long"}
     assert check_length(stored, min_length=0, max_length=10) in {None, "too_short", "too_long"}
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        f"$argon2id$v=19$m=65536,t=3,p=4${SALT_B64}${HASH_B64}",  # RFC 9106, second choice
+        f"$argon2id$v=19$m=47104,t=1,p=1${SALT_B64}${HASH_B64}",  # OWASP
+        f"$argon2id$v=19$m=7168,t=5,p=1${SALT_B64}${HASH_B64}",  # OWASP
+        f"$argon2id$v=19$m=262144,t=1,p=8${SALT_B64}${HASH_B64}",  # at every ceiling
+        "$2b$12$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW",
+        "$2b$13$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW",
+        "pbkdf2_sha256$1000000$salt$" + HASH_B64 + "=",  # Django 5.2
+    ],
+)
+def test_the_usual_settings_of_other_systems_are_under_the_ceilings(
+    hasher: PasswordHasher, stored: str
+) -> None:
+    assert hasher.identify(stored) is not None
