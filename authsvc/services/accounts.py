@@ -426,7 +426,7 @@ def reset_password(
 
 # Tokens that a new password ends: pending resets, and every half-finished login, including a
 # forced enrollment (whoever knew the old password must not get to enroll a second factor).
-_DIE_WITH_THE_PASSWORD = ("reset_password", "change_password", "mfa", "mfa_enrollment")
+_DIE_WITH_THE_PASSWORD = ("reset_password", *user_tokens.LOGIN_STEP_PURPOSES)
 
 
 def set_password(

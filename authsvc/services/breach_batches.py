@@ -39,7 +39,7 @@ from authsvc.models import (
     WebauthnCredential,
 )
 from authsvc.models.breach import BreachCampaign, BreachTarget
-from authsvc.services import audit, outbox
+from authsvc.services import audit, outbox, user_tokens
 from authsvc.services import breach_walk as walk
 from authsvc.services.breach_sql import (
     ACTIVE,
@@ -57,7 +57,7 @@ __all__ = ["ACTIVE", "BatchOutcome", "has_work", "record_password_set", "run_nex
 
 REVOKED_REASON = "breach_response"
 # Login steps that must not outlive a forced reset.
-PENDING_TOKEN_PURPOSES = ("mfa", "change_password", "mfa_enrollment")
+PENDING_TOKEN_PURPOSES = user_tokens.LOGIN_STEP_PURPOSES
 # The sweep looks at sessions created at most this long before the campaign started: a login
 # that read an account before its batch committed began no earlier than that.
 SWEEP_MARGIN = timedelta(minutes=5)

@@ -26,6 +26,10 @@ PREFIXES: dict[str, str] = dict(
 )
 
 
+# Half-finished logins: each began with the password, and none may outlive it.
+LOGIN_STEP_PURPOSES = ("mfa", "change_password", "mfa_enrollment")
+
+
 def issue(
     session: DbSession,
     *,
@@ -82,7 +86,13 @@ def find_with_owner(
     if found is None:
         raise InvalidToken()
     row, owner = found
-    return _live(row, purpose=purpose, now=now), owner
+    live = _live(row, purpose=purpose, now=now)
+    invalidated = owner.password_invalidated_at
+    if purpose in LOGIN_STEP_PURPOSES and invalidated is not None and row.created_at <= invalidated:
+        # A login begun with a password that has since been invalidated (a breach response
+        # flags accounts before it gets to revoke their pending tokens) does not finish.
+        raise InvalidToken()
+    return live, owner
 
 
 def _live(row: UserToken | None, *, purpose: str, now: datetime) -> UserToken:

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select, update
 
 from authsvc.db import utcnow
-from authsvc.models import AuditEvent, UserToken
+from authsvc.models import AuditEvent, User, UserToken
 from authsvc.services import login as login_service
 from tests.http.test_mfa_totp import PASSWORD, enable_totp, oathtool_code
 
@@ -261,3 +261,16 @@ def test_a_request_that_loses_the_race_for_its_mfa_token_spends_no_recovery_code
     assert (lost.status_code, lost.get_json()["code"]) == (400, "invalid_token")
     again = second_step(client, mfa_token(api), recovery_code=code)
     assert again.status_code == 200  # the losing request's use of the code was rolled back
+
+
+def test_a_login_begun_before_its_password_was_invalidated_does_not_finish(api, client, connection):
+    # A breach response flags the account before it gets to revoke pending login steps.
+    factor = enable_totp(api)
+    token = mfa_token(api)
+    connection.execute(
+        update(User).where(User.email == "ada@example.com").values(password_invalidated_at=utcnow())
+    )
+
+    response = second_step(client, token, totp_code=oathtool_code(factor["secret"], offset_steps=1))
+
+    assert (response.status_code, response.get_json()["code"]) == (400, "invalid_token")
