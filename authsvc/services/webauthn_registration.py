@@ -167,7 +167,9 @@ def _verify_registration(
     rows = webauthn.credentials_of(session, user_id)
     if len(rows) >= settings.webauthn_max_credentials:
         raise Conflict(f"At most {settings.webauthn_max_credentials} security keys per account")
-    handle = rows[0].user_handle if rows else (challenge.user_handle or b"")
+    # The handle this authenticator was given in this ceremony, which it will answer with at a
+    # passkey login: another ceremony opened before the first key existed handed out another.
+    handle = challenge.user_handle or (rows[0].user_handle if rows else b"")
     return _Verified(key=key, name=clean, user_handle=handle)
 
 

@@ -233,3 +233,27 @@ def test_passkey_login_is_throttled_per_ip(app, client, passkey):
 def test_password_login_of_a_passkey_user_still_asks_for_a_factor(api, passkey):
     response = api.login("ada@example.com", PASSWORD)
     assert response.get_json()["status"] == "mfa_required"
+
+
+def test_two_ceremonies_opened_before_the_first_key_existed_both_log_in(client, api):
+    # Each ceremony handed its authenticator a user handle; each key answers with its own.
+    access = signed_in(api)
+    headers = {"Authorization": f"Bearer {access}"}
+    first, second = SoftAuthenticator(), SoftAuthenticator()
+    opened = [
+        client.post(
+            "/v1/me/mfa/webauthn/registration-options", json={"name": name}, headers=headers
+        ).get_json()
+        for name in ("Laptop", "Phone")
+    ]
+    for key, options in zip((first, second), opened, strict=True):
+        credential = key.register(options)
+        stored = client.post(
+            "/v1/me/mfa/webauthn", json={"credential": credential}, headers=headers
+        )
+        assert stored.status_code == 201, stored.get_json()
+
+    for key in (first, second):
+        options = _options(client)
+        response = _login(client, options, key.assertion(options))
+        assert response.status_code == 200, response.get_json()
