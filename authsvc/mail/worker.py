@@ -17,12 +17,15 @@ from authsvc.mail.backends import MailBackend, MailDeliveryError, build_message
 from authsvc.models import OutboxMessage
 from authsvc.services import accounts, breach, detection, outbox
 from authsvc.services.context import Deps
-from authsvc.services.outbox import Handler
+from authsvc.services.outbox import External, Handler
 
 log = logging.getLogger("authsvc.worker")
 
 MAX_ATTEMPTS = 25  # about a day and a half of backoff before a message is parked as failed
 MAX_BACKOFF = timedelta(hours=2)
+# How long a claimed delivery keeps other workers off its message (an SMTP exchange, with its
+# timeouts, takes far less); a worker that died mid-delivery frees it after this.
+CLAIM_LEASE = timedelta(minutes=5)
 
 
 class PermanentFailure(Exception):  # noqa: N818 - named for the outcome
@@ -33,8 +36,8 @@ def backoff(attempts: int) -> timedelta:
     return min(MAX_BACKOFF, timedelta(seconds=5 * 2 ** min(attempts - 1, 20)))
 
 
-def make_email_handler(backend: MailBackend) -> Handler:
-    def send_email(session: DbSession, deps: Deps, payload: dict[str, Any], now: datetime) -> None:
+def make_email_handler(backend: MailBackend) -> External:
+    def send_email(deps: Deps, payload: dict[str, Any], now: datetime) -> None:
         message = build_message(
             sender=deps.settings.mail_from,
             to=payload["to"],
@@ -49,10 +52,10 @@ def make_email_handler(backend: MailBackend) -> Handler:
                 raise PermanentFailure(str(exc)) from None
             raise
 
-    return send_email
+    return External(send_email)
 
 
-def default_handlers(backend: MailBackend) -> dict[str, Handler]:
+def default_handlers(backend: MailBackend) -> dict[str, Handler | External]:
     return {
         "email": make_email_handler(backend),
         "signup_request": accounts.process_signup_request,
@@ -68,7 +71,7 @@ class OutboxWorker:
         *,
         sessionmaker: sessionmaker[DbSession],
         deps: Deps,
-        handlers: Mapping[str, Handler],
+        handlers: Mapping[str, Handler | External],
         batch_size: int = 50,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -79,8 +82,11 @@ class OutboxWorker:
         self._clock = clock
 
     def drain_once(self) -> int:
-        """Process one batch of due messages in one transaction; return how many were tried."""
+        """Process one batch of due messages; return how many were tried. Database work runs
+        in one transaction; deliveries to the outside (mail, webhooks) are claimed in it and
+        made after it commits, each recorded in a short transaction of its own."""
         now = self._clock()
+        claimed: list[tuple[int, External, dict[str, Any]]] = []
         with self._sessionmaker.begin() as session:
             query = (
                 select(OutboxMessage)
@@ -99,8 +105,47 @@ class OutboxWorker:
             if solo:  # a large job commits alone; the others stay due for the next round
                 messages = solo[:1]
             for message in messages:
-                self._process(session, message, now)
-            return len(messages)
+                handler = self._handlers.get(message.kind)
+                if isinstance(handler, External):
+                    claim = self._claim(message, handler, now)
+                    if claim is not None:
+                        claimed.append(claim)
+                else:
+                    self._process(session, message, now)
+        for message_id, external, payload in claimed:
+            self._deliver(message_id, external, payload, now)
+        return len(messages)
+
+    def _claim(
+        self, message: OutboxMessage, external: External, now: datetime
+    ) -> tuple[int, External, dict[str, Any]] | None:
+        """Count the attempt and keep other workers off the message while it is delivered; if
+        this process dies meanwhile, the message is due again after CLAIM_LEASE."""
+        message.attempts += 1
+        message.available_at = now + CLAIM_LEASE
+        try:
+            payload = outbox.payload_of(self._deps.keyring, message)
+        except Exception as exc:  # undecryptable: no retry can mend it
+            self._failed(message, now, PermanentFailure(f"{type(exc).__name__}: payload"))
+            return None
+        return message.id, external, payload
+
+    def _deliver(
+        self, message_id: int, external: External, payload: dict[str, Any], now: datetime
+    ) -> None:
+        error: Exception | None = None
+        try:
+            external.deliver(self._deps, payload, now)
+        except Exception as exc:
+            error = exc
+        with self._sessionmaker.begin() as session:
+            message = session.get(OutboxMessage, message_id)
+            if message is None:
+                return
+            if error is None:
+                message.completed_at = now
+            else:
+                self._failed(message, now, error)
 
     def drain(self, *, max_rounds: int = 1000) -> int:
         """Process until nothing is due (tests, CLI)."""
@@ -116,36 +161,42 @@ class OutboxWorker:
         handler = self._handlers.get(message.kind)
         message.attempts += 1
         try:
-            if handler is None:
+            if handler is None or isinstance(handler, External):
                 raise PermanentFailure(f"no handler for kind {message.kind!r}")
             payload = outbox.payload_of(self._deps.keyring, message)
             with session.begin_nested():
                 handler(session, self._deps, payload, now)
-        except PermanentFailure as exc:
+        except Exception as exc:
+            self._failed(message, now, exc)
+            return
+        message.completed_at = now
+
+    @staticmethod
+    def _failed(message: OutboxMessage, now: datetime, exc: Exception) -> None:
+        """Park the message for good (a permanent failure, or too many attempts), or retry it
+        after a backoff."""
+        if isinstance(exc, PermanentFailure):
             message.failed_at = now
             message.last_error = str(exc)[:500]
             log.error("outbox message %s (%s) failed permanently", message.id, message.kind)
             return
-        except Exception as exc:
-            message.last_error = f"{type(exc).__name__}: {exc}"[:500]
-            if message.attempts >= MAX_ATTEMPTS:
-                message.failed_at = now
-                log.error(
-                    "outbox message %s (%s) gave up after %d attempts",
-                    message.id,
-                    message.kind,
-                    message.attempts,
-                )
-            else:
-                message.available_at = now + backoff(message.attempts)
-                log.warning(
-                    "outbox message %s (%s) failed, retrying: %s",
-                    message.id,
-                    message.kind,
-                    type(exc).__name__,
-                )
-            return
-        message.completed_at = now
+        message.last_error = f"{type(exc).__name__}: {exc}"[:500]
+        if message.attempts >= MAX_ATTEMPTS:
+            message.failed_at = now
+            log.error(
+                "outbox message %s (%s) gave up after %d attempts",
+                message.id,
+                message.kind,
+                message.attempts,
+            )
+        else:
+            message.available_at = now + backoff(message.attempts)
+            log.warning(
+                "outbox message %s (%s) failed, retrying: %s",
+                message.id,
+                message.kind,
+                type(exc).__name__,
+            )
 
     def run(self, stop: threading.Event, *, poll_interval: float) -> None:
         while not stop.is_set():

@@ -47,7 +47,7 @@ from authsvc.models import AuditEvent, User
 from authsvc.models.breach import BreachCampaign
 from authsvc.services import audit, notices, outbox
 from authsvc.services.context import Client, Deps
-from authsvc.services.outbox import Handler
+from authsvc.services.outbox import External, Handler
 from authsvc.settings import Settings
 
 log = logging.getLogger("authsvc.detection")
@@ -393,7 +393,7 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def deliver_webhook(session: DbSession, deps: Deps, payload: dict[str, Any], now: datetime) -> None:
+def deliver_webhook(deps: Deps, payload: dict[str, Any], now: datetime) -> None:
     """POST one alert to AUTHSVC_ALERT_WEBHOOK_URL (the outbox handler of kind ``webhook``)."""
     url, secret = deps.settings.alert_webhook_url, deps.settings.alert_webhook_secret
     if not url or not secret:
@@ -417,6 +417,7 @@ def deliver_webhook(session: DbSession, deps: Deps, payload: dict[str, Any], now
         with opener.open(request, timeout=deps.settings.alert_webhook_timeout) as response:
             status = response.status
     except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the connection
         raise WebhookFailed(f"the receiver answered HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise WebhookFailed(f"the receiver is unreachable ({type(exc).__name__})") from None
@@ -425,7 +426,7 @@ def deliver_webhook(session: DbSession, deps: Deps, payload: dict[str, Any], now
 
 
 # Outbox handlers this capability contributes, by message kind.
-HANDLERS: dict[str, Handler] = {WEBHOOK_KIND: deliver_webhook}
+HANDLERS: dict[str, Handler | External] = {WEBHOOK_KIND: External(deliver_webhook)}
 
 
 # --- scrape-time gauges --------------------------------------------------------------------

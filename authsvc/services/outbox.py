@@ -95,3 +95,12 @@ def stats(session: DbSession) -> OutboxStats:
 
 # A handler processes one message inside the worker's transaction (authsvc.mail.worker).
 Handler = Callable[[DbSession, Deps, dict[str, Any], datetime], None]
+
+
+@dataclass(frozen=True, slots=True)
+class External:
+    """A handler that only talks to the outside world (an SMTP server, a webhook) and writes
+    nothing: the worker claims the message, commits, and only then calls ``deliver``, so that
+    no transaction stays open (on SQLite: no write lock is held) while a server is slow."""
+
+    deliver: Callable[[Deps, dict[str, Any], datetime], None]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text, update
 
 from authsvc.mail.worker import MAX_ATTEMPTS, OutboxWorker, PermanentFailure, backoff
 from authsvc.models import OutboxMessage, User
@@ -193,3 +194,63 @@ def test_stats(db_session, deps, runtime, clock, now):
     assert stats.failed == 0
     make_worker(runtime, clock, {"job": lambda *args: None}).drain()
     assert outbox.stats(db_session).pending == 1
+
+
+def test_an_outside_delivery_is_claimed_then_made_then_recorded(
+    db_session, deps, runtime, clock, now
+):
+    seen = []
+    ok = outbox.External(lambda d, payload, at: seen.append(payload))
+    down = outbox.External(lambda d, payload, at: (_ for _ in ()).throw(ConnectionError("down")))
+    worker = make_worker(runtime, clock, {"mail": ok, "hook": down})
+    delivered = enqueue(db_session, deps, now, kind="mail", payload={"to": "a@example.com"})
+    refused = enqueue(db_session, deps, now, kind="hook")
+
+    assert worker.drain() == 2
+
+    assert seen == [{"to": "a@example.com"}]
+    message = reload(db_session, delivered)
+    assert (message.completed_at, message.attempts) == (now, 1)
+    retry = reload(db_session, refused)
+    assert retry.completed_at is None and retry.failed_at is None
+    assert retry.available_at == now + backoff(1)  # the claim's lease gave way to the backoff
+    assert "ConnectionError: down" in retry.last_error
+
+
+def test_no_lock_is_held_while_a_delivery_waits_on_a_server(settings, scratch_database_url, now):
+    # On SQLite the worker's transaction holds the database's write lock: a slow SMTP server
+    # must not stall every login and sign-up meanwhile.
+    from authsvc.app import build_runtime
+    from authsvc.schema import upgrade
+
+    upgrade(scratch_database_url)
+    runtime = build_runtime(dataclasses.replace(settings, database_url=scratch_database_url))
+    postgres = runtime.engine.dialect.name == "postgresql"
+    written = []
+
+    def slow_server(deps, payload, at):
+        with runtime.sessionmaker.begin() as other:  # another request, meanwhile
+            other.execute(
+                text("SET LOCAL lock_timeout = '2s'" if postgres else "PRAGMA busy_timeout = 2000")
+            )
+            other.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.kind == "mail")
+                .values(last_error="written during the delivery")
+            )
+        written.append(payload)
+
+    try:
+        with runtime.sessionmaker.begin() as session:
+            outbox.enqueue(session, runtime.deps.keyring, kind="mail", payload={"n": 1}, now=now)
+        worker = make_worker(runtime, Clock(now), {"mail": outbox.External(slow_server)})
+
+        assert worker.drain() == 1
+
+        assert written == [{"n": 1}]
+        with runtime.sessionmaker() as session:
+            message = session.scalars(select(OutboxMessage)).one()
+            assert message.completed_at == now
+            assert message.last_error == "written during the delivery"
+    finally:
+        runtime.engine.dispose()
