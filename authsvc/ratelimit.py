@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import time
 from collections.abc import Mapping
@@ -10,6 +11,29 @@ from collections.abc import Mapping
 from limits import RateLimitItem, parse, storage, strategies
 
 from authsvc.errors import RateLimited
+
+IPV6_PREFIX = 64  # one subscriber's network: a single host can use any address in it
+
+
+def address_key(ip: str) -> str:
+    """The rate-limit key of a client address: one per IPv4 address and one per IPv6 /64.
+    Spellings of one address are one key (case, leading zeros, brackets, a zone id, a port
+    some proxies append, an IPv4-mapped IPv6 address); anything unparsable is keyed as given."""
+    text = ip.strip()
+    if text.startswith("["):  # [v6] or [v6]:port
+        text = text[1 : text.find("]")] if "]" in text else text[1:]
+    elif text.count(":") == 1:  # v4:port
+        text = text.partition(":")[0]
+    text = text.partition("%")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
+    return str(address)
 
 
 def _key(part: str) -> str:

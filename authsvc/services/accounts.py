@@ -75,9 +75,9 @@ def _throttle(
 ) -> None:
     """Per-IP, per-email and per-IP+email limits; identical for known and unknown emails."""
     try:
-        deps.limiter.hit("ip", client.ip)
+        deps.limiter.hit("ip", client.rate_key)
         deps.limiter.hit("email", email)
-        deps.limiter.hit("ip_email", client.ip, email)
+        deps.limiter.hit("ip_email", client.rate_key, email)
     except RateLimited as exc:
         audit.record_limit_hit(
             session,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from authsvc.crypto.blocklist import Blocklist
 from authsvc.crypto.keyring import Keyring
 from authsvc.crypto.passwords import PasswordHasher
-from authsvc.ratelimit import RateLimiter
+from authsvc.ratelimit import RateLimiter, address_key
 from authsvc.settings import Settings
 
 
@@ -28,6 +28,11 @@ class Client:
 
     ip: str
     user_agent: str = ""
+
+    @property
+    def rate_key(self) -> str:
+        """What per-address limits count: the address, or its IPv6 /64."""
+        return address_key(self.ip)
 
 
 SYSTEM = Client(ip="", user_agent="authsvc")

@@ -30,7 +30,7 @@ class PasskeyOptions:
 
 def _throttle(session: DbSession, deps: Deps, *, client: Client, now: datetime) -> None:
     try:
-        deps.limiter.hit("ip", client.ip)
+        deps.limiter.hit("ip", client.rate_key)
     except RateLimited as exc:
         audit.record_limit_hit(
             session, exc, now=now, client=client, details={"action": "passkey_login"}

@@ -243,3 +243,34 @@ def test_a_spoofed_left_most_address_does_not_escape_the_limit(limited):
     ]
 
     assert answers == [401, 401, 429]
+
+
+def test_an_ipv6_network_is_one_client(limited):
+    # A single host may use any address of its /64: each one must not be a fresh bucket.
+    client = limited(limit_ip="3/minute")
+    answers = [
+        login(client, f"user{i}@example.com", ip=f"2001:db8:0:7::{i + 1:x}").status_code
+        for i in range(5)
+    ]
+
+    assert answers == [401, 401, 401, 429, 429]
+    other_network = login(client, "user9@example.com", ip="2001:db8:0:8::1")
+    assert other_network.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "spellings",
+    [
+        ["203.0.113.5", "::ffff:203.0.113.5", "203.0.113.5:4711"],
+        ["2001:DB8::1", "2001:db8:0::1", "[2001:db8::1]", "2001:db8::1%eth0"],
+    ],
+    ids=["ipv4", "ipv6"],
+)
+def test_spellings_of_one_forwarded_address_share_its_limit(limited, spellings):
+    client = limited(limit_ip=f"{len(spellings)}/minute", trusted_proxies=1)
+    answers = [
+        login(client, f"user{i}@example.com", ip="10.0.0.2", **{"X-Forwarded-For": spelled})
+        for i, spelled in enumerate([*spellings, spellings[0]])
+    ]
+
+    assert [a.status_code for a in answers] == [401] * len(spellings) + [429]
