@@ -39,7 +39,10 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option(
-    "--workers", default=default_workers, show_default="one per core, at least 2", type=int
+    "--workers",
+    default=None,
+    type=click.IntRange(min=1),
+    show_default="one per core (at least 2) with AUTHSVC_REDIS_URL, else 1",
 )
 @click.option(
     "--threads",
@@ -51,10 +54,18 @@ def main() -> None:
 @click.option("--dev", is_flag=True, help="Flask's development server (single process).")
 @click.option("--no-outbox-thread", is_flag=True, help="Leave the outbox to `authsvc worker`.")
 def serve(
-    host: str, port: int, workers: int, threads: int, dev: bool, no_outbox_thread: bool
+    host: str, port: int, workers: int | None, threads: int, dev: bool, no_outbox_thread: bool
 ) -> None:
     """Run the HTTP service (gunicorn)."""
     settings = _settings()
+    if workers is None:
+        workers = default_workers() if settings.redis_url else 1
+    if workers > 1 and not settings.redis_url:
+        # In-memory counters are per process: N workers would allow N times every limit,
+        # the 100 failed checks per account and day included.
+        raise click.ClickException(
+            "more than one worker needs AUTHSVC_REDIS_URL: rate limits would be per worker"
+        )
     reexec_with_hugetlb(settings)
     if settings.resolved_database_url.startswith("sqlite"):
         settings.var_dir.mkdir(parents=True, exist_ok=True)

@@ -139,3 +139,14 @@ def test_an_unmigrated_database_fails_cleanly(env, tmp_path):
     assert result.exit_code == 1
     assert len(result.stderr.strip().splitlines()) == 1
     assert "admin_keys" in result.stderr
+
+
+def test_serve_with_more_than_one_worker_needs_shared_rate_limits(env):
+    # In-memory counters are per process: N workers would allow N times every limit, the
+    # daily cap on failed password checks included.
+    result = CliRunner().invoke(main, ["serve", "--workers", "2", "--port", "1"], env=env)
+
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: more than one worker needs AUTHSVC_REDIS_URL: rate limits would be per worker"
+    ]
