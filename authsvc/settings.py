@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import base64
 import enum
 import math
 import os
@@ -192,10 +193,7 @@ class Settings:
                 )
         out.extend(self._webauthn_problems())
         out.extend(self._detection_problems())
-        for key in self.encryption_keys:
-            if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}:[A-Za-z0-9_=-]{43,44}", key):
-                out.append("AUTHSVC_ENCRYPTION_KEYS: each entry must be 'kid:base64url(32 bytes)'")
-                break
+        out.extend(_keyring_problems(self.encryption_keys))
         return out
 
     def _webauthn_problems(self) -> list[str]:
@@ -252,6 +250,26 @@ _RATE_LIMIT = re.compile(
     r"^\s*[1-9][0-9]*\s*(/|per)\s*([1-9][0-9]*\s*)?(second|minute|hour|day|month|year)s?\s*$"
 )
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def _keyring_problems(specs: tuple[str, ...]) -> list[str]:
+    """What the key ring would refuse at start-up (a 33-byte key, a repeated kid), as a line."""
+    kids = []
+    for spec in specs:
+        kid, _, b64 = spec.partition(":")
+        try:
+            raw = base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4))
+        except ValueError:  # binascii.Error is one
+            raw = b""
+        well_formed = re.fullmatch(r"[A-Za-z0-9_-]{1,32}", kid) and re.fullmatch(
+            r"[A-Za-z0-9_-]{43}=?", b64
+        )
+        if not well_formed or len(raw) != 32:
+            return ["AUTHSVC_ENCRYPTION_KEYS: each entry must be 'kid:base64url(32 bytes)'"]
+        kids.append(kid)
+    if len(set(kids)) != len(kids):
+        return ["AUTHSVC_ENCRYPTION_KEYS: key ids must be unique"]
+    return []
 
 
 def _parse_bool(raw: str) -> bool:

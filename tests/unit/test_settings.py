@@ -312,3 +312,20 @@ def test_every_field_can_be_set_from_the_environment(field):
 def test_settings_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Settings().env = Env.PRODUCTION  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("keys", "problem"),
+    [
+        # 44 base64url characters that decode to 33 bytes: the old pattern let it through, and
+        # the key ring then refused it with a traceback in every command.
+        (("a:" + "A" * 44,), "each entry must be 'kid:base64url(32 bytes)'"),
+        (("a:" + "A" * 43, "a:" + "B" * 43), "key ids must be unique"),
+        (("a:" + "A" * 41 + "!!",), "each entry must be 'kid:base64url(32 bytes)'"),
+        (("a b:" + "A" * 43,), "each entry must be 'kid:base64url(32 bytes)'"),
+    ],
+)
+def test_a_key_ring_the_keyring_would_refuse_is_a_one_line_problem(keys, problem):
+    problems = Settings(encryption_keys=keys).problems()
+
+    assert problems == [f"AUTHSVC_ENCRYPTION_KEYS: {problem}"]
