@@ -59,7 +59,7 @@ def dev_keyring(var_dir: Path) -> Keyring:
     """Development keys kept in var/dev-keys.txt, created on first use."""
     path = var_dir / "dev-keys.txt"
     if not path.exists():
-        var_dir.mkdir(parents=True, exist_ok=True)
+        var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(generate_key_spec("dev1") + "\n")
@@ -99,7 +99,7 @@ def build_runtime(
     ``metrics_dir`` is the multiprocess metrics directory under gunicorn."""
     metrics = Metrics(multiprocess_dir=metrics_dir)
     if settings.resolved_database_url.startswith("sqlite"):
-        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        settings.var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     keyring = (
         Keyring.from_specs(settings.encryption_keys)
         if settings.encryption_keys

@@ -68,7 +68,7 @@ def serve(
         )
     reexec_with_hugetlb(settings)
     if settings.resolved_database_url.startswith("sqlite"):
-        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        settings.var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         upgrade(settings.resolved_database_url)
     if dev:
         app = create_app(settings, start_worker=not no_outbox_thread)
@@ -106,7 +106,7 @@ def db_upgrade() -> None:
     """Apply every migration (Alembic upgrade head)."""
     settings = _settings()
     if settings.resolved_database_url.startswith("sqlite"):
-        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        settings.var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         upgrade(settings.resolved_database_url)
     except Exception as exc:

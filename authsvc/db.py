@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import select
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -18,6 +20,7 @@ from sqlalchemy import (
     Result,
     create_engine,
     event,
+    make_url,
 )
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -79,6 +82,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     """hide_parameters: a statement's bound values (password hashes, token hashes, emails,
     ciphertexts) never appear in its exception's message, and so never in a log."""
     if url.startswith("sqlite"):
+        _create_private(url)
         engine = create_engine(
             url,
             connect_args={"timeout": 30, "check_same_thread": False},
@@ -124,6 +128,18 @@ def replace_if_dropped(dbapi_connection: Any, _record: Any, _proxy: Any) -> None
     poller.register(dbapi_connection.fileno(), select.POLLIN)
     if poller.poll(0):
         raise DisconnectionError("the server closed the connection")
+
+
+def _create_private(url: str) -> None:
+    """Create a new SQLite file readable by its owner only (it holds password hashes and the
+    audit trail); SQLite gives its -wal and -shm files the same mode."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if path.parent.is_dir():
+        with suppress(FileExistsError):
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
 def autocommit_connection(session: Session) -> AbstractContextManager[Connection] | None:

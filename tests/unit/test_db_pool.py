@@ -70,3 +70,16 @@ def test_ids_never_start_with_a_dash():
     assert not [i for i in ids if i.startswith("-")]
     assert len(set(ids)) == len(ids)
     assert all(len(i) == 22 for i in ids)
+
+
+def test_a_new_sqlite_database_is_readable_by_its_owner_only(tmp_path: Path):
+    # It holds password hashes and the audit trail; SQLite gives -wal and -shm the same mode.
+    engine = make_engine(f"sqlite:///{tmp_path / 'authsvc.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+        modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    engine.dispose()
+
+    assert modes["authsvc.db"] == 0o600
+    assert set(modes.values()) == {0o600}
