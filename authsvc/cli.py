@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 import click
+from sqlalchemy.exc import DBAPIError
 
 from authsvc.app import build_runtime, create_app
 from authsvc.commands.audit import audit
@@ -29,7 +31,22 @@ def _settings() -> Settings:
         raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
 
 
-@click.group()
+class _Commands(click.Group):
+    """Every command fails with one line: a database that is unreachable or not migrated
+    is named as such, without the statement (or the traceback) behind it."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DBAPIError as exc:
+            first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+            raise click.ClickException(
+                f"database: {type(exc.orig).__name__}: {first} "
+                "(is it reachable, and migrated with `authsvc db upgrade`?)"
+            ) from None
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """authsvc: passwords, TOTP, WebAuthn and breach response for your web apps."""
     configure_logging(os.environ.get("AUTHSVC_LOG_LEVEL", "INFO"))

@@ -45,11 +45,16 @@ def import_users(file: Path, verified: bool) -> None:
         raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
     hasher = runtime.deps.hasher
     imported = skipped = rejected = 0
-    with file.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"email", "password_hash"} <= set(reader.fieldnames):
-            raise click.ClickException("the CSV needs a header with email,password_hash")
-        rows = list(reader)
+    try:
+        with file.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or not {"email", "password_hash"} <= set(reader.fieldnames):
+                raise click.ClickException("the CSV needs a header with email,password_hash")
+            rows = list(reader)
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(
+            f"{file} is not UTF-8 text (byte {exc.start}); save the CSV as UTF-8"
+        ) from None
     for start in range(0, len(rows), BATCH):
         counts = _import_batch(runtime, hasher, rows[start : start + BATCH], verified)
         imported, skipped, rejected = (

@@ -150,3 +150,33 @@ def test_serve_with_more_than_one_worker_needs_shared_rate_limits(env):
     assert result.output.strip().splitlines() == [
         "Error: more than one worker needs AUTHSVC_REDIS_URL: rate limits would be per worker"
     ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("keys", "rotate-signing"), ("users", "import", "USERS")],
+    ids=["keys-rotate-signing", "users-import"],
+)
+def test_commands_on_an_unmigrated_database_fail_with_one_line(env, tmp_path, args):
+    users = tmp_path / "users.csv"
+    users.write_text("email,password_hash\nada@example.com,$2b$12$" + "C" * 53 + "\n")
+    empty = {**env, "AUTHSVC_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"}
+
+    result = CliRunner().invoke(main, [str(users) if a == "USERS" else a for a in args], env=empty)
+
+    assert result.exit_code == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "authsvc db upgrade" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_users_file_that_is_not_utf8_fails_with_one_line(env, tmp_path):
+    users = tmp_path / "legacy.csv"
+    users.write_bytes("email,password_hash\nrené@example.com,x\n".encode("latin-1"))
+
+    result = CliRunner().invoke(main, ["users", "import", str(users)], env=env)
+
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {users} is not UTF-8 text (byte 23); save the CSV as UTF-8"
+    ]
