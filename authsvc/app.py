@@ -221,6 +221,24 @@ def _register_request_hooks(app: Flask, settings: Settings) -> None:
         if "\x00" in request.path:
             raise NotFound()
 
+    ignored_proxy_header = threading.Event()
+
+    @app.before_request
+    def _warn_of_an_ignored_proxy() -> None:
+        # Behind a proxy that nobody told authsvc about, every client has the proxy's address
+        # and shares its per-IP limit: say so once per process.
+        if (
+            not settings.trusted_proxies
+            and not ignored_proxy_header.is_set()
+            and "X-Forwarded-For" in request.headers
+        ):
+            ignored_proxy_header.set()
+            log.warning(
+                "X-Forwarded-For is ignored (AUTHSVC_TRUSTED_PROXIES=0): behind a proxy, every "
+                "client shares the proxy's address and its per-IP rate limit; set "
+                "AUTHSVC_TRUSTED_PROXIES to the number of proxies in front of authsvc"
+            )
+
     @app.after_request
     def _headers(response: Response) -> Response:
         started = g.get("request_started")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -201,14 +202,18 @@ def test_wrong_current_passwords_count_towards_the_cap(api, limited):
     )
 
 
-def test_x_forwarded_for_is_ignored_without_trusted_proxies(limited):
+def test_x_forwarded_for_is_ignored_without_trusted_proxies(limited, caplog):
     client = limited(limit_ip="2/minute")
-    for i in range(2):
-        login(client, "ada@example.com", ip="10.0.0.2", **{"X-Forwarded-For": f"203.0.113.{i}"})
+    with caplog.at_level(logging.WARNING, logger="authsvc"):
+        for i in range(2):
+            login(client, "ada@example.com", ip="10.0.0.2", **{"X-Forwarded-For": f"203.0.113.{i}"})
 
     blocked = login(client, "ada@example.com", ip="10.0.0.2", **{"X-Forwarded-For": "203.0.113.50"})
 
     assert_rate_limited(blocked)
+    # The operator is told once that a proxy seems to be in front and is not trusted.
+    warnings = [r for r in caplog.records if "AUTHSVC_TRUSTED_PROXIES" in r.getMessage()]
+    assert len(warnings) == 1
 
 
 def test_x_forwarded_for_is_honoured_with_a_trusted_proxy(limited):
