@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -24,7 +25,11 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
+@functools.cache
+def head_revisions() -> frozenset[str]:
+    """The migrations' heads, read from the files once per process (they ship with it)."""
+    return frozenset(ScriptDirectory(str(MIGRATIONS)).get_heads())
+
+
 def schema_is_current(conn: Connection) -> bool:
-    script = ScriptDirectory(str(MIGRATIONS))
-    current = set(MigrationContext.configure(conn).get_current_heads())
-    return current == set(script.get_heads())
+    return set(MigrationContext.configure(conn).get_current_heads()) == head_revisions()

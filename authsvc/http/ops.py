@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
+import time
+from dataclasses import dataclass, field
 from importlib import resources
 
 import swagger_ui_bundle
@@ -37,8 +40,33 @@ def healthz() -> Response:
     return respond({"status": "ok"})
 
 
+# Anyone may call /readyz (load balancers do, often): each process checks at most this often
+# and answers from the last check in between, so a flood costs no database or Redis work.
+READINESS_TTL_SECONDS = 2.0
+
+
+@dataclass
+class _Readiness:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    checks: dict[str, bool] | None = None
+    until: float = 0.0
+
+
 @bp.get("/readyz")
 def readyz() -> Response:
+    cache: _Readiness = current_app.extensions.setdefault("authsvc.readiness", _Readiness())
+    with cache.lock:
+        if cache.checks is None or time.monotonic() >= cache.until:
+            cache.checks = _check_readiness()
+            cache.until = time.monotonic() + READINESS_TTL_SECONDS
+        checks = dict(cache.checks)
+    ready = all(checks.values())
+    return respond(
+        {"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503
+    )
+
+
+def _check_readiness() -> dict[str, bool]:
     state = current_app.extensions["authsvc"]
     checks = {"database": False, "schema": False, "rate_limit_storage": False}
     try:
@@ -53,10 +81,7 @@ def readyz() -> Response:
         checks["rate_limit_storage"] = state.deps.limiter.check()
     except Exception:
         current_app.logger.warning("readiness: rate-limit storage check failed")
-    ready = all(checks.values())
-    return respond(
-        {"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503
-    )
+    return checks
 
 
 @bp.get("/metrics")

@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 import jwt
 import yaml
 from flask.testing import FlaskClient
+from sqlalchemy import event
 
 from authsvc.app import create_app
 from tests.conftest import ROOT, ContractClient
@@ -157,3 +158,22 @@ def test_an_unexpected_error_is_a_problem_without_details(app, caplog):
     assert "hunter2" not in response.get_data(as_text=True)
     assert "Traceback" not in response.get_data(as_text=True)
     assert "RuntimeError" in caplog.text  # logged for the operator instead
+
+
+def test_readiness_is_checked_at_most_every_two_seconds(client, connection, monkeypatch):
+    # Anyone may call /readyz: a flood must not become database work.
+    from authsvc.http import ops
+
+    statements: list[str] = []
+    event.listen(connection, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    clock = [1000.0]
+    monkeypatch.setattr(ops.time, "monotonic", lambda: clock[0])
+
+    answers = [client.get("/readyz").status_code for _ in range(50)]
+    checked_once = len(statements)
+    clock[0] += ops.READINESS_TTL_SECONDS
+    client.get("/readyz")
+
+    assert answers == [200] * 50
+    assert checked_once >= 1
+    assert len(statements) == 2 * checked_once  # checked again only once the answer aged
