@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session as DbSession
 
-from authsvc.errors import InvalidMfa, InvalidToken, RateLimited
+from authsvc.errors import InvalidMfa, InvalidRequest, InvalidToken, RateLimited
 from authsvc.models import User
 from authsvc.services import audit, factors, sessions, throttle, user_tokens
 from authsvc.services.context import Client, Deps
@@ -140,6 +140,8 @@ def complete_mfa(
     now: datetime,
 ) -> LoginResult:
     """The second step: one factor answer against a live mfa_token."""
+    if not proof.given:  # a client's mistake, not a wrong answer: it costs no attempt
+        raise InvalidRequest("send one of totp_code, recovery_code or webauthn", field="proof")
     row, user = user_tokens.find_with_owner(session, token=mfa_token, purpose="mfa", now=now)
     if user is None or user.disabled_at is not None:
         raise InvalidToken()

@@ -137,7 +137,9 @@ def test_attempts_per_account_are_limited_across_tokens(api, client):
         ({"totp_code": "1" * 17}, 400, "invalid_request"),
         ({"totp_code": 123456}, 400, "invalid_request"),
         ({"recovery_code": "not-a-code"}, 400, "invalid_request"),
-        ({}, 401, "invalid_mfa"),
+        ({}, 400, "invalid_request"),
+        ({"totp_code": None}, 400, "invalid_request"),
+        ({"totpcode": "123456"}, 400, "invalid_request"),  # a misspelt field
     ],
 )
 def test_bad_input_is_a_problem_with_a_stable_code(api, client, proof, status, code):
@@ -274,3 +276,15 @@ def test_a_login_begun_before_its_password_was_invalidated_does_not_finish(api, 
     response = second_step(client, token, totp_code=oathtool_code(factor["secret"], offset_steps=1))
 
     assert (response.status_code, response.get_json()["code"]) == (400, "invalid_token")
+
+
+def test_requests_without_an_answer_cost_no_attempt(api, client):
+    # A client's bug must not burn the user's sign-in: five of them, then the right code.
+    factor = enable_totp(api)
+    token = mfa_token(api)
+    for _ in range(5):
+        assert second_step(client, token).status_code == 400
+
+    right = second_step(client, token, totp_code=oathtool_code(factor["secret"], offset_steps=1))
+
+    assert right.status_code == 200
