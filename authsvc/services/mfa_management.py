@@ -138,6 +138,7 @@ def remove(
     """Remove one factor; removing the last one also removes the recovery codes."""
     if totp.delete_pending(session, user_id=user_id, factor_id=factor_id):
         return  # an unconfirmed enrollment is not a factor yet: nothing to protect
+    recovery.lock_second_factors(session, user_id=user_id)
     info = _find(session, user_id=user_id, factor_id=factor_id)
     require_recent_login(deps, auth_time=auth_time, now=now)
     if info.type == "totp":

@@ -82,8 +82,17 @@ def _hash(deps: Deps, *, user_id: str, code: str) -> str:
     return codes.code_hash(deps.keyring.mac_key(_MAC_PURPOSE), user_id=user_id, code=code)
 
 
+def lock_second_factors(session: DbSession, *, user_id: str) -> None:
+    """Serialise changes to one user's factors and codes (their user row is the lock): two
+    regenerations, or the removal of the last two factors, at once on PostgreSQL would each
+    see the other's rows and leave two sets, or codes with no factor. SQLite takes its write
+    lock at BEGIN, so there this changes nothing."""
+    session.execute(select(User.id).where(User.id == user_id).with_for_update())
+
+
 def replace(session: DbSession, deps: Deps, *, user_id: str, now: datetime) -> tuple[str, ...]:
     """A fresh set: every earlier code of the user dies. Return the codes (shown once)."""
+    lock_second_factors(session, user_id=user_id)
     fresh = codes.generate()
     session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
     session.add_all(
@@ -102,6 +111,7 @@ def issue_initial(
     session: DbSession, deps: Deps, *, user_id: str, client: Client, now: datetime
 ) -> tuple[str, ...] | None:
     """The first set, when a user who has none confirms a factor; None if a set exists."""
+    lock_second_factors(session, user_id=user_id)
     existing = session.scalar(
         select(RecoveryCode.id).where(RecoveryCode.user_id == user_id).limit(1)
     )

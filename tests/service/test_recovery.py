@@ -7,7 +7,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from authsvc.crypto import recovery as codes
 from authsvc.crypto import totp as otp
@@ -206,3 +206,40 @@ def test_concurrent_uses_of_one_code_admit_exactly_one(committed, deps, caller, 
     with committed() as session:
         used = session.scalars(select(RecoveryCode).where(RecoveryCode.used_at.is_not(None)))
         assert len(used.all()) == 1
+
+
+def test_two_regenerations_at_once_leave_one_set(committed, deps, caller, now):
+    # PostgreSQL, READ COMMITTED: without a lock each delete misses the other's new rows.
+    with committed.begin() as session:
+        user = User(
+            email="twice@example.com", email_verified_at=now, created_at=now, updated_at=now
+        )
+        session.add(user)
+        session.flush()
+        user_id = user.id
+        first_factor(session, deps, user, caller, now - timedelta(minutes=5))
+    first = committed()
+    first.begin()
+    recovery.replace(first, deps, user_id=user_id, now=now)  # not committed yet
+    second_done = threading.Event()
+
+    def second() -> None:
+        with committed.begin() as session:
+            recovery.replace(session, deps, user_id=user_id, now=now)
+        second_done.set()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    waited = not second_done.wait(0.5)  # it waits for the first, whose lock it needs
+    first.commit()
+    first.close()
+    thread.join(timeout=60)
+
+    assert waited and second_done.is_set()
+    with committed() as session:
+        live = session.scalar(
+            select(func.count()).where(
+                RecoveryCode.user_id == user_id, RecoveryCode.used_at.is_(None)
+            )
+        )
+    assert live == codes.COUNT
