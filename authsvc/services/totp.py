@@ -186,6 +186,7 @@ def enroll(
     if user is None:
         raise NotFound("No such user")
     name = clean_name(name, default=DEFAULT_NAME)
+    recovery.lock_second_factors(session, user_id=user_id)  # enrollments at once count too
     if count_active(session, user_id=user_id) >= deps.settings.totp_max_factors:
         raise FactorLimitReached(
             f"At most {deps.settings.totp_max_factors} authenticator apps per account"
@@ -271,6 +272,7 @@ def check_pending_code(
     row = _pending(session, user_id=user_id, factor_id=factor_id, now=now)
     if otp.normalize_code(code) is None:
         raise InvalidRequest(f"code must be {otp.DIGITS} digits", field="code")
+    recovery.lock_second_factors(session, user_id=user_id)  # confirmations at once count too
     if count_active(session, user_id=user_id) >= deps.settings.totp_max_factors:
         raise FactorLimitReached(
             f"At most {deps.settings.totp_max_factors} authenticator apps per account"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from datetime import timedelta
@@ -12,10 +13,11 @@ from sqlalchemy import func, select, text
 from authsvc.crypto import recovery as codes
 from authsvc.crypto import totp as otp
 from authsvc.db import make_engine, make_sessionmaker
-from authsvc.errors import InvalidMfa, InvalidRequest
+from authsvc.errors import FactorLimitReached, InvalidMfa, InvalidRequest
 from authsvc.models import AuditEvent, OutboxMessage, RecoveryCode, User
 from authsvc.schema import upgrade
 from authsvc.services import factors, outbox, profile, recovery, sessions, totp
+from tests.conftest import replace_settings
 
 
 def first_factor(session, deps, user, caller, now) -> tuple[str, ...]:
@@ -243,3 +245,53 @@ def test_two_regenerations_at_once_leave_one_set(committed, deps, caller, now):
             )
         )
     assert live == codes.COUNT
+
+
+def test_two_confirmations_at_once_respect_the_factor_limit(committed, deps, caller, now):
+    limited = dataclasses.replace(
+        deps, settings=replace_settings(deps.settings, totp_max_factors=1)
+    )
+    with committed.begin() as session:
+        user = User(email="two@example.com", email_verified_at=now, created_at=now, updated_at=now)
+        session.add(user)
+        session.flush()
+        user_id = user.id
+        pending = [
+            totp.enroll(session, limited, user_id=user_id, name=n, client=caller, now=now)
+            for n in ("Phone", "Tablet")
+        ]
+
+    def confirm(session, enrollment) -> None:
+        code = otp.code_at(enrollment.secret, otp.step_at(now))
+        totp.confirm(
+            session,
+            limited,
+            user_id=user_id,
+            factor_id=enrollment.factor_id,
+            code=code,
+            client=caller,
+            now=now,
+        )
+
+    first = committed()
+    first.begin()
+    confirm(first, pending[0])  # not committed yet
+    refused: list[Exception] = []
+
+    def second() -> None:
+        try:
+            with committed.begin() as session:
+                confirm(session, pending[1])
+        except FactorLimitReached as exc:
+            refused.append(exc)
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    thread.join(timeout=0.5)  # it waits for the first, whose lock it needs
+    first.commit()
+    first.close()
+    thread.join(timeout=60)
+
+    assert len(refused) == 1
+    with committed() as session:
+        assert totp.count_active(session, user_id=user_id) == 1
