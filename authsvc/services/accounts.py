@@ -25,7 +25,6 @@ from authsvc.errors import (
     InvalidToken,
     MfaRequired,
     Overloaded,
-    RateLimited,
     WeakPassword,
 )
 from authsvc.models import User
@@ -37,6 +36,7 @@ from authsvc.services import (
     notices,
     outbox,
     sessions,
+    throttle,
     user_tokens,
 )
 from authsvc.services.context import Client, Deps
@@ -70,24 +70,18 @@ def normalize_email(raw: str) -> str:
     return email
 
 
-def _throttle(
-    deps: Deps, session: DbSession, *, action: str, email: str, client: Client, now: datetime
-) -> None:
-    """Per-IP, per-email and per-IP+email limits; identical for known and unknown emails."""
-    try:
-        deps.limiter.hit("ip", client.rate_key)
-        deps.limiter.hit("email", email)
-        deps.limiter.hit("ip_email", client.rate_key, email)
-    except RateLimited as exc:
-        audit.record_limit_hit(
-            session,
-            exc,
-            now=now,
-            client=client,
-            email_hash=audit.email_digest(deps.keyring, email),
-            details={"action": action},
-        )
-        raise
+def _throttled(
+    session: DbSession, deps: Deps, *, action: str, email: str, client: Client, now: datetime
+) -> throttle.Who:
+    """Per-IP, per-email and per-IP+email limits, identical for known and unknown emails.
+    Returns who asked, with the email's audit digest, for the caller's own events."""
+    who = throttle.Who(
+        now=now, client=client, action=action, email_hash=audit.email_digest(deps.keyring, email)
+    )
+    throttle.hit(session, deps, "ip", client.rate_key, who=who)
+    throttle.hit(session, deps, "email", email, who=who)
+    throttle.hit(session, deps, "ip_email", client.rate_key, email, who=who)
+    return who
 
 
 def acceptable_password(deps: Deps, password: str, *, email: str) -> str:
@@ -135,7 +129,7 @@ def signup(
     session: DbSession, deps: Deps, *, email: str, password: str, client: Client, now: datetime
 ) -> None:
     email = normalize_email(email)
-    _throttle(deps, session, action="signup", email=email, client=client, now=now)
+    who = _throttled(session, deps, action="signup", email=email, client=client, now=now)
     normalized = acceptable_password(deps, password, email=email)
     password_hash = hash_password(deps, normalized)
     outbox.enqueue(
@@ -151,7 +145,7 @@ def signup(
         outcome="accepted",
         now=now,
         client=client,
-        email_hash=audit.email_digest(deps.keyring, email),
+        email_hash=who.email_hash,
     )
 
 
@@ -234,15 +228,9 @@ def authenticate_password(
 ) -> User:
     """One Argon2 verification for every email; InvalidCredentials for every failure."""
     email = normalize_email(email)
-    _throttle(deps, session, action="login", email=email, client=client, now=now)
-    email_hash = audit.email_digest(deps.keyring, email)
-    try:
-        deps.limiter.test("account_failures", email)
-    except RateLimited as exc:
-        audit.record_limit_hit(
-            session, exc, now=now, client=client, email_hash=email_hash, details={"action": "login"}
-        )
-        raise
+    who = _throttled(session, deps, action="login", email=email, client=client, now=now)
+    email_hash = who.email_hash
+    throttle.test(session, deps, "account_failures", email, who=who)
     user = session.scalar(select(User).where(User.email == email))
     try:
         if user is not None and user.password_hash is not None:
@@ -274,18 +262,7 @@ def authenticate_password(
             user_id=user.id if user else None,
             email_hash=email_hash,
         )
-        try:
-            deps.limiter.hit("account_failures", email)
-        except RateLimited as exc:  # the cap filled up while this check ran
-            audit.record_limit_hit(
-                session,
-                exc,
-                now=now,
-                client=client,
-                email_hash=email_hash,
-                details={"action": "login"},
-            )
-            raise
+        throttle.hit(session, deps, "account_failures", email, who=who)  # refused: a race won
         raise InvalidCredentials()
     assert user is not None
     if needs_rehash:
@@ -324,7 +301,7 @@ def forgot_password(
     session: DbSession, deps: Deps, *, email: str, client: Client, now: datetime
 ) -> None:
     email = normalize_email(email)
-    _throttle(deps, session, action="forgot", email=email, client=client, now=now)
+    who = _throttled(session, deps, action="forgot", email=email, client=client, now=now)
     outbox.enqueue(session, deps.keyring, kind="reset_request", payload={"email": email}, now=now)
     audit.record(
         session,
@@ -332,7 +309,7 @@ def forgot_password(
         outcome="accepted",
         now=now,
         client=client,
-        email_hash=audit.email_digest(deps.keyring, email),
+        email_hash=who.email_hash,
     )
 
 

@@ -16,9 +16,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto import webauthn as wa
-from authsvc.errors import InvalidCredentials, InvalidWebauthnResponse, RateLimited
+from authsvc.errors import InvalidCredentials, InvalidWebauthnResponse
 from authsvc.models import User, WebauthnCredential
-from authsvc.services import audit, login, webauthn
+from authsvc.services import audit, login, throttle, webauthn
 from authsvc.services.context import Client, Deps
 
 
@@ -29,13 +29,8 @@ class PasskeyOptions:
 
 
 def _throttle(session: DbSession, deps: Deps, *, client: Client, now: datetime) -> None:
-    try:
-        deps.limiter.hit("ip", client.rate_key)
-    except RateLimited as exc:
-        audit.record_limit_hit(
-            session, exc, now=now, client=client, details={"action": "passkey_login"}
-        )
-        raise
+    who = throttle.Who(now=now, client=client, action="passkey_login")
+    throttle.hit(session, deps, "ip", client.rate_key, who=who)
 
 
 def passkey_options(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -15,38 +16,38 @@ from authsvc.services.context import Client, Deps
 
 @dataclass(frozen=True, slots=True)
 class Who:
-    """What the audit event of a refusal says: when, who asked, for what, about which user."""
+    """What the audit event of a refusal says: when, who asked, for what, about whom."""
 
     now: datetime
     client: Client
     action: str
     user_id: str | None = None
+    email_hash: str | None = None
 
 
 def hit(session: DbSession, deps: Deps, policy: str, *parts: str, who: Who) -> None:
     """Count one event against ``policy``; refuse (audited) when it was already exhausted."""
-    try:
-        deps.limiter.hit(policy, *parts)
-    except RateLimited as exc:
-        _audit(session, exc, who)
-        raise
+    _enforce(deps.limiter.hit, session, policy, parts, who)
 
 
 def test(session: DbSession, deps: Deps, policy: str, *parts: str, who: Who) -> None:
     """Refuse (audited) when one more event would exceed ``policy``; count nothing."""
+    _enforce(deps.limiter.test, session, policy, parts, who)
+
+
+def _enforce(
+    check: Callable[..., None], session: DbSession, policy: str, parts: tuple[str, ...], who: Who
+) -> None:
     try:
-        deps.limiter.test(policy, *parts)
-    except RateLimited as exc:
-        _audit(session, exc, who)
+        check(policy, *parts)
+    except RateLimited as refusal:
+        audit.record_limit_hit(
+            session,
+            refusal,
+            now=who.now,
+            client=who.client,
+            user_id=who.user_id,
+            email_hash=who.email_hash,
+            details={"action": who.action},
+        )
         raise
-
-
-def _audit(session: DbSession, refusal: RateLimited, who: Who) -> None:
-    audit.record_limit_hit(
-        session,
-        refusal,
-        now=who.now,
-        client=who.client,
-        user_id=who.user_id,
-        details={"action": who.action},
-    )
