@@ -209,7 +209,6 @@ def verify_email(
                 user=user,
                 template="signup_contested",
                 now=now,
-                ttl=_human(deps.settings.reset_token_ttl.total_seconds()),
             )
         else:
             user.password_hash = row.pending_password_hash
@@ -316,7 +315,8 @@ def forgot_password(
 def _mail_reset_link(
     session: DbSession, deps: Deps, *, user: User, template: str, now: datetime, **params: str
 ) -> None:
-    """Issue a fresh reset token (earlier ones die) and mail it in ``template``."""
+    """Issue a fresh reset token (earlier ones die) and mail it in ``template``, which may
+    say how long the link works ({ttl})."""
     token = user_tokens.issue(
         session,
         user_id=user.id,
@@ -331,6 +331,7 @@ def _mail_reset_link(
         template=template,
         now=now,
         link=notices.link(deps, "reset-password", token),
+        ttl=_human(deps.settings.reset_token_ttl.total_seconds()),
         **params,
     )
 
@@ -351,7 +352,6 @@ def process_reset_request(
         user=user,
         template="reset_password",
         now=now,
-        ttl=_human(deps.settings.reset_token_ttl.total_seconds()),
     )
 
 
