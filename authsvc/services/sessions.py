@@ -155,18 +155,8 @@ def start_session(
     session.flush()
     refresh = new_token("rt")
     _store_refresh_token(session, secret=refresh, session_id=login.id, now=now)
-    access, ttl = _access_token(
-        deps,
-        signing.signer(session, deps.keyring, now=now),
-        user_id=login.user_id,
-        session_id=login.id,
-        auth_time=login.auth_time,
-        amr=login.amr,
-        now=now,
-    )
-    return TokenPair(
-        access_token=access, refresh_token=refresh, expires_in=ttl, session_id=login.id
-    )
+    signer = signing.signer(session, deps.keyring, now=now)
+    return _pair(deps, signer, login=login, refresh_token=refresh, now=now)
 
 
 # Spend the token if it is unused, its session alive and its user enabled.
@@ -287,8 +277,10 @@ def rotate_refresh_token(
 
 
 def _pair(
-    deps: Deps, signer: Signer, *, login: Row[Any], refresh_token: str, now: datetime
+    deps: Deps, signer: Signer, *, login: Session | Row[Any], refresh_token: str, now: datetime
 ) -> TokenPair:
+    """An access token for the session ``login`` (a stored row, or one just read back),
+    paired with its refresh token."""
     access, ttl = _access_token(
         deps,
         signer,
