@@ -91,8 +91,8 @@ def lock_second_factors(session: DbSession, *, user_id: str) -> None:
 
 
 def replace(session: DbSession, deps: Deps, *, user_id: str, now: datetime) -> tuple[str, ...]:
-    """A fresh set: every earlier code of the user dies. Return the codes (shown once)."""
-    lock_second_factors(session, user_id=user_id)
+    """A fresh set: every earlier code of the user dies. Return the codes (shown once).
+    The caller holds ``lock_second_factors``."""
     fresh = codes.generate()
     session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user_id))
     session.add_all(
@@ -110,8 +110,8 @@ def replace(session: DbSession, deps: Deps, *, user_id: str, now: datetime) -> t
 def issue_initial(
     session: DbSession, deps: Deps, *, user_id: str, client: Client, now: datetime
 ) -> tuple[str, ...] | None:
-    """The first set, when a user who has none confirms a factor; None if a set exists."""
-    lock_second_factors(session, user_id=user_id)
+    """The first set, when a user who has none confirms a factor; None if a set exists.
+    The caller, adding that factor, holds ``lock_second_factors``."""
     existing = session.scalar(
         select(RecoveryCode.id).where(RecoveryCode.user_id == user_id).limit(1)
     )
@@ -134,6 +134,7 @@ def regenerate(
     session: DbSession, deps: Deps, *, user_id: str, client: Client, now: datetime
 ) -> tuple[str, ...]:
     """Replace the set on the user's request (the caller checks the re-auth window)."""
+    lock_second_factors(session, user_id=user_id)
     fresh = replace(session, deps, user_id=user_id, now=now)
     audit.record(
         session,

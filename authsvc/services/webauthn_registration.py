@@ -164,6 +164,7 @@ def _verify_registration(
         select(WebauthnCredential.id).where(WebauthnCredential.credential_id == key.credential_id)
     ):
         raise CredentialExists()
+    recovery.lock_second_factors(session, user_id=user_id)  # registrations at once count too
     rows = webauthn.credentials_of(session, user_id)
     if len(rows) >= settings.webauthn_max_credentials:
         raise Conflict(f"At most {settings.webauthn_max_credentials} security keys per account")

@@ -222,12 +222,12 @@ def test_two_regenerations_at_once_leave_one_set(committed, deps, caller, now):
         first_factor(session, deps, user, caller, now - timedelta(minutes=5))
     first = committed()
     first.begin()
-    recovery.replace(first, deps, user_id=user_id, now=now)  # not committed yet
+    recovery.regenerate(first, deps, user_id=user_id, client=caller, now=now)  # uncommitted
     second_done = threading.Event()
 
     def second() -> None:
         with committed.begin() as session:
-            recovery.replace(session, deps, user_id=user_id, now=now)
+            recovery.regenerate(session, deps, user_id=user_id, client=caller, now=now)
         second_done.set()
 
     thread = threading.Thread(target=second)
