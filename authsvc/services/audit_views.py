@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import ColumnElement, Select, or_, select
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.models.ops import AuditEvent
@@ -104,11 +105,11 @@ def list_events(
         query = query.where(AuditEvent.occurred_at >= where.since)
     if where.until is not None:
         query = query.where(AuditEvent.occurred_at < where.until)
-    rows = session.scalars(query).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    events = [
-        EventView(
+    return _page(
+        session,
+        query,
+        limit,
+        lambda row: EventView(
             id=str(row.id),
             occurred_at=row.occurred_at,
             type=row.type,
@@ -119,10 +120,8 @@ def list_events(
             ip=row.ip,
             user_agent=row.user_agent,
             details=_details(row),
-        )
-        for row in rows
-    ]
-    return Page(events=events, next_cursor=str(rows[-1].id) if more and rows else None)
+        ),
+    )
 
 
 def security_events(session: DbSession, *, user_id: str, before_id: int | None, limit: int) -> Page:
@@ -135,11 +134,11 @@ def security_events(session: DbSession, *, user_id: str, before_id: int | None, 
     )
     if before_id is not None:
         query = query.where(AuditEvent.id < before_id)
-    rows = session.scalars(query).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    events = [
-        UserEventView(
+    return _page(
+        session,
+        query,
+        limit,
+        lambda row: UserEventView(
             id=str(row.id),
             occurred_at=row.occurred_at,
             type=row.type,
@@ -147,7 +146,19 @@ def security_events(session: DbSession, *, user_id: str, before_id: int | None, 
             ip=row.ip,
             user_agent=row.user_agent,
             details={k: v for k, v in _details(row).items() if k in _USER_DETAIL_KEYS},
-        )
-        for row in rows
-    ]
-    return Page(events=events, next_cursor=str(rows[-1].id) if more and rows else None)
+        ),
+    )
+
+
+def _page(
+    session: DbSession, query: Select[Any], limit: int, view: Callable[[AuditEvent], Any]
+) -> Page:
+    """One page of ``query`` (which asks for ``limit + 1`` rows, newest first): the rows as
+    views, and the cursor to the next page when there is one."""
+    rows = session.scalars(query).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(
+        events=[view(row) for row in rows],
+        next_cursor=str(rows[-1].id) if more and rows else None,
+    )
