@@ -200,8 +200,10 @@ def append_pending(session: DbSession) -> None:
     for entry, _ in pending:
         entry.prev_hash = last_hash
         entry.row_hash = last_hash = row_digest(entry.prev_hash, entry)
-        session.add(entry)
-        session.flush()  # one by one: ids must follow the chain order
+    # One INSERT for all of them. Ids must follow the chain order: SQLAlchemy's batched INSERT
+    # assigns server-generated keys in the order of its parameter sets (insertmanyvalues).
+    session.add_all([entry for entry, _ in pending])
+    session.flush()
     head.last_id = pending[-1][0].id
     head.last_hash = last_hash
     head.head_mac = head_mac(hooks.keyring, head) if hooks else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from itertools import pairwise
 
 import pytest
 from sqlalchemy import event, select, text
@@ -323,6 +324,38 @@ def test_recorded_events_are_written_at_commit(committed_runtime, runtime, now):
         result = audit.verify(session, keyring=runtime.deps.keyring)
         assert result.ok
         assert result.checked == (3 if engine.dialect.name == "postgresql" else 2)
+
+
+def test_a_commit_writes_its_events_in_one_insert_in_chain_order(committed_runtime, runtime, now):
+    """Queued events go to the table in one statement on PostgreSQL (SQLite gets one per row
+    from SQLAlchemy), and their ids still follow the chain."""
+    factory, engine = committed_runtime
+    inserts: list[str] = []
+
+    def log(_conn, _cursor, statement, *_args):
+        if statement.lstrip().upper().startswith("INSERT INTO AUDIT_EVENTS"):
+            inserts.append(statement)
+
+    event.listen(engine, "before_cursor_execute", log)
+    try:
+        with factory() as session, session.begin():
+            events = [
+                audit.record(session, type="login.failure", outcome=str(i), now=now, user_id="c")
+                for i in range(20)
+            ]
+    finally:
+        event.remove(engine, "before_cursor_execute", log)
+    assert len(inserts) == (1 if engine.dialect.name == "postgresql" else 20)
+    ids = [e.id for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == 20
+    for before, after in pairwise(events):
+        assert after.prev_hash == before.row_hash
+    with factory() as session:
+        rows = session.scalars(
+            select(AuditEvent).where(AuditEvent.id.in_(ids)).order_by(AuditEvent.id)
+        ).all()
+        assert [row.outcome for row in rows] == [str(i) for i in range(20)]
+        assert audit.verify(session, keyring=runtime.deps.keyring).ok
 
 
 def test_a_rollback_writes_no_event(committed_runtime, now):
