@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
 
 import click
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from authsvc.app import build_runtime, create_app
 from authsvc.commands.audit import audit
@@ -16,12 +19,15 @@ from authsvc.commands.keys import keys
 from authsvc.commands.passwords import breached_passwords
 from authsvc.commands.users import users
 from authsvc.db import utcnow
+from authsvc.errors import AuthsvcError
 from authsvc.gunicorn_app import DEFAULT_THREADS, default_workers, reexec_with_hugetlb
 from authsvc.gunicorn_app import run as run_gunicorn
 from authsvc.logging_setup import configure as configure_logging
 from authsvc.schema import upgrade
 from authsvc.services import admin as admin_service
 from authsvc.settings import ConfigError, Settings
+
+T = TypeVar("T")
 
 
 def _settings() -> Settings:
@@ -136,21 +142,50 @@ def admin() -> None:
     """Administration."""
 
 
+def _admin_work(work: Callable[[Session], T]) -> T:
+    """Run ``work`` in one transaction of the configured database; any failure is one line."""
+    settings = _settings()
+    try:
+        runtime = build_runtime(settings)
+        try:
+            with runtime.sessionmaker.begin() as session:
+                return work(session)
+        finally:
+            runtime.engine.dispose()
+    except ConfigError as exc:
+        raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
+    except AuthsvcError as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+
+
 @admin.command("create-key")
 @click.option("--name", required=True, help="Who or what uses the key.")
 def admin_create_key(name: str) -> None:
     """Create an admin API key; prints the key alone on stdout (it is stored hashed)."""
-    settings = _settings()
-    try:
-        runtime = build_runtime(settings)
-        with runtime.sessionmaker.begin() as session:
-            _, secret = admin_service.create_key(session, name=name, now=utcnow())
-        runtime.engine.dispose()
-    except ConfigError as exc:
-        raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
-    except Exception as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+    _, secret = _admin_work(lambda s: admin_service.create_key(s, name=name, now=utcnow()))
     click.echo(secret)
+
+
+@admin.command("list-keys")
+def admin_list_keys() -> None:
+    """Admin keys, one per line: id, created, last used, revoked (or -), name."""
+
+    def line(at: datetime | None) -> str:
+        return at.isoformat(timespec="seconds") if at else "-"
+
+    for key in _admin_work(admin_service.list_keys):
+        times = (line(key.created_at), line(key.last_used_at), line(key.revoked_at))
+        click.echo("\t".join((key.id, *times, key.name)))
+
+
+@admin.command("revoke-key")
+@click.argument("key_id")
+def admin_revoke_key(key_id: str) -> None:
+    """Revoke an admin key by its id (see list-keys): it opens nothing from now on."""
+    revoked = _admin_work(lambda s: admin_service.revoke_key(s, key_id=key_id, now=utcnow()))
+    click.echo(f"{key_id} revoked" if revoked else f"{key_id} was revoked already", err=True)
 
 
 main.add_command(breach_response)

@@ -13,7 +13,7 @@ from flask import Response, g, request
 from authsvc.crypto.tokens import AccessClaims, InvalidAccessToken, VerifiedTokenCache
 from authsvc.db import utcnow
 from authsvc.errors import InvalidAdminKey, InvalidToken, Unauthenticated
-from authsvc.http.io import db, deps
+from authsvc.http.io import client, db, deps
 from authsvc.models import User
 from authsvc.services import admin, sessions, signing, user_tokens
 from authsvc.services.admin import AdminIdentity
@@ -139,7 +139,7 @@ def require_admin(view: Callable[..., Response]) -> Callable[..., Response]:
         token = bearer_token()
         if token is None:
             raise InvalidAdminKey()
-        g.admin = admin.authenticate_key(db(), secret=token, now=utcnow())
+        g.admin = admin.authenticate_key(db(), secret=token, now=utcnow(), client=client())
         return view(*args, **kwargs)
 
     return wrapper

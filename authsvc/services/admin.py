@@ -55,9 +55,59 @@ def create_key(session: DbSession, *, name: str, now: datetime) -> tuple[str, st
     return key.id, secret
 
 
-def authenticate_key(session: DbSession, *, secret: str, now: datetime) -> AdminIdentity:
+@dataclass(frozen=True, slots=True)
+class KeyView:
+    id: str
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+def list_keys(session: DbSession) -> list[KeyView]:
+    """Every admin key, oldest first, without its hash."""
+    keys = session.scalars(select(AdminKey).order_by(AdminKey.created_at, AdminKey.id))
+    return [
+        KeyView(
+            id=k.id,
+            name=k.name,
+            created_at=k.created_at,
+            last_used_at=k.last_used_at,
+            revoked_at=k.revoked_at,
+        )
+        for k in keys
+    ]
+
+
+def revoke_key(session: DbSession, *, key_id: str, now: datetime) -> bool:
+    """Revoke a key: it opens nothing from now on, and a later use of it is audited as
+    ``revoked_key`` with its id. False when it was revoked already. NotFound for no such key."""
+    key = session.get(AdminKey, key_id, with_for_update=True)
+    if key is None:
+        raise NotFound("no admin key has this id")
+    if key.revoked_at is not None:
+        return False
+    key.revoked_at = now
+    audit.record(session, type="admin.key_revoked", outcome="success", now=now, admin_key_id=key.id)
+    return True
+
+
+def authenticate_key(
+    session: DbSession, *, secret: str, now: datetime, client: Client
+) -> AdminIdentity:
+    """The key behind a bearer secret. A presented key that opens nothing is audited
+    (``admin.auth``): ``unknown_key``, or ``revoked_key`` with the key's id, the sign of a
+    leaked key still in use."""
     key = session.scalar(select(AdminKey).where(AdminKey.key_hash == token_hash(secret)))
     if key is None or key.revoked_at is not None:
+        audit.record(
+            session,
+            type="admin.auth",
+            outcome="unknown_key" if key is None else "revoked_key",
+            now=now,
+            client=client,
+            admin_key_id=key.id if key is not None else None,
+        )
         raise InvalidAdminKey()
     session.execute(update(AdminKey).where(AdminKey.id == key.id).values(last_used_at=now))
     return AdminIdentity(key_id=key.id, name=key.name)

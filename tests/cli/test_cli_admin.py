@@ -78,6 +78,38 @@ def test_the_printed_key_opens_the_admin_api(env):
     app.extensions["authsvc"].engine.dispose()
 
 
+def test_a_revoked_key_opens_nothing_and_list_keys_shows_it(env):
+    key = run(env, "admin", "create-key", "--name", "leaked bot").stdout.strip()
+    run(env, "admin", "create-key", "--name", "ops")
+    listed = run(env, "admin", "list-keys")
+    assert listed.exit_code == 0
+    rows = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert [(r[3], r[4]) for r in rows] == [("-", "leaked bot"), ("-", "ops")]
+    assert key not in listed.stdout
+    key_id = rows[0][0]
+
+    revoked = run(env, "admin", "revoke-key", key_id)
+    again = run(env, "admin", "revoke-key", key_id)
+    unknown = run(env, "admin", "revoke-key", "no-such-id")
+
+    assert (revoked.exit_code, revoked.stderr) == (0, f"{key_id} revoked\n")
+    assert (again.exit_code, again.stderr) == (0, f"{key_id} was revoked already\n")
+    assert unknown.exit_code == 1
+    assert unknown.stderr == "Error: no admin key has this id\n"
+    rows = [line.split("\t") for line in run(env, "admin", "list-keys").stdout.splitlines()]
+    assert rows[0][3] != "-" and rows[1][3] == "-"
+    settings = Settings(
+        database_url=env["AUTHSVC_DATABASE_URL"],
+        var_dir=Path(env["AUTHSVC_VAR_DIR"]),
+        encryption_keys=(env["AUTHSVC_ENCRYPTION_KEYS"],),
+    )
+    app = create_app(settings)
+    refused = app.test_client().get("/admin/v1/users", headers={"Authorization": f"Bearer {key}"})
+    assert refused.status_code == 401
+    assert refused.get_json()["code"] == "invalid_admin_key"
+    app.extensions["authsvc"].engine.dispose()
+
+
 def test_each_key_is_new(env):
     keys = {run(env, "admin", "create-key", "--name", "k").stdout for _ in range(3)}
 

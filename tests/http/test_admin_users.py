@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.db import utcnow
+from authsvc.errors import NotFound
 from authsvc.models import AdminKey, AuditEvent, Session, User
 from authsvc.services import admin
 
@@ -287,6 +288,67 @@ def test_admin_routes_without_a_valid_key_answer_401_and_no_data(
     # Nothing happened.
     assert client.get(f"/admin/v1/users/{user['id']}", headers=as_admin).get_json() == user
     assert connection.scalar(select(User.id).where(User.email == "bob@example.com")) is None
+
+
+@pytest.mark.parametrize(
+    ("authorization", "outcome"),
+    [
+        (None, None),
+        ("Basic YWRtaW46YWRtaW4=", None),
+        ("Bearer ak_wrong", "unknown_key"),
+        ("USER_ACCESS_TOKEN", "unknown_key"),
+        ("REVOKED_KEY", "revoked_key"),
+    ],
+)
+def test_a_presented_key_that_opens_nothing_is_audited(
+    api, client, connection, authorization, outcome
+):
+    """A wrong or revoked key is a security event; a revoked one names the key, since its use
+    means it leaked. A request without a bearer key at all is not logged as an attempt."""
+    key_id = None
+    if authorization == "USER_ACCESS_TOKEN":
+        api.register("ada@example.com")
+        authorization = f"Bearer {api.tokens()['access_token']}"
+    elif authorization == "REVOKED_KEY":
+        with DbSession(bind=connection, join_transaction_mode="create_savepoint") as session:
+            key_id, secret = admin.create_key(session, name="old", now=utcnow())
+            admin.revoke_key(session, key_id=key_id, now=utcnow())
+            session.commit()
+        authorization = f"Bearer {secret}"
+    headers = {"Authorization": authorization} if authorization else {}
+
+    response = client.get(
+        "/admin/v1/users?email=ada@example.com",
+        headers={**headers, "User-Agent": "probe/1", "X-Forwarded-For": "203.0.113.9"},
+    )
+
+    assert response.status_code == 401
+    assert response.get_json()["code"] == "invalid_admin_key"
+    rows = connection.execute(
+        select(
+            AuditEvent.outcome, AuditEvent.admin_key_id, AuditEvent.ip, AuditEvent.user_agent
+        ).where(AuditEvent.type == "admin.auth")
+    ).all()
+    if outcome is None:
+        assert rows == []
+    else:
+        assert [tuple(r) for r in rows] == [(outcome, key_id, "127.0.0.1", "probe/1")]
+
+
+def test_revoking_a_key_twice_and_an_unknown_key(connection):
+    with DbSession(bind=connection, join_transaction_mode="create_savepoint") as session:
+        key_id, _ = admin.create_key(session, name="ci", now=utcnow())
+        assert admin.revoke_key(session, key_id=key_id, now=utcnow()) is True
+        assert admin.revoke_key(session, key_id=key_id, now=utcnow()) is False
+        with pytest.raises(NotFound):
+            admin.revoke_key(session, key_id="no-such-key", now=utcnow())
+        session.flush()
+        types = session.scalars(
+            select(AuditEvent.type).where(AuditEvent.admin_key_id == key_id)
+        ).all()
+        assert sorted(types) == ["admin.key_created", "admin.key_revoked"]
+        [view] = [k for k in admin.list_keys(session) if k.id == key_id]
+        assert view.revoked_at is not None and view.name == "ci"
 
 
 def test_admin_actions_are_audited_with_the_key(client, as_admin, connection):
