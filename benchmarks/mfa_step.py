@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from run import CpuMeter  # noqa: E402  # benchmarks/run.py, beside this script
 from sqlalchemy import func, insert, select  # noqa: E402
 
 from authsvc.app import build_runtime  # noqa: E402
 from authsvc.crypto import totp as otp  # noqa: E402
 from authsvc.crypto.tokens import new_token, token_hash  # noqa: E402
 from authsvc.db import new_id  # noqa: E402
+from authsvc.gunicorn_app import DEFAULT_THREADS, default_workers  # noqa: E402
 from authsvc.models import TotpFactor, User, UserToken  # noqa: E402
 from authsvc.services import totp  # noqa: E402
 from authsvc.settings import Settings  # noqa: E402
@@ -91,6 +94,20 @@ def wrk(
         "statuses": raw["statuses"],
         "socket_errors": raw["socket_errors"],
     }
+
+
+def metered(server: LiveServer, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``run()``'s result with the CPU that the server, its database backends and Redis
+    spent per request while it ran."""
+    meter = CpuMeter(server)
+    before = meter.snapshot()
+    result = run()
+    used = CpuMeter.used(before, meter.snapshot())
+    requests = max(1, result["requests"])
+    result["cpu_ms_per_request"] = {
+        part: round(used[part] * 1000 / requests, 3) for part in ("server", "database", "redis")
+    }
+    return result
 
 
 def prepare(settings: Settings, count: int) -> tuple[list[tuple[str, str]], Any]:
@@ -164,8 +181,12 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per endpoint")
     parser.add_argument("--connections", type=int, default=8, help="concurrency")
     parser.add_argument("--wrk-threads", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    parser.add_argument("--threads", type=int, default=4, help="threads per worker")
+    parser.add_argument(
+        "--workers", type=int, default=default_workers(), help="gunicorn workers (serve default)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=DEFAULT_THREADS, help="threads per worker (serve default)"
+    )
     options = parser.parse_args()
     wrk_threads = min(options.wrk_threads, options.connections)
     load_before = os.getloadavg()[0]
@@ -186,7 +207,7 @@ def main() -> None:
             "threads": wrk_threads,
         }
         wrk(server.url, "mfa_healthz.lua", **{**run, "duration": 2})  # warm-up
-        healthz = wrk(server.url, "mfa_healthz.lua", **run)
+        healthz = metered(server, lambda: wrk(server.url, "mfa_healthz.lua", **run))
 
         settings = Settings.from_env(server.env)
         users = int(healthz["requests_per_second"] * (options.duration + 5))
@@ -207,7 +228,10 @@ def main() -> None:
         step = otp.step_at(datetime.now(UTC))
         measured = Path(tmp) / "pairs.txt"
         measured.write_text("".join(f"{t} {otp.code_at(s, step)}\n" for t, s in pairs[50:]))
-        mfa = wrk(server.url, "mfa_step.lua", **run, args=(str(measured), str(wrk_threads)))
+        mfa = metered(
+            server,
+            lambda: wrk(server.url, "mfa_step.lua", **run, args=(str(measured), str(wrk_threads))),
+        )
         accepted_in_db = claimed_steps(runtime) - warmed
         runtime.engine.dispose()
 

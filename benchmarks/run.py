@@ -201,17 +201,29 @@ class CpuMeter:
             ).fetchall()
         return [int(row[0]) for row in rows]
 
+    @staticmethod
+    def _redis_pids() -> list[int]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and (entry / "comm").read_text().strip() == "redis-server":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+        return pids
+
     def snapshot(self) -> dict[str, dict[int, float] | float]:
         return {
             "server": {pid: cpu_seconds(pid) for pid in children(self.master)},
             "database": {pid: cpu_seconds(pid) for pid in self._db_pids()},
+            "redis": {pid: cpu_seconds(pid) for pid in self._redis_pids()},
             "machine": machine_busy_seconds(),
         }
 
     @staticmethod
     def used(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
         out = {}
-        for part in ("server", "database"):
+        for part in ("server", "database", "redis"):
             out[part] = sum(t - before[part].get(pid, 0.0) for pid, t in after[part].items())
         out["machine"] = after["machine"] - before["machine"]
         return out
@@ -252,13 +264,12 @@ def wrk(
         "error_detail": raw["errors"],
         "seconds": round(seconds, 2),
         "cpu_ms_per_request": {
-            "server": round(used["server"] * 1000 / requests, 3),
-            "database": round(used["database"] * 1000 / requests, 3),
+            part: round(used[part] * 1000 / requests, 3) for part in ("server", "database", "redis")
         },
-        # Cores kept busy by everything but this server and its database backends (wrk, Redis,
+        # Cores kept busy by everything but this server, its database backends and Redis (wrk,
         # and whatever else runs on the machine): high values mean the numbers are depressed.
         "other_cores_busy": round(
-            (used["machine"] - used["server"] - used["database"]) / seconds, 2
+            (used["machine"] - used["server"] - used["database"] - used["redis"]) / seconds, 2
         ),
         **({"counters": raw["counters"]} if raw["counters"] else {}),
     }
