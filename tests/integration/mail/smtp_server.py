@@ -126,6 +126,7 @@ class SmtpServer:
     implicit TLS it is offered from the start (aiosmtpd cannot require it there). A recipient in
     ``recipient_replies`` is answered with that reply, e.g. ``"550 5.1.1 No such user"``; with
     ``data_reply`` (e.g. ``"554 5.6.0 Rejected"``) every message is answered so and dropped.
+    ``smtputf8`` offers SMTPUTF8 (RFC 6531), for addresses that are not ASCII.
     """
 
     def __init__(
@@ -137,6 +138,7 @@ class SmtpServer:
         credentials: Mapping[str, str] | None = None,
         recipient_replies: Mapping[str, str] | None = None,
         data_reply: str | None = None,
+        smtputf8: bool = False,
     ) -> None:
         if tls_context is not None and ssl_context is not None:
             raise ValueError("use tls_context (STARTTLS) or ssl_context (implicit TLS), not both")
@@ -147,7 +149,7 @@ class SmtpServer:
         self._changed = threading.Condition()
         self._credentials = dict(credentials or {})
         self._scheme = "smtp+starttls" if tls_context else "smtps" if ssl_context else "smtp"
-        smtp_kwargs: dict[str, Any] = {}
+        smtp_kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
         if tls_context is not None:
             smtp_kwargs.update(tls_context=tls_context, require_starttls=require_starttls)
         if credentials is not None:

@@ -116,6 +116,31 @@ def test_smtp_delivers_the_message(smtp_server: SmtpServer) -> None:
     assert delivery.login is None
 
 
+def test_an_address_that_is_not_ascii_goes_through_a_server_with_smtputf8() -> None:
+    to = "名前@例え.jp"
+    with SmtpServer(smtputf8=True) as server:
+        send(f"smtp://127.0.0.1:{server.port}", message(to=to))
+
+        [received] = server.wait_for(1)
+        [delivery] = server.deliveries
+    assert delivery.rcpt_tos == (to,)
+    assert received["To"] == to
+    assert received.get_content() == BODY
+
+
+def test_an_address_that_is_not_ascii_fails_for_good_without_smtputf8(
+    smtp_server: SmtpServer,
+) -> None:
+    """A server without SMTPUTF8 cannot take the address: a permanent failure (the outbox
+    gives up on it), not a retry forever; the server got nothing."""
+    with pytest.raises(MailDeliveryError) as failure:
+        send(f"smtp://127.0.0.1:{smtp_server.port}", message(to="名前@例え.jp"))
+
+    assert failure.value.permanent
+    assert "SMTPUTF8" in str(failure.value)
+    assert smtp_server.deliveries == []
+
+
 def test_starttls_delivers_over_tls(tls_context: ssl.SSLContext) -> None:
     with SmtpServer(tls_context=tls_context, require_starttls=True) as server:
         send(f"smtp+starttls://127.0.0.1:{server.port}?verify=false", message())
