@@ -200,11 +200,24 @@ def _verify(
     return verified, (_int(claims, "nbf") if "nbf" in claims else None)
 
 
+# Clocks of the instances that sign and verify may differ this much (iat and nbf).
+CLOCK_LEEWAY_SECONDS = 30
+
+
+def _check_lifetime(claims: AccessClaims, max_lifetime: int | None) -> None:
+    """A token may not claim to live longer than the service issues them for: one signed
+    with a leaked key cannot outlast the key's retirement that way."""
+    if max_lifetime is not None and claims.exp - claims.iat > max_lifetime:
+        raise InvalidAccessToken("lifetime longer than issued")
+
+
 def _check_time(claims: AccessClaims, nbf: int | None, now: datetime) -> AccessClaims:
     current = int(now.timestamp())
     if claims.exp <= current:
         raise InvalidAccessToken("expired")
-    if nbf is not None and nbf > current:
+    if claims.iat > current + CLOCK_LEEWAY_SECONDS:
+        raise InvalidAccessToken("issued in the future")
+    if nbf is not None and nbf > current + CLOCK_LEEWAY_SECONDS:
         raise InvalidAccessToken("not yet valid")
     return claims
 
@@ -233,8 +246,10 @@ def verify_access_token(
     issuer: str,
     audience: str,
     now: datetime,
+    max_lifetime: int | None = None,
 ) -> AccessClaims:
-    """Verify signature, type, issuer, audience, expiry and required claims.
+    """Verify signature, type, issuer, audience, expiry and required claims, and that the
+    token lives at most ``max_lifetime`` seconds (``exp - iat``) when that is given.
 
     The key comes from ``public_key_for(kid)`` (a cache, say) or from ``public_jwks`` by kid.
     """
@@ -249,6 +264,7 @@ def verify_access_token(
     if public_key is None:
         raise InvalidAccessToken("unknown key")
     claims, nbf = _verify(token, public_key=public_key, issuer=issuer, audience=audience)
+    _check_lifetime(claims, max_lifetime)
     return _check_time(claims, nbf, now)
 
 
@@ -288,6 +304,7 @@ class VerifiedTokenCache:
         issuer: str,
         audience: str,
         now: datetime,
+        max_lifetime: int | None = None,
     ) -> AccessClaims:
         hit = self._entries.get(token)
         if (
@@ -302,6 +319,7 @@ class VerifiedTokenCache:
         if public_key is None:
             raise InvalidAccessToken("unknown key")
         claims, nbf = _verify(token, public_key=public_key, issuer=issuer, audience=audience)
+        _check_lifetime(claims, max_lifetime)
         _check_time(claims, nbf, now)
         with self._lock:
             if len(self._entries) >= self._maxsize:

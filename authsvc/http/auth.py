@@ -53,10 +53,13 @@ def access_claims(now: datetime) -> AccessClaims:
     try:
         return _verified_tokens.verify(
             token,
-            public_key_for=lambda kid: signing.public_key(session, kid),
+            public_key_for=lambda kid: signing.public_key(
+                session, kid, now=now, token_ttl=settings.access_token_ttl
+            ),
             issuer=settings.public_url,
             audience=settings.jwt_audience,
             now=now,
+            max_lifetime=int(settings.access_token_ttl.total_seconds()),
         )
     except InvalidAccessToken:
         raise Unauthenticated(REFUSED) from None

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from authsvc.db import utcnow
 from authsvc.errors import NotFound, Unauthenticated
 from authsvc.http.auth import bearer_token
-from authsvc.http.io import db, respond, transactional
+from authsvc.http.io import db, deps, respond, transactional
 from authsvc.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from authsvc.schema import schema_is_current
 from authsvc.services import detection, signing
@@ -130,7 +130,8 @@ def docs_static(filename: str) -> Response:
 @bp.get("/.well-known/jwks.json")
 @transactional
 def jwks() -> Response:
-    keys = list(signing.public_jwks(db()).values())
+    token_ttl = deps().settings.access_token_ttl
+    keys = list(signing.public_jwks(db(), now=utcnow(), token_ttl=token_ttl).values())
     response = respond({"keys": keys})
     response.headers["Cache-Control"] = "public, max-age=300"
     return response

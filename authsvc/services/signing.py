@@ -1,10 +1,12 @@
 """Access-token signing keys: created on first use, private half encrypted at rest.
 
-Key objects are cached in the process, one cache per database binding (engine):
-public keys by kid for good (keys are never deleted, and a kid names one key), and the
-active private key for ``ACTIVE_KEY_TTL_SECONDS``, so a key made active elsewhere (another
-process) is used for signing within that time. Tokens signed with the previous key still
-verify: retired keys stay published.
+Key objects are cached in the process, one cache per database binding (engine): public keys
+by kid (a kid names one key; whether it was retired is read again every
+``ACTIVE_KEY_TTL_SECONDS`` until it is), and the active private key for
+``ACTIVE_KEY_TTL_SECONDS``, so a key made active elsewhere (another process) is used for
+signing within that time. A retired key stays published, and trusted, only as long as a token
+it signed can live (``published_after_retirement``): after a rotation for a leaked key, no
+token it signs verifies once that time has passed.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import time
 import weakref
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -37,6 +39,7 @@ from authsvc.services.context import SYSTEM
 
 _AAD = b"signing-key"
 ACTIVE_KEY_TTL_SECONDS = 60.0
+CLOCK_LEEWAY = timedelta(seconds=30)
 
 _keys = SigningKey.__table__.c
 _ACTIVE = (
@@ -47,9 +50,16 @@ _ACTIVE = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _Published:
+    key: Ed25519PublicKey
+    retired_at: datetime | None
+    read_at: float  # monotonic
+
+
 @dataclass
 class _KeyCache:
-    public: dict[str, Ed25519PublicKey] = field(default_factory=dict)
+    public: dict[str, _Published] = field(default_factory=dict)
     # (keyring it was decrypted with, signer, monotonic time it is good until)
     active: tuple[Keyring, Signer, float] | None = None
 
@@ -108,20 +118,40 @@ def _material(row: SigningKey, keyring: Keyring) -> SigningKeyMaterial:
     )
 
 
-def public_key(session: DbSession, kid: str) -> Ed25519PublicKey | None:
-    """The published key named ``kid``; read from the database only the first time."""
+def published_after_retirement(token_ttl: timedelta) -> timedelta:
+    """How long a retired key can still have live tokens: other processes may sign with it
+    for ``ACTIVE_KEY_TTL_SECONDS`` after the rotation, each token lives ``token_ttl``, and
+    clocks differ a little."""
+    return token_ttl + timedelta(seconds=ACTIVE_KEY_TTL_SECONDS) + CLOCK_LEEWAY
+
+
+def public_key(
+    session: DbSession, kid: str, *, now: datetime, token_ttl: timedelta
+) -> Ed25519PublicKey | None:
+    """The published key named ``kid``, or None when there is none or it was retired longer
+    ago than a token lives. Read from the database the first time, and again every
+    ``ACTIVE_KEY_TTL_SECONDS`` while the key is not retired."""
     cache = _cache(session)
-    key = cache.public.get(kid)
-    if key is None:
-        jwk = session.scalar(select(_keys.public_jwk).where(_keys.kid == kid))
-        if jwk is None:
+    clock = time.monotonic()
+    entry = cache.public.get(kid)
+    if entry is None or (
+        entry.retired_at is None and clock >= entry.read_at + ACTIVE_KEY_TTL_SECONDS
+    ):
+        row = session.execute(
+            select(_keys.public_jwk, _keys.retired_at).where(_keys.kid == kid)
+        ).first()
+        if row is None:
             return None
         try:
-            key = public_key_from_jwk(json.loads(jwk))
+            key = entry.key if entry else public_key_from_jwk(json.loads(row.public_jwk))
         except InvalidAccessToken:
             return None
-        cache.public[kid] = key
-    return key
+        entry = cache.public[kid] = _Published(key, row.retired_at, clock)
+    if entry.retired_at is not None and now >= entry.retired_at + published_after_retirement(
+        token_ttl
+    ):
+        return None
+    return entry.key
 
 
 def _create(session: DbSession, keyring: Keyring, *, now: datetime) -> SigningKey:
@@ -142,9 +172,17 @@ def ensure_key(session: DbSession, keyring: Keyring, *, now: datetime) -> None:
         _create(session, keyring, now=now)
 
 
-def public_jwks(session: DbSession) -> dict[str, dict[str, Any]]:
-    """Every published key by kid; retired keys stay published so issued tokens verify."""
-    rows = session.scalars(select(SigningKey)).all()
+def public_jwks(
+    session: DbSession, *, now: datetime, token_ttl: timedelta
+) -> dict[str, dict[str, Any]]:
+    """Every published key by kid: the active one, and retired ones while tokens they
+    signed may still live (``published_after_retirement``)."""
+    since = now - published_after_retirement(token_ttl)
+    rows = session.execute(
+        select(_keys.kid, _keys.public_jwk).where(
+            (_keys.retired_at.is_(None)) | (_keys.retired_at > since)
+        )
+    ).all()
     return {row.kid: json.loads(row.public_jwk) for row in rows}
 
 

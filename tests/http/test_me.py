@@ -104,8 +104,10 @@ def test_a_token_forged_here_is_accepted_so_the_forgeries_below_are_meaningful(
         {"issuer": "https://evil.example"},
         {"session_id": "no-such-session"},
         {"subject": "someone-else"},
+        {"ttl_seconds": 601},  # longer than the service issues them for
+        {"now": utcnow() + timedelta(minutes=2)},  # issued in the future, beyond the leeway
     ],
-    ids=["expired", "audience", "issuer", "session", "subject"],
+    ids=["expired", "audience", "issuer", "session", "subject", "lifetime", "future"],
 )
 def test_invalid_access_tokens_are_refused(api, app, client, connection, session_ids, change):
     token = forge(app, connection, **{**session_ids, **change})

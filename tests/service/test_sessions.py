@@ -34,10 +34,13 @@ def test_start_session_issues_a_verifiable_pair(db_session, deps, user, caller, 
 
     claims = verify_access_token(
         pair.access_token,
-        public_jwks=signing.public_jwks(db_session),
+        public_jwks=signing.public_jwks(
+            db_session, now=now, token_ttl=deps.settings.access_token_ttl
+        ),
         issuer=deps.settings.public_url,
         audience=deps.settings.jwt_audience,
         now=now,
+        max_lifetime=int(deps.settings.access_token_ttl.total_seconds()),
     )
     assert (claims.sub, claims.sid, claims.amr) == (user.id, pair.session_id, ("pwd", "otp", "mfa"))
     assert claims.auth_time == int(now.timestamp())

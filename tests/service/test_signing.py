@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import update
@@ -10,6 +11,8 @@ from sqlalchemy import update
 from authsvc.crypto.tokens import generate_signing_key, public_key_from_jwk
 from authsvc.models import SigningKey
 from authsvc.services import signing
+
+TTL = timedelta(minutes=10)
 
 
 class Clock:
@@ -62,7 +65,7 @@ def test_a_key_made_active_elsewhere_is_used_after_the_ttl(db_session, deps, now
     clock.now += 2
     assert signing.signer(db_session, deps.keyring, now=now).kid == "kid-from-elsewhere"
     # The old key stays published, so tokens it signed still verify.
-    assert signing.public_key(db_session, old.kid) is not None
+    assert signing.public_key(db_session, old.kid, now=now, token_ttl=TTL) is not None
 
 
 def test_rotating_here_takes_effect_at_once(db_session, deps, now, clock):
@@ -89,8 +92,30 @@ def test_public_keys_by_kid(db_session, deps, now):
     signing.ensure_key(db_session, deps.keyring, now=now)
     kid = signing.active_key(db_session, deps.keyring, now=now).kid
 
-    key = signing.public_key(db_session, kid)
+    key = signing.public_key(db_session, kid, now=now, token_ttl=TTL)
 
     assert key is not None
-    assert signing.public_key(db_session, kid) is key
-    assert signing.public_key(db_session, "no-such-kid") is None
+    assert signing.public_key(db_session, kid, now=now, token_ttl=TTL) is key
+    assert signing.public_key(db_session, "no-such-kid", now=now, token_ttl=TTL) is None
+
+
+def test_a_retired_key_is_trusted_and_published_only_while_its_tokens_can_live(
+    db_session, deps, now, clock
+):
+    """After a rotation (a leaked key, say) the old key verifies tokens for as long as one it
+    signed can still be alive, then neither verifies nor appears in the JWKS."""
+    signing.ensure_key(db_session, deps.keyring, now=now)
+    old = signing.active_key(db_session, deps.keyring, now=now).kid
+    assert signing.public_key(db_session, old, now=now, token_ttl=TTL) is not None  # cached
+
+    new = signing.rotate(db_session, deps.keyring, now=now)
+    grace = signing.published_after_retirement(TTL)
+    assert grace == TTL + timedelta(seconds=signing.ACTIVE_KEY_TTL_SECONDS + 30)
+    clock.now += signing.ACTIVE_KEY_TTL_SECONDS  # the cached entry learns of the retirement
+    almost, after = now + grace - timedelta(seconds=1), now + grace
+
+    assert signing.public_key(db_session, old, now=almost, token_ttl=TTL) is not None
+    assert set(signing.public_jwks(db_session, now=almost, token_ttl=TTL)) == {old, new}
+    assert signing.public_key(db_session, old, now=after, token_ttl=TTL) is None
+    assert set(signing.public_jwks(db_session, now=after, token_ttl=TTL)) == {new}
+    assert signing.public_key(db_session, new, now=after, token_ttl=TTL) is not None

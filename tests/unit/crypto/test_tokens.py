@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from authsvc.crypto.tokens import (
+    CLOCK_LEEWAY_SECONDS,
     InvalidAccessToken,
     VerifiedTokenCache,
     generate_signing_key,
@@ -236,7 +237,7 @@ def test_required_claims(key, jwks, claim):
         lambda c: c.update(sid=None),
         lambda c: c.update(amr="pwd"),
         lambda c: c.update(amr=["pwd", 1]),
-        lambda c: c.update(nbf=c["iat"] + 60),
+        lambda c: c.update(nbf=c["iat"] + 90),
         lambda c: c.update(aud=["other-app"]),
     ],
     ids=[
@@ -254,6 +255,33 @@ def test_required_claims(key, jwks, claim):
 def test_claims_of_the_wrong_type_or_time_are_refused(key, jwks, edit):
     with pytest.raises(InvalidAccessToken):
         verify(resign(key, edit), jwks)
+
+
+def test_clocks_may_differ_by_the_leeway_but_no_more(key, jwks):
+    """A token from an instance whose clock is a little ahead verifies; one issued or valid
+    only further in the future does not."""
+    ahead = utcnow() + timedelta(seconds=CLOCK_LEEWAY_SECONDS - 5)
+    assert verify(sign(key, now=ahead), jwks).sub == "user-1"
+    with pytest.raises(InvalidAccessToken, match="issued in the future"):
+        verify(sign(key, now=ahead + timedelta(seconds=10)), jwks)
+    with pytest.raises(InvalidAccessToken, match="not yet valid"):
+        verify(resign(key, lambda c: c.update(nbf=c["iat"] + CLOCK_LEEWAY_SECONDS + 5)), jwks)
+
+
+def test_a_token_living_longer_than_issued_is_refused(key, jwks):
+    """With ``max_lifetime``, a token signed (with a leaked key, say) to live for years is
+    refused, by the function and by the cache alike; one of the issued lifetime passes."""
+    forever = sign(key, ttl_seconds=10**8)
+    assert verify(forever, jwks).sub == "user-1"  # no limit given
+    with pytest.raises(InvalidAccessToken, match="lifetime"):
+        verify(forever, jwks, max_lifetime=600)
+    assert verify(sign(key, ttl_seconds=600), jwks, max_lifetime=600).sub == "user-1"
+    cache = VerifiedTokenCache()
+    options = {"issuer": ISSUER, "audience": AUDIENCE, "now": utcnow(), "max_lifetime": 600}
+    key_for = {key.kid: public_key_from_jwk(key.public_jwk)}.get
+    with pytest.raises(InvalidAccessToken, match="lifetime"):
+        cache.verify(forever, public_key_for=key_for, **options)
+    assert len(cache) == 0
 
 
 def test_an_audience_list_that_names_us_is_accepted(key, jwks):
