@@ -15,7 +15,7 @@ from authsvc.db import utcnow
 from authsvc.errors import InvalidAdminKey, InvalidToken, Unauthenticated
 from authsvc.http.io import client, db, deps
 from authsvc.models import User
-from authsvc.services import admin, sessions, signing, user_tokens
+from authsvc.services import admin, mfa_management, sessions, signing, user_tokens
 from authsvc.services.admin import AdminIdentity
 
 REFUSED = "The access token is invalid, expired or revoked"
@@ -134,6 +134,15 @@ def require_user_or_enrollment(view: Callable[..., Response]) -> Callable[..., R
 
 def principal() -> Principal:
     return g.principal
+
+
+def require_recent_login_to_add_a_factor() -> None:
+    """A new factor signs in (a passkey alone) or comes with recovery codes: a stale or stolen
+    access token must not add one, so it needs a login within the re-auth window. An
+    enrollment token is a login step in progress, fresh by construction."""
+    p = principal()
+    if p.enrollment_token is None:
+        mfa_management.require_recent_login(deps(), auth_time=p.auth_time, now=utcnow())
 
 
 def require_admin(view: Callable[..., Response]) -> Callable[..., Response]:

@@ -8,7 +8,12 @@ from typing import Any
 from flask import Blueprint, Response
 
 from authsvc.db import utcnow
-from authsvc.http.auth import principal, require_user, require_user_or_enrollment
+from authsvc.http.auth import (
+    principal,
+    require_recent_login_to_add_a_factor,
+    require_user,
+    require_user_or_enrollment,
+)
 from authsvc.http.io import client, db, deps, field, no_content, parse, respond, transactional
 from authsvc.http.public import login_response
 from authsvc.services import mfa_management, totp
@@ -81,6 +86,7 @@ def delete_factor(factor_id: str) -> Response:
 @require_user_or_enrollment
 def enroll_totp() -> Response:
     body = parse(OptionalName, optional=True)
+    require_recent_login_to_add_a_factor()
     enrollment = totp.enroll(
         db(), deps(), user_id=principal().user_id, name=body.name, client=client(), now=utcnow()
     )

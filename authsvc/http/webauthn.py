@@ -8,7 +8,11 @@ from typing import Any
 from flask import Blueprint, Response
 
 from authsvc.db import utcnow
-from authsvc.http.auth import principal, require_user_or_enrollment
+from authsvc.http.auth import (
+    principal,
+    require_recent_login_to_add_a_factor,
+    require_user_or_enrollment,
+)
 from authsvc.http.io import client, db, deps, field, parse, respond, to_json, transactional
 from authsvc.http.public import TOKEN_MAX, login_response
 from authsvc.services import passkeys, webauthn, webauthn_registration
@@ -56,6 +60,7 @@ class PasskeyBody:
 @require_user_or_enrollment
 def webauthn_registration_options() -> Response:
     body = parse(NameBody)
+    require_recent_login_to_add_a_factor()
     options = webauthn_registration.registration_options(
         db(), deps(), user_id=principal().user_id, name=body.name, now=utcnow()
     )

@@ -127,10 +127,29 @@ def test_removal_needs_a_recent_login(api, stale_client, client):
     assert len(client.get("/v1/me/mfa", headers=factor["headers"]).get_json()["factors"]) == 1
 
 
-def test_a_pending_enrollment_can_be_dropped_without_reauthentication(api, stale_client):
+@pytest.mark.parametrize("path", ["/v1/me/mfa/totp", "/v1/me/mfa/webauthn/registration-options"])
+def test_adding_a_factor_needs_a_recent_login(api, stale_client, client, connection, path):
+    """A stale or stolen access token must not add a factor: a passkey signs in alone, and a
+    first factor comes with the recovery codes that a reset then asks for."""
     api.register()
     headers = api.bearer(api.tokens()["access_token"])
-    pending = stale_client.post("/v1/me/mfa/totp", headers=headers).get_json()
+
+    response = stale_client.post(path, json={"name": "mine"}, headers=headers)
+
+    assert response.status_code == 403
+    assert response.get_json()["code"] == "reauthentication_required"
+    assert client.get("/v1/me/mfa", headers=headers).get_json()["factors"] == []
+    written = connection.scalar(
+        select(func.count()).select_from(AuditEvent).where(AuditEvent.type.like("mfa.%"))
+    )
+    assert written == 0
+    assert client.post(path, json={"name": "mine"}, headers=headers).status_code in (200, 201)
+
+
+def test_a_pending_enrollment_can_be_dropped_without_reauthentication(api, stale_client, client):
+    api.register()
+    headers = api.bearer(api.tokens()["access_token"])
+    pending = client.post("/v1/me/mfa/totp", headers=headers).get_json()
 
     response = stale_client.delete(f"/v1/me/mfa/{pending['factor_id']}", headers=headers)
 
