@@ -211,6 +211,8 @@ def _validate(request: CampaignRequest) -> None:
         )
     if not request.reason.strip() or len(request.reason) > MAX_REASON:
         raise InvalidRequest(f"reason must be 1 to {MAX_REASON} characters", field="reason")
+    if "\x00" in request.reason:  # an upload's reason comes from the query string, unchecked
+        raise InvalidRequest("reason must not contain NUL characters", field="reason")
     if (request.selector in BEFORE_SELECTORS) != (request.before is not None):
         raise InvalidRequest(
             "created_before / password_set_before go with the selector of that name",

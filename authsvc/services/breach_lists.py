@@ -74,7 +74,11 @@ def parse_target_list(
             continue
         value = line
         if csv_format:
-            cells = [cell.strip() for cell in next(csv.reader([line]), [])]
+            try:
+                cells = [cell.strip() for cell in next(csv.reader([line]), [])]
+            except csv.Error:  # a field beyond the csv module's limit, for one
+                reject(count, "invalid_csv", line)
+                continue
             if column is None:
                 headed = [i for i, c in enumerate(cells) if c.lower() in _HEADERS[kind]]
                 column = headed[0] if headed else 0
@@ -111,7 +115,10 @@ def parse_moment(raw: str, *, field: str) -> datetime:
         if len(raw.strip()) > 10:
             raise InvalidRequest(f"{field} must carry a time zone (e.g. Z)", field=field)
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the first representable UTC time
+        raise InvalidRequest(f"{field} is out of range", field=field) from None
 
 
 def _normalise(kind: str, value: str) -> str | None:

@@ -153,6 +153,12 @@ def test_a_dry_run_only_counts(client, app, as_admin, accounts):
         ({"reason": ""}, 400, "invalid_request"),
         ({"selector": "created_before"}, 400, "invalid_request"),
         ({"selector": "created_before", "before": "last tuesday"}, 400, "invalid_request"),
+        # Before the first representable UTC time (was a 500).
+        (
+            {"selector": "created_before", "before": "0001-01-01T00:00:00+01:00"},
+            400,
+            "invalid_request",
+        ),
         ({"selector": "emails"}, 400, "invalid_request"),
         ({"selector": "emails", "emails": ["nope", "  "]}, 400, "empty_target_list"),
         ({"selector": "emails", "emails": ["nobody@example.com"]}, 422, "no_targets"),
@@ -167,6 +173,21 @@ def test_bad_campaigns_are_refused(client, app, as_admin, accounts, body, status
 
     assert response.status_code == status
     assert response.get_json()["code"] == code
+    with db(app) as session:
+        assert session.scalar(select(func.count()).select_from(BreachCampaign)) == 0
+
+
+def test_an_upload_with_a_nul_in_its_reason_is_refused(client, app, as_admin, accounts):
+    # The JSON body's strings are checked for NUL; an upload's reason comes from the query
+    # string (PostgreSQL refused it with a 500).
+    nul = client.post(
+        f"{BASE}?selector=emails&mode=invalidate&reason=x%00y",
+        data="user1@example.com\n",
+        content_type="text/plain",
+        headers=as_admin,
+    )
+    assert (nul.status_code, nul.get_json()["code"]) == (400, "invalid_request")
+    assert nul.get_json()["field"] == "reason"
     with db(app) as session:
         assert session.scalar(select(func.count()).select_from(BreachCampaign)) == 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from datetime import timedelta
@@ -174,6 +175,18 @@ def test_a_csv_list_uses_the_email_column():
     assert [(r.line, r.reason) for r in parsed.rejections] == [
         (3, "invalid_email"),
         (4, "missing_column"),
+    ]
+
+
+def test_a_csv_line_the_csv_module_refuses_is_rejected_not_fatal():
+    huge = "x" * (csv.field_size_limit() + 1)  # over the module's 128 KiB field limit
+    lines = ["email", "ada@example.com", huge, "bob@example.org"]
+
+    parsed = lists.parse_target_list("emails", lines, csv_format=True)
+
+    assert parsed.values == ("ada@example.com", "bob@example.org")
+    assert [(r.line, r.reason, len(r.value)) for r in parsed.rejections] == [
+        (3, "invalid_csv", 100)
     ]
 
 
