@@ -30,6 +30,20 @@ _USER_DETAIL_KEYS = frozenset(
 )
 
 
+# Free text an operator wrote (a force-reset's reason, say) is for the operators' trail; on
+# the user's own events ``reason`` is a machine code (a refused security key's, say).
+_OPERATOR_EVENT_PREFIXES = ("admin.", "breach.")
+
+
+def _user_details(row: AuditEvent) -> dict[str, Any]:
+    operator = row.type.startswith(_OPERATOR_EVENT_PREFIXES)
+    return {
+        k: v
+        for k, v in _details(row).items()
+        if k in _USER_DETAIL_KEYS and not (operator and k == "reason")
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class EventView:
     id: str
@@ -145,7 +159,7 @@ def security_events(session: DbSession, *, user_id: str, before_id: int | None, 
             outcome=row.outcome,
             ip=row.ip,
             user_agent=row.user_agent,
-            details={k: v for k, v in _details(row).items() if k in _USER_DETAIL_KEYS},
+            details=_user_details(row),
         ),
     )
 

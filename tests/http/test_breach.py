@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session as DbSession
 from authsvc.db import utcnow
 from authsvc.models import AuditEvent, User
 from authsvc.models.breach import BreachCampaign
-from authsvc.services import admin
+from authsvc.services import admin, audit_views
 from tests.conftest import runtime
 
 BASE = "/admin/v1/breach-responses"
@@ -315,6 +315,30 @@ def test_force_reset_signs_the_user_out_now(api, client, app, as_admin, accounts
         headers=as_admin,
     )
     assert factors_gone_but_old_password_chooses.get_json()["code"] == "invalid_request"
+
+
+def test_the_admins_reason_stays_in_the_operators_trail(api, client, app, as_admin, accounts):
+    """A force-reset's reason is the operator's free text: the admin audit view shows it, the
+    user's own security events show the event and its mode only."""
+    with db(app) as session:
+        user_id = session.scalar(select(User.id).where(User.email == "user2@example.com"))
+    secret = "INTERNAL: fraud investigation, case 2025-77"
+    client.post(
+        f"/admin/v1/users/{user_id}/force-reset",
+        json={"mode": "invalidate", "reason": secret},
+        headers=as_admin,
+    )
+
+    admin_view = client.get(
+        f"/admin/v1/audit-events?user_id={user_id}&type=admin.force_reset", headers=as_admin
+    ).get_json()["events"]
+    with db(app) as session:
+        own = audit_views.security_events(session, user_id=user_id, before_id=None, limit=50)
+
+    assert [e["details"]["reason"] for e in admin_view] == [secret]
+    [event] = [e for e in own.events if e.type == "admin.force_reset"]
+    assert event.details == {"mode": "invalidate"}
+    assert secret not in json.dumps([dataclasses.asdict(e) for e in own.events], default=str)
 
 
 def test_a_report_cell_never_runs_as_a_spreadsheet_formula(api, client, as_admin):
