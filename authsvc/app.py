@@ -23,7 +23,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from authsvc.crypto.blocklist import Blocklist, BreachedPasswordStore, CommonPasswords
 from authsvc.crypto.keyring import Keyring, generate_key_spec
 from authsvc.crypto.passwords import Argon2Params
-from authsvc.db import make_engine, make_sessionmaker, utcnow
+from authsvc.db import make_autocommit_engine, make_engine, make_sessionmaker, utcnow
 from authsvc.http import admin, audit, breach, me, mfa, ops, problems, public, ui, webauthn
 from authsvc.logging_setup import bind_request_id, unbind_request_id
 from authsvc.mail.backends import make_backend
@@ -47,12 +47,20 @@ class Runtime:
 
     settings: Settings
     engine: Engine
+    # PostgreSQL, and no outer transaction to join (tests): one-statement requests run here.
+    autocommit_engine: Engine | None
     sessionmaker: sessionmaker[DbSession]
     deps: Deps
     worker: OutboxWorker
     metrics: Metrics
     detector: Detector
     worker_stop: threading.Event | None = None
+
+    def dispose(self) -> None:
+        """Close every pooled database connection (commands and tests, when done)."""
+        self.engine.dispose()
+        if self.autocommit_engine is not None:
+            self.autocommit_engine.dispose()
 
 
 def dev_keyring(var_dir: Path) -> Keyring:
@@ -106,6 +114,9 @@ def build_runtime(
         else dev_keyring(settings.var_dir)
     )
     engine = make_engine(settings.resolved_database_url)
+    autocommit_engine = (
+        make_autocommit_engine(settings.resolved_database_url) if bind is None else None
+    )
     factory = make_sessionmaker(engine)
     if bind is not None:
         factory = sessionmaker(
@@ -140,6 +151,7 @@ def build_runtime(
     return Runtime(
         settings=settings,
         engine=engine,
+        autocommit_engine=autocommit_engine,
         sessionmaker=factory,
         deps=deps,
         worker=worker,

@@ -151,7 +151,7 @@ def _admin_work(work: Callable[[Session], T]) -> T:
             with runtime.sessionmaker.begin() as session:
                 return work(session)
         finally:
-            runtime.engine.dispose()
+            runtime.dispose()
     except ConfigError as exc:
         raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
     except AuthsvcError as exc:

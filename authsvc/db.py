@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import secrets
 import select
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from collections import namedtuple
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -18,11 +18,12 @@ from sqlalchemy import (
     Engine,
     MetaData,
     Result,
+    Select,
     create_engine,
     event,
     make_url,
 )
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -111,9 +112,27 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     # pool_size covers a worker's request threads (8 by default) and its outbox thread: with
     # fewer, steady load keeps opening and closing overflow connections, and every new
     # PostgreSQL backend costs tens of milliseconds before its first answer.
-    engine = create_engine(url, pool_size=10, max_overflow=10, hide_parameters=True, **kwargs)
+    kwargs = {"pool_size": 10, "max_overflow": 10, **kwargs}
+    engine = create_engine(url, hide_parameters=True, **kwargs)
     event.listen(engine, "checkout", replace_if_dropped)
     return engine
+
+
+def make_autocommit_engine(url: str) -> Engine | None:
+    """PostgreSQL: a pool of its own whose connections stay in autocommit mode, for requests
+    that are one statement (atomic by itself). Switching a pooled connection to autocommit and
+    back, and the rollback on its return, cost more CPU than the statement's round trip.
+    None elsewhere (SQLite runs everything in the session's transaction)."""
+    if not url.startswith("postgresql"):
+        return None
+    # One connection per request thread (8 by default); more only while threads exceed that.
+    return make_engine(
+        url,
+        pool_size=8,
+        max_overflow=8,
+        isolation_level="AUTOCOMMIT",
+        pool_reset_on_return=None,
+    )
 
 
 def replace_if_dropped(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
@@ -142,33 +161,59 @@ def _create_private(url: str) -> None:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
-def autocommit_connection(session: Session) -> AbstractContextManager[Connection] | None:
-    """On a PostgreSQL engine, a pooled connection of its own in autocommit mode, for work
-    that is a single statement (atomic by itself): no BEGIN, no COMMIT and no Session
-    transaction around it. None elsewhere: SQLite, or a session joined to an outer
-    transaction (the tests)."""
-    bind = session.get_bind()
-    if isinstance(bind, Engine) and bind.dialect.name == "postgresql":
-        return _autocommit(bind)
-    return None
+class OneStatement:
+    """A Core statement compiled once and run on the driver's own connection from an
+    autocommit pool (``make_autocommit_engine``), for the few requests that are one statement
+    and are asked for most (GET /v1/me, refresh): SQLAlchemy's execution layer costs several
+    times the driver's own work there. Where there is no such pool (SQLite, a session joined to
+    a test's outer transaction), the same statement runs through the session as usual.
+
+    Parameters go to the driver as they are (datetimes aware, as UTCDateTime requires); rows
+    come back as named tuples, timestamps aware UTC as UTCDateTime gives them."""
+
+    def __init__(self, statement: Select[Any]) -> None:
+        self.statement = statement
+        self._row = namedtuple("Row", [c.key for c in statement.selected_columns])  # type: ignore[misc]
+        self._compiled: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def first(self, db: Engine | Session | Connection, params: dict[str, Any]) -> Any | None:
+        """The first row of the result, or None. ``db`` is an autocommit engine, or a session
+        or connection to run the statement on as usual."""
+        if not isinstance(db, Engine):
+            return db.execute(self.statement, params).first()
+        engine = db
+        compiled = self._compiled.get(engine.dialect.name)
+        if compiled is None:
+            done = self.statement.compile(dialect=engine.dialect)
+            # Values written into the statement (literals) go along with the caller's.
+            literals = {k: v for k, v in done.params.items() if v is not None}
+            compiled = self._compiled[engine.dialect.name] = (done.string, literals)
+        sql, literals = compiled
+        params = {**literals, **params}
+        fairy = engine.raw_connection()
+        driver: Any = fairy.driver_connection  # a psycopg Connection
+        try:
+            row = driver.execute(sql, params, prepare=True).fetchone()
+        except engine.dialect.loaded_dbapi.Error as exc:
+            if driver.closed or driver.broken:
+                fairy.invalidate()
+            raise DBAPIError.instance(
+                sql,
+                params,
+                exc,
+                engine.dialect.loaded_dbapi.Error,
+                hide_parameters=True,
+                dialect=engine.dialect,
+            ) from None
+        finally:
+            fairy.close()
+        if row is None:
+            return None
+        return self._row(*(_utc(value) for value in row))
 
 
-@contextmanager
-def _autocommit(engine: Engine) -> Iterator[Connection]:
-    with engine.connect() as conn:
-        yield conn.execution_options(isolation_level="AUTOCOMMIT")
-
-
-@contextmanager
-def read_connection(session: Session) -> Iterator[Connection]:
-    """A connection for a request that reads with one statement: ``autocommit_connection``
-    where there is one, else the session's own connection."""
-    own = autocommit_connection(session)
-    if own is None:
-        yield session.connection()
-    else:
-        with own as conn:
-            yield conn
+def _utc(value: Any) -> Any:
+    return value.astimezone(UTC) if isinstance(value, datetime) else value
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:

@@ -33,7 +33,7 @@ def verify() -> None:
         runtime = build_runtime(_settings())
         with runtime.sessionmaker.begin() as session:
             result = audit_service.verify(session, keyring=runtime.deps.keyring)
-        runtime.engine.dispose()
+        runtime.dispose()
     except ConfigError as exc:
         raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
     except click.ClickException:
@@ -96,7 +96,7 @@ def prune(before: str | None, older_than: str | None) -> None:
             pruned += result.pruned
             if result.pruned < BATCH:
                 break
-        runtime.engine.dispose()
+        runtime.dispose()
     except ConfigError as exc:
         raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
     except Exception as exc:  # one line, not a traceback

@@ -43,7 +43,7 @@ def _opened() -> Iterator[Runtime]:
     try:
         yield runtime
     finally:
-        runtime.engine.dispose()
+        runtime.dispose()
 
 
 def _in_transaction(runtime: Runtime, work: Callable[[Any], T]) -> T:

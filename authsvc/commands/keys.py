@@ -65,7 +65,7 @@ def rotate() -> None:
     except Exception as exc:  # one line, not a traceback
         raise click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
     finally:
-        runtime.engine.dispose()
+        runtime.dispose()
     summary = " ".join(f"{name}={count}" for name, count in counts.items())
     click.echo(f"re-encrypted under key {keyring.primary_kid!r}: {summary}")
 
@@ -84,7 +84,7 @@ def rotate_signing() -> None:
         with runtime.sessionmaker.begin() as session:
             kid = signing.rotate(session, runtime.deps.keyring, now=utcnow())
     finally:
-        runtime.engine.dispose()
+        runtime.dispose()
     click.echo(kid)
 
 

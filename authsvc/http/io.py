@@ -12,6 +12,7 @@ from functools import wraps
 from typing import Any, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
 from flask import Response, current_app, g, json, request
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.errors import AuthsvcError, InvalidRequest, MalformedJson, UnsupportedMediaType
@@ -172,6 +173,13 @@ def db() -> DbSession:
     if "db" not in g:
         g.db = current_app.extensions["authsvc"].sessionmaker()
     return g.db
+
+
+def one_statement_db() -> Engine | DbSession:
+    """Where a request that is one statement runs (``db.OneStatement``): the autocommit pool
+    on PostgreSQL, else the request's session."""
+    autocommit: Engine | None = current_app.extensions["authsvc"].autocommit_engine
+    return autocommit if autocommit is not None else db()
 
 
 def client() -> Client:

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from authsvc.db import read_connection, utcnow
+from authsvc.db import utcnow
 from authsvc.errors import Unauthenticated
 from authsvc.http.auth import REFUSED, access_claims, principal, require_user
-from authsvc.http.io import client, db, deps, no_content, respond, transactional
+from authsvc.http.io import (
+    client,
+    db,
+    deps,
+    no_content,
+    one_statement_db,
+    respond,
+    transactional,
+)
 from authsvc.services import profile, sessions
 
 bp = Blueprint("me", __name__, url_prefix="/v1/me")
@@ -19,8 +27,7 @@ def me() -> Response:
     the statement that reads the profile also requires a live session of an enabled user."""
     now = utcnow()
     claims = access_claims(now)
-    with read_connection(db()) as conn:
-        found = profile.profile(conn, session_id=claims.sid, user_id=claims.sub, now=now)
+    found = profile.profile(one_statement_db(), session_id=claims.sid, user_id=claims.sub, now=now)
     if found is None:
         raise Unauthenticated(REFUSED)
     return respond(found)

@@ -6,11 +6,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response
+from sqlalchemy import Engine
 
-from authsvc.db import autocommit_connection, utcnow
+from authsvc.db import utcnow
 from authsvc.errors import InvalidRequest
 from authsvc.http.auth import authenticate_bearer
-from authsvc.http.io import client, db, deps, field, no_content, parse, respond, transactional
+from authsvc.http.io import (
+    client,
+    db,
+    deps,
+    field,
+    no_content,
+    one_statement_db,
+    parse,
+    respond,
+    transactional,
+)
 from authsvc.services import accounts, login, password_change, sessions, signing
 from authsvc.services.factors import FactorProof
 from authsvc.services.login import LoginResult
@@ -161,17 +172,16 @@ def refresh_token() -> Response:
     """On PostgreSQL the common case is one statement on a connection in autocommit mode;
     anything else (a spent, unknown or dead token; other databases) runs in a transaction."""
     body = parse(RefreshBody)
-    session = db()
-    own = autocommit_connection(session)
-    if own is not None:
+    one = one_statement_db()
+    if isinstance(one, Engine):
         now = utcnow()
+        session = db()
         signer = signing.signer(session, deps().keyring, now=now)
         if session.in_transaction():  # it read the key (or stored a new one): done with that
             session.commit()
-        with own as conn:
-            pair = sessions.rotate_in_one_statement(
-                conn, deps(), signer=signer, refresh_token=body.refresh_token, now=now
-            )
+        pair = sessions.rotate_in_one_statement(
+            one, deps(), signer=signer, refresh_token=body.refresh_token, now=now
+        )
         if pair is not None:
             return _token_pair(pair)
     return _rotate_refresh_token(body.refresh_token)

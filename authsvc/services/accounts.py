@@ -13,7 +13,7 @@ import unicodedata
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import String, bindparam, select
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto.blocklist import check_policy, context_words
@@ -222,6 +222,10 @@ def verify_email(
 # --- login -------------------------------------------------------------------------------
 
 
+# Built once: every login asks, and building an ORM statement costs more than running it.
+_USER_BY_EMAIL = select(User).where(User.email == bindparam("email", type_=String()))
+
+
 def authenticate_password(
     session: DbSession, deps: Deps, *, email: str, password: str, client: Client, now: datetime
 ) -> User:
@@ -230,7 +234,7 @@ def authenticate_password(
     who = _throttled(session, deps, action="login", email=email, client=client, now=now)
     email_hash = who.email_hash
     throttle.test(session, deps, "account_failures", email, who=who)
-    user = session.scalar(select(User).where(User.email == email))
+    user = session.scalar(_USER_BY_EMAIL, {"email": email})
     try:
         if user is not None and user.password_hash is not None:
             result = deps.hasher.verify(user.password_hash, password)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import String, bindparam, select
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.errors import InvalidMfa, NotFound
@@ -40,16 +40,19 @@ class FactorInfo:
     last_used_at: datetime | None
 
 
+_USER_ID = bindparam("user_id", type_=String())
+# Built once: every login asks, and building the statement cost more than running it.
+_METHODS = select(
+    totp.active_exists(_USER_ID),
+    webauthn.credentials_exist(_USER_ID),
+    recovery.remaining_count(_USER_ID),
+)
+
+
 def methods_for(session: DbSession, *, user_id: str) -> tuple[str, ...]:
     """The second-factor methods the user has enrolled, e.g. ("totp", "recovery_code"):
     one query, as every login asks."""
-    has_totp, has_keys, codes_left = session.execute(
-        select(
-            totp.active_exists(user_id),
-            webauthn.credentials_exist(user_id),
-            recovery.remaining_count(user_id),
-        )
-    ).one()
+    has_totp, has_keys, codes_left = session.execute(_METHODS, {"user_id": user_id}).one()
     methods = [name for name, present in (("totp", has_totp), ("webauthn", has_keys)) if present]
     if methods and codes_left:
         methods.append("recovery_code")

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session as DbSession
 
+from authsvc.db import OneStatement
 from authsvc.services import recovery, totp, webauthn
 from authsvc.services.sessions import USERS, live_session_of
 
@@ -27,27 +28,28 @@ class Profile:
 
 _users = USERS.c
 
-_PROFILE = live_session_of(
-    _users.id,
-    _users.email,
-    _users.email_verified_at,
-    _users.created_at,
-    _users.password_set_at,
-    _users.password_change_required,
-    totp.active_exists(_users.id).label("has_totp"),
-    webauthn.credentials_exist(_users.id).label("has_webauthn"),
-    recovery.remaining_count(_users.id).label("codes_left"),
+_PROFILE = OneStatement(
+    live_session_of(
+        _users.id,
+        _users.email,
+        _users.email_verified_at,
+        _users.created_at,
+        _users.password_set_at,
+        _users.password_change_required,
+        totp.active_exists(_users.id).label("has_totp"),
+        webauthn.credentials_exist(_users.id).label("has_webauthn"),
+        recovery.remaining_count(_users.id).label("codes_left"),
+    )
 )
 
 
 def profile(
-    session: DbSession | Connection, *, session_id: str, user_id: str, now: datetime
+    db: Engine | DbSession | Connection, *, session_id: str, user_id: str, now: datetime
 ) -> Profile | None:
     """The profile of ``user_id``, or None unless ``session_id`` is a live session of that
-    user and the user is enabled: the bearer guard's rule, checked by the same statement."""
-    row = session.execute(
-        _PROFILE, {"session_id": session_id, "user_id": user_id, "now": now}
-    ).first()
+    user and the user is enabled: the bearer guard's rule, checked by the same statement.
+    ``db``: see ``OneStatement.first``."""
+    row = _PROFILE.first(db, {"session_id": session_id, "user_id": user_id, "now": now})
     if row is None:
         return None
     enrolled = (("totp", row.has_totp), ("webauthn", row.has_webauthn))

@@ -9,6 +9,7 @@ from typing import Any, NoReturn, cast
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Engine,
     Row,
     Select,
     String,
@@ -21,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto.tokens import Signer, new_token, sign_access_token, token_hash
-from authsvc.db import UTCDateTime, new_id, rowcount
+from authsvc.db import OneStatement, UTCDateTime, new_id, rowcount
 from authsvc.errors import InvalidToken, NotFound
 from authsvc.models import RefreshToken, Session, User
 from authsvc.services import audit, signing
@@ -213,11 +214,11 @@ def _rotate_in_one_statement() -> Select[Any]:
     )
 
 
-_ROTATE = _rotate_in_one_statement()
+_ROTATE = OneStatement(_rotate_in_one_statement())
 
 
 def rotate_in_one_statement(
-    db: Connection | DbSession,
+    db: Engine | Connection | DbSession,
     deps: Deps,
     *,
     signer: Signer,
@@ -225,12 +226,12 @@ def rotate_in_one_statement(
     now: datetime,
 ) -> TokenPair | None:
     """PostgreSQL: the common case of ``rotate_refresh_token`` as its one statement, which is
-    atomic by itself (so ``db`` may be a connection in autocommit mode). None when the token
+    atomic by itself (so ``db`` may be the autocommit engine, see OneStatement). None when the token
     cannot be spent as it is: then ``rotate_refresh_token``, in a transaction, finds out why
     (and revokes the family of a token used twice)."""
     secret = new_token("rt")
-    login = db.execute(
-        _ROTATE,
+    login = _ROTATE.first(
+        db,
         {
             "hash": token_hash(refresh_token),
             "now": now,
@@ -238,7 +239,7 @@ def rotate_in_one_statement(
             "new_id": new_id(),
             "new_hash": token_hash(secret),
         },
-    ).first()
+    )
     if login is None:
         return None
     return _pair(deps, signer, login=login, refresh_token=secret, now=now)

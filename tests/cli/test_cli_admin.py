@@ -75,7 +75,7 @@ def test_the_printed_key_opens_the_admin_api(env):
     assert allowed.status_code == 200
     assert allowed.get_json() == {"users": []}
     assert refused.status_code == 401
-    app.extensions["authsvc"].engine.dispose()
+    app.extensions["authsvc"].dispose()
 
 
 def test_a_revoked_key_opens_nothing_and_list_keys_shows_it(env):
@@ -107,7 +107,7 @@ def test_a_revoked_key_opens_nothing_and_list_keys_shows_it(env):
     refused = app.test_client().get("/admin/v1/users", headers={"Authorization": f"Bearer {key}"})
     assert refused.status_code == 401
     assert refused.get_json()["code"] == "invalid_admin_key"
-    app.extensions["authsvc"].engine.dispose()
+    app.extensions["authsvc"].dispose()
 
 
 def test_each_key_is_new(env):

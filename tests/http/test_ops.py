@@ -47,7 +47,7 @@ def test_readyz_is_503_while_the_schema_is_behind(settings, tmp_path, caplog):
     assert body["checks"]["database"] is True
     assert body["checks"]["schema"] is False
     assert "authsvc db upgrade" in caplog.text
-    app.extensions["authsvc"].engine.dispose()
+    app.extensions["authsvc"].dispose()
 
 
 def test_readyz_is_503_when_the_database_is_unreachable(settings, tmp_path):

@@ -23,7 +23,7 @@ def _app(settings, bind=None, **changes) -> Iterator[Flask]:
     app = create_app(dataclasses.replace(settings, **changes), bind=bind)
     app.test_client_class = ContractClient
     yield app
-    app.extensions["authsvc"].engine.dispose()
+    app.extensions["authsvc"].dispose()
 
 
 @pytest.fixture

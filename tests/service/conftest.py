@@ -37,7 +37,7 @@ def runtime(settings: Settings, connection: Connection) -> Iterator[Runtime]:
     runtime.deps.limiter.reset()
     yield runtime
     runtime.deps.limiter.reset()
-    runtime.engine.dispose()
+    runtime.dispose()
 
 
 @pytest.fixture

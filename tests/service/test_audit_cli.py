@@ -55,7 +55,7 @@ def seed(env, count: int, *, days_ago: int = 0) -> list[int]:
                 user_id=f"user{i}",
             )
             events.append(event)
-    runtime.engine.dispose()
+    runtime.dispose()
     return [event.id for event in events]  # ids are given when the events are written, at commit
 
 

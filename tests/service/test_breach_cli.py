@@ -57,7 +57,7 @@ def accounts(env) -> list[str]:
                     updated_at=at,
                 )
             )
-    runtime.engine.dispose()
+    runtime.dispose()
     return emails
 
 
@@ -69,7 +69,7 @@ def query(env, statement):
     runtime = build_runtime(Settings.from_env(env))
     with runtime.sessionmaker.begin() as session:
         result = session.execute(statement).all()
-    runtime.engine.dispose()
+    runtime.dispose()
     return result
 
 

@@ -253,4 +253,4 @@ def test_no_lock_is_held_while_a_delivery_waits_on_a_server(settings, scratch_da
             assert message.completed_at == now
             assert message.last_error == "written during the delivery"
     finally:
-        runtime.engine.dispose()
+        runtime.dispose()

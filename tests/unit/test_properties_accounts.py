@@ -102,7 +102,7 @@ def runtime(settings: Settings, connection: Connection) -> Iterator[Runtime]:
     runtime.deps.limiter.reset()
     yield runtime
     runtime.deps.limiter.reset()
-    runtime.engine.dispose()
+    runtime.dispose()
 
 
 def test_a_password_stays_valid_however_long_ago_it_was_set(runtime, connection):

@@ -1,0 +1,78 @@
+"""db.OneStatement: a Core statement run on the driver's own connection from the autocommit
+pool, behaving as SQLAlchemy would (errors, parameters kept out of messages, UTC times)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, Integer, bindparam, literal_column, select
+from sqlalchemy import exc as sa_exc
+
+from authsvc.db import OneStatement, UTCDateTime, make_autocommit_engine, make_engine
+
+
+@pytest.fixture
+def autocommit(scratch_database_url) -> Iterator[Engine]:
+    engine = make_autocommit_engine(scratch_database_url)
+    if engine is None:
+        pytest.skip("the autocommit pool is PostgreSQL's")
+    yield engine
+    engine.dispose()
+
+
+def test_rows_come_back_by_column_name(autocommit):
+    statement = OneStatement(
+        select(bindparam("n", type_=Integer).label("n"), literal_column("'x'").label("word"))
+    )
+
+    row = statement.first(autocommit, {"n": 7})
+
+    assert (row.n, row.word) == (7, "x")
+
+
+def test_no_row_is_none(autocommit):
+    statement = OneStatement(
+        select(literal_column("1").label("one")).where(literal_column("false"))
+    )
+
+    assert statement.first(autocommit, {}) is None
+
+
+def test_a_driver_error_is_sqlalchemys_without_the_parameters_and_the_pool_goes_on(autocommit):
+    failing = OneStatement(select((bindparam("n", type_=Integer) / 0).label("x")))  # a literal
+
+    with pytest.raises(sa_exc.DataError) as raised:
+        failing.first(autocommit, {"n": 918273645})
+
+    assert "918273645" not in str(raised.value)
+    ok = OneStatement(select(bindparam("n", type_=Integer).label("n")))
+    assert ok.first(autocommit, {"n": 3}).n == 3
+    assert autocommit.pool.checkedout() == 0
+
+
+def test_times_are_aware_utc_whatever_the_server_zone(scratch_database_url):
+    if not scratch_database_url.startswith("postgresql"):
+        pytest.skip("the autocommit pool is PostgreSQL's")
+    engine = make_engine(
+        scratch_database_url,
+        isolation_level="AUTOCOMMIT",
+        connect_args={"options": "-c TimeZone=Asia/Tokyo"},
+    )
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    statement = OneStatement(select(bindparam("at", type_=UTCDateTime()).label("at")))
+    try:
+        row = statement.first(engine, {"at": at})
+    finally:
+        engine.dispose()
+
+    assert row.at == at
+    assert row.at.utcoffset() == timedelta(0)
+    assert row.at.tzinfo is UTC
+
+
+def test_a_session_or_connection_runs_the_statement_as_usual(db_session):
+    statement = OneStatement(select(bindparam("n", type_=Integer).label("n")))
+
+    assert statement.first(db_session, {"n": 5}).n == 5
