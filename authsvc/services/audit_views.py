@@ -31,12 +31,17 @@ _USER_DETAIL_KEYS = frozenset(
 
 
 # Free text an operator wrote (a force-reset's reason, say) is for the operators' trail; on
-# the user's own events ``reason`` is a machine code (a refused security key's, say).
+# the user's own events ``reason`` is a machine code (a refused security key's, say). So are
+# the operator's own address and client, which an operator's event records.
 _OPERATOR_EVENT_PREFIXES = ("admin.", "breach.")
 
 
+def _by_operator(row: AuditEvent) -> bool:
+    return row.type.startswith(_OPERATOR_EVENT_PREFIXES)
+
+
 def _user_details(row: AuditEvent) -> dict[str, Any]:
-    operator = row.type.startswith(_OPERATOR_EVENT_PREFIXES)
+    operator = _by_operator(row)
     return {
         k: v
         for k, v in _details(row).items()
@@ -157,8 +162,8 @@ def security_events(session: DbSession, *, user_id: str, before_id: int | None, 
             occurred_at=row.occurred_at,
             type=row.type,
             outcome=row.outcome,
-            ip=row.ip,
-            user_agent=row.user_agent,
+            ip=None if _by_operator(row) else row.ip,
+            user_agent=None if _by_operator(row) else row.user_agent,
             details=_user_details(row),
         ),
     )

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto.keyring import Keyring
 from authsvc.crypto.tokens import (
+    CLOCK_LEEWAY_SECONDS,
     InvalidAccessToken,
     Signer,
     SigningKeyMaterial,
@@ -39,7 +40,8 @@ from authsvc.services.context import SYSTEM
 
 _AAD = b"signing-key"
 ACTIVE_KEY_TTL_SECONDS = 60.0
-CLOCK_LEEWAY = timedelta(seconds=30)
+# The verifier's leeway: a retired key must stay trusted for as long as it accepts its tokens.
+CLOCK_LEEWAY = timedelta(seconds=CLOCK_LEEWAY_SECONDS)
 
 _keys = SigningKey.__table__.c
 _ACTIVE = (

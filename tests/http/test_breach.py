@@ -319,14 +319,16 @@ def test_force_reset_signs_the_user_out_now(api, client, app, as_admin, accounts
 
 def test_the_admins_reason_stays_in_the_operators_trail(api, client, app, as_admin, accounts):
     """A force-reset's reason is the operator's free text: the admin audit view shows it, the
-    user's own security events show the event and its mode only."""
+    user's own security events show the event and its mode only, and not the operator's
+    address or client either."""
     with db(app) as session:
         user_id = session.scalar(select(User.id).where(User.email == "user2@example.com"))
     secret = "INTERNAL: fraud investigation, case 2025-77"
     client.post(
         f"/admin/v1/users/{user_id}/force-reset",
         json={"mode": "invalidate", "reason": secret},
-        headers=as_admin,
+        headers={**as_admin, "User-Agent": "ops-console/7 (bastion-3)"},
+        environ_base={"REMOTE_ADDR": "10.9.8.7"},
     )
 
     admin_view = client.get(
@@ -336,9 +338,15 @@ def test_the_admins_reason_stays_in_the_operators_trail(api, client, app, as_adm
         own = audit_views.security_events(session, user_id=user_id, before_id=None, limit=50)
 
     assert [e["details"]["reason"] for e in admin_view] == [secret]
+    assert [(e["ip"], e["user_agent"]) for e in admin_view] == [
+        ("10.9.8.7", "ops-console/7 (bastion-3)")
+    ]
     [event] = [e for e in own.events if e.type == "admin.force_reset"]
     assert event.details == {"mode": "invalidate"}
-    assert secret not in json.dumps([dataclasses.asdict(e) for e in own.events], default=str)
+    assert (event.ip, event.user_agent) == (None, None)
+    shown = json.dumps([dataclasses.asdict(e) for e in own.events], default=str)
+    for internal in (secret, "10.9.8.7", "bastion-3"):
+        assert internal not in shown
 
 
 def test_a_report_cell_never_runs_as_a_spreadsheet_formula(api, client, as_admin):
