@@ -145,6 +145,10 @@
   }
 
   function describe(error) {
+    if (error instanceof ApiError && error.code === "reauthentication_required") {
+      // Adding or removing a factor, or new recovery codes, after AUTHSVC_REAUTH_WINDOW.
+      return "This needs a recent sign-in: sign out and in again, then try within a few minutes.";
+    }
     if (error instanceof ApiError) {
       const reason = error.problem.reason ? `, ${error.problem.reason}` : "";
       return `${error.problem.title || "Error"}: ${error.message} (${error.code}${reason})`;
@@ -286,15 +290,7 @@
 
   async function removeFactor(factor) {
     if (!window.confirm(`Remove "${factor.name}"?`)) return;
-    try {
-      await authed("DELETE", `/v1/me/mfa/${encodeURIComponent(factor.id)}`);
-    } catch (error) {
-      if (error instanceof ApiError && error.code === "reauthentication_required") {
-        setStatus("Sign out and in again, then remove it within a few minutes.", "error");
-        return;
-      }
-      throw error;
-    }
+    await authed("DELETE", `/v1/me/mfa/${encodeURIComponent(factor.id)}`);
     await showAccount();
     setStatus("Removed.");
   }
