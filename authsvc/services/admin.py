@@ -40,6 +40,8 @@ def create_key(session: DbSession, *, name: str, now: datetime) -> tuple[str, st
     name = name.strip()
     if not name or len(name) > 128:
         raise InvalidRequest("name must be 1 to 128 characters")
+    if not name.isprintable():  # `admin list-keys` prints one key per tab-separated line
+        raise InvalidRequest("name must not contain tabs, line breaks or other control characters")
     secret = new_token("ak")
     key = AdminKey(name=name, key_hash=token_hash(secret), created_at=now)
     session.add(key)

@@ -121,6 +121,8 @@ def test_each_key_is_new(env):
     [
         (["--name", "  "], {}, "name must be 1 to 128 characters"),
         (["--name", "x" * 129], {}, "name must be 1 to 128 characters"),
+        (["--name", "ops\tforged-id"], {}, "must not contain tabs, line breaks"),
+        (["--name", "ops\nakFAKE"], {}, "must not contain tabs, line breaks"),
         (["--name", "ops"], {"AUTHSVC_ENV": "production"}, "configuration: "),
         (["--name", "ops"], {"AUTHSVC_ARGON2_TIME_COST": "fast"}, "AUTHSVC_ARGON2_TIME_COST"),
         (["--name", "ops"], {"AUTHSVC_MAIL_URL": "carrier-pigeon://"}, "AUTHSVC_MAIL_URL"),
@@ -133,6 +135,8 @@ def test_each_key_is_new(env):
     ids=[
         "blank-name",
         "long-name",
+        "tab-in-name",
+        "newline-in-name",
         "production-guardrails",
         "bad-setting",
         "bad-mail-url",
