@@ -49,12 +49,12 @@ def access_claims(now: datetime) -> AccessClaims:
     if token is None:
         raise Unauthenticated()
     settings = deps().settings
-    session = db()
     try:
         return _verified_tokens.verify(
             token,
+            # A session only when the key is not cached (GET /v1/me needs none otherwise).
             public_key_for=lambda kid: signing.public_key(
-                session, kid, now=now, token_ttl=settings.access_token_ttl
+                db(), kid, now=now, token_ttl=settings.access_token_ttl
             ),
             issuer=settings.public_url,
             audience=settings.jwt_audience,

@@ -134,6 +134,8 @@ def parse(cls: type[T], *, optional: bool = False) -> T:
 
 def to_json(value: Any) -> Any:
     """Dataclasses, datetimes (RFC 3339 UTC), tuples and enums to plain JSON values."""
+    if value is None or type(value) in (str, int, bool, float):  # most values, checked first
+        return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, datetime):
