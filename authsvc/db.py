@@ -213,7 +213,10 @@ class OneStatement:
 
 
 def _utc(value: Any) -> Any:
-    return value.astimezone(UTC) if isinstance(value, datetime) else value
+    """A driver value as UTCDateTime would give it (a zone-less time is taken as UTC)."""
+    if not isinstance(value, datetime):
+        return value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:

@@ -3,6 +3,7 @@ pool, behaving as SQLAlchemy would (errors, parameters kept out of messages, UTC
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -76,3 +77,20 @@ def test_a_session_or_connection_runs_the_statement_as_usual(db_session):
     statement = OneStatement(select(bindparam("n", type_=Integer).label("n")))
 
     assert statement.first(db_session, {"n": 5}).n == 5
+
+
+@pytest.fixture
+def local_time_in_tokyo(monkeypatch) -> Iterator[None]:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_time_without_zone_is_taken_as_utc_like_utcdatetime_does(autocommit, local_time_in_tokyo):
+    statement = OneStatement(select(literal_column("TIMESTAMP '2026-01-02 03:04:05'").label("at")))
+
+    row = statement.first(autocommit, {})
+
+    assert row.at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
