@@ -38,7 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from run import CpuMeter  # noqa: E402  # benchmarks/run.py, beside this script
+from run import CpuMeter, cpu_per_request  # noqa: E402  # benchmarks/run.py, beside this script
 from sqlalchemy import func, insert, select  # noqa: E402
 
 from authsvc.app import build_runtime  # noqa: E402
@@ -103,10 +103,7 @@ def metered(server: LiveServer, run: Callable[[], dict[str, Any]]) -> dict[str, 
     before = meter.snapshot()
     result = run()
     used = CpuMeter.used(before, meter.snapshot())
-    requests = max(1, result["requests"])
-    result["cpu_ms_per_request"] = {
-        part: round(used[part] * 1000 / requests, 3) for part in ("server", "database", "redis")
-    }
+    result["cpu_ms_per_request"] = cpu_per_request(used, max(1, result["requests"]))
     return result
 
 

@@ -35,6 +35,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 
@@ -198,6 +199,7 @@ class CpuMeter:
         assert server.process is not None
         self.master = server.process.pid
         self.db_name = server.db_name
+        self.redis_port = urlsplit(server.env.get("AUTHSVC_REDIS_URL", "")).port or 6379
 
     def _db_pids(self) -> list[int]:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
@@ -206,15 +208,14 @@ class CpuMeter:
             ).fetchall()
         return [int(row[0]) for row in rows]
 
-    @staticmethod
-    def _redis_pids() -> list[int]:
+    def _redis_pids(self) -> list[int]:
+        """The Redis server this server talks to: the process listening on its port (not
+        every redis-server on the machine)."""
+        listening = sockets(self.redis_port, state=TCP_LISTEN)
         pids = []
         for entry in Path("/proc").iterdir():
-            try:
-                if entry.name.isdigit() and (entry / "comm").read_text().strip() == "redis-server":
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
+            if entry.name.isdigit() and socket_count(int(entry.name), listening):
+                pids.append(int(entry.name))
         return pids
 
     def snapshot(self) -> dict[str, dict[int, float] | float]:
@@ -234,29 +235,47 @@ class CpuMeter:
         return out
 
 
+def cpu_per_request(used: dict[str, float], requests: int) -> dict[str, float]:
+    """Milliseconds of CPU per request of the server, its database backends and Redis, from
+    ``CpuMeter.used`` over a run of ``requests`` requests."""
+    parts = ("server", "database", "redis")
+    return {part: round(used[part] * 1000 / requests, 3) for part in parts}
+
+
+TCP_ESTABLISHED, TCP_LISTEN = "01", "0A"  # states in /proc/net/tcp
+
+
+def sockets(port: int, *, state: str) -> set[str]:
+    """The inodes (as /proc/PID/fd links name them) of local TCP sockets on ``port`` in
+    ``state``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                fields = row.split()
+                if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    found.add(f"socket:[{fields[9]}]")
+    return found
+
+
+def socket_count(pid: int, inodes: set[str]) -> int:
+    """How many of ``inodes`` the process holds open."""
+    held = 0
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                held += os.readlink(fd) in inodes
+    return held
+
+
 def connections_per_worker(master: int, port: int) -> list[int]:
     """Established client connections that each gunicorn worker holds, most first. A keep-alive
     connection stays with the worker that accepted it, and a worker runs one core's worth of
     Python at a time: 8 connections split 7/1 over 2 workers leave a core half idle (measured
     here: /healthz 2,600-2,900 req/s split 7/1, 3,800 split 4/4)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for row in Path(table).read_text().splitlines()[1:]:
-                fields = row.split()
-                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                    inodes.add(f"socket:[{fields[9]}]")
-    counts = []
-    for pid in children(master):
-        if pid == master:
-            continue
-        held = 0
-        with contextlib.suppress(OSError):
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                with contextlib.suppress(OSError):
-                    held += os.readlink(fd) in inodes
-        counts.append(held)
-    return sorted(counts, reverse=True)
+    established = sockets(port, state=TCP_ESTABLISHED)
+    held = [socket_count(pid, established) for pid in children(master) if pid != master]
+    return sorted(held, reverse=True)
 
 
 def wrk(
@@ -302,9 +321,7 @@ def wrk(
         "error_detail": raw["errors"],
         "seconds": round(seconds, 2),
         "connections_per_worker": spread,
-        "cpu_ms_per_request": {
-            part: round(used[part] * 1000 / requests, 3) for part in ("server", "database", "redis")
-        },
+        "cpu_ms_per_request": cpu_per_request(used, requests),
         # Cores kept busy by everything but this server, its database backends and Redis (wrk,
         # and whatever else runs on the machine): high values mean the numbers are depressed.
         "other_cores_busy": round(
