@@ -173,7 +173,8 @@ class OneStatement:
 
     def __init__(self, statement: Select[Any]) -> None:
         self.statement = statement
-        self._row = namedtuple("Row", [c.key for c in statement.selected_columns])  # type: ignore[misc]
+        keys = [str(c.key) for c in statement.selected_columns]
+        self._row = namedtuple("Row", keys, rename=True)  # type: ignore[misc]
         self._compiled: dict[str, tuple[str, dict[str, Any]]] = {}
 
     def first(self, db: Engine | Session | Connection, params: dict[str, Any]) -> Any | None:

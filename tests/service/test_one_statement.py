@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, Integer, bindparam, literal_column, select
+from sqlalchemy import Engine, Integer, bindparam, event, literal_column, select
 from sqlalchemy import exc as sa_exc
 
 from authsvc.db import OneStatement, UTCDateTime, make_autocommit_engine, make_engine
@@ -94,3 +94,20 @@ def test_a_time_without_zone_is_taken_as_utc_like_utcdatetime_does(autocommit, l
     row = statement.first(autocommit, {})
 
     assert row.at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def test_a_connection_lost_mid_statement_is_an_operational_error_and_leaves_the_pool(autocommit):
+    # The server ends this very connection while it runs the statement.
+    suicide = OneStatement(
+        select(literal_column("pg_terminate_backend(pg_backend_pid())").label("ended"))
+    )
+
+    invalidated: list[object] = []
+    event.listen(autocommit, "invalidate", lambda *args: invalidated.append(args))
+
+    with pytest.raises(sa_exc.OperationalError):  # answered 503 `unavailable`
+        suicide.first(autocommit, {})
+
+    assert len(invalidated) == 1  # the dead connection is not handed out again
+    ok = OneStatement(select(bindparam("n", type_=Integer).label("n")))
+    assert ok.first(autocommit, {"n": 4}).n == 4
