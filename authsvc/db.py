@@ -50,11 +50,15 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+        return as_utc(value)
+
+
+def as_utc(value: Any) -> Any:
+    """A value read from the database, with datetimes made aware UTC (SQLite drops the zone,
+    so a zone-less time is UTC); anything else as it is."""
+    if not isinstance(value, datetime):
+        return value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -210,14 +214,7 @@ class OneStatement:
             fairy.close()
         if row is None:
             return None
-        return self._row(*(_utc(value) for value in row))
-
-
-def _utc(value: Any) -> Any:
-    """A driver value as UTCDateTime would give it (a zone-less time is taken as UTC)."""
-    if not isinstance(value, datetime):
-        return value
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return self._row(*(as_utc(value) for value in row))  # as UTCDateTime gives them
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:

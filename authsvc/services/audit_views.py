@@ -36,19 +36,6 @@ _USER_DETAIL_KEYS = frozenset(
 _OPERATOR_EVENT_PREFIXES = ("admin.", "breach.")
 
 
-def _by_operator(row: AuditEvent) -> bool:
-    return row.type.startswith(_OPERATOR_EVENT_PREFIXES)
-
-
-def _user_details(row: AuditEvent) -> dict[str, Any]:
-    operator = _by_operator(row)
-    return {
-        k: v
-        for k, v in _details(row).items()
-        if k in _USER_DETAIL_KEYS and not (operator and k == "reason")
-    }
-
-
 @dataclass(frozen=True, slots=True)
 class EventView:
     id: str
@@ -157,15 +144,25 @@ def security_events(session: DbSession, *, user_id: str, before_id: int | None, 
         session,
         query,
         limit,
-        lambda row: UserEventView(
-            id=str(row.id),
-            occurred_at=row.occurred_at,
-            type=row.type,
-            outcome=row.outcome,
-            ip=None if _by_operator(row) else row.ip,
-            user_agent=None if _by_operator(row) else row.user_agent,
-            details=_user_details(row),
-        ),
+        _user_view,
+    )
+
+
+def _user_view(row: AuditEvent) -> UserEventView:
+    """An event as its user sees it: an operator's free text, address and client left out."""
+    operator = row.type.startswith(_OPERATOR_EVENT_PREFIXES)
+    return UserEventView(
+        id=str(row.id),
+        occurred_at=row.occurred_at,
+        type=row.type,
+        outcome=row.outcome,
+        ip=None if operator else row.ip,
+        user_agent=None if operator else row.user_agent,
+        details={
+            k: v
+            for k, v in _details(row).items()
+            if k in _USER_DETAIL_KEYS and not (operator and k == "reason")
+        },
     )
 
 
