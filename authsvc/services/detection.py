@@ -39,7 +39,7 @@ from datetime import datetime
 from typing import Any
 
 from limits import RateLimitItemPerSecond, storage, strategies
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.metrics import Metrics, Sample
@@ -334,18 +334,7 @@ class Detector:
             event.type == "login.success" and event.outcome == "authenticated" and event.user_id
         ):
             return
-        earlier = session.scalars(
-            select(AuditEvent.user_agent)
-            .where(
-                AuditEvent.user_id == event.user_id,
-                AuditEvent.type == "login.success",
-                AuditEvent.outcome == "authenticated",
-            )
-            .order_by(AuditEvent.id.desc())
-            .limit(200)
-            # Earlier logins only: this transaction's own events need not be written first.
-            .execution_options(**audit.WITHOUT_PENDING)
-        ).all()
+        earlier = session.scalars(earlier_login_agents(event.user_id)).all()
         if not earlier:
             return  # the first login of an account is not news to its owner
         device = _device(event.user_agent)
@@ -364,6 +353,23 @@ class Detector:
             ip=event.ip or "unknown",
             user_agent=_printable(event.user_agent or "unknown"),
         )
+
+
+def earlier_login_agents(user_id: str) -> Select[str | None]:
+    """The user agents of an account's latest 200 full logins, newest first (an index range:
+    ix_audit_events_user_id_type_id)."""
+    return (
+        select(AuditEvent.user_agent)
+        .where(
+            AuditEvent.user_id == user_id,
+            AuditEvent.type == "login.success",
+            AuditEvent.outcome == "authenticated",
+        )
+        .order_by(AuditEvent.id.desc())
+        .limit(200)
+        # Earlier logins only: this transaction's own events need not be written first.
+        .execution_options(**audit.WITHOUT_PENDING)
+    )
 
 
 def _device(user_agent: str | None) -> str:
