@@ -108,6 +108,9 @@ class Settings:
     alert_webhook_secret: str | None = None  # HMAC-SHA256 key; required with the URL
     alert_webhook_timeout: float = 3.0
     audit_retention: timedelta = timedelta(days=400)  # `authsvc audit prune`; 0 keeps all
+    # Ended sessions, expired single-use tokens and sent outbox messages are deleted by the outbox
+    # worker this long after they end; 0 keeps them.
+    expired_retention: timedelta = timedelta(days=7)
     # Breach response: forced password resets for many accounts.
     flag_breached_at_login: bool = True  # a login with a blocklisted password must change it
     breach_batch_size: int = 20000  # accounts flagged per committed batch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,7 +16,7 @@ from sqlalchemy.orm import sessionmaker
 from authsvc.db import utcnow
 from authsvc.mail.backends import MailBackend, MailDeliveryError, build_message
 from authsvc.models import OutboxMessage
-from authsvc.services import accounts, breach, detection, outbox
+from authsvc.services import accounts, breach, detection, housekeeping, outbox
 from authsvc.services.context import Deps
 from authsvc.services.outbox import External, Handler
 
@@ -26,6 +27,7 @@ MAX_BACKOFF = timedelta(hours=2)
 # How long a claimed delivery keeps other workers off its message (an SMTP exchange, with its
 # timeouts, takes far less); a worker that died mid-delivery frees it after this.
 CLAIM_LEASE = timedelta(minutes=5)
+SWEEP_EVERY = 600.0  # seconds between one worker's housekeeping sweeps (services/housekeeping.py)
 
 
 class PermanentFailure(Exception):  # noqa: N818 - named for the outcome
@@ -198,22 +200,44 @@ class OutboxWorker:
                 type(exc).__name__,
             )
 
-    def run(self, stop: threading.Event, *, poll_interval: float) -> None:
+    def sweep(self) -> housekeeping.Swept:
+        """Delete ended sessions, expired tokens and sent messages past their retention."""
+        settings = self._deps.settings
+        return housekeeping.sweep(
+            self._sessionmaker,
+            now=self._clock(),
+            retention=settings.expired_retention,
+            idle_timeout=settings.session_idle_timeout,
+        )
+
+    def run(
+        self, stop: threading.Event, *, poll_interval: float, sweep_every: float = SWEEP_EVERY
+    ) -> None:
+        """Drain until ``stop``; sweep when started and every ``sweep_every`` seconds after."""
+        next_sweep = time.monotonic()
         while not stop.is_set():
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + sweep_every
+                try:
+                    self.sweep()
+                except Exception:
+                    log.exception("housekeeping sweep failed")
             try:
                 busy = self.drain_once() > 0
             except Exception:
                 log.exception("outbox drain failed")
                 busy = False
             if not busy:
-                stop.wait(poll_interval)
+                stop.wait(min(poll_interval, max(0.0, next_sweep - time.monotonic())))
 
-    def start_thread(self, *, poll_interval: float) -> tuple[threading.Thread, threading.Event]:
+    def start_thread(
+        self, *, poll_interval: float, sweep_every: float = SWEEP_EVERY
+    ) -> tuple[threading.Thread, threading.Event]:
         stop = threading.Event()
         thread = threading.Thread(
             target=self.run,
             args=(stop,),
-            kwargs={"poll_interval": poll_interval},
+            kwargs={"poll_interval": poll_interval, "sweep_every": sweep_every},
             name="authsvc-outbox",
             daemon=True,
         )

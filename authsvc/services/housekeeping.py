@@ -1,0 +1,143 @@
+"""Deleting rows whose work is over: ended sessions (with their refresh tokens), expired
+single-use tokens and sent outbox messages.
+
+Every login with a second factor leaves an mfa_token, every refresh a spent refresh token and
+every mail an outbox message; nothing else ever removes them. The outbox worker calls ``sweep``
+every few minutes (``OutboxWorker.run``), so these tables hold only what is live plus
+``AUTHSVC_EXPIRED_RETENTION`` of history. The audit trail keeps the record of each of these
+events; it has its own retention (`authsvc audit prune`).
+
+A row is deleted once it has been over for longer than the retention:
+
+- a session: revoked, past its absolute end (``expires_at``), or idle for longer than
+  ``AUTHSVC_SESSION_IDLE_TIMEOUT``; its refresh tokens, spent ones included, go with it. A spent
+  refresh token of a live session stays: presenting it again is how a stolen token is noticed
+  (the whole session is then revoked);
+- a single-use token (verification, reset, change, mfa, enrollment): past ``expires_at``, used or
+  not;
+- an outbox message: delivered (``completed_at``). A message parked as failed stays for the
+  operator to look at.
+
+Each batch is its own short transaction, so a sweep never holds locks for long and logins go on
+meanwhile; on PostgreSQL, rows that another instance is deleting at the same moment are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import ColumnElement, CursorResult, delete, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, sessionmaker
+from sqlalchemy.orm import Session as DbSession
+
+from authsvc.models import OutboxMessage, RefreshToken, Session, UserToken
+
+log = logging.getLogger("authsvc.housekeeping")
+
+BATCH = 2000  # rows deleted per transaction
+MAX_BATCHES = 50  # per table and sweep: a large backlog is cleared over several sweeps
+
+
+@dataclass(frozen=True, slots=True)
+class Swept:
+    sessions: int = 0
+    refresh_tokens: int = 0
+    user_tokens: int = 0
+    outbox_messages: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.sessions + self.refresh_tokens + self.user_tokens + self.outbox_messages
+
+
+def sweep(
+    factory: sessionmaker[DbSession],
+    *,
+    now: datetime,
+    retention: timedelta,
+    idle_timeout: timedelta,
+) -> Swept:
+    """Delete what has been over for longer than ``retention``; a zero retention keeps all."""
+    if retention <= timedelta(0):
+        return Swept()
+    before = now - retention
+    ended = or_(
+        Session.revoked_at < before,
+        Session.expires_at < before,
+        Session.last_used_at < before - idle_timeout,
+    )
+    sessions, refresh_tokens = _batches(factory, lambda s: _sessions(s, ended))
+    user_tokens, _ = _batches(
+        factory, lambda s: (_delete(s, UserToken.id, UserToken.expires_at < before), 0)
+    )
+    outbox_messages, _ = _batches(
+        factory, lambda s: (_delete(s, OutboxMessage.id, OutboxMessage.completed_at < before), 0)
+    )
+    swept = Swept(
+        sessions=sessions,
+        refresh_tokens=refresh_tokens,
+        user_tokens=user_tokens,
+        outbox_messages=outbox_messages,
+    )
+    if swept.total:
+        log.info(
+            "swept %d ended sessions (%d refresh tokens), %d expired tokens, %d sent messages",
+            swept.sessions,
+            swept.refresh_tokens,
+            swept.user_tokens,
+            swept.outbox_messages,
+        )
+    return swept
+
+
+def _batches(
+    factory: sessionmaker[DbSession], run: Callable[[DbSession], tuple[int, int]]
+) -> tuple[int, int]:
+    """Run ``run`` (one batch: rows deleted, and rows deleted with them) in a transaction of
+    its own until a batch comes back short; return the sums."""
+    total = dependent = 0
+    for _ in range(MAX_BATCHES):
+        with factory.begin() as session:
+            deleted, along = run(session)
+        total += deleted
+        dependent += along
+        if deleted < BATCH:
+            break
+    return total, dependent
+
+
+def _ids(
+    session: DbSession, column: InstrumentedAttribute[Any], where: ColumnElement[bool]
+) -> list[Any]:
+    """One batch of the ids of matching rows (on PostgreSQL, none another sweep holds)."""
+    query = select(column).where(where).limit(BATCH)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return list(session.scalars(query))
+
+
+def _delete_rows(session: DbSession, column: InstrumentedAttribute[Any], ids: list[Any]) -> int:
+    result = session.execute(
+        delete(column.class_).where(column.in_(ids)),
+        execution_options={"synchronize_session": False},
+    )
+    return int(cast(CursorResult[Any], result).rowcount or 0)
+
+
+def _delete(
+    session: DbSession, column: InstrumentedAttribute[Any], where: ColumnElement[bool]
+) -> int:
+    ids = _ids(session, column, where)
+    return _delete_rows(session, column, ids) if ids else 0
+
+
+def _sessions(session: DbSession, ended: ColumnElement[bool]) -> tuple[int, int]:
+    ids = _ids(session, Session.id, ended)
+    if not ids:
+        return 0, 0
+    tokens = _delete_rows(session, RefreshToken.session_id, ids)
+    return _delete_rows(session, Session.id, ids), tokens

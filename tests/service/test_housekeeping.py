@@ -1,0 +1,186 @@
+"""Housekeeping: what is over is deleted after the retention, nothing live is touched."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from authsvc.errors import InvalidToken
+from authsvc.models import OutboxMessage, RefreshToken, Session, UserToken
+from authsvc.services import housekeeping, outbox, sessions, user_tokens
+
+from .conftest import CLIENT
+
+DAY = timedelta(days=1)
+RETENTION = timedelta(days=7)
+
+
+def ids(db_session, column):
+    db_session.expire_all()
+    return set(db_session.scalars(select(column)))
+
+
+def start(db_session, deps, user, at):
+    return sessions.start_session(db_session, deps, user=user, amr=("pwd",), client=CLIENT, now=at)
+
+
+def sweep(runtime, now, retention=RETENTION):
+    return housekeeping.sweep(
+        runtime.sessionmaker,
+        now=now,
+        retention=retention,
+        idle_timeout=runtime.deps.settings.session_idle_timeout,
+    )
+
+
+def test_ended_sessions_go_with_all_their_refresh_tokens(runtime, db_session, deps, make_user, now):
+    user = make_user()
+    idle = deps.settings.session_idle_timeout
+    revoked_long_ago = start(db_session, deps, user, now - RETENTION - 2 * DAY)
+    revoked_lately = start(db_session, deps, user, now - 3 * DAY)
+    start(db_session, deps, user, now - idle - RETENTION - DAY)  # idle for too long
+    idle_lately = start(db_session, deps, user, now - idle - RETENTION + DAY)
+    live = start(db_session, deps, user, now - 2 * DAY)
+    # A refresh leaves the spent token behind: it is how a stolen copy is noticed later.
+    rotated = sessions.rotate_refresh_token(
+        db_session, deps, refresh_token=live.refresh_token, client=CLIENT, now=now - DAY
+    )
+    sessions.revoke(
+        db_session,
+        session_ids=[revoked_long_ago.session_id],
+        reason="logout",
+        now=now - RETENTION - DAY,
+    )
+    sessions.revoke(
+        db_session, session_ids=[revoked_lately.session_id], reason="logout", now=now - DAY
+    )
+    db_session.flush()
+    assert db_session.scalar(select(func.count()).select_from(RefreshToken)) == 6
+
+    swept = sweep(runtime, now)
+
+    kept = {revoked_lately.session_id, idle_lately.session_id, live.session_id}
+    assert ids(db_session, Session.id) == kept
+    assert ids(db_session, RefreshToken.session_id) == kept
+    assert (swept.sessions, swept.refresh_tokens) == (2, 2)
+    # The live session still refreshes, and still recognises its spent token.
+    with pytest.raises(InvalidToken):
+        sessions.rotate_refresh_token(
+            db_session, deps, refresh_token=live.refresh_token, client=CLIENT, now=now
+        )
+    assert db_session.get(Session, live.session_id).revoked_reason == "refresh_token_reuse"
+    assert rotated.session_id == live.session_id
+
+
+def test_an_absolute_end_past_the_retention_ends_a_session(
+    runtime, db_session, deps, make_user, now
+):
+    user = make_user()
+    ttl = deps.settings.refresh_token_ttl
+    old = start(db_session, deps, user, now - ttl - RETENTION - DAY)
+    db_session.get(Session, old.session_id).last_used_at = now  # used, but past its end
+    recent = start(db_session, deps, user, now - ttl - RETENTION + DAY)
+    db_session.get(Session, recent.session_id).last_used_at = now
+    db_session.flush()
+
+    sweep(runtime, now)
+
+    assert ids(db_session, Session.id) == {recent.session_id}
+
+
+def test_single_use_tokens_go_once_expired_for_longer_than_the_retention(
+    runtime, db_session, make_user, now
+):
+    user = make_user()
+
+    def issue(at, purpose="mfa", ttl=timedelta(minutes=5)):
+        secret = user_tokens.issue(
+            db_session, user_id=user.id, purpose=purpose, ttl=ttl, now=at, replace_previous=False
+        )
+        return user_tokens.find(db_session, token=secret, purpose=purpose, now=at)
+
+    issue(now - RETENTION - DAY)
+    issue(now - RETENTION - DAY, "reset_password")
+    used = issue(now - 10 * DAY, "verify_email", ttl=DAY)
+    user_tokens.consume(db_session, row=used, now=now - 10 * DAY)
+    expired_lately = issue(now - RETENTION + DAY).id
+    live = issue(now).id
+    used_but_unexpired = issue(now - DAY, "verify_email", ttl=2 * DAY)
+    user_tokens.consume(db_session, row=used_but_unexpired, now=now - DAY)
+    db_session.flush()
+
+    swept = sweep(runtime, now)
+
+    assert ids(db_session, UserToken.id) == {expired_lately, live, used_but_unexpired.id}
+    assert swept.user_tokens == 3
+
+
+def test_sent_messages_go_and_failed_or_pending_ones_stay(runtime, db_session, deps, now):
+    def message(at, **columns):
+        row = outbox.enqueue(db_session, deps.keyring, kind="email", payload={"n": 1}, now=at)
+        for name, value in columns.items():
+            setattr(row, name, value)
+        db_session.flush()
+        return row.id
+
+    sent_long_ago = message(now - 9 * DAY, completed_at=now - RETENTION - DAY)
+    sent_lately = message(now - 2 * DAY, completed_at=now - DAY)
+    failed = message(now - 60 * DAY, failed_at=now - 59 * DAY, last_error="refused")
+    pending = message(now - 60 * DAY)
+
+    swept = sweep(runtime, now)
+
+    assert ids(db_session, OutboxMessage.id) == {sent_lately, failed, pending}
+    assert swept.outbox_messages == 1
+    assert sent_long_ago not in ids(db_session, OutboxMessage.id)
+
+
+def test_a_zero_retention_keeps_everything(runtime, db_session, deps, make_user, now):
+    user = make_user()
+    ended = start(db_session, deps, user, now - 400 * DAY)
+    user_tokens.issue(db_session, user_id=user.id, purpose="mfa", ttl=DAY, now=now - 400 * DAY)
+    db_session.flush()
+
+    swept = sweep(runtime, now, retention=timedelta(0))
+
+    assert swept.total == 0
+    assert ids(db_session, Session.id) == {ended.session_id}
+    assert len(ids(db_session, UserToken.id)) == 1
+
+
+def test_a_backlog_is_deleted_in_batches_over_several_sweeps(
+    runtime, db_session, make_user, now, monkeypatch
+):
+    monkeypatch.setattr(housekeeping, "BATCH", 2)
+    monkeypatch.setattr(housekeeping, "MAX_BATCHES", 2)
+    user = make_user()
+    for _ in range(5):
+        user_tokens.issue(
+            db_session,
+            user_id=user.id,
+            purpose="mfa",
+            ttl=DAY,
+            now=now - 30 * DAY,
+            replace_previous=False,
+        )
+    db_session.flush()
+
+    first, second = sweep(runtime, now), sweep(runtime, now)
+
+    assert (first.user_tokens, second.user_tokens) == (4, 1)
+    assert ids(db_session, UserToken.id) == set()
+
+
+def test_the_outbox_worker_sweeps_when_it_starts(runtime, db_session, make_user, now):
+    user = make_user()
+    user_tokens.issue(db_session, user_id=user.id, purpose="mfa", ttl=DAY, now=now - 30 * DAY)
+    db_session.flush()
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+
+    runtime.worker.run(stop, poll_interval=0.05, sweep_every=3600)
+
+    assert ids(db_session, UserToken.id) == set()
