@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import statistics
 import sys
 import time
@@ -33,7 +32,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from sqlalchemy import Engine, Select, text
 from sqlalchemy.orm import Session
 
@@ -43,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from authsvc.db import make_engine  # noqa: E402
 from authsvc.schema import upgrade  # noqa: E402
 from authsvc.services import audit_views, detection  # noqa: E402
-from tests.e2e.server import POSTGRES_URL  # noqa: E402
+from tests.e2e.server import scratch_database  # noqa: E402
 
 ACCOUNTS = 20_000
 PAGE = 50
@@ -59,7 +57,7 @@ SELECT now(),
        CASE WHEN g % 4 = 0 THEN 'authenticated' ELSE 'failure' END,
        'bench-' || (g / 4) % :accounts, '192.0.2.1', 'Mozilla/5.0 Firefox/' || g % 50,
        '{}', '', ''
-FROM generate_series(:first, :last) AS g
+FROM generate_series(CAST(:first AS integer), CAST(:last AS integer)) AS g
 """
 _PROBE = """
 INSERT INTO audit_events
@@ -152,12 +150,7 @@ def main() -> None:
     parser.add_argument("--hot-events", type=int, default=200_000)
     options = parser.parse_args()
 
-    name = f"audit_bench_{secrets.token_hex(4)}"
-    server = POSTGRES_URL.rsplit("/", 1)[0]
-    url = f"{server.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with scratch_database("audit_bench") as url:
         upgrade(url, "0006")
         engine = make_engine(url)
         started = time.monotonic()
@@ -171,9 +164,6 @@ def main() -> None:
         migrate_seconds = time.monotonic() - started
         after = measure(engine)
         engine.dispose()
-    finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     print(
         json.dumps(

@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +34,7 @@ from authsvc.db import make_engine, make_sessionmaker, utcnow  # noqa: E402
 from authsvc.schema import upgrade  # noqa: E402
 from authsvc.services import housekeeping  # noqa: E402
 from authsvc.settings import Settings  # noqa: E402
-from tests.e2e.server import POSTGRES_URL  # noqa: E402
+from tests.e2e.server import scratch_database  # noqa: E402
 
 USERS = 10_000
 TABLES = ("sessions", "refresh_tokens", "user_tokens", "outbox_messages")
@@ -78,12 +76,7 @@ def main() -> None:
     options = parser.parse_args()
     settings = Settings()
 
-    name = f"housekeeping_bench_{secrets.token_hex(4)}"
-    server = POSTGRES_URL.rsplit("/", 1)[0]
-    url = f"{server.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with scratch_database("housekeeping_bench") as url:
         upgrade(url)
         engine = make_engine(url)
         params = {
@@ -116,9 +109,6 @@ def main() -> None:
                 break
         after = counts(engine)
         engine.dispose()
-    finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     deleted = sum(s["rows"] for s in sweeps)
     busy = sum(s["seconds"] for s in sweeps[:-1])

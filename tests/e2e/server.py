@@ -7,6 +7,7 @@ AUTHSVC_E2E_REDIS_URL, default redis://127.0.0.1:6379), so runs never see each o
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import os
@@ -17,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,21 @@ ROOT = Path(__file__).resolve().parents[2]
 AUTHSVC = Path(sys.executable).parent / "authsvc"
 POSTGRES_URL = os.environ.get("AUTHSVC_E2E_POSTGRES_URL", "postgresql://postgres@127.0.0.1/test")
 REDIS_URL = os.environ.get("AUTHSVC_E2E_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+@contextlib.contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server of POSTGRES_URL, dropped afterwards;
+    yields its SQLAlchemy URL."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    server = POSTGRES_URL.rsplit("/", 1)[0]
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{server.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def free_port() -> int:
