@@ -230,14 +230,12 @@ class OutboxWorker:
             if not busy:
                 stop.wait(min(poll_interval, max(0.0, next_sweep - time.monotonic())))
 
-    def start_thread(
-        self, *, poll_interval: float, sweep_every: float = SWEEP_EVERY
-    ) -> tuple[threading.Thread, threading.Event]:
+    def start_thread(self, *, poll_interval: float) -> tuple[threading.Thread, threading.Event]:
         stop = threading.Event()
         thread = threading.Thread(
             target=self.run,
             args=(stop,),
-            kwargs={"poll_interval": poll_interval, "sweep_every": sweep_every},
+            kwargs={"poll_interval": poll_interval},
             name="authsvc-outbox",
             daemon=True,
         )

@@ -25,7 +25,6 @@ meanwhile; on PostgreSQL, rows that another instance is deleting at the same mom
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -70,12 +69,12 @@ def sweep(
         Session.expires_at < before,
         Session.last_used_at < before - idle_timeout,
     )
-    sessions, refresh_tokens = _batches(factory, lambda s: _sessions(s, ended))
-    user_tokens, _ = _batches(
-        factory, lambda s: (_delete(s, UserToken.id, UserToken.expires_at < before), 0)
+    sessions, refresh_tokens = _sweep_table(
+        factory, Session.id, ended, dependents=RefreshToken.session_id
     )
-    outbox_messages, _ = _batches(
-        factory, lambda s: (_delete(s, OutboxMessage.id, OutboxMessage.completed_at < before), 0)
+    user_tokens, _ = _sweep_table(factory, UserToken.id, UserToken.expires_at < before)
+    outbox_messages, _ = _sweep_table(
+        factory, OutboxMessage.id, OutboxMessage.completed_at < before
     )
     swept = Swept(
         sessions=sessions,
@@ -94,50 +93,36 @@ def sweep(
     return swept
 
 
-def _batches(
-    factory: sessionmaker[DbSession], run: Callable[[DbSession], tuple[int, int]]
+def _sweep_table(
+    factory: sessionmaker[DbSession],
+    key: InstrumentedAttribute[Any],
+    where: ColumnElement[bool],
+    *,
+    dependents: InstrumentedAttribute[Any] | None = None,
 ) -> tuple[int, int]:
-    """Run ``run`` (one batch: rows deleted, and rows deleted with them) in a transaction of
-    its own until a batch comes back short; return the sums."""
+    """Delete the rows matching ``where``, a batch per transaction, until a batch comes back
+    short (or MAX_BATCHES); first the rows whose ``dependents`` column points at them. Return
+    how many rows, and how many dependent rows, went."""
     total = dependent = 0
     for _ in range(MAX_BATCHES):
         with factory.begin() as session:
-            deleted, along = run(session)
-        total += deleted
-        dependent += along
-        if deleted < BATCH:
+            query = select(key).where(where).limit(BATCH)
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)  # another sweep holds these
+            ids = list(session.scalars(query))
+            if ids and dependents is not None:
+                dependent += _delete(session, dependents, ids)
+            if ids:
+                _delete(session, key, ids)
+        total += len(ids)
+        if len(ids) < BATCH:
             break
     return total, dependent
 
 
-def _ids(
-    session: DbSession, column: InstrumentedAttribute[Any], where: ColumnElement[bool]
-) -> list[Any]:
-    """One batch of the ids of matching rows (on PostgreSQL, none another sweep holds)."""
-    query = select(column).where(where).limit(BATCH)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    return list(session.scalars(query))
-
-
-def _delete_rows(session: DbSession, column: InstrumentedAttribute[Any], ids: list[Any]) -> int:
+def _delete(session: DbSession, column: InstrumentedAttribute[Any], ids: list[Any]) -> int:
     result = session.execute(
         delete(column.class_).where(column.in_(ids)),
         execution_options={"synchronize_session": False},
     )
     return int(cast(CursorResult[Any], result).rowcount or 0)
-
-
-def _delete(
-    session: DbSession, column: InstrumentedAttribute[Any], where: ColumnElement[bool]
-) -> int:
-    ids = _ids(session, column, where)
-    return _delete_rows(session, column, ids) if ids else 0
-
-
-def _sessions(session: DbSession, ended: ColumnElement[bool]) -> tuple[int, int]:
-    ids = _ids(session, Session.id, ended)
-    if not ids:
-        return 0, 0
-    tokens = _delete_rows(session, RefreshToken.session_id, ids)
-    return _delete_rows(session, Session.id, ids), tokens
