@@ -10,13 +10,15 @@ ran without housekeeping for a while. Then ``housekeeping.sweep`` (what the outb
 every 10 minutes) is called until a sweep deletes nothing, and once more on the clean tables:
 that last one is what a sweep costs every 10 minutes from then on.
 
-Prints one JSON object: rows before and after, each sweep's rows and seconds, the rows deleted
-per second, and the seconds of the sweep with nothing to do.
+Prints one JSON object: rows before and after, each sweep's deleted sessions, tokens and
+messages (refresh tokens go with their sessions, uncounted) and seconds, the rows deleted per
+second (all four tables), and the seconds of the sweep with nothing to do.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -104,13 +106,14 @@ def main() -> None:
                 idle_timeout=settings.session_idle_timeout,
             )
             seconds = time.monotonic() - started
-            sweeps.append({"rows": swept.total, "seconds": round(seconds, 2)})
+            sweeps.append({**dataclasses.asdict(swept), "seconds": round(seconds, 2)})
             if swept.total == 0:
                 break
         after = counts(engine)
         engine.dispose()
 
-    deleted = sum(s["rows"] for s in sweeps)
+    # Counted in the tables: the refresh tokens that went with their sessions included.
+    deleted = sum(before.values()) - sum(after.values())
     busy = sum(s["seconds"] for s in sweeps[:-1])
     print(
         json.dumps(

@@ -10,7 +10,8 @@ events; it has its own retention (`authsvc audit prune`).
 A row is deleted once it has been over for longer than the retention:
 
 - a session: revoked, past its absolute end (``expires_at``), or idle for longer than
-  ``AUTHSVC_SESSION_IDLE_TIMEOUT``; its refresh tokens, spent ones included, go with it. A spent
+  ``AUTHSVC_SESSION_IDLE_TIMEOUT``; its refresh tokens, spent ones included, go with it (the
+  foreign key cascades). A spent
   refresh token of a live session stays: presenting it again is how a stolen token is noticed
   (the whole session is then revoked);
 - a single-use token (verification, reset, change, mfa, enrollment): past ``expires_at``, used or
@@ -33,7 +34,7 @@ from sqlalchemy import ColumnElement, CursorResult, delete, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, sessionmaker
 from sqlalchemy.orm import Session as DbSession
 
-from authsvc.models import OutboxMessage, RefreshToken, Session, UserToken
+from authsvc.models import OutboxMessage, Session, UserToken
 
 log = logging.getLogger("authsvc.housekeeping")
 
@@ -43,14 +44,13 @@ MAX_BATCHES = 50  # per table and sweep: a large backlog is cleared over several
 
 @dataclass(frozen=True, slots=True)
 class Swept:
-    sessions: int = 0
-    refresh_tokens: int = 0
+    sessions: int = 0  # their refresh tokens go with them (ON DELETE CASCADE)
     user_tokens: int = 0
     outbox_messages: int = 0
 
     @property
     def total(self) -> int:
-        return self.sessions + self.refresh_tokens + self.user_tokens + self.outbox_messages
+        return self.sessions + self.user_tokens + self.outbox_messages
 
 
 def sweep(
@@ -69,60 +69,50 @@ def sweep(
         Session.expires_at < before,
         Session.last_used_at < before - idle_timeout,
     )
-    sessions, refresh_tokens = _sweep_table(
-        factory, Session.id, ended, dependents=RefreshToken.session_id
-    )
-    user_tokens, _ = _sweep_table(factory, UserToken.id, UserToken.expires_at < before)
-    outbox_messages, _ = _sweep_table(
-        factory, OutboxMessage.id, OutboxMessage.completed_at < before
-    )
     swept = Swept(
-        sessions=sessions,
-        refresh_tokens=refresh_tokens,
-        user_tokens=user_tokens,
-        outbox_messages=outbox_messages,
+        sessions=_sweep_table(factory, Session.id, ended),
+        user_tokens=_sweep_table(factory, UserToken.id, UserToken.expires_at < before),
+        outbox_messages=_sweep_table(
+            factory, OutboxMessage.id, OutboxMessage.completed_at < before
+        ),
     )
     if swept.total:
         log.info(
-            "swept %d ended sessions (%d refresh tokens), %d expired tokens, %d sent messages",
+            "swept %d ended sessions, %d expired tokens, %d sent messages",
             swept.sessions,
-            swept.refresh_tokens,
             swept.user_tokens,
             swept.outbox_messages,
         )
     return swept
 
 
-def _sweep_table(
-    factory: sessionmaker[DbSession],
+def delete_batch(
+    session: DbSession,
     key: InstrumentedAttribute[Any],
     where: ColumnElement[bool],
     *,
-    dependents: InstrumentedAttribute[Any] | None = None,
-) -> tuple[int, int]:
-    """Delete the rows matching ``where``, a batch per transaction, until a batch comes back
-    short (or MAX_BATCHES); first the rows whose ``dependents`` column points at them. Return
-    how many rows, and how many dependent rows, went."""
-    total = dependent = 0
-    for _ in range(MAX_BATCHES):
-        with factory.begin() as session:
-            query = select(key).where(where).limit(BATCH)
-            if session.get_bind().dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)  # another sweep holds these
-            ids = list(session.scalars(query))
-            if ids and dependents is not None:
-                dependent += _delete(session, dependents, ids)
-            if ids:
-                _delete(session, key, ids)
-        total += len(ids)
-        if len(ids) < BATCH:
-            break
-    return total, dependent
-
-
-def _delete(session: DbSession, column: InstrumentedAttribute[Any], ids: list[Any]) -> int:
+    limit: int,
+) -> int:
+    """Delete up to ``limit`` rows matching ``where`` in one statement (rows that point at them
+    with ON DELETE CASCADE go too); on PostgreSQL, rows another transaction holds are skipped."""
+    batch = select(key).where(where).limit(limit).with_for_update(skip_locked=True)
     result = session.execute(
-        delete(column.class_).where(column.in_(ids)),
+        delete(key.class_).where(key.in_(batch)),
         execution_options={"synchronize_session": False},
     )
     return int(cast(CursorResult[Any], result).rowcount or 0)
+
+
+def _sweep_table(
+    factory: sessionmaker[DbSession], key: InstrumentedAttribute[Any], where: ColumnElement[bool]
+) -> int:
+    """``delete_batch`` in a transaction of its own until a batch comes back short, or
+    MAX_BATCHES times; return how many rows went."""
+    total = 0
+    for _ in range(MAX_BATCHES):
+        with factory.begin() as session:
+            deleted = delete_batch(session, key, where, limit=BATCH)
+        total += deleted
+        if deleted < BATCH:
+            break
+    return total

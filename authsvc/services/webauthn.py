@@ -18,13 +18,13 @@ import unicodedata
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Exists, Result, delete, exists, select, update
+from sqlalchemy import ColumnElement, CursorResult, Exists, Result, exists, select, update
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto import webauthn as wa
 from authsvc.errors import InvalidChallenge, InvalidMfa, InvalidRequest, NotFound
 from authsvc.models import User, WebauthnChallenge, WebauthnCredential
-from authsvc.services import audit, factors, notices, user_tokens
+from authsvc.services import audit, factors, housekeeping, notices, user_tokens
 from authsvc.services.context import Client, Deps
 from authsvc.settings import Settings
 
@@ -144,15 +144,8 @@ def issue_challenge(
 
 def _sweep(session: DbSession, *, now: datetime) -> None:
     """Delete a batch of expired challenges; rows another instance is sweeping are skipped."""
-    batch = (
-        select(WebauthnChallenge.id)
-        .where(WebauthnChallenge.expires_at < now)
-        .limit(SWEEP_BATCH)
-        .with_for_update(skip_locked=True)
-    )
-    session.execute(
-        delete(WebauthnChallenge).where(WebauthnChallenge.id.in_(batch)),
-        execution_options={"synchronize_session": False},
+    housekeeping.delete_batch(
+        session, WebauthnChallenge.id, WebauthnChallenge.expires_at < now, limit=SWEEP_BATCH
     )
 
 
