@@ -40,7 +40,7 @@ def _time(name: str) -> datetime | None:
     if raw is None:
         return None
     try:
-        value = datetime.fromisoformat(raw.strip().replace("z", "Z"))
+        value = datetime.fromisoformat(raw.strip().upper())  # RFC 3339 allows "t" and "z"
     except ValueError:
         value = None
     if value is None or value.tzinfo is None or len(raw) > 40:

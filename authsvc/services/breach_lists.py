@@ -108,7 +108,7 @@ def parse_target_list(
 def parse_moment(raw: str, *, field: str) -> datetime:
     """An RFC 3339 time, or a date (midnight UTC)."""
     try:
-        moment = datetime.fromisoformat(raw.strip())
+        moment = datetime.fromisoformat(raw.strip().upper())  # RFC 3339 allows "t" and "z"
     except ValueError:
         raise InvalidRequest(f"{field} must be an RFC 3339 time or a date", field=field) from None
     if moment.tzinfo is None:

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import String, bindparam, select
 from sqlalchemy.orm import Session as DbSession
 
-from authsvc.errors import InvalidMfa, NotFound
+from authsvc.errors import InvalidMfa, InvalidRequest, NotFound
 from authsvc.services import recovery, totp, webauthn
 from authsvc.services.context import Client, Deps
 
@@ -25,6 +25,14 @@ class FactorProof:
     totp_code: str | None = None
     recovery_code: str | None = None
     webauthn: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        # Only one answer is ever checked: refuse the others rather than ignore them. A
+        # client's mistake, not a wrong answer, so it costs no attempt.
+        if sum(v is not None for v in (self.totp_code, self.recovery_code, self.webauthn)) > 1:
+            raise InvalidRequest(
+                "send only one of totp_code, recovery_code or webauthn", field="proof"
+            )
 
     @property
     def given(self) -> bool:

@@ -61,6 +61,10 @@ def test_filters_by_user_type_prefix_and_time(api, client, as_admin):
     assert events(client, as_admin, since=future)["events"] == []
     past = (utcnow() - timedelta(hours=1)).isoformat().replace("+00:00", "Z")
     assert events(client, as_admin, until=past)["events"] == []
+    lower_case = (
+        (utcnow() + timedelta(hours=1)).isoformat().replace("+00:00", "z").replace("T", "t")
+    )
+    assert events(client, as_admin, until=lower_case)["events"]  # RFC 3339 allows "t" and "z"
 
 
 def test_pages_follow_the_cursor(api, client, as_admin):

@@ -146,6 +146,18 @@ def test_a_dry_run_only_counts(client, app, as_admin, accounts):
 
 
 @pytest.mark.parametrize(
+    "before",
+    ["2999-01-02", "2999-01-02T03:04:05Z", "2999-01-02t03:04:05.5z", "2999-01-02T03:04:05+01:00"],
+)
+def test_before_takes_every_rfc_3339_spelling_and_a_date(client, as_admin, accounts, before):
+    # RFC 3339 allows a lower-case "t" and "z"; a date alone means midnight UTC.
+    response = start(client, as_admin, selector="created_before", before=before, dry_run=True)
+
+    assert response.status_code == 200
+    assert response.get_json()["targeted"] == 4
+
+
+@pytest.mark.parametrize(
     ("body", "status", "code"),
     [
         ({"selector": "everyone"}, 400, "invalid_request"),

@@ -288,3 +288,25 @@ def test_requests_without_an_answer_cost_no_attempt(api, client):
     right = second_step(client, token, totp_code=oathtool_code(factor["secret"], offset_steps=1))
 
     assert right.status_code == 200
+
+
+def test_two_answers_are_refused_and_spend_nothing(api, client, connection):
+    # Only one answer would be checked: the other is refused, not silently ignored.
+    factor = enable_totp(api)
+    token = mfa_token(api)
+    code = factor["recovery_codes"][0]
+    right = oathtool_code(factor["secret"], offset_steps=1)
+
+    both = second_step(client, token, totp_code=right, recovery_code=code)
+
+    assert both.status_code == 400
+    assert (both.get_json()["code"], both.get_json()["field"]) == ("invalid_request", "proof")
+    attempts = connection.scalar(select(UserToken.attempts).where(UserToken.purpose == "mfa"))
+    assert attempts == 0
+    assert second_step(client, token, recovery_code=code).status_code == 200  # still unspent
+    reset = client.post(
+        "/v1/password/reset",
+        json={"token": "x", "new_password": "brand new horse 43", "totp_code": right,
+              "webauthn": {}},
+    )  # fmt: skip
+    assert (reset.status_code, reset.get_json()["field"]) == (400, "proof")
