@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from flask.testing import EnvironBuilder as FlaskEnvironBuilder
 from flask.testing import FlaskClient
 from openapi_core import Config, OpenAPI
 from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
@@ -112,19 +113,26 @@ def openapi_spec() -> OpenAPI:
         extra_media_type_deserializers={
             "application/problem+json": lambda value, **_params: json.loads(value),
             "application/yaml": lambda value, **_params: value.decode("utf-8"),
+            "text/plain": lambda value, **_params: value.decode("utf-8"),
+            "text/csv": lambda value, **_params: value.decode("utf-8"),
         }
     )
     return OpenAPI.from_file_path(str(ROOT / "openapi.yaml"), config=config)
 
 
 class ContractClient(FlaskClient):
-    """A test client that checks every response against openapi.yaml."""
+    """A test client that checks every response against openapi.yaml, and every request the
+    service accepted (2xx) against the request schema: the contract may not refuse what the
+    service takes."""
 
     spec: OpenAPI | None = None
 
     def open(self, *args: Any, **kwargs: Any) -> Any:
+        sent = self._copy_of_request(args, kwargs)
         response = super().open(*args, **kwargs)
         if ContractClient.spec is not None and response.request.path not in _UNDOCUMENTED:
+            if sent is not None and 200 <= response.status_code < 300:
+                ContractClient.spec.validate_request(WerkzeugOpenAPIRequest(sent))
             original = response.request
             bare = Request(
                 EnvironBuilder(
@@ -138,6 +146,20 @@ class ContractClient(FlaskClient):
                 WerkzeugOpenAPIRequest(bare), WerkzeugOpenAPIResponse(response)
             )
         return response
+
+    def _copy_of_request(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Request | None:
+        """The request that ``open`` will send, built separately (bodies given as bytes, text
+        or JSON only: a stream can be read once)."""
+        if ContractClient.spec is None or not args or not isinstance(args[0], str):
+            return None
+        if not isinstance(kwargs.get("data", b""), (bytes, str)):
+            return None
+        options = {k: v for k, v in kwargs.items() if k not in ("buffered", "follow_redirects")}
+        builder = FlaskEnvironBuilder(self.application, *args, **options)
+        try:
+            return builder.get_request()
+        finally:
+            builder.close()
 
 
 _UNDOCUMENTED = frozenset()
