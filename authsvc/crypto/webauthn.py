@@ -198,6 +198,10 @@ def _check_shape(credential: Any, fields: tuple[str, ...]) -> dict[str, Any]:
         raise WebauthnResponseError("malformed", "response is missing")
     if credential.get("type") != "public-key":
         raise WebauthnResponseError("malformed", "type must be public-key")
+    if not isinstance(credential.get("clientExtensionResults", {}), dict):
+        raise WebauthnResponseError("malformed", "clientExtensionResults must be an object")
+    if not isinstance(credential.get("authenticatorAttachment", ""), str | None):
+        raise WebauthnResponseError("malformed", "authenticatorAttachment must be a string")
     for value in (
         credential.get("id"),
         credential.get("rawId"),

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto import webauthn as wa
-from authsvc.errors import InvalidCredentials, InvalidWebauthnResponse
+from authsvc.errors import InvalidChallenge, InvalidCredentials, InvalidWebauthnResponse
 from authsvc.models import User, WebauthnCredential
 from authsvc.services import audit, login, throttle, webauthn
 from authsvc.services.context import Client, Deps
@@ -64,18 +64,35 @@ def login_with_passkey(
 ) -> login.LoginResult:
     """Log in with a discoverable, user-verifying credential alone."""
     _throttle(session, deps, client=client, now=now)
+
+    def failed(reason: str, user_id: str | None = None) -> None:
+        audit.record(
+            session,
+            type="login.passkey",
+            outcome="failure",
+            now=now,
+            client=client,
+            user_id=user_id,
+            details={"reason": reason},
+        )
+
     try:
         answer = wa.read_assertion(credential)
     except wa.WebauthnResponseError as exc:
+        failed(exc.reason)
         raise InvalidWebauthnResponse(str(exc), reason=exc.reason) from None
-    webauthn.consume_challenge(
-        session,
-        purpose="passkey",
-        challenge=answer.challenge,
-        user_id=None,
-        challenge_id=challenge_id,
-        now=now,
-    )
+    try:
+        webauthn.consume_challenge(
+            session,
+            purpose="passkey",
+            challenge=answer.challenge,
+            user_id=None,
+            challenge_id=challenge_id,
+            now=now,
+        )
+    except InvalidChallenge:
+        failed("invalid_challenge")  # replayed, expired or foreign: worth seeing in the trail
+        raise
     row = session.scalar(
         select(WebauthnCredential).where(WebauthnCredential.credential_id == answer.credential_id)
     )
@@ -102,15 +119,7 @@ def login_with_passkey(
             now=now,
         )
     except webauthn.AssertionRefusedError as exc:
-        audit.record(
-            session,
-            type="login.passkey",
-            outcome="failure",
-            now=now,
-            client=client,
-            user_id=user.id if user is not None else None,
-            details={"reason": exc.reason},
-        )
+        failed(exc.reason, user.id if user is not None else None)
         raise InvalidCredentials() from None
     assert user is not None and row is not None
     return login.finish_login(

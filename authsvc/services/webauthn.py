@@ -22,7 +22,14 @@ from sqlalchemy import ColumnElement, CursorResult, Exists, Result, exists, sele
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto import webauthn as wa
-from authsvc.errors import InvalidChallenge, InvalidMfa, InvalidRequest, NotFound
+from authsvc.errors import (
+    InvalidChallenge,
+    InvalidMfa,
+    InvalidRequest,
+    InvalidToken,
+    InvalidWebauthnResponse,
+    NotFound,
+)
 from authsvc.models import User, WebauthnChallenge, WebauthnCredential
 from authsvc.services import audit, factors, housekeeping, notices, user_tokens
 from authsvc.services.context import Client, Deps
@@ -325,17 +332,26 @@ def assertion_options(
     )
 
 
+def _options_for(
+    session: DbSession, deps: Deps, *, token: str, purpose: str, now: datetime
+) -> dict[str, Any]:
+    """Options for the step a token stands for, refused (InvalidToken) wherever the step itself
+    would refuse the token: a disabled owner, a login begun before the password was invalidated."""
+    _, owner = user_tokens.find_with_owner(session, token=token, purpose=purpose, now=now)
+    if owner.disabled_at is not None:
+        raise InvalidToken()
+    return assertion_options(session, deps, user_id=owner.id, now=now)
+
+
 def mfa_options(session: DbSession, deps: Deps, *, mfa_token: str, now: datetime) -> dict[str, Any]:
-    token = user_tokens.find(session, token=mfa_token, purpose="mfa", now=now)
-    return assertion_options(session, deps, user_id=token.user_id, now=now)
+    return _options_for(session, deps, token=mfa_token, purpose="mfa", now=now)
 
 
 def reset_options(
     session: DbSession, deps: Deps, *, reset_token: str, now: datetime
 ) -> dict[str, Any]:
     """Options for the second factor that a password reset asks for."""
-    token = user_tokens.find(session, token=reset_token, purpose="reset_password", now=now)
-    return assertion_options(session, deps, user_id=token.user_id, now=now)
+    return _options_for(session, deps, token=reset_token, purpose="reset_password", now=now)
 
 
 def verify_mfa_assertion(
@@ -351,7 +367,10 @@ def verify_mfa_assertion(
     try:
         answer = wa.read_assertion(credential)
     except wa.WebauthnResponseError as exc:
-        raise InvalidMfa("The security key response is malformed", reason=exc.reason) from None
+        # Like a TOTP code of the wrong shape: a client's mistake, not a wrong answer.
+        raise InvalidWebauthnResponse(
+            "The security key response is malformed", reason=exc.reason
+        ) from None
     try:
         challenge = consume_challenge(
             session, purpose="mfa", challenge=answer.challenge, user_id=user_id, now=now

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto import webauthn as wa
@@ -21,6 +22,7 @@ from authsvc.errors import (
     AuthenticatorNotAllowed,
     Conflict,
     CredentialExists,
+    InvalidChallenge,
     InvalidCredentials,
     InvalidToken,
     InvalidWebauthnResponse,
@@ -114,15 +116,23 @@ def _verify_registration(
     nothing is stored yet (the challenge is spent)."""
     settings = deps.settings
     chosen = webauthn.clean_name(name) if name is not None else None
+
+    def rejected(reason: str) -> None:
+        _rejected(session, user_id=user_id, reason=reason, client=client, now=now)
+
     try:
         answer = wa.read_registration(credential)
-    except wa.WebauthnResponseError as exc:
-        raise InvalidWebauthnResponse(str(exc), reason=exc.reason) from None
-    challenge = webauthn.consume_challenge(
-        session, purpose="registration", challenge=answer.challenge, user_id=user_id, now=now
-    )
-    clean = chosen or challenge.name or "Security key"
-    try:
+        try:
+            challenge = webauthn.consume_challenge(
+                session,
+                purpose="registration",
+                challenge=answer.challenge,
+                user_id=user_id,
+                now=now,
+            )
+        except InvalidChallenge:
+            rejected("invalid_challenge")
+            raise
         key = wa.verify_registration(
             credential=credential,
             expected_challenge=answer.challenge,
@@ -132,16 +142,9 @@ def _verify_registration(
             trusted_roots=_trusted_roots(settings),
         )
     except wa.WebauthnResponseError as exc:
-        audit.record(
-            session,
-            type="mfa.webauthn.register",
-            outcome="rejected",
-            now=now,
-            client=client,
-            user_id=user_id,
-            details={"reason": exc.reason},
-        )
+        rejected(exc.reason)
         raise InvalidWebauthnResponse(str(exc), reason=exc.reason) from None
+    clean = chosen or challenge.name or "Security key"
     refusal = webauthn.model_refusal(
         settings, aaguid=key.aaguid, backup_eligible=key.backup_eligible
     )
@@ -160,11 +163,12 @@ def _verify_registration(
         raise AuthenticatorNotAllowed(
             f"This authenticator is not accepted ({refusal})", reason=refusal
         )
+    recovery.lock_second_factors(session, user_id=user_id)  # registrations at once count too
     if session.scalar(
         select(WebauthnCredential.id).where(WebauthnCredential.credential_id == key.credential_id)
     ):
+        rejected("credential_exists")
         raise CredentialExists()
-    recovery.lock_second_factors(session, user_id=user_id)  # registrations at once count too
     rows = webauthn.credentials_of(session, user_id)
     if len(rows) >= settings.webauthn_max_credentials:
         raise Conflict(f"At most {settings.webauthn_max_credentials} security keys per account")
@@ -172,6 +176,20 @@ def _verify_registration(
     # passkey login: another ceremony opened before the first key existed handed out another.
     handle = challenge.user_handle or (rows[0].user_handle if rows else b"")
     return _Verified(key=key, name=clean, user_handle=handle)
+
+
+def _rejected(
+    session: DbSession, *, user_id: str, reason: str, client: Client, now: datetime
+) -> None:
+    audit.record(
+        session,
+        type="mfa.webauthn.register",
+        outcome="rejected",
+        now=now,
+        client=client,
+        user_id=user_id,
+        details={"reason": reason},
+    )
 
 
 def _store(
@@ -200,8 +218,12 @@ def _store(
         name=verified.name,
         created_at=now,
     )
-    session.add(row)
-    session.flush()
+    try:
+        with session.begin_nested():  # another user's registration of the same key may win
+            session.add(row)
+    except IntegrityError:
+        _rejected(session, user_id=user_id, reason="credential_exists", client=client, now=now)
+        raise CredentialExists() from None
     codes = recovery.issue_initial(session, deps, user_id=user_id, client=client, now=now)
     audit.record(
         session,

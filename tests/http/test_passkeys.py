@@ -157,13 +157,14 @@ def test_a_missing_user_handle_is_refused(app, client, passkey):
     assert response.status_code == 401
 
 
-def test_a_challenge_is_accepted_once(client, passkey):
+def test_a_challenge_is_accepted_once(app, client, passkey):
     options = _options(client)
     credential = passkey.assertion(options)
     assert _login(client, options, credential).status_code == 200
     response = _login(client, options, credential)
     assert response.status_code == 400
     assert response.get_json()["code"] == "invalid_challenge"
+    assert '"invalid_challenge"' in _failure_reasons(app)[-1]  # a replay is in the trail
 
 
 def test_a_challenge_id_must_match_the_signed_challenge(client, passkey):

@@ -49,6 +49,8 @@ def _mutations(valid):
         ),
         ("huge_id", lambda c: {**c, "id": b64url(b"x" * 1100), "rawId": b64url(b"x" * 1100)}),
         ("wrong_type", replace(("type",), "password")),
+        ("extensions_not_object", replace(("clientExtensionResults",), [])),
+        ("attachment_not_string", replace(("authenticatorAttachment",), {})),
         ("response_not_object", replace(("response",), "x")),
     ]
     cases += [(f"missing_{key}", drop(key)) for key in ("id", "rawId", "type", "response")]
@@ -116,7 +118,12 @@ def test_mfa_garbage(app, client, api):
         options = client.post("/v1/login/mfa/webauthn-options", json={"mfa_token": token})
         credential = mutate(key.assertion(options.get_json()))
         response = client.post("/v1/login/mfa", json={"mfa_token": token, "webauthn": credential})
-        _check(response, {400, 401}, {"invalid_request", "invalid_mfa"}, label)
+        _check(
+            response,
+            {400, 401},
+            {"invalid_request", "invalid_webauthn_response", "invalid_mfa"},
+            label,
+        )
 
 
 def test_passkey_garbage(client, api):

@@ -208,6 +208,32 @@ def test_options_need_a_live_mfa_token(client):
     assert response.get_json()["code"] == "invalid_token"
 
 
+def test_options_are_refused_where_the_step_would_be(app, client, api, enrolled):
+    # A disabled account, or a login begun before a breach response invalidated the password:
+    # the step refuses the token, so the options do not hand out a challenge and key list.
+    disabled, invalidated = mfa_token(api), mfa_token(api)
+    with runtime(app).sessionmaker() as session, session.begin():
+        session.execute(update(User).values(disabled_at=utcnow()))
+    assert client.post(OPTIONS, json={"mfa_token": disabled}).get_json()["code"] == "invalid_token"
+    with runtime(app).sessionmaker() as session, session.begin():
+        session.execute(update(User).values(disabled_at=None, password_invalidated_at=utcnow()))
+    response = client.post(OPTIONS, json={"mfa_token": invalidated})
+    assert (response.status_code, response.get_json()["code"]) == (400, "invalid_token")
+
+
+def test_a_malformed_answer_is_400_and_costs_no_attempt(client, api, enrolled):
+    # Like a TOTP code of the wrong shape: five malformed answers, then the right one.
+    token = mfa_token(api)
+    for _ in range(5):
+        response = _complete(client, token, {"type": "public-key", "response": {}})
+        assert (response.status_code, response.get_json()["code"]) == (
+            400,
+            "invalid_webauthn_response",
+        )
+
+    assert _complete(client, token, enrolled.assertion(_options(client, token))).status_code == 200
+
+
 def test_options_for_an_account_without_keys(app, client, api):
     api.register("ada@example.com", PASSWORD)
     with runtime(app).sessionmaker() as session, session.begin():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import timedelta
 
 import pytest
@@ -10,6 +11,7 @@ from sqlalchemy import select
 
 from authsvc.db import utcnow
 from authsvc.models import AuditEvent, WebauthnChallenge, WebauthnCredential
+from authsvc.services import webauthn as webauthn_service
 from tests.conftest import runtime
 from tests.support_webauthn import (
     AttestationCa,
@@ -272,6 +274,64 @@ def test_the_same_credential_cannot_be_registered_twice(app, client, api):
     response = client.post(REGISTER, json={"credential": again}, headers=bearer(bob))
     assert response.status_code == 409
     assert response.get_json()["code"] == "credential_exists"
+
+
+def test_a_registration_that_loses_the_race_for_its_key_is_a_conflict(
+    client, api, connection, monkeypatch
+):
+    # Another account stores the same credential id after this request checked for it: the
+    # unique index decides, and the loser gets 409, not a 500.
+    ada = signed_in(api, "ada@example.com")
+    ada_id = client.get("/v1/me", headers=bearer(ada)).get_json()["id"]
+    bob = signed_in(api, "bob@example.com")
+    credential = SoftAuthenticator().register(_options(client, bob))
+    real = webauthn_service.credentials_of
+
+    def credentials_of_while_ada_registers(session, user_id):
+        session.add(
+            WebauthnCredential(
+                user_id=ada_id,
+                credential_id=unb64url(credential["rawId"]),
+                public_key=b"k",
+                aaguid="00000000-0000-0000-0000-000000000000",
+                attestation_format="none",
+                user_handle=b"h",
+                user_verified=True,
+                backup_eligible=False,
+                backed_up=False,
+                name="Ada's key",
+                created_at=utcnow(),
+            )
+        )
+        session.flush()
+        return real(session, user_id)
+
+    monkeypatch.setattr(webauthn_service, "credentials_of", credentials_of_while_ada_registers)
+    response = client.post(REGISTER, json={"credential": credential}, headers=bearer(bob))
+
+    assert (response.status_code, response.get_json()["code"]) == (409, "credential_exists")
+    assert connection.scalars(select(WebauthnCredential.user_id)).all() == [ada_id]
+    details = connection.scalars(
+        select(AuditEvent.details).where(AuditEvent.type == "mfa.webauthn.register")
+    ).all()
+    assert [json.loads(d)["reason"] for d in details] == ["credential_exists"]
+
+
+def test_a_replayed_registration_is_audited(client, api, connection):
+    access = signed_in(api)
+    credential = SoftAuthenticator().register(_options(client, access))
+    assert (
+        client.post(REGISTER, json={"credential": credential}, headers=bearer(access)).status_code
+        == 201
+    )
+
+    again = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
+
+    assert (again.status_code, again.get_json()["code"]) == (400, "invalid_challenge")
+    details = connection.scalars(
+        select(AuditEvent.details).where(AuditEvent.type == "mfa.webauthn.register")
+    ).all()
+    assert [json.loads(d)["reason"] for d in details] == ["invalid_challenge"]
 
 
 def test_an_id_that_is_not_the_attested_one_is_refused(client, api):
