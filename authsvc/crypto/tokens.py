@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import secrets
 import threading
 from collections.abc import Callable, Mapping
@@ -127,6 +128,7 @@ def sign_access_token(
 
 MAX_ACCESS_TOKEN_LENGTH = 4096  # ours are about 600 characters
 _TYPES = frozenset({JWT_TYPE, "application/" + JWT_TYPE})
+_KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _REQUIRED = ("iss", "sub", "aud", "exp", "iat", "sid", "auth_time")
 # Expiry and nbf are checked by _check_time, also for tokens verified before.
 _DECODE_OPTIONS: Any = {
@@ -149,6 +151,8 @@ def read_key_id(token: str) -> str:
     kid, typ = header.get("kid"), header.get("typ")
     if header.get("alg") != "EdDSA" or not isinstance(kid, str):
         raise InvalidAccessToken("unsupported algorithm or no key id")
+    if not _KEY_ID.fullmatch(kid):  # ours are ids (base64url); the kid is looked up by value
+        raise InvalidAccessToken("not one of our key ids")
     if not isinstance(typ, str) or typ.lower() not in _TYPES:
         raise InvalidAccessToken("not an access token")
     if "crit" in header or "b64" in header:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from datetime import timedelta
 
@@ -224,3 +226,19 @@ def test_a_token_of_an_unknown_kid_is_refused_and_then_a_new_key_is_found(
 
     token = forge(app, connection, key=fresh, **session_ids)
     assert client.get("/v1/me", headers=api.bearer(token)).status_code == 200
+
+
+@pytest.mark.parametrize("kid", ["\ud800", "\u0000", "x" * 65, "../keys"])
+def test_a_key_id_that_is_no_id_of_ours_is_refused_before_any_lookup(client, kid):
+    # The kid is looked up by value: a lone surrogate or a NUL used to reach the database
+    # (a 500 on either backend) before anything about the token was checked.
+    def part(value: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    token = ".".join(
+        (part({"alg": "EdDSA", "typ": "at+jwt", "kid": kid}), part({"sub": "x"}), "c2ln")
+    )
+
+    response = client.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
+
+    assert (response.status_code, response.get_json()["code"]) == (401, "unauthenticated")
