@@ -124,8 +124,10 @@ def create_breach_response() -> Response:
     else:
         raise UnsupportedMediaType("Send application/json, text/plain or text/csv")
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= 128:
-        raise InvalidRequest("Idempotency-Key must be 1 to 128 characters", field="Idempotency-Key")
+    if key is not None and not (1 <= len(key) <= 128 and key.isprintable()):
+        raise InvalidRequest(
+            "Idempotency-Key must be 1 to 128 printable characters", field="Idempotency-Key"
+        )
     result = breach.create_campaign(
         db(),
         deps(),

@@ -126,7 +126,8 @@ def create_campaign(
             select(BreachCampaign).where(BreachCampaign.idempotency_key == idempotency_key)
         )
         if earlier is not None:
-            if earlier.request_hash != fingerprint:
+            # Another request, or the same one from another admin key: not a retry of this one.
+            if earlier.request_hash != fingerprint or earlier.created_by_key_id != creator.key_id:
                 raise IdempotencyKeyReused("This Idempotency-Key was used for another request")
             return Created(campaign=view(session, earlier), replayed=True)
     if dry_run:

@@ -131,6 +131,25 @@ def test_an_idempotency_key_replays_the_same_campaign(client, app, as_admin, acc
         assert session.scalar(select(func.count()).select_from(BreachCampaign)) == 1
 
 
+def test_an_idempotency_key_is_the_admin_keys_own(client, connection, as_admin, accounts):
+    # Another admin key sending the same key and body gets no replay of the first one's campaign.
+    with DbSession(bind=connection, join_transaction_mode="create_savepoint") as session:
+        _, other_key = admin.create_key(session, name="second", now=utcnow())
+        session.commit()
+    first = start(client, {**as_admin, "Idempotency-Key": "retry-me"})
+    other = start(client, {"Authorization": f"Bearer {other_key}", "Idempotency-Key": "retry-me"})
+
+    assert first.status_code == 202
+    assert (other.status_code, other.get_json()["code"]) == (422, "idempotency_key_reused")
+
+
+@pytest.mark.parametrize("key", ["a\x00b", "a\x01b", ""])
+def test_an_idempotency_key_must_be_printable(client, as_admin, accounts, key):
+    response = start(client, {**as_admin, "Idempotency-Key": key})
+
+    assert (response.status_code, response.get_json()["field"]) == (400, "Idempotency-Key")
+
+
 def test_a_dry_run_only_counts(client, app, as_admin, accounts):
     response = start(client, as_admin, dry_run=True)
 
