@@ -226,6 +226,21 @@ def verify_email(
 _USER_BY_EMAIL = select(User).where(User.email == bindparam("email", type_=String()))
 
 
+def _refusal(user: User | None, password_ok: bool) -> str | None:
+    """Why a login with this account and password check fails, or None."""
+    if user is None:
+        return "unknown_email"
+    if not password_ok:
+        return "wrong_password"
+    if user.disabled_at is not None:
+        return "disabled"
+    if user.email_verified_at is None:
+        return "unverified"
+    if user.password_invalidated_at is not None:
+        return "password_invalidated"
+    return None
+
+
 def authenticate_password(
     session: DbSession, deps: Deps, *, email: str, password: str, client: Client, now: datetime
 ) -> User:
@@ -244,17 +259,14 @@ def authenticate_password(
             ok, needs_rehash = False, False
     except HasherBusy:
         raise Overloaded(retry_after=1) from None
-    reason = None
-    if user is None:
-        reason = "unknown_email"
-    elif not ok:
-        reason = "wrong_password"
-    elif user.disabled_at is not None:
-        reason = "disabled"
-    elif user.email_verified_at is None:
-        reason = "unverified"
-    elif user.password_invalidated_at is not None:
-        reason = "password_invalidated"
+    reason = _refusal(user, ok)
+    if user is not None and reason is None:
+        # A reset, change, disable or breach response may have committed while the password
+        # was checked. Lock the row and read it again: such a change either shows now, or waits
+        # for this login to commit and then revokes the session or mfa_token it opens.
+        verified = user.password_hash
+        session.refresh(user, with_for_update={"key_share": True})
+        reason = _refusal(user, user.password_hash == verified)
     if reason is not None:
         audit.record(
             session,
@@ -420,8 +432,13 @@ def set_password(
     now: datetime,
     event: str,
 ) -> None:
+    hashed = hash_password(deps, password)
+    # Lock the row and read it again: a breach batch that flagged the account after it was
+    # read would otherwise keep its flag (the ORM writes only the columns it saw change), and
+    # a login checked against the old password waits for this to commit, or this for it.
+    session.refresh(user, with_for_update={"key_share": True})
     forced = user.password_invalidated_at is not None or user.password_change_required
-    user.password_hash = hash_password(deps, password)
+    user.password_hash = hashed
     user.password_set_at = now
     user.password_invalidated_at = None
     user.password_change_required = False

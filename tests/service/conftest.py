@@ -18,12 +18,13 @@ import psycopg
 import pytest
 from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from authsvc.app import Runtime, build_runtime
-from authsvc.db import utcnow
+from authsvc.db import make_engine, make_sessionmaker, utcnow
 from authsvc.mail.worker import OutboxWorker
 from authsvc.models import User
+from authsvc.schema import upgrade
 from authsvc.services.context import Client, Deps
 from authsvc.settings import Settings
 
@@ -122,3 +123,13 @@ def scratch_database_url(database_url: str, tmp_path: Path) -> Iterator[str]:
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def committed(scratch_database_url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on an empty migrated database whose commits are real (for races between
+    transactions)."""
+    upgrade(scratch_database_url)
+    engine = make_engine(scratch_database_url)
+    yield make_sessionmaker(engine)
+    engine.dispose()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from authsvc.crypto.passwords import Argon2Params, PasswordHasher
 from authsvc.errors import InvalidCredentials, InvalidRequest, InvalidToken, RateLimited
@@ -478,3 +479,76 @@ def test_change_password_without_a_user(db_session, deps, caller, now, user_id):
             client=caller,
             now=now,
         )
+
+
+def _committed_user(committed, deps, now, **columns) -> str:
+    with committed.begin() as session:
+        user = User(
+            email="race@example.com",
+            password_hash=deps.hasher.hash(PASSWORD),
+            password_set_at=now - timedelta(days=1),
+            email_verified_at=now,
+            created_at=now,
+            updated_at=now,
+            **columns,
+        )
+        session.add(user)
+        session.flush()
+        return user.id
+
+
+def test_a_login_racing_a_reset_opens_no_session_that_survives_it(committed, deps, caller, now):
+    # PostgreSQL, READ COMMITTED: the reset's revocation must see the session a login checked
+    # against the old password opens, so one of the two waits for the other.
+    user_id = _committed_user(committed, deps, now)
+    login_session = committed()
+    login_session.begin()
+    result = accounts.login_with_password(
+        login_session, deps, email="race@example.com", password=PASSWORD, client=caller, now=now
+    )  # checked, its session inserted, not yet committed
+    reset_done = threading.Event()
+
+    def reset() -> None:
+        with committed.begin() as session:
+            user = session.get(User, user_id)
+            accounts.set_password(
+                session, deps, user=user, password="brand new horse 43", client=caller,
+                now=now, event="password.reset",
+            )  # fmt: skip
+        reset_done.set()
+
+    thread = threading.Thread(target=reset)
+    thread.start()
+    waited = not reset_done.wait(0.5)
+    login_session.commit()
+    login_session.close()
+    thread.join(timeout=60)
+
+    assert result.status == "authenticated" and waited and reset_done.is_set()
+    with committed() as session:
+        revoked = session.scalars(select(Session.revoked_at).where(Session.user_id == user_id))
+        assert all(at is not None for at in revoked.all())
+
+
+def test_a_new_password_clears_a_flag_set_after_the_account_was_read(
+    committed, deps, caller, now, database_url
+):
+    # A breach batch flags the account between the reset's read and its write.
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite takes its write lock at BEGIN: the batch cannot commit in between")
+    user_id = _committed_user(committed, deps, now)
+    with committed.begin() as session:
+        user = session.get(User, user_id)
+        with committed.begin() as batch:
+            batch.execute(update(User).values(password_invalidated_at=now))
+        accounts.set_password(
+            session, deps, user=user, password="brand new horse 43", client=caller,
+            now=now, event="password.reset",
+        )  # fmt: skip
+
+    with committed() as session:
+        assert session.get(User, user_id).password_invalidated_at is None
+        assert accounts.authenticate_password(
+            session, deps, email="race@example.com", password="brand new horse 43",
+            client=caller, now=now,
+        ).id == user_id  # fmt: skip

@@ -12,10 +12,8 @@ from sqlalchemy import func, select, text
 
 from authsvc.crypto import recovery as codes
 from authsvc.crypto import totp as otp
-from authsvc.db import make_engine, make_sessionmaker
 from authsvc.errors import FactorLimitReached, InvalidMfa, InvalidRequest
 from authsvc.models import AuditEvent, OutboxMessage, RecoveryCode, User
-from authsvc.schema import upgrade
 from authsvc.services import factors, outbox, profile, recovery, sessions, totp
 from tests.conftest import replace_settings
 
@@ -167,14 +165,6 @@ def test_profile_of_a_user_without_factors_is_not_low(db_session, deps, make_use
     user = make_user()
     profile = me(db_session, deps, user, caller, now)
     assert (profile.recovery_codes_remaining, profile.recovery_codes_low) == (0, False)
-
-
-@pytest.fixture
-def committed(scratch_database_url):
-    upgrade(scratch_database_url)
-    engine = make_engine(scratch_database_url)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 def test_concurrent_uses_of_one_code_admit_exactly_one(committed, deps, caller, now):
