@@ -46,6 +46,7 @@ from authsvc.services.breach_sql import (
     LIST_SELECTORS,
     NO_SYNC,
     between,
+    exposed,
     flag_where_due,
     in_range,
     is_postgresql,
@@ -256,9 +257,11 @@ def _apply(session: DbSession, campaign: BreachCampaign, *, now: datetime) -> di
 def _flag_targets(
     session: DbSession, campaign: BreachCampaign, *, lo: str, hi: str | None, now: datetime
 ) -> tuple[int, int]:
-    """Flag the accounts of the range whose target rows are not processed yet and stamp those
-    rows; (accounts, notices queued). Disabled accounts are flagged but get no notice (their
-    reset link could not work)."""
+    """Flag the accounts of the range whose target rows are not processed yet and stamp the
+    rows of the exposed ones; (accounts, notices queued). An account that set a new password
+    since the campaign was created, or was deleted, is left unstamped: not flagged, noticed,
+    signed out or counted. Disabled accounts are flagged but get no notice (their reset link
+    could not work)."""
     waiting = and_(in_range(campaign, lo, hi), BreachTarget.processed_at.is_(None))
     session.execute(
         update(User)
@@ -272,9 +275,10 @@ def _flag_targets(
     if campaign.notify:
         enabled = exists().where(User.id == BreachTarget.user_id, User.disabled_at.is_(None))
         queued = case((enabled, stamp), else_=nothing)
+    flagged = exists().where(User.id == BreachTarget.user_id, exposed(campaign))
     stamped = session.execute(
         update(BreachTarget)
-        .where(waiting)
+        .where(waiting, flagged)
         .values(processed_at=stamp, notice_queued_at=queued)
         .returning(BreachTarget.notice_queued_at),
         execution_options=NO_SYNC,

@@ -131,11 +131,24 @@ def _notify(
 ) -> None:
     user = session.get(User, user_id)
     campaign = session.get(BreachCampaign, campaign_id)
-    if user is None or user.disabled_at is not None or campaign is None:
-        session.execute(  # deleted or disabled since: nobody to tell, no notice counted
+    if (
+        user is None
+        or user.disabled_at is not None
+        or campaign is None
+        or (user.password_set_at is not None and user.password_set_at > campaign.created_at)
+    ):
+        # Deleted or disabled since, or a new password set since (the notice would say the
+        # password no longer works): nobody to tell, no notice counted.
+        session.execute(
             update(BreachTarget)
             .where(BreachTarget.campaign_id == campaign_id, BreachTarget.user_id == user_id)
             .values(notified_at=None, notice_queued_at=None),
+            execution_options=NO_SYNC,
+        )
+        session.execute(
+            update(BreachCampaign)
+            .where(BreachCampaign.id == campaign_id)
+            .values(notices_queued=BreachCampaign.notices_queued - 1),
             execution_options=NO_SYNC,
         )
         return

@@ -34,14 +34,18 @@ def membership(campaign: BreachCampaign, user: Any = User) -> ColumnElement[bool
     return snapshot
 
 
+def exposed(campaign: BreachCampaign) -> ColumnElement[bool]:
+    """SQL: the account's password predates the campaign. One set since was never exposed:
+    the account is not flagged, notified or counted."""
+    return or_(User.password_set_at.is_(None), User.password_set_at <= campaign.created_at)
+
+
 def due(campaign: BreachCampaign) -> ColumnElement[bool]:
     """SQL: the account still needs the campaign's flag. Not when it already has it (it keeps
-    the earlier time), nor when it set a new password since the campaign began (that password
-    was never exposed)."""
-    exposed = or_(User.password_set_at.is_(None), User.password_set_at <= campaign.created_at)
+    the earlier time), nor when its password is not ``exposed``."""
     if campaign.mode == "invalidate":
-        return and_(exposed, User.password_invalidated_at.is_(None))
-    return and_(exposed, User.password_change_required.is_(False))
+        return and_(exposed(campaign), User.password_invalidated_at.is_(None))
+    return and_(exposed(campaign), User.password_change_required.is_(False))
 
 
 def flag(campaign: BreachCampaign, now: datetime) -> dict[Any, Any]:

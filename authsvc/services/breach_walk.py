@@ -37,6 +37,7 @@ from authsvc.services.breach_sql import (
     NO_SYNC,
     TARGETS,
     due,
+    exposed,
     flag,
     flagged_since_start,
     is_postgresql,
@@ -127,7 +128,9 @@ def enroll(
     campaign enrolls only the accounts its walk flagged (they still get their notices)."""
     stamp = literal(now, UTCDateTime())
     nothing = literal(None, UTCDateTime())
-    handled = literal(True) if cancelled else ~due(campaign)
+    # Flagged already (by the walk or an earlier campaign), and exposed: a password set since
+    # the campaign was created leaves the row unprocessed, and its batch does not stamp it.
+    handled = literal(True) if cancelled else and_(exposed(campaign), ~due(campaign))
     processed = case((handled, stamp), else_=nothing)
     queued = (
         case((and_(handled, User.disabled_at.is_(None)), stamp), else_=nothing)

@@ -263,6 +263,54 @@ def test_all_accounts_are_flagged_revoked_and_notified_once(
         )
 
 
+def test_a_password_set_after_the_campaign_began_is_not_flagged_noticed_or_counted(
+    db_session, deps, caller, users, runtime, later_worker, mailbox, walking
+):
+    # users[5] chose a new password after the request, before its batch: never exposed.
+    # Another chose one after being flagged, before its notice went out: no notice saying
+    # the password no longer works.
+    created = create(db_session, deps, caller, request=request(revoke_sessions=True))
+    set_new_password(db_session, deps, caller, users[5])
+    kept = add_session(db_session, users[5])  # signed in with the new password
+    slow = dataclasses.replace(
+        deps, settings=dataclasses.replace(deps.settings, notify_rate_per_second=1.0)
+    )
+    now = utcnow()
+    drain(
+        db_session,
+        OutboxWorker(
+            sessionmaker=runtime.sessionmaker,
+            deps=slow,
+            handlers=default_handlers(make_backend(runtime.settings.mail_url)),
+            clock=lambda: now,
+        ),
+    )  # every batch, and the first notice (the lowest user id)
+    late = max((u for u in users if u is not users[5]), key=lambda u: u.id)
+    set_new_password(db_session, deps, caller, late)
+    drain(db_session, later_worker)
+
+    campaign = breach.get_campaign(db_session, campaign_id=created.campaign.id)
+    assert users[5].id not in processed_ids(db_session, campaign.id)
+    assert (campaign.processed, campaign.notices_queued, campaign.notified) == (7, 6, 6)
+    assert db_session.get(Session, kept.id).revoked_at is None
+    for user in (users[5], late):
+        subjects = [m["Subject"] for m in mailbox.messages(user.email)]
+        assert "Security notice: your password was reset" not in subjects, subjects
+    for user in (users[5], late):
+        result = accounts.login_with_password(
+            db_session, deps, email=user.email, password=NEW_PASSWORD, client=caller,
+            now=utcnow(),
+        )  # fmt: skip
+        assert result.status == "authenticated"
+
+
+def set_new_password(db_session, deps, caller, user) -> None:
+    accounts.set_password(
+        db_session, deps, user=user, password=NEW_PASSWORD, client=caller, now=utcnow(),
+        event="password.change",
+    )  # fmt: skip
+
+
 def test_a_reset_through_the_notice_link_counts_as_completed(
     db_session, deps, caller, users, worker, later_worker, mailbox
 ):
