@@ -248,7 +248,10 @@ def authenticate_password(
     email = normalize_email(email)
     who = _throttled(session, deps, action="login", email=email, client=client, now=now)
     email_hash = who.email_hash
-    throttle.test(session, deps, "account_failures", email, who=who)
+    # The daily cap on checks that reach the verifier counts each check before it runs, in
+    # one atomic step: counted only after a failure, parallel requests that all passed the
+    # test before any of them failed would overshoot it. A successful check counts too.
+    throttle.hit(session, deps, "account_failures", email, who=who)
     user = session.scalar(_USER_BY_EMAIL, {"email": email})
     try:
         if user is not None and user.password_hash is not None:
@@ -277,7 +280,6 @@ def authenticate_password(
             user_id=user.id if user else None,
             email_hash=email_hash,
         )
-        throttle.hit(session, deps, "account_failures", email, who=who)  # refused: a race won
         raise InvalidCredentials()
     assert user is not None
     if needs_rehash:

@@ -42,7 +42,7 @@ def change_password(
             raise InvalidCredentials()
         normalized = accounts.acceptable_password(deps, new_password, email=user.email)
         who = throttle.Who(now=now, client=client, action="password_change", user_id=user.id)
-        throttle.test(session, deps, "account_failures", user.email, who=who)
+        throttle.hit(session, deps, "account_failures", user.email, who=who)  # as at login
         try:
             result = deps.hasher.verify(user.password_hash or "", current_password)
         except HasherBusy:
@@ -59,7 +59,6 @@ def change_password(
                 client=client,
                 user_id=user.id,
             )
-            throttle.hit(session, deps, "account_failures", user.email, who=who)
             raise InvalidCredentials()
     accounts.set_password(
         session,

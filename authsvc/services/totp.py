@@ -383,7 +383,8 @@ def verify_code(
         raise InvalidRequest(f"totp_code must be {otp.DIGITS} digits", field="totp_code")
     who = throttle.Who(now=now, client=client, action="totp", user_id=user_id)
     throttle.hit(session, deps, LIMIT_POLICY, user_id, "totp", who=who)
-    throttle.test(session, deps, FAILURE_POLICY, user_id, who=who)
+    # Counted before the check, as the password cap is (accounts.authenticate_password).
+    throttle.hit(session, deps, FAILURE_POLICY, user_id, who=who)
     rows = session.scalars(
         select(TotpFactor).where(*_active(user_id)).order_by(TotpFactor.created_at)
     ).all()
@@ -411,7 +412,6 @@ def verify_code(
             client=client,
             user_id=user_id,
         )
-    throttle.hit(session, deps, FAILURE_POLICY, user_id, who=who)
     raise InvalidMfa()
 
 

@@ -98,9 +98,9 @@ def test_refusals_of_the_failure_cap_are_audited(api, connection, two_failures_a
     tokens = api.tokens()
     wrong = {"current_password": "wrong horse 42", "new_password": NEW_PASSWORD}
 
-    statuses = [change(api, tokens["access_token"], **wrong).status_code for _ in range(3)]
+    statuses = [change(api, tokens["access_token"], **wrong).status_code for _ in range(2)]
 
-    assert statuses == [401, 401, 429]
+    assert statuses == [401, 429]  # the login's own check counted as well: 2 checks a day
     hits = connection.execute(
         select(AuditEvent.outcome, AuditEvent.details).where(AuditEvent.type == "ratelimit.hit")
     ).all()

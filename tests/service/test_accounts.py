@@ -552,3 +552,44 @@ def test_a_new_password_clears_a_flag_set_after_the_account_was_read(
             session, deps, email="race@example.com", password="brand new horse 43",
             client=caller, now=now,
         ).id == user_id  # fmt: skip
+
+
+def test_parallel_wrong_passwords_cannot_overshoot_the_daily_cap(committed, deps, caller, now):
+    # Each check is counted before it runs: checked first and counted after a failure, all
+    # of these would pass the check before any failure was counted.
+    _committed_user(committed, deps, now)
+    checks: list[str] = []
+
+    class CountingHasher:
+        def __getattr__(self, name):
+            return getattr(deps.hasher, name)
+
+        def verify(self, *args, **kwargs):
+            checks.append("verify")
+            return deps.hasher.verify(*args, **kwargs)
+
+    capped = dataclasses.replace(limited(deps, account_failures="3/day"), hasher=CountingHasher())
+    outcomes: list[str] = []
+    start = threading.Barrier(10)
+
+    def guess() -> None:
+        start.wait()
+        with committed.begin() as session:
+            try:
+                accounts.authenticate_password(
+                    session, capped, email="race@example.com", password="wrong horse 42",
+                    client=caller, now=now,
+                )  # fmt: skip
+            except InvalidCredentials:
+                outcomes.append("checked")
+            except RateLimited:
+                outcomes.append("refused")
+
+    threads = [threading.Thread(target=guess) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert len(checks) == 3  # what reached the verifier
+    assert sorted(outcomes) == ["checked"] * 3 + ["refused"] * 7
