@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from authsvc.app import Runtime, build_runtime
 from authsvc.crypto.passwords import PasswordHasher
@@ -46,7 +47,8 @@ def import_users(file: Path, verified: bool) -> None:
     hasher = runtime.deps.hasher
     imported = skipped = rejected = 0
     try:
-        with file.open(newline="", encoding="utf-8") as handle:
+        # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte order mark before the header.
+        with file.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             if not reader.fieldnames or not {"email", "password_hash"} <= set(reader.fieldnames):
                 raise click.ClickException("the CSV needs a header with email,password_hash")
@@ -55,8 +57,16 @@ def import_users(file: Path, verified: bool) -> None:
         raise click.ClickException(
             f"{file} is not UTF-8 text (byte {exc.start}); save the CSV as UTF-8"
         ) from None
+    except csv.Error as exc:
+        raise click.ClickException(f"{file}: {exc} (after line {reader.line_num})") from None
     for start in range(0, len(rows), BATCH):
-        counts = _import_batch(runtime, hasher, rows[start : start + BATCH], verified)
+        try:
+            counts = _import_batch(runtime, hasher, rows[start : start + BATCH], verified)
+        except IntegrityError:
+            raise click.ClickException(
+                f"an email of rows {start + 1}-{start + BATCH} was registered while importing; "
+                f"{imported} imported so far; run the import again (existing emails are skipped)"
+            ) from None
         imported, skipped, rejected = (
             imported + counts[0],
             skipped + counts[1],

@@ -216,3 +216,27 @@ def test_a_users_file_that_is_not_utf8_fails_with_one_line(env, tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"Error: {users} is not UTF-8 text (byte 23); save the CSV as UTF-8"
     ]
+
+
+def test_a_users_file_saved_with_a_byte_order_mark_imports(env, tmp_path):
+    # Spreadsheets save "CSV UTF-8" with a BOM before the header.
+    users = tmp_path / "excel.csv"
+    bcrypt = "$2b$12$" + "C" * 53
+    users.write_bytes(f"email,password_hash\nada@example.com,{bcrypt}\n".encode("utf-8-sig"))
+
+    result = run(env, "users", "import", str(users))
+
+    assert result.exit_code == 0, result.stderr
+    assert "imported 1," in result.stderr
+
+
+def test_a_users_file_the_csv_reader_refuses_fails_with_one_line(env, tmp_path):
+    users = tmp_path / "huge.csv"
+    users.write_text("email,password_hash\nada@example.com," + "x" * 200_000 + "\n")
+
+    result = CliRunner().invoke(main, ["users", "import", str(users)], env=env)
+
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {users}: field larger than field limit (131072) (after line 1)"
+    ]
