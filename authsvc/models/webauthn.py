@@ -55,6 +55,8 @@ class WebauthnChallenge(Base):
     user_verification: Mapped[str] = mapped_column(String(16))
     user_handle: Mapped[bytes | None] = mapped_column(LargeBinary)  # registration
     name: Mapped[str | None] = mapped_column(String(64))  # registration
+    # A second-factor step's: the mfa_token or reset link whose options issued it.
+    user_token_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

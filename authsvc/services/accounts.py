@@ -395,7 +395,15 @@ def reset_password(
                 methods=list(methods),
             )
         try:
-            factors.verify(session, deps, user_id=user.id, proof=proof, client=client, now=now)
+            factors.verify(
+                session,
+                deps,
+                user_id=user.id,
+                user_token_id=row.id,
+                proof=proof,
+                client=client,
+                now=now,
+            )
         except InvalidMfa:
             audit.record(
                 session,

@@ -72,11 +72,13 @@ def verify(
     deps: Deps,
     *,
     user_id: str,
+    user_token_id: str,
     proof: FactorProof,
     client: Client,
     now: datetime,
 ) -> str:
-    """Check one answer; return its RFC 8176 amr value or raise InvalidMfa."""
+    """Check one answer to the step ``user_token_id`` (an mfa_token or reset link) stands
+    for; return its RFC 8176 amr value or raise InvalidMfa."""
     if proof.totp_code is not None:
         return totp.verify_code(
             session, deps, user_id=user_id, code=proof.totp_code, client=client, now=now
@@ -87,7 +89,13 @@ def verify(
         )
     if proof.webauthn is not None:
         return webauthn.verify_mfa_assertion(
-            session, deps, user_id=user_id, credential=proof.webauthn, client=client, now=now
+            session,
+            deps,
+            user_id=user_id,
+            user_token_id=user_token_id,
+            credential=proof.webauthn,
+            client=client,
+            now=now,
         )
     raise InvalidMfa("Send one of totp_code, recovery_code or webauthn")
 

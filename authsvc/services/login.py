@@ -149,7 +149,13 @@ def complete_mfa(
     try:
         throttle.hit(session, deps, "mfa_account", user.id, who=who)
         method_amr = factors.verify(
-            session, deps, user_id=user.id, proof=proof, client=client, now=now
+            session,
+            deps,
+            user_id=user.id,
+            user_token_id=row.id,
+            proof=proof,
+            client=client,
+            now=now,
         )
     except RateLimited:  # any account limit (audited where it refused) kills the token too
         row.used_at = now

@@ -131,6 +131,7 @@ def issue_challenge(
     now: datetime,
     user_handle: bytes | None = None,
     name: str | None = None,
+    user_token_id: str | None = None,
 ) -> tuple[WebauthnChallenge, bytes]:
     _sweep(session, now=now)
     challenge = wa.new_challenge()
@@ -141,6 +142,7 @@ def issue_challenge(
         user_verification=user_verification,
         user_handle=user_handle,
         name=name,
+        user_token_id=user_token_id,
         created_at=now,
         expires_at=now + deps.settings.webauthn_challenge_ttl,
     )
@@ -164,9 +166,10 @@ def consume_challenge(
     user_id: str | None,
     now: datetime,
     challenge_id: str | None = None,
+    user_token_id: str | None = None,
 ) -> WebauthnChallenge:
     """The live challenge the response answers, marked used exactly once; InvalidChallenge
-    for unknown, foreign, expired or already used ones."""
+    for unknown, foreign (another purpose, user or step), expired or already used ones."""
     digest = wa.challenge_digest(challenge)
     if challenge_id is not None:
         row = session.get(WebauthnChallenge, challenge_id)
@@ -176,7 +179,12 @@ def consume_challenge(
         row = session.scalar(
             select(WebauthnChallenge).where(WebauthnChallenge.challenge_hash == digest)
         )
-    if row is None or row.purpose != purpose or row.user_id != user_id:
+    if (
+        row is None
+        or row.purpose != purpose
+        or row.user_id != user_id
+        or row.user_token_id != user_token_id
+    ):
         raise InvalidChallenge()
     spent = _affected(
         session.execute(
@@ -308,9 +316,10 @@ def _counter_regression(
 
 
 def assertion_options(
-    session: DbSession, deps: Deps, *, user_id: str, now: datetime
+    session: DbSession, deps: Deps, *, user_id: str, user_token_id: str, now: datetime
 ) -> dict[str, Any]:
-    """Request options listing only this user's credentials (second-factor step)."""
+    """Request options listing only this user's credentials, for the second-factor step that
+    ``user_token_id`` (an mfa_token or reset link) stands for."""
     settings = deps.settings
     rows = credentials_of(session, user_id)
     if not rows:
@@ -322,6 +331,7 @@ def assertion_options(
         user_id=user_id,
         user_verification=settings.webauthn_user_verification,
         now=now,
+        user_token_id=user_token_id,
     )
     return wa.authentication_options(
         rp_id=settings.webauthn_rp_id,
@@ -337,10 +347,10 @@ def _options_for(
 ) -> dict[str, Any]:
     """Options for the step a token stands for, refused (InvalidToken) wherever the step itself
     would refuse the token: a disabled owner, a login begun before the password was invalidated."""
-    _, owner = user_tokens.find_with_owner(session, token=token, purpose=purpose, now=now)
+    row, owner = user_tokens.find_with_owner(session, token=token, purpose=purpose, now=now)
     if owner.disabled_at is not None:
         raise InvalidToken()
-    return assertion_options(session, deps, user_id=owner.id, now=now)
+    return assertion_options(session, deps, user_id=owner.id, user_token_id=row.id, now=now)
 
 
 def mfa_options(session: DbSession, deps: Deps, *, mfa_token: str, now: datetime) -> dict[str, Any]:
@@ -359,11 +369,13 @@ def verify_mfa_assertion(
     deps: Deps,
     *,
     user_id: str,
+    user_token_id: str,
     credential: dict[str, Any],
     client: Client,
     now: datetime,
 ) -> str:
-    """Check a second-factor assertion of this user; its amr value, or InvalidMfa."""
+    """Check a second-factor assertion of this user, answering a challenge issued for this
+    step (``user_token_id``: its mfa_token or reset link); its amr value, or InvalidMfa."""
     try:
         answer = wa.read_assertion(credential)
     except wa.WebauthnResponseError as exc:
@@ -373,7 +385,12 @@ def verify_mfa_assertion(
         ) from None
     try:
         challenge = consume_challenge(
-            session, purpose="mfa", challenge=answer.challenge, user_id=user_id, now=now
+            session,
+            purpose="mfa",
+            challenge=answer.challenge,
+            user_id=user_id,
+            user_token_id=user_token_id,
+            now=now,
         )
     except InvalidChallenge:
         raise InvalidMfa(

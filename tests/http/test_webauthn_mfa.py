@@ -130,6 +130,23 @@ def test_a_challenge_is_bound_to_its_user(client, api, enrolled):
     assert response.get_json()["reason"] == "invalid_challenge"
 
 
+def test_a_challenge_is_bound_to_the_step_that_asked_for_it(client, api, mailbox, enrolled):
+    # Another login step of the same user, or a reset link's step, cannot spend it.
+    first, second = mfa_token(api), mfa_token(api)
+    credential = enrolled.assertion(_options(client, first))
+    response = _complete(client, second, credential)
+    assert (response.status_code, response.get_json()["reason"]) == (401, "invalid_challenge")
+    client.post("/v1/password/forgot", json={"email": "ada@example.com"})
+    api.drain()
+    link = mailbox.token("ada@example.com", "reset-password")
+    options = client.post("/v1/password/reset/webauthn-options", json={"token": link})
+    from_reset = enrolled.assertion(options.get_json())
+    response = _complete(client, second, from_reset)
+    assert (response.status_code, response.get_json()["reason"]) == (401, "invalid_challenge")
+
+    assert _complete(client, first, credential).status_code == 200  # its own step
+
+
 def test_wrong_origin_is_refused(client, api, enrolled):
     token = mfa_token(api)
     credential = enrolled.assertion(_options(client, token), origin="https://evil.example")

@@ -31,6 +31,9 @@ def ada(make_user):
     return make_user(email="ada@example.com")
 
 
+STEP = "mfa-token-row-id"  # the step (mfa_token or reset link) a challenge serves
+
+
 def _enroll(db_session, deps, user, key, now, caller, **kwargs):
     options = webauthn_registration.registration_options(
         db_session, deps, user_id=user.id, name="key", now=now
@@ -47,11 +50,14 @@ def _enroll(db_session, deps, user, key, now, caller, **kwargs):
 
 
 def _mfa(db_session, deps, user, key, now, caller, **kwargs):
-    options = webauthn.assertion_options(db_session, deps, user_id=user.id, now=now)
+    options = webauthn.assertion_options(
+        db_session, deps, user_id=user.id, user_token_id=STEP, now=now
+    )
     return webauthn.verify_mfa_assertion(
         db_session,
         deps,
         user_id=user.id,
+        user_token_id=STEP,
         credential=key.assertion(options, **kwargs),
         client=caller,
         now=now,
@@ -64,17 +70,21 @@ def _events(db_session, type_):
 
 def test_challenges_are_stored_as_digests_and_spent_once(db_session, deps, ada, now, caller):
     _enroll(db_session, deps, ada, SoftAuthenticator(), now, caller)
-    request = webauthn.assertion_options(db_session, deps, user_id=ada.id, now=now)
+    request = webauthn.assertion_options(
+        db_session, deps, user_id=ada.id, user_token_id=STEP, now=now
+    )
     raw = webauthn.wa.from_b64url(request["challenge"])
     stored = db_session.scalar(select(WebauthnChallenge).where(WebauthnChallenge.purpose == "mfa"))
     assert stored.challenge_hash == webauthn.wa.challenge_digest(raw)  # never the challenge
     assert stored.expires_at == now + deps.settings.webauthn_challenge_ttl
-    webauthn.consume_challenge(db_session, purpose="mfa", challenge=raw, user_id=ada.id, now=now)
+    webauthn.consume_challenge(
+        db_session, purpose="mfa", challenge=raw, user_id=ada.id, user_token_id=STEP, now=now
+    )
     db_session.refresh(stored)
     assert stored.used_at == now
     with pytest.raises(InvalidChallenge):
         webauthn.consume_challenge(
-            db_session, purpose="mfa", challenge=raw, user_id=ada.id, now=now
+            db_session, purpose="mfa", challenge=raw, user_id=ada.id, user_token_id=STEP, now=now
         )
 
 
@@ -82,16 +92,22 @@ def test_expired_and_foreign_challenges(db_session, deps, ada, make_user, now, c
     bob = make_user(email="bob@example.com")
     _enroll(db_session, deps, ada, SoftAuthenticator(), now, caller)
     raw = webauthn.wa.from_b64url(
-        webauthn.assertion_options(db_session, deps, user_id=ada.id, now=now)["challenge"]
+        webauthn.assertion_options(db_session, deps, user_id=ada.id, user_token_id=STEP, now=now)[
+            "challenge"
+        ]
     )
     ttl = deps.settings.webauthn_challenge_ttl
     for kwargs in (
         {"user_id": bob.id, "now": now},
         {"user_id": ada.id, "now": now + ttl},
         {"user_id": ada.id, "now": now, "purpose": "passkey"},
+        {"user_id": ada.id, "now": now, "user_token_id": "another step"},  # another login step
+        {"user_id": ada.id, "now": now, "user_token_id": None},
     ):
         with pytest.raises(InvalidChallenge):
-            webauthn.consume_challenge(db_session, challenge=raw, **{"purpose": "mfa", **kwargs})
+            webauthn.consume_challenge(
+                db_session, challenge=raw, **{"purpose": "mfa", "user_token_id": STEP, **kwargs}
+            )
 
 
 def test_expired_challenges_are_swept(db_session, deps, ada, now):
