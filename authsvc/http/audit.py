@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 
 from flask import Blueprint, Response, request
 
@@ -48,7 +48,10 @@ def _time(name: str) -> datetime | None:
             f"{name} must be an RFC 3339 time with an offset, such as 2025-01-02T03:04:05Z",
             field=name,
         )
-    return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the first representable UTC time
+        raise InvalidRequest(f"{name} is out of range", field=name) from None
 
 
 def _limit() -> int:

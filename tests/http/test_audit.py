@@ -84,6 +84,8 @@ def test_pages_follow_the_cursor(api, client, as_admin):
     [
         {"since": "yesterday"},
         {"since": "2025-01-02T03:04:05"},  # no offset
+        {"since": "0001-01-01T00:00:00+01:00"},  # before the first representable UTC time
+        {"until": "9999-12-31T23:59:59-05:00"},  # after the last
         {"since": "2025-01-02T00:00:00Z", "until": "2025-01-01T00:00:00Z"},
         {"since": "2025-01-02T00:00:00Z", "until": "2025-01-02T00:00:00Z"},
         {"limit": "0"},
