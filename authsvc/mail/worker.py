@@ -9,11 +9,11 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
-from authsvc.db import utcnow
+from authsvc.db import rowcount, utcnow
 from authsvc.mail.backends import MailBackend, MailDeliveryError, build_message
 from authsvc.models import OutboxMessage
 from authsvc.services import accounts, breach, detection, housekeeping, outbox
@@ -115,7 +115,7 @@ class OutboxWorker:
                 else:
                     self._process(session, message, now)
         for message_id, external, payload in claimed:
-            self._deliver(message_id, external, payload, now)
+            self._deliver(message_id, external, payload, leased_until=now + CLAIM_LEASE)
         return len(messages)
 
     def _claim(
@@ -133,13 +133,24 @@ class OutboxWorker:
         return message.id, external, payload
 
     def _deliver(
-        self, message_id: int, external: External, payload: dict[str, Any], now: datetime
+        self,
+        message_id: int,
+        external: External,
+        payload: dict[str, Any],
+        *,
+        leased_until: datetime,
     ) -> None:
+        now = self._clock()
+        # Deliveries of one batch are made one after another: past half the lease, renew it
+        # first, unless it ran out and another worker took the message (then that one sends).
+        if now >= leased_until - CLAIM_LEASE / 2 and not self._renew(message_id, leased_until, now):
+            return
         error: Exception | None = None
         try:
             external.deliver(self._deps, payload, now)
         except Exception as exc:
             error = exc
+        now = self._clock()
         with self._sessionmaker.begin() as session:
             message = session.get(OutboxMessage, message_id)
             if message is None:
@@ -148,6 +159,21 @@ class OutboxWorker:
                 message.completed_at = now
             else:
                 self._failed(message, now, error)
+
+    def _renew(self, message_id: int, leased_until: datetime, now: datetime) -> bool:
+        with self._sessionmaker.begin() as session:
+            renewed = session.execute(
+                update(OutboxMessage)
+                .where(
+                    OutboxMessage.id == message_id,
+                    OutboxMessage.available_at == leased_until,
+                    OutboxMessage.completed_at.is_(None),
+                    OutboxMessage.failed_at.is_(None),
+                )
+                .values(available_at=now + CLAIM_LEASE),
+                execution_options={"synchronize_session": False},
+            )
+            return rowcount(renewed) == 1
 
     def drain(self, *, max_rounds: int = 1000) -> int:
         """Process until nothing is due (tests, CLI)."""

@@ -254,3 +254,30 @@ def test_no_lock_is_held_while_a_delivery_waits_on_a_server(settings, scratch_da
             assert message.last_error == "written during the delivery"
     finally:
         runtime.dispose()
+
+
+def test_a_slow_batch_does_not_let_another_worker_send_its_messages_again(
+    db_session, deps, runtime, clock, now
+):
+    # Worker A claims 3 mails for one 5-minute lease; each delivery takes 3 minutes. Past half
+    # the lease A renews the message it is about to send; the one still waiting when the lease
+    # runs out goes to worker B, and A does not send it as well.
+    sent: list[tuple[str, int]] = []
+    b_clock = Clock(now)
+    worker_b = make_worker(
+        runtime, b_clock, {"mail": outbox.External(lambda d, p, at: sent.append(("B", p["n"])))}
+    )
+
+    def slow(_deps, payload, _at):
+        sent.append(("A", payload["n"]))
+        clock.now = b_clock.now = clock.now + timedelta(minutes=3)
+        if payload["n"] == 2:
+            worker_b.drain_once()  # at minute 6
+
+    worker_a = make_worker(runtime, clock, {"mail": outbox.External(slow)})
+    for n in (1, 2, 3):
+        enqueue(db_session, deps, now, kind="mail", payload={"n": n})
+
+    worker_a.drain_once()
+
+    assert sent == [("A", 1), ("A", 2), ("B", 3)]  # each mail exactly once
