@@ -38,6 +38,7 @@ from sqlalchemy.sql.util import find_tables
 
 from authsvc.crypto.keyring import Keyring
 from authsvc.errors import RateLimited
+from authsvc.models.accounts import User
 from authsvc.models.ops import AuditChainHead, AuditEvent
 from authsvc.services.context import Client
 
@@ -274,15 +275,19 @@ def _lock_head(session: DbSession) -> AuditChainHead:
     last = session.execute(
         select(AuditEvent.id, AuditEvent.row_hash).order_by(AuditEvent.id.desc()).limit(1)
     ).first()
+    # The migrations create the head. Missing over existing events, it was deleted: the new
+    # one is anchored after them, so that `audit verify` names them (they may have been
+    # rewritten) instead of a signature adopting whatever they hold now.
+    anchor_id, anchor_hash = (last[0], last[1]) if last else (0, GENESIS)
     try:
         with session.begin_nested():
             session.add(
                 AuditChainHead(
                     id=HEAD_ID,
-                    anchor_id=0,
-                    anchor_hash=GENESIS,
-                    last_id=last[0] if last else 0,
-                    last_hash=last[1] if last else GENESIS,
+                    anchor_id=anchor_id,
+                    anchor_hash=anchor_hash,
+                    last_id=anchor_id,
+                    last_hash=anchor_hash,
                     head_mac="",
                 )
             )
@@ -335,7 +340,11 @@ def verify(session: DbSession, *, keyring: Keyring, batch: int = 2000) -> Verifi
     for row in _rows(session, through_id=last_id, batch=batch):
         if row.id <= anchor_id:
             return Verification(
-                False, checked, row.id, f"event {row.id} lies before the pruned part of the trail"
+                False,
+                checked,
+                row.id,
+                f"event {row.id} lies before the chain's anchor (event {anchor_id}): it should "
+                "have been pruned, or the head row was deleted and re-created after it",
             )
         if row.prev_hash != expected_prev:
             what = (
@@ -358,8 +367,26 @@ def verify(session: DbSession, *, keyring: Keyring, batch: int = 2000) -> Verifi
             f"the trail ends at event {previous_id} but its head names event "
             f"{last_id}: events at the end were deleted or altered",
         )
+    # Rows past the head were not written through the chain (a writer that commits during
+    # this walk moves the head in the same transaction, so the head read again covers it).
+    tracked = session.scalar(
+        select(AuditChainHead.last_id)
+        .where(AuditChainHead.id == HEAD_ID)
+        .execution_options(populate_existing=True)
+    )
+    stray = session.scalar(select(func.min(AuditEvent.id)).where(AuditEvent.id > (tracked or 0)))
+    if stray is not None:
+        return Verification(
+            False, checked, stray, f"event {stray} was added outside the chain (after its head)"
+        )
     if last_id == 0 and not mac:
-        return Verification(True, checked)  # nothing was ever recorded
+        # An unsigned, empty head: a new installation, unless accounts exist (each was
+        # created through an audited action): then the trail was wiped and the head reset.
+        if session.scalar(select(User.id).limit(1)) is not None:
+            return Verification(
+                False, checked, None, "the trail is empty but accounts exist: it was wiped"
+            )
+        return Verification(True, checked)
     if mac != expected_mac:
         return Verification(
             False,

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from authsvc.app import Runtime
 from authsvc.db import make_engine, make_sessionmaker
+from authsvc.models import User
 from authsvc.models.ops import AuditChainHead, AuditEvent
 from authsvc.schema import upgrade
 from authsvc.services import audit, audit_views
@@ -113,6 +114,73 @@ def test_a_recomputed_chain_does_not_match_the_signed_head(session, runtime, now
     assert not result.ok
     assert result.broken_id is None
     assert "signature" in result.reason
+
+
+def _rechain(session) -> str:
+    """What someone with write access but no keys can do: recompute every hash in order."""
+    prev = audit.GENESIS
+    for row in session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all():
+        row.prev_hash = prev
+        row.row_hash = audit.row_digest(prev, row)
+        prev = row.row_hash
+    session.flush()
+    return prev
+
+
+def test_a_rewritten_trail_stays_found_after_its_head_is_deleted(session, runtime, now):
+    # Rewrite every row, recompute the chain and delete the head: the next event must not sign
+    # the rewritten rows into a fresh head.
+    events = write(session, now, 3)
+    session.flush()
+    session.execute(text("UPDATE audit_events SET ip = '192.0.2.66'"))
+    session.expunge_all()
+    _rechain(session)
+    session.execute(text("DELETE FROM audit_chain_heads"))
+    write(session, now, 1)  # any later event, even a failed login the forger triggers
+
+    result = check(session, runtime)
+
+    assert not result.ok
+    assert result.broken_id == events[0].id
+    assert "anchor" in result.reason
+
+
+def test_a_wiped_trail_with_a_reset_head_is_found(session, runtime, now):
+    session.add(User(email="ada@example.com", created_at=now, updated_at=now))
+    write(session, now, 3)
+    session.flush()
+    session.execute(text("DELETE FROM audit_events"))
+    session.execute(
+        text(
+            "UPDATE audit_chain_heads SET last_id = 0, last_hash = :g, anchor_id = 0, "
+            "anchor_hash = :g, head_mac = ''"
+        ),
+        {"g": audit.GENESIS},
+    )
+
+    result = check(session, runtime)
+
+    assert not result.ok
+    assert "wiped" in result.reason
+
+
+def test_a_row_added_after_the_head_is_found(session, runtime, now):
+    events = write(session, now, 3)
+    session.flush()
+    forged = events[-1].id + 5
+    session.execute(
+        text(
+            "INSERT INTO audit_events (id, type, outcome, occurred_at, details, prev_hash, "
+            "row_hash) VALUES (:id, 'admin.forged', 'success', :at, '{}', :h, :h)"
+        ),
+        {"id": forged, "at": now, "h": "f" * 64},
+    )
+
+    result = check(session, runtime)
+
+    assert not result.ok
+    assert result.broken_id == forged
+    assert "outside the chain" in result.reason
 
 
 def test_pruning_keeps_the_rest_verifiable(session, runtime, now):
