@@ -19,7 +19,8 @@ from sqlalchemy.orm import sessionmaker
 from authsvc.app import build_runtime
 from authsvc.crypto.keyring import DecryptionFailed, Keyring, generate_key_spec
 from authsvc.db import utcnow
-from authsvc.services import outbox, signing, totp
+from authsvc.services import audit, outbox, signing, totp
+from authsvc.services.context import SYSTEM
 from authsvc.settings import ConfigError, Settings
 
 BATCH = 500
@@ -57,6 +58,15 @@ def rotate() -> None:
             "signing_keys": _in_one(runtime.sessionmaker, lambda s: signing.reencrypt(s, keyring)),
             "outbox_messages": _rotate_outbox(runtime.sessionmaker, keyring),
         }
+        with runtime.sessionmaker.begin() as session:
+            audit.record(
+                session,
+                type="encryption_key.rotated",
+                outcome="success",
+                now=utcnow(),
+                client=SYSTEM,
+                details={"kid": keyring.primary_kid, **counts},
+            )
     except DecryptionFailed as exc:
         raise click.ClickException(
             f"a ciphertext opens with none of the configured keys ({exc}); add the old key "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import os
 import threading
 from datetime import timedelta
@@ -537,6 +538,12 @@ def test_keys_rotate_reencrypts_under_the_first_key(
         assert {"to": "x@example.com"} in [outbox.payload_of(only_new, m) for m in messages]
         key = signing.active_key(session, only_new, now=now)
         assert key.private_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+        rotated = session.scalars(
+            select(AuditEvent.details).where(AuditEvent.type == "encryption_key.rotated")
+        ).one()
+        assert json.loads(rotated) == {
+            "kid": "rotated", "totp_factors": 1, "signing_keys": 1, "outbox_messages": queued,
+        }  # fmt: skip
         with pytest.raises(DecryptionFailed):
             Keyring.from_specs(list(key_specs)).decrypt(
                 row.secret_ciphertext, associated_data=b"totp-secret:" + row.id.encode()
