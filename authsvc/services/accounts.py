@@ -192,10 +192,10 @@ def verify_email(
     sign-up of the address is still pending: then nobody can tell which password the owner
     chose (an attacker may have signed up before or after them), so none is taken and the
     mailbox gets a link to choose one (account pre-hijacking, in either order)."""
-    row = user_tokens.find(session, token=token, purpose="verify_email", now=now)
+    row, user = user_tokens.find_with_owner(session, token=token, purpose="verify_email", now=now)
+    if user.disabled_at is not None:  # as every other link of a disabled account
+        raise InvalidToken()
     user_tokens.consume(session, row=row, now=now)
-    user = session.get(User, row.user_id)
-    assert user is not None  # the foreign key cascades
     user.email_verified_at = user.email_verified_at or now
     outcome = "success"
     if row.pending_password_hash and user.password_hash is None:

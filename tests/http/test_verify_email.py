@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from authsvc.crypto.tokens import token_hash
+from authsvc.db import utcnow
 from authsvc.models import AuditEvent, User, UserToken
 
 PASSWORD = "correct horse 42"
@@ -25,6 +26,17 @@ def test_verify_email_activates_the_account(api, client, mailbox, connection):
     assert user.password_hash.startswith("$argon2id$")
     assert api.login("ada@example.com", PASSWORD).get_json()["status"] == "authenticated"
     assert "signup.verified" in connection.scalars(select(AuditEvent.type)).all()
+
+
+def test_a_disabled_account_is_not_verified(api, client, mailbox, connection):
+    api.signup("ada@example.com", PASSWORD)
+    token = mailbox.token("ada@example.com", "verify-email")
+    connection.execute(update(User).values(disabled_at=utcnow()))
+
+    response = client.post("/v1/signup/verify", json={"token": token})
+
+    assert (response.status_code, response.get_json()["code"]) == (400, "invalid_token")
+    assert connection.execute(select(User.email_verified_at)).scalar_one() is None
 
 
 def test_only_the_token_hash_is_stored(api, mailbox, connection):
