@@ -186,6 +186,9 @@ def regenerate_recovery_codes(
     client: Client,
     now: datetime,
 ) -> tuple[str, ...]:
+    # Locked before the check: a removal of the last factor at the same time either waits for
+    # this, or is seen by it (no code set is left without a factor).
+    recovery.lock_second_factors(session, user_id=user_id)
     if not factors.list_factors(session, user_id=user_id):
         raise MfaNotEnabled("Recovery codes come with a second factor; enroll one first")
     require_recent_login(deps, auth_time=auth_time, now=now)

@@ -12,9 +12,17 @@ from sqlalchemy import func, select, text
 
 from authsvc.crypto import recovery as codes
 from authsvc.crypto import totp as otp
-from authsvc.errors import FactorLimitReached, InvalidMfa, InvalidRequest
-from authsvc.models import AuditEvent, OutboxMessage, RecoveryCode, User
-from authsvc.services import factors, outbox, profile, recovery, sessions, totp
+from authsvc.errors import FactorLimitReached, InvalidMfa, InvalidRequest, MfaNotEnabled
+from authsvc.models import AuditEvent, OutboxMessage, RecoveryCode, TotpFactor, User
+from authsvc.services import (
+    factors,
+    mfa_management,
+    outbox,
+    profile,
+    recovery,
+    sessions,
+    totp,
+)
 from tests.conftest import replace_settings
 
 
@@ -285,3 +293,47 @@ def test_two_confirmations_at_once_respect_the_factor_limit(committed, deps, cal
     assert len(refused) == 1
     with committed() as session:
         assert totp.count_active(session, user_id=user_id) == 1
+
+
+def test_regenerating_while_the_last_factor_goes_leaves_no_codes(committed, deps, caller, now):
+    # PostgreSQL, READ COMMITTED: checked before the lock, the regeneration saw the factor the
+    # removal was deleting, then wrote a fresh set for an account without a factor.
+    with committed.begin() as session:
+        user = User(email="last@example.com", email_verified_at=now, created_at=now, updated_at=now)
+        session.add(user)
+        session.flush()
+        user_id = user.id
+        first_factor(session, deps, user, caller, now - timedelta(minutes=5))
+        factor_id = session.scalars(select(TotpFactor.id)).one()
+    removal = committed()
+    removal.begin()
+    mfa_management.remove(
+        removal, deps, user_id=user_id, factor_id=factor_id, auth_time=now, client=caller, now=now
+    )  # uncommitted
+    outcome: list[str] = []
+
+    def regenerate() -> None:
+        try:
+            with committed.begin() as session:
+                mfa_management.regenerate_recovery_codes(
+                    session, deps, user_id=user_id, auth_time=now, client=caller, now=now
+                )
+            outcome.append("regenerated")
+        except MfaNotEnabled:
+            outcome.append("refused")
+
+    thread = threading.Thread(target=regenerate)
+    thread.start()
+    thread.join(timeout=0.5)
+    removal.commit()
+    removal.close()
+    thread.join(timeout=60)
+
+    assert outcome == ["refused"]
+    with committed() as session:
+        live = session.scalar(
+            select(func.count()).where(
+                RecoveryCode.user_id == user_id, RecoveryCode.used_at.is_(None)
+            )
+        )
+    assert live == 0
