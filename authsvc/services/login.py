@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session as DbSession
 
-from authsvc.errors import InvalidMfa, InvalidRequest, InvalidToken, RateLimited
+from authsvc.errors import InvalidMfa, InvalidRequest, RateLimited
 from authsvc.models import User
 from authsvc.services import audit, factors, sessions, throttle, user_tokens
 from authsvc.services.context import Client, Deps
@@ -143,8 +143,6 @@ def complete_mfa(
     if not proof.given:  # a client's mistake, not a wrong answer: it costs no attempt
         raise InvalidRequest("send one of totp_code, recovery_code or webauthn", field="proof")
     row, user = user_tokens.find_with_owner(session, token=mfa_token, purpose="mfa", now=now)
-    if user is None or user.disabled_at is not None:
-        raise InvalidToken()
     who = throttle.Who(now=now, client=client, action="mfa", user_id=user.id)
     try:
         throttle.hit(session, deps, "mfa_account", user.id, who=who)

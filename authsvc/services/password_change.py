@@ -31,8 +31,6 @@ def change_password(
         row, owner = user_tokens.find_with_owner(
             session, token=change_token, purpose="change_password", now=now
         )
-        if owner.disabled_at is not None:
-            raise InvalidCredentials()
         user = owner
         normalized = accounts.acceptable_password(deps, new_password, email=user.email)
         user_tokens.consume(session, row=row, now=now)

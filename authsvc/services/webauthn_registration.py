@@ -24,7 +24,6 @@ from authsvc.errors import (
     CredentialExists,
     InvalidChallenge,
     InvalidCredentials,
-    InvalidToken,
     InvalidWebauthnResponse,
 )
 from authsvc.models import User, WebauthnCredential
@@ -299,8 +298,6 @@ def register_with_enrollment(
     token, user = user_tokens.find_with_owner(
         session, token=enrollment_token, purpose="mfa_enrollment", now=now
     )
-    if user is None or user.disabled_at is not None:
-        raise InvalidToken()
     verified = _verify_registration(
         session, deps, user_id=user.id, credential=credential, name=name, client=client, now=now
     )
