@@ -29,14 +29,17 @@ class FactorProof:
     def __post_init__(self) -> None:
         # Only one answer is ever checked: refuse the others rather than ignore them. A
         # client's mistake, not a wrong answer, so it costs no attempt.
-        if sum(v is not None for v in (self.totp_code, self.recovery_code, self.webauthn)) > 1:
+        if self._answers() > 1:
             raise InvalidRequest(
                 "send only one of totp_code, recovery_code or webauthn", field="proof"
             )
 
+    def _answers(self) -> int:
+        return sum(v is not None for v in (self.totp_code, self.recovery_code, self.webauthn))
+
     @property
     def given(self) -> bool:
-        return any(v is not None for v in (self.totp_code, self.recovery_code, self.webauthn))
+        return self._answers() > 0
 
 
 @dataclass(frozen=True, slots=True)
