@@ -8,8 +8,10 @@ import click
 
 from authsvc.app import build_runtime
 from authsvc.db import utcnow
+from authsvc.errors import AuthsvcError
 from authsvc.services import audit as audit_service
 from authsvc.settings import ConfigError, Settings
+from authsvc.times import parse_time
 
 BATCH = 5000  # events deleted per transaction by `audit prune`
 
@@ -54,14 +56,9 @@ def _cutoff(before: str | None, older_than: str | None, retention: timedelta) ->
         raise click.UsageError("give --before or --older-than, not both")
     if before is not None:
         try:
-            value = datetime.fromisoformat(before)
-        except ValueError:
-            raise click.BadParameter(
-                "an RFC 3339 time such as 2025-01-02T00:00:00Z", param_hint="--before"
-            ) from None
-        if value.tzinfo is None:
-            raise click.BadParameter("give a UTC offset, such as Z", param_hint="--before")
-        return value
+            return parse_time(before, field="--before")
+        except AuthsvcError as exc:
+            raise click.BadParameter(exc.detail, param_hint="--before") from None
     if older_than is not None:
         days = older_than.removesuffix("d")
         if not days.isdigit() or int(days) < 1:

@@ -27,6 +27,7 @@ from authsvc.services.breach import CampaignRequest, CampaignView, Created, Crea
 from authsvc.services.breach_lists import InputReport, TargetList
 from authsvc.services.context import SYSTEM
 from authsvc.settings import ConfigError, Settings
+from authsvc.times import parse_time
 
 T = TypeVar("T")
 POLL_SECONDS = 1.0
@@ -111,7 +112,7 @@ def _selection(
     ):
         if raw is not None:
             try:
-                return selector, lists.parse_moment(raw, field=selector), None
+                return selector, parse_time(raw, field=selector, dates=True), None
             except AuthsvcError as exc:
                 hint = "--" + selector.replace("_", "-")
                 raise click.BadParameter(exc.detail, param_hint=hint) from None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 
 from flask import Blueprint, Response, request
 
@@ -11,6 +11,7 @@ from authsvc.errors import InvalidRequest
 from authsvc.http.auth import principal, require_admin, require_user
 from authsvc.http.io import db, deps, respond, transactional
 from authsvc.services import accounts, audit, audit_views
+from authsvc.times import parse_time
 
 bp = Blueprint("audit", __name__)
 
@@ -37,21 +38,7 @@ def _only(allowed: frozenset[str]) -> None:
 
 def _time(name: str) -> datetime | None:
     raw = request.args.get(name)
-    if raw is None:
-        return None
-    try:
-        value = datetime.fromisoformat(raw.strip().upper())  # RFC 3339 allows "t" and "z"
-    except ValueError:
-        value = None
-    if value is None or value.tzinfo is None or len(raw) > 40:
-        raise InvalidRequest(
-            f"{name} must be an RFC 3339 time with an offset, such as 2025-01-02T03:04:05Z",
-            field=name,
-        )
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:  # 0001-01-01T00:00+01:00 is before the first representable UTC time
-        raise InvalidRequest(f"{name} is out of range", field=name) from None
+    return None if raw is None else parse_time(raw, field=name)
 
 
 def _limit() -> int:

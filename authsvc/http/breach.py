@@ -22,6 +22,7 @@ from authsvc.services import breach
 from authsvc.services import breach_lists as lists
 from authsvc.services.breach import CampaignRequest, Created, Creator
 from authsvc.services.breach_lists import ReportRow
+from authsvc.times import parse_time
 
 bp = Blueprint("breach", __name__)
 
@@ -79,7 +80,7 @@ def _from_json() -> tuple[CampaignRequest, bool]:
             targets = lists.parse_target_list(kind, values)
     if body.selector in breach.LIST_KINDS and targets is None:
         raise InvalidRequest(f"{body.selector} is required with that selector", field=body.selector)
-    before = lists.parse_moment(body.before, field="before") if body.before else None
+    before = parse_time(body.before, field="before", dates=True) if body.before else None
     return CampaignRequest(
         reason=body.reason,
         selector=body.selector,

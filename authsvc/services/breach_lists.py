@@ -7,7 +7,7 @@ import csv
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, literal, select
@@ -103,22 +103,6 @@ def parse_target_list(
         rejected=rejected,
         rejections=tuple(rejections),
     )
-
-
-def parse_moment(raw: str, *, field: str) -> datetime:
-    """An RFC 3339 time, or a date (midnight UTC)."""
-    try:
-        moment = datetime.fromisoformat(raw.strip().upper())  # RFC 3339 allows "t" and "z"
-    except ValueError:
-        raise InvalidRequest(f"{field} must be an RFC 3339 time or a date", field=field) from None
-    if moment.tzinfo is None:
-        if len(raw.strip()) > 10:
-            raise InvalidRequest(f"{field} must carry a time zone (e.g. Z)", field=field)
-        moment = moment.replace(tzinfo=UTC)
-    try:
-        return moment.astimezone(UTC)
-    except OverflowError:  # 0001-01-01T00:00+01:00 is before the first representable UTC time
-        raise InvalidRequest(f"{field} is out of range", field=field) from None
 
 
 def _normalise(kind: str, value: str) -> str | None:
