@@ -137,7 +137,18 @@ def remove(
 ) -> None:
     """Remove one factor; removing the last one also removes the recovery codes."""
     if totp.delete_pending(session, user_id=user_id, factor_id=factor_id):
-        return  # an unconfirmed enrollment is not a factor yet: nothing to protect
+        # An unconfirmed enrollment is not a factor yet: no re-auth, no notice; but its start
+        # is in the trail, so its end is too.
+        audit.record(
+            session,
+            type="mfa.totp_enrollment",
+            outcome="cancelled",
+            now=now,
+            client=client,
+            user_id=user_id,
+            details={"factor_id": factor_id},
+        )
+        return
     recovery.lock_second_factors(session, user_id=user_id)
     info = _find(session, user_id=user_id, factor_id=factor_id)
     require_recent_login(deps, auth_time=auth_time, now=now)

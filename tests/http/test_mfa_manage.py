@@ -4,6 +4,7 @@ the re-auth window and the notices."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import timedelta
 
 import pytest
@@ -146,7 +147,9 @@ def test_adding_a_factor_needs_a_recent_login(api, stale_client, client, connect
     assert client.post(path, json={"name": "mine"}, headers=headers).status_code in (200, 201)
 
 
-def test_a_pending_enrollment_can_be_dropped_without_reauthentication(api, stale_client, client):
+def test_a_pending_enrollment_can_be_dropped_without_reauthentication(
+    api, stale_client, client, connection
+):
     api.register()
     headers = api.bearer(api.tokens()["access_token"])
     pending = client.post("/v1/me/mfa/totp", headers=headers).get_json()
@@ -160,6 +163,16 @@ def test_a_pending_enrollment_can_be_dropped_without_reauthentication(api, stale
         headers=headers,
     )
     assert gone.status_code == 404
+    trail = connection.execute(
+        select(AuditEvent.outcome, AuditEvent.details)
+        .where(AuditEvent.type == "mfa.totp_enrollment")
+        .order_by(AuditEvent.id)
+    ).all()
+    assert [(outcome, json.loads(details)["factor_id"]) for outcome, details in trail] == [
+        ("pending", pending["factor_id"]),
+        ("cancelled", pending["factor_id"]),
+    ]
+    assert "A second factor was removed from your account" not in subjects(api)
 
 
 def test_new_recovery_codes_replace_the_old_ones(api, client):
