@@ -29,7 +29,7 @@ from authsvc.logging_setup import bind_request_id, unbind_request_id
 from authsvc.mail.backends import make_backend
 from authsvc.mail.worker import OutboxWorker, default_handlers
 from authsvc.metrics import Metrics, TimedPasswordHasher
-from authsvc.ratelimit import RateLimiter
+from authsvc.ratelimit import RateLimiter, client_address
 from authsvc.services import audit as audit_service
 from authsvc.services import signing
 from authsvc.services.context import Deps
@@ -271,7 +271,7 @@ def _register_request_hooks(app: Flask, settings: Settings) -> None:
                     "path": request.path[:256],
                     "status": response.status_code,
                     "duration_ms": round(seconds * 1000, 2),
-                    "ip": request.remote_addr,
+                    "ip": client_address(request.remote_addr or ""),
                 },
             )
         response.headers["X-Request-Id"] = g.get("request_id", "")

@@ -15,10 +15,13 @@ from authsvc.errors import RateLimited
 IPV6_PREFIX = 64  # one subscriber's network: a single host can use any address in it
 
 
-def address_key(ip: str) -> str:
-    """The rate-limit key of a client address: one per IPv4 address and one per IPv6 /64.
-    Spellings of one address are one key (case, leading zeros, brackets, a zone id, a port
-    some proxies append, an IPv4-mapped IPv6 address); anything unparsable is keyed as given."""
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+MAX_ADDRESS_LENGTH = 64  # what the audit trail and the sessions table keep
+
+
+def parse_address(ip: str) -> IPAddress | None:
+    """The address in one of its spellings (case, leading zeros, brackets, a zone id, a port
+    some proxies append, an IPv4-mapped IPv6 address), or None if it is not one."""
     text = ip.strip()
     if text.startswith("["):  # [v6] or [v6]:port
         text = text[1 : text.find("]")] if "]" in text else text[1:]
@@ -28,10 +31,27 @@ def address_key(ip: str) -> str:
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def client_address(ip: str) -> str:
+    """How a client address is recorded and compared: one spelling per address, so that
+    limits, detectors and the audit trail count one client once; anything unparsable (only
+    possible behind a trusted proxy that passes garbage on) as given, cut to 64 characters."""
+    address = parse_address(ip)
+    return str(address) if address is not None else ip[:MAX_ADDRESS_LENGTH]
+
+
+def address_key(ip: str) -> str:
+    """The rate-limit key of a client address: one per IPv4 address and one per IPv6 /64, in
+    any spelling (see ``parse_address``); anything unparsable is keyed as given."""
+    address = parse_address(ip)
+    if address is None:
         return ip
     if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
     return str(address)
 

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.errors import AuthsvcError, InvalidRequest, MalformedJson, UnsupportedMediaType
+from authsvc.ratelimit import client_address
 from authsvc.services.context import Client, Deps
 
 T = TypeVar("T")
@@ -185,7 +186,9 @@ def one_statement_db() -> Engine | DbSession:
 
 
 def client() -> Client:
-    return Client(ip=request.remote_addr or "", user_agent=request.user_agent.string[:256])
+    return Client(
+        ip=client_address(request.remote_addr or ""), user_agent=request.user_agent.string[:256]
+    )
 
 
 def transactional(view: Callable[..., Response]) -> Callable[..., Response]:

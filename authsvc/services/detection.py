@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session as DbSession
 from authsvc.metrics import Metrics, Sample
 from authsvc.models import AuditEvent, User
 from authsvc.models.breach import BreachCampaign
+from authsvc.ratelimit import parse_address
 from authsvc.services import audit, notices, outbox
 from authsvc.services.context import Client, Deps
 from authsvc.services.outbox import External, Handler
@@ -148,13 +149,10 @@ class Windows:
 
 
 def network_of(ip: str) -> str | None:
-    """The /24 (IPv4) or /64 (IPv6) an address belongs to."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
+    """The /24 (IPv4) or /64 (IPv6) an address, in any spelling, belongs to."""
+    address = parse_address(ip)
+    if address is None:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     prefix = 24 if address.version == 4 else 64
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 

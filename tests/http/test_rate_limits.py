@@ -280,3 +280,39 @@ def test_spellings_of_one_forwarded_address_share_its_limit(limited, spellings):
     ]
 
     assert [a.status_code for a in answers] == [401] * len(spellings) + [429]
+
+
+def test_spellings_of_one_forwarded_address_are_one_client_to_the_trail_and_the_detectors(
+    limited, connection
+):
+    # Some proxies append the client's source port, which changes with every connection: the
+    # trail must record one address, and the enumeration detector must see one client asking
+    # for many emails, not many clients asking for one each.
+    client = limited(trusted_proxies=1, detect_emails_per_ip=5, detect_emails_per_network=1000)
+    runtime(client.application).detector.windows.reset()
+    spellings = ["203.0.113.9:{port}", "::ffff:203.0.113.9", "[::FFFF:203.0.113.9]:{port}"]
+    forwarded = [spellings[i % 3].format(port=40000 + i) for i in range(8)]
+    forwarded.append("[2001:DB8:0::9%eth0]:40100")
+    for i, spelled in enumerate(forwarded):
+        answer = client.post(
+            "/v1/password/forgot",
+            json={"email": f"user{i}@example.com"},
+            environ_base={"REMOTE_ADDR": "10.0.0.2"},
+            headers={"X-Forwarded-For": spelled},
+        )
+        assert answer.status_code == 202
+
+    recorded = connection.scalars(
+        select(AuditEvent.ip).where(AuditEvent.type == "password.forgot")
+    ).all()
+    assert recorded.count("203.0.113.9") == 8
+    assert recorded.count("2001:db8::9") == 1
+    alerts = [
+        json.loads(details)
+        for details in connection.scalars(
+            select(AuditEvent.details).where(AuditEvent.type == "alert.raised")
+        )
+    ]
+    assert [(a["detector"], a["scope"], a["subject"]) for a in alerts] == [
+        ("enumeration", "ip", "203.0.113.9")
+    ]

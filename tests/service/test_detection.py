@@ -300,6 +300,8 @@ def test_network_of():
     assert detection.network_of("203.0.113.77") == "203.0.113.0/24"
     assert detection.network_of("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
     assert detection.network_of("::ffff:198.51.100.3") == "198.51.100.0/24"
+    assert detection.network_of("203.0.113.77:4711") == "203.0.113.0/24"
+    assert detection.network_of("[2001:db8:1:2::9]:443") == "2001:db8:1:2::/64"
     assert detection.network_of("not an ip") is None
 
 
