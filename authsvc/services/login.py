@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session as DbSession
 
-from authsvc.errors import InvalidMfa, InvalidRequest, RateLimited
+from authsvc.errors import InvalidMfa, InvalidRequest, InvalidWebauthnResponse, RateLimited
 from authsvc.models import User
 from authsvc.services import audit, factors, sessions, throttle, user_tokens
 from authsvc.services.context import Client, Deps
@@ -146,6 +146,12 @@ def complete_mfa(
     who = throttle.Who(now=now, client=client, action="mfa", user_id=user.id)
     try:
         throttle.hit(session, deps, "mfa_account", user.id, who=who)
+    except RateLimited:  # any account limit (audited where it refused) kills the token too
+        user_tokens.kill(session, row=row, now=now)
+        raise
+    # Counted before the check, so that parallel answers cannot each be checked.
+    attempts = user_tokens.claim_attempt(session, row=row, limit=MAX_MFA_ATTEMPTS_PER_TOKEN)
+    try:
         method_amr = factors.verify(
             session,
             deps,
@@ -155,14 +161,15 @@ def complete_mfa(
             client=client,
             now=now,
         )
-    except RateLimited:  # any account limit (audited where it refused) kills the token too
-        row.used_at = now
+    except RateLimited:
+        user_tokens.kill(session, row=row, now=now)
+        raise
+    except (InvalidRequest, InvalidWebauthnResponse):  # malformed: a client's mistake, no answer
+        user_tokens.return_attempt(session, row=row)
         raise
     except InvalidMfa:
-        # One atomic UPDATE, so that parallel wrong answers cannot lose a count.
-        attempts = user_tokens.count_attempt(
-            session, row=row, kill_at=MAX_MFA_ATTEMPTS_PER_TOKEN, now=now
-        )
+        if attempts >= MAX_MFA_ATTEMPTS_PER_TOKEN:
+            user_tokens.kill(session, row=row, now=now)
         audit.record(
             session,
             type="login.mfa",

@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto.tokens import new_token, token_hash
@@ -117,24 +117,43 @@ def consume(session: DbSession, *, row: UserToken, now: datetime) -> None:
         raise TokenSpentMeanwhile()
 
 
-def count_attempt(session: DbSession, *, row: UserToken, kill_at: int, now: datetime) -> int:
-    """One more wrong answer on ``row``, counted by the database (parallel answers each count);
-    the token dies at ``kill_at``. Returns the new count; ``row`` itself is left as loaded."""
-    attempts = UserToken.attempts + 1
-    counted = session.execute(
+def claim_attempt(session: DbSession, *, row: UserToken, limit: int) -> int:
+    """Count one more answer on ``row`` before it is checked, in one atomic UPDATE: parallel
+    answers each count, and no more than ``limit`` answers are ever checked (counted only
+    after a failure, answers that all read the token before any failed would each be checked).
+    Returns the new count; InvalidToken when the token is spent meanwhile or out of answers.
+    ``row`` itself is left as loaded."""
+    claimed = session.execute(
         update(UserToken)
-        .where(UserToken.id == row.id)
-        .values(
-            attempts=attempts,
-            used_at=case(
-                (attempts >= kill_at, func.coalesce(UserToken.used_at, now)),
-                else_=UserToken.used_at,
-            ),
-        )
+        .where(UserToken.id == row.id, UserToken.used_at.is_(None), UserToken.attempts < limit)
+        .values(attempts=UserToken.attempts + 1)
         .returning(UserToken.attempts)
         .execution_options(synchronize_session=False)
-    ).scalar_one()
-    return int(counted)
+    ).scalar()
+    if claimed is None:
+        raise InvalidToken()
+    return int(claimed)
+
+
+def return_attempt(session: DbSession, *, row: UserToken) -> None:
+    """Give back an answer ``claim_attempt`` counted that turned out not to be one (malformed:
+    a client's mistake). The claim's row lock is still held, so no one saw the count."""
+    session.execute(
+        update(UserToken)
+        .where(UserToken.id == row.id, UserToken.attempts > 0)
+        .values(attempts=UserToken.attempts - 1)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def kill(session: DbSession, *, row: UserToken, now: datetime) -> None:
+    """End ``row`` (if it is not used yet) without a use: no answer on it is checked again."""
+    session.execute(
+        update(UserToken)
+        .where(UserToken.id == row.id, UserToken.used_at.is_(None))
+        .values(used_at=now)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def context_of(row: UserToken) -> dict[str, Any]:

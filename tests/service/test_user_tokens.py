@@ -111,19 +111,21 @@ def test_tokens_die_with_their_user(db_session, user, now):
     assert db_session.scalars(select(UserToken)).all() == []
 
 
-def test_wrong_answers_are_counted_by_the_database_not_from_a_loaded_row(db_session, user, now):
+def test_answers_are_counted_by_the_database_not_from_a_loaded_row(db_session, user, now):
     token = issue(db_session, user, now, purpose="mfa")
     row = user_tokens.find(db_session, token=token, purpose="mfa", now=now)
-    # Two requests loaded the row at 0 attempts; both answer wrong, one after the other.
-    assert user_tokens.count_attempt(db_session, row=row, kill_at=3, now=now) == 1
-    assert user_tokens.count_attempt(db_session, row=row, kill_at=3, now=now) == 2
+    # Two requests loaded the row at 0 attempts; both answer, one after the other.
+    assert user_tokens.claim_attempt(db_session, row=row, limit=3) == 1
+    assert user_tokens.claim_attempt(db_session, row=row, limit=3) == 2
     db_session.flush()  # nothing of the loaded row is written back over the count
-    assert row.used_at is None
+    user_tokens.return_attempt(db_session, row=row)  # the second was malformed: no answer
+    assert user_tokens.claim_attempt(db_session, row=row, limit=3) == 2
+    assert user_tokens.claim_attempt(db_session, row=row, limit=3) == 3
 
-    assert user_tokens.count_attempt(db_session, row=row, kill_at=3, now=now) == 3
+    with pytest.raises(InvalidToken):  # out of answers: none is checked any more
+        user_tokens.claim_attempt(db_session, row=row, limit=3)
+    assert db_session.scalar(select(UserToken.attempts).where(UserToken.id == row.id)) == 3
 
-    stored = db_session.execute(
-        select(UserToken.attempts, UserToken.used_at).where(UserToken.id == row.id)
-    ).one()
-    assert stored.attempts == 3
-    assert stored.used_at == now  # the third wrong answer killed the token
+    user_tokens.kill(db_session, row=row, now=now)
+    user_tokens.kill(db_session, row=row, now=now + timedelta(minutes=1))  # stays as killed
+    assert db_session.scalar(select(UserToken.used_at).where(UserToken.id == row.id)) == now
