@@ -225,10 +225,15 @@ def use_code(
 
 
 def _claim_low_notice(session: DbSession, *, user_id: str, now: datetime) -> bool:
-    """True exactly once per set: the first request to mark the set wins."""
+    """True exactly once per set: the first request to mark the set wins. The mark is on one
+    row, the set's first: two codes used at once each hold their own row, and marking every
+    row would have each wait for the other's (a deadlock on PostgreSQL)."""
+    first = (
+        select(func.min(RecoveryCode.id)).where(RecoveryCode.user_id == user_id).scalar_subquery()
+    )
     result = session.execute(
         update(RecoveryCode)
-        .where(RecoveryCode.user_id == user_id, RecoveryCode.low_notice_at.is_(None))
+        .where(RecoveryCode.id == first, RecoveryCode.low_notice_at.is_(None))
         .values(low_notice_at=now)
     )
     return _affected(result) > 0

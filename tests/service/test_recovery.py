@@ -208,6 +208,58 @@ def test_concurrent_uses_of_one_code_admit_exactly_one(committed, deps, caller, 
         assert len(used.all()) == 1
 
 
+def test_two_codes_used_at_once_when_running_low_both_sign_in_and_mail_the_notice_once(
+    committed, deps, caller, now, monkeypatch, database_url
+):
+    # Each request holds the row of the code it spent when it claims the low-codes notice.
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite takes its write lock at BEGIN: the two uses cannot overlap")
+    with committed.begin() as session:
+        user = User(email="low@example.com", email_verified_at=now, created_at=now, updated_at=now)
+        session.add(user)
+        session.flush()
+        user_id = user.id
+        issued = first_factor(session, deps, user, caller, now - timedelta(minutes=5))
+    for code in issued[:6]:  # 4 left: the next use leaves 3, which is low
+        with committed.begin() as session:
+            recovery.use_code(session, deps, user_id=user_id, code=code, client=caller, now=now)
+    both_spent = threading.Barrier(2, timeout=5)
+    claim = recovery._claim_low_notice
+
+    def claim_when_both_have_spent(session, **kwargs):
+        both_spent.wait()
+        return claim(session, **kwargs)
+
+    monkeypatch.setattr(recovery, "_claim_low_notice", claim_when_both_have_spent)
+    outcomes: list[str] = []
+
+    def use(code: str) -> None:
+        try:
+            with committed.begin() as session:
+                outcomes.append(
+                    recovery.use_code(
+                        session, deps, user_id=user_id, code=code, client=caller, now=now
+                    )
+                )
+        except Exception as exc:  # a deadlock is what this test is about
+            outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=use, args=(code,)) for code in issued[6:8]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert outcomes == ["otp", "otp"]
+    with committed() as session:
+        assert (
+            subjects(session, deps, "low@example.com").count(
+                "You are running out of recovery codes"
+            )
+            == 1
+        )
+
+
 def test_two_regenerations_at_once_leave_one_set(committed, deps, caller, now):
     # PostgreSQL, READ COMMITTED: without a lock each delete misses the other's new rows.
     with committed.begin() as session:
