@@ -141,6 +141,14 @@ def _recipients(message: EmailMessage) -> list[str]:
     return [addr for _, addr in email.utils.getaddresses(values) if addr]
 
 
+def _wire_policy(message: EmailMessage) -> policy.EmailPolicy[EmailMessage]:
+    """RFC 5322 with CRLF; RFC 6532 (UTF-8 headers) when an address is not ASCII, as smtplib
+    sends it to an SMTPUTF8 server: an address may not be an RFC 2047 encoded-word, which
+    would name a mailbox nobody has."""
+    addresses = [*_recipients(message), str(message.get("From", ""))]
+    return policy.SMTP if all(a.isascii() for a in addresses) else policy.SMTPUTF8
+
+
 def _one_line(value: object) -> str:
     return " ".join(str(value).split())
 
@@ -192,7 +200,7 @@ class FileBackend:
 
     def send(self, message: EmailMessage) -> None:
         try:
-            data = message.as_bytes(policy=policy.SMTP)
+            data = message.as_bytes(policy=_wire_policy(message))
         except (ValueError, email.errors.MessageError) as exc:
             raise MailDeliveryError(f"message cannot be serialised: {exc}", permanent=True) from exc
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")

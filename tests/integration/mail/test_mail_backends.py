@@ -330,6 +330,20 @@ def test_file_backend_writes_one_parseable_eml_per_message(tmp_path: Path) -> No
     assert parsed.get_content().replace("\r\n", "\n") == BODY
 
 
+def test_file_backend_writes_an_address_that_is_not_ascii_as_utf_8(tmp_path: Path) -> None:
+    # RFC 6532, as an SMTPUTF8 server gets it: an RFC 2047 encoded-word is no address.
+    backend = make_backend(f"file://{tmp_path}")
+    backend.send(message(to="名前@例え.jp"))
+
+    [file] = tmp_path.iterdir()
+    raw = file.read_bytes()
+    assert "To: 名前@例え.jp\r\n".encode() in raw
+    assert b"=?utf-8?" not in raw.partition(b"\r\n\r\n")[0]
+    parsed = email.message_from_bytes(raw, _class=EmailMessage, policy=policy.default)
+    assert parsed["To"] == "名前@例え.jp"
+    assert parsed.get_content().replace("\r\n", "\n") == BODY
+
+
 def test_file_url_with_relative_directory_uses_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
