@@ -81,11 +81,34 @@ def verify(
     return matched
 
 
+# Percent-encoded bytes of each label part. An email of 254 emoji is 3,048 bytes encoded, more
+# than a QR code holds at error level M (2,331); with these caps every URI fits in about 1,650.
+MAX_ISSUER_BYTES = 256
+MAX_ACCOUNT_BYTES = 1024
+_ELLIPSIS = "\u2026"
+
+
+def _fit(text: str, limit: int) -> str:
+    """``text``, cut short with an ellipsis if its percent-encoded form exceeds ``limit`` bytes:
+    it is a label the authenticator app shows, not something anyone types back."""
+    if len(quote(text, safe="")) <= limit:
+        return text
+    size = len(quote(_ELLIPSIS, safe=""))
+    kept: list[str] = []
+    for ch in text:
+        size += len(quote(ch, safe=""))
+        if size > limit:
+            break
+        kept.append(ch)
+    return "".join(kept).rstrip() + _ELLIPSIS
+
+
 def provisioning_uri(*, secret: str, account_name: str, issuer: str) -> str:
     """An ``otpauth://totp/`` URI in the Key Uri Format read by Google Authenticator, Authy,
-    1Password and FreeOTP: ``Issuer:account`` label and an ``issuer`` parameter."""
-    issuer = issuer.replace(":", " ").strip()
-    account_name = account_name.replace(":", " ").strip()
+    1Password and FreeOTP: ``Issuer:account`` label and an ``issuer`` parameter; short enough
+    for a QR code whatever the issuer and the account's address (see ``MAX_ACCOUNT_BYTES``)."""
+    issuer = _fit(issuer.replace(":", " ").strip(), MAX_ISSUER_BYTES)
+    account_name = _fit(account_name.replace(":", " ").strip(), MAX_ACCOUNT_BYTES)
     label = f"{quote(issuer, safe='')}:{quote(account_name, safe='')}"
     query = urlencode(
         {

@@ -14,6 +14,7 @@ import time
 import zlib
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from sqlalchemy import select, update
@@ -153,6 +154,21 @@ def test_the_qr_code_holds_exactly_the_uri(api, client, tmp_path):
     headers = api.bearer(api.tokens()["access_token"])
     body = client.post("/v1/me/mfa/totp", headers=headers).get_json()
 
+    assert decode_qr_svg(body["qr_svg"], tmp_path) == body["otpauth_uri"]
+
+
+def test_an_account_with_a_huge_address_gets_a_qr_code_too(api, client, tmp_path):
+    # 254 characters, 2,286 bytes percent-encoded: the whole address does not fit a QR code.
+    email = "\u4e2d" * 64 + "@" + "\u4e2d" * 186 + ".cn"
+    api.register(email)
+    headers = api.bearer(api.tokens(email)["access_token"])
+
+    response = client.post("/v1/me/mfa/totp", headers=headers)
+
+    assert response.status_code == 201
+    body = response.get_json()
+    label = unquote(urlsplit(body["otpauth_uri"]).path.removeprefix("/"))
+    assert label.startswith("authsvc:" + email[:100]) and label.endswith("\u2026")
     assert decode_qr_svg(body["qr_svg"], tmp_path) == body["otpauth_uri"]
 
 

@@ -7,6 +7,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pyotp
 import pytest
+import segno
 
 from authsvc.crypto import totp
 
@@ -122,6 +123,28 @@ def test_codes_match_pyotp_and_oathtool():
         env={**os.environ, "TZ": "UTC"},
     )
     assert result.stdout.strip() == ours
+
+
+@pytest.mark.parametrize(
+    ("account", "issuer"),
+    [
+        ("\u4e2d" * 64 + "@" + "\u4e2d" * 186 + ".cn", "authsvc"),  # 254 characters, 2,286 bytes
+        ("\U0001f600" * 64 + "@" + "\U0001f600" * 185 + ".de", "\u00e9" * 500),
+    ],
+    ids=["cjk-email", "emoji-email-and-long-issuer"],
+)
+def test_provisioning_uris_of_huge_labels_still_fit_a_qr_code(account, issuer):
+    secret = totp.generate_secret()
+
+    uri = totp.provisioning_uri(secret=secret, account_name=account, issuer=issuer)
+
+    assert len(uri) <= 2331  # a version 40 QR code at error level M, in bytes
+    segno.make(uri, error="m", micro=False)  # raises DataOverflowError if it does not fit
+    parsed = pyotp.parse_uri(uri)
+    assert parsed.secret == secret
+    assert parsed.name.endswith("\u2026") and account.startswith(parsed.name[:-1])
+    assert parsed.issuer.endswith(("\u2026", "authsvc"))
+    assert unquote(urlsplit(uri).path.lstrip("/")).startswith(f"{parsed.issuer}:{parsed.name}")
 
 
 def test_provisioning_uri_follows_the_key_uri_format():
