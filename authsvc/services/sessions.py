@@ -305,16 +305,18 @@ def _refuse_refresh(session: DbSession, *, hashed: str, client: Client, now: dat
     if login is None or login.revoked_at is not None or login.expires_at <= now:
         raise InvalidToken()
     if row.used_at is not None:
-        revoke(session, session_ids=[login.id], reason="refresh_token_reuse", now=now)
-        audit.record(
-            session,
-            type="session.refresh_reuse",
-            outcome="revoked",
-            now=now,
-            client=client,
-            user_id=login.user_id,
-            details={"session_id": login.id},
-        )
+        # Decided by the UPDATE, not by the read above: replays at once revoke (and are
+        # audited) once.
+        if revoke(session, session_ids=[login.id], reason="refresh_token_reuse", now=now):
+            audit.record(
+                session,
+                type="session.refresh_reuse",
+                outcome="revoked",
+                now=now,
+                client=client,
+                user_id=login.user_id,
+                details={"session_id": login.id},
+            )
         raise InvalidToken("The refresh token was already used; its session is revoked")
     raise InvalidToken()  # the user is disabled, or the session was idle for too long
 
@@ -396,9 +398,11 @@ def revoke_session(
     session: DbSession, *, user_id: str, session_id: str, client: Client, now: datetime
 ) -> None:
     login = session.get(Session, session_id)
-    if login is None or login.user_id != user_id or login.revoked_at is not None:
+    if login is None or login.user_id != user_id:
         raise NotFound("No such session")
-    revoke(session, session_ids=[login.id], reason="user", now=now)
+    # Decided by the UPDATE, not by the read above: of two revocations at once, one revokes.
+    if not revoke(session, session_ids=[login.id], reason="user", now=now):
+        raise NotFound("No such session")
     audit.record(
         session,
         type="session.revoked",

@@ -1,0 +1,98 @@
+"""Sessions across transactions: what is decided by an UPDATE happens, and is audited, once
+(PostgreSQL, READ COMMITTED; SQLite serialises writers anyway)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from sqlalchemy import func, select
+
+from authsvc.errors import AuthsvcError
+from authsvc.models import AuditEvent, User
+from authsvc.models import Session as Login
+from authsvc.services import sessions
+from authsvc.services.sessions import TokenPair
+
+PARALLEL = 6
+
+
+def _signed_in(committed, deps, caller, now) -> TokenPair:
+    with committed.begin() as session:
+        user = User(email="ada@example.com", email_verified_at=now, created_at=now, updated_at=now)
+        session.add(user)
+        session.flush()
+        return sessions.start_session(
+            session, deps, user=user, amr=("pwd",), client=caller, now=now
+        )
+
+
+def _at_once(committed, call: Callable[..., object]) -> list[str]:
+    """``call(session)`` in PARALLEL transactions started together: "ok" or the error code."""
+    start = threading.Barrier(PARALLEL)
+    outcomes: list[str] = []
+
+    def run() -> None:
+        start.wait()
+        session = committed()
+        try:
+            with session.begin():  # as http.io.transactional: a domain error still commits
+                try:
+                    call(session)
+                    outcomes.append("ok")
+                except AuthsvcError as exc:
+                    outcomes.append(exc.code)
+        finally:
+            session.close()
+
+    threads = [threading.Thread(target=run) for _ in range(PARALLEL)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return outcomes
+
+
+def _events(committed, type_: str) -> int:
+    with committed() as session:
+        return int(session.scalar(select(func.count()).where(AuditEvent.type == type_)) or 0)
+
+
+def test_revoking_one_session_from_several_requests_at_once_revokes_it_once(
+    committed, deps, caller, now
+):
+    pair = _signed_in(committed, deps, caller, now)
+    with committed() as session:
+        user_id = session.scalar(select(User.id))
+
+    outcomes = _at_once(
+        committed,
+        lambda session: sessions.revoke_session(
+            session, user_id=user_id, session_id=pair.session_id, client=caller, now=now
+        ),
+    )
+
+    assert sorted(outcomes) == ["not_found"] * (PARALLEL - 1) + ["ok"]
+    assert _events(committed, "session.revoked") == 1
+
+
+def test_replaying_a_spent_refresh_token_at_once_revokes_and_audits_once(
+    committed, deps, caller, now
+):
+    pair = _signed_in(committed, deps, caller, now)
+    with committed.begin() as session:
+        sessions.rotate_refresh_token(
+            session, deps, refresh_token=pair.refresh_token, client=caller, now=now
+        )
+
+    outcomes = _at_once(
+        committed,
+        lambda session: sessions.rotate_refresh_token(
+            session, deps, refresh_token=pair.refresh_token, client=caller, now=now
+        ),
+    )
+
+    assert outcomes == ["invalid_token"] * PARALLEL
+    assert _events(committed, "session.refresh_reuse") == 1
+    with committed() as session:
+        assert session.scalar(select(Login.revoked_reason)) == "refresh_token_reuse"
