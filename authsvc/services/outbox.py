@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session as DbSession
 from authsvc.crypto.keyring import Keyring
 from authsvc.models import OutboxMessage
 from authsvc.services.context import Deps
+from authsvc.services.reencryption import reencrypt_rows
 
 _AAD = b"outbox"
 
@@ -62,17 +63,20 @@ def reencrypt_pending_batch(
 ) -> tuple[int, int | None]:
     """Re-encrypt undelivered payloads under the primary key, ``batch`` rows after
     ``after_id``; return (rows re-encrypted, last id seen or None when done)."""
-    rows = session.scalars(
-        select(OutboxMessage)
+    rows = session.execute(
+        select(OutboxMessage.id, OutboxMessage.payload_ciphertext)
         .where(OutboxMessage.id > after_id, OutboxMessage.completed_at.is_(None))
         .order_by(OutboxMessage.id)
         .limit(batch)
     ).all()
-    count = 0
-    for row in rows:
-        if keyring.needs_reencryption(row.payload_ciphertext):
-            row.payload_ciphertext = keyring.reencrypt(row.payload_ciphertext, associated_data=_AAD)
-            count += 1
+    count = reencrypt_rows(
+        session,
+        keyring,
+        key=OutboxMessage.id,
+        column=OutboxMessage.payload_ciphertext,
+        rows=[(row.id, row.payload_ciphertext) for row in rows],
+        associated_data=lambda _id: _AAD,
+    )
     return count, (rows[-1].id if rows else None)
 
 

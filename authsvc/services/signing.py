@@ -37,6 +37,7 @@ from authsvc.db import new_id
 from authsvc.models import SigningKey
 from authsvc.services import audit
 from authsvc.services.context import SYSTEM
+from authsvc.services.reencryption import reencrypt_rows
 
 _AAD = b"signing-key"
 ACTIVE_KEY_TTL_SECONDS = 60.0
@@ -208,11 +209,12 @@ def rotate(session: DbSession, keyring: Keyring, *, now: datetime) -> str:
 
 
 def reencrypt(session: DbSession, keyring: Keyring) -> int:
-    count = 0
-    for row in session.scalars(select(SigningKey)):
-        if keyring.needs_reencryption(row.private_key_ciphertext):
-            row.private_key_ciphertext = keyring.reencrypt(
-                row.private_key_ciphertext, associated_data=_AAD
-            )
-            count += 1
-    return count
+    rows = session.execute(select(SigningKey.kid, SigningKey.private_key_ciphertext)).all()
+    return reencrypt_rows(
+        session,
+        keyring,
+        key=SigningKey.kid,
+        column=SigningKey.private_key_ciphertext,
+        rows=[(row.kid, row.private_key_ciphertext) for row in rows],
+        associated_data=lambda _kid: _AAD,
+    )

@@ -44,6 +44,7 @@ from authsvc.errors import (
 from authsvc.models import TotpFactor, User
 from authsvc.services import audit, factors, notices, recovery, throttle
 from authsvc.services.context import Client, Deps
+from authsvc.services.reencryption import reencrypt_rows
 
 log = logging.getLogger("authsvc.totp")
 
@@ -474,15 +475,18 @@ def reencrypt_batch(
 ) -> tuple[int, str | None]:
     """Re-encrypt secrets not under the primary key, ``limit`` rows with id > ``after_id``
     at a time. Return (rows re-encrypted, last id seen or None when done)."""
-    rows = session.scalars(
-        select(TotpFactor).where(TotpFactor.id > after_id).order_by(TotpFactor.id).limit(limit)
+    rows = session.execute(
+        select(TotpFactor.id, TotpFactor.secret_ciphertext)
+        .where(TotpFactor.id > after_id)
+        .order_by(TotpFactor.id)
+        .limit(limit)
     ).all()
-    count = 0
-    for row in rows:
-        if keyring.needs_reencryption(row.secret_ciphertext):
-            row.secret_ciphertext = keyring.reencrypt(
-                row.secret_ciphertext, associated_data=secret_aad(row.id)
-            )
-            count += 1
-    session.flush()
+    count = reencrypt_rows(
+        session,
+        keyring,
+        key=TotpFactor.id,
+        column=TotpFactor.secret_ciphertext,
+        rows=[(row.id, row.secret_ciphertext) for row in rows],
+        associated_data=secret_aad,
+    )
     return count, (rows[-1].id if rows else None)

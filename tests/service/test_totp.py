@@ -502,6 +502,30 @@ def test_concurrent_uses_of_one_code_admit_exactly_one(committed, deps, caller, 
     assert sorted(outcomes) == ["otp"] + ["refused"] * 5
 
 
+def test_a_factor_removed_while_its_batch_is_reencrypted_is_skipped(
+    committed, deps, caller, now, database_url
+):
+    # The user removes the factor between the batch's read and its write.
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite takes its write lock at BEGIN: the removal cannot come in between")
+    factory, _ = committed
+    user_id, _ = _user_with_factor(factory, deps, caller, now)
+
+    class RemovingRing(Keyring):
+        def reencrypt(self, blob: bytes, *, associated_data: bytes = b"") -> bytes:
+            with factory.begin() as other:
+                totp.delete_all(other, user_id=user_id)
+            return super().reencrypt(blob, associated_data=associated_data)
+
+    ring = RemovingRing(keys=(("rotated", os.urandom(32)), *deps.keyring.keys))
+    with factory.begin() as session:
+        done = totp.reencrypt_batch(session, ring, after_id="")
+
+    assert done[0] == 0
+    with factory() as session:
+        assert session.scalars(select(TotpFactor)).all() == []
+
+
 def test_keys_rotate_reencrypts_under_the_first_key(
     committed, deps, caller, now, monkeypatch, key_specs, tmp_path
 ):
