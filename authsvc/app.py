@@ -20,7 +20,12 @@ from sqlalchemy.orm import sessionmaker
 from werkzeug.exceptions import NotFound
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from authsvc.crypto.blocklist import Blocklist, BreachedPasswordStore, CommonPasswords
+from authsvc.crypto.blocklist import (
+    Blocklist,
+    BreachedPasswordStore,
+    CommonPasswords,
+    InvalidBreachedStore,
+)
 from authsvc.crypto.keyring import Keyring, generate_key_spec
 from authsvc.crypto.passwords import Argon2Params
 from authsvc.db import make_autocommit_engine, make_engine, make_sessionmaker, utcnow
@@ -133,10 +138,16 @@ def build_runtime(
         seconds=metrics.password_hash_seconds,
     )
     breached_path = settings.breached_passwords_path
-    blocklist = Blocklist(
-        CommonPasswords(),
-        BreachedPasswordStore(breached_path) if breached_path.exists() else None,
-    )
+    try:
+        breached = BreachedPasswordStore(breached_path) if breached_path.exists() else None
+    except (InvalidBreachedStore, OSError) as exc:  # the downloaded text, an empty file...
+        raise ConfigError(
+            [
+                f"AUTHSVC_BREACHED_PASSWORDS_FILE: {exc} (build the store with "
+                "`authsvc breached-passwords import FILE`)"
+            ]
+        ) from None
+    blocklist = Blocklist(CommonPasswords(), breached)
     limiter = RateLimiter(settings.rate_limit_storage_url, rate_limit_policies(settings))
     deps = Deps(
         settings=settings, keyring=keyring, hasher=hasher, blocklist=blocklist, limiter=limiter

@@ -38,12 +38,16 @@ def _settings() -> Settings:
 
 
 class _Commands(click.Group):
-    """Every command fails with one line: a database that is unreachable or not migrated
-    is named as such, without the statement (or the traceback) behind it."""
+    """Every command fails with one line: a configuration that cannot work is named as such
+    (also what only shows when the runtime is built, such as a breached-password store that
+    is not one), and a database that is unreachable or not migrated too, without the
+    statement (or the traceback) behind it."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except ConfigError as exc:
+            raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
         except DBAPIError as exc:
             first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
             raise click.ClickException(
@@ -90,6 +94,9 @@ def serve(
             "more than one worker needs AUTHSVC_REDIS_URL: rate limits would be per worker"
         )
     reexec_with_hugetlb(settings)
+    # What only shows when the runtime is built (a breached-password store that is not one)
+    # is one line here, not a traceback in every gunicorn worker that fails to boot.
+    build_runtime(settings).dispose()
     if settings.resolved_database_url.startswith("sqlite"):
         settings.var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         upgrade(settings.resolved_database_url)

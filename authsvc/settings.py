@@ -16,6 +16,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 
 class ConfigError(Exception):
     """Raised with every configuration problem found, one per line."""
@@ -165,10 +168,26 @@ class Settings:
         out = []
         if self.password_min_length < 8 or self.password_max_length < self.password_min_length:
             out.append("AUTHSVC_PASSWORD_MIN_LENGTH must be >= 8 and <= the maximum")
-        if self.argon2_memory_kib < 8 * self.argon2_parallelism or self.argon2_time_cost < 1:
-            out.append("AUTHSVC_ARGON2_*: invalid Argon2 parameters")
-        if self.max_concurrent_hashes < 1:
-            out.append("AUTHSVC_MAX_CONCURRENT_HASHES must be >= 1")
+        if (
+            not 1 <= self.argon2_parallelism <= 255
+            or not 8 * self.argon2_parallelism <= self.argon2_memory_kib <= MAX_ARGON2_MEMORY_KIB
+            or self.argon2_time_cost < 1
+        ):
+            out.append(
+                "AUTHSVC_ARGON2_*: parallelism 1 to 255, memory 8 KiB per lane up to 4 GiB, "
+                "time cost >= 1"
+            )
+        if self.max_concurrent_hashes < 1 or self.hash_queue_timeout < 0:
+            out.append(
+                "AUTHSVC_MAX_CONCURRENT_HASHES must be >= 1 and AUTHSVC_HASH_QUEUE_TIMEOUT >= 0"
+            )
+        if self.access_token_ttl.total_seconds() < 1:
+            out.append("AUTHSVC_ACCESS_TOKEN_TTL must be at least 1s")
+        if not self.outbox_poll_interval > 0 or not self.alert_webhook_timeout > 0:
+            out.append("AUTHSVC_OUTBOX_POLL_INTERVAL and AUTHSVC_ALERT_WEBHOOK_TIMEOUT must be > 0")
+        if self.log_level.upper() not in _LOG_LEVELS:
+            out.append("AUTHSVC_LOG_LEVEL must be one of " + ", ".join(_LOG_LEVELS))
+        out.extend(self._store_problems())
         if self.session_idle_timeout < self.access_token_ttl:
             out.append("AUTHSVC_SESSION_IDLE_TIMEOUT must be >= AUTHSVC_ACCESS_TOKEN_TTL")
         if self.breach_batch_size < 1 or not self.notify_rate_per_second > 0:
@@ -197,6 +216,22 @@ class Settings:
         out.extend(self._webauthn_problems())
         out.extend(self._detection_problems())
         out.extend(_keyring_problems(self.encryption_keys))
+        return out
+
+    def _store_problems(self) -> list[str]:
+        """URLs that would only fail when the database or Redis is first opened."""
+        out = []
+        try:
+            url = make_url(self.resolved_database_url)
+        except ArgumentError:
+            url = None
+        if url is None or url.get_backend_name() not in {"sqlite", "postgresql"}:
+            out.append("AUTHSVC_DATABASE_URL must be a postgresql:// (or sqlite://) URL")
+        if self.redis_url is not None and not _REDIS_URL.match(self.redis_url):
+            out.append(
+                "AUTHSVC_REDIS_URL must be a redis://, rediss://, redis+unix://, "
+                "redis+sentinel:// or redis+cluster:// URL"
+            )
         return out
 
     def _webauthn_problems(self) -> list[str]:
@@ -248,6 +283,9 @@ class Settings:
 
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)?$")
+_REDIS_URL = re.compile(r"^(redis|rediss|redis\+unix|redis\+sentinel|redis\+cluster)://")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MAX_ARGON2_MEMORY_KIB = 4 * 1024 * 1024  # 4 GiB per hash: beyond any sane setting
 # One item of the `limits` notation: "10/minute", "100 per day", "5/2 hours".
 _RATE_LIMIT = re.compile(
     r"^\s*[1-9][0-9]*\s*(/|per)\s*([1-9][0-9]*\s*)?(second|minute|hour|day|month|year)s?\s*$"

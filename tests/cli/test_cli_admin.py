@@ -190,6 +190,30 @@ def test_serve_with_more_than_one_worker_needs_shared_rate_limits(env):
 
 @pytest.mark.parametrize(
     "args",
+    [("serve", "--port", "1"), ("worker",), ("keys", "rotate-signing"), ("audit", "verify")],
+    ids=["serve", "worker", "keys-rotate-signing", "audit-verify"],
+)
+@pytest.mark.parametrize("store", ["text", "empty", "directory"])
+def test_a_breached_password_store_that_is_not_one_fails_with_one_line(env, tmp_path, args, store):
+    # An easy slip: pointing the setting at the downloaded HASH:COUNT text, not the built store.
+    path = tmp_path / "pwned"
+    if store == "directory":
+        path.mkdir()
+    else:
+        path.write_text("" if store == "empty" else "5BAA61E4C9B93F3F0682250B6CF8331B7EE68FD8:3\n")
+
+    result = CliRunner().invoke(
+        main, list(args), env={**env, "AUTHSVC_BREACHED_PASSWORDS_FILE": str(path)}
+    )
+
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: configuration: AUTHSVC_BREACHED_PASSWORDS_FILE: ")
+    assert "authsvc breached-passwords import" in line
+
+
+@pytest.mark.parametrize(
+    "args",
     [("keys", "rotate-signing"), ("users", "import", "USERS")],
     ids=["keys-rotate-signing", "users-import"],
 )

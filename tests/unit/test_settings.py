@@ -66,7 +66,7 @@ def test_other_variables_are_ignored():
     ],
 )
 def test_durations(raw, expected):
-    assert from_env(access_token_ttl=raw).access_token_ttl == expected
+    assert from_env(audit_retention=raw).audit_retention == expected
 
 
 @pytest.mark.parametrize("raw", ["10 minutes", "1.5h", "-5s", "5w", "m", "", "10mm"])
@@ -206,6 +206,17 @@ def test_every_problem_is_reported_at_once():
         {"limit_ip_email": "0/minute"},
         {"encryption_keys": "k1:short"},
         {"encryption_keys": f"{KEY},bad key:{'A' * 43}"},
+        {"argon2_parallelism": "0"},
+        {"argon2_parallelism": "300", "argon2_memory_kib": "65536"},
+        {"argon2_memory_kib": str(5 * 1024 * 1024)},
+        {"hash_queue_timeout": "-1"},
+        {"access_token_ttl": "0s"},
+        {"outbox_poll_interval": "0"},
+        {"alert_webhook_timeout": "-3"},
+        {"log_level": "LOUD"},
+        {"database_url": "not a url"},
+        {"database_url": "mysql://db/authsvc"},
+        {"redis_url": "carrier-pigeon://x"},
     ],
 )
 def test_invalid_values(changes):
