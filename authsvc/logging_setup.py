@@ -28,7 +28,8 @@ _SECRET_FIELD = re.compile(
 )
 _TOKEN_PARAM = re.compile(r"((?:token|code|key)=)[^&\s\"'<>]+", re.IGNORECASE)
 _BEARER = re.compile(r"((?:bearer|basic)\s+)[A-Za-z0-9._~+/=\-]+", re.IGNORECASE)
-_EMAIL = re.compile(r"([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+)")
+# Local parts and domains that are not ASCII too (the service accepts them): \w is Unicode.
+_EMAIL = re.compile(r"([\w.%+'\-])[\w.%+'\-]*@([\w\-]+(?:\.[\w\-]+)+)")
 _HANDLER_NAME = "authsvc-json"
 
 

@@ -69,6 +69,21 @@ def test_messages_are_scrubbed(captured, message, leak):
         assert "v***@example.com" in entry["msg"]
 
 
+@pytest.mark.parametrize(
+    ("address", "masked"),
+    [
+        ("josé@example.com", "j***@example.com"),
+        ("ada@bücher.de", "a***@bücher.de"),
+        ("o'brien@example.com", "o***@example.com"),
+        ("名前@例え.jp", "名***@例え.jp"),
+    ],
+)
+def test_addresses_that_are_not_ascii_are_masked_too(captured, address, masked):
+    logging.getLogger("authsvc.test").warning("mail to=%s subject=x", address)
+    (entry,) = lines(captured)
+    assert entry["msg"] == f"mail to={masked} subject=x"
+
+
 def test_secret_fields_are_redacted(captured):
     logging.getLogger("authsvc.test").info(
         "x",
