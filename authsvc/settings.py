@@ -284,6 +284,7 @@ class Settings:
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)?$")
 _REDIS_URL = re.compile(r"^(redis|rediss|redis\+unix|redis\+sentinel|redis\+cluster)://")
+KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # a key ring entry's id, "kid:base64url"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_ARGON2_MEMORY_KIB = 4 * 1024 * 1024  # 4 GiB per hash: beyond any sane setting
 # One item of the `limits` notation: "10/minute", "100 per day", "5/2 hours".
@@ -302,9 +303,7 @@ def _keyring_problems(specs: tuple[str, ...]) -> list[str]:
             raw = base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4))
         except ValueError:  # binascii.Error is one
             raw = b""
-        well_formed = re.fullmatch(r"[A-Za-z0-9_-]{1,32}", kid) and re.fullmatch(
-            r"[A-Za-z0-9_-]{43}=?", b64
-        )
+        well_formed = KEY_ID.fullmatch(kid) and re.fullmatch(r"[A-Za-z0-9_-]{43}=?", b64)
         if not well_formed or len(raw) != 32:
             return ["AUTHSVC_ENCRYPTION_KEYS: each entry must be 'kid:base64url(32 bytes)'"]
         kids.append(kid)

@@ -21,7 +21,7 @@ from authsvc.crypto.keyring import DecryptionFailed, Keyring, generate_key_spec
 from authsvc.db import utcnow
 from authsvc.services import audit, outbox, signing, totp
 from authsvc.services.context import SYSTEM
-from authsvc.settings import ConfigError, Settings
+from authsvc.settings import KEY_ID, ConfigError, Settings
 
 BATCH = 500
 
@@ -35,8 +35,8 @@ def keys() -> None:
 @click.option("--kid", required=True, help="Key id, e.g. the date: 2026-11.")
 def generate(kid: str) -> None:
     """Print a new key entry ("kid:base64url") for AUTHSVC_ENCRYPTION_KEYS."""
-    if not kid or len(kid) > 32 or not all(ch.isalnum() or ch in "_-" for ch in kid):
-        raise click.ClickException("--kid must be 1 to 32 letters, digits, '_' or '-'")
+    if not KEY_ID.fullmatch(kid):  # the rule AUTHSVC_ENCRYPTION_KEYS is read with
+        raise click.ClickException("--kid must be 1 to 32 ASCII letters, digits, '_' or '-'")
     click.echo(generate_key_spec(kid))
 
 

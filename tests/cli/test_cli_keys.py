@@ -69,3 +69,22 @@ def test_rotate_signing_publishes_a_new_key_and_keeps_the_old(env, monkeypatch):
     assert [(e["outcome"], e["details"]) for e in events] == [
         ("success", {"kid": new_kid, "retired": [old_kid]})
     ]
+
+
+def test_generate_prints_an_entry_the_settings_accept():
+    result = CliRunner().invoke(main, ["keys", "generate", "--kid", "2026-12_a"])
+
+    assert result.exit_code == 0
+    spec = result.stdout.strip()
+    assert spec.startswith("2026-12_a:")
+    settings = Settings.from_env({"AUTHSVC_ENCRYPTION_KEYS": f"{spec},{generate_key_spec('old')}"})
+    assert settings.encryption_keys[0] == spec
+
+
+@pytest.mark.parametrize("kid", ["café-2026", "", "a" * 33, "two words", "k:1"])
+def test_generate_refuses_a_key_id_the_settings_would_refuse(kid):
+    result = CliRunner().invoke(main, ["keys", "generate", "--kid", kid])
+
+    assert result.exit_code != 0
+    assert result.stdout == ""
+    assert "--kid must be 1 to 32 ASCII letters, digits, '_' or '-'" in result.stderr
