@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 
 import click
@@ -14,6 +15,7 @@ from authsvc.settings import ConfigError, Settings
 from authsvc.times import parse_time
 
 BATCH = 5000  # events deleted per transaction by `audit prune`
+MAX_DAYS = 36_500  # `audit prune --older-than`: a century back is still a date
 
 
 def _settings() -> Settings:
@@ -60,9 +62,12 @@ def _cutoff(before: str | None, older_than: str | None, retention: timedelta) ->
         except AuthsvcError as exc:
             raise click.BadParameter(exc.detail, param_hint="--before") from None
     if older_than is not None:
+        # ASCII digits only (str.isdigit takes "²"), and a number of days a date can go back.
         days = older_than.removesuffix("d")
-        if not days.isdigit() or int(days) < 1:
-            raise click.BadParameter("a number of days such as 400d", param_hint="--older-than")
+        if not re.fullmatch(r"[0-9]{1,6}", days) or not 1 <= int(days) <= MAX_DAYS:
+            raise click.BadParameter(
+                f"a number of days from 1 to {MAX_DAYS} such as 400d", param_hint="--older-than"
+            )
         return utcnow() - timedelta(days=int(days))
     if retention <= timedelta(0):
         return None

@@ -109,6 +109,9 @@ def test_prune_keeps_what_remains_verifiable(env):
     "args",
     [
         ["--older-than", "0d"],
+        ["--older-than", "\u00b2d"],  # a digit to str.isdigit, not to int()
+        ["--older-than", "1000000d"],  # before year 1
+        ["--older-than", "9" * 5000 + "d"],  # past int()'s digit limit
         ["--before", "soon"],
         ["--before", "2025-01-01T00:00:00"],
         ["--before", "2025-01-01T00:00:00Z", "--older-than", "3d"],
@@ -121,6 +124,8 @@ def test_prune_rejects_bad_arguments(key_specs, tmp_path, args):
     }
     result = run(env, "audit", "prune", *args)
     assert result.exit_code == 2
+    assert "Traceback" not in result.output and result.exception is not None
+    assert isinstance(result.exception, SystemExit)
 
 
 def test_retention_zero_keeps_everything(env):
