@@ -14,7 +14,6 @@ from authsvc.crypto.tokens import AccessClaims, InvalidAccessToken, VerifiedToke
 from authsvc.db import utcnow
 from authsvc.errors import InvalidAdminKey, InvalidToken, Unauthenticated
 from authsvc.http.io import client, db, deps
-from authsvc.models import User
 from authsvc.services import admin, mfa_management, sessions, signing, user_tokens
 from authsvc.services.admin import AdminIdentity
 
@@ -99,14 +98,12 @@ def authenticate_enrollment(now: datetime) -> Principal:
     token = bearer_token()
     if token is None:
         raise Unauthenticated()
-    session = db()
     try:
-        row = user_tokens.find(session, token=token, purpose="mfa_enrollment", now=now)
+        # Refused like every login step of a disabled account, or of one whose password a
+        # breach response invalidated after this login began.
+        row, _ = user_tokens.find_with_owner(db(), token=token, purpose="mfa_enrollment", now=now)
     except InvalidToken:
         raise Unauthenticated("The enrollment token is invalid, expired or used") from None
-    user = session.get(User, row.user_id)
-    if user is None or user.disabled_at is not None:
-        raise Unauthenticated("The enrollment token is invalid, expired or used")
     return Principal(
         user_id=row.user_id,
         session_id="",

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import jwt
 import pytest
+from sqlalchemy import func, select, update
 
+from authsvc.db import utcnow
+from authsvc.models import TotpFactor, User
 from tests.conftest import replace_settings
 from tests.http.test_mfa_totp import PASSWORD, oathtool_code
 
@@ -119,3 +122,16 @@ def test_a_password_reset_ends_a_pending_enrollment(api, client, mailbox):
     response = client.post("/v1/me/mfa/totp", json={"name": "Attacker"}, headers=headers)
 
     assert (response.status_code, response.get_json()["code"]) == (401, "unauthenticated")
+
+
+@pytest.mark.parametrize("change", ["password_invalidated_at", "disabled_at"])
+def test_an_enrollment_token_dies_with_its_password_or_its_account(api, client, connection, change):
+    # A breach response invalidated the password (or an admin disabled the account) after
+    # the login that issued the token: it starts no enrollment, like every other login step.
+    headers = api.bearer(enrollment_token(api))
+    connection.execute(update(User).values({change: utcnow()}))
+
+    response = client.post("/v1/me/mfa/totp", json={"name": "Phone"}, headers=headers)
+
+    assert (response.status_code, response.get_json()["code"]) == (401, "unauthenticated")
+    assert connection.scalar(select(func.count()).select_from(TotpFactor)) == 0
