@@ -17,7 +17,17 @@ from flask import Blueprint, Response, current_app, json, request, stream_with_c
 from authsvc.db import utcnow
 from authsvc.errors import InvalidRequest, UnsupportedMediaType
 from authsvc.http.auth import current_admin, require_admin
-from authsvc.http.io import client, db, deps, field, parse, respond, to_json, transactional
+from authsvc.http.io import (
+    client,
+    db,
+    deps,
+    field,
+    parse,
+    request_body,
+    respond,
+    to_json,
+    transactional,
+)
 from authsvc.services import breach
 from authsvc.services import breach_lists as lists
 from authsvc.services.breach import CampaignRequest, Created, Creator
@@ -99,7 +109,7 @@ def _from_upload(csv_format: bool) -> tuple[CampaignRequest, bool]:
         raise InvalidRequest(
             "an uploaded list needs selector=emails or selector=user_ids", field="selector"
         )
-    lines = request.get_data(cache=False).splitlines()
+    lines = request_body().splitlines()
     targets = lists.parse_target_list(selector, lines, csv_format=csv_format)
     return CampaignRequest(
         reason=request.args.get("reason", "")[: breach.MAX_REASON + 1],

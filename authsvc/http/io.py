@@ -14,6 +14,7 @@ from typing import Any, TypeVar, Union, cast, get_args, get_origin, get_type_hin
 from flask import Response, current_app, g, json, request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session as DbSession
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from authsvc.errors import AuthsvcError, InvalidRequest, MalformedJson, UnsupportedMediaType
 from authsvc.ratelimit import client_address
@@ -28,8 +29,35 @@ def field(*, max_length: int = MAX_STRING, **kwargs: Any) -> Any:
     return dataclasses.field(metadata={"max_length": max_length}, **kwargs)
 
 
+def request_body() -> bytes:
+    """The request's body, or 413 when it is longer than ``request.max_content_length``.
+
+    A body sent without Content-Length (chunked) is read here up to one byte past the cap:
+    werkzeug would stop reading at the cap without a word, and parse what it had (an upload
+    cut there can end in another account's address)."""
+    limit = request.max_content_length
+    if (
+        request.content_length is not None
+        or limit is None
+        or not request.environ.get("wsgi.input_terminated")
+    ):
+        return request.get_data(cache=True)
+    stream = request.environ["wsgi.input"]
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(min(1 << 16, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise RequestEntityTooLarge()
+    return b"".join(chunks)
+
+
 def _json_body(optional: bool) -> Mapping[str, Any]:
-    raw = request.get_data(cache=True)
+    raw = request_body()
     if not raw.strip():
         if optional:
             return {}

@@ -8,6 +8,7 @@ import io
 import json
 
 import pytest
+from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session as DbSession
 
@@ -247,6 +248,28 @@ def test_uploads_need_a_list_selector_a_known_type_and_a_bounded_size(client, as
         headers=as_admin,
     )
     assert (big.status_code, big.get_json()["code"]) == (413, "payload_too_large")
+
+
+def test_an_upload_without_a_length_is_held_to_the_same_bound(app, as_admin, accounts):
+    # Chunked, as gunicorn passes it on. Cut at the 4,096-byte cap, the list would end in
+    # "user1@example.com" (its line there is user1@example.com.au), a registered account.
+    lines = (
+        b"nobody@example.org\n" * 213
+        + b"abcdefghijklmnopqrs@example.org\n"
+        + b"user1@example.com.au\n"
+        + b"x@example.org\n" * 9
+    )
+    assert lines[:4096].endswith(b"user1@example.com")
+    raw = FlaskClient(app, app.response_class)  # openapi.yaml has no body without a length
+
+    response = raw.post(
+        f"{BASE}?selector=emails&mode=invalidate&reason=x&dry_run=true",
+        input_stream=io.BytesIO(lines),
+        headers={**as_admin, "Content-Type": "text/plain", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+    assert (response.status_code, response.get_json()["code"]) == (413, "payload_too_large")
 
 
 def test_admin_routes_need_an_admin_key(client, accounts):
