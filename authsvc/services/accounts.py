@@ -22,6 +22,7 @@ from authsvc.errors import (
     InvalidCredentials,
     InvalidMfa,
     InvalidRequest,
+    InvalidToken,
     MfaRequired,
     Overloaded,
     WeakPassword,
@@ -223,6 +224,13 @@ def verify_email(
 _USER_BY_EMAIL = select(User).where(User.email == bindparam("email", type_=String()))
 
 
+def relock(session: DbSession, user: User) -> bool:
+    """Lock ``user``'s row (FOR NO KEY UPDATE) and read it again into ``user``; False when it
+    was deleted meanwhile."""
+    fresh = session.get(User, user.id, with_for_update={"key_share": True}, populate_existing=True)
+    return fresh is not None
+
+
 def _refusal(user: User | None, password_ok: bool) -> str | None:
     """Why a login with this account and password check fails, or None."""
     if user is None:
@@ -261,12 +269,16 @@ def authenticate_password(
         raise Overloaded(retry_after=1) from None
     reason = _refusal(user, ok)
     if user is not None and reason is None:
-        # A reset, change, disable or breach response may have committed while the password
-        # was checked. Lock the row and read it again: such a change either shows now, or waits
-        # for this login to commit and then revokes the session or mfa_token it opens.
-        verified = user.password_hash
-        session.refresh(user, with_for_update={"key_share": True})
-        reason = _refusal(user, user.password_hash == verified)
+        # A reset, change, disable, deletion or breach response may have committed while the
+        # password was checked. Lock the row and read it again: such a change either shows
+        # now, or waits for this login to commit and then revokes the session or mfa_token it
+        # opens. A new password shows in password_set_at; a rehash (a parallel login's, of the
+        # same password) leaves it alone.
+        verified_set_at = user.password_set_at
+        if not relock(session, user):
+            reason = "unknown_email"
+        else:
+            reason = _refusal(user, user.password_set_at == verified_set_at)
     if reason is not None:
         audit.record(
             session,
@@ -409,6 +421,9 @@ def reset_password(
                 user_id=user.id,
             )
             raise
+    # The user's row before its token's: every writer of a password locks in that order
+    # (set_password revokes the user's tokens), or two at once deadlock.
+    relock(session, user)
     user_tokens.consume(session, row=row, now=now)
     set_password(
         session,
@@ -436,13 +451,20 @@ def set_password(
     client: Client,
     now: datetime,
     event: str,
+    proven_at: datetime | None = None,
 ) -> None:
+    """Replace the password. ``proven_at``: when the caller's proof (a login step's token)
+    was made; a password invalidated since (a breach response) is not replaced with it."""
     hashed = hash_password(deps, password)
     # Lock the row and read it again: a breach batch that flagged the account after it was
     # read would otherwise keep its flag (the ORM writes only the columns it saw change), and
     # a login checked against the old password waits for this to commit, or this for it.
-    session.refresh(user, with_for_update={"key_share": True})
-    forced = user.password_invalidated_at is not None or user.password_change_required
+    if not relock(session, user) or user.disabled_at is not None:
+        raise InvalidToken()
+    invalidated = user.password_invalidated_at
+    if proven_at is not None and invalidated is not None and proven_at <= invalidated:
+        raise InvalidToken()
+    forced = invalidated is not None or user.password_change_required
     user.password_hash = hashed
     user.password_set_at = now
     user.password_invalidated_at = None
