@@ -156,15 +156,21 @@ class PasswordHasher:
 
     def verify(self, expected_hash: str, password: str) -> VerifyResult:
         """Check *password* against a stored hash. Unknown or malformed hashes give ok=False."""
-        family = self.identify(expected_hash)
+        family = self._stored_family(expected_hash)
         if family is None:
             return _FAILED
         normalized = normalize(password)
         with self._slot():
             if family == "argon2":
-                if not self._check_argon2(expected_hash, normalized):
-                    return _FAILED
-                return VerifyResult(ok=True, needs_rehash=self._needs_rehash(expected_hash))
+                outdated = self._needs_rehash(expected_hash)
+                ok = self._check_argon2(expected_hash, normalized) or (
+                    # One made elsewhere (imported) or under other settings may be of the
+                    # password as typed, without NFKC; ours with these settings never is.
+                    outdated
+                    and normalized != password
+                    and self._check_argon2(expected_hash, password)
+                )
+                return VerifyResult(ok=ok, needs_rehash=ok and outdated)
             check = _check_bcrypt if family == "bcrypt" else _check_pbkdf2
             # Legacy hashes were made elsewhere, without NFKC: try the password as typed too.
             ok = check(expected_hash, normalized) or (
@@ -177,7 +183,8 @@ class PasswordHasher:
         normalized = normalize(password)
         with self._slot():
             dummy = self._dummy()
-            self.identify(dummy)
+            self._stored_family(dummy)
+            self._needs_rehash(dummy)
             self._check_argon2(dummy, normalized)
 
     def _dummy(self) -> str:
@@ -208,6 +215,18 @@ class PasswordHasher:
         if m := _PBKDF2_RE.fullmatch(stored_hash):
             return "pbkdf2_sha256" if int(m[1]) <= MAX_PBKDF2_ITERATIONS else None
         return None
+
+    def _stored_family(self, stored_hash: str) -> HashFamily | None:
+        """``identify`` for a hash already stored. The cost ceilings are for accepting other
+        systems' hashes; an Argon2 hash this service made under earlier settings (which may
+        have been costlier than the ceilings) must still verify, and be rehashed, after the
+        settings are lowered. So stored Argon2 hashes are held only to what Argon2 itself
+        admits (the settings bound their memory)."""
+        if isinstance(stored_hash, str) and (m := _ARGON2_RE.fullmatch(stored_hash)):
+            memory, time_cost, lanes = int(m[1]), int(m[2]), int(m[3])
+            admitted = 1 <= lanes <= 255 and 8 * lanes <= memory and time_cost >= 1
+            return "argon2" if admitted else None
+        return self.identify(stored_hash)
 
     def _check_argon2(self, expected_hash: str, normalized: str) -> bool:
         try:

@@ -204,11 +204,6 @@ def test_legacy_hash_of_a_non_nfkc_password_still_verifies(hasher: PasswordHashe
         f"$argon2id$v=19$m=٣٣٣٣,t=1,p=1${SALT_B64}${HASH_B64}",  # non-ASCII digits
         f"$argon2id$v=18$m=1024,t=1,p=1${SALT_B64}${HASH_B64}",
         f"$argon2x$v=19$m=1024,t=1,p=1${SALT_B64}${HASH_B64}",
-        f"$argon2id$v=19$m=2097152,t=1,p=1${SALT_B64}${HASH_B64}",  # 2 GiB: above the ceiling
-        f"$argon2id$v=19$m=1024,t={MAX_ARGON2_TIME_COST + 1},p=1${SALT_B64}${HASH_B64}",
-        f"$argon2id$v=19$m=1048576,t=2,p=16${SALT_B64}${HASH_B64}",  # 1 GiB x 2: seconds
-        f"$argon2id$v=19$m=262144,t=2,p=1${SALT_B64}${HASH_B64}",  # 256 MiB x 2 passes
-        f"$argon2id$v=19$m=1024,t=1,p=9${SALT_B64}${HASH_B64}",  # lanes above the ceiling
         f"$argon2id$v=19$m=1024,t=1,p=1${SALT_B64}${HASH_B64[:-1]}!",
         "$2b$04$" + "!" * 53,
         "$2b$03$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW",  # cost below 4
@@ -231,6 +226,44 @@ def test_legacy_hash_of_a_non_nfkc_password_still_verifies(hasher: PasswordHashe
 def test_unknown_or_malformed_hashes_fail_closed(hasher: PasswordHasher, stored: str) -> None:
     assert hasher.identify(stored) is None
     assert hasher.verify(stored, "password") == FAILED
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        f"$argon2id$v=19$m=2097152,t=1,p=1${SALT_B64}${HASH_B64}",  # 2 GiB: above the ceiling
+        f"$argon2id$v=19$m=1024,t={MAX_ARGON2_TIME_COST + 1},p=1${SALT_B64}${HASH_B64}",
+        f"$argon2id$v=19$m=1048576,t=2,p=16${SALT_B64}${HASH_B64}",  # 1 GiB x 2: seconds
+        f"$argon2id$v=19$m=262144,t=2,p=1${SALT_B64}${HASH_B64}",  # 256 MiB x 2 passes
+        f"$argon2id$v=19$m=1024,t=1,p=9${SALT_B64}${HASH_B64}",  # lanes above the ceiling
+    ],
+)
+def test_argon2_hashes_above_the_ceilings_are_not_imported(
+    hasher: PasswordHasher, stored: str
+) -> None:
+    # Refused from other systems; one this service stored under earlier settings is still
+    # checked (below), so it is not verified here: the costliest would take seconds.
+    assert hasher.identify(stored) is None
+
+
+def test_hashes_made_under_earlier_costlier_settings_verify_and_are_rehashed() -> None:
+    # Settings once above the import ceilings, then lowered: their users must still sign in.
+    for earlier in (Argon2Params(MAX_ARGON2_TIME_COST + 1, 64, 1), Argon2Params(1, 1024, 9)):
+        stored = make_hasher(earlier).hash("slow but fine")
+        assert make_hasher().identify(stored) is None
+        assert make_hasher().verify(stored, "slow but fine") == OK_REHASH
+        assert make_hasher().verify(stored, "slow but wrong") == FAILED
+
+
+def test_an_imported_argon2_hash_of_a_non_nfkc_password_still_verifies() -> None:
+    # Made elsewhere from the password as typed; this service hashes the NFKC form.
+    typed = "Kaffee\u2122 mit Milch\u00b2"
+    foreign = argon2.PasswordHasher(time_cost=1, memory_cost=64, parallelism=1).hash(typed)
+    assert make_hasher().verify(foreign, typed) == OK_REHASH
+    assert make_hasher().verify(foreign, normalize(typed)) == FAILED
+    # Its own hashes (current settings) are of the NFKC form only: one check, not two.
+    own = make_hasher().hash(typed)
+    assert make_hasher().verify(own, typed) == OK_CURRENT
 
 
 def test_own_params_above_the_ceilings_still_verify() -> None:
