@@ -413,11 +413,17 @@ def prune(
     commit between them."""
     append_pending(session)
     head = _lock_head(session)
-    oldest = (
-        select(AuditEvent.id)
-        .where(AuditEvent.occurred_at < before, AuditEvent.id <= head.last_id)
-        .order_by(AuditEvent.id)
+    # A prefix of the chain, and only events older than ``before``: ids follow the order of
+    # chaining, times the callers' clocks (a drain's start, a batch's, another instance's), so
+    # an event still inside retention can have a lower id than older ones. The prefix ends
+    # before the first such event.
+    first_kept = session.scalar(
+        select(func.min(AuditEvent.id)).where(
+            AuditEvent.occurred_at >= before, AuditEvent.id <= head.last_id
+        )
     )
+    last = head.last_id if first_kept is None else first_kept - 1
+    oldest = select(AuditEvent.id).where(AuditEvent.id <= last).order_by(AuditEvent.id)
     if batch is not None:
         oldest = oldest.limit(batch)
     through = session.scalar(select(func.max(oldest.subquery().c.id)))

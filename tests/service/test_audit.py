@@ -204,6 +204,23 @@ def test_pruning_keeps_the_rest_verifiable(session, runtime, now):
     assert verification.broken_id == recent[1].id
 
 
+def test_pruning_keeps_an_event_inside_retention_chained_before_older_ones(session, runtime, now):
+    # Ids follow the chain, times the callers' clocks: a drain started before a slower
+    # request may chain its event after that request's, with an earlier time.
+    cutoff = now - timedelta(days=400)
+    old = write(session, cutoff - timedelta(days=1), 2)
+    inside = write(session, cutoff + timedelta(minutes=5), 1)
+    older_but_later = write(session, cutoff - timedelta(seconds=1), 1)
+
+    result = audit.prune(session, before=cutoff, now=now)
+
+    assert result.through_id == old[-1].id and result.pruned == 2
+    remaining = set(session.scalars(select(AuditEvent.id)).all())
+    assert inside[0].id in remaining and older_but_later[0].id in remaining
+    verification = check(session, runtime)
+    assert verification.ok, verification.reason
+
+
 def test_pruning_nothing_changes_nothing(session, runtime, now):
     write(session, now, 2)
     assert audit.prune(session, before=now - timedelta(days=1), now=now).pruned == 0
