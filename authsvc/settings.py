@@ -282,7 +282,7 @@ class Settings:
         return out
 
 
-_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)?$")
+_DURATION = re.compile(r"^([0-9]{1,12})(ms|s|m|h|d)?$")
 _REDIS_URL = re.compile(r"^(redis|rediss|redis\+unix|redis\+sentinel|redis\+cluster)://")
 KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # a key ring entry's id, "kid:base64url"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -291,6 +291,7 @@ MAX_ARGON2_MEMORY_KIB = 4 * 1024 * 1024  # 4 GiB per hash: beyond any sane setti
 _RATE_LIMIT = re.compile(
     r"^\s*[1-9][0-9]*\s*(/|per)\s*([1-9][0-9]*\s*)?(second|minute|hour|day|month|year)s?\s*$"
 )
+MAX_DURATION = timedelta(days=36_500)
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
@@ -322,10 +323,15 @@ def _parse_bool(raw: str) -> bool:
 
 
 def _parse_duration(raw: str) -> timedelta:
+    # Every duration is added to or taken from the current time somewhere: beyond a century
+    # that leaves the calendar (OverflowError in every sweep, not one error at start-up).
     match = _DURATION.fullmatch(raw.strip())
-    if not match:
-        raise ValueError(f"expected a duration like 30s, 10m, 24h, got {raw!r}")
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    seconds = int(match.group(1)) * _UNITS[match.group(2)] if match else -1
+    if not 0 <= seconds <= MAX_DURATION.total_seconds():
+        raise ValueError(
+            f"expected a duration like 30s, 10m, 24h, at most {MAX_DURATION.days}d, got {raw!r}"
+        )
+    return timedelta(seconds=seconds)
 
 
 def _parse_tuple(raw: str) -> tuple[str, ...]:

@@ -63,13 +63,17 @@ def test_other_variables_are_ignored():
         ("45", timedelta(seconds=45)),
         (" 5m ", timedelta(minutes=5)),
         ("0s", timedelta(0)),
+        ("36500d", timedelta(days=36500)),  # a century: the longest
     ],
 )
 def test_durations(raw, expected):
     assert from_env(audit_retention=raw).audit_retention == expected
 
 
-@pytest.mark.parametrize("raw", ["10 minutes", "1.5h", "-5s", "5w", "m", "", "10mm"])
+@pytest.mark.parametrize(
+    "raw",
+    ["10 minutes", "1.5h", "-5s", "5w", "m", "", "10mm", "36501d", "1000000d", "9" * 5000 + "s"],
+)
 def test_bad_durations(raw):
     with pytest.raises(ConfigError) as excinfo:
         from_env(refresh_token_ttl=raw)
