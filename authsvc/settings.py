@@ -171,11 +171,11 @@ class Settings:
         if (
             not 1 <= self.argon2_parallelism <= 255
             or not 8 * self.argon2_parallelism <= self.argon2_memory_kib <= MAX_ARGON2_MEMORY_KIB
-            or self.argon2_time_cost < 1
+            or not 1 <= self.argon2_time_cost <= MAX_ARGON2_TIME_COST
         ):
             out.append(
                 "AUTHSVC_ARGON2_*: parallelism 1 to 255, memory 8 KiB per lane up to 4 GiB, "
-                "time cost >= 1"
+                f"time cost 1 to {MAX_ARGON2_TIME_COST}"
             )
         if self.max_concurrent_hashes < 1 or self.hash_queue_timeout < 0:
             out.append(
@@ -286,7 +286,9 @@ _DURATION = re.compile(r"^([0-9]{1,12})(ms|s|m|h|d)?$")
 _REDIS_URL = re.compile(r"^(redis|rediss|redis\+unix|redis\+sentinel|redis\+cluster)://")
 KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # a key ring entry's id, "kid:base64url"
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-MAX_ARGON2_MEMORY_KIB = 4 * 1024 * 1024  # 4 GiB per hash: beyond any sane setting
+# Beyond any sane setting; stored hashes are verified within these (crypto.passwords.MAX_OWN_*).
+MAX_ARGON2_MEMORY_KIB = 4 * 1024 * 1024  # 4 GiB per hash
+MAX_ARGON2_TIME_COST = 20
 # One item of the `limits` notation: "10/minute", "100 per day", "5/2 hours".
 _RATE_LIMIT = re.compile(
     r"^\s*[1-9][0-9]*\s*(/|per)\s*([1-9][0-9]*\s*)?(second|minute|hour|day|month|year)s?\s*$"

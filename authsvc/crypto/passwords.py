@@ -34,6 +34,10 @@ MAX_ARGON2_TIME_COST = 10
 MAX_ARGON2_PARALLELISM = 8
 # memory x passes: admits RFC 9106's 64 MiB x 3 and every OWASP setting, not 1 GiB x 2.
 MAX_ARGON2_WORK_KIB = 1 << 18
+# The most AUTHSVC_ARGON2_* admit (settings.MAX_ARGON2_*): a hash this service made under any
+# earlier settings is within them.
+MAX_OWN_ARGON2_MEMORY_KIB = 4 * 1024 * 1024
+MAX_OWN_ARGON2_TIME_COST = 20
 MAX_BCRYPT_COST = 13  # about 0.6 s per check; 10 to 12 are the usual settings
 MAX_PBKDF2_ITERATIONS = 1_200_000  # Django 5.2 uses 1,000,000
 BCRYPT_MAX_PASSWORD_BYTES = 72  # bcrypt only ever used the first 72 bytes
@@ -220,11 +224,14 @@ class PasswordHasher:
         """``identify`` for a hash already stored. The cost ceilings are for accepting other
         systems' hashes; an Argon2 hash this service made under earlier settings (which may
         have been costlier than the ceilings) must still verify, and be rehashed, after the
-        settings are lowered. So stored Argon2 hashes are held only to what Argon2 itself
-        admits (the settings bound their memory)."""
+        settings are lowered. So stored Argon2 hashes are held to what the settings admit."""
         if isinstance(stored_hash, str) and (m := _ARGON2_RE.fullmatch(stored_hash)):
             memory, time_cost, lanes = int(m[1]), int(m[2]), int(m[3])
-            admitted = 1 <= lanes <= 255 and 8 * lanes <= memory and time_cost >= 1
+            admitted = (
+                1 <= lanes <= 255
+                and 8 * lanes <= memory <= MAX_OWN_ARGON2_MEMORY_KIB
+                and 1 <= time_cost <= MAX_OWN_ARGON2_TIME_COST
+            )
             return "argon2" if admitted else None
         return self.identify(stored_hash)
 

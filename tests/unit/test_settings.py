@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from authsvc import settings as settings_module
+from authsvc.crypto import passwords
 from authsvc.crypto.keyring import generate_key_spec
 from authsvc.settings import ConfigError, Env, Settings
 
@@ -213,6 +215,7 @@ def test_every_problem_is_reported_at_once():
         {"argon2_parallelism": "0"},
         {"argon2_parallelism": "300", "argon2_memory_kib": "65536"},
         {"argon2_memory_kib": str(5 * 1024 * 1024)},
+        {"argon2_time_cost": "21"},
         {"hash_queue_timeout": "-1"},
         {"access_token_ttl": "0s"},
         {"outbox_poll_interval": "0"},
@@ -344,3 +347,9 @@ def test_a_key_ring_the_keyring_would_refuse_is_a_one_line_problem(keys, problem
     problems = Settings(encryption_keys=keys).problems()
 
     assert problems == [f"AUTHSVC_ENCRYPTION_KEYS: {problem}"]
+
+
+def test_the_argon2_bounds_are_those_stored_hashes_are_verified_within():
+    # A hash made under any admitted settings must verify after they change.
+    assert settings_module.MAX_ARGON2_MEMORY_KIB == passwords.MAX_OWN_ARGON2_MEMORY_KIB
+    assert settings_module.MAX_ARGON2_TIME_COST == passwords.MAX_OWN_ARGON2_TIME_COST
