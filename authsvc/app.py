@@ -200,6 +200,7 @@ def create_app(
         audit.bp,
         ops.bp,
         ui.bp,
+        ui.links,
     ):
         app.register_blueprint(blueprint)
     problems.register(app)

@@ -1,8 +1,9 @@
-"""The small enrollment and login page (/ui): static HTML, CSS and the reference client.
+"""The small enrollment and login page (/ui), and the pages mailed links open
+(/verify-email, /reset-password): static HTML, CSS and the reference client.
 
-Served only when ``Settings.ui_served`` (development by default; production needs
-``AUTHSVC_UI_ENABLED=true``), with a Content-Security-Policy that allows scripts, styles and
-requests from this origin only.
+/ui is served only when ``Settings.ui_served`` (development by default; production needs
+``AUTHSVC_UI_ENABLED=true``); the link pages always, as every mail links to them. Both with a
+Content-Security-Policy that allows scripts, styles and requests from this origin only.
 """
 
 from __future__ import annotations
@@ -15,9 +16,16 @@ from authsvc.errors import NotFound
 from authsvc.http.io import deps
 
 bp = Blueprint("ui", __name__)
+links = Blueprint("links", __name__)
 
 ASSETS = {
     "app.js": "text/javascript",
+    "client.js": "text/javascript",
+    "style.css": "text/css",
+}
+LINK_ASSETS = {
+    "client.js": "text/javascript",
+    "links.js": "text/javascript",
     "style.css": "text/css",
 }
 CSP = (
@@ -37,6 +45,7 @@ def _enabled() -> None:
 
 
 @bp.after_request
+@links.after_request
 def _headers(response: Response) -> Response:
     response.headers["Content-Security-Policy"] = CSP
     response.headers["X-Frame-Options"] = "DENY"
@@ -51,7 +60,24 @@ def ui() -> Response:
 
 @bp.get("/ui/<asset>")
 def ui_asset(asset: str) -> Response:
-    mimetype = ASSETS.get(asset)
+    return _asset(ASSETS, asset)
+
+
+@links.get("/verify-email")
+@links.get("/reset-password")
+def link_page() -> Response:
+    """The token stays in the query string: the page reads it, drops it from the address bar
+    and sends it only when the person acts on the page."""
+    return Response(_file("links.html"), mimetype="text/html")
+
+
+@links.get("/links/<asset>")
+def link_asset(asset: str) -> Response:
+    return _asset(LINK_ASSETS, asset)
+
+
+def _asset(served: dict[str, str], name: str) -> Response:
+    mimetype = served.get(name)
     if mimetype is None:
         raise NotFound("No such file")
-    return Response(_file(asset), mimetype=mimetype)
+    return Response(_file(name), mimetype=mimetype)

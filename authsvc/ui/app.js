@@ -1,120 +1,17 @@
 // authsvc reference client: password login with a second factor, passkey login, and
 // enrollment of security keys, passkeys and authenticator apps. Plain JavaScript, no build
-// step. Web apps may copy it; the parts to reuse are marked "reusable".
+// step. Web apps may copy it; what every page needs is in client.js.
 "use strict";
 
 (() => {
-  // --- reusable: base64url ---------------------------------------------------------------
-  const b64url = {
-    encode(buffer) {
-      const bytes = new Uint8Array(buffer);
-      let binary = "";
-      for (const byte of bytes) binary += String.fromCharCode(byte);
-      return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-    },
-    decode(text) {
-      const base64 = text.replace(/-/g, "+").replace(/_/g, "/");
-      const padded = base64 + "===".slice((base64.length + 3) % 4);
-      const binary = atob(padded);
-      const bytes = new Uint8Array(binary.length);
-      for (let i = 0; i < binary.length; i += 1) bytes[i] = binary.charCodeAt(i);
-      return bytes.buffer;
-    },
-  };
-
-  // --- reusable: WebAuthn JSON <-> browser objects ---------------------------------------
-  // Browsers with WebAuthn Level 3 parse the server's JSON themselves; the fallbacks do the
-  // same by hand for older ones.
-  const hasJsonParsers = () =>
-    typeof PublicKeyCredential !== "undefined" &&
-    typeof PublicKeyCredential.parseCreationOptionsFromJSON === "function";
-
-  function creationOptionsFromJSON(json) {
-    if (hasJsonParsers()) return PublicKeyCredential.parseCreationOptionsFromJSON(json);
-    return {
-      ...json,
-      challenge: b64url.decode(json.challenge),
-      user: { ...json.user, id: b64url.decode(json.user.id) },
-      excludeCredentials: (json.excludeCredentials || []).map((c) => ({
-        ...c, id: b64url.decode(c.id),
-      })),
-    };
-  }
-
-  function requestOptionsFromJSON(json) {
-    if (hasJsonParsers()) return PublicKeyCredential.parseRequestOptionsFromJSON(json);
-    return {
-      ...json,
-      challenge: b64url.decode(json.challenge),
-      allowCredentials: (json.allowCredentials || []).map((c) => ({
-        ...c, id: b64url.decode(c.id),
-      })),
-    };
-  }
-
-  function credentialToJSON(credential) {
-    if (typeof credential.toJSON === "function") return credential.toJSON();
-    const r = credential.response;
-    const json = {
-      id: credential.id,
-      rawId: b64url.encode(credential.rawId),
-      type: credential.type,
-      authenticatorAttachment: credential.authenticatorAttachment || null,
-      clientExtensionResults: credential.getClientExtensionResults(),
-      response: { clientDataJSON: b64url.encode(r.clientDataJSON) },
-    };
-    if (r.attestationObject) {
-      json.response.attestationObject = b64url.encode(r.attestationObject);
-      json.response.transports = typeof r.getTransports === "function" ? r.getTransports() : [];
-    } else {
-      json.response.authenticatorData = b64url.encode(r.authenticatorData);
-      json.response.signature = b64url.encode(r.signature);
-      if (r.userHandle) json.response.userHandle = b64url.encode(r.userHandle);
-    }
-    return json;
-  }
-
-  async function createCredential(optionsJSON) {
-    const publicKey = creationOptionsFromJSON(optionsJSON);
-    return credentialToJSON(await navigator.credentials.create({ publicKey }));
-  }
-
-  async function getCredential(optionsJSON) {
-    const { challenge_id: _ignored, ...options } = optionsJSON;
-    const publicKey = requestOptionsFromJSON(options);
-    return credentialToJSON(await navigator.credentials.get({ publicKey }));
-  }
-
-  // --- reusable: the API -----------------------------------------------------------------
-  class ApiError extends Error {
-    constructor(status, problem) {
-      super(problem.detail || problem.title || `HTTP ${status}`);
-      this.status = status;
-      this.code = problem.code || "http_error";
-      this.problem = problem;
-    }
-  }
+  const { b64url, createCredential, getCredential, ApiError, call } = window.authsvc;
 
   const state = {
     access: null, refresh: null, mfaToken: null, totpFactorId: null, enrollmentToken: null,
   };
 
   async function api(method, path, body, { auth = false, token = null } = {}) {
-    const headers = { Accept: "application/json" };
-    if (body !== undefined) headers["Content-Type"] = "application/json";
-    const bearer = token || (auth ? state.access : null);
-    if (bearer) headers.Authorization = `Bearer ${bearer}`;
-    const response = await fetch(path, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      credentials: "omit",
-      cache: "no-store",
-    });
-    const text = await response.text();
-    const data = text ? JSON.parse(text) : null;
-    if (!response.ok) throw new ApiError(response.status, data || {});
-    return data;
+    return call(method, path, body, token || (auth ? state.access : null));
   }
 
   // Bearer calls refresh the access token once when it has expired.

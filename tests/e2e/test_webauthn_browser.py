@@ -14,14 +14,10 @@ import json
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
-from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.virtual_authenticator import (
     Credential,
@@ -38,41 +34,6 @@ pytestmark = pytest.mark.e2e
 
 EMAIL = "grace@example.com"
 PASSWORD = "correct horse 42"
-CHROMIUM_ARGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = LiveServer(tmp_path_factory.mktemp("server"), host="localhost", workers=2)
-    # An IP address is not a valid RP ID: the page is served on localhost.
-    live.env["AUTHSVC_WEBAUTHN_RP_ID"] = "localhost"
-    live.env["AUTHSVC_WEBAUTHN_ORIGINS"] = f"http://localhost:{live.port}"
-    with live:
-        yield live
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[WebDriver]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for arg in CHROMIUM_ARGS:
-        options.add_argument(arg)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium'}")
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def _create_user(server: LiveServer, email: str) -> None:

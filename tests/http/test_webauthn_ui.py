@@ -23,14 +23,18 @@ def test_page_is_served_with_a_strict_csp(client):
     assert response.headers["X-Frame-Options"] == "DENY"
     html = response.get_data(as_text=True)
     # No inline script or style, nothing from another origin.
-    assert re.findall(r"<script[^>]*>", html) == ['<script src="/ui/app.js">']
+    assert re.findall(r"<script[^>]*>", html) == [
+        '<script src="/ui/client.js">',
+        '<script src="/ui/app.js">',
+    ]
     assert "<style" not in html and " style=" not in html
     assert not re.search(r"\son[a-z]+=", html)  # no inline event handlers
     assert "http://" not in html and "https://" not in html
 
 
 @pytest.mark.parametrize(
-    ("asset", "mimetype"), [("app.js", "text/javascript"), ("style.css", "text/css")]
+    ("asset", "mimetype"),
+    [("app.js", "text/javascript"), ("client.js", "text/javascript"), ("style.css", "text/css")],
 )
 def test_assets(client, asset, mimetype):
     response = client.get(f"/ui/{asset}")
@@ -40,8 +44,11 @@ def test_assets(client, asset, mimetype):
     assert b"https://" not in response.data and b"http://" not in response.data
 
 
+SCRIPTS = ("client.js", "app.js")
+
+
 def test_the_script_uses_the_json_helpers_and_keeps_a_fallback(client):
-    script = client.get("/ui/app.js").get_data(as_text=True)
+    script = "".join(client.get(f"/ui/{name}").get_data(as_text=True) for name in SCRIPTS)
     for needle in (
         "parseCreationOptionsFromJSON",
         "parseRequestOptionsFromJSON",

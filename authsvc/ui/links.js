@@ -1,0 +1,112 @@
+// The pages mailed links open: /verify-email?token=... and /reset-password?token=...
+// The token leaves the address bar (and the history) at once, and is sent only when the
+// person acts: a link scanner that opens the page confirms and resets nothing.
+"use strict";
+
+(() => {
+  const { getCredential, ApiError, call } = window.authsvc;
+  const $ = (id) => document.getElementById(id);
+
+  const token = new URLSearchParams(window.location.search).get("token") || "";
+  window.history.replaceState(null, "", window.location.pathname);
+
+  function setStatus(message, kind = "ok") {
+    const status = $("status");
+    status.textContent = message;
+    status.className = message ? kind : "";
+  }
+
+  function describe(error) {
+    if (error instanceof ApiError && error.code === "invalid_token") {
+      return "This link is invalid, expired or already used. Ask for a new one.";
+    }
+    if (error instanceof ApiError) return `${error.message} (${error.code})`;
+    if (error && error.name === "NotAllowedError") {
+      return "The browser or the security key refused, or the request timed out.";
+    }
+    return `Something went wrong: ${error && error.message ? error.message : error}`;
+  }
+
+  function finish(message) {
+    for (const id of ["verify-view", "reset-view"]) $(id).hidden = true;
+    $("done-view").hidden = false;
+    setStatus(message);
+  }
+
+  let busy = false;
+  function action(handler) {
+    return async (event) => {
+      if (event) event.preventDefault();
+      if (busy) return;
+      busy = true;
+      try {
+        await handler(event);
+      } catch (error) {
+        setStatus(describe(error), "error");
+      } finally {
+        busy = false;
+      }
+    };
+  }
+
+  // --- /verify-email ---------------------------------------------------------------------
+  async function verify() {
+    await call("POST", "/v1/signup/verify", { token });
+    finish("Your email address is confirmed. You can sign in now.");
+  }
+
+  // --- /reset-password -------------------------------------------------------------------
+  function newPassword() {
+    const password = $("new-password").value;
+    if (password !== $("new-password-again").value) {
+      throw new Error("the two passwords differ");
+    }
+    return password;
+  }
+
+  async function reset(extra = {}) {
+    const body = { token, new_password: newPassword(), ...extra };
+    try {
+      await call("POST", "/v1/password/reset", body);
+    } catch (error) {
+      if (!(error instanceof ApiError) || error.code !== "mfa_required") throw error;
+      const methods = error.problem.methods || [];
+      $("reset-second-factor").hidden = false;
+      $("reset-totp").hidden = !methods.includes("totp");
+      $("reset-recovery").hidden = !methods.includes("recovery_code");
+      $("reset-webauthn").hidden = !methods.includes("webauthn");
+      setStatus("Give your second factor too, then set the password again.", "error");
+      return;
+    }
+    $("new-password").value = "";
+    $("new-password-again").value = "";
+    finish("Your password is set, and every session of your account was signed out.");
+  }
+
+  async function resetWithCodes() {
+    const totp = $("reset-totp-code").value.replace(/\s+/g, "");
+    const recovery = $("reset-recovery-code").value.trim();
+    if (totp) return reset({ totp_code: totp });
+    if (recovery) return reset({ recovery_code: recovery });
+    return reset();
+  }
+
+  async function resetWithKey() {
+    newPassword();
+    const options = await call("POST", "/v1/password/reset/webauthn-options", { token });
+    await reset({ webauthn: await getCredential(options) });
+  }
+
+  // --- the page --------------------------------------------------------------------------
+  $("done-link").href = "/";
+  if (!token) {
+    setStatus("This page needs the link from your email, whole.", "error");
+  } else if (window.location.pathname === "/verify-email") {
+    $("verify-view").hidden = false;
+    $("verify-submit").addEventListener("click", action(verify));
+  } else if (window.location.pathname === "/reset-password") {
+    $("reset-view").hidden = false;
+    $("reset-form").addEventListener("submit", action(resetWithCodes));
+    $("reset-key").addEventListener("click", action(resetWithKey));
+  }
+})();
