@@ -8,6 +8,7 @@ import re
 from html.parser import HTMLParser
 
 import jwt
+import pytest
 import yaml
 from flask.testing import FlaskClient
 from sqlalchemy import event
@@ -93,15 +94,31 @@ def test_docs_use_only_bundled_assets(client, app):
     parser.feed(response.get_data(as_text=True))
     assert any(url.endswith(".js") for url in parser.urls)
     assert any(url.endswith(".css") for url in parser.urls)
-    raw = FlaskClient(app, app.response_class)  # assets are not part of the API contract
-    for url in parser.urls:
+    raw = FlaskClient(app, app.response_class)  # file answers: closed here, not by the contract
+    for url in (u for u in parser.urls if u != "data:,"):  # data:, the empty favicon
         assert url.startswith("/docs/"), f"{url} is not served locally"
         with raw.get(url) as asset:
             assert asset.status_code == 200, url
             assert asset.get_data()
+            policy = asset.headers["Content-Security-Policy"]
+            assert policy == response.headers["Content-Security-Policy"]
+    csp = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    assert "frame-ancestors 'none'" in csp and "connect-src 'self'" in csp
+    assert response.headers["X-Frame-Options"] == "DENY"
     assert not re.search(
         r"(https?:)?//", response.get_data(as_text=True).replace("<!doctype html>", "")
     )
+
+
+@pytest.mark.parametrize(
+    "filename",
+    ["index.html", "swagger-initializer.js", "oauth2-redirect.html", "favicon-32x32.png"],
+)
+def test_docs_serve_only_the_two_files_they_load(client, filename):
+    # The package's demo page renders a spec fetched from another origin on this one.
+    response = client.get(f"/docs/static/{filename}")
+    assert (response.status_code, response.get_json()["code"]) == (404, "not_found")
 
 
 def test_the_bundled_swagger_script_is_served(app):
