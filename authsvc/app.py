@@ -210,6 +210,8 @@ def create_app(
             app,
             resources={r"/v1/*": {"origins": list(settings.cors_origins)}},
             allow_headers=["Authorization", "Content-Type"],
+            # Readable by the calling page: when to retry a 429 or 503, and the request id.
+            expose_headers=["Retry-After", "X-Request-Id"],
             max_age=600,
         )
     _register_request_hooks(app, settings)

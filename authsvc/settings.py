@@ -195,6 +195,9 @@ class Settings:
         for name in ("limit_ip", "limit_email", "limit_ip_email", "limit_failures_per_account"):
             if not _RATE_LIMIT.fullmatch(getattr(self, name)):
                 out.append(f"AUTHSVC_{name.upper()} must look like '10/minute' or '100 per day'")
+        if not all(_ORIGIN.fullmatch(origin) for origin in self.cors_origins):
+            # flask-cors reads "*" as every origin and other strings as patterns.
+            out.append("AUTHSVC_CORS_ORIGINS: origins like https://app.example.com, no wildcard")
         if self.trusted_proxies < 0 or self.max_body_bytes < 1024:
             out.append("AUTHSVC_TRUSTED_PROXIES must be >= 0 and AUTHSVC_MAX_BODY_BYTES >= 1024")
         if self.env is Env.PRODUCTION and not self.allow_insecure_production:
@@ -285,6 +288,7 @@ class Settings:
 _DURATION = re.compile(r"^([0-9]{1,12})(ms|s|m|h|d)?$")
 _REDIS_URL = re.compile(r"^(redis|rediss|redis\+unix|redis\+sentinel|redis\+cluster)://")
 KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # a key ring entry's id, "kid:base64url"
+_ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Beyond any sane setting; stored hashes are verified within these (crypto.passwords.MAX_OWN_*).
 MAX_ARGON2_MEMORY_KIB = 4 * 1024 * 1024  # 4 GiB per hash

@@ -1,0 +1,63 @@
+"""AUTHSVC_CORS_ORIGINS: browsers may call /v1 from the listed origins only, never the admin
+API, without credentials, and can read Retry-After and X-Request-Id."""
+
+from __future__ import annotations
+
+import pytest
+from flask.testing import FlaskClient
+
+from authsvc.settings import ConfigError, Settings
+from tests.http.test_webauthn_ui import _client
+
+APP = "https://app.example.com"
+
+
+@pytest.fixture
+def cors(settings, connection):
+    return _client(settings, connection, cors_origins=(APP,))
+
+
+def test_a_listed_origin_may_call_v1_and_read_the_retry_headers(cors):
+    response = cors.post(
+        "/v1/password/forgot", json={"email": "ada@example.com"}, headers={"Origin": APP}
+    )
+
+    assert response.status_code == 202
+    assert response.headers["Access-Control-Allow-Origin"] == APP
+    exposed = {
+        h.strip().lower() for h in response.headers["Access-Control-Expose-Headers"].split(",")
+    }
+    assert {"retry-after", "x-request-id"} <= exposed
+    assert "Access-Control-Allow-Credentials" not in response.headers
+
+
+def test_a_preflight_allows_the_bearer_header(cors):
+    raw = FlaskClient(cors.application, cors.application.response_class)  # not an API call
+    response = raw.options(
+        "/v1/me",
+        headers={
+            "Origin": APP,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
+
+    assert response.headers["Access-Control-Allow-Origin"] == APP
+    assert "authorization" in response.headers["Access-Control-Allow-Headers"].lower()
+
+
+@pytest.mark.parametrize(
+    ("origin", "path"),
+    [("https://evil.example", "/v1/password/forgot"), (APP, "/admin/v1/users")],
+)
+def test_other_origins_and_the_admin_api_get_no_cors_headers(cors, origin, path):
+    response = cors.post(path, json={"email": "ada@example.com"}, headers={"Origin": origin})
+
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+@pytest.mark.parametrize("origins", ["*", "https://*.example.com", "https://app.example.com/path"])
+def test_wildcards_and_patterns_are_refused(origins):
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"AUTHSVC_CORS_ORIGINS": origins})
+    assert refused.value.problems[0].startswith("AUTHSVC_CORS_ORIGINS")
