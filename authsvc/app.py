@@ -60,6 +60,15 @@ class Runtime:
     metrics: Metrics
     detector: Detector
     worker_stop: threading.Event | None = None
+    worker_thread: threading.Thread | None = None
+
+    def stop_worker(self, timeout: float) -> None:
+        """Stop the outbox thread between deliveries (the rest of its batch is handed back)
+        and wait for it up to ``timeout`` seconds."""
+        if self.worker_stop is not None:
+            self.worker_stop.set()
+        if self.worker_thread is not None:
+            self.worker_thread.join(timeout)
 
     def dispose(self) -> None:
         """Close every pooled database connection (commands and tests, when done)."""
@@ -225,7 +234,7 @@ def create_app(
             "database not ready at startup (%s): run `authsvc db upgrade`", type(exc.orig).__name__
         )
     if start_worker:
-        _, runtime.worker_stop = runtime.worker.start_thread(
+        runtime.worker_thread, runtime.worker_stop = runtime.worker.start_thread(
             poll_interval=settings.outbox_poll_interval
         )
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -119,11 +120,14 @@ def worker() -> None:
     """Drain the outbox (mail, webhooks, background jobs) until interrupted."""
     runtime = build_runtime(_settings())
     stop = threading.Event()
+    # SIGTERM (systemd, docker, kubernetes) and Ctrl-C end the worker between deliveries: the
+    # one under way finishes, the rest of its batch is handed back, due at once.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
     click.echo("authsvc worker: draining the outbox", err=True)
-    try:
-        runtime.worker.run(stop, poll_interval=runtime.settings.outbox_poll_interval)
-    except KeyboardInterrupt:
-        stop.set()
+    runtime.worker.run(stop, poll_interval=runtime.settings.outbox_poll_interval)
+    runtime.dispose()
+    click.echo("authsvc worker: stopped", err=True)
 
 
 @main.group()

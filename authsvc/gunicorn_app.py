@@ -86,11 +86,24 @@ class _Server(BaseApplication):
         self.cfg.set("on_exit", lambda _server: remove_directory(metrics_dir))
         arenas = self._settings.max_concurrent_hashes + 1
         self.cfg.set("post_fork", lambda _server, _worker: limit_malloc_arenas(arenas))
+        self.cfg.set("worker_exit", _stop_outbox_thread)
 
     def load(self) -> Any:
         return create_app(
             self._settings, start_worker=self._outbox_thread, metrics_dir=self._metrics_dir
         )
+
+
+def _stop_outbox_thread(_server: Any, worker: Any) -> None:
+    """A worker that exits (restart, shutdown) lets its outbox thread finish the delivery under
+    way and hand the rest of its batch back, instead of holding it until the lease runs out."""
+    app = getattr(worker, "wsgi", None)
+    runtime = app.extensions.get("authsvc") if app is not None else None
+    if runtime is not None:
+        runtime.stop_worker(timeout=OUTBOX_STOP_SECONDS)
+
+
+OUTBOX_STOP_SECONDS = 8.0  # within graceful_timeout (10 s): one SMTP delivery, then the hand-back
 
 
 def run(

@@ -83,10 +83,11 @@ class OutboxWorker:
         self._batch_size = batch_size
         self._clock = clock
 
-    def drain_once(self) -> int:
+    def drain_once(self, stop: threading.Event | None = None) -> int:
         """Process one batch of due messages; return how many were tried. Database work runs
         in one transaction; deliveries to the outside (mail, webhooks) are claimed in it and
-        made after it commits, each recorded in a short transaction of its own."""
+        made after it commits, each recorded in a short transaction of its own. Once ``stop``
+        is set, the claimed deliveries not yet begun are handed back, due at once."""
         now = self._clock()
         claimed: list[tuple[int, External, dict[str, Any]]] = []
         with self._sessionmaker.begin() as session:
@@ -114,9 +115,29 @@ class OutboxWorker:
                         claimed.append(claim)
                 else:
                     self._process(session, message, now)
-        for message_id, external, payload in claimed:
+        for index, (message_id, external, payload) in enumerate(claimed):
+            if stop is not None and stop.is_set():
+                self._hand_back([claim[0] for claim in claimed[index:]], now + CLAIM_LEASE)
+                break
             self._deliver(message_id, external, payload, leased_until=now + CLAIM_LEASE)
         return len(messages)
+
+    def _hand_back(self, message_ids: list[int], leased_until: datetime) -> None:
+        """Release claims whose delivery was never begun (the worker is stopping): due again
+        now, their attempt not counted, instead of held until the lease runs out."""
+        with self._sessionmaker.begin() as session:
+            session.execute(
+                update(OutboxMessage)
+                .where(
+                    OutboxMessage.id.in_(message_ids),
+                    OutboxMessage.available_at == leased_until,
+                    OutboxMessage.completed_at.is_(None),
+                    OutboxMessage.failed_at.is_(None),
+                )
+                .values(available_at=self._clock(), attempts=OutboxMessage.attempts - 1),
+                execution_options={"synchronize_session": False},
+            )
+        log.info("outbox: %d claimed messages handed back on stop", len(message_ids))
 
     def _claim(
         self, message: OutboxMessage, external: External, now: datetime
@@ -249,7 +270,7 @@ class OutboxWorker:
                 except Exception:
                     log.exception("housekeeping sweep failed")
             try:
-                busy = self.drain_once() > 0
+                busy = self.drain_once(stop) > 0
             except Exception:
                 log.exception("outbox drain failed")
                 busy = False

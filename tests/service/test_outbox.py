@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from datetime import timedelta
 
 import pytest
@@ -215,6 +216,30 @@ def test_an_outside_delivery_is_claimed_then_made_then_recorded(
     assert retry.completed_at is None and retry.failed_at is None
     assert retry.available_at == now + backoff(1)  # the claim's lease gave way to the backoff
     assert "ConnectionError: down" in retry.last_error
+
+
+def test_a_stopping_worker_finishes_the_delivery_under_way_and_hands_back_the_rest(
+    db_session, deps, runtime, clock, now
+):
+    # SIGTERM to `authsvc worker`, or a gunicorn worker exiting, while a batch is out.
+    stop = threading.Event()
+    sent = []
+
+    def deliver(_deps, payload, _at):
+        sent.append(payload["n"])
+        stop.set()  # the stop arrives while the first mail is being sent
+
+    worker = make_worker(runtime, clock, {"mail": outbox.External(deliver)})
+    queued = [enqueue(db_session, deps, now, kind="mail", payload={"n": n}) for n in (1, 2, 3)]
+
+    assert worker.drain_once(stop) == 3
+
+    assert sent == [1]
+    first, *rest = (reload(db_session, message) for message in queued)
+    assert (first.completed_at, first.attempts) == (now, 1)
+    for message in rest:  # due again at once, as if never claimed
+        assert (message.completed_at, message.available_at, message.attempts) == (None, now, 0)
+    assert worker.drain_once() == 2 and sent == [1, 2, 3]
 
 
 def test_no_lock_is_held_while_a_delivery_waits_on_a_server(settings, scratch_database_url, now):
