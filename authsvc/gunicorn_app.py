@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import sys
 from typing import Any
 
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 
 from authsvc.app import create_app
+from authsvc.http.problems import HTTP_CODES, PROBLEM_TYPE_BASE
 from authsvc.logging_setup import gunicorn_logconfig
 from authsvc.metrics import enable_multiprocess, remove_directory, worker_exited
 from authsvc.settings import Settings
@@ -87,11 +90,37 @@ class _Server(BaseApplication):
         arenas = self._settings.max_concurrent_hashes + 1
         self.cfg.set("post_fork", lambda _server, _worker: limit_malloc_arenas(arenas))
         self.cfg.set("worker_exit", _stop_outbox_thread)
+        # gunicorn has no setting for the body of its own error answers; its workers call
+        # util.write_error, so that is what is replaced (before the workers are forked).
+        gunicorn_util.write_error = _write_problem
 
     def load(self) -> Any:
         return create_app(
             self._settings, start_worker=self._outbox_thread, metrics_dir=self._metrics_dir
         )
+
+
+def _write_problem(sock: Any, status_int: int, reason: str, _mesg: str) -> None:
+    """gunicorn's answer to a request it cannot parse (a bad request line, header or chunk;
+    too long a request line or too many headers) as problem+json, like every other error,
+    instead of its HTML page. The detail is the status's reason alone: gunicorn's message may
+    quote the request line, and with it a token from the query string."""
+    code = HTTP_CODES.get(status_int, "bad_request" if status_int < 500 else "internal_error")
+    body = json.dumps(
+        {
+            "type": PROBLEM_TYPE_BASE + code,
+            "title": reason,
+            "status": status_int,
+            "detail": f"The HTTP server refused the request: {reason}",
+            "code": code,
+        }
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        "Content-Type: application/problem+json\r\nCache-Control: no-store\r\n"
+        f"X-Content-Type-Options: nosniff\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
 def _stop_outbox_thread(_server: Any, worker: Any) -> None:

@@ -18,7 +18,7 @@ log = logging.getLogger("authsvc.http")
 
 PROBLEM_TYPE_BASE = "https://authsvc.dev/problems/"
 
-_HTTP_CODES = {
+HTTP_CODES = {
     400: "bad_request",
     401: "unauthenticated",
     403: "forbidden",
@@ -31,6 +31,7 @@ _HTTP_CODES = {
     413: "payload_too_large",
     414: "uri_too_long",
     415: "unsupported_media_type",
+    417: "expectation_failed",
     431: "headers_too_large",
 }
 
@@ -61,7 +62,7 @@ def render_domain_error(exc: AuthsvcError) -> Response:
 
 def render_http_exception(exc: HTTPException) -> Response:
     status = exc.code or 500
-    code = _HTTP_CODES.get(status, "http_error")
+    code = HTTP_CODES.get(status, "http_error")
     response = problem(status, code, exc.name, exc.description or exc.name)
     if status == 405 and exc.get_response().headers.get("Allow"):
         response.headers["Allow"] = exc.get_response().headers["Allow"]

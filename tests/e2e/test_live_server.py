@@ -1,5 +1,6 @@
 import http.client
 import json
+import socket
 import urllib.request
 
 import pytest
@@ -39,3 +40,51 @@ def test_a_chunked_body_over_the_cap_is_refused_by_the_real_server(tmp_path):
             answers.append((response.status, json.loads(response.read()).get("code")))
             conn.close()
     assert answers == [(413, "payload_too_large"), (202, None)]
+
+
+def _raw(server: LiveServer, request: bytes) -> tuple[int, str, dict]:
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), headers["Content-Type"], json.loads(body)
+
+
+def test_what_the_http_server_refuses_is_problem_json_too(tmp_path):
+    secret = "rt_" + "s" * 40
+    cases = [
+        (b"GET /healthz?x=" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+            431,
+            "headers_too_large",
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\n"
+            + b"".join(b"X-%d: 1\r\n" % i for i in range(120))
+            + b"\r\n",
+            431,
+            "headers_too_large",
+        ),
+        (f"get /v1/me?token={secret} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), 400, "bad_request"),
+        (
+            b"POST /v1/login HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+            400,
+            "bad_request",
+        ),
+    ]
+    with LiveServer(tmp_path) as server:
+        answers = [_raw(server, request) for request, _, _ in cases]
+    for (status, content_type, problem), (_, expected, code) in zip(answers, cases, strict=True):
+        assert (status, content_type, problem["code"], problem["status"]) == (
+            expected,
+            "application/problem+json",
+            code,
+            expected,
+        )
+        assert secret not in json.dumps(problem)  # the request line is not echoed
