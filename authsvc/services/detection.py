@@ -348,7 +348,7 @@ class Detector:
             template="new_login",
             now=event.now,
             when=event.now.strftime("%Y-%m-%d %H:%M"),
-            ip=event.ip or "unknown",
+            ip=_printable(event.ip or "unknown"),
             user_agent=_printable(event.user_agent or "unknown"),
         )
 
