@@ -206,7 +206,9 @@ def find_users(session: DbSession, *, email: str) -> list[UserView]:
 def delete_user(
     session: DbSession, *, admin: AdminIdentity, user_id: str, client: Client, now: datetime
 ) -> None:
-    user = session.get(User, user_id)
+    # Locked as read: of two deletions at once, the second finds nothing (404), not a row
+    # that is gone by the time it deletes.
+    user = session.get(User, user_id, with_for_update=True, populate_existing=True)
     if user is None:
         raise NotFound("No such user")
     session.delete(user)
@@ -225,7 +227,8 @@ def delete_user(
 def disable_user(
     session: DbSession, *, admin: AdminIdentity, user_id: str, client: Client, now: datetime
 ) -> UserView:
-    user = session.get(User, user_id)
+    # Locked as read: of two disables at once, the second sees the first (one audit event).
+    user = session.get(User, user_id, with_for_update={"key_share": True}, populate_existing=True)
     if user is None:
         raise NotFound("No such user")
     if user.disabled_at is None:
