@@ -24,7 +24,7 @@ from authsvc.errors import AuthsvcError
 from authsvc.gunicorn_app import DEFAULT_THREADS, default_workers, reexec_with_hugetlb
 from authsvc.gunicorn_app import run as run_gunicorn
 from authsvc.logging_setup import configure as configure_logging
-from authsvc.schema import upgrade
+from authsvc.schema import schema_is_current, upgrade
 from authsvc.services import admin as admin_service
 from authsvc.settings import ConfigError, Settings
 
@@ -119,6 +119,11 @@ def serve(
 def worker() -> None:
     """Drain the outbox (mail, webhooks, background jobs) until interrupted."""
     runtime = build_runtime(_settings())
+    with runtime.engine.connect() as conn:  # unreachable: one line, from _Commands
+        if not schema_is_current(conn):
+            raise click.ClickException(
+                "database: the schema is not current (run `authsvc db upgrade`)"
+            )
     stop = threading.Event()
     # SIGTERM (systemd, docker, kubernetes) and Ctrl-C end the worker between deliveries: the
     # one under way finishes, the rest of its batch is handed back, due at once.

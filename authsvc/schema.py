@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -32,4 +33,11 @@ def head_revisions() -> frozenset[str]:
 
 
 def schema_is_current(conn: Connection) -> bool:
-    return set(MigrationContext.configure(conn).get_current_heads()) == head_revisions()
+    # Alembic says at INFO which dialect it found, each time: a check is not a migration.
+    migration_log = logging.getLogger("alembic.runtime.migration")
+    level = migration_log.level
+    migration_log.setLevel(max(level, logging.WARNING))
+    try:
+        return set(MigrationContext.configure(conn).get_current_heads()) == head_revisions()
+    finally:
+        migration_log.setLevel(level)

@@ -214,10 +214,11 @@ def test_a_breached_password_store_that_is_not_one_fails_with_one_line(env, tmp_
 
 @pytest.mark.parametrize(
     "args",
-    [("keys", "rotate-signing"), ("users", "import", "USERS")],
-    ids=["keys-rotate-signing", "users-import"],
+    [("keys", "rotate-signing"), ("users", "import", "USERS"), ("worker",)],
+    ids=["keys-rotate-signing", "users-import", "worker"],
 )
 def test_commands_on_an_unmigrated_database_fail_with_one_line(env, tmp_path, args):
+    # The worker would otherwise log a failed drain twice a second for good.
     users = tmp_path / "users.csv"
     users.write_text("email,password_hash\nada@example.com,$2b$12$" + "C" * 53 + "\n")
     empty = {**env, "AUTHSVC_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"}
