@@ -288,7 +288,8 @@ class Settings:
 _DURATION = re.compile(r"^([0-9]{1,12})(ms|s|m|h|d)?$")
 _REDIS_URL = re.compile(r"^(redis|rediss|redis\+unix|redis\+sentinel|redis\+cluster)://")
 KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # a key ring entry's id, "kid:base64url"
-_ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
+# A host name or IPv4 address: flask-cors reads brackets (an IPv6 origin) as a pattern.
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Beyond any sane setting; stored hashes are verified within these (crypto.passwords.MAX_OWN_*).
 MAX_ARGON2_MEMORY_KIB = 4 * 1024 * 1024  # 4 GiB per hash

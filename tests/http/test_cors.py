@@ -56,7 +56,10 @@ def test_other_origins_and_the_admin_api_get_no_cors_headers(cors, origin, path)
     assert "Access-Control-Allow-Origin" not in response.headers
 
 
-@pytest.mark.parametrize("origins", ["*", "https://*.example.com", "https://app.example.com/path"])
+@pytest.mark.parametrize(
+    "origins",
+    ["*", "https://*.example.com", "https://app.example.com/path", "http://[::1]:8000"],
+)
 def test_wildcards_and_patterns_are_refused(origins):
     with pytest.raises(ConfigError) as refused:
         Settings.from_env({"AUTHSVC_CORS_ORIGINS": origins})
