@@ -192,7 +192,9 @@ def verify_email(
     sign-up of the address is still pending: then nobody can tell which password the owner
     chose (an attacker may have signed up before or after them), so none is taken and the
     mailbox gets a link to choose one (account pre-hijacking, in either order)."""
-    row, user = user_tokens.find_with_owner(session, token=token, purpose="verify_email", now=now)
+    row, user = user_tokens.find_with_owner(
+        session, token=token, purpose="verify_email", now=now, lock_owner=True
+    )
     user_tokens.consume(session, row=row, now=now)
     user.email_verified_at = user.email_verified_at or now
     outcome = "success"

@@ -142,7 +142,9 @@ def complete_mfa(
     """The second step: one factor answer against a live mfa_token."""
     if not proof.given:  # a client's mistake, not a wrong answer: it costs no attempt
         raise InvalidRequest("send one of totp_code, recovery_code or webauthn", field="proof")
-    row, user = user_tokens.find_with_owner(session, token=mfa_token, purpose="mfa", now=now)
+    row, user = user_tokens.find_with_owner(
+        session, token=mfa_token, purpose="mfa", now=now, lock_owner=True
+    )
     who = throttle.Who(now=now, client=client, action="mfa", user_id=user.id)
     try:
         throttle.hit(session, deps, "mfa_account", user.id, who=who)

@@ -75,15 +75,25 @@ def find(session: DbSession, *, token: str, purpose: str, now: datetime) -> User
 
 
 def find_with_owner(
-    session: DbSession, *, token: str, purpose: str, now: datetime
+    session: DbSession, *, token: str, purpose: str, now: datetime, lock_owner: bool = False
 ) -> tuple[UserToken, User]:
     """The live token row and its owner, in one query; or InvalidToken, also when the owner
-    is disabled (no link or login step of a disabled account does anything)."""
-    found = session.execute(
+    is disabled (no link or login step of a disabled account does anything).
+
+    ``lock_owner``: lock the owner's row (FOR NO KEY UPDATE) as it is read, for a step that
+    goes on to write the token or the account: a disable, deletion or breach response then
+    either shows here or waits, and the user's row is locked before the token's, the order
+    every writer of both keeps (the other order deadlocks against an account deletion)."""
+    query = (
         select(UserToken, User)
         .join(User, User.id == UserToken.user_id)
         .where(UserToken.token_hash == token_hash(token))
-    ).first()
+    )
+    if lock_owner:
+        query = query.with_for_update(key_share=True, of=User).execution_options(
+            populate_existing=True
+        )
+    found = session.execute(query).first()
     if found is None:
         raise InvalidToken()
     row, owner = found

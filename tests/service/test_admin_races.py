@@ -3,10 +3,15 @@ writers anyway): each happens, and is audited, once."""
 
 from __future__ import annotations
 
+import threading
+import time
+from datetime import timedelta
+
 from sqlalchemy import select
 
 from authsvc.models import User
-from authsvc.services import admin
+from authsvc.services import admin, factors, login, user_tokens
+from tests.service.test_password_races import _attempt
 from tests.service.test_session_races import PARALLEL, _at_once, _events
 
 OPS = admin.AdminIdentity(key_id="k1", name="ops")
@@ -46,5 +51,66 @@ def test_deleting_an_account_from_several_requests_at_once_deletes_it_once(commi
 
     assert sorted(outcomes) == ["not_found"] * (PARALLEL - 1) + ["ok"]
     assert _events(committed, "admin.user_deleted") == 1
+    with committed() as session:
+        assert session.scalar(select(User.id)) is None
+
+
+def test_an_account_deleted_during_its_mfa_step_is_deleted_after_it(
+    committed, deps, caller, now, monkeypatch
+):
+    # The step locks the account before its token (the order every writer keeps); with the
+    # token first, the deletion (account, then its tokens by cascade) deadlocked against it.
+    user_id = _account(committed, now)
+    with committed.begin() as session:
+        token = user_tokens.issue(
+            session,
+            user_id=user_id,
+            purpose="mfa",
+            ttl=timedelta(minutes=5),
+            now=now,
+            context={"amr": ["pwd"]},
+        )
+    checking, release = threading.Event(), threading.Event()
+
+    def slow_check(*_args, **_kwargs) -> str:  # a factor check that takes a moment
+        checking.set()
+        release.wait(10)
+        return "otp"
+
+    monkeypatch.setattr(factors, "verify", slow_check)
+    outcomes: dict[str, str] = {}
+
+    def step() -> None:
+        outcomes["mfa"] = _attempt(
+            committed,
+            lambda session: login.complete_mfa(
+                session,
+                deps,
+                mfa_token=token,
+                proof=factors.FactorProof(totp_code="123456"),
+                client=caller,
+                now=now,
+            ),
+        )
+
+    def deletion() -> None:
+        outcomes["delete"] = _attempt(
+            committed,
+            lambda session: admin.delete_user(
+                session, admin=OPS, user_id=user_id, client=caller, now=now
+            ),
+        )
+
+    first = threading.Thread(target=step)
+    first.start()
+    assert checking.wait(10)
+    second = threading.Thread(target=deletion)
+    second.start()
+    time.sleep(0.5)  # the deletion waits for the step's lock
+    release.set()
+    first.join(30)
+    second.join(30)
+
+    assert outcomes == {"mfa": "ok", "delete": "ok"}
     with committed() as session:
         assert session.scalar(select(User.id)) is None
