@@ -290,7 +290,7 @@ _REDIS_URL = re.compile(r"^(redis|rediss|redis\+unix|redis\+sentinel|redis\+clus
 KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # a key ring entry's id, "kid:base64url"
 # A host name or IPv4 address: flask-cors reads brackets (an IPv6 origin) as a pattern.
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")  # WARN: logging's alias
 # Beyond any sane setting; stored hashes are verified within these (crypto.passwords.MAX_OWN_*).
 MAX_ARGON2_MEMORY_KIB = 4 * 1024 * 1024  # 4 GiB per hash
 MAX_ARGON2_TIME_COST = 20

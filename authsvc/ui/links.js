@@ -9,6 +9,11 @@
 
   const token = new URLSearchParams(window.location.search).get("token") || "";
   window.history.replaceState(null, "", window.location.pathname);
+  // Behind a proxy that serves authsvc under a path (AUTHSVC_PUBLIC_URL with one), the API is
+  // under the same path as this page.
+  const [, base = "", page] =
+    window.location.pathname.match(/^(.*)\/(verify-email|reset-password)$/) || [];
+  const api = (method, path, body) => call(method, `${base}${path}`, body);
 
   function setStatus(message, kind = "ok") {
     const status = $("status");
@@ -51,7 +56,7 @@
 
   // --- /verify-email ---------------------------------------------------------------------
   async function verify() {
-    await call("POST", "/v1/signup/verify", { token });
+    await api("POST", "/v1/signup/verify", { token });
     finish("Your email address is confirmed. You can sign in now.");
   }
 
@@ -67,7 +72,7 @@
   async function reset(extra = {}) {
     const body = { token, new_password: newPassword(), ...extra };
     try {
-      await call("POST", "/v1/password/reset", body);
+      await api("POST", "/v1/password/reset", body);
     } catch (error) {
       if (!(error instanceof ApiError) || error.code !== "mfa_required") throw error;
       const methods = error.problem.methods || [];
@@ -93,18 +98,17 @@
 
   async function resetWithKey() {
     newPassword();
-    const options = await call("POST", "/v1/password/reset/webauthn-options", { token });
+    const options = await api("POST", "/v1/password/reset/webauthn-options", { token });
     await reset({ webauthn: await getCredential(options) });
   }
 
   // --- the page --------------------------------------------------------------------------
-  $("done-link").href = "/";
   if (!token) {
     setStatus("This page needs the link from your email, whole.", "error");
-  } else if (window.location.pathname === "/verify-email") {
+  } else if (page === "verify-email") {
     $("verify-view").hidden = false;
     $("verify-submit").addEventListener("click", action(verify));
-  } else if (window.location.pathname === "/reset-password") {
+  } else if (page === "reset-password") {
     $("reset-view").hidden = false;
     $("reset-form").addEventListener("submit", action(resetWithCodes));
     $("reset-key").addEventListener("click", action(resetWithKey));
