@@ -394,7 +394,11 @@ def reset_password(
     client: Client,
     now: datetime,
 ) -> None:
-    row, user = user_tokens.find_with_owner(session, token=token, purpose="reset_password", now=now)
+    # The account locked first: checking a second factor writes its rows (a step, a code, a
+    # challenge), and every writer takes the account before those.
+    row, user = user_tokens.find_with_owner(
+        session, token=token, purpose="reset_password", now=now, lock_owner=True
+    )
     normalized = acceptable_password(deps, new_password, email=user.email)
     methods = factors.methods_for(session, user_id=user.id)
     if methods:

@@ -96,7 +96,13 @@ def login_with_passkey(
     row = session.scalar(
         select(WebauthnCredential).where(WebauthnCredential.credential_id == answer.credential_id)
     )
-    user = session.get(User, row.user_id) if row is not None else None
+    # The account locked before its credential's counter is written (the order every writer
+    # keeps), and read under the lock: a disable or deletion committed meanwhile shows.
+    user = (
+        session.get(User, row.user_id, with_for_update={"key_share": True}, populate_existing=True)
+        if row is not None
+        else None
+    )
     try:
         if row is None or user is None:
             raise webauthn.AssertionRefusedError("unknown_credential")

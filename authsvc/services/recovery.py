@@ -26,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto import recovery as codes
-from authsvc.errors import InvalidMfa, InvalidRequest
+from authsvc.errors import InvalidMfa, InvalidRequest, Unauthenticated
 from authsvc.models import RecoveryCode, User
 from authsvc.services import audit, notices
 from authsvc.services.context import Client, Deps
@@ -87,7 +87,9 @@ def lock_second_factors(session: DbSession, *, user_id: str) -> None:
     regenerations, or the removal of the last two factors, at once on PostgreSQL would each
     see the other's rows and leave two sets, or codes with no factor. SQLite takes its write
     lock at BEGIN, so there this changes nothing."""
-    session.execute(select(User.id).where(User.id == user_id).with_for_update())
+    if session.scalar(select(User.id).where(User.id == user_id).with_for_update()) is None:
+        # Deleted meanwhile (the caller had read it before it waited here).
+        raise Unauthenticated("The account no longer exists")
 
 
 def replace(session: DbSession, deps: Deps, *, user_id: str, now: datetime) -> tuple[str, ...]:

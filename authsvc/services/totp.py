@@ -248,7 +248,7 @@ def _drop_stale_pending(session: DbSession, *, user_id: str, now: datetime) -> N
 
 
 def _pending(session: DbSession, *, user_id: str, factor_id: str, now: datetime) -> TotpFactor:
-    row = session.get(TotpFactor, factor_id)
+    row = session.get(TotpFactor, factor_id, populate_existing=True)
     if row is None or row.user_id != user_id:
         raise NotFound("No such TOTP factor")
     if row.confirmed_at is not None:
@@ -270,10 +270,12 @@ def check_pending_code(
 ) -> int:
     """Verify a code against a pending factor; return the matched step. Changes nothing but
     the wrong-code counter (the pending factor is discarded after too many wrong codes)."""
-    row = _pending(session, user_id=user_id, factor_id=factor_id, now=now)
     if otp.normalize_code(code) is None:
         raise InvalidRequest(f"code must be {otp.DIGITS} digits", field="code")
-    recovery.lock_second_factors(session, user_id=user_id)  # confirmations at once count too
+    # Locked before the pending factor is read: confirmations at once each see the attempts
+    # the others counted (and the factor limit, below).
+    recovery.lock_second_factors(session, user_id=user_id)
+    row = _pending(session, user_id=user_id, factor_id=factor_id, now=now)
     if count_active(session, user_id=user_id) >= deps.settings.totp_max_factors:
         raise FactorLimitReached(
             f"At most {deps.settings.totp_max_factors} authenticator apps per account"

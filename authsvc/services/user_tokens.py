@@ -43,6 +43,11 @@ def issue(
 ) -> str:
     """Create a token; by default earlier unused tokens of the same purpose die."""
     if replace_previous:
+        # The account locked before its tokens, as every writer of both (a deletion takes the
+        # account, then its tokens by cascade); InvalidToken if it was deleted meanwhile.
+        locked = select(User.id).where(User.id == user_id).with_for_update(key_share=True)
+        if session.scalar(locked) is None:
+            raise InvalidToken()
         session.execute(
             update(UserToken)
             .where(

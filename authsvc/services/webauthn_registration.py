@@ -121,6 +121,9 @@ def _verify_registration(
 
     try:
         answer = wa.read_registration(credential)
+        # The account before its challenge, as every writer of both (registrations at once
+        # count too, below).
+        recovery.lock_second_factors(session, user_id=user_id)
         try:
             challenge = webauthn.consume_challenge(
                 session,
@@ -162,7 +165,6 @@ def _verify_registration(
         raise AuthenticatorNotAllowed(
             f"This authenticator is not accepted ({refusal})", reason=refusal
         )
-    recovery.lock_second_factors(session, user_id=user_id)  # registrations at once count too
     if session.scalar(
         select(WebauthnCredential.id).where(WebauthnCredential.credential_id == key.credential_id)
     ):
@@ -296,7 +298,7 @@ def register_with_enrollment(
     gains hwk/swk and mfa). The response is verified before the token is spent, and the
     token is spent before anything is stored."""
     token, user = user_tokens.find_with_owner(
-        session, token=enrollment_token, purpose="mfa_enrollment", now=now
+        session, token=enrollment_token, purpose="mfa_enrollment", now=now, lock_owner=True
     )
     verified = _verify_registration(
         session, deps, user_id=user.id, credential=credential, name=name, client=client, now=now

@@ -1,0 +1,402 @@
+"""Two paths on one account at once (PostgreSQL, READ COMMITTED): every path that writes the
+account and its other rows (tokens, factors, challenges, credentials) locks the account
+first, as an admin deletion does before it cascades; with another order the two deadlock
+and one request answers 500. SQLite serialises writers, so there the second one waits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from authsvc.crypto import totp as otp
+from authsvc.errors import AuthsvcError
+from authsvc.models import TotpFactor, User
+from authsvc.services import (
+    accounts,
+    admin,
+    factors,
+    login,
+    mfa_management,
+    passkeys,
+    totp,
+    user_tokens,
+    webauthn,
+    webauthn_registration,
+)
+from tests.service.test_session_races import _at_once
+from tests.support_webauthn import SoftAuthenticator
+
+OPS = admin.AdminIdentity(key_id="k1", name="ops")
+NEW = "a brand new passphrase 77"
+
+
+def _attempt(committed, work):
+    session = committed()
+    try:
+        with session.begin():
+            try:
+                work(session)
+                return "ok"
+            except AuthsvcError as exc:
+                return exc.code
+    except Exception as exc:  # what a request would answer 500 for
+        return f"500:{type(exc).__name__}:{str(exc).splitlines()[0][:120]}"
+    finally:
+        session.close()
+
+
+def _account(committed, deps, now) -> str:
+    with committed.begin() as session:
+        user = User(
+            email="ada@example.com",
+            email_verified_at=now,
+            created_at=now,
+            updated_at=now,
+            password_hash=deps.hasher.hash("correct horse 42"),
+            password_set_at=now,
+        )
+        session.add(user)
+        session.flush()
+        return user.id
+
+
+def _with_totp(committed, deps, caller, now, user_id):
+    with committed.begin() as session:
+        pending = totp.enroll(session, deps, user_id=user_id, name=None, client=caller, now=now)
+        totp.confirm(
+            session,
+            deps,
+            user_id=user_id,
+            factor_id=pending.factor_id,
+            code=otp.code_at(pending.secret, otp.step_at(now) - 1),
+            client=caller,
+            now=now,
+        )
+    return pending.secret
+
+
+def _race(first_fn, second_fn, gate, release, monkeypatch_wait=0.7):
+    outcomes = {}
+    t1 = threading.Thread(target=lambda: outcomes.__setitem__("first", first_fn()))
+    t1.start()
+    assert gate.wait(10)
+    t2 = threading.Thread(target=lambda: outcomes.__setitem__("second", second_fn()))
+    t2.start()
+    time.sleep(monkeypatch_wait)
+    release.set()
+    t1.join(30)
+    t2.join(30)
+    return outcomes
+
+
+def test_reset_with_totp_vs_admin_delete(committed, deps, caller, now, monkeypatch):
+    user_id = _account(committed, deps, now)
+    secret = _with_totp(committed, deps, caller, now, user_id)
+    with committed.begin() as session:
+        link = user_tokens.issue(
+            session, user_id=user_id, purpose="reset_password", ttl=timedelta(hours=1), now=now
+        )
+    gate, release = threading.Event(), threading.Event()
+    original = accounts.relock
+
+    def slow_relock(session, user):
+        gate.set()
+        release.wait(10)
+        return original(session, user)
+
+    monkeypatch.setattr(accounts, "relock", slow_relock)
+    outcomes = _race(
+        lambda: _attempt(
+            committed,
+            lambda s: accounts.reset_password(
+                s,
+                deps,
+                token=link,
+                new_password=NEW,
+                proof=factors.FactorProof(totp_code=otp.code_at(secret, otp.step_at(now))),
+                client=caller,
+                now=now,
+            ),
+        ),
+        lambda: _attempt(
+            committed,
+            lambda s: admin.delete_user(s, admin=OPS, user_id=user_id, client=caller, now=now),
+        ),
+        gate,
+        release,
+    )
+    assert not any(v.startswith("500") for v in outcomes.values()), outcomes
+
+
+def test_reset_with_totp_vs_mfa_login(committed, deps, caller, now, monkeypatch):
+    user_id = _account(committed, deps, now)
+    secret = _with_totp(committed, deps, caller, now, user_id)
+    with committed.begin() as session:
+        link = user_tokens.issue(
+            session, user_id=user_id, purpose="reset_password", ttl=timedelta(hours=1), now=now
+        )
+        mfa = user_tokens.issue(
+            session,
+            user_id=user_id,
+            purpose="mfa",
+            ttl=timedelta(minutes=5),
+            now=now,
+            context={"amr": ["pwd"]},
+        )
+    gate, release = threading.Event(), threading.Event()
+    original = accounts.relock
+
+    def slow_relock(session, user):
+        gate.set()
+        release.wait(10)
+        return original(session, user)
+
+    monkeypatch.setattr(accounts, "relock", slow_relock)
+    outcomes = _race(
+        lambda: _attempt(
+            committed,
+            lambda s: accounts.reset_password(
+                s,
+                deps,
+                token=link,
+                new_password=NEW,
+                proof=factors.FactorProof(totp_code=otp.code_at(secret, otp.step_at(now))),
+                client=caller,
+                now=now,
+            ),
+        ),
+        lambda: _attempt(
+            committed,
+            lambda s: login.complete_mfa(
+                s,
+                deps,
+                mfa_token=mfa,
+                proof=factors.FactorProof(totp_code=otp.code_at(secret, otp.step_at(now) + 1)),
+                client=caller,
+                now=now,
+            ),
+        ),
+        gate,
+        release,
+    )
+    assert not any(v.startswith("500") for v in outcomes.values()), outcomes
+
+
+def test_totp_confirm_attempts_overshoot(committed, deps, caller, now):
+    user_id = _account(committed, deps, now)
+    with committed.begin() as session:
+        pending = totp.enroll(session, deps, user_id=user_id, name=None, client=caller, now=now)
+        session.execute(update(TotpFactor).values(confirm_attempts=totp.MAX_CONFIRM_ATTEMPTS - 2))
+    valid = {otp.code_at(pending.secret, otp.step_at(now) + o) for o in (-1, 0, 1)}
+    wrong = next(c for c in (f"{i:06d}" for i in range(1000)) if c not in valid)
+    outcomes = _at_once(
+        committed,
+        lambda s: totp.confirm(
+            s,
+            deps,
+            user_id=user_id,
+            factor_id=pending.factor_id,
+            code=wrong,
+            client=caller,
+            now=now,
+        ),
+    )
+    with committed() as session:
+        left = session.execute(select(TotpFactor.id, TotpFactor.confirm_attempts)).all()
+    assert outcomes.count("invalid_code") <= 2, outcomes  # the 9th and 10th wrong codes
+    assert left == [], "the pending factor outlived MAX_CONFIRM_ATTEMPTS wrong codes"
+
+
+def _options(committed, deps, now, user_id):
+    with committed.begin() as session:
+        return webauthn_registration.registration_options(
+            session, deps, user_id=user_id, name="key", now=now
+        )
+
+
+def _register(committed, deps, caller, now, user_id, key):
+    credential = key.register(_options(committed, deps, now, user_id))
+    with committed.begin() as session:
+        webauthn_registration.register(
+            session, deps, user_id=user_id, credential=credential, name=None, client=caller, now=now
+        )
+
+
+def test_webauthn_registration_vs_admin_delete(committed, deps, caller, now, monkeypatch):
+    user_id = _account(committed, deps, now)
+    key = SoftAuthenticator()
+    credential = key.register(_options(committed, deps, now, user_id))
+    gate, release = threading.Event(), threading.Event()
+    original = webauthn.model_refusal
+
+    def slow(*args, **kwargs):  # after the challenge is spent, before the factor lock
+        gate.set()
+        release.wait(10)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(webauthn, "model_refusal", slow)
+    outcomes = _race(
+        lambda: _attempt(
+            committed,
+            lambda s: webauthn_registration.register(
+                s, deps, user_id=user_id, credential=credential, name=None, client=caller, now=now
+            ),
+        ),
+        lambda: _attempt(
+            committed,
+            lambda s: admin.delete_user(s, admin=OPS, user_id=user_id, client=caller, now=now),
+        ),
+        gate,
+        release,
+    )
+    assert not any(v.startswith("500") for v in outcomes.values()), outcomes
+
+
+def test_passkey_login_vs_admin_delete(committed, deps, caller, now, monkeypatch):
+    user_id = _account(committed, deps, now)
+    key = SoftAuthenticator()
+    _register(committed, deps, caller, now, user_id, key)
+    with committed.begin() as session:
+        opts = passkeys.passkey_options(session, deps, client=caller, now=now)
+    credential = key.assertion(opts.options)
+    gate, release = threading.Event(), threading.Event()
+    original = login.finish_login
+
+    def slow(*args, **kwargs):  # the credential's counter is updated, the session not yet added
+        gate.set()
+        release.wait(10)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(login, "finish_login", slow)
+    outcomes = _race(
+        lambda: _attempt(
+            committed,
+            lambda s: passkeys.login_with_passkey(
+                s,
+                deps,
+                challenge_id=opts.challenge_id,
+                credential=credential,
+                client=caller,
+                now=now,
+            ),
+        ),
+        lambda: _attempt(
+            committed,
+            lambda s: admin.delete_user(s, admin=OPS, user_id=user_id, client=caller, now=now),
+        ),
+        gate,
+        release,
+    )
+    assert not any(v.startswith("500") for v in outcomes.values()), outcomes
+
+
+def test_totp_enroll_while_admin_delete_commits(committed, deps, caller, now):
+    user_id = _account(committed, deps, now)
+    gate, release = threading.Event(), threading.Event()
+
+    def deletion(s):
+        admin.delete_user(s, admin=OPS, user_id=user_id, client=caller, now=now)
+        gate.set()
+        release.wait(10)
+
+    outcomes = {}
+    t1 = threading.Thread(
+        target=lambda: outcomes.__setitem__("delete", _attempt(committed, deletion))
+    )
+    t1.start()
+    assert gate.wait(10)
+    t2 = threading.Thread(
+        target=lambda: outcomes.__setitem__(
+            "enroll",
+            _attempt(
+                committed,
+                lambda s: totp.enroll(s, deps, user_id=user_id, name=None, client=caller, now=now),
+            ),
+        )
+    )
+    t2.start()
+    time.sleep(0.7)
+    release.set()
+    t1.join(30)
+    t2.join(30)
+    assert not any(v.startswith("500") for v in outcomes.values()), outcomes
+
+
+def test_rename_vs_remove(committed, deps, caller, now, monkeypatch):
+    user_id = _account(committed, deps, now)
+    _with_totp(committed, deps, caller, now, user_id)
+    with committed() as session:
+        factor_id = session.scalar(select(TotpFactor.id))
+    gate, release = threading.Event(), threading.Event()
+    original = mfa_management._find
+
+    def slow(*args, **kwargs):
+        found = original(*args, **kwargs)
+        if not gate.is_set():
+            gate.set()
+            release.wait(10)
+        return found
+
+    monkeypatch.setattr(mfa_management, "_find", slow)
+    outcomes = {}
+    t1 = threading.Thread(
+        target=lambda: outcomes.__setitem__(
+            "rename",
+            _attempt(
+                committed,
+                lambda s: mfa_management.rename(
+                    s,
+                    deps,
+                    user_id=user_id,
+                    factor_id=factor_id,
+                    name="Phone",
+                    client=caller,
+                    now=now,
+                ),
+            ),
+        )
+    )
+    t1.start()
+    assert gate.wait(10)
+    outcomes["remove"] = _attempt(
+        committed,
+        lambda s: mfa_management.remove(
+            s, deps, user_id=user_id, factor_id=factor_id, auth_time=now, client=caller, now=now
+        ),
+    )
+    release.set()
+    t1.join(30)
+    assert not any(v.startswith("500") for v in outcomes.values()), outcomes
+
+
+def test_reset_request_job_vs_admin_delete(committed, deps, caller, now, monkeypatch):
+    user_id = _account(committed, deps, now)
+    with committed.begin() as session:  # an earlier link, still unused
+        user_tokens.issue(
+            session, user_id=user_id, purpose="reset_password", ttl=timedelta(hours=1), now=now
+        )
+    gate, release = threading.Event(), threading.Event()
+    original = user_tokens.new_token
+
+    def slow(prefix):  # earlier links are ended (locked), the new one not yet inserted
+        gate.set()
+        release.wait(10)
+        return original(prefix)
+
+    monkeypatch.setattr(user_tokens, "new_token", slow)
+    outcomes = _race(
+        lambda: _attempt(
+            committed,
+            lambda s: accounts.process_reset_request(s, deps, {"email": "ada@example.com"}, now),
+        ),
+        lambda: _attempt(
+            committed,
+            lambda s: admin.delete_user(s, admin=OPS, user_id=user_id, client=caller, now=now),
+        ),
+        gate,
+        release,
+    )
+    assert not any(v.startswith("500") for v in outcomes.values()), outcomes
