@@ -231,7 +231,9 @@ def create_app(
         # Unreachable, or not migrated yet: start anyway so that /readyz can say so (503);
         # the signing key is then created on first use.
         log.warning(
-            "database not ready at startup (%s): run `authsvc db upgrade`", type(exc.orig).__name__
+            "database not ready at startup (%s): is it reachable, and migrated with "
+            "`authsvc db upgrade`?",
+            type(exc.orig).__name__,
         )
     if start_worker:
         runtime.worker_thread, runtime.worker_stop = runtime.worker.start_thread(

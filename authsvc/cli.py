@@ -149,7 +149,8 @@ def db_upgrade() -> None:
     try:
         upgrade(settings.resolved_database_url)
     except Exception as exc:
-        raise click.ClickException(f"upgrade failed: {type(exc).__name__}: {exc}") from None
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""]
+        raise click.ClickException(f"upgrade failed: {type(exc).__name__}: {reason[0]}") from None
     click.echo("database is at head", err=True)
 
 

@@ -18,6 +18,7 @@ from authsvc.models import User
 from authsvc.services import accounts, audit
 from authsvc.settings import ConfigError, Settings
 
+MAX_REPORTED = 100  # rejected rows named on stderr; the rest are counted
 BATCH = 1000
 
 
@@ -59,9 +60,17 @@ def import_users(file: Path, verified: bool) -> None:
         ) from None
     except csv.Error as exc:
         raise click.ClickException(f"{file}: {exc} (after line {reader.line_num})") from None
+    refusals: list[str] = []
     for start in range(0, len(rows), BATCH):
         try:
-            counts = _import_batch(runtime, hasher, rows[start : start + BATCH], verified)
+            counts = _import_batch(
+                runtime,
+                hasher,
+                rows[start : start + BATCH],
+                verified,
+                first=start + 1,
+                refusals=refusals,
+            )
         except IntegrityError:
             raise click.ClickException(
                 f"an email of rows {start + 1}-{start + BATCH} was registered while importing; "
@@ -72,6 +81,10 @@ def import_users(file: Path, verified: bool) -> None:
             skipped + counts[1],
             rejected + counts[2],
         )
+    for refusal in refusals[:MAX_REPORTED]:
+        click.echo(refusal, err=True)
+    if len(refusals) > MAX_REPORTED:
+        click.echo(f"... and {len(refusals) - MAX_REPORTED} more rejected rows", err=True)
     click.echo(
         f"imported {imported}, skipped {skipped} existing, rejected {rejected} invalid", err=True
     )
@@ -80,21 +93,34 @@ def import_users(file: Path, verified: bool) -> None:
 
 
 def _import_batch(
-    runtime: Runtime, hasher: PasswordHasher, rows: list[dict[str, str]], verified: bool
+    runtime: Runtime,
+    hasher: PasswordHasher,
+    rows: list[dict[str, str]],
+    verified: bool,
+    *,
+    first: int,
+    refusals: list[str],
 ) -> tuple[int, int, int]:
+    """Import ``rows`` (data rows ``first``... of the file); each rejected one is added to
+    ``refusals`` with its row number and reason (never the hash)."""
     now = utcnow()
     imported = skipped = rejected = 0
     with runtime.sessionmaker.begin() as session:
         wanted: dict[str, tuple[str, bool]] = {}
-        for row in rows:
+        for number, row in enumerate(rows, start=first):
             try:
                 email = accounts.normalize_email(row.get("email") or "")
             except AuthsvcError:
                 rejected += 1
+                refusals.append(f"row {number}: not an email address")
                 continue
             password_hash = (row.get("password_hash") or "").strip()
             if hasher.identify(password_hash) is None:
                 rejected += 1
+                refusals.append(
+                    f"row {number}: the hash is not argon2, bcrypt or pbkdf2_sha256 within the "
+                    "cost ceilings (an Argon2 hash has commas: quote it)"
+                )
                 continue
             flag = (row.get("email_verified") or "").strip().lower()
             is_verified = verified if not flag else flag in {"1", "true", "yes"}

@@ -105,13 +105,13 @@ def acceptable_password(deps: Deps, password: str, *, email: str) -> str:
         )
     except PasswordPolicyViolation as exc:
         messages = {
-            "too_short": f"at least {settings.password_min_length} characters",
-            "too_long": f"at most {settings.password_max_length} characters",
-            "breached": "not a common or breached password",
-            "context_word": "free of this service's name and of parts of your email address",
+            "too_short": f"must be at least {settings.password_min_length} characters",
+            "too_long": f"must be at most {settings.password_max_length} characters",
+            "breached": "is a common or breached password: choose another",
+            "context_word": "must be free of this service's name and of parts of your email",
         }
         raise WeakPassword(
-            f"The password must be {messages.get(exc.reason, 'acceptable')}", reason=exc.reason
+            f"The password {messages.get(exc.reason, 'is not acceptable')}", reason=exc.reason
         ) from None
 
 

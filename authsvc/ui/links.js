@@ -57,7 +57,10 @@
   // --- /verify-email ---------------------------------------------------------------------
   async function verify() {
     await api("POST", "/v1/signup/verify", { token });
-    finish("Your email address is confirmed. You can sign in now.");
+    finish(
+      "Your email address is confirmed. Sign in with the password you chose; if a mail asks " +
+        "you to choose one (the address was signed up twice), use its link first.",
+    );
   }
 
   // --- /reset-password -------------------------------------------------------------------

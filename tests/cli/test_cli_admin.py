@@ -265,3 +265,28 @@ def test_a_users_file_the_csv_reader_refuses_fails_with_one_line(env, tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"Error: {users}: field larger than field limit (131072) (after line 1)"
     ]
+
+
+def test_users_import_names_each_rejected_row_and_why(env, tmp_path):
+    good = "$2b$12$" + "C" * 53
+    argon2 = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHRzYWx0$" + "A" * 43
+    users = tmp_path / "users.csv"
+    users.write_text(
+        "email,password_hash\n"
+        f"ada@example.com,{good}\n"
+        f"not an address,{good}\n"
+        f"bob@example.com,{argon2}\n"  # unquoted: the commas split it
+        f'carol@example.com,"{argon2}"\n'
+        f"dave@example.com,$2b$14${'C' * 53}\n"  # above the cost ceiling
+    )
+
+    result = run(env, "users", "import", str(users))
+
+    assert result.exit_code == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "row 2: not an email address"
+    assert lines[1].startswith("row 3: the hash is not argon2, bcrypt or pbkdf2_sha256")
+    assert "quote it" in lines[1]
+    assert lines[2].startswith("row 5: the hash is not")
+    assert lines[3] == "imported 2, skipped 0 existing, rejected 3 invalid"
+    assert "$2b$" not in result.stderr and "argon2id" not in result.stderr
