@@ -27,6 +27,8 @@ MAX_BACKOFF = timedelta(hours=2)
 # How long a claimed delivery keeps other workers off its message (an SMTP exchange, with its
 # timeouts, takes far less); a worker that died mid-delivery frees it after this.
 CLAIM_LEASE = timedelta(minutes=5)
+FAILURE_REPORT_EVERY = 60.0  # seconds between log lines while drains keep failing
+FAILURE_BACKOFF_MAX = 5.0  # seconds between drains while they keep failing
 SWEEP_EVERY = 600.0  # seconds between one worker's housekeeping sweeps (services/housekeeping.py)
 
 
@@ -262,6 +264,8 @@ class OutboxWorker:
     ) -> None:
         """Drain until ``stop``; sweep when started and every ``sweep_every`` seconds after."""
         next_sweep = time.monotonic()
+        failures = 0  # drains failed in a row (a database or network outage, usually)
+        reported_at = 0.0
         while not stop.is_set():
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + sweep_every
@@ -271,11 +275,29 @@ class OutboxWorker:
                     log.exception("housekeeping sweep failed")
             try:
                 busy = self.drain_once(stop) > 0
-            except Exception:
-                log.exception("outbox drain failed")
+            except Exception as exc:
+                failures += 1
                 busy = False
+                # The first failure with its traceback, then a line a minute: an outage of the
+                # database must not fill the log twice a second.
+                if failures == 1:
+                    log.exception("outbox drain failed")
+                    reported_at = time.monotonic()
+                elif time.monotonic() - reported_at >= FAILURE_REPORT_EVERY:
+                    log.error(
+                        "outbox drain still failing (%d times in a row): %s",
+                        failures,
+                        type(exc).__name__,
+                    )
+                    reported_at = time.monotonic()
+            else:
+                if failures:
+                    log.warning("outbox drain works again after %d failures", failures)
+                failures = 0
             if not busy:
-                stop.wait(min(poll_interval, max(0.0, next_sweep - time.monotonic())))
+                # After failures, wait longer each time (up to FAILURE_BACKOFF_MAX seconds).
+                wait = min(poll_interval * 2 ** min(failures, 10), FAILURE_BACKOFF_MAX)
+                stop.wait(min(max(wait, poll_interval), max(0.0, next_sweep - time.monotonic())))
 
     def start_thread(self, *, poll_interval: float) -> tuple[threading.Thread, threading.Event]:
         stop = threading.Event()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -306,3 +308,37 @@ def test_a_slow_batch_does_not_let_another_worker_send_its_messages_again(
     worker_a.drain_once()
 
     assert sent == [("A", 1), ("A", 2), ("B", 3)]  # each mail exactly once
+
+
+def test_an_outage_is_logged_once_and_retried_less_often(runtime, clock, monkeypatch, caplog):
+    # A database outage made every drain fail: a traceback twice a second, for good.
+    worker = make_worker(runtime, clock, {})
+    calls: list[float] = []
+    outage = threading.Event()
+    outage.set()
+
+    def drain_once(stop=None):
+        calls.append(time.monotonic())
+        if outage.is_set():
+            raise ConnectionError("database unreachable")
+        return 0
+
+    monkeypatch.setattr(worker, "drain_once", drain_once)
+    monkeypatch.setattr(worker, "sweep", lambda: None)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), kwargs={"poll_interval": 0.01})
+    with caplog.at_level(logging.INFO, logger="authsvc.worker"):
+        thread.start()
+        time.sleep(1.5)
+        failed_calls = len(calls)
+        outage.clear()
+        time.sleep(3)  # the next attempt comes within 2.6 s (0.01 s doubled 8 times)
+        stop.set()
+        thread.join(10)
+
+    messages = [r.getMessage() for r in caplog.records if r.name == "authsvc.worker"]
+    assert messages[0] == "outbox drain failed" and caplog.records[0].exc_info is not None
+    assert not any(m.startswith("outbox drain failed") for m in messages[1:])
+    assert "outbox drain works again after" in messages[-1]
+    # 0.02 s, 0.04 s, 0.08 s ... between attempts: a handful in 1.5 s, not 150.
+    assert 4 <= failed_calls <= 10
