@@ -4,7 +4,9 @@
 "use strict";
 
 (() => {
-  const { b64url, createCredential, getCredential, ApiError, call } = window.authsvc;
+  const {
+    b64url, createCredential, getCredential, ApiError, call, setStatus, actions,
+  } = window.authsvc;
 
   const state = {
     access: null, refresh: null, mfaToken: null, totpFactorId: null, enrollmentToken: null,
@@ -35,11 +37,6 @@
   // --- the page --------------------------------------------------------------------------
   const $ = (id) => document.getElementById(id);
 
-  function setStatus(message, kind = "ok") {
-    const status = $("status");
-    status.textContent = message;
-    status.className = message ? kind : "";
-  }
 
   function describe(error) {
     if (error instanceof ApiError && error.code === "reauthentication_required") {
@@ -66,21 +63,7 @@
   }
 
   // Run a UI action: one at a time, its failure shown in the status line.
-  let busy = false;
-  function action(handler) {
-    return async (event) => {
-      if (event) event.preventDefault();
-      if (busy) return;
-      busy = true;
-      try {
-        await handler(event);
-      } catch (error) {
-        setStatus(describe(error), "error");
-      } finally {
-        busy = false;
-      }
-    };
-  }
+  const action = actions(describe);
 
   async function afterLogin(result) {
     if (result.status === "authenticated") {

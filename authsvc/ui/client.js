@@ -113,5 +113,30 @@ window.authsvc = (() => {
     return data;
   }
 
-  return { b64url, createCredential, getCredential, ApiError, call };
+  // --- the page's status line, and its actions one at a time ----------------------------
+  function setStatus(message, kind = "ok") {
+    const status = document.getElementById("status");
+    status.textContent = message;
+    status.className = message ? kind : "";
+  }
+
+  // action(handler): an event listener that runs one handler at a time and shows a failure
+  // in the status line, as describe(error) words it.
+  function actions(describe) {
+    let busy = false;
+    return (handler) => async (event) => {
+      if (event) event.preventDefault();
+      if (busy) return;
+      busy = true;
+      try {
+        await handler(event);
+      } catch (error) {
+        setStatus(describe(error), "error");
+      } finally {
+        busy = false;
+      }
+    };
+  }
+
+  return { b64url, createCredential, getCredential, ApiError, call, setStatus, actions };
 })();

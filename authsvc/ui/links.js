@@ -4,7 +4,7 @@
 "use strict";
 
 (() => {
-  const { getCredential, ApiError, call } = window.authsvc;
+  const { getCredential, ApiError, call, setStatus, actions } = window.authsvc;
   const $ = (id) => document.getElementById(id);
 
   const token = new URLSearchParams(window.location.search).get("token") || "";
@@ -15,11 +15,6 @@
     window.location.pathname.match(/^(.*)\/(verify-email|reset-password)$/) || [];
   const api = (method, path, body) => call(method, `${base}${path}`, body);
 
-  function setStatus(message, kind = "ok") {
-    const status = $("status");
-    status.textContent = message;
-    status.className = message ? kind : "";
-  }
 
   function describe(error) {
     if (error instanceof ApiError && error.code === "invalid_token") {
@@ -38,21 +33,7 @@
     setStatus(message);
   }
 
-  let busy = false;
-  function action(handler) {
-    return async (event) => {
-      if (event) event.preventDefault();
-      if (busy) return;
-      busy = true;
-      try {
-        await handler(event);
-      } catch (error) {
-        setStatus(describe(error), "error");
-      } finally {
-        busy = false;
-      }
-    };
-  }
+  const action = actions(describe);
 
   // --- /verify-email ---------------------------------------------------------------------
   async function verify() {

@@ -78,6 +78,22 @@ def _with_totp(committed, deps, caller, now, user_id):
     return pending.secret
 
 
+def _pause_at(monkeypatch, owner, name: str) -> tuple[threading.Event, threading.Event]:
+    """Make ``owner.name`` wait, at its first call, until ``release`` is set; ``gate`` is set
+    when it starts waiting."""
+    gate, release = threading.Event(), threading.Event()
+    original = getattr(owner, name)
+
+    def paused(*args, **kwargs):
+        if not gate.is_set():
+            gate.set()
+            release.wait(10)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, paused)
+    return gate, release
+
+
 def _race(first_fn, second_fn, gate, release, monkeypatch_wait=0.7):
     outcomes = {}
     t1 = threading.Thread(target=lambda: outcomes.__setitem__("first", first_fn()))
@@ -99,15 +115,7 @@ def test_reset_with_totp_vs_admin_delete(committed, deps, caller, now, monkeypat
         link = user_tokens.issue(
             session, user_id=user_id, purpose="reset_password", ttl=timedelta(hours=1), now=now
         )
-    gate, release = threading.Event(), threading.Event()
-    original = accounts.relock
-
-    def slow_relock(session, user):
-        gate.set()
-        release.wait(10)
-        return original(session, user)
-
-    monkeypatch.setattr(accounts, "relock", slow_relock)
+    gate, release = _pause_at(monkeypatch, accounts, "relock")
     outcomes = _race(
         lambda: _attempt(
             committed,
@@ -146,15 +154,7 @@ def test_reset_with_totp_vs_mfa_login(committed, deps, caller, now, monkeypatch)
             now=now,
             context={"amr": ["pwd"]},
         )
-    gate, release = threading.Event(), threading.Event()
-    original = accounts.relock
-
-    def slow_relock(session, user):
-        gate.set()
-        release.wait(10)
-        return original(session, user)
-
-    monkeypatch.setattr(accounts, "relock", slow_relock)
+    gate, release = _pause_at(monkeypatch, accounts, "relock")
     outcomes = _race(
         lambda: _attempt(
             committed,
@@ -229,15 +229,7 @@ def test_webauthn_registration_vs_admin_delete(committed, deps, caller, now, mon
     user_id = _account(committed, deps, now)
     key = SoftAuthenticator()
     credential = key.register(_options(committed, deps, now, user_id))
-    gate, release = threading.Event(), threading.Event()
-    original = webauthn.model_refusal
-
-    def slow(*args, **kwargs):  # after the challenge is spent, before the factor lock
-        gate.set()
-        release.wait(10)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(webauthn, "model_refusal", slow)
+    gate, release = _pause_at(monkeypatch, webauthn, "model_refusal")
     outcomes = _race(
         lambda: _attempt(
             committed,
@@ -262,15 +254,7 @@ def test_passkey_login_vs_admin_delete(committed, deps, caller, now, monkeypatch
     with committed.begin() as session:
         opts = passkeys.passkey_options(session, deps, client=caller, now=now)
     credential = key.assertion(opts.options)
-    gate, release = threading.Event(), threading.Event()
-    original = login.finish_login
-
-    def slow(*args, **kwargs):  # the credential's counter is updated, the session not yet added
-        gate.set()
-        release.wait(10)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(login, "finish_login", slow)
+    gate, release = _pause_at(monkeypatch, login, "finish_login")
     outcomes = _race(
         lambda: _attempt(
             committed,
@@ -378,15 +362,7 @@ def test_reset_request_job_vs_admin_delete(committed, deps, caller, now, monkeyp
         user_tokens.issue(
             session, user_id=user_id, purpose="reset_password", ttl=timedelta(hours=1), now=now
         )
-    gate, release = threading.Event(), threading.Event()
-    original = user_tokens.new_token
-
-    def slow(prefix):  # earlier links are ended (locked), the new one not yet inserted
-        gate.set()
-        release.wait(10)
-        return original(prefix)
-
-    monkeypatch.setattr(user_tokens, "new_token", slow)
+    gate, release = _pause_at(monkeypatch, user_tokens, "new_token")
     outcomes = _race(
         lambda: _attempt(
             committed,
