@@ -9,6 +9,7 @@ import threading
 import time
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select, update
 
 from authsvc.crypto import totp as otp
@@ -108,38 +109,10 @@ def _race(first_fn, second_fn, gate, release, monkeypatch_wait=0.7):
     return outcomes
 
 
-def test_reset_with_totp_vs_admin_delete(committed, deps, caller, now, monkeypatch):
-    user_id = _account(committed, deps, now)
-    secret = _with_totp(committed, deps, caller, now, user_id)
-    with committed.begin() as session:
-        link = user_tokens.issue(
-            session, user_id=user_id, purpose="reset_password", ttl=timedelta(hours=1), now=now
-        )
-    gate, release = _pause_at(monkeypatch, accounts, "relock")
-    outcomes = _race(
-        lambda: _attempt(
-            committed,
-            lambda s: accounts.reset_password(
-                s,
-                deps,
-                token=link,
-                new_password=NEW,
-                proof=factors.FactorProof(totp_code=otp.code_at(secret, otp.step_at(now))),
-                client=caller,
-                now=now,
-            ),
-        ),
-        lambda: _attempt(
-            committed,
-            lambda s: admin.delete_user(s, admin=OPS, user_id=user_id, client=caller, now=now),
-        ),
-        gate,
-        release,
-    )
-    assert not any(v.startswith("500") for v in outcomes.values()), outcomes
-
-
-def test_reset_with_totp_vs_mfa_login(committed, deps, caller, now, monkeypatch):
+@pytest.mark.parametrize("other", ["admin_delete", "mfa_login"])
+def test_a_reset_with_a_second_factor_and_another_writer_at_once(
+    committed, deps, caller, now, monkeypatch, other
+):
     user_id = _account(committed, deps, now)
     secret = _with_totp(committed, deps, caller, now, user_id)
     with committed.begin() as session:
@@ -154,33 +127,34 @@ def test_reset_with_totp_vs_mfa_login(committed, deps, caller, now, monkeypatch)
             now=now,
             context={"amr": ["pwd"]},
         )
-    gate, release = _pause_at(monkeypatch, accounts, "relock")
-    outcomes = _race(
-        lambda: _attempt(
-            committed,
-            lambda s: accounts.reset_password(
-                s,
-                deps,
-                token=link,
-                new_password=NEW,
-                proof=factors.FactorProof(totp_code=otp.code_at(secret, otp.step_at(now))),
-                client=caller,
-                now=now,
-            ),
-        ),
-        lambda: _attempt(
-            committed,
-            lambda s: login.complete_mfa(
+
+    def reset(s):
+        accounts.reset_password(
+            s,
+            deps,
+            token=link,
+            new_password=NEW,
+            proof=factors.FactorProof(totp_code=otp.code_at(secret, otp.step_at(now))),
+            client=caller,
+            now=now,
+        )
+
+    def second(s):
+        if other == "admin_delete":
+            admin.delete_user(s, admin=OPS, user_id=user_id, client=caller, now=now)
+        else:
+            login.complete_mfa(
                 s,
                 deps,
                 mfa_token=mfa,
                 proof=factors.FactorProof(totp_code=otp.code_at(secret, otp.step_at(now) + 1)),
                 client=caller,
                 now=now,
-            ),
-        ),
-        gate,
-        release,
+            )
+
+    gate, release = _pause_at(monkeypatch, accounts, "relock")
+    outcomes = _race(
+        lambda: _attempt(committed, reset), lambda: _attempt(committed, second), gate, release
     )
     assert not any(v.startswith("500") for v in outcomes.values()), outcomes
 
