@@ -97,12 +97,15 @@ def login_with_passkey(
         select(WebauthnCredential).where(WebauthnCredential.credential_id == answer.credential_id)
     )
     # The account locked before its credential's counter is written (the order every writer
-    # keeps), and read under the lock: a disable or deletion committed meanwhile shows.
+    # keeps), and both read again under the lock: a disable or a deletion of the account, or
+    # the removal of this passkey, committed meanwhile shows.
     user = (
         session.get(User, row.user_id, with_for_update={"key_share": True}, populate_existing=True)
         if row is not None
         else None
     )
+    if row is not None and user is not None:
+        row = session.get(WebauthnCredential, row.id, populate_existing=True)
     try:
         if row is None or user is None:
             raise webauthn.AssertionRefusedError("unknown_credential")

@@ -45,7 +45,11 @@ def issue(
     if replace_previous:
         # The account locked before its tokens, as every writer of both (a deletion takes the
         # account, then its tokens by cascade); InvalidToken if it was deleted meanwhile.
-        locked = select(User.id).where(User.id == user_id).with_for_update(key_share=True)
+        # FOR KEY SHARE: enough to wait for a deletion, and no conflict with the UPDATEs of a
+        # breach batch while a notice run holds many accounts at once.
+        locked = (
+            select(User.id).where(User.id == user_id).with_for_update(read=True, key_share=True)
+        )
         if session.scalar(locked) is None:
             raise InvalidToken()
         session.execute(

@@ -14,13 +14,14 @@ from sqlalchemy import select, update
 
 from authsvc.crypto import totp as otp
 from authsvc.errors import AuthsvcError
-from authsvc.models import TotpFactor, User
+from authsvc.models import TotpFactor, User, WebauthnCredential
 from authsvc.services import (
     accounts,
     admin,
     factors,
     login,
     mfa_management,
+    notices,
     passkeys,
     totp,
     user_tokens,
@@ -350,3 +351,41 @@ def test_reset_request_job_vs_admin_delete(committed, deps, caller, now, monkeyp
         release,
     )
     assert not any(v.startswith("500") for v in outcomes.values()), outcomes
+
+
+@pytest.mark.parametrize("counter", [True, False])
+def test_passkey_login_vs_the_removal_of_that_passkey(
+    committed, deps, caller, now, monkeypatch, counter
+):
+    user_id = _account(committed, deps, now)
+    key = SoftAuthenticator(counter=counter)
+    _register(committed, deps, caller, now, user_id, key)
+    with committed() as session:
+        factor_id = session.scalar(select(WebauthnCredential.id))
+    with committed.begin() as session:
+        opts = passkeys.passkey_options(session, deps, client=caller, now=now)
+    credential = key.assertion(opts.options)
+    # The removal pauses after deleting the credential, holding the account's lock.
+    gate, release = _pause_at(monkeypatch, notices, "send")
+    outcomes = _race(
+        lambda: _attempt(
+            committed,
+            lambda s: mfa_management.remove(
+                s, deps, user_id=user_id, factor_id=factor_id, auth_time=now, client=caller, now=now
+            ),
+        ),
+        lambda: _attempt(
+            committed,
+            lambda s: passkeys.login_with_passkey(
+                s,
+                deps,
+                challenge_id=opts.challenge_id,
+                credential=credential,
+                client=caller,
+                now=now,
+            ),
+        ),
+        gate,
+        release,
+    )
+    assert outcomes == {"first": "ok", "second": "invalid_credentials"}, outcomes
