@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from authsvc.db import make_engine, make_sessionmaker, utcnow
 from authsvc.mail.worker import OutboxWorker
 from authsvc.models import User
 from authsvc.schema import upgrade
+from authsvc.services import user_tokens
 from authsvc.services.context import Client, Deps
 from authsvc.settings import Settings
 
@@ -133,3 +134,16 @@ def committed(scratch_database_url: str) -> Iterator[sessionmaker[Session]]:
     engine = make_engine(scratch_database_url)
     yield make_sessionmaker(engine)
     engine.dispose()
+
+
+def issue_mfa_token(session: Session, *, user_id: str, now: datetime, **kwargs: Any) -> str:
+    """An mfa_token as the password step issues it (5 minutes, amr pwd)."""
+    return user_tokens.issue(
+        session,
+        user_id=user_id,
+        purpose="mfa",
+        ttl=timedelta(minutes=5),
+        now=now,
+        context={"amr": ["pwd"]},
+        **kwargs,
+    )

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import timedelta
 
 from sqlalchemy import select
 
 from authsvc.models import User
-from authsvc.services import admin, factors, login, user_tokens
+from authsvc.services import admin, factors, login
+from tests.service.conftest import issue_mfa_token
 from tests.service.test_password_races import _attempt
 from tests.service.test_session_races import PARALLEL, _at_once, _events
 
@@ -62,14 +62,7 @@ def test_an_account_deleted_during_its_mfa_step_is_deleted_after_it(
     # token first, the deletion (account, then its tokens by cascade) deadlocked against it.
     user_id = _account(committed, now)
     with committed.begin() as session:
-        token = user_tokens.issue(
-            session,
-            user_id=user_id,
-            purpose="mfa",
-            ttl=timedelta(minutes=5),
-            now=now,
-            context={"amr": ["pwd"]},
-        )
+        token = issue_mfa_token(session, user_id=user_id, now=now)
     checking, release = threading.Event(), threading.Event()
 
     def slow_check(*_args, **_kwargs) -> str:  # a factor check that takes a moment

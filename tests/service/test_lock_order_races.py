@@ -28,6 +28,7 @@ from authsvc.services import (
     webauthn,
     webauthn_registration,
 )
+from tests.service.conftest import issue_mfa_token
 from tests.service.test_session_races import _at_once
 from tests.support_webauthn import SoftAuthenticator
 
@@ -120,14 +121,7 @@ def test_a_reset_with_a_second_factor_and_another_writer_at_once(
         link = user_tokens.issue(
             session, user_id=user_id, purpose="reset_password", ttl=timedelta(hours=1), now=now
         )
-        mfa = user_tokens.issue(
-            session,
-            user_id=user_id,
-            purpose="mfa",
-            ttl=timedelta(minutes=5),
-            now=now,
-            context={"amr": ["pwd"]},
-        )
+        mfa = issue_mfa_token(session, user_id=user_id, now=now)
 
     def reset(s):
         accounts.reset_password(

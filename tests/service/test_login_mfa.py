@@ -4,15 +4,15 @@ answers arrive at once (PostgreSQL, READ COMMITTED; SQLite serialises writers an
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
 
 from sqlalchemy import select
 
 from authsvc.crypto import totp as otp
 from authsvc.errors import AuthsvcError
 from authsvc.models import UserToken
-from authsvc.services import login, user_tokens
+from authsvc.services import login
 from authsvc.services.factors import FactorProof
+from tests.service.conftest import issue_mfa_token
 from tests.service.test_totp import _user_with_factor
 
 
@@ -21,15 +21,7 @@ def test_parallel_wrong_answers_cannot_overshoot_the_answers_of_one_mfa_token(
 ):
     user_id, pending = _user_with_factor(committed, deps, caller, now)
     with committed.begin() as session:
-        token = user_tokens.issue(
-            session,
-            user_id=user_id,
-            purpose="mfa",
-            ttl=timedelta(minutes=5),
-            now=now,
-            context={"amr": ["pwd"]},
-            replace_previous=False,
-        )
+        token = issue_mfa_token(session, user_id=user_id, now=now, replace_previous=False)
     valid = {otp.code_at(pending.secret, otp.step_at(now) + d) for d in (-1, 0, 1)}
     wrong = [code for code in (f"{n:06d}" for n in range(12)) if code not in valid][:9]
     start = threading.Barrier(len(wrong))
