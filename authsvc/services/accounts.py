@@ -226,11 +226,11 @@ def verify_email(
 _USER_BY_EMAIL = select(User).where(User.email == bindparam("email", type_=String()))
 
 
-def relock(session: DbSession, user: User) -> bool:
-    """Lock ``user``'s row (FOR NO KEY UPDATE) and read it again into ``user``; False when it
-    was deleted meanwhile."""
-    fresh = session.get(User, user.id, with_for_update={"key_share": True}, populate_existing=True)
-    return fresh is not None
+def lock_account(session: DbSession, user_id: str) -> User | None:
+    """Lock the account's row (FOR NO KEY UPDATE) and read it (again, into the session's
+    object); None when it does not exist (any more). The one way a writer takes an account
+    before its other rows (see user_tokens.find_with_owner's ``lock_owner``)."""
+    return session.get(User, user_id, with_for_update={"key_share": True}, populate_existing=True)
 
 
 def _refusal(user: User | None, password_ok: bool) -> str | None:
@@ -277,7 +277,7 @@ def authenticate_password(
         # opens. A new password shows in password_set_at; a rehash (a parallel login's, of the
         # same password) leaves it alone.
         verified_set_at = user.password_set_at
-        if not relock(session, user):
+        if lock_account(session, user.id) is None:
             reason = "unknown_email"
         else:
             reason = _refusal(user, user.password_set_at == verified_set_at)
@@ -427,9 +427,6 @@ def reset_password(
                 user_id=user.id,
             )
             raise
-    # The user's row before its token's: every writer of a password locks in that order
-    # (set_password revokes the user's tokens), or two at once deadlock.
-    relock(session, user)
     user_tokens.consume(session, row=row, now=now)
     set_password(
         session,
@@ -465,7 +462,7 @@ def set_password(
     # Lock the row and read it again: a breach batch that flagged the account after it was
     # read would otherwise keep its flag (the ORM writes only the columns it saw change), and
     # a login checked against the old password waits for this to commit, or this for it.
-    if not relock(session, user) or user.disabled_at is not None:
+    if lock_account(session, user.id) is None or user.disabled_at is not None:
         raise InvalidToken()
     invalidated = user.password_invalidated_at
     if proven_at is not None and invalidated is not None and proven_at <= invalidated:

@@ -228,7 +228,7 @@ def disable_user(
     session: DbSession, *, admin: AdminIdentity, user_id: str, client: Client, now: datetime
 ) -> UserView:
     # Locked as read: of two disables at once, the second sees the first (one audit event).
-    user = session.get(User, user_id, with_for_update={"key_share": True}, populate_existing=True)
+    user = accounts.lock_account(session, user_id)
     if user is None:
         raise NotFound("No such user")
     if user.disabled_at is None:

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto import webauthn as wa
 from authsvc.errors import InvalidChallenge, InvalidCredentials, InvalidWebauthnResponse
-from authsvc.models import User, WebauthnCredential
-from authsvc.services import audit, login, throttle, webauthn
+from authsvc.models import WebauthnCredential
+from authsvc.services import accounts, audit, login, throttle, webauthn
 from authsvc.services.context import Client, Deps
 
 
@@ -99,11 +99,7 @@ def login_with_passkey(
     # The account locked before its credential's counter is written (the order every writer
     # keeps), and both read again under the lock: a disable or a deletion of the account, or
     # the removal of this passkey, committed meanwhile shows.
-    user = (
-        session.get(User, row.user_id, with_for_update={"key_share": True}, populate_existing=True)
-        if row is not None
-        else None
-    )
+    user = accounts.lock_account(session, row.user_id) if row is not None else None
     if row is not None and user is not None:
         row = session.get(WebauthnCredential, row.id, populate_existing=True)
     try:

@@ -30,20 +30,15 @@ def change_password(
     proven_at = None
     if change_token is not None:
         row, owner = user_tokens.find_with_owner(
-            session, token=change_token, purpose="change_password", now=now
+            session, token=change_token, purpose="change_password", now=now, lock_owner=True
         )
         user, proven_at = owner, row.created_at
         normalized = accounts.acceptable_password(deps, new_password, email=user.email)
-        accounts.relock(session, user)  # the user's row before its token's, as every writer
         user_tokens.consume(session, row=row, now=now)
     else:
         # Locked before the current password is checked: a reset or breach response that
         # commits meanwhile would otherwise be overwritten by a change proven with the old one.
-        user = (
-            session.get(User, user_id, with_for_update={"key_share": True}, populate_existing=True)
-            if user_id
-            else None
-        )
+        user = accounts.lock_account(session, user_id) if user_id else None
         if user is None or current_password is None:
             raise InvalidCredentials()
         normalized = accounts.acceptable_password(deps, new_password, email=user.email)

@@ -147,7 +147,7 @@ def test_a_reset_with_a_second_factor_and_another_writer_at_once(
                 now=now,
             )
 
-    gate, release = _pause_at(monkeypatch, accounts, "relock")
+    gate, release = _pause_at(monkeypatch, accounts, "set_password")
     outcomes = _race(
         lambda: _attempt(committed, reset), lambda: _attempt(committed, second), gate, release
     )
