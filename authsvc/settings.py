@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import base64
+import difflib
 import enum
 import math
 import os
@@ -152,6 +153,8 @@ class Settings:
                 continue
             name = key[len("AUTHSVC_") :].lower()
             if name not in known:
+                if not key.startswith(_NOT_SETTINGS):
+                    problems.append(_unknown_setting(key, known))
                 continue
             field = next(f for f in fields(cls) if f.name == name)
             try:
@@ -300,6 +303,18 @@ _RATE_LIMIT = re.compile(
 )
 MAX_DURATION = timedelta(days=36_500)
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+# Variables of the test suite and benchmarks (tests/e2e/server.py), not of the service.
+_NOT_SETTINGS = ("AUTHSVC_TEST_", "AUTHSVC_E2E_")
+
+
+def _unknown_setting(key: str, known: set[str]) -> str:
+    """A variable that names no setting: a typo would otherwise leave the default in force
+    (AUTHSVC_TRUSTED_PROXY, AUTHSVC_REQUIRE_MFA=ture is caught by its parser)."""
+    close = difflib.get_close_matches(key[len("AUTHSVC_") :].lower(), sorted(known), n=1)
+    hint = f" (did you mean AUTHSVC_{close[0].upper()}?)" if close else ""
+    return f"{key} is not a setting{hint}"
 
 
 def _keyring_problems(specs: tuple[str, ...]) -> list[str]:

@@ -47,11 +47,27 @@ def test_other_variables_are_ignored():
         {
             "PATH": "/bin",
             "AUTHSVC_TEST_DATABASE_URL": "x",
+            "AUTHSVC_E2E_REDIS_URL": "x",
             "authsvc_jwt_audience": "lower-case prefix",
         }
     )
 
     assert settings == Settings()
+
+
+def test_a_variable_that_names_no_setting_is_refused_with_the_likely_name():
+    # A typo would otherwise leave the default in force: here, trusting no proxy hop and
+    # counting every client behind the proxy as one address.
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(
+            {"AUTHSVC_TRUSTED_PROXY": "1", "AUTHSVC_REQIURE_MFA": "true", "AUTHSVC_X": "1"}
+        )
+
+    assert sorted(caught.value.problems) == [
+        "AUTHSVC_REQIURE_MFA is not a setting (did you mean AUTHSVC_REQUIRE_MFA?)",
+        "AUTHSVC_TRUSTED_PROXY is not a setting (did you mean AUTHSVC_TRUSTED_PROXIES?)",
+        "AUTHSVC_X is not a setting",
+    ]
 
 
 @pytest.mark.parametrize(
