@@ -19,6 +19,7 @@ def test_logout_ends_the_session(api, client, connection):
 
     assert response.status_code == 204
     assert response.get_data() == b""
+    assert "Content-Type" not in response.headers  # no body, no type
     assert client.get("/v1/me", headers=api.bearer(tokens["access_token"])).status_code == 401
     refreshed = client.post("/v1/token/refresh", json={"refresh_token": tokens["refresh_token"]})
     assert refreshed.get_json()["code"] == "invalid_token"
