@@ -22,7 +22,9 @@ from authsvc.services.outbox import External, Handler
 
 log = logging.getLogger("authsvc.worker")
 
-MAX_ATTEMPTS = 25  # about a day and a half of backoff before a message is parked as failed
+# A failure that may pass (a server down, a timeout, a bug fixed by the next release) is retried
+# for as long as it lasts, every MAX_BACKOFF at the slowest: a message is never dropped because
+# an outage went on for a weekend. Only a permanent failure parks it (failed_at).
 MAX_BACKOFF = timedelta(hours=2)
 # How long a claimed delivery keeps other workers off its message (an SMTP exchange, with its
 # timeouts, takes far less); a worker that died mid-delivery frees it after this.
@@ -224,30 +226,21 @@ class OutboxWorker:
 
     @staticmethod
     def _failed(message: OutboxMessage, now: datetime, exc: Exception) -> None:
-        """Park the message for good (a permanent failure, or too many attempts), or retry it
-        after a backoff."""
+        """Park the message for good (a permanent failure), or retry it after a backoff."""
         if isinstance(exc, PermanentFailure):
             message.failed_at = now
             message.last_error = str(exc)[:500]
             log.error("outbox message %s (%s) failed permanently", message.id, message.kind)
             return
         message.last_error = f"{type(exc).__name__}: {exc}"[:500]
-        if message.attempts >= MAX_ATTEMPTS:
-            message.failed_at = now
-            log.error(
-                "outbox message %s (%s) gave up after %d attempts",
-                message.id,
-                message.kind,
-                message.attempts,
-            )
-        else:
-            message.available_at = now + backoff(message.attempts)
-            log.warning(
-                "outbox message %s (%s) failed, retrying: %s",
-                message.id,
-                message.kind,
-                type(exc).__name__,
-            )
+        message.available_at = now + backoff(message.attempts)
+        log.warning(
+            "outbox message %s (%s) failed %d times, retrying: %s",
+            message.id,
+            message.kind,
+            message.attempts,
+            type(exc).__name__,
+        )
 
     def sweep(self) -> housekeeping.Swept:
         """Delete ended sessions, expired tokens and sent messages past their retention."""
