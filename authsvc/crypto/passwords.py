@@ -13,9 +13,11 @@ import hmac
 import re
 import secrets
 import threading
+import time
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal
 
@@ -109,6 +111,13 @@ class VerifyResult:
 _FAILED = VerifyResult(ok=False, needs_rehash=False)
 
 
+# When the request being served started to wait (time.monotonic()), if the server knows: the
+# gunicorn worker sets it to when it queued the request for a thread. Time spent in that queue
+# counts against the wait for a hashing slot, so a burst larger than the threads waits at most
+# ``acquire_timeout`` in all and is then shed, instead of queueing without end before it.
+queued_since: ContextVar[float | None] = ContextVar("queued_since", default=None)
+
+
 class PasswordHasher:
     """Argon2id hashing with a per-process concurrency limit.
 
@@ -140,7 +149,11 @@ class PasswordHasher:
 
     @contextmanager
     def _slot(self) -> Iterator[None]:
-        if not self._slots.acquire(timeout=self._acquire_timeout):
+        timeout = self._acquire_timeout
+        since = queued_since.get()
+        if since is not None:  # a free slot is taken however long the request waited
+            timeout = max(0.0, since + timeout - time.monotonic())
+        if not self._slots.acquire(timeout=timeout):
             raise HasherBusy(f"no hashing slot free within {self._acquire_timeout} s")
         try:
             yield

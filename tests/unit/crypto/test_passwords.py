@@ -1,6 +1,7 @@
 import base64
 import hashlib
 import threading
+import time
 
 import argon2
 import bcrypt
@@ -8,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from authsvc.crypto import passwords
 from authsvc.crypto.passwords import (
     MAX_ARGON2_TIME_COST,
     Argon2Params,
@@ -298,6 +300,25 @@ def test_busy_hasher_raises_after_the_timeout() -> None:
     finally:
         busy._slots.release()
     assert busy.verify(stored, "wait for me please") == OK_CURRENT
+
+
+def test_time_already_queued_counts_against_the_wait_for_a_slot() -> None:
+    # An hour's timeout, but the request was queued (by the server) long enough ago.
+    hasher = make_hasher(max_concurrent=1, acquire_timeout=3600)
+    stored = hasher.hash("queued for long")
+    token = passwords.queued_since.set(time.monotonic() - 3600)
+    try:
+        assert hasher.verify(stored, "queued for long") == OK_CURRENT  # a free slot is taken
+        hasher._slots.acquire()
+        try:
+            started = time.monotonic()
+            with pytest.raises(HasherBusy):
+                hasher.verify(stored, "queued for long")
+            assert time.monotonic() - started < 60  # refused at once, not after the hour
+        finally:
+            hasher._slots.release()
+    finally:
+        passwords.queued_since.reset(token)
 
 
 def test_concurrent_verifications_share_the_slots(hasher: PasswordHasher) -> None:
