@@ -43,7 +43,10 @@ def normalize(raw: str) -> str | None:
     """The canonical 24 symbols of a typed code (any case, spaces and dashes ignored), or None."""
     if len(raw) > _MAX_INPUT:
         return None
-    code = "".join(raw.split()).replace("-", "").lower().translate(_READ_AS)
+    code = "".join(raw.split()).replace("-", "")
+    if not code.isascii():  # str.lower() would read the Kelvin sign (U+212A) as "k"
+        return None
+    code = code.lower().translate(_READ_AS)
     if len(code) != SYMBOLS or any(ch not in ALPHABET for ch in code):
         return None
     return code

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session as DbSession
 from authsvc.crypto import recovery as codes
 from authsvc.errors import InvalidMfa, InvalidRequest, Unauthenticated
 from authsvc.models import RecoveryCode, User
-from authsvc.services import audit, notices
+from authsvc.services import audit, notices, throttle
 from authsvc.services.context import Client, Deps
 
 AMR = "otp"
@@ -174,6 +174,11 @@ def use_code(
         raise InvalidRequest(
             "recovery_code is not in the format of a recovery code", field="recovery_code"
         )
+    # Throttled as TOTP codes are, on every path: a reset link would otherwise let its holder
+    # guess codes (and write an audit event per guess) without limit.
+    who = throttle.Who(now=now, client=client, action="recovery_code", user_id=user_id)
+    throttle.hit(session, deps, throttle.MFA_CODES, user_id, "recovery", who=who)
+    throttle.hit(session, deps, throttle.MFA_FAILURES, user_id, who=who)
     rows = session.execute(
         select(RecoveryCode.id, RecoveryCode.code_hash)
         .where(RecoveryCode.user_id == user_id, RecoveryCode.used_at.is_(None))

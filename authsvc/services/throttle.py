@@ -13,6 +13,13 @@ from authsvc.errors import RateLimited
 from authsvc.services import audit
 from authsvc.services.context import Client, Deps
 
+# Second-factor codes (TOTP and recovery) on every path that checks one (login, password
+# reset): a counter per account and kind, and the daily cap on wrong codes, counted like wrong
+# passwords (AUTHSVC_LIMIT_FAILURES_PER_ACCOUNT; NIST SP 800-63B 5.2.2): without it 10 a minute
+# would allow 14,400 guesses a day.
+MFA_CODES = "mfa_account"
+MFA_FAILURES = "mfa_failures"
+
 
 @dataclass(frozen=True, slots=True)
 class Who:

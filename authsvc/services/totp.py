@@ -53,11 +53,6 @@ DEFAULT_NAME = "Authenticator app"
 NAME_MAX = 64
 MAX_PENDING = 3  # unconfirmed enrollments per user; older ones are dropped
 MAX_CONFIRM_ATTEMPTS = 10  # wrong codes before a pending factor is discarded
-LIMIT_POLICY = "mfa_account"  # its own counter, so every path that checks a code is throttled
-# Wrong codes per account, on every path (login, password reset), capped like wrong passwords
-# (AUTHSVC_LIMIT_FAILURES_PER_ACCOUNT; NIST SP 800-63B 5.2.2): without it 10 a minute would
-# allow 14,400 guesses a day.
-FAILURE_POLICY = "mfa_failures"
 
 notices.register(
     "mfa_factor_added",
@@ -385,9 +380,9 @@ def verify_code(
     if otp.normalize_code(code) is None:
         raise InvalidRequest(f"totp_code must be {otp.DIGITS} digits", field="totp_code")
     who = throttle.Who(now=now, client=client, action="totp", user_id=user_id)
-    throttle.hit(session, deps, LIMIT_POLICY, user_id, "totp", who=who)
+    throttle.hit(session, deps, throttle.MFA_CODES, user_id, "totp", who=who)
     # Counted before the check, as the password cap is (accounts.authenticate_password).
-    throttle.hit(session, deps, FAILURE_POLICY, user_id, who=who)
+    throttle.hit(session, deps, throttle.MFA_FAILURES, user_id, who=who)
     rows = session.scalars(
         select(TotpFactor).where(*_active(user_id)).order_by(TotpFactor.created_at)
     ).all()

@@ -310,3 +310,55 @@ def test_two_answers_are_refused_and_spend_nothing(api, client, connection):
               "webauthn": {}},
     )  # fmt: skip
     assert (reset.status_code, reset.get_json()["field"]) == (400, "proof")
+
+
+def test_codes_of_the_wrong_shape_cost_no_attempt_of_the_account(api, client):
+    # Eleven typos (more than the 10 a minute the account's answers are limited to), then the
+    # right code on the same mfa_token.
+    factor = enable_totp(api)
+    token = mfa_token(api)
+    for proof in [{"totp_code": "12345"}] * 6 + [{"recovery_code": "x"}] * 5:
+        typo = second_step(client, token, **proof)
+        assert (typo.status_code, typo.get_json()["code"]) == (400, "invalid_request")
+
+    right = second_step(client, token, totp_code=oathtool_code(factor["secret"], offset_steps=1))
+
+    assert right.status_code == 200, right.get_json()
+
+
+def test_recovery_code_guesses_with_a_reset_link_are_throttled(api, client, connection):
+    enable_totp(api)
+    client.post("/v1/password/forgot", json={"email": "ada@example.com"})
+    api.drain()
+    token = api.mailbox.token("ada@example.com", "reset-password")
+    guesses = [
+        client.post(
+            "/v1/password/reset",
+            json={
+                "token": token,
+                "new_password": "brand new horse 43",
+                "recovery_code": f"0000-0000-0000-0000-0000-{n:04d}",
+            },
+        )
+        for n in range(12)
+    ]
+
+    assert [g.status_code for g in guesses[:10]] == [401] * 10
+    assert guesses[10].status_code == 429
+    assert guesses[10].get_json()["code"] == "rate_limited"
+    outcomes = connection.scalars(
+        select(AuditEvent.outcome).where(AuditEvent.type == "password.reset")
+    ).all()
+    assert outcomes.count("invalid_mfa") == 10
+
+
+def test_a_recovery_code_with_a_letter_outside_ascii_is_refused(api, client):
+    # U+212A KELVIN SIGN lower-cases to "k": the code must be typed as openapi.yaml says.
+    factor = enable_totp(api)
+    code = next(c for c in factor["recovery_codes"] if "k" in c.lower())
+    kelvin = code.lower().replace("k", "\u212a", 1)
+
+    response = second_step(client, mfa_token(api), recovery_code=kelvin)
+
+    assert (response.status_code, response.get_json()["code"]) == (400, "invalid_request")
+    assert second_step(client, mfa_token(api), recovery_code=code).status_code == 200
