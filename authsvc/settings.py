@@ -191,6 +191,9 @@ class Settings:
         if self.log_level.upper() not in _LOG_LEVELS:
             out.append("AUTHSVC_LOG_LEVEL must be one of " + ", ".join(_LOG_LEVELS))
         out.extend(self._store_problems())
+        if not self.totp_issuer.strip() or ":" in self.totp_issuer:
+            # The Key Uri Format's label is "issuer:account": a colon would split it elsewhere.
+            out.append("AUTHSVC_TOTP_ISSUER must not be empty or contain a colon")
         if self.session_idle_timeout < self.access_token_ttl:
             out.append("AUTHSVC_SESSION_IDLE_TIMEOUT must be >= AUTHSVC_ACCESS_TOKEN_TTL")
         if self.breach_batch_size < 1 or not self.notify_rate_per_second > 0:

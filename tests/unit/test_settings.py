@@ -369,3 +369,12 @@ def test_the_argon2_bounds_are_those_stored_hashes_are_verified_within():
     # A hash made under any admitted settings must verify after they change.
     assert settings_module.MAX_ARGON2_MEMORY_KIB == passwords.MAX_OWN_ARGON2_MEMORY_KIB
     assert settings_module.MAX_ARGON2_TIME_COST == passwords.MAX_OWN_ARGON2_TIME_COST
+
+
+@pytest.mark.parametrize("issuer", ["", "  ", "Acme: Staff"])
+def test_a_totp_issuer_that_would_break_the_key_uri_is_refused(issuer):
+    with pytest.raises(ConfigError) as caught:
+        from_env(totp_issuer=issuer)
+
+    assert caught.value.problems == ["AUTHSVC_TOTP_ISSUER must not be empty or contain a colon"]
+    assert from_env(totp_issuer="Acme Staff").totp_issuer == "Acme Staff"
