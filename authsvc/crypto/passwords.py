@@ -141,6 +141,7 @@ class PasswordHasher:
         self._acquire_timeout = acquire_timeout
         self._dummy_lock = threading.Lock()
         self._dummy_hash: str | None = None
+        self._typical_check: float | None = None  # seconds; see _observe
         # Our own parameters are always acceptable, even above the module ceilings.
         self._max_memory = max(MAX_ARGON2_MEMORY_KIB, params.memory_cost_kib)
         self._max_time = max(MAX_ARGON2_TIME_COST, params.time_cost)
@@ -172,37 +173,79 @@ class PasswordHasher:
             raise RuntimeError(f"argon2 hashing failed: {exc}") from None
 
     def verify(self, expected_hash: str, password: str) -> VerifyResult:
-        """Check *password* against a stored hash. Unknown or malformed hashes give ok=False."""
+        """Check *password* against a stored hash. Unknown or malformed hashes give ok=False.
+
+        A check that is not of a current Argon2id hash (imported, made under cheaper settings,
+        or no hash at all) takes at least as long as a current one: it is padded, outside the
+        hashing slot, to the time current checks take in this process. Otherwise, after the
+        cost settings are raised, every account not signed in since would answer a wrong
+        password faster than an unknown email does (its dummy check is at the new cost). A
+        costlier stored hash (bcrypt 12, say) still takes its own, longer time."""
         family = self._stored_family(expected_hash)
-        if family is None:
-            return _FAILED
         normalized = normalize(password)
         with self._slot():
-            if family == "argon2":
-                outdated = self._needs_rehash(expected_hash)
-                ok = self._check_argon2(expected_hash, normalized) or (
-                    # One made elsewhere (imported) or under other settings may be of the
-                    # password as typed, without NFKC; ours with these settings never is.
-                    outdated
-                    and normalized != password
-                    and self._check_argon2(expected_hash, password)
-                )
-                return VerifyResult(ok=ok, needs_rehash=ok and outdated)
-            check = _check_bcrypt if family == "bcrypt" else _check_pbkdf2
-            # Legacy hashes were made elsewhere, without NFKC: try the password as typed too.
-            ok = check(expected_hash, normalized) or (
-                normalized != password and check(expected_hash, password)
+            started = time.perf_counter()
+            result, current = self._check_stored(family, expected_hash, normalized, password)
+            took = time.perf_counter() - started
+            if current:
+                self._observe(took)
+                return result
+            pad = self._current_check_seconds() - took
+        if pad > 0:
+            time.sleep(pad)
+        return result
+
+    def _check_stored(
+        self, family: HashFamily | None, expected_hash: str, normalized: str, password: str
+    ) -> tuple[VerifyResult, bool]:
+        """The result, and whether the hash is a current Argon2id one."""
+        if family is None:
+            return _FAILED, False
+        if family == "argon2":
+            outdated = self._needs_rehash(expected_hash)
+            ok = self._check_argon2(expected_hash, normalized) or (
+                # One made elsewhere (imported) or under other settings may be of the
+                # password as typed, without NFKC; ours with these settings never is.
+                outdated and normalized != password and self._check_argon2(expected_hash, password)
             )
-            return VerifyResult(ok=ok, needs_rehash=ok)
+            return VerifyResult(ok=ok, needs_rehash=ok and outdated), not outdated
+        check = _check_bcrypt if family == "bcrypt" else _check_pbkdf2
+        # Legacy hashes were made elsewhere, without NFKC: try the password as typed too.
+        ok = check(expected_hash, normalized) or (
+            normalized != password and check(expected_hash, password)
+        )
+        return VerifyResult(ok=ok, needs_rehash=ok), False
 
     def dummy_verify(self, password: str) -> None:
         """Do the work of a failed ``verify`` on a current hash, for accounts that do not exist."""
         normalized = normalize(password)
         with self._slot():
-            dummy = self._dummy()
-            self._stored_family(dummy)
-            self._needs_rehash(dummy)
-            self._check_argon2(dummy, normalized)
+            self._dummy()  # made once, not timed
+            started = time.perf_counter()
+            self._dummy_check(normalized)
+            self._observe(time.perf_counter() - started)
+
+    def _dummy_check(self, normalized: str) -> None:
+        dummy = self._dummy()
+        self._stored_family(dummy)
+        self._needs_rehash(dummy)
+        self._check_argon2(dummy, normalized)
+
+    def _observe(self, seconds: float) -> None:
+        """Follow the time a current check takes (a moving average: it drifts with load)."""
+        typical = self._typical_check
+        self._typical_check = seconds if typical is None else 0.9 * typical + 0.1 * seconds
+
+    def _current_check_seconds(self) -> float:
+        """What a current check takes here; measured with a dummy check the first time
+        (called holding a slot)."""
+        if self._typical_check is None:
+            self._dummy()
+            started = time.perf_counter()
+            self._dummy_check(secrets.token_urlsafe(12))
+            self._observe(time.perf_counter() - started)
+        assert self._typical_check is not None
+        return self._typical_check
 
     def _dummy(self) -> str:
         with self._dummy_lock:

@@ -434,3 +434,26 @@ def test_the_usual_settings_of_other_systems_are_under_the_ceilings(
     hasher: PasswordHasher, stored: str
 ) -> None:
     assert hasher.identify(stored) is not None
+
+
+def test_a_check_cheaper_than_a_current_one_takes_as_long() -> None:
+    # After the cost settings are raised, an account whose hash was made under the old ones
+    # must not answer a wrong password faster than an unknown email (a dummy at the new cost).
+    cheap = make_hasher().hash("the old settings")  # m=1024, t=1: well under a millisecond
+    current = PasswordHasher(
+        Argon2Params(time_cost=2, memory_cost_kib=16 * 1024, parallelism=1),
+        max_concurrent=1,
+        acquire_timeout=5,
+    )
+    for _ in range(3):
+        current.dummy_verify("an unknown email's guess")
+    typical = current._typical_check
+    assert typical is not None and typical > 0.002
+
+    for stored in (cheap, "$2b$04$" + "a" * 53, "not a hash"):
+        started = time.perf_counter()
+        result = current.verify(stored, "a wrong guess")
+        took = time.perf_counter() - started
+        assert result.ok is False
+        assert took >= 0.9 * typical, (stored[:10], took, typical)
+    assert current.verify(cheap, "the old settings") == VerifyResult(ok=True, needs_rehash=True)
