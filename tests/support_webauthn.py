@@ -1,9 +1,10 @@
 """A software authenticator for unit, service and HTTP tests.
 
-It builds real WebAuthn responses with `cryptography` (P-256 keys, "none" or "packed"
-attestation with an X.509 chain) so that py_webauthn verifies them exactly as it verifies a
-browser's. The browser test (tests/e2e/test_webauthn_browser.py) is the proof against a real
-client; this helper lets the many edge cases run in milliseconds.
+It builds real WebAuthn responses with `cryptography` (P-256 keys; "none", "packed",
+"apple", "android-key" or "android-safetynet" attestation with an X.509 chain) so that
+py_webauthn verifies them exactly as it verifies a browser's. The browser test
+(tests/e2e/test_webauthn_browser.py) is the proof against a real client; this helper lets the
+many edge cases run in milliseconds.
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ from typing import Any
 import cbor2
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
+from pyasn1.codec.der.encoder import encode as der_encode
+from webauthn.helpers.asn1.android_key import AuthorizationList, KeyDescription
 
 UP, UV, BE, BS, AT = 0x01, 0x04, 0x08, 0x10, 0x40
 AAGUID_OID = x509.ObjectIdentifier("1.3.6.1.4.1.45724.1.1.4")
+APPLE_NONCE_OID = x509.ObjectIdentifier("1.2.840.113635.100.8.2")
+ANDROID_KEY_OID = x509.ObjectIdentifier("1.3.6.1.4.1.11129.2.1.17")
 
 
 def b64url(data: bytes) -> str:
@@ -46,6 +51,43 @@ def _sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
     return key.sign(data, ec.ECDSA(hashes.SHA256()))
 
 
+def _der(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.DER)
+
+
+def _key_description(client_data_hash: bytes) -> bytes:
+    """An Android Key Attestation extension: a TEE-generated signing key for this challenge."""
+    description = KeyDescription()
+    description["attestationVersion"] = 3
+    description["attestationSecurityLevel"] = 1
+    description["keymasterVersion"] = 4
+    description["keymasterSecurityLevel"] = 1
+    description["attestationChallenge"] = client_data_hash
+    description["uniqueId"] = b""
+    description["softwareEnforced"] = AuthorizationList()
+    description["teeEnforced"]["purpose"].append(2)  # KM_PURPOSE_SIGN
+    description["teeEnforced"]["origin"] = 0  # KM_ORIGIN_GENERATED
+    return bytes(der_encode(description))
+
+
+def _safetynet_jws(ca: AttestationCa, nonce: bytes) -> bytes:
+    """A SafetyNet attestation response: a JWS signed by a key certified for
+    attest.android.com."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    leaf = ca.issue(key.public_key(), common_name="attest.android.com")
+    header = {"alg": "RS256", "x5c": [b64url(_der(leaf))]}
+    payload = {
+        "nonce": base64.b64encode(nonce).decode(),
+        "timestampMs": int(datetime.now(UTC).timestamp() * 1000),
+        "apkPackageName": "com.google.android.gms",
+        "ctsProfileMatch": True,
+        "basicIntegrity": True,
+    }
+    signed = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}"
+    signature = key.sign(signed.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signed}.{b64url(signature)}".encode()
+
+
 @dataclass
 class AttestationCa:
     """A root and an attestation certificate for one authenticator model (AAGUID)."""
@@ -58,10 +100,11 @@ class AttestationCa:
         default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
     )
     cert_aaguid: bytes | None = None  # the AAGUID named in the leaf (default: aaguid)
+    name: str = "Test Root CA"
 
     def __post_init__(self) -> None:
         now = datetime.now(UTC)
-        root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test Root CA")])
+        root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.name)])
         self.root = (
             x509.CertificateBuilder()
             .subject_name(root_name)
@@ -99,6 +142,28 @@ class AttestationCa:
 
     def root_pem(self) -> bytes:
         return self.root.public_bytes(serialization.Encoding.PEM)
+
+    def issue(
+        self,
+        public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+        *,
+        common_name: str = "Test Credential",
+        extension: x509.UnrecognizedExtension | None = None,
+    ) -> x509.Certificate:
+        """A certificate for one credential's (or one signing service's) key."""
+        now = datetime.now(UTC)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(self.root.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=30))
+        )
+        if extension is not None:
+            builder = builder.add_extension(extension, critical=False)
+        return builder.sign(self.root_key, hashes.SHA256())
 
 
 @dataclass
@@ -176,17 +241,26 @@ class SoftAuthenticator:
             + attested
         )
         client_data = self._client_data("webauthn.create", options["challenge"], origin)
+        signed = auth_data + hashlib.sha256(client_data).digest()
         statement: dict[str, Any] = {}
         if fmt == "packed" and ca is not None:
-            signed = auth_data + hashlib.sha256(client_data).digest()
-            statement = {
-                "alg": -7,
-                "sig": _sign(ca.leaf_key, signed),
-                "x5c": [ca.leaf.public_bytes(serialization.Encoding.DER)],
-            }
+            statement = {"alg": -7, "sig": _sign(ca.leaf_key, signed), "x5c": [_der(ca.leaf)]}
         elif fmt == "packed":  # self attestation
-            signed = auth_data + hashlib.sha256(client_data).digest()
             statement = {"alg": -7, "sig": _sign(key, signed)}
+        elif fmt == "apple" and ca is not None:  # the credential's own key, certified
+            nonce = x509.UnrecognizedExtension(
+                APPLE_NONCE_OID, b"\x30\x24\xa1\x22\x04\x20" + hashlib.sha256(signed).digest()
+            )
+            statement = {"x5c": [_der(ca.issue(key.public_key(), extension=nonce))]}
+        elif fmt == "android-key" and ca is not None:  # x5c ends with the root
+            description = x509.UnrecognizedExtension(
+                ANDROID_KEY_OID, _key_description(hashlib.sha256(client_data).digest())
+            )
+            leaf = ca.issue(key.public_key(), extension=description)
+            statement = {"alg": -7, "sig": _sign(key, signed), "x5c": [_der(leaf), _der(ca.root)]}
+        elif fmt == "android-safetynet" and ca is not None:
+            jws = _safetynet_jws(ca, hashlib.sha256(signed).digest())
+            statement = {"ver": "1", "response": jws}
         attestation = cbor2.dumps({"fmt": fmt, "attStmt": statement, "authData": auth_data})
         self.keys[credential_id] = StoredKey(
             credential_id, key, unb64url(options["user"]["id"]), start

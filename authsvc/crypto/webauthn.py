@@ -30,6 +30,7 @@ from webauthn.helpers import (
     parse_authenticator_data,
     parse_client_data_json,
     parse_registration_credential_json,
+    validate_certificate_chain,
 )
 from webauthn.helpers.exceptions import WebAuthnException
 from webauthn.helpers.structs import (
@@ -85,7 +86,7 @@ class RegisteredCredential:
     sign_count: int
     aaguid: str
     attestation_format: str
-    attested: bool  # a certificate chain (x5c) vouches for the authenticator model
+    attested: bool  # its certificate chain (x5c) leads to one of the trusted roots
     user_verified: bool
     backup_eligible: bool
     backed_up: bool
@@ -275,7 +276,13 @@ def verify_registration(
     trusted_roots: Sequence[bytes] = (),
 ) -> RegisteredCredential:
     """Verify an attestation (origin, RP ID hash, challenge, flags, attestation statement;
-    certificate chains against ``trusted_roots`` when given)."""
+    certificate chains against ``trusted_roots`` when given).
+
+    ``trusted_roots`` are the only trust anchors: py_webauthn adds its own (Apple's root for
+    "apple", Google's for "android-key", GlobalSign's for "android-safetynet"), so every chain
+    in attStmt.x5c is checked again against these alone. A credential is ``attested`` when its
+    chain passed that check; without roots, or without an x5c (none, self attestation,
+    android-safetynet, whose chain sits in a JWS), it is not."""
     response = _check_shape(credential, _REGISTRATION_FIELDS)
     roots = list(trusted_roots)
     try:
@@ -297,6 +304,8 @@ def verify_registration(
         attested = attestation.auth_data.attested_credential_data
         if statement.x5c and attested is not None:
             _check_certificate_aaguid(statement.x5c[0], attested.aaguid)
+        if statement.x5c and roots:
+            validate_certificate_chain(x5c=statement.x5c, pem_root_certs_bytes=list(roots))
     except WebauthnResponseError:
         raise
     except WebAuthnException as exc:
@@ -309,7 +318,7 @@ def verify_registration(
         sign_count=verified.sign_count,
         aaguid=verified.aaguid,
         attestation_format=str(getattr(verified.fmt, "value", verified.fmt)),
-        attested=bool(statement.x5c),
+        attested=bool(statement.x5c) and bool(roots),
         user_verified=verified.user_verified,
         backup_eligible=bool(flags.be),
         backed_up=verified.credential_backed_up,

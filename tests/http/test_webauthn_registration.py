@@ -7,6 +7,9 @@ import json
 from datetime import timedelta
 
 import pytest
+import webauthn.registration.formats.android_key as android_key_format
+import webauthn.registration.formats.android_safetynet as safetynet_format
+import webauthn.registration.formats.apple as apple_format
 from sqlalchemy import select
 
 from authsvc.db import utcnow
@@ -267,6 +270,46 @@ def test_direct_attestation_refusals(app, client, api, tmp_path, case):
     else:
         assert response.status_code == 400
         assert body["code"] == "invalid_webauthn_response"
+
+
+# The roots py_webauthn adds on its own for these formats (Apple's, Google's, GlobalSign's).
+BUILT_IN_ROOTS = {
+    "apple": (apple_format, "apple_webauthn_root_ca"),
+    "android-key": (android_key_format, "google_hardware_attestation_root_2"),
+    "android-safetynet": (safetynet_format, "globalsign_root_ca"),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(BUILT_IN_ROOTS))
+@pytest.mark.parametrize("operator_trusts_the_vendor", [False, True])
+def test_direct_attestation_trusts_only_the_configured_roots(
+    app, client, api, tmp_path, monkeypatch, fmt, operator_trusts_the_vendor
+):
+    # A vendor's root that py_webauthn trusts for one format (played by a root whose key the
+    # test holds) vouches for a key only when the operator's roots file lists it too.
+    vendor = AttestationCa(aaguid=YUBI, name="Vendor Root CA")
+    module, constant = BUILT_IN_ROOTS[fmt]
+    monkeypatch.setattr(module, constant, vendor.root_pem())
+    roots = tmp_path / "roots.pem"
+    listed = AttestationCa(aaguid=YUBI).root_pem()
+    roots.write_bytes(listed + vendor.root_pem() if operator_trusts_the_vendor else listed)
+    _policy(app, webauthn_attestation="direct", webauthn_attestation_roots=roots)
+    access = signed_in(api)
+    credential = SoftAuthenticator(aaguid=YUBI).register(
+        _options(client, access), fmt=fmt, ca=vendor
+    )
+    response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
+    body = response.get_json()
+    if fmt == "android-safetynet":  # its chain is not in attStmt.x5c: never counted as attested
+        assert (response.status_code, body.get("reason")) == (403, "attestation_required")
+    elif operator_trusts_the_vendor:
+        assert response.status_code == 201, body
+    else:
+        assert (response.status_code, body.get("code"), body.get("reason")) == (
+            400,
+            "invalid_webauthn_response",
+            "not_verified",
+        ), body
 
 
 def test_the_same_credential_cannot_be_registered_twice(app, client, api):

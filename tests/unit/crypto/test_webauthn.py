@@ -129,6 +129,21 @@ def test_packed_attestation_from_another_root_is_refused():
     assert caught.value.reason == "not_verified"
 
 
+def test_a_chain_checked_against_no_roots_is_not_attested():
+    # py_webauthn passes any chain when it is given no roots (an empty roots file).
+    ca = AttestationCa(aaguid=AAGUID)
+    credential = SoftAuthenticator(aaguid=AAGUID).register(_creation(), fmt="packed", ca=ca)
+    verified = wa.verify_registration(
+        credential=credential,
+        expected_challenge=b"c" * 32,
+        expected_rp_id="localhost",
+        expected_origins=[ORIGIN],
+        require_user_verification=False,
+        trusted_roots=wa.load_pem_roots(b"no certificates here\n"),
+    )
+    assert verified.attested is False and verified.attestation_format == "packed"
+
+
 def test_load_pem_roots_splits_a_bundle():
     bundle = (
         AttestationCa(aaguid=AAGUID).root_pem()
