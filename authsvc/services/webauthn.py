@@ -132,7 +132,13 @@ def issue_challenge(
     name: str | None = None,
     user_token_id: str | None = None,
 ) -> tuple[WebauthnChallenge, bytes]:
-    _sweep(session, now=now)
+    """A fresh challenge row; expired ones are swept on the way out.
+
+    With a ``user_id`` the caller holds that account's lock (``accounts.lock_account`` or
+    ``find_with_owner(lock_owner=True)``), taken before any challenge row, as every writer of
+    both keeps: a deletion takes the account, then its challenges by cascade. The sweep comes
+    last: it waits for nobody (SKIP LOCKED), and nothing here waits after it, so the rows it
+    holds (of any account) cannot close a circle with another transaction."""
     challenge = wa.new_challenge()
     row = WebauthnChallenge(
         purpose=purpose,
@@ -147,6 +153,7 @@ def issue_challenge(
     )
     session.add(row)
     session.flush()
+    _sweep(session, now=now)
     return row, challenge
 
 
@@ -345,8 +352,11 @@ def _options_for(
     session: DbSession, deps: Deps, *, token: str, purpose: str, now: datetime
 ) -> dict[str, Any]:
     """Options for the step a token stands for, refused (InvalidToken) wherever the step itself
-    would refuse the token: a disabled owner, a login begun before the password was invalidated."""
-    row, owner = user_tokens.find_with_owner(session, token=token, purpose=purpose, now=now)
+    would refuse the token: a disabled owner, a login begun before the password was invalidated.
+    The owner is locked before the challenge is written (see ``issue_challenge``)."""
+    row, owner = user_tokens.find_with_owner(
+        session, token=token, purpose=purpose, now=now, lock_owner=True
+    )
     return assertion_options(session, deps, user_id=owner.id, user_token_id=row.id, now=now)
 
 

@@ -27,7 +27,7 @@ from authsvc.errors import (
     InvalidWebauthnResponse,
 )
 from authsvc.models import User, WebauthnCredential
-from authsvc.services import audit, login, notices, recovery, user_tokens, webauthn
+from authsvc.services import accounts, audit, login, notices, recovery, user_tokens, webauthn
 from authsvc.services.context import Client, Deps
 from authsvc.settings import Settings
 
@@ -64,7 +64,8 @@ def registration_options(
     """Creation options for a new key of this user, with a fresh single-use challenge."""
     settings = deps.settings
     clean = webauthn.clean_name(name)
-    user = session.get(User, user_id)
+    # The account before its challenges (see webauthn.issue_challenge).
+    user = accounts.lock_account(session, user_id)
     if user is None:
         raise InvalidCredentials()
     rows = webauthn.credentials_of(session, user_id)

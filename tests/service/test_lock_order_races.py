@@ -18,6 +18,7 @@ from authsvc.models import TotpFactor, User, WebauthnCredential
 from authsvc.services import (
     accounts,
     admin,
+    audit,
     factors,
     login,
     mfa_management,
@@ -81,17 +82,20 @@ def _with_totp(committed, deps, caller, now, user_id):
     return pending.secret
 
 
-def _pause_at(monkeypatch, owner, name: str) -> tuple[threading.Event, threading.Event]:
-    """Make ``owner.name`` wait, at its first call, until ``release`` is set; ``gate`` is set
-    when it starts waiting."""
+def _pause_at(
+    monkeypatch, owner, name: str, *, after: bool = False
+) -> tuple[threading.Event, threading.Event]:
+    """Make ``owner.name`` wait, at its first call (before it runs, or ``after``), until
+    ``release`` is set; ``gate`` is set when it starts waiting."""
     gate, release = threading.Event(), threading.Event()
     original = getattr(owner, name)
 
     def paused(*args, **kwargs):
+        result = original(*args, **kwargs) if after else None
         if not gate.is_set():
             gate.set()
             release.wait(10)
-        return original(*args, **kwargs)
+        return result if after else original(*args, **kwargs)
 
     monkeypatch.setattr(owner, name, paused)
     return gate, release
@@ -383,3 +387,95 @@ def test_passkey_login_vs_the_removal_of_that_passkey(
         release,
     )
     assert outcomes == {"first": "ok", "second": "invalid_credentials"}, outcomes
+
+
+def _expired_challenge(committed, deps, now, user_id):
+    """Registration options of long ago: the account has a challenge the next sweep deletes."""
+    _options(committed, deps, now - deps.settings.webauthn_challenge_ttl * 2, user_id)
+
+
+def test_webauthn_options_sweep_vs_admin_delete(committed, deps, caller, now, monkeypatch):
+    # The options sweep the account's expired challenge; the deletion, its cascade.
+    user_id = _account(committed, deps, now)
+    _expired_challenge(committed, deps, now, user_id)
+    gate, release = _pause_at(monkeypatch, webauthn, "_sweep", after=True)
+    outcomes = _race(
+        lambda: _attempt(
+            committed,
+            lambda s: webauthn_registration.registration_options(
+                s, deps, user_id=user_id, name="key", now=now
+            ),
+        ),
+        lambda: _attempt(
+            committed,
+            lambda s: admin.delete_user(s, admin=OPS, user_id=user_id, client=caller, now=now),
+        ),
+        gate,
+        release,
+    )
+    assert outcomes == {"first": "ok", "second": "ok"}, outcomes
+
+
+def test_webauthn_registration_at_its_expiry_vs_new_options(
+    committed, deps, caller, now, monkeypatch
+):
+    # The registration still holds a live challenge; the new options, a second later by their
+    # clock, would sweep it as expired while the registration waits to spend it.
+    user_id = _account(committed, deps, now)
+    credential = SoftAuthenticator().register(_options(committed, deps, now, user_id))
+    ttl = deps.settings.webauthn_challenge_ttl
+    gate, release = _pause_at(monkeypatch, webauthn, "consume_challenge")
+    outcomes = _race(
+        lambda: _attempt(
+            committed,
+            lambda s: webauthn_registration.register(
+                s,
+                deps,
+                user_id=user_id,
+                credential=credential,
+                name=None,
+                client=caller,
+                now=now + ttl - timedelta(seconds=1),
+            ),
+        ),
+        lambda: _attempt(
+            committed,
+            lambda s: webauthn_registration.registration_options(
+                s, deps, user_id=user_id, name="second", now=now + ttl + timedelta(seconds=1)
+            ),
+        ),
+        gate,
+        release,
+    )
+    assert outcomes == {"first": "ok", "second": "ok"}, outcomes
+
+
+@pytest.mark.parametrize("options", ["registration", "mfa"])
+def test_webauthn_options_while_admin_delete_commits(
+    committed, deps, caller, now, monkeypatch, options
+):
+    user_id = _account(committed, deps, now)
+    _register(committed, deps, caller, now, user_id, SoftAuthenticator())
+    with committed.begin() as session:
+        token = issue_mfa_token(session, user_id=user_id, now=now)
+
+    def ask(s):
+        if options == "registration":
+            webauthn_registration.registration_options(
+                s, deps, user_id=user_id, name="key", now=now
+            )
+        else:
+            webauthn.mfa_options(s, deps, mfa_token=token, now=now)
+
+    gate, release = _pause_at(monkeypatch, audit, "record")  # the deletion, after its cascade
+    outcomes = _race(
+        lambda: _attempt(
+            committed,
+            lambda s: admin.delete_user(s, admin=OPS, user_id=user_id, client=caller, now=now),
+        ),
+        lambda: _attempt(committed, ask),
+        gate,
+        release,
+    )
+    refused = "invalid_credentials" if options == "registration" else "invalid_token"
+    assert outcomes == {"first": "ok", "second": refused}, outcomes
