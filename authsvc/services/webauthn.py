@@ -414,6 +414,13 @@ def verify_mfa_assertion(
         raise InvalidMfa(
             "This security key is not registered to the account", reason="unknown_credential"
         )
+    if answer.user_handle is not None and not hmac.compare_digest(
+        answer.user_handle, row.user_handle
+    ):
+        # WebAuthn L3 7.2 step 6: a handle, when the authenticator sends one, is this account's.
+        raise InvalidMfa(
+            "The security key answered for another account", reason="user_handle_mismatch"
+        )
     try:
         authenticate(
             session,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from datetime import timedelta
 
 import jwt
@@ -106,6 +107,21 @@ def test_a_key_of_another_user_is_refused(client, api, enrolled):
     assert response.status_code == 401
     body = response.get_json()
     assert body["code"] == "invalid_mfa" and body["reason"] == "unknown_credential"
+
+
+def test_a_user_handle_of_another_account_is_refused(client, api, enrolled):
+    token = mfa_token(api)
+    credential = enrolled.assertion(_options(client, token))
+    credential["response"]["userHandle"] = b64url(secrets.token_bytes(32))
+    response = _complete(client, token, credential)
+    body = response.get_json()
+    assert (response.status_code, body.get("code"), body.get("reason")) == (
+        401,
+        "invalid_mfa",
+        "user_handle_mismatch",
+    )
+    without_handle = enrolled.assertion(_options(client, token), user_handle=False)
+    assert _complete(client, token, without_handle).status_code == 200  # absent is fine
 
 
 def test_a_challenge_is_accepted_once(client, api, enrolled):
