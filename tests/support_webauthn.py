@@ -30,6 +30,12 @@ UP, UV, BE, BS, AT = 0x01, 0x04, 0x08, 0x10, 0x40
 AAGUID_OID = x509.ObjectIdentifier("1.3.6.1.4.1.45724.1.1.4")
 APPLE_NONCE_OID = x509.ObjectIdentifier("1.2.840.113635.100.8.2")
 ANDROID_KEY_OID = x509.ObjectIdentifier("1.3.6.1.4.1.11129.2.1.17")
+# clientDataJSON members of a ceremony run inside a cross-origin frame (WebAuthn L3 5.8.1).
+CROSS_ORIGIN_FRAMES = (
+    {"crossOrigin": True},
+    {"crossOrigin": True, "topOrigin": "https://evil.example"},
+    {"topOrigin": "https://evil.example"},
+)
 
 
 def b64url(data: bytes) -> str:
@@ -194,13 +200,16 @@ class SoftAuthenticator:
         self.keys: dict[bytes, StoredKey] = {}
 
     # -- building blocks ------------------------------------------------------------------
-    def _client_data(self, kind: str, challenge: str, origin: str | None) -> bytes:
+    def _client_data(
+        self, kind: str, challenge: str, origin: str | None, extra: dict[str, Any] | None = None
+    ) -> bytes:
         return json.dumps(
             {
                 "type": kind,
                 "challenge": challenge,
                 "origin": origin or self.origin,
                 "crossOrigin": False,
+                **(extra or {}),
             }
         ).encode()
 
@@ -222,8 +231,11 @@ class SoftAuthenticator:
         ca: AttestationCa | None = None,
         rk: bool | None = None,
         credential_id: bytes | None = None,
+        extra_client_data: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """A RegistrationResponseJSON for PublicKeyCredentialCreationOptionsJSON."""
+        """A RegistrationResponseJSON for PublicKeyCredentialCreationOptionsJSON;
+        ``extra_client_data`` adds or replaces members of clientDataJSON (crossOrigin,
+        topOrigin)."""
         key = ec.generate_private_key(ec.SECP256R1())
         credential_id = credential_id or secrets.token_bytes(32)
         rp_hash = hashlib.sha256((rp_id or options["rp"]["id"]).encode()).digest()
@@ -240,7 +252,9 @@ class SoftAuthenticator:
             + struct.pack(">I", start)
             + attested
         )
-        client_data = self._client_data("webauthn.create", options["challenge"], origin)
+        client_data = self._client_data(
+            "webauthn.create", options["challenge"], origin, extra_client_data
+        )
         signed = auth_data + hashlib.sha256(client_data).digest()
         statement: dict[str, Any] = {}
         if fmt == "packed" and ca is not None:
@@ -289,6 +303,7 @@ class SoftAuthenticator:
         rp_id: str | None = None,
         sign_count: int | None = None,
         user_handle: bool = True,
+        extra_client_data: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """An AuthenticationResponseJSON for PublicKeyCredentialRequestOptionsJSON."""
         if credential_id is None:
@@ -304,7 +319,9 @@ class SoftAuthenticator:
         auth_data = (
             rp_hash + bytes([self._flags(uv=uv, attested=False)]) + struct.pack(">I", sign_count)
         )
-        client_data = self._client_data("webauthn.get", options["challenge"], origin)
+        client_data = self._client_data(
+            "webauthn.get", options["challenge"], origin, extra_client_data
+        )
         signature = _sign(stored.private_key, auth_data + hashlib.sha256(client_data).digest())
         response = {
             "clientDataJSON": b64url(client_data),

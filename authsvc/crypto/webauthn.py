@@ -266,6 +266,15 @@ def _reported_rk(credential: dict[str, Any]) -> bool | None:
     return rk if isinstance(rk, bool) else None
 
 
+def _check_not_framed(client_data_json: bytes) -> None:
+    """WebAuthn L3 7.1 step 8 / 7.2 step 12: a ceremony run in a cross-origin frame (crossOrigin
+    true, or a topOrigin) is for a relying party that expects to be framed by that origin.
+    authsvc has no such origins (its pages send frame-ancestors 'none'): it refuses them all."""
+    data = json.loads(client_data_json)  # a JSON object: py_webauthn has parsed it
+    if data.get("crossOrigin") not in (None, False) or "topOrigin" in data:
+        raise WebauthnResponseError("cross_origin", "the ceremony ran in a cross-origin frame")
+
+
 def verify_registration(
     *,
     credential: Any,
@@ -306,6 +315,7 @@ def verify_registration(
             _check_certificate_aaguid(statement.x5c[0], attested.aaguid)
         if statement.x5c and roots:
             validate_certificate_chain(x5c=statement.x5c, pem_root_certs_bytes=list(roots))
+        _check_not_framed(parsed.response.client_data_json)
     except WebauthnResponseError:
         raise
     except WebAuthnException as exc:
@@ -368,6 +378,7 @@ def verify_assertion(
             require_user_verification=require_user_verification,
         )
         flags = parse_authenticator_data(from_b64url(response["authenticatorData"])).flags
+        _check_not_framed(parsed.response.client_data_json)
     except WebAuthnException as exc:
         raise WebauthnResponseError("not_verified", str(exc)) from None
     except WebauthnResponseError:

@@ -14,6 +14,7 @@ from authsvc.models import AuditEvent, User, WebauthnCredential
 from authsvc.ratelimit import RateLimiter
 from tests.conftest import runtime
 from tests.support_webauthn import (
+    CROSS_ORIGIN_FRAMES,
     PASSWORD,
     SoftAuthenticator,
     b64url,
@@ -149,6 +150,14 @@ def test_a_wrong_user_handle_is_refused(app, client, passkey):
     response = _login(client, options, passkey.assertion(options))
     assert response.status_code == 401
     assert '"user_handle_mismatch"' in _failure_reasons(app)[-1]
+
+
+@pytest.mark.parametrize("framing", CROSS_ORIGIN_FRAMES, ids="+".join)
+def test_an_answer_from_a_cross_origin_frame_is_refused(app, client, passkey, framing):
+    options = _options(client)
+    response = _login(client, options, passkey.assertion(options, extra_client_data=framing))
+    assert (response.status_code, response.get_json()["code"]) == (401, "invalid_credentials")
+    assert '"cross_origin"' in _failure_reasons(app)[-1]
 
 
 def test_a_missing_user_handle_is_refused(app, client, passkey):

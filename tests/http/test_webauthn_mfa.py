@@ -15,6 +15,7 @@ from authsvc.models import AuditEvent, User, WebauthnCredential
 from authsvc.services import user_tokens, webauthn
 from tests.conftest import runtime
 from tests.support_webauthn import (
+    CROSS_ORIGIN_FRAMES,
     PASSWORD,
     SoftAuthenticator,
     b64url,
@@ -169,6 +170,19 @@ def test_wrong_origin_is_refused(client, api, enrolled):
     response = _complete(client, token, credential)
     assert response.status_code == 401
     assert response.get_json()["reason"] == "not_verified"
+
+
+@pytest.mark.parametrize("framing", CROSS_ORIGIN_FRAMES, ids="+".join)
+def test_an_answer_from_a_cross_origin_frame_is_refused(client, api, enrolled, framing):
+    token = mfa_token(api)
+    credential = enrolled.assertion(_options(client, token), extra_client_data=framing)
+    response = _complete(client, token, credential)
+    body = response.get_json()
+    assert (response.status_code, body.get("code"), body.get("reason")) == (
+        401,
+        "invalid_mfa",
+        "cross_origin",
+    )
 
 
 def test_a_bad_signature_is_refused(client, api, enrolled):

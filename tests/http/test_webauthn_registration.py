@@ -17,6 +17,7 @@ from authsvc.models import AuditEvent, WebauthnChallenge, WebauthnCredential
 from authsvc.services import webauthn as webauthn_service
 from tests.conftest import runtime
 from tests.support_webauthn import (
+    CROSS_ORIGIN_FRAMES,
     AttestationCa,
     SoftAuthenticator,
     b64url,
@@ -119,6 +120,21 @@ def test_wrong_origin_is_refused_and_audited(app, client, api):
     with _db(app) as session:
         event = session.scalar(select(AuditEvent).where(AuditEvent.type == "mfa.webauthn.register"))
         assert event.outcome == "rejected"
+        assert session.scalar(select(WebauthnCredential)) is None
+
+
+@pytest.mark.parametrize("framing", CROSS_ORIGIN_FRAMES, ids="+".join)
+def test_a_key_created_in_a_cross_origin_frame_is_refused(app, client, api, framing):
+    access = signed_in(api)
+    credential = SoftAuthenticator().register(_options(client, access), extra_client_data=framing)
+    response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
+    body = response.get_json()
+    assert (response.status_code, body.get("code"), body.get("reason")) == (
+        400,
+        "invalid_webauthn_response",
+        "cross_origin",
+    )
+    with _db(app) as session:
         assert session.scalar(select(WebauthnCredential)) is None
 
 
