@@ -14,6 +14,7 @@ import hashlib
 import json
 import secrets
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,6 +37,20 @@ CROSS_ORIGIN_FRAMES = (
     {"crossOrigin": True, "topOrigin": "https://evil.example"},
     {"topOrigin": "https://evil.example"},
 )
+
+
+def _with_response(credential: dict[str, Any], **members: str) -> dict[str, Any]:
+    return {**credential, "response": {**credential["response"], **members}}
+
+
+# Assertions of the right shape that do not parse: name -> break(valid credential).
+UNPARSABLE_ASSERTIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "authenticator_data_of_3_bytes": lambda c: _with_response(c, authenticatorData="AQID"),
+    "authenticator_data_with_trailing_bytes": lambda c: _with_response(
+        c, authenticatorData=b64url(unb64url(c["response"]["authenticatorData"]) + b"\0")
+    ),
+    "unknown_authenticator_attachment": lambda c: {**c, "authenticatorAttachment": "bogus"},
+}
 
 
 def b64url(data: bytes) -> str:

@@ -241,9 +241,17 @@ def read_registration(credential: Any) -> ClientAnswer:
 
 
 def read_assertion(credential: Any) -> ClientAnswer:
-    """Shape-check an AuthenticationResponseJSON; read its credential id, challenge and
-    user handle (present for discoverable credentials)."""
+    """Shape-check and parse an AuthenticationResponseJSON (py_webauthn's parsers: the
+    credential JSON, its client data and authenticator data); read its credential id,
+    challenge and user handle (present for discoverable credentials). One that does not parse
+    is a client's mistake, refused here, before any account is looked at: only what parses
+    can be a wrong answer."""
     response = _check_shape(credential, _ASSERTION_FIELDS)
+    try:
+        parse_authentication_credential_json(credential)
+        parse_authenticator_data(from_b64url(response["authenticatorData"]))
+    except Exception:  # any parsing error of client-supplied bytes
+        raise WebauthnResponseError("malformed", "the assertion does not parse") from None
     handle = from_b64url(response["userHandle"]) if response.get("userHandle") else b""
     return ClientAnswer(
         credential_id=from_b64url(credential["rawId"]),

@@ -16,6 +16,7 @@ from tests.conftest import runtime
 from tests.support_webauthn import (
     CROSS_ORIGIN_FRAMES,
     PASSWORD,
+    UNPARSABLE_ASSERTIONS,
     SoftAuthenticator,
     b64url,
     enroll,
@@ -158,6 +159,20 @@ def test_an_answer_from_a_cross_origin_frame_is_refused(app, client, passkey, fr
     response = _login(client, options, passkey.assertion(options, extra_client_data=framing))
     assert (response.status_code, response.get_json()["code"]) == (401, "invalid_credentials")
     assert '"cross_origin"' in _failure_reasons(app)[-1]
+
+
+@pytest.mark.parametrize("case", sorted(UNPARSABLE_ASSERTIONS))
+def test_an_answer_that_does_not_parse_is_400(app, client, passkey, case):
+    # Refused before any account is looked at, so the answer says nothing about one.
+    options = _options(client)
+    response = _login(client, options, UNPARSABLE_ASSERTIONS[case](passkey.assertion(options)))
+    body = response.get_json()
+    assert (response.status_code, body.get("code"), body.get("reason")) == (
+        400,
+        "invalid_webauthn_response",
+        "malformed",
+    )
+    assert '"malformed"' in _failure_reasons(app)[-1]
 
 
 def test_a_missing_user_handle_is_refused(app, client, passkey):

@@ -13,10 +13,12 @@ from sqlalchemy import select, update
 from authsvc.db import utcnow
 from authsvc.models import AuditEvent, User, WebauthnCredential
 from authsvc.services import user_tokens, webauthn
+from authsvc.services.login import MAX_MFA_ATTEMPTS_PER_TOKEN
 from tests.conftest import runtime
 from tests.support_webauthn import (
     CROSS_ORIGIN_FRAMES,
     PASSWORD,
+    UNPARSABLE_ASSERTIONS,
     SoftAuthenticator,
     b64url,
     enroll,
@@ -279,6 +281,25 @@ def test_a_malformed_answer_is_400_and_costs_no_attempt(client, api, enrolled):
         )
 
     assert _complete(client, token, enrolled.assertion(_options(client, token))).status_code == 200
+
+
+@pytest.mark.parametrize("case", sorted(UNPARSABLE_ASSERTIONS))
+def test_an_answer_that_does_not_parse_is_400_and_costs_no_attempt(client, api, enrolled, case):
+    # Parsed before it is checked: it costs no attempt and does not spend the challenge.
+    token = mfa_token(api)
+    options = _options(client, token)
+    for _ in range(MAX_MFA_ATTEMPTS_PER_TOKEN):
+        response = _complete(
+            client, token, UNPARSABLE_ASSERTIONS[case](enrolled.assertion(options))
+        )
+        body = response.get_json()
+        assert (response.status_code, body.get("code"), body.get("reason")) == (
+            400,
+            "invalid_webauthn_response",
+            "malformed",
+        )
+
+    assert _complete(client, token, enrolled.assertion(options)).status_code == 200
 
 
 def test_options_for_an_account_without_keys(app, client, api):
