@@ -410,19 +410,25 @@ def sweep_sessions(session: DbSession, *, campaign_id: str, now: datetime) -> in
 def record_password_set(session: DbSession, *, user_id: str, now: datetime) -> None:
     """A flagged user set a new password: count the forced reset as completed in every campaign
     that flagged the account (``accounts`` calls this when it clears the flags)."""
-    campaigns = list(
-        session.scalars(select(BreachCampaign.id).where(BreachCampaign.started_at.is_not(None)))
-    )
-    if not campaigns:
-        return
     session.execute(
         update(BreachTarget)
         .where(
-            BreachTarget.campaign_id.in_(campaigns),
+            _started_campaigns(),
             BreachTarget.user_id == user_id,
             BreachTarget.processed_at.is_not(None),
             BreachTarget.reset_at.is_(None),
         )
         .values(reset_at=now),
         execution_options=NO_SYNC,
+    )
+
+
+def _started_campaigns() -> Any:
+    """SQL: the target row belongs to a campaign that has started. A subquery, not a list of
+    ids: every forced reset is a campaign of its own, and more than 65,535 ids are more than a
+    statement may carry. The database looks each campaign up in the primary key on
+    (campaign_id, user_id) (breach_targets has no index on user_id alone), or, with very many
+    campaigns and few targets, reads the table if that costs less."""
+    return BreachTarget.campaign_id.in_(
+        select(BreachCampaign.id).where(BreachCampaign.started_at.is_not(None))
     )

@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from authsvc.db import utcnow
 from authsvc.errors import (
@@ -354,6 +354,34 @@ def test_a_reset_through_the_notice_link_counts_as_completed(
         now=utcnow(),
     )
     assert result.status == "authenticated"
+
+
+def test_a_reset_counts_after_more_force_resets_than_a_statement_has_parameters(
+    db_session, deps, caller, users
+):
+    if not on_postgresql(db_session):
+        pytest.skip("65,535 parameters is PostgreSQL's limit (SQLite here takes 250,000)")
+    view = breach.force_reset(
+        db_session, deps, user_id=users[0].id, mode="invalidate", revoke_sessions=True,
+        reset_mfa=False, notify=False, reason="phished", creator=ADMIN, client=caller,
+        now=utcnow(),
+    )  # fmt: skip
+    # Years of admin force-resets: each one a finished one-account campaign.
+    db_session.execute(
+        text(
+            "INSERT INTO breach_campaigns (id, origin, reason, selector, mode, revoke_sessions,"
+            " reset_mfa, notify, status, targeted, processed, sessions_revoked, notices_queued,"
+            " batches, failures, created_by, created_at, started_at, finished_at)"
+            " SELECT 'old' || g, 'force_reset', 'phished', 'user_ids', 'invalidate', true, false,"
+            " false, 'completed', 1, 1, 0, 0, 1, 0, 'tests', now(), now(), now()"
+            " FROM generate_series(1, 70000) AS g"
+        )
+    )
+    db_session.expire_all()
+
+    set_new_password(db_session, deps, caller, db_session.get(User, users[0].id))
+
+    assert breach.get_campaign(db_session, campaign_id=view.id).completed_resets == 1
 
 
 def test_change_at_next_login_asks_for_a_new_password_after_login(
