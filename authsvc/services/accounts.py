@@ -233,6 +233,15 @@ def lock_account(session: DbSession, user_id: str) -> User | None:
     return session.get(User, user_id, with_for_update={"key_share": True}, populate_existing=True)
 
 
+def lock_breach_targets(session: DbSession, user: User) -> None:
+    """For a flagged account, locked already: lock the breach_targets rows its new password
+    will stamp, before any of its tokens is written. The order of the account's rows is
+    account, breach targets, tokens: a breach notice run holds a target row as it replaces
+    the account's reset tokens."""
+    if user.password_invalidated_at is not None or user.password_change_required:
+        breach_batches.lock_targets(session, user_id=user.id)
+
+
 def _refusal(user: User | None, password_ok: bool) -> str | None:
     """Why a login with this account and password check fails, or None."""
     if user is None:
@@ -395,10 +404,12 @@ def reset_password(
     now: datetime,
 ) -> None:
     # The account locked first: checking a second factor writes its rows (a step, a code, a
-    # challenge), and every writer takes the account before those.
+    # challenge), and every writer takes the account before those; then its breach targets,
+    # before the link is spent.
     row, user = user_tokens.find_with_owner(
         session, token=token, purpose="reset_password", now=now, lock_owner=True
     )
+    lock_breach_targets(session, user)
     normalized = acceptable_password(deps, new_password, email=user.email)
     methods = factors.methods_for(session, user_id=user.id)
     if methods:
@@ -468,6 +479,8 @@ def set_password(
     if proven_at is not None and invalidated is not None and proven_at <= invalidated:
         raise InvalidToken()
     forced = invalidated is not None or user.password_change_required
+    if forced:  # a forced reset is complete: breach responses count it (before the tokens)
+        breach_batches.record_password_set(session, user_id=user.id, now=now)
     user.password_hash = hashed
     user.password_set_at = now
     user.password_invalidated_at = None
@@ -475,8 +488,6 @@ def set_password(
     user.updated_at = now
     user_tokens.revoke_all(session, user_id=user.id, purposes=_DIE_WITH_THE_PASSWORD, now=now)
     revoked = sessions.revoke_all_for_user(session, user_id=user.id, reason=event, now=now)
-    if forced:  # a forced reset is complete: breach responses count it
-        breach_batches.record_password_set(session, user_id=user.id, now=now)
     audit.record(
         session,
         type=event,

@@ -54,7 +54,14 @@ from authsvc.services.breach_sql import (
 )
 from authsvc.services.context import Deps
 
-__all__ = ["ACTIVE", "BatchOutcome", "has_work", "record_password_set", "run_next_batch"]
+__all__ = [
+    "ACTIVE",
+    "BatchOutcome",
+    "has_work",
+    "lock_targets",
+    "record_password_set",
+    "run_next_batch",
+]
 
 REVOKED_REASON = "breach_response"
 # Login steps that must not outlive a forced reset.
@@ -407,28 +414,39 @@ def sweep_sessions(session: DbSession, *, campaign_id: str, now: datetime) -> in
     return swept
 
 
+def lock_targets(session: DbSession, *, user_id: str) -> None:
+    """Lock the account's target rows that ``record_password_set`` will stamp (FOR NO KEY
+    UPDATE, in campaign order). A reset or change of a flagged account takes them after the
+    account's row and before any of its tokens: a notice run holds a target row while it
+    replaces the account's reset tokens (``breach_notices``), so a reset that had spent its
+    link first and then waited for that row would deadlock with it."""
+    session.execute(
+        select(BreachTarget.campaign_id)
+        .where(*_completable(user_id))
+        .order_by(BreachTarget.campaign_id)
+        .with_for_update(key_share=True)
+    )
+
+
 def record_password_set(session: DbSession, *, user_id: str, now: datetime) -> None:
     """A flagged user set a new password: count the forced reset as completed in every campaign
     that flagged the account (``accounts`` calls this when it clears the flags)."""
     session.execute(
-        update(BreachTarget)
-        .where(
-            _started_campaigns(),
-            BreachTarget.user_id == user_id,
-            BreachTarget.processed_at.is_not(None),
-            BreachTarget.reset_at.is_(None),
-        )
-        .values(reset_at=now),
+        update(BreachTarget).where(*_completable(user_id)).values(reset_at=now),
         execution_options=NO_SYNC,
     )
 
 
-def _started_campaigns() -> Any:
-    """SQL: the target row belongs to a campaign that has started. A subquery, not a list of
-    ids: every forced reset is a campaign of its own, and more than 65,535 ids are more than a
-    statement may carry. The database looks each campaign up in the primary key on
-    (campaign_id, user_id) (breach_targets has no index on user_id alone), or, with very many
-    campaigns and few targets, reads the table if that costs less."""
-    return BreachTarget.campaign_id.in_(
-        select(BreachCampaign.id).where(BreachCampaign.started_at.is_not(None))
+def _completable(user_id: str) -> tuple[Any, ...]:
+    """SQL: the account's target rows that are flagged and not reset yet. The campaigns come
+    from a subquery, not a list of ids: every forced reset is a campaign of its own, and more
+    than 65,535 ids are more than a statement may carry. The database looks each campaign up in
+    the primary key on (campaign_id, user_id) (breach_targets has no index on user_id alone),
+    or, with very many campaigns and few targets, reads the table if that costs less."""
+    started = select(BreachCampaign.id).where(BreachCampaign.started_at.is_not(None))
+    return (
+        BreachTarget.campaign_id.in_(started),
+        BreachTarget.user_id == user_id,
+        BreachTarget.processed_at.is_not(None),
+        BreachTarget.reset_at.is_(None),
     )

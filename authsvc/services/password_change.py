@@ -33,6 +33,7 @@ def change_password(
             session, token=change_token, purpose="change_password", now=now, lock_owner=True
         )
         user, proven_at = owner, row.created_at
+        accounts.lock_breach_targets(session, user)  # before the token, as a reset does
         normalized = accounts.acceptable_password(deps, new_password, email=user.email)
         user_tokens.consume(session, row=row, now=now)
     else:

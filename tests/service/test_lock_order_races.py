@@ -15,10 +15,15 @@ from sqlalchemy import select, update
 from authsvc.crypto import totp as otp
 from authsvc.errors import AuthsvcError
 from authsvc.models import TotpFactor, User, WebauthnCredential
+from authsvc.models.breach import BreachTarget
 from authsvc.services import (
     accounts,
     admin,
     audit,
+    breach,
+    breach_batches,
+    breach_lists,
+    breach_notices,
     factors,
     login,
     mfa_management,
@@ -479,3 +484,115 @@ def test_webauthn_options_while_admin_delete_commits(
     )
     refused = "invalid_credentials" if options == "registration" else "invalid_token"
     assert outcomes == {"first": "ok", "second": refused}, outcomes
+
+
+LATER = timedelta(minutes=1)  # the reset and the notice run come after the campaign
+
+
+def _flagged_with_a_link(committed, deps, caller, now) -> tuple[str, str, str]:
+    """An account a finished breach response flagged, whose notice is queued and not sent,
+    and which asked for a reset link ("forgot password") meanwhile: (user id, campaign id,
+    the link's token)."""
+    user_id = _account(committed, deps, now)
+    with committed.begin() as session:
+        created = breach.create_campaign(
+            session,
+            deps,
+            request=breach.CampaignRequest(
+                reason="INC-7",
+                selector="user_ids",
+                mode="invalidate",
+                targets=breach_lists.parse_target_list("user_ids", [user_id]),
+            ),
+            creator=breach.Creator(name="tests"),
+            client=caller,
+            now=now,
+        )
+    campaign_id = created.campaign.id
+    with committed.begin() as session:
+        while not breach_batches.run_next_batch(
+            session, deps, campaign_id=campaign_id, now=now
+        ).finished:
+            pass
+    with committed.begin() as session:
+        link = user_tokens.issue(
+            session, user_id=user_id, purpose="reset_password", ttl=timedelta(hours=1), now=now
+        )
+    return user_id, campaign_id, link
+
+
+def _notice_run(committed, deps, campaign_id, now):
+    """A run of the campaign's notice job, in its own transaction, for ``_race``."""
+    return lambda: _attempt(
+        committed,
+        lambda s: breach_notices.send_notices(
+            s, deps, campaign_id=campaign_id, after="", settled=True, upto=None, now=now
+        ),
+    )
+
+
+def _reset(committed, deps, caller, now, link):
+    """The reset with ``link``, in its own transaction, for ``_race``."""
+    return lambda: _attempt(
+        committed,
+        lambda s: accounts.reset_password(
+            s,
+            deps,
+            token=link,
+            new_password=NEW,
+            proof=factors.FactorProof(),
+            client=caller,
+            now=now,
+        ),
+    )
+
+
+@pytest.mark.parametrize("first", ["reset", "notice_run"])
+def test_a_reset_and_the_breach_notice_run_for_that_account_at_once(
+    committed, deps, caller, now, monkeypatch, first
+):
+    user_id, campaign_id, link = _flagged_with_a_link(committed, deps, caller, now)
+    reset = _reset(committed, deps, caller, now + LATER, link)
+    notices = _notice_run(committed, deps, campaign_id, now + LATER)
+    if first == "reset":  # paused with its link spent, hashing the new password
+        gate, release = _pause_at(monkeypatch, accounts, "hash_password")
+        outcomes = _race(reset, notices, gate, release)
+    else:  # paused with the account claimed, before its reset token is issued
+        gate, release = _pause_at(monkeypatch, breach_notices, "_notify")
+        outcomes = _race(notices, reset, gate, release)
+
+    with committed() as session:
+        target = session.get(BreachTarget, (campaign_id, user_id))
+    if first == "reset":
+        # The run waited for the reset: a new password needs no notice any more.
+        assert outcomes == {"first": "ok", "second": "ok"}, outcomes
+        assert (target.reset_at, target.notified_at) == (now + LATER, None)
+    else:
+        # The notice's link replaced the one the reset was opened with.
+        assert outcomes == {"first": "ok", "second": "invalid_token"}, outcomes
+        assert (target.notified_at, target.reset_at) == (now + LATER, None)
+
+
+def test_the_breach_notice_run_waits_for_a_reset_that_fails(
+    committed, deps, caller, now, monkeypatch
+):
+    user_id, campaign_id, link = _flagged_with_a_link(committed, deps, caller, now)
+    gate, release = threading.Event(), threading.Event()
+
+    def failing_mail(*args, **kwargs):  # the reset holds the account's rows, then fails
+        gate.set()
+        release.wait(10)
+        raise RuntimeError("mail queue unavailable")
+
+    monkeypatch.setattr(accounts, "_mail_reset_link", failing_mail)
+    outcomes = _race(
+        _reset(committed, deps, caller, now + LATER, link),
+        _notice_run(committed, deps, campaign_id, now + LATER),
+        gate,
+        release,
+    )
+
+    assert outcomes["first"].startswith("500:RuntimeError"), outcomes
+    with committed() as session:
+        # Skipped while the reset held it, the account would never have had its notice.
+        assert session.get(BreachTarget, (campaign_id, user_id)).notified_at == now + LATER
