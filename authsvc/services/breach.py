@@ -37,7 +37,7 @@ from authsvc.services import breach_batches as batches
 from authsvc.services import breach_lists as lists
 from authsvc.services.breach_jobs import HANDLERS, MAX_BATCH_FAILURES, SOLO_KINDS, queue_batch
 from authsvc.services.breach_lists import InputReport, TargetList
-from authsvc.services.breach_sql import ACTIVE, membership
+from authsvc.services.breach_sql import ACTIVE, claiming, membership
 from authsvc.services.breach_views import (
     STATUSES,
     CampaignView,
@@ -133,9 +133,10 @@ def create_campaign(
     if dry_run:
         with session.begin_nested() as attempt:
             campaign, report = _target(session, request, creator=creator, origin=origin, now=now)
+            conflict = _conflicting(session, campaign)
             counted = DryRun(
                 targeted=campaign.targeted,
-                conflicts_with=_conflicting(session, campaign),
+                conflicts_with=conflict.id if conflict is not None else None,
                 input=report,
             )
             attempt.rollback()  # a dry run leaves nothing behind but its audit event
@@ -159,11 +160,7 @@ def create_campaign(
                     input=asdict(report) if report else None,
                 )
             if conflict is not None:
-                raise CampaignConflict(
-                    f"Breach response {conflict} is still running on some of these accounts; "
-                    "wait for it to finish or cancel it",
-                    campaign_id=conflict,
-                )
+                raise _conflict(conflict)
     except (NoTargets, CampaignConflict) as exc:
         audit.record(
             session,
@@ -308,12 +305,12 @@ def _target(
     return campaign, report
 
 
-def _conflicting(session: DbSession, campaign: BreachCampaign) -> str | None:
-    """The id of a pending or running campaign that targets one of the same accounts."""
+def _conflicting(session: DbSession, campaign: BreachCampaign) -> BreachCampaign | None:
+    """A campaign that targets one of the same accounts and may still count accounts as its
+    own (``claiming``): pending or running, or cancelled or failed with the accounts its walk
+    flagged not enrolled yet."""
     others = session.scalars(
-        select(BreachCampaign).where(
-            BreachCampaign.status.in_(ACTIVE), BreachCampaign.id != campaign.id
-        )
+        select(BreachCampaign).where(claiming(), BreachCampaign.id != campaign.id)
     ).all()
     for other in others:
         user = aliased(User)
@@ -321,8 +318,23 @@ def _conflicting(session: DbSession, campaign: BreachCampaign) -> str | None:
             select(user.id).where(membership(campaign, user), membership(other, user)).limit(1)
         )
         if shared is not None:
-            return other.id
+            return other
     return None
+
+
+def _conflict(other: BreachCampaign) -> CampaignConflict:
+    if other.status in ACTIVE:
+        message = (
+            f"Breach response {other.id} is still running on some of these accounts; "
+            "wait for it to finish or cancel it"
+        )
+    else:
+        message = (
+            f"Breach response {other.id} was {other.status} and is still recording the "
+            "accounts it flagged, some of these among them; try again when it has (its next "
+            "batch)"
+        )
+    return CampaignConflict(message, campaign_id=other.id)
 
 
 # --- cancelling, one account, reports ----------------------------------------------------

@@ -71,6 +71,17 @@ def flagged_since_start(campaign: BreachCampaign) -> ColumnElement[bool]:
     return and_(User.password_change_required.is_(True), User.updated_at >= campaign.started_at)
 
 
+def claiming() -> ColumnElement[bool]:
+    """SQL: the campaign may still count accounts as flagged by it. It is pending or running;
+    or it was cancelled (or failed) after its walk flagged accounts and has not enrolled them
+    yet: it finds them then as its accounts ``flagged_since_start``, which would take in those
+    that another campaign (a force-reset too) had flagged meanwhile."""
+    walked_not_enrolled = and_(
+        BreachCampaign.last_page.is_not(None), BreachCampaign.phase.in_(("walk", "enroll"))
+    )
+    return or_(BreachCampaign.status.in_(ACTIVE), walked_not_enrolled)
+
+
 def between(column: Any, lo: str, hi: str | None) -> ColumnElement[bool]:
     """``lo < column <= hi``; no upper end when ``hi`` is None."""
     above: ColumnElement[bool] = column > lo

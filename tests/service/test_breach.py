@@ -486,6 +486,47 @@ def test_a_cancelled_walk_still_signs_out_and_notifies_whom_it_flagged(
     assert len(mailbox.messages("user5@example.com")) == 1
 
 
+def test_a_cancelled_walk_records_only_the_accounts_it_flagged(
+    db_session, deps, caller, make_user, worker, later_worker, mailbox
+):
+    if not on_postgresql(db_session):
+        pytest.skip("the page walk is PostgreSQL's")
+    accounts_ = [make_user(email=f"walk{i:02d}@example.com") for i in range(60)]
+    created = create(db_session, deps, caller, request=request())
+    walked: set[str] = set()
+    while not walked:  # a page or so
+        batches.run_next_batch(db_session, deps, campaign_id=created.campaign.id, now=utcnow())
+        flagged = select(User.id).where(User.password_invalidated_at.is_not(None))
+        walked = set(db_session.scalars(flagged))
+    breach.cancel_campaign(
+        db_session, deps, campaign_id=created.campaign.id, creator=ADMIN, client=caller,
+        now=utcnow(),
+    )  # fmt: skip
+    later = next(u for u in accounts_ if u.id not in walked)
+
+    def force_reset():
+        return breach.force_reset(
+            db_session, deps, user_id=later.id, mode="invalidate", revoke_sessions=True,
+            reset_mfa=False, notify=True, reason="phished", creator=ADMIN, client=caller,
+            now=utcnow(),
+        )  # fmt: skip
+
+    # Until the cancelled walk has recorded its accounts (those flagged since it started),
+    # no other campaign flags one of them.
+    with pytest.raises(CampaignConflict) as refused:
+        force_reset()
+    assert refused.value.extra["campaign_id"] == created.campaign.id
+    drain(db_session, worker)  # the follow-up: enrolment, then sign-outs
+    force_reset()
+    drain(db_session, later_worker)
+
+    campaign = breach.get_campaign(db_session, campaign_id=created.campaign.id)
+    assert 0 < len(walked) < len(accounts_)
+    assert set(processed_ids(db_session, campaign.id)) == walked
+    assert (campaign.processed, campaign.notified) == (len(walked), len(walked))
+    assert len(mailbox.messages(later.email)) == 1
+
+
 def test_a_failing_batch_is_retried_then_fails_the_campaign(
     db_session, deps, caller, users, worker, monkeypatch
 ):
