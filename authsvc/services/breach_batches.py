@@ -51,6 +51,7 @@ from authsvc.services.breach_sql import (
     in_range,
     is_postgresql,
     rowcount,
+    walked_not_enrolled,
 )
 from authsvc.services.context import Deps
 
@@ -243,7 +244,8 @@ def _apply(session: DbSession, campaign: BreachCampaign, *, now: datetime) -> di
     revoked = 0
     if campaign.revoke_sessions:
         revoked = revoke_sessions(session, campaign, now, lo=lo, hi=hi)
-    _revoke_pending_tokens(session, users, now)
+    # Not of an account reset since: its login steps began with the new password.
+    _revoke_pending_tokens(session, users.where(BreachTarget.reset_at.is_(None)), now)
     if campaign.reset_mfa:
         reset_second_factors(session, users)
     campaign.cursor, campaign.boundaries = hi, json.dumps(ends[1:])
@@ -339,11 +341,14 @@ def revoke_sessions(
 ) -> int:
     """Revoke the live sessions of the processed targets in ``(lo, hi]``: the range lets the
     database read the sessions' user-id index in order, and each such session looks up its
-    own target row."""
+    own target row. Not those of an account that has set a new password since it was flagged
+    (its pending login steps neither): that revoked what it had, and what it has now began
+    with the new password."""
     processed = exists().where(
         in_range(campaign, lo, hi),  # bounds the lookup whatever the planner knows of the table
         BreachTarget.user_id == Session.user_id,
         BreachTarget.processed_at.is_not(None),
+        BreachTarget.reset_at.is_(None),
     )
     result = session.execute(
         update(Session)
@@ -429,8 +434,13 @@ def lock_targets(session: DbSession, *, user_id: str) -> None:
 
 
 def record_password_set(session: DbSession, *, user_id: str, now: datetime) -> None:
-    """A flagged user set a new password: count the forced reset as completed in every campaign
-    that flagged the account (``accounts`` calls this when it clears the flags)."""
+    """A flagged user sets a new password: count the forced reset as completed in every
+    campaign that flagged the account (``accounts`` calls this before it writes the password
+    and clears the flags, which a campaign still to enrol the accounts its walk flagged reads
+    in ``breach_walk.record_reset``)."""
+    walking = session.scalars(select(BreachCampaign).where(walked_not_enrolled()))
+    for campaign in walking:
+        walk.record_reset(session, campaign, user_id=user_id, now=now)
     session.execute(
         update(BreachTarget).where(*_completable(user_id)).values(reset_at=now),
         execution_options=NO_SYNC,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import timedelta
+from functools import partial
 
 import pytest
 from sqlalchemy import select, update
@@ -596,3 +597,56 @@ def test_the_breach_notice_run_waits_for_a_reset_that_fails(
     with committed() as session:
         # Skipped while the reset held it, the account would never have had its notice.
         assert session.get(BreachTarget, (campaign_id, user_id)).notified_at == now + LATER
+
+
+@pytest.mark.parametrize("first", ["reset", "enrolment"])
+def test_a_reset_and_the_enrolment_of_the_walk_that_flagged_it_at_once(
+    committed, deps, caller, now, monkeypatch, first
+):
+    with committed() as session:
+        if session.get_bind().dialect.name != "postgresql":
+            pytest.skip("the page walk is PostgreSQL's")
+    user_id = _account(committed, deps, now)
+    with committed.begin() as session:
+        for i in range(2):
+            session.add(User(email=f"other{i}@example.com", created_at=now, updated_at=now))
+        created = breach.create_campaign(
+            session,
+            deps,
+            request=breach.CampaignRequest(reason="INC-7", selector="all", mode="invalidate"),
+            creator=breach.Creator(name="tests"),
+            client=caller,
+            now=now,
+        )
+    campaign_id = created.campaign.id
+
+    def batch(s):
+        breach_batches.run_next_batch(s, deps, campaign_id=campaign_id, now=now + LATER)
+
+    _attempt(committed, batch)  # the walk: one page, the whole table
+
+    def reset(s):
+        user = accounts.lock_account(s, user_id)
+        accounts.set_password(
+            s, deps, user=user, password=NEW, client=caller, now=now + LATER, event="password.reset"
+        )
+
+    resetting, enrolling = partial(_attempt, committed, reset), partial(_attempt, committed, batch)
+    if first == "reset":  # paused with its account's target row written, not committed
+        gate, release = _pause_at(monkeypatch, user_tokens, "revoke_all")
+        outcomes = _race(resetting, enrolling, gate, release)
+    else:  # paused with every target row written, not committed
+        gate, release = _pause_at(monkeypatch, breach_batches, "_begin_apply")
+        outcomes = _race(enrolling, resetting, gate, release)
+    with committed.begin() as session:  # the batches left
+        while not breach_batches.run_next_batch(
+            session, deps, campaign_id=campaign_id, now=now + LATER
+        ).finished:
+            pass
+
+    assert outcomes == {"first": "ok", "second": "ok"}, outcomes
+    with committed() as session:
+        campaign = breach.get_campaign(session, campaign_id=campaign_id)
+        target = session.get(BreachTarget, (campaign_id, user_id))
+    assert (campaign.processed, campaign.completed_resets) == (3, 1)
+    assert target.reset_at == now + LATER
