@@ -35,13 +35,15 @@ class FactorProof:
             raise InvalidRequest(
                 "send only one of totp_code, recovery_code or webauthn", field="proof"
             )
-        # A code of the wrong shape is refused here, before any attempt or limit is counted.
+        # An answer of the wrong shape is refused here, before any attempt or limit is counted.
         if self.totp_code is not None and otp.normalize_code(self.totp_code) is None:
             raise InvalidRequest(f"totp_code must be {otp.DIGITS} digits", field="totp_code")
         if self.recovery_code is not None and recovery_codes.normalize(self.recovery_code) is None:
             raise InvalidRequest(
                 "recovery_code is not in the format of a recovery code", field="recovery_code"
             )
+        if self.webauthn is not None:
+            webauthn.read_assertion(self.webauthn)
 
     def _answers(self) -> int:
         return sum(v is not None for v in (self.totp_code, self.recovery_code, self.webauthn))

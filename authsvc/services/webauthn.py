@@ -371,6 +371,18 @@ def reset_options(
     return _options_for(session, deps, token=reset_token, purpose="reset_password", now=now)
 
 
+def read_assertion(credential: dict[str, Any]) -> wa.ClientAnswer:
+    """A second-factor assertion parsed, or InvalidWebauthnResponse: like a TOTP code of the
+    wrong shape, a client's mistake, not a wrong answer (``FactorProof`` asks before any
+    attempt or limit is counted)."""
+    try:
+        return wa.read_assertion(credential)
+    except wa.WebauthnResponseError as exc:
+        raise InvalidWebauthnResponse(
+            "The security key response is malformed", reason=exc.reason
+        ) from None
+
+
 def verify_mfa_assertion(
     session: DbSession,
     deps: Deps,
@@ -383,13 +395,7 @@ def verify_mfa_assertion(
 ) -> str:
     """Check a second-factor assertion of this user, answering a challenge issued for this
     step (``user_token_id``: its mfa_token or reset link); its amr value, or InvalidMfa."""
-    try:
-        answer = wa.read_assertion(credential)
-    except wa.WebauthnResponseError as exc:
-        # Like a TOTP code of the wrong shape: a client's mistake, not a wrong answer.
-        raise InvalidWebauthnResponse(
-            "The security key response is malformed", reason=exc.reason
-        ) from None
+    answer = read_assertion(credential)
     try:
         challenge = consume_challenge(
             session,
