@@ -116,9 +116,18 @@ class QueueTimedWorker(ThreadWorker):
         conn.authsvc_queued_at = time.monotonic()
         super().enqueue_req(conn)
 
+    def handle(self, conn: Any) -> Any:
+        # How long the connection waited for this thread. A new connection is queued when it
+        # is accepted, before its request arrives: the thread then waits for the client's
+        # bytes, and that wait is the client's, not the server's, so it is left out.
+        queued_at = getattr(conn, "authsvc_queued_at", None)
+        conn.authsvc_queue_wait = None if queued_at is None else time.monotonic() - queued_at
+        return super().handle(conn)
+
     def handle_request(self, req: Any, conn: Any) -> Any:
         # The application runs in this thread, in this context, within this call.
-        passwords.queued_since.set(getattr(conn, "authsvc_queued_at", None))
+        wait = getattr(conn, "authsvc_queue_wait", None)
+        passwords.queued_since.set(None if wait is None else time.monotonic() - wait)
         return super().handle_request(req, conn)
 
 

@@ -156,6 +156,9 @@ class PasswordHasher:
             timeout = max(0.0, since + timeout - time.monotonic())
         if not self._slots.acquire(timeout=timeout):
             raise HasherBusy(f"no hashing slot free within {self._acquire_timeout} s")
+        # The request is served from here on: a second hash it needs (a login's rehash) waits
+        # for its slot like any, not against the time the request spent queueing.
+        queued_since.set(None)
         try:
             yield
         finally:
@@ -175,12 +178,14 @@ class PasswordHasher:
     def verify(self, expected_hash: str, password: str) -> VerifyResult:
         """Check *password* against a stored hash. Unknown or malformed hashes give ok=False.
 
-        A check that is not of a current Argon2id hash (imported, made under cheaper settings,
-        or no hash at all) takes at least as long as a current one: it is padded, outside the
-        hashing slot, to the time current checks take in this process. Otherwise, after the
-        cost settings are raised, every account not signed in since would answer a wrong
+        A failed check that is not of a current Argon2id hash (imported, made under cheaper
+        settings, or no hash at all) takes at least as long as a current one: it is padded to
+        the time current checks take in this process, holding the slot as a current check
+        would (a request alongside would otherwise find the slot free sooner). Otherwise, after
+        the cost settings are raised, every account not signed in since would answer a wrong
         password faster than an unknown email does (its dummy check is at the new cost). A
-        costlier stored hash (bcrypt 12, say) still takes its own, longer time."""
+        costlier stored hash (bcrypt 12, say) still takes its own, longer time. A correct
+        password is not padded: whoever sends it knows the account exists."""
         family = self._stored_family(expected_hash)
         normalized = normalize(password)
         with self._slot():
@@ -189,11 +194,9 @@ class PasswordHasher:
             took = time.perf_counter() - started
             if current:
                 self._observe(took)
-                return result
-            pad = self._current_check_seconds() - took
-        if pad > 0:
-            time.sleep(pad)
-        return result
+            elif not result.ok:
+                time.sleep(max(0.0, self._current_check_seconds() - took))
+            return result
 
     def _check_stored(
         self, family: HashFamily | None, expected_hash: str, normalized: str, password: str

@@ -186,3 +186,42 @@ def test_a_burst_larger_than_the_threads_is_shed_within_the_default_wait(tmp_pat
         # after some 4 s (measured 6.9 s before the queue time counted).
         assert 503 in statuses, (statuses, slowest)
         assert slowest < 3.0, (statuses.count(503), slowest)
+
+
+def test_a_client_slow_to_send_its_login_is_not_held_to_its_idle_time(tmp_path: Path) -> None:
+    # gunicorn queues a new connection for a thread when it accepts it, before the request
+    # arrives; the thread then waits for the client. That wait is not the server's queue.
+    env = {
+        "AUTHSVC_ARGON2_TIME_COST": "12",  # a check of some 0.15 s, shorter than the wait
+        "AUTHSVC_HASH_QUEUE_TIMEOUT": "2",
+        "AUTHSVC_LIMIT_FAILURES_PER_ACCOUNT": "100000/day",
+    }
+    with LiveServer(tmp_path, env=env, workers=1, threads=THREADS) as server:
+        status, _, body = _post(
+            server,
+            "/admin/v1/users",
+            {"email": EMAIL, "password": PASSWORD, "email_verified": True},
+            token=server.admin_key,
+        )
+        assert status == 201, body
+        assert _login(server)[0] == 200
+        slow = http.client.HTTPConnection(server.host, server.port, timeout=30)
+        slow.connect()
+        time.sleep(3)  # longer than the wait for a slot
+        other = threading.Thread(target=_login, args=(server,))
+        other.start()  # it holds the hashing slot when the slow client's login arrives
+        time.sleep(0.05)
+        try:
+            slow.request(
+                "POST",
+                "/v1/login",
+                body=json.dumps({"email": EMAIL, "password": PASSWORD}),
+                headers={"Content-Type": "application/json"},
+            )
+            answer = slow.getresponse()
+            status, raw = answer.status, answer.read()
+        finally:
+            slow.close()
+            other.join()
+
+        assert status == 200, raw

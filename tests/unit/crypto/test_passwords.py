@@ -306,9 +306,13 @@ def test_time_already_queued_counts_against_the_wait_for_a_slot() -> None:
     # An hour's timeout, but the request was queued (by the server) long enough ago.
     hasher = make_hasher(max_concurrent=1, acquire_timeout=3600)
     stored = hasher.hash("queued for long")
-    token = passwords.queued_since.set(time.monotonic() - 3600)
+    queued_long_ago = time.monotonic() - 3600
+    token = passwords.queued_since.set(queued_long_ago)
     try:
         assert hasher.verify(stored, "queued for long") == OK_CURRENT  # a free slot is taken
+        # Served from then on: the request's next hash (a rehash) is not held to its queue time.
+        assert passwords.queued_since.get() is None
+        passwords.queued_since.set(queued_long_ago)
         hasher._slots.acquire()
         try:
             started = time.monotonic()
@@ -457,3 +461,24 @@ def test_a_check_cheaper_than_a_current_one_takes_as_long() -> None:
         assert result.ok is False
         assert took >= 0.9 * typical, (stored[:10], took, typical)
     assert current.verify(cheap, "the old settings") == VerifyResult(ok=True, needs_rehash=True)
+
+
+def test_a_padded_check_holds_the_slot_and_a_correct_password_is_not_padded() -> None:
+    # Padding outside the slot would let a request alongside find the slot free sooner when
+    # the email is registered (with an outdated hash) than when it is unknown.
+    cheap = make_hasher().hash("the old settings")
+    current = make_hasher(
+        Argon2Params(time_cost=2, memory_cost_kib=1024, parallelism=1), max_concurrent=1
+    )
+    current._typical_check = 0.4  # as if current checks took 400 ms here
+    padded = threading.Thread(target=current.verify, args=(cheap, "a wrong guess"))
+    padded.start()
+    time.sleep(0.1)
+    try:
+        assert current._slots.acquire(timeout=0.05) is False  # still held while padding
+    finally:
+        padded.join()
+
+    started = time.perf_counter()
+    assert current.verify(cheap, "the old settings") == VerifyResult(ok=True, needs_rehash=True)
+    assert time.perf_counter() - started < 0.3
