@@ -241,11 +241,14 @@ def _apply(session: DbSession, campaign: BreachCampaign, *, now: datetime) -> di
     users = select(BreachTarget.user_id).where(
         in_range(campaign, lo, hi), BreachTarget.processed_at.is_not(None)
     )
+    # Login steps before sessions, the order of a password change (accounts.set_password),
+    # which revokes the same rows of one account: these, of many accounts, are revoked without
+    # the accounts' locks, and the other order deadlocked against a reset.
+    # Not of an account reset since: its login steps began with the new password.
+    _revoke_pending_tokens(session, users.where(BreachTarget.reset_at.is_(None)), now)
     revoked = 0
     if campaign.revoke_sessions:
         revoked = revoke_sessions(session, campaign, now, lo=lo, hi=hi)
-    # Not of an account reset since: its login steps began with the new password.
-    _revoke_pending_tokens(session, users.where(BreachTarget.reset_at.is_(None)), now)
     if campaign.reset_mfa:
         reset_second_factors(session, users)
     campaign.cursor, campaign.boundaries = hi, json.dumps(ends[1:])

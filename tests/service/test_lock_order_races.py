@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from authsvc.crypto import totp as otp
 from authsvc.errors import AuthsvcError
-from authsvc.models import TotpFactor, User, WebauthnCredential
+from authsvc.models import Session, TotpFactor, User, WebauthnCredential
 from authsvc.models.breach import BreachTarget
 from authsvc.services import (
     accounts,
@@ -650,3 +650,60 @@ def test_a_reset_and_the_enrolment_of_the_walk_that_flagged_it_at_once(
         target = session.get(BreachTarget, (campaign_id, user_id))
     assert (campaign.processed, campaign.completed_resets) == (3, 1)
     assert target.reset_at == now + LATER
+
+
+def test_a_reset_and_the_apply_batch_that_signs_the_account_out_at_once(
+    committed, deps, caller, now, monkeypatch
+):
+    # After a walk, apply batches revoke the flagged accounts' sessions and login steps
+    # without the accounts' locks; a reset revokes the same rows under the account's lock.
+    # Both must take the login steps before the sessions.
+    with committed() as session:
+        if session.get_bind().dialect.name != "postgresql":
+            pytest.skip("the page walk is PostgreSQL's")
+    user_id = _account(committed, deps, now)
+    with committed.begin() as session:
+        session.add(
+            Session(
+                user_id=user_id,
+                created_at=now,
+                last_used_at=now,
+                auth_time=now,
+                amr="pwd",
+                expires_at=now + timedelta(days=1),
+            )
+        )
+        issue_mfa_token(session, user_id=user_id, now=now)
+        created = breach.create_campaign(
+            session,
+            deps,
+            request=breach.CampaignRequest(
+                reason="INC-7", selector="all", mode="invalidate", revoke_sessions=True
+            ),
+            creator=breach.Creator(name="tests"),
+            client=caller,
+            now=now,
+        )
+    campaign_id = created.campaign.id
+
+    def batch(s):
+        breach_batches.run_next_batch(s, deps, campaign_id=campaign_id, now=now + LATER)
+
+    _attempt(committed, batch)  # the walk flags the account
+    _attempt(committed, batch)  # the enrolment records it
+
+    def reset(s):
+        user = accounts.lock_account(s, user_id)
+        accounts.set_password(
+            s, deps, user=user, password=NEW, client=caller, now=now + LATER, event="password.reset"
+        )
+
+    # The apply batch, paused once it has revoked the sessions (holding their rows).
+    gate, release = _pause_at(monkeypatch, breach_batches, "revoke_sessions", after=True)
+    outcomes = _race(
+        partial(_attempt, committed, batch), partial(_attempt, committed, reset), gate, release
+    )
+
+    assert outcomes == {"first": "ok", "second": "ok"}, outcomes
+    with committed() as session:
+        assert session.scalar(select(Session.revoked_at).where(Session.user_id == user_id))
