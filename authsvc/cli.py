@@ -26,6 +26,7 @@ from authsvc.gunicorn_app import run as run_gunicorn
 from authsvc.logging_setup import configure as configure_logging
 from authsvc.schema import schema_is_current, upgrade
 from authsvc.services import admin as admin_service
+from authsvc.services import audit as audit_service
 from authsvc.settings import ConfigError, Settings
 
 T = TypeVar("T")
@@ -97,10 +98,12 @@ def serve(
     reexec_with_hugetlb(settings)
     # What only shows when the runtime is built (a breached-password store that is not one)
     # is one line here, not a traceback in every gunicorn worker that fails to boot.
-    build_runtime(settings).dispose()
+    runtime = build_runtime(settings)
     if settings.resolved_database_url.startswith("sqlite"):
         settings.var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         upgrade(settings.resolved_database_url)
+    _refuse_a_ring_without_its_mac_key(runtime)
+    runtime.dispose()
     if dev:
         app = create_app(settings, start_worker=not no_outbox_thread)
         app.run(host=host, port=port, threaded=True)
@@ -124,6 +127,7 @@ def worker() -> None:
             raise click.ClickException(
                 "database: the schema is not current (run `authsvc db upgrade`)"
             )
+    _refuse_a_ring_without_its_mac_key(runtime)
     stop = threading.Event()
     # SIGTERM (systemd, docker, kubernetes) and Ctrl-C end the worker between deliveries: the
     # one under way finishes, the rest of its batch is handed back, due at once.
@@ -133,6 +137,24 @@ def worker() -> None:
     runtime.worker.run(stop, poll_interval=runtime.settings.outbox_poll_interval)
     runtime.dispose()
     click.echo("authsvc worker: stopped", err=True)
+
+
+def _refuse_a_ring_without_its_mac_key(runtime: Any) -> None:
+    """Stop before serving when the audit trail's head was signed with another MAC key (see
+    audit.head_signed_by); an unreachable database is /readyz's to report."""
+    try:
+        with runtime.sessionmaker() as session:
+            signed = audit_service.head_signed_by(session, runtime.deps.keyring)
+    except DBAPIError:
+        return
+    if not signed:
+        runtime.dispose()
+        raise click.ClickException(
+            "AUTHSVC_ENCRYPTION_KEYS: the audit trail was signed with the MAC key of another "
+            "last entry; recovery codes and the trail are keyed from the last entry, so put "
+            "the key that was last back at the end of the list (if the ring is right, the "
+            "trail's head was altered: see `authsvc audit verify`)"
+        )
 
 
 @main.group()

@@ -23,6 +23,7 @@ an alert) right after the event is queued, so that follow-ups are chained after 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -396,6 +397,18 @@ def verify(session: DbSession, *, keyring: Keyring, batch: int = 2000) -> Verifi
             "encryption key that signed it was removed)",
         )
     return Verification(True, checked)
+
+
+def head_signed_by(session: DbSession, keyring: Keyring) -> bool:
+    """Whether the chain head, if signed, is signed with this key ring's MAC key.
+
+    That key derives from the ring's last entry, as the recovery codes' does: a ring without
+    it would refuse every recovery code and re-sign the head at the next event, wiping the
+    evidence. ``authsvc serve`` and ``worker`` refuse to start then."""
+    head = session.get(AuditChainHead, HEAD_ID)
+    if head is None or not head.head_mac:
+        return True
+    return hmac.compare_digest(head.head_mac, head_mac(keyring, head))
 
 
 @dataclass(frozen=True, slots=True)

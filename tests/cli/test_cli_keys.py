@@ -9,10 +9,11 @@ import jwt
 import pytest
 from click.testing import CliRunner
 
-from authsvc.app import create_app
+from authsvc.app import build_runtime, create_app
 from authsvc.cli import main
 from authsvc.crypto.keyring import generate_key_spec
 from authsvc.schema import upgrade
+from authsvc.services import audit
 from authsvc.settings import Settings
 
 
@@ -88,3 +89,26 @@ def test_generate_refuses_a_key_id_the_settings_would_refuse(kid):
     assert result.exit_code != 0
     assert result.stdout == ""
     assert "--kid must be 1 to 32 ASCII letters, digits, '_' or '-'" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["worker"], ["serve", "--port", "1"]])
+def test_a_ring_without_the_entry_that_keys_the_trail_refuses_to_start(env, command):
+    runner = CliRunner()
+    created = runner.invoke(main, ["admin", "create-key", "--name", "ops"], env=env)
+    assert created.exit_code == 0, created.output  # an audited action: the trail's head is signed
+    newer = generate_key_spec("cli2")
+
+    dropped = runner.invoke(main, command, env={**env, "AUTHSVC_ENCRYPTION_KEYS": newer})
+
+    assert dropped.exit_code == 1
+    assert "put the key that was last back at the end of the list" in dropped.output
+    rotated = Settings.from_env(
+        {
+            "AUTHSVC_DATABASE_URL": env["AUTHSVC_DATABASE_URL"] or "",
+            "AUTHSVC_ENCRYPTION_KEYS": f"{newer},{env['AUTHSVC_ENCRYPTION_KEYS']}",
+        }
+    )
+    runtime = build_runtime(rotated)  # the new key first, the old one kept last: fine
+    with runtime.sessionmaker() as session:
+        assert audit.head_signed_by(session, runtime.deps.keyring)
+    runtime.dispose()
