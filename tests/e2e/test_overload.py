@@ -40,6 +40,16 @@ def _post(
         conn.close()
 
 
+def _create_account(server: LiveServer) -> None:
+    status, _, body = _post(
+        server,
+        "/admin/v1/users",
+        {"email": EMAIL, "password": PASSWORD, "email_verified": True},
+        token=server.admin_key,
+    )
+    assert status == 201, body
+
+
 def _login(server: LiveServer) -> tuple[int, dict[str, str], bytes]:
     return _post(server, "/v1/login", {"email": EMAIL, "password": PASSWORD})
 
@@ -87,13 +97,7 @@ def test_burst_is_shed_with_503_memory_stays_bounded_and_the_server_recovers(
         "AUTHSVC_LIMIT_IP_EMAIL": "100000/minute",
     }
     with LiveServer(tmp_path, env=env, workers=1, threads=THREADS) as server:
-        status, _, body = _post(
-            server,
-            "/admin/v1/users",
-            {"email": EMAIL, "password": PASSWORD, "email_verified": True},
-            token=server.admin_key,
-        )
-        assert status == 201, body
+        _create_account(server)
         for _ in range(3):  # warm-up: code paths, caches, the first Argon2 block
             assert _login(server)[0] == 200
 
@@ -158,13 +162,7 @@ def test_a_burst_larger_than_the_threads_is_shed_within_the_default_wait(tmp_pat
         "AUTHSVC_LIMIT_FAILURES_PER_ACCOUNT": "100000/day",  # every check counts, even a good one
     }
     with LiveServer(tmp_path, env=env, workers=1, threads=THREADS) as server:
-        status, _, body = _post(
-            server,
-            "/admin/v1/users",
-            {"email": EMAIL, "password": PASSWORD, "email_verified": True},
-            token=server.admin_key,
-        )
-        assert status == 201, body
+        _create_account(server)
         assert _login(server)[0] == 200
         results: list[tuple[int, float]] = []
         lock = threading.Lock()
@@ -197,13 +195,7 @@ def test_a_client_slow_to_send_its_login_is_not_held_to_its_idle_time(tmp_path: 
         "AUTHSVC_LIMIT_FAILURES_PER_ACCOUNT": "100000/day",
     }
     with LiveServer(tmp_path, env=env, workers=1, threads=THREADS) as server:
-        status, _, body = _post(
-            server,
-            "/admin/v1/users",
-            {"email": EMAIL, "password": PASSWORD, "email_verified": True},
-            token=server.admin_key,
-        )
-        assert status == 201, body
+        _create_account(server)
         assert _login(server)[0] == 200
         slow = http.client.HTTPConnection(server.host, server.port, timeout=30)
         slow.connect()

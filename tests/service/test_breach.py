@@ -451,18 +451,24 @@ def test_an_account_the_walk_missed_is_flagged_by_the_batches_after_it(
     assert queued_notices(db_session, campaign_id) == 8
 
 
-def test_a_cancelled_walk_still_signs_out_and_notifies_whom_it_flagged(
-    db_session, deps, caller, users, runtime, worker, later_worker, mailbox
-):
-    if not on_postgresql(db_session):
-        pytest.skip("the page walk is PostgreSQL's")
-    live = [add_session(db_session, user) for user in users]
+def walked_whole_table(db_session, deps, caller, runtime) -> Created:
+    """An `all` campaign whose walk has flagged the whole table in one batch (PostgreSQL)."""
     whole = dataclasses.replace(
         deps, settings=dataclasses.replace(deps.settings, breach_batch_size=10**7)
     )
     created = create(db_session, deps, caller, request=request())
     with runtime.sessionmaker.begin() as session:  # one page range: the whole table
         batches.run_next_batch(session, whole, campaign_id=created.campaign.id, now=utcnow())
+    return created
+
+
+def test_a_cancelled_walk_still_signs_out_and_notifies_whom_it_flagged(
+    db_session, deps, caller, users, runtime, worker, later_worker, mailbox
+):
+    if not on_postgresql(db_session):
+        pytest.skip("the page walk is PostgreSQL's")
+    live = [add_session(db_session, user) for user in users]
+    created = walked_whole_table(db_session, deps, caller, runtime)
     db_session.expire_all()
     assert db_session.get(BreachCampaign, created.campaign.id).phase == "enroll"
 
@@ -534,12 +540,7 @@ def test_an_account_reset_between_its_flag_and_the_enrolment_counts_as_flagged_a
     if not on_postgresql(db_session):
         pytest.skip("the page walk is PostgreSQL's")
     live = [add_session(db_session, user) for user in users]
-    whole = dataclasses.replace(
-        deps, settings=dataclasses.replace(deps.settings, breach_batch_size=10**7)
-    )
-    created = create(db_session, deps, caller, request=request())
-    with runtime.sessionmaker.begin() as session:  # one page range: the whole table
-        batches.run_next_batch(session, whole, campaign_id=created.campaign.id, now=utcnow())
+    created = walked_whole_table(db_session, deps, caller, runtime)
     if cancelled:
         breach.cancel_campaign(
             db_session, deps, campaign_id=created.campaign.id, creator=ADMIN, client=caller,
@@ -603,12 +604,7 @@ def test_a_failed_walk_still_signs_out_and_notifies_whom_it_flagged(
     if not on_postgresql(db_session):
         pytest.skip("the page walk is PostgreSQL's")
     live = [add_session(db_session, user) for user in users]
-    whole = dataclasses.replace(
-        deps, settings=dataclasses.replace(deps.settings, breach_batch_size=10**7)
-    )
-    created = create(db_session, deps, caller, request=request())
-    with runtime.sessionmaker.begin() as session:  # one page range: the whole table
-        batches.run_next_batch(session, whole, campaign_id=created.campaign.id, now=utcnow())
+    created = walked_whole_table(db_session, deps, caller, runtime)
     enroll = walk.enroll
 
     def broken(session, campaign, *, now, cancelled=False):

@@ -9,6 +9,7 @@ import threading
 import time
 from datetime import timedelta
 from functools import partial
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -599,6 +600,40 @@ def test_the_breach_notice_run_waits_for_a_reset_that_fails(
         assert session.get(BreachTarget, (campaign_id, user_id)).notified_at == now + LATER
 
 
+def _walked_campaign(committed, deps, caller, now, **choices) -> tuple[str, Any]:
+    """An `all` campaign (PostgreSQL: walked page by page), and its next batch as a function
+    of a session, run an instant after ``now``: (campaign id, batch)."""
+    with committed.begin() as session:
+        created = breach.create_campaign(
+            session,
+            deps,
+            request=breach.CampaignRequest(
+                reason="INC-7", selector="all", mode="invalidate", **choices
+            ),
+            creator=breach.Creator(name="tests"),
+            client=caller,
+            now=now,
+        )
+    campaign_id = created.campaign.id
+
+    def batch(s):
+        breach_batches.run_next_batch(s, deps, campaign_id=campaign_id, now=now + LATER)
+
+    return campaign_id, batch
+
+
+def _set_password(deps, caller, user_id, at):
+    """The account's own new password (a reset's or a change's work), for ``_attempt``."""
+
+    def work(s):
+        user = accounts.lock_account(s, user_id)
+        accounts.set_password(
+            s, deps, user=user, password=NEW, client=caller, now=at, event="password.reset"
+        )
+
+    return work
+
+
 @pytest.mark.parametrize("first", ["reset", "enrolment"])
 def test_a_reset_and_the_enrolment_of_the_walk_that_flagged_it_at_once(
     committed, deps, caller, now, monkeypatch, first
@@ -610,26 +645,9 @@ def test_a_reset_and_the_enrolment_of_the_walk_that_flagged_it_at_once(
     with committed.begin() as session:
         for i in range(2):
             session.add(User(email=f"other{i}@example.com", created_at=now, updated_at=now))
-        created = breach.create_campaign(
-            session,
-            deps,
-            request=breach.CampaignRequest(reason="INC-7", selector="all", mode="invalidate"),
-            creator=breach.Creator(name="tests"),
-            client=caller,
-            now=now,
-        )
-    campaign_id = created.campaign.id
-
-    def batch(s):
-        breach_batches.run_next_batch(s, deps, campaign_id=campaign_id, now=now + LATER)
-
+    campaign_id, batch = _walked_campaign(committed, deps, caller, now)
     _attempt(committed, batch)  # the walk: one page, the whole table
-
-    def reset(s):
-        user = accounts.lock_account(s, user_id)
-        accounts.set_password(
-            s, deps, user=user, password=NEW, client=caller, now=now + LATER, event="password.reset"
-        )
+    reset = _set_password(deps, caller, user_id, now + LATER)
 
     resetting, enrolling = partial(_attempt, committed, reset), partial(_attempt, committed, batch)
     if first == "reset":  # paused with its account's target row written, not committed
@@ -674,29 +692,10 @@ def test_a_reset_and_the_apply_batch_that_signs_the_account_out_at_once(
             )
         )
         issue_mfa_token(session, user_id=user_id, now=now)
-        created = breach.create_campaign(
-            session,
-            deps,
-            request=breach.CampaignRequest(
-                reason="INC-7", selector="all", mode="invalidate", revoke_sessions=True
-            ),
-            creator=breach.Creator(name="tests"),
-            client=caller,
-            now=now,
-        )
-    campaign_id = created.campaign.id
-
-    def batch(s):
-        breach_batches.run_next_batch(s, deps, campaign_id=campaign_id, now=now + LATER)
-
+    _, batch = _walked_campaign(committed, deps, caller, now, revoke_sessions=True)
     _attempt(committed, batch)  # the walk flags the account
     _attempt(committed, batch)  # the enrolment records it
-
-    def reset(s):
-        user = accounts.lock_account(s, user_id)
-        accounts.set_password(
-            s, deps, user=user, password=NEW, client=caller, now=now + LATER, event="password.reset"
-        )
+    reset = _set_password(deps, caller, user_id, now + LATER)
 
     # The apply batch, paused once it has revoked the sessions (holding their rows).
     gate, release = _pause_at(monkeypatch, breach_batches, "revoke_sessions", after=True)
