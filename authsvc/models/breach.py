@@ -71,9 +71,7 @@ class BreachTarget(Base):
     Rows of list campaigns (emails, user_ids) are written when the campaign is created and
     stamped (``processed_at``) by the batch that flags the account; rows of predicate campaigns
     are written in one sorted pass, after the walk flagged their accounts (then ``processed_at`` is
-    that pass's time: the account was flagged by then) or before the batches that flag them. An
-    account the walk flagged that sets a new password before that pass gets its row from the
-    reset, with ``processed_at`` and ``reset_at`` both the reset's time.
+    that pass's time: the account was flagged by then) or before the batches that flag them.
     ``notice_queued_at`` is set when a notice ticket was queued for the account; ``notified_at``
     when the ticket issued its reset link and queued the mail (at most once, by a conditional
     UPDATE). ``reset_at`` is set when the user next sets a password.

@@ -51,7 +51,6 @@ from authsvc.services.breach_sql import (
     in_range,
     is_postgresql,
     rowcount,
-    walked_not_enrolled,
 )
 from authsvc.services.context import Deps
 
@@ -241,16 +240,16 @@ def _apply(session: DbSession, campaign: BreachCampaign, *, now: datetime) -> di
     users = select(BreachTarget.user_id).where(
         in_range(campaign, lo, hi), BreachTarget.processed_at.is_not(None)
     )
-    # Login steps before sessions, the order of a password change (accounts.set_password),
-    # which revokes the same rows of one account: these, of many accounts, are revoked without
-    # the accounts' locks, and the other order deadlocked against a reset.
-    # Not of an account reset since: its login steps began with the new password.
-    _revoke_pending_tokens(session, users.where(BreachTarget.reset_at.is_(None)), now)
+    # Second factors, then login steps, then sessions: the order in which the account's own
+    # reset writes them (a factor's row as its answer is checked, then accounts.set_password's
+    # tokens and sessions). These rows, of many accounts, are written without the accounts'
+    # locks, and another order deadlocked against a reset.
+    if campaign.reset_mfa:
+        reset_second_factors(session, users)
+    _revoke_pending_tokens(session, users, now)
     revoked = 0
     if campaign.revoke_sessions:
         revoked = revoke_sessions(session, campaign, now, lo=lo, hi=hi)
-    if campaign.reset_mfa:
-        reset_second_factors(session, users)
     campaign.cursor, campaign.boundaries = hi, json.dumps(ends[1:])
     campaign.processed += flagged
     campaign.sessions_revoked += revoked
@@ -344,14 +343,11 @@ def revoke_sessions(
 ) -> int:
     """Revoke the live sessions of the processed targets in ``(lo, hi]``: the range lets the
     database read the sessions' user-id index in order, and each such session looks up its
-    own target row. Not those of an account that has set a new password since it was flagged
-    (its pending login steps neither): that revoked what it had, and what it has now began
-    with the new password."""
+    own target row."""
     processed = exists().where(
         in_range(campaign, lo, hi),  # bounds the lookup whatever the planner knows of the table
         BreachTarget.user_id == Session.user_id,
         BreachTarget.processed_at.is_not(None),
-        BreachTarget.reset_at.is_(None),
     )
     result = session.execute(
         update(Session)
@@ -437,13 +433,8 @@ def lock_targets(session: DbSession, *, user_id: str) -> None:
 
 
 def record_password_set(session: DbSession, *, user_id: str, now: datetime) -> None:
-    """A flagged user sets a new password: count the forced reset as completed in every
-    campaign that flagged the account (``accounts`` calls this before it writes the password
-    and clears the flags, which a campaign still to enrol the accounts its walk flagged reads
-    in ``breach_walk.record_reset``)."""
-    walking = session.scalars(select(BreachCampaign).where(walked_not_enrolled()))
-    for campaign in walking:
-        walk.record_reset(session, campaign, user_id=user_id, now=now)
+    """A flagged user set a new password: count the forced reset as completed in every campaign
+    that flagged the account (``accounts`` calls this when it clears the flags)."""
     session.execute(
         update(BreachTarget).where(*_completable(user_id)).values(reset_at=now),
         execution_options=NO_SYNC,

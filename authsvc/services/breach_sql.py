@@ -76,13 +76,10 @@ def claiming() -> ColumnElement[bool]:
     or it was cancelled (or failed) after its walk flagged accounts and has not enrolled them
     yet: it finds them then as its accounts ``flagged_since_start``, which would take in those
     that another campaign (a force-reset too) had flagged meanwhile."""
-    return or_(BreachCampaign.status.in_(ACTIVE), walked_not_enrolled())
-
-
-def walked_not_enrolled() -> ColumnElement[bool]:
-    """SQL: the campaign's walk has flagged accounts (or is flagging them) whose target rows are
-    not written yet."""
-    return and_(BreachCampaign.last_page.is_not(None), BreachCampaign.phase.in_(("walk", "enroll")))
+    walked_not_enrolled = and_(
+        BreachCampaign.last_page.is_not(None), BreachCampaign.phase.in_(("walk", "enroll"))
+    )
+    return or_(BreachCampaign.status.in_(ACTIVE), walked_not_enrolled)
 
 
 def between(column: Any, lo: str, hi: str | None) -> ColumnElement[bool]:

@@ -16,8 +16,6 @@ user-id order, so the table's primary key grows at its right edge. Accounts that
 the flag (or set a new password since the campaign began) are recorded as processed at once; an
 account the walk could not see (an UPDATE by someone else moved its row onto a page already
 walked) is written unprocessed, and the batches over the targets that follow (``apply``) flag it.
-An account that sets a new password between its flag and the enrolment has its row written by
-that reset (``record_reset``): its new password alone would make it look never exposed.
 Everywhere else (SQLite, older PostgreSQL) enrolment comes first and ``apply`` flags everyone.
 """
 
@@ -28,26 +26,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    ColumnElement,
-    and_,
-    case,
-    exists,
-    func,
-    insert,
-    literal,
-    select,
-    text,
-    update,
-)
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import and_, case, func, insert, literal, select, text, update
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.db import UTCDateTime
 from authsvc.models import User
-from authsvc.models.breach import BreachCampaign, BreachTarget
+from authsvc.models.breach import BreachCampaign
 from authsvc.services.breach_sql import (
-    ACTIVE,
     COUNTED,
     NO_SYNC,
     TARGETS,
@@ -67,11 +52,6 @@ _PAGES = text(
     "(SELECT reltuples / NULLIF(relpages, 0) FROM pg_class WHERE oid = 'users'::regclass)"
 )
 _ON_PAGES = "users.ctid >= CAST(:first AS tid) AND users.ctid < CAST(:end AS tid)"
-# PostgreSQL advisory lock on (this class, the campaign id's hash): the campaign's enrolment
-# holds it alone, and a reset that writes the campaign's row of its account ahead shares it.
-_ENROLMENT_LOCK = 7263543
-_ENROLLING = text("SELECT pg_advisory_xact_lock(:key, hashtext(:campaign_id))")
-_WRITING_AHEAD = text("SELECT pg_advisory_xact_lock_shared(:key, hashtext(:campaign_id))")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +66,8 @@ class Walked:
 @dataclass(frozen=True, slots=True)
 class Enrolled:
     accounts: int  # target rows written
-    processed: int  # rows of flagged accounts: those written processed, and those written ahead
-    notices: int  # rows written with a notice queued
+    processed: int  # ... of which already flagged (or not exposed)
+    notices: int  # ... of which get a notice
 
 
 def can_walk(session: DbSession) -> bool:
@@ -145,30 +125,26 @@ def enroll(
     session: DbSession, campaign: BreachCampaign, *, now: datetime, cancelled: bool = False
 ) -> Enrolled:
     """Write the campaign's target rows, in user-id order, in one statement. A cancelled
-    campaign enrolls only the accounts its walk flagged (they still get their notices). A row
-    that a reset wrote ahead (``record_reset``) stays as it is."""
+    campaign enrolls only the accounts its walk flagged (they still get their notices)."""
     stamp = literal(now, UTCDateTime())
     nothing = literal(None, UTCDateTime())
-    who, handled = _recorded(campaign, cancelled=cancelled)
+    # Flagged already (by the walk or an earlier campaign), and exposed: a password set since
+    # the campaign was created leaves the row unprocessed, and its batch does not stamp it.
+    handled = literal(True) if cancelled else and_(exposed(campaign), ~due(campaign))
     processed = case((handled, stamp), else_=nothing)
     queued = (
         case((and_(handled, User.disabled_at.is_(None)), stamp), else_=nothing)
         if campaign.notify
         else nothing
     )
+    who = membership(campaign)
+    if cancelled:
+        who = and_(who, flagged_since_start(campaign))
     rows = select(literal(campaign.id), User.id, processed, queued).where(who).order_by(User.id)
     columns = ["campaign_id", "user_id", "processed_at", "notice_queued_at"]
+    statement = insert(TARGETS).from_select(columns, rows)
     if is_postgresql(session):
         write_behind(session)
-        # Resets that write a row ahead wait for this statement to commit (so none can commit
-        # one under it, which it would then write again), and it leaves out those written
-        # before: an anti-join, which costs the insert next to nothing (ON CONFLICT DO NOTHING
-        # would make it about twice as slow).
-        session.execute(_ENROLLING, {"key": _ENROLMENT_LOCK, "campaign_id": campaign.id})
-        ahead = exists().where(
-            BreachTarget.campaign_id == campaign.id, BreachTarget.user_id == User.id
-        )
-        statement = insert(TARGETS).from_select(columns, rows.where(~ahead))
         written = statement.returning(TARGETS.c.processed_at, TARGETS.c.notice_queued_at).cte(
             "enrolled"
         )
@@ -179,16 +155,7 @@ def enroll(
                 func.count(written.c.notice_queued_at),
             ).select_from(written)
         ).one()
-        # Rows written ahead are of accounts flagged, then reset: until this commits, the only
-        # rows of the campaign with reset_at (a partial index).
-        reset = session.scalar(
-            select(func.count())
-            .select_from(BreachTarget)
-            .where(BreachTarget.campaign_id == campaign.id, BreachTarget.reset_at.is_not(None))
-        )
-        return Enrolled(accounts=accounts, processed=done + int(reset or 0), notices=notices)
-    # No walk here: enrolment comes before any flag, so no row is written ahead.
-    statement = insert(TARGETS).from_select(columns, rows)
+        return Enrolled(accounts=accounts, processed=done, notices=notices)
     accounts = rowcount(session.execute(statement, execution_options=COUNTED))
     done, notices = session.execute(
         select(func.count(TARGETS.c.processed_at), func.count(TARGETS.c.notice_queued_at)).where(
@@ -196,38 +163,6 @@ def enroll(
         )
     ).one()
     return Enrolled(accounts=accounts, processed=done, notices=notices)
-
-
-def record_reset(
-    session: DbSession, campaign: BreachCampaign, *, user_id: str, now: datetime
-) -> None:
-    """A flagged account of a campaign that walks, and has not enrolled its accounts yet, is
-    about to set a new password: write its target row now, flagged and reset, if enrolment
-    would have recorded the account as flagged. Called before the new password is written
-    (after it, the account would look never exposed, and enrolment would leave it out of the
-    accounts flagged and the resets completed). A row that enrolment wrote meanwhile stays."""
-    stamp = literal(now, UTCDateTime())
-    who, handled = _recorded(campaign, cancelled=campaign.status not in ACTIVE)
-    row = select(literal(campaign.id), User.id, stamp, stamp).where(
-        User.id == user_id, who, handled
-    )
-    columns = ["campaign_id", "user_id", "processed_at", "reset_at"]
-    # Only PostgreSQL walks. After an enrolment that was under way, the row may be there.
-    session.execute(_WRITING_AHEAD, {"key": _ENROLMENT_LOCK, "campaign_id": campaign.id})
-    session.execute(pg_insert(TARGETS).from_select(columns, row).on_conflict_do_nothing())
-
-
-def _recorded(
-    campaign: BreachCampaign, *, cancelled: bool
-) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
-    """SQL: which accounts get a target row at enrolment, and which of them are recorded as
-    flagged. Those flagged already (by the walk or an earlier campaign) and exposed: a password
-    set since the campaign was created leaves the row unprocessed, and its batch does not stamp
-    it. A cancelled campaign takes only the accounts flagged since it started (its walk's)."""
-    who = membership(campaign)
-    if cancelled:
-        return and_(who, flagged_since_start(campaign)), literal(True)
-    return who, and_(exposed(campaign), ~due(campaign))
 
 
 def _pages(first: int, end: int) -> Any:

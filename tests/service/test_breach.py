@@ -533,38 +533,6 @@ def test_a_cancelled_walk_records_only_the_accounts_it_flagged(
     assert len(mailbox.messages(later.email)) == 1
 
 
-@pytest.mark.parametrize("cancelled", [False, True])
-def test_an_account_reset_between_its_flag_and_the_enrolment_counts_as_flagged_and_reset(
-    db_session, deps, caller, users, runtime, worker, later_worker, mailbox, cancelled
-):
-    if not on_postgresql(db_session):
-        pytest.skip("the page walk is PostgreSQL's")
-    live = [add_session(db_session, user) for user in users]
-    created = walked_whole_table(db_session, deps, caller, runtime)
-    if cancelled:
-        breach.cancel_campaign(
-            db_session, deps, campaign_id=created.campaign.id, creator=ADMIN, client=caller,
-            now=utcnow(),
-        )  # fmt: skip
-    db_session.expire_all()
-    early = db_session.get(User, users[2].id)
-    assert early.password_invalidated_at is not None  # flagged by the walk
-
-    set_new_password(db_session, deps, caller, early)  # before the enrolment
-    kept = add_session(db_session, early)  # signed in with the new password
-    drain(db_session, worker)
-    drain(db_session, later_worker)
-
-    campaign = breach.get_campaign(db_session, campaign_id=created.campaign.id)
-    assert (campaign.processed, campaign.completed_resets, campaign.notified) == (8, 1, 7)
-    assert sorted(processed_ids(db_session, campaign.id)) == sorted(u.id for u in users)
-    assert db_session.get(Session, kept.id).revoked_at is None
-    signed_out = [db_session.get(Session, s.id).revoked_reason for s in live]
-    assert signed_out.count("breach_response") == 7
-    subjects = [m["Subject"] for m in mailbox.messages(early.email)]
-    assert "Security notice: your password was reset" not in subjects, subjects
-
-
 def test_a_failing_batch_is_retried_then_fails_the_campaign(
     db_session, deps, caller, users, worker, monkeypatch
 ):

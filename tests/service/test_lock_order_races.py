@@ -634,42 +634,6 @@ def _set_password(deps, caller, user_id, at):
     return work
 
 
-@pytest.mark.parametrize("first", ["reset", "enrolment"])
-def test_a_reset_and_the_enrolment_of_the_walk_that_flagged_it_at_once(
-    committed, deps, caller, now, monkeypatch, first
-):
-    with committed() as session:
-        if session.get_bind().dialect.name != "postgresql":
-            pytest.skip("the page walk is PostgreSQL's")
-    user_id = _account(committed, deps, now)
-    with committed.begin() as session:
-        for i in range(2):
-            session.add(User(email=f"other{i}@example.com", created_at=now, updated_at=now))
-    campaign_id, batch = _walked_campaign(committed, deps, caller, now)
-    _attempt(committed, batch)  # the walk: one page, the whole table
-    reset = _set_password(deps, caller, user_id, now + LATER)
-
-    resetting, enrolling = partial(_attempt, committed, reset), partial(_attempt, committed, batch)
-    if first == "reset":  # paused with its account's target row written, not committed
-        gate, release = _pause_at(monkeypatch, user_tokens, "revoke_all")
-        outcomes = _race(resetting, enrolling, gate, release)
-    else:  # paused with every target row written, not committed
-        gate, release = _pause_at(monkeypatch, breach_batches, "_begin_apply")
-        outcomes = _race(enrolling, resetting, gate, release)
-    with committed.begin() as session:  # the batches left
-        while not breach_batches.run_next_batch(
-            session, deps, campaign_id=campaign_id, now=now + LATER
-        ).finished:
-            pass
-
-    assert outcomes == {"first": "ok", "second": "ok"}, outcomes
-    with committed() as session:
-        campaign = breach.get_campaign(session, campaign_id=campaign_id)
-        target = session.get(BreachTarget, (campaign_id, user_id))
-    assert (campaign.processed, campaign.completed_resets) == (3, 1)
-    assert target.reset_at == now + LATER
-
-
 def test_a_reset_and_the_apply_batch_that_signs_the_account_out_at_once(
     committed, deps, caller, now, monkeypatch
 ):
