@@ -5,10 +5,9 @@ links are not made when accounts are flagged. Flagging only stamps ``notice_queu
 account's target row (the promise of a notice). One ``breach_notices`` outbox job per campaign
 keeps that promise at the configured rate: each run claims the next accounts in user-id order
 that have a notice queued and none sent (a conditional UPDATE of ``notified_at``: each account is
-notified at most once; a row that a reset holds is waited for), issues their reset tokens (only
-the SHA-256 is stored), queues their mails, and queues the job's next run after itself. The
-job's payload carries its place (the last user id it notified), so its runs never rescan what
-is done.
+notified at most once), issues their reset tokens (only the SHA-256 is stored), queues their
+mails, and queues the job's next run after itself. The job's payload carries its place (the last
+user id it notified), so its runs never rescan what is done.
 """
 
 from __future__ import annotations
@@ -105,16 +104,17 @@ def _claim(
         BreachTarget.notice_queued_at.is_not(None),
         BreachTarget.notified_at.is_(None),
     )
-    # Rows another transaction holds are waited for, not skipped: the run's next place is
-    # after the last account it claims, so a skipped account would never be looked at again
-    # (a reset holds its account's rows until it commits, and may roll back). Runs lock in
-    # user-id order, the target rows before the tokens, as every other writer of both.
+    # Rows another transaction holds are skipped: a reset holds its account's target rows
+    # (taken before its tokens, as here) until it commits, and the account then needs no
+    # notice. Waiting for them deadlocked: the worker runs several jobs in one transaction,
+    # and an earlier one may hold what the reset waits for. The run's place moves past a
+    # skipped account, so one whose reset then fails goes without its notice (known).
     query = (
         select(BreachTarget.user_id)
         .where(*pending, BreachTarget.user_id > after)
         .order_by(BreachTarget.user_id)
         .limit(limit)
-        .with_for_update()
+        .with_for_update(skip_locked=True)
     )
     if upto is not None:
         query = query.where(BreachTarget.user_id <= upto)

@@ -575,31 +575,6 @@ def test_a_reset_and_the_breach_notice_run_for_that_account_at_once(
         assert (target.notified_at, target.reset_at) == (now + LATER, None)
 
 
-def test_the_breach_notice_run_waits_for_a_reset_that_fails(
-    committed, deps, caller, now, monkeypatch
-):
-    user_id, campaign_id, link = _flagged_with_a_link(committed, deps, caller, now)
-    gate, release = threading.Event(), threading.Event()
-
-    def failing_mail(*args, **kwargs):  # the reset holds the account's rows, then fails
-        gate.set()
-        release.wait(10)
-        raise RuntimeError("mail queue unavailable")
-
-    monkeypatch.setattr(accounts, "_mail_reset_link", failing_mail)
-    outcomes = _race(
-        _reset(committed, deps, caller, now + LATER, link),
-        _notice_run(committed, deps, campaign_id, now + LATER),
-        gate,
-        release,
-    )
-
-    assert outcomes["first"].startswith("500:RuntimeError"), outcomes
-    with committed() as session:
-        # Skipped while the reset held it, the account would never have had its notice.
-        assert session.get(BreachTarget, (campaign_id, user_id)).notified_at == now + LATER
-
-
 def _walked_campaign(committed, deps, caller, now, **choices) -> tuple[str, Any]:
     """An `all` campaign (PostgreSQL: walked page by page), and its next batch as a function
     of a session, run an instant after ``now``: (campaign id, batch)."""
