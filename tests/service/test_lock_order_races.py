@@ -533,8 +533,8 @@ def _notice_run(committed, deps, campaign_id, now):
     )
 
 
-def _reset(committed, deps, caller, now, link):
-    """The reset with ``link``, in its own transaction, for ``_race``."""
+def _reset(committed, deps, caller, now, link, proof=factors.FactorProof()):  # noqa: B008
+    """The reset with ``link`` (and ``proof``), in its own transaction, for ``_race``."""
     return lambda: _attempt(
         committed,
         lambda s: accounts.reset_password(
@@ -542,7 +542,7 @@ def _reset(committed, deps, caller, now, link):
             deps,
             token=link,
             new_password=NEW,
-            proof=factors.FactorProof(),
+            proof=proof,
             client=caller,
             now=now,
         ),
@@ -645,3 +645,36 @@ def test_a_reset_and_the_apply_batch_that_signs_the_account_out_at_once(
     assert outcomes == {"first": "ok", "second": "ok"}, outcomes
     with committed() as session:
         assert session.scalar(select(Session.revoked_at).where(Session.user_id == user_id))
+
+
+@pytest.mark.parametrize("paused_after", ["reset_second_factors", "revoke_sessions"])
+def test_a_reset_with_a_totp_code_and_the_apply_batch_that_removes_it_at_once(
+    committed, deps, caller, now, monkeypatch, paused_after
+):
+    # The batch removes the account's factors and revokes its login steps and sessions,
+    # without its lock; the reset writes its TOTP factor (the code's step), then the same.
+    with committed() as session:
+        if session.get_bind().dialect.name != "postgresql":
+            pytest.skip("the page walk is PostgreSQL's")
+    user_id = _account(committed, deps, now)
+    secret = _with_totp(committed, deps, caller, now, user_id)
+    _, batch = _walked_campaign(committed, deps, caller, now, revoke_sessions=True, reset_mfa=True)
+    _attempt(committed, batch)  # the walk flags the account
+    _attempt(committed, batch)  # the enrolment records it
+    with committed.begin() as session:
+        link = user_tokens.issue(
+            session, user_id=user_id, purpose="reset_password", ttl=timedelta(hours=1), now=now
+        )
+    code = otp.code_at(secret, otp.step_at(now + LATER))
+    proof = factors.FactorProof(totp_code=code)
+
+    gate, release = _pause_at(monkeypatch, breach_batches, paused_after, after=True)
+    outcomes = _race(
+        partial(_attempt, committed, batch),
+        _reset(committed, deps, caller, now + LATER, link, proof),
+        gate,
+        release,
+    )
+
+    # The factor is gone by the time the reset reads it: a wrong answer, not a 500.
+    assert outcomes == {"first": "ok", "second": "invalid_mfa"}, outcomes
