@@ -331,8 +331,8 @@ def _conflict(other: BreachCampaign) -> CampaignConflict:
     else:
         message = (
             f"Breach response {other.id} was {other.status} and is still recording the "
-            "accounts it flagged, some of these among them; try again when it has (its next "
-            "batch)"
+            "accounts it flagged, some of these among them; try again when it has (within its "
+            "next two batches)"
         )
     return CampaignConflict(message, campaign_id=other.id)
 

@@ -13,8 +13,6 @@ from typing import Any
 from sqlalchemy import String, bindparam, select
 from sqlalchemy.orm import Session as DbSession
 
-from authsvc.crypto import recovery as recovery_codes
-from authsvc.crypto import totp as otp
 from authsvc.errors import InvalidMfa, InvalidRequest, NotFound
 from authsvc.services import recovery, totp, webauthn
 from authsvc.services.context import Client, Deps
@@ -36,12 +34,10 @@ class FactorProof:
                 "send only one of totp_code, recovery_code or webauthn", field="proof"
             )
         # An answer of the wrong shape is refused here, before any attempt or limit is counted.
-        if self.totp_code is not None and otp.normalize_code(self.totp_code) is None:
-            raise InvalidRequest(f"totp_code must be {otp.DIGITS} digits", field="totp_code")
-        if self.recovery_code is not None and recovery_codes.normalize(self.recovery_code) is None:
-            raise InvalidRequest(
-                "recovery_code is not in the format of a recovery code", field="recovery_code"
-            )
+        if self.totp_code is not None:
+            totp.check_code_shape(self.totp_code)
+        if self.recovery_code is not None:
+            recovery.normalize_code(self.recovery_code)
         if self.webauthn is not None:
             webauthn.read_assertion(self.webauthn)
 

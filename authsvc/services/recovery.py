@@ -165,15 +165,22 @@ def delete_all(session: DbSession, *, user_id: str) -> int:
     return _affected(result)
 
 
-def use_code(
-    session: DbSession, deps: Deps, *, user_id: str, code: str, client: Client, now: datetime
-) -> str:
-    """Spend one unused code of the user (atomically), or raise InvalidMfa."""
+def normalize_code(code: str) -> str:
+    """The canonical form of a typed code, or InvalidRequest: a code of the wrong shape is a
+    client's mistake, refused before any attempt or limit is counted (``factors.FactorProof``)."""
     normalized = codes.normalize(code)
     if normalized is None:
         raise InvalidRequest(
             "recovery_code is not in the format of a recovery code", field="recovery_code"
         )
+    return normalized
+
+
+def use_code(
+    session: DbSession, deps: Deps, *, user_id: str, code: str, client: Client, now: datetime
+) -> str:
+    """Spend one unused code of the user (atomically), or raise InvalidMfa."""
+    normalized = normalize_code(code)
     # Throttled as TOTP codes are, on every path: a reset link would otherwise let its holder
     # guess codes (and write an audit event per guess) without limit.
     who = throttle.Who(now=now, client=client, action="recovery_code", user_id=user_id)

@@ -373,12 +373,18 @@ def confirm(
 # --- the login step ------------------------------------------------------------------------
 
 
+def check_code_shape(code: str) -> None:
+    """InvalidRequest for a login-step code that is not 6 digits: a client's mistake, refused
+    before any attempt or limit is counted (``factors.FactorProof``)."""
+    if otp.normalize_code(code) is None:
+        raise InvalidRequest(f"totp_code must be {otp.DIGITS} digits", field="totp_code")
+
+
 def verify_code(
     session: DbSession, deps: Deps, *, user_id: str, code: str, client: Client, now: datetime
 ) -> str:
     """Accept a code of any active factor whose time step was not accepted before."""
-    if otp.normalize_code(code) is None:
-        raise InvalidRequest(f"totp_code must be {otp.DIGITS} digits", field="totp_code")
+    check_code_shape(code)
     who = throttle.Who(now=now, client=client, action="totp", user_id=user_id)
     throttle.hit(session, deps, throttle.MFA_CODES, user_id, "totp", who=who)
     # Counted before the check, as the password cap is (accounts.authenticate_password).

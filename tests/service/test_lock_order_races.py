@@ -89,6 +89,14 @@ def _with_totp(committed, deps, caller, now, user_id):
     return pending.secret
 
 
+def _admin_delete(committed, user_id, caller, now):
+    """The account's deletion by an admin, in its own transaction, for ``_race``."""
+    return lambda: _attempt(
+        committed,
+        lambda s: admin.delete_user(s, admin=OPS, user_id=user_id, client=caller, now=now),
+    )
+
+
 def _pause_at(
     monkeypatch, owner, name: str, *, after: bool = False
 ) -> tuple[threading.Event, threading.Event]:
@@ -217,10 +225,7 @@ def test_webauthn_registration_vs_admin_delete(committed, deps, caller, now, mon
                 s, deps, user_id=user_id, credential=credential, name=None, client=caller, now=now
             ),
         ),
-        lambda: _attempt(
-            committed,
-            lambda s: admin.delete_user(s, admin=OPS, user_id=user_id, client=caller, now=now),
-        ),
+        _admin_delete(committed, user_id, caller, now),
         gate,
         release,
     )
@@ -247,10 +252,7 @@ def test_passkey_login_vs_admin_delete(committed, deps, caller, now, monkeypatch
                 now=now,
             ),
         ),
-        lambda: _attempt(
-            committed,
-            lambda s: admin.delete_user(s, admin=OPS, user_id=user_id, client=caller, now=now),
-        ),
+        _admin_delete(committed, user_id, caller, now),
         gate,
         release,
     )
@@ -348,10 +350,7 @@ def test_reset_request_job_vs_admin_delete(committed, deps, caller, now, monkeyp
             committed,
             lambda s: accounts.process_reset_request(s, deps, {"email": "ada@example.com"}, now),
         ),
-        lambda: _attempt(
-            committed,
-            lambda s: admin.delete_user(s, admin=OPS, user_id=user_id, client=caller, now=now),
-        ),
+        _admin_delete(committed, user_id, caller, now),
         gate,
         release,
     )
@@ -413,10 +412,7 @@ def test_webauthn_options_sweep_vs_admin_delete(committed, deps, caller, now, mo
                 s, deps, user_id=user_id, name="key", now=now
             ),
         ),
-        lambda: _attempt(
-            committed,
-            lambda s: admin.delete_user(s, admin=OPS, user_id=user_id, client=caller, now=now),
-        ),
+        _admin_delete(committed, user_id, caller, now),
         gate,
         release,
     )
@@ -476,10 +472,7 @@ def test_webauthn_options_while_admin_delete_commits(
 
     gate, release = _pause_at(monkeypatch, audit, "record")  # the deletion, after its cascade
     outcomes = _race(
-        lambda: _attempt(
-            committed,
-            lambda s: admin.delete_user(s, admin=OPS, user_id=user_id, client=caller, now=now),
-        ),
+        _admin_delete(committed, user_id, caller, now),
         lambda: _attempt(committed, ask),
         gate,
         release,
