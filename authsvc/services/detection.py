@@ -36,10 +36,10 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from limits import RateLimitItemPerSecond, storage, strategies
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, Table, bindparam, func, select
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.metrics import Metrics, Sample
@@ -353,21 +353,32 @@ class Detector:
         )
 
 
-def earlier_login_agents(user_id: str) -> Select[str | None]:
-    """The user agents of an account's latest 200 full logins, newest first (an index range:
-    ix_audit_events_user_id_type_id)."""
-    return (
-        select(AuditEvent.user_agent)
-        .where(
-            AuditEvent.user_id == user_id,
-            AuditEvent.type == "login.success",
-            AuditEvent.outcome == "authenticated",
-        )
-        .order_by(AuditEvent.id.desc())
-        .limit(200)
-        # Earlier logins only: this transaction's own events need not be written first.
-        .execution_options(**audit.WITHOUT_PENDING)
+_EVENTS = cast("Table", AuditEvent.__table__).c
+_LATEST_LOGINS = (
+    select(_EVENTS.user_agent)
+    .where(
+        _EVENTS.user_id == bindparam("user_id"),
+        _EVENTS.type == "login.success",
+        _EVENTS.outcome == "authenticated",
     )
+    .order_by(_EVENTS.id.desc())
+    .limit(200)
+    .subquery()
+)
+# Each agent once: an account that signs in often from one browser sends one row, not 200.
+_EARLIER_LOGIN_AGENTS = (
+    select(_LATEST_LOGINS.c.user_agent)
+    .distinct()
+    # Earlier logins only: this transaction's own events need not be written first.
+    .execution_options(**audit.WITHOUT_PENDING)
+)
+
+
+def earlier_login_agents(user_id: str) -> Select[str | None]:
+    """The distinct user agents of an account's latest 200 full logins (an index range:
+    ix_audit_events_user_id_type_id). A Core statement built once, with ``user_id`` as the
+    value of its parameter."""
+    return _EARLIER_LOGIN_AGENTS.params(user_id=user_id)
 
 
 def _device(user_agent: str | None) -> str:

@@ -116,6 +116,17 @@ def _access_token(
 
 
 _INSERT_REFRESH_TOKEN = insert(REFRESH_TOKENS)
+_INSERT_SESSION = insert(SESSIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Login:
+    """What an access token says of a session just started."""
+
+    id: str
+    user_id: str
+    auth_time: datetime
+    amr: str
 
 
 def _store_refresh_token(
@@ -142,18 +153,21 @@ def start_session(
     client: Client,
     now: datetime,
 ) -> TokenPair:
-    login = Session(
-        user_id=user.id,
-        created_at=now,
-        last_used_at=now,
-        auth_time=now,
-        amr=" ".join(amr),
-        ip=client.ip or None,
-        user_agent=client.user_agent[:256] or None,
-        expires_at=now + deps.settings.refresh_token_ttl,
+    login = _Login(id=new_id(), user_id=user.id, auth_time=now, amr=" ".join(amr))
+    session.execute(
+        _INSERT_SESSION,
+        {
+            "id": login.id,
+            "user_id": login.user_id,
+            "created_at": now,
+            "last_used_at": now,
+            "auth_time": now,
+            "amr": login.amr,
+            "ip": client.ip or None,
+            "user_agent": client.user_agent[:256] or None,
+            "expires_at": now + deps.settings.refresh_token_ttl,
+        },
     )
-    session.add(login)
-    session.flush()
     refresh = new_token("rt")
     _store_refresh_token(session, secret=refresh, session_id=login.id, now=now)
     signer = signing.signer(session, deps.keyring, now=now)
@@ -278,7 +292,12 @@ def rotate_refresh_token(
 
 
 def _pair(
-    deps: Deps, signer: Signer, *, login: Session | Row[Any], refresh_token: str, now: datetime
+    deps: Deps,
+    signer: Signer,
+    *,
+    login: Session | Row[Any] | _Login,
+    refresh_token: str,
+    now: datetime,
 ) -> TokenPair:
     """An access token for the session ``login`` (a stored row, or one just read back),
     paired with its refresh token."""

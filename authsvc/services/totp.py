@@ -21,6 +21,8 @@ from sqlalchemy import (
     CursorResult,
     Exists,
     Result,
+    Table,
+    bindparam,
     delete,
     exists,
     func,
@@ -380,6 +382,23 @@ def check_code_shape(code: str) -> None:
         raise InvalidRequest(f"totp_code must be {otp.DIGITS} digits", field="totp_code")
 
 
+_ACTIVE_FACTORS = (
+    select(TotpFactor).where(*_active(bindparam("user_id"))).order_by(TotpFactor.created_at)
+)
+_FACTOR_TABLE = cast("Table", TotpFactor.__table__)
+_FACTORS = _FACTOR_TABLE.c
+# A Core UPDATE: the factor rows loaded above are not read again in the step.
+_CLAIM_STEP = (
+    update(_FACTOR_TABLE)
+    .where(
+        _FACTORS.id == bindparam("factor_id"),
+        _FACTORS.confirmed_at.is_not(None),
+        or_(_FACTORS.last_used_step.is_(None), _FACTORS.last_used_step < bindparam("step")),
+    )
+    .values(last_used_step=bindparam("step"), last_used_at=bindparam("now"))
+)
+
+
 def verify_code(
     session: DbSession, deps: Deps, *, user_id: str, code: str, client: Client, now: datetime
 ) -> str:
@@ -389,9 +408,7 @@ def verify_code(
     throttle.hit(session, deps, throttle.MFA_CODES, user_id, "totp", who=who)
     # Counted before the check, as the password cap is (accounts.authenticate_password).
     throttle.hit(session, deps, throttle.MFA_FAILURES, user_id, who=who)
-    rows = session.scalars(
-        select(TotpFactor).where(*_active(user_id)).order_by(TotpFactor.created_at)
-    ).all()
+    rows = session.scalars(_ACTIVE_FACTORS, {"user_id": user_id}).all()
     candidates: list[tuple[str, int]] = []
     replayed = False
     for row in rows:
@@ -421,15 +438,7 @@ def verify_code(
 
 def _claim_step(session: DbSession, *, factor_id: str, step: int, now: datetime) -> bool:
     """Record ``step`` as used unless it (or a later one) already was: one atomic UPDATE."""
-    result = session.execute(
-        update(TotpFactor)
-        .where(
-            TotpFactor.id == factor_id,
-            TotpFactor.confirmed_at.is_not(None),
-            or_(TotpFactor.last_used_step.is_(None), TotpFactor.last_used_step < step),
-        )
-        .values(last_used_step=step, last_used_at=now)
-    )
+    result = session.execute(_CLAIM_STEP, {"factor_id": factor_id, "step": step, "now": now})
     return _affected(result) == 1
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from authsvc.crypto.tokens import new_token, token_hash
 from authsvc.db import rowcount
@@ -83,6 +84,17 @@ def find(session: DbSession, *, token: str, purpose: str, now: datetime) -> User
     return _live(row, purpose=purpose, now=now)
 
 
+# The hot statements are built once; only their parameters change per call.
+_WITH_OWNER = (
+    select(UserToken, User)
+    .join(User, User.id == UserToken.user_id)
+    .where(UserToken.token_hash == bindparam("hash"))
+)
+_WITH_LOCKED_OWNER = _WITH_OWNER.with_for_update(key_share=True, of=User).execution_options(
+    populate_existing=True
+)
+
+
 def find_with_owner(
     session: DbSession, *, token: str, purpose: str, now: datetime, lock_owner: bool = False
 ) -> tuple[UserToken, User]:
@@ -93,16 +105,8 @@ def find_with_owner(
     goes on to write the token or the account: a disable, deletion or breach response then
     either shows here or waits, and the user's row is locked before the token's, the order
     every writer of both keeps (the other order deadlocks against an account deletion)."""
-    query = (
-        select(UserToken, User)
-        .join(User, User.id == UserToken.user_id)
-        .where(UserToken.token_hash == token_hash(token))
-    )
-    if lock_owner:
-        query = query.with_for_update(key_share=True, of=User).execution_options(
-            populate_existing=True
-        )
-    found = session.execute(query).first()
+    query = _WITH_LOCKED_OWNER if lock_owner else _WITH_OWNER
+    found = session.execute(query, {"hash": token_hash(token)}).first()
     if found is None:
         raise InvalidToken()
     row, owner = found
@@ -123,17 +127,32 @@ def _live(row: UserToken | None, *, purpose: str, now: datetime) -> UserToken:
     return row
 
 
+# Core statements on the table: no ORM evaluation of the WHERE clause against loaded rows.
+_TOKEN_TABLE = cast("Table", UserToken.__table__)
+_TOKENS = _TOKEN_TABLE.c
+_SPEND = (
+    update(_TOKEN_TABLE)
+    .where(_TOKENS.id == bindparam("token_id"), _TOKENS.used_at.is_(None))
+    .values(used_at=bindparam("now"))
+)
+_CLAIM_ATTEMPT = (
+    update(_TOKEN_TABLE)
+    .where(
+        _TOKENS.id == bindparam("token_id"),
+        _TOKENS.used_at.is_(None),
+        _TOKENS.attempts < bindparam("limit"),
+    )
+    .values(attempts=_TOKENS.attempts + 1)
+    .returning(_TOKENS.attempts)
+)
+
+
 def consume(session: DbSession, *, row: UserToken, now: datetime) -> None:
     """Mark used exactly once, atomically (two concurrent uses: one loses)."""
-    spent = rowcount(
-        session.execute(
-            update(UserToken)
-            .where(UserToken.id == row.id, UserToken.used_at.is_(None))
-            .values(used_at=now)
-        )
-    )
+    spent = rowcount(session.execute(_SPEND, {"token_id": row.id, "now": now}))
     if spent != 1:
         raise TokenSpentMeanwhile()
+    set_committed_value(row, "used_at", now)  # as written, without another UPDATE
 
 
 def claim_attempt(session: DbSession, *, row: UserToken, limit: int) -> int:
@@ -142,13 +161,7 @@ def claim_attempt(session: DbSession, *, row: UserToken, limit: int) -> int:
     after a failure, answers that all read the token before any failed would each be checked).
     Returns the new count; InvalidToken when the token is spent meanwhile or out of answers.
     ``row`` itself is left as loaded."""
-    claimed = session.execute(
-        update(UserToken)
-        .where(UserToken.id == row.id, UserToken.used_at.is_(None), UserToken.attempts < limit)
-        .values(attempts=UserToken.attempts + 1)
-        .returning(UserToken.attempts)
-        .execution_options(synchronize_session=False)
-    ).scalar()
+    claimed = session.execute(_CLAIM_ATTEMPT, {"token_id": row.id, "limit": limit}).scalar()
     if claimed is None:
         raise InvalidToken()
     return int(claimed)
