@@ -22,6 +22,9 @@ class User(Base):
     password_invalidated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Breach response or breached-password login: change after the next full login.
     password_change_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    # When password_change_required was set; None while it is not. updated_at moves with any
+    # write to the row, so it cannot tell which breach response flagged the account.
+    password_change_required_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

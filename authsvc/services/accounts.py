@@ -311,6 +311,7 @@ def authenticate_password(
         and deps.blocklist.is_blocked(password)
     ):
         user.password_change_required = True
+        user.password_change_required_at = now
         audit.record(
             session,
             type="password.breached_at_login",
@@ -485,6 +486,7 @@ def set_password(
     user.password_set_at = now
     user.password_invalidated_at = None
     user.password_change_required = False
+    user.password_change_required_at = None
     user.updated_at = now
     user_tokens.revoke_all(session, user_id=user.id, purposes=_DIE_WITH_THE_PASSWORD, now=now)
     revoked = sessions.revoke_all_for_user(session, user_id=user.id, reason=event, now=now)

@@ -52,7 +52,11 @@ def flag(campaign: BreachCampaign, now: datetime) -> dict[Any, Any]:
     """SET clauses for accounts already known to be ``due``."""
     if campaign.mode == "invalidate":
         return {User.password_invalidated_at: now, User.updated_at: now}
-    return {User.password_change_required: True, User.updated_at: now}
+    return {
+        User.password_change_required: True,
+        User.password_change_required_at: now,
+        User.updated_at: now,
+    }
 
 
 def flag_where_due(campaign: BreachCampaign, now: datetime) -> dict[Any, Any]:
@@ -64,11 +68,15 @@ def flag_where_due(campaign: BreachCampaign, now: datetime) -> dict[Any, Any]:
 
 
 def flagged_since_start(campaign: BreachCampaign) -> ColumnElement[bool]:
-    """SQL: the account carries the campaign's flag, set after the campaign started."""
+    """SQL: the account carries the campaign's flag, set after the campaign started. Each flag
+    keeps the time it was set (``due``), whatever else writes the row later."""
     assert campaign.started_at is not None
     if campaign.mode == "invalidate":
         return User.password_invalidated_at >= campaign.started_at
-    return and_(User.password_change_required.is_(True), User.updated_at >= campaign.started_at)
+    return and_(
+        User.password_change_required.is_(True),
+        User.password_change_required_at >= campaign.started_at,
+    )
 
 
 def claiming() -> ColumnElement[bool]:

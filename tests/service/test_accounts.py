@@ -301,6 +301,7 @@ def test_a_blocklisted_password_must_be_changed(db_session, deps, caller, now, m
     assert result.status == "password_change_required"
     assert result.tokens is None
     assert user.password_change_required is True
+    assert user.password_change_required_at == now
     assert result.change_token is not None
     with pytest.raises(InvalidToken):  # change tokens expire
         password_change.change_password(
@@ -324,6 +325,7 @@ def test_a_blocklisted_password_must_be_changed(db_session, deps, caller, now, m
         now=now,
     )
     assert user.password_change_required is False
+    assert user.password_change_required_at is None
 
 
 def limited(deps, **limits):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
+from authsvc.crypto.passwords import Argon2Params, PasswordHasher
 from authsvc.db import utcnow
 from authsvc.errors import (
     CampaignConflict,
@@ -387,7 +388,7 @@ def test_a_reset_counts_after_more_force_resets_than_a_statement_has_parameters(
 def test_change_at_next_login_asks_for_a_new_password_after_login(
     db_session, deps, caller, users, worker
 ):
-    create(db_session, deps, caller, request=request(mode="change_at_next_login"))
+    created = create(db_session, deps, caller, request=request(mode="change_at_next_login"))
     drain(db_session, worker)
 
     result = accounts.login_with_password(
@@ -396,6 +397,9 @@ def test_change_at_next_login_asks_for_a_new_password_after_login(
 
     assert result.status == "password_change_required"
     assert result.tokens is None and result.change_token
+    started = breach.get_campaign(db_session, campaign_id=created.campaign.id).started_at
+    flagged_at = db_session.scalars(select(User.password_change_required_at)).all()
+    assert len(flagged_at) == 8 and all(at is not None and at >= started for at in flagged_at)
 
 
 def test_a_batch_that_dies_is_redone_by_the_next_runner(db_session, deps, caller, users, runtime):
@@ -451,12 +455,12 @@ def test_an_account_the_walk_missed_is_flagged_by_the_batches_after_it(
     assert queued_notices(db_session, campaign_id) == 8
 
 
-def walked_whole_table(db_session, deps, caller, runtime) -> Created:
+def walked_whole_table(db_session, deps, caller, runtime, **changes) -> Created:
     """An `all` campaign whose walk has flagged the whole table in one batch (PostgreSQL)."""
     whole = dataclasses.replace(
         deps, settings=dataclasses.replace(deps.settings, breach_batch_size=10**7)
     )
-    created = create(db_session, deps, caller, request=request())
+    created = create(db_session, deps, caller, request=request(**changes))
     with runtime.sessionmaker.begin() as session:  # one page range: the whole table
         batches.run_next_batch(session, whole, campaign_id=created.campaign.id, now=utcnow())
     return created
@@ -531,6 +535,51 @@ def test_a_cancelled_walk_records_only_the_accounts_it_flagged(
     assert set(processed_ids(db_session, campaign.id)) == walked
     assert (campaign.processed, campaign.notified) == (len(walked), len(walked))
     assert len(mailbox.messages(later.email)) == 1
+
+
+def test_a_cancelled_walk_leaves_out_an_account_flagged_before_it_started(
+    db_session, deps, caller, users, runtime, worker, later_worker, mailbox
+):
+    if not on_postgresql(db_session):
+        pytest.skip("the page walk is PostgreSQL's")
+    earlier = users[2]
+    breach.force_reset(
+        db_session, deps, user_id=earlier.id, mode="change_at_next_login",
+        revoke_sessions=False, reset_mfa=False, notify=True, reason="phished", creator=ADMIN,
+        client=caller, now=utcnow(),
+    )  # fmt: skip
+    created = walked_whole_table(
+        db_session, deps, caller, runtime, mode="change_at_next_login", notify=True
+    )
+    # Then the account's row is written for another reason: its login rehashes the password.
+    stronger = dataclasses.replace(
+        deps,
+        hasher=PasswordHasher(
+            Argon2Params(time_cost=2, memory_cost_kib=2048, parallelism=1),
+            max_concurrent=1,
+            acquire_timeout=1.0,
+        ),
+    )
+    db_session.expire_all()
+    before = db_session.get(User, earlier.id).updated_at
+    result = accounts.login_with_password(
+        db_session, stronger, email=earlier.email, password=PASSWORD, client=caller, now=utcnow()
+    )
+    assert result.status == "password_change_required"
+    assert db_session.get(User, earlier.id).updated_at > before
+    breach.cancel_campaign(
+        db_session, deps, campaign_id=created.campaign.id, creator=ADMIN, client=caller,
+        now=utcnow(),
+    )  # fmt: skip
+    drain(db_session, worker)  # the follow-up: enrolment, then sign-outs
+    drain(db_session, later_worker)
+
+    campaign = breach.get_campaign(db_session, campaign_id=created.campaign.id)
+    others = sorted(u.id for u in users if u is not earlier)
+    assert sorted(processed_ids(db_session, campaign.id)) == others
+    assert (campaign.processed, campaign.notified) == (7, 7)
+    subjects = [m["Subject"] for m in mailbox.messages(earlier.email)]
+    assert subjects.count("Security notice: please change your password") == 1, subjects
 
 
 def test_a_failing_batch_is_retried_then_fails_the_campaign(

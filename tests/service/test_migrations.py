@@ -12,10 +12,10 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Boolean, Engine, String, column, insert, inspect, select, table
 
 from authsvc import models  # noqa: F401 - registers every table
-from authsvc.db import Base, make_engine
+from authsvc.db import Base, UTCDateTime, make_engine, utcnow
 from authsvc.schema import MIGRATIONS, alembic_config, schema_is_current, upgrade
 
 
@@ -81,3 +81,35 @@ def test_downgrade_step_by_step_to_base_and_upgrade_again(scratch_database_url, 
     assert differences(scratch_engine) == []
     command.downgrade(config, "base")
     assert tables(scratch_engine) == set()
+
+
+def test_accounts_flagged_before_0009_keep_updated_at_as_their_flag_time(
+    scratch_database_url, scratch_engine
+):
+    upgrade(scratch_database_url, "0008")
+    users = table(
+        "users",
+        column("id", String),
+        column("email", String),
+        column("password_change_required", Boolean),
+        column("created_at", UTCDateTime),
+        column("updated_at", UTCDateTime),
+        column("password_change_required_at", UTCDateTime),
+    )
+    at = utcnow()
+    row = {"created_at": at, "updated_at": at}
+    flag = "password_change_required"
+    with scratch_engine.begin() as conn:
+        conn.execute(
+            insert(users),
+            [
+                {**row, "id": "flagged", "email": "a@example.com", flag: True},
+                {**row, "id": "other", "email": "b@example.com", flag: False},
+            ],
+        )
+
+    upgrade(scratch_database_url)
+
+    with scratch_engine.connect() as conn:
+        rows = conn.execute(select(users.c.id, users.c.password_change_required_at)).all()
+    assert sorted(rows) == [("flagged", at), ("other", None)]
