@@ -18,7 +18,7 @@ from authsvc.mail.backends import MailBackend, MailDeliveryError, build_message
 from authsvc.models import OutboxMessage
 from authsvc.services import accounts, breach, detection, housekeeping, outbox
 from authsvc.services.context import Deps
-from authsvc.services.outbox import External, Handler
+from authsvc.services.outbox import External, Handler, PermanentFailure
 
 log = logging.getLogger("authsvc.worker")
 
@@ -32,10 +32,6 @@ CLAIM_LEASE = timedelta(minutes=5)
 FAILURE_REPORT_EVERY = 60.0  # seconds between log lines while drains keep failing
 FAILURE_BACKOFF_MAX = 5.0  # seconds between drains while they keep failing
 SWEEP_EVERY = 600.0  # seconds between one worker's housekeeping sweeps (services/housekeeping.py)
-
-
-class PermanentFailure(Exception):  # noqa: N818 - named for the outcome
-    """The message can never succeed (e.g. a refused recipient): park it as failed."""
 
 
 def backoff(attempts: int) -> timedelta:

@@ -20,7 +20,8 @@ distinct (subject, member) pair. A detection raises an alert at most once per
 ``alert_cooldown`` for the same detector and subject: an ``alert.raised`` audit event, the
 ``authsvc_alerts_total`` metric, a WARNING log line and, when ``AUTHSVC_ALERT_WEBHOOK_URL`` is set,
 an HMAC-signed JSON POST queued in the outbox (retried with backoff; a dead receiver delays
-nothing but the outbox). Nothing of this changes any answer to the client.
+nothing but the outbox; a 4xx other than 408, 425 and 429 parks it as failed). Nothing of this
+changes any answer to the client.
 """
 
 from __future__ import annotations
@@ -403,6 +404,16 @@ class WebhookFailed(Exception):  # noqa: N818 - named for what happened
     """The receiver did not answer 2xx; the outbox retries with backoff."""
 
 
+# 4xx answers that say "not now" rather than "never": Request Timeout, Too Early, Too Many
+# Requests. Any other 4xx (a wrong URL or secret, a receiver that is gone) answers the same
+# however often the alert is sent again, so the message is parked as failed.
+_RETRIED_4XX = frozenset({408, 425, 429})
+
+
+def _refused_for_good(status: int) -> bool:
+    return 400 <= status < 500 and status not in _RETRIED_4XX
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
@@ -433,6 +444,10 @@ def deliver_webhook(deps: Deps, payload: dict[str, Any], now: datetime) -> None:
             status = response.status
     except urllib.error.HTTPError as exc:
         exc.close()  # it holds the connection
+        if _refused_for_good(exc.code):
+            raise outbox.PermanentFailure(
+                f"the receiver refused the alert with HTTP {exc.code}; not retried"
+            ) from None
         raise WebhookFailed(f"the receiver answered HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise WebhookFailed(f"the receiver is unreachable ({type(exc).__name__})") from None

@@ -97,6 +97,10 @@ def stats(session: DbSession) -> OutboxStats:
     return OutboxStats(pending=pending, oldest_pending_at=oldest, failed=failed or 0)
 
 
+class PermanentFailure(Exception):  # noqa: N818 - named for the outcome
+    """The message can never succeed (e.g. a refused recipient): park it as failed."""
+
+
 # A handler processes one message inside the worker's transaction (authsvc.mail.worker).
 Handler = Callable[[DbSession, Deps, dict[str, Any], datetime], None]
 

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from authsvc.app import Runtime, build_runtime
 from authsvc.db import utcnow
 from authsvc.errors import InvalidCredentials
+from authsvc.mail.worker import OutboxWorker
 from authsvc.models import AuditEvent, OutboxMessage
 from authsvc.services import accounts, audit, detection, outbox
 from authsvc.services.context import Client
@@ -268,6 +269,49 @@ def test_a_failing_receiver_status_is_retried(runtime, receiver):
         ).one()
         assert message.completed_at is None
         assert "HTTP 500" in (message.last_error or "")
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 422])
+def test_a_receiver_refusing_the_alert_parks_it(runtime, receiver, status):
+    """A 4xx (wrong URL, wrong secret, gone) will answer the same however often it is sent."""
+    receiver.status = status
+    for i in range(6):
+        forgot(runtime, f"p{i}@example.com", "203.0.113.41")
+    runtime.worker.drain()
+    with runtime.sessionmaker() as session:
+        message = session.scalars(
+            select(OutboxMessage).where(OutboxMessage.kind == "webhook")
+        ).one()
+        assert message.completed_at is None
+        assert message.failed_at is not None
+        assert message.attempts == 1
+        assert message.last_error == (
+            f"the receiver refused the alert with HTTP {status}; not retried"
+        )
+    later = OutboxWorker(
+        sessionmaker=runtime.sessionmaker,
+        deps=runtime.deps,
+        handlers=detection.HANDLERS,
+        clock=lambda: utcnow() + timedelta(days=1),
+    )
+    assert later.drain() == 0
+    assert len(receiver.posts) == 1
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503])
+def test_a_receiver_busy_or_failing_is_retried(runtime, receiver, status):
+    receiver.status = status
+    for i in range(6):
+        forgot(runtime, f"t{i}@example.com", "203.0.113.42")
+    runtime.worker.drain()
+    assert len(receiver.posts) == 1
+    with runtime.sessionmaker() as session:
+        message = session.scalars(
+            select(OutboxMessage).where(OutboxMessage.kind == "webhook")
+        ).one()
+        assert message.completed_at is None and message.failed_at is None
+        assert message.last_error == f"WebhookFailed: the receiver answered HTTP {status}"
+        assert message.available_at > message.created_at
 
 
 def test_without_a_webhook_url_nothing_is_queued(settings, connection):

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, text, update
 
-from authsvc.mail.worker import MAX_BACKOFF, OutboxWorker, PermanentFailure, backoff
+from authsvc.mail.worker import MAX_BACKOFF, OutboxWorker, backoff
 from authsvc.models import OutboxMessage, User
 from authsvc.services import outbox
 
@@ -132,7 +132,7 @@ def test_a_failing_handler_leaves_no_partial_writes(db_session, deps, runtime, c
 
 def test_permanent_failures_and_unknown_kinds_are_parked(db_session, deps, runtime, clock, now):
     def refuse(*args):
-        raise PermanentFailure("550 no such user")
+        raise outbox.PermanentFailure("550 no such user")
 
     worker = make_worker(runtime, clock, {"job": refuse})
     refused = enqueue(db_session, deps, now)
