@@ -6,7 +6,10 @@ Each row holds the hash of the row before it (``prev_hash``) and of its own cont
 (``GENESIS``, or the hash of the last pruned row) and where it ends, under a keyed MAC. So an
 edited row, a deleted row, a truncated tail and a recomputed chain are all found by ``verify``.
 Writers are serialised by locking the head row (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite
-serialises writers itself).
+serialises writers itself). A writer that finds the head missing, or not matching its signature,
+does not simply sign what it found: it first chains an ``audit.head_invalid`` event, which
+``verify`` names from then on, so that the next request after a tampering does not erase its
+evidence.
 
 That lock is held until the transaction ends, so it is taken as late as possible: ``record``
 queues the event on the session, and the queue is chained and written just before the
@@ -25,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,7 +47,11 @@ from authsvc.models.accounts import User
 from authsvc.models.ops import AuditChainHead, AuditEvent
 from authsvc.services.context import Client
 
+log = logging.getLogger("authsvc.audit")
+
 GENESIS = "0" * 64
+# Chained by a writer that found the head missing or not matching its signature.
+HEAD_INVALID = "audit.head_invalid"
 HEAD_ID = 1
 HOOKS_KEY = "authsvc.audit.hooks"
 PENDING_KEY = "authsvc.audit.pending"
@@ -196,21 +204,69 @@ def append_pending(session: DbSession) -> None:
     pending: list[tuple[AuditEvent, SessionTransaction | None]] = session.info.pop(PENDING_KEY, [])
     if not pending:
         return
-    hooks = hooks_of(session)
-    head = _lock_head(session)
+    head = _checked_head(session, now=pending[0][0].occurred_at)
+    _append(session, head, [entry for entry, _ in pending])
+
+
+def _append(session: DbSession, head: AuditChainHead, entries: list[AuditEvent]) -> None:
+    """Chain ``entries`` after the locked ``head``, write them and sign the head again."""
     last_hash = head.last_hash
-    for entry, _ in pending:
+    for entry in entries:
         entry.prev_hash = last_hash
         entry.row_hash = last_hash = row_digest(entry.prev_hash, entry)
     # One INSERT for all of them. Ids must follow the chain order: SQLAlchemy's batched INSERT
     # assigns server-generated keys in the order of its parameter sets (insertmanyvalues).
-    session.add_all([entry for entry, _ in pending])
+    session.add_all(entries)
     session.flush()
-    head.last_id = pending[-1][0].id
+    head.last_id = entries[-1].id
     head.last_hash = last_hash
-    head.head_mac = head_mac(hooks.keyring, head) if hooks else ""
-    head.updated_at = pending[-1][0].occurred_at
+    _sign(session, head)
+    head.updated_at = entries[-1].occurred_at
     session.flush()
+
+
+def _sign(session: DbSession, head: AuditChainHead) -> None:
+    hooks = hooks_of(session)
+    head.head_mac = head_mac(hooks.keyring, head) if hooks else ""
+
+
+def _checked_head(session: DbSession, *, now: datetime) -> AuditChainHead:
+    """The chain head, locked; if it was missing or does not match its signature, an
+    ``audit.head_invalid`` event is chained first.
+
+    Signing such a head as it is would make whatever was done to the trail (a truncated tail,
+    rows edited and chained anew, the whole trail and its head deleted) verify again at the next
+    event, which an attacker can cause with any request. An unsigned head (a new installation,
+    or one migrated to the head row, before its first event) is taken as it is."""
+    head, created = _lock_head(session)
+    hooks = hooks_of(session)
+    problem = None
+    if created:
+        problem = "missing"
+    elif (
+        hooks is not None
+        and head.head_mac
+        and not hmac.compare_digest(head.head_mac, head_mac(hooks.keyring, head))
+    ):
+        problem = "altered"
+    if problem is None:
+        return head
+    evidence = AuditEvent(
+        occurred_at=now,
+        type=HEAD_INVALID,
+        outcome=problem,
+        details=json.dumps(
+            {"anchor_id": head.anchor_id, "last_id": head.last_id, "head_mac": head.head_mac},
+            sort_keys=True,
+        ),
+    )
+    _append(session, head, [evidence])
+    log.error(
+        "audit trail: the chain head %s; recorded as event %s (see `authsvc audit verify`)",
+        "was missing" if problem == "missing" else "did not match its signature",
+        evidence.id,
+    )
+    return head
 
 
 @event.listens_for(DbSession, "before_commit")
@@ -260,8 +316,8 @@ def _append_before_reading_the_trail(state: ORMExecuteState) -> None:
         append_pending(session)
 
 
-def _lock_head(session: DbSession) -> AuditChainHead:
-    """The chain head, locked for this transaction (created on first use if missing)."""
+def _lock_head(session: DbSession) -> tuple[AuditChainHead, bool]:
+    """The chain head, locked for this transaction (created if missing: then True)."""
     session.flush()
     query = (
         select(AuditChainHead)
@@ -272,7 +328,7 @@ def _lock_head(session: DbSession) -> AuditChainHead:
         query = query.with_for_update()
     head = session.scalars(query).one_or_none()
     if head is not None:
-        return head
+        return head, False
     last = session.execute(
         select(AuditEvent.id, AuditEvent.row_hash).order_by(AuditEvent.id.desc()).limit(1)
     ).first()
@@ -280,6 +336,7 @@ def _lock_head(session: DbSession) -> AuditChainHead:
     # one is anchored after them, so that `audit verify` names them (they may have been
     # rewritten) instead of a signature adopting whatever they hold now.
     anchor_id, anchor_hash = (last[0], last[1]) if last else (0, GENESIS)
+    created = True
     try:
         with session.begin_nested():
             session.add(
@@ -293,8 +350,8 @@ def _lock_head(session: DbSession) -> AuditChainHead:
                 )
             )
     except IntegrityError:
-        pass  # another writer created it first
-    return session.scalars(query).one()
+        created = False  # another writer created it first
+    return session.scalars(query).one(), created
 
 
 # --- verification and retention ------------------------------------------------------------
@@ -358,6 +415,16 @@ def verify(session: DbSession, *, keyring: Keyring, batch: int = 2000) -> Verifi
             )
         if row_digest(row.prev_hash, row) != row.row_hash:
             return Verification(False, checked, row.id, f"event {row.id} was altered")
+        if row.type == HEAD_INVALID:
+            found = "was missing" if row.outcome == "missing" else "did not match its signature"
+            return Verification(
+                False,
+                checked,
+                row.id,
+                f"when event {row.id} was written, the chain head {found}: events before it "
+                "were deleted, altered or chained anew (or the key that signed the head was "
+                "removed from the ring)",
+            )
         expected_prev, previous_id = row.row_hash, row.id
         checked += 1
     if previous_id != last_id or expected_prev != last_hash:
@@ -425,7 +492,7 @@ def prune(
     is recorded in the trail. Writers wait for the chain lock meanwhile: keep batches small and
     commit between them."""
     append_pending(session)
-    head = _lock_head(session)
+    head = _checked_head(session, now=now)
     # A prefix of the chain, and only events older than ``before``: ids follow the order of
     # chaining, times the callers' clocks (a drain's start, a batch's, another instance's), so
     # an event still inside retention can have a lower id than older ones. The prefix ends
@@ -450,6 +517,7 @@ def prune(
     pruned = int(result.rowcount or 0)
     head.anchor_id = through
     head.anchor_hash = anchor_hash
+    _sign(session, head)
     session.flush()
     record(
         session,

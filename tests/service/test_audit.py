@@ -164,6 +164,60 @@ def test_a_wiped_trail_with_a_reset_head_is_found(session, runtime, now):
     assert "wiped" in result.reason
 
 
+def test_a_truncated_tail_stays_found_after_the_next_event(session, runtime, now):
+    # Delete the last events and point the head at the new end: its signature no longer
+    # matches, and the next event (any request the forger makes) must not sign it again.
+    events = write(session, now, 4)
+    session.flush()
+    session.execute(text("DELETE FROM audit_events WHERE id >= :id"), {"id": events[2].id})
+    session.execute(
+        text("UPDATE audit_chain_heads SET last_id = :id, last_hash = :hash"),
+        {"id": events[1].id, "hash": events[1].row_hash},
+    )
+    session.expunge_all()
+    later = write(session, now, 1)
+
+    result = check(session, runtime)
+
+    assert not result.ok
+    flagged = session.get(AuditEvent, result.broken_id)
+    assert flagged.type == "audit.head_invalid" and flagged.outcome == "altered"
+    assert flagged.id < later[0].id and flagged.prev_hash == events[1].row_hash
+    assert "did not match its signature" in result.reason
+
+
+def test_a_rechained_trail_stays_found_after_the_next_event(session, runtime, now):
+    write(session, now, 3)
+    session.flush()
+    session.execute(text("UPDATE audit_events SET outcome = 'success'"))
+    session.expunge_all()
+    session.execute(text("UPDATE audit_chain_heads SET last_hash = :h"), {"h": _rechain(session)})
+    session.expunge_all()
+    write(session, now, 1)
+
+    result = check(session, runtime)
+
+    assert not result.ok
+    assert session.get(AuditEvent, result.broken_id).type == "audit.head_invalid"
+
+
+def test_a_wiped_trail_with_its_head_deleted_is_found_after_the_next_event(session, runtime, now):
+    write(session, now, 3)
+    session.flush()
+    session.execute(text("DELETE FROM audit_events"))
+    session.execute(text("DELETE FROM audit_chain_heads"))
+    session.expunge_all()
+    later = write(session, now, 1)
+
+    result = check(session, runtime)
+
+    assert not result.ok
+    flagged = session.get(AuditEvent, result.broken_id)
+    assert (flagged.type, flagged.outcome) == ("audit.head_invalid", "missing")
+    assert flagged.id < later[0].id
+    assert "missing" in result.reason
+
+
 def test_a_row_added_after_the_head_is_found(session, runtime, now):
     events = write(session, now, 3)
     session.flush()
