@@ -10,6 +10,7 @@ from flask import Blueprint, Response, request
 from authsvc.errors import InvalidRequest
 from authsvc.http.auth import principal, require_admin, require_user
 from authsvc.http.io import db, deps, respond, transactional
+from authsvc.ratelimit import client_address
 from authsvc.services import accounts, audit, audit_views
 from authsvc.times import parse_time
 
@@ -69,6 +70,13 @@ def _text(name: str, pattern: re.Pattern[str] | None = None, max_length: int = 6
     return raw
 
 
+def _address(raw: str | None) -> str | None:
+    """An address as the trail records it (``client_address``: one spelling per address), so
+    that ``2001:DB8::1`` or ``::ffff:192.0.2.1`` finds the events of ``2001:db8::1`` or
+    ``192.0.2.1``."""
+    return None if raw is None else client_address(raw)
+
+
 @bp.get("/admin/v1/audit-events")
 @transactional
 @require_admin
@@ -94,7 +102,7 @@ def list_audit_events() -> Response:
             if email is not None
             else None
         ),
-        ip=_text("ip", re.compile(r"^[0-9A-Fa-f.:]{2,45}$")),
+        ip=_address(_text("ip", re.compile(r"^[0-9A-Fa-f.:]{2,45}$"))),
         since=since,
         until=until,
     )

@@ -80,6 +80,25 @@ def test_pages_follow_the_cursor(api, client, as_admin):
 
 
 @pytest.mark.parametrize(
+    ("remote", "spellings"),
+    [
+        ("2001:db8::7", ["2001:db8::7", "2001:DB8::7", "2001:0db8:0000::0007"]),
+        ("192.0.2.7", ["192.0.2.7", "::ffff:192.0.2.7", "::FFFF:c000:207"]),
+    ],
+)
+def test_the_ip_filter_takes_any_spelling_of_the_address(client, as_admin, remote, spellings):
+    # The trail records one spelling per address; an investigator may paste another.
+    client.post(
+        "/v1/password/forgot",
+        json={"email": "ip@example.com"},
+        environ_base={"REMOTE_ADDR": remote},
+    )
+    for spelling in spellings:
+        found = events(client, as_admin, ip=spelling, type="password.forgot")["events"]
+        assert [e["ip"] for e in found] == [remote], spelling
+
+
+@pytest.mark.parametrize(
     "params",
     [
         {"since": "yesterday"},
