@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
 from authsvc.db import rowcount, utcnow
+from authsvc.logging_setup import scrub
 from authsvc.mail.backends import MailBackend, MailDeliveryError, build_message
 from authsvc.models import OutboxMessage
 from authsvc.services import accounts, breach, detection, housekeeping, outbox
@@ -223,12 +224,15 @@ class OutboxWorker:
     @staticmethod
     def _failed(message: OutboxMessage, now: datetime, exc: Exception) -> None:
         """Park the message for good (a permanent failure), or retry it after a backoff."""
+        # The error is kept beside the encrypted payload, for as long as a parked message is:
+        # masked like a log line (an SMTP refusal names the recipient, maybe one who has no
+        # account and was only mailed a notice).
         if isinstance(exc, PermanentFailure):
             message.failed_at = now
-            message.last_error = str(exc)[:500]
+            message.last_error = scrub(str(exc))[:500]
             log.error("outbox message %s (%s) failed permanently", message.id, message.kind)
             return
-        message.last_error = f"{type(exc).__name__}: {exc}"[:500]
+        message.last_error = scrub(f"{type(exc).__name__}: {exc}")[:500]
         message.available_at = now + backoff(message.attempts)
         log.warning(
             "outbox message %s (%s) failed %d times, retrying: %s",

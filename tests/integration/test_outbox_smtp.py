@@ -127,6 +127,24 @@ def test_a_refused_recipient_is_parked_not_retried(settings, connection):
     runtime(app).deps.limiter.reset()
 
 
+@pytest.mark.parametrize(
+    "reply", ["550 5.1.1 <ada@example.com>: Recipient address rejected", "450 4.2.1 Try later"]
+)
+def test_a_refused_recipients_address_is_not_kept_in_clear(settings, connection, reply):
+    # Payloads are encrypted; the error kept beside them must not name the address either.
+    with SmtpServer(recipient_replies={"ada@example.com": reply}) as server:
+        app = smtp_app(settings, connection, server.url)
+        app.test_client().post("/v1/password/forgot", json={"email": "ada@example.com"})
+
+        runtime(app).worker.drain()
+
+    message = email_message(connection)
+    assert reply[:3] in message.last_error
+    assert "ada@example.com" not in message.last_error
+    assert "a***@example.com" in message.last_error
+    runtime(app).deps.limiter.reset()
+
+
 @pytest.mark.parametrize("reply", ["451 4.3.0 Try again later"])
 def test_a_temporary_refusal_is_retried(settings, connection, reply):
     with SmtpServer(data_reply=reply) as server:
