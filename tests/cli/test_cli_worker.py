@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from sqlalchemy import select
@@ -50,9 +49,13 @@ def test_sigterm_hands_back_the_claimed_mail_and_exits_cleanly(env, tmp_path):  
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(3)  # it claimed the batch and is stuck on the first mail
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
+        # Its first connection: it claimed the batch and is stuck on the first mail (however
+        # long a loaded machine takes to start it).
+        silent.settimeout(60)
+        stuck, _ = silent.accept()
+        with stuck:
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=30)
 
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr and "stopped" in stderr
