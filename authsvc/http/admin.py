@@ -49,14 +49,20 @@ def find_users() -> Response:
     email = request.args.get("email")
     if email is None or len(email) > 320:
         raise InvalidRequest("the email query parameter is required (at most 320 characters)")
-    return respond({"users": admin.find_users(db(), email=email)})
+    users = admin.find_users(
+        db(), deps(), admin=current_admin(), email=email, client=client(), now=utcnow()
+    )
+    return respond({"users": users})
 
 
 @bp.get("/users/<user_id>")
 @transactional
 @require_admin
 def get_user(user_id: str) -> Response:
-    return respond(admin.get_user(db(), user_id=user_id[:64]))
+    view = admin.get_user(
+        db(), admin=current_admin(), user_id=user_id[:64], client=client(), now=utcnow()
+    )
+    return respond(view)
 
 
 @bp.delete("/users/<user_id>")

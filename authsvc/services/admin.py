@@ -187,19 +187,52 @@ def create_user(
     return _view(session, user)
 
 
-def get_user(session: DbSession, *, user_id: str) -> UserView:
+def get_user(
+    session: DbSession, *, admin: AdminIdentity, user_id: str, client: Client, now: datetime
+) -> UserView:
+    """The account ``user_id``; each look, found or not, is audited with the admin's key."""
     user = session.get(User, user_id)
+    audit.record(
+        session,
+        type="admin.user_viewed",
+        outcome="not_found" if user is None else "found",
+        now=now,
+        client=client,
+        user_id=user.id if user is not None else None,
+        admin_key_id=admin.key_id,
+    )
     if user is None:
         raise NotFound("No such user")
     return _view(session, user)
 
 
-def find_users(session: DbSession, *, email: str) -> list[UserView]:
+def find_users(
+    session: DbSession,
+    deps: Deps,
+    *,
+    admin: AdminIdentity,
+    email: str,
+    client: Client,
+    now: datetime,
+) -> list[UserView]:
+    """The account with this email, if any. Each lookup is audited with the admin's key, so
+    that a key used to try address after address leaves a trail; the address as the keyed
+    digest failed logins use, so an unregistered one is never written down in clear."""
     try:
         email = accounts.normalize_email(email)
     except InvalidRequest:
-        return []
-    user = session.scalar(select(User).where(User.email == email))
+        email = ""
+    user = session.scalar(select(User).where(User.email == email)) if email else None
+    audit.record(
+        session,
+        type="admin.user_lookup",
+        outcome="not_found" if user is None else "found",
+        now=now,
+        client=client,
+        user_id=user.id if user is not None else None,
+        admin_key_id=admin.key_id,
+        email_hash=audit.email_digest(deps.keyring, email) if email else None,
+    )
     return [_view(session, user)] if user else []
 
 

@@ -14,7 +14,9 @@ from sqlalchemy.orm import Session as DbSession
 from authsvc.models.ops import AuditEvent
 
 # Events a user never sees in their own trail (internal bookkeeping or operator matters).
-_HIDDEN_FROM_USERS = frozenset({"signup.created", "alert.raised", "audit.pruned"})
+_HIDDEN_FROM_USERS = frozenset(
+    {"signup.created", "alert.raised", "audit.pruned", "admin.user_lookup", "admin.user_viewed"}
+)
 # Details a user may see about their own events.
 _USER_DETAIL_KEYS = frozenset(
     {

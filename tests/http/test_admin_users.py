@@ -367,3 +367,38 @@ def test_admin_actions_are_audited_with_the_key(client, as_admin, connection):
         ("admin.user_disabled", key_id, created["id"]),
     ]
     assert connection.scalar(select(AdminKey.last_used_at)) is not None
+
+
+def test_looking_an_account_up_is_audited_with_the_key(api, client, as_admin, connection):
+    created = create(client, as_admin, email="ada@example.com", password=PASSWORD).get_json()
+    key_id = connection.scalar(select(AdminKey.id))
+
+    client.get("/admin/v1/users", query_string={"email": "Ada@example.com"}, headers=as_admin)
+    client.get("/admin/v1/users", query_string={"email": "bob@example.com"}, headers=as_admin)
+    client.get("/admin/v1/users", query_string={"email": "not an email"}, headers=as_admin)
+    client.get(f"/admin/v1/users/{created['id']}", headers=as_admin)
+    client.get("/admin/v1/users/no-such-user", headers=as_admin)
+
+    rows = connection.execute(
+        select(AuditEvent.type, AuditEvent.outcome, AuditEvent.admin_key_id, AuditEvent.user_id)
+        .where(AuditEvent.type.in_(["admin.user_lookup", "admin.user_viewed"]))
+        .order_by(AuditEvent.id)
+    ).all()
+    assert [tuple(r) for r in rows] == [
+        ("admin.user_lookup", "found", key_id, created["id"]),
+        ("admin.user_lookup", "not_found", key_id, None),
+        ("admin.user_lookup", "not_found", key_id, None),
+        ("admin.user_viewed", "found", key_id, created["id"]),
+        ("admin.user_viewed", "not_found", key_id, None),
+    ]
+    # An address that has no account is kept as a keyed hash only, as for failed logins.
+    hashes = connection.scalars(
+        select(AuditEvent.email_hash).where(AuditEvent.type == "admin.user_lookup")
+    ).all()
+    assert len(hashes[0]) == len(hashes[1]) == 64 and hashes[0] != hashes[1]
+    assert hashes[2] is None
+    assert "bob@example.com" not in str(connection.scalars(select(AuditEvent.details)).all())
+    # An operator's lookup is not one of the user's own security events.
+    token = api.tokens("ada@example.com", PASSWORD)["access_token"]
+    trail = client.get("/v1/me/security-events", headers=api.bearer(token)).get_json()["events"]
+    assert not {"admin.user_lookup", "admin.user_viewed"} & {e["type"] for e in trail}
