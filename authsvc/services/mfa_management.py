@@ -218,9 +218,11 @@ def confirm_totp_with_enrollment(
 ) -> EnrollmentLogin:
     """Confirm a TOTP factor enrolled with an ``mfa_enrollment`` token and finish the login
     that token stands for (amr gains ``otp`` and ``mfa``). The code is checked before the
-    token is spent, and the token is spent before anything else changes."""
+    token is spent, and the token is spent before anything else changes. The account is
+    locked as the token is read, as at every login step: a disable committed meanwhile shows
+    (the step is refused), or waits for this login and then ends its session."""
     row, user = user_tokens.find_with_owner(
-        session, token=enrollment_token, purpose="mfa_enrollment", now=now
+        session, token=enrollment_token, purpose="mfa_enrollment", now=now, lock_owner=True
     )
     step = totp.check_pending_code(
         session, deps, user_id=user.id, factor_id=factor_id, code=code, client=client, now=now

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 
 from sqlalchemy import select
 
-from authsvc.models import User
-from authsvc.services import admin, factors, login
+from authsvc.crypto import totp as otp
+from authsvc.models import Session, User
+from authsvc.services import admin, factors, login, mfa_management, totp, user_tokens
 from tests.service.conftest import issue_mfa_token
 from tests.service.test_password_races import _attempt
 from tests.service.test_session_races import PARALLEL, _at_once, _events
@@ -107,3 +109,72 @@ def test_an_account_deleted_during_its_mfa_step_is_deleted_after_it(
     assert outcomes == {"mfa": "ok", "delete": "ok"}
     with committed() as session:
         assert session.scalar(select(User.id)) is None
+
+
+def test_an_account_disabled_during_its_enrollment_step_keeps_no_session(
+    committed, deps, caller, now, monkeypatch
+):
+    # The step that confirms a TOTP factor with an enrollment token finishes a login. It locks
+    # the account as it reads the token, like the other login steps: read without the lock, a
+    # disable that committed meanwhile went unseen, and the step opened a session (and signed
+    # an access token that apps verifying offline accept) for the disabled account.
+    user_id = _account(committed, now)
+    with committed.begin() as session:
+        pending = totp.enroll(session, deps, user_id=user_id, name=None, client=caller, now=now)
+        token = user_tokens.issue(
+            session,
+            user_id=user_id,
+            purpose="mfa_enrollment",
+            ttl=timedelta(minutes=5),
+            now=now,
+            context={"amr": ["pwd"]},
+        )
+    checking, release = threading.Event(), threading.Event()
+    check = totp.check_pending_code
+
+    def slow_check(*args, **kwargs):  # a code check that takes a moment
+        checking.set()
+        release.wait(10)
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(totp, "check_pending_code", slow_check)
+    outcomes: dict[str, str] = {}
+
+    def step() -> None:
+        outcomes["enroll"] = _attempt(
+            committed,
+            lambda session: mfa_management.confirm_totp_with_enrollment(
+                session,
+                deps,
+                enrollment_token=token,
+                factor_id=pending.factor_id,
+                code=otp.code_at(pending.secret, otp.step_at(now)),
+                client=caller,
+                now=now,
+            ),
+        )
+
+    def disabling() -> None:
+        outcomes["disable"] = _attempt(
+            committed,
+            lambda session: admin.disable_user(
+                session, admin=OPS, user_id=user_id, client=caller, now=now
+            ),
+        )
+
+    first = threading.Thread(target=step)
+    first.start()
+    assert checking.wait(10)
+    second = threading.Thread(target=disabling)
+    second.start()
+    time.sleep(0.5)  # the disable waits for the step's lock
+    release.set()
+    first.join(30)
+    second.join(30)
+
+    assert outcomes == {"enroll": "ok", "disable": "ok"}
+    with committed() as session:
+        assert session.scalar(select(User.disabled_at).where(User.id == user_id)) is not None
+        logins = session.scalars(select(Session).where(Session.user_id == user_id)).all()
+    assert len(logins) == 1
+    assert logins[0].revoked_reason == "disabled"  # the disable came after it, and ended it
