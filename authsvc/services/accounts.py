@@ -155,6 +155,8 @@ def process_signup_request(
     """Background half of sign-up: create the account or tell the owner it exists."""
     email, password_hash = payload["email"], payload["password_hash"]
     user = session.scalar(select(User).where(User.email == email))
+    if user is not None and user.disabled_at is not None:
+        return  # as a reset request for it: no link of a disabled account would work
     if user is not None and user.email_verified_at is not None:
         _mail_reset_link(session, deps, user=user, template="account_exists", now=now)
         return

@@ -7,9 +7,10 @@ import gzip
 from importlib.resources import files
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from authsvc.app import create_app
+from authsvc.db import utcnow
 from authsvc.models import OutboxMessage, User, UserToken
 from tests.conftest import ContractClient
 
@@ -72,6 +73,26 @@ def test_signup_of_a_registered_email_mails_an_account_exists_notice(api, client
     # Nothing changed: the old password still works, the new one does not.
     assert api.login("ada@example.com", PASSWORD).get_json()["status"] == "authenticated"
     assert api.login("ada@example.com", "another horse 43").status_code == 401
+
+
+@pytest.mark.parametrize("verified", [True, False], ids=["verified", "unverified"])
+def test_signup_of_a_disabled_account_mails_nothing(api, mailbox, connection, verified):
+    """As a reset request for it: no link of a disabled account would work."""
+    api.register("ada@example.com", PASSWORD)
+    connection.execute(
+        update(User).values(disabled_at=utcnow(), email_verified_at=utcnow() if verified else None)
+    )
+    sent = len(mailbox.messages())
+
+    response = api.signup("ada@example.com", "another horse 43")
+
+    assert response.status_code == 202
+    assert response.get_json() == {"status": "verification_sent"}
+    assert len(mailbox.messages()) == sent
+    unused_links = select(func.count()).where(
+        UserToken.purpose == "verify_email", UserToken.used_at.is_(None)
+    )
+    assert connection.scalar(unused_links) == 0
 
 
 def test_signup_normalises_the_email(api, mailbox, connection):
