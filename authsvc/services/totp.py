@@ -31,6 +31,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from authsvc.crypto import totp as otp
 from authsvc.crypto.keyring import DecryptionFailed, Keyring
@@ -387,7 +388,7 @@ _ACTIVE_FACTORS = (
 )
 _FACTOR_TABLE = cast("Table", TotpFactor.__table__)
 _FACTORS = _FACTOR_TABLE.c
-# A Core UPDATE: the factor rows loaded above are not read again in the step.
+# A Core UPDATE: no ORM evaluation of its WHERE clause against the loaded factor rows.
 _CLAIM_STEP = (
     update(_FACTOR_TABLE)
     .where(
@@ -409,7 +410,7 @@ def verify_code(
     # Counted before the check, as the password cap is (accounts.authenticate_password).
     throttle.hit(session, deps, throttle.MFA_FAILURES, user_id, who=who)
     rows = session.scalars(_ACTIVE_FACTORS, {"user_id": user_id}).all()
-    candidates: list[tuple[str, int]] = []
+    candidates: list[tuple[TotpFactor, int]] = []
     replayed = False
     for row in rows:
         secret = _secret(deps.keyring, row)
@@ -417,11 +418,11 @@ def verify_code(
             continue
         step = otp.verify(secret=secret, code=code, now=now, after_step=row.last_used_step)
         if step is not None:
-            candidates.append((row.id, step))
+            candidates.append((row, step))
         elif otp.verify(secret=secret, code=code, now=now) is not None:
             replayed = True
-    for factor_id, step in candidates:
-        if _claim_step(session, factor_id=factor_id, step=step, now=now):
+    for factor, step in candidates:
+        if _claim_step(session, factor=factor, step=step, now=now):
             return AMR
         replayed = True  # another request claimed this step first
     if replayed:
@@ -436,10 +437,14 @@ def verify_code(
     raise InvalidMfa()
 
 
-def _claim_step(session: DbSession, *, factor_id: str, step: int, now: datetime) -> bool:
+def _claim_step(session: DbSession, *, factor: TotpFactor, step: int, now: datetime) -> bool:
     """Record ``step`` as used unless it (or a later one) already was: one atomic UPDATE."""
-    result = session.execute(_CLAIM_STEP, {"factor_id": factor_id, "step": step, "now": now})
-    return _affected(result) == 1
+    result = session.execute(_CLAIM_STEP, {"factor_id": factor.id, "step": step, "now": now})
+    if _affected(result) != 1:
+        return False
+    set_committed_value(factor, "last_used_step", step)  # as written, without another UPDATE
+    set_committed_value(factor, "last_used_at", now)
+    return True
 
 
 # --- management ----------------------------------------------------------------------------

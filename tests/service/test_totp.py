@@ -435,11 +435,17 @@ def test_the_step_claim_is_one_conditional_update(db_session, deps, make_user, c
     user = make_user()
     pending = confirmed(db_session, deps, user, caller, now)
     step = otp.step_at(now) + 5
+    factor = db_session.get(TotpFactor, pending.factor_id)
     claim = totp._claim_step
-    assert claim(db_session, factor_id=pending.factor_id, step=step, now=now)
-    assert not claim(db_session, factor_id=pending.factor_id, step=step, now=now)
-    assert not claim(db_session, factor_id=pending.factor_id, step=step - 1, now=now)
-    assert claim(db_session, factor_id=pending.factor_id, step=step + 1, now=now)
+    assert claim(db_session, factor=factor, step=step, now=now)
+    assert not claim(db_session, factor=factor, step=step, now=now)
+    assert not claim(db_session, factor=factor, step=step - 1, now=now)
+    assert claim(db_session, factor=factor, step=step + 1, now=now)
+    # The loaded row says what was written, and nothing is left to flush.
+    assert (factor.last_used_step, factor.last_used_at) == (step + 1, now)
+    assert factor not in db_session.dirty
+    db_session.expire(factor)
+    assert factor.last_used_step == step + 1
 
 
 # --- across connections: the replay race, and key rotation ------------------------------------
