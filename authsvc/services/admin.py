@@ -187,20 +187,35 @@ def create_user(
     return _view(session, user)
 
 
-def get_user(
-    session: DbSession, *, admin: AdminIdentity, user_id: str, client: Client, now: datetime
-) -> UserView:
-    """The account ``user_id``; each look, found or not, is audited with the admin's key."""
-    user = session.get(User, user_id)
+def _record_look(
+    session: DbSession,
+    type: str,
+    user: User | None,
+    *,
+    admin: AdminIdentity,
+    client: Client,
+    now: datetime,
+    email_hash: str | None = None,
+) -> None:
+    """Audit an admin's look at an account (found or not) with the admin's key."""
     audit.record(
         session,
-        type="admin.user_viewed",
+        type=type,
         outcome="not_found" if user is None else "found",
         now=now,
         client=client,
         user_id=user.id if user is not None else None,
         admin_key_id=admin.key_id,
+        email_hash=email_hash,
     )
+
+
+def get_user(
+    session: DbSession, *, admin: AdminIdentity, user_id: str, client: Client, now: datetime
+) -> UserView:
+    """The account ``user_id``; each look, found or not, is audited with the admin's key."""
+    user = session.get(User, user_id)
+    _record_look(session, "admin.user_viewed", user, admin=admin, client=client, now=now)
     if user is None:
         raise NotFound("No such user")
     return _view(session, user)
@@ -223,14 +238,13 @@ def find_users(
     except InvalidRequest:
         email = ""
     user = session.scalar(select(User).where(User.email == email)) if email else None
-    audit.record(
+    _record_look(
         session,
-        type="admin.user_lookup",
-        outcome="not_found" if user is None else "found",
-        now=now,
+        "admin.user_lookup",
+        user,
+        admin=admin,
         client=client,
-        user_id=user.id if user is not None else None,
-        admin_key_id=admin.key_id,
+        now=now,
         email_hash=audit.email_digest(deps.keyring, email) if email else None,
     )
     return [_view(session, user)] if user else []

@@ -19,6 +19,20 @@ from tests.service.test_session_races import PARALLEL, _at_once, _events
 OPS = admin.AdminIdentity(key_id="k1", name="ops")
 
 
+def _overlap(first, second, started: threading.Event, release: threading.Event) -> None:
+    """Run ``first`` until it sets ``started`` (it then waits for ``release``), start
+    ``second`` and give it a moment to reach the lock ``first`` holds, then let both finish."""
+    one = threading.Thread(target=first)
+    one.start()
+    assert started.wait(10)
+    two = threading.Thread(target=second)
+    two.start()
+    time.sleep(0.5)
+    release.set()
+    one.join(30)
+    two.join(30)
+
+
 def _account(committed, now) -> str:
     with committed.begin() as session:
         user = User(email="ada@example.com", email_verified_at=now, created_at=now, updated_at=now)
@@ -96,15 +110,7 @@ def test_an_account_deleted_during_its_mfa_step_is_deleted_after_it(
             ),
         )
 
-    first = threading.Thread(target=step)
-    first.start()
-    assert checking.wait(10)
-    second = threading.Thread(target=deletion)
-    second.start()
-    time.sleep(0.5)  # the deletion waits for the step's lock
-    release.set()
-    first.join(30)
-    second.join(30)
+    _overlap(step, deletion, checking, release)  # the deletion waits for the step's lock
 
     assert outcomes == {"mfa": "ok", "delete": "ok"}
     with committed() as session:
@@ -162,15 +168,7 @@ def test_an_account_disabled_during_its_enrollment_step_keeps_no_session(
             ),
         )
 
-    first = threading.Thread(target=step)
-    first.start()
-    assert checking.wait(10)
-    second = threading.Thread(target=disabling)
-    second.start()
-    time.sleep(0.5)  # the disable waits for the step's lock
-    release.set()
-    first.join(30)
-    second.join(30)
+    _overlap(step, disabling, checking, release)  # the disable waits for the step's lock
 
     assert outcomes == {"enroll": "ok", "disable": "ok"}
     with committed() as session:

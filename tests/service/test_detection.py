@@ -257,20 +257,6 @@ def test_a_dead_receiver_is_retried_later_and_slows_nothing(settings, connection
     runtime.deps.limiter.reset()
 
 
-def test_a_failing_receiver_status_is_retried(runtime, receiver):
-    receiver.status = 500
-    for i in range(6):
-        forgot(runtime, f"f{i}@example.com", "203.0.113.40")
-    runtime.worker.drain()
-    assert len(receiver.posts) == 1
-    with runtime.sessionmaker() as session:
-        message = session.scalars(
-            select(OutboxMessage).where(OutboxMessage.kind == "webhook")
-        ).one()
-        assert message.completed_at is None
-        assert "HTTP 500" in (message.last_error or "")
-
-
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 422])
 def test_a_receiver_refusing_the_alert_parks_it(runtime, receiver, status):
     """A 4xx (wrong URL, wrong secret, gone) will answer the same however often it is sent."""
