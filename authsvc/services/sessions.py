@@ -174,7 +174,9 @@ def start_session(
     return _pair(deps, signer, login=login, refresh_token=refresh, now=now)
 
 
-# Spend the token if it is unused, its session alive and its user enabled.
+# Spend the token if it is unused, its session alive and its user enabled. The session is
+# locked as it is checked, before the token's row: the order of an account deletion's cascade
+# (account, sessions, tokens), which deadlocked against a refresh holding the token only.
 _SPEND = (
     update(REFRESH_TOKENS)
     .where(
@@ -185,6 +187,7 @@ _SPEND = (
             _sessions.id == _refresh_tokens.session_id,
             _sessions.last_used_at > bindparam("idle_since"),
         )
+        .with_for_update(key_share=True, of=SESSIONS)
         .exists(),
     )
     .values(used_at=bindparam("now"))
