@@ -70,6 +70,11 @@ class Runtime:
         if self.worker_thread is not None:
             self.worker_thread.join(timeout)
 
+    def sign_audit_head(self) -> None:
+        """What every start does before it writes an event: sign the audit trail's head if no
+        start has yet (``audit.sign_head_at_start``); after that, an unsigned head is a reset."""
+        audit_service.sign_head_at_start(self.sessionmaker, now=utcnow())
+
     def dispose(self) -> None:
         """Close every pooled database connection (commands and tests, when done)."""
         self.engine.dispose()
@@ -227,9 +232,10 @@ def create_app(
     try:
         with runtime.sessionmaker.begin() as session:
             signing.ensure_key(session, runtime.deps.keyring, now=utcnow())
+        runtime.sign_audit_head()
     except DBAPIError as exc:
         # Unreachable, or not migrated yet: start anyway so that /readyz can say so (503);
-        # the signing key is then created on first use.
+        # the signing key is then created, and the audit trail's head signed, on first use.
         log.warning(
             "database not ready at startup (%s): is it reachable, and migrated with "
             "`authsvc db upgrade`?",

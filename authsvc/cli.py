@@ -128,6 +128,7 @@ def worker() -> None:
                 "database: the schema is not current (run `authsvc db upgrade`)"
             )
     _refuse_a_ring_without_its_mac_key(runtime)
+    runtime.sign_audit_head()
     stop = threading.Event()
     # SIGTERM (systemd, docker, kubernetes) and Ctrl-C end the worker between deliveries: the
     # one under way finishes, the rest of its batch is handed back, due at once.
@@ -187,6 +188,7 @@ def _admin_work(work: Callable[[Session], T]) -> T:
     try:
         runtime = build_runtime(settings)
         try:
+            runtime.sign_audit_head()
             with runtime.sessionmaker.begin() as session:
                 return work(session)
         finally:

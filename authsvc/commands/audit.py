@@ -92,6 +92,7 @@ def prune(before: str | None, older_than: str | None) -> None:
     pruned = 0
     try:
         runtime = build_runtime(settings)
+        runtime.sign_audit_head()
         while True:  # one short transaction per batch: writers wait for the chain lock meanwhile
             with runtime.sessionmaker.begin() as session:
                 result = audit_service.prune(session, before=cutoff, now=utcnow(), batch=BATCH)

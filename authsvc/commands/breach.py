@@ -42,6 +42,7 @@ def _opened() -> Iterator[Runtime]:
     except ConfigError as exc:
         raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
     try:
+        runtime.sign_audit_head()
         yield runtime
     finally:
         runtime.dispose()

@@ -53,6 +53,7 @@ def rotate() -> None:
         raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
     keyring = runtime.deps.keyring
     try:
+        runtime.sign_audit_head()
         counts = {
             "totp_factors": _rotate_totp(runtime.sessionmaker, keyring),
             "signing_keys": _in_one(runtime.sessionmaker, lambda s: signing.reencrypt(s, keyring)),
@@ -91,6 +92,7 @@ def rotate_signing() -> None:
     except ConfigError as exc:
         raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
     try:
+        runtime.sign_audit_head()
         with runtime.sessionmaker.begin() as session:
             kid = signing.rotate(session, runtime.deps.keyring, now=utcnow())
     finally:

@@ -61,6 +61,7 @@ def import_users(file: Path, verified: bool) -> None:
     except csv.Error as exc:
         raise click.ClickException(f"{file}: {exc} (after line {reader.line_num})") from None
     refusals: list[str] = []
+    runtime.sign_audit_head()
     for start in range(0, len(rows), BATCH):
         try:
             counts = _import_batch(

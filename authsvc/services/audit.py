@@ -11,6 +11,16 @@ does not simply sign what it found: it first chains an ``audit.head_invalid`` ev
 ``verify`` names from then on, so that the next request after a tampering does not erase its
 evidence.
 
+The migrations create the head unsigned (``head_mac`` empty), over the events already there.
+Every start with a key ring (``sign_head_at_start``: the app, ``authsvc worker``, the commands
+that write events) signs an unsigned head before it writes, so an unsigned head means that no
+authsvc has started on the database yet. A runtime that has seen the head signed (at its start
+or at a write) takes an unsigned head for a reset to that state, made to pass a wiped or
+rewritten trail off as new: it chains ``audit.head_invalid`` ("unsigned") too, as does a start
+that finds an empty, unsigned trail while accounts exist. A runtime whose start could not reach
+the database signs an unsigned head at its first write instead, as its start would have. A
+start cannot tell other resets made while no authsvc ran from a database nobody has started on.
+
 That lock is held until the transaction ends, so it is taken as late as possible: ``record``
 queues the event on the session, and the queue is chained and written just before the
 transaction commits (or earlier, when the same transaction reads the trail: a query on the
@@ -29,12 +39,13 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Row, delete, event, func, select
+from sqlalchemy import CursorResult, Row, delete, event, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import ORMExecuteState, SessionTransaction, sessionmaker
 from sqlalchemy.orm import Session as DbSession
@@ -50,7 +61,8 @@ from authsvc.services.context import Client
 log = logging.getLogger("authsvc.audit")
 
 GENESIS = "0" * 64
-# Chained by a writer that found the head missing or not matching its signature.
+# Chained by a writer that found the head missing, not matching its signature, or unsigned
+# although authsvc had started on the database.
 HEAD_INVALID = "audit.head_invalid"
 HEAD_ID = 1
 HOOKS_KEY = "authsvc.audit.hooks"
@@ -86,6 +98,8 @@ Observer = Callable[[DbSession, Observed], FollowUp | None]
 class Hooks:
     keyring: Keyring
     observer: Observer | None = None
+    # Set once this runtime has seen the chain head signed: an unsigned head is a reset then.
+    head_seen_signed: threading.Event = field(default_factory=threading.Event, compare=False)
 
 
 def attach(factory: sessionmaker[DbSession], hooks: Hooks) -> None:
@@ -231,24 +245,25 @@ def _sign(session: DbSession, head: AuditChainHead) -> None:
 
 
 def _checked_head(session: DbSession, *, now: datetime) -> AuditChainHead:
-    """The chain head, locked; if it was missing or does not match its signature, an
-    ``audit.head_invalid`` event is chained first.
+    """The chain head, locked; if it was missing, does not match its signature or was reset to
+    unsigned, an ``audit.head_invalid`` event is chained first.
 
     Signing such a head as it is would make whatever was done to the trail (a truncated tail,
-    rows edited and chained anew, the whole trail and its head deleted) verify again at the next
-    event, which an attacker can cause with any request. An unsigned head (a new installation,
-    or one migrated to the head row, before its first event) is taken as it is."""
+    rows edited and chained anew, the whole trail deleted with its head, or with its head set
+    back to what ``db upgrade`` leaves) verify again at the next event, which an attacker can
+    cause with any request. Writers without hooks (no keys) take the head as it is."""
     head, created = _lock_head(session)
     hooks = hooks_of(session)
     problem = None
     if created:
         problem = "missing"
-    elif (
-        hooks is not None
-        and head.head_mac
-        and not hmac.compare_digest(head.head_mac, head_mac(hooks.keyring, head))
-    ):
-        problem = "altered"
+    elif hooks is not None and head.head_mac:
+        if not hooks.head_seen_signed.is_set():
+            hooks.head_seen_signed.set()
+        if not hmac.compare_digest(head.head_mac, head_mac(hooks.keyring, head)):
+            problem = "altered"
+    elif hooks is not None:
+        problem = _unsigned_problem(session, head, hooks)
     if problem is None:
         return head
     evidence = AuditEvent(
@@ -263,10 +278,80 @@ def _checked_head(session: DbSession, *, now: datetime) -> AuditChainHead:
     _append(session, head, [evidence])
     log.error(
         "audit trail: the chain head %s; recorded as event %s (see `authsvc audit verify`)",
-        "was missing" if problem == "missing" else "did not match its signature",
+        _HEAD_PROBLEMS[problem],
         evidence.id,
     )
     return head
+
+
+_HEAD_PROBLEMS = {
+    "missing": "was missing",
+    "altered": "did not match its signature",
+    "unsigned": "was unsigned although authsvc had started on this database",
+}
+
+
+def _unsigned_problem(session: DbSession, head: AuditChainHead, hooks: Hooks) -> str | None:
+    """Whether an unsigned head is a reset ("unsigned") rather than one no start has signed."""
+    if hooks.head_seen_signed.is_set():
+        return "unsigned"
+    # Empty while accounts exist (each was created through an audited action): wiped, as
+    # ``verify`` says; signing it would make the trail look new.
+    if head.last_id == 0 and session.scalar(select(User.id).limit(1)) is not None:
+        return "unsigned"
+    return None
+
+
+def sign_head_at_start(factory: sessionmaker[DbSession], *, now: datetime) -> None:
+    """Sign the chain head if it is unsigned: what every runtime with a key ring does when it
+    starts, before it writes an event.
+
+    The migrations leave the head unsigned, over the events already there: the first start
+    signs it as it is (it adopts them, as migration 0005 intends). From then on this runtime
+    takes an unsigned head for a reset (see ``_checked_head``). An empty, unsigned head while
+    accounts exist is not signed but recorded as an ``audit.head_invalid`` event: that trail
+    was wiped. Starts at once sign it once: the head row is locked as writers lock it, and the
+    UPDATE applies only to the unsigned head that was read. A missing head is left to the next
+    writer, which records it."""
+    with factory.begin() as session:
+        hooks = hooks_of(session)
+        if hooks is None:
+            raise ValueError("signing the audit chain head needs a session with audit hooks")
+        query = select(AuditChainHead.head_mac).where(AuditChainHead.id == HEAD_ID)
+        found = session.scalar(query)
+        if found == "":
+            _sign_unsigned(session, hooks, now=now)
+    if found is not None:
+        hooks.head_seen_signed.set()
+
+
+def _sign_unsigned(session: DbSession, hooks: Hooks, *, now: datetime) -> None:
+    query = (
+        select(AuditChainHead)
+        .where(AuditChainHead.id == HEAD_ID)
+        .execution_options(populate_existing=True)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    head = session.scalars(query).one_or_none()
+    if head is None or head.head_mac:
+        return  # deleted meanwhile (the next writer records it), or another start signed it
+    if _unsigned_problem(session, head, hooks) is not None:
+        _checked_head(session, now=now)  # records it, then signs
+        return
+    # Only the unsigned head that was read: a start that lost a race signs nothing.
+    session.execute(
+        update(AuditChainHead)
+        .where(
+            AuditChainHead.id == HEAD_ID,
+            AuditChainHead.head_mac == "",
+            AuditChainHead.anchor_id == head.anchor_id,
+            AuditChainHead.anchor_hash == head.anchor_hash,
+            AuditChainHead.last_id == head.last_id,
+            AuditChainHead.last_hash == head.last_hash,
+        )
+        .values(head_mac=head_mac(hooks.keyring, head))
+    )
 
 
 @event.listens_for(DbSession, "before_commit")
@@ -416,14 +501,18 @@ def verify(session: DbSession, *, keyring: Keyring, batch: int = 2000) -> Verifi
         if row_digest(row.prev_hash, row) != row.row_hash:
             return Verification(False, checked, row.id, f"event {row.id} was altered")
         if row.type == HEAD_INVALID:
-            found = "was missing" if row.outcome == "missing" else "did not match its signature"
+            found = _HEAD_PROBLEMS.get(row.outcome, "was invalid")
+            how = (
+                "(it was set back to its state before the first start)"
+                if row.outcome == "unsigned"
+                else "(or the key that signed the head was removed from the ring)"
+            )
             return Verification(
                 False,
                 checked,
                 row.id,
                 f"when event {row.id} was written, the chain head {found}: events before it "
-                "were deleted, altered or chained anew (or the key that signed the head was "
-                "removed from the ring)",
+                f"were deleted, altered or chained anew {how}",
             )
         expected_prev, previous_id = row.row_hash, row.id
         checked += 1
@@ -455,6 +544,14 @@ def verify(session: DbSession, *, keyring: Keyring, batch: int = 2000) -> Verifi
                 False, checked, None, "the trail is empty but accounts exist: it was wiped"
             )
         return Verification(True, checked)
+    if not mac:
+        return Verification(
+            False,
+            checked,
+            None,
+            "the chain head is unsigned: no authsvc has started on the database since it was "
+            "migrated (the first start signs it), or it was set back to that state",
+        )
     if mac != expected_mac:
         return Verification(
             False,
@@ -471,7 +568,9 @@ def head_signed_by(session: DbSession, keyring: Keyring) -> bool:
 
     That key derives from the ring's last entry, as the recovery codes' does: a ring without
     it would refuse every recovery code and re-sign the head at the next event, wiping the
-    evidence. ``authsvc serve`` and ``worker`` refuse to start then."""
+    evidence. ``authsvc serve`` and ``worker`` refuse to start then. An unsigned head passes:
+    no authsvc has started on the database yet, and this start signs it
+    (``sign_head_at_start``)."""
     head = session.get(AuditChainHead, HEAD_ID)
     if head is None or not head.head_mac:
         return True

@@ -35,7 +35,7 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_audit_events_email_hash"), ["email_hash"], unique=False
         )
-    # The head starts at the current end of the trail; the next event signs it.
+    # The head starts at the current end of the trail; the first start with keys signs it.
     bind = op.get_bind()
     last = bind.execute(
         sa.text("SELECT id, row_hash FROM audit_events ORDER BY id DESC LIMIT 1")

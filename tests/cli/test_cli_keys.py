@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from authsvc.app import build_runtime, create_app
 from authsvc.cli import main
-from authsvc.crypto.keyring import generate_key_spec
+from authsvc.crypto.keyring import Keyring, generate_key_spec
+from authsvc.models.ops import AuditChainHead
 from authsvc.schema import upgrade
 from authsvc.services import audit
 from authsvc.settings import Settings
@@ -111,4 +112,26 @@ def test_a_ring_without_the_entry_that_keys_the_trail_refuses_to_start(env, comm
     runtime = build_runtime(rotated)  # the new key first, the old one kept last: fine
     with runtime.sessionmaker() as session:
         assert audit.head_signed_by(session, runtime.deps.keyring)
+    runtime.dispose()
+
+
+def test_the_first_start_signs_the_head_so_that_a_later_ring_must_match(env):
+    # `db upgrade` leaves the head unsigned; the first start (what each `authsvc serve` worker
+    # runs) signs it with the ring's last entry, and from then on a ring without that entry
+    # is refused.
+    settings = Settings.from_env({k: v for k, v in env.items() if v is not None})
+    newer = Keyring.from_specs([generate_key_spec("cli2")])
+    runtime = build_runtime(settings)
+    with runtime.sessionmaker() as session:
+        assert session.get(AuditChainHead, audit.HEAD_ID).head_mac == ""
+        assert audit.head_signed_by(session, newer)  # an unsigned head passes the check
+    runtime.dispose()
+
+    create_app(settings).extensions["authsvc"].dispose()
+
+    runtime = build_runtime(settings)
+    with runtime.sessionmaker() as session:
+        assert audit.head_signed_by(session, runtime.deps.keyring)
+        assert not audit.head_signed_by(session, newer)
+        assert audit.verify(session, keyring=runtime.deps.keyring).ok
     runtime.dispose()

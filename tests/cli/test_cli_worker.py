@@ -15,7 +15,8 @@ from sqlalchemy import select
 from authsvc.app import build_runtime
 from authsvc.db import utcnow
 from authsvc.models import OutboxMessage
-from authsvc.services import outbox
+from authsvc.models.ops import AuditChainHead
+from authsvc.services import audit, outbox
 from authsvc.settings import Settings
 from tests.cli.test_cli_admin import env  # noqa: F401  # fixture: a migrated SQLite file
 
@@ -61,6 +62,9 @@ def test_sigterm_hands_back_the_claimed_mail_and_exits_cleanly(env, tmp_path):  
     assert "Traceback" not in stderr and "stopped" in stderr
     with runtime.sessionmaker() as session:
         messages = session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)).all()
+        # Its start signed the audit trail's head, which `db upgrade` left unsigned.
+        assert session.get(AuditChainHead, audit.HEAD_ID).head_mac
+        assert audit.head_signed_by(session, runtime.deps.keyring)
     runtime.dispose()
     tried = [m for m in messages if m.attempts]
     waiting = [m for m in messages if not m.attempts]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import text
 
 from authsvc.db import utcnow
 from authsvc.services import admin, audit
@@ -199,3 +200,25 @@ def test_the_trail_behind_the_api_verifies(api, client, app, as_admin):
     with runtime(app).sessionmaker() as session:
         result = audit.verify(session, keyring=runtime(app).deps.keyring)
     assert result.ok, result.reason
+
+
+def test_a_wiped_trail_with_its_head_reset_unsigned_stays_found_after_a_failed_login(
+    api, app, connection
+):
+    # Write access to the database, no keys: delete every event and set the head back to what
+    # `db upgrade` leaves; then make the service write one event.
+    api.register("ada@example.com")
+    connection.execute(text("DELETE FROM audit_events"))
+    connection.execute(
+        text(
+            "UPDATE audit_chain_heads SET anchor_id = 0, anchor_hash = :g, last_id = 0, "
+            "last_hash = :g, head_mac = '', updated_at = NULL"
+        ),
+        {"g": audit.GENESIS},
+    )
+    assert api.login("ada@example.com", "wrong password 99").status_code == 401
+
+    with runtime(app).sessionmaker() as session:
+        result = audit.verify(session, keyring=runtime(app).deps.keyring)
+    assert not result.ok
+    assert "unsigned although authsvc had started" in result.reason

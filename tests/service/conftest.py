@@ -36,6 +36,7 @@ PASSWORD = "correct horse 42"
 @pytest.fixture
 def runtime(settings: Settings, connection: Connection) -> Iterator[Runtime]:
     runtime = build_runtime(settings, bind=connection)
+    runtime.sign_audit_head()  # as every start does
     runtime.deps.limiter.reset()
     yield runtime
     runtime.deps.limiter.reset()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from itertools import pairwise
 
@@ -218,6 +219,33 @@ def test_a_wiped_trail_with_its_head_deleted_is_found_after_the_next_event(sessi
     assert "missing" in result.reason
 
 
+def test_a_wiped_trail_with_its_head_reset_unsigned_is_found_after_the_next_event(
+    session, runtime, now
+):
+    # The head as `db upgrade` leaves it before the first start: the next event (a failed
+    # login the forger makes) must not sign it as if the trail had just begun.
+    write(session, now, 3)
+    session.flush()
+    session.execute(text("DELETE FROM audit_events"))
+    session.execute(
+        text(
+            "UPDATE audit_chain_heads SET anchor_id = 0, anchor_hash = :g, last_id = 0, "
+            "last_hash = :g, head_mac = '', updated_at = NULL"
+        ),
+        {"g": audit.GENESIS},
+    )
+    session.expunge_all()
+    later = write(session, now, 1)
+
+    result = check(session, runtime)
+
+    assert not result.ok
+    flagged = session.get(AuditEvent, result.broken_id)
+    assert (flagged.type, flagged.outcome) == ("audit.head_invalid", "unsigned")
+    assert flagged.id < later[0].id
+    assert "unsigned" in result.reason
+
+
 def test_a_row_added_after_the_head_is_found(session, runtime, now):
     events = write(session, now, 3)
     session.flush()
@@ -396,13 +424,21 @@ def test_a_session_without_hooks_still_chains(db_session, runtime, now):
     second = audit.record(db_session, type="login.failure", outcome="unknown_email", now=now)
     audit.append_pending(db_session)
     assert first.row_hash is not None and second.prev_hash == first.row_hash
-    # Unsigned until an event is written with the keys; verify says so.
+    # It leaves the head unsigned, as before a first start; verify says so.
     result = check(db_session, runtime)
-    assert not result.ok and "signature" in result.reason
+    assert not result.ok and "unsigned" in result.reason
+    # A runtime starting on it now (one that has not seen it signed) signs it as it is.
+    audit.attach(runtime.sessionmaker, audit.Hooks(keyring=runtime.deps.keyring))
+    runtime.sign_audit_head()
     with runtime.sessionmaker() as session, session.begin():
         audit.record(session, type="login.failure", outcome="unknown_email", now=now)
     with runtime.sessionmaker() as session, session.begin():
-        assert audit.verify(session, keyring=runtime.deps.keyring).ok
+        result = audit.verify(session, keyring=runtime.deps.keyring)
+        assert result.ok, result.reason
+        assert (
+            session.scalar(select(AuditEvent.id).where(AuditEvent.type == audit.HEAD_INVALID))
+            is None
+        )
 
 
 def test_pruning_in_batches(session, runtime, now):
@@ -537,3 +573,152 @@ def test_reading_the_trail_first_writes_what_is_queued(session, now):
         .execution_options(**audit.WITHOUT_PENDING)
     ).all()
     assert rows == ["login.failure"]
+
+
+# --- the first start signs the head; after it, an unsigned head is a reset ------------------
+
+
+def _head(factory) -> AuditChainHead:
+    with factory() as session:
+        return session.get(AuditChainHead, audit.HEAD_ID)
+
+
+def _verified(factory, runtime: Runtime) -> audit.Verification:
+    with factory() as session:
+        return audit.verify(session, keyring=runtime.deps.keyring)
+
+
+def _flagged(factory) -> list[tuple[str, str]]:
+    with factory() as session:
+        rows = session.execute(
+            select(AuditEvent.type, AuditEvent.outcome).where(AuditEvent.type == audit.HEAD_INVALID)
+        ).all()
+        return [tuple(row) for row in rows]
+
+
+def test_the_first_start_signs_the_head_that_db_upgrade_left_unsigned(
+    committed_runtime, runtime, now
+):
+    factory, _ = committed_runtime
+    assert _head(factory).head_mac == ""
+    assert _verified(factory, runtime).ok  # a new installation
+
+    audit.sign_head_at_start(factory, now=now)
+    audit.sign_head_at_start(factory, now=now)  # the next start finds it signed
+
+    head = _head(factory)
+    assert head.head_mac == audit.head_mac(runtime.deps.keyring, head)
+    assert (head.last_id, head.last_hash) == (0, audit.GENESIS)
+    with factory() as session, session.begin():
+        audit.record(session, type="login.failure", outcome="unknown_email", now=now)
+    result = _verified(factory, runtime)
+    assert result.ok and result.checked == 1, result.reason
+    assert _flagged(factory) == []
+
+
+def test_the_first_start_adopts_the_events_written_before_the_head_row(
+    scratch_database_url, runtime, now
+):
+    # Migration 0005 creates the head unsigned over the events already there.
+    upgrade(scratch_database_url, "0004")
+    engine = make_engine(scratch_database_url)
+    prev = audit.GENESIS
+    with Session(engine) as session, session.begin():
+        for i in range(3):
+            row = AuditEvent(
+                occurred_at=now + timedelta(seconds=i),
+                type="login.failure",
+                outcome="wrong_password",
+                details="{}",
+                prev_hash=prev,
+            )
+            row.row_hash = prev = audit.row_digest(prev, row)
+            session.add(row)
+    upgrade(scratch_database_url)
+    factory = make_sessionmaker(engine)
+    audit.attach(factory, audit.Hooks(keyring=runtime.deps.keyring))
+    try:
+        before = _verified(factory, runtime)
+        assert not before.ok and "unsigned" in before.reason
+
+        audit.sign_head_at_start(factory, now=now)
+
+        result = _verified(factory, runtime)
+        assert result.ok and result.checked == 3, result.reason
+        with factory() as session, session.begin():
+            audit.record(session, type="login.failure", outcome="unknown_email", now=now)
+        result = _verified(factory, runtime)
+        assert result.ok and result.checked == 4, result.reason
+        assert _flagged(factory) == []
+    finally:
+        engine.dispose()
+
+
+def _wipe_and_reset(factory) -> None:
+    """What someone with write access but no keys can do: delete every event and set the head
+    back to what `db upgrade` leaves."""
+    with factory() as session, session.begin():
+        session.execute(text("DELETE FROM audit_events"))
+        session.execute(
+            text(
+                "UPDATE audit_chain_heads SET anchor_id = 0, anchor_hash = :g, last_id = 0, "
+                "last_hash = :g, head_mac = '', updated_at = NULL"
+            ),
+            {"g": audit.GENESIS},
+        )
+
+
+@pytest.mark.parametrize("then", ["restart", "write_without_a_start"])
+def test_a_wiped_trail_reset_unsigned_is_found_by_the_next_start(
+    committed_runtime, runtime, now, then
+):
+    # A runtime that has not seen the head signed: a restart, or one whose start could not
+    # reach the database. Accounts exist, so the empty trail was wiped, not new.
+    factory, _ = committed_runtime
+    audit.sign_head_at_start(factory, now=now)
+    with factory() as session, session.begin():
+        session.add(User(email="ada@example.com", created_at=now, updated_at=now))
+        audit.record(session, type="signup.verified", outcome="success", now=now)
+    _wipe_and_reset(factory)
+    audit.attach(factory, audit.Hooks(keyring=runtime.deps.keyring))
+
+    if then == "restart":
+        audit.sign_head_at_start(factory, now=now)
+    with factory() as session, session.begin():
+        audit.record(session, type="login.failure", outcome="wrong_password", now=now)
+
+    result = _verified(factory, runtime)
+    assert not result.ok and "unsigned" in result.reason
+    assert _flagged(factory) == [(audit.HEAD_INVALID, "unsigned")]
+
+
+def test_a_start_waits_for_a_writer_holding_the_head_and_leaves_its_signature(
+    committed_runtime, runtime, now
+):
+    # A start while another process writes its first event (and so signs the head): the start
+    # waits for the head row, then finds it signed.
+    factory, _ = committed_runtime
+    other = make_sessionmaker(factory.kw["bind"])
+    audit.attach(other, audit.Hooks(keyring=runtime.deps.keyring))
+    outcome: list[BaseException | None] = []
+
+    def start() -> None:
+        try:
+            audit.sign_head_at_start(other, now=now)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    with factory() as session, session.begin():
+        audit.record(session, type="login.failure", outcome="unknown_email", now=now)
+        audit.append_pending(session)  # holds the head now, signed, until the commit
+        starting = threading.Thread(target=start)
+        starting.start()
+        starting.join(0.5)
+        assert starting.is_alive()  # waiting for the head
+    starting.join(30)
+
+    assert outcome == [None]
+    result = _verified(factory, runtime)
+    assert result.ok and result.checked == 1, result.reason
+    assert _flagged(factory) == []
