@@ -20,8 +20,8 @@ distinct (subject, member) pair. A detection raises an alert at most once per
 ``alert_cooldown`` for the same detector and subject: an ``alert.raised`` audit event, the
 ``authsvc_alerts_total`` metric, a WARNING log line and, when ``AUTHSVC_ALERT_WEBHOOK_URL`` is set,
 an HMAC-signed JSON POST queued in the outbox (retried with backoff; a dead receiver delays
-nothing but the outbox; a 4xx other than 408, 425 and 429 parks it as failed). Nothing of this
-changes any answer to the client.
+nothing but the outbox; a redirect, which is never followed, or a 4xx other than 408, 425 and
+429 parks it as failed). Nothing of this changes any answer to the client.
 """
 
 from __future__ import annotations
@@ -444,6 +444,11 @@ def deliver_webhook(deps: Deps, payload: dict[str, Any], now: datetime) -> None:
             status = response.status
     except urllib.error.HTTPError as exc:
         exc.close()  # it holds the connection
+        if 300 <= exc.code < 400:  # never followed: an alert goes to the configured URL only
+            raise outbox.PermanentFailure(
+                f"the receiver redirected the alert (HTTP {exc.code}); redirects are not "
+                "followed, so it is not retried: configure the URL it redirects to"
+            ) from None
         if _refused_for_good(exc.code):
             raise outbox.PermanentFailure(
                 f"the receiver refused the alert with HTTP {exc.code}; not retried"

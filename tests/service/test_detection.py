@@ -42,6 +42,8 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 received.append((dict(self.headers), body))
                 self.send_response(outer.status)
+                if 300 <= outer.status < 400:
+                    self.send_header("Location", "http://127.0.0.1:9/elsewhere")
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:
@@ -282,6 +284,23 @@ def test_a_receiver_refusing_the_alert_parks_it(runtime, receiver, status):
     )
     assert later.drain() == 0
     assert len(receiver.posts) == 1
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_receiver_redirecting_the_alert_parks_it(runtime, receiver, status):
+    """Redirects are never followed (the alert goes to the configured URL only), so a
+    redirecting receiver answers the same however often the alert is sent."""
+    receiver.status = status
+    for i in range(6):
+        forgot(runtime, f"r{i}@example.com", "203.0.113.43")
+    runtime.worker.drain()
+    assert len(receiver.posts) == 1
+    with runtime.sessionmaker() as session:
+        message = session.scalars(
+            select(OutboxMessage).where(OutboxMessage.kind == "webhook")
+        ).one()
+        assert message.completed_at is None and message.failed_at is not None
+        assert f"redirected the alert (HTTP {status})" in (message.last_error or "")
 
 
 @pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503])
