@@ -35,7 +35,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
@@ -43,6 +43,7 @@ from limits import RateLimitItemPerSecond, storage, strategies
 from sqlalchemy import Select, Table, bindparam, func, select
 from sqlalchemy.orm import Session as DbSession
 
+from authsvc.db import new_id
 from authsvc.metrics import Metrics, Sample
 from authsvc.models import AuditEvent, User
 from authsvc.models.breach import BreachCampaign
@@ -101,6 +102,9 @@ class Alert:
     ip: str | None = None
     user_id: str | None = None
     email_hash: str | None = None
+    # Names the alert in its audit event and its webhook POST, every retry included: a
+    # receiver tells a retry or a replay of one it already has by it.
+    id: str = field(default_factory=new_id)
 
     def document(self) -> dict[str, Any]:
         """The JSON body of the webhook and the details of the audit event."""

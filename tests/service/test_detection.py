@@ -229,6 +229,25 @@ def test_alerts_are_posted_signed_to_the_webhook(runtime, receiver):
     assert document["detector"] == "enumeration" and document["subject"] == "203.0.113.20"
 
 
+def test_an_alert_keeps_its_id_in_the_trail_and_in_every_retry(runtime, receiver):
+    receiver.status = 503
+    for i in range(6):
+        forgot(runtime, f"i{i}@example.com", "203.0.113.21")
+    runtime.worker.drain()
+    receiver.status = 204
+    later = OutboxWorker(
+        sessionmaker=runtime.sessionmaker,
+        deps=runtime.deps,
+        handlers=detection.HANDLERS,
+        clock=lambda: utcnow() + timedelta(days=1),
+    )
+    assert later.drain() == 1
+    first, retry = (json.loads(body) for _, body in receiver.posts)
+    [raised] = alerts(runtime)
+    assert first["id"] == retry["id"] == raised["id"]
+    assert len(first["id"]) >= 16
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
