@@ -58,9 +58,14 @@ def _cutoff(before: str | None, older_than: str | None, retention: timedelta) ->
         raise click.UsageError("give --before or --older-than, not both")
     if before is not None:
         try:
-            return parse_time(before, field="--before")
+            cutoff = parse_time(before, field="--before")
         except AuthsvcError as exc:
             raise click.BadParameter(exc.detail, param_hint="--before") from None
+        # As --older-than: at least the last day stays (a time in the future, a typo for the
+        # year, deleted the whole trail).
+        if cutoff > utcnow() - timedelta(days=1):
+            raise click.BadParameter("a time at least one day ago", param_hint="--before")
+        return cutoff
     if older_than is not None:
         # ASCII digits only (str.isdigit takes "²"), and a number of days a date can go back.
         days = older_than.removesuffix("d")

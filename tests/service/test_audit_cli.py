@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
@@ -115,6 +115,8 @@ def test_prune_keeps_what_remains_verifiable(env):
         ["--before", "soon"],
         ["--before", "2025-01-01T00:00:00"],
         ["--before", "2025-01-01T00:00:00Z", "--older-than", "3d"],
+        ["--before", "2999-01-01T00:00:00Z"],  # in the future: it would delete everything
+        ["--before", (datetime.now(UTC) - timedelta(hours=12)).isoformat()],  # under a day
     ],
 )
 def test_prune_rejects_bad_arguments(key_specs, tmp_path, args):
