@@ -275,6 +275,9 @@ class Settings:
             out.append("AUTHSVC_METRICS_TOKEN must be at least 32 characters")
         if self.alert_webhook_url and not self.alert_webhook_secret:
             out.append("AUTHSVC_ALERT_WEBHOOK_SECRET is required with AUTHSVC_ALERT_WEBHOOK_URL")
+        elif self.alert_webhook_secret is not None and len(self.alert_webhook_secret) < 32:
+            # A shorter key could be guessed offline from one signed alert, and alerts forged.
+            out.append("AUTHSVC_ALERT_WEBHOOK_SECRET must be at least 32 characters")
         if self.alert_webhook_url and not re.match(r"^https?://[^\s/]+", self.alert_webhook_url):
             out.append("AUTHSVC_ALERT_WEBHOOK_URL must be an http:// or https:// URL")
         if not 0 < self.detect_unknown_email_share <= 1:

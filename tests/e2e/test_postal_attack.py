@@ -35,7 +35,7 @@ REGISTERED = {
     1200: "dora@post.example",
     4321: "emil@post.example",
 }
-SECRET = "postal-webhook-secret"
+SECRET = "postal-webhook-secret-of-32-characters"
 VOLATILE_HEADERS = {"date", "x-request-id", "retry-after"}
 
 

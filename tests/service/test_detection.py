@@ -25,7 +25,7 @@ from authsvc.services import accounts, audit, detection, outbox
 from authsvc.services.context import Client
 from tests.conftest import replace_settings
 
-SECRET = "webhook-test-secret"
+SECRET = "webhook-test-secret-of-32-characters"
 
 
 class Receiver:

@@ -236,6 +236,7 @@ def test_every_problem_is_reported_at_once():
         {"access_token_ttl": "0s"},
         {"outbox_poll_interval": "0"},
         {"alert_webhook_timeout": "-3"},
+        {"alert_webhook_url": "https://alerts.example.com/x", "alert_webhook_secret": "s" * 31},
         {"log_level": "LOUD"},
         {"database_url": "not a url"},
         {"database_url": "mysql://db/authsvc"},
