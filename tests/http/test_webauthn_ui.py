@@ -6,6 +6,7 @@ import dataclasses
 import re
 
 import pytest
+from flask.testing import FlaskClient
 
 from authsvc.app import create_app
 from authsvc.settings import Env, Settings
@@ -60,6 +61,20 @@ def test_the_script_uses_the_json_helpers_and_keeps_a_fallback(client):
     ):
         assert needle in script
     assert "eval(" not in script and "innerHTML" not in script
+
+
+@pytest.mark.parametrize("page", ["/ui/", "/reset-password"])
+def test_a_form_sent_without_its_script_keeps_secrets_out_of_the_url(app, client, page):
+    # The script sends every form; a browser that submits one itself (the script not loaded
+    # yet, blocked or failing) would put a form without a method, password included, into
+    # the query string, and with it into the history and every proxy's access log.
+    html = client.get(page).get_data(as_text=True)
+    forms = re.findall(r"<form\b[^>]*>", html)
+
+    assert forms
+    assert [f for f in forms if 'method="post"' not in f] == []
+    sent = FlaskClient(app, app.response_class).post(page, data={"password": "correct horse 42"})
+    assert sent.status_code == 405  # not served, and the password stays out of every log
 
 
 @pytest.mark.parametrize("path", ["/ui/index.html", "/ui/app.js.map", "/ui/nope.js"])
