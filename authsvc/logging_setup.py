@@ -26,7 +26,11 @@ _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) 
 _SECRET_FIELD = re.compile(
     r"pass(word)?|secret|token|authorization|cookie|api_key|^key$", re.IGNORECASE
 )
-_TOKEN_PARAM = re.compile(r"((?:token|code|key)=)[^&\s\"'<>]+", re.IGNORECASE)
+# Query parameters that carry secrets, the form fields of the pages included (password,
+# new-password, totp, recovery): a form a browser sends by itself is a request line with them.
+_TOKEN_PARAM = re.compile(
+    r"((?:token|code|key|password|secret|totp|recovery)[\w-]*=)[^&\s\"'<>]+", re.IGNORECASE
+)
 _BEARER = re.compile(r"((?:bearer|basic)\s+)[A-Za-z0-9._~+/=\-]+", re.IGNORECASE)
 # Local parts and domains that are not ASCII too (the service accepts them): \w is Unicode.
 _EMAIL = re.compile(r"([\w.%+'\-])[\w.%+'\-]*@([\w\-]+(?:\.[\w\-]+)+)")

@@ -59,6 +59,12 @@ def test_the_request_id_comes_from_the_context(captured):
         ("login failed for victim@example.com", "victim@example.com"),
         ("open http://x/reset-password?token=abcDEF123_- now", "abcDEF123_-"),
         ("header Authorization: Bearer eyJhbGciOi.payload.sig", "eyJhbGciOi.payload.sig"),
+        # The request line of the development server for a form sent without its script.
+        ('"GET /ui/?email=victim@example.com&password=correct+horse+42 HTTP/1.1"', "correct+horse"),
+        ("GET /reset-password?new-password=hunter2hunter2&x=1", "hunter2hunter2"),
+        ("GET /reset-password?new-password-again=hunter2hunter2", "hunter2hunter2"),
+        ("GET /reset-password?totp=123456&recovery=ABCDEFGH2345", "123456"),
+        ("GET /reset-password?totp=123456&recovery=ABCDEFGH2345", "ABCDEFGH2345"),
     ],
 )
 def test_messages_are_scrubbed(captured, message, leak):
