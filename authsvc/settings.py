@@ -324,8 +324,11 @@ def _unknown_setting(key: str, known: set[str]) -> str:
 
 
 def _keyring_problems(specs: tuple[str, ...]) -> list[str]:
-    """What the key ring would refuse at start-up (a 33-byte key, a repeated kid), as a line."""
-    kids = []
+    """What the key ring would refuse at start-up (a 33-byte key, a repeated kid), and a first
+    key, the one that encrypts, that is not random (zeros, a pattern, a passphrase) or is
+    another entry under a new id, as a line. Later entries only decrypt what is there: a weak
+    one stays accepted, so that a ring can move off it with `authsvc keys rotate`."""
+    keys: dict[str, bytes] = {}
     for spec in specs:
         kid, _, b64 = spec.partition(":")
         try:
@@ -335,10 +338,29 @@ def _keyring_problems(specs: tuple[str, ...]) -> list[str]:
         well_formed = KEY_ID.fullmatch(kid) and re.fullmatch(r"[A-Za-z0-9_-]{43}=?", b64)
         if not well_formed or len(raw) != 32:
             return ["AUTHSVC_ENCRYPTION_KEYS: each entry must be 'kid:base64url(32 bytes)'"]
-        kids.append(kid)
-    if len(set(kids)) != len(kids):
-        return ["AUTHSVC_ENCRYPTION_KEYS: key ids must be unique"]
+        if kid in keys:
+            return ["AUTHSVC_ENCRYPTION_KEYS: key ids must be unique"]
+        keys[kid] = raw
+    if not keys:
+        return []
+    (first, raw), *others = keys.items()
+    if not _looks_random(raw):
+        return [
+            f"AUTHSVC_ENCRYPTION_KEYS: the first key {first!r} is not 32 random bytes (a "
+            "placeholder, a pattern or text); put one from `authsvc keys generate` first"
+        ]
+    same = [kid for kid, other in others if other == raw]
+    if same:
+        return [f"AUTHSVC_ENCRYPTION_KEYS: the first key {first!r} is {same[0]!r} again"]
     return []
+
+
+def _looks_random(raw: bytes) -> bool:
+    """False for 32 bytes that did not come from a random generator: fewer than 16 distinct
+    values (zeros, a repeated pattern), or printable ASCII only (a passphrase, hex or base64
+    text). Of 32 random bytes, about 2e-15 have fewer than 16 distinct values and 2e-14 are
+    all printable ASCII."""
+    return len(set(raw)) >= 16 and not all(0x20 <= byte < 0x7F for byte in raw)
 
 
 def _parse_bool(raw: str) -> bool:

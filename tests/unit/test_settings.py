@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from datetime import timedelta
 from enum import Enum
@@ -364,6 +365,51 @@ def test_a_key_ring_the_keyring_would_refuse_is_a_one_line_problem(keys, problem
     problems = Settings(encryption_keys=keys).problems()
 
     assert problems == [f"AUTHSVC_ENCRYPTION_KEYS: {problem}"]
+
+
+def _spec(kid: str, raw: bytes) -> str:
+    return f"{kid}:{base64.urlsafe_b64encode(raw).decode().rstrip('=')}"
+
+
+WEAK_KEYS = {
+    "zeros": bytes(32),  # a placeholder
+    "ones": b"\xff" * 32,
+    "pattern": bytes(range(8)) * 4,
+    "passphrase": b"correct horse battery staple 42!",
+    "hex-text": b"0123456789abcdef0123456789abcdef",  # 128 bits at most
+}
+
+
+@pytest.mark.parametrize("raw", WEAK_KEYS.values(), ids=WEAK_KEYS.keys())
+def test_a_first_key_that_is_not_random_bytes_is_refused(raw):
+    problems = Settings(encryption_keys=(_spec("weak", raw), KEY)).problems()
+
+    [problem] = problems
+    assert problem.startswith(
+        "AUTHSVC_ENCRYPTION_KEYS: the first key 'weak' is not 32 random bytes"
+    )
+    assert "authsvc keys generate" in problem
+    assert _spec("weak", raw).partition(":")[2] not in problem
+
+
+@pytest.mark.parametrize("raw", WEAK_KEYS.values(), ids=WEAK_KEYS.keys())
+def test_a_weak_key_after_a_random_first_one_is_kept_to_rotate_away_from(raw):
+    assert Settings(encryption_keys=(KEY, _spec("weak", raw))).problems() == []
+
+
+def test_a_first_key_that_repeats_another_entry_is_refused():
+    # A "rotation" to the same bytes under a new id would change nothing.
+    again = "k2:" + KEY.partition(":")[2]
+
+    problems = Settings(encryption_keys=(again, KEY)).problems()
+
+    assert problems == ["AUTHSVC_ENCRYPTION_KEYS: the first key 'k2' is 'k1' again"]
+
+
+def test_generated_keys_are_accepted():
+    keys = tuple(generate_key_spec(f"k{n}") for n in range(200))
+
+    assert Settings(encryption_keys=keys).problems() == []
 
 
 def test_the_argon2_bounds_are_those_stored_hashes_are_verified_within():
