@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import difflib
+import email.errors
+import email.policy
 import enum
 import math
 import os
@@ -196,6 +198,13 @@ class Settings:
             out.append("AUTHSVC_TOTP_ISSUER must not be empty or contain a colon")
         if self.session_idle_timeout < self.access_token_ttl:
             out.append("AUTHSVC_SESSION_IDLE_TIMEOUT must be >= AUTHSVC_ACCESS_TOKEN_TTL")
+        if not _one_address(self.mail_from):
+            # Each mail would fail to build (a line break) or be refused by the server, and be
+            # retried without end: no link and no security notice would go out.
+            out.append(
+                "AUTHSVC_MAIL_FROM must be one address on one line, such as "
+                "'authsvc <no-reply@example.com>'"
+            )
         if self.breach_batch_size < 1 or not self.notify_rate_per_second > 0:
             out.append("AUTHSVC_BREACH_BATCH_SIZE and AUTHSVC_NOTIFY_RATE_PER_SECOND must be > 0")
         for name in ("limit_ip", "limit_email", "limit_ip_email", "limit_failures_per_account"):
@@ -361,6 +370,22 @@ def _looks_random(raw: bytes) -> bool:
     text). Of 32 random bytes, about 2e-15 have fewer than 16 distinct values and 2e-14 are
     all printable ASCII."""
     return len(set(raw)) >= 16 and not all(0x20 <= byte < 0x7F for byte in raw)
+
+
+def _one_address(value: str) -> bool:
+    """Whether a From header holding ``value`` names exactly one mailbox (local part and
+    domain), as the mail layer sets it: no line break, no list, no bare name."""
+    if "\r" in value or "\n" in value:
+        return False
+    try:
+        header = email.policy.default.header_factory("From", value)
+        addresses = header.addresses
+    except Exception:  # the parser raises more than ValueError on odd input (AttributeError)
+        return False
+    # A non-ASCII local part is fine (sent with SMTPUTF8); any other defect is not.
+    if any(not isinstance(d, email.errors.NonASCIILocalPartDefect) for d in header.defects):
+        return False
+    return len(addresses) == 1 and bool(addresses[0].username and addresses[0].domain)
 
 
 def _parse_bool(raw: str) -> bool:

@@ -310,6 +310,39 @@ def test_production_refuses_console_mail_which_prints_links():
     assert "console://" in problem
 
 
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "no-reply@example.com\r\nBcc: list@attacker.example",  # every mail failed to build
+        "no-reply@example.com\nBcc: list@attacker.example",
+        "not an address",  # servers refuse the MAIL FROM of every message
+        "a@example.com, b@example.com",
+        "authsvc <no-reply>",
+        "",
+    ],
+)
+def test_mail_from_must_be_one_address(sender):
+    problems = Settings(mail_from=sender).problems()
+
+    assert problems == [
+        "AUTHSVC_MAIL_FROM must be one address on one line, such as "
+        "'authsvc <no-reply@example.com>'"
+    ]
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "authsvc <no-reply@localhost>",
+        "no-reply@example.com",
+        '"Example, Inc." <no-reply@example.com>',
+        "Sécurité <sécurité@exemple.fr>",
+    ],
+)
+def test_mail_from_takes_an_address_with_or_without_a_name(sender):
+    assert Settings(mail_from=sender).problems() == []
+
+
 def test_production_can_be_told_to_allow_insecure_defaults():
     settings = from_env(env="production", allow_insecure_production="true")
 
