@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -231,6 +232,12 @@ class Settings:
                     "console:// mail prints one-time links to the terminal; refused in production: "
                     "set AUTHSVC_MAIL_URL (or set AUTHSVC_ALLOW_INSECURE_PRODUCTION=true)"
                 )
+            if _skips_certificate_checks(self.mail_url):
+                out.append(
+                    "AUTHSVC_MAIL_URL: verify=false lets anyone on the way to the mail server read "
+                    "every reset link; refused in production: trust its CA with SSL_CERT_FILE "
+                    "(or set AUTHSVC_ALLOW_INSECURE_PRODUCTION=true)"
+                )
         out.extend(self._webauthn_problems())
         out.extend(self._detection_problems())
         out.extend(_keyring_problems(self.encryption_keys))
@@ -370,6 +377,15 @@ def _looks_random(raw: bytes) -> bool:
     text). Of 32 random bytes, about 2e-15 have fewer than 16 distinct values and 2e-14 are
     all printable ASCII."""
     return len(set(raw)) >= 16 and not all(0x20 <= byte < 0x7F for byte in raw)
+
+
+def _skips_certificate_checks(mail_url: str) -> bool:
+    """An SMTP URL with ``verify=false`` (see mail.backends)."""
+    try:
+        query = urlsplit(mail_url.strip()).query
+    except ValueError:  # refused when the backend is made
+        return False
+    return any(k == "verify" and v.lower() == "false" for k, v in parse_qsl(query))
 
 
 def _one_address(value: str) -> bool:

@@ -26,9 +26,10 @@ Mail URLs:
     SMTP over implicit TLS, default port 465.
 
 SMTP query parameters: ``timeout`` (seconds per socket operation, default 10) and, for the two TLS
-schemes, ``verify=false`` to turn off certificate and host name checks (for tests only; the
-default ``verify=true`` uses ``ssl.create_default_context()``, which honours ``SSL_CERT_FILE`` for
-a private CA). User name and password are percent-decoded, so ``%40`` in a user name is ``@``.
+schemes, ``verify=false`` to turn off certificate and host name checks (for tests only, and
+refused in production by the settings; the default ``verify=true`` uses
+``ssl.create_default_context()``, which honours ``SSL_CERT_FILE`` for a private CA). User name
+and password are percent-decoded, so ``%40`` in a user name is ``@``.
 """
 
 from __future__ import annotations

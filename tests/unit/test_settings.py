@@ -343,6 +343,25 @@ def test_mail_from_takes_an_address_with_or_without_a_name(sender):
     assert Settings(mail_from=sender).problems() == []
 
 
+@pytest.mark.parametrize("scheme", ["smtp+starttls", "smtps"])
+def test_production_refuses_smtp_without_certificate_checks(scheme):
+    url = f"{scheme}://relay.example.com?verify=False"
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(env="production", encryption_keys=KEY, database_url=POSTGRES, mail_url=url)
+
+    [problem] = excinfo.value.problems
+    assert "verify=false" in problem and "AUTHSVC_ALLOW_INSECURE_PRODUCTION" in problem
+    allowed = from_env(
+        env="production",
+        encryption_keys=KEY,
+        database_url=POSTGRES,
+        mail_url=url,
+        allow_insecure_production="true",
+    )
+    assert allowed.mail_url == url
+    assert from_env(mail_url=url).mail_url == url  # development: a test server's own cert
+
+
 def test_production_can_be_told_to_allow_insecure_defaults():
     settings = from_env(env="production", allow_insecure_production="true")
 
