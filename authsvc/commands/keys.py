@@ -118,14 +118,26 @@ def _rotate_totp(factory: sessionmaker[DbSession], keyring: Keyring) -> int:
 
 def _rotate_outbox(factory: sessionmaker[DbSession], keyring: Keyring) -> int:
     """Messages not yet delivered (pending or parked as failed); delivered ones are kept as
-    they are, and are never read again."""
+    they are, and are never read again. Parked messages that no key opens are named on
+    stderr and left as they are."""
     total, after = 0, 0
+    left: list[int] = []
     while True:
         with factory.begin() as session:
-            count, last = outbox.reencrypt_pending_batch(
+            count, last, unreadable = outbox.reencrypt_pending_batch(
                 session, keyring, after_id=after, batch=BATCH
             )
         total += count
+        left += unreadable
         if last is None:
-            return total
+            break
         after = last
+    if left:
+        shown = ", ".join(str(i) for i in left[:20]) + (", ..." if len(left) > 20 else "")
+        what = (
+            "message that no key opens was left as it is"
+            if len(left) == 1
+            else "messages that no key opens were left as they are"
+        )
+        click.echo(f"{len(left)} parked {what} (id {shown})", err=True)
+    return total

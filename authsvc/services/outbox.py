@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session as DbSession
 
-from authsvc.crypto.keyring import Keyring
+from authsvc.crypto.keyring import DecryptionFailed, Keyring
 from authsvc.models import OutboxMessage
 from authsvc.services.context import Deps
 from authsvc.services.reencryption import reencrypt_rows
@@ -60,24 +60,41 @@ def enqueue_email(
 
 def reencrypt_pending_batch(
     session: DbSession, keyring: Keyring, *, after_id: int, batch: int
-) -> tuple[int, int | None]:
+) -> tuple[int, int | None, list[int]]:
     """Re-encrypt undelivered payloads under the primary key, ``batch`` rows after
-    ``after_id``; return (rows re-encrypted, last id seen or None when done)."""
+    ``after_id``; return (rows re-encrypted, last id seen or None when done, ids of parked
+    messages left as they are). A message parked as failed that no key of the ring opens
+    (the worker parks it for that reason) is left alone: no rotation can mend it, and it
+    must not stop the rotation of the messages after it."""
     rows = session.execute(
-        select(OutboxMessage.id, OutboxMessage.payload_ciphertext)
+        select(OutboxMessage.id, OutboxMessage.payload_ciphertext, OutboxMessage.failed_at)
         .where(OutboxMessage.id > after_id, OutboxMessage.completed_at.is_(None))
         .order_by(OutboxMessage.id)
         .limit(batch)
     ).all()
+    movable, left = [], []
+    for row in rows:
+        if row.failed_at is not None and not _opens(keyring, row.payload_ciphertext):
+            left.append(row.id)
+        else:
+            movable.append((row.id, row.payload_ciphertext))
     count = reencrypt_rows(
         session,
         keyring,
         key=OutboxMessage.id,
         column=OutboxMessage.payload_ciphertext,
-        rows=[(row.id, row.payload_ciphertext) for row in rows],
+        rows=movable,
         associated_data=lambda _id: _AAD,
     )
-    return count, (rows[-1].id if rows else None)
+    return count, (rows[-1].id if rows else None), left
+
+
+def _opens(keyring: Keyring, blob: bytes) -> bool:
+    try:
+        keyring.decrypt(blob, associated_data=_AAD)
+    except DecryptionFailed:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""`authsvc keys rotate-signing`: a new signing key, the old one still published."""
+"""`authsvc keys rotate-signing`: a new signing key, the old one still published; `keys rotate`
+past what no key opens."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from click.testing import CliRunner
 from authsvc.app import build_runtime, create_app
 from authsvc.cli import main
 from authsvc.crypto.keyring import Keyring, generate_key_spec
+from authsvc.db import utcnow
+from authsvc.models import OutboxMessage
 from authsvc.models.ops import AuditChainHead
 from authsvc.schema import upgrade
-from authsvc.services import audit
+from authsvc.services import audit, outbox
 from authsvc.settings import Settings
 
 
@@ -134,4 +137,43 @@ def test_the_first_start_signs_the_head_so_that_a_later_ring_must_match(env):
         assert audit.head_signed_by(session, runtime.deps.keyring)
         assert not audit.head_signed_by(session, newer)
         assert audit.verify(session, keyring=runtime.deps.keyring).ok
+
+
+def test_rotate_leaves_a_parked_message_no_key_opens_and_moves_the_rest(env):
+    # A message the worker parked because no key of the ring opens it (its key was dropped):
+    # it can never be sent, and must not stop a rotation (one after a leaked key, say) short
+    # of the pending mails behind it, which would then die with the old key.
+    old = env["AUTHSVC_ENCRYPTION_KEYS"] or ""
+    lost = Keyring.from_specs([generate_key_spec("lost")])
+    given = {k: v for k, v in env.items() if v is not None}
+    runtime = build_runtime(Settings.from_env(given))
+    now = utcnow()
+    with runtime.sessionmaker.begin() as session:
+        parked = outbox.enqueue(session, lost, kind="email", payload={"to": "a@x.org"}, now=now)
+        parked.failed_at = now
+        parked.last_error = "DecryptionFailed: payload"
+        pending = outbox.enqueue(
+            session, runtime.deps.keyring, kind="email", payload={"to": "b@x.org"}, now=now
+        )
+        session.flush()
+        parked_id, pending_id = parked.id, pending.id
+    runtime.dispose()
+    newer = generate_key_spec("cli2")
+    ring = f"{newer},{old}"
+
+    result = CliRunner().invoke(
+        main, ["keys", "rotate"], env={**env, "AUTHSVC_ENCRYPTION_KEYS": ring}
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "outbox_messages=1" in result.stdout
+    assert f"1 parked message that no key opens was left as it is (id {parked_id})" in result.stderr
+    only_new = Keyring.from_specs([newer])
+    runtime = build_runtime(Settings.from_env({**given, "AUTHSVC_ENCRYPTION_KEYS": ring}))
+    with runtime.sessionmaker() as session:
+        moved = session.get(OutboxMessage, pending_id)
+        assert moved is not None
+        assert outbox.payload_of(only_new, moved) == {"to": "b@x.org"}
+        left = session.get(OutboxMessage, parked_id)
+        assert left is not None and lost.key_id_of(left.payload_ciphertext) == "lost"
     runtime.dispose()
