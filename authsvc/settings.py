@@ -232,6 +232,12 @@ class Settings:
                     "console:// mail prints one-time links to the terminal; refused in production: "
                     "set AUTHSVC_MAIL_URL (or set AUTHSVC_ALLOW_INSECURE_PRODUCTION=true)"
                 )
+            if not _is_https_url(self.public_url):
+                out.append(
+                    "AUTHSVC_PUBLIC_URL must be an https:// URL in production: it is the base of "
+                    "every mailed link, which carries a token (the default names the reader's "
+                    "own machine) (or set AUTHSVC_ALLOW_INSECURE_PRODUCTION=true)"
+                )
             if _skips_certificate_checks(self.mail_url):
                 out.append(
                     "AUTHSVC_MAIL_URL: verify=false lets anyone on the way to the mail server read "
@@ -377,6 +383,14 @@ def _looks_random(raw: bytes) -> bool:
     text). Of 32 random bytes, about 2e-15 have fewer than 16 distinct values and 2e-14 are
     all printable ASCII."""
     return len(set(raw)) >= 16 and not all(0x20 <= byte < 0x7F for byte in raw)
+
+
+def _is_https_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url.strip())
+        return parts.scheme == "https" and bool(parts.hostname)
+    except ValueError:
+        return False
 
 
 def _skips_certificate_checks(mail_url: str) -> bool:

@@ -18,6 +18,7 @@ from authsvc.settings import ConfigError, Env, Settings
 
 KEY = generate_key_spec("k1")
 POSTGRES = "postgresql://authsvc@db.internal/authsvc"
+PUBLIC = "https://id.example.com"
 
 
 def from_env(**variables: str) -> Settings:
@@ -284,7 +285,9 @@ def test_production_refuses_dev_keys_and_sqlite():
 )
 def test_production_needs_both(variables, complaint):
     with pytest.raises(ConfigError) as excinfo:
-        from_env(env="production", mail_url="smtp://relay.example.com", **variables)
+        from_env(
+            env="production", mail_url="smtp://relay.example.com", public_url=PUBLIC, **variables
+        )
 
     [problem] = excinfo.value.problems
     assert complaint in problem
@@ -296,6 +299,7 @@ def test_production_with_keys_and_postgresql():
         encryption_keys=KEY,
         database_url=POSTGRES,
         mail_url="smtp+starttls://relay.example.com",
+        public_url=PUBLIC,
     )
 
     assert settings.env is Env.PRODUCTION
@@ -304,7 +308,7 @@ def test_production_with_keys_and_postgresql():
 
 def test_production_refuses_console_mail_which_prints_links():
     with pytest.raises(ConfigError) as excinfo:
-        from_env(env="production", encryption_keys=KEY, database_url=POSTGRES)
+        from_env(env="production", encryption_keys=KEY, database_url=POSTGRES, public_url=PUBLIC)
 
     [problem] = excinfo.value.problems
     assert "console://" in problem
@@ -347,7 +351,13 @@ def test_mail_from_takes_an_address_with_or_without_a_name(sender):
 def test_production_refuses_smtp_without_certificate_checks(scheme):
     url = f"{scheme}://relay.example.com?verify=False"
     with pytest.raises(ConfigError) as excinfo:
-        from_env(env="production", encryption_keys=KEY, database_url=POSTGRES, mail_url=url)
+        from_env(
+            env="production",
+            encryption_keys=KEY,
+            database_url=POSTGRES,
+            mail_url=url,
+            public_url=PUBLIC,
+        )
 
     [problem] = excinfo.value.problems
     assert "verify=false" in problem and "AUTHSVC_ALLOW_INSECURE_PRODUCTION" in problem
@@ -360,6 +370,33 @@ def test_production_refuses_smtp_without_certificate_checks(scheme):
     )
     assert allowed.mail_url == url
     assert from_env(mail_url=url).mail_url == url  # development: a test server's own cert
+
+
+@pytest.mark.parametrize(
+    "public_url",
+    [
+        None,  # the default, http://127.0.0.1:8000: links to the reader's own machine
+        "http://auth.example.com",  # tokens in the clear
+        "auth.example.com",
+        "https://",
+    ],
+)
+def test_production_needs_an_https_public_url_for_the_links_it_mails(public_url):
+    given = {"public_url": public_url} if public_url is not None else {}
+    production = {
+        "env": "production",
+        "encryption_keys": KEY,
+        "database_url": POSTGRES,
+        "mail_url": "smtp+starttls://relay.example.com",
+    }
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(**production, **given)
+
+    [problem] = excinfo.value.problems
+    assert problem.startswith("AUTHSVC_PUBLIC_URL must be an https:// URL in production")
+    assert "AUTHSVC_ALLOW_INSECURE_PRODUCTION" in problem
+    assert from_env(**production, public_url="https://id.example.com/auth").env is Env.PRODUCTION
+    assert from_env(**production, **given, allow_insecure_production="true")
 
 
 def test_production_can_be_told_to_allow_insecure_defaults():
