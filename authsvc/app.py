@@ -195,6 +195,9 @@ def create_app(
     settings = settings or Settings.from_env()
     runtime = build_runtime(settings, bind=bind, metrics_dir=metrics_dir)
     app = Flask("authsvc")
+    # Flask reads FLASK_DEBUG from the environment by itself; with it, `serve --dev` ran
+    # Werkzeug's interactive debugger (a Python console in the browser). Nothing turns it on.
+    app.debug = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["authsvc"] = runtime

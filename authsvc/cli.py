@@ -106,7 +106,7 @@ def serve(
     runtime.dispose()
     if dev:
         app = create_app(settings, start_worker=not no_outbox_thread)
-        app.run(host=host, port=port, threaded=True)
+        app.run(host=host, port=port, threaded=True, debug=False, use_reloader=False)
         return
     run_gunicorn(
         settings,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from flask import Flask
 from sqlalchemy import select
 
 from authsvc.app import create_app
@@ -186,6 +187,23 @@ def test_serve_with_more_than_one_worker_needs_shared_rate_limits(env):
     assert result.output.strip().splitlines() == [
         "Error: more than one worker needs AUTHSVC_REDIS_URL: rate limits would be per worker"
     ]
+
+
+def test_flask_debug_in_the_environment_does_not_start_the_debugger(env, monkeypatch):
+    # Flask reads FLASK_DEBUG by itself: `serve --dev` then ran Werkzeug's interactive
+    # debugger, a Python console for whoever reaches /console, and its reloader.
+    started = []
+    monkeypatch.setattr(Flask, "run", lambda app, **options: started.append((app, options)))
+
+    result = CliRunner().invoke(
+        main, ["serve", "--dev", "--no-outbox-thread"], env={**env, "FLASK_DEBUG": "1"}
+    )
+
+    assert result.exit_code == 0, result.output
+    [(app, options)] = started
+    assert app.debug is False
+    assert options.get("debug") is False and not options.get("use_reloader")
+    app.extensions["authsvc"].dispose()
 
 
 @pytest.mark.parametrize(
