@@ -85,7 +85,7 @@ notices.register(
     "new_login",
     "New sign-in to your account",
     "Your account was signed in to from a device or browser not seen before.\n\n"
-    "When: {when} UTC\nIP address: {ip}\nBrowser: {user_agent}\n\n"
+    "When: {when} UTC\nIP address: {ip}\nBrowser: {browser}\n\n"
     "If it was you, there is nothing to do. If it was not, change your password at once, and "
     "review your second factors and sessions.\n",
 )
@@ -354,7 +354,7 @@ class Detector:
             now=event.now,
             when=event.now.strftime("%Y-%m-%d %H:%M"),
             ip=_printable(event.ip or "unknown"),
-            user_agent=_printable(event.user_agent or "unknown"),
+            browser=describe_device(event.user_agent or ""),
         )
 
 
@@ -389,6 +389,46 @@ def earlier_login_agents(user_id: str) -> Select[str | None]:
 def _device(user_agent: str | None) -> str:
     """A user agent without version numbers: a browser update is not a new device."""
     return re.sub(r"[\d._]+", "", user_agent or "").strip().lower()
+
+
+# Tokens of the user agent, checked in order, and the words the new-device mail uses for them.
+_BROWSERS = (
+    ("Edg/", "Edge"),
+    ("EdgA/", "Edge"),
+    ("EdgiOS/", "Edge"),
+    ("OPR/", "Opera"),
+    ("SamsungBrowser/", "Samsung Internet"),
+    ("Firefox/", "Firefox"),
+    ("FxiOS/", "Firefox"),
+    ("CriOS/", "Chrome"),
+    ("Chrome/", "Chrome"),
+    ("Safari/", "Safari"),
+)
+_SYSTEMS = (
+    ("iPhone", "iPhone"),
+    ("iPad", "iPad"),
+    ("Android", "Android"),
+    ("CrOS", "ChromeOS"),
+    ("Windows", "Windows"),
+    ("Mac OS X", "macOS"),
+    ("Macintosh", "macOS"),
+    ("Linux", "Linux"),
+)
+
+
+def describe_device(user_agent: str) -> str:
+    """The browser and system a user agent names, in fixed words ("Chrome on Windows"). The
+    user agent is whatever the client sent: quoted into the new-device mail, it carried the
+    links and instructions of whoever signed in, in a mail from this service."""
+    browser = next((name for token, name in _BROWSERS if token in user_agent), None)
+    system = next((name for token, name in _SYSTEMS if token in user_agent), None)
+    if browser and system:
+        return f"{browser} on {system}"
+    if browser:
+        return browser
+    if system:
+        return f"a browser on {system}"
+    return "an unknown program"
 
 
 def _printable(text: str) -> str:

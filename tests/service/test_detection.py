@@ -423,6 +423,56 @@ def test_new_device_login_mails_the_owner(runtime, make_user, db_session):
     assert "192.0.2.44" in mails[0]["text"] and "iPhone" in mails[0]["text"]
 
 
+@pytest.mark.parametrize(
+    ("user_agent", "described"),
+    [
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/126.0.0.0 Safari/537.36 (If this was not you, secure your account at "
+            "https://authsvc-help.example/secure within 24 hours)",
+            "Chrome on Windows",
+        ),
+        ("IMPORTANT: reply with your recovery codes to keep this account", "an unknown program"),
+        (
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) Version/17.5 Safari/605.1.15",
+            "Safari on macOS",
+        ),
+    ],
+    ids=["link-in-a-browser", "text-alone", "safari"],
+)
+def test_the_new_device_mail_names_the_browser_in_its_own_words(
+    runtime, make_user, db_session, user_agent, described
+):
+    # The user agent is whatever the client sends: quoted into the one mail the owner of a
+    # stuffed account acts on, it put the attacker's link and instructions there.
+    make_user(email="owner@example.com")
+    db_session.flush()
+    for agent in (
+        "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+        user_agent,
+    ):
+        with runtime.sessionmaker() as session, session.begin():
+            accounts.login_with_password(
+                session,
+                runtime.deps,
+                email="owner@example.com",
+                password="correct horse 42",
+                client=Client(ip="192.0.2.44", user_agent=agent),
+                now=utcnow(),
+            )
+    with runtime.sessionmaker() as session:
+        [mail] = [
+            payload
+            for message in session.scalars(select(OutboxMessage))
+            if (payload := outbox.payload_of(runtime.deps.keyring, message)).get("subject")
+            == "New sign-in to your account"
+        ]
+
+    assert f"Browser: {described}\n" in mail["text"]
+    for word in ("https://", "authsvc-help", "secure your", "IMPORTANT", "recovery codes"):
+        assert word not in mail["text"]
+
+
 def test_metrics_count_outcomes(runtime, make_user):
     make_user(email="m@example.com")
     failed_login(runtime, "m@example.com", "192.0.2.5")
