@@ -47,7 +47,7 @@ from authsvc.db import new_id
 from authsvc.metrics import Metrics, Sample
 from authsvc.models import AuditEvent, User
 from authsvc.models.breach import BreachCampaign
-from authsvc.ratelimit import parse_address
+from authsvc.ratelimit import address_key, parse_address
 from authsvc.services import audit, notices, outbox
 from authsvc.services.context import Client, Deps
 from authsvc.services.outbox import External, Handler
@@ -154,11 +154,13 @@ class Windows:
 
 
 def network_of(ip: str) -> str | None:
-    """The /24 (IPv4) or /64 (IPv6) an address, in any spelling, belongs to."""
+    """The /24 (IPv4) or /48 (IPv6) an address, in any spelling, belongs to. A /48 is what
+    one site is given: the per-address limits and detectors count a /64 as one client, so an
+    attacker moving over the 65,536 /64s of their /48 is one network here."""
     address = parse_address(ip)
     if address is None:
         return None
-    prefix = 24 if address.version == 4 else 64
+    prefix = 24 if address.version == 4 else 48
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
 
@@ -228,12 +230,15 @@ class Detector:
                 )
 
         member = event.email_hash or (f"user:{event.user_id}" if event.user_id else None)
-        if event.type in _EMAIL_ATTEMPTS and member and event.ip:
-            if w.first_sight("ip-email", event.ip, member) and w.exceeded(
-                "emails-per-ip", s.detect_emails_per_ip, event.ip
+        # One client is an IPv4 address or an IPv6 /64, as for the rate limits: a host that
+        # moves over its /64 (privacy addresses, or on purpose) stays one.
+        client = address_key(event.ip) if event.ip else None
+        if event.type in _EMAIL_ATTEMPTS and member and client:
+            if w.first_sight("ip-email", client, member) and w.exceeded(
+                "emails-per-ip", s.detect_emails_per_ip, client
             ):
-                alert("enumeration", "ip", event.ip, s.detect_emails_per_ip, ip=event.ip)
-            network = network_of(event.ip)
+                alert("enumeration", "ip", client, s.detect_emails_per_ip, ip=event.ip)
+            network = network_of(event.ip or "")
             if (
                 network
                 and w.first_sight("net-email", network, member)
@@ -269,8 +274,8 @@ class Detector:
             account = f"user:{event.user_id}"
         if (
             account
-            and event.ip
-            and w.first_sight("account-ip", account, event.ip)
+            and client
+            and w.first_sight("account-ip", account, client)
             and (w.exceeded("ips-per-account", s.detect_ips_per_account, account))
         ):
             alert(

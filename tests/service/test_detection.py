@@ -155,6 +155,31 @@ def test_a_network_spreading_over_addresses_is_caught(runtime):
     ]
 
 
+def test_a_host_moving_over_its_ipv6_64_is_one_client(runtime, make_user):
+    # The per-address detectors count a /64 as one client, as the rate limits do.
+    for i in range(6):
+        forgot(runtime, f"h{i}@example.com", f"2001:db8:5:1::{i + 1:x}")
+    found = alerts(runtime)
+    assert [(a["detector"], a["scope"], a["subject"]) for a in found] == [
+        ("enumeration", "ip", "2001:db8:5:1::/64")
+    ]
+    # Privacy addresses of one host are not many attackers of one account.
+    make_user(email="roamer@example.com")
+    for i in range(6):
+        failed_login(runtime, "roamer@example.com", f"2001:db8:6:1::{i + 1:x}")
+    assert [a for a in alerts(runtime) if a["detector"] == "brute_force"] == []
+
+
+def test_an_ipv6_site_spreading_over_its_64s_is_caught(runtime):
+    # Each /64 is one client to the per-address limits and detectors; the /48 holds 65,536.
+    for i in range(10):
+        forgot(runtime, f"v{i}@example.com", f"2001:db8:7:{i:x}::1")
+    found = alerts(runtime)
+    assert [(a["detector"], a["scope"], a["subject"]) for a in found] == [
+        ("enumeration", "network", "2001:db8:7::/48")
+    ]
+
+
 def test_one_account_attacked_from_many_ips(runtime, make_user):
     make_user(email="victim@example.com")
     for i in range(3):
@@ -366,10 +391,10 @@ def test_a_broken_window_storage_never_fails_a_request(runtime, caplog):
 
 def test_network_of():
     assert detection.network_of("203.0.113.77") == "203.0.113.0/24"
-    assert detection.network_of("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    assert detection.network_of("2001:db8:1:2:3:4:5:6") == "2001:db8:1::/48"
     assert detection.network_of("::ffff:198.51.100.3") == "198.51.100.0/24"
     assert detection.network_of("203.0.113.77:4711") == "203.0.113.0/24"
-    assert detection.network_of("[2001:db8:1:2::9]:443") == "2001:db8:1:2::/64"
+    assert detection.network_of("[2001:db8:1:2::9]:443") == "2001:db8:1::/48"
     assert detection.network_of("not an ip") is None
 
 
