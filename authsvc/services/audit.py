@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Row, delete, event, func, select, update
+from sqlalchemy import CursorResult, Row, Select, delete, event, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import ORMExecuteState, SessionTransaction, sessionmaker
 from sqlalchemy.orm import Session as DbSession
@@ -325,7 +325,9 @@ def sign_head_at_start(factory: sessionmaker[DbSession], *, now: datetime) -> No
         hooks.head_seen_signed.set()
 
 
-def _sign_unsigned(session: DbSession, hooks: Hooks, *, now: datetime) -> None:
+def _head_for_update(session: DbSession) -> Select[AuditChainHead]:
+    """The query of the chain head that locks it as writers do (PostgreSQL; SQLite takes its
+    write lock at BEGIN) and reads it again into the session's object."""
     query = (
         select(AuditChainHead)
         .where(AuditChainHead.id == HEAD_ID)
@@ -333,6 +335,11 @@ def _sign_unsigned(session: DbSession, hooks: Hooks, *, now: datetime) -> None:
     )
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
+    return query
+
+
+def _sign_unsigned(session: DbSession, hooks: Hooks, *, now: datetime) -> None:
+    query = _head_for_update(session)
     head = session.scalars(query).one_or_none()
     if head is None or head.head_mac:
         return  # deleted meanwhile (the next writer records it), or another start signed it
@@ -404,13 +411,7 @@ def _append_before_reading_the_trail(state: ORMExecuteState) -> None:
 def _lock_head(session: DbSession) -> tuple[AuditChainHead, bool]:
     """The chain head, locked for this transaction (created if missing: then True)."""
     session.flush()
-    query = (
-        select(AuditChainHead)
-        .where(AuditChainHead.id == HEAD_ID)
-        .execution_options(populate_existing=True)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
+    query = _head_for_update(session)
     head = session.scalars(query).one_or_none()
     if head is not None:
         return head, False

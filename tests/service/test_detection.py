@@ -236,10 +236,29 @@ def test_a_burst_of_recovery_code_use(runtime):
     assert len(found) == 1
 
 
-def test_alerts_are_posted_signed_to_the_webhook(runtime, receiver):
+def _alert_sent(runtime: Runtime, prefix: str, ip: str) -> None:
+    """Raise one enumeration alert from ``ip`` and let the worker try its webhook once."""
     for i in range(6):
-        forgot(runtime, f"w{i}@example.com", "203.0.113.20")
+        forgot(runtime, f"{prefix}{i}@example.com", ip)
     runtime.worker.drain()
+
+
+def _webhook_message(runtime: Runtime) -> OutboxMessage:
+    with runtime.sessionmaker() as session:
+        return session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "webhook")).one()
+
+
+def _a_day_later(runtime: Runtime) -> OutboxWorker:
+    return OutboxWorker(
+        sessionmaker=runtime.sessionmaker,
+        deps=runtime.deps,
+        handlers=detection.HANDLERS,
+        clock=lambda: utcnow() + timedelta(days=1),
+    )
+
+
+def test_alerts_are_posted_signed_to_the_webhook(runtime, receiver):
+    _alert_sent(runtime, "w", "203.0.113.20")
     assert len(receiver.posts) == 1
     headers, body = receiver.posts[0]
     timestamp = headers[detection.TIMESTAMP_HEADER]
@@ -256,16 +275,9 @@ def test_alerts_are_posted_signed_to_the_webhook(runtime, receiver):
 
 def test_an_alert_keeps_its_id_in_the_trail_and_in_every_retry(runtime, receiver):
     receiver.status = 503
-    for i in range(6):
-        forgot(runtime, f"i{i}@example.com", "203.0.113.21")
-    runtime.worker.drain()
+    _alert_sent(runtime, "i", "203.0.113.21")
     receiver.status = 204
-    later = OutboxWorker(
-        sessionmaker=runtime.sessionmaker,
-        deps=runtime.deps,
-        handlers=detection.HANDLERS,
-        clock=lambda: utcnow() + timedelta(days=1),
-    )
+    later = _a_day_later(runtime)
     assert later.drain() == 1
     first, retry = (json.loads(body) for _, body in receiver.posts)
     [raised] = alerts(runtime)
@@ -289,17 +301,13 @@ def test_a_dead_receiver_is_retried_later_and_slows_nothing(settings, connection
     elapsed = time.perf_counter() - started
     assert elapsed < 2.0  # the requests only queue the webhook
     runtime.worker.drain()
-    with runtime.sessionmaker() as session:
-        message = session.scalars(
-            select(OutboxMessage).where(OutboxMessage.kind == "webhook")
-        ).one()
-        assert message.completed_at is None and message.failed_at is None
-        assert message.attempts == 1
-        assert "unreachable" in (message.last_error or "")
-        assert message.available_at > message.created_at
-        assert outbox.payload_of(runtime.deps.keyring, message)["alert"]["detector"] == (
-            "enumeration"
-        )
+    message = _webhook_message(runtime)
+    assert message.completed_at is None and message.failed_at is None
+    assert message.attempts == 1
+    assert "unreachable" in (message.last_error or "")
+    assert message.available_at > message.created_at
+    alert = outbox.payload_of(runtime.deps.keyring, message)["alert"]
+    assert alert["detector"] == "enumeration"
     runtime.deps.limiter.reset()
 
 
@@ -307,25 +315,13 @@ def test_a_dead_receiver_is_retried_later_and_slows_nothing(settings, connection
 def test_a_receiver_refusing_the_alert_parks_it(runtime, receiver, status):
     """A 4xx (wrong URL, wrong secret, gone) will answer the same however often it is sent."""
     receiver.status = status
-    for i in range(6):
-        forgot(runtime, f"p{i}@example.com", "203.0.113.41")
-    runtime.worker.drain()
-    with runtime.sessionmaker() as session:
-        message = session.scalars(
-            select(OutboxMessage).where(OutboxMessage.kind == "webhook")
-        ).one()
-        assert message.completed_at is None
-        assert message.failed_at is not None
-        assert message.attempts == 1
-        assert message.last_error == (
-            f"the receiver refused the alert with HTTP {status}; not retried"
-        )
-    later = OutboxWorker(
-        sessionmaker=runtime.sessionmaker,
-        deps=runtime.deps,
-        handlers=detection.HANDLERS,
-        clock=lambda: utcnow() + timedelta(days=1),
-    )
+    _alert_sent(runtime, "p", "203.0.113.41")
+    message = _webhook_message(runtime)
+    assert message.completed_at is None
+    assert message.failed_at is not None
+    assert message.attempts == 1
+    assert message.last_error == f"the receiver refused the alert with HTTP {status}; not retried"
+    later = _a_day_later(runtime)
     assert later.drain() == 0
     assert len(receiver.posts) == 1
 
@@ -335,32 +331,22 @@ def test_a_receiver_redirecting_the_alert_parks_it(runtime, receiver, status):
     """Redirects are never followed (the alert goes to the configured URL only), so a
     redirecting receiver answers the same however often the alert is sent."""
     receiver.status = status
-    for i in range(6):
-        forgot(runtime, f"r{i}@example.com", "203.0.113.43")
-    runtime.worker.drain()
+    _alert_sent(runtime, "r", "203.0.113.43")
     assert len(receiver.posts) == 1
-    with runtime.sessionmaker() as session:
-        message = session.scalars(
-            select(OutboxMessage).where(OutboxMessage.kind == "webhook")
-        ).one()
-        assert message.completed_at is None and message.failed_at is not None
-        assert f"redirected the alert (HTTP {status})" in (message.last_error or "")
+    message = _webhook_message(runtime)
+    assert message.completed_at is None and message.failed_at is not None
+    assert f"redirected the alert (HTTP {status})" in (message.last_error or "")
 
 
 @pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503])
 def test_a_receiver_busy_or_failing_is_retried(runtime, receiver, status):
     receiver.status = status
-    for i in range(6):
-        forgot(runtime, f"t{i}@example.com", "203.0.113.42")
-    runtime.worker.drain()
+    _alert_sent(runtime, "t", "203.0.113.42")
     assert len(receiver.posts) == 1
-    with runtime.sessionmaker() as session:
-        message = session.scalars(
-            select(OutboxMessage).where(OutboxMessage.kind == "webhook")
-        ).one()
-        assert message.completed_at is None and message.failed_at is None
-        assert message.last_error == f"WebhookFailed: the receiver answered HTTP {status}"
-        assert message.available_at > message.created_at
+    message = _webhook_message(runtime)
+    assert message.completed_at is None and message.failed_at is None
+    assert message.last_error == f"WebhookFailed: the receiver answered HTTP {status}"
+    assert message.available_at > message.created_at
 
 
 def test_without_a_webhook_url_nothing_is_queued(settings, connection):
