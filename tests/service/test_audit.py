@@ -202,38 +202,26 @@ def test_a_rechained_trail_stays_found_after_the_next_event(session, runtime, no
     assert session.get(AuditEvent, result.broken_id).type == "audit.head_invalid"
 
 
-def test_a_wiped_trail_with_its_head_deleted_is_found_after_the_next_event(session, runtime, now):
-    write(session, now, 3)
-    session.flush()
-    session.execute(text("DELETE FROM audit_events"))
-    session.execute(text("DELETE FROM audit_chain_heads"))
-    session.expunge_all()
-    later = write(session, now, 1)
-
-    result = check(session, runtime)
-
-    assert not result.ok
-    flagged = session.get(AuditEvent, result.broken_id)
-    assert (flagged.type, flagged.outcome) == ("audit.head_invalid", "missing")
-    assert flagged.id < later[0].id
-    assert "missing" in result.reason
-
-
-def test_a_wiped_trail_with_its_head_reset_unsigned_is_found_after_the_next_event(
-    session, runtime, now
-):
-    # The head as `db upgrade` leaves it before the first start: the next event (a failed
-    # login the forger makes) must not sign it as if the trail had just begun.
-    write(session, now, 3)
-    session.flush()
-    session.execute(text("DELETE FROM audit_events"))
-    session.execute(
-        text(
-            "UPDATE audit_chain_heads SET anchor_id = 0, anchor_hash = :g, last_id = 0, "
-            "last_hash = :g, head_mac = '', updated_at = NULL"
-        ),
+# The whole trail deleted, and its head with it or set back to what `db upgrade` leaves before
+# the first start: the next event (a failed login the forger makes) must not sign either as if
+# the trail had just begun.
+_HEAD_WIPES = {
+    "missing": ("DELETE FROM audit_chain_heads", {}),
+    "unsigned": (
+        "UPDATE audit_chain_heads SET anchor_id = 0, anchor_hash = :g, last_id = 0, "
+        "last_hash = :g, head_mac = '', updated_at = NULL",
         {"g": audit.GENESIS},
-    )
+    ),
+}
+
+
+@pytest.mark.parametrize("outcome", sorted(_HEAD_WIPES))
+def test_a_wiped_trail_and_head_is_found_after_the_next_event(session, runtime, now, outcome):
+    write(session, now, 3)
+    session.flush()
+    session.execute(text("DELETE FROM audit_events"))
+    statement, params = _HEAD_WIPES[outcome]
+    session.execute(text(statement), params)
     session.expunge_all()
     later = write(session, now, 1)
 
@@ -241,9 +229,9 @@ def test_a_wiped_trail_with_its_head_reset_unsigned_is_found_after_the_next_even
 
     assert not result.ok
     flagged = session.get(AuditEvent, result.broken_id)
-    assert (flagged.type, flagged.outcome) == ("audit.head_invalid", "unsigned")
+    assert (flagged.type, flagged.outcome) == ("audit.head_invalid", outcome)
     assert flagged.id < later[0].id
-    assert "unsigned" in result.reason
+    assert outcome in result.reason
 
 
 def test_a_row_added_after_the_head_is_found(session, runtime, now):
