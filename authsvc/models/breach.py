@@ -11,6 +11,12 @@ from authsvc.db import Base, UTCDateTime, new_id
 
 __all__ = ["BreachCampaign", "BreachTarget"]
 
+# The campaigns that may still count accounts as their own (``services.breach_sql.claiming``,
+# which builds the same condition): a handful, among one finished campaign per force-reset.
+CLAIMING = (
+    "status IN ('pending', 'running') OR (last_page IS NOT NULL AND phase IN ('walk', 'enroll'))"
+)
+
 
 class BreachCampaign(Base):
     """One forced-reset campaign. Work runs in committed batches, in phases
@@ -26,6 +32,15 @@ class BreachCampaign(Base):
     """
 
     __tablename__ = "breach_campaigns"
+    __table_args__ = (
+        # Every campaign's creation (a force-reset too) looks for the claiming ones here.
+        Index(
+            "ix_breach_campaigns_claiming",
+            "id",
+            postgresql_where=text(CLAIMING),
+            sqlite_where=text(CLAIMING),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     origin: Mapped[str] = mapped_column(String(16))

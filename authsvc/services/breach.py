@@ -37,7 +37,7 @@ from authsvc.services import breach_batches as batches
 from authsvc.services import breach_lists as lists
 from authsvc.services.breach_jobs import HANDLERS, MAX_BATCH_FAILURES, SOLO_KINDS, queue_batch
 from authsvc.services.breach_lists import InputReport, TargetList
-from authsvc.services.breach_sql import ACTIVE, claiming, membership
+from authsvc.services.breach_sql import ACTIVE, claiming_besides, membership
 from authsvc.services.breach_views import (
     STATUSES,
     CampaignView,
@@ -119,8 +119,7 @@ def create_campaign(
     """Validate, target and queue a campaign (or only count its targets, for a dry run)."""
     _validate(request)
     fingerprint = _fingerprint(request)
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CREATION_LOCK})
+    _lock_creation(session)
     if idempotency_key is not None and not dry_run:
         earlier = session.scalar(
             select(BreachCampaign).where(BreachCampaign.idempotency_key == idempotency_key)
@@ -150,6 +149,39 @@ def create_campaign(
             details={**_summary(request), "targeted": counted.targeted},
         )
         return counted
+    campaign = _create(
+        session,
+        deps,
+        request=request,
+        creator=creator,
+        client=client,
+        now=now,
+        origin=origin,
+        idempotency_key=idempotency_key,
+        fingerprint=fingerprint,
+    )
+    return Created(campaign=view(session, campaign), replayed=False)
+
+
+def _lock_creation(session: DbSession) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CREATION_LOCK})
+
+
+def _create(
+    session: DbSession,
+    deps: Deps,
+    *,
+    request: CampaignRequest,
+    creator: Creator,
+    client: Client,
+    now: datetime,
+    origin: str,
+    idempotency_key: str | None,
+    fingerprint: str,
+) -> BreachCampaign:
+    """Target the campaign and queue its first batch, or refuse it (``create_campaign``, after
+    the validation, the creation lock and the Idempotency-Key)."""
     try:
         with session.begin_nested():
             campaign, report = _target(session, request, creator=creator, origin=origin, now=now)
@@ -192,7 +224,7 @@ def create_campaign(
             "input": _counts(report),
         },
     )
-    return Created(campaign=view(session, campaign), replayed=False)
+    return campaign
 
 
 def _validate(request: CampaignRequest) -> None:
@@ -309,9 +341,7 @@ def _conflicting(session: DbSession, campaign: BreachCampaign) -> BreachCampaign
     """A campaign that targets one of the same accounts and may still count accounts as its
     own (``claiming``): pending or running, or cancelled or failed with the accounts its walk
     flagged not enrolled yet."""
-    others = session.scalars(
-        select(BreachCampaign).where(claiming(), BreachCampaign.id != campaign.id)
-    ).all()
+    others = session.scalars(claiming_besides(campaign.id)).all()
     for other in others:
         user = aliased(User)
         shared = session.scalar(
@@ -415,7 +445,9 @@ def force_reset(
         notify=notify,
         targets=targets,
     )
-    created = create_campaign(
+    _validate(request)
+    _lock_creation(session)
+    campaign_id = _create(
         session,
         deps,
         request=request,
@@ -423,9 +455,9 @@ def force_reset(
         client=client,
         now=now,
         origin="force_reset",
-    )
-    assert isinstance(created, Created)
-    campaign_id = created.campaign.id
+        idempotency_key=None,
+        fingerprint=_fingerprint(request),
+    ).id
     while not batches.run_next_batch(session, deps, campaign_id=campaign_id, now=now).finished:
         pass
     audit.record(

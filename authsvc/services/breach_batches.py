@@ -198,7 +198,9 @@ def _enroll(
     # After a walk the apply batches flag (and lock) almost no account: they mostly revoke
     # sessions, which costs less in larger ranges (fewer visits to each page of sessions).
     walked = campaign.last_page is not None
-    _begin_apply(session, campaign, size=size * FOLLOW_UP_FACTOR if walked else size)
+    _begin_apply(
+        session, campaign, size=size * FOLLOW_UP_FACTOR if walked else size, analyze_above=size
+    )
     return {
         "phase": "enroll",
         "accounts": enrolled.accounts,
@@ -208,13 +210,22 @@ def _enroll(
 
 
 def _begin_apply(
-    session: DbSession, campaign: BreachCampaign, *, size: int, after: str = ""
+    session: DbSession,
+    campaign: BreachCampaign,
+    *,
+    size: int,
+    after: str = "",
+    analyze_above: int | None = None,
 ) -> None:
     """Fix the ends of the apply batches after ``after``: every ``size``-th target id (one
-    index scan). On PostgreSQL the targets table is analyzed first: the planner must know how
-    many rows a campaign has (a table written in bulk a moment ago has no statistics yet, and
-    the notice job and the batches would then sort whole campaigns where an index range does)."""
-    if is_postgresql(session):
+    index scan). On PostgreSQL the targets table is analyzed first when the campaign targets
+    more accounts than ``analyze_above`` (one batch, ``size``, unless given): the planner must
+    know how many rows a campaign has (a table written in bulk a moment ago has no statistics
+    yet, and the notice job and the batches would then sort whole campaigns where an index
+    range does). A smaller campaign's statements read no more than a batch of target rows
+    whatever the planner expects, and ANALYZE samples a table that holds every campaign's
+    targets: every force-reset paid for it (58-85 ms with 100,000-300,000 finished campaigns)."""
+    if is_postgresql(session) and campaign.targeted > (analyze_above or size):
         session.execute(text("ANALYZE breach_targets"))
     numbered = (
         select(

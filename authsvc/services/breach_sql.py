@@ -6,7 +6,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, case, or_, select
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    case,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.models import User
@@ -14,6 +24,7 @@ from authsvc.models.breach import BreachCampaign, BreachTarget
 
 LIST_SELECTORS = frozenset({"emails", "user_ids"})
 ACTIVE = ("pending", "running")
+WALKING = ("walk", "enroll")  # phases before a walked campaign has enrolled its accounts
 NO_SYNC = {"synchronize_session": False}
 COUNTED = {"preserve_rowcount": True}  # INSERT ... SELECT rowcount on every driver
 TARGETS = cast(Table, BreachTarget.__table__)
@@ -83,11 +94,26 @@ def claiming() -> ColumnElement[bool]:
     """SQL: the campaign may still count accounts as flagged by it. It is pending or running;
     or it was cancelled (or failed) after its walk flagged accounts and has not enrolled them
     yet: it finds them then as its accounts ``flagged_since_start``, which would take in those
-    that another campaign (a force-reset too) had flagged meanwhile."""
+    that another campaign (a force-reset too) had flagged meanwhile.
+
+    It is the condition of the partial index ``ix_breach_campaigns_claiming``
+    (``models.breach.CLAIMING``), its constants written into the statement rather than sent as
+    parameters: so the database can tell, on any plan, that the index holds every row asked
+    for, and reads a few entries instead of every campaign there ever was."""
     walked_not_enrolled = and_(
-        BreachCampaign.last_page.is_not(None), BreachCampaign.phase.in_(("walk", "enroll"))
+        BreachCampaign.last_page.is_not(None), BreachCampaign.phase.in_(_inline(WALKING))
     )
-    return or_(BreachCampaign.status.in_(ACTIVE), walked_not_enrolled)
+    return or_(BreachCampaign.status.in_(_inline(ACTIVE)), walked_not_enrolled)
+
+
+def claiming_besides(campaign_id: str) -> Select[BreachCampaign]:
+    """The campaigns other than this one that are ``claiming``: a few rows of the partial
+    index, however many campaigns (one per force-reset) have finished."""
+    return select(BreachCampaign).where(claiming(), BreachCampaign.id != campaign_id)
+
+
+def _inline(values: tuple[str, ...]) -> BindParameter[Any]:
+    return bindparam(None, values, expanding=True, literal_execute=True)
 
 
 def between(column: Any, lo: str, hi: str | None) -> ColumnElement[bool]:

@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
 from authsvc.crypto.passwords import Argon2Params, PasswordHasher
 from authsvc.db import utcnow
@@ -35,7 +35,7 @@ from authsvc.models import (
     User,
 )
 from authsvc.models.breach import BreachCampaign, BreachTarget
-from authsvc.services import accounts, breach, outbox, user_tokens
+from authsvc.services import accounts, breach, breach_sql, outbox, user_tokens
 from authsvc.services import breach_batches as batches
 from authsvc.services import breach_lists as lists
 from authsvc.services import breach_walk as walk
@@ -962,6 +962,82 @@ def test_force_reset_applies_at_once(db_session, deps, caller, users, later_work
             client=caller,
             now=utcnow(),
         )
+
+
+def statements_during(connection, call) -> list[tuple[str, object]]:
+    """The SQL statements ``call`` runs, with their parameters (savepoints left out)."""
+    seen: list[tuple[str, object]] = []
+
+    def record(_conn, _cursor, statement, parameters, *_args):
+        if not statement.lstrip().upper().startswith(("SAVEPOINT", "RELEASE", "ROLLBACK TO")):
+            seen.append((statement, parameters))
+
+    event.listen(connection, "before_cursor_execute", record)
+    try:
+        call()
+    finally:
+        event.remove(connection, "before_cursor_execute", record)
+    return seen
+
+
+def test_a_force_reset_asks_each_question_once_and_leaves_the_statistics_alone(
+    db_session, connection, deps, caller, users
+):
+    seen = statements_during(
+        connection,
+        lambda: breach.force_reset(
+            db_session, deps, user_id=users[3].id, mode="invalidate", revoke_sessions=True,
+            reset_mfa=False, notify=True, reason="phished", creator=ADMIN, client=caller,
+            now=utcnow(),
+        ),
+    )  # fmt: skip
+
+    def runs(*parts: str) -> int:
+        return sum(all(part in statement for part in parts) for statement, _ in seen)
+
+    assert runs("FROM breach_campaigns", "last_page IS NOT NULL") == 1  # the conflict check
+    assert runs("count(", "notified_at IS NOT NULL") == 1  # the answer's counts
+    assert runs("count(", "reset_at IS NOT NULL") == 1
+    # A one-account campaign needs no fresh statistics of every campaign's targets.
+    assert runs("ANALYZE") == 0
+
+
+def test_a_campaign_larger_than_a_batch_analyzes_its_targets_first(
+    db_session, connection, deps, caller, users
+):
+    if not on_postgresql(db_session):
+        pytest.skip("ANALYZE is run on PostgreSQL")
+    emails = [f"user{i}@example.com" for i in range(5)]  # batches of 3
+    targets = lists.parse_target_list("emails", emails)
+    created = create(db_session, deps, caller, request=request(selector="emails", targets=targets))
+
+    seen = statements_during(
+        connection,
+        lambda: batches.run_next_batch(
+            db_session, deps, campaign_id=created.campaign.id, now=utcnow()
+        ),
+    )
+
+    assert ("ANALYZE breach_targets", {}) in seen
+
+
+def test_the_conflict_check_reads_only_campaigns_that_may_claim_accounts(db_session, connection):
+    """However many finished campaigns there are (one per force-reset), the check reads the
+    partial index of the few that may still claim accounts."""
+    claiming = select(BreachCampaign.id).where(breach_sql.claiming())
+    seen = statements_during(connection, lambda: db_session.execute(claiming).all())
+    # Constants, not parameters: the index's condition holds on a plan made for any values.
+    assert [bool(parameters) for _, parameters in seen] == [False]
+
+    statement = breach_sql.claiming_besides("none").compile(
+        db_session.get_bind(), compile_kwargs={"literal_binds": True}
+    )
+    if on_postgresql(db_session):
+        db_session.execute(text("SET LOCAL enable_seqscan = off"))  # the table is small here
+        plan = db_session.scalars(text(f"EXPLAIN {statement}")).all()
+    else:
+        plan = [row[-1] for row in db_session.execute(text(f"EXPLAIN QUERY PLAN {statement}"))]
+    assert any("ix_breach_campaigns_claiming" in line for line in plan), plan
 
 
 def test_notices_go_out_at_the_configured_rate_once_each(
