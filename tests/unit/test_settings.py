@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 from datetime import timedelta
 from enum import Enum
 from pathlib import Path
@@ -514,3 +515,34 @@ def test_a_totp_issuer_that_would_break_the_key_uri_is_refused(issuer):
 
     assert caught.value.problems == ["AUTHSVC_TOTP_ISSUER must not be empty or contain a colon"]
     assert from_env(totp_issuer="Acme Staff").totp_issuer == "Acme Staff"
+
+
+def _readme_settings_table() -> list[str]:
+    """The rows of README.md's table of settings, under its "Configuration" heading."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("| `")]
+
+
+def _names_in_first_cell(row: str) -> set[str]:
+    """`AUTHSVC_ARGON2_TIME_COST` / `_MEMORY_KIB` names AUTHSVC_ARGON2_MEMORY_KIB: a name given
+    by its end replaces the end of the cell's first full name."""
+    cell = row.split("|")[1]
+    full = re.findall(r"`(AUTHSVC_[A-Z0-9_]+)`", cell)
+    names = set(full)
+    known = {f"AUTHSVC_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+    for end in re.findall(r"`(_[A-Z0-9_]+)`", cell):
+        parts = full[0].split("_")
+        candidates = {"_".join(parts[:cut]) + end for cut in range(1, len(parts))}
+        names |= (candidates & known) or {full[0] + "?" + end}
+    return names
+
+
+def test_the_readme_table_names_every_setting_and_only_settings():
+    rows = _readme_settings_table()
+    listed = set().union(*(_names_in_first_cell(row) for row in rows))
+    mentioned = listed | {name for row in rows for name in re.findall(r"AUTHSVC_[A-Z0-9_]+", row)}
+    known = {f"AUTHSVC_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+
+    assert sorted(known - mentioned) == []
+    assert sorted(listed - known) == []
