@@ -5,12 +5,13 @@ for every event, before the event is chained. It counts the event in Prometheus 
 the detectors and sends the new-device login mail. The detectors:
 
 - ``enumeration``: more than ``detect_emails_per_ip`` distinct emails in login, sign-up, forgot
-  or throttled requests from one IP (``ip`` scope), or more than ``detect_emails_per_network``
-  from one /24 or /64 (``network`` scope): the postal-service pattern, and credential stuffing.
+  or throttled requests from one IP, an IPv6 /64 counting as one (``ip`` scope), or more than
+  ``detect_emails_per_network`` from one /24 or IPv6 /48 (``network`` scope): the postal-service
+  pattern, and credential stuffing.
 - ``unknown_emails``: of at least ``detect_unknown_email_min_attempts`` login attempts in the
   window, at least ``detect_unknown_email_share`` were for emails with no account.
 - ``brute_force``: failed password or second-factor checks on one account from more than
-  ``detect_ips_per_account`` distinct IPs.
+  ``detect_ips_per_account`` distinct IPs (an IPv6 /64 counting as one).
 - ``recovery_burst``: more than ``detect_recovery_burst`` recovery-code uses and password resets,
   all accounts together.
 
