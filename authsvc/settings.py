@@ -46,7 +46,7 @@ class Settings:
     mail_url: str = "console://"
     mail_from: str = "authsvc <no-reply@localhost>"
     encryption_keys: tuple[str, ...] = ()  # "kid:base64url-32-bytes"; empty: dev keys
-    public_url: str = "http://127.0.0.1:8000"
+    public_url: str = "http://localhost:8000"  # the WebAuthn origin of the defaults too
     jwt_audience: str = "authsvc"
     access_token_ttl: timedelta = timedelta(minutes=10)
     refresh_token_ttl: timedelta = timedelta(days=30)
@@ -238,6 +238,12 @@ class Settings:
                     "every mailed link, which carries a token (the default names the reader's "
                     "own machine) (or set AUTHSVC_ALLOW_INSECURE_PRODUCTION=true)"
                 )
+            if not all(_is_https_url(origin) for origin in self.webauthn_origins):
+                out.append(
+                    "AUTHSVC_WEBAUTHN_ORIGINS must be https:// origins in production, and "
+                    "AUTHSVC_WEBAUTHN_RP_ID their domain (browsers allow WebAuthn over http only "
+                    "on localhost) (or set AUTHSVC_ALLOW_INSECURE_PRODUCTION=true)"
+                )
             if _skips_certificate_checks(self.mail_url):
                 out.append(
                     "AUTHSVC_MAIL_URL: verify=false lets anyone on the way to the mail server read "
@@ -287,6 +293,17 @@ class Settings:
             out.append("AUTHSVC_WEBAUTHN_AAGUID_ALLOW/DENY: lower-case UUIDs, comma separated")
         if not self.webauthn_rp_id or not self.webauthn_origins:
             out.append("AUTHSVC_WEBAUTHN_RP_ID and AUTHSVC_WEBAUTHN_ORIGINS must not be empty")
+        else:
+            # Browsers refuse a ceremony whose RP ID is not the page's host or a parent domain
+            # of it: such a pair would refuse every security key and passkey, silently.
+            for origin in self.webauthn_origins:
+                host = _host_of(origin)
+                rp_id = self.webauthn_rp_id.lower()
+                if host is None or not (host == rp_id or host.endswith("." + rp_id)):
+                    out.append(
+                        f"AUTHSVC_WEBAUTHN_ORIGINS: {origin!r} is not on AUTHSVC_WEBAUTHN_RP_ID "
+                        f"{self.webauthn_rp_id!r} or one of its subdomains"
+                    )
         if self.webauthn_challenge_ttl.total_seconds() < 10:
             out.append("AUTHSVC_WEBAUTHN_CHALLENGE_TTL must be at least 10s")
         return out
@@ -383,6 +400,14 @@ def _looks_random(raw: bytes) -> bool:
     text). Of 32 random bytes, about 2e-15 have fewer than 16 distinct values and 2e-14 are
     all printable ASCII."""
     return len(set(raw)) >= 16 and not all(0x20 <= byte < 0x7F for byte in raw)
+
+
+def _host_of(origin: str) -> str | None:
+    try:
+        host = urlsplit(origin.strip()).hostname
+    except ValueError:
+        return None
+    return host.lower() if host else None
 
 
 def _is_https_url(url: str) -> bool:

@@ -20,6 +20,8 @@ from authsvc.settings import ConfigError, Env, Settings
 KEY = generate_key_spec("k1")
 POSTGRES = "postgresql://authsvc@db.internal/authsvc"
 PUBLIC = "https://id.example.com"
+# Passkeys on the public domain, as production needs.
+PASSKEYS = {"webauthn_rp_id": "id.example.com", "webauthn_origins": PUBLIC}
 
 
 def from_env(**variables: str) -> Settings:
@@ -287,7 +289,11 @@ def test_production_refuses_dev_keys_and_sqlite():
 def test_production_needs_both(variables, complaint):
     with pytest.raises(ConfigError) as excinfo:
         from_env(
-            env="production", mail_url="smtp://relay.example.com", public_url=PUBLIC, **variables
+            env="production",
+            mail_url="smtp://relay.example.com",
+            public_url=PUBLIC,
+            **PASSKEYS,
+            **variables,
         )
 
     [problem] = excinfo.value.problems
@@ -301,6 +307,7 @@ def test_production_with_keys_and_postgresql():
         database_url=POSTGRES,
         mail_url="smtp+starttls://relay.example.com",
         public_url=PUBLIC,
+        **PASSKEYS,
     )
 
     assert settings.env is Env.PRODUCTION
@@ -309,7 +316,13 @@ def test_production_with_keys_and_postgresql():
 
 def test_production_refuses_console_mail_which_prints_links():
     with pytest.raises(ConfigError) as excinfo:
-        from_env(env="production", encryption_keys=KEY, database_url=POSTGRES, public_url=PUBLIC)
+        from_env(
+            env="production",
+            encryption_keys=KEY,
+            database_url=POSTGRES,
+            public_url=PUBLIC,
+            **PASSKEYS,
+        )
 
     [problem] = excinfo.value.problems
     assert "console://" in problem
@@ -358,6 +371,7 @@ def test_production_refuses_smtp_without_certificate_checks(scheme):
             database_url=POSTGRES,
             mail_url=url,
             public_url=PUBLIC,
+            **PASSKEYS,
         )
 
     [problem] = excinfo.value.problems
@@ -376,7 +390,7 @@ def test_production_refuses_smtp_without_certificate_checks(scheme):
 @pytest.mark.parametrize(
     "public_url",
     [
-        None,  # the default, http://127.0.0.1:8000: links to the reader's own machine
+        None,  # the default, http://localhost:8000: links to the reader's own machine
         "http://auth.example.com",  # tokens in the clear
         "auth.example.com",
         "https://",
@@ -389,6 +403,7 @@ def test_production_needs_an_https_public_url_for_the_links_it_mails(public_url)
         "encryption_keys": KEY,
         "database_url": POSTGRES,
         "mail_url": "smtp+starttls://relay.example.com",
+        **PASSKEYS,
     }
     with pytest.raises(ConfigError) as excinfo:
         from_env(**production, **given)
@@ -546,3 +561,39 @@ def test_the_readme_table_names_every_setting_and_only_settings():
 
     assert sorted(known - mentioned) == []
     assert sorted(listed - known) == []
+
+
+@pytest.mark.parametrize(
+    ("rp_id", "origins"),
+    [
+        ("example.com", "https://example.org"),  # another domain
+        ("auth.example.com", "https://example.com"),  # a parent of the RP ID, not a child
+        ("example.com", "https://badexample.com"),  # a suffix, not a subdomain
+        ("example.com", "https://id.example.com, not an origin"),
+    ],
+)
+def test_webauthn_origins_must_be_on_the_rp_id(rp_id, origins):
+    # Browsers refuse such a ceremony: every security key and passkey would fail, silently.
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(webauthn_rp_id=rp_id, webauthn_origins=origins)
+
+    [problem] = excinfo.value.problems
+    assert problem.startswith("AUTHSVC_WEBAUTHN_ORIGINS: ")
+    assert from_env(webauthn_rp_id="example.com", webauthn_origins="https://id.example.com")
+
+
+def test_production_needs_passkeys_on_https_origins():
+    production = {
+        "env": "production",
+        "encryption_keys": KEY,
+        "database_url": POSTGRES,
+        "mail_url": "smtp+starttls://relay.example.com",
+        "public_url": PUBLIC,
+    }
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(**production)  # the defaults: localhost over http
+
+    [problem] = excinfo.value.problems
+    assert problem.startswith("AUTHSVC_WEBAUTHN_ORIGINS must be https:// origins in production")
+    assert from_env(**production, **PASSKEYS).env is Env.PRODUCTION
+    assert from_env(**production, allow_insecure_production="true")
