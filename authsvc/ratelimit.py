@@ -7,8 +7,10 @@ import ipaddress
 import math
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from limits import RateLimitItem, parse, storage, strategies
+from limits.storage import StorageTypes
 
 from authsvc.errors import RateLimited
 
@@ -56,6 +58,30 @@ def address_key(ip: str) -> str:
     return str(address)
 
 
+# How long one Redis command, or opening a connection, may take before the request that needs
+# it fails with 503 `unavailable`. redis-py waits without end by default: a Redis that stopped
+# answering without closing its connections (a stalled process, a network partition, a failover
+# that drops packets) held every request thread that reached it, until the whole server, /healthz
+# included, answered nothing. A ``socket_timeout`` or ``socket_connect_timeout`` in the URL's
+# query string takes precedence (redis:// and rediss:// URLs).
+REDIS_TIMEOUT_SECONDS = 2.0
+
+
+def open_storage(url: str) -> StorageTypes:
+    """The ``limits`` storage behind ``url`` (memory or Redis), with Redis commands and
+    connections bounded by ``REDIS_TIMEOUT_SECONDS``."""
+    if url.startswith("memory://"):
+        return storage.storage_from_string(url)
+    timeouts = {
+        "socket_timeout": REDIS_TIMEOUT_SECONDS,
+        "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+    }
+    options: dict[str, Any] = dict(timeouts)
+    if url.startswith("redis+sentinel://"):
+        options["sentinel_kwargs"] = timeouts  # the sentinels' own connections
+    return storage.storage_from_string(url, **options)
+
+
 def _key(part: str) -> str:
     # Emails and IPs are keyed by digest so the limiter storage holds no addresses.
     return hashlib.sha256(part.encode("utf-8", "surrogatepass")).hexdigest()[:32]
@@ -65,7 +91,7 @@ class RateLimiter:
     """``hit``/``test`` raise ``RateLimited(retry_after)`` when a policy is exhausted."""
 
     def __init__(self, storage_url: str, policies: Mapping[str, str]) -> None:
-        self._storage = storage.storage_from_string(storage_url)
+        self._storage = open_storage(storage_url)
         self._strategy = strategies.MovingWindowRateLimiter(self._storage)
         self._items: dict[str, RateLimitItem] = {
             name: parse(spec) for name, spec in policies.items()

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from limits import RateLimitItemPerSecond, storage, strategies
+from limits import RateLimitItemPerSecond, strategies
 from sqlalchemy import Select, Table, bindparam, func, select
 from sqlalchemy.orm import Session as DbSession
 
@@ -48,7 +48,7 @@ from authsvc.db import new_id
 from authsvc.metrics import Metrics, Sample
 from authsvc.models import AuditEvent, User
 from authsvc.models.breach import BreachCampaign
-from authsvc.ratelimit import address_key, parse_address
+from authsvc.ratelimit import address_key, open_storage, parse_address
 from authsvc.services import audit, notices, outbox
 from authsvc.services.context import Client, Deps
 from authsvc.services.outbox import External, Handler
@@ -118,7 +118,7 @@ class Windows:
     """Sliding-window counters in the rate-limit storage (``limits``: memory or Redis)."""
 
     def __init__(self, storage_url: str, *, window_seconds: int) -> None:
-        self._storage = storage.storage_from_string(storage_url)
+        self._storage = open_storage(storage_url)
         self._counter = strategies.SlidingWindowCounterRateLimiter(self._storage)
         self.window_seconds = window_seconds
 

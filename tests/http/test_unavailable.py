@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from flask import Flask
 
 from authsvc.app import create_app
+from authsvc.ratelimit import REDIS_TIMEOUT_SECONDS
 from tests.conftest import ContractClient
 
 PASSWORD = "a passphrase nobody should see 77"
@@ -36,6 +40,26 @@ def no_database(settings) -> Iterator[Flask]:
 def no_redis(settings, connection) -> Iterator[Flask]:
     # The test database, inside the test's rolled-back transaction: nothing it writes stays.
     yield from _app(settings, bind=connection, redis_url=f"redis://{CLOSED_PORT}/0")
+
+
+@pytest.fixture
+def silent_redis(settings, connection) -> Iterator[Flask]:
+    """A Redis that stopped answering but keeps its connections open (a stalled process, a
+    network partition): a listener that never accepts, so the kernel completes each
+    connection and nothing ever comes back. Closed at the end, which frees any waiter."""
+    with socket.create_server(("127.0.0.1", 0), backlog=128) as listener:
+        port = listener.getsockname()[1]
+        yield from _app(settings, bind=connection, redis_url=f"redis://127.0.0.1:{port}/0")
+
+
+def _answered_within(seconds: float, call: Callable[[], Any]) -> Any:
+    """What ``call`` returns, or a failed test when it has not returned after ``seconds``."""
+    result: list[Any] = []
+    waiter = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    waiter.start()
+    waiter.join(seconds)
+    assert not waiter.is_alive(), f"no answer within {seconds} s"
+    return result[0]
 
 
 def _assert_unavailable(response, caplog) -> None:
@@ -79,3 +103,21 @@ def test_an_unreachable_rate_limit_store_refuses_instead_of_letting_through(no_r
         response = no_redis.test_client().post(path, json=CREDENTIALS)
 
     _assert_unavailable(response, caplog)
+
+
+def test_a_rate_limit_store_that_stops_answering_is_503_within_its_timeout(silent_redis, caplog):
+    client = silent_redis.test_client()
+    with caplog.at_level(logging.ERROR, logger="authsvc"):
+        response = _answered_within(
+            3 * REDIS_TIMEOUT_SECONDS, lambda: client.post("/v1/login", json=CREDENTIALS)
+        )
+
+    _assert_unavailable(response, caplog)
+
+
+def test_readiness_names_a_rate_limit_store_that_stops_answering(silent_redis):
+    client = silent_redis.test_client()
+    response = _answered_within(3 * REDIS_TIMEOUT_SECONDS, lambda: client.get("/readyz"))
+
+    assert response.status_code == 503
+    assert response.get_json()["checks"]["rate_limit_storage"] is False
