@@ -83,6 +83,13 @@ def rowcount(result: Result[Any]) -> int:
     return int(cast("CursorResult[Any]", result).rowcount or 0)
 
 
+# How long opening a PostgreSQL connection may take (libpq's connect_timeout, unless the URL
+# gives one). psycopg's own default is 130 s: a server that accepts connections but does not
+# answer (overloaded, stalled, behind a partition) held `authsvc serve` at start-up, and each
+# request that needed a new connection, that long before the 503.
+CONNECT_TIMEOUT_SECONDS = 5
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """hide_parameters: a statement's bound values (password hashes, token hashes, emails,
     ciphertexts) never appear in its exception's message, and so never in a log."""
@@ -113,6 +120,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    if "connect_timeout" not in make_url(url).query:
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
     # pool_size covers a worker's request threads (8 by default) and its outbox thread: with
     # fewer, steady load keeps opening and closing overflow connections, and every new
     # PostgreSQL backend costs tens of milliseconds before its first answer.

@@ -4,13 +4,15 @@ without a round trip; no engine puts a statement's bound values into its errors.
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy.exc import DisconnectionError, OperationalError
 
-from authsvc.db import make_engine, new_id, replace_if_dropped
+from authsvc.db import CONNECT_TIMEOUT_SECONDS, make_engine, new_id, replace_if_dropped
 from authsvc.gunicorn_app import DEFAULT_THREADS
 
 
@@ -23,6 +25,35 @@ def test_the_pool_keeps_a_connection_for_every_request_thread_and_the_outbox():
     # its socket rather than by a ping on every checkout.
     assert engine.pool._pre_ping is False
     assert event.contains(engine, "checkout", replace_if_dropped)
+
+
+@pytest.mark.parametrize(
+    ("query", "timeout"), [("", CONNECT_TIMEOUT_SECONDS), ("?connect_timeout=1", 1)]
+)
+def test_a_server_that_accepts_but_never_answers_fails_the_connection_in_time(query, timeout):
+    # A listener that never accepts: the kernel completes each connection, nothing answers
+    # (a stalled or overloaded server, or one behind a partition). A timeout in the URL wins.
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as listener:
+        port = listener.getsockname()[1]
+        engine = make_engine(f"postgresql://nobody@127.0.0.1:{port}/none{query}")
+        outcome: list[BaseException | None] = []
+
+        def connect() -> None:
+            try:
+                engine.connect().close()
+                outcome.append(None)
+            except BaseException as exc:  # reported to the test's thread
+                outcome.append(exc)
+
+        started = time.monotonic()
+        waiter = threading.Thread(target=connect, daemon=True)
+        waiter.start()
+        waiter.join(timeout + 5)
+        took = time.monotonic() - started
+        assert not waiter.is_alive(), "the connection attempt still waits"
+    assert isinstance(outcome[0], OperationalError)  # answered 503 `unavailable`
+    assert timeout - 0.5 <= took <= timeout + 2
+    engine.dispose()
 
 
 class _Connection:
