@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 import swagger_ui_bundle
-from flask import Blueprint, Response, current_app, send_from_directory
+from flask import Blueprint, Flask, Response, current_app, send_from_directory
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -44,6 +44,12 @@ def healthz() -> Response:
 # Anyone may call /readyz (load balancers do, often): each process checks at most this often
 # and answers from the last check in between, so a flood costs no database or Redis work.
 READINESS_TTL_SECONDS = 2.0
+# How long a call waits for a check under way before it answers not ready. The check runs in a
+# thread of its own, one at a time: when it hangs (a database that stopped answering on an open
+# connection, a lock held by a migration), calls do not queue behind it, each holding a request
+# thread, until the worker has none left for any request, /healthz included.
+READINESS_WAIT_SECONDS = 3.0
+READINESS_CHECKS = ("database", "schema", "rate_limit_storage")
 
 
 @dataclass
@@ -51,25 +57,46 @@ class _Readiness:
     lock: threading.Lock = field(default_factory=threading.Lock)
     checks: dict[str, bool] | None = None
     until: float = 0.0
+    # The check under way, if any: its results so far, and an event set when it is done.
+    running: dict[str, bool] | None = None
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    cache: _Readiness = current_app.extensions.setdefault("authsvc.readiness", _Readiness())
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    cache: _Readiness = app.extensions.setdefault("authsvc.readiness", _Readiness())
     with cache.lock:
-        if cache.checks is None or time.monotonic() >= cache.until:
-            cache.checks = _check_readiness()
-            cache.until = time.monotonic() + READINESS_TTL_SECONDS
-        checks = dict(cache.checks)
-    ready = all(checks.values())
+        if cache.running is None and (cache.checks is None or time.monotonic() >= cache.until):
+            cache.running, cache.done = dict.fromkeys(READINESS_CHECKS, False), threading.Event()
+            threading.Thread(
+                target=_run_check, args=(app, cache), name="authsvc-readiness", daemon=True
+            ).start()
+        done = cache.done
+    done.wait(READINESS_WAIT_SECONDS)
+    with cache.lock:
+        # A check still under way after the wait: what it found so far, the rest not ready.
+        checks = dict(cache.running if cache.running is not None else cache.checks or {})
+    ready = bool(checks) and all(checks.values())
     return respond(
         {"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503
     )
 
 
-def _check_readiness() -> dict[str, bool]:
-    state = current_app.extensions["authsvc"]
-    checks = {"database": False, "schema": False, "rate_limit_storage": False}
+def _run_check(app: Flask, cache: _Readiness) -> None:
+    assert cache.running is not None
+    try:
+        _check_readiness(app, cache.running)
+    finally:
+        with cache.lock:
+            cache.checks, cache.running = cache.running, None
+            cache.until = time.monotonic() + READINESS_TTL_SECONDS
+            cache.done.set()
+
+
+def _check_readiness(app: Flask, checks: dict[str, bool]) -> None:
+    """Fill in ``checks`` one by one, as each is known."""
+    state = app.extensions["authsvc"]
     try:
         # Through the app's sessionmaker, like every request: the same pool and bind.
         with state.sessionmaker() as session:
@@ -77,12 +104,11 @@ def _check_readiness() -> dict[str, bool]:
             checks["database"] = True
             checks["schema"] = schema_is_current(session.connection())
     except Exception:
-        current_app.logger.warning("readiness: database check failed")
+        app.logger.warning("readiness: database check failed")
     try:
         checks["rate_limit_storage"] = state.deps.limiter.check()
     except Exception:
-        current_app.logger.warning("readiness: rate-limit storage check failed")
-    return checks
+        app.logger.warning("readiness: rate-limit storage check failed")
 
 
 @bp.get("/metrics")

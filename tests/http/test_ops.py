@@ -5,15 +5,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import threading
+import time
+from collections.abc import Iterator
 from html.parser import HTMLParser
 
 import jwt
 import pytest
 import yaml
+from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from authsvc.app import create_app
+from authsvc.db import make_engine
+from authsvc.http.ops import READINESS_WAIT_SECONDS
 from tests.conftest import ROOT, ContractClient
 
 
@@ -62,6 +68,56 @@ def test_readyz_is_503_when_the_database_is_unreachable(settings, tmp_path):
 
     assert response.status_code == 503
     assert response.get_json()["checks"]["database"] is False
+
+
+@pytest.fixture
+def hanging_check(settings, engine, connection, tmp_path) -> Iterator[Flask]:
+    """An app whose readiness check waits for as long as the test wants, as it waits for a
+    database that stopped answering: its query waits for a lock another connection holds
+    (PostgreSQL: the migrations' table; SQLite: the write lock its transactions begin with)."""
+    if engine.dialect.name == "postgresql":
+        app = create_app(settings, bind=connection)
+        holder = engine.connect()
+        holder.execute(text("SET lock_timeout = '10s'"))
+        holder.execute(text("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE"))
+    else:
+        url = f"sqlite:///{tmp_path / 'locked.db'}"
+        app = create_app(dataclasses.replace(settings, database_url=url))
+        holder = make_engine(url).connect()
+        holder.begin()  # BEGIN IMMEDIATE
+    app.test_client_class = ContractClient
+    try:
+        yield app
+    finally:
+        holder.rollback()
+        holder.close()
+        # The check ends once the lock is free; let it end before the test's connection goes.
+        readiness = app.extensions.get("authsvc.readiness")
+        if readiness is not None and getattr(readiness, "done", None) is not None:
+            readiness.done.wait(30)
+        if engine.dialect.name != "postgresql":
+            app.extensions["authsvc"].dispose()
+
+
+def test_readiness_calls_do_not_queue_behind_a_check_that_hangs(hanging_check):
+    answers: list[tuple[float, int, str]] = []
+
+    def probe() -> None:
+        started = time.monotonic()
+        response = hanging_check.test_client().get("/readyz")
+        answers.append((time.monotonic() - started, response.status_code, response.json["status"]))
+
+    probes = [threading.Thread(target=probe, daemon=True) for _ in range(6)]
+    for thread in probes:
+        thread.start()
+    for thread in probes:
+        thread.join(READINESS_WAIT_SECONDS + 5)
+
+    # Each call waits a bounded time, then says not ready; the check runs once, not per call.
+    assert not any(thread.is_alive() for thread in probes), "calls still wait for the check"
+    assert [answer[1:] for answer in answers] == [(503, "not_ready")] * 6
+    assert max(answer[0] for answer in answers) < READINESS_WAIT_SECONDS + 1
+    assert [t.name for t in threading.enumerate()].count("authsvc-readiness") == 1
 
 
 def test_openapi_yaml_is_the_contract(client):
