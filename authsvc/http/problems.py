@@ -85,14 +85,16 @@ def render_unexpected(exc: Exception) -> Response:
 
 # A backing service that cannot answer: the database (unreachable, dropped connection, pool
 # exhausted, SQLite busy past its timeout, and PostgreSQL's retryable operational errors such as
-# a deadlock or a serialization failure) or the Redis rate-limit store. Refused, never let
-# through: a request that cannot be throttled is not served.
+# a deadlock or a serialization failure) or the Redis rate-limit store, unreachable or refusing
+# the command (a read-only replica after a failover, out of memory, unable to persist, a
+# cluster without its master). Refused, never let through: a request that cannot be throttled
+# is not served.
 UNAVAILABLE: tuple[type[Exception], ...] = (
     sa_exc.OperationalError,
     sa_exc.DisconnectionError,
     sa_exc.TimeoutError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
+    redis.exceptions.RedisError,
+    redis.exceptions.RedisClusterException,
     StorageError,
 )
 UNAVAILABLE_RETRY_AFTER = 5

@@ -6,17 +6,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 from flask import Flask
 
 from authsvc.app import create_app
 from authsvc.ratelimit import REDIS_TIMEOUT_SECONDS
 from tests.conftest import ContractClient
+from tests.e2e.server import free_port
 
 PASSWORD = "a passphrase nobody should see 77"
 CREDENTIALS = {"email": "ada@example.com", "password": PASSWORD}
@@ -50,6 +55,42 @@ def silent_redis(settings, connection) -> Iterator[Flask]:
     with socket.create_server(("127.0.0.1", 0), backlog=128) as listener:
         port = listener.getsockname()[1]
         yield from _app(settings, bind=connection, redis_url=f"redis://127.0.0.1:{port}/0")
+
+
+REFUSING_WRITES = {
+    # What an instance still connected to the old master finds after a failover.
+    "read_only_replica": ("--replicaof", "127.0.0.1", "1"),
+    "out_of_memory": ("--maxmemory", "1", "--maxmemory-policy", "noeviction"),
+}
+
+
+@pytest.fixture(params=sorted(REFUSING_WRITES))
+def refusing_redis(request, settings, connection, tmp_path) -> Iterator[Flask]:
+    """A real Redis that answers PING but refuses every write."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    options = ("--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path))
+    process = subprocess.Popen(
+        [server, "--port", str(port), *options, *REFUSING_WRITES[request.param]],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        probe = redis.Redis(port=port, socket_timeout=1)
+        for _ in range(50):
+            try:
+                probe.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        with pytest.raises(redis.ResponseError):
+            probe.incr("a write")
+        yield from _app(settings, bind=connection, redis_url=f"redis://127.0.0.1:{port}/0")
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def _answered_within(seconds: float, call: Callable[[], Any]) -> Any:
@@ -121,3 +162,22 @@ def test_readiness_names_a_rate_limit_store_that_stops_answering(silent_redis):
 
     assert response.status_code == 503
     assert response.get_json()["checks"]["rate_limit_storage"] is False
+
+
+@pytest.mark.parametrize("path", ["/v1/login", "/v1/signup", "/v1/passkeys/login-options"])
+def test_a_rate_limit_store_that_refuses_writes_is_503(refusing_redis, caplog, path):
+    with caplog.at_level(logging.ERROR, logger="authsvc"):
+        response = refusing_redis.test_client().post(path, json=CREDENTIALS)
+
+    _assert_unavailable(response, caplog)
+
+
+def test_readiness_names_a_rate_limit_store_that_refuses_writes(refusing_redis):
+    response = refusing_redis.test_client().get("/readyz")
+
+    assert response.status_code == 503
+    assert response.get_json()["checks"] == {
+        "database": True,
+        "schema": True,
+        "rate_limit_storage": False,
+    }
