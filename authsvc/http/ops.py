@@ -100,9 +100,15 @@ def _check_readiness(app: Flask, checks: dict[str, bool]) -> None:
     try:
         # Through the app's sessionmaker, like every request: the same pool and bind.
         with state.sessionmaker() as session:
-            session.execute(text("SELECT 1"))
-            checks["database"] = True
-            checks["schema"] = schema_is_current(session.connection())
+            connection = session.connection()
+            # Reachable, and taking writes: a PostgreSQL standby (a primary demoted in a
+            # failover) answers every query but refuses every login.
+            if connection.dialect.name == "postgresql":
+                read_only = connection.execute(text("SHOW transaction_read_only")).scalar()
+                checks["database"] = read_only == "off"
+            else:
+                checks["database"] = connection.execute(text("SELECT 1")).scalar() == 1
+            checks["schema"] = schema_is_current(connection)
     except Exception:
         app.logger.warning("readiness: database check failed")
     try:

@@ -98,6 +98,17 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     StorageError,
 )
 UNAVAILABLE_RETRY_AFTER = 5
+# PostgreSQL's "cannot execute ... in a read-only transaction": a standby, as a primary that
+# was demoted in a failover answers the connections still pointed at it.
+READ_ONLY_SQLSTATE = "25006"
+
+
+def render_database_error(exc: sa_exc.DBAPIError) -> Response:
+    """A database error that is not operational: a read-only database is unavailable, anything
+    else unexpected."""
+    if getattr(exc.orig, "sqlstate", None) == READ_ONLY_SQLSTATE:
+        return render_unavailable(exc)
+    return render_unexpected(exc)
 
 
 def render_unavailable(exc: Exception) -> Response:
@@ -125,5 +136,6 @@ def register(app: Flask) -> None:
     app.register_error_handler(AuthsvcError, render_domain_error)
     for kind in UNAVAILABLE:
         app.register_error_handler(kind, render_unavailable)
+    app.register_error_handler(sa_exc.DBAPIError, render_database_error)
     app.register_error_handler(HTTPException, render_http_exception)
     app.register_error_handler(Exception, render_unexpected)

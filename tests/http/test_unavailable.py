@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask
+from sqlalchemy import text
 
 from authsvc.app import create_app
 from authsvc.ratelimit import REDIS_TIMEOUT_SECONDS
@@ -181,3 +182,35 @@ def test_readiness_names_a_rate_limit_store_that_refuses_writes(refusing_redis):
         "schema": True,
         "rate_limit_storage": False,
     }
+
+
+@pytest.fixture
+def read_only_database(app, connection) -> Flask:
+    """The test's database turned read-only for the rest of its transaction, as a primary that
+    a failover demoted to a standby answers the connections still pointed at it."""
+    if connection.dialect.name != "postgresql":
+        pytest.skip("a standby that refuses writes: PostgreSQL")
+    connection.execute(text("SET TRANSACTION READ ONLY"))
+    return app
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/login", CREDENTIALS),
+        ("/v1/signup", CREDENTIALS),
+        ("/v1/token/refresh", {"refresh_token": "rt_" + "A" * 43}),
+    ],
+)
+def test_a_database_that_refuses_writes_is_503(read_only_database, caplog, path, body):
+    with caplog.at_level(logging.ERROR, logger="authsvc"):
+        response = read_only_database.test_client().post(path, json=body)
+
+    _assert_unavailable(response, caplog)
+
+
+def test_readiness_names_a_database_that_refuses_writes(read_only_database):
+    response = read_only_database.test_client().get("/readyz")
+
+    assert response.status_code == 503
+    assert response.get_json()["checks"]["database"] is False
