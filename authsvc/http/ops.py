@@ -185,9 +185,10 @@ def docs_static(filename: str) -> Response:
 @transactional
 def jwks() -> Response:
     token_ttl = deps().settings.access_token_ttl
-    keys = list(signing.public_jwks(db(), now=utcnow(), token_ttl=token_ttl).values())
-    response = respond({"keys": keys})
-    response.headers["Cache-Control"] = "public, max-age=300"
+    jwks = signing.public_jwks(db(), now=utcnow(), token_ttl=token_ttl)
+    response = respond({"keys": list(jwks.keys.values())})
+    # Whole seconds, rounded down: a copy never outlives the trust of a key in it.
+    response.headers["Cache-Control"] = f"public, max-age={int(jwks.max_age.total_seconds())}"
     return response
 
 

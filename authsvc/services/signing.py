@@ -175,18 +175,37 @@ def ensure_key(session: DbSession, keyring: Keyring, *, now: datetime) -> None:
         _create(session, keyring, now=now)
 
 
-def public_jwks(
-    session: DbSession, *, now: datetime, token_ttl: timedelta
-) -> dict[str, dict[str, Any]]:
+# How long apps may cache the JWKS at most (Cache-Control max-age).
+JWKS_MAX_AGE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class Jwks:
+    keys: dict[str, dict[str, Any]]
+    # How long a copy may be kept: never past the end of a published key's trust.
+    max_age: timedelta
+
+
+def public_jwks(session: DbSession, *, now: datetime, token_ttl: timedelta) -> Jwks:
     """Every published key by kid: the active one, and retired ones while tokens they
-    signed may still live (``published_after_retirement``)."""
-    since = now - published_after_retirement(token_ttl)
+    signed may still live (``published_after_retirement``).
+
+    A copy that an app keeps for its max-age would otherwise go on trusting a retired key
+    (one rotated out after a leak) for up to that long after authsvc stopped: the copy lives
+    no longer than the first published key's trust ends, and no longer than a key retired
+    right after it was fetched would be trusted."""
+    window = published_after_retirement(token_ttl)
+    since = now - window
     rows = session.execute(
-        select(_keys.kid, _keys.public_jwk).where(
+        select(_keys.kid, _keys.public_jwk, _keys.retired_at).where(
             (_keys.retired_at.is_(None)) | (_keys.retired_at > since)
         )
     ).all()
-    return {row.kid: json.loads(row.public_jwk) for row in rows}
+    max_age = min(JWKS_MAX_AGE, window)
+    for row in rows:
+        if row.retired_at is not None:
+            max_age = min(max_age, max(timedelta(0), row.retired_at + window - now))
+    return Jwks(keys={row.kid: json.loads(row.public_jwk) for row in rows}, max_age=max_age)
 
 
 def rotate(session: DbSession, keyring: Keyring, *, now: datetime) -> str:

@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from html.parser import HTMLParser
 
 import jwt
@@ -15,11 +16,14 @@ import pytest
 import yaml
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import event, text
+from sqlalchemy import event, text, update
+from sqlalchemy.orm import Session as DbSession
 
 from authsvc.app import create_app
-from authsvc.db import make_engine
+from authsvc.db import make_engine, utcnow
 from authsvc.http.ops import READINESS_WAIT_SECONDS
+from authsvc.models import SigningKey
+from authsvc.services import signing
 from tests.conftest import ROOT, ContractClient
 
 
@@ -184,6 +188,30 @@ def test_the_bundled_swagger_script_is_served(app):
         assert response.status_code == 200
         assert "javascript" in response.mimetype
         assert b"SwaggerUIBundle" in response.get_data()
+
+
+def test_a_copy_of_the_jwks_is_kept_no_longer_than_a_retired_key_is_trusted(
+    app, client, connection, settings
+):
+    # A rotation for a leaked key: apps that cache the JWKS as told stop trusting the old key
+    # when authsvc does, not up to five minutes later.
+    keyring = app.extensions["authsvc"].deps.keyring
+    window = signing.published_after_retirement(settings.access_token_ttl)
+    with DbSession(bind=connection, join_transaction_mode="create_savepoint") as session:
+        old = signing.active_key(session, keyring, now=utcnow()).kid
+        signing.rotate(session, keyring, now=utcnow())
+        ends_in_40s = utcnow() - window + timedelta(seconds=40)
+        session.execute(
+            update(SigningKey).where(SigningKey.kid == old).values(retired_at=ends_in_40s)
+        )
+        session.commit()
+
+    response = client.get("/.well-known/jwks.json")
+
+    assert old in [key["kid"] for key in response.get_json()["keys"]]
+    cache_control = response.headers["Cache-Control"]
+    assert cache_control.startswith("public, max-age=")
+    assert 30 <= int(cache_control.removeprefix("public, max-age=")) <= 40
 
 
 def test_jwks_publishes_public_keys_only(api, client):

@@ -36,7 +36,7 @@ def test_start_session_issues_a_verifiable_pair(db_session, deps, user, caller, 
         pair.access_token,
         public_jwks=signing.public_jwks(
             db_session, now=now, token_ttl=deps.settings.access_token_ttl
-        ),
+        ).keys,
         issuer=deps.settings.public_url,
         audience=deps.settings.jwt_audience,
         now=now,

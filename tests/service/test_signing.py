@@ -115,7 +115,25 @@ def test_a_retired_key_is_trusted_and_published_only_while_its_tokens_can_live(
     almost, after = now + grace - timedelta(seconds=1), now + grace
 
     assert signing.public_key(db_session, old, now=almost, token_ttl=TTL) is not None
-    assert set(signing.public_jwks(db_session, now=almost, token_ttl=TTL)) == {old, new}
+    assert set(signing.public_jwks(db_session, now=almost, token_ttl=TTL).keys) == {old, new}
     assert signing.public_key(db_session, old, now=after, token_ttl=TTL) is None
-    assert set(signing.public_jwks(db_session, now=after, token_ttl=TTL)) == {new}
+    assert set(signing.public_jwks(db_session, now=after, token_ttl=TTL).keys) == {new}
     assert signing.public_key(db_session, new, now=after, token_ttl=TTL) is not None
+
+
+def test_a_copy_of_the_jwks_lives_no_longer_than_a_published_key_is_trusted(db_session, deps, now):
+    signing.ensure_key(db_session, deps.keyring, now=now)
+    short = timedelta(seconds=30)  # a key retired right after a fetch is trusted 120 s more
+
+    assert signing.public_jwks(db_session, now=now, token_ttl=TTL).max_age == signing.JWKS_MAX_AGE
+    assert signing.public_jwks(db_session, now=now, token_ttl=short).max_age == (
+        signing.published_after_retirement(short)
+    )
+
+    signing.rotate(db_session, deps.keyring, now=now)
+    grace = signing.published_after_retirement(TTL)
+    near_the_end = now + grace - timedelta(seconds=40)
+
+    jwks = signing.public_jwks(db_session, now=near_the_end, token_ttl=TTL)
+    assert len(jwks.keys) == 2
+    assert jwks.max_age == timedelta(seconds=40)
