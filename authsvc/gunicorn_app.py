@@ -180,5 +180,10 @@ def run(
         "accesslog": None,
         "limit_request_line": 8190,
         "limit_request_fields": 100,
+        # gunicorn opens a control socket in the user's home by default, through which
+        # `gunicornc` adds workers: without Redis each would have rate limits of its own, which
+        # is why `authsvc serve` refuses more than one; and the servers of one user would all
+        # take the same socket from each other.
+        "control_socket_disable": True,
     }
     _Server(settings, options, outbox_thread).run()

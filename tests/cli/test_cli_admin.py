@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,9 @@ from authsvc.db import make_engine
 from authsvc.models import AdminKey
 from authsvc.schema import upgrade
 from authsvc.settings import Settings
+from tests.e2e.server import free_port
+
+AUTHSVC = Path(sys.executable).parent / "authsvc"
 
 
 @pytest.fixture
@@ -187,6 +194,40 @@ def test_serve_with_more_than_one_worker_needs_shared_rate_limits(env):
     assert result.output.strip().splitlines() == [
         "Error: more than one worker needs AUTHSVC_REDIS_URL: rate limits would be per worker"
     ]
+
+
+def test_serve_opens_no_control_socket_that_could_add_workers(env, tmp_path):
+    # gunicorn opens one by default, in the user's home: `gunicornc -c "worker add 2"` then
+    # gave a server without Redis three workers, each with its own in-memory limits, and two
+    # servers of one user took the same socket from each other.
+    home = tmp_path / "home"
+    home.mkdir()
+    port = free_port()
+    server_env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")}
+    server_env |= {k: v for k, v in env.items() if v is not None}
+    server_env |= {"HOME": str(home)}
+    server_env.pop("XDG_RUNTIME_DIR", None)
+    server = subprocess.Popen(
+        [str(AUTHSVC), "serve", "--port", str(port), "--threads", "2", "--no-outbox-thread"],
+        env=server_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("authsvc serve did not start")
+        time.sleep(1)  # gunicorn opens its socket once the workers are up
+
+        assert not (home / ".gunicorn").exists()
+    finally:
+        server.terminate()
+        server.wait(20)
 
 
 def test_flask_debug_in_the_environment_does_not_start_the_debugger(env, monkeypatch):
