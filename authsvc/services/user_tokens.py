@@ -145,6 +145,11 @@ _CLAIM_ATTEMPT = (
     .values(attempts=_TOKENS.attempts + 1)
     .returning(_TOKENS.attempts)
 )
+_RETURN_ATTEMPT = (
+    update(_TOKEN_TABLE)
+    .where(_TOKENS.id == bindparam("token_id"), _TOKENS.attempts > 0)
+    .values(attempts=_TOKENS.attempts - 1)
+)
 
 
 def consume(session: DbSession, *, row: UserToken, now: datetime) -> None:
@@ -170,22 +175,13 @@ def claim_attempt(session: DbSession, *, row: UserToken, limit: int) -> int:
 def return_attempt(session: DbSession, *, row: UserToken) -> None:
     """Give back an answer ``claim_attempt`` counted that turned out not to be one (malformed:
     a client's mistake). The claim's row lock is still held, so no one saw the count."""
-    session.execute(
-        update(UserToken)
-        .where(UserToken.id == row.id, UserToken.attempts > 0)
-        .values(attempts=UserToken.attempts - 1)
-        .execution_options(synchronize_session=False)
-    )
+    session.execute(_RETURN_ATTEMPT, {"token_id": row.id})
 
 
 def kill(session: DbSession, *, row: UserToken, now: datetime) -> None:
-    """End ``row`` (if it is not used yet) without a use: no answer on it is checked again."""
-    session.execute(
-        update(UserToken)
-        .where(UserToken.id == row.id, UserToken.used_at.is_(None))
-        .values(used_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    """End ``row`` (if it is not used yet) without a use: no answer on it is checked again.
+    The UPDATE of ``consume``, without its claim to be the one use. ``row`` is left as loaded."""
+    session.execute(_SPEND, {"token_id": row.id, "now": now})
 
 
 def context_of(row: UserToken) -> dict[str, Any]:
