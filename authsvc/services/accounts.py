@@ -431,7 +431,7 @@ def reset_password(
                 client=client,
                 now=now,
             )
-        except InvalidMfa:
+        except InvalidMfa as exc:
             audit.record(
                 session,
                 type="password.reset",
@@ -439,6 +439,7 @@ def reset_password(
                 now=now,
                 client=client,
                 user_id=user.id,
+                details=factors.refusal_details(exc),
             )
             raise
     user_tokens.consume(session, row=row, now=now)

@@ -110,6 +110,14 @@ def verify(
     raise InvalidMfa("Send one of totp_code, recovery_code or webauthn")
 
 
+def refusal_details(refusal: InvalidMfa) -> dict[str, Any]:
+    """What the audit event of a refused answer records of it: why a WebAuthn answer was
+    refused (a relayed or framed assertion, another account's key), as the passkey login and
+    registration record it; a wrong code has no reason."""
+    reason = refusal.extra.get("reason")
+    return {"reason": reason} if reason is not None else {}
+
+
 def list_factors(session: DbSession, *, user_id: str) -> list[FactorInfo]:
     items = [
         *totp.list_factors(session, user_id=user_id),

@@ -169,7 +169,7 @@ def complete_mfa(
     except (InvalidRequest, InvalidWebauthnResponse):  # malformed: a client's mistake, no answer
         user_tokens.return_attempt(session, row=row)
         raise
-    except InvalidMfa:
+    except InvalidMfa as exc:
         if attempts >= MAX_MFA_ATTEMPTS_PER_TOKEN:
             user_tokens.kill(session, row=row, now=now)
         audit.record(
@@ -179,7 +179,7 @@ def complete_mfa(
             now=now,
             client=client,
             user_id=user.id,
-            details={"attempts": attempts},
+            details={"attempts": attempts, **factors.refusal_details(exc)},
         )
         raise
     user_tokens.consume(session, row=row, now=now)

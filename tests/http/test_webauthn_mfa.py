@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 from datetime import timedelta
 
@@ -184,6 +185,51 @@ def test_an_answer_from_a_cross_origin_frame_is_refused(client, api, enrolled, f
         "invalid_mfa",
         "cross_origin",
     )
+
+
+def _last_event(app, type_):
+    with runtime(app).sessionmaker() as session:
+        return session.scalars(
+            select(AuditEvent).where(AuditEvent.type == type_).order_by(AuditEvent.id.desc())
+        ).first()
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ({"origin": "https://evil.example"}, "not_verified"),
+        ({"extra_client_data": CROSS_ORIGIN_FRAMES[0]}, "cross_origin"),
+    ],
+    ids=["relayed", "framed"],
+)
+def test_a_refused_answer_is_in_the_trail_with_its_reason(
+    app, client, api, mailbox, enrolled, answer, reason
+):
+    # A relayed or framed assertion is what phishing looks like: the trail says so, at the
+    # login step as at a passkey login or a registration, and at the reset step too.
+    token = mfa_token(api)
+    response = _complete(client, token, enrolled.assertion(_options(client, token), **answer))
+    assert response.status_code == 401
+    event = _last_event(app, "login.mfa")
+    assert event.outcome == "failure"
+    assert json.loads(event.details) == {"attempts": 1, "reason": reason}
+
+    client.post("/v1/password/forgot", json={"email": "ada@example.com"})
+    api.drain()
+    link = mailbox.token("ada@example.com", "reset-password")
+    options = client.post("/v1/password/reset/webauthn-options", json={"token": link})
+    response = client.post(
+        "/v1/password/reset",
+        json={
+            "token": link,
+            "new_password": "another horse 43",
+            "webauthn": enrolled.assertion(options.get_json(), **answer),
+        },
+    )
+    assert response.status_code == 401
+    event = _last_event(app, "password.reset")
+    assert event.outcome == "invalid_mfa"
+    assert json.loads(event.details) == {"reason": reason}
 
 
 def test_a_bad_signature_is_refused(client, api, enrolled):
