@@ -13,7 +13,7 @@ import unicodedata
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, bindparam, select
+from sqlalchemy import String, bindparam, func, select
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto.blocklist import check_policy, context_words
@@ -27,7 +27,7 @@ from authsvc.errors import (
     Overloaded,
     WeakPassword,
 )
-from authsvc.models import User
+from authsvc.models import AuditEvent, User
 from authsvc.services import (
     audit,
     breach_batches,
@@ -187,13 +187,38 @@ def process_signup_request(
     )
 
 
+# Sign-ups of an address accepted after a moment. A sign-up still waiting in the outbox for
+# the worker has no link yet, and its payload is encrypted: its audit event is what shows it.
+_SIGNUPS_SINCE = (
+    select(func.count())
+    .select_from(AuditEvent)
+    .where(
+        AuditEvent.type == "signup.requested",
+        AuditEvent.email_hash == bindparam("email_hash"),
+        AuditEvent.occurred_at > bindparam("since"),
+    )
+)
+
+
+def _signed_up_since(session: DbSession, deps: Deps, *, email: str, since: datetime) -> int:
+    digest = audit.email_digest(deps.keyring, email)
+    found = session.scalar(
+        _SIGNUPS_SINCE,
+        {"email_hash": digest, "since": since},
+        execution_options=audit.WITHOUT_PENDING,
+    )
+    return int(found or 0)
+
+
 def verify_email(
     session: DbSession, deps: Deps, *, token: str, client: Client, now: datetime
 ) -> None:
-    """Confirm the address. The sign-up's password becomes the account's, unless another
-    sign-up of the address is still pending: then nobody can tell which password the owner
-    chose (an attacker may have signed up before or after them), so none is taken and the
-    mailbox gets a link to choose one (account pre-hijacking, in either order)."""
+    """Confirm the address. The sign-up's password becomes the account's, unless the address
+    was signed up again before this link was opened (another link still pending, or another
+    sign-up accepted since this link was issued, which may still wait for the worker): then
+    nobody can tell which password the owner chose (an attacker may have signed up before or
+    after them), so none is taken and the mailbox gets a link to choose one (account
+    pre-hijacking, in either order)."""
     row, user = user_tokens.find_with_owner(
         session, token=token, purpose="verify_email", now=now, lock_owner=True
     )
@@ -201,7 +226,9 @@ def verify_email(
     user.email_verified_at = user.email_verified_at or now
     outcome = "success"
     if row.pending_password_hash and user.password_hash is None:
-        pending = user_tokens.count_live(session, user_id=user.id, purpose="verify_email", now=now)
+        pending = user_tokens.count_live(
+            session, user_id=user.id, purpose="verify_email", now=now
+        ) + _signed_up_since(session, deps, email=user.email, since=row.created_at)
         user_tokens.revoke_all(session, user_id=user.id, purposes=("verify_email",), now=now)
         if pending:
             outcome = "contested"

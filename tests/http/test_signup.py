@@ -146,6 +146,41 @@ def test_a_twice_signed_up_address_takes_no_password_from_either(api, client, ma
     assert api.login("ada@example.com", "attacker horse 1").status_code == 401
 
 
+def test_a_sign_up_the_worker_has_not_taken_yet_contests_a_link_opened_meanwhile(
+    api, client, mailbox
+):
+    """The attacker signed up first, and their link waits in the mailbox. The owner signs up
+    too and, before the worker has taken their request (a backlog, a worker restarting),
+    opens the confirmation mail they find there: the attacker's. The address was signed up
+    twice before a link was opened, so neither password is kept."""
+    api.signup("ada@example.com", "attacker horse 1")
+    attackers_link = mailbox.token("ada@example.com", "verify-email")
+    owners = client.post(
+        "/v1/signup", json={"email": "ada@example.com", "password": "owner horse 2"}
+    )
+    assert owners.status_code == 202  # queued; the worker has not run since
+
+    opened = client.post("/v1/signup/verify", json={"token": attackers_link})
+
+    assert opened.status_code == 200
+    assert api.login("ada@example.com", "attacker horse 1").status_code == 401
+    api.drain()
+    subjects = [m["Subject"] for m in mailbox.messages("ada@example.com")]
+    assert "Choose the password of your new account" in subjects
+    reset = client.post(
+        "/v1/password/reset",
+        json={
+            "token": mailbox.token("ada@example.com", "reset-password"),
+            "new_password": "the owner's own horse 3",
+        },
+    )
+    assert reset.status_code == 204
+    assert api.login("ada@example.com", "attacker horse 1").status_code == 401
+    assert api.login("ada@example.com", "the owner's own horse 3").get_json()["status"] == (
+        "authenticated"
+    )
+
+
 def test_a_single_sign_up_keeps_its_password(api, client, mailbox):
     api.signup("ada@example.com", "owner horse 2")
 
