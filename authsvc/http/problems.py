@@ -12,7 +12,8 @@ from limits.errors import StorageError
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
-from authsvc.errors import AuthsvcError, RateLimited
+from authsvc.errors import AuthsvcError, InvalidAdminKey, RateLimited, Unauthenticated
+from authsvc.http.auth import bearer_token
 
 log = logging.getLogger("authsvc.http")
 
@@ -57,7 +58,18 @@ def render_domain_error(exc: AuthsvcError) -> Response:
     response = problem(exc.status, exc.code, exc.title, exc.detail, **exc.extra)
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, Unauthenticated | InvalidAdminKey):
+        response.headers["WWW-Authenticate"] = bearer_challenge()
     return response
+
+
+def bearer_challenge() -> str:
+    """The challenge of a 401 from a route that takes a bearer token (RFC 6750 section 3):
+    the scheme and realm alone when the request sent no bearer token, ``invalid_token`` when
+    the one it sent was refused (malformed, expired, revoked or unknown, alike)."""
+    if bearer_token() is not None:
+        return 'Bearer realm="authsvc", error="invalid_token"'
+    return 'Bearer realm="authsvc"'
 
 
 def render_http_exception(exc: HTTPException) -> Response:

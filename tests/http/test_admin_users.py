@@ -324,6 +324,9 @@ def test_a_presented_key_that_opens_nothing_is_audited(
 
     assert response.status_code == 401
     assert response.get_json()["code"] == "invalid_admin_key"
+    assert response.headers["WWW-Authenticate"] == (
+        'Bearer realm="authsvc", error="invalid_token"' if outcome else 'Bearer realm="authsvc"'
+    )
     rows = connection.execute(
         select(
             AuditEvent.outcome, AuditEvent.admin_key_id, AuditEvent.ip, AuditEvent.user_agent

@@ -114,6 +114,7 @@ def test_failures_answer_invalid_credentials(api, email, password, connection):
     assert response.status_code == 401
     assert response.mimetype == "application/problem+json"
     assert response.get_json()["code"] == "invalid_credentials"
+    assert "WWW-Authenticate" not in response.headers  # no HTTP authentication scheme here
     assert "login.failure" in connection.scalars(select(AuditEvent.type)).all()
 
 

@@ -60,6 +60,11 @@ def test_missing_or_malformed_bearer_tokens_are_refused(client, header):
     assert response.status_code == 401
     assert response.mimetype == "application/problem+json"
     assert response.get_json()["code"] == "unauthenticated"
+    # RFC 6750 section 3: the challenge names an error only when a bearer token was sent.
+    sent = header is not None and header.startswith("Bearer ") and header.strip() != "Bearer"
+    assert response.headers["WWW-Authenticate"] == (
+        'Bearer realm="authsvc", error="invalid_token"' if sent else 'Bearer realm="authsvc"'
+    )
 
 
 def forge(app, connection, *, key=None, **overrides) -> str:
@@ -122,6 +127,7 @@ def test_invalid_access_tokens_are_refused(api, app, client, connection, session
 
     assert response.status_code == 401
     assert response.get_json()["code"] == "unauthenticated"
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="authsvc", error="invalid_token"'
 
 
 def test_a_token_signed_by_another_key_with_a_known_kid_is_refused(

@@ -127,6 +127,10 @@ def test_only_the_scraper_reads_the_metrics(client, header):
 
     assert response.status_code == 401
     assert response.get_json()["code"] == "unauthenticated"
+    assert response.headers["WWW-Authenticate"].startswith('Bearer realm="authsvc"')
+    assert ("invalid_token" in response.headers["WWW-Authenticate"]) == (
+        header == "Bearer wrong-token"
+    )
     assert "authsvc_logins_total" not in response.get_data(as_text=True)
 
 
