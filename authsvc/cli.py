@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from authsvc.app import build_runtime, create_app
+from authsvc.commands import refuse_a_ring_without_its_mac_key, sign_audit_head
 from authsvc.commands.audit import audit
 from authsvc.commands.breach import breach_response
 from authsvc.commands.keys import keys
@@ -26,7 +27,6 @@ from authsvc.gunicorn_app import run as run_gunicorn
 from authsvc.logging_setup import configure as configure_logging
 from authsvc.schema import schema_is_current, upgrade
 from authsvc.services import admin as admin_service
-from authsvc.services import audit as audit_service
 from authsvc.settings import ConfigError, Settings
 
 T = TypeVar("T")
@@ -102,7 +102,7 @@ def serve(
     if settings.resolved_database_url.startswith("sqlite"):
         settings.var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         upgrade(settings.resolved_database_url)
-    _refuse_a_ring_without_its_mac_key(runtime)
+    refuse_a_ring_without_its_mac_key(runtime)
     runtime.dispose()
     if dev:
         app = create_app(settings, start_worker=not no_outbox_thread)
@@ -127,8 +127,7 @@ def worker() -> None:
             raise click.ClickException(
                 "database: the schema is not current (run `authsvc db upgrade`)"
             )
-    _refuse_a_ring_without_its_mac_key(runtime)
-    runtime.sign_audit_head()
+    sign_audit_head(runtime)
     stop = threading.Event()
     # SIGTERM (systemd, docker, kubernetes) and Ctrl-C end the worker between deliveries: the
     # one under way finishes, the rest of its batch is handed back, due at once.
@@ -138,24 +137,6 @@ def worker() -> None:
     runtime.worker.run(stop, poll_interval=runtime.settings.outbox_poll_interval)
     runtime.dispose()
     click.echo("authsvc worker: stopped", err=True)
-
-
-def _refuse_a_ring_without_its_mac_key(runtime: Any) -> None:
-    """Stop before serving when the audit trail's head was signed with another MAC key (see
-    audit.head_signed_by); an unreachable database is /readyz's to report."""
-    try:
-        with runtime.sessionmaker() as session:
-            signed = audit_service.head_signed_by(session, runtime.deps.keyring)
-    except DBAPIError:
-        return
-    if not signed:
-        runtime.dispose()
-        raise click.ClickException(
-            "AUTHSVC_ENCRYPTION_KEYS: the audit trail was signed with the MAC key of another "
-            "last entry; recovery codes and the trail are keyed from the last entry, so put "
-            "the key that was last back at the end of the list (if the ring is right, the "
-            "trail's head was altered: see `authsvc audit verify`)"
-        )
 
 
 @main.group()
@@ -188,7 +169,7 @@ def _admin_work(work: Callable[[Session], T]) -> T:
     try:
         runtime = build_runtime(settings)
         try:
-            runtime.sign_audit_head()
+            sign_audit_head(runtime)
             with runtime.sessionmaker.begin() as session:
                 return work(session)
         finally:

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 import click
 
 from authsvc.app import build_runtime
+from authsvc.commands import sign_audit_head
 from authsvc.db import utcnow
 from authsvc.errors import AuthsvcError
 from authsvc.services import audit as audit_service
@@ -97,7 +98,7 @@ def prune(before: str | None, older_than: str | None) -> None:
     pruned = 0
     try:
         runtime = build_runtime(settings)
-        runtime.sign_audit_head()
+        sign_audit_head(runtime)
         while True:  # one short transaction per batch: writers wait for the chain lock meanwhile
             with runtime.sessionmaker.begin() as session:
                 result = audit_service.prune(session, before=cutoff, now=utcnow(), batch=BATCH)
@@ -107,6 +108,8 @@ def prune(before: str | None, older_than: str | None) -> None:
         runtime.dispose()
     except ConfigError as exc:
         raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
+    except click.ClickException:
+        raise
     except Exception as exc:  # one line, not a traceback
         raise click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
     click.echo(f"pruned {pruned} events before {cutoff.isoformat()}")

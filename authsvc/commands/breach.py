@@ -18,6 +18,7 @@ import click
 from tqdm import tqdm
 
 from authsvc.app import Runtime, build_runtime
+from authsvc.commands import sign_audit_head
 from authsvc.db import utcnow
 from authsvc.errors import AuthsvcError
 from authsvc.services import breach
@@ -42,7 +43,7 @@ def _opened() -> Iterator[Runtime]:
     except ConfigError as exc:
         raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
     try:
-        runtime.sign_audit_head()
+        sign_audit_head(runtime)
         yield runtime
     finally:
         runtime.dispose()

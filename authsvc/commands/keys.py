@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
 from authsvc.app import build_runtime
+from authsvc.commands import sign_audit_head
 from authsvc.crypto.keyring import DecryptionFailed, Keyring, generate_key_spec
 from authsvc.db import utcnow
 from authsvc.services import audit, outbox, signing, totp
@@ -53,7 +54,7 @@ def rotate() -> None:
         raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
     keyring = runtime.deps.keyring
     try:
-        runtime.sign_audit_head()
+        sign_audit_head(runtime)
         counts = {
             "totp_factors": _rotate_totp(runtime.sessionmaker, keyring),
             "signing_keys": _in_one(runtime.sessionmaker, lambda s: signing.reencrypt(s, keyring)),
@@ -73,6 +74,8 @@ def rotate() -> None:
             f"a ciphertext opens with none of the configured keys ({exc}); add the old key "
             "back to AUTHSVC_ENCRYPTION_KEYS, after the new one"
         ) from None
+    except click.ClickException:
+        raise
     except Exception as exc:  # one line, not a traceback
         raise click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
     finally:
@@ -92,7 +95,7 @@ def rotate_signing() -> None:
     except ConfigError as exc:
         raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
     try:
-        runtime.sign_audit_head()
+        sign_audit_head(runtime)
         with runtime.sessionmaker.begin() as session:
             kid = signing.rotate(session, runtime.deps.keyring, now=utcnow())
     finally:

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from authsvc.app import Runtime, build_runtime
+from authsvc.commands import sign_audit_head
 from authsvc.crypto.passwords import PasswordHasher
 from authsvc.db import utcnow
 from authsvc.errors import AuthsvcError
@@ -61,7 +62,7 @@ def import_users(file: Path, verified: bool) -> None:
     except csv.Error as exc:
         raise click.ClickException(f"{file}: {exc} (after line {reader.line_num})") from None
     refusals: list[str] = []
-    runtime.sign_audit_head()
+    sign_audit_head(runtime)
     for start in range(0, len(rows), BATCH):
         try:
             counts = _import_batch(

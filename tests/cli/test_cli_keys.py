@@ -118,6 +118,41 @@ def test_a_ring_without_the_entry_that_keys_the_trail_refuses_to_start(env, comm
     runtime.dispose()
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["admin", "create-key", "--name", "second"],
+        ["breach-response", "create", "--all", "--mode", "invalidate", "--reason", "x"],
+        ["users", "import", "USERS"],
+        ["audit", "prune", "--older-than", "400d"],
+        ["keys", "rotate-signing"],
+        ["keys", "rotate"],
+    ],
+)
+def test_commands_that_write_events_refuse_a_ring_that_did_not_sign_the_trail(
+    env, tmp_path, command
+):
+    # As serve and worker do: an audited action under the wrong ring chained an
+    # audit.head_invalid event and signed the head with that ring's key, so that the trail
+    # failed `audit verify` for good and serve and worker with the right ring refused to start.
+    runner = CliRunner()
+    created = runner.invoke(main, ["admin", "create-key", "--name", "ops"], env=env)
+    assert created.exit_code == 0, created.output
+    users = tmp_path / "users.csv"
+    users.write_text("email,password_hash\n")
+    args = [str(users) if arg == "USERS" else arg for arg in command]
+
+    refused = runner.invoke(
+        main, args, env={**env, "AUTHSVC_ENCRYPTION_KEYS": generate_key_spec("cli2")}
+    )
+
+    assert refused.exit_code == 1
+    assert "put the key that was last back at the end of the list" in refused.output
+    verified = runner.invoke(main, ["audit", "verify"], env=env)
+    assert verified.exit_code == 0, verified.output
+    assert "audit trail intact: 1 events verified" in verified.output
+
+
 def test_the_first_start_signs_the_head_so_that_a_later_ring_must_match(env):
     # `db upgrade` leaves the head unsigned; the first start (what each `authsvc serve` worker
     # runs) signs it with the ring's last entry, and from then on a ring without that entry
