@@ -42,8 +42,9 @@ def _settings() -> Settings:
 class _Commands(click.Group):
     """Every command fails with one line: a configuration that cannot work is named as such
     (also what only shows when the runtime is built, such as a breached-password store that
-    is not one), and a database that is unreachable or not migrated too, without the
-    statement (or the traceback) behind it."""
+    is not one), a database that is unreachable or not migrated too, without the statement
+    (or the traceback) behind it, and a file or directory that cannot be made, read or written
+    (AUTHSVC_VAR_DIR in a read-only place, a report's --output in no directory)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -56,6 +57,9 @@ class _Commands(click.Group):
                 f"database: {type(exc.orig).__name__}: {first} "
                 "(is it reachable, and migrated with `authsvc db upgrade`?)"
             ) from None
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from None
 
 
 @click.group(cls=_Commands)

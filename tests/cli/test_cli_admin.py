@@ -290,6 +290,43 @@ def test_commands_on_an_unmigrated_database_fail_with_one_line(env, tmp_path, ar
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("breach-response", "list"),
+        ("users", "import", "USERS"),
+        ("keys", "rotate"),
+        ("keys", "rotate-signing"),
+        ("worker",),
+        ("db", "upgrade"),
+        ("serve", "--dev", "--port", "1"),
+    ],
+    ids=[
+        "breach-response",
+        "users-import",
+        "keys-rotate",
+        "rotate-signing",
+        "worker",
+        "db",
+        "serve",
+    ],
+)
+def test_a_var_dir_that_cannot_be_made_fails_with_one_line(env, tmp_path, args):
+    # AUTHSVC_VAR_DIR under a file (or in a read-only place) was a traceback from os.mkdir.
+    users = tmp_path / "users.csv"
+    users.write_text("email,password_hash\n")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = {**env, "AUTHSVC_VAR_DIR": str(blocker / "var")}
+
+    result = CliRunner().invoke(main, [str(users) if a == "USERS" else a for a in args], env=env)
+
+    assert result.exit_code == 1
+    assert not isinstance(result.exception, OSError)  # not a traceback
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: ") and str(blocker) in line
+
+
 def test_a_users_file_that_is_not_utf8_fails_with_one_line(env, tmp_path):
     users = tmp_path / "legacy.csv"
     users.write_bytes("email,password_hash\nrené@example.com,x\n".encode("latin-1"))

@@ -246,3 +246,21 @@ def test_bad_invocations_fail_with_one_line(env, accounts, tmp_path):
     assert nothing.exit_code == 1 and "empty_target_list" in nothing.output
     assert unknown.exit_code == 1 and "not_found" in unknown.output
     assert bad_date.exit_code == 2 and "--created-before" in bad_date.output
+
+
+def test_a_report_that_cannot_be_written_fails_with_one_line(env, accounts, tmp_path):
+    created = run(
+        env, "breach-response", "create", "--all", "--mode", "invalidate", "--reason", "leak"
+    )
+    campaign_id = created.stdout.splitlines()[0]
+
+    result = CliRunner().invoke(
+        main,
+        ["breach-response", "report", campaign_id, "--output", str(tmp_path / "no" / "r.csv")],
+        env=env,
+    )
+
+    assert result.exit_code == 1
+    assert not isinstance(result.exception, OSError)  # not a traceback
+    assert result.output.startswith("Error: ") and len(result.output.splitlines()) == 1
+    assert "No such file or directory" in result.output
