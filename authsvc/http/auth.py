@@ -13,7 +13,7 @@ from flask import Response, g, request
 from authsvc.crypto.tokens import AccessClaims, InvalidAccessToken, VerifiedTokenCache
 from authsvc.db import utcnow
 from authsvc.errors import InvalidAdminKey, InvalidToken, Unauthenticated
-from authsvc.http.io import client, db, deps
+from authsvc.http.io import client, db, deps, one_statement_db
 from authsvc.services import admin, mfa_management, sessions, signing, user_tokens
 from authsvc.services.admin import AdminIdentity
 
@@ -148,7 +148,9 @@ def require_admin(view: Callable[..., Response]) -> Callable[..., Response]:
         token = bearer_token()
         if token is None:
             raise InvalidAdminKey()
-        g.admin = admin.authenticate_key(db(), secret=token, now=utcnow(), client=client())
+        g.admin = admin.authenticate_key(
+            db(), secret=token, now=utcnow(), client=client(), stamp=one_statement_db()
+        )
         return view(*args, **kwargs)
 
     return wrapper

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import Engine, bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 
@@ -94,12 +94,33 @@ def revoke_key(session: DbSession, *, key_id: str, now: datetime) -> bool:
     return True
 
 
+# A key's last use, never moved back by a request that started earlier.
+_STAMP = (
+    update(AdminKey)
+    .where(
+        AdminKey.id == bindparam("key_id"),
+        or_(AdminKey.last_used_at.is_(None), AdminKey.last_used_at < bindparam("now")),
+    )
+    .values(last_used_at=bindparam("now"))
+)
+
+
 def authenticate_key(
-    session: DbSession, *, secret: str, now: datetime, client: Client
+    session: DbSession,
+    *,
+    secret: str,
+    now: datetime,
+    client: Client,
+    stamp: Engine | DbSession | None = None,
 ) -> AdminIdentity:
     """The key behind a bearer secret. A presented key that opens nothing is audited
     (``admin.auth``): ``unknown_key``, or ``revoked_key`` with the key's id, the sign of a
-    leaked key still in use."""
+    leaked key still in use.
+
+    ``stamp`` is where its last use is written: an autocommit engine (PostgreSQL) writes it
+    at once, so that the key's row is not locked for the rest of the request: a long one (a
+    campaign from a large list) held every other request with the same key, status polls
+    included, and the key's revocation, until it committed. By default, the session."""
     key = session.scalar(select(AdminKey).where(AdminKey.key_hash == token_hash(secret)))
     if key is None or key.revoked_at is not None:
         audit.record(
@@ -111,7 +132,12 @@ def authenticate_key(
             admin_key_id=key.id if key is not None else None,
         )
         raise InvalidAdminKey()
-    session.execute(update(AdminKey).where(AdminKey.id == key.id).values(last_used_at=now))
+    params = {"key_id": key.id, "now": now}
+    if isinstance(stamp, Engine):
+        with stamp.connect() as conn:
+            conn.execute(_STAMP, params)
+    else:
+        (stamp or session).execute(_STAMP, params)
     return AdminIdentity(key_id=key.id, name=key.name)
 
 

@@ -7,10 +7,12 @@ import threading
 import time
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select
 
 from authsvc.crypto import totp as otp
-from authsvc.models import Session, User
+from authsvc.db import make_autocommit_engine
+from authsvc.models import AdminKey, Session, User
 from authsvc.services import admin, factors, login, mfa_management, totp, user_tokens
 from tests.service.conftest import issue_mfa_token
 from tests.service.test_password_races import _attempt
@@ -176,3 +178,41 @@ def test_an_account_disabled_during_its_enrollment_step_keeps_no_session(
         logins = session.scalars(select(Session).where(Session.user_id == user_id)).all()
     assert len(logins) == 1
     assert logins[0].revoked_reason == "disabled"  # the disable came after it, and ended it
+
+
+def test_a_long_request_does_not_hold_its_admin_key_for_other_requests(
+    committed, scratch_database_url, caller, now
+):
+    """The key's last use is stamped outside the request's transaction where there is an
+    autocommit pool (PostgreSQL): a request still running (a campaign from a large list) does
+    not lock the key's row, so the same key's status polls and its revocation go on."""
+    engine = make_autocommit_engine(scratch_database_url)
+    if engine is None:
+        pytest.skip("SQLite serialises writers: a request's write holds the whole database")
+    with committed.begin() as session:
+        key_id, secret = admin.create_key(session, name="ops", now=now)
+    try:
+        with committed() as long_request, long_request.begin():
+            admin.authenticate_key(
+                long_request, secret=secret, now=now, client=caller, stamp=engine
+            )
+            with committed() as poll, poll.begin():
+                # NOWAIT: a lock held by the long request fails at once instead of waiting.
+                row = poll.execute(
+                    select(AdminKey.last_used_at)
+                    .where(AdminKey.id == key_id)
+                    .with_for_update(nowait=True)
+                ).one()
+                assert row.last_used_at == now
+            admin.authenticate_key(
+                long_request,
+                secret=secret,
+                now=now - timedelta(seconds=1),
+                client=caller,
+                stamp=engine,
+            )
+        with committed() as session:
+            # A request that started earlier does not move the last use back.
+            assert session.get(AdminKey, key_id).last_used_at == now
+    finally:
+        engine.dispose()
