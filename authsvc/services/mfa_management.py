@@ -94,6 +94,9 @@ def rename(
     now: datetime,
 ) -> factors.FactorInfo:
     name = totp.clean_name(name)
+    # Locked before the factor is read, as a removal locks before it deletes: read while a
+    # removal's delete was not yet committed, the factor's UPDATE then matched no row (500).
+    recovery.lock_second_factors(session, user_id=user_id)
     old = _find(session, user_id=user_id, factor_id=factor_id)
     if old.type == "totp":
         renamed = totp.rename(session, user_id=user_id, factor_id=factor_id, name=name)

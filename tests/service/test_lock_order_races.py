@@ -338,6 +338,48 @@ def test_rename_vs_remove(committed, deps, caller, now, monkeypatch):
     assert not any(v.startswith("500") for v in outcomes.values()), outcomes
 
 
+@pytest.mark.parametrize("kind", ["totp", "webauthn"])
+def test_a_rename_while_the_removal_of_that_factor_commits(
+    committed, deps, caller, now, monkeypatch, kind
+):
+    # Without the account's lock the rename read the factor the removal had deleted but not
+    # yet committed, and its UPDATE, once the removal committed, matched no row: a 500.
+    user_id = _account(committed, deps, now)
+    if kind == "totp":
+        _with_totp(committed, deps, caller, now, user_id)
+        model: Any = TotpFactor
+    else:
+        _register(committed, deps, caller, now, user_id, SoftAuthenticator())
+        model = WebauthnCredential
+    with committed() as session:
+        factor_id = session.scalar(select(model.id))
+    # The removal pauses after deleting the factor, holding the account's lock.
+    gate, release = _pause_at(monkeypatch, notices, "send")
+    outcomes = _race(
+        lambda: _attempt(
+            committed,
+            lambda s: mfa_management.remove(
+                s, deps, user_id=user_id, factor_id=factor_id, auth_time=now, client=caller, now=now
+            ),
+        ),
+        lambda: _attempt(
+            committed,
+            lambda s: mfa_management.rename(
+                s,
+                deps,
+                user_id=user_id,
+                factor_id=factor_id,
+                name="Renamed",
+                client=caller,
+                now=now,
+            ),
+        ),
+        gate,
+        release,
+    )
+    assert outcomes == {"first": "ok", "second": "not_found"}, outcomes
+
+
 def test_reset_request_job_vs_admin_delete(committed, deps, caller, now, monkeypatch):
     user_id = _account(committed, deps, now)
     with committed.begin() as session:  # an earlier link, still unused
