@@ -100,8 +100,8 @@ def authenticate_enrollment(now: datetime) -> Principal:
         raise Unauthenticated()
     try:
         # Refused like every login step of a disabled account, or of one whose password a
-        # breach response invalidated after this login began.
-        row, _ = user_tokens.find_with_owner(db(), token=token, purpose="mfa_enrollment", now=now)
+        # breach response invalidated after this login began; and once the account has a factor.
+        row, _ = mfa_management.find_enrollment(db(), token=token, now=now)
     except InvalidToken:
         raise Unauthenticated("The enrollment token is invalid, expired or used") from None
     return Principal(

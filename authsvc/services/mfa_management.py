@@ -12,8 +12,8 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session as DbSession
 
-from authsvc.errors import MfaNotEnabled, ReauthenticationRequired
-from authsvc.models import User
+from authsvc.errors import InvalidToken, MfaNotEnabled, ReauthenticationRequired
+from authsvc.models import User, UserToken
 from authsvc.services import audit, factors, login, notices, recovery, totp, user_tokens, webauthn
 from authsvc.services.context import Client, Deps
 from authsvc.services.login import LoginResult
@@ -209,6 +209,21 @@ def regenerate_recovery_codes(
     return recovery.regenerate(session, deps, user_id=user_id, client=client, now=now)
 
 
+def find_enrollment(
+    session: DbSession, *, token: str, now: datetime, lock_owner: bool = False
+) -> tuple[UserToken, User]:
+    """The live ``mfa_enrollment`` token and its owner, or InvalidToken: also once the account
+    has a second factor. The token stands for a login of an account without one, whose holder
+    proved only the password; a factor the owner added meanwhile from another session (a new
+    phone, after removing the old one) must not be passed by enrolling one more."""
+    row, user = user_tokens.find_with_owner(
+        session, token=token, purpose="mfa_enrollment", now=now, lock_owner=lock_owner
+    )
+    if factors.methods_for(session, user_id=user.id):
+        raise InvalidToken()
+    return row, user
+
+
 def confirm_totp_with_enrollment(
     session: DbSession,
     deps: Deps,
@@ -224,9 +239,7 @@ def confirm_totp_with_enrollment(
     token is spent, and the token is spent before anything else changes. The account is
     locked as the token is read, as at every login step: a disable committed meanwhile shows
     (the step is refused), or waits for this login and then ends its session."""
-    row, user = user_tokens.find_with_owner(
-        session, token=enrollment_token, purpose="mfa_enrollment", now=now, lock_owner=True
-    )
+    row, user = find_enrollment(session, token=enrollment_token, now=now, lock_owner=True)
     step = totp.check_pending_code(
         session, deps, user_id=user.id, factor_id=factor_id, code=code, client=client, now=now
     )

@@ -27,7 +27,16 @@ from authsvc.errors import (
     InvalidWebauthnResponse,
 )
 from authsvc.models import User, WebauthnCredential
-from authsvc.services import accounts, audit, login, notices, recovery, user_tokens, webauthn
+from authsvc.services import (
+    accounts,
+    audit,
+    login,
+    mfa_management,
+    notices,
+    recovery,
+    user_tokens,
+    webauthn,
+)
 from authsvc.services.context import Client, Deps
 from authsvc.settings import Settings
 
@@ -298,8 +307,8 @@ def register_with_enrollment(
     """Register with an ``mfa_enrollment`` token and finish the login it stands for (amr
     gains hwk/swk and mfa). The response is verified before the token is spent, and the
     token is spent before anything is stored."""
-    token, user = user_tokens.find_with_owner(
-        session, token=enrollment_token, purpose="mfa_enrollment", now=now, lock_owner=True
+    token, user = mfa_management.find_enrollment(
+        session, token=enrollment_token, now=now, lock_owner=True
     )
     verified = _verify_registration(
         session, deps, user_id=user.id, credential=credential, name=name, client=client, now=now

@@ -135,3 +135,49 @@ def test_an_enrollment_token_dies_with_its_password_or_its_account(api, client, 
 
     assert (response.status_code, response.get_json()["code"]) == (401, "unauthenticated")
     assert connection.scalar(select(func.count()).select_from(TotpFactor)) == 0
+
+
+def test_an_enrollment_token_dies_once_the_account_has_a_factor(api, client):
+    # The owner switches phones: removes the old app, then adds the new one from the session
+    # that removed it. Meanwhile someone who knows the password signed in to an account
+    # without a factor and got an enrollment token; once the owner's new factor is active,
+    # that token must not add a factor of its own and sign in past the owner's.
+    owner = api.bearer(enrollment_token(api))
+    first = client.post("/v1/me/mfa/totp", headers=owner).get_json()
+    signed_in = client.post(
+        f"/v1/me/mfa/totp/{first['factor_id']}/confirm",
+        json={"code": oathtool_code(first["secret"])},
+        headers=owner,
+    ).get_json()
+    owner = api.bearer(signed_in["access_token"])
+    assert client.delete(f"/v1/me/mfa/{first['factor_id']}", headers=owner).status_code == 204
+    attacker = api.login("ada@example.com", PASSWORD).get_json()
+    assert attacker["status"] == "mfa_enrollment_required"
+    attacker = api.bearer(attacker["enrollment_token"])
+    theirs = client.post("/v1/me/mfa/totp", json={"name": "Attacker"}, headers=attacker)
+    assert theirs.status_code == 201
+    new = client.post("/v1/me/mfa/totp", json={"name": "New phone"}, headers=owner).get_json()
+    confirmed = client.post(
+        f"/v1/me/mfa/totp/{new['factor_id']}/confirm",
+        json={"code": oathtool_code(new["secret"])},
+        headers=owner,
+    )
+    assert confirmed.status_code == 200
+
+    confirm = client.post(
+        f"/v1/me/mfa/totp/{theirs.get_json()['factor_id']}/confirm",
+        json={"code": oathtool_code(theirs.get_json()["secret"])},
+        headers=attacker,
+    )
+    another = client.post("/v1/me/mfa/totp", headers=attacker)
+    key = client.post(
+        "/v1/me/mfa/webauthn/registration-options", json={"name": "Key"}, headers=attacker
+    )
+
+    assert confirm.status_code == 401, confirm.get_json()
+    assert confirm.get_json()["code"] == "unauthenticated"
+    assert (another.status_code, another.get_json()["code"]) == (401, "unauthenticated")
+    assert (key.status_code, key.get_json()["code"]) == (401, "unauthenticated")
+    assert [f["name"] for f in client.get("/v1/me/mfa", headers=owner).get_json()["factors"]] == [
+        "New phone"
+    ]

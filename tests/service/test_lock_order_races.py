@@ -380,6 +380,64 @@ def test_a_rename_while_the_removal_of_that_factor_commits(
     assert outcomes == {"first": "ok", "second": "not_found"}, outcomes
 
 
+def test_an_enrollment_token_confirming_while_the_owner_adds_a_factor(committed, deps, caller, now):
+    # The guard of the enrollment routes checked the token before the owner's factor was
+    # committed; the confirmation looks again once it holds the account.
+    user_id = _account(committed, deps, now)
+    with committed.begin() as session:
+        token = user_tokens.issue(
+            session,
+            user_id=user_id,
+            purpose="mfa_enrollment",
+            ttl=timedelta(minutes=5),
+            now=now,
+            context={"amr": ["pwd"]},
+        )
+        theirs, owners = (
+            totp.enroll(session, deps, user_id=user_id, name=name, client=caller, now=now)
+            for name in ("Attacker", "Phone")
+        )
+    step = otp.step_at(now)
+    owner = committed()
+    owner.begin()
+    totp.confirm(
+        owner,
+        deps,
+        user_id=user_id,
+        factor_id=owners.factor_id,
+        code=otp.code_at(owners.secret, step),
+        client=caller,
+        now=now,
+    )  # not committed yet
+    outcomes = {}
+    thread = threading.Thread(
+        target=lambda: outcomes.__setitem__(
+            "enrollment",
+            _attempt(
+                committed,
+                lambda s: mfa_management.confirm_totp_with_enrollment(
+                    s,
+                    deps,
+                    enrollment_token=token,
+                    factor_id=theirs.factor_id,
+                    code=otp.code_at(theirs.secret, step),
+                    client=caller,
+                    now=now,
+                ),
+            ),
+        )
+    )
+    thread.start()
+    thread.join(0.7)  # it waits for the owner's lock
+    owner.commit()
+    owner.close()
+    thread.join(30)
+
+    assert outcomes == {"enrollment": "invalid_token"}, outcomes
+    with committed() as session:
+        assert [f.name for f in totp.list_factors(session, user_id=user_id)] == ["Phone"]
+
+
 def test_reset_request_job_vs_admin_delete(committed, deps, caller, now, monkeypatch):
     user_id = _account(committed, deps, now)
     with committed.begin() as session:  # an earlier link, still unused
