@@ -56,6 +56,16 @@ def request_body() -> bytes:
     return b"".join(chunks)
 
 
+def _unique_names(members: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose names are all different. JSON leaves the meaning of a repeated name
+    open (RFC 8259 section 4; I-JSON, RFC 7493, forbids it): a proxy or an app in front of
+    authsvc may check the first value where the parser would keep the last."""
+    data = dict(members)
+    if len(data) != len(members):
+        raise InvalidRequest("a name appears more than once in one JSON object")
+    return data
+
+
 def _json_body(optional: bool) -> Mapping[str, Any]:
     raw = request_body()
     if not raw.strip():
@@ -65,7 +75,7 @@ def _json_body(optional: bool) -> Mapping[str, Any]:
     if not request.is_json:
         raise UnsupportedMediaType("Send the body as application/json")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=_unique_names)
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         raise MalformedJson("The body could not be parsed as JSON") from None
     if not isinstance(data, dict):

@@ -142,6 +142,23 @@ def test_oversized_bodies_without_a_length(raw_client, settings):
     assert chunked(raw_client, "/v1/password/forgot", exact).status_code == 202
 
 
+def test_a_name_given_twice_is_refused(client, admin_headers):
+    # JSON leaves the meaning of a repeated name open (RFC 8259 section 4): a proxy or an app
+    # in front of the service may read the first value where a last-wins parser reads the other.
+    for path, valid in ENDPOINTS.items():
+        name, value = next(iter(valid.items()))
+        members = [json.dumps(k) + ": " + json.dumps(v) for k, v in valid.items()]
+        for twice in (json.dumps(name) + ": 42", json.dumps(name) + ": " + json.dumps(value)):
+            data = ("{" + ", ".join([twice, *members]) + "}").encode()
+
+            response = post(client, path, admin_headers, data=data, content_type="application/json")
+
+            assert_problem(response, 400, "invalid_request", where=path)
+    nested = b'{"mfa_token": "mfa_x", "webauthn": {"id": "a", "type": "public-key", "id": "b"}}'
+    response = client.post("/v1/login/mfa", data=nested, content_type="application/json")
+    assert_problem(response, 400, "invalid_request")
+
+
 def field_cases() -> list[tuple[str, str]]:
     return [(path, name) for path, body in ENDPOINTS.items() for name in body]
 
