@@ -53,6 +53,11 @@ def list_sessions() -> Response:
 @require_user
 def revoke_session(session_id: str) -> Response:
     sessions.revoke_session(
-        db(), user_id=principal().user_id, session_id=session_id[:64], client=client(), now=utcnow()
+        db(),
+        user_id=principal().user_id,
+        session_id=session_id[:64],
+        idle_timeout=deps().settings.session_idle_timeout,
+        client=client(),
+        now=utcnow(),
     )
     return no_content()

@@ -417,10 +417,22 @@ def list_sessions(
 
 
 def revoke_session(
-    session: DbSession, *, user_id: str, session_id: str, client: Client, now: datetime
+    session: DbSession,
+    *,
+    user_id: str,
+    session_id: str,
+    idle_timeout: timedelta,
+    client: Client,
+    now: datetime,
 ) -> None:
+    """Revoke one of the sessions ``list_sessions`` shows; any other is not found."""
     login = session.get(Session, session_id)
-    if login is None or login.user_id != user_id:
+    if (
+        login is None
+        or login.user_id != user_id
+        or login.expires_at <= now
+        or login.last_used_at <= now - idle_timeout
+    ):
         raise NotFound("No such session")
     # Decided by the UPDATE, not by the read above: of two revocations at once, one revokes.
     if not revoke(session, session_ids=[login.id], reason="user", now=now):

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
+
+from sqlalchemy import func, select, update
 
 from authsvc.app import create_app
+from authsvc.db import utcnow
+from authsvc.models import AuditEvent, Session
 from tests.conftest import ContractClient
 
 PASSWORD = "correct horse 42"
@@ -101,6 +106,41 @@ def test_unknown_and_revoked_sessions_are_not_found(api, client):
         )
         assert response.status_code == 404
         assert response.get_json()["code"] == "not_found"
+
+
+def test_ended_sessions_are_not_found(api, client, connection, settings):
+    # Past its absolute end, or idle too long: no longer listed, so no longer revocable either.
+    api.register()
+    phone, laptop = api.tokens(), api.tokens()
+    phone_id = next(s["id"] for s in sessions_of(api, phone) if s["current"])
+    now = utcnow()
+    ended = [
+        {"expires_at": now - timedelta(seconds=1)},
+        {"last_used_at": now - settings.session_idle_timeout - timedelta(seconds=1)},
+    ]
+
+    for change in ended:
+        connection.execute(update(Session).where(Session.id == phone_id).values(**change))
+        assert [s["current"] for s in sessions_of(api, laptop)] == [True]
+
+        response = client.delete(
+            f"/v1/me/sessions/{phone_id}", headers=api.bearer(laptop["access_token"])
+        )
+
+        assert response.status_code == 404
+        assert response.get_json()["code"] == "not_found"
+        assert connection.scalar(select(Session.revoked_at).where(Session.id == phone_id)) is None
+        connection.execute(
+            update(Session)
+            .where(Session.id == phone_id)
+            .values(expires_at=now + timedelta(days=1), last_used_at=now)
+        )
+    assert (
+        connection.scalar(
+            select(func.count()).select_from(AuditEvent).where(AuditEvent.type == "session.revoked")
+        )
+        == 0
+    )
 
 
 def test_sessions_need_a_bearer_token(client):

@@ -71,7 +71,12 @@ def test_revoking_one_session_from_several_requests_at_once_revokes_it_once(
     outcomes = _at_once(
         committed,
         lambda session: sessions.revoke_session(
-            session, user_id=user_id, session_id=pair.session_id, client=caller, now=now
+            session,
+            user_id=user_id,
+            session_id=pair.session_id,
+            idle_timeout=deps.settings.session_idle_timeout,
+            client=caller,
+            now=now,
         ),
     )
 

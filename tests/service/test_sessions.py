@@ -180,14 +180,29 @@ def test_list_and_revoke(db_session, deps, user, make_user, caller, now):
     assert shown[0].amr == ("pwd",) and shown[0].ip == caller.ip
     with pytest.raises(NotFound):
         sessions.revoke_session(
-            db_session, user_id=user.id, session_id=other.session_id, client=caller, now=now
+            db_session,
+            user_id=user.id,
+            session_id=other.session_id,
+            idle_timeout=deps.settings.session_idle_timeout,
+            client=caller,
+            now=now,
         )
     sessions.revoke_session(
-        db_session, user_id=user.id, session_id=two.session_id, client=caller, now=now
+        db_session,
+        user_id=user.id,
+        session_id=two.session_id,
+        idle_timeout=deps.settings.session_idle_timeout,
+        client=caller,
+        now=now,
     )
     with pytest.raises(NotFound):  # already revoked
         sessions.revoke_session(
-            db_session, user_id=user.id, session_id=two.session_id, client=caller, now=now
+            db_session,
+            user_id=user.id,
+            session_id=two.session_id,
+            idle_timeout=deps.settings.session_idle_timeout,
+            client=caller,
+            now=now,
         )
     assert listed(db_session, deps, user, now) == [one.session_id]
 
