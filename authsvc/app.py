@@ -230,6 +230,9 @@ def create_app(
             # Readable by the calling page: when to retry a 429 or 503, and the request id.
             expose_headers=["Retry-After", "X-Request-Id"],
             max_age=600,
+            # Only to a request that names its origin: flask-cors's default answers one
+            # without with every listed origin (one Access-Control-Allow-Origin each).
+            always_send=False,
         )
     _register_request_hooks(app, settings)
     try:

@@ -56,6 +56,15 @@ def test_other_origins_and_the_admin_api_get_no_cors_headers(cors, origin, path)
     assert "Access-Control-Allow-Origin" not in response.headers
 
 
+def test_a_request_without_an_origin_gets_no_cors_headers(cors):
+    """A same-origin or non-browser request names no origin: it is told nothing of the
+    listed ones (one Access-Control-Allow-Origin per listed origin is no valid answer)."""
+    response = cors.post("/v1/password/forgot", json={"email": "ada@example.com"})
+
+    assert response.status_code == 202
+    assert not [name for name, _ in response.headers if name.startswith("Access-Control-")]
+
+
 @pytest.mark.parametrize(
     "origins",
     ["*", "https://*.example.com", "https://app.example.com/path", "http://[::1]:8000"],
