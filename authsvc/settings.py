@@ -260,9 +260,13 @@ class Settings:
         out = []
         try:
             url = make_url(self.resolved_database_url)
-        except ArgumentError:
-            url = None
-        if url is None or url.get_backend_name() not in {"sqlite", "postgresql"}:
+            # The port is read when the URL is parsed: a ValueError, not an ArgumentError.
+            drivername = url.drivername
+        except (ArgumentError, ValueError):
+            drivername = None
+        if drivername not in _DATABASE_DRIVERS:
+            # Another driver (postgresql+psycopg2, +asyncpg) is not installed, and would fail
+            # in every process that opens the database, with a traceback.
             out.append("AUTHSVC_DATABASE_URL must be a postgresql:// (or sqlite://) URL")
         if self.redis_url is not None and not _REDIS_URL.match(self.redis_url):
             out.append(
@@ -334,6 +338,9 @@ class Settings:
 
 
 _DURATION = re.compile(r"^([0-9]{1,12})(ms|s|m|h|d)?$")
+# What make_engine opens: psycopg 3 (postgresql:// is read as postgresql+psycopg://) or
+# the standard library's sqlite3.
+_DATABASE_DRIVERS = frozenset({"postgresql", "postgresql+psycopg", "sqlite", "sqlite+pysqlite"})
 _REDIS_URL = re.compile(r"^(redis|rediss|redis\+unix|redis\+sentinel|redis\+cluster)://")
 KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # a key ring entry's id, "kid:base64url"
 # A host name or IPv4 address: flask-cors reads brackets (an IPv6 origin) as a pattern.

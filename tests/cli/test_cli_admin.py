@@ -139,6 +139,11 @@ def test_each_key_is_new(env):
             {"AUTHSVC_DATABASE_URL": "sqlite:////nonexistent/dir/x.db"},
             "OperationalError",
         ),
+        (
+            ["--name", "ops"],
+            {"AUTHSVC_DATABASE_URL": "postgresql://authsvc@db:5432x/authsvc"},
+            "configuration: AUTHSVC_DATABASE_URL",
+        ),
     ],
     ids=[
         "blank-name",
@@ -149,6 +154,7 @@ def test_each_key_is_new(env):
         "bad-setting",
         "bad-mail-url",
         "no-database",
+        "database-port-not-a-number",
     ],
 )
 def test_failures_exit_non_zero_with_one_line(env, args, changes, reason):

@@ -245,6 +245,11 @@ def test_every_problem_is_reported_at_once():
         {"log_level": "LOUD"},
         {"database_url": "not a url"},
         {"database_url": "mysql://db/authsvc"},
+        {"database_url": "postgresql://authsvc@db:5432x/authsvc"},  # a port that is no number
+        {"database_url": "postgresql://authsvc@[::1/authsvc"},
+        {"database_url": "postgresql+psycopg2://db/authsvc"},  # a driver that is not installed
+        {"database_url": "postgresql+asyncpg://db/authsvc"},
+        {"database_url": "sqlite+pysqlcipher:///var/authsvc.db"},
         {"redis_url": "carrier-pigeon://x"},
     ],
 )
