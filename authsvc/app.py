@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 from flask_cors import CORS
+from limits.errors import ConfigurationError as LimitsConfigurationError
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session as DbSession
@@ -162,7 +163,16 @@ def build_runtime(
             ]
         ) from None
     blocklist = Blocklist(CommonPasswords(), breached)
-    limiter = RateLimiter(settings.rate_limit_storage_url, rate_limit_policies(settings))
+    try:
+        limiter = RateLimiter(settings.rate_limit_storage_url, rate_limit_policies(settings))
+    except (ValueError, LimitsConfigurationError):
+        # What the Redis client refuses to read; its message may quote the URL (a password).
+        raise ConfigError(
+            [
+                "AUTHSVC_REDIS_URL: the Redis client cannot read it (a port or database that "
+                "is not a number, an option value it does not know, no host)"
+            ]
+        ) from None
     deps = Deps(
         settings=settings, keyring=keyring, hasher=hasher, blocklist=blocklist, limiter=limiter
     )

@@ -144,6 +144,21 @@ def test_each_key_is_new(env):
             {"AUTHSVC_DATABASE_URL": "postgresql://authsvc@db:5432x/authsvc"},
             "configuration: AUTHSVC_DATABASE_URL",
         ),
+        (
+            ["--name", "ops"],
+            {"AUTHSVC_REDIS_URL": "redis://:s3cret@cache:6379x/0"},
+            "configuration: AUTHSVC_REDIS_URL",
+        ),
+        (
+            ["--name", "ops"],
+            {"AUTHSVC_REDIS_URL": "redis://cache:6379/0?socket_timeout=soon"},
+            "configuration: AUTHSVC_REDIS_URL",
+        ),
+        (
+            ["--name", "ops"],
+            {"AUTHSVC_REDIS_URL": "redis+cluster://:s3cret@cache:6379x"},
+            "configuration: AUTHSVC_REDIS_URL",
+        ),
     ],
     ids=[
         "blank-name",
@@ -155,6 +170,9 @@ def test_each_key_is_new(env):
         "bad-mail-url",
         "no-database",
         "database-port-not-a-number",
+        "redis-port-not-a-number",
+        "redis-option-not-a-number",
+        "redis-cluster-port-not-a-number",
     ],
 )
 def test_failures_exit_non_zero_with_one_line(env, args, changes, reason):
@@ -167,6 +185,7 @@ def test_failures_exit_non_zero_with_one_line(env, args, changes, reason):
     assert lines[0].startswith("Error: ")
     assert reason in lines[0]
     assert "Traceback" not in result.stderr
+    assert "s3cret" not in result.stderr
 
 
 def test_name_is_required(env):
@@ -275,6 +294,24 @@ def test_a_breached_password_store_that_is_not_one_fails_with_one_line(env, tmp_
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("Error: configuration: AUTHSVC_BREACHED_PASSWORDS_FILE: ")
     assert "authsvc breached-passwords import" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("serve", "--port", "1"), ("worker",), ("keys", "rotate-signing"), ("audit", "verify")],
+    ids=["serve", "worker", "keys-rotate-signing", "audit-verify"],
+)
+def test_a_redis_url_the_client_cannot_read_fails_with_one_line(env, args):
+    # Refused by the Redis client when the rate limiter is built: a traceback in every
+    # command, and in every gunicorn worker that failed to boot.
+    result = CliRunner().invoke(
+        main, list(args), env={**env, "AUTHSVC_REDIS_URL": "redis://:s3cret@cache:6379x/0"}
+    )
+
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: configuration: AUTHSVC_REDIS_URL: ")
+    assert "s3cret" not in result.output
 
 
 @pytest.mark.parametrize(
