@@ -189,6 +189,10 @@ class Settings:
             )
         if self.access_token_ttl.total_seconds() < 1:
             out.append("AUTHSVC_ACCESS_TOKEN_TTL must be at least 1s")
+        if not self.jwt_audience.strip():
+            # Tokens would be issued with an empty aud, which no verifier (PyJWT here) accepts:
+            # every login would succeed and every bearer request answer 401.
+            out.append("AUTHSVC_JWT_AUDIENCE must not be empty")
         if not self.outbox_poll_interval > 0 or not self.alert_webhook_timeout > 0:
             out.append("AUTHSVC_OUTBOX_POLL_INTERVAL and AUTHSVC_ALERT_WEBHOOK_TIMEOUT must be > 0")
         if self.log_level.upper() not in _LOG_LEVELS:

@@ -251,6 +251,8 @@ def test_every_problem_is_reported_at_once():
         {"database_url": "postgresql+asyncpg://db/authsvc"},
         {"database_url": "sqlite+pysqlcipher:///var/authsvc.db"},
         {"redis_url": "carrier-pigeon://x"},
+        {"jwt_audience": ""},  # PyJWT refuses every token with an empty aud claim
+        {"jwt_audience": "  "},
     ],
 )
 def test_invalid_values(changes):
