@@ -221,6 +221,22 @@ def test_serve_with_more_than_one_worker_needs_shared_rate_limits(env):
     ]
 
 
+@pytest.mark.parametrize("port", ["65536", "-1"])
+@pytest.mark.parametrize("dev", [False, True], ids=["gunicorn", "dev"])
+def test_serve_refuses_a_port_that_is_no_port(env, port, dev):
+    # Refused by bind() once the server started: a traceback (OverflowError), not a usage line.
+    args = ["serve", f"--port={port}", "--no-outbox-thread", *(["--dev"] if dev else [])]
+    server_env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")}
+    server_env |= {k: v for k, v in env.items() if v is not None}
+    result = subprocess.run(
+        [str(AUTHSVC), *args], env=server_env, capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert "Invalid value for '--port'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_serve_opens_no_control_socket_that_could_add_workers(env, tmp_path):
     # gunicorn opens one by default, in the user's home: `gunicornc -c "worker add 2"` then
     # gave a server without Redis three workers, each with its own in-memory limits, and two
