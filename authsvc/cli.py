@@ -14,7 +14,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from authsvc.app import build_runtime, create_app
-from authsvc.commands import refuse_a_ring_without_its_mac_key, sign_audit_head
+from authsvc.commands import (
+    refuse_a_ring_that_cannot_sign,
+    refuse_a_ring_without_its_mac_key,
+    sign_audit_head,
+)
 from authsvc.commands.audit import audit
 from authsvc.commands.breach import breach_response
 from authsvc.commands.keys import keys
@@ -107,6 +111,7 @@ def serve(
         settings.var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         upgrade(settings.resolved_database_url)
     refuse_a_ring_without_its_mac_key(runtime)
+    refuse_a_ring_that_cannot_sign(runtime)
     runtime.dispose()
     if dev:
         app = create_app(settings, start_worker=not no_outbox_thread)
@@ -131,6 +136,7 @@ def worker() -> None:
             raise click.ClickException(
                 "database: the schema is not current (run `authsvc db upgrade`)"
             )
+    refuse_a_ring_that_cannot_sign(runtime)
     sign_audit_head(runtime)
     stop = threading.Event()
     # SIGTERM (systemd, docker, kubernetes) and Ctrl-C end the worker between deliveries: the

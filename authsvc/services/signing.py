@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
-from authsvc.crypto.keyring import Keyring
+from authsvc.crypto.keyring import DecryptionFailed, Keyring
 from authsvc.crypto.tokens import (
     CLOCK_LEEWAY_SECONDS,
     InvalidAccessToken,
@@ -111,6 +111,22 @@ def signer(session: DbSession, keyring: Keyring, *, now: datetime) -> Signer:
     )
     cache.active = (keyring, loaded, clock + ACTIVE_KEY_TTL_SECONDS)
     return loaded
+
+
+def unreadable_key_id(session: DbSession, keyring: Keyring) -> str | None:
+    """The id of the ring key the active signing key is encrypted under, when no key of
+    ``keyring`` opens it; None when it opens, or when there is no signing key yet."""
+    row = session.execute(_ACTIVE).first()
+    if row is None:
+        return None
+    try:
+        keyring.decrypt(row.private_key_ciphertext, associated_data=_AAD)
+    except DecryptionFailed:
+        try:
+            return keyring.key_id_of(row.private_key_ciphertext)
+        except (IndexError, UnicodeDecodeError):
+            return "?"
+    return None
 
 
 def _material(row: SigningKey, keyring: Keyring) -> SigningKeyMaterial:

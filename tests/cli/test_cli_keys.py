@@ -3,7 +3,10 @@ past what no key opens."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jwt
@@ -17,8 +20,11 @@ from authsvc.db import utcnow
 from authsvc.models import OutboxMessage
 from authsvc.models.ops import AuditChainHead
 from authsvc.schema import upgrade
-from authsvc.services import audit, outbox
+from authsvc.services import audit, outbox, signing
 from authsvc.settings import Settings
+from tests.e2e.server import free_port
+
+AUTHSVC = Path(sys.executable).parent / "authsvc"
 
 
 @pytest.fixture
@@ -151,6 +157,42 @@ def test_commands_that_write_events_refuse_a_ring_that_did_not_sign_the_trail(
     verified = runner.invoke(main, ["audit", "verify"], env=env)
     assert verified.exit_code == 0, verified.output
     assert "audit trail intact: 1 events verified" in verified.output
+
+
+@pytest.mark.parametrize("command", [["worker"], ["serve", "--no-outbox-thread"]])
+def test_a_ring_that_cannot_open_the_signing_key_refuses_to_start(env, tmp_path, command):
+    # The key the signing key is encrypted under, taken out of the ring before `keys rotate`
+    # moved it: every login and refresh answered 500 while /readyz said ready, and a worker
+    # parked every mail encrypted under that key for good.
+    last = env["AUTHSVC_ENCRYPTION_KEYS"]
+    first, newer = generate_key_spec("cli2"), generate_key_spec("cli3")
+    settings = Settings.from_env(
+        {
+            "AUTHSVC_DATABASE_URL": env["AUTHSVC_DATABASE_URL"] or "",
+            "AUTHSVC_ENCRYPTION_KEYS": f"{first},{last}",
+        }
+    )
+    create_app(settings).extensions["authsvc"].dispose()  # the signing key, under cli2
+    started = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")}
+    started |= {k: v for k, v in env.items() if v is not None}
+    started |= {"AUTHSVC_ENCRYPTION_KEYS": f"{newer},{last}"}  # cli2 dropped, cli1 still last
+    port = ["--port", str(free_port())] if command[0] == "serve" else []
+
+    result = subprocess.run(
+        [str(AUTHSVC), *command, *port], env=started, capture_output=True, text=True, timeout=30
+    )
+
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: AUTHSVC_ENCRYPTION_KEYS: the access-token signing key is encrypted under key "
+        "'cli2', which is not in the list; put it back after the first entry until "
+        "`authsvc keys rotate` has moved everything to the first"
+    )
+    runtime = build_runtime(dataclasses.replace(settings, encryption_keys=(newer, first, last)))
+    with runtime.sessionmaker() as session:
+        assert signing.unreadable_key_id(session, runtime.deps.keyring) is None
+    runtime.dispose()
 
 
 def test_the_first_start_signs_the_head_so_that_a_later_ring_must_match(env):
