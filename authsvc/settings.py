@@ -318,8 +318,14 @@ class Settings:
 
     def _detection_problems(self) -> list[str]:
         out = []
-        if self.metrics_token is not None and len(self.metrics_token) < 32:
-            out.append("AUTHSVC_METRICS_TOKEN must be at least 32 characters")
+        if self.metrics_token is not None and not re.fullmatch(r"[!-~]{32,}", self.metrics_token):
+            # A space or line break around it (a secret file's last newline) is stripped from
+            # the scraper's header, and other characters arrive as Latin-1: /metrics would
+            # answer every scrape 401.
+            out.append(
+                "AUTHSVC_METRICS_TOKEN must be at least 32 characters, printable ASCII "
+                "without spaces"
+            )
         if self.alert_webhook_url and not self.alert_webhook_secret:
             out.append("AUTHSVC_ALERT_WEBHOOK_SECRET is required with AUTHSVC_ALERT_WEBHOOK_URL")
         elif self.alert_webhook_secret is not None and len(self.alert_webhook_secret) < 32:

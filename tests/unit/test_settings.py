@@ -252,6 +252,11 @@ def test_every_problem_is_reported_at_once():
         {"database_url": "sqlite+pysqlcipher:///var/authsvc.db"},
         {"redis_url": "carrier-pigeon://x"},
         {"jwt_audience": ""},  # PyJWT refuses every token with an empty aud claim
+        # A token no scraper can send: HTTP strips the space and line break around a header
+        # value, and reads its bytes as Latin-1.
+        {"metrics_token": "prometheus-scrape-token-0123456789abcdef\n"},
+        {"metrics_token": "prometheus-scrape-token-0123456789abcdef "},
+        {"metrics_token": "prometheus-scrape-token-0123456789abcdéf"},
         {"jwt_audience": "  "},
     ],
 )
