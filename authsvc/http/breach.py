@@ -87,7 +87,7 @@ def _from_json() -> tuple[CampaignRequest, bool]:
         if values is not None:
             if body.selector != kind:
                 raise InvalidRequest(f"{kind} goes with the selector {kind}", field=kind)
-            targets = lists.parse_target_list(kind, values)
+            targets = lists.parse_target_list(kind, values, comments=False)
     if body.selector in breach.LIST_KINDS and targets is None:
         raise InvalidRequest(f"{body.selector} is required with that selector", field=body.selector)
     before = parse_time(body.before, field="before", dates=True) if body.before else None

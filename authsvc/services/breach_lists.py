@@ -46,10 +46,12 @@ class TargetList:
 
 
 def parse_target_list(
-    kind: str, lines: Iterable[bytes | str], *, csv_format: bool = False
+    kind: str, lines: Iterable[bytes | str], *, csv_format: bool = False, comments: bool = True
 ) -> TargetList:
-    """One entry per line (blank lines and ``#`` comments skipped), or CSV whose column is the
-    one headed ``email`` / ``user_id`` (else the first). Bad lines are reported, not fatal."""
+    """One entry per line (blank lines and, with ``comments``, ``#`` comments skipped), or CSV
+    whose column is the one headed ``email`` / ``user_id`` (else the first). Bad lines are
+    reported, not fatal. A CSV row or a JSON list's entry (``comments=False``) that starts with
+    "#" is data: "#" is an address character, and CSV has no comments."""
     if kind not in _HEADERS:
         raise InvalidRequest("selector must be emails or user_ids for a list", field="selector")
     seen: dict[str, None] = {}
@@ -70,7 +72,7 @@ def parse_target_list(
             reject(count, "not_utf8", raw.decode("utf-8", "replace"))  # type: ignore[union-attr]
             continue
         line = line.lstrip("\ufeff").strip()
-        if not line or line.startswith("#"):
+        if not line or (comments and not csv_format and line.startswith("#")):
             continue
         value = line
         if csv_format:

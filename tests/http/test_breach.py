@@ -116,6 +116,43 @@ def test_a_csv_upload_uses_the_email_column(api, client, as_admin, accounts):
     assert api.login("user2@example.com", PASSWORD).status_code == 200
 
 
+def test_only_a_plain_text_upload_has_comments(api, client, as_admin, accounts):
+    # "#" is an address character, and a CSV row or a JSON entry that starts with one is data:
+    # skipped as a comment, its account was neither reset nor reported anywhere.
+    hashed = api.register("#ops@example.com", PASSWORD)
+    upload = "ref,email\n#1001,user1@example.com\n#1002,user2@example.com\n"
+
+    from_csv = client.post(
+        f"{BASE}?selector=emails&mode=invalidate&reason=leak",
+        data=upload,
+        content_type="text/csv",
+        headers=as_admin,
+    )
+    from_json = start(client, as_admin, selector="emails", emails=[hashed, "#bob@example.com"])
+    api.drain()
+
+    assert from_csv.status_code == 202
+    assert from_csv.get_json()["input"]["accepted"] == 2
+    assert from_csv.get_json()["targeted"] == 2
+    assert from_json.status_code == 202
+    report = from_json.get_json()["input"]
+    assert (report["accepted"], report["matched"], report["unknown_values"]) == (
+        2,
+        1,
+        ["#bob@example.com"],
+    )
+    for email in ("user1@example.com", "user2@example.com", hashed):
+        assert api.login(email, PASSWORD).status_code == 401
+    comment = client.post(
+        f"{BASE}?selector=emails&mode=invalidate&reason=leak&dry_run=true",
+        data="# leaked 2024-05\nuser3@example.com\n",
+        content_type="text/plain",
+        headers=as_admin,
+    )
+    assert comment.get_json()["input"]["rejected"] == 0
+    assert comment.get_json()["targeted"] == 1
+
+
 def test_an_idempotency_key_replays_the_same_campaign(client, app, as_admin, accounts):
     headers = {**as_admin, "Idempotency-Key": "retry-me"}
 
