@@ -235,3 +235,18 @@ def test_authenticator_app_through_the_page(server: LiveServer, browser: WebDriv
     driver.find_element(By.ID, "mfa-totp-submit").click()
     _status(driver, "Signed in.")
     assert _amr(driver) == "pwd otp mfa"
+
+
+@pytest.mark.parametrize("email", ["jörg@example.com", "ada@exämple.com"])
+def test_an_internationalised_address_signs_in_through_the_page(
+    server: LiveServer, browser: WebDriver, email: str
+):
+    """The API takes addresses with non-ASCII local parts and domains as they are; the page
+    must send them so too, not refuse them or turn the domain into its punycode form (another
+    address, with no account)."""
+    driver = browser
+    _create_user(server, email)
+    driver.get(f"{server.url}/ui/")
+    _sign_in_with_password(driver, email)
+    _status(driver, "Signed in.")
+    assert driver.find_element(By.ID, "account-email").text == email
