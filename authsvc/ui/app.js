@@ -10,6 +10,7 @@
 
   const state = {
     access: null, refresh: null, mfaToken: null, totpFactorId: null, enrollmentToken: null,
+    changeToken: null,
   };
 
   async function api(method, path, body, { auth = false, token = null } = {}) {
@@ -57,7 +58,7 @@
   }
 
   function show(view) {
-    for (const id of ["login-view", "mfa-view", "enroll-view", "account-view"]) {
+    for (const id of ["login-view", "mfa-view", "change-view", "enroll-view", "account-view"]) {
       $(id).hidden = id !== view;
     }
   }
@@ -82,7 +83,11 @@
       show("mfa-view");
       setStatus("Password accepted. Prove the second factor.");
     } else if (result.status === "password_change_required") {
-      setStatus("Your password must be changed first: use the reset link we mail you.", "error");
+      state.mfaToken = null;
+      state.changeToken = result.change_token;
+      $("password").value = "";
+      show("change-view");
+      setStatus("Your password must be changed first. Choose a new one.");
     } else if (result.status === "mfa_enrollment_required") {
       state.enrollmentToken = result.enrollment_token;
       show("enroll-view");
@@ -223,6 +228,26 @@
 
   $("mfa-cancel").addEventListener("click", () => {
     state.mfaToken = null;
+    show("login-view");
+    setStatus("");
+  });
+
+  // The change_token of a login whose password must change (a breach response, a blocklisted
+  // password): the new password ends every session, so the next step is a sign-in with it.
+  $("change-form").addEventListener("submit", action(async () => {
+    setStatus("Changing your password…");
+    await api("POST", "/v1/password/change", {
+      change_token: state.changeToken, new_password: $("new-password").value,
+    });
+    state.changeToken = null;
+    $("new-password").value = "";
+    show("login-view");
+    setStatus("Password changed. Sign in with your new password.");
+  }));
+
+  $("change-cancel").addEventListener("click", () => {
+    state.changeToken = null;
+    $("new-password").value = "";
     show("login-view");
     setStatus("");
   });

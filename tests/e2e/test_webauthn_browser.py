@@ -250,3 +250,49 @@ def test_an_internationalised_address_signs_in_through_the_page(
     _sign_in_with_password(driver, email)
     _status(driver, "Signed in.")
     assert driver.find_element(By.ID, "account-email").text == email
+
+
+def _admin(server: LiveServer, method: str, path: str, body: dict[str, object] | None = None):
+    request = urllib.request.Request(
+        f"{server.url}{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {server.admin_key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_a_password_that_must_change_is_changed_on_the_page(server: LiveServer, browser: WebDriver):
+    """A login whose password must change (a breach response in change_at_next_login mode,
+    no mail sent) gets a change_token: the page asks for a new password there, instead of
+    pointing at a reset link that nobody mailed, and the new one signs in."""
+    driver = browser
+    email = "lin@example.com"
+    user = _admin(server, "POST", "/admin/v1/users", {"email": email, "password": PASSWORD})
+    _admin(
+        server,
+        "POST",
+        f"/admin/v1/users/{user['id']}/force-reset",
+        {"mode": "change_at_next_login", "notify": False},
+    )
+    driver.get(f"{server.url}/ui/")
+    _sign_in_with_password(driver, email)
+    _status(driver, "Choose a new one")
+    assert _visible(driver, "change-view") and not _visible(driver, "login-view")
+
+    driver.find_element(By.ID, "new-password").send_keys("password123")  # a common password
+    driver.find_element(By.ID, "change-submit").click()
+    _status(driver, "weak_password")
+    assert _visible(driver, "change-view")
+
+    new = "a fresh passphrase for lin 58"
+    driver.find_element(By.ID, "new-password").clear()
+    driver.find_element(By.ID, "new-password").send_keys(new)
+    driver.find_element(By.ID, "change-submit").click()
+    _status(driver, "Password changed")
+    assert _visible(driver, "login-view")
+    driver.find_element(By.ID, "password").send_keys(new)
+    driver.find_element(By.ID, "password-submit").click()
+    _status(driver, "Signed in.")
+    assert driver.find_element(By.ID, "account-email").text == email
