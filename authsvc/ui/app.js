@@ -300,9 +300,19 @@
     const refresh = state.refresh;
     Object.assign(state, {
       access: null, refresh: null, mfaToken: null, totpFactorId: null, enrollmentToken: null,
+      changeToken: null,
     });
+    // Hidden is not gone: the next person at a shared computer could read the recovery codes,
+    // a pending app's secret and the account's details in the page.
     $("recovery-codes").hidden = true;
+    $("recovery-codes-list").textContent = "";
     $("totp-setup").hidden = true;
+    $("totp-secret").textContent = "";
+    $("totp-qr").removeAttribute("src");
+    $("account-email").textContent = "";
+    $("account-amr").textContent = "";
+    $("factor-list").replaceChildren();
+    $("password").value = "";
     show("login-view");
     if (refresh) await api("POST", "/v1/logout", { refresh_token: refresh });
     setStatus("Signed out.");

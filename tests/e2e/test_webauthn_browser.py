@@ -226,7 +226,13 @@ def test_authenticator_app_through_the_page(server: LiveServer, browser: WebDriv
     driver.find_element(By.ID, "totp-confirm").click()
     _status(driver, "Authenticator app added.")
     assert _visible(driver, "recovery-codes")
+    codes = driver.find_element(By.ID, "recovery-codes-list").text.split()
+    assert codes and secret
     _sign_out(driver)
+    # Signed out, the page keeps nothing of the account for the next person at the computer.
+    page = driver.page_source
+    assert secret not in page and not [code for code in codes if code in page]
+    assert email not in page and not driver.find_element(By.ID, "totp-qr").get_attribute("src")
     _sign_in_with_password(driver, email)
     _status(driver, "Password accepted")
     assert _visible(driver, "mfa-totp-form") and not _visible(driver, "mfa-webauthn")
