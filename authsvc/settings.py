@@ -331,8 +331,12 @@ class Settings:
         elif self.alert_webhook_secret is not None and len(self.alert_webhook_secret) < 32:
             # A shorter key could be guessed offline from one signed alert, and alerts forged.
             out.append("AUTHSVC_ALERT_WEBHOOK_SECRET must be at least 32 characters")
-        if self.alert_webhook_url and not re.match(r"^https?://[^\s/]+", self.alert_webhook_url):
-            out.append("AUTHSVC_ALERT_WEBHOOK_URL must be an http:// or https:// URL")
+        if self.alert_webhook_url and not _postable_url(self.alert_webhook_url):
+            out.append(
+                "AUTHSVC_ALERT_WEBHOOK_URL must be an http:// or https:// URL with a host, a "
+                "port that is a number, no user:password@, and a path and query in ASCII "
+                "without spaces (percent-encoded)"
+            )
         if not 0 < self.detect_unknown_email_share <= 1:
             out.append("AUTHSVC_DETECT_UNKNOWN_EMAIL_SHARE must be in (0, 1]")
         counts = (
@@ -433,6 +437,26 @@ def _is_https_url(url: str) -> bool:
         return parts.scheme == "https" and bool(parts.hostname)
     except ValueError:
         return False
+
+
+def _postable_url(url: str) -> bool:
+    """Whether urllib can POST to ``url`` (the alert webhook). It takes ``user:password@``
+    for part of the host name, so such a URL never reaches its server, and it refuses a port
+    that is no number, a space or control character, and a path or query that is not ASCII:
+    every alert would be retried without end."""
+    url = url.strip()  # as urllib does
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and "@" not in parts.netloc
+        and all(ch.isprintable() and not ch.isspace() for ch in url)
+        and (parts.path + parts.query).isascii()
+    )
 
 
 def _skips_certificate_checks(mail_url: str) -> bool:

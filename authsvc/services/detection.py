@@ -506,6 +506,10 @@ def deliver_webhook(deps: Deps, payload: dict[str, Any], now: datetime) -> None:
         raise WebhookFailed(f"the receiver answered HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise WebhookFailed(f"the receiver is unreachable ({type(exc).__name__})") from None
+    except Exception as exc:
+        # Such as http.client's InvalidURL, whose text quotes the URL: its path or query is
+        # often the receiver's secret, and the error is kept with the message.
+        raise WebhookFailed(f"the alert could not be sent ({type(exc).__name__})") from None
     if not 200 <= status < 300:
         raise WebhookFailed(f"the receiver answered HTTP {status}")
 

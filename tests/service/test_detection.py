@@ -311,6 +311,21 @@ def test_a_dead_receiver_is_retried_later_and_slows_nothing(settings, connection
     runtime.deps.limiter.reset()
 
 
+def test_a_webhook_url_urllib_refuses_is_never_quoted_in_the_outbox(settings, connection, receiver):
+    """The settings refuse such a URL; should one reach the webhook all the same, the message
+    keeps only what went wrong, not the URL (whose path or query is often its secret)."""
+    unusable = replace_settings(settings, alert_webhook_url=receiver.url + "/T0/hunter2 x")
+    runtime = build_runtime(unusable, bind=connection)
+    runtime.deps.limiter.reset()
+    _alert_sent(runtime, "u", "203.0.113.44")
+    message = _webhook_message(runtime)
+    assert message.completed_at is None and message.failed_at is None
+    assert "hunter2" not in (message.last_error or "")
+    assert message.last_error == "WebhookFailed: the alert could not be sent (InvalidURL)"
+    assert receiver.posts == []
+    runtime.deps.limiter.reset()
+
+
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 422])
 def test_a_receiver_refusing_the_alert_parks_it(runtime, receiver, status):
     """A 4xx (wrong URL, wrong secret, gone) will answer the same however often it is sent."""

@@ -22,6 +22,7 @@ POSTGRES = "postgresql://authsvc@db.internal/authsvc"
 PUBLIC = "https://id.example.com"
 # Passkeys on the public domain, as production needs.
 PASSKEYS = {"webauthn_rp_id": "id.example.com", "webauthn_origins": PUBLIC}
+WEBHOOK_SECRET = {"alert_webhook_secret": "webhook-secret-of-at-least-32-characters"}
 
 
 def from_env(**variables: str) -> Settings:
@@ -242,6 +243,16 @@ def test_every_problem_is_reported_at_once():
         {"outbox_poll_interval": "0"},
         {"alert_webhook_timeout": "-3"},
         {"alert_webhook_url": "https://alerts.example.com/x", "alert_webhook_secret": "s" * 31},
+        # URLs no alert can ever be POSTed to (urllib takes user:password@ for part of the host
+        # name, and refuses a port that is no number, a space or a character that is not ASCII
+        # in the path, quoting the URL): each alert would be retried without end.
+        {"alert_webhook_url": "https://alerts:pass@alerts.example.com/x", **WEBHOOK_SECRET},
+        {"alert_webhook_url": "https://alerts.example.com:44x/x", **WEBHOOK_SECRET},
+        {"alert_webhook_url": "https://[::1/x", **WEBHOOK_SECRET},
+        {"alert_webhook_url": "https://alerts.example.com/hooks/T0 B0", **WEBHOOK_SECRET},
+        {"alert_webhook_url": "https://alerts.example.com/x\x00", **WEBHOOK_SECRET},
+        {"alert_webhook_url": "https://alerts.example.com/\u00e9", **WEBHOOK_SECRET},
+        {"alert_webhook_url": "https:///x", **WEBHOOK_SECRET},
         {"log_level": "LOUD"},
         {"database_url": "not a url"},
         {"database_url": "mysql://db/authsvc"},
@@ -265,6 +276,20 @@ def test_invalid_values(changes):
         from_env(**changes)
 
     assert len(excinfo.value.problems) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://alerts.example.com/hooks/T0/B0?token=abc%20def",
+        "http://127.0.0.1:9000/alerts",
+        "https://[2001:db8::1]:8443/alerts",
+        "https://b\u00fccher.example/alerts",  # a host name is sent IDNA-encoded
+        "https://alerts.example.com/x\n",  # urllib strips the space around a URL
+    ],
+)
+def test_webhook_urls_that_urllib_can_post_to(url):
+    assert from_env(alert_webhook_url=url, **WEBHOOK_SECRET).alert_webhook_url == url
 
 
 @pytest.mark.parametrize(
