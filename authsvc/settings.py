@@ -471,7 +471,7 @@ def _skips_certificate_checks(mail_url: str) -> bool:
 def _one_address(value: str) -> bool:
     """Whether a From header holding ``value`` names exactly one mailbox (local part and
     domain), as the mail layer sets it: no line break, no list, no bare name."""
-    if "\r" in value or "\n" in value:
+    if value.splitlines() != [value]:  # any line break of str.splitlines, as email refuses
         return False
     try:
         header = email.policy.default.header_factory("From", value)

@@ -370,6 +370,11 @@ def test_production_refuses_console_mail_which_prints_links():
     [
         "no-reply@example.com\r\nBcc: list@attacker.example",  # every mail failed to build
         "no-reply@example.com\nBcc: list@attacker.example",
+        # Line breaks to str.splitlines, which the mail layer refuses in every header value:
+        # quoted, they passed as a display name, and each mail was retried without end.
+        '"Ops\u2028Bcc: list@attacker.example" <no-reply@example.com>',
+        '"Ops\u2029Team" <no-reply@example.com>',
+        '"Ops\x85Team" <no-reply@example.com>',
         "not an address",  # servers refuse the MAIL FROM of every message
         "a@example.com, b@example.com",
         "authsvc <no-reply>",
