@@ -270,7 +270,10 @@ class Detector:
 
         account = None
         if event.type == "login.failure":  # an unknown email too: addresses tried from many IPs
-            account = event.email_hash or (f"user:{event.user_id}" if event.user_id else None)
+            # An account by its id, as its second-factor failures below: an attack that
+            # guesses the password from some addresses and the second factor from others is
+            # one attack on one account. An unknown email by its digest (the same storage work).
+            account = f"user:{event.user_id}" if event.user_id else event.email_hash
         elif (event.type, event.outcome) in _SECOND_FACTOR_FAILURES and event.user_id:
             account = f"user:{event.user_id}"
         if (

@@ -191,6 +191,27 @@ def test_one_account_attacked_from_many_ips(runtime, make_user):
     assert found[0]["email_hash"] == audit.email_digest(runtime.deps.keyring, "victim@example.com")
 
 
+def test_wrong_passwords_and_wrong_second_factors_count_on_the_same_account(runtime, make_user):
+    """Some addresses guess the password, others (where it was right) the second factor: one
+    account attacked from four addresses, more than the three the settings allow."""
+    victim = make_user(email="both@example.com")
+    for i in range(2):
+        failed_login(runtime, "both@example.com", f"198.51.{i}.2")
+    with runtime.sessionmaker() as session, session.begin():
+        for i in range(2, 4):
+            audit.record(
+                session,
+                type="login.mfa",
+                outcome="failure",
+                now=utcnow(),
+                user_id=victim.id,
+                client=Client(ip=f"198.51.{i}.2"),
+            )
+    found = [a for a in alerts(runtime) if a["detector"] == "brute_force"]
+    assert len(found) == 1
+    assert found[0]["user_id"] == victim.id
+
+
 def test_a_high_share_of_unknown_emails(runtime):
     # Every attempt from its own network: no single source stands out, the share does.
     for i in range(12):
