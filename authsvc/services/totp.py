@@ -43,6 +43,7 @@ from authsvc.errors import (
     InvalidMfa,
     InvalidRequest,
     NotFound,
+    Unauthenticated,
 )
 from authsvc.models import TotpFactor, User
 from authsvc.services import audit, factors, notices, recovery, throttle
@@ -182,8 +183,8 @@ def enroll(
 ) -> TotpEnrollment:
     """Create a pending factor; it becomes active only after ``confirm`` with a correct code."""
     user = session.get(User, user_id)
-    if user is None:
-        raise NotFound("No such user")
+    if user is None:  # deleted since the bearer check, as in lock_second_factors
+        raise Unauthenticated("The account no longer exists")
     name = clean_name(name, default=DEFAULT_NAME)
     recovery.lock_second_factors(session, user_id=user_id)  # enrollments at once count too
     if count_active(session, user_id=user_id) >= deps.settings.totp_max_factors:

@@ -23,8 +23,8 @@ from authsvc.errors import (
     Conflict,
     CredentialExists,
     InvalidChallenge,
-    InvalidCredentials,
     InvalidWebauthnResponse,
+    Unauthenticated,
 )
 from authsvc.models import User, WebauthnCredential
 from authsvc.services import (
@@ -75,8 +75,8 @@ def registration_options(
     clean = webauthn.clean_name(name)
     # The account before its challenges (see webauthn.issue_challenge).
     user = accounts.lock_account(session, user_id)
-    if user is None:
-        raise InvalidCredentials()
+    if user is None:  # deleted since the bearer check, as in recovery.lock_second_factors
+        raise Unauthenticated("The account no longer exists")
     rows = webauthn.credentials_of(session, user_id)
     if len(rows) >= settings.webauthn_max_credentials:
         raise Conflict(f"At most {settings.webauthn_max_credentials} security keys per account")

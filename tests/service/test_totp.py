@@ -25,6 +25,7 @@ from authsvc.errors import (
     InvalidMfa,
     InvalidRequest,
     NotFound,
+    Unauthenticated,
 )
 from authsvc.models import AuditEvent, OutboxMessage, TotpFactor, User
 from authsvc.schema import upgrade
@@ -293,6 +294,18 @@ def test_factor_limit(db_session, deps, make_user, caller, now):
     confirmed(db_session, limited, user, caller, now)
     with pytest.raises(FactorLimitReached):
         enroll(db_session, limited, user, caller, now)
+
+
+def test_enroll_for_an_account_deleted_meanwhile_is_unauthenticated(
+    db_session, deps, make_user, caller, now
+):
+    # The bearer check passed, then the account went (an admin deletion committed): the
+    # route answers 401, as every other writer of factors does, not a 404 it does not list.
+    user = make_user()
+    db_session.delete(user)
+    db_session.flush()
+    with pytest.raises(Unauthenticated):
+        enroll(db_session, deps, user, caller, now)
 
 
 @pytest.mark.parametrize("name", ["", "   ", "x" * 65, "bad\x07name", "zero\u200bwidth"])

@@ -12,7 +12,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from authsvc.db import make_engine
-from authsvc.errors import InvalidChallenge, InvalidMfa, InvalidRequest, NotFound
+from authsvc.errors import (
+    InvalidChallenge,
+    InvalidMfa,
+    InvalidRequest,
+    NotFound,
+    Unauthenticated,
+)
 from authsvc.models import (
     AuditEvent,
     OutboxMessage,
@@ -66,6 +72,19 @@ def _mfa(db_session, deps, user, key, now, caller, **kwargs):
 
 def _events(db_session, type_):
     return list(db_session.scalars(select(AuditEvent).where(AuditEvent.type == type_)))
+
+
+def test_registration_options_for_an_account_deleted_meanwhile_are_unauthenticated(
+    db_session, deps, ada, now
+):
+    # A bearer route: the 401 is the bearer one (with its challenge header), as for every
+    # other writer of factors, not a refused password.
+    db_session.delete(ada)
+    db_session.flush()
+    with pytest.raises(Unauthenticated):
+        webauthn_registration.registration_options(
+            db_session, deps, user_id=ada.id, name="key", now=now
+        )
 
 
 def test_challenges_are_stored_as_digests_and_spent_once(db_session, deps, ada, now, caller):
