@@ -26,7 +26,7 @@ from authsvc.errors import (
     InvalidWebauthnResponse,
     Unauthenticated,
 )
-from authsvc.models import User, WebauthnCredential
+from authsvc.models import User, UserToken, WebauthnCredential
 from authsvc.services import (
     accounts,
     audit,
@@ -211,7 +211,10 @@ def _store(
     verified: _Verified,
     client: Client,
     now: datetime,
+    spend: UserToken | None = None,
 ) -> RegisteredKey:
+    """Store the verified key; ``spend``, a token the registration uses up, is spent with the
+    insert, and stays live when another account's registration of the same key wins."""
     key = verified.key
     row = WebauthnCredential(
         user_id=user_id,
@@ -231,6 +234,8 @@ def _store(
     )
     try:
         with session.begin_nested():  # another user's registration of the same key may win
+            if spend is not None:
+                user_tokens.consume(session, row=spend, now=now)
             session.add(row)
     except IntegrityError:
         _rejected(session, user_id=user_id, reason="credential_exists", client=client, now=now)
@@ -306,15 +311,16 @@ def register_with_enrollment(
 ) -> EnrollmentLogin:
     """Register with an ``mfa_enrollment`` token and finish the login it stands for (amr
     gains hwk/swk and mfa). The response is verified before the token is spent, and the
-    token is spent before anything is stored."""
+    token is spent with the key (it stays live if another account stores that key first)."""
     token, user = mfa_management.find_enrollment(
         session, token=enrollment_token, now=now, lock_owner=True
     )
     verified = _verify_registration(
         session, deps, user_id=user.id, credential=credential, name=name, client=client, now=now
     )
-    user_tokens.consume(session, row=token, now=now)
-    factor = _store(session, deps, user_id=user.id, verified=verified, client=client, now=now)
+    factor = _store(
+        session, deps, user_id=user.id, verified=verified, client=client, now=now, spend=token
+    )
     method = "swk" if factor.synced else "hwk"
     amr = tuple(dict.fromkeys((*user_tokens.context_of(token).get("amr", ["pwd"]), method, "mfa")))
     result = login.finish_login(session, deps, user=user, amr=amr, client=client, now=now)

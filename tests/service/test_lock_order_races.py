@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 
 from authsvc.crypto import totp as otp
 from authsvc.errors import AuthsvcError
-from authsvc.models import Session, TotpFactor, User, WebauthnCredential
+from authsvc.models import Session, TotpFactor, User, UserToken, WebauthnCredential
 from authsvc.models.breach import BreachTarget
 from authsvc.services import (
     accounts,
@@ -579,6 +579,66 @@ def test_webauthn_options_while_admin_delete_commits(
     )
     refused = "unauthenticated" if options == "registration" else "invalid_token"
     assert outcomes == {"first": "ok", "second": refused}, outcomes
+
+
+def test_an_enrollment_registration_losing_its_key_to_another_account(committed, deps, caller, now):
+    # Two accounts register the same credential id at once; the one registering with an
+    # enrollment token checked it was free before the other committed, and loses at the
+    # insert: 409, and its token is not spent (the login it stands for can still finish).
+    user_id = _account(committed, deps, now)
+    with committed.begin() as session:
+        other = User(email="bob@example.com", created_at=now, updated_at=now)
+        session.add(other)
+        session.flush()
+        other_id = other.id
+        token = user_tokens.issue(
+            session,
+            user_id=user_id,
+            purpose="mfa_enrollment",
+            ttl=timedelta(minutes=5),
+            now=now,
+            context={"amr": ["pwd"]},
+        )
+    same = b"one credential id, two accounts"
+    mine = SoftAuthenticator().register(_options(committed, deps, now, user_id), credential_id=same)
+    theirs = SoftAuthenticator().register(
+        _options(committed, deps, now, other_id), credential_id=same
+    )
+    owner = committed()
+    owner.begin()
+    webauthn_registration.register(
+        owner, deps, user_id=other_id, credential=theirs, name=None, client=caller, now=now
+    )  # not committed yet
+    owner.flush()
+
+    def enrolled(s, credential):
+        webauthn_registration.register_with_enrollment(
+            s,
+            deps,
+            enrollment_token=token,
+            credential=credential,
+            name=None,
+            client=caller,
+            now=now,
+        )
+
+    outcomes = {}
+    thread = threading.Thread(
+        target=lambda: outcomes.__setitem__(
+            "enrollment", _attempt(committed, lambda s: enrolled(s, mine))
+        )
+    )
+    thread.start()
+    thread.join(0.7)  # it waits on the other account's key (or, on SQLite, its transaction)
+    owner.commit()
+    owner.close()
+    thread.join(30)
+
+    assert outcomes == {"enrollment": "credential_exists"}, outcomes
+    with committed() as session:
+        assert session.scalar(select(UserToken.used_at).where(UserToken.user_id == user_id)) is None
+    another = SoftAuthenticator().register(_options(committed, deps, now, user_id))
+    assert _attempt(committed, lambda s: enrolled(s, another)) == "ok"
 
 
 LATER = timedelta(minutes=1)  # the reset and the notice run come after the campaign
