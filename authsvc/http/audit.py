@@ -9,7 +9,7 @@ from flask import Blueprint, Response, request
 
 from authsvc.errors import InvalidRequest
 from authsvc.http.auth import principal, require_admin, require_user
-from authsvc.http.io import db, deps, respond, transactional
+from authsvc.http.io import DIGITS, db, deps, query_limit, respond, transactional
 from authsvc.ratelimit import client_address
 from authsvc.services import accounts, audit, audit_views
 from authsvc.times import parse_time
@@ -21,7 +21,6 @@ MAX_LIMIT = 500
 MAX_TYPES = 20
 _TYPE = re.compile(r"^[a-z0-9_.]{1,64}\*?$")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_DIGITS = re.compile(r"[0-9]+")  # ASCII digits only (str.isdigit also takes "²" and "٣")
 _ADMIN_PARAMS = frozenset(
     {"user_id", "type", "outcome", "email", "ip", "since", "until", "limit", "cursor"}
 )
@@ -43,10 +42,7 @@ def _time(name: str) -> datetime | None:
 
 
 def _limit() -> int:
-    raw = request.args.get("limit", str(DEFAULT_LIMIT))
-    if not _DIGITS.fullmatch(raw) or len(raw) > 4 or not 1 <= int(raw) <= MAX_LIMIT:
-        raise InvalidRequest(f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
-    return int(raw)
+    return query_limit(default=DEFAULT_LIMIT, maximum=MAX_LIMIT)
 
 
 def _cursor() -> int | None:
@@ -54,7 +50,7 @@ def _cursor() -> int | None:
     if raw is None:
         return None
     # Event ids are 64-bit integers: at most 18 digits keeps every value inside that range.
-    if not _DIGITS.fullmatch(raw) or len(raw) > 18:
+    if not DIGITS.fullmatch(raw) or len(raw) > 18:
         raise InvalidRequest(
             "cursor must be a next_cursor value from an earlier page", field="cursor"
         )

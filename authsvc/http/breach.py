@@ -23,6 +23,7 @@ from authsvc.http.io import (
     deps,
     field,
     parse,
+    query_limit,
     request_body,
     respond,
     to_json,
@@ -161,12 +162,7 @@ def create_breach_response() -> Response:
 @transactional
 @require_admin
 def list_breach_responses() -> Response:
-    try:
-        limit = int(request.args.get("limit", "50"))
-    except ValueError:
-        raise InvalidRequest("limit must be an integer", field="limit") from None
-    if not 1 <= limit <= 200:
-        raise InvalidRequest("limit must be 1 to 200", field="limit")
+    limit = query_limit(default=50, maximum=200)
     items = breach.list_campaigns(db(), status=request.args.get("status"), limit=limit)
     return respond({"breach_responses": items})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import types
 from collections.abc import Callable, Hashable, Mapping
 from datetime import datetime
@@ -22,6 +23,7 @@ from authsvc.services.context import Client, Deps
 
 T = TypeVar("T")
 MAX_STRING = 4096
+DIGITS = re.compile(r"[0-9]+")  # ASCII digits only (str.isdigit also takes "²" and "٣")
 
 
 def field(*, max_length: int = MAX_STRING, **kwargs: Any) -> Any:
@@ -208,6 +210,15 @@ def no_content() -> Response:
     del response.headers["Content-Type"]  # no body, so no type (Flask's default is text/html)
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def query_limit(*, default: int, maximum: int) -> int:
+    """The ``limit`` query parameter of a list, 1 to ``maximum`` in ASCII digits (int() also
+    takes "1_0", a sign, spaces around it and other scripts' digits)."""
+    raw = request.args.get("limit", str(default))
+    if not DIGITS.fullmatch(raw) or len(raw) > 4 or not 1 <= int(raw) <= maximum:
+        raise InvalidRequest(f"limit must be an integer from 1 to {maximum}", field="limit")
+    return int(raw)
 
 
 # --- request-scoped collaborators -------------------------------------------------------

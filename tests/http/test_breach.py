@@ -188,6 +188,21 @@ def test_an_idempotency_key_must_be_printable(client, as_admin, accounts, key):
     assert (response.status_code, response.get_json()["field"]) == (400, "Idempotency-Key")
 
 
+@pytest.mark.parametrize(
+    "limit", ["1_0", "+5", " 7", "7 ", "%D9%A3", "%C2%B2", "0", "201", "ten", "-1"]
+)
+def test_the_list_limit_is_plain_ascii_digits(client, as_admin, limit):
+    # As the audit events' limit: int() also takes "1_0", a sign, spaces and other digits.
+    response = client.get(f"{BASE}?limit={limit}", headers=as_admin)
+
+    assert (response.status_code, response.get_json()["field"]) == (400, "limit")
+
+
+def test_the_list_limit_takes_1_to_200(client, as_admin):
+    for limit in ("1", "200", "050"):
+        assert client.get(f"{BASE}?limit={limit}", headers=as_admin).status_code == 200
+
+
 def test_a_dry_run_only_counts(client, app, as_admin, accounts):
     response = start(client, as_admin, dry_run=True)
 
