@@ -91,11 +91,20 @@ def dev_keyring(var_dir: Path) -> Keyring:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(generate_key_spec("dev1") + "\n")
+    try:
+        keyring = Keyring.from_specs(path.read_text().split())
+    except ValueError as exc:  # emptied, cut short or overwritten (UnicodeDecodeError too)
+        raise ConfigError(
+            [
+                f"{path} holds no development key list ({exc}): restore it, or remove it for new "
+                "keys (what the old ones encrypted is then lost)"
+            ]
+        ) from None
     log.warning(
         "USING DEVELOPMENT ENCRYPTION KEYS from %s: set AUTHSVC_ENCRYPTION_KEYS in production",
         path,
     )
-    return Keyring.from_specs(path.read_text().split())
+    return keyring
 
 
 RATE_LIMIT_POLICIES = (

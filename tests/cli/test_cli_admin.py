@@ -221,6 +221,21 @@ def test_serve_with_more_than_one_worker_needs_shared_rate_limits(env):
     ]
 
 
+@pytest.mark.parametrize("keys", ["", "\n", "dev1:tooshort\n", "not a key\n", "\xff\xfe"])
+def test_serve_names_a_development_key_file_that_is_no_key_list(env, tmp_path, keys):
+    # Emptied, cut short or overwritten: a ValueError traceback from the keyring before.
+    var = tmp_path / "var"
+    var.mkdir()
+    (var / "dev-keys.txt").write_bytes(keys.encode("latin-1"))
+    result = CliRunner().invoke(
+        main, ["serve", "--port", "1"], env={**env, "AUTHSVC_ENCRYPTION_KEYS": None}
+    )
+
+    assert result.exit_code == 1, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("Error: configuration: ") and str(var / "dev-keys.txt") in line
+
+
 @pytest.mark.parametrize("port", ["65536", "-1"])
 @pytest.mark.parametrize("dev", [False, True], ids=["gunicorn", "dev"])
 def test_serve_refuses_a_port_that_is_no_port(env, port, dev):
