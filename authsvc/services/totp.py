@@ -327,6 +327,10 @@ def activate(
         )
     )
     if claimed != 1:
+        # Confirmed by another request meanwhile, or cancelled (a removal of a pending factor
+        # does not wait for the account's lock).
+        if session.get(TotpFactor, factor_id, populate_existing=True) is None:
+            raise NotFound("No such TOTP factor")
         raise Conflict("This factor is already confirmed")
     row = session.get(TotpFactor, factor_id)
     assert row is not None

@@ -291,6 +291,55 @@ def test_totp_enroll_while_admin_delete_commits(committed, deps, caller, now):
     assert outcomes == {"delete": "ok", "enroll": "unauthenticated"}, outcomes
 
 
+def test_a_totp_confirmation_while_the_enrollment_is_cancelled(
+    committed, deps, caller, now, monkeypatch
+):
+    # The right code was checked, then the enrollment was cancelled (a removal of a pending
+    # factor takes no lock on PostgreSQL): the confirmation finds no such factor (404), it
+    # does not answer that the factor is already confirmed.
+    user_id = _account(committed, deps, now)
+    with committed.begin() as session:
+        pending = totp.enroll(session, deps, user_id=user_id, name=None, client=caller, now=now)
+    gate, release = _pause_at(monkeypatch, totp, "activate")
+    outcomes = _race(
+        lambda: _attempt(
+            committed,
+            lambda s: totp.confirm(
+                s,
+                deps,
+                user_id=user_id,
+                factor_id=pending.factor_id,
+                code=otp.code_at(pending.secret, otp.step_at(now)),
+                client=caller,
+                now=now,
+            ),
+        ),
+        lambda: _attempt(
+            committed,
+            lambda s: mfa_management.remove(
+                s,
+                deps,
+                user_id=user_id,
+                factor_id=pending.factor_id,
+                auth_time=now,
+                client=caller,
+                now=now,
+            ),
+        ),
+        gate,
+        release,
+    )
+    with committed() as session:
+        left = session.scalars(select(TotpFactor.id)).all()
+    # SQLite serialises the two: the confirmation goes first, the removal then removes the
+    # active factor.
+    assert outcomes in (
+        {"first": "not_found", "second": "ok"},
+        {"first": "ok", "second": "ok"},
+    ), outcomes
+    assert left == []
+
+
 def test_rename_vs_remove(committed, deps, caller, now, monkeypatch):
     user_id = _account(committed, deps, now)
     _with_totp(committed, deps, caller, now, user_id)
