@@ -218,6 +218,12 @@ class Settings:
         if not all(_ORIGIN.fullmatch(origin) for origin in self.cors_origins):
             # flask-cors reads "*" as every origin and other strings as patterns.
             out.append("AUTHSVC_CORS_ORIGINS: origins like https://app.example.com, no wildcard")
+        if not _is_web_url(self.public_url):
+            # The base of every mailed link (and the token issuer): links with no host.
+            out.append(
+                "AUTHSVC_PUBLIC_URL must be an absolute http:// or https:// URL with a host, "
+                "such as https://auth.example.com"
+            )
         if self.trusted_proxies < 0 or self.max_body_bytes < 1024:
             out.append("AUTHSVC_TRUSTED_PROXIES must be >= 0 and AUTHSVC_MAX_BODY_BYTES >= 1024")
         if self.env is Env.PRODUCTION and not self.allow_insecure_production:
@@ -236,7 +242,7 @@ class Settings:
                     "console:// mail prints one-time links to the terminal; refused in production: "
                     "set AUTHSVC_MAIL_URL (or set AUTHSVC_ALLOW_INSECURE_PRODUCTION=true)"
                 )
-            if not _is_https_url(self.public_url):
+            if _is_web_url(self.public_url) and not _is_https_url(self.public_url):
                 out.append(
                     "AUTHSVC_PUBLIC_URL must be an https:// URL in production: it is the base of "
                     "every mailed link, which carries a token (the default names the reader's "
@@ -457,6 +463,14 @@ def _postable_url(url: str) -> bool:
         and all(ch.isprintable() and not ch.isspace() for ch in url)
         and (parts.path + parts.query).isascii()
     )
+
+
+def _is_web_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url.strip())
+        return parts.scheme in {"http", "https"} and bool(parts.hostname)
+    except ValueError:
+        return False
 
 
 def _skips_certificate_checks(mail_url: str) -> bool:

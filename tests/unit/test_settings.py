@@ -269,6 +269,13 @@ def test_every_problem_is_reported_at_once():
         {"metrics_token": "prometheus-scrape-token-0123456789abcdef "},
         {"metrics_token": "prometheus-scrape-token-0123456789abcdéf"},
         {"jwt_audience": "  "},
+        # The base of every mailed link and the token issuer: links with no host otherwise.
+        {"public_url": ""},
+        {"public_url": " "},
+        {"public_url": "auth.example.com"},
+        {"public_url": "/auth"},
+        {"public_url": "https://"},
+        {"public_url": "ftp://auth.example.com"},
     ],
 )
 def test_invalid_values(changes):
@@ -434,8 +441,6 @@ def test_production_refuses_smtp_without_certificate_checks(scheme):
     [
         None,  # the default, http://localhost:8000: links to the reader's own machine
         "http://auth.example.com",  # tokens in the clear
-        "auth.example.com",
-        "https://",
     ],
 )
 def test_production_needs_an_https_public_url_for_the_links_it_mails(public_url):
