@@ -333,3 +333,31 @@ def test_a_password_without_context_words_passes(common: CommonPasswords) -> Non
         )
         == "a perfectly unknown phrase 81"
     )
+
+
+@pytest.mark.parametrize(
+    ("leaked", "typed"),
+    [
+        # Decomposed accents, as macOS and some keyboards send them, and the composed form
+        # that others type for the same password.
+        ("Mu\u0308ller-Lu\u0308denscheid", "Mu\u0308ller-Lu\u0308denscheid"),
+        ("Mu\u0308ller-Lu\u0308denscheid", "M\u00fcller-L\u00fcdenscheid"),
+        (full_width("Hunter2-Forever"), full_width("Hunter2-Forever")),
+        ("\ufb01nancial-secret\u00b2", "\ufb01nancial-secret\u00b2"),  # ligature, superscript
+    ],
+)
+def test_a_password_leaked_in_a_form_other_than_nfkc_is_refused(
+    tmp_path: Path, common: CommonPasswords, leaked: str, typed: str
+) -> None:
+    """The corpus holds the SHA-1 of what was typed elsewhere, not of its NFKC form; whoever
+    replays the leaked string here logs in with it (it is normalised at login too)."""
+    src = write_lines(tmp_path / "pwned.txt", [f"{sha1_hex(leaked)}:5"])
+    import_pwned_file(src, tmp_path / "store.bin")
+    with BreachedPasswordStore(tmp_path / "store.bin") as store:
+        assert store.contains(typed)
+        blocklist = Blocklist(common, store)
+        assert blocklist.is_blocked(typed)
+        with pytest.raises(PasswordPolicyViolation) as caught:
+            check_policy(typed, blocklist=blocklist, min_length=8, max_length=64)
+        assert caught.value.reason == "breached"
+        assert not blocklist.is_blocked(CLEAN[0])
