@@ -122,7 +122,8 @@ class PasswordHasher:
     """Argon2id hashing with a per-process concurrency limit.
 
     Verifies Argon2 (any variant), bcrypt ($2a$, $2b$, $2y$) and Django ``pbkdf2_sha256`` hashes.
-    Anything but an Argon2id hash with exactly this hasher's parameters needs a rehash.
+    Anything but an Argon2id hash of the NFKC form with exactly this hasher's parameters
+    needs a rehash.
     """
 
     def __init__(
@@ -190,34 +191,39 @@ class PasswordHasher:
         normalized = normalize(password)
         with self._slot():
             started = time.perf_counter()
-            result, current = self._check_stored(family, expected_hash, normalized, password)
+            result, current, checks = self._check_stored(
+                family, expected_hash, normalized, password
+            )
             took = time.perf_counter() - started
             if current:
-                self._observe(took)
+                self._observe(took / checks)
             elif not result.ok:
-                time.sleep(max(0.0, self._current_check_seconds() - took))
+                wanted = _checks_of_a_failure(normalized, password)
+                time.sleep(max(0.0, wanted * self._current_check_seconds() - took))
             return result
 
     def _check_stored(
         self, family: HashFamily | None, expected_hash: str, normalized: str, password: str
-    ) -> tuple[VerifyResult, bool]:
-        """The result, and whether the hash is a current Argon2id one."""
+    ) -> tuple[VerifyResult, bool, int]:
+        """The result, whether the hash is a current Argon2id one, and the checks made."""
         if family is None:
-            return _FAILED, False
+            return _FAILED, False, 1
         if family == "argon2":
             outdated = self._needs_rehash(expected_hash)
-            ok = self._check_argon2(expected_hash, normalized) or (
-                # One made elsewhere (imported) or under other settings may be of the
-                # password as typed, without NFKC; ours with these settings never is.
-                outdated and normalized != password and self._check_argon2(expected_hash, password)
-            )
-            return VerifyResult(ok=ok, needs_rehash=ok and outdated), not outdated
+            if self._check_argon2(expected_hash, normalized):
+                return VerifyResult(ok=True, needs_rehash=outdated), not outdated, 1
+            if normalized == password:
+                return _FAILED, not outdated, 1
+            # One made elsewhere (imported, even with these very settings) may be of the
+            # password as typed, without NFKC; it is then rehashed in the NFKC form.
+            ok = self._check_argon2(expected_hash, password)
+            return VerifyResult(ok=ok, needs_rehash=ok), not outdated, 2
         check = _check_bcrypt if family == "bcrypt" else _check_pbkdf2
         # Legacy hashes were made elsewhere, without NFKC: try the password as typed too.
         ok = check(expected_hash, normalized) or (
             normalized != password and check(expected_hash, password)
         )
-        return VerifyResult(ok=ok, needs_rehash=ok), False
+        return VerifyResult(ok=ok, needs_rehash=ok), False, 1 + (normalized != password)
 
     def dummy_verify(self, password: str) -> None:
         """Do the work of a failed ``verify`` on a current hash, for accounts that do not exist."""
@@ -225,14 +231,16 @@ class PasswordHasher:
         with self._slot():
             self._dummy()  # made once, not timed
             started = time.perf_counter()
-            self._dummy_check(normalized)
-            self._observe(time.perf_counter() - started)
+            self._dummy_check(normalized, password)
+            took = time.perf_counter() - started
+            self._observe(took / _checks_of_a_failure(normalized, password))
 
-    def _dummy_check(self, normalized: str) -> None:
+    def _dummy_check(self, normalized: str, password: str) -> None:
         dummy = self._dummy()
         self._stored_family(dummy)
         self._needs_rehash(dummy)
-        self._check_argon2(dummy, normalized)
+        if not self._check_argon2(dummy, normalized) and normalized != password:
+            self._check_argon2(dummy, password)  # as verify does for a current hash
 
     def _observe(self, seconds: float) -> None:
         """Follow the time a current check takes (a moving average: it drifts with load)."""
@@ -245,7 +253,8 @@ class PasswordHasher:
         if self._typical_check is None:
             self._dummy()
             started = time.perf_counter()
-            self._dummy_check(secrets.token_urlsafe(12))
+            guess = secrets.token_urlsafe(12)
+            self._dummy_check(guess, guess)
             self._observe(time.perf_counter() - started)
         assert self._typical_check is not None
         return self._typical_check
@@ -305,6 +314,12 @@ class PasswordHasher:
             return self._argon2.check_needs_rehash(expected_hash)
         except ValueError:
             return True
+
+
+def _checks_of_a_failure(normalized: str, password: str) -> int:
+    """The Argon2 checks a wrong password costs against a current hash: the password as typed
+    is tried as well when NFKC changed it."""
+    return 1 if normalized == password else 2
 
 
 def _check_bcrypt(expected_hash: str, password: str) -> bool:

@@ -268,6 +268,44 @@ def test_an_imported_argon2_hash_of_a_non_nfkc_password_still_verifies() -> None
     assert make_hasher().verify(own, typed) == OK_CURRENT
 
 
+def test_an_imported_argon2_hash_with_the_current_settings_of_a_non_nfkc_password_verifies() -> (
+    None
+):
+    # Another system with the same (common) settings, e.g. OWASP's m=19 MiB, t=2, p=1, hashed
+    # the password as typed: its hashes look current here, but are not of the NFKC form.
+    typed = "Kaffee\u2122 mit Milch\u00b2"
+    foreign = argon2.PasswordHasher(
+        time_cost=FAST.time_cost, memory_cost=FAST.memory_cost_kib, parallelism=FAST.parallelism
+    ).hash(typed)
+    hasher = make_hasher()
+    assert not hasher._needs_rehash(foreign)
+    assert hasher.verify(foreign, typed) == OK_REHASH  # and stored in the NFKC form next
+    assert hasher.verify(foreign, normalize(typed)) == FAILED
+    assert hasher.verify(hasher.hash(typed), typed) == OK_CURRENT
+
+
+@pytest.mark.parametrize("guess", ["a wrong guess", "a wrong guess\u00b2", full_width("guess")])
+def test_an_unknown_email_costs_as_many_argon2_checks_as_a_wrong_password(
+    monkeypatch: pytest.MonkeyPatch, guess: str
+) -> None:
+    hasher = make_hasher()
+    stored = hasher.hash("the right password")
+    hasher.dummy_verify("warm up")  # the dummy hash is made once, outside the count
+    calls: list[str] = []
+    check = hasher._check_argon2
+
+    def counted(expected_hash: str, password: str) -> bool:
+        calls.append(password)
+        return check(expected_hash, password)
+
+    monkeypatch.setattr(hasher, "_check_argon2", counted)
+    assert hasher.verify(stored, guess) == FAILED
+    registered = len(calls)
+    calls.clear()
+    hasher.dummy_verify(guess)
+    assert len(calls) == registered
+
+
 def test_own_params_above_the_ceilings_still_verify() -> None:
     heavy = make_hasher(Argon2Params(MAX_ARGON2_TIME_COST + 1, 64, 1))
     stored = heavy.hash("slow but fine")
