@@ -174,6 +174,11 @@ class Settings:
         out = []
         if self.password_min_length < 8 or self.password_max_length < self.password_min_length:
             out.append("AUTHSVC_PASSWORD_MIN_LENGTH must be >= 8 and <= the maximum")
+        elif self.password_max_length > MAX_PASSWORD_LENGTH:
+            out.append(
+                f"AUTHSVC_PASSWORD_MAX_LENGTH must be <= {MAX_PASSWORD_LENGTH} (the longest "
+                "password a request may carry)"
+            )
         if (
             not 1 <= self.argon2_parallelism <= 255
             or not 8 * self.argon2_parallelism <= self.argon2_memory_kib <= MAX_ARGON2_MEMORY_KIB
@@ -369,6 +374,9 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")  # WARN:
 # Beyond any sane setting; stored hashes are verified within these (crypto.passwords.MAX_OWN_*).
 MAX_ARGON2_MEMORY_KIB = 4 * 1024 * 1024  # 4 GiB per hash
 MAX_ARGON2_TIME_COST = 20
+# The longest password field a request may carry (http.public.PASSWORD_MAX): a longer policy
+# would answer passwords it admits with 400 invalid_request.
+MAX_PASSWORD_LENGTH = 1024
 # One item of the `limits` notation: "10/minute", "100 per day", "5/2 hours".
 _RATE_LIMIT = re.compile(
     r"^\s*[1-9][0-9]*\s*(/|per)\s*([1-9][0-9]*\s*)?(second|minute|hour|day|month|year)s?\s*$"

@@ -15,6 +15,7 @@ import pytest
 from authsvc import settings as settings_module
 from authsvc.crypto import passwords
 from authsvc.crypto.keyring import generate_key_spec
+from authsvc.http import public
 from authsvc.settings import ConfigError, Env, Settings
 
 KEY = generate_key_spec("k1")
@@ -223,6 +224,7 @@ def test_every_problem_is_reported_at_once():
     [
         {"password_min_length": "7"},
         {"password_min_length": "20", "password_max_length": "10"},
+        {"password_max_length": "1025"},  # requests carry at most 1024 characters
         {"argon2_time_cost": "0"},
         {"argon2_memory_kib": "7"},
         {"max_concurrent_hashes": "0"},
@@ -562,6 +564,11 @@ def test_generated_keys_are_accepted():
     keys = tuple(generate_key_spec(f"k{n}") for n in range(200))
 
     assert Settings(encryption_keys=keys).problems() == []
+
+
+def test_the_longest_password_policy_is_what_a_request_may_carry():
+    assert settings_module.MAX_PASSWORD_LENGTH == public.PASSWORD_MAX
+    assert from_env(password_max_length="1024").password_max_length == 1024
 
 
 def test_the_argon2_bounds_are_those_stored_hashes_are_verified_within():
