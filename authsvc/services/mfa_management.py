@@ -236,17 +236,19 @@ def confirm_totp_with_enrollment(
 ) -> EnrollmentLogin:
     """Confirm a TOTP factor enrolled with an ``mfa_enrollment`` token and finish the login
     that token stands for (amr gains ``otp`` and ``mfa``). The code is checked before the
-    token is spent, and the token is spent before anything else changes. The account is
-    locked as the token is read, as at every login step: a disable committed meanwhile shows
-    (the step is refused), or waits for this login and then ends its session."""
+    token is spent, and the token is spent with the activation: an activation refused (the
+    factor cancelled meanwhile) leaves it live. The account is locked as the token is read,
+    as at every login step: a disable committed meanwhile shows (the step is refused), or
+    waits for this login and then ends its session."""
     row, user = find_enrollment(session, token=enrollment_token, now=now, lock_owner=True)
     step = totp.check_pending_code(
         session, deps, user_id=user.id, factor_id=factor_id, code=code, client=client, now=now
     )
-    user_tokens.consume(session, row=row, now=now)
-    confirmation = totp.activate(
-        session, deps, user_id=user.id, factor_id=factor_id, step=step, client=client, now=now
-    )
+    with session.begin_nested():  # the factor may be cancelled meanwhile: the token stays live
+        user_tokens.consume(session, row=row, now=now)
+        confirmation = totp.activate(
+            session, deps, user_id=user.id, factor_id=factor_id, step=step, client=client, now=now
+        )
     amr = tuple(user_tokens.context_of(row).get("amr", ["pwd"]))
     amr = tuple(dict.fromkeys((*amr, totp.AMR, "mfa")))
     result = login.finish_login(session, deps, user=user, amr=amr, client=client, now=now)

@@ -340,6 +340,67 @@ def test_a_totp_confirmation_while_the_enrollment_is_cancelled(
     assert left == []
 
 
+def test_an_enrollment_confirmation_while_its_factor_is_cancelled(
+    committed, deps, caller, now, monkeypatch
+):
+    # The right code was checked, then the pending factor was cancelled: the confirmation
+    # answers 404 and its enrollment token is not spent (the login it stands for can still
+    # finish with another factor).
+    user_id = _account(committed, deps, now)
+    with committed.begin() as session:
+        token = user_tokens.issue(
+            session,
+            user_id=user_id,
+            purpose="mfa_enrollment",
+            ttl=timedelta(minutes=5),
+            now=now,
+            context={"amr": ["pwd"]},
+        )
+        pending = totp.enroll(session, deps, user_id=user_id, name=None, client=caller, now=now)
+
+    def confirmed(s, enrolled):
+        mfa_management.confirm_totp_with_enrollment(
+            s,
+            deps,
+            enrollment_token=token,
+            factor_id=enrolled.factor_id,
+            code=otp.code_at(enrolled.secret, otp.step_at(now)),
+            client=caller,
+            now=now,
+        )
+
+    gate, release = _pause_at(monkeypatch, totp, "activate")
+    outcomes = _race(
+        lambda: _attempt(committed, lambda s: confirmed(s, pending)),
+        lambda: _attempt(
+            committed,
+            lambda s: mfa_management.remove(
+                s,
+                deps,
+                user_id=user_id,
+                factor_id=pending.factor_id,
+                auth_time=now,
+                client=caller,
+                now=now,
+            ),
+        ),
+        gate,
+        release,
+    )
+    # SQLite serialises the two: the confirmation goes first and spends the token.
+    assert outcomes in (
+        {"first": "not_found", "second": "ok"},
+        {"first": "ok", "second": "ok"},
+    ), outcomes
+    if outcomes["first"] == "not_found":
+        with committed() as session:
+            spent = session.scalar(select(UserToken.used_at).where(UserToken.user_id == user_id))
+        assert spent is None
+        with committed.begin() as session:
+            another = totp.enroll(session, deps, user_id=user_id, name=None, client=caller, now=now)
+        assert _attempt(committed, lambda s: confirmed(s, another)) == "ok"
+
+
 def test_rename_vs_remove(committed, deps, caller, now, monkeypatch):
     user_id = _account(committed, deps, now)
     _with_totp(committed, deps, caller, now, user_id)
