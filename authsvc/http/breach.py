@@ -22,6 +22,7 @@ from authsvc.http.io import (
     db,
     deps,
     field,
+    only_query,
     parse,
     query_limit,
     request_body,
@@ -162,6 +163,7 @@ def create_breach_response() -> Response:
 @transactional
 @require_admin
 def list_breach_responses() -> Response:
+    only_query(frozenset({"status", "limit"}))
     limit = query_limit(default=50, maximum=200)
     items = breach.list_campaigns(db(), status=request.args.get("status"), limit=limit)
     return respond({"breach_responses": items})

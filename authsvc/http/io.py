@@ -212,6 +212,19 @@ def no_content() -> Response:
     return response
 
 
+def only_query(allowed: frozenset[str], *, repeatable: Mapping[str, int] | None = None) -> None:
+    """Refuse a query parameter the endpoint does not take, or one given more often than it
+    may be (once, unless ``repeatable`` names it with its most): a misspelt or repeated filter
+    answers 400 rather than being ignored or half read."""
+    unknown = sorted(set(request.args) - allowed)
+    if unknown:
+        raise InvalidRequest(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
+    most = repeatable or {}
+    for name in request.args:
+        if len(request.args.getlist(name)) > most.get(name, 1):
+            raise InvalidRequest(f"{name} is given too often", field=name)
+
+
 def query_limit(*, default: int, maximum: int) -> int:
     """The ``limit`` query parameter of a list, 1 to ``maximum`` in ASCII digits (int() also
     takes "1_0", a sign, spaces around it and other scripts' digits)."""

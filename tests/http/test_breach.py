@@ -203,6 +203,23 @@ def test_the_list_limit_takes_1_to_200(client, as_admin):
         assert client.get(f"{BASE}?limit={limit}", headers=as_admin).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("limit=1&limit=2", "limit"),
+        ("status=pending&status=failed", "status"),
+        ("limt=5", "limt"),
+        ("limit=5&cursor=x", "cursor"),
+    ],
+)
+def test_the_list_refuses_unknown_and_repeated_parameters(client, as_admin, query, field):
+    # As the audit events: a misspelt or repeated filter is refused, not ignored.
+    response = client.get(f"{BASE}?{query}", headers=as_admin)
+
+    body = response.get_json()
+    assert (response.status_code, body["code"], body["field"]) == (400, "invalid_request", field)
+
+
 def test_a_dry_run_only_counts(client, app, as_admin, accounts):
     response = start(client, as_admin, dry_run=True)
 
