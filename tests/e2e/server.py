@@ -1,8 +1,10 @@
 """A real `authsvc serve` (gunicorn) on a free port, for end-to-end tests and benchmarks.
 
-Each server gets its own fresh PostgreSQL database and Redis database number when the
-test environment names them (AUTHSVC_E2E_POSTGRES_URL, default postgresql://postgres@127.0.0.1/test;
-AUTHSVC_E2E_REDIS_URL, default redis://127.0.0.1:6379), so runs never see each other's state.
+Each server gets its own fresh PostgreSQL database on the server of AUTHSVC_E2E_POSTGRES_URL
+(default postgresql://postgres@127.0.0.1/test), so runs never see each other's rows. Its Redis
+database is the one AUTHSVC_E2E_REDIS_URL names (default redis://127.0.0.1:6379/1; a URL
+without a database number means 1), which each server empties as it starts: give concurrent
+runs on one machine different numbers, and never one that holds anything else.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import redis
@@ -30,7 +33,14 @@ from authsvc.crypto.keyring import generate_key_spec
 ROOT = Path(__file__).resolve().parents[2]
 AUTHSVC = Path(sys.executable).parent / "authsvc"
 POSTGRES_URL = os.environ.get("AUTHSVC_E2E_POSTGRES_URL", "postgresql://postgres@127.0.0.1/test")
-REDIS_URL = os.environ.get("AUTHSVC_E2E_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_URL = os.environ.get("AUTHSVC_E2E_REDIS_URL", "redis://127.0.0.1:6379/1")
+
+
+def redis_url(db: int | None = None) -> str:
+    """REDIS_URL with database ``db``, else the one it names, else 1."""
+    parts = urlsplit(REDIS_URL)
+    number = db if db is not None else int(parts.path.strip("/") or 1)
+    return parts._replace(path=f"/{number}").geturl()
 
 
 @contextlib.contextmanager
@@ -77,7 +87,7 @@ class LiveServer:
         self.threads = threads
         self.mail_dir = workdir / "mail"
         self.db_name = f"e2e_{secrets.token_hex(6)}"
-        self.redis_db = redis_db if redis_db is not None else 1 + secrets.randbelow(15)
+        self.redis_url = redis_url(redis_db)
         self.database = database
         self.serve_args = serve_args  # extra `authsvc serve` options, e.g. --no-outbox-thread
         self.admin_key = ""
@@ -93,7 +103,7 @@ class LiveServer:
         }
         if database == "postgresql":
             self.env["AUTHSVC_DATABASE_URL"] = f"{POSTGRES_URL.rsplit('/', 1)[0]}/{self.db_name}"
-            self.env.setdefault("AUTHSVC_REDIS_URL", f"{REDIS_URL}/{self.redis_db}")
+            self.env.setdefault("AUTHSVC_REDIS_URL", self.redis_url)
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "server.log"
 

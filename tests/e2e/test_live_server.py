@@ -5,9 +5,25 @@ import urllib.request
 
 import pytest
 
+from tests.e2e import server as live_server
 from tests.e2e.server import LiveServer
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.mark.parametrize(
+    ("configured", "used"),
+    [
+        ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379/1"),
+        ("redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/1"),
+        ("redis://127.0.0.1:6379/7", "redis://127.0.0.1:6379/7"),
+    ],
+)
+def test_a_server_uses_the_redis_database_it_is_given(tmp_path, monkeypatch, configured, used):
+    # Never one picked at random: it empties it, and that one may be another run's.
+    monkeypatch.setattr(live_server, "REDIS_URL", configured)
+
+    assert LiveServer(tmp_path).env["AUTHSVC_REDIS_URL"] == used
 
 
 def test_serve_answers_ready_and_jwks(tmp_path):
