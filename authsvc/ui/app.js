@@ -211,7 +211,7 @@
   }));
 
   $("mfa-totp-form").addEventListener("submit", action(async () => {
-    const code = $("mfa-totp").value.replace(/\s+/g, "");
+    const code = $("mfa-totp").value.replace(/[\s-]+/g, "");
     $("mfa-totp").value = "";
     await afterLogin(await api("POST", "/v1/login/mfa", {
       mfa_token: state.mfaToken, totp_code: code,
@@ -285,7 +285,7 @@
   }));
 
   $("totp-confirm-form").addEventListener("submit", action(async () => {
-    const code = $("totp-code").value.replace(/\s+/g, "");
+    const code = $("totp-code").value.replace(/[\s-]+/g, "");
     $("totp-code").value = "";
     const result = await authed(
       "POST", `/v1/me/mfa/totp/${encodeURIComponent(state.totpFactorId)}/confirm`, { code },

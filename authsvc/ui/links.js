@@ -73,7 +73,7 @@
   }
 
   async function resetWithCodes() {
-    const totp = $("reset-totp-code").value.replace(/\s+/g, "");
+    const totp = $("reset-totp-code").value.replace(/[\s-]+/g, "");
     const recovery = $("reset-recovery-code").value.trim();
     if (totp) return reset({ totp_code: totp });
     if (recovery) return reset({ recovery_code: recovery });

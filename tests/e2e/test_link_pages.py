@@ -102,3 +102,43 @@ def test_a_reset_link_sets_a_new_password_with_the_second_factor(server, browser
     assert _call(server, "/v1/login", {"email": email, "password": PASSWORD})[0] == 401
     status, body = _call(server, "/v1/login", {"email": email, "password": NEW_PASSWORD})
     assert (status, body["status"]) == (200, "mfa_required")
+
+
+def _spelled(code: str) -> str:
+    return f"{code[:3]}-{code[3:]}"
+
+
+@pytest.mark.parametrize(
+    ("page", "field"), [("/ui/", "mfa-totp"), ("/reset-password", "reset-totp-code")]
+)
+def test_the_code_fields_take_every_spelling_the_api_takes(server, browser, page, field):
+    # The API takes "123456", "123 456" and "123-456": the browser must not refuse to send
+    # any of them, and still refuses what is no code.
+    browser.get(f"{server.url}{page}")
+    element = browser.find_element(By.ID, field)
+    valid = "arguments[0].value = arguments[1]; return arguments[0].checkValidity()"
+    for spelling in ("123456", "123 456", "123-456", "123 - 456"):
+        assert browser.execute_script(valid, element, spelling), spelling
+    assert not browser.execute_script(valid, element, "12a456")
+
+
+def test_a_code_typed_with_a_hyphen_signs_in_on_the_page(server, browser):
+    email = "hyphen@example.com"
+    assert _call(server, "/v1/signup", {"email": email, "password": PASSWORD})[0] == 202
+    verify = _link(server, email, "Confirm your email address", "verify-email")
+    assert _call(server, "/v1/signup/verify", {"token": verify.split("token=")[1]})[0] == 200
+    access = _call(server, "/v1/login", {"email": email, "password": PASSWORD})[1]["access_token"]
+    pending = _call(server, "/v1/me/mfa/totp", {}, access)[1]
+    confirm = f"/v1/me/mfa/totp/{pending['factor_id']}/confirm"
+    assert _call(server, confirm, {"code": _totp(pending["secret"])}, access)[0] == 200
+
+    browser.get(f"{server.url}/ui/")
+    browser.find_element(By.ID, "email").send_keys(email)
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "password-submit").click()
+    _status(browser, "Password accepted")
+    # The confirming code's step is spent; the next one is inside the accepted window.
+    code = _spelled(_totp(pending["secret"], offset=30))
+    browser.find_element(By.ID, "mfa-totp").send_keys(code)
+    browser.find_element(By.ID, "mfa-totp-submit").click()
+    _status(browser, "Signed in.")
