@@ -3,8 +3,9 @@
 Each server gets its own fresh PostgreSQL database on the server of AUTHSVC_E2E_POSTGRES_URL
 (default postgresql://postgres@127.0.0.1/test), so runs never see each other's rows. Its Redis
 database is the one AUTHSVC_E2E_REDIS_URL names (default redis://127.0.0.1:6379/1; a URL
-without a database number means 1), which each server empties as it starts: give concurrent
-runs on one machine different numbers, and never one that holds anything else.
+without a database number means 1), plus the pytest-xdist worker's number under -n, which each
+server empties as it starts: give concurrent runs on one machine numbers far enough apart, and
+never ones that hold anything else.
 """
 
 from __future__ import annotations
@@ -37,10 +38,13 @@ REDIS_URL = os.environ.get("AUTHSVC_E2E_REDIS_URL", "redis://127.0.0.1:6379/1")
 
 
 def redis_url(db: int | None = None) -> str:
-    """REDIS_URL with database ``db``, else the one it names, else 1."""
+    """REDIS_URL with database ``db``, else the one it names (1 if none), plus the number of
+    the pytest-xdist worker (gw0, gw1, ...): parallel workers of one run empty their own."""
     parts = urlsplit(REDIS_URL)
-    number = db if db is not None else int(parts.path.strip("/") or 1)
-    return parts._replace(path=f"/{number}").geturl()
+    if db is None:
+        worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+        db = int(parts.path.strip("/") or 1) + worker
+    return parts._replace(path=f"/{db}").geturl()
 
 
 @contextlib.contextmanager

@@ -22,8 +22,13 @@ pytestmark = pytest.mark.e2e
 def test_a_server_uses_the_redis_database_it_is_given(tmp_path, monkeypatch, configured, used):
     # Never one picked at random: it empties it, and that one may be another run's.
     monkeypatch.setattr(live_server, "REDIS_URL", configured)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
 
     assert LiveServer(tmp_path).env["AUTHSVC_REDIS_URL"] == used
+    # Under pytest -n, each worker takes the next number: workers do not empty each other's.
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw2")
+    number = int(used.rsplit("/", 1)[1]) + 2
+    assert LiveServer(tmp_path).env["AUTHSVC_REDIS_URL"] == f"redis://127.0.0.1:6379/{number}"
 
 
 def test_serve_answers_ready_and_jwks(tmp_path):
