@@ -137,12 +137,15 @@ def committed(scratch_database_url: str) -> Iterator[sessionmaker[Session]]:
     engine.dispose()
 
 
-def issue_mfa_token(session: Session, *, user_id: str, now: datetime, **kwargs: Any) -> str:
-    """An mfa_token as the password step issues it (5 minutes, amr pwd)."""
+def issue_mfa_token(
+    session: Session, *, user_id: str, now: datetime, purpose: str = "mfa", **kwargs: Any
+) -> str:
+    """An mfa_token as the password step issues it (5 minutes, amr pwd); with ``purpose``
+    ``mfa_enrollment``, the enrollment token it issues instead under AUTHSVC_REQUIRE_MFA."""
     return user_tokens.issue(
         session,
         user_id=user_id,
-        purpose="mfa",
+        purpose=purpose,
         ttl=timedelta(minutes=5),
         now=now,
         context={"amr": ["pwd"]},

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from authsvc.crypto import totp as otp
 from authsvc.db import make_autocommit_engine
 from authsvc.models import AdminKey, Session, User
-from authsvc.services import admin, factors, login, mfa_management, totp, user_tokens
+from authsvc.services import admin, factors, login, mfa_management, totp
 from tests.service.conftest import issue_mfa_token
 from tests.service.test_password_races import _attempt
 from tests.service.test_session_races import PARALLEL, _at_once, _events
@@ -129,14 +129,7 @@ def test_an_account_disabled_during_its_enrollment_step_keeps_no_session(
     user_id = _account(committed, now)
     with committed.begin() as session:
         pending = totp.enroll(session, deps, user_id=user_id, name=None, client=caller, now=now)
-        token = user_tokens.issue(
-            session,
-            user_id=user_id,
-            purpose="mfa_enrollment",
-            ttl=timedelta(minutes=5),
-            now=now,
-            context={"amr": ["pwd"]},
-        )
+        token = issue_mfa_token(session, user_id=user_id, now=now, purpose="mfa_enrollment")
     checking, release = threading.Event(), threading.Event()
     check = totp.check_pending_code
 

@@ -348,14 +348,7 @@ def test_an_enrollment_confirmation_while_its_factor_is_cancelled(
     # finish with another factor).
     user_id = _account(committed, deps, now)
     with committed.begin() as session:
-        token = user_tokens.issue(
-            session,
-            user_id=user_id,
-            purpose="mfa_enrollment",
-            ttl=timedelta(minutes=5),
-            now=now,
-            context={"amr": ["pwd"]},
-        )
+        token = issue_mfa_token(session, user_id=user_id, now=now, purpose="mfa_enrollment")
         pending = totp.enroll(session, deps, user_id=user_id, name=None, client=caller, now=now)
 
     def confirmed(s, enrolled):
@@ -495,14 +488,7 @@ def test_an_enrollment_token_confirming_while_the_owner_adds_a_factor(committed,
     # committed; the confirmation looks again once it holds the account.
     user_id = _account(committed, deps, now)
     with committed.begin() as session:
-        token = user_tokens.issue(
-            session,
-            user_id=user_id,
-            purpose="mfa_enrollment",
-            ttl=timedelta(minutes=5),
-            now=now,
-            context={"amr": ["pwd"]},
-        )
+        token = issue_mfa_token(session, user_id=user_id, now=now, purpose="mfa_enrollment")
         theirs, owners = (
             totp.enroll(session, deps, user_id=user_id, name=name, client=caller, now=now)
             for name in ("Attacker", "Phone")
@@ -701,14 +687,7 @@ def test_an_enrollment_registration_losing_its_key_to_another_account(committed,
         session.add(other)
         session.flush()
         other_id = other.id
-        token = user_tokens.issue(
-            session,
-            user_id=user_id,
-            purpose="mfa_enrollment",
-            ttl=timedelta(minutes=5),
-            now=now,
-            context={"amr": ["pwd"]},
-        )
+        token = issue_mfa_token(session, user_id=user_id, now=now, purpose="mfa_enrollment")
     same = b"one credential id, two accounts"
     mine = SoftAuthenticator().register(_options(committed, deps, now, user_id), credential_id=same)
     theirs = SoftAuthenticator().register(
