@@ -59,6 +59,13 @@ def _attempt(committed, work):
         session.close()
 
 
+def _removal(deps, caller, now, user_id, factor_id):
+    """The work of a request that removes the factor (or cancels its pending enrollment)."""
+    return lambda s: mfa_management.remove(
+        s, deps, user_id=user_id, factor_id=factor_id, auth_time=now, client=caller, now=now
+    )
+
+
 def _account(committed, deps, now) -> str:
     with committed.begin() as session:
         user = User(
@@ -314,18 +321,7 @@ def test_a_totp_confirmation_while_the_enrollment_is_cancelled(
                 now=now,
             ),
         ),
-        lambda: _attempt(
-            committed,
-            lambda s: mfa_management.remove(
-                s,
-                deps,
-                user_id=user_id,
-                factor_id=pending.factor_id,
-                auth_time=now,
-                client=caller,
-                now=now,
-            ),
-        ),
+        lambda: _attempt(committed, _removal(deps, caller, now, user_id, pending.factor_id)),
         gate,
         release,
     )
@@ -365,18 +361,7 @@ def test_an_enrollment_confirmation_while_its_factor_is_cancelled(
     gate, release = _pause_at(monkeypatch, totp, "activate")
     outcomes = _race(
         lambda: _attempt(committed, lambda s: confirmed(s, pending)),
-        lambda: _attempt(
-            committed,
-            lambda s: mfa_management.remove(
-                s,
-                deps,
-                user_id=user_id,
-                factor_id=pending.factor_id,
-                auth_time=now,
-                client=caller,
-                now=now,
-            ),
-        ),
+        lambda: _attempt(committed, _removal(deps, caller, now, user_id, pending.factor_id)),
         gate,
         release,
     )
@@ -430,12 +415,7 @@ def test_rename_vs_remove(committed, deps, caller, now, monkeypatch):
     )
     t1.start()
     assert gate.wait(10)
-    outcomes["remove"] = _attempt(
-        committed,
-        lambda s: mfa_management.remove(
-            s, deps, user_id=user_id, factor_id=factor_id, auth_time=now, client=caller, now=now
-        ),
-    )
+    outcomes["remove"] = _attempt(committed, _removal(deps, caller, now, user_id, factor_id))
     release.set()
     t1.join(30)
     assert not any(v.startswith("500") for v in outcomes.values()), outcomes
@@ -459,12 +439,7 @@ def test_a_rename_while_the_removal_of_that_factor_commits(
     # The removal pauses after deleting the factor, holding the account's lock.
     gate, release = _pause_at(monkeypatch, notices, "send")
     outcomes = _race(
-        lambda: _attempt(
-            committed,
-            lambda s: mfa_management.remove(
-                s, deps, user_id=user_id, factor_id=factor_id, auth_time=now, client=caller, now=now
-            ),
-        ),
+        lambda: _attempt(committed, _removal(deps, caller, now, user_id, factor_id)),
         lambda: _attempt(
             committed,
             lambda s: mfa_management.rename(
@@ -568,12 +543,7 @@ def test_passkey_login_vs_the_removal_of_that_passkey(
     # The removal pauses after deleting the credential, holding the account's lock.
     gate, release = _pause_at(monkeypatch, notices, "send")
     outcomes = _race(
-        lambda: _attempt(
-            committed,
-            lambda s: mfa_management.remove(
-                s, deps, user_id=user_id, factor_id=factor_id, auth_time=now, client=caller, now=now
-            ),
-        ),
+        lambda: _attempt(committed, _removal(deps, caller, now, user_id, factor_id)),
         lambda: _attempt(
             committed,
             lambda s: passkeys.login_with_passkey(
