@@ -84,6 +84,11 @@ def _flag(name: str, default: bool) -> bool:
 
 def _from_json() -> tuple[CampaignRequest, bool]:
     body = parse(CampaignBody)
+    # The query string holds an upload's parameters: ignored here, ?dry_run=true would start
+    # the campaign for real.
+    name = next(iter(request.args), None)
+    if name is not None:
+        raise InvalidRequest(f"{name} goes in the JSON body, not the query string", field=name)
     targets = None
     for kind, values in (("emails", body.emails), ("user_ids", body.user_ids)):
         if values is not None:

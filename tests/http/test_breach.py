@@ -234,6 +234,23 @@ def test_a_dry_run_only_counts(client, app, as_admin, accounts):
         assert session.scalar(select(func.count()).select_from(BreachCampaign)) == 0
 
 
+@pytest.mark.parametrize("query", ["dry_run=true", "selector=emails", "notify=false"])
+def test_a_json_campaign_takes_no_query_parameters(client, app, as_admin, accounts, query):
+    # The query string carries an upload's parameters; beside a JSON body it was ignored, so
+    # ?dry_run=true started a real campaign that invalidated every password.
+    response = client.post(
+        f"{BASE}?{query}",
+        json={"reason": "credential dump INC-12", "selector": "all", "mode": "invalidate"},
+        headers=as_admin,
+    )
+
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_request"
+    assert response.get_json()["field"] == query.partition("=")[0]
+    with db(app) as session:
+        assert session.scalar(select(func.count()).select_from(BreachCampaign)) == 0
+
+
 @pytest.mark.parametrize(
     "before",
     ["2999-01-02", "2999-01-02T03:04:05Z", "2999-01-02t03:04:05.5z", "2999-01-02T03:04:05+01:00"],
