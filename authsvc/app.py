@@ -217,6 +217,9 @@ def create_app(
     # Flask reads FLASK_DEBUG from the environment by itself; with it, `serve --dev` ran
     # Werkzeug's interactive debugger (a Python console in the browser). Nothing turns it on.
     app.debug = False
+    # A path with an empty segment is not found: Werkzeug would answer an HTML 308 to the path
+    # with its slashes merged, another resource (/admin/v1/users//disable to the user "disable").
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["authsvc"] = runtime

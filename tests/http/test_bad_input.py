@@ -371,6 +371,11 @@ def raw_client(app) -> FlaskClient:
         ("GET", "/v1/" + "a" * 5000),
         ("GET", "/docs/static/../../../../etc/passwd"),
         ("GET", "/docs/static/nope.js"),
+        # An empty segment: no redirect (an HTML 308) to the path with the slashes merged,
+        # which is another resource (/admin/v1/users/disable is the user with id "disable").
+        ("GET", "/admin/v1/users//disable"),
+        ("DELETE", "/admin/v1/users//force-reset"),
+        ("POST", "/v1//login"),
     ],
 )
 def test_unknown_routes(raw_client, method, path):
