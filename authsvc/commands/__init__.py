@@ -2,50 +2,64 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from authsvc.app import Runtime
+from authsvc.crypto.keyring import Keyring
 from authsvc.services import audit as audit_service
 from authsvc.services import signing
 
 
 def refuse_a_ring_without_its_mac_key(runtime: Runtime) -> None:
     """Stop when the audit trail's head was signed with another MAC key (see
-    audit.head_signed_by); an unreachable database is left to what runs next to report."""
-    try:
-        with runtime.sessionmaker() as session:
-            signed = audit_service.head_signed_by(session, runtime.deps.keyring)
-    except DBAPIError:
-        return
-    if not signed:
-        runtime.dispose()
-        raise click.ClickException(
-            "AUTHSVC_ENCRYPTION_KEYS: the audit trail was signed with the MAC key of another "
-            "last entry; recovery codes and the trail are keyed from the last entry, so put "
-            "the key that was last back at the end of the list (if the ring is right, the "
-            "trail's head was altered: see `authsvc audit verify`)"
-        )
+    audit.head_signed_by)."""
+    _refuse_unless(
+        runtime,
+        lambda session, keyring: (
+            None
+            if audit_service.head_signed_by(session, keyring)
+            else "the audit trail was signed with the MAC key of another last entry; recovery "
+            "codes and the trail are keyed from the last entry, so put the key that was last back "
+            "at the end of the list (if the ring is right, the trail's head was altered: see "
+            "`authsvc audit verify`)"
+        ),
+    )
 
 
 def refuse_a_ring_that_cannot_sign(runtime: Runtime) -> None:
     """Stop serve or worker when no key of the ring opens the access-token signing key: a ring
     without the key that encrypted it (taken out before `authsvc keys rotate` moved it)
     answered every login and refresh 500 while /readyz said ready, and a worker parked for
-    good every mail encrypted under that key. An unreachable database is left to what runs
-    next to report."""
+    good every mail encrypted under that key."""
+
+    def missing_key(session: Session, keyring: Keyring) -> str | None:
+        missing = signing.unreadable_key_id(session, keyring)
+        if missing is None:
+            return None
+        return (
+            f"the access-token signing key is encrypted under key {missing!r}, which is not in "
+            "the list; put it back after the first entry until `authsvc keys rotate` has moved "
+            "everything to the first"
+        )
+
+    _refuse_unless(runtime, missing_key)
+
+
+def _refuse_unless(runtime: Runtime, problem: Callable[[Session, Keyring], str | None]) -> None:
+    """Stop with AUTHSVC_ENCRYPTION_KEYS and what ``problem`` finds wrong with the ring; an
+    unreachable database is left to what runs next to report."""
     try:
         with runtime.sessionmaker() as session:
-            missing = signing.unreadable_key_id(session, runtime.deps.keyring)
+            found = problem(session, runtime.deps.keyring)
     except DBAPIError:
         return
-    if missing is not None:
+    if found is not None:
         runtime.dispose()
-        raise click.ClickException(
-            f"AUTHSVC_ENCRYPTION_KEYS: the access-token signing key is encrypted under key "
-            f"{missing!r}, which is not in the list; put it back after the first entry until "
-            "`authsvc keys rotate` has moved everything to the first"
-        )
+        raise click.ClickException(f"AUTHSVC_ENCRYPTION_KEYS: {found}")
 
 
 def sign_audit_head(runtime: Runtime) -> None:
