@@ -85,11 +85,18 @@ def rotate() -> None:
 
 
 @keys.command("rotate-signing")
-def rotate_signing() -> None:
-    """Retire the access-token signing key and make a new one; prints the new kid.
+@click.option(
+    "--discard-next",
+    is_flag=True,
+    help="Also replace the published next key (when the stored keys may have leaked): "
+    "a brand-new key signs at once, before apps' copies of the JWKS hold it.",
+)
+def rotate_signing(discard_next: bool) -> None:
+    """Retire the access-token signing key and promote the next one, published in the JWKS
+    since the last rotation; a new next key is published. Prints the kid that now signs.
 
-    Retired keys stay published in the JWKS, so tokens signed before keep verifying until they
-    expire; running processes sign with the new key within a minute."""
+    Retired keys stay published, so tokens signed before keep verifying until they expire;
+    running processes sign with the new key within a minute."""
     try:
         runtime = build_runtime(Settings.from_env())
     except ConfigError as exc:
@@ -97,10 +104,28 @@ def rotate_signing() -> None:
     try:
         sign_audit_head(runtime)
         with runtime.sessionmaker.begin() as session:
-            kid = signing.rotate(session, runtime.deps.keyring, now=utcnow())
+            rotation = signing.rotate(
+                session, runtime.deps.keyring, now=utcnow(), discard_next=discard_next
+            )
     finally:
         runtime.dispose()
-    click.echo(kid)
+    published = rotation.published_for
+    if published is None or published < signing.JWKS_MAX_AGE:
+        since = (
+            "was not published before"
+            if published is None
+            else (f"was published only {int(published.total_seconds())} s ago")
+        )
+        click.echo(
+            f"warning: key {rotation.kid!r} {since}: an app holding a copy of the JWKS "
+            f"fetched earlier refuses its tokens until it fetches again (copies live at most "
+            f"{int(signing.JWKS_MAX_AGE.total_seconds())} s)",
+            err=True,
+        )
+    click.echo(
+        f"next key {rotation.next_kid!r} is published, and signs after the next rotation", err=True
+    )
+    click.echo(rotation.kid)
 
 
 def _in_one(factory: sessionmaker[DbSession], work: Callable[[DbSession], int]) -> int:

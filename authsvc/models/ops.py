@@ -43,7 +43,9 @@ class AdminKey(Base):
 
 
 class SigningKey(Base):
-    """Ed25519 key for access tokens; the private half is AES-GCM encrypted."""
+    """Ed25519 key for access tokens; the private half is AES-GCM encrypted.
+
+    ``activates_at`` is None for the next key: published in the JWKS, not yet signing."""
 
     __tablename__ = "signing_keys"
 
@@ -51,6 +53,7 @@ class SigningKey(Base):
     private_key_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     public_jwk: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    activates_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 

@@ -1,5 +1,9 @@
 """Access-token signing keys: created on first use, private half encrypted at rest.
 
+Two keys are live: the active one, which signs, and the next one, which is published in the
+JWKS before it signs, so that apps caching the JWKS hold it by the time a rotation promotes it.
+A rotation retires the active key and promotes the next (``rotate``).
+
 Key objects are cached in the process, one cache per database binding (engine): public keys
 by kid (a kid names one key; whether it was retired is read again every
 ``ACTIVE_KEY_TTL_SECONDS`` until it is), and the active private key for
@@ -45,10 +49,15 @@ ACTIVE_KEY_TTL_SECONDS = 60.0
 CLOCK_LEEWAY = timedelta(seconds=CLOCK_LEEWAY_SECONDS)
 
 _keys = SigningKey.__table__.c
+# Signing: activated and not retired. The newest wins should two be (two processes that
+# created the first key at once).
+_IS_ACTIVE = _keys.retired_at.is_(None) & _keys.activates_at.is_not(None)
+_IS_NEXT = _keys.retired_at.is_(None) & _keys.activates_at.is_(None)
+_NEWEST_FIRST = (_keys.activates_at.desc(), _keys.created_at.desc(), _keys.kid)
 _ACTIVE = (
     select(_keys.kid, _keys.private_key_ciphertext)
-    .where(_keys.retired_at.is_(None))
-    .order_by(_keys.created_at.desc(), _keys.kid)
+    .where(_IS_ACTIVE)
+    .order_by(*_NEWEST_FIRST)
     .limit(1)
 )
 
@@ -80,14 +89,9 @@ def _cache(session: DbSession) -> _KeyCache:
 
 def active_key(session: DbSession, keyring: Keyring, *, now: datetime) -> SigningKeyMaterial:
     """The key new tokens are signed with (read from the database every time)."""
-    row = session.scalar(
-        select(SigningKey)
-        .where(SigningKey.retired_at.is_(None))
-        .order_by(SigningKey.created_at.desc(), SigningKey.kid)
-        .limit(1)
-    )
+    row = session.scalar(select(SigningKey).where(_IS_ACTIVE).order_by(*_NEWEST_FIRST).limit(1))
     if row is None:
-        row = _create(session, keyring, now=now)
+        row = _first_keys(session, keyring, now=now)
     return _material(row, keyring)
 
 
@@ -102,7 +106,7 @@ def signer(session: DbSession, keyring: Keyring, *, now: datetime) -> Signer:
     row = session.execute(_ACTIVE).first()
     if row is None:
         # Not cached: the transaction that creates it may still roll back.
-        return load_signer(_material(_create(session, keyring, now=now), keyring))
+        return load_signer(_material(_first_keys(session, keyring, now=now), keyring))
     loaded = Signer(
         kid=row.kid,
         private_key=load_private_key(
@@ -114,18 +118,20 @@ def signer(session: DbSession, keyring: Keyring, *, now: datetime) -> Signer:
 
 
 def unreadable_key_id(session: DbSession, keyring: Keyring) -> str | None:
-    """The id of the ring key the active signing key is encrypted under, when no key of
-    ``keyring`` opens it; None when it opens, or when there is no signing key yet."""
-    row = session.execute(_ACTIVE).first()
-    if row is None:
-        return None
-    try:
-        keyring.decrypt(row.private_key_ciphertext, associated_data=_AAD)
-    except DecryptionFailed:
+    """The id of the ring key the active or the next signing key is encrypted under, when no
+    key of ``keyring`` opens it (a rotation elsewhere makes the next one sign); None when
+    both open, or when there is no signing key yet."""
+    rows = session.execute(
+        select(_keys.private_key_ciphertext).where(_keys.retired_at.is_(None))
+    ).all()
+    for row in rows:
         try:
-            return keyring.key_id_of(row.private_key_ciphertext)
-        except (IndexError, UnicodeDecodeError):
-            return "?"
+            keyring.decrypt(row.private_key_ciphertext, associated_data=_AAD)
+        except DecryptionFailed:
+            try:
+                return keyring.key_id_of(row.private_key_ciphertext)
+            except (IndexError, UnicodeDecodeError):
+                return "?"
     return None
 
 
@@ -173,22 +179,35 @@ def public_key(
     return entry.key
 
 
-def _create(session: DbSession, keyring: Keyring, *, now: datetime) -> SigningKey:
+def _create(
+    session: DbSession, keyring: Keyring, *, now: datetime, activates_at: datetime | None
+) -> SigningKey:
     material = generate_signing_key(new_id())
     row = SigningKey(
         kid=material.kid,
         private_key_ciphertext=keyring.encrypt(material.private_pem, associated_data=_AAD),
         public_jwk=json.dumps(material.public_jwk),
         created_at=now,
+        activates_at=activates_at,
     )
     session.add(row)
     session.flush()
     return row
 
 
+def _first_keys(session: DbSession, keyring: Keyring, *, now: datetime) -> SigningKey:
+    """An active key, and a next one unless there is one; return the active key."""
+    if session.scalar(select(_keys.kid).where(_IS_NEXT).limit(1)) is None:
+        _create(session, keyring, now=now, activates_at=None)
+    return _create(session, keyring, now=now, activates_at=now)
+
+
 def ensure_key(session: DbSession, keyring: Keyring, *, now: datetime) -> None:
-    if session.scalar(select(SigningKey.kid).where(SigningKey.retired_at.is_(None))) is None:
-        _create(session, keyring, now=now)
+    """An active key and a next key (a database from before next keys has no next one)."""
+    if session.scalar(select(_keys.kid).where(_IS_ACTIVE).limit(1)) is None:
+        _first_keys(session, keyring, now=now)
+    elif session.scalar(select(_keys.kid).where(_IS_NEXT).limit(1)) is None:
+        _create(session, keyring, now=now, activates_at=None)
 
 
 # How long apps may cache the JWKS at most (Cache-Control max-age).
@@ -203,8 +222,8 @@ class Jwks:
 
 
 def public_jwks(session: DbSession, *, now: datetime, token_ttl: timedelta) -> Jwks:
-    """Every published key by kid: the active one, and retired ones while tokens they
-    signed may still live (``published_after_retirement``).
+    """Every published key by kid: the active one, the next one, and retired ones while tokens
+    they signed may still live (``published_after_retirement``).
 
     A copy that an app keeps for its max-age would otherwise go on trusting a retired key
     (one rotated out after a leak) for up to that long after authsvc stopped: the copy lives
@@ -213,34 +232,76 @@ def public_jwks(session: DbSession, *, now: datetime, token_ttl: timedelta) -> J
     window = published_after_retirement(token_ttl)
     since = now - window
     rows = session.execute(
-        select(_keys.kid, _keys.public_jwk, _keys.retired_at).where(
-            (_keys.retired_at.is_(None)) | (_keys.retired_at > since)
-        )
+        select(_keys.kid, _keys.public_jwk, _keys.activates_at, _keys.retired_at)
+        .where((_keys.retired_at.is_(None)) | (_keys.retired_at > since))
+        .order_by(*_NEWEST_FIRST)
     ).all()
     max_age = min(JWKS_MAX_AGE, window)
     for row in rows:
         if row.retired_at is not None:
             max_age = min(max_age, max(timedelta(0), row.retired_at + window - now))
-    return Jwks(keys={row.kid: json.loads(row.public_jwk) for row in rows}, max_age=max_age)
+
+    def order(row: Any) -> int:  # the active key first, then the next, then retired ones
+        return 2 if row.retired_at is not None else 1 if row.activates_at is None else 0
+
+    ordered = sorted(rows, key=order)  # stable: newest first within each
+    return Jwks(keys={row.kid: json.loads(row.public_jwk) for row in ordered}, max_age=max_age)
 
 
-def rotate(session: DbSession, keyring: Keyring, *, now: datetime) -> str:
-    """Retire the active key(s) and make a new one (audited); return the new kid."""
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    kid: str  # signs from now on
+    next_kid: str  # published from now on, signs at the next rotation
+    # How long the JWKS had published the new signing key; None when it was made now.
+    published_for: timedelta | None
+
+
+def rotate(
+    session: DbSession, keyring: Keyring, *, now: datetime, discard_next: bool = False
+) -> Rotation:
+    """Retire the active key(s), promote the next key (the one published longest), and make
+    a new next key; audited.
+
+    ``discard_next``: the next key is deleted instead (never having signed, nothing needs
+    it), for when the stored keys themselves may have leaked; a new key signs at once, one
+    that apps' copies of the JWKS do not hold yet."""
     retired = []
-    for row in session.scalars(select(SigningKey).where(SigningKey.retired_at.is_(None))):
+    for row in session.scalars(select(SigningKey).where(_IS_ACTIVE)):
         row.retired_at = now
         retired.append(row.kid)
+    waiting = list(
+        session.scalars(select(SigningKey).where(_IS_NEXT).order_by(_keys.created_at, _keys.kid))
+    )
+    discarded = []
+    if discard_next:
+        for row in waiting:
+            discarded.append(row.kid)
+            session.delete(row)
+        waiting = []
+    if waiting:
+        promoted = waiting[0]
+        promoted.activates_at = now
+        published_for: timedelta | None = max(timedelta(0), now - promoted.created_at)
+    else:
+        promoted = _create(session, keyring, now=now, activates_at=now)
+        published_for = None
+    upcoming = (
+        waiting[1] if len(waiting) > 1 else _create(session, keyring, now=now, activates_at=None)
+    )
+    session.flush()
     _cache(session).active = None
-    kid = _create(session, keyring, now=now).kid
+    details: dict[str, Any] = {"kid": promoted.kid, "next_kid": upcoming.kid, "retired": retired}
+    if discarded:
+        details["discarded"] = discarded
     audit.record(
         session,
         type="signing_key.rotated",
         outcome="success",
         now=now,
         client=SYSTEM,
-        details={"kid": kid, "retired": retired},
+        details=details,
     )
-    return kid
+    return Rotation(kid=promoted.kid, next_kid=upcoming.kid, published_for=published_for)
 
 
 def reencrypt(session: DbSession, keyring: Keyring) -> int:

@@ -49,7 +49,7 @@ def test_rotate_signing_publishes_a_new_key_and_keeps_the_old(env, monkeypatch):
             monkeypatch.setenv(name, value)
     app = create_app(Settings.from_env())  # creates the first signing key
     client = app.test_client()
-    [old_kid] = [k["kid"] for k in client.get("/.well-known/jwks.json").get_json()["keys"]]
+    old_kid, next_kid = [k["kid"] for k in client.get("/.well-known/jwks.json").get_json()["keys"]]
     admin_key = CliRunner().invoke(main, ["admin", "create-key", "--name", "t"]).stdout.strip()
     created = client.post(
         "/admin/v1/users",
@@ -64,9 +64,13 @@ def test_rotate_signing_publishes_a_new_key_and_keeps_the_old(env, monkeypatch):
 
     assert result.exit_code == 0, result.output
     new_kid = result.stdout.strip()
-    assert new_kid and new_kid != old_kid
-    kids = {k["kid"] for k in client.get("/.well-known/jwks.json").get_json()["keys"]}
-    assert kids == {old_kid, new_kid}
+    assert new_kid == next_kid  # published before it signs
+    [upcoming] = [line for line in result.stderr.splitlines() if line.startswith("next key")]
+    kids = [k["kid"] for k in client.get("/.well-known/jwks.json").get_json()["keys"]]
+    assert kids[0] == new_kid and kids[2] == old_kid
+    assert repr(kids[1]) in upcoming
+    # Published only now, when the first key was made: the command says so.
+    assert "was published only" in result.stderr
     # A fresh process signs with the new key; a token of the old key still works.
     fresh = create_app(Settings.from_env()).test_client()
     after = fresh.post("/v1/login", json=login).get_json()["access_token"]
@@ -78,8 +82,16 @@ def test_rotate_signing_publishes_a_new_key_and_keeps_the_old(env, monkeypatch):
         headers={"Authorization": f"Bearer {admin_key}"},
     ).get_json()["events"]
     assert [(e["outcome"], e["details"]) for e in events] == [
-        ("success", {"kid": new_kid, "retired": [old_kid]})
+        ("success", {"kid": new_kid, "next_kid": kids[1], "retired": [old_kid]})
     ]
+
+    discarding = CliRunner().invoke(main, ["keys", "rotate-signing", "--discard-next"])
+
+    assert discarding.exit_code == 0, discarding.output
+    assert discarding.stdout.strip() not in kids
+    assert "was not published before" in discarding.stderr
+    after = [k["kid"] for k in client.get("/.well-known/jwks.json").get_json()["keys"]]
+    assert after[0] == discarding.stdout.strip() and kids[1] not in after
 
 
 def test_generate_prints_an_entry_the_settings_accept():

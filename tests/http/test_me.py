@@ -225,7 +225,7 @@ def test_a_token_of_an_unknown_kid_is_refused_and_then_a_new_key_is_found(
     )
 
     with DbSession(bind=connection, join_transaction_mode="create_savepoint") as session:
-        new_kid = signing.rotate(session, runtime(app).deps.keyring, now=utcnow())
+        new_kid = signing.rotate(session, runtime(app).deps.keyring, now=utcnow()).kid
         session.commit()
         fresh = signing.active_key(session, runtime(app).deps.keyring, now=utcnow())
     assert fresh.kid == new_kid

@@ -219,16 +219,18 @@ def test_jwks_publishes_public_keys_only(api, client):
 
     assert response.status_code == 200
     assert response.headers["Cache-Control"] == "public, max-age=300"
-    [key] = response.get_json()["keys"]
-    assert key["kty"] == "OKP"
-    assert key["crv"] == "Ed25519"
-    assert key["alg"] == "EdDSA"
-    assert key["use"] == "sig"
-    assert key["kid"]
-    assert "d" not in key  # no private part
+    keys = response.get_json()["keys"]
+    assert len(keys) == 2  # the active key and the next one
+    for key in keys:
+        assert key["kty"] == "OKP"
+        assert key["crv"] == "Ed25519"
+        assert key["alg"] == "EdDSA"
+        assert key["use"] == "sig"
+        assert key["kid"]
+        assert "d" not in key  # no private part
     api.register()
     token = api.tokens()["access_token"]
-    assert jwt.get_unverified_header(token)["kid"] == key["kid"]
+    assert jwt.get_unverified_header(token)["kid"] == keys[0]["kid"]  # the signing key first
 
 
 def test_every_response_carries_the_security_headers(client):

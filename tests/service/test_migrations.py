@@ -6,13 +6,24 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Boolean, Engine, String, column, insert, inspect, select, table
+from sqlalchemy import (
+    Boolean,
+    Engine,
+    LargeBinary,
+    String,
+    column,
+    insert,
+    inspect,
+    select,
+    table,
+)
 
 from authsvc import models  # noqa: F401 - registers every table
 from authsvc.db import Base, UTCDateTime, make_engine, utcnow
@@ -113,3 +124,34 @@ def test_accounts_flagged_before_0009_keep_updated_at_as_their_flag_time(
     with scratch_engine.connect() as conn:
         rows = conn.execute(select(users.c.id, users.c.password_change_required_at)).all()
     assert sorted(rows) == [("flagged", at), ("other", None)]
+
+
+def test_signing_keys_from_before_0011_are_active_since_they_were_made(
+    scratch_database_url, scratch_engine
+):
+    upgrade(scratch_database_url, "0010")
+    keys = table(
+        "signing_keys",
+        column("kid", String),
+        column("private_key_ciphertext", LargeBinary),
+        column("public_jwk", String),
+        column("created_at", UTCDateTime),
+        column("retired_at", UTCDateTime),
+        column("activates_at", UTCDateTime),
+    )
+    made = utcnow() - timedelta(days=40)
+    row = {"private_key_ciphertext": b"x", "public_jwk": "{}", "created_at": made}
+    with scratch_engine.begin() as conn:
+        conn.execute(
+            insert(keys),
+            [
+                {**row, "kid": "retired", "retired_at": made},
+                {**row, "kid": "active", "retired_at": None},
+            ],
+        )
+
+    upgrade(scratch_database_url)
+
+    with scratch_engine.connect() as conn:
+        rows = conn.execute(select(keys.c.kid, keys.c.activates_at, keys.c.retired_at)).all()
+    assert sorted(rows) == [("active", made, None), ("retired", made, made)]
