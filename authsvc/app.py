@@ -37,7 +37,7 @@ from authsvc.mail.worker import OutboxWorker, default_handlers
 from authsvc.metrics import Metrics, TimedPasswordHasher
 from authsvc.ratelimit import RateLimiter, client_address
 from authsvc.services import audit as audit_service
-from authsvc.services import signing
+from authsvc.services import password_costs, signing
 from authsvc.services.context import Deps
 from authsvc.services.detection import Detector
 from authsvc.settings import ConfigError, Settings
@@ -260,6 +260,7 @@ def create_app(
     try:
         with runtime.sessionmaker.begin() as session:
             signing.ensure_key(session, runtime.deps.keyring, now=utcnow())
+            password_costs.record_own(session, runtime.deps.hasher, now=utcnow())
         runtime.sign_audit_head()
     except DBAPIError as exc:
         # Unreachable, or not migrated yet: start anyway so that /readyz can say so (503);

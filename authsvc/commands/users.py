@@ -16,7 +16,7 @@ from authsvc.crypto.passwords import PasswordHasher
 from authsvc.db import utcnow
 from authsvc.errors import AuthsvcError
 from authsvc.models import User
-from authsvc.services import accounts, audit
+from authsvc.services import accounts, audit, password_costs
 from authsvc.settings import ConfigError, Settings
 
 MAX_REPORTED = 100  # rejected rows named on stderr; the rest are counted
@@ -128,6 +128,13 @@ def _import_batch(
             is_verified = verified if not flag else flag in {"1", "true", "yes"}
             wanted[email] = (password_hash, is_verified)
         existing = set(session.scalars(select(User.email).where(User.email.in_(list(wanted)))))
+        # Failed logins take as long as a check of the costliest imported hash would.
+        password_costs.record(
+            session,
+            [h for e, (h, _) in wanted.items() if e not in existing],
+            now=now,
+            own=hasher.own_cost(),
+        )
         for email, (password_hash, is_verified) in wanted.items():
             if email in existing:
                 skipped += 1

@@ -43,6 +43,10 @@ MAX_OWN_ARGON2_TIME_COST = 20
 MAX_BCRYPT_COST = 13  # about 0.6 s per check; 10 to 12 are the usual settings
 MAX_PBKDF2_ITERATIONS = 1_200_000  # Django 5.2 uses 1,000,000
 BCRYPT_MAX_PASSWORD_BYTES = 72  # bcrypt only ever used the first 72 bytes
+# Failed checks are padded to this many times the average check of the costliest stored hash,
+# when it costs more than a current one (PasswordHasher.floor): its checks vary by a few per
+# cent on a quiet machine, so nearly all of them end before the padded time.
+HEADROOM = 1.25
 
 _ARGON2_RE = re.compile(
     r"\$argon2(?:id|i|d)\$(?:v=(?:16|19)\$)?m=([0-9]{1,10}),t=([0-9]{1,10}),p=([0-9]{1,3})"
@@ -53,6 +57,49 @@ _BCRYPT_RE = re.compile(r"\$2[aby]\$([0-9]{2})\$[./A-Za-z0-9]{53}", re.ASCII)
 _PBKDF2_RE = re.compile(
     r"pbkdf2_sha256\$([1-9][0-9]{0,8})\$([!-#%-~]{1,128})\$([A-Za-z0-9+/]{43}=)", re.ASCII
 )
+# A hash's cost: its text up to the salt (algorithm, version and parameters).
+_COST_PREFIX_RE = re.compile(
+    r"(\$argon2(id|i|d)\$(?:v=(16|19)\$)?m=([0-9]+),t=([0-9]+),p=([0-9]+)\$)"
+    r"|(\$(2[aby])\$([0-9]{2})\$)"
+    r"|(pbkdf2_sha256\$([0-9]+)\$)",
+    re.ASCII,
+)
+
+
+def cost_prefix(stored_hash: str) -> str | None:
+    """The part of a stored hash that fixes what a check of it costs: ``$2b$12$``,
+    ``$argon2id$v=19$m=65536,t=3,p=4$``, ``pbkdf2_sha256$600000$``. None for anything
+    ``PasswordHasher.identify`` would not accept either."""
+    m = _COST_PREFIX_RE.match(stored_hash) if isinstance(stored_hash, str) else None
+    return m[0] if m else None
+
+
+def sample_hash(prefix: str) -> str:
+    """A hash of a random password with the cost ``prefix`` names (``cost_prefix``): what a
+    check of such a hash costs can be measured without keeping anyone's hash."""
+    m = _COST_PREFIX_RE.fullmatch(prefix)
+    if m is None:
+        raise ValueError("not a cost prefix")
+    secret = secrets.token_bytes(16)
+    if m[1]:
+        variant = {"id": argon2.Type.ID, "i": argon2.Type.I, "d": argon2.Type.D}[m[2]]
+        return argon2.low_level.hash_secret(
+            secret,
+            secrets.token_bytes(16),
+            time_cost=int(m[5]),
+            memory_cost=int(m[4]),
+            parallelism=int(m[6]),
+            hash_len=32,
+            type=variant,
+            version=int(m[3] or 16),
+        ).decode("ascii")
+    if m[7]:
+        # gensalt knows 2a and 2b; 2y is the same algorithm and cost.
+        rounds = bcrypt.gensalt(rounds=int(m[9]), prefix=b"2a" if m[8] == "2a" else b"2b")
+        return bcrypt.hashpw(secret, rounds).decode("ascii")
+    salt = secrets.token_hex(11)
+    digest = hashlib.pbkdf2_hmac("sha256", secret, salt.encode("ascii"), int(m[11]))
+    return f"{prefix}{salt}${base64.b64encode(digest).decode('ascii')}"
 
 
 def normalize(password: str) -> str:
@@ -143,6 +190,10 @@ class PasswordHasher:
         self._dummy_lock = threading.Lock()
         self._dummy_hash: str | None = None
         self._typical_check: float | None = None  # seconds; see _observe
+        # Stored costs other than ours (``cost_prefix``): what a check of each takes, as a
+        # multiple of a current check; see ``calibrate``.
+        self._ratios: dict[str, float] = {}
+        self._own_cost: str | None = None
         # Our own parameters are always acceptable, even above the module ceilings.
         self._max_memory = max(MAX_ARGON2_MEMORY_KIB, params.memory_cost_kib)
         self._max_time = max(MAX_ARGON2_TIME_COST, params.time_cost)
@@ -179,14 +230,13 @@ class PasswordHasher:
     def verify(self, expected_hash: str, password: str) -> VerifyResult:
         """Check *password* against a stored hash. Unknown or malformed hashes give ok=False.
 
-        A failed check that is not of a current Argon2id hash (imported, made under cheaper
-        settings, or no hash at all) takes at least as long as a current one: it is padded to
-        the time current checks take in this process, holding the slot as a current check
-        would (a request alongside would otherwise find the slot free sooner). Otherwise, after
-        the cost settings are raised, every account not signed in since would answer a wrong
-        password faster than an unknown email does (its dummy check is at the new cost). A
-        costlier stored hash (bcrypt 12, say) still takes its own, longer time. A correct
-        password is not padded: whoever sends it knows the account exists."""
+        A failed check takes as long as a failed check of the costliest hash stored (``floor``)
+        would: it is padded, holding the slot as such a check would (a request alongside would
+        otherwise find the slot free sooner). Otherwise, after the cost settings are raised,
+        every account not signed in since would answer a wrong password faster than an unknown
+        email does (its dummy check is at the new cost), and an account imported with a costlier
+        hash (bcrypt 12, say) slower. A correct password is not padded: whoever sends it knows
+        the account exists."""
         family = self._stored_family(expected_hash)
         normalized = normalize(password)
         with self._slot():
@@ -197,10 +247,70 @@ class PasswordHasher:
             took = time.perf_counter() - started
             if current:
                 self._observe(took / checks)
-            elif not result.ok:
-                wanted = _checks_of_a_failure(normalized, password)
-                time.sleep(max(0.0, wanted * self._current_check_seconds() - took))
+            else:
+                self._observe_stored(expected_hash, took / checks)
+            if not result.ok and (not current or self.floor() > 1.0):
+                self._pad(normalized, password, took)
             return result
+
+    def _pad(self, normalized: str, password: str, took: float) -> None:
+        wanted = _checks_of_a_failure(normalized, password) * self._current_check_seconds()
+        time.sleep(max(0.0, wanted * self.floor() - took))
+
+    def floor(self) -> float:
+        """What a failed check takes at least, as a multiple of a current check: never less
+        than a current check, and when a stored hash costs more, ``HEADROOM`` times what a
+        check of the costliest (``calibrate``) takes on average. So a failed check of such a
+        hash, which takes its own time, is padded to the same time as every other nearly
+        always, rather than only when it happened to run faster than its average."""
+        costliest = max(self._ratios.values(), default=0.0)
+        return costliest * HEADROOM if costliest > 1.0 else 1.0
+
+    def calibrate(self, prefix: str, sample: str) -> None:
+        """Learn what a check of a hash of cost ``prefix`` takes, from ``sample`` (a hash of
+        that cost, ``sample_hash``). Failed checks are padded to the costliest learnt
+        (``floor``); real checks of such hashes keep the figure current."""
+        if prefix in self._ratios or self._stored_family(sample) is None:
+            return
+        with self._slot():
+            current = self._current_check_seconds()
+            took = min(self._timed_check(sample) for _ in range(2))
+        self._ratios[prefix] = took / current
+
+    def forget(self, prefix: str) -> None:
+        """No stored hash has the cost ``prefix`` any more."""
+        self._ratios.pop(prefix, None)
+
+    def calibrated(self) -> frozenset[str]:
+        return frozenset(self._ratios)
+
+    def own_cost(self) -> str:
+        """``cost_prefix`` of the hashes this hasher makes."""
+        if self._own_cost is None:
+            self._own_cost = cost_prefix(self._dummy())
+        assert self._own_cost is not None
+        return self._own_cost
+
+    def unknown_cost(self, stored_hash: str) -> str | None:
+        """The cost prefix of a stored hash that is neither of the current settings nor
+        calibrated: one to record, so that failed logins are padded to it."""
+        prefix = cost_prefix(stored_hash)
+        if prefix is None or prefix in self._ratios or prefix == self.own_cost():
+            return None
+        return prefix
+
+    def _timed_check(self, stored_hash: str) -> float:
+        guess = secrets.token_urlsafe(12)
+        started = time.perf_counter()
+        self._check_stored(self._stored_family(stored_hash), stored_hash, guess, guess)
+        return time.perf_counter() - started
+
+    def _observe_stored(self, stored_hash: str, seconds: float) -> None:
+        """Follow what a check of a calibrated cost takes, relative to a current one."""
+        prefix = cost_prefix(stored_hash)
+        ratio = self._ratios.get(prefix) if prefix else None
+        if prefix and ratio is not None and self._typical_check:
+            self._ratios[prefix] = 0.9 * ratio + 0.1 * seconds / self._typical_check
 
     def _check_stored(
         self, family: HashFamily | None, expected_hash: str, normalized: str, password: str
@@ -234,6 +344,8 @@ class PasswordHasher:
             self._dummy_check(normalized, password)
             took = time.perf_counter() - started
             self._observe(took / _checks_of_a_failure(normalized, password))
+            if self.floor() > 1.0:
+                self._pad(normalized, password, took)
 
     def _dummy_check(self, normalized: str, password: str) -> None:
         dummy = self._dummy()

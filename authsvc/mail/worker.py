@@ -17,7 +17,7 @@ from authsvc.db import rowcount, utcnow
 from authsvc.logging_setup import scrub
 from authsvc.mail.backends import MailBackend, MailDeliveryError, build_message
 from authsvc.models import OutboxMessage
-from authsvc.services import accounts, breach, detection, housekeeping, outbox
+from authsvc.services import accounts, breach, detection, housekeeping, outbox, password_costs
 from authsvc.services.context import Deps
 from authsvc.services.outbox import External, Handler, PermanentFailure
 
@@ -243,8 +243,13 @@ class OutboxWorker:
         )
 
     def sweep(self) -> housekeeping.Swept:
-        """Delete ended sessions, expired tokens and sent messages past their retention."""
+        """Delete ended sessions, expired tokens and sent messages past their retention, and
+        the recorded password hash costs that no stored hash has any more."""
         settings = self._deps.settings
+        with self._sessionmaker.begin() as session:
+            gone = password_costs.prune(session, self._deps.hasher)
+        if gone:
+            log.info("no stored password hash has the cost %s any more", ", ".join(gone))
         return housekeeping.sweep(
             self._sessionmaker,
             now=self._clock(),

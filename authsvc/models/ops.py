@@ -1,4 +1,4 @@
-"""Operational tables: outbox, admin keys, signing keys, audit trail."""
+"""Operational tables: outbox, admin keys, signing keys, password hash costs, audit trail."""
 
 from __future__ import annotations
 
@@ -55,6 +55,19 @@ class SigningKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     activates_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class PasswordHashCost(Base):
+    """A cost of stored password hashes other than the current settings' (imported ones,
+    ones made under earlier settings): ``prefix`` is the hash text up to its salt
+    (``crypto.passwords.cost_prefix``), ``sample_hash`` a hash of a random password with that
+    cost, which each process times to learn how long a failed login must take."""
+
+    __tablename__ = "password_hash_costs"
+
+    prefix: Mapped[str] = mapped_column(String(128), primary_key=True)
+    sample_hash: Mapped[str] = mapped_column(Text)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class AuditEvent(Base):

@@ -35,6 +35,7 @@ from authsvc.services import (
     login,
     notices,
     outbox,
+    password_costs,
     sessions,
     throttle,
     user_tokens,
@@ -299,9 +300,12 @@ def authenticate_password(
     throttle.hit(session, deps, "account_failures", email, who=who)
     user = session.scalar(_USER_BY_EMAIL, {"email": email})
     try:
+        # Every failed check takes as long as one of the costliest hash stored would.
+        password_costs.refresh(session, deps.hasher)
         if user is not None and user.password_hash is not None:
             result = deps.hasher.verify(user.password_hash, password)
             ok, needs_rehash = result.ok, result.needs_rehash
+            password_costs.note_unknown(session, deps.hasher, user.password_hash, now=now)
         else:
             deps.hasher.dummy_verify(password)
             ok, needs_rehash = False, False

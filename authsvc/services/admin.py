@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session as DbSession
 from authsvc.crypto.tokens import new_token, token_hash
 from authsvc.errors import EmailTaken, InvalidAdminKey, InvalidRequest, NotFound
 from authsvc.models import AdminKey, User
-from authsvc.services import accounts, audit, factors, sessions
+from authsvc.services import accounts, audit, factors, password_costs, sessions
 from authsvc.services.context import Client, Deps
 
 
@@ -187,6 +187,8 @@ def create_user(
         stored = password_hash
     if session.scalar(select(User.id).where(User.email == email)) is not None:
         raise EmailTaken()
+    if password_hash is not None:  # failed logins now take as long as a check of it would
+        password_costs.record(session, [password_hash], now=now, own=deps.hasher.own_cost())
     user = User(
         email=email,
         password_hash=stored,

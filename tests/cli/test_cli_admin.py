@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from authsvc.app import create_app
 from authsvc.cli import main
@@ -460,3 +460,9 @@ def test_users_import_names_each_rejected_row_and_why(env, tmp_path):
     assert lines[2].startswith("row 5: the hash is not")
     assert lines[3] == "imported 2, skipped 0 existing, rejected 3 invalid"
     assert "$2b$" not in result.stderr and "argon2id" not in result.stderr
+    # Failed logins now take as long as a check of the costliest imported hash.
+    engine = make_engine(env["AUTHSVC_DATABASE_URL"])
+    with engine.connect() as conn:
+        costs = set(conn.scalars(text("SELECT prefix FROM password_hash_costs")))
+    engine.dispose()
+    assert costs == {"$2b$12$", "$argon2id$v=19$m=65536,t=3,p=4$"}

@@ -3,7 +3,8 @@
 One client thread drives a real `authsvc serve` (gunicorn, PostgreSQL, Redis, production Argon2
 parameters) over one persistent connection, strictly interleaving a registered and an
 unregistered email (the order inside each pair is shuffled, so neither series always goes
-first). Warm-up pairs are discarded. For each of signup, login and forgot:
+first). Warm-up pairs are discarded. For each of signup, login and forgot, and for login with
+an account imported with a costlier hash than the current settings make:
 
 * every answer has the same status, body bytes and headers (minus Date and X-Request-Id);
 * a two-sample Kolmogorov-Smirnov test cannot tell the two timing series apart (p > 0.01);
@@ -29,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import bcrypt
 import pytest
 from scipy.stats import ks_2samp
 
@@ -45,6 +47,10 @@ IGNORED_HEADERS = frozenset({"date", "x-request-id"})
 # Same length, same domain: only registration differs.
 REGISTERED = "timing-known@example.com"
 UNREGISTERED = "timing-newbe@example.com"
+# Imported with a bcrypt hash costlier than an Argon2id check at the production settings
+# (cost 10: two to three times as long here), not signed in since.
+IMPORTED = "timing-bcryp@example.com"
+IMPORTED_BCRYPT_COST = 10
 PASSWORD = "Enumeration clocks 4 real"
 WRONG_PASSWORD = "Not the password 9 Lives"
 
@@ -114,12 +120,12 @@ def _bodies(endpoint: str, email: str) -> dict[str, str]:
 
 
 def _measure(
-    client: Client, endpoint: str, rng: random.Random
+    client: Client, endpoint: str, rng: random.Random, known: str = REGISTERED
 ) -> tuple[list[Answer], list[Answer]]:
     registered: list[Answer] = []
     unregistered: list[Answer] = []
     for index in range(WARMUP_PAIRS + PAIRS):
-        order = [(REGISTERED, registered), (UNREGISTERED, unregistered)]
+        order = [(known, registered), (UNREGISTERED, unregistered)]
         rng.shuffle(order)
         for email, series in order:
             answer = client.post(endpoint, _bodies(endpoint, email))
@@ -144,36 +150,48 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     live = LiveServer(workdir, env=UNTHROTTLED, serve_args=("--no-outbox-thread",))
     live.start()
     try:
-        conn = http.client.HTTPConnection(live.host, live.port, timeout=30)
-        conn.request(
-            "POST",
-            "/admin/v1/users",
-            body=json.dumps({"email": REGISTERED, "password": PASSWORD, "email_verified": True}),
-            headers={
-                "Content-Type": "application/json",
-                "Authorization": f"Bearer {live.admin_key}",
-            },
-        )
-        response = conn.getresponse()
-        assert response.status == 201, response.read()
-        response.read()
-        conn.close()
+        costly = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(IMPORTED_BCRYPT_COST)).decode()
+        for body in (
+            {"email": REGISTERED, "password": PASSWORD, "email_verified": True},
+            {"email": IMPORTED, "password_hash": costly, "email_verified": True},
+        ):
+            conn = http.client.HTTPConnection(live.host, live.port, timeout=30)
+            conn.request(
+                "POST",
+                "/admin/v1/users",
+                body=json.dumps(body),
+                headers={
+                    "Content-Type": "application/json",
+                    "Authorization": f"Bearer {live.admin_key}",
+                },
+            )
+            response = conn.getresponse()
+            assert response.status == 201, response.read()
+            response.read()
+            conn.close()
         yield live
     finally:
         live.stop()
 
 
 @pytest.mark.parametrize(
-    ("endpoint", "status"),
-    [("/v1/signup", 202), ("/v1/login", 401), ("/v1/password/forgot", 202)],
+    ("endpoint", "status", "known"),
+    [
+        ("/v1/signup", 202, REGISTERED),
+        ("/v1/login", 401, REGISTERED),
+        ("/v1/password/forgot", 202, REGISTERED),
+        # A failed login takes as long as a failed check of the costliest hash stored.
+        ("/v1/login", 401, IMPORTED),
+    ],
+    ids=["signup", "login", "forgot", "login-imported-bcrypt"],
 )
 def test_registered_and_unregistered_emails_are_indistinguishable(
-    server: LiveServer, endpoint: str, status: int
+    server: LiveServer, endpoint: str, status: int, known: str
 ) -> None:
-    rng = random.Random(f"{endpoint}-order")
+    rng = random.Random(f"{endpoint}-{known}-order")
     client = Client(server)
     try:
-        registered, unregistered = _measure(client, endpoint, rng)
+        registered, unregistered = _measure(client, endpoint, rng, known)
         # (a) the same answer, byte for byte, for every request of both series.
         reference = registered[0]
         assert reference.status == status, reference.body
@@ -186,7 +204,7 @@ def test_registered_and_unregistered_emails_are_indistinguishable(
         # estimate: noise averages out, a real difference stays and is detected with more power.
         comparisons = [_compare(registered, unregistered)]
         if not comparisons[0].passed:
-            more_registered, more_unregistered = _measure(client, endpoint, rng)
+            more_registered, more_unregistered = _measure(client, endpoint, rng, known)
             comparisons.append(
                 _compare(registered + more_registered, unregistered + more_unregistered)
             )

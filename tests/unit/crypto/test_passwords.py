@@ -520,3 +520,65 @@ def test_a_padded_check_holds_the_slot_and_a_correct_password_is_not_padded() ->
     started = time.perf_counter()
     assert current.verify(cheap, "the old settings") == VerifyResult(ok=True, needs_rehash=True)
     assert time.perf_counter() - started < 0.3
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "$2b$05$" + "a" * 53,
+        "$2a$04$" + "a" * 53,
+        "pbkdf2_sha256$1000$NaCl$" + "A" * 43 + "=",
+        "$argon2id$v=19$m=1024,t=1,p=1$" + "a" * 22 + "$" + "b" * 43,
+        "$argon2i$v=19$m=2048,t=2,p=2$" + "a" * 22 + "$" + "b" * 43,
+    ],
+)
+def test_a_sample_hash_has_the_cost_of_the_hash_it_stands_for(
+    hasher: PasswordHasher, stored: str
+) -> None:
+    prefix = passwords.cost_prefix(stored)
+    assert prefix is not None and stored.startswith(prefix) and prefix.endswith("$")
+
+    sample = passwords.sample_hash(prefix)
+
+    assert passwords.cost_prefix(sample) == prefix
+    assert sample != stored
+    assert hasher.identify(sample) == hasher.identify(stored)
+
+
+def test_no_cost_prefix_for_what_is_no_hash() -> None:
+    for stored in ("not a hash", "", "$2b$", "$argon2id$v=19$m=x,t=1,p=1$", "md5$1$x"):
+        assert passwords.cost_prefix(stored) is None
+    with pytest.raises(ValueError):
+        passwords.sample_hash("$2b$")
+
+
+def test_failed_checks_take_as_long_as_one_of_the_costliest_stored_hash() -> None:
+    # An account imported with a costlier hash (bcrypt) answers a wrong password in bcrypt's
+    # time; an unknown email, or a wrong password for an account with a current hash, must too.
+    current = make_hasher(max_concurrent=1)  # Argon2id m=1024, t=1: about a millisecond
+    costly = bcrypt.hashpw(b"the imported one", bcrypt.gensalt(8)).decode()
+    prefix = passwords.cost_prefix(costly)
+    assert prefix is not None and current.unknown_cost(costly) == prefix
+    assert current.floor() == 1.0
+
+    current.calibrate(prefix, passwords.sample_hash(prefix))
+
+    assert current.unknown_cost(costly) is None and current.calibrated() == {prefix}
+    assert current.floor() > 2.0  # bcrypt 8 costs several times an Argon2id check at 1 MiB
+    started = time.perf_counter()
+    assert current.verify(costly, "a wrong guess").ok is False
+    bcrypt_check = time.perf_counter() - started
+    own = current.hash("the current one")
+    for attempt in (
+        lambda: current.dummy_verify("an unknown email's guess"),
+        lambda: current.verify(own, "a wrong guess"),
+    ):
+        started = time.perf_counter()
+        attempt()
+        assert time.perf_counter() - started >= 0.8 * bcrypt_check
+    started = time.perf_counter()
+    assert current.verify(own, "the current one").ok  # whoever knows it knows the account
+    assert time.perf_counter() - started < 0.5 * bcrypt_check
+
+    current.forget(prefix)
+    assert current.floor() == 1.0

@@ -1,0 +1,131 @@
+"""services.password_costs: the costs of stored hashes other than the current settings' are
+recorded (imports, a start, a login that meets one), timed by each process, and deleted once no
+stored hash has them."""
+
+from __future__ import annotations
+
+import bcrypt
+import pytest
+from sqlalchemy import select
+
+from authsvc.crypto.passwords import cost_prefix
+from authsvc.errors import InvalidCredentials
+from authsvc.models import PasswordHashCost, User
+from authsvc.services import accounts, admin, password_costs
+from tests.service.conftest import CLIENT
+
+OPS = admin.AdminIdentity(key_id="k1", name="ops")
+
+
+def bcrypt_hash(password: str, cost: int = 6) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost)).decode()
+
+
+def recorded(db_session) -> set[str]:
+    return set(db_session.scalars(select(PasswordHashCost.prefix)))
+
+
+@pytest.fixture(autouse=True)
+def fresh_reads(monkeypatch):
+    monkeypatch.setattr(password_costs, "REFRESH_SECONDS", 0.0)
+
+
+def test_an_imported_hash_records_its_cost_and_a_password_does_not(db_session, deps, now):
+    own = deps.hasher.hash("made here")
+    for email, password, password_hash in (
+        ("a@example.com", "a fine password 42", None),
+        ("b@example.com", None, own),
+        ("c@example.com", None, bcrypt_hash("the old system's")),
+        ("d@example.com", None, bcrypt_hash("another of the old system's")),
+    ):
+        admin.create_user(
+            db_session,
+            deps,
+            admin=OPS,
+            email=email,
+            password=password,
+            password_hash=password_hash,
+            email_verified=True,
+            client=CLIENT,
+            now=now,
+        )
+
+    assert recorded(db_session) == {"$2b$06$"}
+    [sample] = db_session.scalars(select(PasswordHashCost.sample_hash))
+    assert cost_prefix(sample) == "$2b$06$"
+    # A sample of a random password, not one of the imported hashes.
+    assert sample not in set(db_session.scalars(select(User.password_hash)))
+
+
+def test_a_login_meeting_an_unrecorded_cost_records_it_and_pads_from_then_on(
+    db_session, deps, now, make_user
+):
+    # Imported before costs were recorded: the first check of it records its cost.
+    user = make_user(email="old@example.com")
+    user.password_hash = bcrypt_hash("imported long ago", cost=7)
+    db_session.flush()
+    assert recorded(db_session) == set()
+
+    with pytest.raises(InvalidCredentials):
+        accounts.authenticate_password(
+            db_session, deps, email=user.email, password="a wrong guess", client=CLIENT, now=now
+        )
+
+    assert recorded(db_session) == {"$2b$07$"}
+    assert deps.hasher.calibrated() == {"$2b$07$"}
+    assert deps.hasher.floor() > 1.0
+
+
+def test_each_process_times_the_recorded_costs_and_forgets_deleted_ones(db_session, deps, now):
+    password_costs.record(db_session, [bcrypt_hash("x", cost=5)], now=now)
+    assert deps.hasher.calibrated() == set()
+
+    password_costs.refresh(db_session, deps.hasher)
+    assert deps.hasher.calibrated() == {"$2b$05$"}
+
+    db_session.delete(db_session.get(PasswordHashCost, "$2b$05$"))
+    db_session.flush()
+    password_costs.refresh(db_session, deps.hasher)
+    assert deps.hasher.calibrated() == set()
+    assert deps.hasher.floor() == 1.0
+
+
+def test_a_start_records_its_own_cost_which_outlives_a_change_of_settings(
+    db_session, deps, now, make_user
+):
+    password_costs.record_own(db_session, deps.hasher, now=now)
+    password_costs.record_own(db_session, deps.hasher, now=now)  # once
+    own = deps.hasher.own_cost()
+    assert recorded(db_session) == {own}
+    password_costs.refresh(db_session, deps.hasher)
+    assert deps.hasher.calibrated() == set()  # its own settings: a current check
+
+    make_user(email="current@example.com")
+    password_costs.record(db_session, [bcrypt_hash("y", cost=5)], now=now)
+    assert password_costs.prune(db_session, deps.hasher) == ["$2b$05$"]  # nobody has it
+    assert recorded(db_session) == {own}  # the current settings' stays, whoever has it
+
+
+def test_a_cost_is_pruned_only_once_no_stored_hash_has_it(db_session, deps, now, make_user):
+    user = make_user(email="imported@example.com")
+    user.password_hash = bcrypt_hash("imported", cost=5)
+    other = make_user(email="other@example.com")
+    other.password_hash = bcrypt_hash("imported too", cost=4)
+    db_session.flush()
+    password_costs.record(db_session, [user.password_hash, other.password_hash], now=now)
+
+    assert password_costs.prune(db_session, deps.hasher) == []
+    user.password_hash = deps.hasher.hash("rehashed at login")  # the owner signed in
+    db_session.flush()
+
+    assert password_costs.prune(db_session, deps.hasher) == ["$2b$05$"]
+    assert recorded(db_session) == {"$2b$04$"}
+
+
+def test_the_worker_housekeeping_deletes_costs_nobody_has(db_session, deps, now, worker):
+    password_costs.record(db_session, [bcrypt_hash("z", cost=4)], now=now)
+    db_session.commit()
+
+    worker.sweep()
+
+    assert recorded(db_session) == set()
