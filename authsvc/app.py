@@ -220,6 +220,7 @@ def create_app(
     # A path with an empty segment is not found: Werkzeug would answer an HTML 308 to the path
     # with its slashes merged, another resource (/admin/v1/users//disable to the user "disable").
     app.url_map.merge_slashes = False
+    app.url_map.converters["factor_id"] = mfa.FactorIdConverter
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["authsvc"] = runtime

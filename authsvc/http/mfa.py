@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response
+from werkzeug.routing import BaseConverter
 
 from authsvc.db import utcnow
 from authsvc.http.auth import (
@@ -23,6 +24,15 @@ bp = Blueprint("mfa", __name__)
 NAME_MAX = 256  # shape only; the service allows 64 characters after normalisation
 CODE_MAX = 16
 ID_MAX = 64
+
+
+class FactorIdConverter(BaseConverter):
+    """The factor id in /v1/me/mfa/<factor_id:...>: any segment but the names of the routes
+    beside it. /v1/me/mfa/totp and /v1/me/mfa/webauthn take POST only; without this, a PATCH
+    or DELETE sent there was routed to the factor whose id is "totp" and answered 404, and
+    their 405s listed PATCH and DELETE in Allow. Factor ids (``new_id``) are never these."""
+
+    regex = r"(?!(?:totp|webauthn)\Z)[^/]+"
 
 
 @dataclass
@@ -47,7 +57,7 @@ def list_factors() -> Response:
     return respond(mfa_management.list_all(db(), user_id=principal().user_id))
 
 
-@bp.patch("/v1/me/mfa/<factor_id>")
+@bp.patch("/v1/me/mfa/<factor_id:factor_id>")
 @transactional
 @require_user
 def rename_factor(factor_id: str) -> Response:
@@ -64,7 +74,7 @@ def rename_factor(factor_id: str) -> Response:
     return respond(factor)
 
 
-@bp.delete("/v1/me/mfa/<factor_id>")
+@bp.delete("/v1/me/mfa/<factor_id:factor_id>")
 @transactional
 @require_user
 def delete_factor(factor_id: str) -> Response:

@@ -435,6 +435,27 @@ def test_wrong_methods(raw_client, method, path):
     assert method not in response.headers["Allow"]
 
 
+@pytest.mark.parametrize("method", ["PATCH", "DELETE", "GET", "PUT"])
+@pytest.mark.parametrize("path", ["/v1/me/mfa/totp", "/v1/me/mfa/webauthn"])
+@pytest.mark.parametrize("signed_in", [True, False])
+def test_wrong_methods_on_the_enrollment_routes_beside_a_factor_id(
+    api, raw_client, method, path, signed_in
+):
+    # /v1/me/mfa/totp is a route of its own, not the factor whose id is "totp": PATCH or
+    # DELETE on it is a method the route does not take, whoever asks.
+    headers = {}
+    if signed_in:
+        api.register("ada@example.com")
+        headers = api.bearer(api.tokens("ada@example.com")["access_token"])
+
+    response = raw_client.open(path, method=method, headers=headers, json={"name": "x"})
+
+    assert_problem(response, 405, "method_not_allowed")
+    allowed = {m.strip() for m in response.headers["Allow"].split(",")}
+    assert "POST" in allowed
+    assert not allowed & {"PATCH", "DELETE", "PUT", "GET"}
+
+
 @pytest.mark.parametrize(
     "value",
     [
