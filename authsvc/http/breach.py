@@ -41,6 +41,11 @@ bp = Blueprint("breach", __name__)
 BASE = "/admin/v1/breach-responses"
 REPORT_PAGE = 5000
 _TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
+# What an upload takes in its query string: the JSON body's fields other than the list and
+# ``before`` (uploads are lists only).
+UPLOAD_QUERY = frozenset(
+    {"selector", "mode", "reason", "revoke_sessions", "reset_mfa", "notify", "dry_run"}
+)
 
 
 @dataclass
@@ -111,6 +116,9 @@ def _from_json() -> tuple[CampaignRequest, bool]:
 
 
 def _from_upload(csv_format: bool) -> tuple[CampaignRequest, bool]:
+    # Refused rather than ignored, before the body is read: a misspelt ?dry_run would start
+    # the campaign for real, and of a repeated flag only the first value would count.
+    only_query(UPLOAD_QUERY)
     selector = request.args.get("selector", "")
     if selector not in breach.LIST_KINDS:
         raise InvalidRequest(
@@ -201,6 +209,7 @@ def cancel_breach_response(campaign_id: str) -> Response:
 @transactional
 @require_admin
 def breach_response_report(campaign_id: str) -> Response:
+    only_query(frozenset({"format"}))
     fmt = request.args.get("format", "csv")
     if fmt not in ("csv", "json"):
         raise InvalidRequest("format must be csv or json", field="format")

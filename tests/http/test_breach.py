@@ -251,6 +251,67 @@ def test_a_json_campaign_takes_no_query_parameters(client, app, as_admin, accoun
         assert session.scalar(select(func.count()).select_from(BreachCampaign)) == 0
 
 
+UPLOAD = "selector=emails&mode=invalidate&reason=x"
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        (f"{UPLOAD}&dryrun=true", "dryrun"),  # misspelt: the upload would start for real
+        (f"{UPLOAD}&before=2020-01-01", "before"),  # a JSON field, not an upload's
+        (f"{UPLOAD}&dry_run=true&dry_run=false", "dry_run"),
+        (f"{UPLOAD}&notify=false&notify=true", "notify"),
+        (f"{UPLOAD}&selector=user_ids", "selector"),
+    ],
+)
+def test_an_upload_refuses_unknown_and_repeated_parameters(
+    client, app, as_admin, accounts, query, field
+):
+    # As the list and the audit events: ignored, ?dryrun=true started a real campaign that
+    # invalidated the listed passwords; repeated, only the first value was read.
+    response = client.post(
+        f"{BASE}?{query}",
+        data="user1@example.com\n",
+        content_type="text/plain",
+        headers=as_admin,
+    )
+
+    body = response.get_json()
+    assert (response.status_code, body["code"], body["field"]) == (400, "invalid_request", field)
+    with db(app) as session:
+        assert session.scalar(select(func.count()).select_from(BreachCampaign)) == 0
+
+
+def test_an_upload_takes_every_documented_parameter(client, as_admin, accounts):
+    response = client.post(
+        f"{BASE}?{UPLOAD}&revoke_sessions=false&reset_mfa=true&notify=false&dry_run=true",
+        data="user1@example.com\n",
+        content_type="text/csv",
+        headers=as_admin,
+    )
+
+    assert response.status_code == 200
+    assert response.get_json()["targeted"] == 1
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [("fromat=json", "fromat"), ("format=json&format=csv", "format"), ("limit=5", "limit")],
+)
+def test_the_report_refuses_unknown_and_repeated_parameters(
+    client, app, as_admin, accounts, query, field
+):
+    campaign_id = start(client, as_admin).get_json()["id"]
+
+    response = client.get(f"{BASE}/{campaign_id}/report?{query}", headers=as_admin)
+
+    body = response.get_json()
+    assert (response.status_code, body["code"], body["field"]) == (400, "invalid_request", field)
+    with db(app) as session:
+        exported = select(func.count()).where(AuditEvent.type == "breach.report_exported")
+        assert session.scalar(exported.select_from(AuditEvent)) == 0
+
+
 @pytest.mark.parametrize(
     "before",
     ["2999-01-02", "2999-01-02T03:04:05Z", "2999-01-02t03:04:05.5z", "2999-01-02T03:04:05+01:00"],
