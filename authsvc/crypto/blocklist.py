@@ -52,7 +52,11 @@ Progress = Callable[[str, int, int], None]
 
 
 def _fold(password: str) -> str:
-    return normalize(password).lower()
+    """The form a common password is listed and looked up in: NFKC, then case folded.
+    ``casefold`` rather than ``lower``: lowering leaves "ß" apart from "ss" and the Greek
+    final sigma (U+03C2) apart from the other (U+03C3), so "Paßword1", or a Greek word typed
+    with the other sigma, passed a list that holds it. The context words are folded the same way."""
+    return normalize(password).casefold()
 
 
 def _sha1s(password: str) -> set[bytes]:
@@ -80,7 +84,7 @@ def _load_words(path: str | None) -> frozenset[str]:
 
 
 class CommonPasswords:
-    """A gzipped list of common passwords, one per line, compared case-insensitively after NFKC."""
+    """A gzipped list of common passwords, one per line, compared case folded after NFKC."""
 
     def __init__(self, path: Path | None = None) -> None:
         self._words = _load_words(str(path) if path is not None else None)

@@ -64,6 +64,9 @@ def test_bundled_list_is_the_django_20k_list(common: CommonPasswords) -> None:
         ("iloveyou", True),
         ("trustno1", True),
         ("password123", True),
+        # Case folded, not lowered: a capital sharp s lowers to "ß" but folds to "ss".
+        ("PA\u1e9eWORD", True),
+        ("pa\u00dfword1", True),
         ("correct horse battery staple 93", False),
         ("password1234567", False),
         ("", False),
@@ -84,6 +87,33 @@ def test_common_passwords_from_another_file(tmp_path: Path) -> None:
     assert "honey" in custom
     assert "password" not in custom
     assert 42 not in custom
+
+
+@pytest.mark.parametrize(
+    ("listed", "typed"),
+    [
+        ("Stra\u00dfe2024", "STRASSE2024"),
+        ("strasse2024", "Stra\u00dfe2024"),
+        # Greek sigma: lowering writes the final form (U+03C2) at the end of a word, folding
+        # always the other (U+03C3).
+        (
+            "\u039f\u03b4\u03c5\u03c3\u03c3\u03ad\u03b1\u03c2",
+            "\u03bf\u03b4\u03c5\u03c3\u03c3\u03ad\u03b1\u03c3",
+        ),
+        (
+            "\u03bf\u03b4\u03c5\u03c3\u03c3\u03ad\u03b1\u03c3",
+            "\u039f\u0394\u03a5\u03a3\u03a3\u0388\u0391\u03a3",
+        ),
+    ],
+)
+def test_a_listed_password_matches_in_any_case_variant(
+    tmp_path: Path, listed: str, typed: str
+) -> None:
+    # Both the list and the candidate are case folded, so the variants that lower() leaves
+    # apart (German sharp s, Greek final sigma) do not escape the list.
+    path = tmp_path / "list.txt.gz"
+    path.write_bytes(gzip.compress(f"{listed}\n".encode()))
+    assert typed in CommonPasswords(path)
 
 
 def test_import_tolerates_case_crlf_and_whitespace_and_counts_bad_lines(tmp_path: Path) -> None:
