@@ -176,6 +176,13 @@ class TimedPasswordHasher(PasswordHasher):
         finally:
             self._seconds.labels("hash").observe(time.perf_counter() - started)
 
+    def rehash(self, password: str) -> str | None:
+        started = time.perf_counter()
+        rehashed = super().rehash(password)
+        if rehashed is not None:  # else nothing was hashed
+            self._seconds.labels("hash").observe(time.perf_counter() - started)
+        return rehashed
+
     def verify(self, expected_hash: str, password: str) -> VerifyResult:
         started = time.perf_counter()
         try:

@@ -2,7 +2,8 @@
 
 Nothing here raises a domain error. ``verify`` and ``identify`` never raise for any hash string;
 ``hash``, ``verify`` and ``dummy_verify`` raise ``HasherBusy`` when no hashing slot frees up in
-time, and ``check_policy`` (in ``blocklist``) raises ``PasswordPolicyViolation``.
+time (``rehash`` returns None when none is free at once), and ``check_policy`` (in
+``blocklist``) raises ``PasswordPolicyViolation``.
 """
 
 from __future__ import annotations
@@ -220,6 +221,20 @@ class PasswordHasher:
         """An Argon2id PHC string for the NFKC form of *password*."""
         with self._slot():
             return self._hash(normalize(password))
+
+    def rehash(self, password: str) -> str | None:
+        """What ``hash`` gives, if a hashing slot is free now; None, without waiting, if not.
+
+        For the upgrade of a stored hash that has just verified (``needs_rehash``): the old
+        hash still verifies, so the upgrade can be left to a later login. Waiting for a slot
+        would take one from a request that needs it to be answered at all (which would then
+        be shed), and failing for want of one would refuse a proven password."""
+        if not self._slots.acquire(blocking=False):
+            return None
+        try:
+            return self._hash(normalize(password))
+        finally:
+            self._slots.release()
 
     def _hash(self, normalized: str) -> str:
         try:

@@ -336,8 +336,7 @@ def authenticate_password(
         raise InvalidCredentials()
     assert user is not None
     if needs_rehash:
-        user.password_hash = hash_password(deps, password)
-        user.updated_at = now
+        _upgrade_hash(deps, user=user, password=password, now=now)
     if (
         deps.settings.flag_breached_at_login
         and not user.password_change_required
@@ -354,6 +353,19 @@ def authenticate_password(
             user_id=user.id,
         )
     return user
+
+
+def _upgrade_hash(deps: Deps, *, user: User, password: str, now: datetime) -> None:
+    """Rehash a password that verified against an outdated hash (other Argon2 parameters, an
+    imported bcrypt or PBKDF2 hash, or one of the password as typed rather than NFKC), when a
+    hashing slot is free; else keep the old hash, which still verifies, for a later login.
+    A login never fails here: it has already passed its checks, counted among the account's
+    daily ones, and a 503 would refuse a proven password and have it retried on a busy
+    server."""
+    rehashed = deps.hasher.rehash(password)
+    if rehashed is not None:
+        user.password_hash = rehashed
+        user.updated_at = now
 
 
 def login_with_password(

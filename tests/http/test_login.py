@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from authsvc.app import create_app
 from authsvc.models import AuditEvent, User
-from tests.conftest import ContractClient
+from tests.conftest import ContractClient, runtime
 
 PASSWORD = "correct horse 42"
 
@@ -162,6 +162,45 @@ def test_login_rehashes_when_argon2_parameters_change(api, settings, connection)
     assert connection.scalar(select(User.password_hash)) == rehashed
     assert api.login("ada@example.com", PASSWORD).get_json()["status"] == "authenticated"
     assert argon2_params(connection.scalar(select(User.password_hash))) == "m=1024,t=1,p=1"
+
+
+def test_a_rehash_that_finds_no_hashing_slot_is_left_to_a_later_login(
+    api, settings, connection, monkeypatch
+):
+    # The password was verified (and counted against the account's daily checks); every
+    # hashing slot is taken before its rehash. The login used to answer 503 overloaded, so a
+    # correct password was refused and its retries spent more checks on a busy server.
+    api.register()
+    stored = connection.scalar(select(User.password_hash))
+    stronger = dataclasses.replace(settings, argon2_time_cost=2, argon2_memory_kib=2048)
+    app2 = create_app(stronger, bind=connection)
+    app2.test_client_class = ContractClient
+    client2 = app2.test_client()
+    hasher = runtime(app2).deps.hasher
+    hasher._acquire_timeout = 0.01
+    verify, taken = hasher.verify, []
+
+    def verify_then_every_slot_is_taken(expected_hash, password):
+        result = verify(expected_hash, password)
+        while hasher._slots.acquire(blocking=False):  # a flood of logins takes them all
+            taken.append(1)
+        return result
+
+    monkeypatch.setattr(hasher, "verify", verify_then_every_slot_is_taken)
+    try:
+        busy = client2.post("/v1/login", json={"email": "ada@example.com", "password": PASSWORD})
+    finally:
+        for _ in taken:
+            hasher._slots.release()
+        monkeypatch.undo()
+
+    assert taken
+    assert busy.status_code == 200
+    assert busy.get_json()["status"] == "authenticated"
+    assert connection.scalar(select(User.password_hash)) == stored  # still good, kept
+    later = client2.post("/v1/login", json={"email": "ada@example.com", "password": PASSWORD})
+    assert later.get_json()["status"] == "authenticated"
+    assert argon2_params(connection.scalar(select(User.password_hash))) == "m=2048,t=2,p=1"
 
 
 def test_a_failed_login_does_not_rehash(api, settings, connection):

@@ -340,6 +340,20 @@ def test_busy_hasher_raises_after_the_timeout() -> None:
     assert busy.verify(stored, "wait for me please") == OK_CURRENT
 
 
+def test_a_rehash_takes_only_a_free_slot_and_never_waits() -> None:
+    hasher = make_hasher(max_concurrent=1, acquire_timeout=3600)
+    hasher._slots.acquire()  # another request holds the only slot
+    try:
+        started = time.monotonic()
+        assert hasher.rehash("upgrade me later") is None
+        assert time.monotonic() - started < 60  # at once, not after the hour
+    finally:
+        hasher._slots.release()
+    rehashed = hasher.rehash("upgrade me now")
+    assert rehashed is not None
+    assert hasher.verify(rehashed, "upgrade me now") == OK_CURRENT
+
+
 def test_time_already_queued_counts_against_the_wait_for_a_slot() -> None:
     # An hour's timeout, but the request was queued (by the server) long enough ago.
     hasher = make_hasher(max_concurrent=1, acquire_timeout=3600)
