@@ -118,6 +118,10 @@ class Settings:
     # Ended sessions, expired single-use tokens and sent outbox messages are deleted by the outbox
     # worker this long after they end; 0 keeps them.
     expired_retention: timedelta = timedelta(days=7)
+    # Outbox messages parked as failed are deleted by the same sweep this long after they
+    # failed: kept for an operator to look at, but their payloads hold recipients' addresses.
+    # 0 keeps them.
+    failed_message_retention: timedelta = timedelta(days=30)
     # Breach response: forced password resets for many accounts.
     flag_breached_at_login: bool = True  # a login with a blocklisted password must change it
     breach_batch_size: int = 20000  # accounts flagged per committed batch

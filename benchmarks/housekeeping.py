@@ -103,6 +103,7 @@ def main() -> None:
                 factory,
                 now=utcnow(),
                 retention=settings.expired_retention,
+                failed_retention=settings.failed_message_retention,
                 idle_timeout=settings.session_idle_timeout,
             )
             seconds = time.monotonic() - started

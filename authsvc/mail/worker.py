@@ -243,8 +243,8 @@ class OutboxWorker:
         )
 
     def sweep(self) -> housekeeping.Swept:
-        """Delete ended sessions, expired tokens and sent messages past their retention, and
-        the recorded password hash costs that no stored hash has any more."""
+        """Delete ended sessions, expired tokens, and sent and failed messages past their
+        retention, and the recorded password hash costs that no stored hash has any more."""
         settings = self._deps.settings
         with self._sessionmaker.begin() as session:
             gone = password_costs.prune(session, self._deps.hasher)
@@ -254,6 +254,7 @@ class OutboxWorker:
             self._sessionmaker,
             now=self._clock(),
             retention=settings.expired_retention,
+            failed_retention=settings.failed_message_retention,
             idle_timeout=settings.session_idle_timeout,
         )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authsvc.db import Base, UTCDateTime, new_id
@@ -17,6 +17,15 @@ class OutboxMessage(Base):
     """
 
     __tablename__ = "outbox_messages"
+    __table_args__ = (
+        # The housekeeping sweep finds the few parked messages past their retention here.
+        Index(
+            "ix_outbox_messages_failed_at",
+            "failed_at",
+            postgresql_where=text("failed_at IS NOT NULL"),
+            sqlite_where=text("failed_at IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True

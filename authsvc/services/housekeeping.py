@@ -1,5 +1,5 @@
 """Deleting rows whose work is over: ended sessions (with their refresh tokens), expired
-single-use tokens and sent outbox messages.
+single-use tokens, and sent and failed outbox messages.
 
 Every login with a second factor leaves an mfa_token, every refresh a spent refresh token and
 every mail an outbox message; nothing else ever removes them. The outbox worker calls ``sweep``
@@ -16,8 +16,10 @@ A row is deleted once it has been over for longer than the retention:
   (the whole session is then revoked);
 - a single-use token (verification, reset, change, mfa, enrollment): past ``expires_at``, used or
   not;
-- an outbox message: delivered (``completed_at``). A message parked as failed stays for the
-  operator to look at.
+- an outbox message: delivered (``completed_at``);
+- an outbox message parked as failed (``failed_at``): after its own retention,
+  ``AUTHSVC_FAILED_MESSAGE_RETENTION`` (30 days), long enough for an operator to look at it.
+  Its payload, encrypted as it is, holds the recipient's address: it is not kept for ever.
 
 Each batch is its own short transaction, so a sweep never holds locks for long and logins go on
 meanwhile; on PostgreSQL, rows that another instance is deleting at the same moment are skipped.
@@ -26,7 +28,7 @@ meanwhile; on PostgreSQL, rows that another instance is deleting at the same mom
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -46,11 +48,12 @@ MAX_BATCHES = 50  # per table and sweep: a large backlog is cleared over several
 class Swept:
     sessions: int = 0  # their refresh tokens go with them (ON DELETE CASCADE)
     user_tokens: int = 0
-    outbox_messages: int = 0
+    outbox_messages: int = 0  # sent
+    failed_messages: int = 0  # outbox messages parked as failed
 
     @property
     def total(self) -> int:
-        return self.sessions + self.user_tokens + self.outbox_messages
+        return self.sessions + self.user_tokens + self.outbox_messages + self.failed_messages
 
 
 def sweep(
@@ -58,32 +61,43 @@ def sweep(
     *,
     now: datetime,
     retention: timedelta,
+    failed_retention: timedelta,
     idle_timeout: timedelta,
 ) -> Swept:
-    """Delete what has been over for longer than ``retention``; a zero retention keeps all."""
-    if retention <= timedelta(0):
-        return Swept()
-    before = now - retention
+    """Delete what has been over for longer than ``retention``, and failed outbox messages
+    parked for longer than ``failed_retention``; a zero retention keeps what it covers."""
+    swept = Swept()
+    if retention > timedelta(0):
+        swept = _sweep_ended(factory, before=now - retention, idle_timeout=idle_timeout)
+    if failed_retention > timedelta(0):
+        failed = OutboxMessage.failed_at < now - failed_retention
+        swept = replace(swept, failed_messages=_sweep_table(factory, OutboxMessage.id, failed))
+    if swept.total:
+        log.info(
+            "swept %d ended sessions, %d expired tokens, %d sent messages, %d failed messages",
+            swept.sessions,
+            swept.user_tokens,
+            swept.outbox_messages,
+            swept.failed_messages,
+        )
+    return swept
+
+
+def _sweep_ended(
+    factory: sessionmaker[DbSession], *, before: datetime, idle_timeout: timedelta
+) -> Swept:
     ended = or_(
         Session.revoked_at < before,
         Session.expires_at < before,
         Session.last_used_at < before - idle_timeout,
     )
-    swept = Swept(
+    return Swept(
         sessions=_sweep_table(factory, Session.id, ended),
         user_tokens=_sweep_table(factory, UserToken.id, UserToken.expires_at < before),
         outbox_messages=_sweep_table(
             factory, OutboxMessage.id, OutboxMessage.completed_at < before
         ),
     )
-    if swept.total:
-        log.info(
-            "swept %d ended sessions, %d expired tokens, %d sent messages",
-            swept.sessions,
-            swept.user_tokens,
-            swept.outbox_messages,
-        )
-    return swept
 
 
 def delete_batch(

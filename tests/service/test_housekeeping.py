@@ -16,6 +16,7 @@ from .conftest import CLIENT
 
 DAY = timedelta(days=1)
 RETENTION = timedelta(days=7)
+FAILED_RETENTION = timedelta(days=30)
 
 
 def ids(db_session, column):
@@ -27,13 +28,22 @@ def start(db_session, deps, user, at):
     return sessions.start_session(db_session, deps, user=user, amr=("pwd",), client=CLIENT, now=at)
 
 
-def sweep(runtime, now, retention=RETENTION):
+def sweep(runtime, now, retention=RETENTION, failed_retention=FAILED_RETENTION):
     return housekeeping.sweep(
         runtime.sessionmaker,
         now=now,
         retention=retention,
+        failed_retention=failed_retention,
         idle_timeout=runtime.deps.settings.session_idle_timeout,
     )
+
+
+def message(db_session, deps, at, **columns):
+    row = outbox.enqueue(db_session, deps.keyring, kind="email", payload={"n": 1}, now=at)
+    for name, value in columns.items():
+        setattr(row, name, value)
+    db_session.flush()
+    return row.id
 
 
 def test_ended_sessions_go_with_all_their_refresh_tokens(runtime, db_session, deps, make_user, now):
@@ -119,17 +129,10 @@ def test_single_use_tokens_go_once_expired_for_longer_than_the_retention(
 
 
 def test_sent_messages_go_and_failed_or_pending_ones_stay(runtime, db_session, deps, now):
-    def message(at, **columns):
-        row = outbox.enqueue(db_session, deps.keyring, kind="email", payload={"n": 1}, now=at)
-        for name, value in columns.items():
-            setattr(row, name, value)
-        db_session.flush()
-        return row.id
-
-    sent_long_ago = message(now - 9 * DAY, completed_at=now - RETENTION - DAY)
-    sent_lately = message(now - 2 * DAY, completed_at=now - DAY)
-    failed = message(now - 60 * DAY, failed_at=now - 59 * DAY, last_error="refused")
-    pending = message(now - 60 * DAY)
+    sent_long_ago = message(db_session, deps, now - 9 * DAY, completed_at=now - RETENTION - DAY)
+    sent_lately = message(db_session, deps, now - 2 * DAY, completed_at=now - DAY)
+    failed = message(db_session, deps, now - 60 * DAY, failed_at=now - 9 * DAY, last_error="x")
+    pending = message(db_session, deps, now - 60 * DAY)
 
     swept = sweep(runtime, now)
 
@@ -138,13 +141,58 @@ def test_sent_messages_go_and_failed_or_pending_ones_stay(runtime, db_session, d
     assert sent_long_ago not in ids(db_session, OutboxMessage.id)
 
 
+def test_failed_messages_go_once_parked_for_longer_than_their_retention(
+    runtime, db_session, deps, now
+):
+    # A parked message's payload holds its recipient's address: kept for the operator to look
+    # at, but not for ever.
+    parked_long_ago = message(
+        db_session, deps, now - 40 * DAY, failed_at=now - FAILED_RETENTION - DAY, last_error="x"
+    )
+    parked_lately = message(
+        db_session, deps, now - 60 * DAY, failed_at=now - FAILED_RETENTION + DAY, last_error="x"
+    )
+    pending = message(db_session, deps, now - 60 * DAY)
+
+    swept = sweep(runtime, now)
+
+    assert ids(db_session, OutboxMessage.id) == {parked_lately, pending}
+    assert parked_long_ago not in ids(db_session, OutboxMessage.id)
+    assert (swept.failed_messages, swept.outbox_messages, swept.total) == (1, 0, 1)
+
+
+def test_a_zero_failed_retention_keeps_failed_messages(runtime, db_session, deps, now):
+    parked = message(db_session, deps, now - 400 * DAY, failed_at=now - 399 * DAY)
+    message(db_session, deps, now - 400 * DAY, completed_at=now - 399 * DAY)
+
+    swept = sweep(runtime, now, failed_retention=timedelta(0))
+
+    assert ids(db_session, OutboxMessage.id) == {parked}
+    assert (swept.failed_messages, swept.outbox_messages) == (0, 1)
+
+
+def test_the_outbox_worker_deletes_failed_messages_after_the_setting(
+    runtime, db_session, deps, now
+):
+    retention = deps.settings.failed_message_retention
+    assert retention == timedelta(days=30)  # the documented default
+    old = message(db_session, deps, now - 90 * DAY, failed_at=now - retention - DAY)
+    recent = message(db_session, deps, now - 90 * DAY, failed_at=now - retention + DAY)
+
+    swept = runtime.worker.sweep()
+
+    assert ids(db_session, OutboxMessage.id) == {recent}
+    assert old not in ids(db_session, OutboxMessage.id)
+    assert swept.failed_messages == 1
+
+
 def test_a_zero_retention_keeps_everything(runtime, db_session, deps, make_user, now):
     user = make_user()
     ended = start(db_session, deps, user, now - 400 * DAY)
     user_tokens.issue(db_session, user_id=user.id, purpose="mfa", ttl=DAY, now=now - 400 * DAY)
     db_session.flush()
 
-    swept = sweep(runtime, now, retention=timedelta(0))
+    swept = sweep(runtime, now, retention=timedelta(0), failed_retention=timedelta(0))
 
     assert swept.total == 0
     assert ids(db_session, Session.id) == {ended.session_id}
