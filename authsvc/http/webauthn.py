@@ -109,14 +109,20 @@ def _factor(factor: webauthn_registration.RegisteredKey) -> dict[str, Any]:
 @transactional
 def login_mfa_webauthn_options() -> Response:
     body = parse(MfaTokenBody)
-    return respond(webauthn.mfa_options(db(), deps(), mfa_token=body.mfa_token, now=utcnow()))
+    options = webauthn.mfa_options(
+        db(), deps(), mfa_token=body.mfa_token, client=client(), now=utcnow()
+    )
+    return respond(options)
 
 
 @bp.post("/v1/password/reset/webauthn-options")
 @transactional
 def reset_password_webauthn_options() -> Response:
     body = parse(ResetTokenBody)
-    return respond(webauthn.reset_options(db(), deps(), reset_token=body.token, now=utcnow()))
+    options = webauthn.reset_options(
+        db(), deps(), reset_token=body.token, client=client(), now=utcnow()
+    )
+    return respond(options)
 
 
 @bp.post("/v1/passkeys/login-options")

@@ -13,12 +13,22 @@ user verification is possession plus a PIN or biometric on the authenticator, so
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import unicodedata
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Exists, Result, exists, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Exists,
+    Result,
+    delete,
+    exists,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto import webauthn as wa
@@ -30,7 +40,7 @@ from authsvc.errors import (
     NotFound,
 )
 from authsvc.models import User, WebauthnChallenge, WebauthnCredential
-from authsvc.services import audit, factors, housekeeping, notices, user_tokens
+from authsvc.services import audit, factors, housekeeping, notices, throttle, user_tokens
 from authsvc.services.context import Client, Deps
 from authsvc.settings import Settings
 
@@ -325,11 +335,22 @@ def assertion_options(
     session: DbSession, deps: Deps, *, user_id: str, user_token_id: str, now: datetime
 ) -> dict[str, Any]:
     """Request options listing only this user's credentials, for the second-factor step that
-    ``user_token_id`` (an mfa_token or reset link) stands for."""
+    ``user_token_id`` (an mfa_token or reset link) stands for.
+
+    The step's earlier challenges go first: one challenge per step at a time, so a live token
+    cannot pile rows up, and options asked for again make the earlier ones useless (a client
+    answers the options it asked for last). The caller holds the account's lock, as every
+    writer of its challenges does (see ``issue_challenge``)."""
     settings = deps.settings
     rows = credentials_of(session, user_id)
     if not rows:
         raise InvalidRequest("This account has no security key")
+    session.execute(
+        delete(WebauthnChallenge).where(
+            WebauthnChallenge.user_id == user_id, WebauthnChallenge.user_token_id == user_token_id
+        ),
+        execution_options={"synchronize_session": False},
+    )
     _, challenge = issue_challenge(
         session,
         deps,
@@ -349,26 +370,39 @@ def assertion_options(
 
 
 def _options_for(
-    session: DbSession, deps: Deps, *, token: str, purpose: str, now: datetime
+    session: DbSession, deps: Deps, *, token: str, purpose: str, client: Client, now: datetime
 ) -> dict[str, Any]:
     """Options for the step a token stands for, refused (InvalidToken) wherever the step itself
     would refuse the token: a disabled owner, a login begun before the password was invalidated.
-    The owner is locked before the challenge is written (see ``issue_challenge``)."""
+    The owner is locked before the challenge is written (see ``issue_challenge``).
+
+    Each request writes a challenge, so it is throttled: per client IP before the token is
+    looked up, as passkey options are; then per account, with a counter of its own under the
+    policy that limits the step's answers (``mfa_account``, 10 a minute), shared by both steps
+    and every token of the account. A refusal leaves the token alive: asking is no guess."""
+    who = throttle.Who(now=now, client=client, action="webauthn_options")
+    throttle.hit(session, deps, "ip", client.rate_key, who=who)
     row, owner = user_tokens.find_with_owner(
         session, token=token, purpose=purpose, now=now, lock_owner=True
     )
+    who = dataclasses.replace(who, user_id=owner.id)
+    throttle.hit(session, deps, throttle.MFA_CODES, owner.id, "webauthn_options", who=who)
     return assertion_options(session, deps, user_id=owner.id, user_token_id=row.id, now=now)
 
 
-def mfa_options(session: DbSession, deps: Deps, *, mfa_token: str, now: datetime) -> dict[str, Any]:
-    return _options_for(session, deps, token=mfa_token, purpose="mfa", now=now)
+def mfa_options(
+    session: DbSession, deps: Deps, *, mfa_token: str, client: Client, now: datetime
+) -> dict[str, Any]:
+    return _options_for(session, deps, token=mfa_token, purpose="mfa", client=client, now=now)
 
 
 def reset_options(
-    session: DbSession, deps: Deps, *, reset_token: str, now: datetime
+    session: DbSession, deps: Deps, *, reset_token: str, client: Client, now: datetime
 ) -> dict[str, Any]:
     """Options for the second factor that a password reset asks for."""
-    return _options_for(session, deps, token=reset_token, purpose="reset_password", now=now)
+    return _options_for(
+        session, deps, token=reset_token, purpose="reset_password", client=client, now=now
+    )
 
 
 def read_assertion(credential: dict[str, Any]) -> wa.ClientAnswer:

@@ -9,10 +9,12 @@ from datetime import timedelta
 
 import jwt
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
+from authsvc.app import rate_limit_policies
 from authsvc.db import utcnow
-from authsvc.models import AuditEvent, User, WebauthnCredential
+from authsvc.models import AuditEvent, User, WebauthnChallenge, WebauthnCredential
+from authsvc.ratelimit import RateLimiter
 from authsvc.services import user_tokens, webauthn
 from tests.conftest import runtime
 from tests.support_webauthn import (
@@ -27,6 +29,12 @@ from tests.support_webauthn import (
 )
 
 OPTIONS = "/v1/login/mfa/webauthn-options"
+RESET_OPTIONS = "/v1/password/reset/webauthn-options"
+# The two steps that ask for a security key: (options route, token field, answer route).
+STEPS = {
+    "login": (OPTIONS, "mfa_token", "/v1/login/mfa"),
+    "reset": (RESET_OPTIONS, "token", "/v1/password/reset"),
+}
 
 
 def _options(client, token):
@@ -365,3 +373,98 @@ def test_a_removed_key_is_no_longer_asked_for(app, client, api, enrolled):
         row = session.scalar(select(WebauthnCredential))
         webauthn.delete_credential(session, user_id=row.user_id, credential_id=row.id, now=utcnow())
     assert api.login("ada@example.com", PASSWORD).get_json()["status"] == "authenticated"
+
+
+# --- limits on the options -----------------------------------------------------------------
+
+
+def _step_token(step, api, client, mailbox):
+    """A live token of ``step`` for Ada: an mfa_token, or a mailed reset link."""
+    if step == "login":
+        return mfa_token(api)
+    client.post("/v1/password/forgot", json={"email": "ada@example.com"})
+    api.drain()
+    return mailbox.token("ada@example.com", "reset-password")
+
+
+def _ask(client, step, token, ip="198.51.100.1"):
+    path, field, _ = STEPS[step]
+    return client.post(path, json={field: token}, environ_base={"REMOTE_ADDR": ip})
+
+
+def _answer(client, step, token, credential):
+    _, field, path = STEPS[step]
+    body = {field: token, "webauthn": credential}
+    if step == "reset":
+        body["new_password"] = "another horse 43"
+    return client.post(path, json=body)
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_options_are_limited_per_account(app, client, api, mailbox, enrolled, step):
+    # Every options request writes a challenge: whoever holds a live token must not make
+    # them without end, nor, with fresh tokens, for the same account.
+    token = _step_token(step, api, client, mailbox)
+    answers = [_ask(client, step, token, ip=f"198.51.100.{i}") for i in range(11)]
+
+    assert [a.status_code for a in answers[:10]] == [200] * 10
+    refused = answers[10]
+    assert (refused.status_code, refused.get_json()["code"]) == (429, "rate_limited")
+    assert refused.mimetype == "application/problem+json"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert _ask(client, step, _step_token(step, api, client, mailbox)).status_code == 429
+    with runtime(app).sessionmaker() as session:
+        hits = session.execute(
+            select(AuditEvent.outcome, AuditEvent.user_id, AuditEvent.details).where(
+                AuditEvent.type == "ratelimit.hit"
+            )
+        ).all()
+        ada = session.scalar(select(User.id).where(User.email == "ada@example.com"))
+    assert [tuple(h) for h in hits] == [
+        ("mfa_account", ada, json.dumps({"action": "webauthn_options"}))
+    ] * 2
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_options_are_limited_per_ip_before_any_token_is_looked_at(app, client, step):
+    rt = runtime(app)
+    rt.settings = dataclasses.replace(rt.settings, limit_ip="2/minute")
+    rt.deps = dataclasses.replace(
+        rt.deps,
+        settings=rt.settings,
+        limiter=RateLimiter(rt.settings.rate_limit_storage_url, rate_limit_policies(rt.settings)),
+    )
+    rt.deps.limiter.reset()
+    try:
+        guesses = [_ask(client, step, "mfa_nonsense") for _ in range(3)]
+        elsewhere = _ask(client, step, "mfa_nonsense", ip="198.51.100.2")
+    finally:
+        rt.deps.limiter.reset()
+
+    assert [g.status_code for g in guesses] == [400, 400, 429]
+    assert guesses[2].get_json()["code"] == "rate_limited"
+    assert int(guesses[2].headers["Retry-After"]) >= 1
+    assert elsewhere.status_code == 400
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_new_options_replace_the_earlier_challenge_of_the_step(
+    app, client, api, mailbox, enrolled, step
+):
+    # One challenge per token at a time: asking again makes the earlier one useless, so a
+    # live token cannot pile rows up, and the newest options are the ones that work.
+    token = _step_token(step, api, client, mailbox)
+    first = _ask(client, step, token).get_json()
+    for _ in range(3):
+        latest = _ask(client, step, token).get_json()
+    with runtime(app).sessionmaker() as session:
+        rows = session.scalar(
+            select(func.count())
+            .select_from(WebauthnChallenge)
+            .where(WebauthnChallenge.purpose == "mfa")
+        )
+    assert rows == 1
+
+    stale = _answer(client, step, token, enrolled.assertion(first))
+    assert (stale.status_code, stale.get_json()["reason"]) == (401, "invalid_challenge")
+    assert _answer(client, step, token, enrolled.assertion(latest)).status_code in {200, 204}

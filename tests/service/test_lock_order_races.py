@@ -634,7 +634,7 @@ def test_webauthn_options_while_admin_delete_commits(
                 s, deps, user_id=user_id, name="key", now=now
             )
         else:
-            webauthn.mfa_options(s, deps, mfa_token=token, now=now)
+            webauthn.mfa_options(s, deps, mfa_token=token, client=caller, now=now)
 
     gate, release = _pause_at(monkeypatch, audit, "record")  # the deletion, after its cascade
     outcomes = _race(
