@@ -126,6 +126,8 @@ def rate_limit_policies(settings: Settings) -> dict[str, str]:
         "mfa_account": "10/minute",
         # Wrong TOTP codes per account: capped like wrong passwords (NIST SP 800-63B 5.2.2).
         "mfa_failures": settings.limit_failures_per_account,
+        # Wrong admin API keys per client address (successful presentations count nothing).
+        "admin_key_failures": "10/minute",
     }
 
 

@@ -149,7 +149,7 @@ def require_admin(view: Callable[..., Response]) -> Callable[..., Response]:
         if token is None:
             raise InvalidAdminKey()
         g.admin = admin.authenticate_key(
-            db(), secret=token, now=utcnow(), client=client(), stamp=one_statement_db()
+            db(), deps(), secret=token, now=utcnow(), client=client(), stamp=one_statement_db()
         )
         return view(*args, **kwargs)
 

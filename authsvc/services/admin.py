@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session as DbSession
 from authsvc.crypto.tokens import new_token, token_hash
 from authsvc.errors import EmailTaken, InvalidAdminKey, InvalidRequest, NotFound
 from authsvc.models import AdminKey, User
-from authsvc.services import accounts, audit, factors, password_costs, sessions
+from authsvc.services import accounts, audit, factors, password_costs, sessions, throttle
 from authsvc.services.context import Client, Deps
 
 
@@ -107,6 +107,7 @@ _STAMP = (
 
 def authenticate_key(
     session: DbSession,
+    deps: Deps,
     *,
     secret: str,
     now: datetime,
@@ -115,12 +116,19 @@ def authenticate_key(
 ) -> AdminIdentity:
     """The key behind a bearer secret. A presented key that opens nothing is audited
     (``admin.auth``): ``unknown_key``, or ``revoked_key`` with the key's id, the sign of a
-    leaked key still in use.
+    leaked key still in use; and counted against the client's address
+    (``throttle.ADMIN_KEY_FAILURES``). A client past that limit is refused before its key is
+    looked at, a right one too: answered apart, a throttled guesser would still learn which
+    guess was right. Its refusals are ``ratelimit.hit`` events, not more ``admin.auth`` ones,
+    so a flood of wrong keys cannot flood the trail any faster than any throttled request.
+    Successful presentations count nothing, and other addresses are never affected.
 
     ``stamp`` is where its last use is written: an autocommit engine (PostgreSQL) writes it
     at once, so that the key's row is not locked for the rest of the request: a long one (a
     campaign from a large list) held every other request with the same key, status polls
     included, and the key's revocation, until it committed. By default, the session."""
+    who = throttle.Who(now=now, client=client, action="admin_auth")
+    throttle.test(session, deps, throttle.ADMIN_KEY_FAILURES, client.rate_key, who=who)
     key = session.scalar(select(AdminKey).where(AdminKey.key_hash == token_hash(secret)))
     if key is None or key.revoked_at is not None:
         audit.record(
@@ -131,6 +139,7 @@ def authenticate_key(
             client=client,
             admin_key_id=key.id if key is not None else None,
         )
+        throttle.hit(session, deps, throttle.ADMIN_KEY_FAILURES, client.rate_key, who=who)
         raise InvalidAdminKey()
     params = {"key_id": key.id, "now": now}
     if isinstance(stamp, Engine):

@@ -19,6 +19,10 @@ from authsvc.services.context import Client, Deps
 # would allow 14,400 guesses a day.
 MFA_CODES = "mfa_account"
 MFA_FAILURES = "mfa_failures"
+# Admin API keys that open nothing, per client address (an IPv4 address or IPv6 /64): keys are
+# too long to guess, but each wrong one writes an audit event, and a client that keeps
+# presenting them is probing or broken.
+ADMIN_KEY_FAILURES = "admin_key_failures"
 
 
 @dataclass(frozen=True, slots=True)

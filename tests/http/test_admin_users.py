@@ -405,3 +405,45 @@ def test_looking_an_account_up_is_audited_with_the_key(api, client, as_admin, co
     token = api.tokens("ada@example.com", PASSWORD)["access_token"]
     trail = client.get("/v1/me/security-events", headers=api.bearer(token)).get_json()["events"]
     assert not {"admin.user_lookup", "admin.user_viewed"} & {e["type"] for e in trail}
+
+
+def _find(client, authorization: str, ip: str):
+    return client.get(
+        "/admin/v1/users?email=ada@example.com",
+        headers={"Authorization": authorization},
+        environ_base={"REMOTE_ADDR": ip},
+    )
+
+
+def test_failed_admin_keys_are_throttled_per_client_ip(client, connection, as_admin):
+    """Ten wrong keys a minute from one client, then 429 for everything it presents, the right
+    key too (else a refusal would tell a guessed key from a wrong one); each refusal is one
+    ratelimit.hit event, not another admin.auth."""
+    guesses = [_find(client, f"Bearer ak_guess{i}", "203.0.113.7") for i in range(12)]
+    right_key = _find(client, as_admin["Authorization"], "203.0.113.7")
+
+    assert [g.status_code for g in guesses[:10]] == [401] * 10
+    for refused in [*guesses[10:], right_key]:
+        assert refused.status_code == 429
+        assert refused.mimetype == "application/problem+json"
+        assert refused.get_json()["code"] == "rate_limited"
+        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    events = connection.execute(
+        select(AuditEvent.type, AuditEvent.outcome, AuditEvent.details)
+        .where(AuditEvent.type.in_(["admin.auth", "ratelimit.hit"]))
+        .order_by(AuditEvent.id)
+    ).all()
+    limit_hit = ("ratelimit.hit", "admin_key_failures", '{"action": "admin_auth"}')
+    assert [tuple(e) for e in events] == [("admin.auth", "unknown_key", "{}")] * 10 + [
+        limit_hit
+    ] * 3
+    # Another client, with the right key or a wrong one, is not affected.
+    assert _find(client, as_admin["Authorization"], "203.0.113.8").status_code == 200
+    assert _find(client, "Bearer ak_guess", "203.0.113.8").status_code == 401
+
+
+def test_successful_admin_requests_do_not_count_towards_the_limit(client, as_admin):
+    for _ in range(12):
+        assert _find(client, as_admin["Authorization"], "203.0.113.7").status_code == 200
+
+    assert _find(client, "Bearer ak_guess", "203.0.113.7").status_code == 401

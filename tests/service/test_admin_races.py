@@ -174,7 +174,7 @@ def test_an_account_disabled_during_its_enrollment_step_keeps_no_session(
 
 
 def test_a_long_request_does_not_hold_its_admin_key_for_other_requests(
-    committed, scratch_database_url, caller, now
+    committed, scratch_database_url, deps, caller, now
 ):
     """The key's last use is stamped outside the request's transaction where there is an
     autocommit pool (PostgreSQL): a request still running (a campaign from a large list) does
@@ -187,7 +187,7 @@ def test_a_long_request_does_not_hold_its_admin_key_for_other_requests(
     try:
         with committed() as long_request, long_request.begin():
             admin.authenticate_key(
-                long_request, secret=secret, now=now, client=caller, stamp=engine
+                long_request, deps, secret=secret, now=now, client=caller, stamp=engine
             )
             with committed() as poll, poll.begin():
                 # NOWAIT: a lock held by the long request fails at once instead of waiting.
@@ -199,6 +199,7 @@ def test_a_long_request_does_not_hold_its_admin_key_for_other_requests(
                 assert row.last_used_at == now
             admin.authenticate_key(
                 long_request,
+                deps,
                 secret=secret,
                 now=now - timedelta(seconds=1),
                 client=caller,
