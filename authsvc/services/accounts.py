@@ -71,13 +71,24 @@ def normalize_email(raw: str) -> str:
     return email
 
 
-def _throttled(
-    session: DbSession, deps: Deps, *, action: str, email: str, client: Client, now: datetime
+def throttled(
+    session: DbSession,
+    deps: Deps,
+    *,
+    action: str,
+    email: str,
+    client: Client,
+    now: datetime,
+    user_id: str | None = None,
 ) -> throttle.Who:
     """Per-IP, per-email and per-IP+email limits, identical for known and unknown emails.
     Returns who asked, with the email's audit digest, for the caller's own events."""
     who = throttle.Who(
-        now=now, client=client, action=action, email_hash=audit.email_digest(deps.keyring, email)
+        now=now,
+        client=client,
+        action=action,
+        user_id=user_id,
+        email_hash=audit.email_digest(deps.keyring, email),
     )
     throttle.hit(session, deps, "ip", client.rate_key, who=who)
     throttle.hit(session, deps, "email", email, who=who)
@@ -130,7 +141,7 @@ def signup(
     session: DbSession, deps: Deps, *, email: str, password: str, client: Client, now: datetime
 ) -> None:
     email = normalize_email(email)
-    who = _throttled(session, deps, action="signup", email=email, client=client, now=now)
+    who = throttled(session, deps, action="signup", email=email, client=client, now=now)
     normalized = acceptable_password(deps, password, email=email)
     password_hash = hash_password(deps, normalized)
     outbox.enqueue(
@@ -292,7 +303,7 @@ def authenticate_password(
 ) -> User:
     """One Argon2 verification for every email; InvalidCredentials for every failure."""
     email = normalize_email(email)
-    who = _throttled(session, deps, action="login", email=email, client=client, now=now)
+    who = throttled(session, deps, action="login", email=email, client=client, now=now)
     email_hash = who.email_hash
     # The daily cap on checks that reach the verifier counts each check before it runs, in
     # one atomic step: counted only after a failure, parallel requests that all passed the
@@ -384,7 +395,7 @@ def forgot_password(
     session: DbSession, deps: Deps, *, email: str, client: Client, now: datetime
 ) -> None:
     email = normalize_email(email)
-    who = _throttled(session, deps, action="forgot", email=email, client=client, now=now)
+    who = throttled(session, deps, action="forgot", email=email, client=client, now=now)
     outbox.enqueue(session, deps.keyring, kind="reset_request", payload={"email": email}, now=now)
     audit.record(
         session,

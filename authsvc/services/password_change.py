@@ -43,8 +43,18 @@ def change_password(
         if user is None or current_password is None:
             raise InvalidCredentials()
         normalized = accounts.acceptable_password(deps, new_password, email=user.email)
-        who = throttle.Who(now=now, client=client, action="password_change", user_id=user.id)
-        throttle.hit(session, deps, "account_failures", user.email, who=who)  # as at login
+        # A check of the current password tells a holder of a stolen access token whether a
+        # guess is right: the limits of login, on the same counters, each counted before it.
+        who = accounts.throttled(
+            session,
+            deps,
+            action="password_change",
+            email=user.email,
+            client=client,
+            now=now,
+            user_id=user.id,
+        )
+        throttle.hit(session, deps, "account_failures", user.email, who=who)
         try:
             result = deps.hasher.verify(user.password_hash or "", current_password)
         except HasherBusy:

@@ -203,6 +203,41 @@ def test_wrong_current_passwords_count_towards_the_cap(api, limited):
     )
 
 
+@pytest.mark.parametrize("policy", ["ip", "email", "ip_email"])
+def test_current_password_checks_are_throttled_like_logins(api, limited, connection, policy):
+    # Checking a current password answers whether a guess is right, to whoever holds a stolen
+    # access token: the same limits as login, on the same counters.
+    api.register("ada@example.com")
+    client = limited(**{f"limit_{policy}": "3/minute"})
+    tokens = login(client, "ada@example.com").get_json()  # the first of the 3
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    wrong = {"current_password": "wrong horse 42", "new_password": "brand new horse 43"}
+
+    def change(body):
+        return client.post(
+            "/v1/password/change",
+            json=body,
+            headers=headers,
+            environ_base={"REMOTE_ADDR": "198.51.100.1"},
+        )
+
+    answers = [change(wrong) for _ in range(3)]
+    right = change({**wrong, "current_password": PASSWORD})
+
+    assert [a.status_code for a in answers[:2]] == [401, 401]
+    assert_rate_limited(answers[2])
+    assert_rate_limited(right)  # not checked: the limit is not an answer to the guess
+    hits = connection.execute(
+        select(AuditEvent.outcome, AuditEvent.user_id, AuditEvent.details).where(
+            AuditEvent.type == "ratelimit.hit"
+        )
+    ).all()
+    assert [(h.outcome, json.loads(h.details)) for h in hits] == [
+        (policy, {"action": "password_change"})
+    ] * 2
+    assert all(h.user_id for h in hits)
+
+
 def test_x_forwarded_for_is_ignored_without_trusted_proxies(limited, caplog):
     client = limited(limit_ip="2/minute")
     with caplog.at_level(logging.WARNING, logger="authsvc"):
