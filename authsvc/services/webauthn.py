@@ -47,6 +47,8 @@ from authsvc.settings import Settings
 NAME_MAX = 64
 REGRESSION_MAIL_INTERVAL = timedelta(hours=1)
 SWEEP_BATCH = 200
+# Pending registration challenges per account: two tabs or a retry register, no pile-up.
+REGISTRATION_CHALLENGES_KEPT = 5
 
 notices.register(
     "webauthn_counter_regression",
@@ -165,6 +167,27 @@ def issue_challenge(
     session.flush()
     _sweep(session, now=now)
     return row, challenge
+
+
+def keep_newest_registrations(session: DbSession, *, user_id: str) -> None:
+    """Delete this account's registration challenges but the newest
+    ``REGISTRATION_CHALLENGES_KEPT - 1``, before a new one is issued: each options call wrote a
+    row that stayed until it expired, so an access token could pile them up without end. The
+    caller holds the account's lock (see ``issue_challenge``)."""
+    newest = (
+        select(WebauthnChallenge.id)
+        .where(WebauthnChallenge.user_id == user_id, WebauthnChallenge.purpose == "registration")
+        .order_by(WebauthnChallenge.created_at.desc(), WebauthnChallenge.id.desc())
+        .limit(REGISTRATION_CHALLENGES_KEPT - 1)
+    )
+    session.execute(
+        delete(WebauthnChallenge).where(
+            WebauthnChallenge.user_id == user_id,
+            WebauthnChallenge.purpose == "registration",
+            WebauthnChallenge.id.not_in(list(session.scalars(newest))),
+        ),
+        execution_options={"synchronize_session": False},
+    )
 
 
 def _sweep(session: DbSession, *, now: datetime) -> None:

@@ -81,6 +81,7 @@ def registration_options(
     if len(rows) >= settings.webauthn_max_credentials:
         raise Conflict(f"At most {settings.webauthn_max_credentials} security keys per account")
     handle = rows[0].user_handle if rows else wa.new_user_handle()
+    webauthn.keep_newest_registrations(session, user_id=user_id)
     _, challenge = webauthn.issue_challenge(
         session,
         deps,

@@ -10,7 +10,7 @@ import pytest
 import webauthn.registration.formats.android_key as android_key_format
 import webauthn.registration.formats.android_safetynet as safetynet_format
 import webauthn.registration.formats.apple as apple_format
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from authsvc.db import utcnow
 from authsvc.models import AuditEvent, WebauthnChallenge, WebauthnCredential
@@ -396,3 +396,34 @@ def test_too_many_keys(app, client, api):
     response = client.post(OPTIONS, json={"name": "another"}, headers=bearer(access))
     assert response.status_code == 409
     assert response.get_json()["code"] == "conflict"
+
+
+def test_an_account_holds_a_few_registration_challenges_at_most(app, client, api):
+    # Each options call wrote a challenge row that stayed until it expired: a token could
+    # pile them up without end. The oldest go once an account holds
+    # REGISTRATION_CHALLENGES_KEPT; the newest ones (two tabs, a retry) still register.
+    access = signed_in(api)
+    kept = webauthn_service.REGISTRATION_CHALLENGES_KEPT
+    first = _options(client, access)
+    later = [_options(client, access) for _ in range(kept + 2)]
+
+    with _db(app) as session:
+        count = session.scalar(
+            select(func.count())
+            .select_from(WebauthnChallenge)
+            .where(WebauthnChallenge.purpose == "registration")
+        )
+    assert count == kept
+    key = SoftAuthenticator()
+    refused = client.post(
+        REGISTER, json={"credential": key.register(first), "name": "Old"}, headers=bearer(access)
+    )
+    assert refused.status_code == 400
+    assert refused.get_json()["code"] == "invalid_challenge"
+    for options in (later[-kept], later[-1]):  # the oldest kept and the newest
+        response = client.post(
+            REGISTER,
+            json={"credential": SoftAuthenticator().register(options), "name": "New"},
+            headers=bearer(access),
+        )
+        assert response.status_code == 201, response.get_json()
