@@ -565,7 +565,7 @@ def test_keys_rotate_reencrypts_under_the_first_key(
     result = CliRunner().invoke(cli, ["keys", "rotate"])
     assert result.exit_code == 0, result.output
     assert "totp_factors=1" in result.output
-    assert "signing_keys=1" in result.output
+    assert "signing_keys=2" in result.output  # the active key and the next one
     assert f"outbox_messages={queued}" in result.output
     only_new = Keyring.from_specs([new_spec])
     with factory() as session:
@@ -581,11 +581,12 @@ def test_keys_rotate_reencrypts_under_the_first_key(
         assert {"to": "x@example.com"} in [outbox.payload_of(only_new, m) for m in messages]
         key = signing.active_key(session, only_new, now=now)
         assert key.private_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+        assert signing.unreadable_key_id(session, only_new) is None  # the next key too
         rotated = session.scalars(
             select(AuditEvent.details).where(AuditEvent.type == "encryption_key.rotated")
         ).one()
         assert json.loads(rotated) == {
-            "kid": "rotated", "totp_factors": 1, "signing_keys": 1, "outbox_messages": queued,
+            "kid": "rotated", "totp_factors": 1, "signing_keys": 2, "outbox_messages": queued,
         }  # fmt: skip
         with pytest.raises(DecryptionFailed):
             Keyring.from_specs(list(key_specs)).decrypt(
