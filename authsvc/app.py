@@ -60,6 +60,8 @@ class Runtime:
     worker: OutboxWorker
     metrics: Metrics
     detector: Detector
+    # The outbox's own pool where the web app's has request timeouts (PostgreSQL).
+    worker_engine: Engine | None = None
     worker_stop: threading.Event | None = None
     worker_thread: threading.Thread | None = None
 
@@ -78,9 +80,9 @@ class Runtime:
 
     def dispose(self) -> None:
         """Close every pooled database connection (commands and tests, when done)."""
-        self.engine.dispose()
-        if self.autocommit_engine is not None:
-            self.autocommit_engine.dispose()
+        for engine in (self.engine, self.autocommit_engine, self.worker_engine):
+            if engine is not None:
+                engine.dispose()
 
 
 def dev_keyring(var_dir: Path) -> Keyring:
@@ -131,11 +133,26 @@ def rate_limit_policies(settings: Settings) -> dict[str, str]:
     }
 
 
+def _request_limits(settings: Settings) -> dict[str, Any]:
+    """The database timeouts of the web app's requests (``db.make_engine``)."""
+    return {
+        "lock_timeout": settings.db_lock_timeout,
+        "statement_timeout": settings.db_statement_timeout,
+    }
+
+
 def build_runtime(
-    settings: Settings, *, bind: Connection | None = None, metrics_dir: Path | None = None
+    settings: Settings,
+    *,
+    bind: Connection | None = None,
+    metrics_dir: Path | None = None,
+    serves_requests: bool = False,
 ) -> Runtime:
     """Build every app-wide object. ``bind`` joins sessions to an outer transaction (tests);
-    ``metrics_dir`` is the multiprocess metrics directory under gunicorn."""
+    ``metrics_dir`` is the multiprocess metrics directory under gunicorn. ``serves_requests``
+    (the web app) puts the request timeouts of the settings on its database connections; the
+    outbox worker then gets a pool of its own without them, as every command has: a campaign's
+    batches, a key rotation or an import must not be cut off like a request."""
     metrics = Metrics(multiprocess_dir=metrics_dir)
     if settings.resolved_database_url.startswith("sqlite"):
         settings.var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -144,15 +161,20 @@ def build_runtime(
         if settings.encryption_keys
         else dev_keyring(settings.var_dir)
     )
-    engine = make_engine(settings.resolved_database_url)
-    autocommit_engine = (
-        make_autocommit_engine(settings.resolved_database_url) if bind is None else None
-    )
-    factory = make_sessionmaker(engine)
+    url = settings.resolved_database_url
+    limits = _request_limits(settings) if serves_requests else {}
+    engine = make_engine(url, **limits)
+    autocommit_engine = make_autocommit_engine(url, **limits) if bind is None else None
+    factory = worker_factory = make_sessionmaker(engine)
+    worker_engine = None
     if bind is not None:
-        factory = sessionmaker(
+        factory = worker_factory = sessionmaker(
             bind=bind, expire_on_commit=False, join_transaction_mode="create_savepoint"
         )
+    elif limits and url.startswith("postgresql"):
+        # One outbox thread: a connection, and a second for a delivery's short transactions.
+        worker_engine = make_engine(url, pool_size=1, max_overflow=2)
+        worker_factory = make_sessionmaker(worker_engine)
     hasher = TimedPasswordHasher(
         Argon2Params(
             time_cost=settings.argon2_time_cost,
@@ -192,12 +214,18 @@ def build_runtime(
     except ValueError as exc:
         raise ConfigError([f"AUTHSVC_MAIL_URL: {exc}"]) from None
     detector = Detector(deps=deps, metrics=metrics)
-    audit_service.attach(factory, detector.hooks())
-    worker = OutboxWorker(sessionmaker=factory, deps=deps, handlers=default_handlers(mail_backend))
+    hooks = detector.hooks()
+    audit_service.attach(factory, hooks)
+    if worker_factory is not factory:
+        audit_service.attach(worker_factory, hooks)
+    worker = OutboxWorker(
+        sessionmaker=worker_factory, deps=deps, handlers=default_handlers(mail_backend)
+    )
     return Runtime(
         settings=settings,
         engine=engine,
         autocommit_engine=autocommit_engine,
+        worker_engine=worker_engine,
         sessionmaker=factory,
         deps=deps,
         worker=worker,
@@ -214,7 +242,7 @@ def create_app(
     metrics_dir: Path | None = None,
 ) -> Flask:
     settings = settings or Settings.from_env()
-    runtime = build_runtime(settings, bind=bind, metrics_dir=metrics_dir)
+    runtime = build_runtime(settings, bind=bind, metrics_dir=metrics_dir, serves_requests=True)
     app = Flask("authsvc")
     # Flask reads FLASK_DEBUG from the environment by itself; with it, `serve --dev` ran
     # Werkzeug's interactive debugger (a Python console in the browser). Nothing turns it on.

@@ -6,8 +6,9 @@ import os
 import secrets
 import select
 from collections import namedtuple
+from collections.abc import Callable
 from contextlib import suppress
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -90,9 +91,20 @@ def rowcount(result: Result[Any]) -> int:
 CONNECT_TIMEOUT_SECONDS = 5
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    lock_timeout: timedelta | None = None,
+    statement_timeout: timedelta | None = None,
+    **kwargs: Any,
+) -> Engine:
     """hide_parameters: a statement's bound values (password hashes, token hashes, emails,
-    ciphertexts) never appear in its exception's message, and so never in a log."""
+    ciphertexts) never appear in its exception's message, and so never in a log.
+
+    ``lock_timeout`` and ``statement_timeout`` (PostgreSQL; zero or None is no limit) are set
+    on each connection: the server cancels a statement that waits for a lock, or runs, longer
+    (LockNotAvailable, QueryCanceled: operational errors). SQLite has its own bound, the
+    30 s busy timeout below, and ignores them."""
     if url.startswith("sqlite"):
         _create_private(url)
         engine = create_engine(
@@ -128,14 +140,34 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs = {"pool_size": 10, "max_overflow": 10, **kwargs}
     engine = create_engine(url, hide_parameters=True, **kwargs)
     event.listen(engine, "checkout", replace_if_dropped)
+    limits = {"lock_timeout": lock_timeout, "statement_timeout": statement_timeout}
+    if any(limits.values()):
+        event.listen(engine, "connect", _session_limits(limits))
     return engine
 
 
-def make_autocommit_engine(url: str) -> Engine | None:
+def _session_limits(limits: dict[str, timedelta | None]) -> Callable[[Any, Any], None]:
+    """A connect hook that sets the given timeouts for the connection's whole life, once, when
+    it is opened (pooled connections keep them): no round trip per request."""
+    sql = "; ".join(
+        f"SET {name} = {int(limit.total_seconds() * 1000)}"  # milliseconds, from the settings
+        for name, limit in limits.items()
+        if limit
+    )
+
+    def set_limits(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute(sql)
+        dbapi_connection.commit()  # outside autocommit, SET would end with the transaction
+
+    return set_limits
+
+
+def make_autocommit_engine(url: str, **limits: timedelta | None) -> Engine | None:
     """PostgreSQL: a pool of its own whose connections stay in autocommit mode, for requests
     that are one statement (atomic by itself). Switching a pooled connection to autocommit and
     back, and the rollback on its return, cost more CPU than the statement's round trip.
-    None elsewhere (SQLite runs everything in the session's transaction)."""
+    None elsewhere (SQLite runs everything in the session's transaction). ``limits``: the
+    timeouts of ``make_engine``."""
     if not url.startswith("postgresql"):
         return None
     # One connection per request thread (8 by default); more only while threads exceed that.
@@ -145,6 +177,7 @@ def make_autocommit_engine(url: str) -> Engine | None:
         max_overflow=8,
         isolation_level="AUTOCOMMIT",
         pool_reset_on_return=None,
+        **limits,
     )
 
 

@@ -42,6 +42,11 @@ class Settings:
     env: Env = Env.DEVELOPMENT
     var_dir: Path = Path("var")
     database_url: str = ""  # empty: sqlite file under var_dir
+    # PostgreSQL, the web app's requests only (never the outbox worker or a command): how long
+    # a statement may wait for a lock, and run in all, before the request answers 503; 0 is
+    # no limit. A stalled transaction holding a row would otherwise hold a thread per request.
+    db_lock_timeout: timedelta = timedelta(seconds=5)
+    db_statement_timeout: timedelta = timedelta(seconds=30)
     redis_url: str | None = None
     mail_url: str = "console://"
     mail_from: str = "authsvc <no-reply@localhost>"
@@ -195,6 +200,14 @@ class Settings:
         if self.max_concurrent_hashes < 1 or self.hash_queue_timeout < 0:
             out.append(
                 "AUTHSVC_MAX_CONCURRENT_HASHES must be >= 1 and AUTHSVC_HASH_QUEUE_TIMEOUT >= 0"
+            )
+        if not all(
+            limit == timedelta(0) or MIN_DB_TIMEOUT <= limit <= MAX_DB_TIMEOUT
+            for limit in (self.db_lock_timeout, self.db_statement_timeout)
+        ):
+            out.append(
+                "AUTHSVC_DB_LOCK_TIMEOUT and AUTHSVC_DB_STATEMENT_TIMEOUT must be 0 (no limit) "
+                "or from 100ms to 1d"
             )
         if self.access_token_ttl.total_seconds() < 1:
             out.append("AUTHSVC_ACCESS_TOKEN_TTL must be at least 1s")
@@ -386,6 +399,9 @@ _RATE_LIMIT = re.compile(
     r"^\s*[1-9][0-9]*\s*(/|per)\s*([1-9][0-9]*\s*)?(second|minute|hour|day|month|year)s?\s*$"
 )
 MAX_DURATION = timedelta(days=36_500)
+# PostgreSQL's lock_timeout and statement_timeout are integer milliseconds (at most 24.8 days).
+MIN_DB_TIMEOUT = timedelta(milliseconds=100)
+MAX_DB_TIMEOUT = timedelta(days=1)
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 

@@ -244,6 +244,10 @@ def test_every_problem_is_reported_at_once():
         {"access_token_ttl": "0s"},
         {"outbox_poll_interval": "0"},
         {"alert_webhook_timeout": "-3"},
+        # PostgreSQL's lock_timeout and statement_timeout: milliseconds that fit an int, and
+        # not so short that ordinary statements are cancelled.
+        {"db_lock_timeout": "50ms"},
+        {"db_statement_timeout": "2d"},
         {"alert_webhook_url": "https://alerts.example.com/x", "alert_webhook_secret": "s" * 31},
         # URLs no alert can ever be POSTed to (urllib takes user:password@ for part of the host
         # name, and refuses a port that is no number, a space or a character that is not ASCII
@@ -651,3 +655,17 @@ def test_production_needs_passkeys_on_https_origins():
     assert problem.startswith("AUTHSVC_WEBAUTHN_ORIGINS must be https:// origins in production")
     assert from_env(**production, **PASSKEYS).env is Env.PRODUCTION
     assert from_env(**production, allow_insecure_production="true")
+
+
+@pytest.mark.parametrize(
+    ("lock", "statement", "lock_is", "statement_is"),
+    [
+        ("0", "0", timedelta(0), timedelta(0)),
+        ("100ms", "1d", timedelta(milliseconds=100), timedelta(days=1)),
+        ("2s", "15s", timedelta(seconds=2), timedelta(seconds=15)),
+    ],
+)
+def test_database_timeouts_may_be_off_or_within_bounds(lock, statement, lock_is, statement_is):
+    settings = from_env(db_lock_timeout=lock, db_statement_timeout=statement)
+
+    assert (settings.db_lock_timeout, settings.db_statement_timeout) == (lock_is, statement_is)

@@ -1,0 +1,164 @@
+"""Requests do not wait without end on PostgreSQL: a statement that waits for a lock held by a
+stalled transaction, or runs too long, is cancelled by the server after AUTHSVC_DB_LOCK_TIMEOUT
+or AUTHSVC_DB_STATEMENT_TIMEOUT, and the request answers 503 `unavailable` with Retry-After.
+The limits are the web app's: the outbox worker and the commands (migrations, campaigns, key
+rotation) run without them. On an app with its own engine and real commits."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from flask import Flask
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from authsvc.app import build_runtime, create_app
+from authsvc.db import utcnow
+from authsvc.models import User
+from authsvc.schema import upgrade
+from tests.conftest import ContractClient
+from tests.service.conftest import PASSWORD
+
+ONE_SECOND = timedelta(seconds=1)
+CREDENTIALS = {"email": "ada@example.com", "password": PASSWORD}
+
+
+@pytest.fixture
+def postgres_url(scratch_database_url: str) -> str:
+    if not scratch_database_url.startswith("postgresql"):
+        pytest.skip("lock_timeout and statement_timeout are PostgreSQL's")
+    upgrade(scratch_database_url)
+    return scratch_database_url
+
+
+def _app(settings, url: str, **limits: timedelta) -> Iterator[Flask]:
+    app = create_app(dataclasses.replace(settings, database_url=url, **limits))
+    app.test_client_class = ContractClient
+    runtime = app.extensions["authsvc"]
+    runtime.deps.limiter.reset()
+    with runtime.sessionmaker.begin() as session:
+        at = utcnow()
+        session.add(
+            User(
+                email="ada@example.com",
+                password_hash=runtime.deps.hasher.hash(PASSWORD),
+                password_set_at=at,
+                email_verified_at=at,
+                created_at=at,
+                updated_at=at,
+            )
+        )
+    yield app
+    runtime.deps.limiter.reset()
+    runtime.dispose()
+
+
+@pytest.fixture
+def lock_limited(settings, postgres_url) -> Iterator[Flask]:
+    """Lock waits cut off after 1 s; statements otherwise unlimited."""
+    yield from _app(
+        settings, postgres_url, db_lock_timeout=ONE_SECOND, db_statement_timeout=timedelta(0)
+    )
+
+
+@pytest.fixture
+def statement_limited(settings, postgres_url) -> Iterator[Flask]:
+    """Statements cut off after 1 s, lock waits included; no lock timeout of its own."""
+    yield from _app(
+        settings, postgres_url, db_lock_timeout=timedelta(0), db_statement_timeout=ONE_SECOND
+    )
+
+
+def _driver_url(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class AccountLocked:
+    """Another client's transaction that locked ada's row and then stalled (it neither commits
+    nor rolls back until the test lets it go)."""
+
+    def __init__(self, url: str) -> None:
+        self._conn = psycopg.connect(_driver_url(url))
+
+    def __enter__(self) -> AccountLocked:
+        self._conn.execute("SELECT id FROM users WHERE email = 'ada@example.com' FOR UPDATE")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._conn.rollback()
+        self._conn.close()
+
+
+def _answered_within(seconds: float, call: Callable[[], Any]) -> Any:
+    """What ``call`` returns, or a failed test when it has not returned after ``seconds``."""
+    result: list[Any] = []
+    waiter = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    waiter.start()
+    waiter.join(seconds)
+    assert not waiter.is_alive(), f"no answer within {seconds} s"
+    return result[0]
+
+
+@pytest.mark.parametrize(
+    ("app_fixture", "cause"),
+    [("lock_limited", "LockNotAvailable"), ("statement_limited", "QueryCanceled")],
+)
+def test_a_request_behind_a_stalled_lock_holder_is_503_within_the_limit(
+    request, postgres_url, caplog, app_fixture, cause
+):
+    app: Flask = request.getfixturevalue(app_fixture)
+    client = app.test_client()
+    with AccountLocked(postgres_url), caplog.at_level(logging.ERROR, logger="authsvc"):
+        started = time.monotonic()
+        response = _answered_within(10, lambda: client.post("/v1/login", json=CREDENTIALS))
+        elapsed = time.monotonic() - started
+
+    assert response.status_code == 503
+    assert response.mimetype == "application/problem+json"
+    assert response.headers["Retry-After"] == "5"
+    assert response.get_json()["code"] == "unavailable"
+    assert elapsed < 5
+    assert f"backing service unavailable ({cause})" in caplog.text
+    # The lock is gone: the same request goes through, on the same pool.
+    assert client.post("/v1/login", json=CREDENTIALS).status_code == 200
+
+
+def _limits(connection: Any) -> tuple[str, str]:
+    return (
+        connection.execute(text("SHOW lock_timeout")).scalar_one(),
+        connection.execute(text("SHOW statement_timeout")).scalar_one(),
+    )
+
+
+def test_the_limits_are_the_web_apps_not_the_workers_or_the_commands(settings, postgres_url):
+    limited = dataclasses.replace(
+        settings,
+        database_url=postgres_url,
+        db_lock_timeout=timedelta(seconds=2),
+        db_statement_timeout=timedelta(seconds=20),
+    )
+    app = create_app(limited)
+    runtime = app.extensions["authsvc"]
+    command = build_runtime(limited)  # what `authsvc worker`, `keys rotate`, ... build
+    try:
+        with runtime.sessionmaker() as session:
+            assert _limits(session) == ("2s", "20s")
+        assert runtime.autocommit_engine is not None
+        with runtime.autocommit_engine.connect() as conn:
+            assert _limits(conn) == ("2s", "20s")
+        # The outbox thread of `authsvc serve` runs a campaign's batches: no request limits.
+        with runtime.worker._sessionmaker() as session:
+            assert _limits(session) == ("0", "0")
+        with command.sessionmaker() as session:
+            assert _limits(session) == ("0", "0")
+    finally:
+        runtime.dispose()
+        command.dispose()
