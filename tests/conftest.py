@@ -14,7 +14,8 @@ import email.policy
 import json
 import os
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -258,6 +259,17 @@ def api(app: Flask, client: FlaskClient, mailbox: Mailbox) -> Api:
 
 def replace_settings(settings: Settings, **changes: Any) -> Settings:
     return dataclasses.replace(settings, **changes)
+
+
+def answered_within(seconds: float, call: Callable[[], Any]) -> Any:
+    """What ``call`` returns, or a failed test when it has not returned after ``seconds`` (the
+    call goes on in a daemon thread until whatever holds it lets go)."""
+    result: list[Any] = []
+    waiter = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    waiter.start()
+    waiter.join(seconds)
+    assert not waiter.is_alive(), f"no answer within {seconds} s"
+    return result[0]
 
 
 ONE_SECOND = timedelta(seconds=1)

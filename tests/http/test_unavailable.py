@@ -9,10 +9,8 @@ import logging
 import shutil
 import socket
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -21,7 +19,7 @@ from sqlalchemy import text
 
 from authsvc.app import create_app
 from authsvc.ratelimit import REDIS_TIMEOUT_SECONDS
-from tests.conftest import ContractClient
+from tests.conftest import ContractClient, answered_within
 from tests.e2e.server import free_port
 
 PASSWORD = "a passphrase nobody should see 77"
@@ -94,16 +92,6 @@ def refusing_redis(request, settings, connection, tmp_path) -> Iterator[Flask]:
         process.wait(10)
 
 
-def _answered_within(seconds: float, call: Callable[[], Any]) -> Any:
-    """What ``call`` returns, or a failed test when it has not returned after ``seconds``."""
-    result: list[Any] = []
-    waiter = threading.Thread(target=lambda: result.append(call()), daemon=True)
-    waiter.start()
-    waiter.join(seconds)
-    assert not waiter.is_alive(), f"no answer within {seconds} s"
-    return result[0]
-
-
 def _assert_unavailable(response, caplog) -> None:
     assert response.status_code == 503
     assert response.mimetype == "application/problem+json"
@@ -150,7 +138,7 @@ def test_an_unreachable_rate_limit_store_refuses_instead_of_letting_through(no_r
 def test_a_rate_limit_store_that_stops_answering_is_503_within_its_timeout(silent_redis, caplog):
     client = silent_redis.test_client()
     with caplog.at_level(logging.ERROR, logger="authsvc"):
-        response = _answered_within(
+        response = answered_within(
             3 * REDIS_TIMEOUT_SECONDS, lambda: client.post("/v1/login", json=CREDENTIALS)
         )
 
@@ -159,7 +147,7 @@ def test_a_rate_limit_store_that_stops_answering_is_503_within_its_timeout(silen
 
 def test_readiness_names_a_rate_limit_store_that_stops_answering(silent_redis):
     client = silent_redis.test_client()
-    response = _answered_within(3 * REDIS_TIMEOUT_SECONDS, lambda: client.get("/readyz"))
+    response = answered_within(3 * REDIS_TIMEOUT_SECONDS, lambda: client.get("/readyz"))
 
     assert response.status_code == 503
     assert response.get_json()["checks"]["rate_limit_storage"] is False

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -24,7 +23,7 @@ from authsvc.app import build_runtime, create_app
 from authsvc.db import utcnow
 from authsvc.models import User
 from authsvc.schema import upgrade
-from tests.conftest import ContractClient
+from tests.conftest import ContractClient, answered_within
 from tests.service.conftest import PASSWORD
 
 ONE_SECOND = timedelta(seconds=1)
@@ -97,16 +96,6 @@ class AccountLocked:
         self._conn.close()
 
 
-def _answered_within(seconds: float, call: Callable[[], Any]) -> Any:
-    """What ``call`` returns, or a failed test when it has not returned after ``seconds``."""
-    result: list[Any] = []
-    waiter = threading.Thread(target=lambda: result.append(call()), daemon=True)
-    waiter.start()
-    waiter.join(seconds)
-    assert not waiter.is_alive(), f"no answer within {seconds} s"
-    return result[0]
-
-
 @pytest.mark.parametrize(
     ("app_fixture", "cause"),
     [("lock_limited", "LockNotAvailable"), ("statement_limited", "QueryCanceled")],
@@ -118,7 +107,7 @@ def test_a_request_behind_a_stalled_lock_holder_is_503_within_the_limit(
     client = app.test_client()
     with AccountLocked(postgres_url), caplog.at_level(logging.ERROR, logger="authsvc"):
         started = time.monotonic()
-        response = _answered_within(10, lambda: client.post("/v1/login", json=CREDENTIALS))
+        response = answered_within(10, lambda: client.post("/v1/login", json=CREDENTIALS))
         elapsed = time.monotonic() - started
 
     assert response.status_code == 503
