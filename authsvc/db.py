@@ -23,6 +23,7 @@ from sqlalchemy import (
     create_engine,
     event,
     make_url,
+    text,
 )
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -160,6 +161,15 @@ def _session_limits(limits: dict[str, timedelta | None]) -> Callable[[Any, Any],
         dbapi_connection.commit()  # outside autocommit, SET would end with the transaction
 
     return set_limits
+
+
+def limit_statements(session: Session, limit: timedelta) -> None:
+    """PostgreSQL: cancel any further statement of the session's transaction that waits for a
+    lock, or runs, longer than ``limit`` (QueryCanceled), whatever the connection's own limit;
+    the transaction's end restores it. Nothing elsewhere: SQLite has no such limit."""
+    if session.get_bind().dialect.name == "postgresql":
+        milliseconds = int(limit.total_seconds() * 1000)
+        session.execute(text(f"SET LOCAL statement_timeout = {milliseconds}"))
 
 
 def make_autocommit_engine(url: str, **limits: timedelta | None) -> Engine | None:

@@ -7,6 +7,7 @@ import hmac
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from importlib import resources
 
 import swagger_ui_bundle
@@ -14,7 +15,7 @@ from flask import Blueprint, Flask, Response, current_app, send_from_directory
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from authsvc.db import utcnow
+from authsvc.db import limit_statements, utcnow
 from authsvc.errors import NotFound, Unauthenticated
 from authsvc.http.auth import bearer_token
 from authsvc.http.io import db, deps, respond, transactional
@@ -117,6 +118,11 @@ def _check_readiness(app: Flask, checks: dict[str, bool]) -> None:
         app.logger.warning("readiness: rate-limit storage check failed")
 
 
+# How long the gauges read at a scrape may take, lock waits included (PostgreSQL): well within
+# Prometheus's default scrape timeout of 10 s. Past it they are left out of that scrape.
+GAUGES_TIMEOUT = timedelta(seconds=2)
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus text format: every worker's counters, and gauges read from the database.
@@ -133,9 +139,14 @@ def metrics() -> Response:
     try:
         session = db()
         with session.begin():
+            limit_statements(session, GAUGES_TIMEOUT)
             samples = detection.gauges(session, now=utcnow())
-    except SQLAlchemyError:
-        current_app.logger.warning("metrics: database gauges unavailable")
+    except SQLAlchemyError as exc:
+        # The counters are still worth a scrape; the gauges' absence is what an alert sees.
+        cause = getattr(exc, "orig", None) or exc
+        current_app.logger.warning(
+            "metrics: database gauges unavailable (%s)", type(cause).__name__
+        )
     return Response(state.metrics.render(samples), content_type=METRICS_CONTENT_TYPE)
 
 

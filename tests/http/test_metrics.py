@@ -5,12 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 
-from tests.conftest import replace_settings
+from authsvc.http.ops import GAUGES_TIMEOUT
+from tests.conftest import answered_within, replace_settings
 
 TOKEN = "prometheus-scrape-token-0123456789abcdef"
 
@@ -102,6 +105,34 @@ def test_outbox_and_campaign_gauges_are_read_at_scrape_time(api, client):
     assert value(values, "authsvc_breach_campaigns", status="running") == 0
     api.drain()
     assert value(scrape(client), "authsvc_outbox_pending") == 0
+
+
+def test_gauges_the_database_does_not_read_in_time_are_left_out(client, engine, connection, caplog):
+    """A table held by another transaction (a migration's ALTER TABLE, a stalled LOCK TABLE):
+    the scrape answers within its bound, with the counters and without the database gauges,
+    rather than waiting as long as the lock is held."""
+    if connection.dialect.name != "postgresql":
+        pytest.skip("a bound on statements: PostgreSQL (SQLite waits out its busy timeout)")
+    # Nothing in the test's transaction may touch the table: the lock would wait for it.
+    assert client.get("/healthz").status_code == 200
+    with engine.connect() as holder:
+        holder.execute(text("LOCK TABLE outbox_messages IN ACCESS EXCLUSIVE MODE"))
+        try:
+            started = time.monotonic()
+            values = answered_within(3 * GAUGES_TIMEOUT.total_seconds(), lambda: scrape(client))
+            elapsed = time.monotonic() - started
+        finally:
+            holder.rollback()
+
+    assert GAUGES_TIMEOUT.total_seconds() <= elapsed
+    assert "authsvc_outbox_pending" not in {name for name, _labels in values}
+    assert (
+        value(values, "authsvc_http_requests_total", route="/healthz", method="GET", status="200")
+        == 1
+    )
+    assert "metrics: database gauges unavailable (QueryCanceled)" in caplog.text
+    # Once the lock is gone, they are back.
+    assert ("authsvc_outbox_pending", ()) in scrape(client)
 
 
 def test_alerts_are_counted(settings, connection):
