@@ -118,7 +118,7 @@ class Settings:
     # The counters tell outcomes apart (a new account, an unknown email), so they are not public.
     metrics_token: str | None = None
     alert_webhook_secret: str | None = None  # HMAC-SHA256 key; required with the URL
-    alert_webhook_timeout: float = 3.0
+    alert_webhook_timeout: float = 3.0  # seconds per read or write; 60 s for the whole POST
     audit_retention: timedelta = timedelta(days=400)  # `authsvc audit prune`; 0 keeps all
     # Ended sessions, expired single-use tokens and sent outbox messages are deleted by the outbox
     # worker this long after they end; 0 keeps them.
@@ -215,8 +215,13 @@ class Settings:
             # Tokens would be issued with an empty aud, which no verifier (PyJWT here) accepts:
             # every login would succeed and every bearer request answer 401.
             out.append("AUTHSVC_JWT_AUDIENCE must not be empty")
-        if not self.outbox_poll_interval > 0 or not self.alert_webhook_timeout > 0:
-            out.append("AUTHSVC_OUTBOX_POLL_INTERVAL and AUTHSVC_ALERT_WEBHOOK_TIMEOUT must be > 0")
+        if not self.outbox_poll_interval > 0:
+            out.append("AUTHSVC_OUTBOX_POLL_INTERVAL must be > 0")
+        if not 0 < self.alert_webhook_timeout <= MAX_EXCHANGE_SECONDS:
+            out.append(
+                "AUTHSVC_ALERT_WEBHOOK_TIMEOUT must be > 0 and at most "
+                f"{MAX_EXCHANGE_SECONDS:g} (seconds, the limit of a whole POST)"
+            )
         if self.log_level.upper() not in _LOG_LEVELS:
             out.append("AUTHSVC_LOG_LEVEL must be one of " + ", ".join(_LOG_LEVELS))
         out.extend(self._store_problems())
@@ -399,6 +404,9 @@ _RATE_LIMIT = re.compile(
     r"^\s*[1-9][0-9]*\s*(/|per)\s*([1-9][0-9]*\s*)?(second|minute|hour|day|month|year)s?\s*$"
 )
 MAX_DURATION = timedelta(days=36_500)
+# The longest a delivery to the outside may take (deadline.EXCHANGE_SECONDS): a timeout per
+# read or write beyond it would never be reached.
+MAX_EXCHANGE_SECONDS = 60.0
 # PostgreSQL's lock_timeout and statement_timeout are integer milliseconds (at most 24.8 days).
 MIN_DB_TIMEOUT = timedelta(milliseconds=100)
 MAX_DB_TIMEOUT = timedelta(days=1)

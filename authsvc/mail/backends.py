@@ -25,11 +25,13 @@ Mail URLs:
 ``smtps://[user:pass@]host[:port]``
     SMTP over implicit TLS, default port 465.
 
-SMTP query parameters: ``timeout`` (seconds per socket operation, default 10) and, for the two TLS
-schemes, ``verify=false`` to turn off certificate and host name checks (for tests only, and
-refused in production by the settings; the default ``verify=true`` uses
-``ssl.create_default_context()``, which honours ``SSL_CERT_FILE`` for a private CA). User name
-and password are percent-decoded, so ``%40`` in a user name is ``@``.
+SMTP query parameters: ``timeout`` (seconds per socket operation, default 10, at most 60; the
+whole session, connection and TLS included, is cut off after 60 s however slowly the server
+answers: see ``authsvc.deadline``) and, for the two TLS schemes, ``verify=false`` to turn off
+certificate and host name checks (for tests only, and refused in production by the settings; the
+default ``verify=true`` uses ``ssl.create_default_context()``, which honours ``SSL_CERT_FILE``
+for a private CA). User name and password are percent-decoded, so ``%40`` in a user name is
+``@``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import os
 import re
 import secrets
 import smtplib
+import socket
 import ssl
 import sys
 import tempfile
@@ -52,6 +55,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol, TextIO
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
+
+from authsvc.deadline import EXCHANGE_SECONDS, Deadline
 
 __all__ = [
     "ConsoleBackend",
@@ -247,11 +252,22 @@ class SmtpBackend:
     """Deliver over SMTP, one connection per ``send()``.
 
     ``port`` defaults to 25, 587 or 465 by ``security``. ``timeout`` bounds every socket
-    operation (connect, each reply), not the whole exchange. ``verify=False`` turns off
-    certificate and host name checks; it exists for tests against self-signed servers.
+    operation (connect, each reply); ``deadline`` the whole session, from connecting to QUIT,
+    so that a server that answers a byte at a time cannot hold a delivery past the outbox's
+    claim on it. ``verify=False`` turns off certificate and host name checks; it exists for
+    tests against self-signed servers.
     """
 
-    __slots__ = ("host", "password", "port", "security", "timeout", "username", "verify")
+    __slots__ = (
+        "deadline",
+        "host",
+        "password",
+        "port",
+        "security",
+        "timeout",
+        "username",
+        "verify",
+    )
 
     def __init__(
         self,
@@ -262,6 +278,7 @@ class SmtpBackend:
         username: str | None = None,
         password: str | None = None,
         timeout: float = _DEFAULT_TIMEOUT,
+        deadline: float = EXCHANGE_SECONDS,
         verify: bool = True,
     ) -> None:
         if not host:
@@ -270,14 +287,17 @@ class SmtpBackend:
             raise ValueError(f"SMTP port {port} is out of range")
         if (username is None) != (password is None):
             raise ValueError("SMTP user name and password go together")
-        if not (math.isfinite(timeout) and timeout > 0):
-            raise ValueError("SMTP timeout must be a positive number of seconds")
+        if not (math.isfinite(timeout) and 0 < timeout <= deadline):
+            raise ValueError(
+                f"SMTP timeout must be a positive number of seconds, at most {deadline:g}"
+            )
         self.host = host
         self.port = security.default_port if port is None else port
         self.security = security
         self.username = username
         self.password = password
         self.timeout = timeout
+        self.deadline = deadline
         self.verify = verify
 
     def __repr__(self) -> str:
@@ -291,22 +311,36 @@ class SmtpBackend:
         if not _recipients(message):
             raise MailDeliveryError("message has no recipients", permanent=True)
         where = f"{self.host}:{self.port}"
-        try:
-            smtp = self._open()
-        except (OSError, ValueError) as exc:  # smtplib.SMTPException and ssl errors are OSErrors
-            raise MailDeliveryError(
-                f"SMTP session with {where} failed: {exc}", permanent=False
-            ) from exc
-        try:
-            refused = _transmit(smtp, message, where=where)
-        finally:
-            _quit(smtp)
+        with Deadline(self.deadline) as deadline:
+            try:
+                refused = self._session(message, where=where, deadline=deadline)
+            except MailDeliveryError as exc:
+                if deadline.expired and not exc.permanent:
+                    raise MailDeliveryError(
+                        f"SMTP session with {where} took longer than {self.deadline:g} s",
+                        permanent=False,
+                    ) from exc
+                raise
         if refused:
             # Some recipients took the message, so a retry would send it to them twice.
             raise MailDeliveryError(
                 f"SMTP server {where} refused recipients {_describe_refused(refused)}",
                 permanent=True,
             )
+
+    def _session(
+        self, message: EmailMessage, *, where: str, deadline: Deadline
+    ) -> dict[str, tuple[int, bytes]]:
+        try:
+            smtp = self._open(deadline)
+        except (OSError, ValueError) as exc:  # smtplib.SMTPException and ssl errors are OSErrors
+            raise MailDeliveryError(
+                f"SMTP session with {where} failed: {exc}", permanent=False
+            ) from exc
+        try:
+            return _transmit(smtp, message, where=where)
+        finally:
+            _quit(smtp)
 
     def _tls_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context()
@@ -315,15 +349,15 @@ class SmtpBackend:
             context.verify_mode = ssl.CERT_NONE
         return context
 
-    def _open(self) -> smtplib.SMTP:
+    def _open(self, deadline: Deadline) -> smtplib.SMTP:
         """Connect, greet, start TLS if configured and log in; close again on any failure."""
         smtp: smtplib.SMTP
         if self.security is SmtpSecurity.IMPLICIT_TLS:
-            smtp = smtplib.SMTP_SSL(
-                self.host, self.port, timeout=self.timeout, context=self._tls_context()
+            smtp = _WatchedSmtpSsl(
+                deadline, self.host, self.port, timeout=self.timeout, context=self._tls_context()
             )
         else:
-            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            smtp = _WatchedSmtp(deadline, self.host, self.port, timeout=self.timeout)
         try:
             # Greet here, so that a refused EHLO/HELO counts as a session failure (temporary)
             # rather than as an answer to this message.
@@ -338,6 +372,32 @@ class SmtpBackend:
             smtp.close()
             raise
         return smtp
+
+
+class _WatchedSmtp(smtplib.SMTP):
+    """``smtplib.SMTP`` whose connection ``deadline`` watches from its first byte."""
+
+    def __init__(self, deadline: Deadline, host: str, port: int, *, timeout: float) -> None:
+        self._deadline = deadline
+        super().__init__(host, port, timeout=timeout)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return self._deadline.create_connection((host, port), timeout, self.source_address)
+
+
+class _WatchedSmtpSsl(smtplib.SMTP_SSL):
+    """``smtplib.SMTP_SSL`` whose connection ``deadline`` watches, the TLS handshake included."""
+
+    def __init__(
+        self, deadline: Deadline, host: str, port: int, *, timeout: float, context: ssl.SSLContext
+    ) -> None:
+        self._deadline = deadline
+        self._server_name = host  # the name the certificate must carry
+        super().__init__(host, port, timeout=timeout, context=context)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        raw = self._deadline.create_connection((host, port), timeout, self.source_address)
+        return self.context.wrap_socket(raw, server_hostname=self._server_name)
 
 
 def _transmit(
@@ -465,8 +525,11 @@ def _smtp_backend(security: SmtpSecurity, parts: SplitResult, *, port: int | Non
                 timeout = float(value)
             except ValueError:
                 timeout = math.nan
-            if not (math.isfinite(timeout) and timeout > 0):
-                raise ValueError(f"{scheme}:// timeout must be a positive number of seconds")
+            if not (math.isfinite(timeout) and 0 < timeout <= EXCHANGE_SECONDS):
+                raise ValueError(
+                    f"{scheme}:// timeout must be a positive number of seconds, at most "
+                    f"{EXCHANGE_SECONDS:g} (the limit of a whole session)"
+                )
         elif key == "verify":
             if security is SmtpSecurity.PLAIN:
                 raise ValueError("smtp:// has no TLS to verify; use smtp+starttls:// or smtps://")

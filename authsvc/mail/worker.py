@@ -27,8 +27,10 @@ log = logging.getLogger("authsvc.worker")
 # for as long as it lasts, every MAX_BACKOFF at the slowest: a message is never dropped because
 # an outage went on for a weekend. Only a permanent failure parks it (failed_at).
 MAX_BACKOFF = timedelta(hours=2)
-# How long a claimed delivery keeps other workers off its message (an SMTP exchange, with its
-# timeouts, takes far less); a worker that died mid-delivery frees it after this.
+# How long a claimed delivery keeps other workers off its message; a worker that died
+# mid-delivery frees it after this. Every send is cut off after deadline.EXCHANGE_SECONDS
+# (1 minute), and a delivery starts with at least half the lease left (renewed past half):
+# a send never outlives its claim, so no second worker sends the message again meanwhile.
 CLAIM_LEASE = timedelta(minutes=5)
 FAILURE_REPORT_EVERY = 60.0  # seconds between log lines while drains keep failing
 FAILURE_BACKOFF_MAX = 5.0  # seconds between drains while they keep failing

@@ -45,6 +45,7 @@ from sqlalchemy import Select, Table, bindparam, func, select
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.db import new_id
+from authsvc.deadline import EXCHANGE_SECONDS, Deadline
 from authsvc.metrics import Metrics, Sample
 from authsvc.models import AuditEvent, User
 from authsvc.models.breach import BreachCampaign
@@ -491,10 +492,28 @@ def deliver_webhook(deps: Deps, payload: dict[str, Any], now: datetime) -> None:
             SIGNATURE_HEADER: signature(secret, timestamp, body),
         },
     )
-    opener = urllib.request.build_opener(_NoRedirects)
+    # AUTHSVC_ALERT_WEBHOOK_TIMEOUT bounds each read and write; the deadline the whole POST.
+    with Deadline(EXCHANGE_SECONDS) as deadline:
+        opener = urllib.request.build_opener(_NoRedirects, *deadline.url_handlers())
+        try:
+            status = _post(opener, request, timeout=deps.settings.alert_webhook_timeout)
+        except WebhookFailed:
+            if deadline.expired:
+                raise WebhookFailed(
+                    f"the receiver took longer than {deadline.seconds:g} s"
+                ) from None
+            raise
+    if not 200 <= status < 300:
+        raise WebhookFailed(f"the receiver answered HTTP {status}")
+
+
+def _post(
+    opener: urllib.request.OpenerDirector, request: urllib.request.Request, *, timeout: float
+) -> int:
+    """The receiver's status; WebhookFailed or PermanentFailure when it cannot be had."""
     try:
-        with opener.open(request, timeout=deps.settings.alert_webhook_timeout) as response:
-            status = response.status
+        with opener.open(request, timeout=timeout) as response:
+            return int(response.status)
     except urllib.error.HTTPError as exc:
         exc.close()  # it holds the connection
         if 300 <= exc.code < 400:  # never followed: an alert goes to the configured URL only
@@ -513,8 +532,6 @@ def deliver_webhook(deps: Deps, payload: dict[str, Any], now: datetime) -> None:
         # Such as http.client's InvalidURL, whose text quotes the URL: its path or query is
         # often the receiver's secret, and the error is kept with the message.
         raise WebhookFailed(f"the alert could not be sent ({type(exc).__name__})") from None
-    if not 200 <= status < 300:
-        raise WebhookFailed(f"the receiver answered HTTP {status}")
 
 
 # Outbox handlers this capability contributes, by message kind.

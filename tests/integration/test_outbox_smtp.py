@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import re
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -13,11 +15,13 @@ from sqlalchemy import select
 
 from authsvc.app import create_app
 from authsvc.db import utcnow
-from authsvc.mail.backends import make_backend
-from authsvc.mail.worker import OutboxWorker, default_handlers
+from authsvc.deadline import EXCHANGE_SECONDS
+from authsvc.mail.backends import SmtpBackend, make_backend
+from authsvc.mail.worker import CLAIM_LEASE, OutboxWorker, default_handlers
 from authsvc.models import OutboxMessage
-from tests.conftest import ContractClient, runtime
+from tests.conftest import ContractClient, answered_within, runtime
 from tests.integration.mail.smtp_server import SmtpServer
+from tests.support_network import Trickler
 
 PASSWORD = "correct horse 42"
 
@@ -111,6 +115,62 @@ def test_a_failing_send_is_retried_with_backoff_and_never_lost(settings, connect
     assert message["To"] == "nobody@example.com"
     assert message["Subject"] == "Password reset request"
     runtime(app).deps.limiter.reset()
+
+
+@contextmanager
+def stalled_server(kind: str) -> Iterator[int]:
+    """The port of an SMTP server that stalls: ``silent`` accepts connections (the kernel
+    does) and never says a word; ``tarpit`` greets a byte at a time, without end."""
+    if kind == "silent":
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            yield listener.getsockname()[1]
+        return
+    with Trickler(b"220-", every=0.1) as peer:
+        yield peer.port
+
+
+@pytest.mark.parametrize(("kind", "error"), [("silent", "timed out"), ("tarpit", "took longer")])
+def test_a_stalled_server_fails_the_attempt_in_time_and_the_mail_is_retried(
+    settings, connection, kind, error
+):
+    with stalled_server(kind) as port:
+        app = smtp_app(settings, connection, f"smtp://127.0.0.1:{port}?timeout=0.5")
+        app.test_client().post("/v1/password/forgot", json={"email": "nobody@example.com"})
+        clock = Clock()
+        # As the app's, with a deadline for the whole session short enough for a test.
+        stalled = SmtpBackend(host="127.0.0.1", port=port, timeout=0.5, deadline=1.5)
+        worker = OutboxWorker(
+            sessionmaker=runtime(app).sessionmaker,
+            deps=runtime(app).deps,
+            handlers=default_handlers(stalled),
+            clock=clock,
+        )
+        assert answered_within(5, worker.drain) == 2  # the job, then its mail
+
+    first = email_message(connection)
+    assert (first.attempts, first.completed_at, first.failed_at) == (1, None, None)
+    assert first.available_at == clock.now + timedelta(seconds=5)  # retried, with backoff
+    assert error in first.last_error
+    with SmtpServer() as server:
+        clock.now = first.available_at
+        retry = OutboxWorker(
+            sessionmaker=runtime(app).sessionmaker,
+            deps=runtime(app).deps,
+            handlers=default_handlers(make_backend(server.url)),
+            clock=clock,
+        )
+        assert retry.drain() == 1
+        [message] = server.wait_for(1)
+    assert email_message(connection).completed_at == clock.now
+    assert message["Subject"] == "Password reset request"
+    runtime(app).deps.limiter.reset()
+
+
+def test_every_send_ends_well_within_the_outbox_claim_on_it():
+    # A delivery starts with at least half the claim left (it is renewed past half): the
+    # longest exchange, connection and TLS included, fits in that twice over.
+    assert 2 * timedelta(seconds=EXCHANGE_SECONDS) <= CLAIM_LEASE / 2
+    assert SmtpBackend(host="mail.example.com").deadline <= EXCHANGE_SECONDS
 
 
 def test_a_refused_recipient_is_parked_not_retried(settings, connection):

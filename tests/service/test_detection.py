@@ -23,7 +23,8 @@ from authsvc.mail.worker import OutboxWorker
 from authsvc.models import AuditEvent, OutboxMessage
 from authsvc.services import accounts, audit, detection, outbox
 from authsvc.services.context import Client
-from tests.conftest import replace_settings
+from tests.conftest import answered_within, replace_settings
+from tests.support_network import Trickler
 
 SECRET = "webhook-test-secret-of-32-characters"
 
@@ -329,6 +330,34 @@ def test_a_dead_receiver_is_retried_later_and_slows_nothing(settings, connection
     assert message.available_at > message.created_at
     alert = outbox.payload_of(runtime.deps.keyring, message)["alert"]
     assert alert["detector"] == "enumeration"
+    runtime.deps.limiter.reset()
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_off_and_retried(
+    settings, connection, monkeypatch
+):
+    """A receiver that answers a byte at a time stays within the socket timeout with every
+    read: only the exchange's deadline ends the attempt, well before the outbox's claim on the
+    message runs out and another worker would send it again."""
+    monkeypatch.setattr(detection, "EXCHANGE_SECONDS", 1.5)
+    with Trickler(b"", byte=b" ", every=0.1) as peer:  # its status line never ends
+        slow = replace_settings(
+            settings,
+            alert_webhook_url=f"http://127.0.0.1:{peer.port}/alerts",
+            alert_webhook_timeout=1.0,
+        )
+        runtime = build_runtime(slow, bind=connection)
+        runtime.deps.limiter.reset()
+        started = time.monotonic()
+        answered_within(10, lambda: _alert_sent(runtime, "s", "203.0.113.45"))
+        elapsed = time.monotonic() - started
+        assert peer.closed_by_client.wait(2)
+    message = _webhook_message(runtime)
+    assert message.completed_at is None and message.failed_at is None
+    assert message.attempts == 1
+    assert message.last_error == "WebhookFailed: the receiver took longer than 1.5 s"
+    assert message.available_at > message.created_at
+    assert elapsed < 1.5 + 3
     runtime.deps.limiter.reset()
 
 

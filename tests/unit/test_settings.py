@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from authsvc import deadline
 from authsvc import settings as settings_module
 from authsvc.crypto import passwords
 from authsvc.crypto.keyring import generate_key_spec
@@ -244,6 +245,7 @@ def test_every_problem_is_reported_at_once():
         {"access_token_ttl": "0s"},
         {"outbox_poll_interval": "0"},
         {"alert_webhook_timeout": "-3"},
+        {"alert_webhook_timeout": "61"},  # beyond the limit of the whole POST
         # PostgreSQL's lock_timeout and statement_timeout: milliseconds that fit an int, and
         # not so short that ordinary statements are cancelled.
         {"db_lock_timeout": "50ms"},
@@ -669,3 +671,7 @@ def test_database_timeouts_may_be_off_or_within_bounds(lock, statement, lock_is,
     settings = from_env(db_lock_timeout=lock, db_statement_timeout=statement)
 
     assert (settings.db_lock_timeout, settings.db_statement_timeout) == (lock_is, statement_is)
+
+
+def test_no_timeout_per_read_may_exceed_the_limit_of_a_whole_exchange():
+    assert settings_module.MAX_EXCHANGE_SECONDS == deadline.EXCHANGE_SECONDS

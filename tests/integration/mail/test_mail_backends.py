@@ -28,11 +28,13 @@ from authsvc.mail.backends import (
     build_message,
     make_backend,
 )
+from tests.conftest import answered_within
 from tests.integration.mail.smtp_server import (
     SmtpServer,
     make_self_signed_certificate,
     server_tls_context,
 )
+from tests.support_network import Trickler
 
 TOKEN = "tok_9f8e7d6c5b4a"
 BODY = f"Confirm your address: https://auth.example.com/verify-email?token={TOKEN}\n"
@@ -296,6 +298,35 @@ def test_silent_server_times_out_as_temporary(silent_port: int) -> None:
     assert time.monotonic() - started < 3
 
 
+@pytest.mark.parametrize(
+    "opening",
+    [
+        b"220-",  # a greeting that never ends
+        b"220 tarpit.example ESMTP\r\n",  # then an answer to EHLO that never ends
+    ],
+)
+def test_a_server_that_trickles_its_answers_is_cut_off_at_the_deadline(opening: bytes) -> None:
+    # Every read gets a byte well within the timeout: only the session's deadline ends it.
+    with Trickler(opening, every=0.1) as peer:
+        backend = SmtpBackend(host="127.0.0.1", port=peer.port, timeout=1.0, deadline=1.5)
+        started = time.monotonic()
+        error = answered_within(10, lambda: failure_of(backend))
+        elapsed = time.monotonic() - started
+        assert peer.closed_by_client.wait(2)
+    assert isinstance(error, MailDeliveryError)
+    assert error.permanent is False
+    assert "took longer than 1.5 s" in str(error)
+    assert 1.5 <= elapsed < 4
+
+
+def failure_of(backend: MailBackend) -> MailDeliveryError | None:
+    try:
+        backend.send(message())
+    except MailDeliveryError as exc:
+        return exc
+    return None
+
+
 def test_message_without_recipients_is_permanent(closed_port: int) -> None:
     msg = message()
     del msg["To"]
@@ -456,6 +487,7 @@ def test_make_backend_console() -> None:
         ("smtp://mail.example.com?timeout=0", "timeout"),
         ("smtp://mail.example.com?timeout=soon", "timeout"),
         ("smtp://mail.example.com?timeout=1&timeout=2", "twice"),
+        ("smtp://mail.example.com?timeout=61", "at most 60"),  # past the session's deadline
         ("smtp://mail.example.com?verify=false", "no TLS"),
         ("smtps://mail.example.com?verify=no", "true or false"),
         ("smtps://mail.example.com?verfy=false", "unknown parameter 'verfy'"),
