@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -45,6 +46,7 @@ from webauthn.helpers.structs import (
 
 CHALLENGE_BYTES = 32
 USER_HANDLE_BYTES = 32
+_TOKEN_EXPIRY_BYTES = 8
 MAX_CREDENTIAL_ID_BYTES = 1023  # WebAuthn Level 3 limit
 TRANSPORTS = frozenset(t.value for t in AuthenticatorTransport)
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
@@ -125,6 +127,34 @@ def new_user_handle() -> bytes:
 def challenge_digest(challenge: bytes) -> str:
     """How challenges are stored and looked up."""
     return hashlib.sha256(challenge).hexdigest()
+
+
+def challenge_token(key: bytes, *, challenge: bytes, expires_at: int) -> str:
+    """A challenge id that needs no stored row: the expiry (Unix seconds) and an
+    HMAC-SHA-256 under ``key`` of the challenge's digest and that expiry, base64url (54
+    characters). It names its challenge through the MAC alone, so it stays short."""
+    when = expires_at.to_bytes(_TOKEN_EXPIRY_BYTES, "big")
+    return b64url(when + _token_mac(key, challenge, when))
+
+
+def challenge_token_expiry(key: bytes, *, token: str, challenge: bytes) -> int | None:
+    """The expiry that ``token`` binds to ``challenge`` under ``key``; None for a token of
+    another shape, another key or another challenge, or altered in any byte (the MAC is
+    compared in constant time). Whether it has passed is for the caller to say."""
+    try:
+        raw = from_b64url(token)
+    except WebauthnResponseError:
+        return None
+    if len(raw) != _TOKEN_EXPIRY_BYTES + hashlib.sha256().digest_size:
+        return None
+    when, mac = raw[:_TOKEN_EXPIRY_BYTES], raw[_TOKEN_EXPIRY_BYTES:]
+    if not hmac.compare_digest(mac, _token_mac(key, challenge, when)):
+        return None
+    return int.from_bytes(when, "big")
+
+
+def _token_mac(key: bytes, challenge: bytes, when: bytes) -> bytes:
+    return hmac.new(key, hashlib.sha256(challenge).digest() + when, hashlib.sha256).digest()
 
 
 def _descriptors(items: Iterable[Descriptor]) -> list[PublicKeyCredentialDescriptor]:

@@ -3,13 +3,19 @@
 Only credentials registered as discoverable with user verification, asserting with user
 verification, log in here; every other key stays a second factor. The login carries amr
 ``(hwk|swk, "mfa")``: possession plus a PIN or biometric checked by the authenticator.
+
+The options are anonymous and throttled per address only, so they store nothing: their
+``challenge_id`` is the challenge's expiry and a MAC, under a key of the ring, of its digest and
+that expiry (``wa.challenge_token``). The login checks the MAC against the challenge the client
+data answers, then the expiry, and only a login that verified writes a row: the challenge's
+digest, already used, which refuses a second use until it is swept after the id expired.
 """
 
 from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -20,6 +26,8 @@ from authsvc.errors import InvalidChallenge, InvalidCredentials, InvalidWebauthn
 from authsvc.models import WebauthnCredential
 from authsvc.services import accounts, audit, login, throttle, webauthn
 from authsvc.services.context import Client, Deps
+
+_MAC_PURPOSE = "passkey-challenge"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +48,10 @@ def passkey_options(
     credential, so nothing about any account is asked or revealed."""
     _throttle(session, deps, client=client, now=now)
     settings = deps.settings
-    row, challenge = webauthn.issue_challenge(
-        session, deps, purpose="passkey", user_id=None, user_verification="required", now=now
+    challenge = wa.new_challenge()
+    expires_at = int((now + settings.webauthn_challenge_ttl).timestamp())
+    challenge_id = wa.challenge_token(
+        deps.keyring.mac_key(_MAC_PURPOSE), challenge=challenge, expires_at=expires_at
     )
     options = wa.authentication_options(
         rp_id=settings.webauthn_rp_id,
@@ -50,7 +60,22 @@ def passkey_options(
         user_verification="required",
         allow=[],
     )
-    return PasskeyOptions(challenge_id=row.id, options=options)
+    return PasskeyOptions(challenge_id=challenge_id, options=options)
+
+
+def _live_challenge(
+    session: DbSession, deps: Deps, *, challenge_id: str, challenge: bytes, now: datetime
+) -> datetime:
+    """When the challenge that ``challenge_id`` names expires; InvalidChallenge unless the id
+    was issued here for this very challenge, has not expired and has not logged in yet."""
+    expires_at = wa.challenge_token_expiry(
+        deps.keyring.mac_key(_MAC_PURPOSE), token=challenge_id, challenge=challenge
+    )
+    if expires_at is None or expires_at <= now.timestamp():
+        raise InvalidChallenge()
+    if webauthn.passkey_challenge_spent(session, challenge=challenge):
+        raise InvalidChallenge()
+    return datetime.fromtimestamp(expires_at, UTC)
 
 
 def login_with_passkey(
@@ -82,13 +107,8 @@ def login_with_passkey(
         failed(exc.reason)
         raise InvalidWebauthnResponse(str(exc), reason=exc.reason) from None
     try:
-        webauthn.consume_challenge(
-            session,
-            purpose="passkey",
-            challenge=answer.challenge,
-            user_id=None,
-            challenge_id=challenge_id,
-            now=now,
+        expires_at = _live_challenge(
+            session, deps, challenge_id=challenge_id, challenge=answer.challenge, now=now
         )
     except InvalidChallenge:
         failed("invalid_challenge")  # replayed, expired or foreign: worth seeing in the trail
@@ -113,6 +133,21 @@ def login_with_passkey(
             answer.user_handle, row.user_handle
         ):
             raise webauthn.AssertionRefusedError("user_handle_mismatch")
+    except webauthn.AssertionRefusedError as exc:
+        failed(exc.reason, user.id if user is not None else None)
+        raise InvalidCredentials() from None
+    assert user is not None and row is not None
+    # Spent before the counter moves: a replay that passed the check above with this login
+    # (it then waited for the account's lock, or for this row on another account) finds the
+    # row here and is refused as a replay, not taken for a cloned key by the advanced counter.
+    try:
+        spent = webauthn.spend_passkey_challenge(
+            session, challenge=answer.challenge, expires_at=expires_at, now=now
+        )
+    except InvalidChallenge:
+        failed("invalid_challenge")
+        raise
+    try:
         webauthn.authenticate(
             session,
             deps,
@@ -124,9 +159,11 @@ def login_with_passkey(
             now=now,
         )
     except webauthn.AssertionRefusedError as exc:
-        failed(exc.reason, user.id if user is not None else None)
+        webauthn.return_passkey_challenge(session, spent)
+        failed(exc.reason, user.id)
         raise InvalidCredentials() from None
-    assert user is not None and row is not None
-    return login.finish_login(
+    result = login.finish_login(
         session, deps, user=user, amr=(webauthn.amr_of(row), "mfa"), client=client, now=now
     )
+    webauthn.sweep_challenges(session, now=now)  # last: see webauthn.issue_challenge
+    return result

@@ -3,7 +3,10 @@
 Registration lives in ``webauthn_registration``, passwordless login in ``passkeys``; both build
 on the challenges, policy and assertion check here. Challenges live in ``webauthn_challenges``
 (SHA-256 digests), expire after ``webauthn_challenge_ttl`` and are consumed at most once with a
-conditional UPDATE, so a replay loses also across instances sharing the database.
+conditional UPDATE, so a replay loses also across instances sharing the database. A passkey
+login's challenge is the exception: anonymous options write nothing (its ``challenge_id`` is a
+MAC, see ``passkeys``), and only a login that verified writes its row, already used, whose
+unique digest refuses a second use.
 
 RFC 8176 ``amr``: ``hwk`` for credentials that are not backup eligible (the key never leaves the
 authenticator's hardware), ``swk`` for backup-eligible (synced) passkeys. A passkey login with
@@ -29,6 +32,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto import webauthn as wa
@@ -49,6 +53,9 @@ REGRESSION_MAIL_INTERVAL = timedelta(hours=1)
 SWEEP_BATCH = 200
 # Pending registration challenges per account: two tabs or a retry register, no pile-up.
 REGISTRATION_CHALLENGES_KEPT = 5
+# A spent passkey challenge's row outlives its challenge_id by this much, so an instance whose
+# clock runs behind the one that sweeps still finds it while it would take the id.
+SPENT_PASSKEY_KEPT = timedelta(minutes=1)
 
 notices.register(
     "webauthn_counter_regression",
@@ -165,7 +172,7 @@ def issue_challenge(
     )
     session.add(row)
     session.flush()
-    _sweep(session, now=now)
+    sweep_challenges(session, now=now)
     return row, challenge
 
 
@@ -190,8 +197,9 @@ def keep_newest_registrations(session: DbSession, *, user_id: str) -> None:
     )
 
 
-def _sweep(session: DbSession, *, now: datetime) -> None:
-    """Delete a batch of expired challenges; rows another instance is sweeping are skipped."""
+def sweep_challenges(session: DbSession, *, now: datetime) -> None:
+    """Delete a batch of expired challenges; rows another instance is sweeping are skipped.
+    Called last by a writer of challenges (see ``issue_challenge``)."""
     housekeeping.delete_batch(
         session, WebauthnChallenge.id, WebauthnChallenge.expires_at < now, limit=SWEEP_BATCH
     )
@@ -240,6 +248,46 @@ def consume_challenge(
     if spent != 1:
         raise InvalidChallenge()
     return row
+
+
+def passkey_challenge_spent(session: DbSession, *, challenge: bytes) -> bool:
+    """Whether a passkey login used this challenge already (its row stays until it expires)."""
+    digest = wa.challenge_digest(challenge)
+    return bool(session.scalar(select(exists().where(WebauthnChallenge.challenge_hash == digest))))
+
+
+def spend_passkey_challenge(
+    session: DbSession, *, challenge: bytes, expires_at: datetime, now: datetime
+) -> WebauthnChallenge:
+    """Record the one use of a passkey challenge: a row of its digest, used at ``now``, that
+    the sweep removes once its challenge_id (expiring at ``expires_at``) refuses itself.
+
+    The unique digest settles a race, also across instances: the second insert waits for the
+    first's transaction and, once it committed, fails (InvalidChallenge) in a savepoint, so
+    its own transaction goes on to commit its audit event. The caller holds the account's
+    lock, taken before any challenge row (see ``issue_challenge``); this row has no account."""
+    row = WebauthnChallenge(
+        purpose="passkey",
+        user_id=None,
+        challenge_hash=wa.challenge_digest(challenge),
+        user_verification="required",
+        created_at=now,
+        expires_at=expires_at + SPENT_PASSKEY_KEPT,
+        used_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        raise InvalidChallenge() from None
+    return row
+
+
+def return_passkey_challenge(session: DbSession, row: WebauthnChallenge) -> None:
+    """Undo ``spend_passkey_challenge`` for an assertion that was refused: a failed attempt
+    leaves no row, and its challenge may still log in until it expires."""
+    session.delete(row)
+    session.flush()
 
 
 # --- policy ------------------------------------------------------------------------------

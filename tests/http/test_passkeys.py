@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from datetime import timedelta
 
 import jwt
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from authsvc.app import rate_limit_policies
+from authsvc.crypto import webauthn as wa
 from authsvc.db import utcnow
-from authsvc.models import AuditEvent, User, WebauthnCredential
+from authsvc.models import AuditEvent, User, WebauthnChallenge, WebauthnCredential
 from authsvc.ratelimit import RateLimiter
+from authsvc.services import webauthn
 from tests.conftest import runtime
 from tests.support_webauthn import (
     CROSS_ORIGIN_FRAMES,
@@ -46,6 +50,11 @@ def _failure_reasons(app):
         ]
 
 
+def _challenge_rows(app):
+    with runtime(app).sessionmaker() as session:
+        return session.scalar(select(func.count()).select_from(WebauthnChallenge))
+
+
 def _policy(app, **changes):
     rt = runtime(app)
     rt.settings = dataclasses.replace(rt.settings, **changes)
@@ -65,6 +74,15 @@ def test_options_name_nobody(client):
     assert options["userVerification"] == "required"
     assert options["challenge_id"]
     assert _options(client)["challenge"] != options["challenge"]
+
+
+def test_options_write_no_row(app, client, passkey):
+    # Anonymous, throttled per address only: many addresses could pile rows up without ever
+    # holding a passkey. The challenge_id carries what the login checks.
+    before = _challenge_rows(app)
+    for _ in range(3):
+        _options(client)
+    assert _challenge_rows(app) == before
 
 
 def test_a_passkey_alone_logs_in(client, passkey):
@@ -189,6 +207,92 @@ def test_a_challenge_is_accepted_once(app, client, passkey):
     assert response.status_code == 400
     assert response.get_json()["code"] == "invalid_challenge"
     assert '"invalid_challenge"' in _failure_reasons(app)[-1]  # a replay is in the trail
+
+
+def test_a_login_spends_its_challenge_in_one_row_that_outlives_its_id(app, client, passkey):
+    before = _challenge_rows(app)
+    options = _options(client)
+    assert _login(client, options, passkey.assertion(options)).status_code == 200
+    assert _challenge_rows(app) == before + 1
+    digest = wa.challenge_digest(wa.from_b64url(options["challenge"]))
+    with runtime(app).sessionmaker() as session:
+        row = session.scalar(
+            select(WebauthnChallenge).where(WebauthnChallenge.challenge_hash == digest)
+        )
+    kept = runtime(app).settings.webauthn_challenge_ttl + webauthn.SPENT_PASSKEY_KEPT
+    assert (row.purpose, row.user_id) == ("passkey", None)
+    assert row.used_at is not None
+    assert row.used_at + kept - timedelta(seconds=1) < row.expires_at <= row.used_at + kept
+
+
+def test_a_refused_attempt_writes_only_its_audit_event(app, client, passkey):
+    options = _options(client)
+    before, trail = _challenge_rows(app), len(_failure_reasons(app))
+    response = _login(client, options, passkey.assertion(options, uv=False))
+    assert response.status_code == 401
+    assert (_challenge_rows(app), len(_failure_reasons(app))) == (before, trail + 1)
+    # Nothing was spent: the challenge still answers once, and only once.
+    credential = passkey.assertion(options)
+    assert _login(client, options, credential).status_code == 200
+    assert _login(client, options, credential).get_json()["code"] == "invalid_challenge"
+
+
+def _with_expiry(challenge_id, expires_at):
+    raw = wa.from_b64url(challenge_id)
+    return wa.b64url(expires_at.to_bytes(8, "big") + raw[8:])
+
+
+def _bit_flipped(challenge_id, index):
+    raw = bytearray(wa.from_b64url(challenge_id))
+    raw[index] ^= 1
+    return wa.b64url(bytes(raw))
+
+
+ALTERED_IDS = {
+    "forged with another key": lambda options: wa.challenge_token(
+        os.urandom(32),
+        challenge=wa.from_b64url(options["challenge"]),
+        expires_at=int(utcnow().timestamp()) + 3600,
+    ),
+    "expiry moved later": lambda options: _with_expiry(
+        options["challenge_id"], int(utcnow().timestamp()) + 3600
+    ),
+    "expiry bit flipped": lambda options: _bit_flipped(options["challenge_id"], 7),
+    "mac bit flipped": lambda options: _bit_flipped(options["challenge_id"], -1),
+    "truncated": lambda options: options["challenge_id"][:-2],
+    "not base64url": lambda options: options["challenge_id"][:-1] + "*",
+    "an id of a stored row": lambda options: os.urandom(16).hex(),
+}
+
+
+def _refusal(app, response):
+    return response.status_code, response.get_json()["code"], _failure_reasons(app)[-1]
+
+
+@pytest.mark.parametrize("case", sorted(ALTERED_IDS))
+def test_a_forged_or_altered_challenge_id_is_refused_like_an_unknown_one(
+    app, client, passkey, case
+):
+    options = _options(client)
+    unknown = _refusal(
+        app, _login(client, {**options, "challenge_id": "nope"}, passkey.assertion(options))
+    )
+    assert unknown[:2] == (400, "invalid_challenge")
+    altered = {**options, "challenge_id": ALTERED_IDS[case](options)}
+    response = _login(client, altered, passkey.assertion(options))
+    assert _refusal(app, response) == unknown
+    assert _login(client, options, passkey.assertion(options)).status_code == 200
+
+
+def test_an_expired_challenge_id_is_refused_like_an_unknown_one(app, client, passkey, monkeypatch):
+    options = _options(client)
+    unknown = _refusal(
+        app, _login(client, {**options, "challenge_id": "nope"}, passkey.assertion(options))
+    )
+    later = utcnow() + runtime(app).settings.webauthn_challenge_ttl
+    monkeypatch.setattr("authsvc.http.webauthn.utcnow", lambda: later)
+    response = _login(client, options, passkey.assertion(options))
+    assert _refusal(app, response) == unknown
 
 
 def test_a_challenge_id_must_match_the_signed_challenge(client, passkey):

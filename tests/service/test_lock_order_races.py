@@ -266,6 +266,37 @@ def test_passkey_login_vs_admin_delete(committed, deps, caller, now, monkeypatch
     assert not any(v.startswith("500") for v in outcomes.values()), outcomes
 
 
+def test_a_passkey_login_and_its_replay_at_once(committed, deps, caller, now, monkeypatch):
+    # Both find the challenge unused; the replay waits for the account, then for the row that
+    # spends the challenge, and is refused as a replay before it reads the counter the login
+    # advanced (which it would take for a cloned key's: a false alarm, mailed).
+    user_id = _account(committed, deps, now)
+    key = SoftAuthenticator(counter=True)
+    _register(committed, deps, caller, now, user_id, key)
+    with committed.begin() as session:
+        opts = passkeys.passkey_options(session, deps, client=caller, now=now)
+    credential = key.assertion(opts.options)
+
+    def attempt():
+        return _attempt(
+            committed,
+            lambda s: passkeys.login_with_passkey(
+                s,
+                deps,
+                challenge_id=opts.challenge_id,
+                credential=credential,
+                client=caller,
+                now=now,
+            ),
+        )
+
+    gate, release = _pause_at(monkeypatch, login, "finish_login")
+    outcomes = _race(attempt, attempt, gate, release)
+    assert outcomes == {"first": "ok", "second": "invalid_challenge"}, outcomes
+    with committed() as session:
+        assert session.scalar(select(WebauthnCredential.counter_regression_at)) is None
+
+
 def test_totp_enroll_while_admin_delete_commits(committed, deps, caller, now):
     user_id = _account(committed, deps, now)
     gate, release = threading.Event(), threading.Event()
@@ -570,7 +601,7 @@ def test_webauthn_options_sweep_vs_admin_delete(committed, deps, caller, now, mo
     # The options sweep the account's expired challenge; the deletion, its cascade.
     user_id = _account(committed, deps, now)
     _expired_challenge(committed, deps, now, user_id)
-    gate, release = _pause_at(monkeypatch, webauthn, "_sweep", after=True)
+    gate, release = _pause_at(monkeypatch, webauthn, "sweep_challenges", after=True)
     outcomes = _race(
         lambda: _attempt(
             committed,

@@ -266,3 +266,21 @@ def test_challenge_digest_is_sha256_hex():
     digest = wa.challenge_digest(b"abc")
     assert digest == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     assert wa.new_challenge() != wa.new_challenge() and len(wa.new_challenge()) == 32
+
+
+def test_a_challenge_token_round_trips_and_binds_key_challenge_and_expiry():
+    key, challenge = b"k" * 32, b"c" * 32
+    token = wa.challenge_token(key, challenge=challenge, expires_at=1_900_000_000)
+    assert len(token) == 54
+    assert wa.challenge_token_expiry(key, token=token, challenge=challenge) == 1_900_000_000
+    assert wa.challenge_token_expiry(b"K" * 32, token=token, challenge=challenge) is None
+    assert wa.challenge_token_expiry(key, token=token, challenge=b"d" * 32) is None
+    raw = wa.from_b64url(token)
+    for index in range(len(raw)):  # every byte counts: the expiry's and the MAC's
+        altered = raw[:index] + bytes([raw[index] ^ 0x80]) + raw[index + 1 :]
+        assert wa.challenge_token_expiry(key, token=b64url(altered), challenge=challenge) is None
+
+
+@pytest.mark.parametrize("token", ["", "nope", "*" * 54, "A" * 53, "A" * 56, "0" * 32])
+def test_a_challenge_token_of_another_shape_opens_to_none(token):
+    assert wa.challenge_token_expiry(b"k" * 32, token=token, challenge=b"c" * 32) is None
