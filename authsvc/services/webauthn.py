@@ -212,20 +212,14 @@ def consume_challenge(
     challenge: bytes,
     user_id: str | None,
     now: datetime,
-    challenge_id: str | None = None,
     user_token_id: str | None = None,
 ) -> WebauthnChallenge:
     """The live challenge the response answers, marked used exactly once; InvalidChallenge
     for unknown, foreign (another purpose, user or step), expired or already used ones."""
     digest = wa.challenge_digest(challenge)
-    if challenge_id is not None:
-        row = session.get(WebauthnChallenge, challenge_id)
-        if row is not None and not hmac.compare_digest(row.challenge_hash, digest):
-            row = None
-    else:
-        row = session.scalar(
-            select(WebauthnChallenge).where(WebauthnChallenge.challenge_hash == digest)
-        )
+    row = session.scalar(
+        select(WebauthnChallenge).where(WebauthnChallenge.challenge_hash == digest)
+    )
     if (
         row is None
         or row.purpose != purpose
