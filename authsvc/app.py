@@ -113,6 +113,7 @@ RATE_LIMIT_POLICIES = (
     "ip",
     "email",
     "ip_email",
+    "mailbox",
     "account_failures",
     "mfa_account",
     "mfa_failures",
@@ -124,6 +125,8 @@ def rate_limit_policies(settings: Settings) -> dict[str, str]:
         "ip": settings.limit_ip,
         "email": settings.limit_email,
         "ip_email": settings.limit_ip_email,
+        # Mail asked for an address, per mailbox (services.throttle.MAILBOX): the email's limit.
+        "mailbox": settings.limit_email,
         "account_failures": settings.limit_failures_per_account,
         "mfa_account": "10/minute",
         # Wrong TOTP codes per account: capped like wrong passwords (NIST SP 800-63B 5.2.2).

@@ -8,6 +8,7 @@ Argon2 verification whether or not the account exists.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import unicodedata
 from datetime import datetime
@@ -71,6 +72,20 @@ def normalize_email(raw: str) -> str:
     return email
 
 
+def mailbox_key(email: str) -> str:
+    """The mailbox that mail to the normalised ``email`` reaches, as limits on mail sent to
+    it count it: the local part without a ``+tag`` (most providers deliver ada+1@ to ada@),
+    the domain in its IDNA ASCII (punycode) form, lower-cased; a domain that has none (a label
+    too long, a character IDNA prohibits) as given, lower-cased. Never an identity: ada+1@ and
+    ada@ stay two accounts. Python's codec is IDNA 2003, which also maps ß to ss: two domains
+    that IDNA 2008 keeps apart may share a key, a limit shared, never one escaped."""
+    local, _, domain = email.rpartition("@")
+    local = local.partition("+")[0] or local
+    with contextlib.suppress(UnicodeError):  # no IDNA form: the domain as given
+        domain = domain.encode("idna").decode("ascii")
+    return f"{local.lower()}@{domain.lower()}"
+
+
 def throttled(
     session: DbSession,
     deps: Deps,
@@ -93,6 +108,17 @@ def throttled(
     throttle.hit(session, deps, "ip", client.rate_key, who=who)
     throttle.hit(session, deps, "email", email, who=who)
     throttle.hit(session, deps, "ip_email", client.rate_key, email, who=who)
+    return who
+
+
+def throttled_mail(
+    session: DbSession, deps: Deps, *, action: str, email: str, client: Client, now: datetime
+) -> throttle.Who:
+    """``throttled``, and per mailbox (``mailbox_key``) for a request that has mail sent to
+    ``email``: without it one mailbox gets the per-email limit once for each of its spellings.
+    Counted before anything looks at the account, identical for known and unknown emails."""
+    who = throttled(session, deps, action=action, email=email, client=client, now=now)
+    throttle.hit(session, deps, throttle.MAILBOX, mailbox_key(email), who=who)
     return who
 
 
@@ -141,7 +167,7 @@ def signup(
     session: DbSession, deps: Deps, *, email: str, password: str, client: Client, now: datetime
 ) -> None:
     email = normalize_email(email)
-    who = throttled(session, deps, action="signup", email=email, client=client, now=now)
+    who = throttled_mail(session, deps, action="signup", email=email, client=client, now=now)
     normalized = acceptable_password(deps, password, email=email)
     password_hash = hash_password(deps, normalized)
     outbox.enqueue(
@@ -395,7 +421,7 @@ def forgot_password(
     session: DbSession, deps: Deps, *, email: str, client: Client, now: datetime
 ) -> None:
     email = normalize_email(email)
-    who = throttled(session, deps, action="forgot", email=email, client=client, now=now)
+    who = throttled_mail(session, deps, action="forgot", email=email, client=client, now=now)
     outbox.enqueue(session, deps.keyring, kind="reset_request", payload={"email": email}, now=now)
     audit.record(
         session,

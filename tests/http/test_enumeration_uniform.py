@@ -7,8 +7,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select, update
 
+from authsvc.app import create_app
 from authsvc.db import utcnow
 from authsvc.models import AuditEvent, OutboxMessage, User
+from tests.conftest import ContractClient, replace_settings, runtime
 
 PASSWORD = "correct horse 42"
 VARYING_HEADERS = {"date", "x-request-id"}
@@ -128,6 +130,46 @@ def test_forgot_answers_every_account_state_alike(client, connection, accounts):
     status, body, _ = results["unknown"][0]
     assert (status, body) == (202, b'{"status": "reset_sent"}')
     assert results["unknown"][1] == (1, 1)
+
+
+@pytest.mark.parametrize("path", ["/v1/signup", "/v1/password/forgot"])
+def test_the_mailbox_limit_answers_every_account_state_alike(settings, connection, accounts, path):
+    # The per-mailbox limit counts before anything looks at the account: another spelling of
+    # each address (a +tag) is refused alike once its mailbox had its mail.
+    app = create_app(replace_settings(settings, limit_email="1/minute"), bind=connection)
+    app.test_client_class = ContractClient
+    runtime(app).deps.limiter.reset()
+    client = app.test_client()
+
+    def body(email: str) -> dict:
+        return {"email": email, "password": PASSWORD} if path == "/v1/signup" else {"email": email}
+
+    results = {}
+    for state, email in accounts.items():
+        local, _, domain = email.partition("@")
+        assert client.post(path, json=body(email)).status_code == 202
+        results[state] = send(client, connection, path, body(f"{local}+again@{domain}"))
+    runtime(app).deps.limiter.reset()
+
+    # Retry-After counts down a window that each address opened just before: it may tick
+    # between two answers, and says nothing else.
+    waits = [int(dict(headers)["retry-after"]) for (_, _, headers), _ in results.values()]
+    assert min(waits) >= 1 and max(waits) <= 60
+    assert max(waits) - min(waits) <= 1
+    assert_uniform(
+        {
+            state: ((status, data, [h for h in headers if h[0] != "retry-after"]), work)
+            for state, ((status, data, headers), work) in results.items()
+        }
+    )
+    status, data, _ = results["unknown"][0]
+    assert status == 429
+    assert data == (
+        b'{"type": "https://authsvc.dev/problems/rate_limited", '
+        b'"title": "Too many requests", "status": 429, '
+        b'"detail": "Too many requests; retry later", "code": "rate_limited"}'
+    )
+    assert results["unknown"][1] == (0, 1)  # the ratelimit.hit event, nothing queued
 
 
 def test_weak_password_answers_do_not_depend_on_the_account(client, connection, accounts):

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from authsvc.app import create_app
-from authsvc.models import AuditEvent
+from authsvc.models import AuditEvent, User
 from tests.conftest import ContractClient, runtime
 
 PASSWORD = "correct horse 42"
@@ -114,6 +114,84 @@ def test_signup_and_forgot_are_throttled_too(limited):
 
     assert_rate_limited(client.post("/v1/signup", json=body))
     assert_rate_limited(client.post("/v1/password/forgot", json={"email": "ada@example.com"}))
+
+
+# One mailbox in spellings that are each an address (and an account) of its own: tags that
+# most providers deliver to the address without them, its domain in Unicode and in punycode,
+# upper and lower case.
+MAILBOX_SPELLINGS = [
+    "ada+1@bücher.de",
+    "ada+2@xn--bcher-kva.de",
+    "ADA@Bücher.de",
+    "Ada@XN--BCHER-KVA.DE",
+    "ada+news@BÜCHER.DE",
+]
+
+
+def ask_for_mail(client, path: str, email: str, ip: str = "198.51.100.1"):
+    body = {"email": email, "password": PASSWORD} if path == "/v1/signup" else {"email": email}
+    return client.post(path, json=body, environ_base={"REMOTE_ADDR": ip})
+
+
+@pytest.mark.parametrize("path", ["/v1/signup", "/v1/password/forgot"])
+def test_spellings_of_one_mailbox_share_its_limit(limited, connection, path):
+    # Each spelling has a per-email counter of its own: without a count per mailbox, one
+    # mailbox could be sent as many mails as it has spellings times the per-email limit.
+    client = limited(limit_email=f"{len(MAILBOX_SPELLINGS) - 1}/minute")
+
+    answers = [
+        ask_for_mail(client, path, email, ip=f"198.51.100.{i}")
+        for i, email in enumerate(MAILBOX_SPELLINGS)
+    ]
+
+    assert [a.status_code for a in answers[:-1]] == [202] * (len(MAILBOX_SPELLINGS) - 1)
+    assert_rate_limited(answers[-1])
+    outcomes = connection.scalars(
+        select(AuditEvent.outcome).where(AuditEvent.type == "ratelimit.hit")
+    ).all()
+    assert outcomes == ["mailbox"]
+    # Another mailbox of the same domain, and the same name at another domain, count apart.
+    assert ask_for_mail(client, path, "bob@bücher.de").status_code == 202
+    assert ask_for_mail(client, path, "ada+1@example.com").status_code == 202
+
+
+def test_signup_and_forgot_count_against_one_mailbox(limited):
+    # Both mail the address: a verification link or an "account exists" notice, a reset link
+    # or a "no account" notice.
+    client = limited(limit_email="2/minute")
+    assert ask_for_mail(client, "/v1/signup", "ada+1@bücher.de").status_code == 202
+    assert ask_for_mail(client, "/v1/password/forgot", "ada+2@bücher.de").status_code == 202
+
+    assert_rate_limited(ask_for_mail(client, "/v1/signup", "ada+3@xn--bcher-kva.de"))
+    assert_rate_limited(ask_for_mail(client, "/v1/password/forgot", "ada+4@bücher.de"))
+
+
+def test_logins_do_not_count_against_the_mailbox(limited):
+    # A login mails nothing: its spellings are throttled per email only.
+    client = limited(limit_email="2/minute")
+    for email in MAILBOX_SPELLINGS:
+        assert login(client, email).status_code == 401
+
+    assert ask_for_mail(client, "/v1/password/forgot", "ada@bücher.de").status_code == 202
+
+
+def test_spellings_of_one_mailbox_stay_accounts_of_their_own(api, limited, connection, mailbox):
+    api.register("ada@bücher.de")
+    client = limited(limit_email="3/minute")
+
+    assert ask_for_mail(client, "/v1/signup", "ada+1@bücher.de").status_code == 202
+    assert ask_for_mail(client, "/v1/password/forgot", "ada+2@bücher.de").status_code == 202
+    api.drain()
+
+    assert [m["Subject"] for m in mailbox.messages("ada+1@bücher.de")] == [
+        "Confirm your email address"
+    ]
+    assert [m["Subject"] for m in mailbox.messages("ada+2@bücher.de")] == ["Password reset request"]
+    assert [m["Subject"] for m in mailbox.messages("ada@bücher.de")] == [
+        "Confirm your email address"
+    ]  # the registration's only: neither request reached ada's account
+    emails = connection.scalars(select(User.email).order_by(User.email)).all()
+    assert emails == ["ada+1@bücher.de", "ada@bücher.de"]
 
 
 def test_limit_hits_are_audited_without_the_email(limited, connection):

@@ -333,6 +333,7 @@ def limited(deps, **limits):
         "ip": "1000/minute",
         "email": "1000/minute",
         "ip_email": "1000/minute",
+        "mailbox": "1000/minute",
         "account_failures": "1000/day",
         "mfa_account": "10/minute",
         "mfa_failures": "1000/day",
@@ -371,7 +372,7 @@ def test_failed_checks_per_account_are_capped(db_session, deps, caller, now, mak
     capped.limiter.reset()
 
 
-@pytest.mark.parametrize("policy", ["ip", "email", "ip_email"])
+@pytest.mark.parametrize("policy", ["ip", "email", "ip_email", "mailbox"])
 def test_throttling_is_audited_and_raises(db_session, deps, caller, now, policy):
     throttled = limited(deps, **{policy: "1/minute"})
     accounts.forgot_password(db_session, throttled, email="ada@example.com", client=caller, now=now)

@@ -3,6 +3,8 @@
 - ``normalize_email`` returns a canonical address or raises InvalidRequest (field "email") for
   any text at all; the canonical form is stable and the same for case, width and surrounding
   space variants of an address (rate limits and look-ups key on it).
+- ``mailbox_key`` gives every address one key, the same for its +tagged spellings and for its
+  domain in Unicode and in punycode (limits on mail sent to an address count it).
 - A password stays valid however long ago it was set (ASVS 6.2.10: no periodic rotation).
 """
 
@@ -24,7 +26,7 @@ from authsvc.db import utcnow
 from authsvc.errors import InvalidRequest
 from authsvc.models import User
 from authsvc.services import accounts
-from authsvc.services.accounts import MAX_EMAIL_LENGTH, normalize_email
+from authsvc.services.accounts import MAX_EMAIL_LENGTH, mailbox_key, normalize_email
 from authsvc.services.context import Client
 from authsvc.settings import Settings
 
@@ -82,6 +84,64 @@ def test_case_width_and_space_variants_are_the_same_address(address, data):
     )
 
     assert normalize_email(variant) == canonical
+
+
+@pytest.mark.parametrize(
+    ("spelled", "mailbox"),
+    [
+        ("ada@example.com", "ada@example.com"),
+        ("Ada+News@Example.COM", "ada@example.com"),
+        ("ada+1+2@example.com", "ada@example.com"),
+        ("ada+1@bücher.de", "ada@xn--bcher-kva.de"),
+        ("ADA+2@XN--BCHER-KVA.DE", "ada@xn--bcher-kva.de"),
+        ("ada@BÜCHER.de", "ada@xn--bcher-kva.de"),
+        ("+ada@example.com", "+ada@example.com"),  # nothing left without the tag: kept
+        ("ada@" + "ü" * 64 + ".de", "ada@" + "ü" * 64 + ".de"),  # no IDNA form: as given
+        ("ada@\ufffd.de", "ada@\ufffd.de"),  # a character IDNA prohibits: as given
+    ],
+)
+def test_mailbox_key(spelled, mailbox):
+    assert mailbox_key(normalize_email(spelled)) == mailbox
+
+
+@FAST
+@given(address=st.emails(), tag=st.text(max_size=10), data=st.data())
+def test_every_spelling_of_an_address_has_its_mailbox_key(address, tag, data):
+    local, _, domain = address.rpartition("@")
+    variant = data.draw(
+        st.sampled_from(
+            [
+                f"{local}+{tag}@{domain}",
+                f"{local.upper()}@{domain.upper()}",
+            ]
+        )
+    )
+    try:
+        email, spelled = normalize_email(address), normalize_email(variant)
+    except InvalidRequest:
+        return  # forms the service refuses (see above), or a tag it refuses
+    key = mailbox_key(email)
+
+    assert key.count("@") == 1
+    assert mailbox_key(key) == key
+    if not local.startswith("+"):
+        assert mailbox_key(spelled) == key
+
+
+@FAST
+@given(label=st.text(alphabet=st.characters(whitelist_categories=("Ll", "Lo")), min_size=1))
+def test_a_domain_in_unicode_and_in_punycode_is_one_mailbox(label):
+    # The label as the service keeps it (NFKC, lower-cased), in punycode: a compatibility
+    # character's own punycode is another domain name.
+    canonical = unicodedata.normalize("NFKC", label).lower()
+    try:
+        punycode = canonical.encode("idna").decode("ascii")
+        unicode = normalize_email(f"ada+1@{label}.de")
+        ascii = normalize_email(f"ADA+2@{punycode.upper()}.DE")
+    except (UnicodeError, InvalidRequest):
+        return  # no IDNA form, or not a label the service takes
+
+    assert mailbox_key(unicode) == mailbox_key(ascii) == f"ada@{punycode.lower()}.de"
 
 
 # --- a password does not expire with age ----------------------------------------------------
