@@ -9,7 +9,17 @@ from flask import Blueprint, Response, request
 from authsvc.db import utcnow
 from authsvc.errors import InvalidRequest
 from authsvc.http.auth import current_admin, require_admin
-from authsvc.http.io import client, db, deps, field, no_content, parse, respond, transactional
+from authsvc.http.io import (
+    client,
+    db,
+    deps,
+    field,
+    no_content,
+    only_query,
+    parse,
+    respond,
+    transactional,
+)
 from authsvc.services import admin
 
 bp = Blueprint("admin", __name__, url_prefix="/admin/v1")
@@ -27,6 +37,7 @@ class CreateUserBody:
 @transactional
 @require_admin
 def create_user() -> Response:
+    only_query(frozenset())
     body = parse(CreateUserBody)
     view = admin.create_user(
         db(),
@@ -46,6 +57,7 @@ def create_user() -> Response:
 @transactional
 @require_admin
 def find_users() -> Response:
+    only_query(frozenset({"email"}))
     email = request.args.get("email")
     if email is None or len(email) > 320:
         raise InvalidRequest("the email query parameter is required (at most 320 characters)")
@@ -59,6 +71,7 @@ def find_users() -> Response:
 @transactional
 @require_admin
 def get_user(user_id: str) -> Response:
+    only_query(frozenset())
     view = admin.get_user(
         db(), admin=current_admin(), user_id=user_id[:64], client=client(), now=utcnow()
     )
@@ -69,6 +82,7 @@ def get_user(user_id: str) -> Response:
 @transactional
 @require_admin
 def delete_user(user_id: str) -> Response:
+    only_query(frozenset())
     admin.delete_user(
         db(), admin=current_admin(), user_id=user_id[:64], client=client(), now=utcnow()
     )
@@ -79,6 +93,7 @@ def delete_user(user_id: str) -> Response:
 @transactional
 @require_admin
 def disable_user(user_id: str) -> Response:
+    only_query(frozenset())
     view = admin.disable_user(
         db(), admin=current_admin(), user_id=user_id[:64], client=client(), now=utcnow()
     )

@@ -186,6 +186,7 @@ def list_breach_responses() -> Response:
 @transactional
 @require_admin
 def get_breach_response(campaign_id: str) -> Response:
+    only_query(frozenset())
     return respond(breach.get_campaign(db(), campaign_id=campaign_id[:64]))
 
 
@@ -193,6 +194,7 @@ def get_breach_response(campaign_id: str) -> Response:
 @transactional
 @require_admin
 def cancel_breach_response(campaign_id: str) -> Response:
+    only_query(frozenset())
     return respond(
         breach.cancel_campaign(
             db(),
@@ -272,6 +274,7 @@ def _json_report(campaign: Any, rows: Iterator[ReportRow]) -> Iterator[str]:
 @transactional
 @require_admin
 def force_reset(user_id: str) -> Response:
+    only_query(frozenset())
     body = parse(ForceResetBody, optional=True)
     view = breach.force_reset(
         db(),

@@ -9,7 +9,7 @@ import json
 import argon2
 import bcrypt
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.db import utcnow
@@ -250,6 +250,44 @@ ADMIN_ROUTES = [
     ("DELETE", "/admin/v1/users/{id}", None),
     ("POST", "/admin/v1/users/{id}/disable", None),
 ]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        (
+            "POST",
+            "/admin/v1/users?dry_run=true",
+            {"email": "bob@example.com", "password": PASSWORD},
+            "dry_run",
+        ),
+        ("GET", "/admin/v1/users?email=ada@example.com&emial=x", None, "emial"),
+        ("GET", "/admin/v1/users?email=ada@example.com&email=bob@example.com", None, "email"),
+        ("GET", "/admin/v1/users/{id}?fields=email", None, "fields"),
+        ("DELETE", "/admin/v1/users/{id}?dry_run=true", None, "dry_run"),
+        ("POST", "/admin/v1/users/{id}/disable?dry_run=true", None, "dry_run"),
+    ],
+)
+def test_admin_routes_refuse_query_parameters_they_do_not_take(
+    client, as_admin, connection, method, path, body, field
+):
+    # As the breach responses and the audit events: ignored, ?dry_run=true deleted the user
+    # for real, and of a repeated email only the first was looked up.
+    user = create(client, as_admin, email="ada@example.com", password=PASSWORD).get_json()
+    events = connection.scalar(select(func.count()).select_from(AuditEvent))
+
+    response = client.open(path.format(id=user["id"]), method=method, json=body, headers=as_admin)
+
+    problem = response.get_json()
+    assert (response.status_code, problem["code"], problem["field"]) == (
+        400,
+        "invalid_request",
+        field,
+    )
+    assert client.get(f"/admin/v1/users/{user['id']}", headers=as_admin).get_json() == user
+    assert connection.scalar(select(User.id).where(User.email == "bob@example.com")) is None
+    # Nothing audited either: the lookup and the view below are the only new events.
+    assert connection.scalar(select(func.count()).select_from(AuditEvent)) == events + 1
 
 
 @pytest.mark.parametrize(("method", "path", "body"), ADMIN_ROUTES)

@@ -313,6 +313,34 @@ def test_the_report_refuses_unknown_and_repeated_parameters(
 
 
 @pytest.mark.parametrize(
+    ("method", "path", "field"),
+    [
+        ("GET", "{base}/{id}?fields=status", "fields"),
+        ("POST", "{base}/{id}/cancel?dry_run=true", "dry_run"),
+        ("POST", "/admin/v1/users/{user}/force-reset?dry_run=true", "dry_run"),
+    ],
+)
+def test_the_other_routes_refuse_query_parameters(
+    client, app, as_admin, accounts, method, path, field
+):
+    # As the list, the upload and the report: ignored, ?dry_run=true cancelled the campaign
+    # or reset the password for real.
+    campaign = start(client, as_admin, selector="emails", emails=[accounts[0]]).get_json()
+    with db(app) as session:
+        user_id = session.scalar(select(User.id).where(User.email == accounts[1]))
+
+    response = client.open(
+        path.format(base=BASE, id=campaign["id"], user=user_id), method=method, headers=as_admin
+    )
+
+    body = response.get_json()
+    assert (response.status_code, body["code"], body["field"]) == (400, "invalid_request", field)
+    with db(app) as session:
+        assert session.get(BreachCampaign, campaign["id"]).status == campaign["status"]
+        assert session.scalar(select(func.count()).select_from(BreachCampaign)) == 1
+
+
+@pytest.mark.parametrize(
     "before",
     ["2999-01-02", "2999-01-02T03:04:05Z", "2999-01-02t03:04:05.5z", "2999-01-02T03:04:05+01:00"],
 )
