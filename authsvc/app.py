@@ -29,7 +29,13 @@ from authsvc.crypto.blocklist import (
 )
 from authsvc.crypto.keyring import Keyring, generate_key_spec
 from authsvc.crypto.passwords import Argon2Params
-from authsvc.db import make_autocommit_engine, make_engine, make_sessionmaker, utcnow
+from authsvc.db import (
+    REQUEST_POOL_TIMEOUT,
+    make_autocommit_engine,
+    make_engine,
+    make_sessionmaker,
+    utcnow,
+)
 from authsvc.http import admin, audit, breach, me, mfa, ops, problems, public, ui, webauthn
 from authsvc.logging_setup import bind_request_id, unbind_request_id
 from authsvc.mail.backends import make_backend
@@ -141,6 +147,7 @@ def _request_limits(settings: Settings) -> dict[str, Any]:
     return {
         "lock_timeout": settings.db_lock_timeout,
         "statement_timeout": settings.db_statement_timeout,
+        "pool_timeout": REQUEST_POOL_TIMEOUT,
     }
 
 

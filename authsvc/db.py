@@ -25,8 +25,10 @@ from sqlalchemy import (
     make_url,
     text,
 )
+from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -90,6 +92,11 @@ def rowcount(result: Result[Any]) -> int:
 # answer (overloaded, stalled, behind a partition) held `authsvc serve` at start-up, and each
 # request that needed a new connection, that long before the 503.
 CONNECT_TIMEOUT_SECONDS = 5
+# How long a request waits for a pooled connection when every one is in use (slow requests
+# hold them all), before it answers 503 `unavailable` (sqlalchemy.exc.TimeoutError).
+# SQLAlchemy's default is 30 s: a request queued that long, holding its thread, and the
+# requests behind it queued too, where a quick refusal with Retry-After sheds the load.
+REQUEST_POOL_TIMEOUT = timedelta(seconds=3)
 
 
 def make_engine(
@@ -97,6 +104,7 @@ def make_engine(
     *,
     lock_timeout: timedelta | None = None,
     statement_timeout: timedelta | None = None,
+    pool_timeout: timedelta | None = None,
     **kwargs: Any,
 ) -> Engine:
     """hide_parameters: a statement's bound values (password hashes, token hashes, emails,
@@ -105,7 +113,11 @@ def make_engine(
     ``lock_timeout`` and ``statement_timeout`` (PostgreSQL; zero or None is no limit) are set
     on each connection: the server cancels a statement that waits for a lock, or runs, longer
     (LockNotAvailable, QueryCanceled: operational errors). SQLite has its own bound, the
-    30 s busy timeout below, and ignores them."""
+    30 s busy timeout below, and ignores them. ``pool_timeout`` bounds the wait for a
+    connection from a pool that has none free (None: SQLAlchemy's 30 s); an in-memory SQLite
+    database has no such pool (one connection per thread)."""
+    if pool_timeout is not None and _has_queue(url):
+        kwargs["pool_timeout"] = pool_timeout.total_seconds()
     if url.startswith("sqlite"):
         _create_private(url)
         engine = create_engine(
@@ -145,6 +157,14 @@ def make_engine(
     if any(limits.values()):
         event.listen(engine, "connect", _session_limits(limits))
     return engine
+
+
+def _has_queue(url: str) -> bool:
+    """Whether SQLAlchemy pools the URL's connections in a queue with a checkout timeout:
+    PostgreSQL and SQLite files, not an in-memory SQLite database."""
+    parsed = make_url(url)
+    dialect = cast("type[DefaultDialect]", parsed.get_dialect())
+    return issubclass(dialect.get_pool_class(parsed), QueuePool)
 
 
 def _session_limits(limits: dict[str, timedelta | None]) -> Callable[[Any, Any], None]:
