@@ -376,11 +376,12 @@ def _drop_rolled_back(session: DbSession, previous: SessionTransaction) -> None:
         session.info.pop(PENDING_KEY, None)
         return
     session.info[PENDING_KEY] = [
-        (entry, transaction) for entry, transaction in pending if not _within(transaction, previous)
+        (entry, transaction) for entry, transaction in pending if not within(transaction, previous)
     ]
 
 
-def _within(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
+def within(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
+    """Whether ``transaction`` is ``ancestor`` or one of its savepoints (None: neither)."""
     while transaction is not None:
         if transaction is ancestor:
             return True

@@ -18,7 +18,9 @@ the detectors and sends the new-device login mail. The detectors:
 The windows live in the rate-limit storage (Redis when configured, so every worker and instance
 shares them; process memory otherwise): one sliding-window counter per subject, fed once per
 distinct (subject, member) pair. A detection raises an alert at most once per
-``alert_cooldown`` for the same detector and subject: an ``alert.raised`` audit event, the
+``alert_cooldown`` for the same detector and subject (claimed in the storage; given back when
+the transaction that records the alert does not commit, so that the next detection raises it):
+an ``alert.raised`` audit event, the
 ``authsvc_alerts_total`` metric, a WARNING log line and, when ``AUTHSVC_ALERT_WEBHOOK_URL`` is set,
 an HMAC-signed JSON POST queued in the outbox (retried with backoff; a dead receiver delays
 nothing but the outbox; a redirect, which is never followed, or a 4xx other than 408, 425 and
@@ -41,8 +43,9 @@ from datetime import datetime
 from typing import Any, cast
 
 from limits import RateLimitItemPerSecond, strategies
-from sqlalchemy import Select, Table, bindparam, func, select
+from sqlalchemy import Select, Table, bindparam, event, func, select
 from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.orm import SessionTransaction
 
 from authsvc.db import new_id
 from authsvc.deadline import EXCHANGE_SECONDS, Deadline
@@ -115,6 +118,11 @@ class Alert:
         return {"event": ALERT_EVENT, **body}
 
 
+def _cooldown(detector: str, scope: str, subject: str) -> tuple[str, ...]:
+    """What an alert's cooldown is claimed under: one alert per detector and subject."""
+    return ("alert", detector, scope, subject)
+
+
 class Windows:
     """Sliding-window counters in the rate-limit storage (``limits``: memory or Redis)."""
 
@@ -150,6 +158,10 @@ class Windows:
     def claim(self, *parts: str, seconds: int) -> bool:
         """True for the first caller in ``seconds`` (across workers when the storage is shared)."""
         return self._storage.incr("detect-claim/" + self._key(*parts), max(1, seconds)) == 1
+
+    def release(self, *parts: str) -> None:
+        """Give a claim back: the next ``claim`` of ``parts`` is first again."""
+        self._storage.clear("detect-claim/" + self._key(*parts))
 
     def reset(self) -> None:
         self._storage.reset()
@@ -199,6 +211,7 @@ class Detector:
             return None
         if not alerts:
             return None
+        _hold_claims(session, self.windows, alerts)
         return lambda: self.raise_alerts(session, alerts)
 
     def _count(self, event: audit.Observed) -> None:
@@ -217,7 +230,8 @@ class Detector:
 
         def alert(detector: str, scope: str, subject: str, threshold: float, **who: Any) -> None:
             if w.claim(
-                "alert", detector, scope, subject, seconds=int(s.alert_cooldown.total_seconds())
+                *_cooldown(detector, scope, subject),
+                seconds=int(s.alert_cooldown.total_seconds()),
             ):
                 found.append(
                     Alert(
@@ -366,6 +380,68 @@ class Detector:
             ip=_printable(event.ip or "unknown"),
             browser=describe_device(event.user_agent or ""),
         )
+
+
+# --- cooldowns of alerts that were not recorded -------------------------------------------
+
+# The alerts' cooldown claims a session's transaction holds, each with the transaction (or
+# savepoint) that records its alert. The claim is made when the alert is detected, but its
+# audit event and its webhook are written only by the transaction's commit: a transaction that
+# rolls back after the observer ran (any unexpected error; a lock or statement timeout, a lost
+# connection or a commit refused; a password reset by recovery code that finds no hashing slot
+# free, or a login whose step token a parallel request spent) loses the alert, and its claim
+# would silence that detector and subject for the whole cooldown. Given back, the next event
+# past the threshold raises the alert.
+_CLAIMS_KEY = "authsvc.detection.claims"
+_Claim = tuple[Windows, tuple[str, ...], SessionTransaction | None]
+
+
+def _hold_claims(session: DbSession, windows: Windows, alerts: list[Alert]) -> None:
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    held: list[_Claim] = session.info.setdefault(_CLAIMS_KEY, [])
+    held.extend(
+        (windows, _cooldown(found.detector, found.scope, found.subject), transaction)
+        for found in alerts
+    )
+
+
+def _release(claims: list[_Claim]) -> None:
+    for windows, parts, _ in claims:
+        try:
+            windows.release(*parts)
+        except Exception as exc:  # a rollback must not fail on the window storage
+            log.error(
+                "alert cooldown not released: the window storage failed (%s)", type(exc).__name__
+            )
+
+
+@event.listens_for(DbSession, "after_commit")
+def _keep_committed_claims(session: DbSession) -> None:
+    # Also called when a savepoint is released: its claims then go with the transaction.
+    if session.get_nested_transaction() is None:
+        session.info.pop(_CLAIMS_KEY, None)
+
+
+@event.listens_for(DbSession, "after_soft_rollback")
+def _release_rolled_back_claims(session: DbSession, previous: SessionTransaction) -> None:
+    held: list[_Claim] | None = session.info.get(_CLAIMS_KEY)
+    if not held:
+        return
+    lost: list[_Claim] = []
+    kept: list[_Claim] = []
+    for claim in held:
+        rolled_back = previous.parent is None or audit.within(claim[2], previous)
+        (lost if rolled_back else kept).append(claim)
+    session.info[_CLAIMS_KEY] = kept
+    _release(lost)
+
+
+@event.listens_for(DbSession, "after_transaction_end")
+def _release_uncommitted_claims(session: DbSession, transaction: SessionTransaction) -> None:
+    # A transaction closed without a commit (a session closed with it open, a commit that
+    # failed): what is left was not written.
+    if transaction.parent is None:
+        _release(session.info.pop(_CLAIMS_KEY, []))
 
 
 _EVENTS = cast("Table", AuditEvent.__table__).c

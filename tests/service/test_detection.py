@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session as DbSession
 
 from authsvc.app import Runtime, build_runtime
 from authsvc.db import utcnow
@@ -256,6 +257,56 @@ def test_a_burst_of_recovery_code_use(runtime):
             )
     found = [a for a in alerts(runtime) if a["detector"] == "recovery_burst"]
     assert len(found) == 1
+
+
+class _Failed(Exception):
+    """What fails a request after its events were recorded (a 500, a lost connection, a
+    commit refused): its transaction rolls back."""
+
+
+def _forgot_rolled_back(runtime: Runtime, email: str, ip: str, *, where: str) -> None:
+    """A forgot request whose transaction rolls back: ``where`` it ran, in the transaction
+    itself, in a savepoint that rolls back, or in one released before the transaction rolls
+    back."""
+
+    def forgot_then_fail(session: DbSession, *, fail: bool = True) -> None:
+        accounts.forgot_password(
+            session, runtime.deps, email=email, client=Client(ip=ip), now=utcnow()
+        )
+        if fail:
+            raise _Failed
+
+    with runtime.sessionmaker() as session:
+        if where == "transaction":
+            with contextlib.suppress(_Failed), session.begin():
+                forgot_then_fail(session)
+        elif where == "savepoint":
+            with session.begin(), contextlib.suppress(_Failed), session.begin_nested():
+                forgot_then_fail(session)
+        else:
+            with contextlib.suppress(_Failed), session.begin():
+                with session.begin_nested():
+                    forgot_then_fail(session, fail=False)
+                raise _Failed
+
+
+@pytest.mark.parametrize("where", ["transaction", "savepoint", "released_savepoint"])
+def test_an_alert_rolled_back_with_its_transaction_is_raised_by_the_next_detection(runtime, where):
+    # The cooldown was claimed in the window storage when the alert was detected: a rollback
+    # took the alert's audit event and webhook with it, and the claim silenced the alerts of
+    # the next 10 minutes.
+    ip = "203.0.113.30"
+    for i in range(5):
+        forgot(runtime, f"rb{i}@example.com", ip)
+    _forgot_rolled_back(runtime, "rb5@example.com", ip, where=where)
+    assert alerts(runtime) == []
+
+    forgot(runtime, "rb6@example.com", ip)
+    forgot(runtime, "rb7@example.com", ip)  # within the cooldown of the alert just raised
+
+    found = [a for a in alerts(runtime) if a["scope"] == "ip"]
+    assert [(a["detector"], a["subject"]) for a in found] == [("enumeration", ip)]
+    assert _webhook_message(runtime).failed_at is None  # one webhook queued, for that alert
 
 
 def _alert_sent(runtime: Runtime, prefix: str, ip: str) -> None:
