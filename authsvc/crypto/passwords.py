@@ -281,15 +281,28 @@ class PasswordHasher:
         costliest = max(self._ratios.values(), default=0.0)
         return costliest * HEADROOM if costliest > 1.0 else 1.0
 
-    def calibrate(self, prefix: str, sample: str) -> None:
+    def calibrate(self, prefix: str, sample: str, *, wait: bool = True) -> None:
         """Learn what a check of a hash of cost ``prefix`` takes, from ``sample`` (a hash of
         that cost, ``sample_hash``). Failed checks are padded to the costliest learnt
-        (``floor``); real checks of such hashes keep the figure current."""
+        (``floor``); real checks of such hashes keep the figure current.
+
+        ``wait=False``: only if a hashing slot is free now, else nothing is learnt (for a
+        request already answered by its own check, as ``rehash`` is: it must neither take a
+        slot from one that needs it nor fail for want of one)."""
         if prefix in self._ratios or self._stored_family(sample) is None:
             return
-        with self._slot():
-            current = self._current_check_seconds()
-            took = min(self._timed_check(sample) for _ in range(2))
+        if wait:
+            with self._slot():
+                self._calibrate(prefix, sample)
+        elif self._slots.acquire(blocking=False):
+            try:
+                self._calibrate(prefix, sample)
+            finally:
+                self._slots.release()
+
+    def _calibrate(self, prefix: str, sample: str) -> None:
+        current = self._current_check_seconds()
+        took = min(self._timed_check(sample) for _ in range(2))
         self._ratios[prefix] = took / current
 
     def forget(self, prefix: str) -> None:

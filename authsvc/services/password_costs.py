@@ -93,7 +93,9 @@ def note_unknown(
     session: DbSession, hasher: PasswordHasher, stored_hash: str, *, now: datetime
 ) -> None:
     """After a check of ``stored_hash``: record its cost if it is neither the current
-    settings' nor recorded (an import from before costs were recorded), and calibrate."""
+    settings' nor recorded (an import from before costs were recorded), and calibrate if a
+    hashing slot is free now (the check has decided the answer already; else the next
+    ``refresh`` calibrates)."""
     prefix = hasher.unknown_cost(stored_hash)
     if prefix is None:
         return
@@ -102,7 +104,7 @@ def note_unknown(
         select(PasswordHashCost.sample_hash).where(PasswordHashCost.prefix == prefix)
     )
     if sample is not None:
-        hasher.calibrate(prefix, sample)
+        hasher.calibrate(prefix, sample, wait=False)
 
 
 def prune(session: DbSession, hasher: PasswordHasher) -> list[str]:

@@ -6,12 +6,13 @@ import dataclasses
 import time
 import unicodedata
 
+import bcrypt
 import jwt
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from authsvc.app import create_app
-from authsvc.models import AuditEvent, User
+from authsvc.models import AuditEvent, PasswordHashCost, User
 from tests.conftest import ContractClient, runtime
 
 PASSWORD = "correct horse 42"
@@ -201,6 +202,43 @@ def test_a_rehash_that_finds_no_hashing_slot_is_left_to_a_later_login(
     later = client2.post("/v1/login", json={"email": "ada@example.com", "password": PASSWORD})
     assert later.get_json()["status"] == "authenticated"
     assert argon2_params(connection.scalar(select(User.password_hash))) == "m=2048,t=2,p=1"
+
+
+@pytest.mark.parametrize(
+    ("password", "status"), [(PASSWORD, 200), ("not the password", 401)], ids=["right", "wrong"]
+)
+def test_timing_a_newly_met_hash_cost_that_finds_no_slot_answers_as_without(
+    api, app, connection, monkeypatch, password, status
+):
+    # An account imported before costs were recorded: its first check records the cost and
+    # times a check of it, which needs a hashing slot. Every slot is taken once the password
+    # was checked. That timing is optional (the next refresh does it): it used to answer 503
+    # overloaded, refusing a proven password, and a wrong one with an answer that an unknown
+    # email never gets at that point.
+    api.register()
+    old = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(5)).decode()
+    connection.execute(update(User).values(password_hash=old))
+    hasher = runtime(app).deps.hasher
+    hasher._acquire_timeout = 0.01
+    verify, taken = hasher.verify, []
+
+    def verify_then_every_slot_is_taken(expected_hash, password):
+        result = verify(expected_hash, password)
+        while hasher._slots.acquire(blocking=False):  # a flood of logins takes them all
+            taken.append(1)
+        return result
+
+    monkeypatch.setattr(hasher, "verify", verify_then_every_slot_is_taken)
+    try:
+        answer = api.login("ada@example.com", password)
+    finally:
+        for _ in taken:
+            hasher._slots.release()
+        monkeypatch.undo()
+
+    assert taken
+    assert answer.status_code == status
+    assert connection.scalar(select(PasswordHashCost.prefix)) == "$2b$05$"  # recorded still
 
 
 def test_a_failed_login_does_not_rehash(api, settings, connection):
