@@ -183,10 +183,10 @@ class TimedPasswordHasher(PasswordHasher):
             self._seconds.labels("hash").observe(time.perf_counter() - started)
         return rehashed
 
-    def verify(self, expected_hash: str, password: str) -> VerifyResult:
+    def verify(self, expected_hash: str, password: str, *, refused: bool = False) -> VerifyResult:
         started = time.perf_counter()
         try:
-            return super().verify(expected_hash, password)
+            return super().verify(expected_hash, password, refused=refused)
         finally:
             self._seconds.labels("verify").observe(time.perf_counter() - started)
 

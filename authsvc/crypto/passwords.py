@@ -242,7 +242,7 @@ class PasswordHasher:
         except argon2.exceptions.HashingError as exc:  # out of memory, in practice
             raise RuntimeError(f"argon2 hashing failed: {exc}") from None
 
-    def verify(self, expected_hash: str, password: str) -> VerifyResult:
+    def verify(self, expected_hash: str, password: str, *, refused: bool = False) -> VerifyResult:
         """Check *password* against a stored hash. Unknown or malformed hashes give ok=False.
 
         A failed check takes as long as a failed check of the costliest hash stored (``floor``)
@@ -251,7 +251,9 @@ class PasswordHasher:
         every account not signed in since would answer a wrong password faster than an unknown
         email does (its dummy check is at the new cost), and an account imported with a costlier
         hash (bcrypt 12, say) slower. A correct password is not padded: whoever sends it knows
-        the account exists."""
+        the account exists, unless ``refused`` (the answer is a refusal whatever the check
+        finds: a disabled account's login): it is then padded as a failed check is, since a
+        quicker answer would tell that the password was right."""
         family = self._stored_family(expected_hash)
         normalized = normalize(password)
         with self._slot():
@@ -264,7 +266,7 @@ class PasswordHasher:
                 self._observe(took / checks)
             else:
                 self._observe_stored(expected_hash, took / checks)
-            if not result.ok and (not current or self.floor() > 1.0):
+            if refused or (not result.ok and (not current or self.floor() > 1.0)):
                 self._pad(normalized, password, took)
             return result
 

@@ -340,7 +340,11 @@ def authenticate_password(
         # Every failed check takes as long as one of the costliest hash stored would.
         password_costs.refresh(session, deps.hasher)
         if user is not None and user.password_hash is not None:
-            result = deps.hasher.verify(user.password_hash, password)
+            # An account refused whatever the password (disabled, unverified, invalidated)
+            # answers the right one as it answers a wrong one, in its time too.
+            result = deps.hasher.verify(
+                user.password_hash, password, refused=_refusal(user, True) is not None
+            )
             ok, needs_rehash = result.ok, result.needs_rehash
             password_costs.note_unknown(session, deps.hasher, user.password_hash, now=now)
         else:

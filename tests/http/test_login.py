@@ -181,8 +181,8 @@ def test_a_rehash_that_finds_no_hashing_slot_is_left_to_a_later_login(
     hasher._acquire_timeout = 0.01
     verify, taken = hasher.verify, []
 
-    def verify_then_every_slot_is_taken(expected_hash, password):
-        result = verify(expected_hash, password)
+    def verify_then_every_slot_is_taken(expected_hash, password, **options):
+        result = verify(expected_hash, password, **options)
         while hasher._slots.acquire(blocking=False):  # a flood of logins takes them all
             taken.append(1)
         return result
@@ -222,8 +222,8 @@ def test_timing_a_newly_met_hash_cost_that_finds_no_slot_answers_as_without(
     hasher._acquire_timeout = 0.01
     verify, taken = hasher.verify, []
 
-    def verify_then_every_slot_is_taken(expected_hash, password):
-        result = verify(expected_hash, password)
+    def verify_then_every_slot_is_taken(expected_hash, password, **options):
+        result = verify(expected_hash, password, **options)
         while hasher._slots.acquire(blocking=False):  # a flood of logins takes them all
             taken.append(1)
         return result

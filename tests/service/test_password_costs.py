@@ -4,6 +4,9 @@ stored hash has them."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+
 import bcrypt
 import pytest
 from sqlalchemy import select
@@ -12,7 +15,7 @@ from authsvc.crypto.passwords import cost_prefix
 from authsvc.errors import InvalidCredentials
 from authsvc.models import PasswordHashCost, User
 from authsvc.services import accounts, admin, password_costs
-from tests.service.conftest import CLIENT
+from tests.service.conftest import CLIENT, PASSWORD
 
 OPS = admin.AdminIdentity(key_id="k1", name="ops")
 
@@ -129,3 +132,36 @@ def test_the_worker_housekeeping_deletes_costs_nobody_has(db_session, deps, now,
     worker.sweep()
 
     assert recorded(db_session) == set()
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        {"disabled": True},
+        {"verified": False},
+        {"password_invalidated_at": datetime(2026, 1, 1, tzinfo=UTC)},
+    ],
+    ids=["disabled", "unverified", "password_invalidated"],
+)
+def test_a_refused_login_with_the_right_password_takes_as_long_as_a_wrong_one(
+    db_session, deps, now, make_user, refusal
+):
+    # Such an account answers the right password 401 invalid_credentials like a wrong one: a
+    # breach-invalidated account, say, tried with the leaked password. Failed checks are
+    # padded to the costliest stored hash's (bcrypt 8 here, several times a current check);
+    # a right password was not, so its quicker answer told that the password was right.
+    user = make_user(email="refused@example.com", **refusal)
+    password_costs.record(db_session, [bcrypt_hash("imported", cost=8)], now=now)
+
+    def took(password: str) -> float:
+        started = time.perf_counter()
+        with pytest.raises(InvalidCredentials):
+            accounts.authenticate_password(
+                db_session, deps, email=user.email, password=password, client=CLIENT, now=now
+            )
+        return time.perf_counter() - started
+
+    took("a wrong guess")  # the first one times the recorded cost
+    assert deps.hasher.floor() > 2.0
+    wrong = took("another wrong guess")
+    assert took(PASSWORD) >= 0.8 * wrong
