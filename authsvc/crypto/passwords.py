@@ -307,6 +307,18 @@ class PasswordHasher:
         took = min(self._timed_check(sample) for _ in range(2))
         self._ratios[prefix] = took / current
 
+    def sample(self, prefix: str) -> str | None:
+        """``sample_hash(prefix)``, made in a hashing slot if one is free now; None, without
+        waiting, if not. For a request whose check has decided its answer: a sample is a hash
+        of that cost (an Argon2 one of earlier settings may take gigabytes), held to the slots
+        as every hash is, and optional work, as ``rehash`` is."""
+        if not self._slots.acquire(blocking=False):
+            return None
+        try:
+            return sample_hash(prefix)
+        finally:
+            self._slots.release()
+
     def forget(self, prefix: str) -> None:
         """No stored hash has the cost ``prefix`` any more."""
         self._ratios.pop(prefix, None)

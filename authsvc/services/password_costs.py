@@ -53,16 +53,16 @@ def _record_prefixes(session: DbSession, prefixes: set[str], *, now: datetime) -
     )
     added = sorted(prefixes - known)
     for prefix in added:
-        try:
-            with session.begin_nested():  # another process may record it at the same moment
-                session.add(
-                    PasswordHashCost(
-                        prefix=prefix, sample_hash=sample_hash(prefix), recorded_at=now
-                    )
-                )
-        except IntegrityError:
-            pass
+        _insert(session, prefix, sample_hash(prefix), now=now)
     return added
+
+
+def _insert(session: DbSession, prefix: str, sample: str, *, now: datetime) -> None:
+    try:
+        with session.begin_nested():  # another process may record it at the same moment
+            session.add(PasswordHashCost(prefix=prefix, sample_hash=sample, recorded_at=now))
+    except IntegrityError:
+        pass
 
 
 def record_own(session: DbSession, hasher: PasswordHasher, *, now: datetime) -> None:
@@ -93,18 +93,21 @@ def note_unknown(
     session: DbSession, hasher: PasswordHasher, stored_hash: str, *, now: datetime
 ) -> None:
     """After a check of ``stored_hash``: record its cost if it is neither the current
-    settings' nor recorded (an import from before costs were recorded), and calibrate if a
-    hashing slot is free now (the check has decided the answer already; else the next
-    ``refresh`` calibrates)."""
+    settings' nor recorded (an import from before costs were recorded), and calibrate. Each
+    needs a hashing slot free now (the check has decided the answer already): without one, the
+    cost is recorded by a later login, and calibrated by the next ``refresh`` once recorded."""
     prefix = hasher.unknown_cost(stored_hash)
     if prefix is None:
         return
-    record(session, [stored_hash], now=now)
     sample = session.scalar(
         select(PasswordHashCost.sample_hash).where(PasswordHashCost.prefix == prefix)
     )
-    if sample is not None:
-        hasher.calibrate(prefix, sample, wait=False)
+    if sample is None:
+        sample = hasher.sample(prefix)
+        if sample is None:
+            return
+        _insert(session, prefix, sample, now=now)
+    hasher.calibrate(prefix, sample, wait=False)
 
 
 def prune(session: DbSession, hasher: PasswordHasher) -> list[str]:

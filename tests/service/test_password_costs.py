@@ -165,3 +165,43 @@ def test_a_refused_login_with_the_right_password_takes_as_long_as_a_wrong_one(
     assert deps.hasher.floor() > 2.0
     wrong = took("another wrong guess")
     assert took(PASSWORD) >= 0.8 * wrong
+
+
+def test_a_login_makes_the_sample_of_an_unrecorded_cost_in_a_free_hashing_slot(
+    db_session, deps, now, make_user, monkeypatch
+):
+    # A sample is a hash of that cost (an Argon2 one of earlier settings may take gigabytes):
+    # made outside the hashing slots, as many requests at once could make one each as there
+    # are threads. With every slot taken once the password was checked, it is left to a
+    # later login.
+    user = make_user(email="old@example.com")
+    user.password_hash = bcrypt_hash("imported long ago", cost=5)
+    db_session.flush()
+    hasher = deps.hasher
+    verify, taken = hasher.verify, []
+
+    def verify_then_every_slot_is_taken(expected_hash, password, **options):
+        result = verify(expected_hash, password, **options)
+        while hasher._slots.acquire(blocking=False):
+            taken.append(1)
+        return result
+
+    def log_in() -> None:
+        with pytest.raises(InvalidCredentials):
+            accounts.authenticate_password(
+                db_session, deps, email=user.email, password="wrong", client=CLIENT, now=now
+            )
+
+    monkeypatch.setattr(hasher, "verify", verify_then_every_slot_is_taken)
+    try:
+        log_in()
+    finally:
+        for _ in taken:
+            hasher._slots.release()
+        monkeypatch.undo()
+
+    assert taken
+    assert recorded(db_session) == set()
+    log_in()
+    assert recorded(db_session) == {"$2b$05$"}
+    assert hasher.calibrated() == {"$2b$05$"}
