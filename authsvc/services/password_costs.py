@@ -21,11 +21,12 @@ import weakref
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto.passwords import PasswordHasher, cost_prefix, sample_hash
+from authsvc.db import rowcount
 from authsvc.models import PasswordHashCost, User
 
 REFRESH_SECONDS = 60.0
@@ -112,8 +113,8 @@ def note_unknown(
 
 def prune(session: DbSession, hasher: PasswordHasher) -> list[str]:
     """Delete the recorded costs that no stored hash has any more, except the current
-    settings'; return them. One query per recorded cost: it stops at the first hash found, and
-    reads the whole table only for a cost that is gone."""
+    settings'; return those this call deleted. One query per recorded cost: it stops at the
+    first hash found, and reads the whole table only for a cost that is gone."""
     own = hasher.own_cost()
     gone = []
     for prefix in session.scalars(select(PasswordHashCost.prefix)).all():
@@ -121,6 +122,10 @@ def prune(session: DbSession, hasher: PasswordHasher) -> list[str]:
             continue
         head = func.substr(User.password_hash, 1, len(prefix))
         if session.scalar(select(User.id).where(head == prefix).limit(1)) is None:
-            session.delete(session.get(PasswordHashCost, prefix))
-            gone.append(prefix)
+            # Another instance's housekeeping may have deleted it since it was listed.
+            deleted = session.execute(
+                delete(PasswordHashCost).where(PasswordHashCost.prefix == prefix)
+            )
+            if rowcount(deleted):
+                gone.append(prefix)
     return gone
