@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto.passwords import PasswordHasher, cost_prefix, sample_hash
 from authsvc.db import rowcount
-from authsvc.models import PasswordHashCost, User
+from authsvc.models import PasswordHashCost, User, UserToken
 
 REFRESH_SECONDS = 60.0
 
@@ -112,16 +112,16 @@ def note_unknown(
 
 
 def prune(session: DbSession, hasher: PasswordHasher) -> list[str]:
-    """Delete the recorded costs that no stored hash has any more, except the current
-    settings'; return those this call deleted. One query per recorded cost: it stops at the
-    first hash found, and reads the whole table only for a cost that is gone."""
+    """Delete the recorded costs that no stored hash (an account's, or a pending sign-up's)
+    has any more, except the current settings'; return those this call deleted. A query or
+    two per recorded cost: each stops at the first hash found, and reads the whole table only
+    for a cost that is gone."""
     own = hasher.own_cost()
     gone = []
     for prefix in session.scalars(select(PasswordHashCost.prefix)).all():
         if prefix == own:
             continue
-        head = func.substr(User.password_hash, 1, len(prefix))
-        if session.scalar(select(User.id).where(head == prefix).limit(1)) is None:
+        if not _stored(session, prefix):
             # Another instance's housekeeping may have deleted it since it was listed.
             deleted = session.execute(
                 delete(PasswordHashCost).where(PasswordHashCost.prefix == prefix)
@@ -129,3 +129,19 @@ def prune(session: DbSession, hasher: PasswordHasher) -> list[str]:
             if rowcount(deleted):
                 gone.append(prefix)
     return gone
+
+
+def _stored(session: DbSession, prefix: str) -> bool:
+    """Whether an account's hash, or a sign-up's waiting for its link (it becomes the
+    account's when the link is opened), has the cost ``prefix``."""
+    length = len(prefix)
+    for found in (
+        select(User.id).where(func.substr(User.password_hash, 1, length) == prefix),
+        select(UserToken.id).where(
+            UserToken.used_at.is_(None),
+            func.substr(UserToken.pending_password_hash, 1, length) == prefix,
+        ),
+    ):
+        if session.scalar(found.limit(1)) is not None:
+            return True
+    return False

@@ -5,16 +5,16 @@ stored hash has them."""
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import bcrypt
 import pytest
 from sqlalchemy import event, select
 
-from authsvc.crypto.passwords import cost_prefix
+from authsvc.crypto.passwords import Argon2Params, PasswordHasher, cost_prefix
 from authsvc.errors import InvalidCredentials
 from authsvc.models import PasswordHashCost, User
-from authsvc.services import accounts, admin, password_costs
+from authsvc.services import accounts, admin, password_costs, user_tokens
 from tests.service.conftest import CLIENT, PASSWORD
 
 OPS = admin.AdminIdentity(key_id="k1", name="ops")
@@ -233,3 +233,29 @@ def test_two_sweeps_at_once_delete_a_cost_once_and_neither_fails(
     assert gone == []
     with committed() as session:
         assert recorded(session) == set()
+
+
+def test_a_cost_a_pending_sign_up_has_is_not_pruned(db_session, deps, now, make_user):
+    # A sign-up made before the settings changed holds its hash until its link is opened;
+    # the hash then becomes the account's. Pruned meanwhile, its cost was unrecorded, and the
+    # account's wrong passwords answered in that hash's own time until one recorded it again.
+    earlier = PasswordHasher(Argon2Params(1, 2048, 1), max_concurrent=1, acquire_timeout=1)
+    pending = earlier.hash("chosen at sign-up")
+    user = make_user(email="signed-up@example.com", password=None, verified=False)
+    secret = user_tokens.issue(
+        db_session,
+        user_id=user.id,
+        purpose="verify_email",
+        ttl=timedelta(days=1),
+        now=now,
+        pending_password_hash=pending,
+    )
+    password_costs.record(db_session, [pending], now=now)
+
+    assert password_costs.prune(db_session, deps.hasher) == []
+
+    row = user_tokens.find(db_session, token=secret, purpose="verify_email", now=now)
+    user_tokens.consume(db_session, row=row, now=now)  # the link is opened
+    user.password_hash = pending
+    db_session.flush()
+    assert password_costs.prune(db_session, deps.hasher) == []
