@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import time
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import bcrypt
 import jwt
@@ -165,6 +167,29 @@ def test_login_rehashes_when_argon2_parameters_change(api, settings, connection)
     assert argon2_params(connection.scalar(select(User.password_hash))) == "m=1024,t=1,p=1"
 
 
+@contextmanager
+def every_slot_taken_after_the_check(hasher, monkeypatch) -> Iterator[None]:
+    """Within: once a password has been checked, a flood of logins takes every hashing slot
+    (and waiting for one gives up at once). Asserts that the check ran."""
+    hasher._acquire_timeout = 0.01
+    verify, taken = hasher.verify, []
+
+    def verify_then_every_slot_is_taken(expected_hash, password, **options):
+        result = verify(expected_hash, password, **options)
+        while hasher._slots.acquire(blocking=False):
+            taken.append(1)
+        return result
+
+    monkeypatch.setattr(hasher, "verify", verify_then_every_slot_is_taken)
+    try:
+        yield
+    finally:
+        for _ in taken:
+            hasher._slots.release()
+        monkeypatch.undo()
+    assert taken
+
+
 def test_a_rehash_that_finds_no_hashing_slot_is_left_to_a_later_login(
     api, settings, connection, monkeypatch
 ):
@@ -177,25 +202,9 @@ def test_a_rehash_that_finds_no_hashing_slot_is_left_to_a_later_login(
     app2 = create_app(stronger, bind=connection)
     app2.test_client_class = ContractClient
     client2 = app2.test_client()
-    hasher = runtime(app2).deps.hasher
-    hasher._acquire_timeout = 0.01
-    verify, taken = hasher.verify, []
-
-    def verify_then_every_slot_is_taken(expected_hash, password, **options):
-        result = verify(expected_hash, password, **options)
-        while hasher._slots.acquire(blocking=False):  # a flood of logins takes them all
-            taken.append(1)
-        return result
-
-    monkeypatch.setattr(hasher, "verify", verify_then_every_slot_is_taken)
-    try:
+    with every_slot_taken_after_the_check(runtime(app2).deps.hasher, monkeypatch):
         busy = client2.post("/v1/login", json={"email": "ada@example.com", "password": PASSWORD})
-    finally:
-        for _ in taken:
-            hasher._slots.release()
-        monkeypatch.undo()
 
-    assert taken
     assert busy.status_code == 200
     assert busy.get_json()["status"] == "authenticated"
     assert connection.scalar(select(User.password_hash)) == stored  # still good, kept
@@ -218,25 +227,9 @@ def test_timing_a_newly_met_hash_cost_that_finds_no_slot_answers_as_without(
     api.register()
     old = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(5)).decode()
     connection.execute(update(User).values(password_hash=old))
-    hasher = runtime(app).deps.hasher
-    hasher._acquire_timeout = 0.01
-    verify, taken = hasher.verify, []
-
-    def verify_then_every_slot_is_taken(expected_hash, password, **options):
-        result = verify(expected_hash, password, **options)
-        while hasher._slots.acquire(blocking=False):  # a flood of logins takes them all
-            taken.append(1)
-        return result
-
-    monkeypatch.setattr(hasher, "verify", verify_then_every_slot_is_taken)
-    try:
+    with every_slot_taken_after_the_check(runtime(app).deps.hasher, monkeypatch):
         answer = api.login("ada@example.com", password)
-    finally:
-        for _ in taken:
-            hasher._slots.release()
-        monkeypatch.undo()
 
-    assert taken
     assert answer.status_code == status
 
 

@@ -8,6 +8,7 @@ configured backend, dropped afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -16,11 +17,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from flask import Flask
 from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from authsvc.app import Runtime, build_runtime
+from authsvc.app import Runtime, build_runtime, create_app
 from authsvc.db import make_engine, make_sessionmaker, utcnow
 from authsvc.mail.worker import OutboxWorker
 from authsvc.models import User
@@ -151,3 +153,26 @@ def issue_mfa_token(
         context={"amr": ["pwd"]},
         **kwargs,
     )
+
+
+def app_with_ada(settings: Settings, url: str, **changes: Any) -> Iterator[Flask]:
+    """An app on its own engine for ``url`` (real commits, no outer test transaction), with
+    ada@example.com signed up and verified (password PASSWORD); disposed afterwards."""
+    app = create_app(dataclasses.replace(settings, database_url=url, **changes))
+    runtime = app.extensions["authsvc"]
+    runtime.deps.limiter.reset()
+    with runtime.sessionmaker.begin() as session:
+        at = utcnow()
+        session.add(
+            User(
+                email="ada@example.com",
+                password_hash=runtime.deps.hasher.hash(PASSWORD),
+                password_set_at=at,
+                email_verified_at=at,
+                created_at=at,
+                updated_at=at,
+            )
+        )
+    yield app
+    runtime.deps.limiter.reset()
+    runtime.dispose()

@@ -4,7 +4,6 @@ connections that the server dropped are replaced before use, without a round tri
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,35 +13,15 @@ import pytest
 from flask import Flask
 from sqlalchemy import event, text
 
-from authsvc.app import create_app
-from authsvc.db import utcnow
-from authsvc.models import User
 from authsvc.schema import upgrade
 from authsvc.services import signing
-from tests.service.conftest import PASSWORD
+from tests.service.conftest import PASSWORD, app_with_ada
 
 
 @pytest.fixture
 def app(settings, scratch_database_url) -> Iterator[Flask]:
     upgrade(scratch_database_url)
-    app = create_app(dataclasses.replace(settings, database_url=scratch_database_url))
-    runtime = app.extensions["authsvc"]
-    runtime.deps.limiter.reset()
-    with runtime.sessionmaker.begin() as session:
-        at = utcnow()
-        session.add(
-            User(
-                email="ada@example.com",
-                password_hash=runtime.deps.hasher.hash(PASSWORD),
-                password_set_at=at,
-                email_verified_at=at,
-                created_at=at,
-                updated_at=at,
-            )
-        )
-    yield app
-    runtime.deps.limiter.reset()
-    runtime.dispose()
+    yield from app_with_ada(settings, scratch_database_url)
 
 
 def login(client) -> dict[str, str]:

@@ -20,11 +20,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from authsvc.app import build_runtime, create_app
-from authsvc.db import utcnow
-from authsvc.models import User
 from authsvc.schema import upgrade
 from tests.conftest import ContractClient, answered_within
-from tests.service.conftest import PASSWORD
+from tests.service.conftest import PASSWORD, app_with_ada
 
 ONE_SECOND = timedelta(seconds=1)
 CREDENTIALS = {"email": "ada@example.com", "password": PASSWORD}
@@ -39,25 +37,9 @@ def postgres_url(scratch_database_url: str) -> str:
 
 
 def _app(settings, url: str, **limits: timedelta) -> Iterator[Flask]:
-    app = create_app(dataclasses.replace(settings, database_url=url, **limits))
-    app.test_client_class = ContractClient
-    runtime = app.extensions["authsvc"]
-    runtime.deps.limiter.reset()
-    with runtime.sessionmaker.begin() as session:
-        at = utcnow()
-        session.add(
-            User(
-                email="ada@example.com",
-                password_hash=runtime.deps.hasher.hash(PASSWORD),
-                password_set_at=at,
-                email_verified_at=at,
-                created_at=at,
-                updated_at=at,
-            )
-        )
-    yield app
-    runtime.deps.limiter.reset()
-    runtime.dispose()
+    for app in app_with_ada(settings, url, **limits):
+        app.test_client_class = ContractClient
+        yield app
 
 
 @pytest.fixture
