@@ -46,11 +46,11 @@ def _while_checking(deps, monkeypatch, other: Callable[[], None]) -> threading.T
     check = deps.hasher.verify
     thread = threading.Thread(target=other)
 
-    def verify(stored: str, password: str):
+    def verify(stored: str, password: str, **options: bool):
         if not thread.is_alive() and thread.ident is None:
             thread.start()
             thread.join(timeout=1.0)
-        return check(stored, password)
+        return check(stored, password, **options)
 
     monkeypatch.setattr(deps.hasher, "verify", verify)
     return thread
