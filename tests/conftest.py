@@ -16,6 +16,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -273,3 +274,26 @@ def answered_within(seconds: float, call: Callable[[], Any]) -> Any:
 
 
 ONE_SECOND = timedelta(seconds=1)
+
+
+@contextmanager
+def every_slot_taken_after_the_check(hasher: Any, monkeypatch: Any) -> Iterator[None]:
+    """Within: once a password has been checked, a flood of logins takes every hashing slot
+    (and waiting for one gives up at once). Asserts that the check ran."""
+    hasher._acquire_timeout = 0.01
+    verify, taken = hasher.verify, []
+
+    def verify_then_every_slot_is_taken(expected_hash, password, **options):
+        result = verify(expected_hash, password, **options)
+        while hasher._slots.acquire(blocking=False):
+            taken.append(1)
+        return result
+
+    monkeypatch.setattr(hasher, "verify", verify_then_every_slot_is_taken)
+    try:
+        yield
+    finally:
+        for _ in taken:
+            hasher._slots.release()
+        monkeypatch.undo()
+    assert taken

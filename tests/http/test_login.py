@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import time
 import unicodedata
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import bcrypt
 import jwt
@@ -15,7 +13,7 @@ from sqlalchemy import select, update
 
 from authsvc.app import create_app
 from authsvc.models import AuditEvent, User
-from tests.conftest import ContractClient, runtime
+from tests.conftest import ContractClient, every_slot_taken_after_the_check, runtime
 
 PASSWORD = "correct horse 42"
 
@@ -165,29 +163,6 @@ def test_login_rehashes_when_argon2_parameters_change(api, settings, connection)
     assert connection.scalar(select(User.password_hash)) == rehashed
     assert api.login("ada@example.com", PASSWORD).get_json()["status"] == "authenticated"
     assert argon2_params(connection.scalar(select(User.password_hash))) == "m=1024,t=1,p=1"
-
-
-@contextmanager
-def every_slot_taken_after_the_check(hasher, monkeypatch) -> Iterator[None]:
-    """Within: once a password has been checked, a flood of logins takes every hashing slot
-    (and waiting for one gives up at once). Asserts that the check ran."""
-    hasher._acquire_timeout = 0.01
-    verify, taken = hasher.verify, []
-
-    def verify_then_every_slot_is_taken(expected_hash, password, **options):
-        result = verify(expected_hash, password, **options)
-        while hasher._slots.acquire(blocking=False):
-            taken.append(1)
-        return result
-
-    monkeypatch.setattr(hasher, "verify", verify_then_every_slot_is_taken)
-    try:
-        yield
-    finally:
-        for _ in taken:
-            hasher._slots.release()
-        monkeypatch.undo()
-    assert taken
 
 
 def test_a_rehash_that_finds_no_hashing_slot_is_left_to_a_later_login(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -239,6 +240,21 @@ def test_webauthn_registration_vs_admin_delete(committed, deps, caller, now, mon
     assert not any(v.startswith("500") for v in outcomes.values()), outcomes
 
 
+def _passkey_login(committed, deps, caller, now, opts, credential) -> Callable[[], str]:
+    """A passkey login with ``credential`` (an answer to ``opts``), in its own transaction."""
+    return lambda: _attempt(
+        committed,
+        lambda s: passkeys.login_with_passkey(
+            s,
+            deps,
+            challenge_id=opts.challenge_id,
+            credential=credential,
+            client=caller,
+            now=now,
+        ),
+    )
+
+
 def test_passkey_login_vs_admin_delete(committed, deps, caller, now, monkeypatch):
     user_id = _account(committed, deps, now)
     key = SoftAuthenticator()
@@ -248,17 +264,7 @@ def test_passkey_login_vs_admin_delete(committed, deps, caller, now, monkeypatch
     credential = key.assertion(opts.options)
     gate, release = _pause_at(monkeypatch, login, "finish_login")
     outcomes = _race(
-        lambda: _attempt(
-            committed,
-            lambda s: passkeys.login_with_passkey(
-                s,
-                deps,
-                challenge_id=opts.challenge_id,
-                credential=credential,
-                client=caller,
-                now=now,
-            ),
-        ),
+        _passkey_login(committed, deps, caller, now, opts, credential),
         _admin_delete(committed, user_id, caller, now),
         gate,
         release,
@@ -277,19 +283,7 @@ def test_a_passkey_login_and_its_replay_at_once(committed, deps, caller, now, mo
         opts = passkeys.passkey_options(session, deps, client=caller, now=now)
     credential = key.assertion(opts.options)
 
-    def attempt():
-        return _attempt(
-            committed,
-            lambda s: passkeys.login_with_passkey(
-                s,
-                deps,
-                challenge_id=opts.challenge_id,
-                credential=credential,
-                client=caller,
-                now=now,
-            ),
-        )
-
+    attempt = _passkey_login(committed, deps, caller, now, opts, credential)
     gate, release = _pause_at(monkeypatch, login, "finish_login")
     outcomes = _race(attempt, attempt, gate, release)
     assert outcomes == {"first": "ok", "second": "invalid_challenge"}, outcomes

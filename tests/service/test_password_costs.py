@@ -15,6 +15,7 @@ from authsvc.crypto.passwords import Argon2Params, PasswordHasher, cost_prefix
 from authsvc.errors import InvalidCredentials
 from authsvc.models import PasswordHashCost, User
 from authsvc.services import accounts, admin, password_costs, user_tokens
+from tests.conftest import every_slot_taken_after_the_check
 from tests.service.conftest import CLIENT, PASSWORD
 
 OPS = admin.AdminIdentity(key_id="k1", name="ops")
@@ -178,13 +179,6 @@ def test_a_login_makes_the_sample_of_an_unrecorded_cost_in_a_free_hashing_slot(
     user.password_hash = bcrypt_hash("imported long ago", cost=5)
     db_session.flush()
     hasher = deps.hasher
-    verify, taken = hasher.verify, []
-
-    def verify_then_every_slot_is_taken(expected_hash, password, **options):
-        result = verify(expected_hash, password, **options)
-        while hasher._slots.acquire(blocking=False):
-            taken.append(1)
-        return result
 
     def log_in() -> None:
         with pytest.raises(InvalidCredentials):
@@ -192,15 +186,9 @@ def test_a_login_makes_the_sample_of_an_unrecorded_cost_in_a_free_hashing_slot(
                 db_session, deps, email=user.email, password="wrong", client=CLIENT, now=now
             )
 
-    monkeypatch.setattr(hasher, "verify", verify_then_every_slot_is_taken)
-    try:
+    with every_slot_taken_after_the_check(hasher, monkeypatch):
         log_in()
-    finally:
-        for _ in taken:
-            hasher._slots.release()
-        monkeypatch.undo()
 
-    assert taken
     assert recorded(db_session) == set()
     log_in()
     assert recorded(db_session) == {"$2b$05$"}
