@@ -16,17 +16,18 @@ import secrets
 import threading
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import argon2
 import bcrypt
 
 PolicyReason = Literal["too_short", "too_long", "breached", "context_word"]
 HashFamily = Literal["argon2", "bcrypt", "pbkdf2_sha256"]
+_T = TypeVar("_T")
 
 # Ceilings for *stored* hashes, so that one imported hash cannot hold a worker's hashing slot
 # for seconds (every wrong-password login with that account's email would) or allocate
@@ -229,10 +230,17 @@ class PasswordHasher:
         hash still verifies, so the upgrade can be left to a later login. Waiting for a slot
         would take one from a request that needs it to be answered at all (which would then
         be shed), and failing for want of one would refuse a proven password."""
+        return self._now_or_never(lambda: self._hash(normalize(password)))
+
+    def _now_or_never(self, work: Callable[[], _T]) -> _T | None:
+        """``work()`` in a hashing slot if one is free now; None, without waiting, if not: for
+        optional work of a request whose answer is already decided (``rehash``, ``sample``,
+        ``calibrate(wait=False)``), which must neither take a slot from a request that needs
+        one to be answered at all nor fail for want of one."""
         if not self._slots.acquire(blocking=False):
             return None
         try:
-            return self._hash(normalize(password))
+            return work()
         finally:
             self._slots.release()
 
@@ -296,11 +304,8 @@ class PasswordHasher:
         if wait:
             with self._slot():
                 self._calibrate(prefix, sample)
-        elif self._slots.acquire(blocking=False):
-            try:
-                self._calibrate(prefix, sample)
-            finally:
-                self._slots.release()
+        else:
+            self._now_or_never(lambda: self._calibrate(prefix, sample))
 
     def _calibrate(self, prefix: str, sample: str) -> None:
         current = self._current_check_seconds()
@@ -312,12 +317,7 @@ class PasswordHasher:
         waiting, if not. For a request whose check has decided its answer: a sample is a hash
         of that cost (an Argon2 one of earlier settings may take gigabytes), held to the slots
         as every hash is, and optional work, as ``rehash`` is."""
-        if not self._slots.acquire(blocking=False):
-            return None
-        try:
-            return sample_hash(prefix)
-        finally:
-            self._slots.release()
+        return self._now_or_never(lambda: sample_hash(prefix))
 
     def forget(self, prefix: str) -> None:
         """No stored hash has the cost ``prefix`` any more."""

@@ -569,17 +569,7 @@ def test_passkey_login_vs_the_removal_of_that_passkey(
     gate, release = _pause_at(monkeypatch, notices, "send")
     outcomes = _race(
         lambda: _attempt(committed, _removal(deps, caller, now, user_id, factor_id)),
-        lambda: _attempt(
-            committed,
-            lambda s: passkeys.login_with_passkey(
-                s,
-                deps,
-                challenge_id=opts.challenge_id,
-                credential=credential,
-                client=caller,
-                now=now,
-            ),
-        ),
+        _passkey_login(committed, deps, caller, now, opts, credential),
         gate,
         release,
     )
