@@ -362,7 +362,7 @@ class Detector:
         ):
             return
         earlier = session.scalars(earlier_login_agents(event.user_id)).all()
-        if not earlier:
+        if not earlier and not _history_pruned(session, event.user_id):
             return  # the first login of an account is not news to its owner
         device = _device(event.user_agent)
         if any(_device(agent) == device for agent in earlier):
@@ -470,6 +470,16 @@ def earlier_login_agents(user_id: str) -> Select[str | None]:
     ix_audit_events_user_id_type_id). A Core statement built once, with ``user_id`` as the
     value of its parameter."""
     return _EARLIER_LOGIN_AGENTS.params(user_id=user_id)
+
+
+def _history_pruned(session: DbSession, user_id: str) -> bool:
+    """Whether pruning may have deleted events of the account: the oldest event kept is
+    younger than the account. Then an account without logins in the trail may have had some."""
+    oldest = select(func.min(AuditEvent.occurred_at)).scalar_subquery()
+    return (
+        session.scalar(select(User.id).where(User.id == user_id, User.created_at < oldest))
+        is not None
+    )
 
 
 def _device(user_agent: str | None) -> str:

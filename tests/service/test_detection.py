@@ -514,40 +514,75 @@ def test_alert_windows_slide(runtime):
     assert windows.claim("k", seconds=1)
 
 
-def test_new_device_login_mails_the_owner(runtime, make_user, db_session):
-    make_user(email="owner@example.com")
-    db_session.flush()
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+IPHONE = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) Mobile/15E148 Safari/604.1"
 
-    def login(user_agent: str) -> None:
-        with runtime.sessionmaker() as session, session.begin():
+
+class OwnerLogins:
+    """Full logins of owner@example.com, and the new-device mails queued for them."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def login(self, user_agent: str, *, email: str = "owner@example.com", now=None) -> None:
+        with self.runtime.sessionmaker() as session, session.begin():
             result = accounts.login_with_password(
                 session,
-                runtime.deps,
-                email="owner@example.com",
+                self.runtime.deps,
+                email=email,
                 password="correct horse 42",
                 client=Client(ip="192.0.2.44", user_agent=user_agent),
-                now=utcnow(),
+                now=now or utcnow(),
             )
             assert result.status == "authenticated"
 
-    def new_login_mails() -> list[dict]:
-        with runtime.sessionmaker() as session:
+    def mails(self) -> list[dict]:
+        with self.runtime.sessionmaker() as session:
             payloads = [
-                outbox.payload_of(runtime.deps.keyring, m)
+                outbox.payload_of(self.runtime.deps.keyring, m)
                 for m in session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "email"))
             ]
         return [p for p in payloads if p["subject"] == "New sign-in to your account"]
 
-    firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
-    login(firefox)
-    assert new_login_mails() == []  # the first login of an account
-    login(firefox.replace("128.0", "129.0"))
-    assert new_login_mails() == []  # a browser update is not a new device
-    login("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) Mobile/15E148 Safari/604.1")
-    mails = new_login_mails()
+
+def test_new_device_login_mails_the_owner(runtime, make_user, db_session):
+    make_user(email="owner@example.com")
+    db_session.flush()
+    owner = OwnerLogins(runtime)
+
+    owner.login(FIREFOX)
+    assert owner.mails() == []  # the first login of an account
+    owner.login(FIREFOX.replace("128.0", "129.0"))
+    assert owner.mails() == []  # a browser update is not a new device
+    owner.login(IPHONE)
+    mails = owner.mails()
     assert len(mails) == 1
     assert mails[0]["to"] == "owner@example.com"
     assert "192.0.2.44" in mails[0]["text"] and "iPhone" in mails[0]["text"]
+
+
+def test_a_new_device_is_news_after_the_trail_lost_the_accounts_earlier_logins(
+    runtime, make_user, db_session
+):
+    """Pruning the trail deletes an old account's logins with the rest: its next login is
+    not its first, and a browser the trail has no record of is news to its owner. An
+    account created since the oldest event kept has its whole history: its first login is
+    still not news."""
+    long_ago = utcnow() - timedelta(days=500)
+    make_user(email="owner@example.com").created_at = long_ago
+    db_session.flush()
+    owner = OwnerLogins(runtime)
+    owner.login(FIREFOX, now=long_ago)
+    with runtime.sessionmaker() as session, session.begin():
+        assert audit.prune(session, before=utcnow() - timedelta(days=400), now=utcnow()).pruned
+    make_user(email="newcomer@example.com")
+    db_session.flush()
+
+    owner.login(FIREFOX, email="newcomer@example.com")
+    assert owner.mails() == []
+    owner.login(IPHONE)
+    mails = owner.mails()
+    assert [m["to"] for m in mails] == ["owner@example.com"]
 
 
 @pytest.mark.parametrize(
