@@ -257,7 +257,10 @@ def _apply(session: DbSession, campaign: BreachCampaign, *, now: datetime) -> di
     # locks, and another order deadlocked against a reset.
     if campaign.reset_mfa:
         reset_second_factors(session, users)
-    _revoke_pending_tokens(session, users, now)
+    # An account that completed its reset since it was flagged (after a walk, before its range)
+    # had its login steps and sessions ended by that reset: those it has now are the new
+    # password's.
+    _revoke_pending_tokens(session, users.where(BreachTarget.reset_at.is_(None)), now)
     revoked = 0
     if campaign.revoke_sessions:
         revoked = revoke_sessions(session, campaign, now, lo=lo, hi=hi)
@@ -352,13 +355,15 @@ def queue_sweep(session: DbSession, deps: Deps, campaign: BreachCampaign, *, now
 def revoke_sessions(
     session: DbSession, campaign: BreachCampaign, now: datetime, *, lo: str, hi: str | None
 ) -> int:
-    """Revoke the live sessions of the processed targets in ``(lo, hi]``: the range lets the
-    database read the sessions' user-id index in order, and each such session looks up its
-    own target row."""
+    """Revoke the live sessions of the processed targets in ``(lo, hi]`` that have not reset
+    their password since (the reset revoked the sessions it found; later ones are the new
+    password's): the range lets the database read the sessions' user-id index in order, and
+    each such session looks up its own target row."""
     processed = exists().where(
         in_range(campaign, lo, hi),  # bounds the lookup whatever the planner knows of the table
         BreachTarget.user_id == Session.user_id,
         BreachTarget.processed_at.is_not(None),
+        BreachTarget.reset_at.is_(None),
     )
     result = session.execute(
         update(Session)
@@ -445,7 +450,9 @@ def lock_targets(session: DbSession, *, user_id: str) -> None:
 
 def record_password_set(session: DbSession, *, user_id: str, now: datetime) -> None:
     """A flagged user set a new password: count the forced reset as completed in every campaign
-    that flagged the account (``accounts`` calls this when it clears the flags)."""
+    that flagged the account (``accounts`` calls this when it clears the flags), a walked one
+    that has not enrolled the account yet too (``breach_walk.record_walked``)."""
+    walk.record_walked(session, user_id=user_id)
     session.execute(
         update(BreachTarget).where(*_completable(user_id)).values(reset_at=now),
         execution_options=NO_SYNC,

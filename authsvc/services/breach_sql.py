@@ -100,10 +100,20 @@ def claiming() -> ColumnElement[bool]:
     (``models.breach.CLAIMING``), its constants written into the statement rather than sent as
     parameters: so the database can tell, on any plan, that the index holds every row asked
     for, and reads a few entries instead of every campaign there ever was."""
-    walked_not_enrolled = and_(
-        BreachCampaign.last_page.is_not(None), BreachCampaign.phase.in_(_inline(WALKING))
-    )
-    return or_(BreachCampaign.status.in_(_inline(ACTIVE)), walked_not_enrolled)
+    return or_(BreachCampaign.status.in_(_inline(ACTIVE)), walked_not_enrolled())
+
+
+def walked_not_enrolled() -> ColumnElement[bool]:
+    """SQL: the campaign's walk has flagged accounts whose target rows are not written yet
+    (it walks, or it is enrolling; also cancelled or failed). Part of ``claiming``."""
+    return and_(BreachCampaign.last_page.is_not(None), BreachCampaign.phase.in_(_inline(WALKING)))
+
+
+def flagged_at(campaign: BreachCampaign) -> Any:
+    """SQL: when the account got the flag of the campaign's mode (NULL when it has none)."""
+    if campaign.mode == "invalidate":
+        return User.password_invalidated_at
+    return User.password_change_required_at
 
 
 def claiming_besides(campaign_id: str) -> Select[BreachCampaign]:

@@ -16,6 +16,9 @@ user-id order, so the table's primary key grows at its right edge. Accounts that
 the flag (or set a new password since the campaign began) are recorded as processed at once; an
 account the walk could not see (an UPDATE by someone else moved its row onto a page already
 walked) is written unprocessed, and the batches over the targets that follow (``apply``) flag it.
+An account whose user sets a new password after the walk flagged it and before the enrolment
+gets its target row from that reset (``record_walked``): flagged when the walk flagged it, and
+reset. The enrolment leaves such rows as they are and counts them.
 Everywhere else (SQLite, older PostgreSQL) enrolment comes first and ``apply`` flags everyone.
 """
 
@@ -27,6 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, case, func, insert, literal, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.db import UTCDateTime
@@ -36,13 +40,16 @@ from authsvc.services.breach_sql import (
     COUNTED,
     NO_SYNC,
     TARGETS,
+    claiming,
     due,
     exposed,
     flag,
+    flagged_at,
     flagged_since_start,
     is_postgresql,
     membership,
     rowcount,
+    walked_not_enrolled,
 )
 
 MIN_SERVER_VERSION = 140000  # TID range scans
@@ -145,8 +152,14 @@ def enroll(
     statement = insert(TARGETS).from_select(columns, rows)
     if is_postgresql(session):
         write_behind(session)
-        written = statement.returning(TARGETS.c.processed_at, TARGETS.c.notice_queued_at).cte(
-            "enrolled"
+        # The rows that resets wrote since the walk flagged their accounts (``record_walked``)
+        # stay as they are: flagged, reset, no notice.
+        written = (
+            pg_insert(TARGETS)
+            .from_select(columns, rows)
+            .on_conflict_do_nothing(index_elements=[TARGETS.c.campaign_id, TARGETS.c.user_id])
+            .returning(TARGETS.c.processed_at, TARGETS.c.notice_queued_at)
+            .cte("enrolled")
         )
         accounts, done, notices = session.execute(
             select(
@@ -155,7 +168,15 @@ def enroll(
                 func.count(written.c.notice_queued_at),
             ).select_from(written)
         ).one()
-        return Enrolled(accounts=accounts, processed=done, notices=notices)
+        # Counted after the INSERT, which waited for any reset writing one of them: until the
+        # enrolment only those resets write the campaign's rows, each one reset_at (the
+        # partial index ix_breach_targets_reset holds them).
+        reset = session.execute(
+            select(func.count())
+            .select_from(TARGETS)
+            .where(TARGETS.c.campaign_id == campaign.id, TARGETS.c.reset_at.is_not(None))
+        ).scalar_one()
+        return Enrolled(accounts=accounts + reset, processed=done + reset, notices=notices)
     accounts = rowcount(session.execute(statement, execution_options=COUNTED))
     done, notices = session.execute(
         select(func.count(TARGETS.c.processed_at), func.count(TARGETS.c.notice_queued_at)).where(
@@ -163,6 +184,32 @@ def enroll(
         )
     ).one()
     return Enrolled(accounts=accounts, processed=done, notices=notices)
+
+
+def record_walked(session: DbSession, *, user_id: str) -> None:
+    """The account, flagged, is about to get a new password: write its target row in each
+    campaign whose walk flagged it and that has not enrolled it yet, processed when the walk
+    flagged it, for the reset to stamp (``breach_batches.record_password_set``). The enrolment
+    would find a password set since the campaign began, and the campaign would count the
+    account neither flagged nor reset. A handful of campaigns (the partial index of
+    ``claiming``); an enrolment writing the same row meanwhile has it first."""
+    if not is_postgresql(session):  # only PostgreSQL walks
+        return
+    walking = session.scalars(
+        select(BreachCampaign).where(
+            claiming(), walked_not_enrolled(), BreachCampaign.started_at.is_not(None)
+        )
+    ).all()
+    for campaign in walking:
+        flagged = select(literal(campaign.id), User.id, flagged_at(campaign)).where(
+            User.id == user_id, membership(campaign), flagged_since_start(campaign)
+        )
+        session.execute(
+            pg_insert(TARGETS)
+            .from_select(["campaign_id", "user_id", "processed_at"], flagged)
+            .on_conflict_do_nothing(index_elements=[TARGETS.c.campaign_id, TARGETS.c.user_id]),
+            execution_options=NO_SYNC,
+        )
 
 
 def _pages(first: int, end: int) -> Any:

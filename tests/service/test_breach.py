@@ -455,6 +455,51 @@ def test_an_account_the_walk_missed_is_flagged_by_the_batches_after_it(
     assert queued_notices(db_session, campaign_id) == 8
 
 
+@pytest.mark.parametrize("selector", ["all", "password_set_before"])
+def test_a_reset_between_the_flag_and_the_enrolment_counts_as_flagged_and_completed(
+    db_session, deps, caller, users, runtime, worker, later_worker, mailbox, walking, selector
+):
+    # The walk flags accounts before their target rows are written. An account whose user
+    # reset the password in between had no row for the reset to stamp, and the enrolment,
+    # seeing a password set since the campaign began, left it out: the campaign reported it
+    # neither flagged nor reset. Without the walk (the target rows first), the same events
+    # count once in each.
+    before = utcnow() + timedelta(hours=1) if selector == "password_set_before" else None
+    created = create(db_session, deps, caller, request=request(selector=selector, before=before))
+    campaign_id = created.campaign.id
+    quick = users[4]
+
+    def step() -> BreachCampaign:
+        with runtime.sessionmaker.begin() as session:
+            batches.run_next_batch(session, deps, campaign_id=campaign_id, now=utcnow())
+        db_session.expire_all()
+        return db_session.get(BreachCampaign, campaign_id)
+
+    campaign = step()
+    while db_session.get(User, quick.id).password_invalidated_at is None:
+        campaign = step()
+    if walking:
+        assert campaign.phase in breach_sql.WALKING  # flagged, not enrolled yet
+    set_new_password(db_session, deps, caller, db_session.get(User, quick.id))
+    kept = add_session(db_session, quick)  # signed in with the new password
+    drain(db_session, worker)
+    drain(db_session, later_worker)
+
+    view = breach.get_campaign(db_session, campaign_id=campaign_id)
+    assert view.status == "completed"
+    assert (view.processed, view.completed_resets) == (8, 1)
+    assert sorted(processed_ids(db_session, campaign_id)) == sorted(u.id for u in users)
+    assert (view.notices_queued, view.notified) == (7, 7)
+    assert (
+        mailbox.messages(quick.email)[-1]["Subject"] != "Security notice: your password was reset"
+    )
+    assert db_session.get(Session, kept.id).revoked_at is None
+    result = accounts.login_with_password(
+        db_session, deps, email=quick.email, password=NEW_PASSWORD, client=caller, now=utcnow()
+    )
+    assert result.status == "authenticated"
+
+
 def walked_whole_table(db_session, deps, caller, runtime, **changes) -> Created:
     """An `all` campaign whose walk has flagged the whole table in one batch (PostgreSQL)."""
     whole = dataclasses.replace(
@@ -464,6 +509,27 @@ def walked_whole_table(db_session, deps, caller, runtime, **changes) -> Created:
     with runtime.sessionmaker.begin() as session:  # one page range: the whole table
         batches.run_next_batch(session, whole, campaign_id=created.campaign.id, now=utcnow())
     return created
+
+
+def test_the_batches_after_a_walk_leave_the_sessions_of_a_completed_reset(
+    db_session, deps, caller, users, runtime, worker
+):
+    if not on_postgresql(db_session):
+        pytest.skip("the page walk is PostgreSQL's")
+    created = walked_whole_table(db_session, deps, caller, runtime)
+    with runtime.sessionmaker.begin() as session:  # the enrolment
+        batches.run_next_batch(session, deps, campaign_id=created.campaign.id, now=utcnow())
+    db_session.expire_all()
+    assert db_session.get(BreachCampaign, created.campaign.id).phase == "apply"
+    quick = db_session.get(User, users[4].id)
+    set_new_password(db_session, deps, caller, quick)
+    kept = add_session(db_session, quick)  # signed in with the new password
+
+    drain(db_session, worker)  # the batches that sign out the flagged accounts
+
+    view = breach.get_campaign(db_session, campaign_id=created.campaign.id)
+    assert (view.status, view.processed, view.completed_resets) == ("completed", 8, 1)
+    assert db_session.get(Session, kept.id).revoked_at is None
 
 
 def test_a_cancelled_walk_still_signs_out_and_notifies_whom_it_flagged(

@@ -27,6 +27,7 @@ from authsvc.services import (
     breach_batches,
     breach_lists,
     breach_notices,
+    breach_walk,
     factors,
     login,
     mfa_management,
@@ -872,6 +873,41 @@ def test_a_reset_and_the_apply_batch_that_signs_the_account_out_at_once(
     assert outcomes == {"first": "ok", "second": "ok"}, outcomes
     with committed() as session:
         assert session.scalar(select(Session.revoked_at).where(Session.user_id == user_id))
+
+
+@pytest.mark.parametrize("first", ["enrolment", "reset"])
+def test_a_reset_and_the_enrolment_after_the_walk_at_once(
+    committed, deps, caller, now, monkeypatch, first
+):
+    # The walk flagged the account. Its reset writes the account's target row (the enrolment
+    # has not), and the enrolment writes every account's: whichever writes it first, the
+    # other waits for it and leaves it, and the campaign counts the account once as flagged
+    # and once as reset.
+    with committed() as session:
+        if session.get_bind().dialect.name != "postgresql":
+            pytest.skip("the page walk is PostgreSQL's")
+    user_id = _account(committed, deps, now)
+    campaign_id, batch = _walked_campaign(committed, deps, caller, now)
+    _attempt(committed, batch)  # the walk flags the account
+    enrolment = partial(_attempt, committed, batch)
+    reset = partial(_attempt, committed, _set_password(deps, caller, user_id, now + LATER))
+
+    if first == "enrolment":  # paused with its rows written
+        gate, release = _pause_at(monkeypatch, breach_walk, "enroll", after=True)
+        outcomes = _race(enrolment, reset, gate, release)
+    else:  # paused with the account's row written
+        gate, release = _pause_at(monkeypatch, breach_walk, "record_walked", after=True)
+        outcomes = _race(reset, enrolment, gate, release)
+
+    assert outcomes == {"first": "ok", "second": "ok"}, outcomes
+    with committed.begin() as session:
+        while not breach_batches.run_next_batch(
+            session, deps, campaign_id=campaign_id, now=now + LATER
+        ).finished:
+            pass
+    with committed() as session:
+        view = breach.get_campaign(session, campaign_id=campaign_id)
+        assert (view.status, view.processed, view.completed_resets) == ("completed", 1, 1)
 
 
 @pytest.mark.parametrize("paused_after", ["reset_second_factors", "revoke_sessions"])
