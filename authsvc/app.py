@@ -37,6 +37,7 @@ from authsvc.db import (
     utcnow,
 )
 from authsvc.http import admin, audit, breach, me, mfa, ops, problems, public, ui, webauthn
+from authsvc.http.io import only_declared_query
 from authsvc.logging_setup import bind_request_id, unbind_request_id
 from authsvc.mail.backends import make_backend
 from authsvc.mail.worker import OutboxWorker, default_handlers
@@ -333,6 +334,8 @@ def _register_request_hooks(app: Flask, settings: Settings) -> None:
         # No identifier or file name holds a NUL, and PostgreSQL refuses one in any text value.
         if "\x00" in request.path:
             raise NotFound()
+
+    app.before_request(only_declared_query)
 
     ignored_proxy_header = threading.Event()
 

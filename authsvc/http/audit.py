@@ -9,7 +9,16 @@ from flask import Blueprint, Response, request
 
 from authsvc.errors import InvalidRequest
 from authsvc.http.auth import principal, require_admin, require_user
-from authsvc.http.io import DIGITS, db, deps, only_query, query_limit, respond, transactional
+from authsvc.http.io import (
+    DIGITS,
+    db,
+    deps,
+    only_query,
+    query_limit,
+    respond,
+    takes_query,
+    transactional,
+)
 from authsvc.ratelimit import client_address
 from authsvc.services import accounts, audit, audit_views
 from authsvc.times import parse_time
@@ -98,10 +107,10 @@ def list_audit_events() -> Response:
 
 
 @bp.get("/v1/me/security-events")
+@takes_query(*_USER_PARAMS)
 @transactional
 @require_user
 def list_security_events() -> Response:
-    only_query(_USER_PARAMS)
     page = audit_views.security_events(
         db(), user_id=principal().user_id, before_id=_cursor(), limit=_limit()
     )

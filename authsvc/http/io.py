@@ -22,6 +22,7 @@ from authsvc.ratelimit import client_address
 from authsvc.services.context import Client, Deps
 
 T = TypeVar("T")
+V = TypeVar("V", bound=Callable[..., Any])
 MAX_STRING = 4096
 DIGITS = re.compile(r"[0-9]+")  # ASCII digits only (str.isdigit also takes "²" and "٣")
 
@@ -223,6 +224,31 @@ def only_query(allowed: frozenset[str], *, repeatable: Mapping[str, int] | None 
     for name in request.args:
         if len(request.args.getlist(name)) > most.get(name, 1):
             raise InvalidRequest(f"{name} is given too often", field=name)
+
+
+def takes_query(*names: str) -> Callable[[V], V]:
+    """Declare the query parameters a /v1 view takes, each once: ``only_declared_query``
+    refuses any other before the view runs. A view without it takes none."""
+
+    def declare(view: V) -> V:
+        view._takes_query = frozenset(names)  # type: ignore[attr-defined]
+        return view
+
+    return declare
+
+
+def only_declared_query() -> None:
+    """Before every /v1 request: refuse a query parameter the route's view does not declare
+    (``takes_query``), or one given twice, as ``only_query`` does in each /admin/v1 view; a
+    new route takes none until it says so. A CORS preflight (OPTIONS) passes: it carries the
+    query of the request it asks about, and refusing it would hide that request's own 400
+    from the page. Routes outside /v1 are fetched by others who add parameters of their own
+    (a cache-buster on the JWKS, a tracking tag on a mailed link): they ignore them."""
+    rule = request.url_rule
+    if rule is None or request.method == "OPTIONS" or not rule.rule.startswith("/v1/"):
+        return
+    view = current_app.view_functions[rule.endpoint]
+    only_query(getattr(view, "_takes_query", frozenset()))
 
 
 def query_limit(*, default: int, maximum: int) -> int:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
 
 import pytest
+import yaml
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -15,8 +17,10 @@ from sqlalchemy.orm import Session as DbSession
 
 from authsvc.db import utcnow
 from authsvc.services import admin
+from tests.conftest import ROOT
 
 PASSWORD = "correct horse 42"
+OPENAPI = yaml.safe_load((ROOT / "openapi.yaml").read_text(encoding="utf-8"))
 
 # path -> a valid body (string fields only); the admin route gets an admin key.
 ENDPOINTS: dict[str, dict[str, str]] = {
@@ -504,3 +508,96 @@ def test_random_json_never_breaks_the_service(app, admin_headers, value):
             assert response.get_json()["code"]
 
     check()
+
+
+# --- query parameters -----------------------------------------------------------------------
+
+
+def _v1_operations(app) -> list[tuple[str, str]]:
+    """Every (method, route) the app serves under /v1, from its URL map: a route added later
+    is walked too."""
+    return sorted(
+        (method, rule.rule)
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/v1/")
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    )
+
+
+def _documented_query(method: str, route: str) -> dict[str, dict[str, Any]]:
+    """The query parameters openapi.yaml gives the operation (name -> schema)."""
+    path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", route)
+    item = OPENAPI["paths"][path]
+    parameters = item.get("parameters", []) + item[method.lower()].get("parameters", [])
+    return {p["name"]: p["schema"] for p in parameters if p["in"] == "query"}
+
+
+def _concrete(route: str) -> str:
+    return re.sub(r"<[^>]+>", "nosuchid", route)
+
+
+def test_every_v1_route_refuses_a_query_parameter_it_does_not_take(api, client, app):
+    # They ignored one (only /v1/me/security-events refused it): a misspelt parameter did
+    # nothing, and said nothing. Signed in, so that the refusal is not a 401 standing in for it.
+    api.register("ada@example.com")
+    token = api.tokens("ada@example.com")["access_token"]
+    operations = _v1_operations(app)
+    assert ("GET", "/v1/me") in operations and ("POST", "/v1/login") in operations
+
+    answers = {}
+    for method, route in operations:
+        response = client.open(
+            _concrete(route) + "?surprise=1", method=method, headers=api.bearer(token)
+        )
+        problem = response.get_json() if response.mimetype == "application/problem+json" else {}
+        answers[method, route] = (response.status_code, problem.get("code"), problem.get("field"))
+
+    refused = (400, "invalid_request", "surprise")
+    assert {op: answer for op, answer in answers.items() if answer != refused} == {}
+    # Still signed in: no route did its work before refusing.
+    assert client.get("/v1/me", headers=api.bearer(token)).status_code == 200
+
+
+def test_the_query_parameters_openapi_documents_for_v1_are_taken(api, client, app):
+    api.register("ada@example.com")
+    token = api.tokens("ada@example.com")["access_token"]
+    documented = {op: _documented_query(*op) for op in _v1_operations(app)}
+    assert documented[("GET", "/v1/me/security-events")].keys() == {"limit", "cursor"}
+
+    for (method, route), parameters in documented.items():
+        for name, schema in parameters.items():
+            value = str(schema.get("default", 1))
+            response = client.open(
+                _concrete(route), method=method, headers=api.bearer(token),
+                query_string={name: value},
+            )  # fmt: skip
+            problem = response.get_json() if response.status_code == 400 else {}
+            assert problem.get("field") != name, (method, route, name, problem)
+
+
+def test_a_query_parameter_given_twice_on_v1_is_refused(api, client):
+    api.register("ada@example.com")
+    token = api.tokens("ada@example.com")["access_token"]
+
+    response = client.get("/v1/me/security-events?limit=1&limit=500", headers=api.bearer(token))
+
+    assert_problem(response, 400, "invalid_request", field="limit")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        # Fetched by others, who add what they like: a cache-buster, a tracking tag that a
+        # mail system adds to every link. These take no parameter but the link's token.
+        "/.well-known/jwks.json?v=1700000000",
+        "/healthz?probe=lb",
+        "/readyz?probe=lb",
+        "/openapi.yaml?v=2",
+        "/docs?v=2",
+        "/verify-email?token=ve_x&utm_source=mail",
+        "/reset-password?token=rp_x&utm_source=mail",
+        "/links/links.js?v=2",
+    ],
+)
+def test_routes_outside_v1_and_admin_ignore_query_parameters(raw_client, path):
+    assert raw_client.get(path).status_code == 200

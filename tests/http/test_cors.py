@@ -46,6 +46,27 @@ def test_a_preflight_allows_the_bearer_header(cors):
     assert "authorization" in response.headers["Access-Control-Allow-Headers"].lower()
 
 
+def test_a_query_parameter_a_route_does_not_take_is_refused_after_the_preflight(cors):
+    # The preflight carries the query of the request it asks about: it is answered as ever,
+    # and the request's own 400 is readable by the page.
+    raw = FlaskClient(cors.application, cors.application.response_class)  # not an API call
+    preflight = raw.options(
+        "/v1/me?surprise=1",
+        headers={
+            "Origin": APP,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
+    response = cors.get("/v1/me?surprise=1", headers={"Origin": APP})
+
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == APP
+    assert response.status_code == 400
+    assert response.get_json()["field"] == "surprise"
+    assert response.headers["Access-Control-Allow-Origin"] == APP
+
+
 @pytest.mark.parametrize(
     ("origin", "path"),
     [("https://evil.example", "/v1/password/forgot"), (APP, "/admin/v1/users")],
