@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import json
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import jwt
 import pytest
@@ -411,3 +411,38 @@ def test_the_cache_is_bounded(key):
 
     assert len(cache) == 3
     assert all(cached(cache, token, keys).sub == "user-1" for token in tokens)
+
+
+def test_the_time_checks_hold_to_the_second(key, jwks):
+    """RFC 7519: a token is not accepted on or after ``exp``; a clock ahead by exactly the
+    leeway is still within it, for ``iat`` and ``nbf`` alike."""
+    token = sign(key)
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    at = datetime.fromtimestamp(exp, UTC)
+    assert verify(token, jwks, now=at - timedelta(seconds=1)).sub == "user-1"
+    with pytest.raises(InvalidAccessToken, match="expired"):
+        verify(token, jwks, now=at)
+
+    now = utcnow().replace(microsecond=0)
+    edge = now + timedelta(seconds=CLOCK_LEEWAY_SECONDS)
+    assert verify(sign(key, now=edge), jwks, now=now).sub == "user-1"
+    with pytest.raises(InvalidAccessToken, match="issued in the future"):
+        verify(sign(key, now=edge + timedelta(seconds=1)), jwks, now=now)
+    start = int(now.timestamp()) + CLOCK_LEEWAY_SECONDS
+    assert verify(resign(key, lambda c: c.update(nbf=start)), jwks, now=now).sub == "user-1"
+    with pytest.raises(InvalidAccessToken, match="not yet valid"):
+        verify(resign(key, lambda c: c.update(nbf=start + 1)), jwks, now=now)
+
+
+def test_the_cache_checks_not_before_on_every_use(key):
+    """A token verified once, while valid, is refused from the cache at a time before its
+    ``nbf`` (a clock set back), as it would be without the cache."""
+    cache, keys = VerifiedTokenCache(), Keys(key)
+    now = utcnow().replace(microsecond=0)
+    start = int(now.timestamp())
+    token = resign(key, lambda c: c.update(iat=start - 100, nbf=start))
+    assert cached(cache, token, keys, now=now).sub == "user-1"
+    assert len(cache) == 1
+    earlier = now - timedelta(seconds=CLOCK_LEEWAY_SECONDS + 1)
+    with pytest.raises(InvalidAccessToken, match="not yet valid"):
+        cached(cache, token, keys, now=earlier)
