@@ -97,6 +97,9 @@ CONNECT_TIMEOUT_SECONDS = 5
 # SQLAlchemy's default is 30 s: a request queued that long, holding its thread, and the
 # requests behind it queued too, where a quick refusal with Retry-After sheds the load.
 REQUEST_POOL_TIMEOUT = timedelta(seconds=3)
+# An execution option for a session's connection (``reading_only``): on SQLite its transaction
+# begins as a reader's (deferred), not by taking the write lock.
+READS_ONLY = "authsvc_reads_only"
 
 
 def make_engine(
@@ -140,7 +143,10 @@ def make_engine(
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            if conn.get_execution_options().get(READS_ONLY):
+                conn.exec_driver_sql("BEGIN")  # in WAL mode a reader waits for no writer
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     if url.startswith("postgresql://"):
@@ -181,6 +187,14 @@ def _session_limits(limits: dict[str, timedelta | None]) -> Callable[[Any, Any],
         dbapi_connection.commit()  # outside autocommit, SET would end with the transaction
 
     return set_limits
+
+
+def reading_only(session: Session) -> None:
+    """Call first in a transaction that only reads. SQLite: it begins as a reader's, which in
+    WAL mode sees the last commit and waits for no writer, where every other transaction
+    begins by taking the write lock (one writer at a time) and so waits for the writer of the
+    moment. Elsewhere nothing changes."""
+    session.connection(execution_options={READS_ONLY: True})
 
 
 def limit_statements(session: Session, limit: timedelta) -> None:

@@ -15,7 +15,7 @@ from flask import Blueprint, Flask, Response, current_app, send_from_directory
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from authsvc.db import limit_statements, utcnow
+from authsvc.db import limit_statements, reading_only, utcnow
 from authsvc.errors import NotFound, Unauthenticated
 from authsvc.http.auth import bearer_token
 from authsvc.http.io import db, deps, respond, transactional
@@ -139,6 +139,7 @@ def metrics() -> Response:
     try:
         session = db()
         with session.begin():
+            reading_only(session)
             limit_statements(session, GAUGES_TIMEOUT)
             samples = detection.gauges(session, now=utcnow())
     except SQLAlchemyError as exc:

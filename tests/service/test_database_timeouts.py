@@ -7,7 +7,9 @@ rotation) run without them. On an app with its own engine and real commits."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -133,3 +135,33 @@ def test_the_limits_are_the_web_apps_not_the_workers_or_the_commands(settings, p
     finally:
         runtime.dispose()
         command.dispose()
+
+
+def test_a_scrape_reads_its_gauges_beside_a_writer_on_sqlite(settings, scratch_database_url):
+    """SQLite takes one writer at a time, and a transaction that may write begins by waiting
+    for the write lock (up to its 30 s busy timeout). The gauges of /metrics only read: they
+    begin a reader's transaction, which in WAL mode waits for no writer (a campaign's batch,
+    a migration), and the scrape answers at once. (PostgreSQL bounds the gauges' statements
+    instead: tests/http/test_metrics.py.)"""
+    if not scratch_database_url.startswith("sqlite"):
+        pytest.skip("SQLite's single writer; PostgreSQL's bound is tested with /metrics")
+    upgrade(scratch_database_url)
+    token = "prometheus-scrape-token-0123456789abcdef"
+    for app in app_with_ada(settings, scratch_database_url, metrics_token=token):
+        client = ContractClient(app)
+        holder = sqlite3.connect(make_url(scratch_database_url).database, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # a writer that takes its time
+        try:
+            response = answered_within(
+                5,
+                functools.partial(
+                    client.get, "/metrics", headers={"Authorization": f"Bearer {token}"}
+                ),
+            )
+        finally:
+            holder.rollback()
+            holder.close()
+        assert response.status_code == 200
+        assert "authsvc_outbox_pending 0.0" in response.get_data(as_text=True)
+        # A request that writes still waits for the writer, and goes on once it is done.
+        assert client.post("/v1/login", json=CREDENTIALS).status_code == 200
