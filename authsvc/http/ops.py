@@ -101,6 +101,7 @@ def _check_readiness(app: Flask, checks: dict[str, bool]) -> None:
     try:
         # Through the app's sessionmaker, like every request: the same pool and bind.
         with state.sessionmaker() as session:
+            reading_only(session)  # SQLite: beside a writer too
             connection = session.connection()
             # Reachable, and taking writes: a PostgreSQL standby (a primary demoted in a
             # failover) answers every query but refuses every login.

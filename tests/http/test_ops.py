@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from html.parser import HTMLParser
+from typing import Any
 
 import jwt
 import pytest
@@ -20,7 +22,7 @@ from sqlalchemy import event, text, update
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.app import create_app
-from authsvc.db import make_engine, utcnow
+from authsvc.db import utcnow
 from authsvc.http.ops import READINESS_WAIT_SECONDS
 from authsvc.models import SigningKey
 from authsvc.services import signing
@@ -78,17 +80,22 @@ def test_readyz_is_503_when_the_database_is_unreachable(settings, tmp_path):
 def hanging_check(settings, engine, connection, tmp_path) -> Iterator[Flask]:
     """An app whose readiness check waits for as long as the test wants, as it waits for a
     database that stopped answering: its query waits for a lock another connection holds
-    (PostgreSQL: the migrations' table; SQLite: the write lock its transactions begin with)."""
+    (PostgreSQL: the migrations' table; SQLite: a writer in exclusive locking mode, which
+    keeps readers out too)."""
+    holder: Any
     if engine.dialect.name == "postgresql":
         app = create_app(settings, bind=connection)
         holder = engine.connect()
         holder.execute(text("SET lock_timeout = '10s'"))
         holder.execute(text("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE"))
     else:
-        url = f"sqlite:///{tmp_path / 'locked.db'}"
-        app = create_app(dataclasses.replace(settings, database_url=url))
-        holder = make_engine(url).connect()
-        holder.begin()  # BEGIN IMMEDIATE
+        path = tmp_path / "locked.db"
+        app = create_app(dataclasses.replace(settings, database_url=f"sqlite:///{path}"))
+        app.extensions["authsvc"].engine.dispose()  # no connection of its own open meanwhile
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("CREATE TABLE held (x)")  # written: the lock keeps readers out
     app.test_client_class = ContractClient
     try:
         yield app

@@ -137,12 +137,13 @@ def test_the_limits_are_the_web_apps_not_the_workers_or_the_commands(settings, p
         command.dispose()
 
 
-def test_a_scrape_reads_its_gauges_beside_a_writer_on_sqlite(settings, scratch_database_url):
+def test_scrapes_and_probes_read_beside_a_writer_on_sqlite(settings, scratch_database_url):
     """SQLite takes one writer at a time, and a transaction that may write begins by waiting
-    for the write lock (up to its 30 s busy timeout). The gauges of /metrics only read: they
-    begin a reader's transaction, which in WAL mode waits for no writer (a campaign's batch,
-    a migration), and the scrape answers at once. (PostgreSQL bounds the gauges' statements
-    instead: tests/http/test_metrics.py.)"""
+    for the write lock (up to its 30 s busy timeout). The gauges of /metrics and the readiness
+    check only read: they begin a reader's transaction, which in WAL mode waits for no writer
+    (a campaign's batch, a migration), and both answer at once; /readyz said not ready while
+    a writer held the database. (PostgreSQL bounds the gauges' statements instead:
+    tests/http/test_metrics.py.)"""
     if not scratch_database_url.startswith("sqlite"):
         pytest.skip("SQLite's single writer; PostgreSQL's bound is tested with /metrics")
     upgrade(scratch_database_url)
@@ -158,10 +159,12 @@ def test_a_scrape_reads_its_gauges_beside_a_writer_on_sqlite(settings, scratch_d
                     client.get, "/metrics", headers={"Authorization": f"Bearer {token}"}
                 ),
             )
+            ready = answered_within(5, functools.partial(client.get, "/readyz"))
         finally:
             holder.rollback()
             holder.close()
         assert response.status_code == 200
         assert "authsvc_outbox_pending 0.0" in response.get_data(as_text=True)
+        assert ready.status_code == 200, ready.get_json()
         # A request that writes still waits for the writer, and goes on once it is done.
         assert client.post("/v1/login", json=CREDENTIALS).status_code == 200
