@@ -254,7 +254,8 @@ def create_app(
 ) -> Flask:
     settings = settings or Settings.from_env()
     runtime = build_runtime(settings, bind=bind, metrics_dir=metrics_dir, serves_requests=True)
-    app = Flask("authsvc")
+    # No static folder: Flask would add a /static/<filename> route that openapi.yaml has not.
+    app = Flask("authsvc", static_folder=None)
     # Flask reads FLASK_DEBUG from the environment by itself; with it, `serve --dev` ran
     # Werkzeug's interactive debugger (a Python console in the browser). Nothing turns it on.
     app.debug = False
