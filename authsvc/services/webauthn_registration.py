@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session as DbSession
 from authsvc.crypto import webauthn as wa
 from authsvc.errors import (
     AuthenticatorNotAllowed,
-    Conflict,
     CredentialExists,
+    FactorLimitReached,
     InvalidChallenge,
     InvalidWebauthnResponse,
     Unauthenticated,
@@ -79,7 +79,9 @@ def registration_options(
         raise Unauthenticated("The account no longer exists")
     rows = webauthn.credentials_of(session, user_id)
     if len(rows) >= settings.webauthn_max_credentials:
-        raise Conflict(f"At most {settings.webauthn_max_credentials} security keys per account")
+        raise FactorLimitReached(
+            f"At most {settings.webauthn_max_credentials} security keys per account"
+        )
     handle = rows[0].user_handle if rows else wa.new_user_handle()
     webauthn.keep_newest_registrations(session, user_id=user_id)
     _, challenge = webauthn.issue_challenge(
@@ -183,7 +185,9 @@ def _verify_registration(
         raise CredentialExists()
     rows = webauthn.credentials_of(session, user_id)
     if len(rows) >= settings.webauthn_max_credentials:
-        raise Conflict(f"At most {settings.webauthn_max_credentials} security keys per account")
+        raise FactorLimitReached(
+            f"At most {settings.webauthn_max_credentials} security keys per account"
+        )
     # The handle this authenticator was given in this ceremony, which it will answer with at a
     # passkey login: another ceremony opened before the first key existed handed out another.
     handle = challenge.user_handle or (rows[0].user_handle if rows else b"")

@@ -394,8 +394,26 @@ def test_too_many_keys(app, client, api):
     access = signed_in(api)
     enroll(client, access, SoftAuthenticator())
     response = client.post(OPTIONS, json={"name": "another"}, headers=bearer(access))
+    # The code of the TOTP limit too: one for every kind of factor.
     assert response.status_code == 409
-    assert response.get_json()["code"] == "conflict"
+    assert response.get_json()["code"] == "factor_limit_reached"
+
+
+def test_a_key_beyond_the_limit_is_refused_at_registration_too(app, client, api):
+    # Options asked for before another key took the last place.
+    _policy(app, webauthn_max_credentials=1)
+    access = signed_in(api)
+    later = _options(client, access)
+    enroll(client, access, SoftAuthenticator())
+
+    response = client.post(
+        REGISTER,
+        json={"credential": SoftAuthenticator().register(later), "name": "Green key"},
+        headers=bearer(access),
+    )
+
+    assert response.status_code == 409
+    assert response.get_json()["code"] == "factor_limit_reached"
 
 
 def test_an_account_holds_a_few_registration_challenges_at_most(app, client, api):
