@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import email
 import email.policy
+import functools
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from flask import Flask
 from flask.testing import EnvironBuilder as FlaskEnvironBuilder
 from flask.testing import FlaskClient
@@ -147,6 +149,13 @@ class ContractClient(FlaskClient):
             ContractClient.spec.validate_response(
                 WerkzeugOpenAPIRequest(bare), WerkzeugOpenAPIResponse(response)
             )
+            if response.mimetype == "application/problem+json":
+                code = json.loads(response.get_data())["code"]
+                documented = documented_codes(self.application, original, response.status_code)
+                assert code in documented, (
+                    f"{original.method} {original.path} answered {response.status_code} {code!r}, "
+                    "which openapi.yaml does not name for that route"
+                )
         return response
 
     def _copy_of_request(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Request | None:
@@ -165,6 +174,49 @@ class ContractClient(FlaskClient):
 
 
 _UNDOCUMENTED = frozenset()
+
+
+@functools.cache
+def _openapi_document() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "openapi.yaml").read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+
+def _texts(node: Any, document: dict[str, Any]) -> Iterator[str]:
+    """Every string under ``node``, with each $ref followed."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref":
+                target: Any = document
+                for part in value.removeprefix("#/").split("/"):
+                    target = target[part]
+                yield from _texts(target, document)
+            else:
+                yield from _texts(value, document)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _texts(value, document)
+    elif isinstance(node, str):
+        yield node
+
+
+def documented_codes(app: Flask, request: Request, status: int) -> set[str]:
+    """The problem codes openapi.yaml names, as `code`, for one route and status: in the
+    operation's own text and request body, the response it declares for the status, and the
+    security schemes it takes."""
+    rule, _ = app.url_map.bind("authsvc").match(request.path, request.method, return_rule=True)
+    path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
+    document = _openapi_document()
+    operation = document["paths"][path][request.method.lower()]
+    schemes = document["components"]["securitySchemes"]
+    parts = [
+        operation.get("summary", ""),
+        operation.get("description", ""),
+        operation.get("requestBody", {}),
+        operation["responses"].get(str(status), {}),
+        [schemes[name] for option in operation.get("security", []) for name in option],
+    ]
+    text = "\n".join(_texts(parts, document))
+    return set(re.findall(r"`([a-z_]+)`", text))
 
 
 @pytest.fixture(autouse=True)
