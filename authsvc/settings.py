@@ -230,6 +230,19 @@ class Settings:
             out.append("AUTHSVC_TOTP_ISSUER must not be empty or contain a colon")
         if self.session_idle_timeout < self.access_token_ttl:
             out.append("AUTHSVC_SESSION_IDLE_TIMEOUT must be >= AUTHSVC_ACCESS_TOKEN_TTL")
+        if self.refresh_token_ttl < self.access_token_ttl:
+            # Every session would end before its first refresh.
+            out.append("AUTHSVC_REFRESH_TOKEN_TTL must be >= AUTHSVC_ACCESS_TOKEN_TTL")
+        for name in _STEPS_OF_A_PERSON:
+            if getattr(self, name) < MIN_STEP:
+                # A link, a login's second step or a forced change that ends before anyone
+                # could use it would refuse every use, silently.
+                out.append(f"AUTHSVC_{name.upper()} must be at least 1m")
+        for name in ("totp_max_factors", "webauthn_max_credentials"):
+            if getattr(self, name) < 1:
+                out.append(f"AUTHSVC_{name.upper()} must be >= 1")
+        if self.breach_upload_max_bytes < 1024:
+            out.append("AUTHSVC_BREACH_UPLOAD_MAX_BYTES must be >= 1024")
         if not _one_address(self.mail_from):
             # Each mail would fail to build (a line break) or be refused by the server, and be
             # retried without end: no link and no security notice would go out.
@@ -409,6 +422,18 @@ MAX_DURATION = timedelta(days=36_500)
 MAX_EXCHANGE_SECONDS = 60.0
 # PostgreSQL's lock_timeout and statement_timeout are integer milliseconds (at most 24.8 days).
 MIN_DB_TIMEOUT = timedelta(milliseconds=100)
+# Lifetimes of what a person has to act on: a mailed link, a login's second step, a forced
+# password change, an unconfirmed authenticator app, the re-authentication window.
+_STEPS_OF_A_PERSON = (
+    "verification_token_ttl",
+    "reset_token_ttl",
+    "breach_notice_token_ttl",
+    "change_token_ttl",
+    "mfa_token_ttl",
+    "totp_pending_ttl",
+    "reauth_window",
+)
+MIN_STEP = timedelta(minutes=1)
 MAX_DB_TIMEOUT = timedelta(days=1)
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 

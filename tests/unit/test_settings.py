@@ -221,6 +221,55 @@ def test_every_problem_is_reported_at_once():
 
 
 @pytest.mark.parametrize(
+    "name",
+    [
+        "verification_token_ttl",
+        "reset_token_ttl",
+        "breach_notice_token_ttl",
+        "change_token_ttl",
+        "mfa_token_ttl",
+        "totp_pending_ttl",
+        "reauth_window",
+    ],
+)
+@pytest.mark.parametrize("raw", ["0", "30s"])
+def test_a_step_a_person_takes_has_at_least_a_minute(name, raw):
+    # A mailed link, a login's second step or a forced change that ends at once (or before
+    # anyone could type a code) refused every use of it, silently.
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(**{name: raw})
+
+    assert excinfo.value.problems == [f"AUTHSVC_{name.upper()} must be at least 1m"]
+    assert getattr(from_env(**{name: "1m"}), name) == timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        # A session ended before its first refresh: every login good for one access token.
+        (
+            {"refresh_token_ttl": "0"},
+            "AUTHSVC_REFRESH_TOKEN_TTL must be >= AUTHSVC_ACCESS_TOKEN_TTL",
+        ),
+        (
+            {"refresh_token_ttl": "5m"},
+            "AUTHSVC_REFRESH_TOKEN_TTL must be >= AUTHSVC_ACCESS_TOKEN_TTL",
+        ),
+        # No factor of that kind could ever be added.
+        ({"totp_max_factors": "0"}, "AUTHSVC_TOTP_MAX_FACTORS must be >= 1"),
+        ({"webauthn_max_credentials": "-1"}, "AUTHSVC_WEBAUTHN_MAX_CREDENTIALS must be >= 1"),
+        # Every upload answered 413.
+        ({"breach_upload_max_bytes": "0"}, "AUTHSVC_BREACH_UPLOAD_MAX_BYTES must be >= 1024"),
+    ],
+)
+def test_limits_that_would_refuse_every_use_are_refused(changes, problem):
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(**changes)
+
+    assert excinfo.value.problems == [problem]
+
+
+@pytest.mark.parametrize(
     "changes",
     [
         {"password_min_length": "7"},
