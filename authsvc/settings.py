@@ -197,9 +197,13 @@ class Settings:
                 "AUTHSVC_ARGON2_*: parallelism 1 to 255, memory 8 KiB per lane up to 4 GiB, "
                 f"time cost 1 to {MAX_ARGON2_TIME_COST}"
             )
-        if self.max_concurrent_hashes < 1 or self.hash_queue_timeout < 0:
+        if (
+            self.max_concurrent_hashes < 1
+            or not 0 <= self.hash_queue_timeout <= MAX_HASH_QUEUE_TIMEOUT
+        ):
             out.append(
-                "AUTHSVC_MAX_CONCURRENT_HASHES must be >= 1 and AUTHSVC_HASH_QUEUE_TIMEOUT >= 0"
+                "AUTHSVC_MAX_CONCURRENT_HASHES must be >= 1 and AUTHSVC_HASH_QUEUE_TIMEOUT from 0 "
+                f"to {MAX_HASH_QUEUE_TIMEOUT:g} (seconds)"
             )
         if not all(
             limit == timedelta(0) or MIN_DB_TIMEOUT <= limit <= MAX_DB_TIMEOUT
@@ -250,8 +254,11 @@ class Settings:
                 "AUTHSVC_MAIL_FROM must be one address on one line, such as "
                 "'authsvc <no-reply@example.com>'"
             )
-        if self.breach_batch_size < 1 or not self.notify_rate_per_second > 0:
-            out.append("AUTHSVC_BREACH_BATCH_SIZE and AUTHSVC_NOTIFY_RATE_PER_SECOND must be > 0")
+        if self.breach_batch_size < 1 or not self.notify_rate_per_second >= MIN_NOTIFY_RATE:
+            out.append(
+                "AUTHSVC_BREACH_BATCH_SIZE must be > 0 and AUTHSVC_NOTIFY_RATE_PER_SECOND at least "
+                f"{MIN_NOTIFY_RATE:g} (one notice every {1 / MIN_NOTIFY_RATE:g} s)"
+            )
         for name in ("limit_ip", "limit_email", "limit_ip_email", "limit_failures_per_account"):
             if not _RATE_LIMIT.fullmatch(getattr(self, name)):
                 out.append(f"AUTHSVC_{name.upper()} must look like '10/minute' or '100 per day'")
@@ -422,6 +429,12 @@ MAX_DURATION = timedelta(days=36_500)
 MAX_EXCHANGE_SECONDS = 60.0
 # PostgreSQL's lock_timeout and statement_timeout are integer milliseconds (at most 24.8 days).
 MIN_DB_TIMEOUT = timedelta(milliseconds=100)
+# Waits computed from settings, kept where they work: a request that waits longer for a
+# hashing slot has been given up by its client, and beyond threading.TIMEOUT_MAX the wait
+# raises OverflowError; a notice job waits 1/rate seconds after each notice, and a rate
+# near 0 put its next run beyond the year 9999 (OverflowError in the job, retried for ever).
+MAX_HASH_QUEUE_TIMEOUT = 60.0
+MIN_NOTIFY_RATE = 0.01
 # Lifetimes of what a person has to act on: a mailed link, a login's second step, a forced
 # password change, an unconfirmed authenticator app, the re-authentication window.
 _STEPS_OF_A_PERSON = (

@@ -270,6 +270,37 @@ def test_limits_that_would_refuse_every_use_are_refused(changes, problem):
 
 
 @pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        # A wait for a busy hashing slot beyond threading.TIMEOUT_MAX raised OverflowError:
+        # every login answered 500 while another hashed.
+        (
+            {"hash_queue_timeout": "1e10"},
+            "AUTHSVC_MAX_CONCURRENT_HASHES must be >= 1 and AUTHSVC_HASH_QUEUE_TIMEOUT from 0 "
+            "to 60 (seconds)",
+        ),
+        # A breach notice job's next run (one notice, then 1/rate seconds) left the calendar.
+        (
+            {"notify_rate_per_second": "1e-12"},
+            "AUTHSVC_BREACH_BATCH_SIZE must be > 0 and AUTHSVC_NOTIFY_RATE_PER_SECOND at least "
+            "0.01 (one notice every 100 s)",
+        ),
+    ],
+)
+def test_waits_that_would_overflow_at_run_time_are_refused(changes, problem):
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(**changes)
+
+    assert excinfo.value.problems == [problem]
+
+
+def test_the_longest_waits_allowed():
+    settings = from_env(hash_queue_timeout="60", notify_rate_per_second="0.01")
+
+    assert (settings.hash_queue_timeout, settings.notify_rate_per_second) == (60, 0.01)
+
+
+@pytest.mark.parametrize(
     "changes",
     [
         {"password_min_length": "7"},
