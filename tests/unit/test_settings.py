@@ -93,7 +93,7 @@ def test_a_variable_that_names_no_setting_is_refused_with_the_likely_name():
     ],
 )
 def test_durations(raw, expected):
-    assert from_env(audit_retention=raw).audit_retention == expected
+    assert from_env(alert_cooldown=raw).alert_cooldown == expected
 
 
 @pytest.mark.parametrize(
@@ -298,6 +298,20 @@ def test_the_longest_waits_allowed():
     settings = from_env(hash_queue_timeout="60", notify_rate_per_second="0.01")
 
     assert (settings.hash_queue_timeout, settings.notify_rate_per_second) == (60, 0.01)
+
+
+@pytest.mark.parametrize("raw", ["400", "1h", "23h"])
+def test_an_audit_retention_keeps_at_least_a_day(raw):
+    # "400" is 400 seconds: `authsvc audit prune` would have deleted all but the last minutes
+    # of the trail, which its own --before and --older-than refuse.
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(audit_retention=raw)
+
+    assert excinfo.value.problems == [
+        "AUTHSVC_AUDIT_RETENTION must be 0 (keep every event) or at least 1d"
+    ]
+    assert from_env(audit_retention="1d").audit_retention == timedelta(days=1)
+    assert from_env(audit_retention="0").audit_retention == timedelta(0)
 
 
 @pytest.mark.parametrize(
