@@ -369,8 +369,11 @@ class Settings:
                         f"AUTHSVC_WEBAUTHN_ORIGINS: {origin!r} is not on AUTHSVC_WEBAUTHN_RP_ID "
                         f"{self.webauthn_rp_id!r} or one of its subdomains"
                     )
-        if self.webauthn_challenge_ttl.total_seconds() < 10:
-            out.append("AUTHSVC_WEBAUTHN_CHALLENGE_TTL must be at least 10s")
+        if not timedelta(seconds=10) <= self.webauthn_challenge_ttl <= timedelta(minutes=10):
+            # It is the options' timeout too, which browsers keep within 10 s and 10 minutes:
+            # a longer challenge only outlives every ceremony that could answer it (and a
+            # timeout past 2**32 ms wraps around).
+            out.append("AUTHSVC_WEBAUTHN_CHALLENGE_TTL must be from 10s to 10m")
         return out
 
     def _detection_problems(self) -> list[str]:

@@ -229,6 +229,10 @@ def test_factor_listing_and_management(db_session, deps, ada, make_user, now, ca
         ({"AUTHSVC_WEBAUTHN_AAGUID_ALLOW": "not-a-uuid"}, "AAGUID"),
         ({"AUTHSVC_WEBAUTHN_ORIGINS": ""}, "must not be empty"),
         ({"AUTHSVC_WEBAUTHN_CHALLENGE_TTL": "1s"}, "CHALLENGE_TTL"),
+        # The options' timeout in milliseconds: browsers end a ceremony after 10 minutes at
+        # most, and read a number past 2**32 modulo 2**32 (36500d became 12.6 days).
+        ({"AUTHSVC_WEBAUTHN_CHALLENGE_TTL": "11m"}, "CHALLENGE_TTL"),
+        ({"AUTHSVC_WEBAUTHN_CHALLENGE_TTL": "36500d"}, "CHALLENGE_TTL"),
         ({"AUTHSVC_WEBAUTHN_ATTESTATION": "direct"}, "ATTESTATION_ROOTS"),
     ],
 )
@@ -244,13 +248,13 @@ def test_policy_settings_parse():
             "AUTHSVC_WEBAUTHN_AAGUID_ALLOW": "cb69481e-8ff7-4039-93ec-0a2729a154a8, "
             "ee882879-721c-4913-9775-3dfcce97072a",
             "AUTHSVC_WEBAUTHN_ALLOW_BACKUP_ELIGIBLE": "false",
-            "AUTHSVC_WEBAUTHN_CHALLENGE_TTL": "2m",
+            "AUTHSVC_WEBAUTHN_CHALLENGE_TTL": "10m",
             "AUTHSVC_WEBAUTHN_ON_COUNTER_REGRESSION": "flag",
         }
     )
     assert len(settings.webauthn_aaguid_allow) == 2
     assert settings.webauthn_allow_backup_eligible is False
-    assert settings.webauthn_challenge_ttl == timedelta(minutes=2)
+    assert settings.webauthn_challenge_ttl == timedelta(minutes=10)
     assert settings.webauthn_on_counter_regression == "flag"
 
 
