@@ -717,6 +717,60 @@ def test_the_readme_table_names_every_setting_and_only_settings():
     assert sorted(listed - known) == []
 
 
+def _readme_defaults() -> list[tuple[str, str]]:
+    """(variable, default cell) of each setting README's table names: a row of several names
+    gives as many defaults, separated by " / " or ", ", or one for all of them."""
+    known = {f"AUTHSVC_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+    pairs = []
+    for row in _readme_settings_table():
+        cell, defaults_cell = row.split("|")[1:3]
+        names = re.findall(r"`(AUTHSVC_[A-Z0-9_]+|_[A-Z0-9_]+)`", cell)
+        parts = names[0].split("_")
+        full = [
+            name
+            if name.startswith("AUTHSVC_")
+            else next(iter({"_".join(parts[:cut]) + name for cut in range(1, len(parts))} & known))
+            for name in names
+        ]
+        defaults = re.split(r" / |, ", defaults_cell.strip())
+        if len(full) == 1 or len(defaults) == 1:
+            defaults = [defaults_cell.strip()] * len(full)
+        assert len(defaults) == len(full), row
+        pairs += zip(full, defaults, strict=True)
+    return pairs
+
+
+# Defaults the table gives in words, or resolved from another setting.
+_DEFAULTS_IN_WORDS = {
+    "AUTHSVC_ENCRYPTION_KEYS": "dev keys in `var/`",
+    "AUTHSVC_UI_ENABLED": "on in development, off in production",
+}
+
+
+def test_the_readme_table_gives_every_true_default():
+    settings = Settings()
+    types = {f"AUTHSVC_{f.name.upper()}": f for f in dataclasses.fields(Settings)}
+    resolved = {
+        "AUTHSVC_DATABASE_URL": settings.resolved_database_url,
+        "AUTHSVC_BREACHED_PASSWORDS_FILE": settings.breached_passwords_path,
+    }
+    checked = set()
+    for name, cell in _readme_defaults():
+        field = types[name]
+        default = resolved.get(name, getattr(settings, field.name))
+        if name in _DEFAULTS_IN_WORDS:
+            assert cell == _DEFAULTS_IN_WORDS[name]
+        elif cell.startswith(("unset", "empty")):
+            assert default in (None, ()), name
+        else:
+            value = re.fullmatch(r"`([^`]*)`", cell)
+            assert value, f"{name}: {cell!r}"
+            kind = field.type.removesuffix(" | None")  # type: ignore[union-attr]
+            assert settings_module._parse(kind, value[1]) == default, name
+        checked.add(name)
+    assert checked == set(types)
+
+
 @pytest.mark.parametrize(
     ("rp_id", "origins"),
     [
