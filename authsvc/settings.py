@@ -107,7 +107,7 @@ class Settings:
     # Detection of guessing and stuffing: sliding windows over the audit events.
     detect_window: timedelta = timedelta(minutes=10)
     detect_emails_per_ip: int = 50  # distinct emails tried from one IP in the window
-    detect_emails_per_network: int = 200  # ... from one /24 (IPv4) or /64 (IPv6)
+    detect_emails_per_network: int = 200  # ... from one /24 (IPv4) or /48 (IPv6)
     detect_ips_per_account: int = 10  # distinct IPs failing on one account in the window
     detect_unknown_email_share: float = 0.6  # share of login attempts for unknown emails ...
     detect_unknown_email_min_attempts: int = 200  # ... once there are this many attempts
