@@ -13,6 +13,7 @@ import enum
 import math
 import os
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import timedelta
@@ -226,6 +227,18 @@ class Settings:
                 "AUTHSVC_ALERT_WEBHOOK_TIMEOUT must be > 0 and at most "
                 f"{MAX_EXCHANGE_SECONDS:g} (seconds, the limit of a whole POST)"
             )
+        short = [
+            word
+            for word in self.password_context_words
+            if len(unicodedata.normalize("NFKC", word).casefold()) < MIN_CONTEXT_WORD_LENGTH
+        ]
+        if short:
+            # The password policy leaves shorter pieces out (they would refuse too much): such
+            # a word would refuse nothing.
+            out.append(
+                f"AUTHSVC_PASSWORD_CONTEXT_WORDS: {', '.join(map(repr, short))}: each word must "
+                f"be at least {MIN_CONTEXT_WORD_LENGTH} characters"
+            )
         if self.log_level.upper() not in _LOG_LEVELS:
             out.append("AUTHSVC_LOG_LEVEL must be one of " + ", ".join(_LOG_LEVELS))
         out.extend(self._store_problems())
@@ -426,6 +439,8 @@ MAX_ARGON2_TIME_COST = 20
 # The longest password field a request may carry (http.public.PASSWORD_MAX): a longer policy
 # would answer passwords it admits with 400 invalid_request.
 MAX_PASSWORD_LENGTH = 1024
+# The shortest word the password policy refuses inside a password (crypto.blocklist).
+MIN_CONTEXT_WORD_LENGTH = 4
 # One item of the `limits` notation: "10/minute", "100 per day", "5/2 hours".
 _RATE_LIMIT = re.compile(
     r"^\s*[1-9][0-9]*\s*(/|per)\s*([1-9][0-9]*\s*)?(second|minute|hour|day|month|year)s?\s*$"

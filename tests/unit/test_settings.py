@@ -14,7 +14,7 @@ import pytest
 
 from authsvc import deadline
 from authsvc import settings as settings_module
-from authsvc.crypto import passwords
+from authsvc.crypto import blocklist, passwords
 from authsvc.crypto.keyring import generate_key_spec
 from authsvc.http import public
 from authsvc.settings import ConfigError, Env, Settings
@@ -669,6 +669,25 @@ def test_generated_keys_are_accepted():
 def test_the_longest_password_policy_is_what_a_request_may_carry():
     assert settings_module.MAX_PASSWORD_LENGTH == public.PASSWORD_MAX
     assert from_env(password_max_length="1024").password_max_length == 1024
+
+
+@pytest.mark.parametrize("words", ["Acme, IBM", "ab", "Acme,\uff21\uff37\uff33"])
+def test_a_context_word_that_would_be_left_out_is_refused(words):
+    # Pieces shorter than four characters are no context words (crypto.blocklist): such a
+    # word was accepted and refused nothing (fullwidth AWS is AWS after NFKC).
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(password_context_words=words)
+
+    [problem] = excinfo.value.problems
+    assert problem.startswith("AUTHSVC_PASSWORD_CONTEXT_WORDS: ")
+    assert "at least 4 characters" in problem
+
+
+def test_context_words_are_as_long_as_the_policy_takes():
+    assert settings_module.MIN_CONTEXT_WORD_LENGTH == blocklist.CONTEXT_WORD_MIN_LENGTH
+    fullwidth_gizmo = "\uff27\uff49\uff5a\uff4d\uff4f"
+    words = from_env(password_context_words=f"Acme, {fullwidth_gizmo}").password_context_words
+    assert blocklist.context_words(words) == {"acme", "gizmo"}
 
 
 def test_the_argon2_bounds_are_those_stored_hashes_are_verified_within():
