@@ -447,17 +447,21 @@ def force_reset(
     )
     _validate(request)
     _lock_creation(session)
-    campaign_id = _create(
-        session,
-        deps,
-        request=request,
-        creator=creator,
-        client=client,
-        now=now,
-        origin="force_reset",
-        idempotency_key=None,
-        fingerprint=_fingerprint(request),
-    ).id
+    try:
+        campaign_id = _create(
+            session,
+            deps,
+            request=request,
+            creator=creator,
+            client=client,
+            now=now,
+            origin="force_reset",
+            idempotency_key=None,
+            fingerprint=_fingerprint(request),
+        ).id
+    except NoTargets:
+        # Deleted by another request since it was read above: not found, as it would be now.
+        raise NotFound("No such user") from None
     while not batches.run_next_batch(session, deps, campaign_id=campaign_id, now=now).finished:
         pass
     audit.record(

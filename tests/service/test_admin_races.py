@@ -8,12 +8,14 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from authsvc.crypto import totp as otp
 from authsvc.db import make_autocommit_engine
+from authsvc.errors import NotFound
 from authsvc.models import AdminKey, Session, User
-from authsvc.services import admin, factors, login, mfa_management, totp
+from authsvc.services import admin, breach, factors, login, mfa_management, totp
+from authsvc.services.breach import Creator
 from tests.service.conftest import issue_mfa_token
 from tests.service.test_password_races import _attempt
 from tests.service.test_session_races import PARALLEL, _at_once, _events
@@ -117,6 +119,33 @@ def test_an_account_deleted_during_its_mfa_step_is_deleted_after_it(
     assert outcomes == {"mfa": "ok", "delete": "ok"}
     with committed() as session:
         assert session.scalar(select(User.id)) is None
+
+
+def test_a_force_reset_of_an_account_deleted_meanwhile_is_not_found(
+    committed, deps, caller, now, monkeypatch
+):
+    # The account is read, then deleted by another request before the one-account campaign
+    # looks for it: that campaign matched no account and answered 422 no_targets, a status
+    # openapi.yaml does not give the route.
+    user_id = _account(committed, now)
+    with committed() as session:
+        if session.get_bind().dialect.name != "postgresql":
+            pytest.skip("SQLite serialises writers: the deletion waits for the reset")
+    lock_creation = breach._lock_creation
+
+    def deleted_meanwhile(session) -> None:
+        with committed.begin() as other:
+            other.execute(delete(User).where(User.id == user_id))
+        lock_creation(session)
+
+    monkeypatch.setattr(breach, "_lock_creation", deleted_meanwhile)
+
+    with committed() as session, pytest.raises(NotFound):
+        breach.force_reset(
+            session, deps, user_id=user_id, mode="invalidate", revoke_sessions=True,
+            reset_mfa=False, notify=False, reason="phished", creator=Creator(name="ops",
+            key_id=None), client=caller, now=now,
+        )  # fmt: skip
 
 
 def test_an_account_disabled_during_its_enrollment_step_keeps_no_session(
