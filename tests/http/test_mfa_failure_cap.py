@@ -44,3 +44,23 @@ def test_wrong_codes_per_account_are_capped_per_day_on_every_path(api, client, c
         select(AuditEvent.outcome).where(AuditEvent.type == "ratelimit.hit")
     ).all()
     assert hits == ["mfa_failures", "mfa_failures"]
+
+
+def test_recovery_codes_count_against_the_same_daily_cap(api, client):
+    # One counter for TOTP and recovery codes: two kinds of guesses do not make two caps.
+    factor = enable_totp(api)
+    wrong_recovery = "0" * 24
+    statuses = []
+    for _ in range(2):
+        token = mfa_token(api)
+        statuses += [
+            second_step(client, token, recovery_code=wrong_recovery).status_code for _ in range(2)
+        ]
+    token = mfa_token(api)
+    statuses += [second_step(client, token, totp_code=wrong_code(factor["secret"])).status_code]
+    statuses += [second_step(client, token, recovery_code=wrong_recovery).status_code]
+
+    right = second_step(client, mfa_token(api), recovery_code=factor["recovery_codes"][0])
+
+    assert statuses == [401] * 6
+    assert (right.status_code, right.get_json()["code"]) == (429, "rate_limited")
