@@ -220,8 +220,11 @@ class Settings:
             # Tokens would be issued with an empty aud, which no verifier (PyJWT here) accepts:
             # every login would succeed and every bearer request answer 401.
             out.append("AUTHSVC_JWT_AUDIENCE must not be empty")
-        if not self.outbox_poll_interval > 0:
-            out.append("AUTHSVC_OUTBOX_POLL_INTERVAL must be > 0")
+        if not MIN_POLL_INTERVAL <= self.outbox_poll_interval <= MAX_POLL_INTERVAL:
+            out.append(
+                f"AUTHSVC_OUTBOX_POLL_INTERVAL must be from {MIN_POLL_INTERVAL:g} to "
+                f"{MAX_POLL_INTERVAL:g} (seconds)"
+            )
         if not 0 < self.alert_webhook_timeout <= MAX_EXCHANGE_SECONDS:
             out.append(
                 "AUTHSVC_ALERT_WEBHOOK_TIMEOUT must be > 0 and at most "
@@ -456,6 +459,11 @@ MIN_DB_TIMEOUT = timedelta(milliseconds=100)
 # raises OverflowError; a notice job waits 1/rate seconds after each notice, and a rate
 # near 0 put its next run beyond the year 9999 (OverflowError in the job, retried for ever).
 MAX_HASH_QUEUE_TIMEOUT = 60.0
+# An idle outbox loop's wait between polls: shorter polls the database in a busy loop; the
+# housekeeping sweep (mail.worker.SWEEP_EVERY, 10 minutes) wakes it anyway, and a minute is
+# as long as a reset link should wait.
+MIN_POLL_INTERVAL = 0.01
+MAX_POLL_INTERVAL = 60.0
 MIN_NOTIFY_RATE = 0.01
 # Lifetimes of what a person has to act on: a mailed link, a login's second step, a forced
 # password change, an unconfirmed authenticator app, the re-authentication window.

@@ -294,6 +294,20 @@ def test_waits_that_would_overflow_at_run_time_are_refused(changes, problem):
     assert excinfo.value.problems == [problem]
 
 
+@pytest.mark.parametrize("raw", ["0.000001", "600", "3600"])
+def test_the_outbox_poll_interval_keeps_within_what_it_means(raw):
+    # A millionth of a second polled the database in a busy loop; past the housekeeping
+    # sweep (10 minutes), which wakes the loop, the interval was not the one in force.
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(outbox_poll_interval=raw)
+
+    assert excinfo.value.problems == [
+        "AUTHSVC_OUTBOX_POLL_INTERVAL must be from 0.01 to 60 (seconds)"
+    ]
+    assert from_env(outbox_poll_interval="0.05").outbox_poll_interval == 0.05
+    assert from_env(outbox_poll_interval="60").outbox_poll_interval == 60
+
+
 def test_the_longest_waits_allowed():
     settings = from_env(hash_queue_timeout="60", notify_rate_per_second="0.01")
 
