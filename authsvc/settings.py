@@ -372,6 +372,9 @@ class Settings:
             aaguid.fullmatch(a) for a in (*self.webauthn_aaguid_allow, *self.webauthn_aaguid_deny)
         ):
             out.append("AUTHSVC_WEBAUTHN_AAGUID_ALLOW/DENY: lower-case UUIDs, comma separated")
+        if not self.webauthn_rp_name.strip():
+            # The name authenticators show; py_webauthn refuses options without one.
+            out.append("AUTHSVC_WEBAUTHN_RP_NAME must not be empty")
         if not self.webauthn_rp_id or not self.webauthn_origins:
             out.append("AUTHSVC_WEBAUTHN_RP_ID and AUTHSVC_WEBAUTHN_ORIGINS must not be empty")
         else:

@@ -234,6 +234,9 @@ def test_factor_listing_and_management(db_session, deps, ada, make_user, now, ca
         ({"AUTHSVC_WEBAUTHN_CHALLENGE_TTL": "11m"}, "CHALLENGE_TTL"),
         ({"AUTHSVC_WEBAUTHN_CHALLENGE_TTL": "36500d"}, "CHALLENGE_TTL"),
         ({"AUTHSVC_WEBAUTHN_ATTESTATION": "direct"}, "ATTESTATION_ROOTS"),
+        # py_webauthn refuses an empty RP name: every registration's options answered 500.
+        ({"AUTHSVC_WEBAUTHN_RP_NAME": ""}, "AUTHSVC_WEBAUTHN_RP_NAME must not be empty"),
+        ({"AUTHSVC_WEBAUTHN_RP_NAME": "  "}, "AUTHSVC_WEBAUTHN_RP_NAME must not be empty"),
     ],
 )
 def test_policy_settings_are_checked(environ, problem):
