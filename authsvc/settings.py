@@ -365,6 +365,15 @@ class Settings:
                 "AUTHSVC_WEBAUTHN_ATTESTATION=direct needs "
                 "AUTHSVC_WEBAUTHN_ATTESTATION_ROOTS (a PEM file of the vendors' roots)"
             )
+        elif self.webauthn_attestation == "direct" and self.webauthn_attestation_roots is not None:
+            # Read again at every registration: one that cannot be read would answer 500.
+            try:
+                self.webauthn_attestation_roots.read_bytes()
+            except OSError as exc:
+                out.append(
+                    "AUTHSVC_WEBAUTHN_ATTESTATION_ROOTS: cannot read "
+                    f"{str(self.webauthn_attestation_roots)!r} ({exc.strerror or exc})"
+                )
         if self.webauthn_on_counter_regression not in {"reject", "flag"}:
             out.append("AUTHSVC_WEBAUTHN_ON_COUNTER_REGRESSION must be reject or flag")
         aaguid = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

@@ -28,7 +28,7 @@ from authsvc.models import (
 )
 from authsvc.schema import upgrade
 from authsvc.services import webauthn, webauthn_registration
-from authsvc.settings import Settings
+from authsvc.settings import ConfigError, Settings
 from tests.support_webauthn import SoftAuthenticator
 
 
@@ -243,6 +243,26 @@ def test_policy_settings_are_checked(environ, problem):
     with pytest.raises(Exception) as caught:
         Settings.from_env(environ)
     assert problem in str(caught.value)
+
+
+def test_attestation_roots_that_cannot_be_read_are_refused(tmp_path):
+    # Read at every registration: a missing file answered each of them 500.
+    for path in (tmp_path / "missing.pem", tmp_path):
+        with pytest.raises(ConfigError) as caught:
+            Settings.from_env(
+                {
+                    "AUTHSVC_WEBAUTHN_ATTESTATION": "direct",
+                    "AUTHSVC_WEBAUTHN_ATTESTATION_ROOTS": str(path),
+                }
+            )
+        [problem] = caught.value.problems
+        assert problem.startswith("AUTHSVC_WEBAUTHN_ATTESTATION_ROOTS: cannot read ")
+    roots = tmp_path / "roots.pem"
+    roots.write_bytes(b"")  # readable, no certificate: accepts no key, as documented
+    settings = Settings.from_env(
+        {"AUTHSVC_WEBAUTHN_ATTESTATION": "direct", "AUTHSVC_WEBAUTHN_ATTESTATION_ROOTS": str(roots)}
+    )
+    assert settings.webauthn_attestation_roots == roots
 
 
 def test_policy_settings_parse():
