@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from limits import parse as parse_limit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -280,8 +281,16 @@ class Settings:
                 f"{MIN_NOTIFY_RATE:g} (one notice every {1 / MIN_NOTIFY_RATE:g} s)"
             )
         for name in ("limit_ip", "limit_email", "limit_ip_email", "limit_failures_per_account"):
-            if not _RATE_LIMIT.fullmatch(getattr(self, name)):
-                out.append(f"AUTHSVC_{name.upper()} must look like '10/minute' or '100 per day'")
+            spec = getattr(self, name)
+            # A longer period is an expiry Redis refuses: every request it throttles fails.
+            if (
+                not _RATE_LIMIT.fullmatch(spec)
+                or parse_limit(spec).get_expiry() > MAX_DURATION.total_seconds()
+            ):
+                out.append(
+                    f"AUTHSVC_{name.upper()} must look like '10/minute' or '100 per day', with "
+                    f"a period of at most {MAX_DURATION.days} days"
+                )
         if not all(_ORIGIN.fullmatch(origin) for origin in self.cors_origins):
             # flask-cors reads "*" as every origin and other strings as patterns.
             out.append("AUTHSVC_CORS_ORIGINS: origins like https://app.example.com, no wildcard")

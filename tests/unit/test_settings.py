@@ -308,6 +308,18 @@ def test_the_outbox_poll_interval_keeps_within_what_it_means(raw):
     assert from_env(outbox_poll_interval="60").outbox_poll_interval == 60
 
 
+def test_a_limit_period_stays_within_the_longest_duration():
+    # Redis refuses an expiry that long (ResponseError): every throttled request answered 503.
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(limit_ip="10/99999999999 years")
+
+    assert excinfo.value.problems == [
+        "AUTHSVC_LIMIT_IP must look like '10/minute' or '100 per day', with a period of at "
+        "most 36500 days"
+    ]
+    assert from_env(limit_ip="10/100 years").limit_ip == "10/100 years"
+
+
 def test_the_longest_waits_allowed():
     settings = from_env(hash_queue_timeout="60", notify_rate_per_second="0.01")
 
