@@ -89,7 +89,9 @@ class BreachTarget(Base):
     that pass's time: the account was flagged by then) or before the batches that flag them.
     ``notice_queued_at`` is set when a notice ticket was queued for the account; ``notified_at``
     when the ticket issued its reset link and queued the mail (at most once, by a conditional
-    UPDATE). ``reset_at`` is set when the user next sets a password.
+    UPDATE). ``reset_at`` is set when the user next sets a password. ``factors_removed_at`` is
+    set when a campaign with ``reset_mfa`` removed the account's second factors (it had one):
+    an account it gives no notice gets a mail saying so instead.
     """
 
     __tablename__ = "breach_targets"
@@ -118,3 +120,4 @@ class BreachTarget(Base):
     notice_queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     reset_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    factors_removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -12,7 +12,9 @@ the progress of in the same transaction:
   flags its accounts not flagged yet (list selectors; accounts the walk missed; every account
   where there was no walk) and stamps their target rows, then revokes the sessions and pending
   login steps of all of them and removes their second factors. Each effect is one SQL
-  statement over the range.
+  statement over the range. An account whose factors it removed and that has no notice queued
+  (its user set a new password between the walk and the enrolment) is mailed about the
+  removed factors (``breach_notices.mail_factors_removed``).
 
 So every targeted account is flagged exactly once, and a batch is applied entirely or not at
 all. Cancelling (or failing) stops the flagging; a campaign that walked still finishes, as its
@@ -26,7 +28,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, case, delete, exists, func, literal, select, text, update
+from sqlalchemy import (
+    Select,
+    and_,
+    case,
+    delete,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.db import UTCDateTime
@@ -39,7 +53,7 @@ from authsvc.models import (
     WebauthnCredential,
 )
 from authsvc.models.breach import BreachCampaign, BreachTarget
-from authsvc.services import audit, outbox, user_tokens
+from authsvc.services import audit, breach_notices, outbox, user_tokens
 from authsvc.services import breach_walk as walk
 from authsvc.services.breach_sql import (
     ACTIVE,
@@ -131,7 +145,7 @@ def run_next_batch(
     elif campaign.phase == "enroll":
         details = _enroll(session, campaign, size=size, now=now)
     else:
-        details = _apply(session, campaign, now=now)
+        details = _apply(session, deps, campaign, now=now)
     campaign.batches += 1
     campaign.failures = 0
     audit.record(
@@ -241,7 +255,9 @@ def _begin_apply(
     campaign.phase, campaign.cursor, campaign.boundaries = "apply", after, json.dumps(list(ends))
 
 
-def _apply(session: DbSession, campaign: BreachCampaign, *, now: datetime) -> dict[str, Any]:
+def _apply(
+    session: DbSession, deps: Deps, campaign: BreachCampaign, *, now: datetime
+) -> dict[str, Any]:
     lo = campaign.cursor or ""
     ends: list[str] = json.loads(campaign.boundaries or "[]")
     hi = ends[0] if ends else None  # None: the rest
@@ -251,12 +267,20 @@ def _apply(session: DbSession, campaign: BreachCampaign, *, now: datetime) -> di
     users = select(BreachTarget.user_id).where(
         in_range(campaign, lo, hi), BreachTarget.processed_at.is_not(None)
     )
-    # Second factors, then login steps, then sessions: the order in which the account's own
-    # reset writes them (a factor's row as its answer is checked, then accounts.set_password's
-    # tokens and sessions). These rows, of many accounts, are written without the accounts'
-    # locks, and another order deadlocked against a reset.
+    # Target rows, second factors, login steps, then sessions: the order in which the
+    # account's own reset writes them (its target rows locked first, a factor's row as its
+    # answer is checked, then accounts.set_password's tokens and sessions). These rows, of many
+    # accounts, are written without the accounts' locks, and another order deadlocked against
+    # a reset.
+    mfa: dict[str, int] = {}
     if campaign.reset_mfa:
+        removed = _stamp_factors_removed(session, campaign, lo=lo, hi=hi, now=now)
         reset_second_factors(session, users)
+        mfa = {"factors_removed": removed, "factor_notices": 0}
+        if campaign.notify and removed:
+            mfa["factor_notices"] = _mail_factors_removed(
+                session, deps, campaign, lo=lo, hi=hi, now=now
+            )
     # An account that completed its reset since it was flagged (after a walk, before its range)
     # had its login steps and sessions ended by that reset: those it has now are the new
     # password's.
@@ -275,8 +299,61 @@ def _apply(session: DbSession, campaign: BreachCampaign, *, now: datetime) -> di
         "accounts": flagged,
         "sessions_revoked": revoked,
         "notices_queued": queued,
+        **mfa,
         "user_id_range": [lo or None, hi],
     }
+
+
+def _stamp_factors_removed(
+    session: DbSession, campaign: BreachCampaign, *, lo: str, hi: str | None, now: datetime
+) -> int:
+    """Stamp ``factors_removed_at`` on the flagged targets of the range whose accounts have a
+    second factor (an authenticator app or a security key), before the batch removes them;
+    how many. The notice job reads it when it withdraws a notice."""
+    # The conditions of totp.active_exists and webauthn.credentials_exist (importing those
+    # modules here would be circular: through factors, they import what imports this one).
+    has_factor = or_(
+        exists().where(
+            TotpFactor.user_id == BreachTarget.user_id, TotpFactor.confirmed_at.is_not(None)
+        ),
+        exists().where(WebauthnCredential.user_id == BreachTarget.user_id),
+    )
+    result = session.execute(
+        update(BreachTarget)
+        .where(in_range(campaign, lo, hi), BreachTarget.processed_at.is_not(None), has_factor)
+        .values(factors_removed_at=now),
+        execution_options=NO_SYNC,
+    )
+    return rowcount(result)
+
+
+def _mail_factors_removed(
+    session: DbSession,
+    deps: Deps,
+    campaign: BreachCampaign,
+    *,
+    lo: str,
+    hi: str | None,
+    now: datetime,
+) -> int:
+    """Mail the owners of the live accounts of the range whose factors the batch removed and
+    that have no notice queued (a reset after the walk flagged them wrote their target rows
+    without one), which would have told them; how many. Disabled accounts get no mail, as they
+    get no notice."""
+    owners = session.scalars(
+        select(User.email)
+        .join(BreachTarget, BreachTarget.user_id == User.id)
+        .where(
+            in_range(campaign, lo, hi),
+            BreachTarget.factors_removed_at.is_not(None),
+            BreachTarget.notice_queued_at.is_(None),
+            User.disabled_at.is_(None),
+        )
+        .order_by(User.id)
+    ).all()
+    for email in owners:
+        breach_notices.mail_factors_removed(session, deps, to=email, now=now)
+    return len(owners)
 
 
 def _flag_targets(

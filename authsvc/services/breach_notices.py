@@ -8,6 +8,13 @@ that have a notice queued and none sent (a conditional UPDATE of ``notified_at``
 notified at most once), issues their reset tokens (only the SHA-256 is stored), queues their
 mails, and queues the job's next run after itself. The job's payload carries its place (the last
 user id it notified), so its runs never rescan what is done.
+
+A campaign with ``reset_mfa`` removes the accounts' second factors, and the notice says so. An
+account that gets no notice although its factors were removed (its user set a new password
+after the walk flagged it, or before its notice went out) gets a short mail about the removed
+factors instead (``mail_factors_removed``): the batch sends it for an account it finds with no
+notice queued, the notice job for one whose notice it withdraws. Each account gets one of the
+two mails at most, and disabled or deleted ones neither.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from sqlalchemy.orm import Session as DbSession
 
 from authsvc.models import User
 from authsvc.models.breach import BreachCampaign, BreachTarget
-from authsvc.services import notices, user_tokens
+from authsvc.services import audit, notices, user_tokens
 from authsvc.services.breach_sql import NO_SYNC, rowcount
 from authsvc.services.context import Deps
 
@@ -44,6 +51,16 @@ notices.register(
     "in.{actions}\n\n"
     "You can also choose a new password now, within {ttl}, by opening:\n{link}\n\n"
     "We will never ask you for your password by mail.\n",
+)
+
+notices.register(
+    "breach_factors_removed",
+    "Security notice: your two-step verification was removed",
+    "We are writing about a security incident that may have exposed data of your account.\n\n"
+    "As part of our response, an administrator removed your two-step verification methods "
+    "(authenticator apps, security keys, recovery codes): signing in now asks only for your "
+    "password. Please set them up again once you are signed in.\n\n"
+    "We will never ask you for your password or a verification code by mail.\n",
 )
 
 
@@ -71,8 +88,7 @@ def send_notices(
     rate = deps.settings.notify_rate_per_second
     per_run = max(1, int(rate))  # about one run a second
     claimed = _claim(session, campaign_id, after=after, upto=upto, limit=per_run, now=now)
-    for user_id in claimed:
-        _notify(session, deps, campaign_id=campaign_id, user_id=user_id, now=now)
+    _notify_all(session, deps, campaign_id=campaign_id, user_ids=claimed, now=now)
     if claimed:
         return NextRun(after=claimed[-1], delay=timedelta(seconds=len(claimed) / rate))
     if settled:
@@ -84,9 +100,34 @@ def send_one_notice(session: DbSession, deps: Deps, *, campaign_id: str, now: da
     """A single notice for any account of the campaign still waiting for one (the jobs of
     earlier versions queued one such ``breach_notice`` ticket per account)."""
     claimed = _claim(session, campaign_id, after="", upto=None, limit=1, now=now)
-    for user_id in claimed:
-        _notify(session, deps, campaign_id=campaign_id, user_id=user_id, now=now)
+    _notify_all(session, deps, campaign_id=campaign_id, user_ids=claimed, now=now)
     return bool(claimed)
+
+
+def mail_factors_removed(session: DbSession, deps: Deps, *, to: str, now: datetime) -> None:
+    """The mail for an account whose second factors a campaign removed, and which gets no
+    notice saying so."""
+    notices.send(session, deps, to=to, template="breach_factors_removed", now=now)
+
+
+def _notify_all(
+    session: DbSession, deps: Deps, *, campaign_id: str, user_ids: list[str], now: datetime
+) -> None:
+    factor_notices = sum(
+        _notify(session, deps, campaign_id=campaign_id, user_id=user_id, now=now)
+        for user_id in user_ids
+    )
+    campaign = session.get(BreachCampaign, campaign_id)
+    if factor_notices and campaign is not None:
+        # The batches count theirs in breach.batch_processed.
+        audit.record(
+            session,
+            type="breach.factor_notices_queued",
+            outcome="success",
+            now=now,
+            admin_key_id=campaign.created_by_key_id,
+            details={"campaign_id": campaign_id, "factor_notices": factor_notices},
+        )
 
 
 def _claim(
@@ -133,7 +174,9 @@ def _claim(
 
 def _notify(
     session: DbSession, deps: Deps, *, campaign_id: str, user_id: str, now: datetime
-) -> None:
+) -> bool:
+    """Send the account's notice; True when it was withdrawn and the mail about the removed
+    factors sent instead."""
     user = session.get(User, user_id)
     campaign = session.get(BreachCampaign, campaign_id)
     if (
@@ -143,20 +186,26 @@ def _notify(
         or (user.password_set_at is not None and user.password_set_at > campaign.created_at)
     ):
         # Deleted or disabled since, or a new password set since (the notice would say the
-        # password no longer works): nobody to tell, no notice counted.
-        session.execute(
+        # password no longer works): the notice is withdrawn, and no longer counted.
+        factors_removed_at = session.execute(
             update(BreachTarget)
             .where(BreachTarget.campaign_id == campaign_id, BreachTarget.user_id == user_id)
-            .values(notified_at=None, notice_queued_at=None),
+            .values(notified_at=None, notice_queued_at=None)
+            .returning(BreachTarget.factors_removed_at),
             execution_options=NO_SYNC,
-        )
+        ).scalar_one_or_none()
         session.execute(
             update(BreachCampaign)
             .where(BreachCampaign.id == campaign_id)
             .values(notices_queued=BreachCampaign.notices_queued - 1),
             execution_options=NO_SYNC,
         )
-        return
+        # A live account here has a new password, and its factors are gone all the same,
+        # which the notice would have said: that much its owner must still hear.
+        if factors_removed_at is not None and user is not None and user.disabled_at is None:
+            mail_factors_removed(session, deps, to=user.email, now=now)
+            return True
+        return False
     ttl = deps.settings.breach_notice_token_ttl
     token = user_tokens.issue(session, user_id=user.id, purpose="reset_password", ttl=ttl, now=now)
     notices.send(
@@ -171,6 +220,7 @@ def _notify(
         ttl=_human(ttl),
         actions=_actions(campaign),
     )
+    return False
 
 
 def _actions(campaign: BreachCampaign) -> str:

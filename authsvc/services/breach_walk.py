@@ -18,7 +18,8 @@ account the walk could not see (an UPDATE by someone else moved its row onto a p
 walked) is written unprocessed, and the batches over the targets that follow (``apply``) flag it.
 An account whose user sets a new password after the walk flagged it and before the enrolment
 gets its target row from that reset (``record_walked``): flagged when the walk flagged it, and
-reset. The enrolment leaves such rows as they are and counts them.
+reset, with no notice (when the campaign removes second factors, the batch that removes the
+account's mails that instead). The enrolment leaves such rows as they are and counts them.
 Everywhere else (SQLite, older PostgreSQL) enrolment comes first and ``apply`` flags everyone.
 """
 

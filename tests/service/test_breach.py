@@ -794,6 +794,118 @@ def test_reset_mfa_removes_second_factors(db_session, deps, caller, users, worke
     assert count(db_session, TotpFactor, TotpFactor.user_id == users[1].id) == 1
 
 
+NOTICE = "Security notice: your password was reset"
+FACTORS_REMOVED = "Security notice: your two-step verification was removed"
+PASSWORD_CHANGED = "Your password was changed"
+
+
+def add_second_factors(db_session, user) -> None:
+    """A confirmed authenticator app and a recovery code."""
+    at = utcnow()
+    db_session.add(
+        TotpFactor(
+            user_id=user.id,
+            name="phone",
+            secret_ciphertext=b"x",
+            created_at=at,
+            confirmed_at=at,
+            confirm_attempts=0,
+        )
+    )
+    db_session.add(RecoveryCode(user_id=user.id, code_hash="h" * 64, created_at=at))
+    db_session.flush()
+
+
+def subjects(mailbox, user) -> list[str]:
+    return sorted(m["Subject"] for m in mailbox.messages(user.email))
+
+
+def factor_notices(db_session, campaign_id: str) -> int:
+    """The mails about removed factors that the campaign's events in the trail count."""
+    found = [
+        json.loads(details or "{}")
+        for details in db_session.scalars(
+            select(AuditEvent.details).where(AuditEvent.type.like("breach.%"))
+        )
+    ]
+    return sum(d.get("factor_notices", 0) for d in found if d.get("campaign_id") == campaign_id)
+
+
+def test_a_reset_after_the_batch_took_the_factors_mails_their_removal_instead_of_the_notice(
+    db_session, deps, caller, users, make_user, runtime, later_worker, mailbox, walking
+):
+    # The batch removed the account's second factors and queued its notice, which would have
+    # said so; then the user chose a new password, so the notice (your password no longer
+    # works) was withdrawn, and nothing told the user that two-step verification was gone.
+    quick, bare, kept = users[2], users[3], users[5]
+    disabled = make_user(email="gone@example.com", disabled=True)
+    for user in (quick, kept, disabled):
+        add_second_factors(db_session, user)
+    created = create(db_session, deps, caller, request=request(reset_mfa=True))
+    campaign_id = created.campaign.id
+    while True:  # every batch; the notice job waits in the outbox
+        with runtime.sessionmaker.begin() as session:
+            if batches.run_next_batch(
+                session, deps, campaign_id=campaign_id, now=utcnow()
+            ).finished:
+                break
+    db_session.expire_all()
+    assert count(db_session, TotpFactor) == count(db_session, RecoveryCode) == 0
+    for user in (quick, bare):
+        set_new_password(db_session, deps, caller, db_session.get(User, user.id))
+
+    drain(db_session, later_worker)
+    drain(db_session, later_worker)
+
+    assert subjects(mailbox, quick) == [FACTORS_REMOVED, PASSWORD_CHANGED]
+    (body,) = [
+        m.get_content() for m in mailbox.messages(quick.email) if m["Subject"] == FACTORS_REMOVED
+    ]
+    assert "authenticator apps, security keys, recovery codes" in body
+    assert "set them up again" in body
+    assert "/reset-password?" not in body
+    assert subjects(mailbox, bare) == [PASSWORD_CHANGED]  # it had no factor to lose
+    assert subjects(mailbox, kept) == [NOTICE]  # the notice says the factors went too
+    assert "two-step verification methods" in mailbox.last(kept.email).get_content()
+    assert mailbox.messages(disabled.email) == []
+    view = breach.get_campaign(db_session, campaign_id=campaign_id)
+    assert (view.processed, view.completed_resets) == (9, 2)
+    assert (view.notices_queued, view.notified) == (6, 6)
+    assert factor_notices(db_session, campaign_id) == 1
+
+
+def test_a_reset_between_the_walk_and_the_batch_that_takes_the_factors_mails_their_removal(
+    db_session, deps, caller, users, make_user, runtime, worker, later_worker, mailbox
+):
+    # The walk flagged the account, its user chose a new password (its target row written
+    # then, without a notice), and the batch after the enrolment removed its factors.
+    if not on_postgresql(db_session):
+        pytest.skip("the page walk is PostgreSQL's")
+    quick, bare, kept = users[2], users[3], users[5]
+    disabled = make_user(email="gone@example.com", disabled=True)
+    for user in (quick, kept, disabled):
+        add_second_factors(db_session, user)
+    created = walked_whole_table(db_session, deps, caller, runtime, reset_mfa=True)
+    db_session.expire_all()
+    assert db_session.get(BreachCampaign, created.campaign.id).phase == "enroll"
+    for user in (quick, bare):
+        set_new_password(db_session, deps, caller, db_session.get(User, user.id))
+
+    drain(db_session, worker)  # the enrolment, then the batches that remove the factors
+    drain(db_session, later_worker)
+    drain(db_session, later_worker)
+
+    assert count(db_session, TotpFactor) == count(db_session, RecoveryCode) == 0
+    assert subjects(mailbox, quick) == [FACTORS_REMOVED, PASSWORD_CHANGED]
+    assert subjects(mailbox, bare) == [PASSWORD_CHANGED]
+    assert subjects(mailbox, kept) == [NOTICE]
+    assert mailbox.messages(disabled.email) == []
+    view = breach.get_campaign(db_session, campaign_id=created.campaign.id)
+    assert (view.processed, view.completed_resets) == (9, 2)
+    assert (view.notices_queued, view.notified) == (6, 6)
+    assert factor_notices(db_session, created.campaign.id) == 1
+
+
 def test_pending_login_steps_die_with_the_password(db_session, deps, caller, users, worker):
     token = user_tokens.issue(
         db_session, user_id=users[0].id, purpose="mfa", ttl=timedelta(minutes=5), now=utcnow()

@@ -17,7 +17,14 @@ from sqlalchemy import select, update
 
 from authsvc.crypto import totp as otp
 from authsvc.errors import AuthsvcError
-from authsvc.models import Session, TotpFactor, User, UserToken, WebauthnCredential
+from authsvc.models import (
+    OutboxMessage,
+    Session,
+    TotpFactor,
+    User,
+    UserToken,
+    WebauthnCredential,
+)
 from authsvc.models.breach import BreachTarget
 from authsvc.services import (
     accounts,
@@ -32,6 +39,7 @@ from authsvc.services import (
     login,
     mfa_management,
     notices,
+    outbox,
     passkeys,
     totp,
     user_tokens,
@@ -916,12 +924,16 @@ def test_a_reset_with_a_totp_code_and_the_apply_batch_that_removes_it_at_once(
 ):
     # The batch removes the account's factors and revokes its login steps and sessions,
     # without its lock; the reset writes its TOTP factor (the code's step), then the same.
+    # Both take the account's target row first: the batch as it records that it removes the
+    # factors, the reset before it reads them.
     with committed() as session:
         if session.get_bind().dialect.name != "postgresql":
             pytest.skip("the page walk is PostgreSQL's")
     user_id = _account(committed, deps, now)
     secret = _with_totp(committed, deps, caller, now, user_id)
-    _, batch = _walked_campaign(committed, deps, caller, now, revoke_sessions=True, reset_mfa=True)
+    campaign_id, batch = _walked_campaign(
+        committed, deps, caller, now, revoke_sessions=True, reset_mfa=True
+    )
     _attempt(committed, batch)  # the walk flags the account
     _attempt(committed, batch)  # the enrolment records it
     with committed.begin() as session:
@@ -939,5 +951,18 @@ def test_a_reset_with_a_totp_code_and_the_apply_batch_that_removes_it_at_once(
         release,
     )
 
-    # The factor is gone by the time the reset reads it: a wrong answer, not a 500.
-    assert outcomes == {"first": "ok", "second": "invalid_mfa"}, outcomes
+    # The factor is gone by the time the reset reads it: the reset needs none any more.
+    assert outcomes == {"first": "ok", "second": "ok"}, outcomes
+    # The notice (your password no longer works) is withdrawn; the removed factors are mailed.
+    assert _notice_run(committed, deps, campaign_id, now + LATER)() == "ok"
+    with committed() as session:
+        assert session.scalar(select(TotpFactor.id).where(TotpFactor.user_id == user_id)) is None
+        mailed = [
+            outbox.payload_of(deps.keyring, message)
+            for message in session.scalars(
+                select(OutboxMessage).where(OutboxMessage.kind == "email")
+            )
+        ]
+    notices_ = [m["subject"] for m in mailed if m["subject"].startswith("Security notice")]
+    assert notices_ == ["Security notice: your two-step verification was removed"], mailed
+    assert {m["to"] for m in mailed} == {"ada@example.com"}
