@@ -206,6 +206,14 @@ def build_runtime(
                 "`authsvc breached-passwords import FILE`)"
             ]
         ) from None
+    if breached is None and serves_requests and settings.breached_passwords_file is not None:
+        # Named, so meant to be there (a typo, a volume not mounted?): say what is checked.
+        log.warning(
+            "AUTHSVC_BREACHED_PASSWORDS_FILE=%s does not exist: new passwords are checked "
+            "against the shipped common passwords only (build it with `authsvc "
+            "breached-passwords import FILE`, then restart)",
+            breached_path,
+        )
     blocklist = Blocklist(CommonPasswords(), breached)
     try:
         limiter = RateLimiter(settings.rate_limit_storage_url, rate_limit_policies(settings))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import unicodedata
 from pathlib import Path
@@ -155,3 +156,26 @@ def test_an_unwritable_destination_is_one_line(env, corpus, tmp_path):
     assert result.exit_code == 1
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith("Error: ")
+
+
+def test_a_named_store_that_is_not_there_is_warned_about_at_start(
+    settings, connection, tmp_path, caplog
+):
+    """AUTHSVC_BREACHED_PASSWORDS_FILE set to a file that is not there (a typo, a volume not
+    mounted): the service starts, checks the shipped common passwords only, and says so. The
+    default path, before any import, is the usual case and is not warned about."""
+    missing = tmp_path / "pwned.bin"
+    with caplog.at_level(logging.WARNING, logger="authsvc"):
+        app = create_app(
+            dataclasses.replace(settings, breached_passwords_file=missing), bind=connection
+        )
+    app.extensions["authsvc"].deps.limiter.reset()
+    warnings = [
+        r.getMessage() for r in caplog.records if "BREACHED_PASSWORDS_FILE" in r.getMessage()
+    ]
+    assert len(warnings) == 1 and str(missing) in warnings[0]
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="authsvc"):
+        create_app(settings, bind=connection)
+    assert "BREACHED_PASSWORDS_FILE" not in caplog.text
