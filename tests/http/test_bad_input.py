@@ -131,6 +131,37 @@ def test_a_utf8_byte_order_mark_is_ignored(client):
     assert response.status_code == 202
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/problem+json", "application/merge-patch+json", "application/vnd.api+json"],
+)
+def test_other_json_media_types_are_refused(client, admin_headers, content_type):
+    # openapi.yaml takes application/json only, as /admin/v1/breach-responses always did.
+    for path, valid in ENDPOINTS.items():
+        response = post(
+            client,
+            path,
+            admin_headers,
+            data=json.dumps(valid),
+            headers={"Content-Type": content_type},
+        )
+
+        assert_problem(response, 415, "unsupported_media_type", where=path)
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "Application/JSON", "application/json;x=y"]
+)
+def test_application_json_with_parameters_or_in_capitals_is_json(client, content_type):
+    response = client.post(
+        "/v1/password/forgot",
+        data=json.dumps({"email": "ada@example.com"}),
+        headers={"Content-Type": content_type},
+    )
+
+    assert response.status_code == 202
+
+
 def test_oversized_bodies(client, admin_headers, settings):
     for path, valid in ENDPOINTS.items():
         body = {**valid, "padding": "x" * settings.max_body_bytes}
