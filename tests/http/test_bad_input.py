@@ -491,6 +491,19 @@ def test_wrong_methods_on_the_enrollment_routes_beside_a_factor_id(
     assert not allowed & {"PATCH", "DELETE", "PUT", "GET"}
 
 
+@pytest.mark.parametrize("method", ["PATCH", "DELETE"])
+@pytest.mark.parametrize("path", ["/v1/me/mfa/totp", "/v1/me/mfa/webauthn"])
+def test_the_405_beside_a_factor_id_is_in_the_contract(api, client, method, path):
+    # openapi.yaml reads these as /v1/me/mfa/{factor_id}, whose PATCH and DELETE must then
+    # list the 405 (the client checks the answer against the contract).
+    api.register("ada@example.com")
+    headers = api.bearer(api.tokens("ada@example.com")["access_token"])
+
+    response = client.open(path, method=method, headers=headers, json={"name": "x"})
+
+    assert_problem(response, 405, "method_not_allowed")
+
+
 @pytest.mark.parametrize(
     "value",
     [
