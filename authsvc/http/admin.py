@@ -59,8 +59,10 @@ def create_user() -> Response:
 def find_users() -> Response:
     only_query(frozenset({"email"}))
     email = request.args.get("email")
-    if email is None or len(email) > 320:
-        raise InvalidRequest("the email query parameter is required (at most 320 characters)")
+    if not email or len(email) > 320:  # an empty value is none (openapi.yaml: required)
+        raise InvalidRequest(
+            "the email query parameter is required (1 to 320 characters)", field="email"
+        )
     users = admin.find_users(
         db(), deps(), admin=current_admin(), email=email, client=client(), now=utcnow()
     )
