@@ -102,7 +102,10 @@ def _from_json() -> tuple[CampaignRequest, bool]:
             targets = lists.parse_target_list(kind, values, comments=False)
     if body.selector in breach.LIST_KINDS and targets is None:
         raise InvalidRequest(f"{body.selector} is required with that selector", field=body.selector)
-    before = parse_time(body.before, field="before", dates=True) if body.before else None
+    # An empty string is a before too (not a time), never taken for none.
+    before = (
+        parse_time(body.before, field="before", dates=True) if body.before is not None else None
+    )
     return CampaignRequest(
         reason=body.reason,
         selector=body.selector,

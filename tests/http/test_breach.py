@@ -360,6 +360,9 @@ def test_before_takes_every_rfc_3339_spelling_and_a_date(client, as_admin, accou
         ({"reason": ""}, 400, "invalid_request"),
         ({"selector": "created_before"}, 400, "invalid_request"),
         ({"selector": "created_before", "before": "last tuesday"}, 400, "invalid_request"),
+        # An empty before is a before (openapi.yaml: none with the other selectors), not none.
+        ({"before": ""}, 400, "invalid_request"),
+        ({"selector": "created_before", "before": ""}, 400, "invalid_request"),
         # Before the first representable UTC time (was a 500).
         (
             {"selector": "created_before", "before": "0001-01-01T00:00:00+01:00"},
