@@ -33,6 +33,13 @@ def from_env(**variables: str) -> Settings:
     )
 
 
+def problems_of(**env: str) -> list[str]:
+    """The problems ConfigError lists for these settings (a test fails when there are none)."""
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(**env)
+    return excinfo.value.problems
+
+
 def test_defaults_without_any_variable():
     settings = Settings.from_env({})
 
@@ -101,10 +108,7 @@ def test_durations(raw, expected):
     ["10 minutes", "1.5h", "-5s", "5w", "m", "", "10mm", "36501d", "1000000d", "9" * 5000 + "s"],
 )
 def test_bad_durations(raw):
-    with pytest.raises(ConfigError) as excinfo:
-        from_env(refresh_token_ttl=raw)
-
-    [problem] = excinfo.value.problems
+    [problem] = problems_of(refresh_token_ttl=raw)
     assert problem.startswith("AUTHSVC_REFRESH_TOKEN_TTL: expected a duration")
 
 
@@ -186,10 +190,7 @@ def test_empty_optional_values_mean_unset():
     ],
 )
 def test_bad_scalars(name, raw, message):
-    with pytest.raises(ConfigError) as excinfo:
-        from_env(**{name: raw})
-
-    [problem] = excinfo.value.problems
+    [problem] = problems_of(**{name: raw})
     assert problem.startswith(f"AUTHSVC_{name.upper()}: {message}")
 
 
@@ -236,10 +237,7 @@ def test_every_problem_is_reported_at_once():
 def test_a_step_a_person_takes_has_at_least_a_minute(name, raw):
     # A mailed link, a login's second step or a forced change that ends at once (or before
     # anyone could type a code) refused every use of it, silently.
-    with pytest.raises(ConfigError) as excinfo:
-        from_env(**{name: raw})
-
-    assert excinfo.value.problems == [f"AUTHSVC_{name.upper()} must be at least 1m"]
+    assert problems_of(**{name: raw}) == [f"AUTHSVC_{name.upper()} must be at least 1m"]
     assert getattr(from_env(**{name: "1m"}), name) == timedelta(minutes=1)
 
 
@@ -263,10 +261,7 @@ def test_a_step_a_person_takes_has_at_least_a_minute(name, raw):
     ],
 )
 def test_limits_that_would_refuse_every_use_are_refused(changes, problem):
-    with pytest.raises(ConfigError) as excinfo:
-        from_env(**changes)
-
-    assert excinfo.value.problems == [problem]
+    assert problems_of(**changes) == [problem]
 
 
 @pytest.mark.parametrize(
@@ -288,20 +283,14 @@ def test_limits_that_would_refuse_every_use_are_refused(changes, problem):
     ],
 )
 def test_waits_that_would_overflow_at_run_time_are_refused(changes, problem):
-    with pytest.raises(ConfigError) as excinfo:
-        from_env(**changes)
-
-    assert excinfo.value.problems == [problem]
+    assert problems_of(**changes) == [problem]
 
 
 @pytest.mark.parametrize("raw", ["0.000001", "600", "3600"])
 def test_the_outbox_poll_interval_keeps_within_what_it_means(raw):
     # A millionth of a second polled the database in a busy loop; past the housekeeping
     # sweep (10 minutes), which wakes the loop, the interval was not the one in force.
-    with pytest.raises(ConfigError) as excinfo:
-        from_env(outbox_poll_interval=raw)
-
-    assert excinfo.value.problems == [
+    assert problems_of(outbox_poll_interval=raw) == [
         "AUTHSVC_OUTBOX_POLL_INTERVAL must be from 0.01 to 60 (seconds)"
     ]
     assert from_env(outbox_poll_interval="0.05").outbox_poll_interval == 0.05
@@ -310,10 +299,7 @@ def test_the_outbox_poll_interval_keeps_within_what_it_means(raw):
 
 def test_a_limit_period_stays_within_the_longest_duration():
     # Redis refuses an expiry that long (ResponseError): every throttled request answered 503.
-    with pytest.raises(ConfigError) as excinfo:
-        from_env(limit_ip="10/99999999999 years")
-
-    assert excinfo.value.problems == [
+    assert problems_of(limit_ip="10/99999999999 years") == [
         "AUTHSVC_LIMIT_IP must look like '10/minute' or '100 per day', with a period of at "
         "most 36500 days"
     ]
@@ -330,10 +316,7 @@ def test_the_longest_waits_allowed():
 def test_an_audit_retention_keeps_at_least_a_day(raw):
     # "400" is 400 seconds: `authsvc audit prune` would have deleted all but the last minutes
     # of the trail, which its own --before and --older-than refuse.
-    with pytest.raises(ConfigError) as excinfo:
-        from_env(audit_retention=raw)
-
-    assert excinfo.value.problems == [
+    assert problems_of(audit_retention=raw) == [
         "AUTHSVC_AUDIT_RETENTION must be 0 (keep every event) or at least 1d"
     ]
     assert from_env(audit_retention="1d").audit_retention == timedelta(days=1)
@@ -407,10 +390,7 @@ def test_an_audit_retention_keeps_at_least_a_day(raw):
     ],
 )
 def test_invalid_values(changes):
-    with pytest.raises(ConfigError) as excinfo:
-        from_env(**changes)
-
-    assert len(excinfo.value.problems) == 1
+    assert len(problems_of(**changes)) == 1
 
 
 @pytest.mark.parametrize(
@@ -441,10 +421,9 @@ def test_several_encryption_keys_keep_their_order():
 
 
 def test_production_refuses_dev_keys_and_sqlite():
-    with pytest.raises(ConfigError) as excinfo:
-        from_env(env="production")
+    problems = problems_of(env="production")
 
-    problems = excinfo.value.problems
+    problems = problems
     assert any("AUTHSVC_ENCRYPTION_KEYS is required in production" in p for p in problems)
     assert any("SQLite is refused in production" in p for p in problems)
     assert all("AUTHSVC_ALLOW_INSECURE_PRODUCTION" in p for p in problems)
@@ -580,10 +559,7 @@ def test_production_needs_an_https_public_url_for_the_links_it_mails(public_url)
         "mail_url": "smtp+starttls://relay.example.com",
         **PASSKEYS,
     }
-    with pytest.raises(ConfigError) as excinfo:
-        from_env(**production, **given)
-
-    [problem] = excinfo.value.problems
+    [problem] = problems_of(**production, **given)
     assert problem.startswith("AUTHSVC_PUBLIC_URL must be an https:// URL in production")
     assert "AUTHSVC_ALLOW_INSECURE_PRODUCTION" in problem
     assert from_env(**production, public_url="https://id.example.com/auth").env is Env.PRODUCTION
@@ -701,10 +677,7 @@ def test_the_longest_password_policy_is_what_a_request_may_carry():
 def test_a_context_word_that_would_be_left_out_is_refused(words):
     # Pieces shorter than four characters are no context words (crypto.blocklist): such a
     # word was accepted and refused nothing (fullwidth AWS is AWS after NFKC).
-    with pytest.raises(ConfigError) as excinfo:
-        from_env(password_context_words=words)
-
-    [problem] = excinfo.value.problems
+    [problem] = problems_of(password_context_words=words)
     assert problem.startswith("AUTHSVC_PASSWORD_CONTEXT_WORDS: ")
     assert "at least 4 characters" in problem
 
@@ -827,10 +800,7 @@ def test_the_readme_table_gives_every_true_default():
 )
 def test_webauthn_origins_must_be_on_the_rp_id(rp_id, origins):
     # Browsers refuse such a ceremony: every security key and passkey would fail, silently.
-    with pytest.raises(ConfigError) as excinfo:
-        from_env(webauthn_rp_id=rp_id, webauthn_origins=origins)
-
-    [problem] = excinfo.value.problems
+    [problem] = problems_of(webauthn_rp_id=rp_id, webauthn_origins=origins)
     assert problem.startswith("AUTHSVC_WEBAUTHN_ORIGINS: ")
     assert from_env(webauthn_rp_id="example.com", webauthn_origins="https://id.example.com")
 
