@@ -43,9 +43,9 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, Row, Select, delete, event, func, select, update
+from sqlalchemy import Row, Select, delete, event, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import ORMExecuteState, SessionTransaction, sessionmaker
 from sqlalchemy.orm import Session as DbSession
@@ -612,14 +612,12 @@ def prune(
         return PruneResult(pruned=0, through_id=None)
     anchor_hash = session.scalar(select(AuditEvent.row_hash).where(AuditEvent.id == through))
     assert anchor_hash is not None
-    result = cast(
-        CursorResult[Any], session.execute(delete(AuditEvent).where(AuditEvent.id <= through))
+    pruned = session.scalar(
+        select(func.count()).select_from(AuditEvent).where(AuditEvent.id <= through)
     )
-    pruned = int(result.rowcount or 0)
-    head.anchor_id = through
-    head.anchor_hash = anchor_hash
-    _sign(session, head)
-    session.flush()
+    # The pruning's own event is written before the rows go: when every event went first,
+    # SQLite (a new row's id is the largest + 1) numbered it, and each event after it, from 1
+    # again, before the new anchor, and the trail never verified again.
     record(
         session,
         type="audit.pruned",
@@ -627,4 +625,10 @@ def prune(
         now=now,
         details={"through_id": through, "pruned": pruned, "before": before.isoformat()},
     )
-    return PruneResult(pruned=pruned, through_id=through)
+    append_pending(session)
+    session.execute(delete(AuditEvent).where(AuditEvent.id <= through))
+    head.anchor_id = through
+    head.anchor_hash = anchor_hash
+    _sign(session, head)
+    session.flush()
+    return PruneResult(pruned=int(pruned or 0), through_id=through)

@@ -105,6 +105,23 @@ def test_prune_keeps_what_remains_verifiable(env):
     assert old[-1] < recent[0]
 
 
+def test_pruning_every_event_leaves_a_trail_that_verifies_and_grows(env):
+    # Every event older than the cutoff: the table was left empty, and SQLite gives the next
+    # row the id 1 again (the largest id + 1), so the prune's own event, and each one after
+    # it, lay before the chain's anchor: `audit verify` failed for good.
+    old = seed(env, 3, days_ago=500)
+
+    result = run(env, "audit", "prune")
+
+    assert result.exit_code == 0, result.output
+    assert "pruned 3 events" in result.output
+    later = seed(env, 1)
+    assert later[0] > old[-1]
+    verified = run(env, "audit", "verify")
+    assert verified.exit_code == 0, verified.output
+    assert "2 events verified" in verified.output  # the pruning, then the later event
+
+
 @pytest.mark.parametrize(
     "args",
     [
