@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -342,7 +344,7 @@ def cancel(campaign_id: str, operator: str) -> None:
 @click.option("--operator", default="command line", show_default=True)
 def report(campaign_id: str, fmt: str, output: Path | None, operator: str) -> None:
     """Export every affected account: flagged, notified, reset since."""
-    with _opened() as runtime:
+    with _opened() as runtime, _output(output) as out:
         campaign = _in_transaction(
             runtime,
             lambda session: breach.record_report_export(
@@ -354,18 +356,48 @@ def report(campaign_id: str, fmt: str, output: Path | None, operator: str) -> No
                 now=utcnow(),
             ),
         )
-        with click.open_file(str(output) if output else "-", "w") as out:
-            rows = _rows(runtime, campaign.id)
-            if fmt == "csv":
-                writer = csv.writer(out, lineterminator="\n")
-                writer.writerow(lists.REPORT_COLUMNS)
-                for row in rows:
-                    writer.writerow(lists.csv_cells(row))
-                return
-            out.write('{"breach_response": ' + json.dumps(_plain(campaign)) + ', "accounts": [')
-            for count, row in enumerate(rows):
-                out.write(("," if count else "") + "\n" + json.dumps(row))
-            out.write("\n]}\n")
+        rows = _rows(runtime, campaign.id)
+        if fmt == "csv":
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(lists.REPORT_COLUMNS)
+            for row in rows:
+                writer.writerow(lists.csv_cells(row))
+            return
+        out.write('{"breach_response": ' + json.dumps(_plain(campaign)) + ', "accounts": [')
+        for count, row in enumerate(rows):
+            out.write(("," if count else "") + "\n" + json.dumps(row))
+        out.write("\n]}\n")
+
+
+@contextmanager
+def _output(path: Path | None) -> Iterator[IO[str]]:
+    """Standard output, or a file next to ``path`` that replaces it once the report is
+    complete: a report cut short (a lost connection, Ctrl-C) neither passes for a complete
+    one nor takes the place of the one exported before. A file that cannot be made fails
+    before the export is recorded. A device or pipe (/dev/stdout) is written to as it is."""
+    if path is None or (path.exists() and not path.is_file()):  # standard output, /dev/stdout
+        with click.open_file(str(path or "-"), "w") as out:
+            yield out
+        return
+    target = path.resolve() if path.is_symlink() else path  # the file a link names is replaced
+    try:
+        staging = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, or renamed
+            "w",
+            encoding="utf-8",
+            newline="",
+            dir=target.parent,
+            prefix=f".{target.name}.",
+            suffix=".tmp",
+            delete=False,
+        )
+    except OSError as exc:
+        raise click.ClickException(f"{path}: {exc.strerror or exc}") from None
+    try:
+        with staging:
+            yield staging
+        os.replace(staging.name, target)
+    finally:
+        Path(staging.name).unlink(missing_ok=True)
 
 
 def _rows(runtime: Runtime, campaign_id: str) -> Iterator[dict[str, str | None]]:

@@ -10,11 +10,12 @@ import logging
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from authsvc.app import build_runtime
 from authsvc.cli import main
 from authsvc.db import utcnow
-from authsvc.models import OutboxMessage, User
+from authsvc.models import AuditEvent, OutboxMessage, User
 from authsvc.models.breach import BreachCampaign, BreachTarget
 from authsvc.schema import upgrade
 from authsvc.settings import Settings
@@ -264,3 +265,61 @@ def test_a_report_that_cannot_be_written_fails_with_one_line(env, accounts, tmp_
     assert not isinstance(result.exception, OSError)  # not a traceback
     assert result.output.startswith("Error: ") and len(result.output.splitlines()) == 1
     assert "No such file or directory" in result.output
+
+
+def test_a_report_that_fails_half_way_leaves_the_file_as_it_was(
+    env, accounts, tmp_path, monkeypatch
+):
+    # Written in place: a connection lost after the first page left a CSV that read as a
+    # complete report of fewer accounts, over the one exported before.
+    from authsvc.commands import breach as breach_command
+
+    created = run(
+        env, "breach-response", "create", "--all", "--mode", "invalidate", "--reason", "leak"
+    )
+    campaign_id = created.stdout.splitlines()[0]
+    output = tmp_path / "report.csv"
+    output.write_text("the report exported yesterday\n")
+    monkeypatch.setattr(breach_command, "REPORT_PAGE", 2)
+    pages = []
+    report_page = breach_command.lists.report_page
+
+    def lost_after_the_first_page(session, **kwargs):
+        pages.append(kwargs)
+        if len(pages) > 1:
+            raise OperationalError("SELECT", {}, Exception("server closed the connection"))
+        return report_page(session, **kwargs)
+
+    monkeypatch.setattr(breach_command.lists, "report_page", lost_after_the_first_page)
+
+    result = CliRunner().invoke(
+        main, ["breach-response", "report", campaign_id, "--output", str(output)], env=env
+    )
+
+    assert result.exit_code == 1
+    assert "server closed the connection" in result.output
+    assert output.read_text() == "the report exported yesterday\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if "report" in p.name) == ["report.csv"]
+    monkeypatch.undo()
+    again = run(env, "breach-response", "report", campaign_id, "--output", str(output))
+    assert again.exit_code == 0, again.output
+    rows = list(csv.DictReader(io.StringIO(output.read_text())))
+    assert sorted(r["email"] for r in rows) == accounts
+
+
+def test_a_report_to_a_missing_directory_reads_and_records_nothing(env, accounts, tmp_path):
+    created = run(
+        env, "breach-response", "create", "--all", "--mode", "invalidate", "--reason", "leak"
+    )
+    campaign_id = created.stdout.splitlines()[0]
+    exported = select(func.count()).where(AuditEvent.type == "breach.report_exported")
+
+    result = CliRunner().invoke(
+        main,
+        ["breach-response", "report", campaign_id, "--output", str(tmp_path / "no" / "r.csv")],
+        env=env,
+    )
+
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {tmp_path / 'no' / 'r.csv'}: No such file or directory"
+    assert query(env, exported) == [(0,)]
