@@ -62,6 +62,7 @@ def import_users(file: Path, verified: bool) -> None:
     except csv.Error as exc:
         raise click.ClickException(f"{file}: {exc} (after line {reader.line_num})") from None
     refusals: list[str] = []
+    first_rows: dict[str, int] = {}  # each email's first row, over every batch
     sign_audit_head(runtime)
     for start in range(0, len(rows), BATCH):
         try:
@@ -72,6 +73,7 @@ def import_users(file: Path, verified: bool) -> None:
                 verified,
                 first=start + 1,
                 refusals=refusals,
+                first_rows=first_rows,
             )
         except IntegrityError:
             raise click.ClickException(
@@ -102,9 +104,11 @@ def _import_batch(
     *,
     first: int,
     refusals: list[str],
+    first_rows: dict[str, int],
 ) -> tuple[int, int, int]:
     """Import ``rows`` (data rows ``first``... of the file); each rejected one is added to
-    ``refusals`` with its row number and reason (never the hash)."""
+    ``refusals`` with its row number and reason (never the hash). A row whose email an
+    earlier row had (``first_rows``) is rejected: the earlier one is the one read."""
     now = utcnow()
     imported = skipped = rejected = 0
     with runtime.sessionmaker.begin() as session:
@@ -124,6 +128,14 @@ def _import_batch(
                     "cost ceilings (an Argon2 hash has commas: quote it)"
                 )
                 continue
+            if email in first_rows:
+                rejected += 1
+                refusals.append(
+                    f"row {number}: the same email as row {first_rows[email]} (the first row "
+                    "of an email is the one read)"
+                )
+                continue
+            first_rows[email] = number
             flag = (row.get("email_verified") or "").strip().lower()
             is_verified = verified if not flag else flag in {"1", "true", "yes"}
             wanted[email] = (password_hash, is_verified)

@@ -466,3 +466,38 @@ def test_users_import_names_each_rejected_row_and_why(env, tmp_path):
         costs = set(conn.scalars(text("SELECT prefix FROM password_hash_costs")))
     engine.dispose()
     assert costs == {"$2b$12$", "$argon2id$v=19$m=65536,t=3,p=4$"}
+
+
+@pytest.mark.parametrize("batch", [1000, 2], ids=["one-batch", "across-batches"])
+def test_users_import_keeps_the_first_row_of_an_email_and_names_the_others(
+    env, tmp_path, monkeypatch, batch
+):
+    # A later row of the same email silently replaced the first one's hash within a batch
+    # (counted nowhere: 3 rows, "imported 1, skipped 0, rejected 0"), and was counted as an
+    # existing account in a later batch.
+    from authsvc.commands import users as users_command
+
+    monkeypatch.setattr(users_command, "BATCH", batch)
+    first, second = "$2b$12$" + "A" * 53, "$2b$12$" + "B" * 53
+    users = tmp_path / "users.csv"
+    users.write_text(
+        "email,password_hash\n"
+        f"ada@example.com,{first}\n"
+        f"bob@example.com,{first}\n"
+        f"Ada@EXAMPLE.com,{second}\n"
+    )
+
+    result = run(env, "users", "import", str(users))
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "row 3: the same email as row 1 (the first row of an email is the one read)",
+        "imported 2, skipped 0 existing, rejected 1 invalid",
+    ]
+    engine = make_engine(env["AUTHSVC_DATABASE_URL"])
+    with engine.connect() as conn:
+        stored = conn.scalar(
+            text("SELECT password_hash FROM users WHERE email = 'ada@example.com'")
+        )
+    engine.dispose()
+    assert stored == first
