@@ -188,6 +188,8 @@ def _admin_work(work: Callable[[Session], T]) -> T:
         raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
     except AuthsvcError as exc:
         raise click.ClickException(str(exc)) from None
+    except (click.ClickException, DBAPIError):
+        raise  # a refused key ring as it is; the database in the words of _Commands
     except Exception as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
 

@@ -6,6 +6,7 @@ import re
 from datetime import datetime, timedelta
 
 import click
+from sqlalchemy.exc import DBAPIError
 
 from authsvc.app import build_runtime
 from authsvc.commands import sign_audit_head
@@ -41,8 +42,8 @@ def verify() -> None:
         runtime.dispose()
     except ConfigError as exc:
         raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
-    except click.ClickException:
-        raise
+    except (click.ClickException, DBAPIError):
+        raise  # the database is named, with the hint, by the command group
     except Exception as exc:  # one line, not a traceback
         raise click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
     if not result.ok:
@@ -108,8 +109,8 @@ def prune(before: str | None, older_than: str | None) -> None:
         runtime.dispose()
     except ConfigError as exc:
         raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
-    except click.ClickException:
-        raise
+    except (click.ClickException, DBAPIError):
+        raise  # the database is named, with the hint, by the command group
     except Exception as exc:  # one line, not a traceback
         raise click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
     click.echo(f"pruned {pruned} events before {cutoff.isoformat()}")

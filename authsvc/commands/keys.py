@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import click
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
@@ -74,8 +75,8 @@ def rotate() -> None:
             f"a ciphertext opens with none of the configured keys ({exc}); add the old key "
             "back to AUTHSVC_ENCRYPTION_KEYS, after the new one"
         ) from None
-    except click.ClickException:
-        raise
+    except (click.ClickException, DBAPIError):
+        raise  # the database is named, with the hint, by the command group
     except Exception as exc:  # one line, not a traceback
         raise click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
     finally:

@@ -347,8 +347,26 @@ def test_a_redis_url_the_client_cannot_read_fails_with_one_line(env, args):
 
 @pytest.mark.parametrize(
     "args",
-    [("keys", "rotate-signing"), ("users", "import", "USERS"), ("worker",)],
-    ids=["keys-rotate-signing", "users-import", "worker"],
+    [
+        ("keys", "rotate-signing"),
+        ("users", "import", "USERS"),
+        ("worker",),
+        ("admin", "create-key", "--name", "ops"),
+        ("admin", "list-keys"),
+        ("audit", "verify"),
+        ("audit", "prune"),
+        ("keys", "rotate"),
+    ],
+    ids=[
+        "keys-rotate-signing",
+        "users-import",
+        "worker",
+        "admin-create-key",
+        "admin-list-keys",
+        "audit-verify",
+        "audit-prune",
+        "keys-rotate",
+    ],
 )
 def test_commands_on_an_unmigrated_database_fail_with_one_line(env, tmp_path, args):
     # The worker would otherwise log a failed drain twice a second for good.
@@ -501,3 +519,23 @@ def test_users_import_keeps_the_first_row_of_an_email_and_names_the_others(
         )
     engine.dispose()
     assert stored == first
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("admin", "create-key", "--name", "second"), ("admin", "list-keys")],
+    ids=["create-key", "list-keys"],
+)
+def test_admin_commands_refuse_a_ring_that_did_not_sign_the_trail_in_the_words_of_the_rest(
+    env, args
+):
+    # The refusal was caught as any error and printed as "Error: ClickException: ...".
+    assert run(env, "admin", "create-key", "--name", "ops").exit_code == 0
+
+    result = CliRunner().invoke(
+        main, list(args), env={**env, "AUTHSVC_ENCRYPTION_KEYS": generate_key_spec("cli2")}
+    )
+
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: AUTHSVC_ENCRYPTION_KEYS: the audit trail was signed with ")
