@@ -85,7 +85,7 @@ def main() -> None:
     "--threads",
     default=DEFAULT_THREADS,
     show_default=True,
-    type=int,
+    type=click.IntRange(min=1),
     help="Threads per worker; AUTHSVC_MAX_CONCURRENT_HASHES of them may hash at once.",
 )
 @click.option("--dev", is_flag=True, help="Flask's development server (single process).")

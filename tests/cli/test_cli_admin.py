@@ -539,3 +539,13 @@ def test_admin_commands_refuse_a_ring_that_did_not_sign_the_trail_in_the_words_o
     assert result.exit_code == 1
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("Error: AUTHSVC_ENCRYPTION_KEYS: the audit trail was signed with ")
+
+
+@pytest.mark.parametrize("threads", ["-1", "0"])
+def test_serve_refuses_a_number_of_threads_below_one(env, threads):
+    # -1 was refused by gunicorn once the runtime was built, in its words ("Value must be
+    # positive"), and 0 started a server.
+    result = CliRunner().invoke(main, ["serve", "--threads", threads, "--port", "1"], env=env)
+
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--threads'" in result.stderr
