@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
 
 import click
 from sqlalchemy.exc import DBAPIError
@@ -60,6 +64,24 @@ def _refuse_unless(runtime: Runtime, problem: Callable[[Session, Keyring], str |
     if found is not None:
         runtime.dispose()
         raise click.ClickException(f"AUTHSVC_ENCRYPTION_KEYS: {found}")
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a job runner's timeout, ``systemctl stop``) ends what runs inside as Ctrl-C
+    does, so that the files it was writing are removed on the way out, not left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def sign_audit_head(runtime: Runtime) -> None:

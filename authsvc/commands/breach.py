@@ -20,7 +20,7 @@ import click
 from tqdm import tqdm
 
 from authsvc.app import Runtime, build_runtime
-from authsvc.commands import sign_audit_head
+from authsvc.commands import sign_audit_head, sigterm_as_interrupt
 from authsvc.db import utcnow
 from authsvc.errors import AuthsvcError
 from authsvc.services import breach
@@ -344,7 +344,7 @@ def cancel(campaign_id: str, operator: str) -> None:
 @click.option("--operator", default="command line", show_default=True)
 def report(campaign_id: str, fmt: str, output: Path | None, operator: str) -> None:
     """Export every affected account: flagged, notified, reset since."""
-    with _opened() as runtime, _output(output) as out:
+    with sigterm_as_interrupt(), _opened() as runtime, _output(output) as out:
         campaign = _in_transaction(
             runtime,
             lambda session: breach.record_report_export(

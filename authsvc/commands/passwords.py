@@ -11,6 +11,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from authsvc.commands import sigterm_as_interrupt
 from authsvc.crypto.blocklist import BreachedPasswordStore, InvalidBreachedStore, import_pwned_file
 from authsvc.settings import ConfigError, Settings
 
@@ -38,6 +39,17 @@ def import_file(file: Path) -> None:
     if not file.is_file():
         raise click.ClickException(f"{file}: no such file")
     dest = settings.breached_passwords_path
+    with sigterm_as_interrupt():
+        count, rejected = _build(file, dest)
+    click.echo(
+        f"imported {count:,} breached password hashes into {dest}"
+        + (f" ({rejected:,} malformed lines skipped)" if rejected else ""),
+        err=True,
+    )
+
+
+def _build(file: Path, dest: Path) -> tuple[int, int]:
+    """Import ``file`` into a staging copy, then put it at ``dest``: (hashes, rejected lines)."""
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, staging_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".new", dir=dest.parent)
@@ -64,11 +76,7 @@ def import_file(file: Path) -> None:
         raise click.ClickException(f"import failed: the new store is unreadable: {exc}") from None
     finally:
         staging.unlink(missing_ok=True)
-    click.echo(
-        f"imported {count:,} breached password hashes into {dest}"
-        + (f" ({result.rejected:,} malformed lines skipped)" if result.rejected else ""),
-        err=True,
-    )
+    return count, result.rejected
 
 
 class _ProgressBars:

@@ -6,6 +6,10 @@ import dataclasses
 import hashlib
 import logging
 import os
+import signal
+import subprocess
+import sys
+import time
 import unicodedata
 from pathlib import Path
 
@@ -179,3 +183,42 @@ def test_a_named_store_that_is_not_there_is_warned_about_at_start(
     with caplog.at_level(logging.WARNING, logger="authsvc"):
         create_app(settings, bind=connection)
     assert "BREACHED_PASSWORDS_FILE" not in caplog.text
+
+
+def test_sigterm_during_an_import_keeps_the_old_store_and_leaves_no_partial_file(
+    env, corpus, tmp_path
+):
+    # A job runner's timeout or `systemctl stop` ends an import with SIGTERM: the staged
+    # copies of the new store (as large as the store itself) were left beside it for good.
+    assert run(env, "breached-passwords", "import", str(corpus)).exit_code == 0
+    var = tmp_path / "var"
+    before = (var / "breached-passwords.bin").read_bytes()
+    big = tmp_path / "big.txt"
+    with big.open("w") as out:
+        for i in range(400_000):
+            out.write(f"{hashlib.sha1(str(i).encode()).hexdigest().upper()}:1\n")
+    started = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")}
+    started |= {k: v for k, v in env.items() if v is not None}
+    started |= {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # this checkout
+    command = "from authsvc.cli import main; main()"
+    importer = subprocess.Popen(
+        [sys.executable, "-c", command, "breached-passwords", "import", str(big)],
+        env=started,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not any(p.name.endswith(".new") for p in var.iterdir()):
+            assert time.monotonic() < deadline and importer.poll() is None
+            time.sleep(0.005)
+        importer.send_signal(signal.SIGTERM)
+        _, stderr = importer.communicate(timeout=30)
+    finally:
+        importer.kill()
+
+    assert importer.returncode != 0
+    assert "Traceback" not in stderr
+    assert sorted(p.name for p in var.iterdir()) == ["breached-passwords.bin"]
+    assert (var / "breached-passwords.bin").read_bytes() == before
