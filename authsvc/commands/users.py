@@ -21,6 +21,9 @@ from authsvc.settings import ConfigError, Settings
 
 MAX_REPORTED = 100  # rejected rows named on stderr; the rest are counted
 BATCH = 1000
+# An email_verified cell, lower-cased; PostgreSQL exports booleans as t and f.
+VERIFIED = frozenset({"1", "true", "t", "yes", "y", "on"})
+UNVERIFIED = frozenset({"0", "false", "f", "no", "n", "off"})
 
 
 @click.group("users")
@@ -128,6 +131,15 @@ def _import_batch(
                     "cost ceilings (an Argon2 hash has commas: quote it)"
                 )
                 continue
+            flag = (row.get("email_verified") or "").strip().lower()
+            if flag and flag not in VERIFIED and flag not in UNVERIFIED:
+                rejected += 1
+                refusals.append(
+                    f"row {number}: email_verified must be true or false (1 or 0, yes or no, "
+                    "t or f), or empty"
+                )
+                continue
+            is_verified = flag in VERIFIED if flag else verified
             if email in first_rows:
                 rejected += 1
                 refusals.append(
@@ -136,8 +148,6 @@ def _import_batch(
                 )
                 continue
             first_rows[email] = number
-            flag = (row.get("email_verified") or "").strip().lower()
-            is_verified = verified if not flag else flag in {"1", "true", "yes"}
             wanted[email] = (password_hash, is_verified)
         existing = set(session.scalars(select(User.email).where(User.email.in_(list(wanted)))))
         # Failed logins take as long as a check of the costliest imported hash would.

@@ -549,3 +549,40 @@ def test_serve_refuses_a_number_of_threads_below_one(env, threads):
 
     assert result.exit_code == 2, result.output
     assert "Invalid value for '--threads'" in result.stderr
+
+
+def test_users_import_reads_email_verified_as_exported_and_names_a_cell_it_cannot_read(
+    env, tmp_path
+):
+    # A PostgreSQL export writes booleans as t and f: every account was imported unverified,
+    # as was one whose cell was a typo, silently.
+    bcrypt = "$2b$12$" + "C" * 53
+    users = tmp_path / "users.csv"
+    users.write_text(
+        "email,password_hash,email_verified\n"
+        f"ada@example.com,{bcrypt},t\n"
+        f"bob@example.com,{bcrypt},f\n"
+        f"carol@example.com,{bcrypt},Y\n"
+        f"dave@example.com,{bcrypt},maybe\n"
+        f"erin@example.com,{bcrypt},\n"
+    )
+
+    result = run(env, "users", "import", "--unverified", str(users))
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "row 4: email_verified must be true or false (1 or 0, yes or no, t or f), or empty",
+        "imported 4, skipped 0 existing, rejected 1 invalid",
+    ]
+    engine = make_engine(env["AUTHSVC_DATABASE_URL"])
+    with engine.connect() as conn:
+        verified = dict(
+            conn.execute(text("SELECT email, email_verified_at IS NOT NULL FROM users")).all()
+        )
+    engine.dispose()
+    assert verified == {
+        "ada@example.com": True,
+        "bob@example.com": False,
+        "carol@example.com": True,
+        "erin@example.com": False,
+    }
