@@ -73,6 +73,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _checked_operator(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """--operator as an admin key's name: kept whole in the campaign and the trail, and one
+    line in `status`."""
+    name = value.strip()
+    if not name or len(name) > 128 or not name.isprintable():
+        raise click.BadParameter("1 to 128 characters, without tabs or line breaks")
+    return name
+
+
 @click.group("breach-response")
 def breach_response() -> None:
     """Forced password resets for many accounts."""
@@ -155,6 +164,7 @@ def _selection(
     "--operator",
     default="command line",
     show_default=True,
+    callback=_checked_operator,
     help="Who starts it, for the audit trail.",
 )
 def create(
@@ -313,7 +323,7 @@ def list_(status_: str | None, limit: int) -> None:
 
 @breach_response.command("cancel")
 @click.argument("campaign_id")
-@click.option("--operator", default="command line", show_default=True)
+@click.option("--operator", default="command line", show_default=True, callback=_checked_operator)
 def cancel(campaign_id: str, operator: str) -> None:
     """Stop a pending or running breach response (accounts already flagged stay flagged)."""
     with _opened() as runtime:
@@ -341,7 +351,7 @@ def cancel(campaign_id: str, operator: str) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write here instead of standard output.",
 )
-@click.option("--operator", default="command line", show_default=True)
+@click.option("--operator", default="command line", show_default=True, callback=_checked_operator)
 def report(campaign_id: str, fmt: str, output: Path | None, operator: str) -> None:
     """Export every affected account: flagged, notified, reset since."""
     with sigterm_as_interrupt(), _opened() as runtime, _output(output) as out:

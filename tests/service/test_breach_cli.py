@@ -323,3 +323,25 @@ def test_a_report_to_a_missing_directory_reads_and_records_nothing(env, accounts
     assert result.exit_code == 1
     assert result.output.strip() == f"Error: {tmp_path / 'no' / 'r.csv'}: No such file or directory"
     assert query(env, exported) == [(0,)]
+
+
+@pytest.mark.parametrize(
+    "operator",
+    ["", "  ", "x" * 129, "ops\nstatus: completed"],
+    ids=["empty", "blank", "long", "newline"],
+)
+@pytest.mark.parametrize("command", ["create", "cancel", "report"])
+def test_an_operator_name_that_cannot_be_shown_is_a_usage_error(env, accounts, operator, command):
+    # The campaign kept the first 128 characters and the trail all of them, and a line
+    # break forged a line of `status`: admin key names are refused the same way.
+    args = {
+        "create": ["create", "--all", "--mode", "invalidate", "--reason", "leak", "--no-wait"],
+        "cancel": ["cancel", "some-id"],
+        "report": ["report", "some-id"],
+    }[command]
+
+    result = CliRunner().invoke(main, ["breach-response", *args, "--operator", operator], env=env)
+
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--operator'" in result.output
+    assert query(env, select(func.count()).select_from(BreachCampaign)) == [(0,)]
