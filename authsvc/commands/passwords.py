@@ -26,7 +26,8 @@ def breached_passwords() -> None:
 @breached_passwords.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def import_file(file: Path) -> None:
-    """Build the store from FILE, a Pwned Passwords SHA-1 download (HASH:COUNT lines).
+    """Build the store from FILE, a Pwned Passwords SHA-1 download (HASH:COUNT lines); FILE
+    may be a pipe, and '-' reads standard input (`7z e -so pwned.7z | authsvc ... import -`).
 
     The store goes to AUTHSVC_BREACHED_PASSWORDS_FILE (default: breached-passwords.bin under
     AUTHSVC_VAR_DIR) and replaces the previous one only once complete. Running servers read
@@ -36,7 +37,9 @@ def import_file(file: Path) -> None:
         settings = Settings.from_env()
     except ConfigError as exc:
         raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
-    if not file.is_file():
+    if str(file) == "-":
+        file = Path("/dev/stdin")
+    if not file.exists():  # a file, or a pipe: /dev/stdin, a FIFO
         raise click.ClickException(f"{file}: no such file")
     dest = settings.breached_passwords_path
     with sigterm_as_interrupt():
@@ -92,7 +95,7 @@ class _ProgressBars:
                 other.close()
             desc, unit = _STAGES.get(stage, (stage, ""))
             bar = tqdm(
-                total=total,
+                total=total or None,  # a pipe's size is not known
                 desc=desc,
                 unit=unit,
                 unit_scale=stage == "read",

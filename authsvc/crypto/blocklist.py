@@ -21,6 +21,7 @@ import heapq
 import mmap
 import os
 import re
+import stat
 import struct
 import sys
 import tempfile
@@ -231,9 +232,10 @@ def import_pwned_file(
     five times that), each chunk sorted into a run in a spill file next to *dest*, and the runs
     merged bucket by bucket. *dest* is replaced atomically only once the new store is complete.
     ``progress(stage, done, total)`` reports ("read", bytes, src bytes), then ("write", buckets,
-    65536).
+    65536). *src* may be a pipe (``/dev/stdin``, a FIFO), read once: its total is then 0.
     """
-    total_bytes = src.stat().st_size
+    status = src.stat()
+    total_bytes = status.st_size if stat.S_ISREG(status.st_mode) else 0
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
@@ -256,9 +258,10 @@ def _write_runs(
     runs: list[_Run] = []
     rejected = done = 0
     with src.open("rb") as f:
-        if f.read(3) != b"\xef\xbb\xbf":  # skip a UTF-8 byte order mark
-            f.seek(0)
-        while block := f.read(chunk_bytes):
+        head = f.read(3)  # a UTF-8 byte order mark is skipped; a pipe cannot seek back
+        pending = b"" if head == b"\xef\xbb\xbf" else head
+        while block := pending + f.read(chunk_bytes):
+            pending = b""
             if not block.endswith(b"\n"):
                 block += f.readline(_MAX_LINE)
             done += len(block)

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import unicodedata
 from pathlib import Path
@@ -222,3 +223,31 @@ def test_sigterm_during_an_import_keeps_the_old_store_and_leaves_no_partial_file
     assert "Traceback" not in stderr
     assert sorted(p.name for p in var.iterdir()) == ["breached-passwords.bin"]
     assert (var / "breached-passwords.bin").read_bytes() == before
+
+
+def test_an_import_reads_a_pipe(env, corpus, tmp_path):
+    # The corpus comes compressed: `7z e -so pwned.7z | authsvc breached-passwords import
+    # /dev/stdin` (or a named pipe) was refused as "no such file".
+    pipe = tmp_path / "pwned.fifo"
+    os.mkfifo(pipe)
+    text = "\ufeff" + corpus.read_text()  # a byte order mark first, as some tools write
+
+    def feed() -> None:
+        with pipe.open("w", encoding="utf-8") as out:
+            out.write(text)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        result = run(env, "breached-passwords", "import", str(pipe))
+    finally:
+        if feeder.is_alive():  # nothing opened the pipe: open it to let the feeder end
+            with pipe.open("rb") as drain:
+                drain.read()
+        feeder.join(10)
+
+    assert result.exit_code == 0, result.stderr
+    assert "imported 2,003 breached password hashes" in result.stderr
+    assert "malformed" not in result.stderr
+    with BreachedPasswordStore(tmp_path / "var" / "breached-passwords.bin") as store:
+        assert all(store.contains(p) for p in LEAKED)
