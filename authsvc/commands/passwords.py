@@ -64,6 +64,13 @@ def _build(file: Path, dest: Path) -> tuple[int, int]:
         with _ProgressBars() as bars:
             result = import_pwned_file(file, staging, progress=bars.update)
         if result.imported == 0:
+            unpack = _unpacker(file)
+            if unpack:
+                raise click.ClickException(
+                    f"{file} is compressed: unpack it first, or as it is read (`{unpack} "
+                    f"{file} | authsvc breached-passwords import -`); the previous store is "
+                    "unchanged"
+                )
             raise click.ClickException(
                 f"{file}: no SHA-1 HASH:COUNT lines found ({result.rejected} other lines); "
                 "the previous store is unchanged"
@@ -80,6 +87,19 @@ def _build(file: Path, dest: Path) -> tuple[int, int]:
     finally:
         staging.unlink(missing_ok=True)
     return count, result.rejected
+
+
+# How an archive starts, and a command that writes what it holds to standard output.
+_PACKED = {b"\x1f\x8b": "gzip -dc", b"7z\xbc\xaf\x27\x1c": "7z e -so", b"PK\x03\x04": "unzip -p"}
+
+
+def _unpacker(file: Path) -> str | None:
+    """The command that unpacks ``file`` if it is an archive (a pipe is not read again)."""
+    if not file.is_file():
+        return None
+    with file.open("rb") as f:
+        start = f.read(6)
+    return next((unpack for magic, unpack in _PACKED.items() if start.startswith(magic)), None)
 
 
 class _ProgressBars:

@@ -251,3 +251,24 @@ def test_an_import_reads_a_pipe(env, corpus, tmp_path):
     assert "malformed" not in result.stderr
     with BreachedPasswordStore(tmp_path / "var" / "breached-passwords.bin") as store:
         assert all(store.contains(p) for p in LEAKED)
+
+
+@pytest.mark.parametrize(
+    ("name", "start"),
+    [
+        ("pwned.txt.gz", b"\x1f\x8b\x08"),
+        ("pwned.7z", b"7z\xbc\xaf\x27\x1c"),
+        ("pwned.zip", b"PK\x03\x04"),
+    ],
+)
+def test_a_compressed_download_is_named_as_such(env, tmp_path, name, start):
+    # It was "no SHA-1 HASH:COUNT lines found (5 other lines)", as for any other file.
+    archive = tmp_path / name
+    archive.write_bytes(start + bytes(range(256)) * 4)
+
+    result = run(env, "breached-passwords", "import", str(archive))
+
+    assert result.exit_code == 1
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert "is compressed" in line and "unpack it" in line
+    assert not (tmp_path / "var" / "breached-passwords.bin").exists()
