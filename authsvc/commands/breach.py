@@ -158,7 +158,8 @@ def _selection(
     "--wait/--no-wait",
     default=True,
     show_default=True,
-    help="Run the batches here with a progress bar, or leave them to the workers.",
+    help="Run the batches here with a progress bar (Ctrl-C leaves the rest to the workers), "
+    "or leave them all to the workers.",
 )
 @click.option(
     "--operator",
@@ -219,7 +220,15 @@ def create(
         if campaign.input is not None:
             _list_report(campaign.input)
         if wait:
-            campaign = _run_here(runtime, campaign)
+            try:
+                campaign = _run_here(runtime, campaign)
+            except KeyboardInterrupt:
+                # The batch under way is rolled back; the campaign itself goes on.
+                raise click.ClickException(
+                    f"interrupted: breach response {campaign.id} is not stopped, the workers "
+                    f"carry it on: follow it with `authsvc breach-response status {campaign.id} "
+                    f"--watch`, or stop it with `authsvc breach-response cancel {campaign.id}`"
+                ) from None
             _summary(campaign)
     if campaign.status == "failed":
         raise click.ClickException(f"breach response failed: {campaign.last_error}")

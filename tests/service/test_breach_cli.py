@@ -6,6 +6,12 @@ import csv
 import io
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -345,3 +351,50 @@ def test_an_operator_name_that_cannot_be_shown_is_a_usage_error(env, accounts, o
     assert result.exit_code == 2, result.output
     assert "Invalid value for '--operator'" in result.output
     assert query(env, select(func.count()).select_from(BreachCampaign)) == [(0,)]
+
+
+def test_ctrl_c_while_waiting_says_the_campaign_goes_on_and_how_to_stop_it(env, tmp_path):
+    # "Aborted!" alone read as if the campaign had stopped, while the workers kept flagging
+    # accounts, revoking sessions and sending notices.
+    runtime = build_runtime(Settings.from_env(env))
+    at = utcnow()
+    with runtime.sessionmaker.begin() as session:
+        session.add_all(
+            User(
+                email=f"user{i}@example.com",
+                password_hash="$argon2id$x",
+                password_set_at=at,
+                email_verified_at=at,
+                created_at=at,
+                updated_at=at,
+            )
+            for i in range(3000)
+        )
+    runtime.dispose()
+    started = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")}
+    started |= env | {"AUTHSVC_BREACH_BATCH_SIZE": "1"}
+    started |= {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # this checkout
+    command = "from authsvc.cli import main; main()"
+    args = ["breach-response", "create", "--all", "--mode", "invalidate", "--reason", "leak"]
+    creating = subprocess.Popen(
+        [sys.executable, "-u", "-c", command, *args],
+        env=started,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert creating.stdout is not None
+        campaign_id = creating.stdout.readline().strip()
+        time.sleep(0.5)  # some batches in
+        creating.send_signal(signal.SIGINT)
+        _, stderr = creating.communicate(timeout=30)
+    finally:
+        creating.kill()
+
+    assert creating.returncode == 1
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Error: interrupted: breach response {campaign_id} is not stopped")
+    assert f"authsvc breach-response cancel {campaign_id}" in last
+    [(status,)] = query(env, select(BreachCampaign.status))
+    assert status in {"pending", "running"}
