@@ -83,6 +83,11 @@ def import_users(file: Path, verified: bool) -> None:
                 f"an email of rows {start + 1}-{start + BATCH} was registered while importing; "
                 f"{imported} imported so far; run the import again (existing emails are skipped)"
             ) from None
+        except KeyboardInterrupt:  # the batch under way is rolled back; those before stay
+            raise click.ClickException(
+                f"interrupted: {imported} imported, from the first {start} rows; run the import "
+                "again to go on (existing emails are skipped)"
+            ) from None
         imported, skipped, rejected = (
             imported + counts[0],
             skipped + counts[1],

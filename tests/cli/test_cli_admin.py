@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -586,3 +589,46 @@ def test_users_import_reads_email_verified_as_exported_and_names_a_cell_it_canno
         "carol@example.com": True,
         "erin@example.com": False,
     }
+
+
+def test_ctrl_c_during_users_import_says_what_was_imported_and_that_a_rerun_is_safe(env, tmp_path):
+    # "Aborted!" alone: whether anything had been imported, and whether the import could be
+    # run again, was left to guess.
+    users = tmp_path / "users.csv"
+    with users.open("w") as out:
+        out.write("email,password_hash\n")
+        for i in range(60_000):
+            out.write(f"user{i}@example.com,$2b$12${'C' * 53}\n")
+    started = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")}
+    started |= {k: v for k, v in env.items() if v is not None}
+    started |= {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # this checkout
+    command = "from authsvc.cli import main; main()"
+    importer = subprocess.Popen(
+        [sys.executable, "-c", command, "users", "import", str(users)],
+        env=started,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def count() -> int:  # a plain reader: the service's engine begins each transaction as a writer
+        with contextlib.closing(sqlite3.connect(tmp_path / "cli.db", timeout=30)) as db:
+            return int(db.execute("SELECT count(*) FROM users").fetchone()[0])
+
+    try:
+        deadline = time.monotonic() + 60
+        while not count():
+            assert time.monotonic() < deadline and importer.poll() is None
+            time.sleep(0.02)
+        importer.send_signal(signal.SIGINT)
+        _, stderr = importer.communicate(timeout=30)
+    finally:
+        importer.kill()
+    imported = count()
+
+    assert importer.returncode == 1
+    assert 0 < imported < 60_000
+    assert stderr.strip().splitlines()[-1] == (
+        f"Error: interrupted: {imported} imported, from the first {imported} rows; run the "
+        "import again to go on (existing emails are skipped)"
+    )
