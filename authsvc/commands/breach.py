@@ -293,7 +293,11 @@ def _summary(campaign: CampaignView) -> None:
 
 @breach_response.command("status")
 @click.argument("campaign_id")
-@click.option("--watch", is_flag=True, help="Show a progress bar until it finishes.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Show a progress bar until it finishes; exit 1 if it failed.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(campaign_id: str, watch: bool, as_json: bool) -> None:
     """Show a breach response's status and progress."""
@@ -308,10 +312,12 @@ def status(campaign_id: str, watch: bool, as_json: bool) -> None:
                     bar.update(campaign.processed - bar.n)
     if as_json:
         click.echo(json.dumps(_plain(campaign), indent=2))
-        return
-    for name, value in _plain(campaign).items():
-        if name != "input":
-            click.echo(f"{name}: {'' if value is None else value}")
+    else:
+        for name, value in _plain(campaign).items():
+            if name != "input":
+                click.echo(f"{name}: {'' if value is None else value}")
+    if watch and campaign.status == "failed":  # as `create --wait`: the wait's outcome
+        raise click.ClickException(f"breach response failed: {campaign.last_error}")
 
 
 @breach_response.command("list")

@@ -398,3 +398,32 @@ def test_ctrl_c_while_waiting_says_the_campaign_goes_on_and_how_to_stop_it(env, 
     assert f"authsvc breach-response cancel {campaign_id}" in last
     [(status,)] = query(env, select(BreachCampaign.status))
     assert status in {"pending", "running"}
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["lines", "json"])
+def test_status_watch_exits_non_zero_when_the_campaign_failed(env, accounts, as_json):
+    # As `create --wait` does: a script that waited with `status --watch` read a failed
+    # campaign as done.
+    created = run(
+        env, "breach-response", "create", "--all", "--mode", "invalidate", "--reason", "x"
+    )
+    campaign_id = created.stdout.splitlines()[0]
+    runtime = build_runtime(Settings.from_env(env))
+    with runtime.sessionmaker.begin() as session:
+        campaign = session.get(BreachCampaign, campaign_id)
+        campaign.status, campaign.last_error = "failed", "the database went away"
+    runtime.dispose()
+
+    watched = CliRunner().invoke(
+        main,
+        ["breach-response", "status", campaign_id, "--watch", *(["--json"] if as_json else [])],
+        env=env,
+    )
+    looked = run(env, "breach-response", "status", campaign_id)
+
+    assert watched.exit_code == 1
+    assert "failed" in watched.stdout  # the status is printed all the same
+    assert watched.stderr.strip().splitlines() == [
+        "Error: breach response failed: the database went away"
+    ]
+    assert looked.exit_code == 0  # without --watch it only shows the status
