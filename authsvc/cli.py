@@ -109,7 +109,7 @@ def serve(
     runtime = build_runtime(settings)
     if settings.resolved_database_url.startswith("sqlite"):
         settings.var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        upgrade(settings.resolved_database_url)
+        _upgrade(settings.resolved_database_url)
     refuse_a_ring_without_its_mac_key(runtime)
     refuse_a_ring_that_cannot_sign(runtime)
     runtime.dispose()
@@ -160,12 +160,18 @@ def db_upgrade() -> None:
     settings = _settings()
     if settings.resolved_database_url.startswith("sqlite"):
         settings.var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _upgrade(settings.resolved_database_url)
+    click.echo("database is at head", err=True)
+
+
+def _upgrade(url: str) -> None:
+    """Alembic upgrade head (`db upgrade`, and `serve` on SQLite); any failure is one line,
+    such as a database a later release upgraded, at a revision this one does not know."""
     try:
-        upgrade(settings.resolved_database_url)
+        upgrade(url)
     except Exception as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""]
         raise click.ClickException(f"upgrade failed: {type(exc).__name__}: {reason[0]}") from None
-    click.echo("database is at head", err=True)
 
 
 @main.group()

@@ -632,3 +632,20 @@ def test_ctrl_c_during_users_import_says_what_was_imported_and_that_a_rerun_is_s
         f"Error: interrupted: {imported} imported, from the first {imported} rows; run the "
         "import again to go on (existing emails are skipped)"
     )
+
+
+@pytest.mark.parametrize("args", [("serve", "--dev", "--port", "1"), ("db", "upgrade")])
+def test_a_sqlite_database_of_a_newer_release_fails_with_one_line(env, args):
+    # After going back to an earlier release: serve, which upgrades SQLite by itself, ended
+    # in a traceback from Alembic.
+    engine = make_engine(env["AUTHSVC_DATABASE_URL"])
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    engine.dispose()
+
+    result = CliRunner().invoke(main, list(args), env=env)
+
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)  # not a traceback
+    [line] = [line for line in result.stderr.splitlines() if not line.startswith('{"ts"')]
+    assert line == "Error: upgrade failed: CommandError: Can't locate revision identified by '0099'"
