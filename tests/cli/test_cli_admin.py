@@ -649,3 +649,46 @@ def test_a_sqlite_database_of_a_newer_release_fails_with_one_line(env, args):
     assert isinstance(result.exception, SystemExit)  # not a traceback
     [line] = [line for line in result.stderr.splitlines() if not line.startswith('{"ts"')]
     assert line == "Error: upgrade failed: CommandError: Can't locate revision identified by '0099'"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("serve", "--port", "1"), ("worker",), ("audit", "verify")],
+    ids=["serve", "worker", "audit-verify"],
+)
+@pytest.mark.parametrize("roots", ["missing", "directory", "not-a-certificate"])
+def test_attestation_roots_that_cannot_be_read_fail_with_one_line(env, tmp_path, args, roots):
+    # Read at each registration only: the server started, and every security key or passkey
+    # registration then answered 500.
+    path = tmp_path / "roots.pem"
+    if roots == "directory":
+        path.mkdir()
+    elif roots == "not-a-certificate":
+        path.write_text(
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+        )
+    changes = {
+        "AUTHSVC_WEBAUTHN_ATTESTATION": "direct",
+        "AUTHSVC_WEBAUTHN_ATTESTATION_ROOTS": str(path),
+    }
+
+    result = CliRunner().invoke(main, list(args), env={**env, **changes})
+
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"Error: configuration: AUTHSVC_WEBAUTHN_ATTESTATION_ROOTS: {path}")
+
+
+def test_attestation_roots_with_a_certificate_are_taken(env, tmp_path):
+    from tests.support_webauthn import AttestationCa
+
+    path = tmp_path / "roots.pem"
+    path.write_bytes(b"vendor A\n" + AttestationCa(aaguid=bytes(16)).root_pem())
+    changes = {
+        "AUTHSVC_WEBAUTHN_ATTESTATION": "direct",
+        "AUTHSVC_WEBAUTHN_ATTESTATION_ROOTS": str(path),
+    }
+
+    result = CliRunner().invoke(main, ["audit", "verify"], env={**env, **changes})
+
+    assert result.exit_code == 0, result.output
