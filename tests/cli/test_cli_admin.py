@@ -676,7 +676,8 @@ def test_attestation_roots_that_cannot_be_read_fail_with_one_line(env, tmp_path,
 
     assert result.exit_code == 1
     [line] = result.stderr.strip().splitlines()
-    assert line.startswith(f"Error: configuration: AUTHSVC_WEBAUTHN_ATTESTATION_ROOTS: {path}")
+    assert line.startswith("Error: configuration: AUTHSVC_WEBAUTHN_ATTESTATION_ROOTS: ")
+    assert str(path) in line
 
 
 def test_attestation_roots_with_a_certificate_are_taken(env, tmp_path):
