@@ -472,14 +472,24 @@ def earlier_login_agents(user_id: str) -> Select[str | None]:
     return _EARLIER_LOGIN_AGENTS.params(user_id=user_id)
 
 
-def _history_pruned(session: DbSession, user_id: str) -> bool:
-    """Whether pruning may have deleted events of the account: the oldest event kept is
-    younger than the account. Then an account without logins in the trail may have had some."""
-    oldest = select(func.min(AuditEvent.occurred_at)).scalar_subquery()
-    return (
-        session.scalar(select(User.id).where(User.id == user_id, User.created_at < oldest))
-        is not None
+# The account, when the oldest event kept is younger than the account (pruning may have deleted
+# its earlier logins). Older events only: this transaction's own need not be written first
+# (that takes the chain lock until the commit).
+_HISTORY_PRUNED = (
+    select(User.id)
+    .where(
+        User.id == bindparam("user_id"),
+        User.created_at < select(func.min(AuditEvent.occurred_at)).scalar_subquery(),
     )
+    .execution_options(**audit.WITHOUT_PENDING)
+)
+
+
+def _history_pruned(session: DbSession, user_id: str) -> bool:
+    """Whether pruning may have deleted events of the account: then an account without logins
+    in the trail may have had some."""
+    found = session.connection().execute(_HISTORY_PRUNED, {"user_id": user_id})
+    return found.first() is not None
 
 
 def _device(user_agent: str | None) -> str:
