@@ -15,8 +15,10 @@ import functools
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from email.message import EmailMessage
@@ -42,6 +44,27 @@ from authsvc.schema import upgrade
 from authsvc.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_command(
+    env: Mapping[str, str | None], *args: str, stdout: int = subprocess.DEVNULL
+) -> subprocess.Popen[str]:
+    """`authsvc ARGS` in a process of its own (to be interrupted or stopped), with the
+    AUTHSVC_* settings of ``env`` and no others, running this checkout's code; stderr (and
+    stdout if asked) piped, as text, unbuffered."""
+    started = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")}
+    started |= {k: v for k, v in env.items() if v is not None}
+    started["PYTHONPATH"] = str(ROOT)
+    command = "from authsvc.cli import main; main()"
+    return subprocess.Popen(
+        [sys.executable, "-u", "-c", command, *args],
+        env=started,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 FAST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1}
 
 

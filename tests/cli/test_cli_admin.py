@@ -25,6 +25,7 @@ from authsvc.db import make_engine
 from authsvc.models import AdminKey
 from authsvc.schema import upgrade
 from authsvc.settings import Settings
+from tests.conftest import start_command
 from tests.e2e.server import free_port
 
 AUTHSVC = Path(sys.executable).parent / "authsvc"
@@ -599,17 +600,7 @@ def test_ctrl_c_during_users_import_says_what_was_imported_and_that_a_rerun_is_s
         out.write("email,password_hash\n")
         for i in range(60_000):
             out.write(f"user{i}@example.com,$2b$12${'C' * 53}\n")
-    started = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")}
-    started |= {k: v for k, v in env.items() if v is not None}
-    started |= {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # this checkout
-    command = "from authsvc.cli import main; main()"
-    importer = subprocess.Popen(
-        [sys.executable, "-c", command, "users", "import", str(users)],
-        env=started,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    importer = start_command(env, "users", "import", str(users))
 
     def count() -> int:  # a plain reader: the service's engine begins each transaction as a writer
         with contextlib.closing(sqlite3.connect(tmp_path / "cli.db", timeout=30)) as db:

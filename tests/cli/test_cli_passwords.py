@@ -7,8 +7,6 @@ import hashlib
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import unicodedata
@@ -20,7 +18,7 @@ from click.testing import CliRunner
 from authsvc.app import create_app
 from authsvc.cli import main
 from authsvc.crypto.blocklist import BreachedPasswordStore
-from tests.conftest import ContractClient
+from tests.conftest import ContractClient, start_command
 
 LEAKED = ["Tr0ub4dor&3 but longer", "hunter2hunter2hunter2", "Straße mit Passwort 7"]
 SAFE = "a password nobody has leaked yet 9f1c"
@@ -198,17 +196,7 @@ def test_sigterm_during_an_import_keeps_the_old_store_and_leaves_no_partial_file
     with big.open("w") as out:
         for i in range(400_000):
             out.write(f"{hashlib.sha1(str(i).encode()).hexdigest().upper()}:1\n")
-    started = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")}
-    started |= {k: v for k, v in env.items() if v is not None}
-    started |= {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # this checkout
-    command = "from authsvc.cli import main; main()"
-    importer = subprocess.Popen(
-        [sys.executable, "-c", command, "breached-passwords", "import", str(big)],
-        env=started,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    importer = start_command(env, "breached-passwords", "import", str(big))
     try:
         deadline = time.monotonic() + 30
         while not any(p.name.endswith(".new") for p in var.iterdir()):

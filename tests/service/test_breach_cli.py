@@ -6,12 +6,9 @@ import csv
 import io
 import json
 import logging
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -25,6 +22,7 @@ from authsvc.models import AuditEvent, OutboxMessage, User
 from authsvc.models.breach import BreachCampaign, BreachTarget
 from authsvc.schema import upgrade
 from authsvc.settings import Settings
+from tests.conftest import start_command
 
 
 @pytest.fixture
@@ -371,17 +369,9 @@ def test_ctrl_c_while_waiting_says_the_campaign_goes_on_and_how_to_stop_it(env, 
             for i in range(3000)
         )
     runtime.dispose()
-    started = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")}
-    started |= env | {"AUTHSVC_BREACH_BATCH_SIZE": "1"}
-    started |= {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # this checkout
-    command = "from authsvc.cli import main; main()"
     args = ["breach-response", "create", "--all", "--mode", "invalidate", "--reason", "leak"]
-    creating = subprocess.Popen(
-        [sys.executable, "-u", "-c", command, *args],
-        env=started,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    creating = start_command(
+        env | {"AUTHSVC_BREACH_BATCH_SIZE": "1"}, *args, stdout=subprocess.PIPE
     )
     try:
         assert creating.stdout is not None
