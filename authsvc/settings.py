@@ -259,10 +259,12 @@ class Settings:
                 # A link, a login's second step or a forced change that ends before anyone
                 # could use it would refuse every use, silently.
                 out.append(f"AUTHSVC_{name.upper()} must be at least 1m")
-        if timedelta(0) < self.audit_retention < timedelta(days=1):
-            # As `authsvc audit prune --before / --older-than`: the last day stays ("400",
-            # a number of days without its unit, is 400 seconds).
-            out.append("AUTHSVC_AUDIT_RETENTION must be 0 (keep every event) or at least 1d")
+        for name in ("audit_retention", "expired_retention", "failed_message_retention"):
+            if timedelta(0) < getattr(self, name) < timedelta(days=1):
+                # As `authsvc audit prune --before / --older-than`: the last day stays ("400",
+                # a number of days without its unit, is 400 seconds; "7" would delete ended
+                # sessions and parked mail seconds after they end).
+                out.append(f"AUTHSVC_{name.upper()} must be 0 (keep all) or at least 1d")
         for name in ("totp_max_factors", "webauthn_max_credentials"):
             if getattr(self, name) < 1:
                 out.append(f"AUTHSVC_{name.upper()} must be >= 1")

@@ -312,15 +312,19 @@ def test_the_longest_waits_allowed():
     assert (settings.hash_queue_timeout, settings.notify_rate_per_second) == (60, 0.01)
 
 
+@pytest.mark.parametrize(
+    "name", ["audit_retention", "expired_retention", "failed_message_retention"]
+)
 @pytest.mark.parametrize("raw", ["400", "1h", "23h"])
-def test_an_audit_retention_keeps_at_least_a_day(raw):
+def test_a_retention_keeps_at_least_a_day(name, raw):
     # "400" is 400 seconds: `authsvc audit prune` would have deleted all but the last minutes
-    # of the trail, which its own --before and --older-than refuse.
-    assert problems_of(audit_retention=raw) == [
-        "AUTHSVC_AUDIT_RETENTION must be 0 (keep every event) or at least 1d"
+    # of the trail, which its own --before and --older-than refuse; "7" for the worker's
+    # sweep deleted ended sessions and parked mail seconds after they ended.
+    assert problems_of(**{name: raw}) == [
+        f"AUTHSVC_{name.upper()} must be 0 (keep all) or at least 1d"
     ]
-    assert from_env(audit_retention="1d").audit_retention == timedelta(days=1)
-    assert from_env(audit_retention="0").audit_retention == timedelta(0)
+    assert getattr(from_env(**{name: "1d"}), name) == timedelta(days=1)
+    assert getattr(from_env(**{name: "0"}), name) == timedelta(0)
 
 
 @pytest.mark.parametrize(
