@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -51,48 +54,45 @@ def import_users(file: Path, verified: bool) -> None:
         raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
     hasher = runtime.deps.hasher
     imported = skipped = rejected = 0
-    try:
-        # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte order mark before the header.
-        with file.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            if not reader.fieldnames or not {"email", "password_hash"} <= set(reader.fieldnames):
-                raise click.ClickException("the CSV needs a header with email,password_hash")
-            rows = list(reader)
-    except UnicodeDecodeError as exc:
-        raise click.ClickException(
-            f"{file} is not UTF-8 text (byte {exc.start}); save the CSV as UTF-8"
-        ) from None
-    except csv.Error as exc:
-        raise click.ClickException(f"{file}: {exc} (after line {reader.line_num})") from None
     refusals: list[str] = []
     first_rows: dict[str, int] = {}  # each email's first row, over every batch
+    # Read twice, a batch in memory at a time (a million rows held at once took gigabytes):
+    # first to the end, so that a file that turns out not to be UTF-8 or not CSV imports
+    # nothing, then batch by batch.
+    with _csv_rows(file) as rows:
+        for _row in rows:
+            pass
     sign_audit_head(runtime)
-    for start in range(0, len(rows), BATCH):
-        try:
-            counts = _import_batch(
-                runtime,
-                hasher,
-                rows[start : start + BATCH],
-                verified,
-                first=start + 1,
-                refusals=refusals,
-                first_rows=first_rows,
+    with _csv_rows(file) as rows:
+        start = 0
+        while batch := list(itertools.islice(rows, BATCH)):
+            try:
+                counts = _import_batch(
+                    runtime,
+                    hasher,
+                    batch,
+                    verified,
+                    first=start + 1,
+                    refusals=refusals,
+                    first_rows=first_rows,
+                )
+            except IntegrityError:
+                raise click.ClickException(
+                    f"an email of rows {start + 1}-{start + len(batch)} was registered while "
+                    f"importing; {imported} imported so far; run the import again (existing "
+                    "emails are skipped)"
+                ) from None
+            except KeyboardInterrupt:  # the batch under way is rolled back; those before stay
+                raise click.ClickException(
+                    f"interrupted: {imported} imported, from the first {start} rows; run the "
+                    "import again to go on (existing emails are skipped)"
+                ) from None
+            imported, skipped, rejected = (
+                imported + counts[0],
+                skipped + counts[1],
+                rejected + counts[2],
             )
-        except IntegrityError:
-            raise click.ClickException(
-                f"an email of rows {start + 1}-{start + BATCH} was registered while importing; "
-                f"{imported} imported so far; run the import again (existing emails are skipped)"
-            ) from None
-        except KeyboardInterrupt:  # the batch under way is rolled back; those before stay
-            raise click.ClickException(
-                f"interrupted: {imported} imported, from the first {start} rows; run the import "
-                "again to go on (existing emails are skipped)"
-            ) from None
-        imported, skipped, rejected = (
-            imported + counts[0],
-            skipped + counts[1],
-            rejected + counts[2],
-        )
+            start += len(batch)
     for refusal in refusals[:MAX_REPORTED]:
         click.echo(refusal, err=True)
     if len(refusals) > MAX_REPORTED:
@@ -102,6 +102,27 @@ def import_users(file: Path, verified: bool) -> None:
     )
     if rejected and not imported:
         sys.exit(1)
+
+
+@contextmanager
+def _csv_rows(file: Path) -> Iterator[Iterator[dict[str, str]]]:
+    """The data rows of the CSV ``file``, read as they are asked for; a file that is not
+    UTF-8, has no email,password_hash header or that the CSV reader refuses is one line."""
+    reader = None
+    try:
+        # utf-8-sig: spreadsheets save "CSV UTF-8" with a byte order mark before the header.
+        with file.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or not {"email", "password_hash"} <= set(reader.fieldnames):
+                raise click.ClickException("the CSV needs a header with email,password_hash")
+            yield reader
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(
+            f"{file} is not UTF-8 text (byte {exc.start}); save the CSV as UTF-8"
+        ) from None
+    except csv.Error as exc:
+        line = reader.line_num if reader is not None else 0
+        raise click.ClickException(f"{file}: {exc} (after line {line})") from None
 
 
 def _import_batch(

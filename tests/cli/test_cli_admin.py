@@ -435,6 +435,28 @@ def test_a_users_file_that_is_not_utf8_fails_with_one_line(env, tmp_path):
     ]
 
 
+def test_a_users_file_that_goes_bad_after_its_first_batches_imports_nothing(env, tmp_path):
+    """The file is read a batch at a time, but to its end before the first batch: a byte
+    that is not UTF-8 in its last row leaves the database as it was."""
+    bcrypt = "$2b$12$" + "C" * 53
+    users = tmp_path / "legacy.csv"
+    with users.open("wb") as out:
+        out.write(b"email,password_hash\n")
+        for i in range(2_500):
+            out.write(f"user{i}@example.com,{bcrypt}\n".encode())
+        out.write("rené@example.com,x\n".encode("latin-1"))
+
+    result = CliRunner().invoke(main, ["users", "import", str(users)], env=env)
+
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"Error: {users} is not UTF-8 text")
+    engine = make_engine(env["AUTHSVC_DATABASE_URL"])
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM users")) == 0
+    engine.dispose()
+
+
 def test_a_users_file_saved_with_a_byte_order_mark_imports(env, tmp_path):
     # Spreadsheets save "CSV UTF-8" with a BOM before the header.
     users = tmp_path / "excel.csv"
