@@ -59,40 +59,41 @@ def import_users(file: Path, verified: bool) -> None:
     # Read twice, a batch in memory at a time (a million rows held at once took gigabytes):
     # first to the end, so that a file that turns out not to be UTF-8 or not CSV imports
     # nothing, then batch by batch.
-    with _csv_rows(file) as rows:
-        for _row in rows:
-            pass
-    sign_audit_head(runtime)
-    with _csv_rows(file) as rows:
-        start = 0
-        while batch := list(itertools.islice(rows, BATCH)):
-            try:
-                counts = _import_batch(
-                    runtime,
-                    hasher,
-                    batch,
-                    verified,
-                    first=start + 1,
-                    refusals=refusals,
-                    first_rows=first_rows,
+    start = 0  # the rows read into batches so far
+    try:
+        with _csv_rows(file) as rows:
+            for _row in rows:
+                pass
+        sign_audit_head(runtime)
+        with _csv_rows(file) as rows:
+            while batch := list(itertools.islice(rows, BATCH)):
+                try:
+                    counts = _import_batch(
+                        runtime,
+                        hasher,
+                        batch,
+                        verified,
+                        first=start + 1,
+                        refusals=refusals,
+                        first_rows=first_rows,
+                    )
+                except IntegrityError:
+                    raise click.ClickException(
+                        f"an email of rows {start + 1}-{start + len(batch)} was registered "
+                        f"while importing; {imported} imported so far; run the import again "
+                        "(existing emails are skipped)"
+                    ) from None
+                imported, skipped, rejected = (
+                    imported + counts[0],
+                    skipped + counts[1],
+                    rejected + counts[2],
                 )
-            except IntegrityError:
-                raise click.ClickException(
-                    f"an email of rows {start + 1}-{start + len(batch)} was registered while "
-                    f"importing; {imported} imported so far; run the import again (existing "
-                    "emails are skipped)"
-                ) from None
-            except KeyboardInterrupt:  # the batch under way is rolled back; those before stay
-                raise click.ClickException(
-                    f"interrupted: {imported} imported, from the first {start} rows; run the "
-                    "import again to go on (existing emails are skipped)"
-                ) from None
-            imported, skipped, rejected = (
-                imported + counts[0],
-                skipped + counts[1],
-                rejected + counts[2],
-            )
-            start += len(batch)
+                start += len(batch)
+    except KeyboardInterrupt:  # a batch under way is rolled back; those before stay
+        raise click.ClickException(
+            f"interrupted: {imported} imported, from the first {start} rows; run the import "
+            "again to go on (existing emails are skipped)"
+        ) from None
     for refusal in refusals[:MAX_REPORTED]:
         click.echo(refusal, err=True)
     if len(refusals) > MAX_REPORTED:
