@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
@@ -63,6 +64,23 @@ def start_command(
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def interrupt_when(
+    process: subprocess.Popen[str], ready: Callable[[], bool], signum: int, *, within: float
+) -> str:
+    """Send ``signum`` to ``process`` once ``ready()`` holds (a failed test if the process
+    ends, or ``within`` seconds pass, first); its stderr once it has ended."""
+    try:
+        deadline = time.monotonic() + within
+        while not ready():
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.005)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    return stderr
 
 
 FAST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1}

@@ -25,7 +25,7 @@ from authsvc.db import make_engine
 from authsvc.models import AdminKey
 from authsvc.schema import upgrade
 from authsvc.settings import Settings
-from tests.conftest import start_command
+from tests.conftest import interrupt_when, start_command
 from tests.e2e.server import free_port
 
 AUTHSVC = Path(sys.executable).parent / "authsvc"
@@ -628,15 +628,7 @@ def test_ctrl_c_during_users_import_says_what_was_imported_and_that_a_rerun_is_s
         with contextlib.closing(sqlite3.connect(tmp_path / "cli.db", timeout=30)) as db:
             return int(db.execute("SELECT count(*) FROM users").fetchone()[0])
 
-    try:
-        deadline = time.monotonic() + 60
-        while not count():
-            assert time.monotonic() < deadline and importer.poll() is None
-            time.sleep(0.02)
-        importer.send_signal(signal.SIGINT)
-        _, stderr = importer.communicate(timeout=30)
-    finally:
-        importer.kill()
+    stderr = interrupt_when(importer, count, signal.SIGINT, within=60)
     imported = count()
 
     assert importer.returncode == 1

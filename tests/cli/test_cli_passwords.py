@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import threading
-import time
 import unicodedata
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from click.testing import CliRunner
 from authsvc.app import create_app
 from authsvc.cli import main
 from authsvc.crypto.blocklist import BreachedPasswordStore
-from tests.conftest import ContractClient, start_command
+from tests.conftest import ContractClient, interrupt_when, start_command
 
 LEAKED = ["Tr0ub4dor&3 but longer", "hunter2hunter2hunter2", "Straße mit Passwort 7"]
 SAFE = "a password nobody has leaked yet 9f1c"
@@ -197,15 +196,11 @@ def test_sigterm_during_an_import_keeps_the_old_store_and_leaves_no_partial_file
         for i in range(400_000):
             out.write(f"{hashlib.sha1(str(i).encode()).hexdigest().upper()}:1\n")
     importer = start_command(env, "breached-passwords", "import", str(big))
-    try:
-        deadline = time.monotonic() + 30
-        while not any(p.name.endswith(".new") for p in var.iterdir()):
-            assert time.monotonic() < deadline and importer.poll() is None
-            time.sleep(0.005)
-        importer.send_signal(signal.SIGTERM)
-        _, stderr = importer.communicate(timeout=30)
-    finally:
-        importer.kill()
+
+    def staging() -> bool:
+        return any(p.name.endswith(".new") for p in var.iterdir())
+
+    stderr = interrupt_when(importer, staging, signal.SIGTERM, within=30)
 
     assert importer.returncode != 0
     assert "Traceback" not in stderr
