@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
 from flask import Flask, Response, g, request
 from flask_cors import CORS
 from limits.errors import ConfigurationError as LimitsConfigurationError
@@ -30,7 +29,6 @@ from authsvc.crypto.blocklist import (
 )
 from authsvc.crypto.keyring import Keyring, generate_key_spec
 from authsvc.crypto.passwords import Argon2Params
-from authsvc.crypto.webauthn import load_pem_roots
 from authsvc.db import (
     REQUEST_POOL_TIMEOUT,
     make_autocommit_engine,
@@ -154,29 +152,6 @@ def _request_limits(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _check_attestation_roots(settings: Settings) -> None:
-    """With direct attestation, the roots file must be readable, and what it holds between
-    BEGIN and END CERTIFICATE certificates: it is read at each registration only, so a
-    missing file answered every security key and passkey registration 500. (A file without
-    a certificate accepts no key, as documented.)"""
-    path = settings.webauthn_attestation_roots
-    if settings.webauthn_attestation != "direct" or path is None:
-        return
-    try:
-        roots = load_pem_roots(path.read_bytes())
-    except OSError as exc:
-        raise ConfigError(
-            [f"AUTHSVC_WEBAUTHN_ATTESTATION_ROOTS: {path}: {exc.strerror or exc}"]
-        ) from None
-    for number, root in enumerate(roots, start=1):
-        try:
-            x509.load_pem_x509_certificate(root)
-        except ValueError:
-            raise ConfigError(
-                [f"AUTHSVC_WEBAUTHN_ATTESTATION_ROOTS: {path}: certificate {number} cannot be read"]
-            ) from None
-
-
 def build_runtime(
     settings: Settings,
     *,
@@ -240,7 +215,6 @@ def build_runtime(
             breached_path,
         )
     blocklist = Blocklist(CommonPasswords(), breached)
-    _check_attestation_roots(settings)
     try:
         limiter = RateLimiter(settings.rate_limit_storage_url, rate_limit_policies(settings))
     except (ValueError, LimitsConfigurationError):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from cryptography import x509
 from limits import parse as parse_limit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -377,14 +378,25 @@ class Settings:
                 "AUTHSVC_WEBAUTHN_ATTESTATION_ROOTS (a PEM file of the vendors' roots)"
             )
         elif self.webauthn_attestation == "direct" and self.webauthn_attestation_roots is not None:
-            # Read again at every registration: one that cannot be read would answer 500.
+            # Read again at every registration: a file, or a certificate in it, that cannot be
+            # read would answer each one 500. (A file without a certificate accepts no key.)
+            path = str(self.webauthn_attestation_roots)
             try:
-                self.webauthn_attestation_roots.read_bytes()
+                pem = self.webauthn_attestation_roots.read_bytes()
             except OSError as exc:
                 out.append(
-                    "AUTHSVC_WEBAUTHN_ATTESTATION_ROOTS: cannot read "
-                    f"{str(self.webauthn_attestation_roots)!r} ({exc.strerror or exc})"
+                    f"AUTHSVC_WEBAUTHN_ATTESTATION_ROOTS: cannot read {path!r} "
+                    f"({exc.strerror or exc})"
                 )
+            else:
+                try:
+                    if b"-----BEGIN CERTIFICATE-----" in pem:
+                        x509.load_pem_x509_certificates(pem)
+                except ValueError:
+                    out.append(
+                        f"AUTHSVC_WEBAUTHN_ATTESTATION_ROOTS: {path!r} holds a certificate "
+                        "that cannot be read"
+                    )
         if self.webauthn_on_counter_regression not in {"reject", "flag"}:
             out.append("AUTHSVC_WEBAUTHN_ON_COUNTER_REGRESSION must be reject or flag")
         aaguid = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
