@@ -36,19 +36,13 @@ from authsvc.settings import ConfigError, Settings
 T = TypeVar("T")
 
 
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except ConfigError as exc:
-        raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
-
-
 class _Commands(click.Group):
     """Every command fails with one line: a configuration that cannot work is named as such
     (also what only shows when the runtime is built, such as a breached-password store that
     is not one), a database that is unreachable or not migrated too, without the statement
     (or the traceback) behind it, and a file or directory that cannot be made, read or written
-    (AUTHSVC_VAR_DIR in a read-only place, a report's --output in no directory)."""
+    (AUTHSVC_VAR_DIR in a read-only place, a report's --output in no directory), and any
+    other failure by its first line. Commands leave these to this one place."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -64,6 +58,10 @@ class _Commands(click.Group):
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
             raise click.ClickException(f"{where}{exc.strerror or exc}") from None
+        except (click.ClickException, click.Abort, click.exceptions.Exit):
+            raise  # click's own: a usage error, Ctrl-C, an exit code
+        except Exception as exc:  # anything else: its first line, not a traceback
+            raise click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
 
 
 @click.group(cls=_Commands)
@@ -94,7 +92,7 @@ def serve(
     host: str, port: int, workers: int | None, threads: int, dev: bool, no_outbox_thread: bool
 ) -> None:
     """Run the HTTP service (gunicorn)."""
-    settings = _settings()
+    settings = Settings.from_env()
     if workers is None:
         workers = default_workers() if settings.redis_url else 1
     if workers > 1 and not settings.redis_url:
@@ -130,7 +128,7 @@ def serve(
 @main.command()
 def worker() -> None:
     """Drain the outbox (mail, webhooks, background jobs) until interrupted."""
-    runtime = build_runtime(_settings())
+    runtime = build_runtime(Settings.from_env())
     with runtime.engine.connect() as conn:  # unreachable: one line, from _Commands
         if not schema_is_current(conn):
             raise click.ClickException(
@@ -157,7 +155,7 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply every migration (Alembic upgrade head)."""
-    settings = _settings()
+    settings = Settings.from_env()
     if settings.resolved_database_url.startswith("sqlite"):
         settings.var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     _upgrade(settings.resolved_database_url)
@@ -181,7 +179,7 @@ def admin() -> None:
 
 def _admin_work(work: Callable[[Session], T]) -> T:
     """Run ``work`` in one transaction of the configured database; any failure is one line."""
-    settings = _settings()
+    settings = Settings.from_env()
     try:
         runtime = build_runtime(settings)
         try:
@@ -190,14 +188,8 @@ def _admin_work(work: Callable[[Session], T]) -> T:
                 return work(session)
         finally:
             runtime.dispose()
-    except ConfigError as exc:
-        raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
     except AuthsvcError as exc:
         raise click.ClickException(str(exc)) from None
-    except (click.ClickException, DBAPIError):
-        raise  # a refused key ring as it is; the database in the words of _Commands
-    except Exception as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
 
 
 @admin.command("create-key")

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from authsvc.commands import sigterm_as_interrupt
 from authsvc.crypto.blocklist import BreachedPasswordStore, InvalidBreachedStore, import_pwned_file
-from authsvc.settings import ConfigError, Settings
+from authsvc.settings import Settings
 
 _STAGES = {"read": ("reading", "B"), "write": ("writing", " buckets")}
 
@@ -33,10 +33,7 @@ def import_file(file: Path) -> None:
     AUTHSVC_VAR_DIR) and replaces the previous one only once complete. Running servers read
     it at start: restart them afterwards.
     """
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        raise click.ClickException("configuration: " + "; ".join(exc.problems)) from None
+    settings = Settings.from_env()
     if str(file) == "-":
         file = Path("/dev/stdin")
     if not file.exists():  # a file, or a pipe: /dev/stdin, a FIFO
