@@ -811,6 +811,13 @@ def test_a_reset_and_the_breach_notice_run_for_that_account_at_once(
         assert (target.notified_at, target.reset_at) == (now + LATER, None)
 
 
+def _walks_or_skip(committed: Any) -> None:
+    """Skip the test unless its database is PostgreSQL, the one where campaigns walk."""
+    with committed() as session:
+        if session.get_bind().dialect.name != "postgresql":
+            pytest.skip("the page walk is PostgreSQL's")
+
+
 def _walked_campaign(committed, deps, caller, now, **choices) -> tuple[str, Any]:
     """An `all` campaign (PostgreSQL: walked page by page), and its next batch as a function
     of a session, run an instant after ``now``: (campaign id, batch)."""
@@ -851,9 +858,7 @@ def test_a_reset_and_the_apply_batch_that_signs_the_account_out_at_once(
     # After a walk, apply batches revoke the flagged accounts' sessions and login steps
     # without the accounts' locks; a reset revokes the same rows under the account's lock.
     # Both must take the login steps before the sessions.
-    with committed() as session:
-        if session.get_bind().dialect.name != "postgresql":
-            pytest.skip("the page walk is PostgreSQL's")
+    _walks_or_skip(committed)
     user_id = _account(committed, deps, now)
     with committed.begin() as session:
         session.add(
@@ -891,9 +896,7 @@ def test_a_reset_and_the_enrolment_after_the_walk_at_once(
     # has not), and the enrolment writes every account's: whichever writes it first, the
     # other waits for it and leaves it, and the campaign counts the account once as flagged
     # and once as reset.
-    with committed() as session:
-        if session.get_bind().dialect.name != "postgresql":
-            pytest.skip("the page walk is PostgreSQL's")
+    _walks_or_skip(committed)
     user_id = _account(committed, deps, now)
     campaign_id, batch = _walked_campaign(committed, deps, caller, now)
     _attempt(committed, batch)  # the walk flags the account
@@ -926,9 +929,7 @@ def test_a_reset_with_a_totp_code_and_the_apply_batch_that_removes_it_at_once(
     # without its lock; the reset writes its TOTP factor (the code's step), then the same.
     # Both take the account's target row first: the batch as it records that it removes the
     # factors, the reset before it reads them.
-    with committed() as session:
-        if session.get_bind().dialect.name != "postgresql":
-            pytest.skip("the page walk is PostgreSQL's")
+    _walks_or_skip(committed)
     user_id = _account(committed, deps, now)
     secret = _with_totp(committed, deps, caller, now, user_id)
     campaign_id, batch = _walked_campaign(
