@@ -91,10 +91,10 @@ def import_users(file: Path, verified: bool) -> None:
             f"interrupted: {imported} imported, from the first {start} rows; run the import "
             "again to go on (existing emails are skipped)"
         ) from None
-    for refusal in refusals[:MAX_REPORTED]:
+    for refusal in refusals:
         click.echo(refusal, err=True)
-    if len(refusals) > MAX_REPORTED:
-        click.echo(f"... and {len(refusals) - MAX_REPORTED} more rejected rows", err=True)
+    if rejected > len(refusals):
+        click.echo(f"... and {rejected - len(refusals)} more rejected rows", err=True)
     click.echo(
         f"imported {imported}, skipped {skipped} existing, rejected {rejected} invalid", err=True
     )
@@ -133,40 +133,44 @@ def _import_batch(
     refusals: list[str],
     first_rows: dict[str, int],
 ) -> tuple[int, int, int]:
-    """Import ``rows`` (data rows ``first``... of the file); each rejected one is added to
-    ``refusals`` with its row number and reason (never the hash). A row whose email an
-    earlier row had (``first_rows``) is rejected: the earlier one is the one read."""
+    """Import ``rows`` (data rows ``first``... of the file); each rejected one is counted, and
+    added to ``refusals`` with its row number and reason (never the hash) while it holds fewer
+    than MAX_REPORTED (a file of a million bad rows kept a million messages). A row whose email
+    an earlier row had (``first_rows``) is rejected: the earlier one is the one read."""
     now = utcnow()
     imported = skipped = rejected = 0
+
+    def refuse(message: str) -> None:
+        nonlocal rejected
+        rejected += 1
+        if len(refusals) < MAX_REPORTED:
+            refusals.append(message)
+
     with runtime.sessionmaker.begin() as session:
         wanted: dict[str, tuple[str, bool]] = {}
         for number, row in enumerate(rows, start=first):
             try:
                 email = accounts.normalize_email(row.get("email") or "")
             except AuthsvcError:
-                rejected += 1
-                refusals.append(f"row {number}: not an email address")
+                refuse(f"row {number}: not an email address")
                 continue
             password_hash = (row.get("password_hash") or "").strip()
             if hasher.identify(password_hash) is None:
-                rejected += 1
-                refusals.append(
+                refuse(
                     f"row {number}: the hash is not argon2, bcrypt or pbkdf2_sha256 within the "
                     "cost ceilings (an Argon2 hash has commas: quote it)"
                 )
                 continue
             flag = (row.get("email_verified") or "").strip().lower()
             if flag and flag not in VERIFIED and flag not in UNVERIFIED:
-                rejected += 1
-                refusals.append(
+                refuse(
                     f"row {number}: email_verified must be true or false (1 or 0, yes or no, "
                     "t or f), or empty"
                 )
                 continue
             is_verified = flag in VERIFIED if flag else verified
             if email in first_rows:
-                rejected += 1
-                refusals.append(
+                refuse(
                     f"row {number}: the same email as row {first_rows[email]} (the first row "
                     "of an email is the one read)"
                 )

@@ -19,6 +19,7 @@ from sqlalchemy import select, text
 
 from authsvc.app import create_app
 from authsvc.cli import main
+from authsvc.commands import users as users_command
 from authsvc.crypto.keyring import generate_key_spec
 from authsvc.crypto.tokens import token_hash
 from authsvc.db import make_engine
@@ -512,6 +513,29 @@ def test_users_import_names_each_rejected_row_and_why(env, tmp_path):
     assert costs == {"$2b$12$", "$argon2id$v=19$m=65536,t=3,p=4$"}
 
 
+def test_users_import_names_the_first_hundred_rejected_rows_across_batches_and_counts_the_rest(
+    env, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(users_command, "BATCH", 7)
+    good = "$2b$12$" + "C" * 53
+    users = tmp_path / "users.csv"
+    with users.open("w") as out:
+        out.write("email,password_hash\n")
+        for i in range(130):
+            out.write(f"user{i}@example.com,not-a-hash\n")
+        out.write(f"ada@example.com,{good}\n")
+
+    result = run(env, "users", "import", str(users))
+
+    assert result.exit_code == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert [line.split(":")[0] for line in lines[:100]] == [f"row {n}" for n in range(1, 101)]
+    assert lines[100:] == [
+        "... and 30 more rejected rows",
+        "imported 1, skipped 0 existing, rejected 130 invalid",
+    ]
+
+
 @pytest.mark.parametrize("batch", [1000, 2], ids=["one-batch", "across-batches"])
 def test_users_import_keeps_the_first_row_of_an_email_and_names_the_others(
     env, tmp_path, monkeypatch, batch
@@ -519,8 +543,6 @@ def test_users_import_keeps_the_first_row_of_an_email_and_names_the_others(
     # A later row of the same email silently replaced the first one's hash within a batch
     # (counted nowhere: 3 rows, "imported 1, skipped 0, rejected 0"), and was counted as an
     # existing account in a later batch.
-    from authsvc.commands import users as users_command
-
     monkeypatch.setattr(users_command, "BATCH", batch)
     first, second = "$2b$12$" + "A" * 53, "$2b$12$" + "B" * 53
     users = tmp_path / "users.csv"
