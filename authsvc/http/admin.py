@@ -100,3 +100,14 @@ def disable_user(user_id: str) -> Response:
         db(), admin=current_admin(), user_id=user_id[:64], client=client(), now=utcnow()
     )
     return respond(view)
+
+
+@bp.post("/users/<user_id>/enable")
+@transactional
+@require_admin
+def enable_user(user_id: str) -> Response:
+    only_query(frozenset())
+    view = admin.enable_user(
+        db(), admin=current_admin(), user_id=user_id[:64], client=client(), now=utcnow()
+    )
+    return respond(view)

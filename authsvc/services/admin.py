@@ -330,3 +330,26 @@ def disable_user(
             details={"sessions_revoked": revoked},
         )
     return _view(session, user)
+
+
+def enable_user(
+    session: DbSession, *, admin: AdminIdentity, user_id: str, client: Client, now: datetime
+) -> UserView:
+    """Undo ``disable_user``: the account logs in again (its sessions stay revoked).
+    Locked as read, as a disable: of two at once, one audit event."""
+    user = accounts.lock_account(session, user_id)
+    if user is None:
+        raise NotFound("No such user")
+    if user.disabled_at is not None:
+        user.disabled_at = None
+        user.updated_at = now
+        audit.record(
+            session,
+            type="admin.user_enabled",
+            outcome="success",
+            now=now,
+            client=client,
+            user_id=user.id,
+            admin_key_id=admin.key_id,
+        )
+    return _view(session, user)

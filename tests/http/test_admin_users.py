@@ -1,4 +1,4 @@
-"""/admin/v1/users: create (password or imported hash), find, get, delete, disable."""
+"""/admin/v1/users: create (password or imported hash), find, get, delete, disable, enable."""
 
 from __future__ import annotations
 
@@ -230,12 +230,40 @@ def test_disable_answers_logins_like_a_wrong_password(api, client, as_admin):
     assert again.status_code == 200  # idempotent
 
 
+def test_enable_lets_a_disabled_account_log_in_again_but_not_its_old_sessions(
+    api, client, as_admin, connection
+):
+    created = create(client, as_admin, email="ada@example.com", password=PASSWORD).get_json()
+    old = api.tokens("ada@example.com", PASSWORD)
+    client.post(f"/admin/v1/users/{created['id']}/disable", headers=as_admin)
+
+    response = client.post(f"/admin/v1/users/{created['id']}/enable", headers=as_admin)
+
+    assert response.status_code == 200
+    assert response.get_json() == {**created, "disabled": False}
+    fresh = api.tokens("ada@example.com", PASSWORD)
+    assert client.get("/v1/me", headers=api.bearer(fresh["access_token"])).status_code == 200
+    assert client.get("/v1/me", headers=api.bearer(old["access_token"])).status_code == 401
+    refreshed = client.post("/v1/token/refresh", json={"refresh_token": old["refresh_token"]})
+    assert (refreshed.status_code, refreshed.get_json()["code"]) == (400, "invalid_token")
+    # Enabling an enabled account changes nothing and records nothing more.
+    again = client.post(f"/admin/v1/users/{created['id']}/enable", headers=as_admin)
+    assert again.get_json() == response.get_json()
+    types = connection.scalars(
+        select(AuditEvent.type)
+        .where(AuditEvent.type.in_(["admin.user_disabled", "admin.user_enabled"]))
+        .order_by(AuditEvent.id)
+    ).all()
+    assert types == ["admin.user_disabled", "admin.user_enabled"]
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [
         ("GET", "/admin/v1/users/{id}"),
         ("DELETE", "/admin/v1/users/{id}"),
         ("POST", "/admin/v1/users/{id}/disable"),
+        ("POST", "/admin/v1/users/{id}/enable"),
     ],
 )
 def test_unknown_ids_are_not_found(client, as_admin, method, path):
@@ -251,6 +279,7 @@ ADMIN_ROUTES = [
     ("GET", "/admin/v1/users/{id}", None),
     ("DELETE", "/admin/v1/users/{id}", None),
     ("POST", "/admin/v1/users/{id}/disable", None),
+    ("POST", "/admin/v1/users/{id}/enable", None),
 ]
 
 
@@ -268,6 +297,7 @@ ADMIN_ROUTES = [
         ("GET", "/admin/v1/users/{id}?fields=email", None, "fields"),
         ("DELETE", "/admin/v1/users/{id}?dry_run=true", None, "dry_run"),
         ("POST", "/admin/v1/users/{id}/disable?dry_run=true", None, "dry_run"),
+        ("POST", "/admin/v1/users/{id}/enable?dry_run=true", None, "dry_run"),
     ],
 )
 def test_admin_routes_refuse_query_parameters_they_do_not_take(
