@@ -111,3 +111,30 @@ def enable_user(user_id: str) -> Response:
         db(), admin=current_admin(), user_id=user_id[:64], client=client(), now=utcnow()
     )
     return respond(view)
+
+
+@bp.get("/users/<user_id>/sessions")
+@transactional
+@require_admin
+def list_user_sessions(user_id: str) -> Response:
+    only_query(frozenset())
+    items = admin.list_user_sessions(
+        db(),
+        admin=current_admin(),
+        user_id=user_id[:64],
+        idle_timeout=deps().settings.session_idle_timeout,
+        client=client(),
+        now=utcnow(),
+    )
+    return respond({"sessions": items})
+
+
+@bp.delete("/users/<user_id>/sessions")
+@transactional
+@require_admin
+def revoke_user_sessions(user_id: str) -> Response:
+    only_query(frozenset())
+    revoked = admin.revoke_user_sessions(
+        db(), admin=current_admin(), user_id=user_id[:64], client=client(), now=utcnow()
+    )
+    return respond({"sessions_revoked": revoked})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -353,3 +353,47 @@ def enable_user(
             admin_key_id=admin.key_id,
         )
     return _view(session, user)
+
+
+def list_user_sessions(
+    session: DbSession,
+    *,
+    admin: AdminIdentity,
+    user_id: str,
+    idle_timeout: timedelta,
+    client: Client,
+    now: datetime,
+) -> list[sessions.SessionInfo]:
+    """The account's live sessions, as its user sees them (none is ``current`` here); each
+    look, found or not, is audited with the admin's key (the addresses and browsers are the
+    user's personal data)."""
+    user = session.get(User, user_id)
+    _record_look(session, "admin.sessions_viewed", user, admin=admin, client=client, now=now)
+    if user is None:
+        raise NotFound("No such user")
+    return sessions.list_sessions(
+        session, user_id=user.id, current_session_id="", idle_timeout=idle_timeout, now=now
+    )
+
+
+def revoke_user_sessions(
+    session: DbSession, *, admin: AdminIdentity, user_id: str, client: Client, now: datetime
+) -> int:
+    """Sign the account out everywhere and change nothing else (its password, factors and
+    state stay): every session ends, its access tokens are refused at once and its refresh
+    tokens are spent. Returns how many sessions were live."""
+    user = accounts.lock_account(session, user_id)
+    if user is None:
+        raise NotFound("No such user")
+    revoked = sessions.revoke_all_for_user(session, user_id=user.id, reason="admin", now=now)
+    audit.record(
+        session,
+        type="admin.sessions_revoked",
+        outcome="success",
+        now=now,
+        client=client,
+        user_id=user.id,
+        admin_key_id=admin.key_id,
+        details={"sessions_revoked": revoked},
+    )
+    return revoked

@@ -15,7 +15,14 @@ from authsvc.models.ops import AuditEvent
 
 # Events a user never sees in their own trail (internal bookkeeping or operator matters).
 _HIDDEN_FROM_USERS = frozenset(
-    {"signup.created", "alert.raised", "audit.pruned", "admin.user_lookup", "admin.user_viewed"}
+    {
+        "signup.created",
+        "alert.raised",
+        "audit.pruned",
+        "admin.user_lookup",
+        "admin.user_viewed",
+        "admin.sessions_viewed",
+    }
 )
 # Details a user may see about their own events.
 _USER_DETAIL_KEYS = frozenset(

@@ -1,4 +1,5 @@
-"""/admin/v1/users: create (password or imported hash), find, get, delete, disable, enable."""
+"""/admin/v1/users: create (password or imported hash), find, get, delete, disable, enable,
+and an account's sessions."""
 
 from __future__ import annotations
 
@@ -257,6 +258,73 @@ def test_enable_lets_a_disabled_account_log_in_again_but_not_its_old_sessions(
     assert types == ["admin.user_disabled", "admin.user_enabled"]
 
 
+def test_an_admin_lists_an_accounts_live_sessions_and_each_look_is_audited(
+    api, client, as_admin, connection
+):
+    created = create(client, as_admin, email="ada@example.com", password=PASSWORD).get_json()
+    first = api.tokens("ada@example.com", PASSWORD)
+    second = api.tokens("ada@example.com", PASSWORD)
+    client.delete(
+        f"/v1/me/sessions/{_session_of(client, api, first)}",
+        headers=api.bearer(first["access_token"]),
+    )
+
+    response = client.get(f"/admin/v1/users/{created['id']}/sessions", headers=as_admin)
+
+    assert response.status_code == 200
+    [live] = response.get_json()["sessions"]
+    assert live["id"] == _session_of(client, api, second)
+    assert live["current"] is False and live["amr"] == ["pwd"]
+    looks = connection.execute(
+        select(AuditEvent.outcome, AuditEvent.user_id, AuditEvent.admin_key_id).where(
+            AuditEvent.type == "admin.sessions_viewed"
+        )
+    ).all()
+    assert [(o, u) for o, u, _ in looks] == [("found", created["id"])]
+    assert looks[0][2] == connection.scalar(select(AdminKey.id))
+    # The user does not see the admin's look among their own events.
+    mine = client.get("/v1/me/security-events", headers=api.bearer(second["access_token"]))
+    assert "admin.sessions_viewed" not in {e["type"] for e in mine.get_json()["events"]}
+
+
+def _session_of(client, api, tokens) -> str:
+    sessions = client.get("/v1/me/sessions", headers=api.bearer(tokens["access_token"]))
+    [current] = [s for s in sessions.get_json()["sessions"] if s["current"]]
+    return current["id"]
+
+
+def test_an_admin_signs_an_account_out_everywhere_and_changes_nothing_else(
+    api, client, as_admin, connection
+):
+    created = create(client, as_admin, email="ada@example.com", password=PASSWORD).get_json()
+    first, second = api.tokens("ada@example.com", PASSWORD), api.tokens("ada@example.com", PASSWORD)
+
+    response = client.delete(f"/admin/v1/users/{created['id']}/sessions", headers=as_admin)
+
+    assert (response.status_code, response.get_json()) == (200, {"sessions_revoked": 2})
+    for tokens in (first, second):
+        assert client.get("/v1/me", headers=api.bearer(tokens["access_token"])).status_code == 401
+        again = client.post("/v1/token/refresh", json={"refresh_token": tokens["refresh_token"]})
+        assert (again.status_code, again.get_json()["code"]) == (400, "invalid_token")
+    # The account is as it was: same view, and the same password logs in.
+    assert client.get(f"/admin/v1/users/{created['id']}", headers=as_admin).get_json() == created
+    fresh = api.tokens("ada@example.com", PASSWORD)
+    events = client.get("/v1/me/security-events", headers=api.bearer(fresh["access_token"]))
+    [revoked] = [e for e in events.get_json()["events"] if e["type"] == "admin.sessions_revoked"]
+    assert revoked["details"] == {"sessions_revoked": 2}
+    # Nothing live: 0, and audited all the same (an admin action).
+    client.delete(
+        f"/v1/me/sessions/{_session_of(client, api, fresh)}",
+        headers=api.bearer(fresh["access_token"]),
+    )
+    none = client.delete(f"/admin/v1/users/{created['id']}/sessions", headers=as_admin)
+    assert none.get_json() == {"sessions_revoked": 0}
+    assert (
+        connection.scalar(select(func.count()).where(AuditEvent.type == "admin.sessions_revoked"))
+        == 2
+    )
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [
@@ -264,6 +332,8 @@ def test_enable_lets_a_disabled_account_log_in_again_but_not_its_old_sessions(
         ("DELETE", "/admin/v1/users/{id}"),
         ("POST", "/admin/v1/users/{id}/disable"),
         ("POST", "/admin/v1/users/{id}/enable"),
+        ("GET", "/admin/v1/users/{id}/sessions"),
+        ("DELETE", "/admin/v1/users/{id}/sessions"),
     ],
 )
 def test_unknown_ids_are_not_found(client, as_admin, method, path):
@@ -280,6 +350,8 @@ ADMIN_ROUTES = [
     ("DELETE", "/admin/v1/users/{id}", None),
     ("POST", "/admin/v1/users/{id}/disable", None),
     ("POST", "/admin/v1/users/{id}/enable", None),
+    ("GET", "/admin/v1/users/{id}/sessions", None),
+    ("DELETE", "/admin/v1/users/{id}/sessions", None),
 ]
 
 
@@ -298,6 +370,8 @@ ADMIN_ROUTES = [
         ("DELETE", "/admin/v1/users/{id}?dry_run=true", None, "dry_run"),
         ("POST", "/admin/v1/users/{id}/disable?dry_run=true", None, "dry_run"),
         ("POST", "/admin/v1/users/{id}/enable?dry_run=true", None, "dry_run"),
+        ("GET", "/admin/v1/users/{id}/sessions?limit=1", None, "limit"),
+        ("DELETE", "/admin/v1/users/{id}/sessions?dry_run=true", None, "dry_run"),
     ],
 )
 def test_admin_routes_refuse_query_parameters_they_do_not_take(
