@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -211,17 +212,48 @@ def create_user(
             session.add(user)
     except IntegrityError:
         raise EmailTaken() from None
-    audit.record(
+    _record_action(
         session,
-        type="admin.user_created",
-        outcome="success",
-        now=now,
+        "admin.user_created",
+        user.id,
+        admin=admin,
         client=client,
-        user_id=user.id,
-        admin_key_id=admin.key_id,
+        now=now,
         details={"hash_source": source},
     )
     return _view(session, user)
+
+
+def _record_action(
+    session: DbSession,
+    type: str,
+    user_id: str,
+    *,
+    admin: AdminIdentity,
+    client: Client,
+    now: datetime,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Audit an admin's change to the account ``user_id`` with the admin's key."""
+    audit.record(
+        session,
+        type=type,
+        outcome="success",
+        now=now,
+        client=client,
+        user_id=user_id,
+        admin_key_id=admin.key_id,
+        details=details,
+    )
+
+
+def _locked_user(session: DbSession, user_id: str) -> User:
+    """The account ``user_id``, locked for a change (NotFound when there is none): of two
+    changes at once, the second sees the first."""
+    user = accounts.lock_account(session, user_id)
+    if user is None:
+        raise NotFound("No such user")
+    return user
 
 
 def _record_look(
@@ -297,36 +329,24 @@ def delete_user(
         raise NotFound("No such user")
     session.delete(user)
     session.flush()
-    audit.record(
-        session,
-        type="admin.user_deleted",
-        outcome="success",
-        now=now,
-        client=client,
-        user_id=user_id,
-        admin_key_id=admin.key_id,
-    )
+    _record_action(session, "admin.user_deleted", user_id, admin=admin, client=client, now=now)
 
 
 def disable_user(
     session: DbSession, *, admin: AdminIdentity, user_id: str, client: Client, now: datetime
 ) -> UserView:
-    # Locked as read: of two disables at once, the second sees the first (one audit event).
-    user = accounts.lock_account(session, user_id)
-    if user is None:
-        raise NotFound("No such user")
+    user = _locked_user(session, user_id)  # of two disables at once, one audit event
     if user.disabled_at is None:
         user.disabled_at = now
         user.updated_at = now
         revoked = sessions.revoke_all_for_user(session, user_id=user.id, reason="disabled", now=now)
-        audit.record(
+        _record_action(
             session,
-            type="admin.user_disabled",
-            outcome="success",
-            now=now,
+            "admin.user_disabled",
+            user.id,
+            admin=admin,
             client=client,
-            user_id=user.id,
-            admin_key_id=admin.key_id,
+            now=now,
             details={"sessions_revoked": revoked},
         )
     return _view(session, user)
@@ -335,23 +355,12 @@ def disable_user(
 def enable_user(
     session: DbSession, *, admin: AdminIdentity, user_id: str, client: Client, now: datetime
 ) -> UserView:
-    """Undo ``disable_user``: the account logs in again (its sessions stay revoked).
-    Locked as read, as a disable: of two at once, one audit event."""
-    user = accounts.lock_account(session, user_id)
-    if user is None:
-        raise NotFound("No such user")
+    """Undo ``disable_user``: the account logs in again (its sessions stay revoked)."""
+    user = _locked_user(session, user_id)  # of two enables at once, one audit event
     if user.disabled_at is not None:
         user.disabled_at = None
         user.updated_at = now
-        audit.record(
-            session,
-            type="admin.user_enabled",
-            outcome="success",
-            now=now,
-            client=client,
-            user_id=user.id,
-            admin_key_id=admin.key_id,
-        )
+        _record_action(session, "admin.user_enabled", user.id, admin=admin, client=client, now=now)
     return _view(session, user)
 
 
@@ -382,18 +391,15 @@ def revoke_user_sessions(
     """Sign the account out everywhere and change nothing else (its password, factors and
     state stay): every session ends, its access tokens are refused at once and its refresh
     tokens are spent. Returns how many sessions were live."""
-    user = accounts.lock_account(session, user_id)
-    if user is None:
-        raise NotFound("No such user")
+    user = _locked_user(session, user_id)
     revoked = sessions.revoke_all_for_user(session, user_id=user.id, reason="admin", now=now)
-    audit.record(
+    _record_action(
         session,
-        type="admin.sessions_revoked",
-        outcome="success",
-        now=now,
+        "admin.sessions_revoked",
+        user.id,
+        admin=admin,
         client=client,
-        user_id=user.id,
-        admin_key_id=admin.key_id,
+        now=now,
         details={"sessions_revoked": revoked},
     )
     return revoked
