@@ -36,6 +36,11 @@ _LAST_FACTOR = (
     "\n\nIt was your last second factor: your recovery codes were deleted too, and signing in "
     "now needs only your password."
 )
+# AUTHSVC_REQUIRE_MFA: the next login asks for an enrollment, not for the password alone.
+_LAST_FACTOR_REQUIRED = (
+    "\n\nIt was your last second factor: your recovery codes were deleted too, and your next "
+    "sign-in will ask you to add a new second factor."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +192,12 @@ def remove(
         kind=_KINDS[info.type],
         name=info.name,
         when=_when(now),
-        extra=_LAST_FACTOR if last else "",
+        extra=_last_factor_note(deps) if last else "",
     )
+
+
+def _last_factor_note(deps: Deps) -> str:
+    return _LAST_FACTOR_REQUIRED if deps.settings.require_mfa else _LAST_FACTOR
 
 
 def regenerate_recovery_codes(

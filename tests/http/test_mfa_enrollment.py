@@ -181,3 +181,29 @@ def test_an_enrollment_token_dies_once_the_account_has_a_factor(api, client):
     assert [f["name"] for f in client.get("/v1/me/mfa", headers=owner).get_json()["factors"]] == [
         "New phone"
     ]
+
+
+def test_the_notice_of_a_removed_last_factor_says_a_new_one_will_be_asked_for(api, client):
+    # With AUTHSVC_REQUIRE_MFA the next login asks for an enrollment, not for the password alone:
+    # the notice must not tell the owner that the password is now all it takes.
+    headers = api.bearer(enrollment_token(api))
+    pending = client.post("/v1/me/mfa/totp", headers=headers).get_json()
+    signed_in = client.post(
+        f"/v1/me/mfa/totp/{pending['factor_id']}/confirm",
+        json={"code": oathtool_code(pending["secret"])},
+        headers=headers,
+    ).get_json()
+
+    removed = client.delete(
+        f"/v1/me/mfa/{pending['factor_id']}", headers=api.bearer(signed_in["access_token"])
+    )
+
+    assert removed.status_code == 204
+    api.drain()
+    notice = api.mailbox.last("ada@example.com")
+    assert notice["Subject"] == "A second factor was removed from your account"
+    body = notice.get_content()
+    assert "recovery codes were deleted" in body
+    assert "only your password" not in body
+    assert "ask you to add a new second factor" in body
+    assert api.login("ada@example.com", PASSWORD).get_json()["status"] == "mfa_enrollment_required"
