@@ -9,8 +9,8 @@ defaults for workers and threads (gthread), on a fresh PostgreSQL database and a
 and drives each endpoint with wrk in turn:
 
 - `GET /trivial` answers "ok": the denominator, as /healthz is for the service;
-- `POST /one-statement` runs one INSERT ... RETURNING on a pooled connection in autocommit
-  mode (the shape of a refresh on PostgreSQL);
+- `POST /one-statement` runs one INSERT ... RETURNING on the driver's connection from a pool in
+  autocommit mode, as the service runs a refresh on PostgreSQL (``db.OneStatement``);
 - `POST /transaction` runs BEGIN, five INSERTs, COMMIT (about what a login step writes: the
   token spend, the step claim, the session, the refresh token, the audit event);
 - `POST /transaction-redis` runs the same transaction after five Redis round trips (the
@@ -58,10 +58,26 @@ def create_app(database_url: str, redis_at: str, pool_size: int) -> Any:
     """The bare app: Flask, SQLAlchemy Core and redis-py, nothing of authsvc."""
     import redis
     from flask import Flask, Response
-    from sqlalchemy import Column, DateTime, MetaData, String, Table, create_engine, func, insert
+    from sqlalchemy import (
+        Column,
+        DateTime,
+        MetaData,
+        String,
+        Table,
+        bindparam,
+        create_engine,
+        func,
+        insert,
+    )
 
     engine = create_engine(database_url, pool_size=pool_size, max_overflow=0)
-    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    autocommit = create_engine(  # as db.make_autocommit_engine
+        database_url,
+        pool_size=pool_size,
+        max_overflow=0,
+        isolation_level="AUTOCOMMIT",
+        pool_reset_on_return=None,
+    )
     rows = Table(
         "floor_rows",
         MetaData(),
@@ -70,7 +86,7 @@ def create_app(database_url: str, redis_at: str, pool_size: int) -> Any:
     )
     rows.metadata.create_all(engine)
     store = redis.Redis.from_url(redis_at)
-    add = insert(rows).returning(rows.c.id)
+    add = insert(rows).values(id=bindparam("id")).returning(rows.c.id)
     app = Flask("floor")
 
     def new_id() -> str:
@@ -80,10 +96,17 @@ def create_app(database_url: str, redis_at: str, pool_size: int) -> Any:
     def trivial() -> Response:
         return Response("ok", mimetype="text/plain")
 
+    add_sql = str(add.compile(dialect=engine.dialect))
+
     @app.post("/one-statement")
     def one_statement() -> Response:
-        with autocommit.connect() as conn:
-            conn.execute(add, {"id": new_id()}).scalar_one()
+        # As the service runs its one-statement requests (db.OneStatement): the statement
+        # compiled once, on the driver's own connection from an autocommit pool.
+        fairy = autocommit.raw_connection()
+        try:
+            fairy.driver_connection.execute(add_sql, {"id": new_id()}, prepare=True).fetchone()
+        finally:
+            fairy.close()
         return Response("ok", mimetype="text/plain")
 
     def transaction() -> None:

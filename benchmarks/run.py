@@ -298,8 +298,10 @@ def wrk(
     result = subprocess.run(
         ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s",
          "--timeout", "10s", "-s", str(LUA / script), server.url, "--", *script_args],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=False,
     )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"wrk exited {result.returncode}: {result.stderr or result.stdout}")
     used = CpuMeter.used(before, meter.snapshot())
     sampler.join()
     line = next((x for x in result.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
