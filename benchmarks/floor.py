@@ -43,12 +43,11 @@ from run import wrk  # noqa: E402  # benchmarks/run.py, beside this script
 from authsvc.gunicorn_app import DEFAULT_THREADS, default_workers  # noqa: E402
 from tests.e2e.server import free_port, redis_url, scratch_database  # noqa: E402
 
-ENDPOINTS = {
-    # path: the wrk script that drives it
-    "/trivial": "get.lua",
-    "/one-statement": "post_empty.lua",
-    "/transaction": "post_empty.lua",
-    "/transaction-redis": "post_empty.lua",
+ENDPOINTS = {  # path: method (lua/plain.lua sends each with no body)
+    "/trivial": "GET",
+    "/one-statement": "POST",
+    "/transaction": "POST",
+    "/transaction-redis": "POST",
 }
 STATEMENTS_PER_TRANSACTION = 5
 REDIS_CALLS = 5
@@ -207,10 +206,11 @@ def main() -> None:
         workers=args.workers,
         threads=args.threads,
     ) as server:  # fmt: skip
-        for path, script in ENDPOINTS.items():
+        for path, method in ENDPOINTS.items():
             runs[path] = wrk(
                 server,  # type: ignore[arg-type]
-                script,
+                "plain.lua",
+                method,
                 path,
                 duration=args.duration,
                 connections=args.connections,

@@ -446,8 +446,8 @@ def main() -> None:
         report["refresh"] = wrk(server, "refresh.lua", str(tokens), str(args.wrk_threads), **run)
         settled["after_refresh"] = settle(server)
         access = login(server)["access_token"]
-        report["me"] = wrk(server, "get.lua", "/v1/me", access, **run)
-        report["healthz"] = wrk(server, "get.lua", "/healthz", **run)
+        report["me"] = wrk(server, "plain.lua", "GET", "/v1/me", access, **run)
+        report["healthz"] = wrk(server, "plain.lua", "GET", "/healthz", **run)
         report["settle_seconds"] = settled
         with sampler:
             report["login_again"] = wrk(server, "login.lua", EMAIL, PASSWORD, **run)
