@@ -98,9 +98,15 @@ def _access_token(
     session_id: str,
     auth_time: datetime,
     amr: str,
+    expires_at: datetime,
     now: datetime,
 ) -> tuple[str, int]:
-    ttl = int(deps.settings.access_token_ttl.total_seconds())
+    """An access token that ends no later than its session: relying apps that verify it
+    offline keep accepting it to its ``exp``, which must not pass the session's absolute end."""
+    ttl = min(
+        int(deps.settings.access_token_ttl.total_seconds()),
+        int(expires_at.timestamp()) - int(now.timestamp()),
+    )
     token = sign_access_token(
         key=signer,
         issuer=deps.settings.public_url,
@@ -127,6 +133,7 @@ class _Login:
     user_id: str
     auth_time: datetime
     amr: str
+    expires_at: datetime
 
 
 def _store_refresh_token(
@@ -153,7 +160,13 @@ def start_session(
     client: Client,
     now: datetime,
 ) -> TokenPair:
-    login = _Login(id=new_id(), user_id=user.id, auth_time=now, amr=" ".join(amr))
+    login = _Login(
+        id=new_id(),
+        user_id=user.id,
+        auth_time=now,
+        amr=" ".join(amr),
+        expires_at=now + deps.settings.refresh_token_ttl,
+    )
     session.execute(
         _INSERT_SESSION,
         {
@@ -165,7 +178,7 @@ def start_session(
             "amr": login.amr,
             "ip": client.ip or None,
             "user_agent": client.user_agent[:256] or None,
-            "expires_at": now + deps.settings.refresh_token_ttl,
+            "expires_at": login.expires_at,
         },
     )
     refresh = new_token("rt")
@@ -198,7 +211,9 @@ _TOUCH = (
     update(SESSIONS)
     .where(_sessions.id == bindparam("session_id"), _sessions.revoked_at.is_(None))
     .values(last_used_at=bindparam("now"))
-    .returning(_sessions.id, _sessions.user_id, _sessions.auth_time, _sessions.amr)
+    .returning(
+        _sessions.id, _sessions.user_id, _sessions.auth_time, _sessions.amr, _sessions.expires_at
+    )
 )
 
 
@@ -210,7 +225,13 @@ def _rotate_in_one_statement() -> Select[Any]:
         update(SESSIONS)
         .where(_sessions.id == spent.c.session_id, _sessions.revoked_at.is_(None))
         .values(last_used_at=bindparam("now"))
-        .returning(_sessions.id, _sessions.user_id, _sessions.auth_time, _sessions.amr)
+        .returning(
+            _sessions.id,
+            _sessions.user_id,
+            _sessions.auth_time,
+            _sessions.amr,
+            _sessions.expires_at,
+        )
         .cte("touched")
     )
     added = (
@@ -226,9 +247,13 @@ def _rotate_in_one_statement() -> Select[Any]:
         )
         .cte("added")
     )
-    return select(touched.c.id, touched.c.user_id, touched.c.auth_time, touched.c.amr).add_cte(
-        added
-    )
+    return select(
+        touched.c.id,
+        touched.c.user_id,
+        touched.c.auth_time,
+        touched.c.amr,
+        touched.c.expires_at,
+    ).add_cte(added)
 
 
 _ROTATE = OneStatement(_rotate_in_one_statement())
@@ -311,6 +336,7 @@ def _pair(
         session_id=login.id,
         auth_time=login.auth_time,
         amr=login.amr,
+        expires_at=login.expires_at,
         now=now,
     )
     return TokenPair(

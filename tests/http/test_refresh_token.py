@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
+import jwt
 import pytest
 from sqlalchemy import event, select, update
 
@@ -152,6 +154,23 @@ def test_an_expired_session_cannot_be_refreshed(api, client, connection):
 
     assert refresh(client, tokens["refresh_token"]).get_json()["code"] == "invalid_token"
     assert connection.execute(select(RefreshToken.used_at)).scalar_one() is None
+
+
+def test_a_refresh_near_the_end_of_a_session_gets_an_access_token_that_ends_with_it(
+    api, client, connection
+):
+    api.register()
+    tokens = api.tokens()
+    end = utcnow().replace(microsecond=0) + timedelta(seconds=100)
+    connection.execute(update(Session).values(expires_at=end))
+
+    response = refresh(client, tokens["refresh_token"])
+
+    assert response.status_code == 200
+    pair = response.get_json()
+    claims = jwt.decode(pair["access_token"], options={"verify_signature": False})
+    assert claims["exp"] == int(end.timestamp())
+    assert 0 < pair["expires_in"] <= 100
 
 
 def test_rotation_records_use_and_keeps_the_login(api, client, connection):

@@ -122,6 +122,37 @@ def test_sessions_expire(db_session, deps, user, caller, now):
     )
 
 
+def test_an_access_token_ends_no_later_than_its_session(db_session, deps, user, caller, now):
+    # A refresh just before the absolute end hands out an access token: relying apps that
+    # verify it offline would accept it for a whole access-token lifetime past that end.
+    ttl = int(deps.settings.access_token_ttl.total_seconds())
+    pair = start(db_session, deps, user, caller, now)
+    end = now + deps.settings.refresh_token_ttl
+    late = end - timedelta(seconds=90)
+    step = deps.settings.session_idle_timeout - timedelta(hours=1)
+    at, token = now, pair.refresh_token
+    while at + step < late:  # in use all along, up to its last refresh
+        at += step
+        earlier = rotate(db_session, deps, token, caller, at)
+        assert earlier.expires_in == ttl
+        token = earlier.refresh_token
+
+    last = rotate(db_session, deps, token, caller, late)
+
+    claims = verify_access_token(
+        last.access_token,
+        public_jwks=signing.public_jwks(
+            db_session, now=late, token_ttl=deps.settings.access_token_ttl
+        ).keys,
+        issuer=deps.settings.public_url,
+        audience=deps.settings.jwt_audience,
+        now=late,
+        max_lifetime=int(deps.settings.access_token_ttl.total_seconds()),
+    )
+    assert claims.exp == int(end.timestamp())
+    assert last.expires_in == 90 < ttl
+
+
 def test_an_idle_session_ends(db_session, deps, user, caller, now):
     idle = deps.settings.session_idle_timeout
     pair = start(db_session, deps, user, caller, now)
