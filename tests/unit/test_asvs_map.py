@@ -6,6 +6,7 @@
 - Every test the threat model names exists; its route inventory is the contract's; the throttle,
   detector and session settings it quotes are the code's defaults; its cryptographic inventory
   lists every primitive the code uses.
+- An answer the documents quote ("401 `invalid_mfa`") has the status of its problem code.
 - Evidence for requirements no other test covers: no default accounts, no password hints, no
   `random`, no weak hashes or modes, and a sign-in page that masks passwords, lets password
   managers fill them and offers a logout.
@@ -28,6 +29,7 @@ import yaml
 from sqlalchemy import create_engine, func, select
 
 from authsvc.db import Base
+from authsvc.errors import AuthsvcError
 from authsvc.models import AdminKey, RefreshToken, Session, User
 from authsvc.schema import upgrade
 from authsvc.settings import Settings
@@ -195,6 +197,30 @@ def test_every_test_named_in_the_docs_exists():
         named = set(NODE_ID.findall((DOCS / name).read_text(encoding="utf-8")))
         missing = sorted(named - collected_tests())
         assert not missing, f"docs/{name} names tests that do not exist: {missing}"
+
+
+def _problem_statuses() -> dict[str, int]:
+    def subclasses(cls: type) -> Iterator[type]:
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    return {cls.code: cls.status for cls in subclasses(AuthsvcError)}
+
+
+# A status with a problem code, as the documents quote answers: "401 `invalid_mfa`" or
+# "`401 invalid_mfa`".
+QUOTED_ANSWER = re.compile(r"\b([1-5]\d\d) `?([a-z_]+)\b")
+
+
+def test_the_documents_quote_each_problem_code_with_its_status():
+    statuses = _problem_statuses()
+    wrong = []
+    for path in (ROOT / "README.md", ROOT / "openapi.yaml", *sorted(DOCS.glob("*.md"))):
+        for status, code in QUOTED_ANSWER.findall(path.read_text(encoding="utf-8")):
+            if code in statuses and int(status) != statuses[code]:
+                wrong.append(f"{path.relative_to(ROOT)}: {status} {code} ({statuses[code]})")
+    assert wrong == []
 
 
 def _section(title: str) -> str:
