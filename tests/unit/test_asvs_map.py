@@ -312,6 +312,7 @@ def test_the_threat_model_states_the_session_lifetimes():
     names = [
         "access_token_ttl",
         "refresh_token_ttl",
+        "session_idle_timeout",
         "reauth_window",
         "mfa_token_ttl",
         "change_token_ttl",
@@ -330,6 +331,10 @@ def test_the_threat_model_states_the_session_lifetimes():
         "NIST SP 800-63B",
     ):
         assert topic in text
+    # The map's evidence for the requirement on those lifetimes names both of them.
+    [lifetimes] = [entry for entry in requirements() if entry["id"] == "7.1.1"]
+    for setting in ("AUTHSVC_SESSION_IDLE_TIMEOUT", "AUTHSVC_REFRESH_TOKEN_TTL"):
+        assert setting in lifetimes["evidence"]
 
 
 # --- cryptographic inventory --------------------------------------------------------------
