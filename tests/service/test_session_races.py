@@ -106,6 +106,26 @@ def test_replaying_a_spent_refresh_token_at_once_revokes_and_audits_once(
         assert session.scalar(select(Login.revoked_reason)) == "refresh_token_reuse"
 
 
+def test_a_refresh_token_used_by_several_requests_at_once_gives_one_pair_and_revokes(
+    committed, deps, caller, now
+):
+    # One use wins; every other is a use of a spent token, a replay, which ends the session
+    # (the winner's new pair included) and is audited once.
+    pair = _signed_in(committed, deps, caller, now)
+
+    outcomes = _at_once(
+        committed,
+        lambda session: sessions.rotate_refresh_token(
+            session, deps, refresh_token=pair.refresh_token, client=caller, now=now
+        ),
+    )
+
+    assert sorted(outcomes) == ["invalid_token"] * (PARALLEL - 1) + ["ok"]
+    assert _events(committed, "session.refresh_reuse") == 1
+    with committed() as session:
+        assert session.scalar(select(Login.revoked_reason)) == "refresh_token_reuse"
+
+
 def test_an_account_deleted_while_its_refresh_token_is_spent_does_not_deadlock(
     committed, deps, caller, now, database_url
 ):
