@@ -133,13 +133,18 @@ def principal() -> Principal:
     return g.principal
 
 
+def require_recent_login() -> None:
+    """The bearer's login is within the re-auth window (else 403 reauthentication_required):
+    a stale or stolen access token, or one refreshed from a stolen refresh token, keeps the
+    login's auth_time and cannot make the change."""
+    mfa_management.require_recent_login(deps(), auth_time=principal().auth_time, now=utcnow())
+
+
 def require_recent_login_to_add_a_factor() -> None:
-    """A new factor signs in (a passkey alone) or comes with recovery codes: a stale or stolen
-    access token must not add one, so it needs a login within the re-auth window. An
-    enrollment token is a login step in progress, fresh by construction."""
-    p = principal()
-    if p.enrollment_token is None:
-        mfa_management.require_recent_login(deps(), auth_time=p.auth_time, now=utcnow())
+    """A new factor signs in (a passkey alone) or comes with recovery codes, so it needs a
+    recent login. An enrollment token is a login step in progress, fresh by construction."""
+    if principal().enrollment_token is None:
+        require_recent_login()
 
 
 def require_admin(view: Callable[..., Response]) -> Callable[..., Response]:

@@ -6,7 +6,13 @@ from flask import Blueprint, Response
 
 from authsvc.db import utcnow
 from authsvc.errors import Unauthenticated
-from authsvc.http.auth import REFUSED, access_claims, principal, require_user
+from authsvc.http.auth import (
+    REFUSED,
+    access_claims,
+    principal,
+    require_recent_login,
+    require_user,
+)
 from authsvc.http.io import (
     client,
     db,
@@ -48,10 +54,25 @@ def list_sessions() -> Response:
     return respond({"sessions": items})
 
 
+@bp.delete("/sessions")
+@transactional
+@require_user
+def revoke_other_sessions() -> Response:
+    """Sign out everywhere else: it takes a recent login, as ending any other session does."""
+    require_recent_login()
+    p = principal()
+    revoked = sessions.revoke_others(
+        db(), user_id=p.user_id, current_session_id=p.session_id, client=client(), now=utcnow()
+    )
+    return respond({"sessions_revoked": revoked})
+
+
 @bp.delete("/sessions/<session_id>")
 @transactional
 @require_user
 def revoke_session(session_id: str) -> Response:
+    if session_id != principal().session_id:  # ending one's own session is a logout
+        require_recent_login()
     sessions.revoke_session(
         db(),
         user_id=principal().user_id,

@@ -408,6 +408,33 @@ def logout(session: DbSession, *, refresh_token: str, client: Client, now: datet
         )
 
 
+def revoke_others(
+    session: DbSession, *, user_id: str, current_session_id: str, client: Client, now: datetime
+) -> int:
+    """End every session of the user but ``current_session_id`` ("sign out everywhere else");
+    returns how many were live. Audited once, with the count."""
+    result = session.execute(
+        update(Session)
+        .where(
+            Session.user_id == user_id,
+            Session.id != current_session_id,
+            Session.revoked_at.is_(None),
+        )
+        .values(revoked_at=now, revoked_reason="user")
+    )
+    revoked = rowcount(result)
+    audit.record(
+        session,
+        type="session.revoked_others",
+        outcome="success",
+        now=now,
+        client=client,
+        user_id=user_id,
+        details={"session_id": current_session_id, "sessions_revoked": revoked},
+    )
+    return revoked
+
+
 def list_sessions(
     session: DbSession,
     *,

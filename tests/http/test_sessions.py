@@ -1,4 +1,4 @@
-"""GET /v1/me/sessions and DELETE /v1/me/sessions/{id}."""
+"""GET /v1/me/sessions, DELETE /v1/me/sessions and DELETE /v1/me/sessions/{id}."""
 
 from __future__ import annotations
 
@@ -61,6 +61,54 @@ def test_revoking_another_session(api, client):
     refreshed = client.post("/v1/token/refresh", json={"refresh_token": phone["refresh_token"]})
     assert refreshed.get_json()["code"] == "invalid_token"
     assert [s["current"] for s in sessions_of(api, laptop)] == [True]
+
+
+def test_signing_out_everywhere_else_keeps_only_this_session(api, client, connection):
+    api.register()
+    phone, tablet, laptop = api.tokens(), api.tokens(), api.tokens()
+
+    response = client.delete("/v1/me/sessions", headers=api.bearer(laptop["access_token"]))
+
+    assert (response.status_code, response.get_json()) == (200, {"sessions_revoked": 2})
+    for gone in (phone, tablet):
+        assert client.get("/v1/me", headers=api.bearer(gone["access_token"])).status_code == 401
+        refreshed = client.post("/v1/token/refresh", json={"refresh_token": gone["refresh_token"]})
+        assert refreshed.get_json()["code"] == "invalid_token"
+    assert [s["current"] for s in sessions_of(api, laptop)] == [True]
+    again = client.delete("/v1/me/sessions", headers=api.bearer(laptop["access_token"]))
+    assert again.get_json() == {"sessions_revoked": 0}
+    events = client.get("/v1/me/security-events", headers=api.bearer(laptop["access_token"]))
+    counts = [
+        e["details"]["sessions_revoked"]
+        for e in events.get_json()["events"]
+        if e["type"] == "session.revoked_others"
+    ]
+    assert counts == [0, 2]  # newest first
+
+
+def test_ending_other_sessions_needs_a_recent_login_but_ending_ones_own_does_not(
+    api, settings, connection
+):
+    api.register()
+    phone, laptop = api.tokens(), api.tokens()
+    phone_id = next(s["id"] for s in sessions_of(api, phone) if s["current"])
+    laptop_id = next(s["id"] for s in sessions_of(api, laptop) if s["current"])
+    app = create_app(dataclasses.replace(settings, reauth_window=timedelta(0)), bind=connection)
+    app.test_client_class = ContractClient
+    stale = app.test_client()
+
+    for path in ("/v1/me/sessions", f"/v1/me/sessions/{phone_id}"):
+        response = stale.delete(path, headers=api.bearer(laptop["access_token"]))
+        assert (response.status_code, response.get_json()["code"]) == (
+            403,
+            "reauthentication_required",
+        )
+    assert stale.get("/v1/me", headers=api.bearer(phone["access_token"])).status_code == 200
+
+    own = stale.delete(f"/v1/me/sessions/{laptop_id}", headers=api.bearer(laptop["access_token"]))
+
+    assert own.status_code == 204
+    assert stale.get("/v1/me", headers=api.bearer(laptop["access_token"])).status_code == 401
 
 
 def test_revoking_the_current_session_signs_out(api, client):
@@ -145,6 +193,7 @@ def test_ended_sessions_are_not_found(api, client, connection, settings):
 
 def test_sessions_need_a_bearer_token(client):
     assert client.get("/v1/me/sessions").get_json()["code"] == "unauthenticated"
+    assert client.delete("/v1/me/sessions").get_json()["code"] == "unauthenticated"
     assert client.delete("/v1/me/sessions/abc").status_code == 401
 
 
