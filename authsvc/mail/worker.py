@@ -245,8 +245,9 @@ class OutboxWorker:
         )
 
     def sweep(self) -> housekeeping.Swept:
-        """Delete ended sessions, expired tokens, and sent and failed messages past their
-        retention, and the recorded password hash costs that no stored hash has any more."""
+        """Delete ended sessions, expired tokens and TOTP enrollments, and sent and failed
+        messages past their retention, and the recorded password hash costs that no stored hash
+        has any more."""
         settings = self._deps.settings
         with self._sessionmaker.begin() as session:
             gone = password_costs.prune(session, self._deps.hasher)

@@ -1,5 +1,5 @@
 """Deleting rows whose work is over: ended sessions (with their refresh tokens), expired
-single-use tokens, and sent and failed outbox messages.
+single-use tokens, TOTP enrollments never confirmed, and sent and failed outbox messages.
 
 Every login with a second factor leaves an mfa_token, every refresh a spent refresh token and
 every mail an outbox message; nothing else ever removes them. The outbox worker calls ``sweep``
@@ -16,6 +16,10 @@ A row is deleted once it has been over for longer than the retention:
   (the whole session is then revoked);
 - a single-use token (verification, reset, change, mfa, enrollment): past ``expires_at``, used or
   not;
+- a TOTP enrollment never confirmed: past its ``expires_at`` (``AUTHSVC_TOTP_PENDING_TTL`` after
+  it began). Its secret, encrypted as it is, serves nothing, yet every key rotation re-encrypts
+  it; a new enrollment of the same account deletes it too. A confirmed factor has no
+  ``expires_at`` and is never swept;
 - an outbox message: delivered (``completed_at``);
 - an outbox message parked as failed (``failed_at``): after its own retention,
   ``AUTHSVC_FAILED_MESSAGE_RETENTION`` (30 days), long enough for an operator to look at it.
@@ -36,7 +40,7 @@ from sqlalchemy import ColumnElement, CursorResult, delete, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, sessionmaker
 from sqlalchemy.orm import Session as DbSession
 
-from authsvc.models import OutboxMessage, Session, UserToken
+from authsvc.models import OutboxMessage, Session, TotpFactor, UserToken
 
 log = logging.getLogger("authsvc.housekeeping")
 
@@ -48,12 +52,19 @@ MAX_BATCHES = 50  # per table and sweep: a large backlog is cleared over several
 class Swept:
     sessions: int = 0  # their refresh tokens go with them (ON DELETE CASCADE)
     user_tokens: int = 0
+    totp_enrollments: int = 0  # pending TOTP factors never confirmed
     outbox_messages: int = 0  # sent
     failed_messages: int = 0  # outbox messages parked as failed
 
     @property
     def total(self) -> int:
-        return self.sessions + self.user_tokens + self.outbox_messages + self.failed_messages
+        return (
+            self.sessions
+            + self.user_tokens
+            + self.totp_enrollments
+            + self.outbox_messages
+            + self.failed_messages
+        )
 
 
 def sweep(
@@ -74,9 +85,11 @@ def sweep(
         swept = replace(swept, failed_messages=_sweep_table(factory, OutboxMessage.id, failed))
     if swept.total:
         log.info(
-            "swept %d ended sessions, %d expired tokens, %d sent messages, %d failed messages",
+            "swept %d ended sessions, %d expired tokens, %d expired TOTP enrollments, "
+            "%d sent messages, %d failed messages",
             swept.sessions,
             swept.user_tokens,
+            swept.totp_enrollments,
             swept.outbox_messages,
             swept.failed_messages,
         )
@@ -94,6 +107,11 @@ def _sweep_ended(
     return Swept(
         sessions=_sweep_table(factory, Session.id, ended),
         user_tokens=_sweep_table(factory, UserToken.id, UserToken.expires_at < before),
+        totp_enrollments=_sweep_table(
+            factory,
+            TotpFactor.id,
+            TotpFactor.confirmed_at.is_(None) & (TotpFactor.expires_at < before),
+        ),
         outbox_messages=_sweep_table(
             factory, OutboxMessage.id, OutboxMessage.completed_at < before
         ),

@@ -8,9 +8,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from authsvc.crypto import totp as otp
 from authsvc.errors import InvalidToken
-from authsvc.models import OutboxMessage, RefreshToken, Session, UserToken
-from authsvc.services import housekeeping, outbox, sessions, user_tokens
+from authsvc.models import OutboxMessage, RefreshToken, Session, TotpFactor, UserToken
+from authsvc.services import housekeeping, outbox, sessions, totp, user_tokens
 
 from .conftest import CLIENT
 
@@ -128,6 +129,37 @@ def test_single_use_tokens_go_once_expired_for_longer_than_the_retention(
     assert swept.user_tokens == 3
 
 
+def test_expired_totp_enrollments_go_once_expired_for_longer_than_the_retention(
+    runtime, db_session, deps, make_user, now
+):
+    # An enrollment never confirmed holds an encrypted secret that every key rotation
+    # re-encrypts; only a new enrollment of the same account deleted it.
+    def enroll(name, at):
+        user = make_user(email=f"{name}@example.com")
+        return totp.enroll(db_session, deps, user_id=user.id, name=None, client=CLIENT, now=at)
+
+    abandoned = enroll("ada", now - RETENTION - DAY).factor_id
+    expired_lately = enroll("grace", now - RETENTION + DAY).factor_id
+    pending = enroll("alan", now).factor_id
+    confirmed = enroll("edsger", now - 400 * DAY)  # a confirmed factor has no end
+    totp.confirm(
+        db_session,
+        deps,
+        user_id=db_session.get(TotpFactor, confirmed.factor_id).user_id,
+        factor_id=confirmed.factor_id,
+        code=otp.code_at(confirmed.secret, otp.step_at(now - 400 * DAY)),
+        client=CLIENT,
+        now=now - 400 * DAY,
+    )
+    db_session.flush()
+
+    swept = sweep(runtime, now)
+
+    assert ids(db_session, TotpFactor.id) == {expired_lately, pending, confirmed.factor_id}
+    assert abandoned not in ids(db_session, TotpFactor.id)
+    assert (swept.totp_enrollments, swept.total) == (1, 1)
+
+
 def test_sent_messages_go_and_failed_or_pending_ones_stay(runtime, db_session, deps, now):
     sent_long_ago = message(db_session, deps, now - 9 * DAY, completed_at=now - RETENTION - DAY)
     sent_lately = message(db_session, deps, now - 2 * DAY, completed_at=now - DAY)
@@ -190,6 +222,9 @@ def test_a_zero_retention_keeps_everything(runtime, db_session, deps, make_user,
     user = make_user()
     ended = start(db_session, deps, user, now - 400 * DAY)
     user_tokens.issue(db_session, user_id=user.id, purpose="mfa", ttl=DAY, now=now - 400 * DAY)
+    pending = totp.enroll(
+        db_session, deps, user_id=user.id, name=None, client=CLIENT, now=now - 400 * DAY
+    )
     db_session.flush()
 
     swept = sweep(runtime, now, retention=timedelta(0), failed_retention=timedelta(0))
@@ -197,6 +232,7 @@ def test_a_zero_retention_keeps_everything(runtime, db_session, deps, make_user,
     assert swept.total == 0
     assert ids(db_session, Session.id) == {ended.session_id}
     assert len(ids(db_session, UserToken.id)) == 1
+    assert ids(db_session, TotpFactor.id) == {pending.factor_id}
 
 
 def test_a_backlog_is_deleted_in_batches_over_several_sweeps(
