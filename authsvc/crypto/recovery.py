@@ -22,6 +22,9 @@ ENTROPY_BITS = SYMBOLS * 5
 
 # Crockford's decoding rules: case-insensitive, i/l read as 1, o read as 0.
 _READ_AS = str.maketrans({"i": "1", "l": "1", "o": "0"})
+# Separators dropped: "-" and the dashes that mail clients and word processors turn it into as
+# a code is copied (hyphen, non-breaking hyphen, en dash, em dash, minus sign).
+_SEPARATORS = str.maketrans(dict.fromkeys("-\u2010\u2011\u2013\u2014\u2212"))
 _MAX_INPUT = 64
 
 
@@ -43,7 +46,7 @@ def normalize(raw: str) -> str | None:
     """The canonical 24 symbols of a typed code (any case, spaces and dashes ignored), or None."""
     if len(raw) > _MAX_INPUT:
         return None
-    code = "".join(raw.split()).replace("-", "")
+    code = "".join(raw.split()).translate(_SEPARATORS)
     if not code.isascii():  # str.lower() would read the Kelvin sign (U+212A) as "k"
         return None
     code = code.lower().translate(_READ_AS)

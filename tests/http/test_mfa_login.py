@@ -128,6 +128,16 @@ def test_attempts_per_account_are_limited_across_tokens(api, client):
     assert right.status_code == 429
 
 
+def test_a_recovery_code_copied_with_typographic_dashes_completes_the_login(api, client):
+    factor = enable_totp(api)
+    code = factor["recovery_codes"][0]
+
+    response = second_step(client, mfa_token(api), recovery_code=code.replace("-", "\u2013"))
+
+    assert response.status_code == 200
+    assert amr_of(response.get_json()["access_token"]) == ["pwd", "otp", "mfa"]
+
+
 @pytest.mark.parametrize(
     ("proof", "status", "code"),
     [

@@ -7,6 +7,7 @@ import pytest
 from authsvc.crypto import recovery
 
 FORMAT = re.compile(r"^[0-9a-hjkmnp-tv-z]{4}(-[0-9a-hjkmnp-tv-z]{4}){5}$")
+CODE_GROUPS = ("abcd", "efgh", "jkmn", "pqrs", "tvwx", "yz01")
 
 
 def test_ten_distinct_codes_of_at_least_112_bits():
@@ -36,6 +37,37 @@ def test_symbols_are_spread_over_the_whole_alphabet():
 )
 def test_normalize_accepts_how_people_type_codes(typed):
     assert recovery.normalize(typed) == "abcdefghjkmnpqrstvwxyz01"
+
+
+@pytest.mark.parametrize(
+    "dash",
+    [
+        "\u2010",  # hyphen
+        "\u2011",  # non-breaking hyphen
+        "\u2013",  # en dash
+        "\u2014",  # em dash
+        "\u2212",  # minus sign
+    ],
+)
+def test_normalize_accepts_the_dashes_that_copying_turns_hyphens_into(dash):
+    # Mail clients and word processors replace "-" as a code is copied out of them.
+    assert recovery.normalize(dash.join(CODE_GROUPS)) == "abcdefghjkmnpqrstvwxyz01"
+    assert recovery.normalize(f" {dash} ".join(CODE_GROUPS)) == "abcdefghjkmnpqrstvwxyz01"
+
+
+@pytest.mark.parametrize(
+    "separator",
+    [
+        "_",
+        ".",
+        "/",
+        "\u2012",  # figure dash: not among the ones copying makes
+        "\uff0d",  # fullwidth hyphen-minus
+        "\u00ad",  # soft hyphen
+    ],
+)
+def test_normalize_refuses_other_separators(separator):
+    assert recovery.normalize(separator.join(CODE_GROUPS)) is None
 
 
 @pytest.mark.parametrize(
