@@ -43,5 +43,6 @@ class RecoveryCode(Base):
     code_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # Set on every code of the set once the "running low" notice was queued (sent once).
+    # Set on the set's first row (the lowest id) only, once the "running low" notice was queued:
+    # the notice goes once per set (services/recovery.py, _claim_low_notice).
     low_notice_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
