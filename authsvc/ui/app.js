@@ -101,13 +101,42 @@
     $("recovery-codes").hidden = false;
   }
 
-  // Registration, with an access token or (forced enrollment) an enrollment token.
-  async function addKey(name, token) {
-    const call = (method, path, body) => (token
+  // The enrollment routes take an access token or, in a forced enrollment (a login answered
+  // mfa_enrollment_required), its enrollment token; with one, the last step is a login answer.
+  function enrolling(token) {
+    return (method, path, body) => (token
       ? api(method, path, body, { token }) : authed(method, path, body));
+  }
+
+  async function addKey(name, token) {
+    const call = enrolling(token);
     const options = await call("POST", "/v1/me/mfa/webauthn/registration-options", { name });
     const credential = await createCredential(options);
     return call("POST", "/v1/me/mfa/webauthn", { credential, name });
+  }
+
+  // An authenticator app: one setup panel, shown under the button that opened it (the account
+  // view's or the forced enrollment's), its pending factor confirmed with the same token.
+  async function startTotp(button, token) {
+    const pending = await enrolling(token)("POST", "/v1/me/mfa/totp", {
+      name: "Authenticator app",
+    });
+    state.totpFactorId = pending.factor_id;
+    const svg = new TextEncoder().encode(pending.qr_svg);
+    $("totp-qr").src = `data:image/svg+xml;base64,${btoa(String.fromCharCode(...svg))}`;
+    $("totp-secret").textContent = pending.secret;
+    button.after($("totp-setup"));
+    $("totp-setup").hidden = false;
+    setStatus("Scan the code with your authenticator app, then enter the code it shows.");
+  }
+
+  // Hidden is not gone: a setup that is over or abandoned leaves no secret in the page.
+  function closeTotpSetup() {
+    state.totpFactorId = null;
+    $("totp-setup").hidden = true;
+    $("totp-secret").textContent = "";
+    $("totp-qr").removeAttribute("src");
+    $("totp-code").value = "";
   }
 
   async function showAccount() {
@@ -268,32 +297,32 @@
     showRecoveryCodes(result.recovery_codes);
   }));
 
+  $("enroll-totp").addEventListener("click", action(async () => {
+    await startTotp($("enroll-totp"), state.enrollmentToken);
+  }));
+
   $("enroll-cancel").addEventListener("click", () => {
     state.enrollmentToken = null;
+    closeTotpSetup();
     show("login-view");
     setStatus("");
   });
 
   $("add-totp").addEventListener("click", action(async () => {
-    const pending = await authed("POST", "/v1/me/mfa/totp", { name: "Authenticator app" });
-    state.totpFactorId = pending.factor_id;
-    const svg = new TextEncoder().encode(pending.qr_svg);
-    $("totp-qr").src = `data:image/svg+xml;base64,${btoa(String.fromCharCode(...svg))}`;
-    $("totp-secret").textContent = pending.secret;
-    $("totp-setup").hidden = false;
-    setStatus("Scan the code with your authenticator app, then enter the code it shows.");
+    await startTotp($("add-totp"), null);
   }));
 
   $("totp-confirm-form").addEventListener("submit", action(async () => {
     const code = $("totp-code").value.replace(/[\s-]+/g, "");
     $("totp-code").value = "";
-    const result = await authed(
+    const token = state.enrollmentToken;
+    const result = await enrolling(token)(
       "POST", `/v1/me/mfa/totp/${encodeURIComponent(state.totpFactorId)}/confirm`, { code },
     );
-    $("totp-setup").hidden = true;
-    await showAccount();
+    closeTotpSetup();
+    if (token) await afterLogin(result); else await showAccount();
     showRecoveryCodes(result.recovery_codes);
-    setStatus("Authenticator app added.");
+    if (!token || result.status === "authenticated") setStatus("Authenticator app added.");
   }));
 
   $("logout").addEventListener("click", action(async () => {
@@ -306,9 +335,7 @@
     // a pending app's secret and the account's details in the page.
     $("recovery-codes").hidden = true;
     $("recovery-codes-list").textContent = "";
-    $("totp-setup").hidden = true;
-    $("totp-secret").textContent = "";
-    $("totp-qr").removeAttribute("src");
+    closeTotpSetup();
     $("account-email").textContent = "";
     $("account-amr").textContent = "";
     $("factor-list").replaceChildren();

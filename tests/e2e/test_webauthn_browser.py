@@ -13,7 +13,10 @@ import base64
 import json
 import subprocess
 import time
+import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -79,6 +82,7 @@ def _visible(driver: WebDriver, element_id: str) -> bool:
 def _sign_in_with_password(driver: WebDriver, email: str = EMAIL) -> None:
     driver.find_element(By.ID, "email").clear()
     driver.find_element(By.ID, "email").send_keys(email)
+    driver.find_element(By.ID, "password").clear()  # a cancelled second step leaves it filled
     driver.find_element(By.ID, "password").send_keys(PASSWORD)
     driver.find_element(By.ID, "password-submit").click()
 
@@ -237,6 +241,82 @@ def test_authenticator_app_through_the_page(server: LiveServer, browser: WebDriv
     _status(driver, "Password accepted")
     assert _visible(driver, "mfa-totp-form") and not _visible(driver, "mfa-webauthn")
     # The confirming code's time step is spent; the next step is within the accepted window.
+    driver.find_element(By.ID, "mfa-totp").send_keys(_totp(secret, offset=30))
+    driver.find_element(By.ID, "mfa-totp-submit").click()
+    _status(driver, "Signed in.")
+    assert _amr(driver) == "pwd otp mfa"
+
+
+@pytest.fixture(scope="module")
+def mfa_required_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A server with AUTHSVC_REQUIRE_MFA: a login without a factor must add one first."""
+    live = LiveServer(tmp_path_factory.mktemp("mfa_required"), host="localhost", workers=2)
+    live.env["AUTHSVC_REQUIRE_MFA"] = "true"
+    live.env["AUTHSVC_WEBAUTHN_RP_ID"] = "localhost"
+    live.env["AUTHSVC_WEBAUTHN_ORIGINS"] = f"http://localhost:{live.port}"
+    with live:
+        yield live
+
+
+def _scan_qr(driver: WebDriver, element_id: str, tmp_path: Path) -> str:
+    """What a phone's camera reads off the page: zbarimg on a screenshot of the QR code."""
+    shot = tmp_path / "qr.png"
+    code = driver.find_element(By.ID, element_id)
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", code)
+    assert code.screenshot(str(shot))
+    result = subprocess.run(
+        ["zbarimg", "-q", "--raw", str(shot)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_a_forced_enrollment_adds_an_authenticator_app_on_the_page(
+    mfa_required_server: LiveServer, browser: WebDriver, tmp_path: Path
+):
+    """With AUTHSVC_REQUIRE_MFA, a person with no security key or passkey finishes signing in
+    by adding an authenticator app with the enrollment token, on the same setup the account
+    view uses; cancelling a setup leaves nothing of its secret in the page."""
+    server, driver = mfa_required_server, browser
+    email = "noor@example.com"
+    _create_user(server, email)
+    driver.get(f"{server.url}/ui/")  # no virtual authenticator: this person has no key
+    _sign_in_with_password(driver, email)
+    _status(driver, "Add a second factor to continue.")
+    assert _visible(driver, "enroll-view") and _visible(driver, "enroll-totp")
+
+    driver.find_element(By.ID, "enroll-totp").click()
+    _status(driver, "Scan the code")
+    abandoned = driver.find_element(By.ID, "totp-secret").text
+    driver.find_element(By.ID, "enroll-cancel").click()
+    assert _visible(driver, "login-view") and abandoned not in driver.page_source
+
+    _sign_in_with_password(driver, email)
+    _status(driver, "Add a second factor to continue.")
+    driver.find_element(By.ID, "enroll-totp").click()
+    _status(driver, "Scan the code")
+    assert _visible(driver, "totp-setup") and not _visible(driver, "account-view")
+    uri = urllib.parse.urlsplit(_scan_qr(driver, "totp-qr", tmp_path))
+    (secret,) = urllib.parse.parse_qs(uri.query)["secret"]
+    assert uri.scheme == "otpauth" and secret == driver.find_element(By.ID, "totp-secret").text
+    driver.find_element(By.ID, "totp-code").send_keys(_totp(secret))
+    driver.find_element(By.ID, "totp-confirm").click()
+    _status(driver, "Authenticator app added.")
+    assert _visible(driver, "account-view") and not _visible(driver, "totp-setup")
+    assert _amr(driver) == "pwd otp mfa"
+    assert driver.find_element(By.ID, "account-email").text == email
+    assert _visible(driver, "recovery-codes")
+    assert len(driver.find_element(By.ID, "recovery-codes-list").text.split()) == 10
+    assert secret not in driver.page_source  # the setup is over: its secret is gone
+    assert _query(server, "SELECT name FROM totp_factors WHERE confirmed_at IS NOT NULL") == [
+        ("Authenticator app",)
+    ]
+
+    # The app is the account's second factor from now on.
+    _sign_out(driver)
+    _sign_in_with_password(driver, email)
+    _status(driver, "Password accepted")
+    assert _visible(driver, "mfa-totp-form") and not _visible(driver, "mfa-webauthn")
     driver.find_element(By.ID, "mfa-totp").send_keys(_totp(secret, offset=30))
     driver.find_element(By.ID, "mfa-totp-submit").click()
     _status(driver, "Signed in.")
