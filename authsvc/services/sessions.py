@@ -396,11 +396,15 @@ def logout(session: DbSession, *, refresh_token: str, client: Client, now: datet
     login = session.get(Session, row.session_id)
     if login is None:
         raise InvalidToken()
-    if revoke(session, session_ids=[login.id], reason="logout", now=now):
+    # A spent token ends its session as any logout does, but says that a copy of the family
+    # is about, as a replay to the refresh does: it is recorded as one.
+    replayed = row.used_at is not None
+    reason = "refresh_token_reuse" if replayed else "logout"
+    if revoke(session, session_ids=[login.id], reason=reason, now=now):
         audit.record(
             session,
-            type="session.logout",
-            outcome="success",
+            type="session.refresh_reuse" if replayed else "session.logout",
+            outcome="revoked" if replayed else "success",
             now=now,
             client=client,
             user_id=login.user_id,

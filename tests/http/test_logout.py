@@ -48,6 +48,22 @@ def test_logout_with_a_rotated_out_token_still_ends_the_session(api, client):
     assert client.get("/v1/me", headers=api.bearer(second["access_token"])).status_code == 401
 
 
+def test_logout_with_a_spent_token_is_recorded_as_its_replay(api, client, connection):
+    # Whoever still holds a rotated-out token holds a copy of the family: the session ends as
+    # with any logout, and the trail says why, as for a replay to the refresh.
+    api.register()
+    first = api.tokens()
+    client.post("/v1/token/refresh", json={"refresh_token": first["refresh_token"]})
+
+    assert logout(client, first["refresh_token"]).status_code == 204
+
+    assert connection.scalar(select(Session.revoked_reason)) == "refresh_token_reuse"
+    events = connection.execute(
+        select(AuditEvent.type, AuditEvent.outcome).where(AuditEvent.type.like("session.%"))
+    ).all()
+    assert [tuple(e) for e in events] == [("session.refresh_reuse", "revoked")]
+
+
 def test_logout_twice_is_harmless(api, client, connection):
     api.register()
     tokens = api.tokens()
