@@ -41,7 +41,8 @@
 
   function describe(error) {
     if (error instanceof ApiError && error.code === "reauthentication_required") {
-      // Adding or removing a factor, or new recovery codes, after AUTHSVC_REAUTH_WINDOW.
+      // Adding or removing a factor, new recovery codes or ending other sessions, after
+      // AUTHSVC_REAUTH_WINDOW.
       return "This needs a recent sign-in: sign out and in again, then try within a few minutes.";
     }
     if (error instanceof ApiError) {
@@ -144,7 +145,24 @@
     $("account-email").textContent = me.email;
     $("account-amr").textContent = (claims(state.access).amr || []).join(" ");
     await listFactors(me);
+    await listSessions();
     show("account-view");
+  }
+
+  // Each live session: its browser and address as the server saw them, the last refresh.
+  async function listSessions() {
+    const { sessions } = await authed("GET", "/v1/me/sessions");
+    const list = $("session-list");
+    list.replaceChildren();
+    for (const session of sessions) {
+      const item = document.createElement("li");
+      item.dataset.sessionId = session.id;
+      const here = session.current ? " (this browser)" : "";
+      item.textContent = `${session.user_agent || "Unknown browser"} at ${session.ip || "an "
+        + "unknown address"}, last active ${session.last_used_at}${here}`;
+      list.append(item);
+    }
+    $("logout-others").disabled = sessions.every((session) => session.current);
   }
 
   async function listFactors(me) {
@@ -325,6 +343,13 @@
     if (!token || result.status === "authenticated") setStatus("Authenticator app added.");
   }));
 
+  // Every other session ends (it takes a recent sign-in: describe() says so otherwise).
+  $("logout-others").addEventListener("click", action(async () => {
+    const { sessions_revoked: ended } = await authed("DELETE", "/v1/me/sessions");
+    await listSessions();
+    setStatus(`Signed out everywhere else (${ended} ${ended === 1 ? "session" : "sessions"}).`);
+  }));
+
   $("logout").addEventListener("click", action(async () => {
     const refresh = state.refresh;
     Object.assign(state, {
@@ -339,6 +364,7 @@
     $("account-email").textContent = "";
     $("account-amr").textContent = "";
     $("factor-list").replaceChildren();
+    $("session-list").replaceChildren();
     $("password").value = "";
     show("login-view");
     if (refresh) await api("POST", "/v1/logout", { refresh_token: refresh });

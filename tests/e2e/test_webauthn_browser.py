@@ -13,6 +13,7 @@ import base64
 import json
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -245,6 +246,47 @@ def test_authenticator_app_through_the_page(server: LiveServer, browser: WebDriv
     driver.find_element(By.ID, "mfa-totp-submit").click()
     _status(driver, "Signed in.")
     assert _amr(driver) == "pwd otp mfa"
+
+
+def test_the_page_lists_the_sessions_and_signs_out_everywhere_else(
+    server: LiveServer, browser: WebDriver
+):
+    driver = browser
+    email = "kay@example.com"
+    _create_user(server, email)
+    # Another device's session, through the API.
+    login = urllib.request.Request(
+        f"{server.url}/v1/login",
+        method="POST",
+        data=json.dumps({"email": email, "password": PASSWORD}).encode(),
+        headers={"Content-Type": "application/json", "User-Agent": "Phone/1.0"},
+    )
+    with urllib.request.urlopen(login, timeout=10) as response:
+        phone = json.loads(response.read())
+    driver.get(f"{server.url}/ui/")
+    _sign_in_with_password(driver, email)
+    _status(driver, "Signed in.")
+
+    items = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#session-list li")]
+    assert len(items) == 2
+    assert "(this browser)" in items[0] and "HeadlessChrome" in items[0]
+    assert items[1].startswith("Phone/1.0 at 127.0.0.1") and "(this browser)" not in items[1]
+
+    driver.find_element(By.ID, "logout-others").click()
+    _status(driver, "Signed out everywhere else (1 session).")
+
+    items = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#session-list li")]
+    assert len(items) == 1 and "(this browser)" in items[0]
+    assert not driver.find_element(By.ID, "logout-others").is_enabled()
+    me = urllib.request.Request(
+        f"{server.url}/v1/me", headers={"Authorization": f"Bearer {phone['access_token']}"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(me, timeout=10)
+    refused.value.close()
+    assert refused.value.code == 401
+    _sign_out(driver)
+    assert not driver.find_elements(By.CSS_SELECTOR, "#session-list li")
 
 
 @pytest.fixture(scope="module")
