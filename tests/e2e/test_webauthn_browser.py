@@ -94,6 +94,18 @@ def _sign_out(driver: WebDriver) -> None:
     assert _visible(driver, "login-view")
 
 
+def _sign_in_with_app(driver: WebDriver, email: str, secret: str) -> None:
+    """Sign in with the password, then the app's code: the page asks for the app alone."""
+    _sign_in_with_password(driver, email)
+    _status(driver, "Password accepted")
+    assert _visible(driver, "mfa-totp-form") and not _visible(driver, "mfa-webauthn")
+    # The confirming code's time step is spent; the next step is within the accepted window.
+    driver.find_element(By.ID, "mfa-totp").send_keys(_totp(secret, offset=30))
+    driver.find_element(By.ID, "mfa-totp-submit").click()
+    _status(driver, "Signed in.")
+    assert _amr(driver) == "pwd otp mfa"
+
+
 def _amr(driver: WebDriver) -> str:
     return str(driver.find_element(By.ID, "account-amr").text)
 
@@ -238,14 +250,7 @@ def test_authenticator_app_through_the_page(server: LiveServer, browser: WebDriv
     page = driver.page_source
     assert secret not in page and not [code for code in codes if code in page]
     assert email not in page and not driver.find_element(By.ID, "totp-qr").get_attribute("src")
-    _sign_in_with_password(driver, email)
-    _status(driver, "Password accepted")
-    assert _visible(driver, "mfa-totp-form") and not _visible(driver, "mfa-webauthn")
-    # The confirming code's time step is spent; the next step is within the accepted window.
-    driver.find_element(By.ID, "mfa-totp").send_keys(_totp(secret, offset=30))
-    driver.find_element(By.ID, "mfa-totp-submit").click()
-    _status(driver, "Signed in.")
-    assert _amr(driver) == "pwd otp mfa"
+    _sign_in_with_app(driver, email, secret)
 
 
 def test_the_page_lists_the_sessions_and_signs_out_everywhere_else(
@@ -356,13 +361,7 @@ def test_a_forced_enrollment_adds_an_authenticator_app_on_the_page(
 
     # The app is the account's second factor from now on.
     _sign_out(driver)
-    _sign_in_with_password(driver, email)
-    _status(driver, "Password accepted")
-    assert _visible(driver, "mfa-totp-form") and not _visible(driver, "mfa-webauthn")
-    driver.find_element(By.ID, "mfa-totp").send_keys(_totp(secret, offset=30))
-    driver.find_element(By.ID, "mfa-totp-submit").click()
-    _status(driver, "Signed in.")
-    assert _amr(driver) == "pwd otp mfa"
+    _sign_in_with_app(driver, email, secret)
 
 
 @pytest.mark.parametrize("email", ["jörg@example.com", "ada@exämple.com"])
