@@ -32,6 +32,7 @@ HTTP_CODES = {
     413: "payload_too_large",
     414: "uri_too_long",
     415: "unsupported_media_type",
+    416: "range_not_satisfiable",
     417: "expectation_failed",
     431: "headers_too_large",
 }
@@ -76,8 +77,11 @@ def render_http_exception(exc: HTTPException) -> Response:
     status = exc.code or 500
     code = HTTP_CODES.get(status, "http_error")
     response = problem(status, code, exc.name, exc.description or exc.name)
-    if status == 405 and exc.get_response().headers.get("Allow"):
-        response.headers["Allow"] = exc.get_response().headers["Allow"]
+    # The headers that say what to ask instead: the methods a route takes, a file's length.
+    for header in ("Allow", "Content-Range"):
+        value = exc.get_response().headers.get(header)
+        if value:
+            response.headers[header] = value
     return response
 
 

@@ -310,3 +310,26 @@ def test_readiness_is_checked_at_most_every_two_seconds(client, connection, monk
     assert answers == [200] * 50
     assert checked_once >= 1
     assert len(statements) == 2 * checked_once  # checked again only once the answer aged
+
+
+def test_the_docs_assets_answer_conditional_and_range_requests_as_the_contract_says(client):
+    # Browsers revalidate a cached copy and may resume a download: 304, 206 and 416 are the
+    # file server's answers to those, each in openapi.yaml.
+    # (buffered: read to the end and closed, as a server does with a file's response)
+    path = "/docs/static/swagger-ui.css"
+    with client.get(path, buffered=True) as first:
+        assert first.status_code == 200
+        etag, whole = first.headers["ETag"], first.get_data()
+
+    with client.get(path, headers={"If-None-Match": etag}, buffered=True) as cached:
+        assert (cached.status_code, cached.get_data()) == (304, b"")
+
+    with client.get(path, headers={"Range": "bytes=0-9"}, buffered=True) as part:
+        assert part.status_code == 206
+        assert part.headers["Content-Range"] == f"bytes 0-9/{len(whole)}"
+        assert part.get_data() == whole[:10]
+
+    with client.get(path, headers={"Range": f"bytes={len(whole)}-"}, buffered=True) as beyond:
+        assert beyond.status_code == 416
+        assert beyond.headers["Content-Range"] == f"bytes */{len(whole)}"
+        assert beyond.get_json()["code"] == "range_not_satisfiable"
