@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, g, request
 from flask_cors import CORS
@@ -48,6 +48,11 @@ from authsvc.services import password_costs, signing
 from authsvc.services.context import Deps
 from authsvc.services.detection import Detector
 from authsvc.settings import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("authsvc")
 access_log = logging.getLogger("authsvc.access")
@@ -253,6 +258,24 @@ def build_runtime(
     )
 
 
+def _unroutable_host_as_none(wsgi_app: WSGIApplication) -> WSGIApplication:
+    """A Host that IDNA cannot encode (a label over 63 characters, an empty label) is served
+    as Werkzeug serves one of characters no host name has: as if none was sent. Its router
+    answered it 400 instead, on every route, which openapi.yaml does not say; authsvc reads
+    nothing from the Host (its links come from AUTHSVC_PUBLIC_URL)."""
+
+    def serve(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        host = environ.get("HTTP_HOST")
+        if host:
+            try:
+                host.lower().partition(":")[0].encode("idna")
+            except UnicodeError:
+                environ["HTTP_HOST"] = ""
+        return wsgi_app(environ, start_response)
+
+    return serve
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -274,6 +297,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["authsvc"] = runtime
+    app.wsgi_app = _unroutable_host_as_none(app.wsgi_app)  # type: ignore[method-assign,assignment]
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app,

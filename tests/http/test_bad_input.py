@@ -645,3 +645,29 @@ def test_a_query_parameter_given_twice_on_v1_is_refused(api, client):
 )
 def test_routes_outside_v1_and_admin_ignore_query_parameters(raw_client, path):
     assert raw_client.get(path).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "a" * 64 + ".example",  # a label longer than DNS allows
+        "a" * 64,
+        "auth..example",  # an empty label
+        "..",
+    ],
+)
+def test_a_host_that_is_no_dns_name_is_served_as_a_host_of_characters_werkzeug_refuses(
+    client, host
+):
+    # authsvc reads nothing from Host (its links come from AUTHSVC_PUBLIC_URL): a Host of
+    # characters no host name has is served as if none was sent, and so is one that IDNA
+    # cannot encode, where routing answered an undocumented 400.
+    refused_characters = client.get("/healthz", headers={"Host": "auth example"})
+    assert refused_characters.status_code == 200
+
+    response = client.get("/healthz", headers={"Host": host})
+
+    assert (response.status_code, response.get_json()) == (200, {"status": "ok"})
+    login = {"email": "ada@example.com", "password": "not the password"}
+    response = client.post("/v1/login", json=login, headers={"Host": host})
+    assert (response.status_code, response.get_json()["code"]) == (401, "invalid_credentials")
