@@ -1,0 +1,76 @@
+"""openapi.yaml refuses what the service refuses for its shape, so that a client generated from
+it, or a fuzzer, sends only requests the service could take (the contract client checks the
+other side: every request the service took is one openapi.yaml allows)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest
+from openapi_core.exceptions import OpenAPIError
+from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Request
+
+from tests.conftest import ContractClient
+
+PASSWORD = "correct horse 42"
+
+
+def contract_allows(path: str, body: dict[str, Any], headers: dict[str, str]) -> bool:
+    builder = EnvironBuilder(method="POST", path=path, json=body, headers=headers)
+    try:
+        request = Request(builder.get_environ())
+    finally:
+        builder.close()
+    assert ContractClient.spec is not None
+    try:
+        ContractClient.spec.validate_request(WerkzeugOpenAPIRequest(request))
+    except OpenAPIError:
+        return False
+    return True
+
+
+def refused_by_both(client, path: str, body: dict[str, Any], headers: dict[str, str]) -> str:
+    """The code of the service's 400; the contract refuses the body as well."""
+    response = client.post(path, json=body, headers=headers)
+    assert response.status_code == 400, response.get_json()
+    assert not contract_allows(path, body, headers), f"openapi.yaml allows {body!r} at {path}"
+    return str(response.get_json()["code"])
+
+
+@pytest.mark.parametrize(
+    ("password", "code"),
+    [
+        ("seven77", "weak_password"),  # ASCII is as long after NFKC as before
+        ("x" * 257, "weak_password"),
+        ("correct\x00horse 42", "invalid_request"),
+    ],
+)
+def test_new_passwords_the_service_refuses_for_their_shape(client, password, code):
+    body = {"email": "ada@example.com", "password": password}
+    assert refused_by_both(client, "/v1/signup", body, {}) == code
+
+
+def test_a_nul_in_a_password_or_token(client):
+    login = {"email": "ada@example.com", "password": "correct\x00horse"}
+    assert refused_by_both(client, "/v1/login", login, {}) == "invalid_request"
+    refresh = {"refresh_token": "rt_\x00"}
+    assert refused_by_both(client, "/v1/token/refresh", refresh, {}) == "invalid_request"
+
+
+@pytest.mark.parametrize("password", ["ﬁﬁﬁﬁ", "e\u0301" * 200, "pâssword"])
+def test_the_contract_takes_what_nfkc_may_bring_within_the_rule(client, password):
+    # "ﬁﬁﬁﬁ" is 8 characters after NFKC, 200 accented letters 200: both are taken.
+    body = {"email": "ada@example.com", "password": password}
+    assert contract_allows("/v1/signup", body, {})
+    assert client.post("/v1/signup", json=body).status_code == 202
+
+
+@pytest.mark.parametrize("code", ["12345", "1234567", "12345a", "١٢٣٤٥٦"])
+def test_a_confirmation_code_that_is_not_six_digits(api, client, code):
+    api.register()
+    headers = api.bearer(api.tokens()["access_token"])
+    factor_id = client.post("/v1/me/mfa/totp", headers=headers).get_json()["factor_id"]
+    path = f"/v1/me/mfa/totp/{factor_id}/confirm"
+    assert refused_by_both(client, path, {"code": code}, headers) == "invalid_request"
