@@ -74,3 +74,48 @@ def test_a_confirmation_code_that_is_not_six_digits(api, client, code):
     factor_id = client.post("/v1/me/mfa/totp", headers=headers).get_json()["factor_id"]
     path = f"/v1/me/mfa/totp/{factor_id}/confirm"
     assert refused_by_both(client, path, {"code": code}, headers) == "invalid_request"
+
+
+def _credential(response: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    credential = {"id": "AAAA", "rawId": "AAAA", "type": "public-key", "response": response}
+    credential.update(changes)
+    return {k: v for k, v in credential.items() if v is not None}
+
+
+REGISTRATION = {"clientDataJSON": "e30", "attestationObject": "oA"}
+ASSERTION = {"clientDataJSON": "e30", "authenticatorData": "AAAA", "signature": "AAAA"}
+# Each refused before anything is looked up: a member missing or not base64url.
+MALFORMED: list[tuple[dict[str, Any], dict[str, Any]]] = [
+    ({}, {"id": "a+b/"}),  # base64, not base64url
+    ({}, {"rawId": "AAAAA", "id": "AAAAA"}),  # 4n+1 symbols: no bytes encode to that
+    ({}, {"rawId": "", "id": ""}),
+    ({"clientDataJSON": None}, {}),
+    ({"clientDataJSON": "e30 "}, {}),
+]
+
+
+@pytest.mark.parametrize(("member", "changes"), MALFORMED)
+def test_a_registration_of_another_shape(api, client, member, changes):
+    headers = api.bearer(_signed_in(api))
+    response = {k: v for k, v in {**REGISTRATION, **member}.items() if v is not None}
+    body = {"credential": _credential(response, **changes)}
+    code = refused_by_both(client, "/v1/me/mfa/webauthn", body, headers)
+    assert code == "invalid_webauthn_response"
+
+
+@pytest.mark.parametrize(
+    ("member", "changes"),
+    [*MALFORMED, ({"signature": None}, {}), ({"userHandle": "!"}, {})],
+)
+def test_an_assertion_of_another_shape(client, member, changes):
+    response = {k: v for k, v in {**ASSERTION, **member}.items() if v is not None}
+    credential = _credential(response, **changes)
+    passkey = {"challenge_id": "x", "credential": credential}
+    assert refused_by_both(client, "/v1/passkeys/login", passkey, {}) == "invalid_webauthn_response"
+    step = {"mfa_token": "mfa_x", "webauthn": credential}
+    assert refused_by_both(client, "/v1/login/mfa", step, {}) == "invalid_webauthn_response"
+
+
+def _signed_in(api) -> str:
+    api.register()
+    return str(api.tokens()["access_token"])
