@@ -119,3 +119,26 @@ def test_an_assertion_of_another_shape(client, member, changes):
 def _signed_in(api) -> str:
     api.register()
     return str(api.tokens()["access_token"])
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Blue\u200bkey",  # a format character (zero width space)
+        "Blue key \u00ad",  # soft hyphen, a format character too
+        "Blue key \ue000",  # private use
+        "Blue key \ufdd0",  # a noncharacter
+    ],
+)
+def test_a_factor_name_with_a_character_that_is_not_printable(api, client, name):
+    headers = api.bearer(_signed_in(api))
+    path = "/v1/me/mfa/webauthn/registration-options"
+    assert refused_by_both(client, path, {"name": name}, headers) == "invalid_request"
+    assert refused_by_both(client, "/v1/me/mfa/totp", {"name": name}, headers) == "invalid_request"
+
+
+def test_a_factor_name_the_contract_takes(api, client):
+    headers = api.bearer(_signed_in(api))
+    body = {"name": "Clé bleue \U0001f511 \u4e2d\u6587 \U00020000"}  # emoji, CJK, plane 2
+    assert contract_allows("/v1/me/mfa/totp", body, headers)
+    assert client.post("/v1/me/mfa/totp", json=body, headers=headers).status_code == 201
