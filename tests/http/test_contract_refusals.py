@@ -9,9 +9,12 @@ from typing import Any
 import pytest
 from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest
 from openapi_core.exceptions import OpenAPIError
+from sqlalchemy.orm import Session as DbSession
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
+from authsvc.db import utcnow
+from authsvc.services import admin
 from tests.conftest import ContractClient
 
 PASSWORD = "correct horse 42"
@@ -142,3 +145,35 @@ def test_a_factor_name_the_contract_takes(api, client):
     body = {"name": "Clé bleue \U0001f511 \u4e2d\u6587 \U00020000"}  # emoji, CJK, plane 2
     assert contract_allows("/v1/me/mfa/totp", body, headers)
     assert client.post("/v1/me/mfa/totp", json=body, headers=headers).status_code == 201
+
+
+@pytest.fixture
+def admin_headers(connection) -> dict[str, str]:
+    with DbSession(bind=connection, join_transaction_mode="create_savepoint") as session:
+        _, secret = admin.create_key(session, name="tests", now=utcnow())
+        session.commit()
+    return {"Authorization": f"Bearer {secret}"}
+
+
+BCRYPT = "$2b$04$" + "a" * 53
+
+
+@pytest.mark.parametrize(
+    "password_hash",
+    [
+        "md5$abc$def",
+        BCRYPT.replace("$04$", "$03$"),  # below bcrypt's least cost
+        BCRYPT.replace("$04$", "$14$"),  # above the ceiling
+        BCRYPT[:-1],
+        "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$",  # no digest
+    ],
+)
+def test_an_imported_hash_of_another_shape(client, admin_headers, password_hash):
+    body = {"email": "ada@example.com", "password_hash": password_hash}
+    assert refused_by_both(client, "/admin/v1/users", body, admin_headers) == "invalid_request"
+
+
+def test_an_imported_hash_the_contract_takes(client, admin_headers):
+    body = {"email": "ada@example.com", "password_hash": BCRYPT}
+    assert contract_allows("/admin/v1/users", body, admin_headers)
+    assert client.post("/admin/v1/users", json=body, headers=admin_headers).status_code == 201
