@@ -260,8 +260,11 @@ class PasswordHasher:
         email does (its dummy check is at the new cost), and an account imported with a costlier
         hash (bcrypt 12, say) slower. A correct password is not padded: whoever sends it knows
         the account exists, unless ``refused`` (the answer is a refusal whatever the check
-        finds: a disabled account's login): it is then padded as a failed check is, since a
-        quicker answer would tell that the password was right."""
+        finds: a disabled account's login): it then costs what a failed check does, the same
+        checks (a right password that NFKC changed verifies at the first of the two a wrong one
+        costs, so the second is made all the same) and the same padding, since an answer in
+        another time would tell that the password was right. Padded where a failed check is
+        not, it never came quicker than the average check, where half the failed ones do."""
         family = self._stored_family(expected_hash)
         normalized = normalize(password)
         with self._slot():
@@ -269,12 +272,16 @@ class PasswordHasher:
             result, current, checks = self._check_stored(
                 family, expected_hash, normalized, password
             )
+            if refused and checks < _checks_of_a_failure(normalized, password):
+                self._check_stored(family, expected_hash, password, password)
+                checks += 1
             took = time.perf_counter() - started
             if current:
                 self._observe(took / checks)
             else:
                 self._observe_stored(expected_hash, took / checks)
-            if refused or (not result.ok and (not current or self.floor() > 1.0)):
+            failed = refused or not result.ok
+            if failed and (not current or self.floor() > 1.0):
                 self._pad(normalized, password, took)
             return result
 

@@ -1,5 +1,6 @@
 import base64
 import hashlib
+import statistics
 import threading
 import time
 
@@ -596,3 +597,33 @@ def test_failed_checks_take_as_long_as_one_of_the_costliest_stored_hash() -> Non
 
     current.forget(prefix)
     assert current.floor() == 1.0
+
+
+@pytest.mark.parametrize("right", ["the right password", full_width("the right one")])
+def test_a_refused_right_password_takes_the_time_of_a_wrong_one(right: str) -> None:
+    # A disabled, unverified or breach-invalidated account answers its right password as it
+    # answers a wrong one, in a wrong one's time: the same checks, so the same spread. Padded
+    # up to the average check instead, it never answered faster than that average, where half
+    # the wrong passwords do (and every unknown email's dummy check), which a few dozen tries
+    # with a leaked password told apart.
+    hasher = make_hasher(
+        Argon2Params(time_cost=1, memory_cost_kib=4096, parallelism=1), max_concurrent=1
+    )
+    stored = hasher.hash(right)
+    wrong = "a wrong guess" if right.isascii() else full_width("a wrong one")
+    for _ in range(5):
+        hasher.dummy_verify(wrong)
+
+    def took(password: str, *, refused: bool) -> float:
+        started = time.perf_counter()
+        hasher.verify(stored, password, refused=refused)
+        return time.perf_counter() - started
+
+    refused_times, wrong_times = [], []
+    for _ in range(150):
+        refused_times.append(took(right, refused=True))
+        wrong_times.append(took(wrong, refused=False))
+    median_wrong = statistics.median(wrong_times)
+    quicker = sum(t < median_wrong for t in refused_times) / len(refused_times)
+    assert quicker > 0.3  # about a half, as for any two series of the same checks
+    assert statistics.median(refused_times) < 1.1 * median_wrong
