@@ -16,6 +16,7 @@ import secrets
 import threading
 import time
 import unicodedata
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -49,6 +50,10 @@ BCRYPT_MAX_PASSWORD_BYTES = 72  # bcrypt only ever used the first 72 bytes
 # when it costs more than a current one (PasswordHasher.floor): its checks vary by a few per
 # cent on a quiet machine, so nearly all of them end before the padded time.
 HEADROOM = 1.25
+# Current checks whose times padding draws from (see PasswordHasher._pad): about a second's at
+# full load with the default settings (a few seconds' on a quieter server), so that a draw
+# follows the load as the checks it stands for do.
+RECENT_CHECKS = 64
 
 _ARGON2_RE = re.compile(
     r"\$argon2(?:id|i|d)\$(?:v=(?:16|19)\$)?m=([0-9]{1,10}),t=([0-9]{1,10}),p=([0-9]{1,3})"
@@ -192,6 +197,7 @@ class PasswordHasher:
         self._dummy_lock = threading.Lock()
         self._dummy_hash: str | None = None
         self._typical_check: float | None = None  # seconds; see _observe
+        self._recent_checks: deque[float] = deque(maxlen=RECENT_CHECKS)
         # Stored costs other than ours (``cost_prefix``): what a check of each takes, as a
         # multiple of a current check; see ``calibrate``.
         self._ratios: dict[str, float] = {}
@@ -286,8 +292,20 @@ class PasswordHasher:
             return result
 
     def _pad(self, normalized: str, password: str, took: float) -> None:
-        wanted = _checks_of_a_failure(normalized, password) * self._current_check_seconds()
-        time.sleep(max(0.0, wanted * self.floor() - took))
+        """Sleep until the check has taken what a failed one does. With no costlier hash
+        stored, that is a current check: an unknown email's dummy check and a wrong password
+        of a current hash are not padded, so their times spread as checks do, and the pad is
+        the time of a recent current check drawn at random (padded up to the average, a cheaper
+        hash's failures never came quicker than it, where half of theirs do). With a costlier
+        one every failure is padded, to ``floor`` times the average check."""
+        checks = _checks_of_a_failure(normalized, password)
+        floor = self.floor()
+        if floor > 1.0:
+            wanted = checks * self._current_check_seconds() * floor
+        else:
+            self._current_check_seconds()  # measured once, if nothing was yet
+            wanted = sum(secrets.choice(self._recent_checks) for _ in range(checks))
+        time.sleep(max(0.0, wanted - took))
 
     def floor(self) -> float:
         """What a failed check takes at least, as a multiple of a current check: never less
@@ -407,6 +425,7 @@ class PasswordHasher:
         """Follow the time a current check takes (a moving average: it drifts with load)."""
         typical = self._typical_check
         self._typical_check = seconds if typical is None else 0.9 * typical + 0.1 * seconds
+        self._recent_checks.append(seconds)
 
     def _current_check_seconds(self) -> float:
         """What a current check takes here; measured with a dummy check the first time
