@@ -15,7 +15,7 @@ from typing import Any, TypeVar, Union, cast, get_args, get_origin, get_type_hin
 from flask import Response, current_app, g, json, request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session as DbSession
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from authsvc.errors import AuthsvcError, InvalidRequest, MalformedJson, UnsupportedMediaType
 from authsvc.ratelimit import client_address
@@ -37,7 +37,9 @@ def request_body() -> bytes:
 
     A body sent without Content-Length (chunked) is read here up to one byte past the cap:
     werkzeug would stop reading at the cap without a word, and parse what it had (an upload
-    cut there can end in another account's address)."""
+    cut there can end in another account's address). Chunks the server cannot decode (a
+    size that is no number, a chunk without its terminator, a body cut short) are a 400
+    ``bad_request``, as a request the server cannot parse at all is."""
     limit = request.max_content_length
     if (
         request.content_length is not None
@@ -49,7 +51,13 @@ def request_body() -> bytes:
     chunks: list[bytes] = []
     size = 0
     while size <= limit:
-        chunk = stream.read(min(1 << 16, limit + 1 - size))
+        try:
+            chunk = stream.read(min(1 << 16, limit + 1 - size))
+        # The server decodes the chunks as they are read, and each server raises its own
+        # error for framing it cannot decode (werkzeug's an OSError, gunicorn's a
+        # ParseException of its own, or NoMoreData when the client stops sending).
+        except Exception:
+            raise BadRequest("The chunked body could not be decoded") from None
         if not chunk:
             break
         chunks.append(chunk)

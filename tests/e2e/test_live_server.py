@@ -109,3 +109,21 @@ def test_what_the_http_server_refuses_is_problem_json_too(tmp_path):
             expected,
         )
         assert secret not in json.dumps(problem)  # the request line is not echoed
+
+
+def test_a_chunked_body_the_real_server_cannot_decode_is_a_bad_request(tmp_path):
+    # gunicorn decodes the chunks as the app reads the body, and raises its own errors for
+    # framing it cannot decode: each was a 500 with a logged traceback.
+    head = (
+        b"POST /v1/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    framings = [b"zz\r\n{}\r\n0\r\n\r\n", b"2\r\n{}xx", b"2\r\n{};;\r\n0\r\n\r\n"]
+    with LiveServer(tmp_path) as server:
+        answers = [_raw(server, head + framing) for framing in framings]
+    for status, content_type, problem in answers:
+        assert (status, content_type, problem["code"]) == (
+            400,
+            "application/problem+json",
+            "bad_request",
+        )

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session as DbSession
+from werkzeug.serving import DechunkedInput
 
 from authsvc.db import utcnow
 from authsvc.services import admin
@@ -191,6 +192,28 @@ def test_oversized_bodies_without_a_length(raw_client, settings):
     assert_problem(chunked(raw_client, "/v1/password/forgot", padded), 413, "payload_too_large")
     exact = whole + b" " * (cap - len(whole))
     assert chunked(raw_client, "/v1/password/forgot", exact).status_code == 202
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [b"zz\r\n{}\r\n0\r\n\r\n", b"2\r\n{}", b"2\r\n{}xx"],
+    ids=["bad_chunk_size", "cut_short", "no_chunk_terminator"],
+)
+@pytest.mark.parametrize("path", ["/v1/login", "/v1/password/forgot"])
+def test_a_chunked_body_whose_framing_is_broken_is_a_bad_request(raw_client, path, framing):
+    # The server decodes the chunks as the app reads the body, and its decoder raises when
+    # they are malformed (the development server's is this one; gunicorn's raises its own):
+    # that was a 500 with a logged traceback.
+    response = raw_client.post(
+        path,
+        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        environ_overrides={
+            "wsgi.input": DechunkedInput(io.BytesIO(framing)),
+            "wsgi.input_terminated": True,
+        },
+    )
+
+    assert_problem(response, 400, "bad_request", where=path)
 
 
 def test_a_name_given_twice_is_refused(client, admin_headers):
