@@ -20,8 +20,9 @@ from authsvc.services.context import Client, Deps
 MFA_CODES = "mfa_account"
 MFA_FAILURES = "mfa_failures"
 # Requests that have mail sent to an address given in them (sign-up, forgotten password), per
-# mailbox: every spelling of one address counts against one limit, AUTHSVC_LIMIT_EMAIL, so that a
-# mailbox is sent no more than one of its addresses could be.
+# mailbox: the spellings of one address that hold for every provider (case, +tags, a domain in
+# Unicode or punycode) count against one limit, AUTHSVC_LIMIT_EMAIL, so that a mailbox is sent
+# no more than one of its addresses could be. A provider's own aliases (Gmail's dots) count apart.
 MAILBOX = "mailbox"
 # Admin API keys that open nothing, per client address (an IPv4 address or IPv6 /64): keys are
 # too long to guess, but each wrong one writes an audit event, and a client that keeps
