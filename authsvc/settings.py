@@ -420,6 +420,15 @@ class Settings:
                         f"AUTHSVC_WEBAUTHN_ORIGINS: {origin!r} is not on AUTHSVC_WEBAUTHN_RP_ID "
                         f"{self.webauthn_rp_id!r} or one of its subdomains"
                     )
+                elif (written := _serialized_origin(origin)) != origin:
+                    # The client data's origin is compared as a string: another spelling of
+                    # the same origin (a URL's slash or path, capitals, the default port)
+                    # matches no browser, and refuses every key and passkey just as silently.
+                    out.append(
+                        f"AUTHSVC_WEBAUTHN_ORIGINS: {origin!r} is not an origin as browsers "
+                        "send it (scheme://host[:port], lower case, no default port, no path)"
+                        + (f": write {written!r}" if written else "")
+                    )
         if not timedelta(seconds=10) <= self.webauthn_challenge_ttl <= timedelta(minutes=10):
             # It is the options' timeout too, which browsers keep within 10 s and 10 minutes:
             # a longer challenge only outlives every ceremony that could answer it (and a
@@ -468,6 +477,7 @@ _DURATION = re.compile(r"^([0-9]{1,12})(ms|s|m|h|d)?$")
 _DATABASE_DRIVERS = frozenset({"postgresql", "postgresql+psycopg", "sqlite", "sqlite+pysqlite"})
 _REDIS_URL = re.compile(r"^(redis|rediss|redis\+unix|redis\+sentinel|redis\+cluster)://")
 KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # a key ring entry's id, "kid:base64url"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 # A host name or IPv4 address: flask-cors reads brackets (an IPv6 origin) as a pattern.
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")  # WARN: logging's alias
@@ -574,6 +584,21 @@ def _host_of(origin: str) -> str | None:
     except ValueError:
         return None
     return host.lower() if host else None
+
+
+def _serialized_origin(origin: str) -> str | None:
+    """The origin of ``origin`` as a browser serialises it (the client data's ``origin``):
+    scheme and host in lower case, the port only when it is not the scheme's default, and
+    nothing else; None when its port is no port. The caller has checked that it has a host."""
+    parts = urlsplit(origin)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        return None
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+    shown = f":{port}" if port is not None and port != _DEFAULT_PORTS.get(scheme) else ""
+    return f"{scheme}://{host}{shown}"
 
 
 def _is_https_url(url: str) -> bool:

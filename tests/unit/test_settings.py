@@ -809,6 +809,32 @@ def test_webauthn_origins_must_be_on_the_rp_id(rp_id, origins):
     assert from_env(webauthn_rp_id="example.com", webauthn_origins="https://id.example.com")
 
 
+@pytest.mark.parametrize(
+    ("origin", "written"),
+    [
+        ("https://id.example.com/", "https://id.example.com"),  # a URL's trailing slash
+        ("https://id.example.com/login", "https://id.example.com"),
+        ("https://id.example.com?x=1", "https://id.example.com"),
+        ("https://id.example.com#top", "https://id.example.com"),
+        ("HTTPS://ID.Example.com", "https://id.example.com"),
+        ("https://id.example.com:443", "https://id.example.com"),  # the default port
+        ("http://id.example.com:80", "http://id.example.com"),
+        ("https://ada@id.example.com", "https://id.example.com"),
+        ("https://id.example.com:99999", None),  # no port
+        ("https://id.example.com:https", None),
+    ],
+)
+def test_webauthn_origins_are_written_as_browsers_send_them(origin, written):
+    # The client data's origin is compared as a string with each one: any other spelling of
+    # the same origin matches no browser, and every security key and passkey fails, silently.
+    [problem] = problems_of(webauthn_rp_id="example.com", webauthn_origins=origin)
+    assert problem.startswith(f"AUTHSVC_WEBAUTHN_ORIGINS: {origin!r} ")
+    if written is not None:
+        assert problem.endswith(f": write {written!r}")
+        assert from_env(webauthn_rp_id="example.com", webauthn_origins=written)
+    assert from_env(webauthn_rp_id="example.com", webauthn_origins="https://id.example.com:8443")
+
+
 def test_production_needs_passkeys_on_https_origins():
     production = {
         "env": "production",
