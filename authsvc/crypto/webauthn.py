@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from webauthn import (
     generate_authentication_options,
     generate_registration_options,
@@ -26,6 +29,8 @@ from webauthn import (
     verify_registration_response,
 )
 from webauthn.helpers import (
+    decode_credential_public_key,
+    decoded_public_key_to_cryptography,
     parse_attestation_object,
     parse_authentication_credential_json,
     parse_authenticator_data,
@@ -39,6 +44,7 @@ from webauthn.helpers.structs import (
     AttestationFormat,
     AuthenticatorSelectionCriteria,
     AuthenticatorTransport,
+    COSEAlgorithmIdentifier,
     PublicKeyCredentialDescriptor,
     ResidentKeyRequirement,
     UserVerificationRequirement,
@@ -52,6 +58,13 @@ TRANSPORTS = frozenset(t.value for t in AuthenticatorTransport)
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
 # id-fido-gen-ce-aaguid: the authenticator model an attestation certificate speaks for.
 _AAGUID_EXTENSION = x509.ObjectIdentifier("1.3.6.1.4.1.45724.1.1.4")
+# The key each algorithm of the options' pubKeyCredParams (py_webauthn's defaults, the only
+# ones its verification accepts) signs with.
+_KEY_OF_ALGORITHM: dict[int, type] = {
+    COSEAlgorithmIdentifier.EDDSA: Ed25519PublicKey,
+    COSEAlgorithmIdentifier.ECDSA_SHA_256: EllipticCurvePublicKey,
+    COSEAlgorithmIdentifier.RSASSA_PKCS1_v1_5_SHA_256: RSAPublicKey,
+}
 _REGISTRATION_FIELDS = ("clientDataJSON", "attestationObject")
 _ASSERTION_FIELDS = ("clientDataJSON", "authenticatorData", "signature")
 
@@ -354,6 +367,7 @@ def verify_registration(
         if statement.x5c and roots:
             validate_certificate_chain(x5c=statement.x5c, pem_root_certs_bytes=list(roots))
         _check_not_framed(parsed.response.client_data_json)
+        _check_public_key(verified.credential_public_key)
     except WebauthnResponseError:
         raise
     except WebAuthnException as exc:
@@ -373,6 +387,21 @@ def verify_registration(
         transports=_reported_transports(response),
         discoverable=_reported_rk(credential),
     )
+
+
+def _check_public_key(cose_key: bytes) -> None:
+    """The credential public key loads as the kind of key its algorithm signs with. Only a
+    signing attestation uses it, so under "none" (or a certificate's own key) a point off
+    its curve, an unknown curve or a key of another kind was stored, as a factor that no
+    assertion could ever pass."""
+    try:
+        decoded = decode_credential_public_key(cose_key)
+        key = decoded_public_key_to_cryptography(decoded)
+        usable = isinstance(key, _KEY_OF_ALGORITHM.get(decoded.alg, ()))
+    except Exception:  # py_webauthn's and cryptography's refusals alike
+        usable = False
+    if not usable:
+        raise WebauthnResponseError("malformed", "the credential public key is not a usable key")
 
 
 def _check_certificate_aaguid(leaf_der: bytes, aaguid: bytes) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import struct
 from datetime import timedelta
 
+import cbor2
 import pytest
 import webauthn.registration.formats.android_key as android_key_format
 import webauthn.registration.formats.android_safetynet as safetynet_format
 import webauthn.registration.formats.apple as apple_format
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from sqlalchemy import func, select
 
 from authsvc.db import utcnow
@@ -387,6 +390,79 @@ def test_an_id_that_is_not_the_attested_one_is_refused(client, api):
     response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
     assert response.status_code == 400
     assert response.get_json()["code"] == "invalid_webauthn_response"
+
+
+def _with_public_key(credential, cose_key):
+    """The registration with another credential public key ("none" attestation signs
+    nothing, so it stays a well-formed answer)."""
+    attestation = cbor2.loads(unb64url(credential["response"]["attestationObject"]))
+    auth_data = attestation["authData"]
+    (length,) = struct.unpack(">H", auth_data[53:55])
+    attestation["authData"] = auth_data[: 55 + length] + cbor2.dumps(cose_key)
+    response = {**credential["response"], "attestationObject": b64url(cbor2.dumps(attestation))}
+    return {**credential, "response": response}
+
+
+_P256_POINT = ec.generate_private_key(ec.SECP256R1()).public_key().public_numbers()
+_X, _Y = _P256_POINT.x.to_bytes(32, "big"), _P256_POINT.y.to_bytes(32, "big")
+
+
+@pytest.mark.parametrize(
+    "cose_key",
+    [
+        pytest.param({1: 2, 3: -7, -1: 1, -2: bytes(32), -3: bytes(32)}, id="not_on_the_curve"),
+        pytest.param({1: 2, 3: -7, -1: 1, -2: b"\1", -3: b"\2"}, id="short_coordinates"),
+        pytest.param({1: 2, 3: -7, -1: 99, -2: _X, -3: _Y}, id="unknown_curve"),
+        pytest.param({1: 2, 3: -257, -1: 1, -2: _X, -3: _Y}, id="ec_key_for_rs256"),
+        pytest.param({1: 2, 3: -8, -1: 1, -2: _X, -3: _Y}, id="ec_key_for_eddsa"),
+        pytest.param({1: 1, 3: -7, -1: 6, -2: bytes(32)}, id="okp_key_for_es256"),
+        pytest.param({1: 1, 3: -8, -1: 6, -2: b"\1" * 5}, id="ed25519_of_5_bytes"),
+        pytest.param({1: 3, 3: -257, -1: b"\1" * 256, -2: b"\1"}, id="rsa_exponent_1"),
+        pytest.param({1: 3, 3: -7, -1: b"\xc1" * 256, -2: b"\1\0\1"}, id="rsa_key_for_es256"),
+    ],
+)
+def test_a_public_key_that_could_never_verify_is_refused(app, client, api, cose_key):
+    # Stored, it was a factor (the first one with its recovery codes, and MFA on) that no
+    # assertion could ever pass.
+    access = signed_in(api)
+    credential = _with_public_key(SoftAuthenticator().register(_options(client, access)), cose_key)
+    response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
+    assert response.status_code == 400, response.get_json()
+    assert response.get_json()["code"] == "invalid_webauthn_response"
+    assert response.get_json()["reason"] == "malformed"
+    with _db(app) as session:
+        assert session.scalar(select(func.count()).select_from(WebauthnCredential)) == 0
+
+
+def _rsa_cose_key():
+    numbers = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    n, e = numbers.public_numbers().n, numbers.public_numbers().e
+    return {1: 3, 3: -257, -1: n.to_bytes(256, "big"), -2: e.to_bytes(3, "big")}
+
+
+@pytest.mark.parametrize(
+    "cose_key",
+    [
+        pytest.param({1: 2, 3: -7, -1: 1, -2: _X, -3: _Y}, id="es256"),
+        pytest.param(
+            {
+                1: 1,
+                3: -8,
+                -1: 6,
+                -2: ed25519.Ed25519PrivateKey.generate().public_key().public_bytes_raw(),
+            },
+            id="eddsa",
+        ),
+        pytest.param(_rsa_cose_key(), id="rs256"),
+    ],
+)
+def test_a_key_of_each_offered_algorithm_registers(client, api, cose_key):
+    access = signed_in(api)
+    options = _options(client, access)
+    assert [p["alg"] for p in options["pubKeyCredParams"]] == [-8, -7, -257]
+    credential = _with_public_key(SoftAuthenticator().register(options), cose_key)
+    response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
+    assert response.status_code == 201, response.get_json()
 
 
 def test_too_many_keys(app, client, api):
