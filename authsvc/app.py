@@ -47,7 +47,7 @@ from authsvc.services import audit as audit_service
 from authsvc.services import password_costs, signing
 from authsvc.services.context import Deps
 from authsvc.services.detection import Detector
-from authsvc.settings import ConfigError, Settings
+from authsvc.settings import ConfigError, Settings, origin_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -285,6 +285,16 @@ def create_app(
 ) -> Flask:
     settings = settings or Settings.from_env()
     runtime = build_runtime(settings, bind=bind, metrics_dir=metrics_dir, serves_requests=True)
+    public_origin = origin_of(settings.public_url)
+    if public_origin not in settings.webauthn_origins:
+        # Not refused: a deployment may run every ceremony in its own app. But the pages
+        # served here ask for a key too (a reset of an account that has one), and fail.
+        log.warning(
+            "AUTHSVC_PUBLIC_URL: its origin %s is not one of AUTHSVC_WEBAUTHN_ORIGINS, so the "
+            "pages served there (the mailed /reset-password link, /ui/) cannot use a security "
+            "key or passkey",
+            public_origin,
+        )
     # No static folder: Flask would add a /static/<filename> route that openapi.yaml has not.
     app = Flask("authsvc", static_folder=None)
     # Flask reads FLASK_DEBUG from the environment by itself; with it, `serve --dev` ran

@@ -420,7 +420,7 @@ class Settings:
                         f"AUTHSVC_WEBAUTHN_ORIGINS: {origin!r} is not on AUTHSVC_WEBAUTHN_RP_ID "
                         f"{self.webauthn_rp_id!r} or one of its subdomains"
                     )
-                elif (written := _serialized_origin(origin)) != origin:
+                elif (written := origin_of(origin)) != origin:
                     # The client data's origin is compared as a string: another spelling of
                     # the same origin (a URL's slash or path, capitals, the default port)
                     # matches no browser, and refuses every key and passkey just as silently.
@@ -586,15 +586,17 @@ def _host_of(origin: str) -> str | None:
     return host.lower() if host else None
 
 
-def _serialized_origin(origin: str) -> str | None:
-    """The origin of ``origin`` as a browser serialises it (the client data's ``origin``):
+def origin_of(url: str) -> str | None:
+    """The origin of ``url`` as a browser serialises it (the client data's ``origin``):
     scheme and host in lower case, the port only when it is not the scheme's default, and
-    nothing else; None when its port is no port. The caller has checked that it has a host."""
-    parts = urlsplit(origin)
+    nothing else; None without a host, or with a port that is no port."""
+    parts = urlsplit(url)
     scheme = parts.scheme.lower()
     try:
         port = parts.port
     except ValueError:  # not a number, or out of range
+        return None
+    if not parts.hostname:
         return None
     host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
     shown = f":{port}" if port is not None and port != _DEFAULT_PORTS.get(scheme) else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 
 import pytest
@@ -109,3 +110,35 @@ def test_production_needs_an_explicit_opt_in(settings, connection, env, enabled,
 @pytest.mark.parametrize(("raw", "value"), [("", None), ("true", True), ("0", False)])
 def test_ui_enabled_parses_an_explicit_choice(raw, value):
     assert Settings.from_env({"AUTHSVC_UI_ENABLED": raw}).ui_enabled is value
+
+
+@pytest.mark.parametrize(
+    ("public_url", "origins", "warned"),
+    [
+        ("http://localhost:8000", ("http://localhost:8000",), False),  # the defaults
+        (
+            "https://auth.example.com/",
+            ("https://app.example.com", "https://auth.example.com"),
+            False,
+        ),
+        ("https://auth.example.com", ("https://app.example.com",), True),
+        ("https://auth.example.com:8443/id", ("https://auth.example.com",), True),
+    ],
+)
+def test_pages_on_an_origin_webauthn_refuses_are_named_at_start(
+    settings, connection, caplog, public_url, origins, warned
+):
+    # The mailed /reset-password page asks for a security key when the account has one, on
+    # AUTHSVC_PUBLIC_URL: on an origin the ceremonies refuse, pressing it only failed.
+    changes = {"public_url": public_url, "webauthn_rp_id": "example.com"}
+    if public_url.startswith("http://localhost"):
+        changes["webauthn_rp_id"] = "localhost"
+    with caplog.at_level(logging.WARNING, logger="authsvc"):
+        create_app(
+            dataclasses.replace(settings, webauthn_origins=origins, **changes), bind=connection
+        )
+    said = [r.getMessage() for r in caplog.records if "AUTHSVC_WEBAUTHN_ORIGINS" in r.getMessage()]
+    assert len(said) == warned, said
+    if warned:
+        assert said[0].startswith("AUTHSVC_PUBLIC_URL: its origin ")
+        assert "/reset-password" in said[0]
