@@ -322,6 +322,19 @@ def test_a_disabled_account_cannot_log_in(app, client, passkey):
     assert '"account_unavailable"' in _failure_reasons(app)[-1]
 
 
+def test_an_account_whose_password_a_breach_response_invalidated_cannot_log_in(
+    app, client, passkey
+):
+    # In invalidate mode only a mailed reset opens the account again: a passkey does not
+    # stand in for it.
+    with runtime(app).sessionmaker() as session, session.begin():
+        session.execute(update(User).values(password_invalidated_at=utcnow()))
+    options = _options(client)
+    response = _login(client, options, passkey.assertion(options))
+    assert response.status_code == 401
+    assert '"account_unavailable"' in _failure_reasons(app)[-1]
+
+
 def test_a_cloned_passkey_is_refused(app, client, passkey, mailbox, api):
     options = _options(client)
     assert _login(client, options, passkey.assertion(options)).status_code == 200
