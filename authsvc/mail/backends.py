@@ -75,6 +75,10 @@ _DEFAULT_TIMEOUT = 10.0
 # RFC 5322 recommends at most 78 characters per line; longer text goes quoted-printable.
 _MAX_7BIT_LINE = 78
 _PARAM_NAME = re.compile(r"[A-Za-z0-9_]{1,32}")
+# "Must issue a STARTTLS command first" (RFC 3207), "Authentication required" (RFC 4954): a
+# mail URL without the TLS or the login the server wants, whatever step it answers.
+_SETUP_REQUIRED = 530
+_TOO_LARGE = 552  # to MAIL FROM with SIZE=: this message exceeds the server's limit
 
 
 class MailDeliveryError(Exception):
@@ -84,7 +88,10 @@ class MailDeliveryError(Exception):
     server answered 5xx to its recipient); false when a later attempt may work (connection
     refused or lost, timeout, TLS or authentication failure, 4xx answers). Failures of the
     connection, TLS or login are temporary even when the server said 5xx, because they are
-    about the setup, not the message: once an operator fixes it, the queued mail goes out.
+    about the setup, not the message: once an operator fixes it, the queued mail goes out. So
+    are a refused sender (always AUTHSVC_MAIL_FROM: every message would meet the refusal) and
+    a 530 at any step (RFC 3207, RFC 4954: the server wants STARTTLS or a login first), save
+    for 552 to MAIL FROM, a message too large for the server.
     """
 
     def __init__(self, reason: str, *, permanent: bool) -> None:
@@ -412,7 +419,13 @@ def _transmit(
             f"SMTP server {where} refused all recipients {_describe_refused(exc.recipients)}",
             permanent=all(_is_permanent(code) for code in codes),
         ) from exc
-    except smtplib.SMTPResponseException as exc:  # sender refused, data refused, others
+    except smtplib.SMTPSenderRefused as exc:
+        raise MailDeliveryError(
+            f"SMTP server {where} answered {exc.smtp_code} {_reply_text(exc.smtp_error)} "
+            "to MAIL FROM",
+            permanent=exc.smtp_code == _TOO_LARGE,
+        ) from exc
+    except smtplib.SMTPResponseException as exc:  # data refused, others
         raise MailDeliveryError(
             f"SMTP server {where} answered {exc.smtp_code} {_reply_text(exc.smtp_error)}",
             permanent=_is_permanent(exc.smtp_code),
@@ -438,7 +451,7 @@ def _quit(smtp: smtplib.SMTP) -> None:
 
 
 def _is_permanent(code: int) -> bool:
-    return 500 <= code < 600
+    return 500 <= code < 600 and code != _SETUP_REQUIRED
 
 
 def _reply_text(reply: bytes | str) -> str:

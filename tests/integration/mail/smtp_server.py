@@ -7,8 +7,9 @@
 ``SmtpServer`` speaks plain SMTP, STARTTLS (``tls_context=``) or implicit TLS (``ssl_context=``),
 can require AUTH (``credentials=``) and can refuse chosen recipients or every message with a
 fixed reply (``recipient_replies={"nobody@example.com": "550 5.1.1 No such user"}``,
-``data_reply="451 4.3.0 Try later"``). What it accepts lands in ``messages`` (parsed, line
-endings turned to LF) and ``deliveries`` (with envelope, TLS and login details).
+``data_reply="451 4.3.0 Try later"``), or the sender (``sender_reply=``). What it accepts
+lands in ``messages`` (parsed, line endings turned to LF) and ``deliveries`` (with envelope,
+TLS and login details).
 ``make_self_signed_certificate`` and ``server_tls_context`` give it a certificate.
 """
 
@@ -58,10 +59,26 @@ class _Handler:
         *,
         recipient_replies: Mapping[str, str],
         data_reply: str | None,
+        sender_reply: str | None = None,
     ) -> None:
         self._server = server
         self._recipient_replies = dict(recipient_replies)
         self._data_reply = data_reply
+        self._sender_reply = sender_reply
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        if self._sender_reply is not None:
+            return self._sender_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(
         self,
@@ -125,7 +142,8 @@ class SmtpServer:
     server offer AUTH PLAIN/LOGIN: after STARTTLS and then mandatory with ``tls_context``; over
     implicit TLS it is offered from the start (aiosmtpd cannot require it there). A recipient in
     ``recipient_replies`` is answered with that reply, e.g. ``"550 5.1.1 No such user"``; with
-    ``data_reply`` (e.g. ``"554 5.6.0 Rejected"``) every message is answered so and dropped.
+    ``data_reply`` (e.g. ``"554 5.6.0 Rejected"``) every message is answered so and dropped;
+    with ``sender_reply`` (e.g. ``"553 5.7.1 Sender address rejected"``) every MAIL FROM.
     ``smtputf8`` offers SMTPUTF8 (RFC 6531), for addresses that are not ASCII.
     """
 
@@ -138,6 +156,7 @@ class SmtpServer:
         credentials: Mapping[str, str] | None = None,
         recipient_replies: Mapping[str, str] | None = None,
         data_reply: str | None = None,
+        sender_reply: str | None = None,
         smtputf8: bool = False,
     ) -> None:
         if tls_context is not None and ssl_context is not None:
@@ -158,7 +177,12 @@ class SmtpServer:
             starttls = tls_context is not None
             smtp_kwargs.update(auth_required=starttls, auth_require_tls=starttls)
         self._controller = _Controller(
-            _Handler(self, recipient_replies=recipient_replies or {}, data_reply=data_reply),
+            _Handler(
+                self,
+                recipient_replies=recipient_replies or {},
+                data_reply=data_reply,
+                sender_reply=sender_reply,
+            ),
             hostname=HOST,
             port=0,
             ssl_context=ssl_context,

@@ -270,6 +270,59 @@ def test_refused_message_data(reply: str, permanent: bool) -> None:
     assert server.messages == []
 
 
+def test_a_server_that_wants_tls_first_is_a_temporary_failure(tls_context: ssl.SSLContext) -> None:
+    """smtp:// to a server that requires STARTTLS: it answers MAIL FROM with 530. That is
+    about the setup (the mail URL), not the message: fixed, the queued mail goes out."""
+    with (
+        SmtpServer(tls_context=tls_context, require_starttls=True) as server,
+        pytest.raises(MailDeliveryError) as caught,
+    ):
+        send(f"smtp://127.0.0.1:{server.port}", message())
+    assert caught.value.permanent is False
+    assert "530" in str(caught.value)
+    assert server.messages == []
+
+
+def test_a_server_that_wants_a_login_first_is_a_temporary_failure(
+    tls_context: ssl.SSLContext,
+) -> None:
+    """A mail URL without the credentials the server requires: 530 5.7.0 to MAIL FROM."""
+    with (
+        SmtpServer(tls_context=tls_context, credentials={USER: PASSWORD}) as server,
+        pytest.raises(MailDeliveryError) as caught,
+    ):
+        send(f"smtp+starttls://127.0.0.1:{server.port}?verify=false", message())
+    assert caught.value.permanent is False
+    assert "530" in str(caught.value)
+    assert server.messages == []
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "553 5.7.1 <no-reply@auth.example.com>: Sender address rejected: not owned by user",
+        "550 5.7.1 Client does not have permissions to send as this sender",
+    ],
+)
+def test_a_refused_sender_is_a_temporary_failure(reply: str) -> None:
+    """The sender is AUTHSVC_MAIL_FROM, the same for every message: a refusal of it is a
+    setup problem that every mail would meet, and the queued mail goes out once it is fixed."""
+    with SmtpServer(sender_reply=reply) as server, pytest.raises(MailDeliveryError) as caught:
+        send(server.url, message())
+    assert caught.value.permanent is False
+    assert reply[:3] in str(caught.value)
+    assert server.messages == []
+
+
+def test_a_message_too_large_for_the_server_fails_for_good() -> None:
+    """552 to MAIL FROM (with the SIZE= smtplib gives) is about this message."""
+    reply = "552 5.3.4 Message size exceeds fixed maximum message size"
+    with SmtpServer(sender_reply=reply) as server, pytest.raises(MailDeliveryError) as caught:
+        send(server.url, message())
+    assert caught.value.permanent is True
+    assert "552" in str(caught.value)
+
+
 def test_partly_refused_recipients_are_permanent_to_avoid_duplicates(
     smtp_server: SmtpServer,
 ) -> None:
