@@ -34,6 +34,8 @@ MAX_BACKOFF = timedelta(hours=2)
 CLAIM_LEASE = timedelta(minutes=5)
 FAILURE_REPORT_EVERY = 60.0  # seconds between log lines while drains keep failing
 FAILURE_BACKOFF_MAX = 5.0  # seconds between drains while they keep failing
+# Failures whose text says what went wrong and nothing secret (see _failed).
+_EXPLAINED = (MailDeliveryError, detection.WebhookFailed)
 SWEEP_EVERY = 600.0  # seconds between one worker's housekeeping sweeps (services/housekeeping.py)
 
 
@@ -229,10 +231,18 @@ class OutboxWorker:
         # The error is kept beside the encrypted payload, for as long as a parked message is:
         # masked like a log line (an SMTP refusal names the recipient, maybe one who has no
         # account and was only mailed a notice).
+        # The log line gives the reason too when it is one of the outbox's own, written for
+        # it (a server's answer, never a URL or a password); of any other exception, whose
+        # text may quote a statement and its values, only the type.
         if isinstance(exc, PermanentFailure):
             message.failed_at = now
             message.last_error = scrub(str(exc))[:500]
-            log.error("outbox message %s (%s) failed permanently", message.id, message.kind)
+            log.error(
+                "outbox message %s (%s) failed permanently: %s",
+                message.id,
+                message.kind,
+                message.last_error,
+            )
             return
         message.last_error = scrub(f"{type(exc).__name__}: {exc}")[:500]
         message.available_at = now + backoff(message.attempts)
@@ -241,7 +251,7 @@ class OutboxWorker:
             message.id,
             message.kind,
             message.attempts,
-            type(exc).__name__,
+            message.last_error if isinstance(exc, _EXPLAINED) else type(exc).__name__,
         )
 
     def sweep(self) -> housekeeping.Swept:

@@ -4,6 +4,7 @@ that cannot be sent is retried with backoff until the server is back, never lost
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import socket
 from collections.abc import Iterator
@@ -217,4 +218,29 @@ def test_a_temporary_refusal_is_retried(settings, connection, reply):
     assert message.failed_at is None and message.completed_at is None
     assert message.attempts == 1
     assert "451" in message.last_error
+    runtime(app).deps.limiter.reset()
+
+
+@pytest.mark.parametrize(
+    ("reply", "level", "outcome"),
+    [
+        ("550 5.1.1 <ada@example.com>: Recipient address rejected", logging.ERROR, "permanently"),
+        ("451 4.3.0 Try again later", logging.WARNING, "retrying"),
+    ],
+)
+def test_the_log_says_why_a_mail_failed(settings, connection, caplog, reply, level, outcome):
+    """The log line of a failed or parked mail gives the server's answer (masked as the error
+    kept with it), not only that it failed: the operator learns why without reading the
+    outbox table."""
+    with SmtpServer(recipient_replies={"ada@example.com": reply}) as server:
+        app = smtp_app(settings, connection, server.url)
+        app.test_client().post("/v1/password/forgot", json={"email": "ada@example.com"})
+        with caplog.at_level(logging.WARNING, logger="authsvc.worker"):
+            runtime(app).worker.drain()
+
+    [line] = [r for r in caplog.records if r.name == "authsvc.worker" and r.levelno == level]
+    assert outcome in line.getMessage()
+    assert reply[:9] in line.getMessage()
+    assert "ada@example.com" not in line.getMessage()
+    assert email_message(connection).last_error in line.getMessage()
     runtime(app).deps.limiter.reset()
