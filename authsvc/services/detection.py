@@ -35,6 +35,7 @@ import ipaddress
 import json
 import logging
 import re
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -623,11 +624,27 @@ def _post(
             ) from None
         raise WebhookFailed(f"the receiver answered HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise WebhookFailed(f"the receiver is unreachable ({type(exc).__name__})") from None
+        raise WebhookFailed(_unreachable(exc)) from None
     except Exception as exc:
         # Such as http.client's InvalidURL, whose text quotes the URL: its path or query is
         # often the receiver's secret, and the error is kept with the message.
         raise WebhookFailed(f"the alert could not be sent ({type(exc).__name__})") from None
+
+
+def _unreachable(exc: OSError) -> str:
+    """Why the receiver could not be had: the socket's or the TLS library's reason (refused,
+    no such host, certificate not trusted), which names at most the host, never the URL's
+    path or query (often its secret); else the exception's type alone."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, ssl.SSLError):
+        return f"TLS with the receiver failed ({_one_line(reason)})"
+    if isinstance(reason, OSError) and not isinstance(reason, urllib.error.URLError):
+        return f"the receiver is unreachable ({_one_line(reason)})"
+    return f"the receiver is unreachable ({type(exc).__name__})"
+
+
+def _one_line(reason: object) -> str:
+    return " ".join(str(reason).split())[:200] or type(reason).__name__
 
 
 # Outbox handlers this capability contributes, by message kind.

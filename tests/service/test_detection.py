@@ -8,6 +8,7 @@ import hmac
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 from datetime import timedelta
@@ -25,6 +26,7 @@ from authsvc.models import AuditEvent, OutboxMessage
 from authsvc.services import accounts, audit, detection, outbox
 from authsvc.services.context import Client
 from tests.conftest import answered_within, replace_settings
+from tests.integration.mail.smtp_server import make_self_signed_certificate, server_tls_context
 from tests.support_network import Trickler
 
 SECRET = "webhook-test-secret-of-32-characters"
@@ -33,7 +35,7 @@ SECRET = "webhook-test-secret-of-32-characters"
 class Receiver:
     """A real HTTP server on a free port that records the POSTs it gets."""
 
-    def __init__(self, status: int = 204) -> None:
+    def __init__(self, status: int = 204, tls: ssl.SSLContext | None = None) -> None:
         self.status = status
         self.posts: list[tuple[dict[str, str], bytes]] = []
         received = self.posts
@@ -52,7 +54,10 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        scheme = "http" if tls is None else "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/alerts"
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
@@ -378,9 +383,30 @@ def test_a_dead_receiver_is_retried_later_and_slows_nothing(settings, connection
     assert message.completed_at is None and message.failed_at is None
     assert message.attempts == 1
     assert "unreachable" in (message.last_error or "")
+    assert "Connection refused" in (message.last_error or "")
     assert message.available_at > message.created_at
     alert = outbox.payload_of(runtime.deps.keyring, message)["alert"]
     assert alert["detector"] == "enumeration"
+    runtime.deps.limiter.reset()
+
+
+def test_a_receiver_whose_certificate_is_not_trusted_is_named_so(settings, connection, tmp_path):
+    """The error kept with the alert (and logged) says why it was not delivered: a receiver
+    that cannot be trusted is not one that cannot be reached. Retried: once its CA is
+    trusted (SSL_CERT_FILE), the alert goes out."""
+    receiver = Receiver(tls=server_tls_context(*make_self_signed_certificate(tmp_path)))
+    try:
+        url = receiver.url + "?key=hunter2"
+        runtime = build_runtime(replace_settings(settings, alert_webhook_url=url), bind=connection)
+        runtime.deps.limiter.reset()
+        _alert_sent(runtime, "c", "203.0.113.46")
+    finally:
+        receiver.close()
+    message = _webhook_message(runtime)
+    assert message.completed_at is None and message.failed_at is None
+    assert "CERTIFICATE_VERIFY_FAILED" in (message.last_error or "")
+    assert "hunter2" not in (message.last_error or "")
+    assert receiver.posts == []
     runtime.deps.limiter.reset()
 
 
