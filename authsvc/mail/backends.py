@@ -89,9 +89,10 @@ class MailDeliveryError(Exception):
     refused or lost, timeout, TLS or authentication failure, 4xx answers). Failures of the
     connection, TLS or login are temporary even when the server said 5xx, because they are
     about the setup, not the message: once an operator fixes it, the queued mail goes out. So
-    are a refused sender (always AUTHSVC_MAIL_FROM: every message would meet the refusal) and
-    a 530 at any step (RFC 3207, RFC 4954: the server wants STARTTLS or a login first), save
-    for 552 to MAIL FROM, a message too large for the server.
+    are a refused sender (always AUTHSVC_MAIL_FROM: every message would meet the refusal; but
+    552 to MAIL FROM is a message too large for the server), a sender that is not ASCII for a
+    server without SMTPUTF8 (a recipient that is not ASCII is permanent), and a 530 at any
+    step (RFC 3207, RFC 4954: the server wants STARTTLS or a login first).
     """
 
     def __init__(self, reason: str, *, permanent: bool) -> None:
@@ -431,7 +432,12 @@ def _transmit(
             permanent=_is_permanent(exc.smtp_code),
         ) from exc
     except smtplib.SMTPNotSupportedError as exc:  # non-ASCII address, server lacks SMTPUTF8
-        raise MailDeliveryError(f"SMTP server {where}: {exc}", permanent=True) from exc
+        # For good when a recipient needs it; when only the sender (AUTHSVC_MAIL_FROM) does,
+        # every message would fail alike: the setup's, to be mended.
+        raise MailDeliveryError(
+            f"SMTP server {where}: {exc}",
+            permanent=not all(addr.isascii() for addr in _recipients(message)),
+        ) from exc
     except OSError as exc:  # disconnects and timeouts
         raise MailDeliveryError(
             f"SMTP session with {where} failed: {exc}", permanent=False

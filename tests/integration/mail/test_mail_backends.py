@@ -143,6 +143,22 @@ def test_an_address_that_is_not_ascii_fails_for_good_without_smtputf8(
     assert smtp_server.deliveries == []
 
 
+def test_a_sender_that_is_not_ascii_without_smtputf8_is_a_temporary_failure(
+    smtp_server: SmtpServer,
+) -> None:
+    """The sender is AUTHSVC_MAIL_FROM, in every message: a server that cannot take it is a
+    setup problem (a relay with SMTPUTF8, or an ASCII sender, mends it), so the mail waits."""
+    msg = build_message(
+        sender="authsvc <no-reply@bücher.example>", to="alice@example.com", subject="s", text=BODY
+    )
+    with pytest.raises(MailDeliveryError) as failure:
+        send(f"smtp://127.0.0.1:{smtp_server.port}", msg)
+
+    assert not failure.value.permanent
+    assert "SMTPUTF8" in str(failure.value)
+    assert smtp_server.deliveries == []
+
+
 def test_starttls_delivers_over_tls(tls_context: ssl.SSLContext) -> None:
     with SmtpServer(tls_context=tls_context, require_starttls=True) as server:
         send(f"smtp+starttls://127.0.0.1:{server.port}?verify=false", message())
