@@ -21,16 +21,19 @@ from authsvc.services.login import LoginResult
 notices.register(
     "mfa_factor_removed",
     "A second factor was removed from your account",
-    '{kind} "{name}" was removed from your account at {when} UTC.{extra}\n\n'
+    "{kind} added on {added} was removed from your account at {when} UTC.{extra}\n\n"
     "If it was not you, reset your password at once.\n",
 )
 notices.register(
     "mfa_factor_renamed",
     "A second factor was renamed",
-    '{kind} "{old}" of your account was renamed to "{name}" at {when} UTC.\n\n'
+    "{kind} added on {added} was renamed at {when} UTC.\n\n"
     "If it was not you, reset your password at once.\n",
 )
 
+# The notices name a factor by its kind and the day it was added, never by its name: whoever
+# holds a session names factors, and a name quoted into the mail that warns of the change put
+# words or a link of theirs into a mail from this service.
 _KINDS = {"totp": "The authenticator app", "webauthn": "The security key or passkey"}
 _LAST_FACTOR = (
     "\n\nIt was your last second factor: your recovery codes were deleted too, and signing in "
@@ -70,6 +73,10 @@ def _email(session: DbSession, user_id: str) -> str:
 
 def _when(now: datetime) -> str:
     return now.strftime("%Y-%m-%d %H:%M")
+
+
+def _day(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d")
 
 
 def list_all(session: DbSession, *, user_id: str) -> FactorList:
@@ -126,8 +133,7 @@ def rename(
             template="mfa_factor_renamed",
             now=now,
             kind=_KINDS[old.type],
-            old=old.name,
-            name=name,
+            added=_day(old.created_at),
             when=_when(now),
         )
     return renamed
@@ -190,7 +196,7 @@ def remove(
         template="mfa_factor_removed",
         now=now,
         kind=_KINDS[info.type],
-        name=info.name,
+        added=_day(info.created_at),
         when=_when(now),
         extra=_last_factor_note(deps) if last else "",
     )

@@ -61,7 +61,8 @@ MAX_CONFIRM_ATTEMPTS = 10  # wrong codes before a pending factor is discarded
 notices.register(
     "mfa_factor_added",
     "A second factor was added to your account",
-    '{kind} "{name}" was added to your account at {when} UTC.\n\n'
+    "{kind} was added to your account at {when} UTC. Your account lists your second factors "
+    "with the names you gave them.\n\n"
     "If it was not you, reset your password and remove this factor at once.\n",
 )
 
@@ -353,8 +354,7 @@ def activate(
         to=user.email,
         template="mfa_factor_added",
         now=now,
-        kind="The authenticator app",
-        name=row.name,
+        kind="An authenticator app",
         when=now.strftime("%Y-%m-%d %H:%M"),
     )
     return TotpConfirmation(factor=_info(row), recovery_codes=codes)

@@ -60,8 +60,9 @@ SPENT_PASSKEY_KEPT = timedelta(minutes=1)
 notices.register(
     "webauthn_counter_regression",
     "Your security key may have been copied",
-    'At {when} UTC a sign-in used your security key or passkey "{name}", but the key reported '
-    "a usage counter that went backwards. That is what a copied (cloned) key looks like.\n"
+    "At {when} UTC a sign-in used your security key or passkey added on {added}, but the key "
+    "reported a usage counter that went backwards. That is what a copied (cloned) key looks "
+    "like.\n"
     "The sign-in was {outcome}.\n\n"
     "If you still have the key, sign in, remove it and register it again; "
     "change your password too.\n",
@@ -388,7 +389,7 @@ def _counter_regression(
             to=user.email,
             template="webauthn_counter_regression",
             now=now,
-            name=row.name,
+            added=row.created_at.strftime("%Y-%m-%d"),
             when=now.strftime("%Y-%m-%d %H:%M"),
             outcome="refused" if policy == "reject" else "allowed, and recorded",
         )

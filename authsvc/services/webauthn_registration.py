@@ -270,8 +270,7 @@ def _store(
         to=user.email,
         template="mfa_factor_added",
         now=now,
-        kind="The security key or passkey",
-        name=row.name,
+        kind="A security key or passkey",
         when=now.strftime("%Y-%m-%d %H:%M"),
     )
     return RegisteredKey(

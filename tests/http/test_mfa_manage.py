@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from authsvc.app import create_app
 from authsvc.models import AuditEvent, RecoveryCode
+from authsvc.db import utcnow
 from tests.conftest import ContractClient
 from tests.http.test_mfa_totp import PASSWORD, enable_totp, oathtool_code
 
@@ -44,6 +45,29 @@ def test_rename_a_factor(api, client):
     for bad in ({"name": ""}, {"name": "x" * 65}, {"name": None}, {}):
         refused = client.patch(url, json=bad, headers=factor["headers"])
         assert (refused.status_code, refused.get_json()["code"]) == (400, "invalid_request")
+
+
+def test_the_security_mails_quote_no_factor_name(api, client):
+    # Whoever holds a session names factors: quoted into the owner's notices, a name put words
+    # or a link into a mail from this service, the one that warns of the change.
+    lure = "Ignore this, see evil.example/verify"
+    factor = enable_totp(api, name=lure)
+    url = f"/v1/me/mfa/{factor['factor_id']}"
+    client.patch(url, json={"name": "Call +1 555 0100 now"}, headers=factor["headers"])
+    client.delete(url, headers=factor["headers"])
+    api.drain()
+
+    mails = {m["Subject"]: m.get_content() for m in api.mailbox.messages("ada@example.com")}
+
+    added = mails["A second factor was added to your account"]
+    renamed = mails["A second factor was renamed"]
+    removed = mails["A second factor was removed from your account"]
+    for body in (added, renamed, removed):
+        assert "evil.example" not in body and "555" not in body
+    assert added.startswith("An authenticator app was added to your account at ")
+    day = utcnow().strftime("%Y-%m-%d")
+    assert renamed.startswith(f"The authenticator app added on {day} was renamed at ")
+    assert removed.startswith(f"The authenticator app added on {day} was removed from your")
 
 
 @pytest.mark.parametrize(
