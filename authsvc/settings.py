@@ -15,7 +15,7 @@ import os
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -44,16 +44,19 @@ class Env(enum.Enum):
 class Settings:
     env: Env = Env.DEVELOPMENT
     var_dir: Path = Path("var")
-    database_url: str = ""  # empty: sqlite file under var_dir
+    # Secrets, or URLs that may hold a password, are left out of repr(): a settings object in a
+    # traceback or a debugger's output shows none of them.
+    database_url: str = field(default="", repr=False)  # empty: sqlite file under var_dir
     # PostgreSQL, the web app's requests only (never the outbox worker or a command): how long
     # a statement may wait for a lock, and run in all, before the request answers 503; 0 is
     # no limit. A stalled transaction holding a row would otherwise hold a thread per request.
     db_lock_timeout: timedelta = timedelta(seconds=5)
     db_statement_timeout: timedelta = timedelta(seconds=30)
-    redis_url: str | None = None
-    mail_url: str = "console://"
+    redis_url: str | None = field(default=None, repr=False)
+    mail_url: str = field(default="console://", repr=False)
     mail_from: str = "authsvc <no-reply@localhost>"
-    encryption_keys: tuple[str, ...] = ()  # "kid:base64url-32-bytes"; empty: dev keys
+    # "kid:base64url-32-bytes"; empty: dev keys
+    encryption_keys: tuple[str, ...] = field(default=(), repr=False)
     public_url: str = "http://localhost:8000"  # the WebAuthn origin of the defaults too
     jwt_audience: str = "authsvc"
     access_token_ttl: timedelta = timedelta(minutes=10)
@@ -116,11 +119,13 @@ class Settings:
     detect_unknown_email_min_attempts: int = 200  # ... once there are this many attempts
     detect_recovery_burst: int = 30  # recovery-code uses and password resets, all accounts
     alert_cooldown: timedelta = timedelta(minutes=10)  # one alert per detector and source
-    alert_webhook_url: str | None = None  # signed JSON POST per alert, via the outbox
+    # A signed JSON POST per alert, via the outbox.
+    alert_webhook_url: str | None = field(default=None, repr=False)
     # The bearer token a Prometheus scrape of /metrics sends; unset: /metrics is off (404).
     # The counters tell outcomes apart (a new account, an unknown email), so they are not public.
-    metrics_token: str | None = None
-    alert_webhook_secret: str | None = None  # HMAC-SHA256 key; required with the URL
+    metrics_token: str | None = field(default=None, repr=False)
+    # The HMAC-SHA256 key; required with the URL.
+    alert_webhook_secret: str | None = field(default=None, repr=False)
     alert_webhook_timeout: float = 3.0  # seconds per read or write; 60 s for the whole POST
     audit_retention: timedelta = timedelta(days=400)  # `authsvc audit prune`; 0 keeps all
     # Ended sessions, expired single-use tokens and sent outbox messages are deleted by the outbox

@@ -27,6 +27,9 @@ def generate_key_spec(kid: str) -> str:
 class Keyring:
     keys: tuple[tuple[str, bytes], ...]  # (kid, 32-byte key), primary first
 
+    def __repr__(self) -> str:  # the key ids, never the keys
+        return f"Keyring(kids={[kid for kid, _ in self.keys]!r})"
+
     @classmethod
     def from_specs(cls, specs: tuple[str, ...] | list[str]) -> Keyring:
         keys = []

@@ -15,7 +15,7 @@ import pytest
 from authsvc import deadline
 from authsvc import settings as settings_module
 from authsvc.crypto import blocklist, passwords
-from authsvc.crypto.keyring import generate_key_spec
+from authsvc.crypto.keyring import Keyring, generate_key_spec
 from authsvc.http import public
 from authsvc.settings import ConfigError, Env, Settings
 
@@ -868,3 +868,24 @@ def test_database_timeouts_may_be_off_or_within_bounds(lock, statement, lock_is,
 
 def test_no_timeout_per_read_may_exceed_the_limit_of_a_whole_exchange():
     assert settings_module.MAX_EXCHANGE_SECONDS == deadline.EXCHANGE_SECONDS
+
+
+def test_repr_shows_no_secret():
+    # A settings object or a key ring in a traceback, a debugger or a log of an object shows
+    # none of the secrets, nor the URLs that may hold one.
+    spec = generate_key_spec("k1")
+    settings = Settings(
+        database_url="postgresql://authsvc:db-pass-1@db/authsvc",
+        redis_url="redis://:redis-pass-2@cache:6379/0",
+        mail_url="smtps://mailer:mail-pass-3@smtp.example.com",
+        encryption_keys=(spec,),
+        alert_webhook_url="https://hooks.example.com/alert?key=hook-key-4",
+        alert_webhook_secret="hook-secret-5" * 3,
+        metrics_token="metrics-token-6",
+    )
+    shown = repr(settings) + repr(Keyring.from_specs([spec]))
+
+    for secret in ("db-pass-1", "redis-pass-2", "mail-pass-3", "hook-key-4", "hook-secret-5",
+                   "metrics-token-6", spec.partition(":")[2]):  # fmt: skip
+        assert secret not in shown
+    assert "Keyring(kids=['k1'])" in shown and "argon2_time_cost=" in shown
