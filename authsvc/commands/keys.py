@@ -3,7 +3,8 @@ access-token signing key (``rotate-signing``).
 
 Rotation: put a new key first in AUTHSVC_ENCRYPTION_KEYS (``authsvc keys generate`` prints
 one), keep the old ones after it, restart, then run ``authsvc keys rotate``. Every TOTP secret,
-signing key and unsent outbox payload is re-encrypted under the first key. Keyed hashes
+signing key and unsent outbox payload is re-encrypted under the first key; a TOTP factor that
+no key opens is named and left as it is, and the command fails once the rest is moved. Keyed hashes
 (recovery codes, audit email digests) use a key derived from the LAST entry, so keep that
 entry in the list for as long as those hashes must verify.
 """
@@ -52,19 +53,23 @@ def rotate() -> None:
     keyring = runtime.deps.keyring
     try:
         sign_audit_head(runtime)
+        totp_factors, totp_left = _rotate_totp(runtime.sessionmaker, keyring)
         counts = {
-            "totp_factors": _rotate_totp(runtime.sessionmaker, keyring),
+            "totp_factors": totp_factors,
             "signing_keys": _in_one(runtime.sessionmaker, lambda s: signing.reencrypt(s, keyring)),
             "outbox_messages": _rotate_outbox(runtime.sessionmaker, keyring),
         }
+        details: dict[str, object] = {"kid": keyring.primary_kid, **counts}
+        if totp_left:
+            details["totp_factors_left"] = len(totp_left)
         with runtime.sessionmaker.begin() as session:
             audit.record(
                 session,
                 type="encryption_key.rotated",
-                outcome="success",
+                outcome="success" if not totp_left else "incomplete",
                 now=utcnow(),
                 client=SYSTEM,
-                details={"kid": keyring.primary_kid, **counts},
+                details=details,
             )
     except DecryptionFailed as exc:
         raise click.ClickException(
@@ -75,6 +80,8 @@ def rotate() -> None:
         runtime.dispose()
     summary = " ".join(f"{name}={count}" for name, count in counts.items())
     click.echo(f"re-encrypted under key {keyring.primary_kid!r}: {summary}")
+    if totp_left:
+        raise click.ClickException(_totp_left(totp_left))
 
 
 @keys.command("rotate-signing")
@@ -123,15 +130,39 @@ def _in_one(factory: sessionmaker[DbSession], work: Callable[[DbSession], int]) 
         return work(session)
 
 
-def _rotate_totp(factory: sessionmaker[DbSession], keyring: Keyring) -> int:
+def _rotate_totp(
+    factory: sessionmaker[DbSession], keyring: Keyring
+) -> tuple[int, list[tuple[str, str]]]:
+    """(factors re-encrypted, (id, key id) of those that no key opens, left as they are)."""
     total, after = 0, ""
+    left: list[tuple[str, str]] = []
     while True:
         with factory.begin() as session:
-            count, last = totp.reencrypt_batch(session, keyring, after_id=after, limit=BATCH)
+            count, last, unreadable = totp.reencrypt_batch(
+                session, keyring, after_id=after, limit=BATCH
+            )
         total += count
+        left += unreadable
         if last is None:
-            return total
+            return total, left
         after = last
+
+
+def _totp_left(left: list[tuple[str, str]]) -> str:
+    """What the command fails with when factors were left under keys the ring lacks."""
+    kids = sorted({kid for _, kid in left})
+    shown = ", ".join(factor_id for factor_id, _ in left[:20]) + (", ..." if len(left) > 20 else "")
+    what = (
+        "TOTP factor that no key opens was left as it is"
+        if len(left) == 1
+        else "TOTP factors that no key opens were left as they are"
+    )
+    keys = ", ".join(repr(kid) for kid in kids)
+    return (
+        f"{len(left)} {what} (id {shown}, under key{'s' if len(kids) > 1 else ''} {keys}): "
+        f"put {'that key' if len(kids) == 1 else 'those keys'} back after the first entry and "
+        "run `authsvc keys rotate` again"
+    )
 
 
 def _rotate_outbox(factory: sessionmaker[DbSession], keyring: Keyring) -> int:

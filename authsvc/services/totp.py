@@ -494,21 +494,48 @@ def delete_all(session: DbSession, *, user_id: str) -> int:
 
 def reencrypt_batch(
     session: DbSession, keyring: Keyring, *, after_id: str, limit: int = 500
-) -> tuple[int, str | None]:
+) -> tuple[int, str | None, list[tuple[str, str]]]:
     """Re-encrypt secrets not under the primary key, ``limit`` rows with id > ``after_id``
-    at a time. Return (rows re-encrypted, last id seen or None when done)."""
+    at a time. Return (rows re-encrypted, last id seen or None when done, (id, key id) of the
+    factors that no key of the ring opens). Those are left as they are: their key was taken
+    out of the ring too early (or is lost), and they must not stop the rotation of the rows
+    after them, which would then stay under the old key."""
     rows = session.execute(
         select(TotpFactor.id, TotpFactor.secret_ciphertext)
         .where(TotpFactor.id > after_id)
         .order_by(TotpFactor.id)
         .limit(limit)
     ).all()
+    movable, left = [], []
+    for row in rows:
+        if _opens(keyring, row):
+            movable.append((row.id, row.secret_ciphertext))
+        else:
+            left.append((row.id, _key_id(keyring, row.secret_ciphertext)))
     count = reencrypt_rows(
         session,
         keyring,
         key=TotpFactor.id,
         column=TotpFactor.secret_ciphertext,
-        rows=[(row.id, row.secret_ciphertext) for row in rows],
+        rows=movable,
         associated_data=secret_aad,
     )
-    return count, (rows[-1].id if rows else None)
+    return count, (rows[-1].id if rows else None), left
+
+
+def _opens(keyring: Keyring, row: Any) -> bool:
+    """Whether the row is under the primary key, or another key of the ring opens it."""
+    try:
+        if not keyring.needs_reencryption(row.secret_ciphertext):
+            return True
+        keyring.decrypt(row.secret_ciphertext, associated_data=secret_aad(row.id))
+    except (DecryptionFailed, IndexError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def _key_id(keyring: Keyring, blob: bytes) -> str:
+    try:
+        return keyring.key_id_of(blob)
+    except (IndexError, UnicodeDecodeError):
+        return "?"

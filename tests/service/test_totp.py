@@ -611,7 +611,7 @@ def test_keys_rotate_reencrypts_under_the_first_key(
         )
     broken = CliRunner().invoke(cli, ["keys", "rotate"])
     assert broken.exit_code != 0
-    assert "none of the configured keys" in broken.output
+    assert "no key opens" in broken.output
 
 
 def test_verify_after_rotation_with_the_new_ring(
@@ -622,7 +622,7 @@ def test_verify_after_rotation_with_the_new_ring(
     rotated = dataclasses.replace(
         deps, keyring=Keyring.from_specs([generate_key_spec("next"), *key_specs])
     )
-    count, _ = totp.reencrypt_batch(db_session, rotated.keyring, after_id="")
+    count, _, _ = totp.reencrypt_batch(db_session, rotated.keyring, after_id="")
     assert count >= 1
     assert (
         totp.verify_code(
@@ -635,3 +635,61 @@ def test_verify_after_rotation_with_the_new_ring(
         )
         == "otp"
     )
+
+
+def test_keys_rotate_moves_everything_else_past_a_factor_no_key_opens(
+    committed, deps, caller, now, monkeypatch, key_specs, tmp_path
+):
+    # A factor whose key is gone (or whose ciphertext was damaged) stopped the rotation at its
+    # batch: the factors after it, the signing keys and the outbox stayed under the old key (one
+    # rotated out because it leaked, say) and no run could get past it. It is named and left
+    # as it is, everything else is moved, and the command fails so that it is not missed.
+    factory, url = committed
+    user_id, pending = _user_with_factor(factory, deps, caller, now)
+    lost = "0" * 22  # first in id order: its batch is the first one
+    with factory.begin() as session:
+        session.add(
+            TotpFactor(
+                id=lost,
+                user_id=user_id,
+                name="old",
+                secret_ciphertext=Keyring.from_specs([generate_key_spec("gone")]).encrypt(
+                    b"S", associated_data=totp.secret_aad(lost)
+                ),
+                created_at=now,
+                confirmed_at=now,
+                confirm_attempts=0,
+            )
+        )
+        outbox.enqueue(
+            session, deps.keyring, kind="email", payload={"to": "x@example.com"}, now=now
+        )
+        signing.ensure_key(session, deps.keyring, now=now)
+    new_spec = generate_key_spec("rotated")
+    for name in [n for n in os.environ if n.startswith("AUTHSVC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AUTHSVC_DATABASE_URL", url)
+    monkeypatch.setenv("AUTHSVC_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("AUTHSVC_ENCRYPTION_KEYS", f"{new_spec},{key_specs[0]}")
+
+    result = CliRunner().invoke(cli, ["keys", "rotate"])
+
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Error: 1 TOTP factor that no key opens was left as it is (id {lost}, under key "
+        "'gone'): put that key back after the first entry and run `authsvc keys rotate` again"
+    )
+    only_new = Keyring.from_specs([new_spec])
+    with factory() as session:
+        moved = session.get(TotpFactor, pending.factor_id)
+        assert moved is not None and only_new.key_id_of(moved.secret_ciphertext) == "rotated"
+        left = session.get(TotpFactor, lost)
+        assert left is not None and only_new.key_id_of(left.secret_ciphertext) == "gone"
+        assert signing.unreadable_key_id(session, only_new) is None
+        messages = session.scalars(select(OutboxMessage)).all()
+        assert {"to": "x@example.com"} in [outbox.payload_of(only_new, m) for m in messages]
+        rotated = session.scalars(
+            select(AuditEvent.details).where(AuditEvent.type == "encryption_key.rotated")
+        ).one()
+        assert json.loads(rotated)["totp_factors_left"] == 1
