@@ -25,19 +25,38 @@ def audit() -> None:
 
 
 @audit.command("verify")
-def verify() -> None:
+@click.option(
+    "--known",
+    metavar="EVENT_ID:HASH",
+    help="Where an earlier run found the trail ending (it prints it): fail if that event is "
+    "gone or differs, as when the trail was cut back to an earlier head.",
+)
+def verify(known: str | None) -> None:
     """Check every event against the hash chain; exit 1 naming the first broken event."""
+    expected = _known(known) if known is not None else None
     runtime = build_runtime(Settings.from_env())
-    with runtime.sessionmaker.begin() as session:
-        result = audit_service.verify(session, keyring=runtime.deps.keyring)
-    runtime.dispose()
+    try:
+        with runtime.sessionmaker.begin() as session:
+            result = audit_service.verify(session, keyring=runtime.deps.keyring, known=expected)
+    finally:
+        runtime.dispose()
     if not result.ok:
         where = f"event {result.broken_id}" if result.broken_id is not None else "chain head"
         raise click.ClickException(
             f"audit trail broken at {where}: {result.reason} ({result.checked} events verified "
             "before it)"
         )
-    click.echo(f"audit trail intact: {result.checked} events verified")
+    end = ""
+    if result.last is not None:
+        end = f"; to find it cut back later, verify with --known {result.last[0]}:{result.last[1]}"
+    click.echo(f"audit trail intact: {result.checked} events verified{end}")
+
+
+def _known(value: str) -> tuple[int, str]:
+    event_id, _, digest = value.partition(":")
+    if not re.fullmatch(r"[0-9]{1,19}", event_id) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise click.BadParameter("EVENT_ID:HASH as a verification printed it", param_hint="--known")
+    return int(event_id), digest
 
 
 def _cutoff(before: str | None, older_than: str | None, retention: timedelta) -> datetime | None:

@@ -450,6 +450,8 @@ class Verification:
     checked: int  # events checked
     broken_id: int | None = None  # the first broken event, when there is one
     reason: str = ""
+    # Where an intact trail ends (id and hash of its last event), to give back as ``known``.
+    last: tuple[int, str] | None = None
 
 
 def _rows(session: DbSession, *, through_id: int, batch: int) -> Iterator[Row[Any]]:
@@ -469,8 +471,19 @@ def _rows(session: DbSession, *, through_id: int, batch: int) -> Iterator[Row[An
         after = rows[-1].id
 
 
-def verify(session: DbSession, *, keyring: Keyring, batch: int = 2000) -> Verification:
-    """Walk the whole chain; name the first event that was edited, or follows a deleted one."""
+def verify(
+    session: DbSession,
+    *,
+    keyring: Keyring,
+    batch: int = 2000,
+    known: tuple[int, str] | None = None,
+) -> Verification:
+    """Walk the whole chain; name the first event that was edited, or follows a deleted one.
+
+    ``known``: the id and hash of an event an earlier verification ended at. The chain and
+    the head's signature cannot tell the trail cut back to an earlier head (events at the end
+    deleted, and a copy of the head row as it was then put back); an event seen before that
+    is now past the end, or differs, can. One pruned since (before the anchor) passes."""
     head = session.scalars(
         select(AuditChainHead)
         .where(AuditChainHead.id == HEAD_ID)
@@ -502,6 +515,14 @@ def verify(session: DbSession, *, keyring: Keyring, batch: int = 2000) -> Verifi
             )
         if row_digest(row.prev_hash, row) != row.row_hash:
             return Verification(False, checked, row.id, f"event {row.id} was altered")
+        if known is not None and row.id == known[0] and row.row_hash != known[1]:
+            return Verification(
+                False,
+                checked,
+                row.id,
+                f"event {row.id} is not the event an earlier verification saw: it was altered "
+                "and the events from it on chained anew",
+            )
         if row.type == HEAD_INVALID:
             found = _HEAD_PROBLEMS.get(row.outcome, "was invalid")
             how = (
@@ -525,6 +546,15 @@ def verify(session: DbSession, *, keyring: Keyring, batch: int = 2000) -> Verifi
             previous_id or None,
             f"the trail ends at event {previous_id} but its head names event "
             f"{last_id}: events at the end were deleted or altered",
+        )
+    if known is not None and known[0] > max(last_id, anchor_id):
+        return Verification(
+            False,
+            checked,
+            known[0],
+            f"the trail ends at event {last_id}, before event {known[0]} that an earlier "
+            "verification saw: events at the end were deleted and the head set back to an "
+            "earlier state",
         )
     # Rows past the head were not written through the chain (a writer that commits during
     # this walk moves the head in the same transaction, so the head read again covers it).
@@ -562,7 +592,7 @@ def verify(session: DbSession, *, keyring: Keyring, batch: int = 2000) -> Verifi
             "the chain head signature does not match (altered, or the oldest "
             "encryption key that signed it was removed)",
         )
-    return Verification(True, checked)
+    return Verification(True, checked, last=(last_id, last_hash) if last_id else None)
 
 
 def head_signed_by(session: DbSession, keyring: Keyring) -> bool:

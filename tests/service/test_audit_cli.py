@@ -163,3 +163,57 @@ def test_prune_works_in_batches(env, monkeypatch):
     assert result.exit_code == 0 and "pruned 5 events" in result.output
     verified = run(env, "audit", "verify")
     assert verified.exit_code == 0 and "3 events verified" in verified.output  # one per batch
+
+
+def test_verify_finds_the_trail_cut_back_to_an_earlier_head(env):
+    # Whoever can write the database and kept a copy of the head row (with its signature) can
+    # delete the events after it and put that copy back: the chain and the signature hold. A
+    # run of verify prints where the trail ends; given back, a later run finds the cut.
+    seed(env, 3)
+    first = run(env, "audit", "verify")
+    assert first.exit_code == 0, first.output
+    engine = make_engine(env["AUTHSVC_DATABASE_URL"])
+    with engine.connect() as conn:
+        old_head = conn.execute(text("SELECT * FROM audit_chain_heads")).mappings().one()
+    engine.dispose()
+    later = seed(env, 2)
+    second = run(env, "audit", "verify")
+    assert second.exit_code == 0, second.output
+    known = second.output.split("--known ")[1].split()[0]
+    assert known.startswith(f"{later[-1]}:")
+    sql(env, "DELETE FROM audit_events WHERE id > :id", id=old_head["last_id"])
+    sql(
+        env,
+        "UPDATE audit_chain_heads SET last_id = :last_id, last_hash = :last_hash, "
+        "head_mac = :head_mac WHERE id = 1",
+        **{k: old_head[k] for k in ("last_id", "last_hash", "head_mac")},
+    )
+    assert run(env, "audit", "verify").exit_code == 0  # the chain alone cannot tell
+
+    cut = run(env, "audit", "verify", "--known", known)
+
+    assert cut.exit_code == 1
+    assert cut.output.strip() == (
+        f"Error: audit trail broken at event {later[-1]}: the trail ends at event "
+        f"{old_head['last_id']}, before event {later[-1]} that an earlier verification saw: "
+        f"events at the end were deleted and the head set back to an earlier state "
+        f"({old_head['last_id']} events verified before it)"
+    )
+
+
+def test_verify_with_a_known_event_passes_after_it_is_pruned_and_names_one_altered(env):
+    old = seed(env, 2, days_ago=500)
+    seed(env, 1)
+    known = run(env, "audit", "verify").output.split("--known ")[1].split()[0]
+    event_id, _ = known.split(":")
+    assert run(env, "audit", "verify", "--known", f"{old[0]}:{'0' * 64}").exit_code == 1
+    assert run(env, "audit", "prune").exit_code == 0
+    pruned = run(env, "audit", "verify", "--known", f"{old[0]}:{'0' * 64}")
+    assert pruned.exit_code == 0, pruned.output  # pruned since: nothing left to compare
+    assert run(env, "audit", "verify", "--known", known).exit_code == 0
+    wrong = run(env, "audit", "verify", "--known", f"{event_id}:{'f' * 64}")
+    assert wrong.exit_code == 1
+    assert f"event {event_id} is not the event an earlier verification saw" in wrong.output
+    bad = run(env, "audit", "verify", "--known", "yesterday")
+    assert bad.exit_code == 2
+    assert "EVENT_ID:HASH as a verification printed it" in bad.output
