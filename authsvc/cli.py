@@ -18,6 +18,7 @@ from authsvc.commands import (
     refuse_a_ring_that_cannot_sign,
     refuse_a_ring_without_its_mac_key,
     sign_audit_head,
+    warn_of_factors_no_key_opens,
 )
 from authsvc.commands.audit import audit
 from authsvc.commands.breach import breach_response
@@ -110,6 +111,7 @@ def serve(
         _upgrade(settings.resolved_database_url)
     refuse_a_ring_without_its_mac_key(runtime)
     refuse_a_ring_that_cannot_sign(runtime)
+    warn_of_factors_no_key_opens(runtime)
     runtime.dispose()
     if dev:
         app = create_app(settings, start_worker=not no_outbox_thread)
@@ -135,6 +137,7 @@ def worker() -> None:
                 "database: the schema is not current (run `authsvc db upgrade`)"
             )
     refuse_a_ring_that_cannot_sign(runtime)
+    warn_of_factors_no_key_opens(runtime)
     sign_audit_head(runtime)
     stop = threading.Event()
     # SIGTERM (systemd, docker, kubernetes) and Ctrl-C end the worker between deliveries: the

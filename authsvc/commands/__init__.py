@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from authsvc.app import Runtime
 from authsvc.crypto.keyring import Keyring
 from authsvc.services import audit as audit_service
-from authsvc.services import signing
+from authsvc.services import signing, totp
 
 
 def refuse_a_ring_without_its_mac_key(runtime: Runtime) -> None:
@@ -51,6 +51,29 @@ def refuse_a_ring_that_cannot_sign(runtime: Runtime) -> None:
         )
 
     _refuse_unless(runtime, missing_key)
+
+
+def warn_of_factors_no_key_opens(runtime: Runtime) -> None:
+    """Say on stderr, at the start of serve or worker, when TOTP factors are encrypted under
+    keys the ring lacks: a ring without the key of some (taken out before `authsvc keys
+    rotate` moved them) started without a word, and each of their owners was refused every
+    code as a wrong one. Not a refusal to start: a key lost for good would keep the service
+    down for the sake of a few factors."""
+    try:
+        with runtime.sessionmaker() as session:
+            count, kids = totp.under_keys_not_in(session, runtime.deps.keyring)
+    except DBAPIError:
+        return
+    if not count:
+        return
+    factors = "TOTP factor is" if count == 1 else "TOTP factors are"
+    named = ", ".join(repr(kid) for kid in kids)
+    click.echo(
+        f"warning: AUTHSVC_ENCRYPTION_KEYS: {count} {factors} encrypted under keys not in the "
+        f"list ({named}): they refuse every code until those keys are back after the first "
+        "entry (`authsvc keys rotate` then moves them)",
+        err=True,
+    )
 
 
 def _refuse_unless(runtime: Runtime, problem: Callable[[Session, Keyring], str | None]) -> None:

@@ -23,6 +23,12 @@ def generate_key_spec(kid: str) -> str:
     return f"{kid}:{base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip('=')}"
 
 
+def keyring_header(kid: str) -> bytes:
+    """How every ciphertext encrypted under ``kid`` begins."""
+    kid_bytes = kid.encode()
+    return _VERSION + bytes([len(kid_bytes)]) + kid_bytes
+
+
 @dataclass(frozen=True, slots=True)
 class Keyring:
     keys: tuple[tuple[str, bytes], ...]  # (kid, 32-byte key), primary first
@@ -52,9 +58,8 @@ class Keyring:
     def encrypt(self, plaintext: bytes, *, associated_data: bytes = b"") -> bytes:
         kid, key = self.keys[0]
         nonce = os.urandom(12)
-        kid_bytes = kid.encode()
-        body = AESGCM(key).encrypt(nonce, plaintext, kid_bytes + associated_data)
-        return _VERSION + bytes([len(kid_bytes)]) + kid_bytes + nonce + body
+        body = AESGCM(key).encrypt(nonce, plaintext, kid.encode() + associated_data)
+        return keyring_header(kid) + nonce + body
 
     def decrypt(self, blob: bytes, *, associated_data: bytes = b"") -> bytes:
         try:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Exists,
     Result,
     Table,
+    and_,
     bindparam,
     delete,
     exists,
@@ -34,7 +35,7 @@ from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm.attributes import set_committed_value
 
 from authsvc.crypto import totp as otp
-from authsvc.crypto.keyring import DecryptionFailed, Keyring
+from authsvc.crypto.keyring import DecryptionFailed, Keyring, keyring_header
 from authsvc.db import new_id
 from authsvc.errors import (
     Conflict,
@@ -532,6 +533,20 @@ def _opens(keyring: Keyring, row: Any) -> bool:
     except (DecryptionFailed, IndexError, UnicodeDecodeError):
         return False
     return True
+
+
+def under_keys_not_in(session: DbSession, keyring: Keyring) -> tuple[int, list[str]]:
+    """How many factors are encrypted under keys that ``keyring`` lacks, and the ids of those
+    keys (as far as the first 1000 such factors name them). One pass over the table, which
+    the ciphertexts' headers (version, kid length, kid) are compared in."""
+    column = TotpFactor.secret_ciphertext
+    known = [keyring_header(kid) for kid, _ in keyring.keys]
+    elsewhere = and_(*(func.substr(column, 1, len(header)) != header for header in known))
+    count = session.scalar(select(func.count()).select_from(TotpFactor).where(elsewhere)) or 0
+    if not count:
+        return 0, []
+    blobs = session.scalars(select(column).where(elsewhere).limit(1000))
+    return count, sorted({_key_id(keyring, blob) for blob in blobs})
 
 
 def _key_id(keyring: Keyring, blob: bytes) -> str:

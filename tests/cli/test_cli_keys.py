@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +18,12 @@ from authsvc.app import build_runtime, create_app
 from authsvc.cli import main
 from authsvc.crypto.keyring import Keyring, generate_key_spec
 from authsvc.db import utcnow
-from authsvc.models import OutboxMessage
+from authsvc.models import OutboxMessage, TotpFactor, User
 from authsvc.models.ops import AuditChainHead
 from authsvc.schema import upgrade
-from authsvc.services import audit, outbox, signing
+from authsvc.services import audit, outbox, signing, totp
 from authsvc.settings import Settings
+from tests.conftest import interrupt_when, start_command
 from tests.e2e.server import free_port
 
 AUTHSVC = Path(sys.executable).parent / "authsvc"
@@ -266,3 +268,54 @@ def test_rotate_leaves_a_parked_message_no_key_opens_and_moves_the_rest(env):
         left = session.get(OutboxMessage, parked_id)
         assert left is not None and lost.key_id_of(left.payload_ciphertext) == "lost"
     runtime.dispose()
+
+
+def test_a_worker_started_without_the_key_of_a_totp_factor_says_so(env, tmp_path):
+    # A ring without the key of some TOTP factors (taken out before `keys rotate` moved them,
+    # say) started without a word: each of those users was refused every code as a wrong one,
+    # and only a log line at each attempt said why.
+    created = CliRunner().invoke(main, ["admin", "create-key", "--name", "ops"], env=env)
+    assert created.exit_code == 0, created.output  # the trail's head is signed
+    last = env["AUTHSVC_ENCRYPTION_KEYS"] or ""
+    gone = Keyring.from_specs([generate_key_spec("gone")])
+    given = {k: v for k, v in env.items() if v is not None}
+    runtime = build_runtime(Settings.from_env(given))
+    now = utcnow()
+    with runtime.sessionmaker.begin() as session:
+        user = User(email="ada@example.com", email_verified_at=now, created_at=now, updated_at=now)
+        session.add(user)
+        session.flush()
+        for number, ring in enumerate([gone, gone, runtime.deps.keyring]):
+            factor_id = f"factor{number}"
+            session.add(
+                TotpFactor(
+                    id=factor_id,
+                    user_id=user.id,
+                    name=factor_id,
+                    secret_ciphertext=ring.encrypt(
+                        b"S", associated_data=totp.secret_aad(factor_id)
+                    ),
+                    created_at=now,
+                    confirmed_at=now,
+                    confirm_attempts=0,
+                )
+            )
+    runtime.dispose()
+    process = start_command(
+        {**env, "AUTHSVC_ENCRYPTION_KEYS": f"{generate_key_spec('cli2')},{last}"}, "worker"
+    )
+    lines: list[str] = []
+
+    def draining() -> bool:
+        lines.append(process.stderr.readline() if process.stderr else "")
+        return "draining the outbox" in lines[-1]
+
+    rest = interrupt_when(process, draining, signal.SIGTERM, within=30)
+    stderr = "".join(lines) + rest
+
+    assert process.returncode == 0, stderr
+    assert (
+        "warning: AUTHSVC_ENCRYPTION_KEYS: 2 TOTP factors are encrypted under keys not in the "
+        "list ('gone'): they refuse every code until those keys are back after the first entry "
+        "(`authsvc keys rotate` then moves them)"
+    ) in stderr.splitlines()
