@@ -106,6 +106,13 @@ def prune(before: str | None, older_than: str | None) -> None:
     while True:  # one short transaction per batch: writers wait for the chain lock meanwhile
         with runtime.sessionmaker.begin() as session:
             result = audit_service.prune(session, before=cutoff, now=utcnow(), batch=BATCH)
+        if result.broken is not None:
+            runtime.dispose()
+            raise click.ClickException(
+                f"{'nothing' if not pruned else f'{pruned} events'} pruned: audit trail broken "
+                f"at event {result.broken.broken_id}: {result.broken.reason} (see `authsvc "
+                "audit verify`)"
+            )
         pruned += result.pruned
         if result.pruned < BATCH:
             break

@@ -454,10 +454,11 @@ class Verification:
     last: tuple[int, str] | None = None
 
 
-def _rows(session: DbSession, *, through_id: int, batch: int) -> Iterator[Row[Any]]:
+def _rows(
+    session: DbSession, *, through_id: int, batch: int, after: int = -1
+) -> Iterator[Row[Any]]:
     """Plain rows in id order, in batches (nothing accumulates in the identity map)."""
     table = AuditEvent.__table__
-    after = -1
     while True:
         rows = session.execute(
             select(table)
@@ -613,6 +614,26 @@ def head_signed_by(session: DbSession, keyring: Keyring) -> bool:
 class PruneResult:
     pruned: int
     through_id: int | None
+    # Set when the events to prune do not verify: nothing was pruned.
+    broken: Verification | None = None
+
+
+def _broken_prefix(
+    session: DbSession, head: AuditChainHead, *, through: int
+) -> Verification | None:
+    """Whether the events from the anchor through ``through`` fail the chain: pruning
+    anchors the chain on what they hold, so that it verifies again whatever they were made
+    to hold (recent events backdated past the retention, say)."""
+    expected, previous_id, checked = head.anchor_hash, head.anchor_id, 0
+    for row in _rows(session, through_id=through, batch=2000, after=head.anchor_id):
+        if row.prev_hash != expected:
+            what = f"event {previous_id} was altered or" if previous_id else "an event before it"
+            reason = f"event {row.id} does not follow its predecessor: {what} deleted or altered"
+            return Verification(False, checked, row.id, reason)
+        if row_digest(row.prev_hash, row) != row.row_hash:
+            return Verification(False, checked, row.id, f"event {row.id} was altered")
+        expected, previous_id, checked = row.row_hash, row.id, checked + 1
+    return None
 
 
 def prune(
@@ -640,6 +661,9 @@ def prune(
     through = session.scalar(select(func.max(oldest.subquery().c.id)))
     if through is None:
         return PruneResult(pruned=0, through_id=None)
+    broken = _broken_prefix(session, head, through=through)
+    if broken is not None:
+        return PruneResult(pruned=0, through_id=None, broken=broken)
     anchor_hash = session.scalar(select(AuditEvent.row_hash).where(AuditEvent.id == through))
     assert anchor_hash is not None
     pruned = session.scalar(

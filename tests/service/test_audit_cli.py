@@ -217,3 +217,27 @@ def test_verify_with_a_known_event_passes_after_it_is_pruned_and_names_one_alter
     bad = run(env, "audit", "verify", "--known", "yesterday")
     assert bad.exit_code == 2
     assert "EVENT_ID:HASH as a verification printed it" in bad.output
+
+
+def test_prune_refuses_to_delete_events_that_were_altered(env):
+    # Prune re-anchored the chain on whatever the events it deleted held: recent events
+    # backdated past the retention (the trace of an intrusion, say) were deleted by the next
+    # run from cron, and the trail that `audit verify` had found altered verified again.
+    seed(env, 2, days_ago=500)
+    recent = seed(env, 2)
+    sql(
+        env,
+        "UPDATE audit_events SET occurred_at = :at WHERE id = :id",
+        at=utcnow() - timedelta(days=500),
+        id=recent[0],
+    )
+    assert f"broken at event {recent[0]}" in run(env, "audit", "verify").output
+
+    result = run(env, "audit", "prune")
+
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: nothing pruned: audit trail broken at event {recent[0]}: event {recent[0]} was "
+        "altered (see `authsvc audit verify`)"
+    )
+    assert f"broken at event {recent[0]}" in run(env, "audit", "verify").output
