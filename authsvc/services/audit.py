@@ -496,6 +496,7 @@ def verify(
     last_id, last_hash, mac = head.last_id, head.last_hash, head.head_mac
     expected_mac = head_mac(keyring, head)
     expected_prev, previous_id, checked = anchor_hash, anchor_id, 0
+    known_seen: int | None = None
     for row in _rows(session, through_id=last_id, batch=batch):
         if row.id <= anchor_id:
             return Verification(
@@ -516,14 +517,17 @@ def verify(
             )
         if row_digest(row.prev_hash, row) != row.row_hash:
             return Verification(False, checked, row.id, f"event {row.id} was altered")
-        if known is not None and row.id == known[0] and row.row_hash != known[1]:
-            return Verification(
-                False,
-                checked,
-                row.id,
-                f"event {row.id} is not the event an earlier verification saw: it was altered "
-                "and the events from it on chained anew",
-            )
+        if known is not None and row.id == known[0]:
+            known_seen = row.id
+            if row.row_hash != known[1]:
+                return Verification(
+                    False,
+                    checked,
+                    row.id,
+                    f"event {row.id} is not the event an earlier verification saw: it was "
+                    "altered and the events from it on chained anew, or the events from an "
+                    "earlier one on were deleted and the head set back to an earlier state",
+                )
         if row.type == HEAD_INVALID:
             found = _HEAD_PROBLEMS.get(row.outcome, "was invalid")
             how = (
@@ -547,6 +551,14 @@ def verify(
             previous_id or None,
             f"the trail ends at event {previous_id} but its head names event "
             f"{last_id}: events at the end were deleted or altered",
+        )
+    if known is not None and anchor_id < known[0] <= last_id and known_seen is None:
+        return Verification(
+            False,
+            checked,
+            known[0],
+            f"event {known[0]}, which an earlier verification saw, is gone: the events after "
+            "it were deleted, the head set back to an earlier state and the trail written on",
         )
     if known is not None and known[0] > max(last_id, anchor_id):
         return Verification(

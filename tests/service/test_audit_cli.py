@@ -241,3 +241,31 @@ def test_prune_refuses_to_delete_events_that_were_altered(env):
         "altered (see `authsvc audit verify`)"
     )
     assert f"broken at event {recent[0]}" in run(env, "audit", "verify").output
+
+
+def test_verify_with_a_known_event_finds_the_cut_after_new_events_passed_its_id(env):
+    # Cut back as above, then written on: the new events reach the known id again (SQLite
+    # numbers them from the largest + 1, so one takes that id) or pass it (a PostgreSQL
+    # sequence goes on), and the chain from the old head verifies.
+    seed(env, 2)
+    engine = make_engine(env["AUTHSVC_DATABASE_URL"])
+    with engine.connect() as conn:
+        old_head = conn.execute(text("SELECT * FROM audit_chain_heads")).mappings().one()
+    engine.dispose()
+    seed(env, 2)
+    known = run(env, "audit", "verify").output.split("--known ")[1].split()[0]
+    sql(env, "DELETE FROM audit_events WHERE id > :id", id=old_head["last_id"])
+    sql(
+        env,
+        "UPDATE audit_chain_heads SET last_id = :last_id, last_hash = :last_hash, "
+        "head_mac = :head_mac WHERE id = 1",
+        **{k: old_head[k] for k in ("last_id", "last_hash", "head_mac")},
+    )
+    seed(env, 4)
+    assert run(env, "audit", "verify").exit_code == 0  # the chain alone cannot tell
+
+    cut = run(env, "audit", "verify", "--known", known)
+
+    assert cut.exit_code == 1
+    assert f"event {known.split(':')[0]}" in cut.output
+    assert "an earlier verification saw" in cut.output
