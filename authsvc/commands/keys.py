@@ -17,8 +17,8 @@ import click
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
-from authsvc.app import build_runtime
-from authsvc.commands import sign_audit_head
+from authsvc.app import Runtime, build_runtime
+from authsvc.commands import sign_audit_head, sigterm_as_interrupt
 from authsvc.crypto.keyring import DecryptionFailed, Keyring, generate_key_spec
 from authsvc.db import utcnow
 from authsvc.services import audit, outbox, signing, totp
@@ -52,29 +52,18 @@ def rotate() -> None:
     runtime = build_runtime(settings)
     keyring = runtime.deps.keyring
     try:
-        sign_audit_head(runtime)
-        totp_factors, totp_left = _rotate_totp(runtime.sessionmaker, keyring)
-        counts = {
-            "totp_factors": totp_factors,
-            "signing_keys": _in_one(runtime.sessionmaker, lambda s: signing.reencrypt(s, keyring)),
-            "outbox_messages": _rotate_outbox(runtime.sessionmaker, keyring),
-        }
-        details: dict[str, object] = {"kid": keyring.primary_kid, **counts}
-        if totp_left:
-            details["totp_factors_left"] = len(totp_left)
-        with runtime.sessionmaker.begin() as session:
-            audit.record(
-                session,
-                type="encryption_key.rotated",
-                outcome="success" if not totp_left else "incomplete",
-                now=utcnow(),
-                client=SYSTEM,
-                details=details,
-            )
+        with sigterm_as_interrupt():
+            counts, totp_left = _rotate_all(runtime, keyring)
     except DecryptionFailed as exc:
         raise click.ClickException(
             f"a ciphertext opens with none of the configured keys ({exc}); add the old key "
             "back to AUTHSVC_ENCRYPTION_KEYS, after the new one"
+        ) from None
+    except KeyboardInterrupt:
+        # Each batch commits on its own: what is done stays done, and a run again skips it.
+        raise click.ClickException(
+            "interrupted: what was re-encrypted stays so, the rest is under the keys it was "
+            "under; run `authsvc keys rotate` again to finish"
         ) from None
     finally:
         runtime.dispose()
@@ -123,6 +112,31 @@ def rotate_signing(discard_next: bool) -> None:
         f"next key {rotation.next_kid!r} is published, and signs after the next rotation", err=True
     )
     click.echo(rotation.kid)
+
+
+def _rotate_all(runtime: Runtime, keyring: Keyring) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Move everything, audit the rotation; (counts by table, TOTP factors left)."""
+    factory = runtime.sessionmaker
+    sign_audit_head(runtime)
+    totp_factors, totp_left = _rotate_totp(factory, keyring)
+    counts = {
+        "totp_factors": totp_factors,
+        "signing_keys": _in_one(factory, lambda s: signing.reencrypt(s, keyring)),
+        "outbox_messages": _rotate_outbox(factory, keyring),
+    }
+    details: dict[str, object] = {"kid": keyring.primary_kid, **counts}
+    if totp_left:
+        details["totp_factors_left"] = len(totp_left)
+    with factory.begin() as session:
+        audit.record(
+            session,
+            type="encryption_key.rotated",
+            outcome="success" if not totp_left else "incomplete",
+            now=utcnow(),
+            client=SYSTEM,
+            details=details,
+        )
+    return counts, totp_left
 
 
 def _in_one(factory: sessionmaker[DbSession], work: Callable[[DbSession], int]) -> int:

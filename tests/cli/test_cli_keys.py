@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -319,3 +320,63 @@ def test_a_worker_started_without_the_key_of_a_totp_factor_says_so(env, tmp_path
         "list ('gone'): they refuse every code until those keys are back after the first entry "
         "(`authsvc keys rotate` then moves them)"
     ) in stderr.splitlines()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_rotation_says_what_it_leaves_and_a_second_run_finishes(env, signum):
+    # Ctrl-C answered a bare "Aborted!" and SIGTERM (a job runner's timeout) ended it without
+    # a word, while the batches done stayed re-encrypted and the rest did not.
+    created = CliRunner().invoke(main, ["admin", "create-key", "--name", "ops"], env=env)
+    assert created.exit_code == 0, created.output  # the trail's head is signed
+    given = {k: v for k, v in env.items() if v is not None}
+    runtime = build_runtime(Settings.from_env(given))
+    now = utcnow()
+    with runtime.sessionmaker.begin() as session:
+        user = User(email="ada@example.com", email_verified_at=now, created_at=now, updated_at=now)
+        session.add(user)
+        session.flush()
+        for number in range(6000):
+            factor_id = f"factor{number:05}"
+            session.add(
+                TotpFactor(
+                    id=factor_id,
+                    user_id=user.id,
+                    name="app",
+                    secret_ciphertext=runtime.deps.keyring.encrypt(
+                        b"S", associated_data=totp.secret_aad(factor_id)
+                    ),
+                    created_at=now,
+                    confirmed_at=now,
+                    confirm_attempts=0,
+                )
+            )
+    runtime.dispose()
+    ring = {
+        **env,
+        "AUTHSVC_ENCRYPTION_KEYS": f"{generate_key_spec('cli2')},{env['AUTHSVC_ENCRYPTION_KEYS']}",
+    }
+    database = (env["AUTHSVC_DATABASE_URL"] or "").removeprefix("sqlite:///")
+
+    def moved() -> int:
+        try:
+            with sqlite3.connect(database, timeout=0.05) as conn:
+                query = (
+                    "SELECT count(*) FROM totp_factors WHERE substr(secret_ciphertext, 1, 6) = ?"
+                )
+                return int(conn.execute(query, (b"\x01\x04cli2",)).fetchone()[0])
+        except sqlite3.OperationalError:  # locked by the rotation's write
+            return 0
+
+    process = start_command(ring, "keys", "rotate")
+    stderr = interrupt_when(process, lambda: moved() > 0, signum, within=60)
+
+    assert process.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "Error: interrupted: what was re-encrypted stays so, the rest is under the keys it was "
+        "under; run `authsvc keys rotate` again to finish"
+    )
+    assert 0 < moved() < 6000
+    again = CliRunner().invoke(main, ["keys", "rotate"], env=ring)
+    assert again.exit_code == 0, again.output
+    assert moved() == 6000
