@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import func, select
 
 from authsvc.app import create_app
-from authsvc.models import AuditEvent, RecoveryCode
 from authsvc.db import utcnow
+from authsvc.models import AuditEvent, RecoveryCode
 from tests.conftest import ContractClient
 from tests.http.test_mfa_totp import PASSWORD, enable_totp, oathtool_code
 
