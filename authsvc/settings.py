@@ -344,6 +344,13 @@ class Settings:
                     "every reset link; refused in production: trust its CA with SSL_CERT_FILE "
                     "(or set AUTHSVC_ALLOW_INSECURE_PRODUCTION=true)"
                 )
+            if _plain_smtp_with_credentials(self.mail_url):
+                out.append(
+                    "AUTHSVC_MAIL_URL: smtp:// with a user name and password sends them, and every "
+                    "reset link, unencrypted; refused in production: use smtps:// or "
+                    "smtp+starttls:// (plain smtp:// without credentials, to a local relay, is "
+                    "accepted) (or set AUTHSVC_ALLOW_INSECURE_PRODUCTION=true)"
+                )
         out.extend(self._webauthn_problems())
         out.extend(self._detection_problems())
         out.extend(_keyring_problems(self.encryption_keys))
@@ -651,6 +658,15 @@ def _skips_certificate_checks(mail_url: str) -> bool:
     except ValueError:  # refused when the backend is made
         return False
     return any(k == "verify" and v.lower() == "false" for k, v in parse_qsl(query))
+
+
+def _plain_smtp_with_credentials(mail_url: str) -> bool:
+    """A plain ``smtp://`` URL (no TLS) that carries a user name or password."""
+    try:
+        parts = urlsplit(mail_url.strip())
+    except ValueError:  # refused when the backend is made
+        return False
+    return parts.scheme == "smtp" and (parts.username is not None or parts.password is not None)
 
 
 def _one_address(value: str) -> bool:

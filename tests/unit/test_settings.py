@@ -889,3 +889,46 @@ def test_repr_shows_no_secret():
                    "metrics-token-6", spec.partition(":")[2]):  # fmt: skip
         assert secret not in shown
     assert "Keyring(kids=['k1'])" in shown and "argon2_time_cost=" in shown
+
+
+@pytest.mark.parametrize(
+    "url", ["smtp://authsvc:s3cret@relay.example.com:25", "SMTP://authsvc:s3cret@relay.example.com"]
+)
+def test_production_refuses_plain_smtp_with_credentials(url):
+    production = {
+        "env": "production",
+        "encryption_keys": KEY,
+        "database_url": POSTGRES,
+        "public_url": PUBLIC,
+        **PASSKEYS,
+    }
+    with pytest.raises(ConfigError) as excinfo:
+        from_env(**production, mail_url=url)
+
+    [problem] = excinfo.value.problems
+    assert "smtps://" in problem and "smtp+starttls://" in problem
+    assert "AUTHSVC_ALLOW_INSECURE_PRODUCTION" in problem
+    assert "s3cret" not in problem and "\n" not in problem
+    assert from_env(**production, mail_url=url, allow_insecure_production="true").mail_url == url
+    assert from_env(mail_url=url).mail_url == url  # development: a test server
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "smtp://localhost:25",  # a local relay, no password to give away
+        "smtp://relay.internal",
+        "smtp+starttls://authsvc:s3cret@relay.example.com:587",
+        "smtps://authsvc:s3cret@relay.example.com",
+    ],
+)
+def test_production_takes_plain_smtp_without_credentials_and_tls_with_them(url):
+    settings = from_env(
+        env="production",
+        encryption_keys=KEY,
+        database_url=POSTGRES,
+        public_url=PUBLIC,
+        mail_url=url,
+        **PASSKEYS,
+    )
+    assert settings.mail_url == url
