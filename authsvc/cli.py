@@ -23,6 +23,7 @@ from authsvc.commands import (
 from authsvc.commands.audit import audit
 from authsvc.commands.breach import breach_response
 from authsvc.commands.keys import keys
+from authsvc.commands.outbox import outbox
 from authsvc.commands.passwords import breached_passwords
 from authsvc.commands.users import users
 from authsvc.db import utcnow
@@ -226,5 +227,6 @@ def admin_revoke_key(key_id: str) -> None:
 main.add_command(breach_response)
 main.add_command(audit)
 main.add_command(keys)
+main.add_command(outbox)
 main.add_command(breached_passwords)
 main.add_command(users)

@@ -22,7 +22,8 @@ A row is deleted once it has been over for longer than the retention:
   ``expires_at`` and is never swept;
 - an outbox message: delivered (``completed_at``);
 - an outbox message parked as failed (``failed_at``): after its own retention,
-  ``AUTHSVC_FAILED_MESSAGE_RETENTION`` (30 days), long enough for an operator to look at it.
+  ``AUTHSVC_FAILED_MESSAGE_RETENTION`` (30 days), long enough for an operator to look at it
+  (``authsvc outbox failed``) and send it again (``authsvc outbox retry``).
   Its payload, encrypted as it is, holds the recipient's address: it is not kept for ever.
 
 Each batch is its own short transaction, so a sweep never holds locks for long and logins go on

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto.keyring import DecryptionFailed, Keyring
+from authsvc.logging_setup import scrub
 from authsvc.models import OutboxMessage
 from authsvc.services.context import Deps
 from authsvc.services.reencryption import reencrypt_rows
@@ -112,6 +113,68 @@ def stats(session: DbSession) -> OutboxStats:
     ).one()
     failed = session.scalar(select(func.count()).where(OutboxMessage.failed_at.is_not(None)))
     return OutboxStats(pending=pending, oldest_pending_at=oldest, failed=failed or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """A message parked as failed, as an operator sees it: never its payload."""
+
+    id: int
+    kind: str
+    failed_at: datetime
+    attempts: int
+    last_error: str  # masked (scrub), on one line
+
+
+def parked(session: DbSession, *, limit: int) -> tuple[list[Parked], int]:
+    """The first ``limit`` messages parked as failed, oldest first, and how many there are."""
+    total = session.scalar(select(func.count()).where(OutboxMessage.failed_at.is_not(None)))
+    rows = session.execute(
+        select(
+            OutboxMessage.id,
+            OutboxMessage.kind,
+            OutboxMessage.failed_at,
+            OutboxMessage.attempts,
+            OutboxMessage.last_error,
+        )
+        .where(OutboxMessage.failed_at.is_not(None))
+        .order_by(OutboxMessage.failed_at, OutboxMessage.id)
+        .limit(limit)
+    ).all()
+    # Masked again as it is shown: last_error is masked when written, but it is a column that
+    # an older release, or a hand, may have filled.
+    return [
+        Parked(
+            id=row.id,
+            kind=row.kind,
+            failed_at=row.failed_at,
+            attempts=row.attempts,
+            last_error=" ".join(scrub(row.last_error or "").split()) or "-",
+        )
+        for row in rows
+    ], total or 0
+
+
+def unpark(session: DbSession, *, ids: list[int] | None, now: datetime) -> list[int]:
+    """Put messages parked as failed back in the queue, due at ``now`` with their attempts
+    reset: those of ``ids``, or every one when it is None. Return the ids put back; a message
+    that is not parked (sent, pending, swept, or never there) is left alone and not in them."""
+    where = [OutboxMessage.failed_at.is_not(None)]
+    if ids is not None:
+        where.append(OutboxMessage.id.in_(ids))
+    chosen = list(
+        session.scalars(
+            select(OutboxMessage.id).where(*where).order_by(OutboxMessage.id).with_for_update()
+        )
+    )
+    for start in range(0, len(chosen), 1000):  # a bounded IN list, however many are parked
+        session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id.in_(chosen[start : start + 1000]))
+            .values(failed_at=None, available_at=now, attempts=0, last_error=None),
+            execution_options={"synchronize_session": False},
+        )
+    return chosen
 
 
 class PermanentFailure(Exception):  # noqa: N818 - named for the outcome
