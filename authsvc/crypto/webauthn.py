@@ -69,8 +69,53 @@ _REGISTRATION_FIELDS = ("clientDataJSON", "attestationObject")
 _ASSERTION_FIELDS = ("clientDataJSON", "authenticatorData", "signature")
 
 
+# What py_webauthn refused, told in our words: its messages quote the configured origins and
+# the client's own (and say "See __cause__ for more info"), so none of them is passed on. The
+# first pattern found in its message (lower-cased) names the check that failed; those of the
+# messages that quote client input come first, matched on the text before the quote.
+_REFUSALS: tuple[tuple[str, str], ...] = (
+    (
+        "unexpected client data origin",
+        "the response comes from an origin this service does not accept",
+    ),
+    ("unexpected client data type", "the response is for another ceremony"),
+    ("unexpected token_binding", "the response has an unexpected token binding status"),
+    ("unexpected credential type", "type must be public-key"),
+    ("client data challenge", "the response answers another challenge"),
+    ("unexpected rp id hash", "the response is for another relying party"),
+    ("user verification is required", "the authenticator did not verify the user"),
+    ("user presence", "the authenticator did not see the user present"),
+    ("user was not present", "the authenticator did not see the user present"),
+    ("id and raw_id", "id and rawId differ"),
+    ("clientdatajson", "clientDataJSON does not parse"),
+    ("authenticatordata", "authenticatorData does not parse"),
+    ("attestationobject", "attestationObject does not parse"),
+    ("cbor", "a member does not parse as CBOR"),
+    ("certificate", "the attestation certificate chain does not verify"),
+    ("x5c", "the attestation certificate chain does not verify"),
+    ("attestation", "the attestation statement does not verify"),
+    ("(android", "the attestation statement does not verify"),
+    ("(safetynet", "the attestation statement does not verify"),
+    ("(tpm", "the attestation statement does not verify"),
+    ("(apple", "the attestation statement does not verify"),
+    ("authentication signature", "the signature does not verify"),
+    ("sign count", "the signature counter did not advance"),
+    ("public key alg", "the credential public key uses an algorithm this service does not accept"),
+    ("public key", "the credential public key is not a usable key"),
+    ("authenticator did not provide", "the authenticator data lacks the attested credential"),
+)
+_REFUSED = "the response does not verify"
+
+
+def _refusal_detail(exc: WebAuthnException) -> str:
+    """Our words for a py_webauthn refusal; never its message."""
+    message = str(exc).lower()
+    return next((detail for pattern, detail in _REFUSALS if pattern in message), _REFUSED)
+
+
 class WebauthnResponseError(Exception):
-    """A response that does not verify or does not parse; ``reason`` is a short stable word."""
+    """A response that does not verify or does not parse; ``reason`` is a short stable word
+    and the message (the problem's detail) is in the service's words alone."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(detail or reason)
@@ -371,7 +416,7 @@ def verify_registration(
     except WebauthnResponseError:
         raise
     except WebAuthnException as exc:
-        raise WebauthnResponseError("not_verified", str(exc)) from None
+        raise WebauthnResponseError("not_verified", _refusal_detail(exc)) from None
     except Exception:  # any other parsing error of client-supplied bytes
         raise WebauthnResponseError("malformed", "the attestation does not parse") from None
     return RegisteredCredential(
@@ -447,7 +492,7 @@ def verify_assertion(
         flags = parse_authenticator_data(from_b64url(response["authenticatorData"])).flags
         _check_not_framed(parsed.response.client_data_json)
     except WebAuthnException as exc:
-        raise WebauthnResponseError("not_verified", str(exc)) from None
+        raise WebauthnResponseError("not_verified", _refusal_detail(exc)) from None
     except WebauthnResponseError:
         raise
     except Exception:  # any other parsing error of client-supplied bytes

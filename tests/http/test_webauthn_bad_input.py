@@ -6,6 +6,7 @@ import copy
 
 import pytest
 
+from authsvc.settings import Settings
 from tests.conftest import runtime
 from tests.support_webauthn import (
     SoftAuthenticator,
@@ -83,6 +84,17 @@ def _check(response, statuses, codes, label=""):
     assert response.status_code in statuses, (label, response.status_code, response.get_json())
     assert response.mimetype == "application/problem+json", label
     assert response.get_json()["code"] in codes, (label, response.get_json())
+    _check_detail(response.get_json(), label)
+
+
+def _check_detail(body, label="", *client_origins):
+    """A refusal's detail is in the service's words: nothing of py_webauthn's messages (their
+    "See __cause__"), of the configured origins, or of what the client sent."""
+    detail = body.get("detail", "")
+    assert "__cause__" not in detail, (label, detail)
+    for origin in (*Settings().webauthn_origins, *client_origins):
+        assert origin.lower() not in detail.lower(), (label, detail)
+        assert origin.split("//")[-1].lower() not in detail.lower(), (label, detail)
 
 
 def test_registration_garbage(client, api):
@@ -190,3 +202,29 @@ def test_registration_body_shape(client, api):
     for body in ({}, {"credential": "x"}, {"credential": {}, "name": 5}):
         response = client.post("/v1/me/mfa/webauthn", json=body, headers=bearer(access))
         _check(response, {400}, {"invalid_request", "invalid_webauthn_response"})
+
+
+@pytest.mark.parametrize(
+    ("label", "change", "reason"),
+    [
+        ("origin", {"origin": "https://evil.example"}, "not_verified"),
+        ("rp_id", {"rp_id": "evil.example"}, "not_verified"),
+        ("frame", {"extra_client_data": {"crossOrigin": True}}, "cross_origin"),
+    ],
+)
+def test_refused_registration_details_are_our_own_words(client, api, label, change, reason):
+    """The detail of each refusal names what was wrong without echoing the configured
+    origins or the client's origin back."""
+    access = signed_in(api)
+    options = client.post(
+        "/v1/me/mfa/webauthn/registration-options", json={"name": "k"}, headers=bearer(access)
+    ).get_json()
+    credential = SoftAuthenticator().register(options, **change)
+    response = client.post(
+        "/v1/me/mfa/webauthn", json={"credential": credential}, headers=bearer(access)
+    )
+    body = response.get_json()
+    assert response.status_code == 400, body
+    assert body["reason"] == reason
+    assert body["detail"]
+    _check_detail(body, label, "https://evil.example")

@@ -155,15 +155,33 @@ def test_load_pem_roots_splits_a_bundle():
 
 
 @pytest.mark.parametrize(
-    ("change", "reason"),
+    ("change", "reason", "detail"),
     [
-        ({"expected_challenge": b"other"}, "not_verified"),
-        ({"expected_rp_id": "example.com"}, "not_verified"),
-        ({"expected_origins": ["https://localhost"]}, "not_verified"),
-        ({"require_user_verification": True}, "not_verified"),
+        (
+            {"expected_challenge": b"other"},
+            "not_verified",
+            "the response answers another challenge",
+        ),
+        (
+            {"expected_rp_id": "example.com"},
+            "not_verified",
+            "the response is for another relying party",
+        ),
+        (
+            {"expected_origins": ["https://localhost"]},
+            "not_verified",
+            "the response comes from an origin this service does not accept",
+        ),
+        (
+            {"require_user_verification": True},
+            "not_verified",
+            "the authenticator did not verify the user",
+        ),
     ],
 )
-def test_registration_mismatches(change, reason):
+def test_registration_mismatches(change, reason, detail):
+    """Refused with the service's own words: py_webauthn's message quotes the expected
+    origins and the client's."""
     options = _creation()
     credential = SoftAuthenticator().register(options, uv=False)
     arguments = {
@@ -175,7 +193,7 @@ def test_registration_mismatches(change, reason):
     }
     with pytest.raises(wa.WebauthnResponseError) as caught:
         wa.verify_registration(**{**arguments, **change})
-    assert caught.value.reason == reason
+    assert (caught.value.reason, str(caught.value)) == (reason, detail)
 
 
 def _assert(key: SoftAuthenticator, public_key: bytes, *, require_uv=False, **kwargs):
@@ -205,8 +223,25 @@ def test_assertion_round_trip_reports_the_counter_without_judging_it():
 def test_assertion_needs_user_verification_when_required():
     key = SoftAuthenticator()
     _, registered = _register(key, _creation())
-    with pytest.raises(wa.WebauthnResponseError):
+    with pytest.raises(wa.WebauthnResponseError) as caught:
         _assert(key, registered.public_key, require_uv=True, uv=False)
+    assert str(caught.value) == "the authenticator did not verify the user"
+
+
+@pytest.mark.parametrize(
+    ("change", "detail"),
+    [
+        ({"origin": "https://evil.example"}, "an origin this service does not accept"),
+        ({"rp_id": "example.com"}, "another relying party"),
+    ],
+)
+def test_assertion_refusals_quote_neither_origin(change, detail):
+    key = SoftAuthenticator()
+    _, registered = _register(key, _creation())
+    with pytest.raises(wa.WebauthnResponseError) as caught:
+        _assert(key, registered.public_key, **change)
+    assert detail in str(caught.value)
+    assert "localhost" not in str(caught.value) and "evil" not in str(caught.value)
 
 
 def test_assertion_with_another_key_is_refused():
@@ -216,6 +251,7 @@ def test_assertion_with_another_key_is_refused():
     with pytest.raises(wa.WebauthnResponseError) as caught:
         _assert(key, registered_other.public_key)
     assert caught.value.reason == "not_verified"
+    assert str(caught.value) == "the signature does not verify"
 
 
 @pytest.mark.parametrize(
