@@ -50,6 +50,10 @@ UNPARSABLE_ASSERTIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
         c, authenticatorData=b64url(unb64url(c["response"]["authenticatorData"]) + b"\0")
     ),
     "unknown_authenticator_attachment": lambda c: {**c, "authenticatorAttachment": "bogus"},
+    # toJSON() never pads; the credential id is 32 bytes, 43 symbols, so one "=" is its padding.
+    "padded_id_and_raw_id": lambda c: {**c, "id": c["id"] + "=", "rawId": c["rawId"] + "="},
+    "padded_id": lambda c: {**c, "id": c["id"] + "="},
+    "padded_raw_id": lambda c: {**c, "rawId": c["rawId"] + "="},
 }
 
 

@@ -302,7 +302,11 @@ def _check_shape(credential: Any, fields: tuple[str, ...]) -> dict[str, Any]:
     user_handle = response.get("userHandle")
     if user_handle is not None:
         from_b64url(user_handle)
-    if credential["id"].rstrip("=") != credential["rawId"].rstrip("="):
+    # The credential id unpadded, as toJSON() gives it: py_webauthn compares id with rawId
+    # re-encoded, so a padded one would pass here and be refused there as a wrong answer.
+    if "=" in credential["id"] or "=" in credential["rawId"]:
+        raise WebauthnResponseError("malformed", "id and rawId must be unpadded base64url")
+    if credential["id"] != credential["rawId"]:
         raise WebauthnResponseError("malformed", "id and rawId differ")
     if not 0 < len(from_b64url(credential["rawId"])) <= MAX_CREDENTIAL_ID_BYTES:
         raise WebauthnResponseError("malformed", "the credential id has an impossible length")

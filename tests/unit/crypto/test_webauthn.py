@@ -320,3 +320,27 @@ def test_a_challenge_token_round_trips_and_binds_key_challenge_and_expiry():
 @pytest.mark.parametrize("token", ["", "nope", "*" * 54, "A" * 53, "A" * 56, "0" * 32])
 def test_a_challenge_token_of_another_shape_opens_to_none(token):
     assert wa.challenge_token_expiry(b"k" * 32, token=token, challenge=b"c" * 32) is None
+
+
+@pytest.mark.parametrize("member", ["id", "rawId"])
+def test_a_padded_credential_id_is_malformed_in_both_ceremonies(member):
+    """toJSON() never pads: a padded id is a client's mistake, refused before py_webauthn
+    (which would refuse it as an answer that does not verify)."""
+    options = _creation()
+    key = SoftAuthenticator()
+    credential = key.register(options)
+    credential[member] += "="
+    with pytest.raises(wa.WebauthnResponseError) as caught:
+        wa.verify_registration(
+            credential=credential,
+            expected_challenge=b"c" * 32,
+            expected_rp_id="localhost",
+            expected_origins=[ORIGIN],
+            require_user_verification=False,
+        )
+    assert caught.value.reason == "malformed"
+    assertion = key.assertion({"rpId": "localhost", "challenge": b64url(b"a" * 32)})
+    assertion[member] += "="
+    with pytest.raises(wa.WebauthnResponseError) as caught:
+        wa.read_assertion(assertion)
+    assert caught.value.reason == "malformed"
