@@ -56,6 +56,9 @@ class FactorInfo:
     name: str
     created_at: datetime
     last_used_at: datetime | None
+    # A security key that is discoverable and verifies its user: it signs in alone, without
+    # the password (webauthn.is_passkey). Never an authenticator app.
+    passkey: bool
 
 
 _USER_ID = bindparam("user_id", type_=String())

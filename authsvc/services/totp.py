@@ -103,6 +103,7 @@ def _info(row: TotpFactor) -> factors.FactorInfo:
         name=row.name,
         created_at=row.created_at,
         last_used_at=row.last_used_at,
+        passkey=False,
     )
 
 

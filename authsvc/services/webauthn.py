@@ -111,6 +111,7 @@ def _info(row: WebauthnCredential) -> factors.FactorInfo:
         name=row.name,
         created_at=row.created_at,
         last_used_at=row.last_used_at,
+        passkey=is_passkey(row),
     )
 
 

@@ -197,7 +197,14 @@
       const meta = document.createElement("span");
       meta.className = "meta";
       const used = factor.last_used_at ? `, last used ${factor.last_used_at}` : "";
-      meta.textContent = ` — ${factor.type === "webauthn" ? "security key" : "app"}${used} `;
+      // A passkey also signs in alone, without the password; other keys are a second factor.
+      const kind =
+        factor.type !== "webauthn"
+          ? "app"
+          : factor.passkey
+            ? "passkey (also signs in without a password)"
+            : "security key";
+      meta.textContent = ` — ${kind}${used} `;
       const rename = document.createElement("button");
       rename.type = "button";
       rename.textContent = "Rename";

@@ -159,6 +159,13 @@ def test_security_key_and_passkey_in_a_real_browser(server: LiveServer, browser:
     name.send_keys("Blue key")
     driver.find_element(By.ID, "add-key").click()
     assert 'passkey (also signs in without a password) "Blue key"' in _status(driver, "Added")
+    # The factor list says so too, as long as the key is there.
+    WebDriverWait(driver, 10).until(
+        lambda d: (
+            "Blue key — passkey (also signs in without a password)"
+            in d.find_element(By.ID, "factor-list").text
+        )
+    )
     ((stored_name, discoverable, user_verified, backup_eligible, count),) = _query(
         server,
         "SELECT name, discoverable, user_verified, backup_eligible, sign_count "

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from authsvc.models import WebauthnCredential
 from tests.conftest import runtime
+from tests.http.test_mfa_totp import enable_totp
 from tests.support_webauthn import (
     PASSWORD,
     SoftAuthenticator,
@@ -118,3 +119,25 @@ def test_reset_options_need_a_live_reset_token(client):
     response = client.post("/v1/password/reset/webauthn-options", json={"token": "rp_nope"})
     assert response.status_code == 400
     assert response.get_json()["code"] == "invalid_token"
+
+
+def test_the_listing_says_which_keys_are_passkeys(client, api):
+    """A passkey (discoverable and user-verifying) signs in without a password; the listing
+    says so of each key, as the registration's 201 did, and of no authenticator app."""
+    app_factor = enable_totp(api)
+    access = app_factor["access_token"]
+    passkey = enroll(client, access, SoftAuthenticator(), name="Passkey")
+    plain = enroll(client, access, SoftAuthenticator(), name="Plain", rk=False)
+    unverified = enroll(client, access, SoftAuthenticator(), name="No PIN", uv=False)
+    assert (passkey["passkey"], plain["passkey"], unverified["passkey"]) == (True, False, False)
+    listed = client.get("/v1/me/mfa", headers=bearer(access)).get_json()["factors"]
+    assert [(f["type"], f["name"], f.get("passkey")) for f in listed] == [
+        ("totp", "Authenticator app", False),
+        ("webauthn", "Passkey", True),
+        ("webauthn", "Plain", False),
+        ("webauthn", "No PIN", False),
+    ]
+    renamed = client.patch(
+        f"/v1/me/mfa/{passkey['id']}", json={"name": "Still a passkey"}, headers=bearer(access)
+    )
+    assert renamed.status_code == 200 and renamed.get_json()["passkey"] is True
