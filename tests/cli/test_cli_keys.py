@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import jwt
@@ -271,28 +272,26 @@ def test_rotate_leaves_a_parked_message_no_key_opens_and_moves_the_rest(env):
     runtime.dispose()
 
 
-def test_a_worker_started_without_the_key_of_a_totp_factor_says_so(env, tmp_path):
-    # A ring without the key of some TOTP factors (taken out before `keys rotate` moved them,
-    # say) started without a word: each of those users was refused every code as a wrong one,
-    # and only a log line at each attempt said why.
+def _totp_factors(
+    env: dict[str, str | None], made: Callable[[int, Keyring], tuple[str, Keyring]], count: int
+) -> None:
+    """Sign the trail's head (an admin key), then give one account ``count`` confirmed TOTP
+    factors: ``made(number, the ring of env)`` names each and the ring its secret is under."""
     created = CliRunner().invoke(main, ["admin", "create-key", "--name", "ops"], env=env)
-    assert created.exit_code == 0, created.output  # the trail's head is signed
-    last = env["AUTHSVC_ENCRYPTION_KEYS"] or ""
-    gone = Keyring.from_specs([generate_key_spec("gone")])
-    given = {k: v for k, v in env.items() if v is not None}
-    runtime = build_runtime(Settings.from_env(given))
+    assert created.exit_code == 0, created.output
+    runtime = build_runtime(Settings.from_env({k: v for k, v in env.items() if v is not None}))
     now = utcnow()
     with runtime.sessionmaker.begin() as session:
         user = User(email="ada@example.com", email_verified_at=now, created_at=now, updated_at=now)
         session.add(user)
         session.flush()
-        for number, ring in enumerate([gone, gone, runtime.deps.keyring]):
-            factor_id = f"factor{number}"
+        for number in range(count):
+            factor_id, ring = made(number, runtime.deps.keyring)
             session.add(
                 TotpFactor(
                     id=factor_id,
                     user_id=user.id,
-                    name=factor_id,
+                    name="app",
                     secret_ciphertext=ring.encrypt(
                         b"S", associated_data=totp.secret_aad(factor_id)
                     ),
@@ -302,6 +301,15 @@ def test_a_worker_started_without_the_key_of_a_totp_factor_says_so(env, tmp_path
                 )
             )
     runtime.dispose()
+
+
+def test_a_worker_started_without_the_key_of_a_totp_factor_says_so(env, tmp_path):
+    # A ring without the key of some TOTP factors (taken out before `keys rotate` moved them,
+    # say) started without a word: each of those users was refused every code as a wrong one,
+    # and only a log line at each attempt said why.
+    last = env["AUTHSVC_ENCRYPTION_KEYS"] or ""
+    gone = Keyring.from_specs([generate_key_spec("gone")])
+    _totp_factors(env, lambda number, ring: (f"factor{number}", gone if number < 2 else ring), 3)
     process = start_command(
         {**env, "AUTHSVC_ENCRYPTION_KEYS": f"{generate_key_spec('cli2')},{last}"}, "worker"
     )
@@ -326,31 +334,7 @@ def test_a_worker_started_without_the_key_of_a_totp_factor_says_so(env, tmp_path
 def test_an_interrupted_rotation_says_what_it_leaves_and_a_second_run_finishes(env, signum):
     # Ctrl-C answered a bare "Aborted!" and SIGTERM (a job runner's timeout) ended it without
     # a word, while the batches done stayed re-encrypted and the rest did not.
-    created = CliRunner().invoke(main, ["admin", "create-key", "--name", "ops"], env=env)
-    assert created.exit_code == 0, created.output  # the trail's head is signed
-    given = {k: v for k, v in env.items() if v is not None}
-    runtime = build_runtime(Settings.from_env(given))
-    now = utcnow()
-    with runtime.sessionmaker.begin() as session:
-        user = User(email="ada@example.com", email_verified_at=now, created_at=now, updated_at=now)
-        session.add(user)
-        session.flush()
-        for number in range(6000):
-            factor_id = f"factor{number:05}"
-            session.add(
-                TotpFactor(
-                    id=factor_id,
-                    user_id=user.id,
-                    name="app",
-                    secret_ciphertext=runtime.deps.keyring.encrypt(
-                        b"S", associated_data=totp.secret_aad(factor_id)
-                    ),
-                    created_at=now,
-                    confirmed_at=now,
-                    confirm_attempts=0,
-                )
-            )
-    runtime.dispose()
+    _totp_factors(env, lambda number, ring: (f"factor{number:05}", ring), 6000)
     ring = {
         **env,
         "AUTHSVC_ENCRYPTION_KEYS": f"{generate_key_spec('cli2')},{env['AUTHSVC_ENCRYPTION_KEYS']}",

@@ -545,6 +545,18 @@ def test_a_factor_removed_while_its_batch_is_reencrypted_is_skipped(
         assert session.scalars(select(TotpFactor)).all() == []
 
 
+def _rotating_to_a_new_key(monkeypatch, url, tmp_path, key_specs) -> str:
+    """The environment of a `keys rotate` on ``url``: a new primary key (returned) before the
+    old one."""
+    new_spec = generate_key_spec("rotated")
+    for name in [n for n in os.environ if n.startswith("AUTHSVC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AUTHSVC_DATABASE_URL", url)
+    monkeypatch.setenv("AUTHSVC_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("AUTHSVC_ENCRYPTION_KEYS", f"{new_spec},{key_specs[0]}")
+    return new_spec
+
+
 def test_keys_rotate_reencrypts_under_the_first_key(
     committed, deps, caller, now, monkeypatch, key_specs, tmp_path
 ):
@@ -556,12 +568,7 @@ def test_keys_rotate_reencrypts_under_the_first_key(
         )
         signing.ensure_key(session, deps.keyring, now=now)
         queued = len(session.scalars(select(OutboxMessage)).all())
-    new_spec = generate_key_spec("rotated")
-    for name in [n for n in os.environ if n.startswith("AUTHSVC_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("AUTHSVC_DATABASE_URL", url)
-    monkeypatch.setenv("AUTHSVC_VAR_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("AUTHSVC_ENCRYPTION_KEYS", f"{new_spec},{key_specs[0]}")
+    new_spec = _rotating_to_a_new_key(monkeypatch, url, tmp_path, key_specs)
     result = CliRunner().invoke(cli, ["keys", "rotate"])
     assert result.exit_code == 0, result.output
     assert "totp_factors=1" in result.output
@@ -665,12 +672,7 @@ def test_keys_rotate_moves_everything_else_past_a_factor_no_key_opens(
             session, deps.keyring, kind="email", payload={"to": "x@example.com"}, now=now
         )
         signing.ensure_key(session, deps.keyring, now=now)
-    new_spec = generate_key_spec("rotated")
-    for name in [n for n in os.environ if n.startswith("AUTHSVC_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("AUTHSVC_DATABASE_URL", url)
-    monkeypatch.setenv("AUTHSVC_VAR_DIR", str(tmp_path / "var"))
-    monkeypatch.setenv("AUTHSVC_ENCRYPTION_KEYS", f"{new_spec},{key_specs[0]}")
+    new_spec = _rotating_to_a_new_key(monkeypatch, url, tmp_path, key_specs)
 
     result = CliRunner().invoke(cli, ["keys", "rotate"])
 
