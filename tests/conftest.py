@@ -34,14 +34,16 @@ from flask.testing import FlaskClient
 from openapi_core import Config, OpenAPI
 from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.orm import Session as DbSession
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from authsvc.app import Runtime, create_app
 from authsvc.crypto.keyring import generate_key_spec
-from authsvc.db import make_engine
+from authsvc.db import make_engine, utcnow
 from authsvc.schema import upgrade
+from authsvc.services import admin
 from authsvc.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,6 +148,15 @@ def app(settings: Settings, connection: Connection) -> Iterator[Flask]:
     runtime(app).deps.limiter.reset()
     yield app
     runtime(app).deps.limiter.reset()
+
+
+@pytest.fixture
+def admin_headers(connection: Connection) -> dict[str, str]:
+    """The Authorization header of a new admin key."""
+    with DbSession(bind=connection, join_transaction_mode="create_savepoint") as session:
+        _, secret = admin.create_key(session, name="tests", now=utcnow())
+        session.commit()
+    return {"Authorization": f"Bearer {secret}"}
 
 
 def runtime(app: Flask) -> Runtime:

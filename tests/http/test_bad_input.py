@@ -13,11 +13,8 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from sqlalchemy.orm import Session as DbSession
 from werkzeug.serving import DechunkedInput
 
-from authsvc.db import utcnow
-from authsvc.services import admin
 from tests.conftest import ROOT
 
 PASSWORD = "correct horse 42"
@@ -46,14 +43,6 @@ MAX_LENGTHS = {
     "change_token": 512,
     "refresh_token": 512,
 }
-
-
-@pytest.fixture
-def admin_headers(connection) -> dict[str, str]:
-    with DbSession(bind=connection, join_transaction_mode="create_savepoint") as session:
-        _, secret = admin.create_key(session, name="tests", now=utcnow())
-        session.commit()
-    return {"Authorization": f"Bearer {secret}"}
 
 
 def post(client: FlaskClient, path: str, admin_headers: dict[str, str], **kwargs: Any):

@@ -9,12 +9,9 @@ from typing import Any
 import pytest
 from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest
 from openapi_core.exceptions import OpenAPIError
-from sqlalchemy.orm import Session as DbSession
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from authsvc.db import utcnow
-from authsvc.services import admin
 from tests.conftest import ContractClient
 
 PASSWORD = "correct horse 42"
@@ -145,14 +142,6 @@ def test_a_factor_name_the_contract_takes(api, client):
     body = {"name": "Clé bleue \U0001f511 \u4e2d\u6587 \U00020000"}  # emoji, CJK, plane 2
     assert contract_allows("/v1/me/mfa/totp", body, headers)
     assert client.post("/v1/me/mfa/totp", json=body, headers=headers).status_code == 201
-
-
-@pytest.fixture
-def admin_headers(connection) -> dict[str, str]:
-    with DbSession(bind=connection, join_transaction_mode="create_savepoint") as session:
-        _, secret = admin.create_key(session, name="tests", now=utcnow())
-        session.commit()
-    return {"Authorization": f"Bearer {secret}"}
 
 
 BCRYPT = "$2b$04$" + "a" * 53
