@@ -6,10 +6,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
@@ -37,6 +37,10 @@ FAILURE_BACKOFF_MAX = 5.0  # seconds between drains while they keep failing
 # Failures whose text says what went wrong and nothing secret (see _failed).
 _EXPLAINED = (MailDeliveryError, detection.WebhookFailed)
 SWEEP_EVERY = 600.0  # seconds between one worker's housekeeping sweeps (services/housekeeping.py)
+# A worker's clock and the database's further apart than this are named at start: leases are
+# compared on each worker's own clock, so one ahead by more than CLAIM_LEASE takes over a
+# message another worker is sending, and it goes out twice.
+CLOCK_SKEW_WARN = timedelta(seconds=60)
 
 
 def backoff(attempts: int) -> timedelta:
@@ -275,6 +279,7 @@ class OutboxWorker:
         self, stop: threading.Event, *, poll_interval: float, sweep_every: float = SWEEP_EVERY
     ) -> None:
         """Drain until ``stop``; sweep when started and every ``sweep_every`` seconds after."""
+        self.check_clock()
         next_sweep = time.monotonic()
         failures = 0  # drains failed in a row (a database or network outage, usually)
         reported_at = 0.0
@@ -310,6 +315,30 @@ class OutboxWorker:
                 # After failures, wait longer each time (up to FAILURE_BACKOFF_MAX seconds).
                 wait = min(poll_interval * 2 ** min(failures, 10), FAILURE_BACKOFF_MAX)
                 stop.wait(min(max(wait, poll_interval), max(0.0, next_sweep - time.monotonic())))
+
+    def check_clock(self) -> None:
+        """Log an error when this host's clock and the database's differ by more than
+        CLOCK_SKEW_WARN (see there). Never fails: a database down at start is the drain's to
+        report."""
+        try:
+            with self._sessionmaker() as session:
+                database_now = session.scalar(select(func.now()))
+        except Exception:
+            return
+        if not isinstance(database_now, datetime):
+            return
+        if database_now.tzinfo is None:  # SQLite's CURRENT_TIMESTAMP is UTC
+            database_now = database_now.replace(tzinfo=UTC)
+        skew = (utcnow() - database_now).total_seconds()
+        if abs(skew) > CLOCK_SKEW_WARN.total_seconds():
+            log.error(
+                "this host's clock is %d s %s the database's: a worker ahead by more than %d s "
+                "takes over messages other workers are sending, and they go out twice; keep "
+                "the clocks in step (NTP)",
+                abs(skew),
+                "ahead of" if skew > 0 else "behind",
+                CLAIM_LEASE.total_seconds(),
+            )
 
     def start_thread(self, *, poll_interval: float) -> tuple[threading.Thread, threading.Event]:
         stop = threading.Event()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import threading
 import time
 from datetime import timedelta
@@ -11,6 +12,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, text, update
 
+from authsvc.db import utcnow
+from authsvc.mail import worker as worker_module
 from authsvc.mail.worker import MAX_BACKOFF, OutboxWorker, backoff
 from authsvc.models import OutboxMessage, User
 from authsvc.services import outbox
@@ -346,3 +349,24 @@ def test_an_outage_is_logged_once_and_retried_less_often(runtime, clock, monkeyp
     assert "outbox drain works again after" in messages[-1]
     # 0.02 s, 0.04 s, 0.08 s ... between attempts: a handful in 1.5 s, not 150.
     assert 4 <= failed_calls <= 10
+
+
+@pytest.mark.parametrize(("ahead", "named"), [(timedelta(minutes=6), True), (timedelta(0), False)])
+def test_a_worker_whose_clock_is_off_the_databases_says_so(
+    runtime, clock, monkeypatch, caplog, ahead, named
+):
+    # Leases are compared on each worker's clock: one 6 minutes ahead took over a message
+    # another worker was sending (a 5-minute lease) and sent it again, without a word.
+
+    monkeypatch.setattr(worker_module, "utcnow", lambda: utcnow() + ahead)
+    caplog.set_level(logging.ERROR, logger="authsvc.worker")
+
+    make_worker(runtime, clock, {}).check_clock()
+
+    said = [r.getMessage() for r in caplog.records if "clock" in r.getMessage()]
+    if named:
+        assert said and re.match(
+            r"this host's clock is 3[56][0-9] s ahead of the database", said[0]
+        )
+    else:
+        assert said == []
