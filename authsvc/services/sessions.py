@@ -378,11 +378,15 @@ def revoke(session: DbSession, *, session_ids: list[str], reason: str, now: date
     return rowcount(result)
 
 
-def revoke_all_for_user(session: DbSession, *, user_id: str, reason: str, now: datetime) -> int:
+def revoke_all_for_user(
+    session: DbSession, *, user_id: str, reason: str, now: datetime, keep: str | None = None
+) -> int:
+    """Revoke every live session of the user but ``keep``; return how many."""
+    live = [Session.user_id == user_id, Session.revoked_at.is_(None)]
+    if keep is not None:
+        live.append(Session.id != keep)
     result = session.execute(
-        update(Session)
-        .where(Session.user_id == user_id, Session.revoked_at.is_(None))
-        .values(revoked_at=now, revoked_reason=reason)
+        update(Session).where(*live).values(revoked_at=now, revoked_reason=reason)
     )
     return rowcount(result)
 
@@ -417,16 +421,9 @@ def revoke_others(
 ) -> int:
     """End every session of the user but ``current_session_id`` ("sign out everywhere else");
     returns how many were live. Audited once, with the count."""
-    result = session.execute(
-        update(Session)
-        .where(
-            Session.user_id == user_id,
-            Session.id != current_session_id,
-            Session.revoked_at.is_(None),
-        )
-        .values(revoked_at=now, revoked_reason="user")
+    revoked = revoke_all_for_user(
+        session, user_id=user_id, reason="user", now=now, keep=current_session_id
     )
-    revoked = rowcount(result)
     audit.record(
         session,
         type="session.revoked_others",
