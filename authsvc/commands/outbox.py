@@ -71,15 +71,13 @@ def retry(ids: tuple[int, ...], every: bool) -> None:
                     "none was put back (see `authsvc outbox failed`)"
                 )
             if retried:
-                details: dict[str, object] = {"count": len(retried)}
-                details["ids"] = retried[:AUDITED_IDS]
                 audit.record(
                     session,
                     type="outbox.retried",
                     outcome="success",
                     now=now,
                     client=SYSTEM,
-                    details=details,
+                    details={"count": len(retried), "ids": retried[:AUDITED_IDS]},
                 )
     finally:
         runtime.dispose()
