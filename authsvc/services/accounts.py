@@ -72,18 +72,28 @@ def normalize_email(raw: str) -> str:
     return email
 
 
+# Gmail delivers a.d.a@ and ada@, at either of its domains, to one mailbox: 2^(n-1) addresses
+# for a local part of n characters, each with limits of its own without this.
+DOTLESS_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
+
+
 def mailbox_key(email: str) -> str:
     """The mailbox that mail to the normalised ``email`` reaches, as limits on mail sent to
     it count it: the local part without a ``+tag`` (most providers deliver ada+1@ to ada@),
     the domain in its IDNA ASCII (punycode) form, lower-cased; a domain that has none (a label
-    too long, a character IDNA prohibits) as given, lower-cased. Never an identity: ada+1@ and
-    ada@ stay two accounts. Python's codec is IDNA 2003, which also maps ß to ss: two domains
-    that IDNA 2008 keeps apart may share a key, a limit shared, never one escaped."""
+    too long, a character IDNA prohibits) as given, lower-cased; at Gmail's domains
+    (``DOTLESS_DOMAINS``), the local part without its dots, the domain gmail.com. Never an
+    identity: ada+1@ and ada@ stay two accounts. Python's codec is IDNA 2003, which also maps
+    ß to ss: two domains that IDNA 2008 keeps apart may share a key, a limit shared, never
+    one escaped."""
     local, _, domain = email.rpartition("@")
     local = local.partition("+")[0] or local
     with contextlib.suppress(UnicodeError):  # no IDNA form: the domain as given
         domain = domain.encode("idna").decode("ascii")
-    return f"{local.lower()}@{domain.lower()}"
+    local, domain = local.lower(), domain.lower()
+    if domain in DOTLESS_DOMAINS:
+        local, domain = local.replace(".", ""), DOTLESS_DOMAINS[domain]
+    return f"{local}@{domain}"
 
 
 def throttled(

@@ -21,8 +21,9 @@ MFA_CODES = "mfa_account"
 MFA_FAILURES = "mfa_failures"
 # Requests that have mail sent to an address given in them (sign-up, forgotten password), per
 # mailbox: the spellings of one address that hold for every provider (case, +tags, a domain in
-# Unicode or punycode) count against one limit, AUTHSVC_LIMIT_EMAIL, so that a mailbox is sent
-# no more than one of its addresses could be. A provider's own aliases (Gmail's dots) count apart.
+# Unicode or punycode), and Gmail's dots, count against one limit, AUTHSVC_LIMIT_EMAIL, so that a
+# mailbox is sent no more than one of its addresses could be. Other providers' own aliases (a
+# `-tag` where an account owner turned them on) count apart.
 MAILBOX = "mailbox"
 # Admin API keys that open nothing, per client address (an IPv4 address or IPv6 /64): keys are
 # too long to guess, but each wrong one writes an audit event, and a client that keeps

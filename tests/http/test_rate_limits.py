@@ -155,6 +155,25 @@ def test_spellings_of_one_mailbox_share_its_limit(limited, connection, path):
     assert ask_for_mail(client, path, "ada+1@example.com").status_code == 202
 
 
+def test_gmail_dot_spellings_share_one_mailbox_limit(limited):
+    # Gmail delivers every dotting of a name, at gmail.com and googlemail.com, to one inbox: a
+    # sign-up for each of them would each have had its own count.
+    client = limited(limit_email="3/minute")
+    spellings = [
+        "a.da.lovelace@gmail.com",
+        "adalove.lace@googlemail.com",
+        "A.D.A.lovelace@gmail.com",
+    ]
+    for i, email in enumerate(spellings):
+        assert ask_for_mail(client, "/v1/signup", email, ip=f"198.51.100.{i}").status_code == 202
+
+    assert_rate_limited(
+        ask_for_mail(client, "/v1/signup", "adalovelace@gmail.com", ip="198.51.100.9")
+    )
+    # Elsewhere a dot is part of the name: another mailbox.
+    assert ask_for_mail(client, "/v1/signup", "a.dalovelace@example.com").status_code == 202
+
+
 def test_signup_and_forgot_count_against_one_mailbox(limited):
     # Both mail the address: a verification link or an "account exists" notice, a reset link
     # or a "no account" notice.

@@ -98,6 +98,9 @@ def test_case_width_and_space_variants_are_the_same_address(address, data):
         ("+ada@example.com", "+ada@example.com"),  # nothing left without the tag: kept
         ("ada@" + "ü" * 64 + ".de", "ada@" + "ü" * 64 + ".de"),  # no IDNA form: as given
         ("ada@\ufffd.de", "ada@\ufffd.de"),  # a character IDNA prohibits: as given
+        ("A.Da+1@gmail.com", "ada@gmail.com"),  # Gmail ignores dots
+        ("a.d.a@GoogleMail.com", "ada@gmail.com"),  # and delivers googlemail.com alike
+        ("a.da@example.com", "a.da@example.com"),  # elsewhere a dot is a character
     ],
 )
 def test_mailbox_key(spelled, mailbox):
