@@ -34,6 +34,7 @@ from webauthn.helpers import (
     parse_attestation_object,
     parse_authentication_credential_json,
     parse_authenticator_data,
+    parse_cbor,
     parse_client_data_json,
     parse_registration_credential_json,
     validate_certificate_chain,
@@ -375,6 +376,24 @@ def _check_not_framed(client_data_json: bytes) -> None:
         raise WebauthnResponseError("cross_origin", "the ceremony ran in a cross-origin frame")
 
 
+def _check_statement(attestation_object: bytes) -> None:
+    """WebAuthn L3 6.5.4 and 8.7: every attestation object carries an attStmt map, and the
+    one of fmt "none" is empty. py_webauthn refuses a "none" statement only for the members it
+    knows (sig, x5c and the like): one of other members, of another type or left out passed.
+    An object that does not decode is left to py_webauthn, which refuses it."""
+    try:
+        decoded = parse_cbor(attestation_object)
+    except WebAuthnException:
+        return
+    if not isinstance(decoded, dict):
+        return
+    statement = decoded.get("attStmt")
+    if not isinstance(statement, dict):
+        raise WebauthnResponseError("malformed", "attStmt must be a map")
+    if decoded.get("fmt") == "none" and statement:
+        raise WebauthnResponseError("malformed", 'a "none" attestation has an empty attStmt')
+
+
 def verify_registration(
     *,
     credential: Any,
@@ -396,6 +415,7 @@ def verify_registration(
     roots = list(trusted_roots)
     try:
         parsed = parse_registration_credential_json(credential)
+        _check_statement(from_b64url(response["attestationObject"]))
         verified = verify_registration_response(
             credential=parsed,
             expected_challenge=expected_challenge,

@@ -393,6 +393,49 @@ def test_an_id_that_is_not_the_attested_one_is_refused(client, api):
     assert response.get_json()["code"] == "invalid_webauthn_response"
 
 
+def _with_attestation(credential, **members):
+    """The registration with members of its attestation object replaced; a member given as
+    None is left out ("none" attestation signs nothing, so the rest stays well formed)."""
+    attestation = cbor2.loads(unb64url(credential["response"]["attestationObject"]))
+    attestation = {k: v for k, v in {**attestation, **members}.items() if v is not None}
+    response = {**credential["response"], "attestationObject": b64url(cbor2.dumps(attestation))}
+    return {**credential, "response": response}
+
+
+@pytest.mark.parametrize(
+    ("statement", "detail"),
+    [
+        pytest.param({"x5c": [b"\0"]}, 'a "none" attestation has an empty attStmt', id="x5c"),
+        pytest.param({"sig": b"\0"}, 'a "none" attestation has an empty attStmt', id="sig"),
+        pytest.param({"x": 1}, 'a "none" attestation has an empty attStmt', id="unknown_member"),
+        pytest.param(None, "attStmt must be a map", id="left_out"),
+        pytest.param([], "attStmt must be a map", id="a_list"),
+        pytest.param("sig", "attStmt must be a map", id="a_string"),
+    ],
+)
+def test_a_none_attestation_has_an_empty_statement(app, client, api, statement, detail):
+    # WebAuthn L3 8.7: fmt "none" goes with attStmt = {}. py_webauthn refused the members it
+    # knows (sig, x5c, ...) only, and took a statement left out or of another type.
+    access = signed_in(api)
+    credential = _with_attestation(
+        SoftAuthenticator().register(_options(client, access)), attStmt=statement
+    )
+    response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
+    body = response.get_json()
+    assert response.status_code == 400, body
+    assert (body["code"], body["reason"], body["detail"]) == (
+        "invalid_webauthn_response",
+        "malformed",
+        detail,
+    )
+    with _db(app) as session:
+        assert session.scalar(select(func.count()).select_from(WebauthnCredential)) == 0
+        (reason,) = session.scalars(
+            select(AuditEvent.details).where(AuditEvent.type == "mfa.webauthn.register")
+        ).all()
+    assert json.loads(reason)["reason"] == "malformed"
+
+
 def _with_public_key(credential, cose_key):
     """The registration with another credential public key ("none" attestation signs
     nothing, so it stays a well-formed answer)."""
