@@ -43,8 +43,44 @@ def _with_response(credential: dict[str, Any], **members: str) -> dict[str, Any]
     return {**credential, "response": {**credential["response"], **members}}
 
 
+def with_client_data(
+    credential: dict[str, Any], rewrite: Callable[[dict[str, Any]], bytes]
+) -> dict[str, Any]:
+    """The credential with its clientDataJSON rewritten (a signature over it no longer
+    matches; a "none" attestation signs nothing)."""
+    data = json.loads(unb64url(credential["response"]["clientDataJSON"]))
+    return _with_response(credential, clientDataJSON=b64url(rewrite(data)))
+
+
+_B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _challenge_respelled(data: dict[str, Any], challenge: str) -> bytes:
+    return json.dumps({**data, "challenge": challenge}).encode()
+
+
+# clientDataJSON that WebAuthn Level 3 does not read as client data (7.1 steps 5-8, 7.2 steps
+# 8-11: UTF-8, and a challenge that is the options' challenge in base64url, unpadded): name ->
+# its bytes from the JSON a browser sent.
+MISREAD_CLIENT_DATA: dict[str, Callable[[dict[str, Any]], bytes]] = {
+    "client_data_in_utf16": lambda data: json.dumps(data).encode("utf-16"),
+    "padded_challenge": lambda data: _challenge_respelled(data, data["challenge"] + "="),
+    "challenge_with_a_stray_symbol": lambda data: _challenge_respelled(
+        data, data["challenge"][:8] + "." + data["challenge"][8:]
+    ),
+    # 32 bytes are 43 symbols, whose last carries 2 bits past the last byte: decoding skips them.
+    "challenge_with_bits_past_its_end": lambda data: _challenge_respelled(
+        data, data["challenge"][:-1] + _B64_ALPHABET[_B64_ALPHABET.index(data["challenge"][-1]) ^ 1]
+    ),
+}
+
+
 # Assertions of the right shape that do not parse: name -> break(valid credential).
 UNPARSABLE_ASSERTIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    **{
+        name: (lambda c, rewrite=rewrite: with_client_data(c, rewrite))
+        for name, rewrite in MISREAD_CLIENT_DATA.items()
+    },
     "authenticator_data_of_3_bytes": lambda c: _with_response(c, authenticatorData="AQID"),
     "authenticator_data_with_trailing_bytes": lambda c: _with_response(
         c, authenticatorData=b64url(unb64url(c["response"]["authenticatorData"]) + b"\0")

@@ -314,11 +314,33 @@ def _check_shape(credential: Any, fields: tuple[str, ...]) -> dict[str, Any]:
     return response
 
 
-def _client_challenge(client_data_json: str) -> bytes:
+def _client_data(raw: bytes) -> dict[str, Any]:
+    """The client data as WebAuthn L3 reads it (7.1 steps 5-8, 7.2 steps 8-11): UTF-8 (a
+    leading byte order mark dropped), a JSON object, its challenge base64url without padding,
+    as the options sent it. py_webauthn takes JSON in UTF-16 and UTF-32 too, and decodes the
+    challenge leniently: padded, with symbols outside the alphabet (which it skips) or with
+    bits set past the last byte."""
     try:
-        return parse_client_data_json(from_b64url(client_data_json)).challenge
+        data = json.loads(raw.decode("utf-8-sig"))
+    except ValueError:  # UnicodeDecodeError included
+        raise WebauthnResponseError("malformed", "clientDataJSON is not JSON in UTF-8") from None
+    if not isinstance(data, dict):
+        raise WebauthnResponseError("malformed", "clientDataJSON is not an object")
+    challenge = data.get("challenge")
+    try:  # the one spelling: no padding, and no bits past the last byte
+        canonical = isinstance(challenge, str) and b64url(from_b64url(challenge)) == challenge
     except WebauthnResponseError:
-        raise
+        canonical = False
+    if not canonical:
+        raise WebauthnResponseError("malformed", "the challenge is not unpadded base64url")
+    return data
+
+
+def _client_challenge(client_data_json: str) -> bytes:
+    raw = from_b64url(client_data_json)
+    _client_data(raw)
+    try:
+        return parse_client_data_json(raw).challenge
     except Exception:  # any parsing error of client-supplied bytes
         raise WebauthnResponseError("malformed", "clientDataJSON does not parse") from None
 
@@ -371,7 +393,7 @@ def _check_not_framed(client_data_json: bytes) -> None:
     """WebAuthn L3 7.1 step 8 / 7.2 step 12: a ceremony run in a cross-origin frame (crossOrigin
     true, or a topOrigin) is for a relying party that expects to be framed by that origin.
     authsvc has no such origins (its pages send frame-ancestors 'none'): it refuses them all."""
-    data = json.loads(client_data_json)  # a JSON object: py_webauthn has parsed it
+    data = _client_data(client_data_json)
     if data.get("crossOrigin") not in (None, False) or "topOrigin" in data:
         raise WebauthnResponseError("cross_origin", "the ceremony ran in a cross-origin frame")
 

@@ -21,6 +21,7 @@ from authsvc.services import webauthn as webauthn_service
 from tests.conftest import runtime
 from tests.support_webauthn import (
     CROSS_ORIGIN_FRAMES,
+    MISREAD_CLIENT_DATA,
     AttestationCa,
     SoftAuthenticator,
     b64url,
@@ -28,6 +29,7 @@ from tests.support_webauthn import (
     enroll,
     signed_in,
     unb64url,
+    with_client_data,
 )
 
 OPTIONS = "/v1/me/mfa/webauthn/registration-options"
@@ -140,6 +142,34 @@ def test_a_key_created_in_a_cross_origin_frame_is_refused(app, client, api, fram
     )
     with _db(app) as session:
         assert session.scalar(select(WebauthnCredential)) is None
+
+
+@pytest.mark.parametrize("case", sorted(MISREAD_CLIENT_DATA))
+def test_client_data_is_utf8_with_the_challenge_in_base64url(app, client, api, case):
+    # The challenge decodes to the one issued either way: py_webauthn decoded base64 leniently
+    # (padding, stray symbols) and JSON in UTF-16 too, where the ceremony reads UTF-8 and
+    # compares the base64url string.
+    access = signed_in(api)
+    credential = with_client_data(
+        SoftAuthenticator().register(_options(client, access)), MISREAD_CLIENT_DATA[case]
+    )
+    response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
+    body = response.get_json()
+    assert response.status_code == 400, body
+    assert (body["code"], body["reason"]) == ("invalid_webauthn_response", "malformed")
+    with _db(app) as session:
+        assert session.scalar(select(func.count()).select_from(WebauthnCredential)) == 0
+
+
+def test_client_data_may_open_with_a_byte_order_mark(client, api):
+    # UTF-8 decode strips a leading BOM (WebAuthn L3 7.1 step 5).
+    access = signed_in(api)
+    credential = with_client_data(
+        SoftAuthenticator().register(_options(client, access)),
+        lambda data: b"\xef\xbb\xbf" + json.dumps(data).encode(),
+    )
+    response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
+    assert response.status_code == 201, response.get_json()
 
 
 def test_wrong_rp_id_is_refused(client, api):
