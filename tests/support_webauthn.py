@@ -244,12 +244,14 @@ class SoftAuthenticator:
         origin: str = "http://localhost:8000",
         aaguid: bytes = bytes(16),
         backup_eligible: bool = False,
+        backed_up: bool | None = None,
         counter: bool = True,
         resident: bool = True,
     ) -> None:
         self.origin = origin
         self.aaguid = aaguid
         self.backup_eligible = backup_eligible
+        self.backed_up = backed_up  # the BS flag; None: the same as BE (a synced passkey)
         self.counter = counter
         self.resident = resident
         self.keys: dict[bytes, StoredKey] = {}
@@ -268,10 +270,12 @@ class SoftAuthenticator:
             }
         ).encode()
 
-    def _flags(self, *, uv: bool, attested: bool) -> int:
-        flags = UP | (UV if uv else 0) | (AT if attested else 0)
+    def _flags(self, *, up: bool, uv: bool, attested: bool) -> int:
+        flags = (UP if up else 0) | (UV if uv else 0) | (AT if attested else 0)
         if self.backup_eligible:
-            flags |= BE | BS
+            flags |= BE
+        if self.backup_eligible if self.backed_up is None else self.backed_up:
+            flags |= BS
         return flags
 
     # -- ceremonies -----------------------------------------------------------------------
@@ -280,6 +284,7 @@ class SoftAuthenticator:
         options: dict[str, Any],
         *,
         origin: str | None = None,
+        up: bool = True,
         uv: bool = True,
         rp_id: str | None = None,
         fmt: str = "none",
@@ -303,7 +308,7 @@ class SoftAuthenticator:
         )
         auth_data = (
             rp_hash
-            + bytes([self._flags(uv=uv, attested=True)])
+            + bytes([self._flags(up=up, uv=uv, attested=True)])
             + struct.pack(">I", start)
             + attested
         )
@@ -354,6 +359,7 @@ class SoftAuthenticator:
         *,
         credential_id: bytes | None = None,
         origin: str | None = None,
+        up: bool = True,
         uv: bool = True,
         rp_id: str | None = None,
         sign_count: int | None = None,
@@ -372,7 +378,9 @@ class SoftAuthenticator:
             sign_count = stored.sign_count
         rp_hash = hashlib.sha256((rp_id or options["rpId"]).encode()).digest()
         auth_data = (
-            rp_hash + bytes([self._flags(uv=uv, attested=False)]) + struct.pack(">I", sign_count)
+            rp_hash
+            + bytes([self._flags(up=up, uv=uv, attested=False)])
+            + struct.pack(">I", sign_count)
         )
         client_data = self._client_data(
             "webauthn.get", options["challenge"], origin, extra_client_data

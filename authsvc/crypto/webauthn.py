@@ -101,6 +101,8 @@ _REFUSALS: tuple[tuple[str, str], ...] = (
     ("(apple", "the attestation statement does not verify"),
     ("authentication signature", "the signature does not verify"),
     ("sign count", "the signature counter did not advance"),
+    # InvalidBackupFlags (WebAuthn L3 7.1 and 7.2: BS is never set without BE)
+    ("was backed up", "the authenticator says backed up (BS) but not backup eligible (BE)"),
     ("public key alg", "the credential public key uses an algorithm this service does not accept"),
     ("public key", "the credential public key is not a usable key"),
     ("authenticator did not provide", "the authenticator data lacks the attested credential"),

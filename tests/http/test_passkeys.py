@@ -151,6 +151,15 @@ def test_an_assertion_without_user_verification_is_refused(app, client, passkey)
     assert response.get_json()["code"] == "invalid_credentials"
 
 
+def test_backed_up_without_backup_eligibility_is_refused(app, client, passkey):
+    # WebAuthn L3 7.2: BS set without BE is a state no authenticator can be in.
+    passkey.backed_up = True
+    options = _options(client)
+    response = _login(client, options, passkey.assertion(options))
+    assert (response.status_code, response.get_json()["code"]) == (401, "invalid_credentials")
+    assert '"not_verified"' in _failure_reasons(app)[-1]
+
+
 def test_an_unknown_credential_is_refused(app, client, passkey):
     stranger = SoftAuthenticator()
     stranger.register(

@@ -249,6 +249,21 @@ def test_a_bad_signature_is_refused(client, api, enrolled):
     assert response.get_json()["code"] == "invalid_mfa"
 
 
+def test_backed_up_without_backup_eligibility_is_refused(app, client, api, enrolled):
+    # WebAuthn L3 7.2: BS set without BE is a state no authenticator can be in.
+    enrolled.backed_up = True
+    token = mfa_token(api)
+    response = _complete(client, token, enrolled.assertion(_options(client, token)))
+    body = response.get_json()
+    assert (response.status_code, body["code"], body["reason"]) == (
+        401,
+        "invalid_mfa",
+        "not_verified",
+    )
+    with runtime(app).sessionmaker() as session:
+        assert session.scalar(select(WebauthnCredential.last_used_at)) is None
+
+
 def test_required_user_verification(app, client, api, enrolled):
     _policy(app, webauthn_user_verification="required")
     token = mfa_token(api)

@@ -263,6 +263,23 @@ def test_authenticator_policy_refusals(app, client, api, changes, aaguid, backup
     assert body["code"] == "authenticator_not_allowed" and body["reason"] == reason
 
 
+def test_backed_up_without_backup_eligibility_is_refused(app, client, api):
+    # WebAuthn L3 7.1: BS set without BE is a state no authenticator can be in.
+    access = signed_in(api)
+    key = SoftAuthenticator(backup_eligible=False, backed_up=True)
+    credential = key.register(_options(client, access))
+    response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
+    body = response.get_json()
+    assert response.status_code == 400, body
+    assert (body["code"], body["reason"], body["detail"]) == (
+        "invalid_webauthn_response",
+        "not_verified",
+        "the authenticator says backed up (BS) but not backup eligible (BE)",
+    )
+    with _db(app) as session:
+        assert session.scalar(select(func.count()).select_from(WebauthnCredential)) == 0
+
+
 def test_allow_list_accepts_a_listed_model(app, client, api):
     _policy(app, webauthn_aaguid_allow=("cb69481e-8ff7-4039-93ec-0a2729a154a8",))
     access = signed_in(api)
