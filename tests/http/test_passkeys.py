@@ -160,6 +160,13 @@ def test_backed_up_without_backup_eligibility_is_refused(app, client, passkey):
     assert '"not_verified"' in _failure_reasons(app)[-1]
 
 
+def test_an_assertion_without_user_presence_is_refused(app, client, passkey):
+    options = _options(client)
+    response = _login(client, options, passkey.assertion(options, up=False))
+    assert (response.status_code, response.get_json()["code"]) == (401, "invalid_credentials")
+    assert '"not_verified"' in _failure_reasons(app)[-1]
+
+
 def test_an_unknown_credential_is_refused(app, client, passkey):
     stranger = SoftAuthenticator()
     stranger.register(

@@ -264,6 +264,18 @@ def test_backed_up_without_backup_eligibility_is_refused(app, client, api, enrol
         assert session.scalar(select(WebauthnCredential.last_used_at)) is None
 
 
+def test_an_answer_without_user_presence_is_refused(app, client, api, enrolled):
+    # WebAuthn L3 7.2: UP is required, whatever the user verification policy.
+    token = mfa_token(api)
+    response = _complete(client, token, enrolled.assertion(_options(client, token), up=False))
+    body = response.get_json()
+    assert (response.status_code, body["code"], body["reason"]) == (
+        401,
+        "invalid_mfa",
+        "not_verified",
+    )
+
+
 def test_required_user_verification(app, client, api, enrolled):
     _policy(app, webauthn_user_verification="required")
     token = mfa_token(api)

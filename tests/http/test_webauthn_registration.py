@@ -227,6 +227,34 @@ def test_required_user_verification_refuses_a_key_without_it(app, client, api):
     assert response.get_json()["code"] == "invalid_webauthn_response"
 
 
+def test_a_key_that_did_not_see_the_user_is_refused(app, client, api):
+    # WebAuthn L3 7.1: UP is required (authsvc asks for no conditional creation).
+    access = signed_in(api)
+    credential = SoftAuthenticator().register(_options(client, access), up=False)
+    response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
+    body = response.get_json()
+    assert response.status_code == 400, body
+    assert (body["reason"], body["detail"]) == (
+        "not_verified",
+        "the authenticator did not see the user present",
+    )
+    with _db(app) as session:
+        assert session.scalar(select(func.count()).select_from(WebauthnCredential)) == 0
+
+
+@pytest.mark.parametrize(("length", "status"), [(1023, 201), (1024, 400)])
+def test_a_credential_id_is_at_most_1023_bytes(client, api, length, status):
+    # WebAuthn L3 7.1: a longer credential id fails the ceremony.
+    access = signed_in(api)
+    credential = SoftAuthenticator().register(
+        _options(client, access), credential_id=b"\x01" * length
+    )
+    response = client.post(REGISTER, json={"credential": credential}, headers=bearer(access))
+    assert response.status_code == status, response.get_json()
+    if status == 400:
+        assert response.get_json()["reason"] == "malformed"
+
+
 def _policy(app, **changes):
     rt = runtime(app)
     settings = dataclasses.replace(rt.settings, **changes)

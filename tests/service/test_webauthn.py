@@ -187,6 +187,20 @@ def test_backup_eligibility_cannot_change(db_session, deps, ada, now, caller):
     assert caught.value.extra["reason"] == "backup_eligibility_changed"
 
 
+def test_the_backup_state_follows_each_assertion(db_session, deps, ada, now, caller):
+    # WebAuthn L3 7.2: the record's BS takes the value of each verified assertion's flag.
+    key = SoftAuthenticator(backup_eligible=True, backed_up=False)
+    _enroll(db_session, deps, ada, key, now, caller)
+    row = db_session.scalar(select(WebauthnCredential))
+    assert (row.backup_eligible, row.backed_up) == (True, False)
+    for backed_up in (True, False):
+        key.backed_up = backed_up
+        assert _mfa(db_session, deps, ada, key, now, caller) == "swk"
+        db_session.flush()
+        db_session.expire_all()
+        assert db_session.scalar(select(WebauthnCredential.backed_up)) is backed_up
+
+
 def test_factor_listing_and_management(db_session, deps, ada, make_user, now, caller):
     bob = make_user(email="bob@example.com")
     assert not webauthn.has_credentials(db_session, user_id=ada.id)
