@@ -392,7 +392,7 @@ def _reported_rk(credential: dict[str, Any]) -> bool | None:
 
 
 def _check_not_framed(client_data_json: bytes) -> None:
-    """WebAuthn L3 7.1 step 8 / 7.2 step 12: a ceremony run in a cross-origin frame (crossOrigin
+    """WebAuthn L3 7.1 step 10 / 7.2 step 13: a ceremony run in a cross-origin frame (crossOrigin
     true, or a topOrigin) is for a relying party that expects to be framed by that origin.
     authsvc has no such origins (its pages send frame-ancestors 'none'): it refuses them all."""
     data = _client_data(client_data_json)
