@@ -213,8 +213,9 @@ def build_runtime(
         ) from None
     if breached is None and serves_requests and settings.breached_passwords_file is not None:
         # Named, so meant to be there (a typo, a volume not mounted?): say what is checked.
+        # Not "PASSWORDS_FILE=path": the log cuts the value out of "password...=value".
         log.warning(
-            "AUTHSVC_BREACHED_PASSWORDS_FILE=%s does not exist: new passwords are checked "
+            "AUTHSVC_BREACHED_PASSWORDS_FILE: %s does not exist: new passwords are checked "
             "against the shipped common passwords only (build it with `authsvc "
             "breached-passwords import FILE`, then restart)",
             breached_path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 from authsvc.app import create_app
 from authsvc.cli import main
 from authsvc.crypto.blocklist import BreachedPasswordStore
+from authsvc.logging_setup import JsonFormatter
 from tests.conftest import ContractClient, interrupt_when, start_command
 
 LEAKED = ["Tr0ub4dor&3 but longer", "hunter2hunter2hunter2", "Straße mit Passwort 7"]
@@ -172,8 +174,11 @@ def test_a_named_store_that_is_not_there_is_warned_about_at_start(
             dataclasses.replace(settings, breached_passwords_file=missing), bind=connection
         )
     app.extensions["authsvc"].deps.limiter.reset()
+    # As the log shows it: the JSON formatter cuts the value out of a "password...=value".
     warnings = [
-        r.getMessage() for r in caplog.records if "BREACHED_PASSWORDS_FILE" in r.getMessage()
+        json.loads(JsonFormatter().format(r))["msg"]
+        for r in caplog.records
+        if "BREACHED_PASSWORDS_FILE" in r.getMessage()
     ]
     assert len(warnings) == 1 and str(missing) in warnings[0]
 
