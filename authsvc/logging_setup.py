@@ -111,7 +111,13 @@ def gunicorn_logconfig(level: str = "INFO") -> dict[str, Any]:
         },
         "root": {"level": logging.getLevelName(_level(level)), "handlers": ["stderr"]},
         "loggers": {
-            "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+            # Its INFO lines (start, workers booting and exiting) at INFO or DEBUG; its DEBUG
+            # lines are per connection.
+            "gunicorn.error": {
+                "level": logging.getLevelName(max(logging.INFO, _level(level))),
+                "handlers": [],
+                "propagate": True,
+            },
             # authsvc.access logs each request with its request id; no second access line.
             "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": True},
         },

@@ -133,6 +133,27 @@ def test_gunicorn_logconfig_is_a_valid_dictconfig(captured):
     assert isinstance(handler.formatter, logging_setup.JsonFormatter)
 
 
+def test_gunicorn_lines_follow_the_configured_level(captured, capsys):
+    """AUTHSVC_LOG_LEVEL=WARNING keeps gunicorn's own INFO lines (start, worker boots and
+    exits) out of the log too, as every other logger's; at INFO and below they are there."""
+    import logging.config
+
+    gunicorn = logging.getLogger("gunicorn.error")
+    level = gunicorn.level
+    try:
+        for configured, shown in (
+            ("WARNING", ["worker failed"]),
+            ("INFO", ["booting", "worker failed"]),
+        ):
+            logging.config.dictConfig(logging_setup.gunicorn_logconfig(configured))
+            gunicorn.info("booting")
+            gunicorn.warning("worker failed")
+            output = capsys.readouterr().err
+            assert [json.loads(line)["msg"] for line in output.splitlines()] == shown
+    finally:
+        gunicorn.setLevel(level)
+
+
 def test_every_request_line_carries_its_request_id_and_no_secrets(captured, api, client):
     api.register("victim@example.com")
     captured.truncate(0)
