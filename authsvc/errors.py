@@ -106,6 +106,18 @@ class Overloaded(AuthsvcError):
         self.retry_after = retry_after
 
 
+class SigningKeyUnreadable(AuthsvcError):
+    """No key of this process's ring opens the access-token signing key: `authsvc keys rotate`
+    ran under it with a ring it was not restarted with. Nothing to retry until it is."""
+
+    code, title, status = "unavailable", "Service unavailable", 503
+    keeps_work = False
+
+    def __init__(self) -> None:
+        super().__init__("A key this request needs cannot be opened here; retry later")
+        self.retry_after = 5
+
+
 class InvalidWebauthnResponse(AuthsvcError):
     code, title, status = (
         "invalid_webauthn_response",

@@ -111,6 +111,11 @@ def _check_readiness(app: Flask, checks: dict[str, bool]) -> None:
             else:
                 checks["database"] = connection.execute(text("SELECT 1")).scalar() == 1
             checks["schema"] = schema_is_current(connection)
+            if checks["schema"]:
+                # The ring opens the signing key: not so after `authsvc keys rotate` ran with a
+                # ring this process was not restarted with (every login would answer 503).
+                keyring = state.deps.keyring
+                checks["signing_key"] = signing.unreadable_key_id(session, keyring) is None
     except Exception:
         app.logger.warning("readiness: database check failed")
     try:

@@ -16,6 +16,7 @@ token it signs verifies once that time has passed.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -38,10 +39,13 @@ from authsvc.crypto.tokens import (
     public_key_from_jwk,
 )
 from authsvc.db import new_id
+from authsvc.errors import SigningKeyUnreadable
 from authsvc.models import SigningKey
 from authsvc.services import audit
 from authsvc.services.context import SYSTEM
 from authsvc.services.reencryption import reencrypt_rows
+
+log = logging.getLogger("authsvc.signing")
 
 _AAD = b"signing-key"
 ACTIVE_KEY_TTL_SECONDS = 60.0
@@ -109,9 +113,7 @@ def signer(session: DbSession, keyring: Keyring, *, now: datetime) -> Signer:
         return load_signer(_material(_first_keys(session, keyring, now=now), keyring))
     loaded = Signer(
         kid=row.kid,
-        private_key=load_private_key(
-            keyring.decrypt(row.private_key_ciphertext, associated_data=_AAD)
-        ),
+        private_key=load_private_key(_private_pem(keyring, row.kid, row.private_key_ciphertext)),
     )
     cache.active = (keyring, loaded, clock + ACTIVE_KEY_TTL_SECONDS)
     return loaded
@@ -128,19 +130,42 @@ def unreadable_key_id(session: DbSession, keyring: Keyring) -> str | None:
         try:
             keyring.decrypt(row.private_key_ciphertext, associated_data=_AAD)
         except DecryptionFailed:
-            try:
-                return keyring.key_id_of(row.private_key_ciphertext)
-            except (IndexError, UnicodeDecodeError):
-                return "?"
+            return _ring_kid(keyring, row.private_key_ciphertext)
     return None
+
+
+def _ring_kid(keyring: Keyring, ciphertext: bytes) -> str:
+    """The id of the ring key ``ciphertext`` names, or "?" when it names none legibly."""
+    try:
+        return keyring.key_id_of(ciphertext)
+    except (IndexError, UnicodeDecodeError):
+        return "?"
 
 
 def _material(row: SigningKey, keyring: Keyring) -> SigningKeyMaterial:
     return SigningKeyMaterial(
         kid=row.kid,
-        private_pem=keyring.decrypt(row.private_key_ciphertext, associated_data=_AAD),
+        private_pem=_private_pem(keyring, row.kid, row.private_key_ciphertext),
         public_jwk=json.loads(row.public_jwk),
     )
+
+
+def _private_pem(keyring: Keyring, kid: str, ciphertext: bytes) -> bytes:
+    """The signing key, opened; ``SigningKeyUnreadable`` (503) when no key of the ring opens
+    it. `serve` and `worker` refuse to start so; a running process meets it when `authsvc keys
+    rotate` moved the key under a ring entry it was not restarted with, and every login and
+    refresh it answered was a 500 until then."""
+    try:
+        return keyring.decrypt(ciphertext, associated_data=_AAD)
+    except DecryptionFailed:
+        log.error(
+            "the access-token signing key %s is encrypted under key %r, which this process's "
+            "AUTHSVC_ENCRYPTION_KEYS lacks: restart it with the ring `authsvc keys rotate` ran "
+            "with",
+            kid,
+            _ring_kid(keyring, ciphertext),
+        )
+        raise SigningKeyUnreadable() from None
 
 
 def published_after_retirement(token_ttl: timedelta) -> timedelta:

@@ -4,6 +4,7 @@ past what no key opens."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import sqlite3
@@ -25,7 +26,7 @@ from authsvc.models.ops import AuditChainHead
 from authsvc.schema import upgrade
 from authsvc.services import audit, outbox, signing, totp
 from authsvc.settings import Settings
-from tests.conftest import interrupt_when, start_command
+from tests.conftest import ContractClient, interrupt_when, start_command
 from tests.e2e.server import free_port
 
 AUTHSVC = Path(sys.executable).parent / "authsvc"
@@ -364,3 +365,41 @@ def test_an_interrupted_rotation_says_what_it_leaves_and_a_second_run_finishes(e
     again = CliRunner().invoke(main, ["keys", "rotate"], env=ring)
     assert again.exit_code == 0, again.output
     assert moved() == 6000
+
+
+def test_a_running_server_outrun_by_keys_rotate_answers_503_and_says_why(env, caplog):
+    # `keys rotate` run with a new ring before this process was restarted with it: the signing
+    # key is now under a key this process lacks. Every login answered 500 (DecryptionFailed)
+    # while /readyz said ready.
+    given = {k: v for k, v in env.items() if v is not None}
+    app = create_app(Settings.from_env(given))
+    app.test_client_class = ContractClient
+    client = app.test_client()
+    runtime = app.extensions["authsvc"]
+    admin_key = CliRunner().invoke(main, ["admin", "create-key", "--name", "t"], env=env)
+    created = client.post(
+        "/admin/v1/users",
+        json={"email": "ada@example.com", "password": "rotating horse 42", "email_verified": True},
+        headers={"Authorization": f"Bearer {admin_key.stdout.strip()}"},
+    )
+    assert created.status_code == 201
+    login = {"email": "ada@example.com", "password": "rotating horse 42"}
+    assert client.post("/v1/login", json=login).status_code == 200
+    ring = f"{generate_key_spec('cli2')},{env['AUTHSVC_ENCRYPTION_KEYS']}"
+    rotated = CliRunner().invoke(
+        main, ["keys", "rotate"], env={**env, "AUTHSVC_ENCRYPTION_KEYS": ring}
+    )
+    assert rotated.exit_code == 0, rotated.output
+    signing._caches.clear()  # the minute a process keeps the key it loaded, gone by
+
+    with caplog.at_level(logging.ERROR, logger="authsvc.signing"):
+        refused = client.post("/v1/login", json=login)
+        ready = client.get("/readyz")
+
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "5"
+    assert refused.get_json()["code"] == "unavailable"
+    assert "encrypted under key 'cli2'" in caplog.text
+    assert ready.status_code == 503
+    assert ready.get_json()["checks"]["signing_key"] is False
+    runtime.dispose()

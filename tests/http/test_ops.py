@@ -42,7 +42,12 @@ def test_readyz_when_ready(client):
     assert response.status_code == 200
     assert response.get_json() == {
         "status": "ready",
-        "checks": {"database": True, "schema": True, "rate_limit_storage": True},
+        "checks": {
+            "database": True,
+            "schema": True,
+            "signing_key": True,
+            "rate_limit_storage": True,
+        },
     }
 
 

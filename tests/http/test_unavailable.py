@@ -168,6 +168,7 @@ def test_readiness_names_a_rate_limit_store_that_refuses_writes(refusing_redis):
     assert response.get_json()["checks"] == {
         "database": True,
         "schema": True,
+        "signing_key": True,
         "rate_limit_storage": False,
     }
 
