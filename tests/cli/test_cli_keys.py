@@ -46,6 +46,21 @@ def env(tmp_path: Path) -> dict[str, str | None]:
     }
 
 
+LOGIN = {"email": "ada@example.com", "password": "rotating horse 42"}
+
+
+def _admin_creates_ada(client, env: dict[str, str | None] | None = None) -> str:
+    """An admin key made with the command, and the verified account LOGIN names; the key."""
+    admin_key = CliRunner().invoke(main, ["admin", "create-key", "--name", "t"], env=env)
+    created = client.post(
+        "/admin/v1/users",
+        json={**LOGIN, "email_verified": True},
+        headers={"Authorization": f"Bearer {admin_key.stdout.strip()}"},
+    )
+    assert created.status_code == 201
+    return admin_key.stdout.strip()
+
+
 def test_rotate_signing_publishes_a_new_key_and_keeps_the_old(env, monkeypatch):
     for name, value in env.items():
         if value is None:
@@ -55,15 +70,8 @@ def test_rotate_signing_publishes_a_new_key_and_keeps_the_old(env, monkeypatch):
     app = create_app(Settings.from_env())  # creates the first signing key
     client = app.test_client()
     old_kid, next_kid = [k["kid"] for k in client.get("/.well-known/jwks.json").get_json()["keys"]]
-    admin_key = CliRunner().invoke(main, ["admin", "create-key", "--name", "t"]).stdout.strip()
-    created = client.post(
-        "/admin/v1/users",
-        json={"email": "ada@example.com", "password": "rotating horse 42", "email_verified": True},
-        headers={"Authorization": f"Bearer {admin_key}"},
-    )
-    assert created.status_code == 201
-    login = {"email": "ada@example.com", "password": "rotating horse 42"}
-    before = client.post("/v1/login", json=login).get_json()["access_token"]
+    admin_key = _admin_creates_ada(client)
+    before = client.post("/v1/login", json=LOGIN).get_json()["access_token"]
 
     result = CliRunner().invoke(main, ["keys", "rotate-signing"])
 
@@ -78,7 +86,7 @@ def test_rotate_signing_publishes_a_new_key_and_keeps_the_old(env, monkeypatch):
     assert "was published only" in result.stderr
     # A fresh process signs with the new key; a token of the old key still works.
     fresh = create_app(Settings.from_env()).test_client()
-    after = fresh.post("/v1/login", json=login).get_json()["access_token"]
+    after = fresh.post("/v1/login", json=LOGIN).get_json()["access_token"]
     assert jwt.get_unverified_header(after)["kid"] == new_kid
     assert jwt.get_unverified_header(before)["kid"] == old_kid
     assert fresh.get("/v1/me", headers={"Authorization": f"Bearer {before}"}).status_code == 200
@@ -376,15 +384,8 @@ def test_a_running_server_outrun_by_keys_rotate_answers_503_and_says_why(env, ca
     app.test_client_class = ContractClient
     client = app.test_client()
     runtime = app.extensions["authsvc"]
-    admin_key = CliRunner().invoke(main, ["admin", "create-key", "--name", "t"], env=env)
-    created = client.post(
-        "/admin/v1/users",
-        json={"email": "ada@example.com", "password": "rotating horse 42", "email_verified": True},
-        headers={"Authorization": f"Bearer {admin_key.stdout.strip()}"},
-    )
-    assert created.status_code == 201
-    login = {"email": "ada@example.com", "password": "rotating horse 42"}
-    assert client.post("/v1/login", json=login).status_code == 200
+    _admin_creates_ada(client, env)
+    assert client.post("/v1/login", json=LOGIN).status_code == 200
     ring = f"{generate_key_spec('cli2')},{env['AUTHSVC_ENCRYPTION_KEYS']}"
     rotated = CliRunner().invoke(
         main, ["keys", "rotate"], env={**env, "AUTHSVC_ENCRYPTION_KEYS": ring}
@@ -393,7 +394,7 @@ def test_a_running_server_outrun_by_keys_rotate_answers_503_and_says_why(env, ca
     signing._caches.clear()  # the minute a process keeps the key it loaded, gone by
 
     with caplog.at_level(logging.ERROR, logger="authsvc.signing"):
-        refused = client.post("/v1/login", json=login)
+        refused = client.post("/v1/login", json=LOGIN)
         ready = client.get("/readyz")
 
     assert refused.status_code == 503
