@@ -38,7 +38,7 @@ class CreateUserBody:
 @require_admin
 def create_user() -> Response:
     only_query(frozenset())
-    body = parse(CreateUserBody)
+    body = parse(CreateUserBody, known_only=True)
     view = admin.create_user(
         db(),
         deps(),

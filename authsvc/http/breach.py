@@ -88,7 +88,7 @@ def _flag(name: str, default: bool) -> bool:
 
 
 def _from_json() -> tuple[CampaignRequest, bool]:
-    body = parse(CampaignBody)
+    body = parse(CampaignBody, known_only=True)
     # The query string holds an upload's parameters: ignored here, ?dry_run=true would start
     # the campaign for real.
     name = next(iter(request.args), None)
@@ -278,7 +278,7 @@ def _json_report(campaign: Any, rows: Iterator[ReportRow]) -> Iterator[str]:
 @require_admin
 def force_reset(user_id: str) -> Response:
     only_query(frozenset())
-    body = parse(ForceResetBody, optional=True)
+    body = parse(ForceResetBody, optional=True, known_only=True)
     view = breach.force_reset(
         db(),
         deps(),

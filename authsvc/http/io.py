@@ -177,11 +177,19 @@ def _fields_of(cls: Hashable) -> tuple[_Field, ...]:
     )
 
 
-def parse(cls: type[T], *, optional: bool = False) -> T:
-    """Build ``cls`` from the JSON body, checking presence and types of its fields only."""
+def parse(cls: type[T], *, optional: bool = False, known_only: bool = False) -> T:
+    """Build ``cls`` from the JSON body, checking presence and types of its fields only. With
+    ``known_only``, a member ``cls`` has no field for is refused rather than ignored (as
+    ``only_query`` refuses a query parameter): a misspelt flag of an admin action, such as
+    ``dryrun``, would otherwise apply the action with the flag's default."""
     data = _json_body(optional)
+    fields = _fields_of(cast("Hashable", cls))
+    if known_only:
+        unknown = sorted(set(data) - {f.name for f in fields})
+        if unknown:
+            raise InvalidRequest(f"unknown member {unknown[0]!r}", field=unknown[0])
     values: dict[str, Any] = {}
-    for f in _fields_of(cast("Hashable", cls)):
+    for f in fields:
         if f.name not in data:
             if f.required:
                 raise InvalidRequest(f"{f.name} is required", field=f.name)

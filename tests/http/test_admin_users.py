@@ -144,6 +144,21 @@ def test_invalid_creations_are_refused(client, as_admin, connection, body):
     assert connection.scalar(select(User.id)) is None
 
 
+def test_a_creation_with_a_member_it_does_not_take_is_refused(client, as_admin, connection):
+    # A misspelt email_verified: false was ignored, and the address counted as verified.
+    response = create(
+        client, as_admin, email="ada@example.com", password=PASSWORD, email_verifed=False
+    )
+
+    body = response.get_json()
+    assert (response.status_code, body["code"], body["field"]) == (
+        400,
+        "invalid_request",
+        "email_verifed",
+    )
+    assert connection.scalar(select(User.id)) is None
+
+
 def test_a_weak_password_is_refused(client, as_admin):
     response = create(client, as_admin, email="ada@example.com", password="qwerty123456")
 

@@ -234,6 +234,20 @@ def test_a_dry_run_only_counts(client, app, as_admin, accounts):
         assert session.scalar(select(func.count()).select_from(BreachCampaign)) == 0
 
 
+@pytest.mark.parametrize("misspelt", ["dryrun", "dry-run", "dryRun"])
+def test_a_json_campaign_refuses_a_member_it_does_not_take(
+    client, app, as_admin, accounts, misspelt
+):
+    # An unknown member was ignored: a misspelt dry_run started a real campaign that
+    # invalidated every password.
+    response = start(client, as_admin, **{misspelt: True})
+
+    body = response.get_json()
+    assert (response.status_code, body["code"], body["field"]) == (400, "invalid_request", misspelt)
+    with db(app) as session:
+        assert session.scalar(select(func.count()).select_from(BreachCampaign)) == 0
+
+
 @pytest.mark.parametrize("query", ["dry_run=true", "selector=emails", "notify=false"])
 def test_a_json_campaign_takes_no_query_parameters(client, app, as_admin, accounts, query):
     # The query string carries an upload's parameters; beside a JSON body it was ignored, so
@@ -547,6 +561,28 @@ def test_force_reset_signs_the_user_out_now(api, client, app, as_admin, accounts
         headers=as_admin,
     )
     assert factors_gone_but_old_password_chooses.get_json()["code"] == "invalid_request"
+
+
+def test_force_reset_refuses_a_member_it_does_not_take(api, client, app, as_admin, accounts):
+    tokens = api.tokens("user2@example.com", PASSWORD)
+    with db(app) as session:
+        user_id = session.scalar(select(User.id).where(User.email == "user2@example.com"))
+
+    # A misspelt revoke_sessions: false was ignored, and the user signed out after all.
+    response = client.post(
+        f"/admin/v1/users/{user_id}/force-reset",
+        json={"mode": "change_at_next_login", "revoke_session": False},
+        headers=as_admin,
+    )
+
+    body = response.get_json()
+    assert (response.status_code, body["code"], body["field"]) == (
+        400,
+        "invalid_request",
+        "revoke_session",
+    )
+    assert client.get("/v1/me", headers=api.bearer(tokens["access_token"])).status_code == 200
+    assert api.login("user2@example.com", PASSWORD).get_json()["status"] == "authenticated"
 
 
 def test_the_admins_reason_stays_in_the_operators_trail(api, client, app, as_admin, accounts):

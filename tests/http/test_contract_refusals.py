@@ -166,3 +166,18 @@ def test_an_imported_hash_the_contract_takes(client, admin_headers):
     body = {"email": "ada@example.com", "password_hash": BCRYPT}
     assert contract_allows("/admin/v1/users", body, admin_headers)
     assert client.post("/admin/v1/users", json=body, headers=admin_headers).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/admin/v1/users", {"email": "ada@example.com", "password": PASSWORD, "verified": False}),
+        (
+            "/admin/v1/breach-responses",
+            {"reason": "r", "selector": "all", "mode": "invalidate", "dryrun": True},
+        ),
+        ("/admin/v1/users/someone/force-reset", {"revoke_session": False}),
+    ],
+)
+def test_an_admin_body_with_a_member_the_route_does_not_take(client, admin_headers, path, body):
+    assert refused_by_both(client, path, body, admin_headers) == "invalid_request"
