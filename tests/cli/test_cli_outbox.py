@@ -208,6 +208,28 @@ def test_retry_needs_ids_or_all(env, args):
     assert "--all" in result.stderr
 
 
+@pytest.mark.parametrize("message_id", ["9223372036854775808", "99999999999999999999999"])
+def test_retry_of_an_id_past_any_message_id_is_a_usage_error(env, message_id):
+    # Past a 64-bit id it reached the database, which answered "bigint out of range (is it
+    # reachable, and migrated ...?)" on PostgreSQL and an OverflowError on SQLite.
+    result = run(env, "outbox", "retry", message_id)
+
+    assert result.exit_code == 2
+    assert "database" not in result.stderr and "Overflow" not in result.stderr
+    assert "9223372036854775807" in result.stderr
+
+
+def test_failed_takes_a_limit_past_any_number_of_messages(env):
+    runtime = runtime_of(env)
+    parked = park(runtime, error="boom")
+    runtime.dispose()
+
+    result = run(env, "outbox", "failed", "--limit", "99999999999999999999999")
+
+    assert result.exit_code == 0, result.output
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == [str(parked)]
+
+
 def test_a_retried_message_is_delivered_by_the_worker(env):
     runtime = runtime_of(env)
     parked = park(runtime, error="SMTPDataError: 554 5.6.0 rejected", attempts=1)
