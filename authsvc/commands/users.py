@@ -47,7 +47,14 @@ def import_users(file: Path, verified: bool) -> None:
 
     Hashes may be argon2, bcrypt or pbkdf2_sha256 (Django format); they are upgraded to
     Argon2id at each user's next login. Existing emails and bad rows are skipped and counted.
+    FILE is read twice (every row is checked before any is imported): a regular file, not a
+    pipe.
     """
+    if not file.is_file():  # a pipe (<(psql ...), /dev/stdin) read to its end looks empty after
+        raise click.ClickException(
+            f"{file} is not a regular file: the import reads it twice (every row is checked "
+            "before any is imported); save it to a file first"
+        )
     runtime = build_runtime(Settings.from_env())
     hasher = runtime.deps.hasher
     imported = skipped = rejected = 0

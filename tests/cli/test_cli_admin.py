@@ -458,6 +458,27 @@ def test_a_users_file_that_goes_bad_after_its_first_batches_imports_nothing(env,
     engine.dispose()
 
 
+def test_a_users_file_that_is_a_pipe_fails_with_one_line_that_says_so(env):
+    """`authsvc users import <(psql ...)` names a pipe: read to its end by the check, it
+    then looked empty to the import, refused as a CSV without its header."""
+    bcrypt = "$2b$12$" + "C" * 53
+    read_end, write_end = os.pipe()
+    os.write(write_end, f"email,password_hash\nada@example.com,{bcrypt}\n".encode())
+    os.close(write_end)
+    try:
+        result = CliRunner().invoke(main, ["users", "import", f"/dev/fd/{read_end}"], env=env)
+    finally:
+        os.close(read_end)
+
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "not a regular file" in line and "header" not in line
+    engine = make_engine(env["AUTHSVC_DATABASE_URL"])
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM users")) == 0
+    engine.dispose()
+
+
 def test_a_users_file_saved_with_a_byte_order_mark_imports(env, tmp_path):
     # Spreadsheets save "CSV UTF-8" with a BOM before the header.
     users = tmp_path / "excel.csv"
