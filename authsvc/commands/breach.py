@@ -68,6 +68,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _shown(value: Any) -> Any:
+    """A value as a line of text output shows it: a string's line breaks and other control
+    characters escaped (\\n, \\x1b), so that a reason over several lines neither forges a
+    line of `status` nor breaks `list`'s one line per campaign, and an escape sequence in it
+    never reaches the terminal."""
+    if not isinstance(value, str) or value.isprintable():
+        return value
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
+
+
 def _checked_operator(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     """--operator as an admin key's name: kept whole in the campaign and the trail, and one
     line in `status`."""
@@ -236,7 +246,8 @@ def _list_report(report: InputReport) -> None:
         err=True,
     )
     for rejection in report.rejections:
-        click.echo(f"  line {rejection.line}: {rejection.reason}: {rejection.value}", err=True)
+        value = _shown(rejection.value)
+        click.echo(f"  line {rejection.line}: {rejection.reason}: {value}", err=True)
 
 
 def _run_here(runtime: Runtime, campaign: CampaignView) -> CampaignView:
@@ -310,7 +321,7 @@ def status(campaign_id: str, watch: bool, as_json: bool) -> None:
     else:
         for name, value in _plain(campaign).items():
             if name != "input":
-                click.echo(f"{name}: {'' if value is None else value}")
+                click.echo(f"{name}: {'' if value is None else _shown(value)}")
     if watch and campaign.status == "failed":  # as `create --wait`: the wait's outcome
         raise click.ClickException(f"breach response failed: {campaign.last_error}")
 
@@ -327,7 +338,7 @@ def list_(status_: str | None, limit: int) -> None:
     for c in items:
         click.echo(
             f"{c.id}  {c.status:<9}  {c.processed}/{c.targeted}  "
-            f"{c.created_at:%Y-%m-%d %H:%M}  {c.selector}  {c.reason[:60]}"
+            f"{c.created_at:%Y-%m-%d %H:%M}  {c.selector}  {_shown(c.reason[:60])}"
         )
 
 

@@ -351,6 +351,45 @@ def test_an_operator_name_that_cannot_be_shown_is_a_usage_error(env, accounts, o
     assert query(env, select(func.count()).select_from(BreachCampaign)) == [(0,)]
 
 
+def test_a_reason_over_several_lines_stays_on_its_own_line_in_status_and_list(env, accounts):
+    # A reason is the admin's own words, line breaks included (the API takes them); written
+    # out as it was, it forged a line of `status`, broke `list`'s one line per campaign, and
+    # sent its escape sequences to the operator's terminal.
+    reason = "leak INC-7\nstatus: completed\x1b[2J"
+    created = run(
+        env, "breach-response", "create", "--all", "--mode", "invalidate", "--no-wait",
+        "--reason", reason,
+    )  # fmt: skip
+    campaign_id = created.stdout.strip()
+
+    status = run(env, "breach-response", "status", campaign_id)
+    listed = run(env, "breach-response", "list")
+    as_json = run(env, "breach-response", "status", campaign_id, "--json")
+
+    lines = status.stdout.splitlines()
+    assert [line for line in lines if line.startswith("status:")] == ["status: pending"]
+    assert "reason: leak INC-7\\nstatus: completed\\x1b[2J" in lines
+    assert "\x1b" not in status.stdout and "\x1b" not in listed.stdout
+    [line] = listed.stdout.splitlines()
+    assert line.startswith(campaign_id) and line.endswith("leak INC-7\\nstatus: completed\\x1b[2J")
+    assert json.loads(as_json.stdout)["reason"] == reason
+
+
+def test_a_rejected_line_of_a_list_is_named_without_its_control_characters(env, accounts, tmp_path):
+    # The list comes from a dump found elsewhere: its lines are anyone's.
+    leaked = tmp_path / "leaked.txt"
+    leaked.write_bytes(b"user1@example.com\n\x1b]0;owned\x07broken\n")
+
+    result = run(
+        env, "breach-response", "create", "--emails-file", str(leaked), "--mode", "invalidate",
+        "--reason", "dump", "--no-wait",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert "line 2: invalid_email: \\x1b]0;owned\\x07broken" in result.stderr
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+
+
 def test_ctrl_c_while_waiting_says_the_campaign_goes_on_and_how_to_stop_it(env, tmp_path):
     # "Aborted!" alone read as if the campaign had stopped, while the workers kept flagging
     # accounts, revoking sessions and sending notices.
