@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -114,6 +115,7 @@ def serve(
     refuse_a_ring_that_cannot_sign(runtime)
     warn_of_factors_no_key_opens(runtime)
     runtime.dispose()
+    _refuse_an_address_in_use(host, port)  # last: each check above is named first
     if dev:
         app = create_app(settings, start_worker=not no_outbox_thread)
         app.run(host=host, port=port, threaded=True, debug=False, use_reloader=False)
@@ -126,6 +128,24 @@ def serve(
         threads=threads,
         outbox_thread=not no_outbox_thread,
     )
+
+
+def _refuse_an_address_in_use(host: str, port: int) -> None:
+    """Stop with one line when ``host``:``port`` cannot be listened on (in use, not an address
+    of this machine, a name that does not resolve): gunicorn tried five times, a second apart,
+    logging each attempt, and the development server printed lines of its own. A bound test
+    socket, closed at once; a port taken in between still fails as before."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            probe.bind(address)
+    except OSError as exc:  # socket.gaierror too
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
 
 
 @main.command()

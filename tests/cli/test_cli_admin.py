@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -257,6 +258,31 @@ def test_serve_refuses_a_port_that_is_no_port(env, port, dev):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("dev", [False, True], ids=["gunicorn", "dev"])
+def test_serve_on_an_address_in_use_fails_at_once_with_one_line(env, dev):
+    # gunicorn tried five times, a second apart, and logged each attempt; the development
+    # server printed lines of its own.
+    holder = socket.create_server(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    args = ["serve", f"--port={port}", "--no-outbox-thread", *(["--dev"] if dev else [])]
+    server_env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")}
+    server_env |= {k: v for k, v in env.items() if v is not None}
+    try:
+        started = time.monotonic()
+        result = subprocess.run(
+            [str(AUTHSVC), *args], env=server_env, capture_output=True, text=True, timeout=60
+        )
+        took = time.monotonic() - started
+    finally:
+        holder.close()
+
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[-1] == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert not [line for line in lines if "gunicorn" in line or "Port" in line]
+    assert took < 4
+
+
 def test_serve_opens_no_control_socket_that_could_add_workers(env, tmp_path):
     # gunicorn opens one by default, in the user's home: `gunicornc -c "worker add 2"` then
     # gave a server without Redis three workers, each with its own in-memory limits, and two
@@ -298,7 +324,9 @@ def test_flask_debug_in_the_environment_does_not_start_the_debugger(env, monkeyp
     monkeypatch.setattr(Flask, "run", lambda app, **options: started.append((app, options)))
 
     result = CliRunner().invoke(
-        main, ["serve", "--dev", "--no-outbox-thread"], env={**env, "FLASK_DEBUG": "1"}
+        main,
+        ["serve", "--dev", "--no-outbox-thread", "--port", str(free_port())],
+        env={**env, "FLASK_DEBUG": "1"},
     )
 
     assert result.exit_code == 0, result.output
