@@ -87,6 +87,15 @@ def _flag(name: str, default: bool) -> bool:
     raise InvalidRequest(f"{name} must be true or false", field=name)
 
 
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (1 <= len(key) <= 128 and key.isprintable()):
+        raise InvalidRequest(
+            "Idempotency-Key must be 1 to 128 printable characters", field="Idempotency-Key"
+        )
+    return key
+
+
 def _from_json() -> tuple[CampaignRequest, bool]:
     body = parse(CampaignBody, known_only=True)
     # The query string holds an upload's parameters: ignored here, ?dry_run=true would start
@@ -152,11 +161,7 @@ def create_breach_response() -> Response:
         campaign_request, dry_run = _from_json()
     else:
         raise UnsupportedMediaType("Send application/json, text/plain or text/csv")
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not (1 <= len(key) <= 128 and key.isprintable()):
-        raise InvalidRequest(
-            "Idempotency-Key must be 1 to 128 printable characters", field="Idempotency-Key"
-        )
+    key = _idempotency_key()
     result = breach.create_campaign(
         db(),
         deps(),
@@ -279,7 +284,7 @@ def _json_report(campaign: Any, rows: Iterator[ReportRow]) -> Iterator[str]:
 def force_reset(user_id: str) -> Response:
     only_query(frozenset())
     body = parse(ForceResetBody, optional=True, known_only=True)
-    view = breach.force_reset(
+    result = breach.force_reset(
         db(),
         deps(),
         user_id=user_id[:64],
@@ -291,5 +296,7 @@ def force_reset(user_id: str) -> Response:
         creator=_creator(),
         client=client(),
         now=utcnow(),
+        idempotency_key=_idempotency_key(),
     )
-    return respond(view)
+    headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+    return respond(result.campaign, 200, headers)

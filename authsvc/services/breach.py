@@ -121,13 +121,10 @@ def create_campaign(
     fingerprint = _fingerprint(request)
     _lock_creation(session)
     if idempotency_key is not None and not dry_run:
-        earlier = session.scalar(
-            select(BreachCampaign).where(BreachCampaign.idempotency_key == idempotency_key)
+        earlier = _earlier(
+            session, idempotency_key, fingerprint=fingerprint, creator=creator, force_reset=False
         )
         if earlier is not None:
-            # Another request, or the same one from another admin key: not a retry of this one.
-            if earlier.request_hash != fingerprint or earlier.created_by_key_id != creator.key_id:
-                raise IdempotencyKeyReused("This Idempotency-Key was used for another request")
             return Created(campaign=view(session, earlier), replayed=True)
     if dry_run:
         with session.begin_nested() as attempt:
@@ -161,6 +158,30 @@ def create_campaign(
         fingerprint=fingerprint,
     )
     return Created(campaign=view(session, campaign), replayed=False)
+
+
+def _earlier(
+    session: DbSession,
+    idempotency_key: str,
+    *,
+    fingerprint: str,
+    creator: Creator,
+    force_reset: bool,
+) -> BreachCampaign | None:
+    """The campaign an earlier request with ``idempotency_key`` created, if any (under the
+    creation lock); IdempotencyKeyReused when that was another request."""
+    earlier = session.scalar(
+        select(BreachCampaign).where(BreachCampaign.idempotency_key == idempotency_key)
+    )
+    # Another request (a campaign where a force-reset is asked, or the other way round), or
+    # the same one from another admin key: not a retry of this one.
+    if earlier is not None and (
+        earlier.request_hash != fingerprint
+        or earlier.created_by_key_id != creator.key_id
+        or (earlier.origin == "force_reset") != force_reset
+    ):
+        raise IdempotencyKeyReused("This Idempotency-Key was used for another request")
+    return earlier
 
 
 def _lock_creation(session: DbSession) -> None:
@@ -428,9 +449,12 @@ def force_reset(
     creator: Creator,
     client: Client,
     now: datetime,
-) -> CampaignView:
+    idempotency_key: str | None = None,
+) -> Created:
     """The effects of a breach response on one account, applied now (a one-account campaign,
-    so it shows in the list, the audit trail and the reports like any other)."""
+    so it shows in the list, the audit trail and the reports like any other). A retry with
+    the ``idempotency_key`` of an earlier one returns its campaign (``replayed``) and applies
+    nothing again: no second notice, whose link would leave the first one's dead."""
     if session.get(User, user_id) is None:
         raise NotFound("No such user")
     targets = TargetList(
@@ -446,7 +470,14 @@ def force_reset(
         targets=targets,
     )
     _validate(request)
+    fingerprint = _fingerprint(request)
     _lock_creation(session)
+    if idempotency_key is not None:
+        earlier = _earlier(
+            session, idempotency_key, fingerprint=fingerprint, creator=creator, force_reset=True
+        )
+        if earlier is not None:
+            return Created(campaign=view(session, earlier), replayed=True)
     try:
         campaign_id = _create(
             session,
@@ -456,8 +487,8 @@ def force_reset(
             client=client,
             now=now,
             origin="force_reset",
-            idempotency_key=None,
-            fingerprint=_fingerprint(request),
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
         ).id
     except NoTargets:
         # Deleted by another request since it was read above: not found, as it would be now.
@@ -474,7 +505,7 @@ def force_reset(
         admin_key_id=creator.key_id,
         details={"campaign_id": campaign_id, "mode": mode, "reason": reason},
     )
-    return get_campaign(session, campaign_id=campaign_id)
+    return Created(campaign=get_campaign(session, campaign_id=campaign_id), replayed=False)
 
 
 def record_report_export(

@@ -563,6 +563,56 @@ def test_force_reset_signs_the_user_out_now(api, client, app, as_admin, accounts
     assert factors_gone_but_old_password_chooses.get_json()["code"] == "invalid_request"
 
 
+def test_a_force_reset_retried_with_its_idempotency_key_is_applied_once(
+    api, client, app, as_admin, accounts
+):
+    # A retried force-reset (a double click, a client's retry after a timeout) was a second
+    # one-account campaign: a second notice mail, whose link left the first one's dead.
+    with db(app) as session:
+        user_id = session.scalar(select(User.id).where(User.email == "user2@example.com"))
+    path = f"/admin/v1/users/{user_id}/force-reset"
+    headers = {**as_admin, "Idempotency-Key": "reset user2 INC-9"}
+
+    first = client.post(path, json={"reason": "phished"}, headers=headers)
+    again = client.post(path, json={"reason": "phished"}, headers=headers)
+    other = client.post(path, json={"reason": "phished again"}, headers=headers)
+    bad = client.post(path, headers={**as_admin, "Idempotency-Key": "a\x01"})
+
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert (other.status_code, other.get_json()["code"]) == (422, "idempotency_key_reused")
+    assert (bad.status_code, bad.get_json()["field"]) == (400, "Idempotency-Key")
+    api.drain()
+    notices = [
+        m for m in api.mailbox.messages("user2@example.com") if "password was reset" in m["Subject"]
+    ]
+    assert len(notices) == 1
+    with db(app) as session:
+        assert session.scalar(select(func.count()).select_from(BreachCampaign)) == 1
+        applied = select(func.count()).where(AuditEvent.type == "admin.force_reset")
+        assert session.scalar(applied) == 1
+
+
+def test_an_idempotency_key_of_a_campaign_is_no_key_of_a_force_reset(
+    client, app, as_admin, accounts
+):
+    # The same request in all but the route: a force-reset would pass the campaign, still
+    # pending, for the account's completed reset.
+    with db(app) as session:
+        user_id = session.scalar(select(User.id).where(User.email == "user2@example.com"))
+    headers = {**as_admin, "Idempotency-Key": "INC-9 user2"}
+    campaign = start(
+        client, headers, reason="forced password reset", selector="user_ids", user_ids=[user_id]
+    )
+
+    forced = client.post(f"/admin/v1/users/{user_id}/force-reset", headers=headers)
+
+    assert campaign.status_code == 202
+    assert (forced.status_code, forced.get_json()["code"]) == (422, "idempotency_key_reused")
+
+
 def test_force_reset_refuses_a_member_it_does_not_take(api, client, app, as_admin, accounts):
     tokens = api.tokens("user2@example.com", PASSWORD)
     with db(app) as session:

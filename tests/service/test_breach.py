@@ -366,7 +366,7 @@ def test_a_reset_counts_after_more_force_resets_than_a_statement_has_parameters(
         db_session, deps, user_id=users[0].id, mode="invalidate", revoke_sessions=True,
         reset_mfa=False, notify=False, reason="phished", creator=ADMIN, client=caller,
         now=utcnow(),
-    )  # fmt: skip
+    ).campaign  # fmt: skip
     # Years of admin force-resets: each one a finished one-account campaign.
     db_session.execute(
         text(
@@ -1113,7 +1113,7 @@ def test_force_reset_applies_at_once(db_session, deps, caller, users, later_work
         creator=ADMIN,
         client=caller,
         now=utcnow(),
-    )
+    ).campaign
 
     assert (view.status, view.origin, view.processed, view.sessions_revoked) == (
         "completed",
