@@ -344,7 +344,13 @@ def list_(status_: str | None, limit: int) -> None:
 
 @breach_response.command("cancel")
 @click.argument("campaign_id")
-@click.option("--operator", default="command line", show_default=True, callback=_checked_operator)
+@click.option(
+    "--operator",
+    default="command line",
+    show_default=True,
+    callback=_checked_operator,
+    help="Who stops it, for the audit trail.",
+)
 def cancel(campaign_id: str, operator: str) -> None:
     """Stop a pending or running breach response (accounts already flagged stay flagged)."""
     with _opened() as runtime:
@@ -372,7 +378,13 @@ def cancel(campaign_id: str, operator: str) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write here instead of standard output.",
 )
-@click.option("--operator", default="command line", show_default=True, callback=_checked_operator)
+@click.option(
+    "--operator",
+    default="command line",
+    show_default=True,
+    callback=_checked_operator,
+    help="Who exports it, for the audit trail.",
+)
 def report(campaign_id: str, fmt: str, output: Path | None, operator: str) -> None:
     """Export every affected account: flagged, notified, reset since."""
     with sigterm_as_interrupt(), _opened() as runtime, _output(output) as out:

@@ -30,7 +30,10 @@ BATCH = 500
 
 @click.group("keys")
 def keys() -> None:
-    """The encryption key ring: generate and rotate."""
+    """Encryption key ring and token signing key.
+
+    Generate and rotate the encryption key ring (AUTHSVC_ENCRYPTION_KEYS); rotate the
+    access-token signing key."""
 
 
 @keys.command("generate")

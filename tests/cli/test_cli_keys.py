@@ -404,3 +404,11 @@ def test_a_running_server_outrun_by_keys_rotate_answers_503_and_says_why(env, ca
     assert ready.status_code == 503
     assert ready.get_json()["checks"]["signing_key"] is False
     runtime.dispose()
+
+
+def test_the_keys_group_names_each_key_it_manages_in_its_help():
+    # It said "The encryption key ring: generate and rotate.", and holds rotate-signing too.
+    result = CliRunner().invoke(main, ["--help"])
+
+    [line] = [line for line in result.output.splitlines() if line.strip().startswith("keys ")]
+    assert "signing" in line

@@ -456,3 +456,11 @@ def test_status_watch_exits_non_zero_when_the_campaign_failed(env, accounts, as_
         "Error: breach response failed: the database went away"
     ]
     assert looked.exit_code == 0  # without --watch it only shows the status
+
+
+@pytest.mark.parametrize("command", ["create", "cancel", "report"])
+def test_operator_says_what_it_is_for_in_every_command(command):
+    result = CliRunner().invoke(main, ["breach-response", command, "--help"])
+
+    assert result.exit_code == 0
+    assert "audit trail" in result.output.split("--operator", 1)[1]
