@@ -24,6 +24,9 @@ LOOKUP_CHUNK = 2000  # list entries resolved per statement
 REPORT_COLUMNS = ("user_id", "email", "flagged_at", "notice_queued_at", "notified_at", "reset_at")
 _USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _HEADERS = {"emails": ("email", "email_address", "mail"), "user_ids": ("user_id", "id")}
+# What ends an entry in a line that holds more (a combo list's email:password, a row's next
+# cell): a rejected line is kept up to it, never what follows, which may be a password.
+_AFTER_ENTRY = re.compile(r"[:;|,\s]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +66,7 @@ def parse_target_list(
         nonlocal rejected
         rejected += 1
         if len(rejections) < MAX_REPORTED:
-            rejections.append(Rejection(line=line, reason=reason, value=value[:100]))
+            rejections.append(Rejection(line=line, reason=reason, value=_entry_of(value)))
 
     for count, raw in enumerate(lines, start=1):
         try:
@@ -105,6 +108,16 @@ def parse_target_list(
         rejected=rejected,
         rejections=tuple(rejections),
     )
+
+
+def _entry_of(value: str) -> str:
+    """A rejected line as its report names it: the entry, cut where a separator starts what
+    follows it (marked "…"), and at 100 characters. The report is kept with the campaign and
+    shown to every admin: a combo list's passwords must not reach it."""
+    cut = _AFTER_ENTRY.search(value)
+    if cut is None:
+        return value[:100]
+    return value[: min(cut.start(), 100)] + "…"
 
 
 def _normalise(kind: str, value: str) -> str | None:

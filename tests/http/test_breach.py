@@ -99,6 +99,30 @@ def test_a_plain_text_upload_reports_rejected_lines(api, client, as_admin, accou
     assert response.get_json()["notify"] is False
 
 
+def test_a_combo_list_upload_keeps_no_password(api, client, app, as_admin, accounts):
+    # A credential-stuffing list names each address with its password: every line was a
+    # rejected one, kept whole with the campaign (in clear, for every admin key to read) and
+    # in the refusal of a list without an acceptable line.
+    combo = "user1@example.com:hunter2\nuser2@example.com\n"
+    only_combo = "user1@example.com:hunter2\nuser3@example.com;hunter3\n"
+    query = f"{BASE}?selector=emails&mode=invalidate&reason=leak&notify=false"
+
+    created = client.post(query, data=combo, content_type="text/plain", headers=as_admin)
+    refused = client.post(query, data=only_combo, content_type="text/plain", headers=as_admin)
+    shown = client.get(f"{BASE}/{created.get_json()['id']}", headers=as_admin)
+
+    assert created.status_code == 202
+    assert created.get_json()["input"]["rejections"] == [
+        {"line": 1, "reason": "invalid_email", "value": "user1@example.com…"}
+    ]
+    assert (refused.status_code, refused.get_json()["code"]) == (400, "empty_target_list")
+    for response in (created, refused, shown):
+        assert "hunter" not in response.get_data(as_text=True)
+    with db(app) as session:
+        stored = session.scalar(select(BreachCampaign.input_report))
+        assert stored is not None and "hunter" not in stored
+
+
 def test_a_csv_upload_uses_the_email_column(api, client, as_admin, accounts):
     upload = "id,email\n1,user3@example.com\n2,user0@example.com\n"
 

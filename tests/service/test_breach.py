@@ -193,6 +193,30 @@ def test_a_csv_list_uses_the_email_column():
     ]
 
 
+@pytest.mark.parametrize("separator", [":", ";", "|", ",", " ", "\t"])
+def test_a_rejected_line_keeps_no_more_than_its_entry(separator):
+    # A combo list (email:password, one a line) names a password after each address: kept
+    # whole, each rejected line's password was stored with the campaign in clear, shown to
+    # every admin and in the empty_target_list refusal.
+    lines = [f"ada@example.com{separator}hunter2 pass", "bob@example.org"]
+
+    parsed = lists.parse_target_list("emails", lines)
+
+    assert parsed.values == ("bob@example.org",)
+    [rejection] = parsed.rejections
+    assert (rejection.line, rejection.reason) == (1, "invalid_email")
+    assert rejection.value == "ada@example.com…"
+    assert "hunter2" not in str(parsed)
+
+
+def test_a_rejected_csv_row_keeps_no_more_than_its_first_cell():
+    lines = ["email", '"ada@example.com,hunter2', "bob@example.org"]
+
+    parsed = lists.parse_target_list("emails", lines, csv_format=True)
+
+    assert "hunter2" not in str(parsed.rejections)
+
+
 def test_a_csv_line_the_csv_module_refuses_is_rejected_not_fatal():
     huge = "x" * (csv.field_size_limit() + 1)  # over the module's 128 KiB field limit
     lines = ["email", "ada@example.com", huge, "bob@example.org"]
