@@ -43,12 +43,13 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Row, Select, delete, event, func, select, update
+from sqlalchemy import Row, Select, Table, bindparam, delete, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import ORMExecuteState, SessionTransaction, sessionmaker
 from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.util import find_tables
 
@@ -222,21 +223,53 @@ def append_pending(session: DbSession) -> None:
     _append(session, head, [entry for entry, _ in pending])
 
 
+_EVENTS_TABLE = cast("Table", AuditEvent.__table__)
+_EVENT_COLUMNS = tuple(c.key for c in _EVENTS_TABLE.c if c.key != "id")
+# Core statements built once: the ORM's unit of work cost more CPU than these writes.
+# Ids must follow the chain order: sort_by_parameter_order has SQLAlchemy's batched INSERT
+# (insertmanyvalues) hand the server-generated keys back in the order of the parameter sets.
+_INSERT_EVENTS = insert(_EVENTS_TABLE).returning(_EVENTS_TABLE.c.id, sort_by_parameter_order=True)
+_HEADS_TABLE = cast("Table", AuditChainHead.__table__)
+_HEADS = _HEADS_TABLE.c
+_MOVE_HEAD = (
+    update(_HEADS_TABLE)
+    .where(_HEADS.id == bindparam("head_id"))
+    .values(
+        last_id=bindparam("last_id"),
+        last_hash=bindparam("last_hash"),
+        head_mac=bindparam("head_mac"),
+        updated_at=bindparam("updated_at"),
+    )
+)
+
+
 def _append(session: DbSession, head: AuditChainHead, entries: list[AuditEvent]) -> None:
     """Chain ``entries`` after the locked ``head``, write them and sign the head again."""
     last_hash = head.last_hash
     for entry in entries:
         entry.prev_hash = last_hash
         entry.row_hash = last_hash = row_digest(entry.prev_hash, entry)
-    # One INSERT for all of them. Ids must follow the chain order: SQLAlchemy's batched INSERT
-    # assigns server-generated keys in the order of its parameter sets (insertmanyvalues).
-    session.add_all(entries)
-    session.flush()
-    head.last_id = entries[-1].id
-    head.last_hash = last_hash
-    _sign(session, head)
-    head.updated_at = entries[-1].occurred_at
-    session.flush()
+    # One INSERT for all of them (on PostgreSQL; SQLite gets one per row from SQLAlchemy).
+    rows = [{key: getattr(entry, key) for key in _EVENT_COLUMNS} for entry in entries]
+    ids = session.execute(_INSERT_EVENTS, rows).scalars().all()
+    for entry, event_id in zip(entries, ids, strict=True):
+        entry.id = event_id
+    # The loaded head says what is written, and nothing of it is left to flush.
+    set_committed_value(head, "last_id", ids[-1])
+    set_committed_value(head, "last_hash", last_hash)
+    set_committed_value(head, "updated_at", entries[-1].occurred_at)
+    hooks = hooks_of(session)
+    set_committed_value(head, "head_mac", head_mac(hooks.keyring, head) if hooks else "")
+    session.execute(
+        _MOVE_HEAD,
+        {
+            "head_id": head.id,
+            "last_id": head.last_id,
+            "last_hash": head.last_hash,
+            "head_mac": head.head_mac,
+            "updated_at": head.updated_at,
+        },
+    )
 
 
 def _sign(session: DbSession, head: AuditChainHead) -> None:
@@ -325,17 +358,20 @@ def sign_head_at_start(factory: sessionmaker[DbSession], *, now: datetime) -> No
         hooks.head_seen_signed.set()
 
 
+_HEAD = (
+    select(AuditChainHead)
+    .where(AuditChainHead.id == HEAD_ID)
+    .execution_options(populate_existing=True)
+)
+# Built once: every audited request locks the head, and building the query cost more CPU than
+# running it.
+_HEAD_FOR_UPDATE = _HEAD.with_for_update()
+
+
 def _head_for_update(session: DbSession) -> Select[AuditChainHead]:
     """The query of the chain head that locks it as writers do (PostgreSQL; SQLite takes its
     write lock at BEGIN) and reads it again into the session's object."""
-    query = (
-        select(AuditChainHead)
-        .where(AuditChainHead.id == HEAD_ID)
-        .execution_options(populate_existing=True)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
-    return query
+    return _HEAD_FOR_UPDATE if session.get_bind().dialect.name == "postgresql" else _HEAD
 
 
 def _sign_unsigned(session: DbSession, hooks: Hooks, *, now: datetime) -> None:
