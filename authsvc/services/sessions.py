@@ -125,6 +125,40 @@ _INSERT_REFRESH_TOKEN = insert(REFRESH_TOKENS)
 _INSERT_SESSION = insert(SESSIONS)
 
 
+def _start_in_one_statement() -> Any:
+    """PostgreSQL: the session and its first refresh token in one statement, the session's
+    INSERT a data-modifying CTE (its row is there when the token's foreign key is checked, at
+    the end of the statement): one round trip fewer on every login."""
+    started = (
+        insert(SESSIONS)
+        .values(
+            id=bindparam("id"),
+            user_id=bindparam("user_id"),
+            created_at=bindparam("now", type_=UTCDateTime()),
+            last_used_at=bindparam("now", type_=UTCDateTime()),
+            auth_time=bindparam("now", type_=UTCDateTime()),
+            amr=bindparam("amr"),
+            ip=bindparam("ip"),
+            user_agent=bindparam("user_agent"),
+            expires_at=bindparam("expires_at"),
+        )
+        .returning(_sessions.id)
+        .cte("started")
+    )
+    return insert(REFRESH_TOKENS).from_select(
+        ["id", "session_id", "token_hash", "created_at"],
+        select(
+            bindparam("token_id", type_=String()),
+            started.c.id,
+            bindparam("token_hash", type_=String()),
+            bindparam("now", type_=UTCDateTime()),
+        ),
+    )
+
+
+_START_IN_ONE_STATEMENT = _start_in_one_statement()
+
+
 @dataclass(frozen=True, slots=True)
 class _Login:
     """What an access token says of a session just started."""
@@ -167,22 +201,25 @@ def start_session(
         amr=" ".join(amr),
         expires_at=now + deps.settings.refresh_token_ttl,
     )
-    session.execute(
-        _INSERT_SESSION,
-        {
-            "id": login.id,
-            "user_id": login.user_id,
-            "created_at": now,
-            "last_used_at": now,
-            "auth_time": now,
-            "amr": login.amr,
-            "ip": client.ip or None,
-            "user_agent": client.user_agent[:256] or None,
-            "expires_at": login.expires_at,
-        },
-    )
     refresh = new_token("rt")
-    _store_refresh_token(session, secret=refresh, session_id=login.id, now=now)
+    row = {
+        "id": login.id,
+        "user_id": login.user_id,
+        "amr": login.amr,
+        "ip": client.ip or None,
+        "user_agent": client.user_agent[:256] or None,
+        "expires_at": login.expires_at,
+    }
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            _START_IN_ONE_STATEMENT,
+            {**row, "now": now, "token_id": new_id(), "token_hash": token_hash(refresh)},
+        )
+    else:
+        session.execute(
+            _INSERT_SESSION, {**row, "created_at": now, "last_used_at": now, "auth_time": now}
+        )
+        _store_refresh_token(session, secret=refresh, session_id=login.id, now=now)
     signer = signing.signer(session, deps.keyring, now=now)
     return _pair(deps, signer, login=login, refresh_token=refresh, now=now)
 

@@ -6,7 +6,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from authsvc.crypto.tokens import token_hash, verify_access_token
 from authsvc.errors import InvalidToken, NotFound
@@ -49,6 +49,43 @@ def test_start_session_issues_a_verifiable_pair(db_session, deps, user, caller, 
     assert stored == [token_hash(pair.refresh_token)]
     login = db_session.get(Session, pair.session_id)
     assert login.expires_at == now + deps.settings.refresh_token_ttl
+
+
+def test_a_session_and_its_first_token_take_one_statement_on_postgresql(
+    db_session, deps, user, caller, now, connection
+):
+    db_session.flush()
+    seen: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args):
+        if not statement.lstrip().upper().startswith(("SAVEPOINT", "RELEASE", "ROLLBACK TO")):
+            seen.append(statement)
+
+    event.listen(connection, "before_cursor_execute", record)
+    try:
+        pair = start(db_session, deps, user, caller, now, amr=("pwd", "otp", "mfa"))
+    finally:
+        event.remove(connection, "before_cursor_execute", record)
+
+    writes = [s for s in seen if "INSERT INTO sessions" in s or "INSERT INTO refresh_tokens" in s]
+    assert len(writes) == (1 if connection.dialect.name == "postgresql" else 2), writes
+    login = db_session.get(Session, pair.session_id)
+    assert (login.user_id, login.amr, login.ip, login.user_agent) == (
+        user.id,
+        "pwd otp mfa",
+        caller.ip or None,
+        caller.user_agent or None,
+    )
+    assert login.created_at == login.last_used_at == login.auth_time == now
+    assert login.expires_at == now + deps.settings.refresh_token_ttl
+    token = db_session.scalars(
+        select(RefreshToken).where(RefreshToken.session_id == pair.session_id)
+    ).one()
+    assert (token.token_hash, token.created_at, token.used_at) == (
+        token_hash(pair.refresh_token),
+        now,
+        None,
+    )
 
 
 def test_rotation_spends_the_token_and_keeps_auth_time(db_session, deps, user, caller, now):
