@@ -35,11 +35,13 @@ an alert) right after the event is queued, so that follow-ups are chained after 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -439,10 +441,33 @@ def _append_before_reading_the_trail(state: ORMExecuteState) -> None:
     if state.execution_options.get("authsvc_audit_pending") is False:
         return
     statement = state.statement
-    if isinstance(statement, ClauseElement) and any(
-        table.name in _AUDIT_TABLES for table in find_tables(statement, include_crud=True)
-    ):
+    if isinstance(statement, ClauseElement) and _touches_the_trail(statement):
         append_pending(session)
+
+
+# Whether a statement names an audit table, by statement: the hot statements are built once,
+# and walking one of them on every execution cost more than running some of them. An entry
+# goes with its statement (a weak reference), and is checked to be that statement's.
+_TOUCHES_THE_TRAIL: dict[int, tuple[weakref.ref[ClauseElement], bool]] = {}
+
+
+def _touches_the_trail(statement: ClauseElement) -> bool:
+    key = id(statement)
+    known = _TOUCHES_THE_TRAIL.get(key)
+    if known is not None and known[0]() is statement:
+        return known[1]
+    touches = any(
+        table.name in _AUDIT_TABLES for table in find_tables(statement, include_crud=True)
+    )
+    gone = functools.partial(_forget_statement, key)
+    _TOUCHES_THE_TRAIL[key] = (weakref.ref(statement, gone), touches)
+    return touches
+
+
+def _forget_statement(key: int, reference: weakref.ref[ClauseElement]) -> None:
+    known = _TOUCHES_THE_TRAIL.get(key)
+    if known is not None and known[0] is reference:
+        _TOUCHES_THE_TRAIL.pop(key, None)
 
 
 def _lock_head(session: DbSession) -> tuple[AuditChainHead, bool]:

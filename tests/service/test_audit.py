@@ -563,6 +563,23 @@ def test_reading_the_trail_first_writes_what_is_queued(session, now):
     assert rows == ["login.failure"]
 
 
+def test_a_statement_built_once_reads_what_is_queued_each_time(session, now):
+    """Whether a statement reads the trail is worked out once per statement object; it still
+    writes the queue first on every run, and other statements still do not."""
+    reader = select(AuditEvent.type).where(AuditEvent.user_id == "again").order_by(AuditEvent.id)
+    other = select(AuditChainHead.id.is_(None)).where(False)  # names the head's table
+    unrelated = select(User.id).where(User.id == "nobody")
+    for round_ in range(3):
+        audit.record(session, type=f"event.{round_}", outcome="x", now=now, user_id="again")
+        session.scalars(unrelated).all()
+        assert session.info.get(audit.PENDING_KEY)  # a statement on other tables writes nothing
+        assert session.scalars(reader).all() == [f"event.{i}" for i in range(round_ + 1)]
+        assert not session.info.get(audit.PENDING_KEY)
+    audit.record(session, type="event.head", outcome="x", now=now, user_id="again")
+    session.scalars(other).all()
+    assert not session.info.get(audit.PENDING_KEY)
+
+
 # --- the first start signs the head; after it, an unsigned head is a reset ------------------
 
 
