@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from authsvc.crypto import totp as otp
 from authsvc.crypto.keyring import DecryptionFailed, Keyring, keyring_header
@@ -140,12 +141,12 @@ def qr_svg(uri: str) -> str:
     return buffer.getvalue().decode("utf-8")
 
 
-def _secret(keyring: Keyring, row: TotpFactor) -> str | None:
+def _secret(keyring: Keyring, *, factor_id: str, ciphertext: bytes) -> str | None:
     try:
-        plain = keyring.decrypt(row.secret_ciphertext, associated_data=secret_aad(row.id))
+        plain = keyring.decrypt(ciphertext, associated_data=secret_aad(factor_id))
         return plain.decode()
     except DecryptionFailed:
-        log.error("TOTP factor %s cannot be decrypted with the configured keys", row.id)
+        log.error("TOTP factor %s cannot be decrypted with the configured keys", factor_id)
         return None
 
 
@@ -282,7 +283,7 @@ def check_pending_code(
         raise FactorLimitReached(
             f"At most {deps.settings.totp_max_factors} authenticator apps per account"
         )
-    secret = _secret(deps.keyring, row)
+    secret = _secret(deps.keyring, factor_id=row.id, ciphertext=row.secret_ciphertext)
     step = otp.verify(secret=secret, code=code, now=now) if secret is not None else None
     if step is not None:
         return step
@@ -390,11 +391,14 @@ def check_code_shape(code: str) -> None:
         raise InvalidRequest(f"totp_code must be {otp.DIGITS} digits", field="totp_code")
 
 
-_ACTIVE_FACTORS = (
-    select(TotpFactor).where(*_active(bindparam("user_id"))).order_by(TotpFactor.created_at)
-)
 _FACTOR_TABLE = cast("Table", TotpFactor.__table__)
 _FACTORS = _FACTOR_TABLE.c
+# Plain rows of what the check reads: no ORM objects to build for a login step.
+_ACTIVE_FACTORS = (
+    select(_FACTORS.id, _FACTORS.secret_ciphertext, _FACTORS.last_used_step)
+    .where(_FACTORS.user_id == bindparam("user_id"), _FACTORS.confirmed_at.is_not(None))
+    .order_by(_FACTORS.created_at)
+)
 # A Core UPDATE: no ORM evaluation of its WHERE clause against the loaded factor rows.
 _CLAIM_STEP = (
     update(_FACTOR_TABLE)
@@ -416,20 +420,20 @@ def verify_code(
     throttle.hit(session, deps, throttle.MFA_CODES, user_id, "totp", who=who)
     # Counted before the check, as the password cap is (accounts.authenticate_password).
     throttle.hit(session, deps, throttle.MFA_FAILURES, user_id, who=who)
-    rows = session.scalars(_ACTIVE_FACTORS, {"user_id": user_id}).all()
-    candidates: list[tuple[TotpFactor, int]] = []
+    rows = session.execute(_ACTIVE_FACTORS, {"user_id": user_id}).all()
+    candidates: list[tuple[str, int]] = []
     replayed = False
     for row in rows:
-        secret = _secret(deps.keyring, row)
+        secret = _secret(deps.keyring, factor_id=row.id, ciphertext=row.secret_ciphertext)
         if secret is None:
             continue
         step = otp.verify(secret=secret, code=code, now=now, after_step=row.last_used_step)
         if step is not None:
-            candidates.append((row, step))
+            candidates.append((row.id, step))
         elif otp.verify(secret=secret, code=code, now=now) is not None:
             replayed = True
-    for factor, step in candidates:
-        if _claim_step(session, factor=factor, step=step, now=now):
+    for factor_id, step in candidates:
+        if _claim_step(session, factor_id=factor_id, step=step, now=now):
             return AMR
         replayed = True  # another request claimed this step first
     if replayed:
@@ -444,13 +448,16 @@ def verify_code(
     raise InvalidMfa()
 
 
-def _claim_step(session: DbSession, *, factor: TotpFactor, step: int, now: datetime) -> bool:
+def _claim_step(session: DbSession, *, factor_id: str, step: int, now: datetime) -> bool:
     """Record ``step`` as used unless it (or a later one) already was: one atomic UPDATE."""
-    result = session.execute(_CLAIM_STEP, {"factor_id": factor.id, "step": step, "now": now})
+    result = session.execute(_CLAIM_STEP, {"factor_id": factor_id, "step": step, "now": now})
     if _affected(result) != 1:
         return False
-    set_committed_value(factor, "last_used_step", step)  # as written, without another UPDATE
-    set_committed_value(factor, "last_used_at", now)
+    # A copy of the factor this session holds says what was written, without another UPDATE.
+    loaded = session.identity_map.get(identity_key(TotpFactor, factor_id))
+    if loaded is not None:
+        set_committed_value(loaded, "last_used_step", step)
+        set_committed_value(loaded, "last_used_at", now)
     return True
 
 

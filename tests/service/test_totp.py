@@ -450,10 +450,10 @@ def test_the_step_claim_is_one_conditional_update(db_session, deps, make_user, c
     step = otp.step_at(now) + 5
     factor = db_session.get(TotpFactor, pending.factor_id)
     claim = totp._claim_step
-    assert claim(db_session, factor=factor, step=step, now=now)
-    assert not claim(db_session, factor=factor, step=step, now=now)
-    assert not claim(db_session, factor=factor, step=step - 1, now=now)
-    assert claim(db_session, factor=factor, step=step + 1, now=now)
+    assert claim(db_session, factor_id=factor.id, step=step, now=now)
+    assert not claim(db_session, factor_id=factor.id, step=step, now=now)
+    assert not claim(db_session, factor_id=factor.id, step=step - 1, now=now)
+    assert claim(db_session, factor_id=factor.id, step=step + 1, now=now)
     # The loaded row says what was written, and nothing is left to flush.
     assert (factor.last_used_step, factor.last_used_at) == (step + 1, now)
     assert factor not in db_session.dirty
