@@ -44,7 +44,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from limits import RateLimitItemPerSecond, strategies
-from sqlalchemy import Select, Table, bindparam, event, func, select
+from sqlalchemy import Table, bindparam, event, func, select
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import SessionTransaction
 
@@ -362,7 +362,7 @@ class Detector:
             event.type == "login.success" and event.outcome == "authenticated" and event.user_id
         ):
             return
-        earlier = session.scalars(earlier_login_agents(event.user_id)).all()
+        earlier = earlier_login_agents(session, event.user_id)
         if not earlier and not _history_pruned(session, event.user_id):
             return  # the first login of an account is not news to its owner
         device = _device(event.user_agent)
@@ -466,11 +466,11 @@ _EARLIER_LOGIN_AGENTS = (
 )
 
 
-def earlier_login_agents(user_id: str) -> Select[str | None]:
+def earlier_login_agents(session: DbSession, user_id: str) -> list[str | None]:
     """The distinct user agents of an account's latest 200 full logins (an index range:
-    ix_audit_events_user_id_type_id). A Core statement built once, with ``user_id`` as the
-    value of its parameter."""
-    return _EARLIER_LOGIN_AGENTS.params(user_id=user_id)
+    ix_audit_events_user_id_type_id). The statement is built once and run with ``user_id``
+    as its parameter (not copied with the value bound into it, on every login)."""
+    return list(session.scalars(_EARLIER_LOGIN_AGENTS, {"user_id": user_id}))
 
 
 # The account, when the oldest event kept is younger than the account (pruning may have deleted
