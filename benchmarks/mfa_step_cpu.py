@@ -38,6 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import psycopg  # noqa: E402
 import redis  # noqa: E402
 from flask import Flask  # noqa: E402
 from mfa_step import prepare  # noqa: E402  # benchmarks/mfa_step.py, beside this script
@@ -78,6 +79,15 @@ class Counts:
             return original(client, *args, **options)
 
         redis.Redis.execute_command = execute_command  # type: ignore[method-assign]
+        # Statements run on the driver's own connection (db.OneStatement: a refresh) pass no
+        # SQLAlchemy event; SQLAlchemy's own go through cursors, not this.
+        driver_execute = psycopg.Connection.execute
+
+        def execute(connection: Any, query: Any, *args: Any, **options: Any) -> Any:
+            counts._statement(connection, None, str(query))
+            return driver_execute(connection, query, *args, **options)
+
+        psycopg.Connection.execute = execute  # type: ignore[assignment,method-assign]
 
     def _statement(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if self.on:
