@@ -47,7 +47,7 @@ from authsvc.crypto.tokens import new_token, token_hash  # noqa: E402
 from authsvc.db import new_id  # noqa: E402
 from authsvc.gunicorn_app import DEFAULT_THREADS, default_workers  # noqa: E402
 from authsvc.models import TotpFactor, User, UserToken  # noqa: E402
-from authsvc.services import totp  # noqa: E402
+from authsvc.services import audit, totp  # noqa: E402
 from authsvc.settings import Settings  # noqa: E402
 from tests.e2e.server import LiveServer  # noqa: E402
 
@@ -160,6 +160,18 @@ def prepare(settings: Settings, count: int) -> tuple[list[tuple[str, str]], Any]
             session.execute(insert(User), users)
             session.execute(insert(TotpFactor), factors)
             session.execute(insert(UserToken), tokens)
+            # In the trail as an account's creation always is: without it, an account older
+            # than the trail's first event looks pruned, and its first login mails a
+            # new-device notice, which a real first login does not.
+            for user in users:
+                audit.record(
+                    session,
+                    type="admin.user_created",
+                    outcome="success",
+                    now=now,
+                    user_id=user["id"],
+                    details={"hash_source": "password"},
+                )
     return pairs, runtime
 
 
