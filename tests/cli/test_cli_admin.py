@@ -268,19 +268,17 @@ def test_serve_on_an_address_in_use_fails_at_once_with_one_line(env, dev):
     server_env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSVC_")}
     server_env |= {k: v for k, v in env.items() if v is not None}
     try:
-        started = time.monotonic()
         result = subprocess.run(
             [str(AUTHSVC), *args], env=server_env, capture_output=True, text=True, timeout=60
         )
-        took = time.monotonic() - started
     finally:
         holder.close()
 
     assert result.returncode == 1, result.stderr
     lines = result.stderr.splitlines()
     assert lines[-1] == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
-    assert not [line for line in lines if "gunicorn" in line or "Port" in line]
-    assert took < 4
+    # No attempt was made to serve: no retries ("Retrying in 1 second"), no server lines.
+    assert not [line for line in lines if "gunicorn" in line or "Port" in line or "etry" in line]
 
 
 def test_serve_opens_no_control_socket_that_could_add_workers(env, tmp_path):
