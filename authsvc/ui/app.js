@@ -5,7 +5,7 @@
 
 (() => {
   const {
-    b64url, createCredential, getCredential, ApiError, call, setStatus, actions,
+    b64url, createCredential, getCredential, ApiError, call, refusal, setStatus, actions,
   } = window.authsvc;
 
   const state = {
@@ -40,6 +40,8 @@
 
 
   function describe(error) {
+    const refused = refusal(error);
+    if (refused) return refused;
     if (error instanceof ApiError && error.code === "reauthentication_required") {
       // Adding or removing a factor, new recovery codes or ending other sessions, after
       // AUTHSVC_REAUTH_WINDOW.

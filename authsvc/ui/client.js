@@ -87,12 +87,37 @@ window.authsvc = (() => {
 
   // --- reusable: the API -----------------------------------------------------------------
   class ApiError extends Error {
-    constructor(status, problem) {
+    constructor(status, problem, retryAfter = null) {
       super(problem.detail || problem.title || `HTTP ${status}`);
       this.status = status;
       this.code = problem.code || "http_error";
       this.problem = problem;
+      this.retryAfter = retryAfter; // seconds, from a 429's or a 503's Retry-After
     }
+  }
+
+  // Retry-After in seconds (RFC 9110 allows seconds or an HTTP date), or null.
+  function retryAfter(response) {
+    const value = response.headers.get("Retry-After");
+    if (!value) return null;
+    const when = /^\d+$/.test(value.trim())
+      ? Number(value)
+      : (Date.parse(value) - Date.now()) / 1000;
+    return Number.isFinite(when) ? Math.max(1, Math.ceil(when)) : null;
+  }
+
+  // The refusals every page words alike: too many attempts, a service busy or unreachable,
+  // and an answer that is no problem+json (a proxy's error page). null for the others.
+  function refusal(error) {
+    if (!(error instanceof ApiError)) return null;
+    const seconds = error.retryAfter;
+    const wait = seconds
+      ? `Try again in ${seconds} ${seconds === 1 ? "second" : "seconds"}.`
+      : "Try again later.";
+    if (error.status === 429) return `Too many attempts. ${wait}`;
+    if (error.status === 503) return `The service is busy or unavailable right now. ${wait}`;
+    if (!error.problem.code) return `The server could not answer (HTTP ${error.status}). ${wait}`;
+    return null;
   }
 
   // One API call; a problem+json answer becomes an ApiError.
@@ -108,8 +133,17 @@ window.authsvc = (() => {
       cache: "no-store",
     });
     const text = await response.text();
-    const data = text ? JSON.parse(text) : null;
-    if (!response.ok) throw new ApiError(response.status, data || {});
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      // Not JSON: an error page of a proxy in front, or a body cut short.
+      throw new ApiError(response.ok ? 502 : response.status, {}, retryAfter(response));
+    }
+    if (!response.ok) {
+      const problem = data && typeof data === "object" ? data : {};
+      throw new ApiError(response.status, problem, retryAfter(response));
+    }
     return data;
   }
 
@@ -138,5 +172,7 @@ window.authsvc = (() => {
     };
   }
 
-  return { b64url, createCredential, getCredential, ApiError, call, setStatus, actions };
+  return {
+    b64url, createCredential, getCredential, ApiError, call, refusal, setStatus, actions,
+  };
 })();

@@ -4,7 +4,7 @@
 "use strict";
 
 (() => {
-  const { getCredential, ApiError, call, setStatus, actions } = window.authsvc;
+  const { getCredential, ApiError, call, refusal, setStatus, actions } = window.authsvc;
   const $ = (id) => document.getElementById(id);
 
   const token = new URLSearchParams(window.location.search).get("token") || "";
@@ -17,6 +17,8 @@
 
 
   function describe(error) {
+    const refused = refusal(error);
+    if (refused) return refused;
     if (error instanceof ApiError && error.code === "invalid_token") {
       return "This link is invalid, expired or already used. Ask for a new one.";
     }

@@ -1,0 +1,125 @@
+"""The /ui page and the link pages as a person meets the service's refusals, in headless
+Chromium against a real server: too many attempts (429 with Retry-After), a service that cannot
+reach its rate-limit store (503 with Retry-After), a session ended elsewhere, a second step whose
+token died. Each is said in words, with what to do next, never as a problem's JSON or not at all.
+
+The server has a Redis of its own, which the last test stops.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.e2e.server import LiveServer, free_port
+from tests.e2e.test_webauthn_browser import (
+    _create_user,
+    _sign_in_with_password,
+    _status,
+)
+
+pytestmark = pytest.mark.e2e
+
+WAIT = re.compile(r"Try again in (\d+) seconds?\.")
+
+
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[subprocess.Popen[bytes]]:
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
+    process.port = port  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis(port=port).ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, own_redis) -> Iterator[LiveServer]:
+    live = LiveServer(
+        tmp_path_factory.mktemp("server"),
+        host="localhost",
+        workers=2,
+        env={
+            "AUTHSVC_REDIS_URL": f"redis://127.0.0.1:{own_redis.port}/0",
+            "AUTHSVC_LIMIT_IP_EMAIL": "3/minute",
+        },
+    )
+    with live:
+        yield live
+
+
+def _clear_status(driver: WebDriver) -> None:
+    driver.execute_script("document.getElementById('status').textContent = ''")
+
+
+def _refusal(driver: WebDriver) -> str:
+    """Wait for the status line to show a refusal; return it."""
+    status = driver.find_element(By.ID, "status")
+    WebDriverWait(driver, 20).until(
+        lambda _: status.get_attribute("class") == "error" and status.text
+    )
+    return str(status.text)
+
+
+def _readable(text: str) -> None:
+    assert "{" not in text and '"code"' not in text and "JSON" not in text, text
+
+
+def test_too_many_attempts_say_when_to_try_again(server, browser):
+    email = "many@example.com"
+    _create_user(server, email)
+    browser.get(f"{server.url}/ui/")
+    for _ in range(6):
+        _clear_status(browser)
+        browser.find_element(By.ID, "email").clear()
+        browser.find_element(By.ID, "email").send_keys(email)
+        browser.find_element(By.ID, "password").clear()
+        browser.find_element(By.ID, "password").send_keys("not the password 1")
+        browser.find_element(By.ID, "password-submit").click()
+        text = _refusal(browser)
+        if "Too many" in text:
+            break
+        assert "Invalid credentials" in text
+    else:
+        raise AssertionError("never refused as too many attempts")
+    found = WAIT.search(text)
+    assert found and 1 <= int(found.group(1)) <= 60, text
+    assert text.startswith("Too many attempts.")
+    _readable(text)
+
+
+def test_an_unreachable_service_says_so_and_when_to_try_again(server, browser, own_redis):
+    """Last: it stops the server's Redis."""
+    email = "down@example.com"
+    _create_user(server, email)
+    own_redis.terminate()
+    own_redis.wait(timeout=10)
+
+    browser.get(f"{server.url}/ui/")
+    _sign_in_with_password(browser, email)
+    text = _status(browser, "unavailable")
+    assert text.startswith("The service is busy or unavailable right now.")
+    found = WAIT.search(text)
+    assert found and int(found.group(1)) >= 1, text
+    _readable(text)
