@@ -17,13 +17,34 @@
     return call(method, path, body, token || (auth ? state.access : null));
   }
 
+  // A session that ended (signed out elsewhere, idle too long, its refresh token spent):
+  // the page forgets it and asks for a sign-in, instead of showing an account it cannot
+  // reach any more.
+  class SessionEnded extends Error {
+    constructor() {
+      super(
+        "Your session has ended (signed out elsewhere, or unused for too long). Sign in again.",
+      );
+      this.name = "SessionEnded";
+    }
+  }
+
   // Bearer calls refresh the access token once when it has expired.
   async function authed(method, path, body) {
     try {
       return await api(method, path, body, { auth: true });
     } catch (error) {
-      if (!(error instanceof ApiError) || error.status !== 401 || !state.refresh) throw error;
-      const pair = await api("POST", "/v1/token/refresh", { refresh_token: state.refresh });
+      if (!(error instanceof ApiError) || error.status !== 401) throw error;
+      if (!state.refresh) throw sessionEnded();
+      let pair;
+      try {
+        pair = await api("POST", "/v1/token/refresh", { refresh_token: state.refresh });
+      } catch (refused) {
+        if (refused instanceof ApiError && [400, 401].includes(refused.status)) {
+          throw sessionEnded();
+        }
+        throw refused;
+      }
       state.access = pair.access_token;
       state.refresh = pair.refresh_token;
       return api(method, path, body, { auth: true });
@@ -42,6 +63,7 @@
   function describe(error) {
     const refused = refusal(error);
     if (refused) return refused;
+    if (error instanceof SessionEnded) return error.message;
     if (error instanceof ApiError && error.code === "reauthentication_required") {
       // Adding or removing a factor, new recovery codes or ending other sessions, after
       // AUTHSVC_REAUTH_WINDOW.
@@ -140,6 +162,30 @@
     $("totp-secret").textContent = "";
     $("totp-qr").removeAttribute("src");
     $("totp-code").value = "";
+  }
+
+  // Signed out, or the session ended: hidden is not gone, and the next person at a shared
+  // computer could read the recovery codes, a pending app's secret and the account's details
+  // in the page.
+  function forget() {
+    Object.assign(state, {
+      access: null, refresh: null, mfaToken: null, totpFactorId: null, enrollmentToken: null,
+      changeToken: null,
+    });
+    $("recovery-codes").hidden = true;
+    $("recovery-codes-list").textContent = "";
+    closeTotpSetup();
+    $("account-email").textContent = "";
+    $("account-amr").textContent = "";
+    $("factor-list").replaceChildren();
+    $("session-list").replaceChildren();
+    $("password").value = "";
+    show("login-view");
+  }
+
+  function sessionEnded() {
+    forget();
+    return new SessionEnded();
   }
 
   async function showAccount() {
@@ -361,21 +407,7 @@
 
   $("logout").addEventListener("click", action(async () => {
     const refresh = state.refresh;
-    Object.assign(state, {
-      access: null, refresh: null, mfaToken: null, totpFactorId: null, enrollmentToken: null,
-      changeToken: null,
-    });
-    // Hidden is not gone: the next person at a shared computer could read the recovery codes,
-    // a pending app's secret and the account's details in the page.
-    $("recovery-codes").hidden = true;
-    $("recovery-codes-list").textContent = "";
-    closeTotpSetup();
-    $("account-email").textContent = "";
-    $("account-amr").textContent = "";
-    $("factor-list").replaceChildren();
-    $("session-list").replaceChildren();
-    $("password").value = "";
-    show("login-view");
+    forget();
     if (refresh) await api("POST", "/v1/logout", { refresh_token: refresh });
     setStatus("Signed out.");
   }));

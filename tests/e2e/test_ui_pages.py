@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -20,10 +21,13 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.e2e.server import LiveServer, free_port
+from tests.e2e.test_link_pages import _call
 from tests.e2e.test_webauthn_browser import (
+    PASSWORD,
     _create_user,
     _sign_in_with_password,
     _status,
+    _visible,
 )
 
 pytestmark = pytest.mark.e2e
@@ -107,6 +111,31 @@ def test_too_many_attempts_say_when_to_try_again(server, browser):
     assert found and 1 <= int(found.group(1)) <= 60, text
     assert text.startswith("Too many attempts.")
     _readable(text)
+
+
+def test_a_session_ended_elsewhere_sends_the_page_back_to_sign_in(server, browser):
+    email = "ended@example.com"
+    _create_user(server, email)
+    browser.get(f"{server.url}/ui/")
+    _sign_in_with_password(browser, email)
+    _status(browser, "Signed in.")
+    # Another device signs every other session out: this browser's too.
+    phone = _call(server, "/v1/login", {"email": email, "password": PASSWORD})[1]
+    assert _bearer(server, "DELETE", "/v1/me/sessions", phone["access_token"]) == 200
+
+    browser.find_element(By.ID, "add-totp").click()
+    text = _status(browser, "Your session has ended")
+    _readable(text)
+    assert _visible(browser, "login-view") and not _visible(browser, "account-view")
+    assert email not in browser.page_source  # nothing of the account is left behind
+
+
+def _bearer(server: LiveServer, method: str, path: str, token: str) -> int:
+    request = urllib.request.Request(
+        f"{server.url}{path}", method=method, headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return int(response.status)
 
 
 def test_an_unreachable_service_says_so_and_when_to_try_again(server, browser, own_redis):
