@@ -61,9 +61,13 @@
 
 
   function describe(error) {
+    const again = error && error.startOver ? " Sign in again." : "";
     const refused = refusal(error);
-    if (refused) return refused;
+    if (refused) return refused + again;
     if (error instanceof SessionEnded) return error.message;
+    if (error instanceof ApiError && error.code === "invalid_token" && again) {
+      return `This sign-in expired or had too many wrong answers.${again}`;
+    }
     if (error instanceof ApiError && error.code === "reauthentication_required") {
       // Adding or removing a factor, new recovery codes or ending other sessions, after
       // AUTHSVC_REAUTH_WINDOW.
@@ -90,6 +94,31 @@
 
   // Run a UI action: one at a time, its failure shown in the status line.
   const action = actions(describe);
+
+  // The steps between the password and a session hang on a short-lived token (mfa_token,
+  // enrollment_token, change_token). One that expired, ran out of attempts or was ended by a
+  // rate limit is dead: the page starts over at the password instead of failing on. (Signed
+  // in, as when the account view adds an app, there is nothing to start over.)
+  const loginStep = (handler) => action(async (event) => {
+    try {
+      await handler(event);
+    } catch (error) {
+      const dead = error instanceof ApiError
+        && (error.code === "invalid_token" || error.status === 429);
+      if (dead && !state.access) {
+        startOver();
+        error.startOver = true;
+      }
+      throw error;
+    }
+  });
+
+  function startOver() {
+    Object.assign(state, { mfaToken: null, enrollmentToken: null, changeToken: null });
+    closeTotpSetup();
+    for (const id of ["password", "mfa-totp", "mfa-recovery", "new-password"]) $(id).value = "";
+    show("login-view");
+  }
 
   async function afterLogin(result) {
     if (result.status === "authenticated") {
@@ -301,7 +330,7 @@
     await afterLogin(result);
   }));
 
-  $("mfa-key").addEventListener("click", action(async () => {
+  $("mfa-key").addEventListener("click", loginStep(async () => {
     setStatus("Waiting for your security key…");
     const options = await api("POST", "/v1/login/mfa/webauthn-options", {
       mfa_token: state.mfaToken,
@@ -312,7 +341,7 @@
     }));
   }));
 
-  $("mfa-totp-form").addEventListener("submit", action(async () => {
+  $("mfa-totp-form").addEventListener("submit", loginStep(async () => {
     const code = $("mfa-totp").value.replace(/[\s-]+/g, "");
     $("mfa-totp").value = "";
     await afterLogin(await api("POST", "/v1/login/mfa", {
@@ -320,7 +349,7 @@
     }));
   }));
 
-  $("mfa-recovery-form").addEventListener("submit", action(async () => {
+  $("mfa-recovery-form").addEventListener("submit", loginStep(async () => {
     const code = $("mfa-recovery").value.trim();
     $("mfa-recovery").value = "";
     await afterLogin(await api("POST", "/v1/login/mfa", {
@@ -336,7 +365,7 @@
 
   // The change_token of a login whose password must change (a breach response, a blocklisted
   // password): the new password ends every session, so the next step is a sign-in with it.
-  $("change-form").addEventListener("submit", action(async () => {
+  $("change-form").addEventListener("submit", loginStep(async () => {
     setStatus("Changing your password…");
     await api("POST", "/v1/password/change", {
       change_token: state.changeToken, new_password: $("new-password").value,
@@ -363,14 +392,14 @@
     setStatus(`Added ${kind} "${factor.name}".`);
   }));
 
-  $("enroll-key").addEventListener("click", action(async () => {
+  $("enroll-key").addEventListener("click", loginStep(async () => {
     setStatus("Follow your browser's prompt to create the key…");
     const result = await addKey("Security key", state.enrollmentToken);
     await afterLogin(result);
     showRecoveryCodes(result.recovery_codes);
   }));
 
-  $("enroll-totp").addEventListener("click", action(async () => {
+  $("enroll-totp").addEventListener("click", loginStep(async () => {
     await startTotp($("enroll-totp"), state.enrollmentToken);
   }));
 
@@ -385,7 +414,7 @@
     await startTotp($("add-totp"), null);
   }));
 
-  $("totp-confirm-form").addEventListener("submit", action(async () => {
+  $("totp-confirm-form").addEventListener("submit", loginStep(async () => {
     const code = $("totp-code").value.replace(/[\s-]+/g, "");
     $("totp-code").value = "";
     const token = state.enrollmentToken;

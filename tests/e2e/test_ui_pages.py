@@ -27,6 +27,7 @@ from tests.e2e.test_webauthn_browser import (
     _create_user,
     _sign_in_with_password,
     _status,
+    _totp,
     _visible,
 )
 
@@ -90,6 +91,16 @@ def _readable(text: str) -> None:
     assert "{" not in text and '"code"' not in text and "JSON" not in text, text
 
 
+def _with_app(server: LiveServer, email: str) -> str:
+    """A verified account with an authenticator app; returns the app's secret."""
+    _create_user(server, email)
+    access = _call(server, "/v1/login", {"email": email, "password": PASSWORD})[1]["access_token"]
+    pending = _call(server, "/v1/me/mfa/totp", {}, access)[1]
+    confirm = f"/v1/me/mfa/totp/{pending['factor_id']}/confirm"
+    assert _call(server, confirm, {"code": _totp(pending["secret"])}, access)[0] == 200
+    return str(pending["secret"])
+
+
 def test_too_many_attempts_say_when_to_try_again(server, browser):
     email = "many@example.com"
     _create_user(server, email)
@@ -136,6 +147,32 @@ def _bearer(server: LiveServer, method: str, path: str, token: str) -> int:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return int(response.status)
+
+
+def test_a_second_step_whose_token_died_starts_over(server, browser):
+    email = "dead-step@example.com"
+    secret = _with_app(server, email)
+    browser.get(f"{server.url}/ui/")
+    _sign_in_with_password(browser, email)
+    _status(browser, "Password accepted")
+    wrong = "000000" if _totp(secret, offset=30) != "000000" else "111111"
+    for _ in range(5):  # the token's attempts, each refused
+        _clear_status(browser)
+        browser.find_element(By.ID, "mfa-totp").send_keys(wrong)
+        browser.find_element(By.ID, "mfa-totp-submit").click()
+        _status(browser, "The second factor was not accepted")
+    _clear_status(browser)
+    browser.find_element(By.ID, "mfa-totp").send_keys(wrong)
+    browser.find_element(By.ID, "mfa-totp-submit").click()
+    text = _status(browser, "Sign in again")
+    _readable(text)
+    assert _visible(browser, "login-view") and not _visible(browser, "mfa-view")
+
+    _sign_in_with_password(browser, email)  # and signing in again works
+    _status(browser, "Password accepted")
+    browser.find_element(By.ID, "mfa-totp").send_keys(_totp(secret, offset=30))
+    browser.find_element(By.ID, "mfa-totp-submit").click()
+    _status(browser, "Signed in.")
 
 
 def test_an_unreachable_service_says_so_and_when_to_try_again(server, browser, own_redis):
