@@ -131,6 +131,7 @@
       setStatus("Signed in.");
     } else if (result.status === "mfa_required") {
       state.mfaToken = result.mfa_token;
+      $("password").value = "";
       $("mfa-webauthn").hidden = !result.methods.includes("webauthn");
       $("mfa-totp-form").hidden = !result.methods.includes("totp");
       $("mfa-recovery-form").hidden = !result.methods.includes("recovery_code");
@@ -144,6 +145,7 @@
       setStatus("Your password must be changed first. Choose a new one.");
     } else if (result.status === "mfa_enrollment_required") {
       state.enrollmentToken = result.enrollment_token;
+      $("password").value = "";
       show("enroll-view");
       setStatus("Password accepted. Add a second factor to continue.");
     }

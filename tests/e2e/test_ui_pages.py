@@ -175,6 +175,17 @@ def test_a_second_step_whose_token_died_starts_over(server, browser):
     _status(browser, "Signed in.")
 
 
+def test_the_password_leaves_the_page_once_the_second_step_asks(server, browser):
+    email = "gone@example.com"
+    _with_app(server, email)
+    browser.get(f"{server.url}/ui/")
+    _sign_in_with_password(browser, email)
+    _status(browser, "Password accepted")
+    assert browser.execute_script("return document.getElementById('password').value") == ""
+    browser.find_element(By.ID, "mfa-cancel").click()
+    assert _visible(browser, "login-view")
+
+
 def test_an_unreachable_service_says_so_and_when_to_try_again(server, browser, own_redis):
     """Last: it stops the server's Redis."""
     email = "down@example.com"

@@ -83,7 +83,7 @@ def _visible(driver: WebDriver, element_id: str) -> bool:
 def _sign_in_with_password(driver: WebDriver, email: str = EMAIL) -> None:
     driver.find_element(By.ID, "email").clear()
     driver.find_element(By.ID, "email").send_keys(email)
-    driver.find_element(By.ID, "password").clear()  # a cancelled second step leaves it filled
+    driver.find_element(By.ID, "password").clear()
     driver.find_element(By.ID, "password").send_keys(PASSWORD)
     driver.find_element(By.ID, "password-submit").click()
 
