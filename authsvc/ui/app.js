@@ -157,6 +157,12 @@
     $("recovery-codes").hidden = false;
   }
 
+  // Shown once: put away, they leave the page (hidden is not gone).
+  function hideRecoveryCodes() {
+    $("recovery-codes").hidden = true;
+    $("recovery-codes-list").textContent = "";
+  }
+
   // The enrollment routes take an access token or, in a forced enrollment (a login answered
   // mfa_enrollment_required), its enrollment token; with one, the last step is a login answer.
   function enrolling(token) {
@@ -203,8 +209,7 @@
       access: null, refresh: null, mfaToken: null, totpFactorId: null, enrollmentToken: null,
       changeToken: null,
     });
-    $("recovery-codes").hidden = true;
-    $("recovery-codes-list").textContent = "";
+    hideRecoveryCodes();
     closeTotpSetup();
     $("account-email").textContent = "";
     $("account-amr").textContent = "";
@@ -435,6 +440,8 @@
     await listSessions();
     setStatus(`Signed out everywhere else (${ended} ${ended === 1 ? "session" : "sessions"}).`);
   }));
+
+  $("recovery-codes-saved").addEventListener("click", hideRecoveryCodes);
 
   $("logout").addEventListener("click", action(async () => {
     const refresh = state.refresh;

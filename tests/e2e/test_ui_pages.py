@@ -186,6 +186,28 @@ def test_the_password_leaves_the_page_once_the_second_step_asks(server, browser)
     assert _visible(browser, "login-view")
 
 
+def test_recovery_codes_leave_the_page_once_put_away(server, browser):
+    email = "codes@example.com"
+    _create_user(server, email)
+    browser.get(f"{server.url}/ui/")
+    _sign_in_with_password(browser, email)
+    _status(browser, "Signed in.")
+    browser.find_element(By.ID, "add-totp").click()
+    _status(browser, "Scan the code")
+    secret = browser.find_element(By.ID, "totp-secret").text
+    browser.find_element(By.ID, "totp-code").send_keys(_totp(secret))
+    browser.find_element(By.ID, "totp-confirm").click()
+    _status(browser, "Authenticator app added.")
+    codes = browser.find_element(By.ID, "recovery-codes-list").text.split()
+    assert codes and _visible(browser, "recovery-codes")
+
+    browser.find_element(By.ID, "recovery-codes-saved").click()
+    assert not _visible(browser, "recovery-codes")
+    page = browser.page_source
+    assert not [code for code in codes if code in page]
+    assert _visible(browser, "account-view")
+
+
 def test_an_unreachable_service_says_so_and_when_to_try_again(server, browser, own_redis):
     """Last: it stops the server's Redis."""
     email = "down@example.com"
