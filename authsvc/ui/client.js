@@ -107,9 +107,13 @@ window.authsvc = (() => {
   }
 
   // The refusals every page words alike: too many attempts, a service busy or unreachable,
-  // and an answer that is no problem+json (a proxy's error page). null for the others.
+  // an answer that is no problem+json (a proxy's error page), and no answer at all (status 0:
+  // the network or the server is down). null for the others.
   function refusal(error) {
     if (!(error instanceof ApiError)) return null;
+    if (error.status === 0) {
+      return "The service could not be reached. Check your connection, then try again.";
+    }
     const seconds = error.retryAfter;
     const wait = seconds
       ? `Try again in ${seconds} ${seconds === 1 ? "second" : "seconds"}.`
@@ -125,13 +129,19 @@ window.authsvc = (() => {
     const headers = { Accept: "application/json" };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     if (bearer) headers.Authorization = `Bearer ${bearer}`;
-    const response = await fetch(path, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      credentials: "omit",
-      cache: "no-store",
-    });
+    let response;
+    try {
+      response = await fetch(path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        credentials: "omit",
+        cache: "no-store",
+      });
+    } catch (error) {
+      if (!(error instanceof TypeError)) throw error;
+      throw new ApiError(0, { detail: "No answer from the service" }); // fetch's network error
+    }
     const text = await response.text();
     let data = null;
     try {

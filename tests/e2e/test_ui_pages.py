@@ -3,7 +3,7 @@ Chromium against a real server: too many attempts (429 with Retry-After), a serv
 reach its rate-limit store (503 with Retry-After), a session ended elsewhere, a second step whose
 token died. Each is said in words, with what to do next, never as a problem's JSON or not at all.
 
-The server has a Redis of its own, which the last test stops.
+The server has a Redis of its own, which the last tests stop, with the server itself.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def test_recovery_codes_leave_the_page_once_put_away(server, browser):
 
 
 def test_an_unreachable_service_says_so_and_when_to_try_again(server, browser, own_redis):
-    """Last: it stops the server's Redis."""
+    """Next to last: it stops the server's Redis."""
     email = "down@example.com"
     _create_user(server, email)
     own_redis.terminate()
@@ -222,3 +222,16 @@ def test_an_unreachable_service_says_so_and_when_to_try_again(server, browser, o
     found = WAIT.search(text)
     assert found and int(found.group(1)) >= 1, text
     _readable(text)
+
+
+def test_a_server_out_of_reach_is_said_so(server, browser):
+    """Last: it stops the server. The browser's fetch fails without any answer."""
+    email = "away@example.com"
+    browser.get(f"{server.url}/ui/")
+    server.stop()
+    browser.find_element(By.ID, "email").send_keys(email)
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "password-submit").click()
+    text = _refusal(browser)
+    assert text.startswith("The service could not be reached."), text
+    assert "Failed to fetch" not in text and "Something went wrong" not in text
