@@ -23,6 +23,7 @@
       return "This link is invalid, expired or already used. Ask for a new one.";
     }
     if (error instanceof ApiError) return `${error.message} (${error.code})`;
+    if (error instanceof PasswordsDiffer) return error.message;
     if (error && error.name === "NotAllowedError") {
       return "The browser or the security key refused, or the request timed out.";
     }
@@ -47,11 +48,16 @@
   }
 
   // --- /reset-password -------------------------------------------------------------------
+  class PasswordsDiffer extends Error {
+    constructor() {
+      super("The two passwords differ: type the same new password twice.");
+      this.name = "PasswordsDiffer";
+    }
+  }
+
   function newPassword() {
     const password = $("new-password").value;
-    if (password !== $("new-password-again").value) {
-      throw new Error("the two passwords differ");
-    }
+    if (password !== $("new-password-again").value) throw new PasswordsDiffer();
     return password;
   }
 

@@ -142,3 +142,13 @@ def test_a_code_typed_with_a_hyphen_signs_in_on_the_page(server, browser):
     browser.find_element(By.ID, "mfa-totp").send_keys(code)
     browser.find_element(By.ID, "mfa-totp-submit").click()
     _status(browser, "Signed in.")
+
+
+def test_two_different_passwords_are_said_so_before_anything_is_sent(server, browser):
+    browser.get(f"{server.url}/reset-password?token=rt_not-sent-at-all")
+    browser.find_element(By.ID, "new-password").send_keys(NEW_PASSWORD)
+    browser.find_element(By.ID, "new-password-again").send_keys(NEW_PASSWORD + "!")
+    browser.find_element(By.ID, "reset-submit").click()
+    text = _status(browser, "differ")
+    assert text == "The two passwords differ: type the same new password twice."
+    assert _visible(browser, "reset-view")
