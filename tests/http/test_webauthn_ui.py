@@ -142,3 +142,13 @@ def test_pages_on_an_origin_webauthn_refuses_are_named_at_start(
     if warned:
         assert said[0].startswith("AUTHSVC_PUBLIC_URL: its origin ")
         assert "/reset-password" in said[0]
+
+
+@pytest.mark.parametrize("field", ["mfa-totp", "mfa-recovery", "totp-code"])
+def test_a_code_field_cannot_be_sent_empty(client, field):
+    # An empty code is no answer: sent, the API refuses it in its own words ("send one of
+    # totp_code, recovery_code or webauthn"), which say nothing to a person at the page.
+    html = client.get("/ui/").get_data(as_text=True)
+    (tag,) = re.findall(rf'<input id="{field}"[^>]*>', html)
+
+    assert re.search(r"\srequired[\s>]", tag), tag
