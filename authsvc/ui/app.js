@@ -116,7 +116,9 @@
   function startOver() {
     Object.assign(state, { mfaToken: null, enrollmentToken: null, changeToken: null });
     closeTotpSetup();
-    for (const id of ["password", "mfa-totp", "mfa-recovery", "new-password"]) $(id).value = "";
+    for (const id of ["password", "mfa-totp", "mfa-recovery", "new-password", "change-username"]) {
+      $(id).value = "";
+    }
     show("login-view");
   }
 
@@ -140,6 +142,7 @@
     } else if (result.status === "password_change_required") {
       state.mfaToken = null;
       state.changeToken = result.change_token;
+      $("change-username").value = $("email").value;
       $("password").value = "";
       show("change-view");
       setStatus("Your password must be changed first. Choose a new one.");
@@ -379,6 +382,7 @@
     });
     state.changeToken = null;
     $("new-password").value = "";
+    $("change-username").value = "";
     show("login-view");
     setStatus("Password changed. Sign in with your new password.");
   }));
@@ -386,6 +390,7 @@
   $("change-cancel").addEventListener("click", () => {
     state.changeToken = null;
     $("new-password").value = "";
+    $("change-username").value = "";
     show("login-view");
     setStatus("");
   });

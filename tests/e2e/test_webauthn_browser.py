@@ -417,6 +417,10 @@ def test_a_password_that_must_change_is_changed_on_the_page(server: LiveServer, 
     _sign_in_with_password(driver, email)
     _status(driver, "Choose a new one")
     assert _visible(driver, "change-view") and not _visible(driver, "login-view")
+    # A password manager saves the new password for the account it signs in to: the form
+    # names it, in a field nobody sees.
+    username = driver.find_element(By.CSS_SELECTOR, '#change-form [autocomplete="username"]')
+    assert username.get_attribute("value") == email and not username.is_displayed()
 
     driver.find_element(By.ID, "new-password").send_keys("password123")  # a common password
     driver.find_element(By.ID, "change-submit").click()
