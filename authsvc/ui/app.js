@@ -330,6 +330,20 @@
     await afterLogin(result);
   }));
 
+  // A link to choose a new password, mailed to the address typed above. The answer is the
+  // same whether or not the address has an account, and so are the page's words.
+  $("forgot").addEventListener("click", action(async () => {
+    const email = $("email").value.trim();
+    if (!email) {
+      setStatus("Type your email address above, then press \"Forgot your password?\".", "error");
+      $("email").focus();
+      return;
+    }
+    await api("POST", "/v1/password/forgot", { email });
+    setStatus(`Check your mailbox: if ${email} has an account, a link to choose a new password `
+      + "is on its way.");
+  }));
+
   $("passkey-login").addEventListener("click", action(async () => {
     setStatus("Waiting for your passkey…");
     const options = await api("POST", "/v1/passkeys/login-options", {});

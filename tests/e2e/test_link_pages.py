@@ -152,3 +152,25 @@ def test_two_different_passwords_are_said_so_before_anything_is_sent(server, bro
     text = _status(browser, "differ")
     assert text == "The two passwords differ: type the same new password twice."
     assert _visible(browser, "reset-view")
+
+
+def test_a_forgotten_password_is_reset_from_the_sign_in_page(server, browser):
+    email = "forgot-on-the-page@example.com"
+    assert _call(server, "/v1/signup", {"email": email, "password": PASSWORD})[0] == 202
+    verify = _link(server, email, "Confirm your email address", "verify-email")
+    assert _call(server, "/v1/signup/verify", {"token": verify.split("token=")[1]})[0] == 200
+
+    browser.get(f"{server.url}/ui/")
+    browser.find_element(By.ID, "forgot").click()
+    _status(browser, "Type your email address")  # nothing to send it to yet
+    browser.find_element(By.ID, "email").send_keys(email)
+    browser.find_element(By.ID, "forgot").click()
+    _status(browser, "Check your mailbox")
+
+    _open(browser, server, _link(server, email, "Reset your password", "reset-password"))
+    browser.find_element(By.ID, "new-password").send_keys(NEW_PASSWORD)
+    browser.find_element(By.ID, "new-password-again").send_keys(NEW_PASSWORD)
+    browser.find_element(By.ID, "reset-submit").click()
+    _status(browser, "Your password is set")
+    status, body = _call(server, "/v1/login", {"email": email, "password": NEW_PASSWORD})
+    assert (status, body["status"]) == (200, "authenticated")
