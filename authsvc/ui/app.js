@@ -87,7 +87,10 @@
   }
 
   function show(view) {
-    for (const id of ["login-view", "mfa-view", "change-view", "enroll-view", "account-view"]) {
+    const views = [
+      "login-view", "signup-view", "mfa-view", "change-view", "enroll-view", "account-view",
+    ];
+    for (const id of views) {
       $(id).hidden = id !== view;
     }
   }
@@ -329,6 +332,31 @@
     });
     await afterLogin(result);
   }));
+
+  // A sign-up: the mailbox gets a link to confirm the address (or, for an address with an
+  // account, a notice); the answer is the same either way, and so are the page's words.
+  $("signup-open").addEventListener("click", () => {
+    $("signup-email").value = $("email").value;
+    $("password").value = "";
+    show("signup-view");
+    setStatus("");
+  });
+
+  $("signup-form").addEventListener("submit", action(async () => {
+    const email = $("signup-email").value;
+    await api("POST", "/v1/signup", { email, password: $("signup-password").value });
+    $("signup-password").value = "";
+    $("email").value = email;
+    show("login-view");
+    setStatus(`Check your mailbox: a link to confirm ${email} is on its way. Sign in once `
+      + "you have confirmed it.");
+  }));
+
+  $("signup-cancel").addEventListener("click", () => {
+    $("signup-password").value = "";
+    show("login-view");
+    setStatus("");
+  });
 
   // A link to choose a new password, mailed to the address typed above. The answer is the
   // same whether or not the address has an account, and so are the page's words.

@@ -154,6 +154,28 @@ def test_two_different_passwords_are_said_so_before_anything_is_sent(server, bro
     assert _visible(browser, "reset-view")
 
 
+def test_the_page_signs_up_and_the_mailed_link_confirms(server, browser):
+    """Sign-up on /ui/, the mailed link, then the first sign-in: the whole way on the pages."""
+    email = "new-on-the-page@example.com"
+    browser.get(f"{server.url}/ui/")
+    browser.find_element(By.ID, "signup-open").click()
+    assert _visible(browser, "signup-view") and not _visible(browser, "login-view")
+    browser.find_element(By.ID, "signup-email").send_keys(email)
+    browser.find_element(By.ID, "signup-password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "signup-submit").click()
+    _status(browser, "Check your mailbox")
+    assert browser.execute_script("return document.getElementById('signup-password').value") == ""
+
+    _open(browser, server, _link(server, email, "Confirm your email address", "verify-email"))
+    browser.find_element(By.ID, "verify-submit").click()
+    _status(browser, "Your email address is confirmed")
+    browser.get(f"{server.url}/ui/")
+    browser.find_element(By.ID, "email").send_keys(email)
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "password-submit").click()
+    _status(browser, "Signed in.")
+
+
 def test_a_forgotten_password_is_reset_from_the_sign_in_page(server, browser):
     email = "forgot-on-the-page@example.com"
     assert _call(server, "/v1/signup", {"email": email, "password": PASSWORD})[0] == 202
