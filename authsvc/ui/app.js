@@ -239,6 +239,13 @@
     show("account-view");
   }
 
+  // An API timestamp (ISO 8601, UTC) in the reader's language and time zone.
+  function when(timestamp) {
+    const date = new Date(timestamp);
+    if (Number.isNaN(date.getTime())) return timestamp;
+    return date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+  }
+
   // Each live session: its browser and address as the server saw them, the last refresh.
   async function listSessions() {
     const { sessions } = await authed("GET", "/v1/me/sessions");
@@ -249,7 +256,7 @@
       item.dataset.sessionId = session.id;
       const here = session.current ? " (this browser)" : "";
       item.textContent = `${session.user_agent || "Unknown browser"} at ${session.ip || "an "
-        + "unknown address"}, last active ${session.last_used_at}${here}`;
+        + "unknown address"}, last active ${when(session.last_used_at)}${here}`;
       list.append(item);
     }
     $("logout-others").disabled = sessions.every((session) => session.current);
@@ -286,7 +293,7 @@
       name.textContent = factor.name;
       const meta = document.createElement("span");
       meta.className = "meta";
-      const used = factor.last_used_at ? `, last used ${factor.last_used_at}` : "";
+      const used = factor.last_used_at ? `, last used ${when(factor.last_used_at)}` : "";
       // A passkey also signs in alone, without the password; other keys are a second factor.
       const kind =
         factor.type !== "webauthn"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import time
 import urllib.error
@@ -286,6 +287,8 @@ def test_the_page_lists_the_sessions_and_signs_out_everywhere_else(
     assert len(items) == 2
     assert "(this browser)" in items[0] and "HeadlessChrome" in items[0]
     assert items[1].startswith("Phone/1.0 at 127.0.0.1") and "(this browser)" not in items[1]
+    # When, in the reader's words and time zone: not the API's ISO 8601 timestamp.
+    assert not [item for item in items if re.search(r"\d{4}-\d\d-\d\dT\d\d:", item)], items
 
     driver.find_element(By.ID, "logout-others").click()
     _status(driver, "Signed out everywhere else (1 session).")
