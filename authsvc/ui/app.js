@@ -500,7 +500,17 @@
   $("logout").addEventListener("click", action(async () => {
     const refresh = state.refresh;
     forget();
-    if (refresh) await api("POST", "/v1/logout", { refresh_token: refresh });
+    try {
+      if (refresh) await api("POST", "/v1/logout", { refresh_token: refresh });
+    } catch (error) {
+      // A refused token is a session that had ended already. Otherwise the page has let go of
+      // the session's tokens, so there is nothing to try again with: say what that means.
+      if (!(error instanceof ApiError) || ![400, 401].includes(error.status)) {
+        setStatus("Signed out of this page only: the service could not be reached to end the "
+          + "session, so it stays open until it expires unused.", "error");
+        return;
+      }
+    }
     setStatus("Signed out.");
   }));
 

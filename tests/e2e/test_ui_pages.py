@@ -3,7 +3,7 @@ Chromium against a real server: too many attempts (429 with Retry-After), a serv
 reach its rate-limit store (503 with Retry-After), a session ended elsewhere, a second step whose
 token died. Each is said in words, with what to do next, never as a problem's JSON or not at all.
 
-The server has a Redis of its own, which the last tests stop, with the server itself.
+The server has a Redis of its own, which a test stops; the last test stops the server.
 """
 
 from __future__ import annotations
@@ -36,27 +36,42 @@ pytestmark = pytest.mark.e2e
 WAIT = re.compile(r"Try again in (\d+) seconds?\.")
 
 
+class OwnRedis:
+    """A redis-server of the module's own, which a test may stop and start again."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=self.port).ping()
+                return
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
 @pytest.fixture(scope="module")
-def own_redis() -> Iterator[subprocess.Popen[bytes]]:
-    port = free_port()
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-        stdout=subprocess.DEVNULL,
-    )
-    process.port = port  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            redis.Redis(port=port).ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
+def own_redis() -> Iterator[OwnRedis]:
+    own = OwnRedis()
+    own.start()
     try:
-        yield process
+        yield own
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        own.stop()
 
 
 @pytest.fixture(scope="module")
@@ -209,11 +224,10 @@ def test_recovery_codes_leave_the_page_once_put_away(server, browser):
 
 
 def test_an_unreachable_service_says_so_and_when_to_try_again(server, browser, own_redis):
-    """Next to last: it stops the server's Redis."""
+    """It stops the server's Redis, and starts it again (empty) when done."""
     email = "down@example.com"
     _create_user(server, email)
-    own_redis.terminate()
-    own_redis.wait(timeout=10)
+    own_redis.stop()
 
     browser.get(f"{server.url}/ui/")
     _sign_in_with_password(browser, email)
@@ -222,13 +236,25 @@ def test_an_unreachable_service_says_so_and_when_to_try_again(server, browser, o
     found = WAIT.search(text)
     assert found and int(found.group(1)) >= 1, text
     _readable(text)
+    own_redis.start()  # for the next test
 
 
 def test_a_server_out_of_reach_is_said_so(server, browser):
     """Last: it stops the server. The browser's fetch fails without any answer."""
     email = "away@example.com"
+    _create_user(server, email)
     browser.get(f"{server.url}/ui/")
+    _sign_in_with_password(browser, email)
+    _status(browser, "Signed in.")
     server.stop()
+    # Signing out still empties the page, and says that the session could not be ended.
+    browser.find_element(By.ID, "logout").click()
+    text = _refusal(browser)
+    assert text.startswith("Signed out of this page only: the service could not be reached"), text
+    assert "try again" not in text.lower()  # nothing is left to try again with
+    assert _visible(browser, "login-view") and email not in browser.page_source
+
+    browser.find_element(By.ID, "email").clear()
     browser.find_element(By.ID, "email").send_keys(email)
     browser.find_element(By.ID, "password").send_keys(PASSWORD)
     browser.find_element(By.ID, "password-submit").click()
