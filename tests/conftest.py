@@ -33,7 +33,7 @@ from flask.testing import EnvironBuilder as FlaskEnvironBuilder
 from flask.testing import FlaskClient
 from openapi_core import Config, OpenAPI
 from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.orm import Session as DbSession
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.test import EnvironBuilder
@@ -415,3 +415,20 @@ def every_slot_taken_after_the_check(hasher: Any, monkeypatch: Any) -> Iterator[
             hasher._slots.release()
         monkeypatch.undo()
     assert taken
+
+
+def statements_during(connection: Connection, call: Callable[[], Any]) -> list[str]:
+    """The SQL statements ``call`` runs on ``connection`` (savepoints of the per-test
+    transaction left out)."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not statement.lstrip().upper().startswith(("SAVEPOINT", "RELEASE", "ROLLBACK TO")):
+            seen.append(statement)
+
+    event.listen(connection, "before_cursor_execute", record)
+    try:
+        call()
+    finally:
+        event.remove(connection, "before_cursor_execute", record)
+    return seen

@@ -8,14 +8,14 @@ import re
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session as DbSession
 
 from authsvc.crypto.tokens import generate_signing_key, sign_access_token
 from authsvc.db import utcnow
 from authsvc.models import Session, User
 from authsvc.services import signing
-from tests.conftest import runtime
+from tests.conftest import runtime, statements_during
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
@@ -151,22 +151,6 @@ def test_a_disabled_user_is_refused(api, client, connection):
 
     assert response.status_code == 401
     assert response.get_json()["code"] == "unauthenticated"
-
-
-def statements_during(connection, call):
-    """The SQL statements ``call`` runs (savepoints of the per-test transaction left out)."""
-    seen: list[str] = []
-
-    def record(_conn, _cursor, statement, *_args):
-        if not statement.lstrip().upper().startswith(("SAVEPOINT", "RELEASE", "ROLLBACK TO")):
-            seen.append(statement)
-
-    event.listen(connection, "before_cursor_execute", record)
-    try:
-        call()
-    finally:
-        event.remove(connection, "before_cursor_execute", record)
-    return seen
 
 
 @pytest.mark.parametrize("path", ["/v1/me", "/v1/me/sessions"])

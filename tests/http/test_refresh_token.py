@@ -7,11 +7,12 @@ from datetime import timedelta
 
 import jwt
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 
 from authsvc.crypto.tokens import token_hash
 from authsvc.db import utcnow
 from authsvc.models import AuditEvent, RefreshToken, Session, User
+from tests.conftest import statements_during
 
 
 def refresh(client, token: str):
@@ -203,17 +204,11 @@ def test_rotation_records_use_and_keeps_the_login(api, client, connection):
 def test_a_refresh_takes_at_most_three_statements(api, client, connection):
     api.register()
     tokens = api.tokens()
-    seen: list[str] = []
-
-    def record(_conn, _cursor, statement, *_args):
-        if not statement.lstrip().upper().startswith(("SAVEPOINT", "RELEASE", "ROLLBACK TO")):
-            seen.append(statement)
-
-    event.listen(connection, "before_cursor_execute", record)
-    try:
-        response = refresh(client, tokens["refresh_token"])
-    finally:
-        event.remove(connection, "before_cursor_execute", record)
+    answers = []
+    seen = statements_during(
+        connection, lambda: answers.append(refresh(client, tokens["refresh_token"]))
+    )
+    [response] = answers
 
     assert response.status_code == 200
     assert len(seen) <= 3, seen

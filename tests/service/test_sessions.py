@@ -6,12 +6,13 @@ import json
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from authsvc.crypto.tokens import token_hash, verify_access_token
 from authsvc.errors import InvalidToken, NotFound
 from authsvc.models import AuditEvent, RefreshToken, Session
 from authsvc.services import sessions, signing
+from tests.conftest import statements_during
 
 
 @pytest.fixture
@@ -55,17 +56,14 @@ def test_a_session_and_its_first_token_take_one_statement_on_postgresql(
     db_session, deps, user, caller, now, connection
 ):
     db_session.flush()
-    seen: list[str] = []
-
-    def record(_conn, _cursor, statement, *_args):
-        if not statement.lstrip().upper().startswith(("SAVEPOINT", "RELEASE", "ROLLBACK TO")):
-            seen.append(statement)
-
-    event.listen(connection, "before_cursor_execute", record)
-    try:
-        pair = start(db_session, deps, user, caller, now, amr=("pwd", "otp", "mfa"))
-    finally:
-        event.remove(connection, "before_cursor_execute", record)
+    started = []
+    seen = statements_during(
+        connection,
+        lambda: started.append(
+            start(db_session, deps, user, caller, now, amr=("pwd", "otp", "mfa"))
+        ),
+    )
+    [pair] = started
 
     writes = [s for s in seen if "INSERT INTO sessions" in s or "INSERT INTO refresh_tokens" in s]
     assert len(writes) == (1 if connection.dialect.name == "postgresql" else 2), writes
