@@ -17,6 +17,10 @@ from authsvc.crypto.keyring import Keyring
 from authsvc.services import audit as audit_service
 from authsvc.services import signing, totp
 
+# The largest id of an audit event or an outbox message (64-bit integers): one past it names
+# none, and given to the database, fails there as a database error.
+MAX_ROW_ID = 2**63 - 1
+
 
 def refuse_a_ring_without_its_mac_key(runtime: Runtime) -> None:
     """Stop when the audit trail's head was signed with another MAC key (see

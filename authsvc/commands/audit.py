@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import click
 
 from authsvc.app import build_runtime
-from authsvc.commands import sign_audit_head
+from authsvc.commands import MAX_ROW_ID, sign_audit_head
 from authsvc.db import utcnow
 from authsvc.errors import AuthsvcError
 from authsvc.services import audit as audit_service
@@ -54,7 +54,11 @@ def verify(known: str | None) -> None:
 
 def _known(value: str) -> tuple[int, str]:
     event_id, _, digest = value.partition(":")
-    if not re.fullmatch(r"[0-9]{1,19}", event_id) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+    if (
+        not re.fullmatch(r"[0-9]{1,19}", event_id)
+        or int(event_id) > MAX_ROW_ID
+        or not re.fullmatch(r"[0-9a-f]{64}", digest)
+    ):
         raise click.BadParameter("EVENT_ID:HASH as a verification printed it", param_hint="--known")
     return int(event_id), digest
 

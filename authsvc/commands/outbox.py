@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from authsvc.app import build_runtime
-from authsvc.commands import sign_audit_head
+from authsvc.commands import MAX_ROW_ID, sign_audit_head
 from authsvc.db import utcnow
 from authsvc.services import audit
 from authsvc.services import outbox as outbox_service
@@ -13,9 +13,6 @@ from authsvc.services.context import SYSTEM
 from authsvc.settings import Settings
 
 AUDITED_IDS = 100  # ids named in the audit event of a retry; more are counted
-# The largest message id (a 64-bit integer): a larger ID names none, and a larger --limit
-# takes every message (either one, given to the database, failed as a database error).
-MAX_ID = 2**63 - 1
 
 
 @click.group("outbox")
@@ -28,7 +25,7 @@ def outbox() -> None:
     "--limit",
     default=100,
     show_default=True,
-    type=click.IntRange(min=1, max=MAX_ID, clamp=True),
+    type=click.IntRange(min=1, max=MAX_ROW_ID, clamp=True),
     help="At most this many, oldest first.",
 )
 def failed(limit: int) -> None:
@@ -51,7 +48,7 @@ def failed(limit: int) -> None:
 
 
 @outbox.command("retry")
-@click.argument("ids", nargs=-1, type=click.IntRange(min=1, max=MAX_ID), metavar="[ID]...")
+@click.argument("ids", nargs=-1, type=click.IntRange(min=1, max=MAX_ROW_ID), metavar="[ID]...")
 @click.option("--all", "every", is_flag=True, help="Every parked message.")
 def retry(ids: tuple[int, ...], every: bool) -> None:
     """Put parked messages back in the queue, their attempts reset: the worker sends them at

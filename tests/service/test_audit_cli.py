@@ -214,9 +214,10 @@ def test_verify_with_a_known_event_passes_after_it_is_pruned_and_names_one_alter
     wrong = run(env, "audit", "verify", "--known", f"{event_id}:{'f' * 64}")
     assert wrong.exit_code == 1
     assert f"event {event_id} is not the event an earlier verification saw" in wrong.output
-    bad = run(env, "audit", "verify", "--known", "yesterday")
-    assert bad.exit_code == 2
-    assert "EVENT_ID:HASH as a verification printed it" in bad.output
+    for given in ("yesterday", f"{2**63}:{'0' * 64}"):  # no event id is past 2^63 - 1
+        bad = run(env, "audit", "verify", "--known", given)
+        assert bad.exit_code == 2
+        assert "EVENT_ID:HASH as a verification printed it" in bad.output
 
 
 def test_prune_refuses_to_delete_events_that_were_altered(env):
