@@ -105,9 +105,11 @@ def throttled(
     client: Client,
     now: datetime,
     user_id: str | None = None,
+    more: tuple[throttle.Check, ...] = (),
 ) -> throttle.Who:
-    """Per-IP, per-email and per-IP+email limits, identical for known and unknown emails.
-    Returns who asked, with the email's audit digest, for the caller's own events."""
+    """Per-IP, per-email and per-IP+email limits, identical for known and unknown emails, and
+    ``more`` after them. Returns who asked, with the email's audit digest, for the caller's
+    own events."""
     who = throttle.Who(
         now=now,
         client=client,
@@ -115,9 +117,13 @@ def throttled(
         user_id=user_id,
         email_hash=audit.email_digest(deps.keyring, email),
     )
-    throttle.hit(session, deps, "ip", client.rate_key, who=who)
-    throttle.hit(session, deps, "email", email, who=who)
-    throttle.hit(session, deps, "ip_email", client.rate_key, email, who=who)
+    checks = (
+        ("ip", (client.rate_key,)),
+        ("email", (email,)),
+        ("ip_email", (client.rate_key, email)),
+        *more,
+    )
+    throttle.hit_each(session, deps, checks, who=who)
     return who
 
 
@@ -127,9 +133,10 @@ def throttled_mail(
     """``throttled``, and per mailbox (``mailbox_key``) for a request that has mail sent to
     ``email``: without it one mailbox gets the per-email limit once for each of its spellings.
     Counted before anything looks at the account, identical for known and unknown emails."""
-    who = throttled(session, deps, action=action, email=email, client=client, now=now)
-    throttle.hit(session, deps, throttle.MAILBOX, mailbox_key(email), who=who)
-    return who
+    mailbox = (throttle.MAILBOX, (mailbox_key(email),))
+    return throttled(
+        session, deps, action=action, email=email, client=client, now=now, more=(mailbox,)
+    )
 
 
 def acceptable_password(deps: Deps, password: str, *, email: str) -> str:
@@ -339,12 +346,15 @@ def authenticate_password(
 ) -> User:
     """One Argon2 verification for every email; InvalidCredentials for every failure."""
     email = normalize_email(email)
-    who = throttled(session, deps, action="login", email=email, client=client, now=now)
+    # The daily cap on checks that reach the verifier ("account_failures") counts each check
+    # before it runs, in one atomic step: counted only after a failure, parallel requests that
+    # all passed the test before any of them failed would overshoot it. A successful check
+    # counts too.
+    daily_cap = ("account_failures", (email,))
+    who = throttled(
+        session, deps, action="login", email=email, client=client, now=now, more=(daily_cap,)
+    )
     email_hash = who.email_hash
-    # The daily cap on checks that reach the verifier counts each check before it runs, in
-    # one atomic step: counted only after a failure, parallel requests that all passed the
-    # test before any of them failed would overshoot it. A successful check counts too.
-    throttle.hit(session, deps, "account_failures", email, who=who)
     user = session.scalar(_USER_BY_EMAIL, {"email": email})
     try:
         # Every failed check takes as long as one of the costliest hash stored would.

@@ -184,8 +184,8 @@ def use_code(
     # Throttled as TOTP codes are, on every path: a reset link would otherwise let its holder
     # guess codes (and write an audit event per guess) without limit.
     who = throttle.Who(now=now, client=client, action="recovery_code", user_id=user_id)
-    throttle.hit(session, deps, throttle.MFA_CODES, user_id, "recovery", who=who)
-    throttle.hit(session, deps, throttle.MFA_FAILURES, user_id, who=who)
+    checks = ((throttle.MFA_CODES, (user_id, "recovery")), (throttle.MFA_FAILURES, (user_id,)))
+    throttle.hit_each(session, deps, checks, who=who)
     rows = session.execute(
         select(RecoveryCode.id, RecoveryCode.code_hash)
         .where(RecoveryCode.user_id == user_id, RecoveryCode.used_at.is_(None))

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -47,6 +47,30 @@ def hit(session: DbSession, deps: Deps, policy: str, *parts: str, who: Who) -> N
     _enforce(deps.limiter.hit, session, policy, parts, who)
 
 
+Check = tuple[str, tuple[str, ...]]  # a policy, and the parts of its key
+
+
+def hit_each(session: DbSession, deps: Deps, checks: Sequence[Check], who: Who) -> None:
+    """``hit`` each of ``checks`` in turn; one refused, the later ones are not counted, and the
+    refusal's Retry-After is the longest wait of any of them that would refuse one more event.
+    With the first refusal's own wait, a client that waited just that long (the /ui/ page says
+    "try again in N seconds") was refused again by the next policy: a per-IP minute, then the
+    per-account day."""
+    for index, (policy, parts) in enumerate(checks):
+        try:
+            deps.limiter.hit(policy, *parts)
+        except RateLimited as refusal:
+            waits = [refusal.retry_after or 1]
+            for other, other_parts in (*checks[:index], *checks[index + 1 :]):
+                try:
+                    deps.limiter.test(other, *other_parts)
+                except RateLimited as also:
+                    waits.append(also.retry_after or 1)
+            refusal.retry_after = max(waits)
+            _record(session, refusal, who)
+            raise
+
+
 def test(session: DbSession, deps: Deps, policy: str, *parts: str, who: Who) -> None:
     """Refuse (audited) when one more event would exceed ``policy``; count nothing."""
     _enforce(deps.limiter.test, session, policy, parts, who)
@@ -58,13 +82,17 @@ def _enforce(
     try:
         check(policy, *parts)
     except RateLimited as refusal:
-        audit.record_limit_hit(
-            session,
-            refusal,
-            now=who.now,
-            client=who.client,
-            user_id=who.user_id,
-            email_hash=who.email_hash,
-            details={"action": who.action},
-        )
+        _record(session, refusal, who)
         raise
+
+
+def _record(session: DbSession, refusal: RateLimited, who: Who) -> None:
+    audit.record_limit_hit(
+        session,
+        refusal,
+        now=who.now,
+        client=who.client,
+        user_id=who.user_id,
+        email_hash=who.email_hash,
+        details={"action": who.action},
+    )

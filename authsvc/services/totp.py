@@ -417,9 +417,10 @@ def verify_code(
     """Accept a code of any active factor whose time step was not accepted before."""
     check_code_shape(code)
     who = throttle.Who(now=now, client=client, action="totp", user_id=user_id)
-    throttle.hit(session, deps, throttle.MFA_CODES, user_id, "totp", who=who)
-    # Counted before the check, as the password cap is (accounts.authenticate_password).
-    throttle.hit(session, deps, throttle.MFA_FAILURES, user_id, who=who)
+    # The daily cap counted before the check, as the password cap is
+    # (accounts.authenticate_password).
+    checks = ((throttle.MFA_CODES, (user_id, "totp")), (throttle.MFA_FAILURES, (user_id,)))
+    throttle.hit_each(session, deps, checks, who=who)
     rows = session.execute(_ACTIVE_FACTORS, {"user_id": user_id}).all()
     candidates: list[tuple[str, int]] = []
     replayed = False

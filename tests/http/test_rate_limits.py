@@ -241,6 +241,28 @@ def test_every_refusal_is_audited(limited, connection):
     assert ips == ["198.51.100.1"] * 6 + ["198.51.100.2"]
 
 
+def test_retry_after_is_the_longest_wait_of_the_limits_that_would_refuse(api, limited, connection):
+    # Refused first by the per-IP+email minute while the account's day is spent too: waiting
+    # the minute only met the day's refusal.
+    api.register("ada@example.com")
+    client = limited(limit_ip_email="2/minute", limit_failures_per_account="2/day")
+    wrong = [login(client, "ada@example.com", "wrong horse 42") for _ in range(2)]
+
+    refused = login(client, "ada@example.com", PASSWORD)
+
+    assert [r.status_code for r in wrong] == [401, 401]
+    assert_rate_limited(refused, max_retry_after=86400)
+    assert int(refused.headers["Retry-After"]) > 86000
+    outcomes = connection.scalars(
+        select(AuditEvent.outcome).where(AuditEvent.type == "ratelimit.hit")
+    ).all()
+    assert outcomes == ["ip_email"]  # the trail names the limit that refused
+    # From another address the minute does not refuse: the day does, with the same wait.
+    elsewhere = login(client, "ada@example.com", PASSWORD, ip="198.51.100.7")
+    assert_rate_limited(elsewhere, max_retry_after=86400)
+    assert abs(int(elsewhere.headers["Retry-After"]) - int(refused.headers["Retry-After"])) <= 2
+
+
 def test_failed_password_checks_per_account_are_capped(api, limited, connection):
     api.register("ada@example.com")
     api.register("bob@example.com")
