@@ -111,6 +111,35 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def interrupted_between_steps() -> Iterator[Callable[[], None]]:
+    """Ctrl-C or SIGTERM noted, and acted on where the work can stop cleanly: the context gives
+    a ``checkpoint()`` to call between steps (each committed on its own), which raises
+    KeyboardInterrupt once a signal came. A KeyboardInterrupt raised wherever the signal
+    landed could land inside SQLAlchemy's connection pool, which logged it with a traceback
+    before the command's own message. A second signal interrupts at once (a step that hangs)."""
+    received: list[int] = []
+
+    def checkpoint() -> None:
+        if received:
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield checkpoint  # signal handlers belong to the main thread
+        return
+
+    def note(signum: int, _frame: FrameType | None) -> None:
+        checkpoint()  # the second one
+        received.append(signum)
+
+    previous = {signum: signal.signal(signum, note) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield checkpoint
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def sign_audit_head(runtime: Runtime) -> None:
     """What a command that writes events does first, as serve and worker do: refuse a ring
     whose last entry did not sign the trail's head (its first event would chain an

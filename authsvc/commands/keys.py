@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import sessionmaker
 
 from authsvc.app import Runtime, build_runtime
-from authsvc.commands import sign_audit_head, sigterm_as_interrupt
+from authsvc.commands import interrupted_between_steps, sign_audit_head
 from authsvc.crypto.keyring import DecryptionFailed, Keyring, generate_key_spec
 from authsvc.db import utcnow
 from authsvc.services import audit, outbox, signing, totp
@@ -55,8 +55,8 @@ def rotate() -> None:
     runtime = build_runtime(settings)
     keyring = runtime.deps.keyring
     try:
-        with sigterm_as_interrupt():
-            counts, totp_left = _rotate_all(runtime, keyring)
+        with interrupted_between_steps() as checkpoint:
+            counts, totp_left = _rotate_all(runtime, keyring, checkpoint)
     except DecryptionFailed as exc:
         raise click.ClickException(
             f"a ciphertext opens with none of the configured keys ({exc}); add the old key "
@@ -117,15 +117,20 @@ def rotate_signing(discard_next: bool) -> None:
     click.echo(rotation.kid)
 
 
-def _rotate_all(runtime: Runtime, keyring: Keyring) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Move everything, audit the rotation; (counts by table, TOTP factors left)."""
+def _rotate_all(
+    runtime: Runtime, keyring: Keyring, checkpoint: Callable[[], None]
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Move everything, audit the rotation; (counts by table, TOTP factors left). Each batch
+    commits on its own, and an interrupt stops the work at the ``checkpoint`` after one."""
     factory = runtime.sessionmaker
     sign_audit_head(runtime)
-    totp_factors, totp_left = _rotate_totp(factory, keyring)
+    totp_factors, totp_left = _rotate_totp(factory, keyring, checkpoint)
+    signing_keys = _in_one(factory, lambda s: signing.reencrypt(s, keyring))
+    checkpoint()
     counts = {
         "totp_factors": totp_factors,
-        "signing_keys": _in_one(factory, lambda s: signing.reencrypt(s, keyring)),
-        "outbox_messages": _rotate_outbox(factory, keyring),
+        "signing_keys": signing_keys,
+        "outbox_messages": _rotate_outbox(factory, keyring, checkpoint),
     }
     details: dict[str, object] = {"kid": keyring.primary_kid, **counts}
     if totp_left:
@@ -148,7 +153,7 @@ def _in_one(factory: sessionmaker[DbSession], work: Callable[[DbSession], int]) 
 
 
 def _rotate_totp(
-    factory: sessionmaker[DbSession], keyring: Keyring
+    factory: sessionmaker[DbSession], keyring: Keyring, checkpoint: Callable[[], None]
 ) -> tuple[int, list[tuple[str, str]]]:
     """(factors re-encrypted, (id, key id) of those that no key opens, left as they are)."""
     total, after = 0, ""
@@ -163,6 +168,7 @@ def _rotate_totp(
         if last is None:
             return total, left
         after = last
+        checkpoint()
 
 
 def _totp_left(left: list[tuple[str, str]]) -> str:
@@ -182,7 +188,9 @@ def _totp_left(left: list[tuple[str, str]]) -> str:
     )
 
 
-def _rotate_outbox(factory: sessionmaker[DbSession], keyring: Keyring) -> int:
+def _rotate_outbox(
+    factory: sessionmaker[DbSession], keyring: Keyring, checkpoint: Callable[[], None]
+) -> int:
     """Messages not yet delivered (pending or parked as failed); delivered ones are kept as
     they are, and are never read again. Parked messages that no key opens are named on
     stderr and left as they are."""
@@ -198,6 +206,7 @@ def _rotate_outbox(factory: sessionmaker[DbSession], keyring: Keyring) -> int:
         if last is None:
             break
         after = last
+        checkpoint()
     if left:
         shown = ", ".join(str(i) for i in left[:20]) + (", ..." if len(left) > 20 else "")
         what = (

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from authsvc.app import build_runtime, create_app
 from authsvc.cli import main
+from authsvc.commands import interrupted_between_steps
 from authsvc.crypto.keyring import Keyring, generate_key_spec
 from authsvc.db import utcnow
 from authsvc.models import OutboxMessage, TotpFactor, User
@@ -412,3 +413,17 @@ def test_the_keys_group_names_each_key_it_manages_in_its_help():
 
     [line] = [line for line in result.output.splitlines() if line.strip().startswith("keys ")]
     assert "signing" in line
+
+
+def test_an_interrupt_waits_for_the_next_step_and_a_second_one_does_not():
+    # Raised where the signal landed, it could land inside SQLAlchemy's pool, which logged it
+    # with a traceback before the command's own message.
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with interrupted_between_steps() as checkpoint:
+        checkpoint()  # nothing yet
+        signal.raise_signal(signal.SIGTERM)  # noted, not raised here
+        with pytest.raises(KeyboardInterrupt):
+            checkpoint()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # the second: at once
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
